@@ -1,0 +1,464 @@
+//! Local PostgreSQL clusters: `initdb`, start, stop, from the installed
+//! server binaries.
+//!
+//! Used by `shardline dev` (clusters that outlive a run and are reused on
+//! the next one) and by the test-support crate (throwaway clusters). The
+//! postmaster runs as a direct child of this process, so it can be
+//! signalled and reaped; when this process runs as root the child drops to
+//! the `postgres` user, because PostgreSQL refuses to run as root. The
+//! child also gets `SIGQUIT` if its parent dies, so a killed `dev` or test
+//! never leaves a postmaster behind.
+//!
+//! # Layout
+//! - [`PgBinaries`]: finds the server binaries.
+//! - [`ClusterConfig`]: where a cluster lives and how it listens.
+//! - [`init_cluster`], [`start_cluster`]: initdb and start.
+//! - [`RunningCluster`]: a started postmaster; stop, kill, DSN.
+
+use std::io::Write;
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// Errors from managing a local cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalPgError {
+    /// The PostgreSQL server binaries were not found.
+    #[error("PostgreSQL server binaries not found (looked in {0}); set SHARDLINE_PG_BIN")]
+    BinariesNotFound(String),
+    /// The `postgres` OS user is needed when running as root.
+    #[error("running as root but there is no `postgres` user to run PostgreSQL as")]
+    NoPostgresUser,
+    /// A file-system step failed.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A PostgreSQL program exited with an error.
+    #[error("{program} failed: {output}")]
+    Command { program: String, output: String },
+    /// The server did not become ready in time.
+    #[error("PostgreSQL on port {port} did not start: {log_tail}")]
+    StartFailed { port: u16, log_tail: String },
+}
+
+type Result<T> = std::result::Result<T, LocalPgError>;
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LocalPgError {
+    let what = what.into();
+    move |source| LocalPgError::Io { what, source }
+}
+
+/// The directory holding `initdb`, `postgres`, `pg_basebackup`, ...
+#[derive(Debug, Clone)]
+pub struct PgBinaries {
+    dir: PathBuf,
+}
+
+impl PgBinaries {
+    /// Finds the binaries: `$SHARDLINE_PG_BIN`, else the newest
+    /// `/usr/lib/postgresql/<version>/bin`.
+    pub fn detect() -> Result<Self> {
+        if let Ok(dir) = std::env::var("SHARDLINE_PG_BIN") {
+            let dir = PathBuf::from(dir);
+            return if dir.join("postgres").exists() {
+                Ok(Self { dir })
+            } else {
+                Err(LocalPgError::BinariesNotFound(dir.display().to_string()))
+            };
+        }
+        let root = Path::new("/usr/lib/postgresql");
+        let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(root)
+            .map(|it| {
+                it.filter_map(|e| e.ok())
+                    .filter_map(|e| {
+                        let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+                        let bin = e.path().join("bin");
+                        bin.join("postgres").exists().then_some((v, bin))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        versions.sort();
+        versions
+            .pop()
+            .map(|(_, dir)| Self { dir })
+            .ok_or_else(|| LocalPgError::BinariesNotFound(root.display().to_string()))
+    }
+
+    /// The path of one program.
+    pub fn program(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+/// The OS identity PostgreSQL processes run as.
+#[derive(Debug, Clone, Copy)]
+struct RunAs {
+    uid: u32,
+    gid: u32,
+}
+
+/// Returns the `postgres` user when this process is root, else `None`
+/// (PostgreSQL then runs as the current user).
+fn run_as() -> Result<Option<RunAs>> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(None);
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").map_err(io_err("read /etc/passwd"))?;
+    passwd
+        .lines()
+        .find_map(|line| {
+            let mut f = line.split(':');
+            (f.next()? == "postgres").then_some(())?;
+            let _pw = f.next()?;
+            let uid = f.next()?.parse().ok()?;
+            let gid = f.next()?.parse().ok()?;
+            Some(RunAs { uid, gid })
+        })
+        .map(Some)
+        .ok_or(LocalPgError::NoPostgresUser)
+}
+
+/// Builds a command for a PostgreSQL program, as the `postgres` user when
+/// root, dying with its parent.
+fn pg_command(program: &Path, who: Option<RunAs>) -> std::process::Command {
+    let mut cmd = std::process::Command::new(program);
+    if let Some(who) = who {
+        cmd.uid(who.uid).gid(who.gid);
+    }
+    // SAFETY: prctl is async-signal-safe; it only sets this child's
+    // parent-death signal.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT);
+            Ok(())
+        });
+    }
+    cmd.env("LC_ALL", "C.UTF-8").env_remove("PGDATA");
+    cmd
+}
+
+/// Where a cluster lives and how it listens.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The data directory (created by [`init_cluster`]).
+    pub data_dir: PathBuf,
+    /// TCP port on 127.0.0.1.
+    pub port: u16,
+    /// Password of the `postgres` superuser; `None` trusts loopback
+    /// connections (tests only).
+    pub password: Option<String>,
+    /// Extra `-c name=value` server settings.
+    pub settings: Vec<(String, String)>,
+}
+
+impl ClusterConfig {
+    /// A cluster at `data_dir` on `port`, trusting loopback, with settings
+    /// suited to throwaway clusters.
+    pub fn new(data_dir: impl Into<PathBuf>, port: u16) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            port,
+            password: None,
+            settings: Vec::new(),
+        }
+    }
+
+    /// The key/value DSN of the `postgres` database as superuser.
+    pub fn dsn(&self) -> String {
+        let mut dsn = format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        );
+        if let Some(pw) = &self.password {
+            dsn.push_str(&format!(" password={pw}"));
+        }
+        dsn
+    }
+
+    fn log_file(&self) -> PathBuf {
+        self.data_dir.with_extension("log")
+    }
+}
+
+/// Makes `dir` (and missing parents) and hands it to the PostgreSQL user
+/// with mode 0700, as initdb and the server require.
+fn make_owned_dir(dir: &Path, who: Option<RunAs>) -> Result<()> {
+    if let Some(parent) = dir.parent() {
+        if !parent.exists() {
+            std::fs::create_dir_all(parent).map_err(io_err(format!("create {}", parent.display())))?;
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))
+                .map_err(io_err(format!("chmod {}", parent.display())))?;
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
+    if let Some(who) = who {
+        chown(dir, Some(who.uid), Some(who.gid))
+            .map_err(io_err(format!("chown {}", dir.display())))?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(io_err(format!("chmod {}", dir.display())))
+}
+
+/// Creates a file the PostgreSQL user can read and write.
+fn make_owned_file(path: &Path, contents: &[u8], who: Option<RunAs>) -> Result<()> {
+    let mut f = std::fs::File::create(path).map_err(io_err(format!("create {}", path.display())))?;
+    f.write_all(contents)
+        .map_err(io_err(format!("write {}", path.display())))?;
+    if let Some(who) = who {
+        chown(path, Some(who.uid), Some(who.gid))
+            .map_err(io_err(format!("chown {}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// Runs a program to completion, turning a failure into an error with its
+/// output.
+async fn run_to_end(mut cmd: std::process::Command, name: &str) -> Result<()> {
+    cmd.stdin(Stdio::null());
+    let out = tokio::process::Command::from(cmd)
+        .output()
+        .await
+        .map_err(io_err(format!("run {name}")))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let mut output = String::from_utf8_lossy(&out.stderr).into_owned();
+    output.push_str(&String::from_utf8_lossy(&out.stdout));
+    Err(LocalPgError::Command {
+        program: name.to_string(),
+        output: output.trim().to_string(),
+    })
+}
+
+/// Initialises the data directory unless it already holds a cluster.
+/// Returns whether it created one.
+pub async fn init_cluster(bins: &PgBinaries, cfg: &ClusterConfig) -> Result<bool> {
+    if cfg.data_dir.join("PG_VERSION").exists() {
+        return Ok(false);
+    }
+    let who = run_as()?;
+    make_owned_dir(&cfg.data_dir, who)?;
+    let mut cmd = pg_command(&bins.program("initdb"), who);
+    cmd.arg("-D")
+        .arg(&cfg.data_dir)
+        .args(["-U", "postgres", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]);
+    let pwfile = cfg.data_dir.with_extension("pw");
+    match &cfg.password {
+        Some(pw) => {
+            make_owned_file(&pwfile, pw.as_bytes(), who)?;
+            cmd.arg(format!("--pwfile={}", pwfile.display()))
+                .args(["--auth-host=scram-sha-256", "--auth-local=peer"]);
+        }
+        None => {
+            cmd.arg("--auth=trust");
+        }
+    }
+    let result = run_to_end(cmd, "initdb").await;
+    let _ = std::fs::remove_file(&pwfile);
+    result.map(|()| true)
+}
+
+/// Starts the postmaster and waits until it accepts connections.
+pub async fn start_cluster(bins: &PgBinaries, cfg: &ClusterConfig) -> Result<RunningCluster> {
+    let who = run_as()?;
+    let log_path = cfg.log_file();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(io_err(format!("open {}", log_path.display())))?;
+    let log2 = log.try_clone().map_err(io_err("clone log handle"))?;
+    let mut cmd = pg_command(&bins.program("postgres"), who);
+    cmd.arg("-D")
+        .arg(&cfg.data_dir)
+        .arg("-p")
+        .arg(cfg.port.to_string())
+        .args(["-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="]);
+    for (k, v) in &cfg.settings {
+        cmd.arg("-c").arg(format!("{k}={v}"));
+    }
+    cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
+    // A new process group, so a Ctrl-C at the terminal reaches only us and
+    // we shut PostgreSQL down in order.
+    cmd.process_group(0);
+    let mut child = tokio::process::Command::from(cmd)
+        .spawn()
+        .map_err(io_err("spawn postgres"))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return Err(LocalPgError::StartFailed {
+                port: cfg.port,
+                log_tail: log_tail(&log_path),
+            });
+        }
+        if accepts_connections(cfg).await {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return Err(LocalPgError::StartFailed {
+                port: cfg.port,
+                log_tail: log_tail(&log_path),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(RunningCluster {
+        cfg: cfg.clone(),
+        child: Some(child),
+    })
+}
+
+/// Whether the server answers a real connection (not just a TCP accept).
+async fn accepts_connections(cfg: &ClusterConfig) -> bool {
+    let dsn = cfg.dsn();
+    let connect = tokio_postgres::connect(&dsn, tokio_postgres::NoTls);
+    match tokio::time::timeout(Duration::from_secs(2), connect).await {
+        Ok(Ok((client, conn))) => {
+            drop(client);
+            let _ = conn.await;
+            true
+        }
+        _ => false,
+    }
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(8)..].join("\n")
+}
+
+/// How to stop a server (PostgreSQL's shutdown modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// Waits for sessions to end (SIGTERM).
+    Smart,
+    /// Rolls back sessions and checkpoints (SIGINT).
+    Fast,
+    /// Quits without a checkpoint; recovery runs on next start (SIGQUIT).
+    Immediate,
+}
+
+/// A postmaster started by [`start_cluster`].
+#[derive(Debug)]
+pub struct RunningCluster {
+    cfg: ClusterConfig,
+    child: Option<tokio::process::Child>,
+}
+
+impl RunningCluster {
+    /// The configuration it was started with.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.cfg
+    }
+
+    /// The superuser DSN.
+    pub fn dsn(&self) -> String {
+        self.cfg.dsn()
+    }
+
+    /// The TCP port.
+    pub fn port(&self) -> u16 {
+        self.cfg.port
+    }
+
+    /// The postmaster's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
+    /// Sends a signal to the postmaster.
+    pub fn signal(&self, sig: libc::c_int) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe {
+                libc::kill(pid as libc::pid_t, sig);
+            }
+        }
+    }
+
+    /// Stops the server and waits for it to exit (up to `timeout`, then
+    /// SIGKILL).
+    pub async fn stop(&mut self, mode: StopMode, timeout: Duration) -> Result<()> {
+        let sig = match mode {
+            StopMode::Smart => libc::SIGTERM,
+            StopMode::Fast => libc::SIGINT,
+            StopMode::Immediate => libc::SIGQUIT,
+        };
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        if let Some(pid) = child.id() {
+            // SAFETY: as in `signal`.
+            unsafe {
+                libc::kill(pid as libc::pid_t, sig);
+            }
+        }
+        match tokio::time::timeout(timeout, child.wait()).await {
+            Ok(res) => res.map(|_| ()).map_err(io_err("wait for postgres")),
+            Err(_) => {
+                let _ = child.start_kill();
+                child
+                    .wait()
+                    .await
+                    .map(|_| ())
+                    .map_err(io_err("wait for killed postgres"))
+            }
+        }
+    }
+
+    /// Kills the postmaster with SIGKILL (failure injection) and reaps it.
+    /// Its backends notice and exit on their own.
+    pub async fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+
+    /// Whether the server still answers connections.
+    pub async fn is_ready(&self) -> bool {
+        accepts_connections(&self.cfg).await
+    }
+}
+
+impl Drop for RunningCluster {
+    fn drop(&mut self) {
+        // An immediate shutdown: the caller did not stop it in order, so
+        // make sure nothing is left running.
+        if let Some(child) = self.child.as_mut() {
+            if let Some(pid) = child.id() {
+                // SAFETY: as in `signal`.
+                unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGQUIT);
+                }
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < deadline {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = child.start_kill();
+            }
+        }
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err("bind a free port"))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(io_err("read bound port"))
+}
