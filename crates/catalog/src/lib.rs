@@ -1,1 +1,24 @@
-//! TODO
+//! The catalog store: a small versioned key-value store with
+//! compare-and-swap transactions and watches, behind one trait with two
+//! implementations: an embedded file store (one manager, crash-safe) and,
+//! later, etcd (several managers). Both pass the one conformance suite in
+//! [`conformance`].
+//!
+//! The model is etcd's: one revision counter for the whole store, bumped
+//! by every committed transaction; each entry remembers the revision that
+//! last changed it (`mod_revision`).
+//!
+//! # Layout
+//! - [`store`]: the [`CatalogStore`] trait and its types.
+//! - [`file`]: [`FileStore`], the embedded store.
+//! - [`conformance`]: the shared test suite every store must pass.
+
+pub mod conformance;
+pub mod file;
+pub mod store;
+
+pub use file::FileStore;
+pub use store::{
+    CatalogStore, Entry, Op, Precondition, Revision, Snapshot, StoreError, Watch, WatchBatch,
+    WatchEvent,
+};

@@ -1,0 +1,127 @@
+//! Data-plane API bodies (the router).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The keyspace used when a request names none.
+pub const DEFAULT_KEYSPACE: &str = "default";
+
+fn default_keyspace() -> String {
+    DEFAULT_KEYSPACE.to_string()
+}
+
+/// Where a read may be served from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Consistency {
+    /// The shard's primary (reads your writes).
+    #[default]
+    Strong,
+    /// A replica within the lag bound, else the primary.
+    Eventual,
+}
+
+/// A shard key: a string (text and uuid keyspaces) or an integer (bigint
+/// keyspaces).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ShardKeyValue {
+    Text(String),
+    Int(i64),
+}
+
+impl std::fmt::Display for ShardKeyValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShardKeyValue::Text(s) => f.write_str(s),
+            ShardKeyValue::Int(i) => write!(f, "{i}"),
+        }
+    }
+}
+
+/// `POST /v1/execute`: one statement on the shard owning `shard_key`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteRequest {
+    #[serde(default = "default_keyspace")]
+    pub keyspace: String,
+    pub shard_key: ShardKeyValue,
+    pub sql: String,
+    #[serde(default)]
+    pub params: Vec<Value>,
+    #[serde(default)]
+    pub consistency: Consistency,
+}
+
+/// A result column.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Column {
+    pub name: String,
+    /// PostgreSQL's type name (`int8`, `text`, `numeric`, ...).
+    #[serde(rename = "type")]
+    pub type_name: String,
+}
+
+/// The result of one statement.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct StatementResult {
+    pub columns: Vec<Column>,
+    pub rows: Vec<Vec<Value>>,
+    /// Rows returned, or changed by INSERT/UPDATE/DELETE.
+    pub rows_affected: u64,
+}
+
+/// The answer to `POST /v1/execute`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecuteResponse {
+    pub shard: String,
+    #[serde(flatten)]
+    pub result: StatementResult,
+}
+
+/// One statement of a transaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Statement {
+    pub sql: String,
+    #[serde(default)]
+    pub params: Vec<Value>,
+}
+
+/// `POST /v1/transaction`: statements run all-or-nothing on one shard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransactionRequest {
+    #[serde(default = "default_keyspace")]
+    pub keyspace: String,
+    pub shard_key: ShardKeyValue,
+    pub statements: Vec<Statement>,
+}
+
+/// The answer to `POST /v1/transaction`: one result per statement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransactionResponse {
+    pub shard: String,
+    pub results: Vec<StatementResult>,
+}
+
+/// `GET /v1/route?keyspace=..&key=..`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteQuery {
+    #[serde(default = "default_keyspace")]
+    pub keyspace: String,
+    pub key: String,
+}
+
+/// Where a key is routed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteResponse {
+    pub keyspace: String,
+    pub shard: String,
+    /// The owning range, Vitess-style (`40-80`).
+    pub range: String,
+    /// The routing hash, 16 hex digits.
+    pub hash: String,
+    pub catalog_version: u64,
+}
