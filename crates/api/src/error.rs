@@ -59,9 +59,9 @@ impl ErrorCode {
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
-            ErrorCode::ConstraintViolation | ErrorCode::TransactionConflict | ErrorCode::Conflict => {
-                409
-            }
+            ErrorCode::ConstraintViolation
+            | ErrorCode::TransactionConflict
+            | ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::RateLimited | ErrorCode::ConcurrencyLimited | ErrorCode::QuotaExceeded => {
                 429
@@ -69,6 +69,31 @@ impl ErrorCode {
             ErrorCode::Internal => 500,
             ErrorCode::ShardUnavailable | ErrorCode::Unavailable => 503,
             ErrorCode::Timeout => 504,
+        }
+    }
+
+    /// The code as it appears in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::InvalidShardKey => "invalid_shard_key",
+            ErrorCode::InvalidParameter => "invalid_parameter",
+            ErrorCode::StatementFailed => "statement_failed",
+            ErrorCode::ConstraintViolation => "constraint_violation",
+            ErrorCode::TransactionConflict => "transaction_conflict",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::ConcurrencyLimited => "concurrency_limited",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::ShardUnavailable => "shard_unavailable",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Internal => "internal",
         }
     }
 
@@ -100,7 +125,6 @@ impl ErrorCode {
 
 /// The body of every error answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ErrorBody {
     pub error: ApiError,
 }
@@ -164,7 +188,7 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", serde_json::to_value(self.code).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(), self.message)?;
+        write!(f, "{}: {}", self.code.as_str(), self.message)?;
         if let Some(s) = &self.sqlstate {
             write!(f, " (SQLSTATE {s})")?;
         }
@@ -179,3 +203,35 @@ impl std::fmt::Display for ApiError {
 }
 
 impl std::error::Error for ApiError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_names_match_serde() {
+        for code in [
+            ErrorCode::InvalidRequest,
+            ErrorCode::InvalidShardKey,
+            ErrorCode::InvalidParameter,
+            ErrorCode::StatementFailed,
+            ErrorCode::ConstraintViolation,
+            ErrorCode::TransactionConflict,
+            ErrorCode::Unauthorized,
+            ErrorCode::Forbidden,
+            ErrorCode::NotFound,
+            ErrorCode::MethodNotAllowed,
+            ErrorCode::Conflict,
+            ErrorCode::PayloadTooLarge,
+            ErrorCode::RateLimited,
+            ErrorCode::ConcurrencyLimited,
+            ErrorCode::QuotaExceeded,
+            ErrorCode::ShardUnavailable,
+            ErrorCode::Unavailable,
+            ErrorCode::Timeout,
+            ErrorCode::Internal,
+        ] {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
+    }
+}

@@ -10,14 +10,15 @@
 //!
 //! # Layout
 //! - [`store`]: the [`CatalogStore`] trait and its types.
-//! - [`file`]: [`FileStore`], the embedded store.
+//! - [`file`]: [`FileStore`], the embedded store (`file/format.rs`: the
+//!   on-disk format; `file/watch.rs`: its watches).
 //! - [`conformance`]: the shared test suite every store must pass.
 
 pub mod conformance;
 pub mod file;
 pub mod store;
 
-pub use file::FileStore;
+pub use file::{FileStore, FileStoreOptions};
 pub use store::{
     CatalogStore, Entry, Op, Precondition, Revision, Snapshot, StoreError, Watch, WatchBatch,
     WatchEvent,

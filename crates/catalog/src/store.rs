@@ -14,7 +14,10 @@ pub enum StoreError {
     /// A watch asked for history the store no longer keeps; re-read with
     /// [`CatalogStore::snapshot`] and watch from its revision.
     #[error("revision {requested} is compacted (oldest kept: {oldest})")]
-    Compacted { requested: Revision, oldest: Revision },
+    Compacted {
+        requested: Revision,
+        oldest: Revision,
+    },
     /// The store cannot be reached or written now.
     #[error("catalog store unavailable: {0}")]
     Unavailable(String),
@@ -52,9 +55,14 @@ pub enum Precondition {
 /// A write in a transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    Put { key: String, value: Vec<u8> },
+    Put {
+        key: String,
+        value: Vec<u8>,
+    },
     /// Deleting a missing key is not an error.
-    Delete { key: String },
+    Delete {
+        key: String,
+    },
 }
 
 /// A change seen by a watch.
@@ -87,7 +95,8 @@ pub trait CatalogStore: Send + Sync + 'static {
     /// Applies `ops` atomically if every precondition holds; returns the
     /// new revision. With no ops, checks the preconditions only and
     /// returns the current revision. Durable when it returns `Ok`.
-    async fn txn(&self, preconditions: &[Precondition], ops: &[Op]) -> Result<Revision, StoreError>;
+    async fn txn(&self, preconditions: &[Precondition], ops: &[Op])
+        -> Result<Revision, StoreError>;
 
     /// Changes under `prefix` with revision `> after`, in order, starting
     /// with any already committed.

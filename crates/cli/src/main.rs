@@ -1,1 +1,202 @@
-fn main() {}
+//! `shardline`: one binary, thin over the libraries. Runs the servers
+//! (`dev`, `manager`, `router`) and the admin and client verbs that talk
+//! to them.
+
+mod admin;
+mod dev;
+mod endpoints;
+mod signals;
+mod sql;
+mod table;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::endpoints::Endpoints;
+
+/// shardline: a sharding service for PostgreSQL.
+#[derive(Debug, Parser)]
+#[command(name = "shardline", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log as JSON lines
+    #[arg(long, global = true)]
+    log_json: bool,
+    /// Print results as JSON
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(flatten)]
+    endpoints: Endpoints,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run everything on this machine: PostgreSQL shards, manager, router
+    Dev(dev::DevArgs),
+    /// Run a manager (control plane)
+    Manager {
+        /// TOML configuration file
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a router (data plane)
+    Router(RouterArgs),
+    /// Run one statement through the router
+    Sql(sql::SqlArgs),
+    /// Keyspace, shard, tenant and health overview
+    Status,
+    /// Manage keyspaces
+    #[command(subcommand)]
+    Keyspace(admin::KeyspaceCmd),
+    /// Manage shards
+    #[command(subcommand)]
+    Shard(admin::ShardCmd),
+    /// Manage client applications
+    #[command(subcommand)]
+    App(admin::AppCmd),
+    /// Schema migrations
+    #[command(subcommand)]
+    Schema(admin::SchemaCmd),
+    /// Configuration files
+    #[command(subcommand)]
+    Config(ConfigCmd),
+}
+
+#[derive(Debug, clap::Args)]
+struct RouterArgs {
+    /// TOML configuration file (flags override it)
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Manager URL to follow
+    #[arg(long = "manager-url", env = "SHARDLINE_MANAGER_URL")]
+    manager_url: Option<String>,
+    /// Token routers present to the manager
+    #[arg(long, env = "SHARDLINE_ROUTER_TOKEN", hide_env_values = true)]
+    router_token: Option<String>,
+    /// Listen address
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Router id in the manager's registry
+    #[arg(long)]
+    id: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCmd {
+    /// Check a manager or router configuration file (unknown keys are errors)
+    Check {
+        file: PathBuf,
+        /// manager or router
+        #[arg(long, default_value = "manager")]
+        kind: String,
+    },
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SHARDLINE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn router_config(args: RouterArgs) -> anyhow::Result<shardline_router::RouterConfig> {
+    let mut cfg = match &args.config {
+        Some(path) => shardline_router::RouterConfig::load(path)?,
+        None => {
+            let url = args.manager_url.clone().ok_or_else(|| {
+                anyhow::anyhow!("--manager-url (or a --config file) is required")
+            })?;
+            shardline_router::RouterConfig::new(&url, "")
+        }
+    };
+    if let Some(url) = args.manager_url {
+        cfg.manager_url = url;
+    }
+    if let Some(t) = args.router_token {
+        cfg.router_token = Some(t);
+    }
+    if cfg.router_token.as_deref() == Some("") {
+        cfg.router_token = None;
+    }
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    if args.id.is_some() {
+        cfg.id = args.id;
+    }
+    Ok(cfg)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let json = cli.json;
+    let ep = cli.endpoints;
+    match cli.command {
+        Command::Dev(args) => {
+            let token = CancellationToken::new();
+            signals::install(token.clone())?;
+            dev::run(args, token).await
+        }
+        Command::Manager { config } => {
+            let cfg = shardline_manager::ManagerConfig::load(&config)?;
+            let token = CancellationToken::new();
+            signals::install(token.clone())?;
+            shardline_manager::run(cfg, token).await
+        }
+        Command::Router(args) => {
+            let cfg = router_config(args)?;
+            let token = CancellationToken::new();
+            signals::install(token.clone())?;
+            shardline_router::run(cfg, token).await
+        }
+        Command::Sql(args) => sql::run(&ep, args, json).await,
+        Command::Status => admin::status(&ep, json).await,
+        Command::Keyspace(cmd) => admin::keyspace(&ep, cmd, json).await,
+        Command::Shard(cmd) => admin::shard(&ep, cmd, json).await,
+        Command::App(cmd) => admin::app(&ep, cmd, json).await,
+        Command::Schema(cmd) => admin::schema(&ep, cmd, json).await,
+        Command::Config(ConfigCmd::Check { file, kind }) => {
+            let text = std::fs::read_to_string(&file)?;
+            match kind.as_str() {
+                "manager" => {
+                    shardline_manager::ManagerConfig::from_toml(&text)?;
+                }
+                "router" => {
+                    shardline_router::RouterConfig::from_toml(&text)?;
+                }
+                other => anyhow::bail!("unknown config kind {other:?}: use manager or router"),
+            }
+            println!("{}: ok", file.display());
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -134,6 +134,28 @@ impl Catalog {
     }
 }
 
+impl Catalog {
+    /// Applies one stored put (as a watch reports it).
+    pub fn apply_put(&mut self, key: &str, value: &[u8]) -> Result<(), CatalogDecodeError> {
+        let one = Catalog::from_entries(0, [(key, value)])?;
+        self.keyspaces.extend(one.keyspaces);
+        self.shards.extend(one.shards);
+        self.apps.extend(one.apps);
+        Ok(())
+    }
+
+    /// Applies one stored delete.
+    pub fn apply_delete(&mut self, key: &str) {
+        if let Some(name) = key.strip_prefix(keys::KEYSPACES) {
+            self.keyspaces.remove(name);
+        } else if let Some(id) = key.strip_prefix(keys::SHARDS) {
+            self.shards.remove(id);
+        } else if let Some(id) = key.strip_prefix(keys::APPS) {
+            self.apps.remove(id);
+        }
+    }
+}
+
 /// Whether `name` is a valid identifier for a keyspace, shard, tenant or
 /// app: 1-63 characters of `[a-z0-9_-]`, starting with a letter or digit.
 pub fn valid_name(name: &str) -> bool {
@@ -168,13 +190,18 @@ mod tests {
         let shard = Shard {
             id: "s1".into(),
             keyspace: None,
-            primary: Instance { dsn: "host=x".into() },
+            primary: Instance {
+                dsn: "host=x".into(),
+            },
             replicas: vec![],
             generation: 1,
         };
         let v = serde_json::to_vec(&shard).unwrap();
-        let cat = Catalog::from_entries(7, [("shards/s1", v.as_slice()), ("other/x", b"?".as_slice())])
-            .unwrap();
+        let cat = Catalog::from_entries(
+            7,
+            [("shards/s1", v.as_slice()), ("other/x", b"?".as_slice())],
+        )
+        .unwrap();
         assert_eq!(cat.version, 7);
         assert_eq!(cat.shards["s1"], shard);
         let bad = Catalog::from_entries(1, [("apps/a", b"{".as_slice())]);

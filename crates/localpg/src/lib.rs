@@ -192,7 +192,8 @@ impl ClusterConfig {
 fn make_owned_dir(dir: &Path, who: Option<RunAs>) -> Result<()> {
     if let Some(parent) = dir.parent() {
         if !parent.exists() {
-            std::fs::create_dir_all(parent).map_err(io_err(format!("create {}", parent.display())))?;
+            std::fs::create_dir_all(parent)
+                .map_err(io_err(format!("create {}", parent.display())))?;
             std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))
                 .map_err(io_err(format!("chmod {}", parent.display())))?;
         }
@@ -208,7 +209,8 @@ fn make_owned_dir(dir: &Path, who: Option<RunAs>) -> Result<()> {
 
 /// Creates a file the PostgreSQL user can read and write.
 fn make_owned_file(path: &Path, contents: &[u8], who: Option<RunAs>) -> Result<()> {
-    let mut f = std::fs::File::create(path).map_err(io_err(format!("create {}", path.display())))?;
+    let mut f =
+        std::fs::File::create(path).map_err(io_err(format!("create {}", path.display())))?;
     f.write_all(contents)
         .map_err(io_err(format!("write {}", path.display())))?;
     if let Some(who) = who {
@@ -246,9 +248,14 @@ pub async fn init_cluster(bins: &PgBinaries, cfg: &ClusterConfig) -> Result<bool
     let who = run_as()?;
     make_owned_dir(&cfg.data_dir, who)?;
     let mut cmd = pg_command(&bins.program("initdb"), who);
-    cmd.arg("-D")
-        .arg(&cfg.data_dir)
-        .args(["-U", "postgres", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]);
+    cmd.arg("-D").arg(&cfg.data_dir).args([
+        "-U",
+        "postgres",
+        "-E",
+        "UTF8",
+        "--locale=C.UTF-8",
+        "--no-sync",
+    ]);
     let pwfile = cfg.data_dir.with_extension("pw");
     match &cfg.password {
         Some(pw) => {
@@ -280,7 +287,12 @@ pub async fn start_cluster(bins: &PgBinaries, cfg: &ClusterConfig) -> Result<Run
         .arg(&cfg.data_dir)
         .arg("-p")
         .arg(cfg.port.to_string())
-        .args(["-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="]);
+        .args([
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "unix_socket_directories=",
+        ]);
     for (k, v) in &cfg.settings {
         cmd.arg("-c").arg(format!("{k}={v}"));
     }

@@ -1,1 +1,149 @@
-//! TODO
+//! The shardline manager (control plane): the catalog of keyspaces,
+//! shards and client apps behind an HTTP API; schema migrations applied to
+//! every shard; health checks; the catalog served to routers as a
+//! long-poll watch.
+//!
+//! Start it in-process with [`bind`] then [`BoundManager::run`] (tests
+//! bind port 0), or with [`run`].
+//!
+//! # Layout
+//! - [`config`]: the TOML configuration.
+//! - [`service`]: the catalog in memory, kept current from the store, and
+//!   compare-and-swap updates.
+//! - [`ops`]: the operations (keyspaces, shards, migrations, apps).
+//! - [`pg`]: connections to shards: migrations, probes.
+//! - [`health`]: the periodic health checker and schema reconciler.
+//! - [`routers`]: live routers and their leases.
+//! - [`http`]: the HTTP API.
+//! - [`error`]: service errors and their HTTP classification.
+//! - [`time`]: RFC 3339 timestamps.
+
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod http;
+pub mod ops;
+pub mod pg;
+pub mod routers;
+pub mod service;
+pub mod time;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use shardline_catalog::{CatalogStore, FileStore};
+use shardline_http::TokenCheck;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::ManagerConfig;
+
+/// How long in-flight requests may run after shutdown begins.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// A manager whose listener is bound and catalog loaded.
+pub struct BoundManager {
+    listener: TcpListener,
+    config: ManagerConfig,
+    store: Arc<dyn CatalogStore>,
+}
+
+/// Opens the catalog store and binds the listener.
+pub async fn bind(mut config: ManagerConfig) -> anyhow::Result<BoundManager> {
+    config.fill_from_env();
+    config.validate()?;
+    let store = FileStore::open(&config.catalog_path)
+        .await
+        .with_context(|| format!("open catalog {}", config.catalog_path.display()))?;
+    bind_with_store(config, Arc::new(store)).await
+}
+
+/// Like [`bind`], with a given store.
+pub async fn bind_with_store(
+    config: ManagerConfig,
+    store: Arc<dyn CatalogStore>,
+) -> anyhow::Result<BoundManager> {
+    config.validate()?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listen on {}", config.listen))?;
+    Ok(BoundManager {
+        listener,
+        config,
+        store,
+    })
+}
+
+impl BoundManager {
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or(self.config.listen)
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains and stops the
+    /// background tasks.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let cfg = self.config;
+        let tracker = TaskTracker::new();
+        let tasks = shutdown.child_token();
+        let service = service::CatalogService::start(self.store, tasks.clone(), &tracker)
+            .await
+            .context("load the catalog")?;
+        let metrics = shardline_metrics::Registry::new();
+        let health_gauge = metrics.gauge(
+            "shard_health_status",
+            "1 if the instance answered its last health check, else 0.",
+            &["shard", "instance", "role"],
+        );
+        let health_table = Arc::new(health::HealthTable::default());
+        let state = Arc::new(http::AppState {
+            service: Arc::clone(&service),
+            health: Arc::clone(&health_table),
+            routers: routers::RouterRegistry::new(cfg.router_lease),
+            admin: TokenCheck::new(cfg.admin_token.as_deref().unwrap_or_default()),
+            router_auth: TokenCheck::new(cfg.router_token.as_deref().unwrap_or_default()),
+            catalog_version: metrics.gauge(
+                "manager_catalog_version",
+                "Version of the catalog this manager serves.",
+                &[],
+            ),
+            live_routers: metrics.gauge(
+                "manager_live_routers",
+                "Routers whose heartbeat lease is current.",
+                &[],
+            ),
+            metrics,
+            max_watch_wait: cfg.max_watch_wait,
+            connect_timeout: cfg.connect_timeout,
+        });
+        let settings = health::HealthSettings {
+            interval: cfg.health_interval,
+            timeout: cfg.health_timeout,
+        };
+        tracker.spawn(health::run(
+            service,
+            health_table,
+            health_gauge,
+            settings,
+            tasks.clone(),
+        ));
+        tracker.close();
+        tracing::info!(addr = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "manager listening");
+        let app = http::router(state, cfg.body_limit);
+        let served = shardline_http::serve(self.listener, app, shutdown.clone(), DRAIN).await;
+        // HTTP first, then the background tasks.
+        tasks.cancel();
+        tracker.wait().await;
+        served.context("serve HTTP")
+    }
+}
+
+/// Binds and runs a manager until `shutdown`.
+pub async fn run(config: ManagerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    bind(config).await?.run(shutdown).await
+}

@@ -1,1 +1,3 @@
-//! TODO
+//! The shardline router (work in progress).
+
+pub mod pg;

@@ -51,8 +51,11 @@ impl PgCluster {
             .tempdir()
             .context("create temp dir")?;
         // The server runs as `postgres` when we are root: let it in.
-        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .context("chmod temp dir")?;
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .context("chmod temp dir")?;
         let mut cfg = ClusterConfig::new(dir.path().join("data"), 0);
         cfg.settings = TEST_SETTINGS
             .iter()
@@ -76,7 +79,9 @@ impl PgCluster {
                 Err(e) => last_err = Some(e),
             }
         }
-        Err(last_err.map(anyhow::Error::from).unwrap_or_else(|| anyhow::anyhow!("start failed")))
+        Err(last_err
+            .map(anyhow::Error::from)
+            .unwrap_or_else(|| anyhow::anyhow!("start failed")))
     }
 
     /// The superuser key/value DSN.

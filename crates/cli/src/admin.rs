@@ -1,0 +1,325 @@
+//! Admin verbs: keyspaces, shards, apps, schema, status.
+
+use anyhow::Context;
+use clap::Subcommand;
+use shardline_api::manager::{
+    ApplyMigrationRequest, CreateAppRequest, CreateKeyspaceRequest, InitialMapRequest,
+    KeyspaceInfo, RegisterShardRequest, ShardInfo, StatusResponse,
+};
+use shardline_core::KeyType;
+
+use crate::endpoints::Endpoints;
+use crate::table::render;
+
+/// `shardline keyspace ...`
+#[derive(Debug, Subcommand)]
+pub enum KeyspaceCmd {
+    /// Create a keyspace, optionally split evenly over registered shards
+    Create {
+        name: String,
+        /// text, bigint or uuid
+        #[arg(long, default_value = "text", value_parser = parse_key_type)]
+        key_type: KeyType,
+        /// Comma-separated shard ids
+        #[arg(long, value_delimiter = ',')]
+        shards: Vec<String>,
+    },
+    /// List keyspaces
+    List,
+    /// Show one keyspace
+    Get { name: String },
+    /// Give a keyspace without a map its initial map
+    SetMap {
+        name: String,
+        #[arg(long, value_delimiter = ',', required = true)]
+        shards: Vec<String>,
+    },
+}
+
+fn parse_key_type(s: &str) -> Result<KeyType, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| format!("unknown key type {s:?}: use text, bigint or uuid"))
+}
+
+/// `shardline shard ...`
+#[derive(Debug, Subcommand)]
+pub enum ShardCmd {
+    /// Register a PostgreSQL server as a shard
+    Register {
+        id: String,
+        /// DSN of the primary
+        #[arg(long)]
+        primary: String,
+        /// DSN of a replica (repeatable)
+        #[arg(long = "replica")]
+        replicas: Vec<String>,
+    },
+    /// List shards with health
+    List,
+    /// Show one shard
+    Get { id: String },
+    /// Remove a shard that serves no keyspace
+    Remove { id: String },
+}
+
+/// `shardline app ...`
+#[derive(Debug, Subcommand)]
+pub enum AppCmd {
+    /// Create a client app; prints its token once
+    Create {
+        name: String,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// List apps
+    List,
+    /// Delete an app (its token stops working)
+    Delete { name: String },
+}
+
+/// `shardline schema ...`
+#[derive(Debug, Subcommand)]
+pub enum SchemaCmd {
+    /// Apply a named migration (a SQL file) to every shard of a keyspace
+    Apply {
+        #[arg(long, default_value = "default")]
+        keyspace: String,
+        /// Name of the migration; re-applying the same name and SQL is a no-op
+        name: String,
+        /// SQL file
+        file: std::path::PathBuf,
+    },
+    /// List the migrations of a keyspace
+    List {
+        #[arg(long, default_value = "default")]
+        keyspace: String,
+    },
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn keyspace_table(list: &[KeyspaceInfo]) -> String {
+    let rows = list
+        .iter()
+        .flat_map(|k| {
+            let ranges: Vec<Vec<String>> = if k.map.is_empty() {
+                vec![vec![
+                    k.name.clone(),
+                    format!("{:?}", k.key_type).to_lowercase(),
+                    "(no map)".into(),
+                    String::new(),
+                ]]
+            } else {
+                k.map
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            k.name.clone(),
+                            format!("{:?}", k.key_type).to_lowercase(),
+                            r.range.clone(),
+                            r.shard.clone(),
+                        ]
+                    })
+                    .collect()
+            };
+            ranges
+        })
+        .collect::<Vec<_>>();
+    render(&["keyspace", "key type", "range", "shard"], &rows)
+}
+
+fn shard_table(list: &[ShardInfo]) -> String {
+    let rows = list
+        .iter()
+        .flat_map(|s| {
+            s.instances.iter().map(move |i| {
+                let health = match &i.health {
+                    None => "unknown".to_string(),
+                    Some(h) if h.up => "up".to_string(),
+                    Some(h) => format!("down ({})", h.error.clone().unwrap_or_default()),
+                };
+                vec![
+                    s.id.clone(),
+                    s.keyspace.clone().unwrap_or_default(),
+                    s.ranges.join(" "),
+                    i.role.clone(),
+                    health,
+                    i.dsn.clone(),
+                ]
+            })
+        })
+        .collect::<Vec<_>>();
+    render(
+        &["shard", "keyspace", "ranges", "role", "health", "dsn"],
+        &rows,
+    )
+}
+
+/// `shardline status`.
+pub async fn status(ep: &Endpoints, json: bool) -> anyhow::Result<()> {
+    let st: StatusResponse = ep.manager()?.status().await?;
+    if json {
+        return print_json(&st);
+    }
+    println!("catalog version {}\n", st.catalog_version);
+    print!("{}", keyspace_table(&st.keyspaces));
+    println!();
+    print!("{}", shard_table(&st.shards));
+    println!();
+    let rows: Vec<Vec<String>> = st
+        .routers
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.clone(),
+                r.address.clone(),
+                r.applied_version.to_string(),
+                format!("{} ms ago", r.last_seen_ms),
+            ]
+        })
+        .collect();
+    print!("{}", render(&["router", "address", "catalog version", "last seen"], &rows));
+    Ok(())
+}
+
+/// `shardline keyspace ...`.
+pub async fn keyspace(ep: &Endpoints, cmd: KeyspaceCmd, json: bool) -> anyhow::Result<()> {
+    let m = ep.manager()?;
+    let list = match cmd {
+        KeyspaceCmd::Create {
+            name,
+            key_type,
+            shards,
+        } => vec![
+            m.create_keyspace(&CreateKeyspaceRequest {
+                name,
+                key_type,
+                shards,
+            })
+            .await?,
+        ],
+        KeyspaceCmd::List => m.list_keyspaces().await?,
+        KeyspaceCmd::Get { name } => vec![m.get_keyspace(&name).await?],
+        KeyspaceCmd::SetMap { name, shards } => {
+            vec![m.set_initial_map(&name, &InitialMapRequest { shards }).await?]
+        }
+    };
+    if json {
+        return print_json(&list);
+    }
+    print!("{}", keyspace_table(&list));
+    Ok(())
+}
+
+/// `shardline shard ...`.
+pub async fn shard(ep: &Endpoints, cmd: ShardCmd, json: bool) -> anyhow::Result<()> {
+    let m = ep.manager()?;
+    let list = match cmd {
+        ShardCmd::Register {
+            id,
+            primary,
+            replicas,
+        } => vec![
+            m.register_shard(&RegisterShardRequest {
+                id,
+                primary,
+                replicas,
+            })
+            .await?,
+        ],
+        ShardCmd::List => m.list_shards().await?,
+        ShardCmd::Get { id } => vec![m.get_shard(&id).await?],
+        ShardCmd::Remove { id } => {
+            m.delete_shard(&id).await?;
+            println!("removed shard {id}");
+            return Ok(());
+        }
+    };
+    if json {
+        return print_json(&list);
+    }
+    print!("{}", shard_table(&list));
+    Ok(())
+}
+
+/// `shardline app ...`.
+pub async fn app(ep: &Endpoints, cmd: AppCmd, json: bool) -> anyhow::Result<()> {
+    let m = ep.manager()?;
+    match cmd {
+        AppCmd::Create { name, tenant } => {
+            let created = m.create_app(&CreateAppRequest { name, tenant }).await?;
+            if json {
+                return print_json(&created);
+            }
+            println!("created app {} (tenant {})", created.app.id, created.app.tenant);
+            println!("token (shown once): {}", created.token);
+        }
+        AppCmd::List => {
+            let apps = m.list_apps().await?;
+            if json {
+                return print_json(&apps);
+            }
+            let rows: Vec<Vec<String>> = apps
+                .iter()
+                .map(|a| vec![a.id.clone(), a.tenant.clone(), a.created_at.clone()])
+                .collect();
+            print!("{}", render(&["app", "tenant", "created"], &rows));
+        }
+        AppCmd::Delete { name } => {
+            m.delete_app(&name).await?;
+            println!("deleted app {name}");
+        }
+    }
+    Ok(())
+}
+
+/// `shardline schema ...`.
+pub async fn schema(ep: &Endpoints, cmd: SchemaCmd, json: bool) -> anyhow::Result<()> {
+    let m = ep.manager()?;
+    match cmd {
+        SchemaCmd::Apply {
+            keyspace,
+            name,
+            file,
+        } => {
+            let sql = std::fs::read_to_string(&file)
+                .with_context(|| format!("read {}", file.display()))?;
+            let res = m
+                .apply_migration(&keyspace, &ApplyMigrationRequest { name, sql })
+                .await?;
+            if json {
+                return print_json(&res);
+            }
+            println!("migration {} (checksum {})", res.name, &res.checksum[..12.min(res.checksum.len())]);
+            let rows: Vec<Vec<String>> = res
+                .shards
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.shard.clone(),
+                        serde_json::to_value(s.outcome)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            print!("{}", render(&["shard", "outcome"], &rows));
+        }
+        SchemaCmd::List { keyspace } => {
+            let list = m.list_migrations(&keyspace).await?;
+            if json {
+                return print_json(&list);
+            }
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|mi| vec![mi.name.clone(), mi.checksum.clone()])
+                .collect();
+            print!("{}", render(&["migration", "checksum"], &rows));
+        }
+    }
+    Ok(())
+}

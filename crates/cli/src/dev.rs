@@ -1,0 +1,342 @@
+//! `shardline dev`: everything on one machine. Starts N local PostgreSQL
+//! clusters, a manager (embedded catalog) and a router in this process,
+//! creates keyspace `default` over the shards and a default client app,
+//! writes the endpoints and tokens to `DIR/dev.json`, and on Ctrl-C or
+//! SIGTERM stops all of it. A second run on the same DIR reuses the data,
+//! ports and tokens.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use shardline_api::manager::{CreateAppRequest, CreateKeyspaceRequest, RegisterShardRequest};
+use shardline_api::router::DEFAULT_KEYSPACE;
+use shardline_client::{ClientError, ManagerClient};
+use shardline_localpg::{
+    free_port, init_cluster, start_cluster, ClusterConfig, PgBinaries, RunningCluster, StopMode,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::endpoints::{default_data_dir, DevInfo, DevShard};
+
+/// The default app's name.
+const DEFAULT_APP: &str = "default";
+
+/// Options of `shardline dev`.
+#[derive(Debug, Clone, Args)]
+pub struct DevArgs {
+    /// Where clusters, catalog and dev.json live [default: ~/.local/share/shardline/dev]
+    #[arg(long, env = "SHARDLINE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Number of shards (PostgreSQL clusters) on first start
+    #[arg(long, default_value_t = 4)]
+    pub shards: usize,
+    /// Router address
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub router_listen: SocketAddr,
+    /// Manager address
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub manager_listen: SocketAddr,
+}
+
+/// Settings of dev clusters: durable (dev data is kept) but small.
+const DEV_PG_SETTINGS: &[(&str, &str)] = &[
+    ("shared_buffers", "64MB"),
+    ("max_connections", "200"),
+    ("wal_level", "logical"),
+    ("max_wal_senders", "10"),
+    ("max_replication_slots", "10"),
+];
+
+fn random_secret(prefix: &str) -> String {
+    let bytes: [u8; 24] = rand::random();
+    format!("{prefix}{}", shardline_core::auth::hex(&bytes))
+}
+
+/// Runs `dev` until `shutdown`.
+pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    // PostgreSQL runs as `postgres` when we are root: let it reach its dirs.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("chmod {}", dir.display()))?;
+    let dir = dir.canonicalize().context("resolve data dir")?;
+    let previous = DevInfo::load(&dir).ok();
+    let bins = PgBinaries::detect()?;
+
+    let admin_token = previous
+        .as_ref()
+        .map_or_else(|| random_secret("adm_"), |p| p.admin_token.clone());
+    let router_token = previous
+        .as_ref()
+        .map_or_else(|| random_secret("rtr_"), |p| p.router_token.clone());
+    let password = match std::fs::read_to_string(dir.join("pg-password")) {
+        Ok(p) => p.trim().to_string(),
+        Err(_) => {
+            let p = random_secret("");
+            write_private(&dir.join("pg-password"), p.as_bytes())?;
+            p
+        }
+    };
+
+    let shard_specs = plan_shards(&dir, previous.as_ref(), args.shards)?;
+    let mut clusters: Vec<RunningCluster> = Vec::new();
+    let started = start_all(&bins, &shard_specs, &password).await;
+    let result = async {
+        clusters = started?;
+        serve(&args, &dir, &shard_specs, &clusters, admin_token, router_token, previous, shutdown).await
+    }
+    .await;
+    // Stop PostgreSQL last, after the servers using it.
+    let stops = clusters
+        .iter_mut()
+        .map(|c| c.stop(StopMode::Fast, Duration::from_secs(6)));
+    for r in futures_util::future::join_all(stops).await {
+        if let Err(e) = r {
+            eprintln!("stopping PostgreSQL: {e}");
+        }
+    }
+    if result.is_ok() {
+        println!("shardline dev stopped; data kept in {}", dir.display());
+    }
+    result
+}
+
+/// The shards to run: those of the previous run, else `n` new ones.
+fn plan_shards(dir: &Path, previous: Option<&DevInfo>, n: usize) -> anyhow::Result<Vec<DevShard>> {
+    if let Some(prev) = previous {
+        if prev.shards.len() != n {
+            eprintln!(
+                "note: {} has {} shards; --shards {n} applies to a new data dir only",
+                dir.display(),
+                prev.shards.len()
+            );
+        }
+        return Ok(prev.shards.clone());
+    }
+    if n == 0 || n > 64 {
+        bail!("--shards must be between 1 and 64");
+    }
+    (0..n)
+        .map(|i| {
+            Ok(DevShard {
+                id: format!("shard-{i}"),
+                dsn: String::new(),
+                port: free_port()?,
+                data_dir: dir.join("pg").join(format!("shard-{i}")),
+            })
+        })
+        .collect()
+}
+
+fn cluster_config(spec: &DevShard, password: &str) -> ClusterConfig {
+    let mut cfg = ClusterConfig::new(spec.data_dir.clone(), spec.port);
+    cfg.password = Some(password.to_string());
+    cfg.settings = DEV_PG_SETTINGS
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    cfg
+}
+
+/// Initialises (first run) and starts every cluster.
+async fn start_all(
+    bins: &PgBinaries,
+    specs: &[DevShard],
+    password: &str,
+) -> anyhow::Result<Vec<RunningCluster>> {
+    let starts = specs.iter().map(|spec| async move {
+        let cfg = cluster_config(spec, password);
+        init_cluster(bins, &cfg)
+            .await
+            .with_context(|| format!("initdb {}", spec.id))?;
+        start_cluster(bins, &cfg)
+            .await
+            .with_context(|| format!("start PostgreSQL for {} on port {}", spec.id, spec.port))
+    });
+    let mut out = Vec::new();
+    let mut first_err = None;
+    for r in futures_util::future::join_all(starts).await {
+        match r {
+            Ok(c) => out.push(c),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    match first_err {
+        None => Ok(out),
+        Some(e) => {
+            for mut c in out {
+                let _ = c.stop(StopMode::Fast, Duration::from_secs(5)).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    args: &DevArgs,
+    dir: &Path,
+    specs: &[DevShard],
+    clusters: &[RunningCluster],
+    admin_token: String,
+    router_token: String,
+    previous: Option<DevInfo>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let servers = shutdown.child_token();
+    let mut mcfg = shardline_manager::ManagerConfig::new(
+        dir.join("catalog.json"),
+        &admin_token,
+        &router_token,
+    );
+    mcfg.listen = args.manager_listen;
+    let manager = shardline_manager::bind(mcfg).await?;
+    let manager_url = format!("http://{}", manager.local_addr());
+    let mut rcfg = shardline_router::RouterConfig::new(&manager_url, &router_token);
+    rcfg.listen = args.router_listen;
+    rcfg.id = Some("dev-router".into());
+    let router = shardline_router::bind(rcfg).await?;
+    let router_url = format!("http://{}", router.local_addr());
+
+    let m_task = tokio::spawn(manager.run(servers.clone()));
+    let r_task = tokio::spawn(router.run(servers.clone()));
+
+    let setup = async {
+        let admin = ManagerClient::new(&manager_url, Some(admin_token.clone()))?;
+        let shards: Vec<DevShard> = specs
+            .iter()
+            .zip(clusters)
+            .map(|(s, c)| DevShard {
+                dsn: c.dsn(),
+                ..s.clone()
+            })
+            .collect();
+        bootstrap(&admin, &shards).await?;
+        let app_token = default_app_token(&admin, previous.as_ref()).await?;
+        wait_router_ready(&router_url).await?;
+        let info = DevInfo {
+            pid: std::process::id(),
+            router_url: router_url.clone(),
+            manager_url: manager_url.clone(),
+            admin_token: admin_token.clone(),
+            app_token,
+            router_token: router_token.clone(),
+            shards,
+        };
+        write_private(
+            &dir.join("dev.json"),
+            serde_json::to_string_pretty(&info)?.as_bytes(),
+        )?;
+        print_banner(&info, dir);
+        anyhow::Ok(())
+    };
+    let outcome = tokio::select! {
+        r = setup => r,
+        () = shutdown.cancelled() => Ok(()),
+    };
+    if outcome.is_ok() {
+        shutdown.cancelled().await;
+    }
+    servers.cancel();
+    let (m, r) = tokio::join!(m_task, r_task);
+    outcome?;
+    m.context("manager task")??;
+    r.context("router task")??;
+    Ok(())
+}
+
+/// Registers the shards and creates keyspace `default` over them, unless
+/// an earlier run did.
+async fn bootstrap(admin: &ManagerClient, shards: &[DevShard]) -> anyhow::Result<()> {
+    let existing = admin.list_shards().await?;
+    for s in shards {
+        if existing.iter().any(|e| e.id == s.id) {
+            continue;
+        }
+        admin
+            .register_shard(&RegisterShardRequest {
+                id: s.id.clone(),
+                primary: s.dsn.clone(),
+                replicas: Vec::new(),
+            })
+            .await
+            .with_context(|| format!("register {}", s.id))?;
+    }
+    match admin.get_keyspace(DEFAULT_KEYSPACE).await {
+        Ok(_) => Ok(()),
+        Err(ClientError::Api { status: 404, .. }) => {
+            admin
+                .create_keyspace(&CreateKeyspaceRequest {
+                    name: DEFAULT_KEYSPACE.into(),
+                    key_type: Default::default(),
+                    shards: shards.iter().map(|s| s.id.clone()).collect(),
+                })
+                .await
+                .context("create keyspace default")?;
+            Ok(())
+        }
+        Err(e) => Err(e).context("read keyspace default"),
+    }
+}
+
+/// The default app's token: the one from the previous run, or a new app.
+async fn default_app_token(
+    admin: &ManagerClient,
+    previous: Option<&DevInfo>,
+) -> anyhow::Result<String> {
+    let apps = admin.list_apps().await?;
+    let exists = apps.iter().any(|a| a.id == DEFAULT_APP);
+    if let (true, Some(prev)) = (exists, previous) {
+        return Ok(prev.app_token.clone());
+    }
+    if exists {
+        // The token was lost with dev.json: replace the app.
+        admin.delete_app(DEFAULT_APP).await?;
+    }
+    let created = admin
+        .create_app(&CreateAppRequest {
+            name: DEFAULT_APP.into(),
+            tenant: None,
+        })
+        .await
+        .context("create the default app")?;
+    Ok(created.token)
+}
+
+/// Waits until the router has loaded the catalog.
+async fn wait_router_ready(router_url: &str) -> anyhow::Result<()> {
+    let http = shardline_client::HttpClient::new(router_url, None)?;
+    for _ in 0..100 {
+        if let Ok((200, _)) = http.get_raw("/readyz").await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("the router did not load the catalog within 5s")
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))
+}
+
+fn print_banner(info: &DevInfo, dir: &Path) {
+    println!("shardline dev is running ({} shards)", info.shards.len());
+    println!("  router:      {}", info.router_url);
+    println!("  manager:     {}", info.manager_url);
+    println!("  admin token: {}", info.admin_token);
+    println!("  app token:   {}", info.app_token);
+    for s in &info.shards {
+        println!("  {}: postgresql on 127.0.0.1:{}", s.id, s.port);
+    }
+    println!("  details:     {}", dir.join("dev.json").display());
+    println!("Press Ctrl-C to stop.");
+}

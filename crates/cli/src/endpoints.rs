@@ -1,0 +1,109 @@
+//! Where the CLI finds the manager, the router and their tokens: flags,
+//! then environment, then the `dev.json` a `shardline dev` wrote.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use shardline_client::{ManagerClient, RouterClient};
+
+/// What `shardline dev` writes to `DIR/dev.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DevInfo {
+    /// The process serving these endpoints.
+    pub pid: u32,
+    pub router_url: String,
+    pub manager_url: String,
+    pub admin_token: String,
+    pub app_token: String,
+    pub router_token: String,
+    pub shards: Vec<DevShard>,
+}
+
+/// One shard of a dev setup.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DevShard {
+    pub id: String,
+    pub dsn: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+}
+
+impl DevInfo {
+    /// Reads `DIR/dev.json`.
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join("dev.json");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("read {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))
+    }
+}
+
+/// The default data directory of `shardline dev`.
+pub fn default_data_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("SHARDLINE_DATA_DIR") {
+        return PathBuf::from(d);
+    }
+    let base = std::env::var("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|_| std::env::var("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|_| PathBuf::from("."));
+    base.join("shardline/dev")
+}
+
+/// Endpoint flags shared by the client commands.
+#[derive(Debug, Clone, Args)]
+pub struct Endpoints {
+    /// Manager URL [default: from dev.json]
+    #[arg(long, env = "SHARDLINE_MANAGER_URL", global = true)]
+    pub manager: Option<String>,
+    /// Router URL [default: from dev.json]
+    #[arg(long, env = "SHARDLINE_ROUTER_URL", global = true)]
+    pub router: Option<String>,
+    /// Admin token for the manager [default: from dev.json]
+    #[arg(long, env = "SHARDLINE_ADMIN_TOKEN", global = true, hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Client-app token for the router [default: from dev.json]
+    #[arg(long, env = "SHARDLINE_APP_TOKEN", global = true, hide_env_values = true)]
+    pub app_token: Option<String>,
+    /// Data directory of `shardline dev`, whose dev.json gives defaults
+    #[arg(long, env = "SHARDLINE_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Endpoints {
+    fn dev(&self) -> Option<DevInfo> {
+        let dir = self.data_dir.clone().unwrap_or_else(default_data_dir);
+        DevInfo::load(&dir).ok()
+    }
+
+    fn pick(
+        &self,
+        given: &Option<String>,
+        from_dev: impl Fn(&DevInfo) -> String,
+        what: &str,
+        flag: &str,
+    ) -> anyhow::Result<String> {
+        if let Some(v) = given {
+            return Ok(v.clone());
+        }
+        self.dev().map(|d| from_dev(&d)).ok_or_else(|| {
+            anyhow!("no {what}: pass {flag}, set its environment variable, or run `shardline dev`")
+        })
+    }
+
+    /// A client for the manager's admin API.
+    pub fn manager(&self) -> anyhow::Result<ManagerClient> {
+        let url = self.pick(&self.manager, |d| d.manager_url.clone(), "manager URL", "--manager")?;
+        let token = self.pick(&self.admin_token, |d| d.admin_token.clone(), "admin token", "--admin-token")?;
+        Ok(ManagerClient::new(&url, Some(token))?)
+    }
+
+    /// A client for the router.
+    pub fn router(&self) -> anyhow::Result<RouterClient> {
+        let url = self.pick(&self.router, |d| d.router_url.clone(), "router URL", "--router")?;
+        let token = self.pick(&self.app_token, |d| d.app_token.clone(), "app token", "--app-token")?;
+        Ok(RouterClient::new(&url, Some(token))?)
+    }
+}

@@ -1,0 +1,266 @@
+//! A whole shardline in-process for integration tests: N throwaway
+//! PostgreSQL shards, a manager (file catalog in a temp dir) and a router,
+//! both on loopback port 0, keyspace `default` over the shards and one
+//! client app.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use shardline_api::manager::{CreateAppRequest, CreateKeyspaceRequest, RegisterShardRequest};
+use shardline_client::{ManagerClient, RouterClient};
+use shardline_testkit::PgCluster;
+use tokio_util::sync::CancellationToken;
+
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0001";
+pub const ROUTER_TOKEN: &str = "router-token-for-tests-0001";
+
+pub struct Stack {
+    pub shards: Vec<PgCluster>,
+    pub manager_url: String,
+    pub router_url: String,
+    pub app_token: String,
+    pub admin: ManagerClient,
+    pub router: RouterClient,
+    pub manager_stop: CancellationToken,
+    pub router_stop: CancellationToken,
+    pub manager_task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    pub router_task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    pub dir: tempfile::TempDir,
+}
+
+/// Options of a test stack.
+pub struct StackOptions {
+    pub shards: usize,
+    pub statement_timeout: Duration,
+    pub body_limit: usize,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            shards: 2,
+            statement_timeout: Duration::from_secs(10),
+            body_limit: 1024 * 1024,
+        }
+    }
+}
+
+pub fn manager_config(dir: &std::path::Path) -> shardline_manager::ManagerConfig {
+    let mut cfg = shardline_manager::ManagerConfig::new(
+        dir.join("catalog.json"),
+        ADMIN_TOKEN,
+        ROUTER_TOKEN,
+    );
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.health_interval = Duration::from_millis(200);
+    cfg
+}
+
+pub async fn start_manager(
+    cfg: shardline_manager::ManagerConfig,
+) -> (String, CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let bound = shardline_manager::bind(cfg).await.expect("bind manager");
+    let url = format!("http://{}", bound.local_addr());
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(bound.run(stop.clone()));
+    (url, stop, task)
+}
+
+pub async fn start_router(
+    manager_url: &str,
+    opts: &StackOptions,
+) -> (String, CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let mut cfg = shardline_router::RouterConfig::new(manager_url, ROUTER_TOKEN);
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.statement_timeout = opts.statement_timeout;
+    cfg.body_limit = opts.body_limit;
+    cfg.connect_timeout = Duration::from_secs(1);
+    cfg.acquire_timeout = Duration::from_secs(1);
+    let bound = shardline_router::bind(cfg).await.expect("bind router");
+    let url = format!("http://{}", bound.local_addr());
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(bound.run(stop.clone()));
+    (url, stop, task)
+}
+
+/// Waits until `check` passes, up to `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+impl Stack {
+    pub async fn start(opts: StackOptions) -> Stack {
+        let mut shards = Vec::new();
+        for _ in 0..opts.shards {
+            shards.push(PgCluster::start().await.expect("start shard"));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (manager_url, manager_stop, manager_task) =
+            start_manager(manager_config(dir.path())).await;
+        let admin = ManagerClient::new(&manager_url, Some(ADMIN_TOKEN.into())).unwrap();
+        for (i, pg) in shards.iter().enumerate() {
+            admin
+                .register_shard(&RegisterShardRequest {
+                    id: format!("s{i}"),
+                    primary: pg.dsn(),
+                    replicas: vec![],
+                })
+                .await
+                .unwrap();
+        }
+        admin
+            .create_keyspace(&CreateKeyspaceRequest {
+                name: "default".into(),
+                key_type: Default::default(),
+                shards: (0..shards.len()).map(|i| format!("s{i}")).collect(),
+            })
+            .await
+            .unwrap();
+        let app = admin
+            .create_app(&CreateAppRequest {
+                name: "test-app".into(),
+                tenant: None,
+            })
+            .await
+            .unwrap();
+        let (router_url, router_stop, router_task) = start_router(&manager_url, &opts).await;
+        let router = RouterClient::new(&router_url, Some(app.token.clone())).unwrap();
+        let ready = eventually(Duration::from_secs(10), || async {
+            router.route("default", "probe").await.is_ok()
+        })
+        .await;
+        assert!(ready, "router did not load the catalog");
+        Stack {
+            shards,
+            manager_url,
+            router_url,
+            app_token: app.token,
+            admin,
+            router,
+            manager_stop,
+            router_stop,
+            manager_task: Some(manager_task),
+            router_task: Some(router_task),
+            dir,
+        }
+    }
+
+    /// Applies a migration through the manager.
+    pub async fn migrate(&self, name: &str, sql: &str) {
+        self.admin
+            .apply_migration(
+                "default",
+                &shardline_api::manager::ApplyMigrationRequest {
+                    name: name.into(),
+                    sql: sql.into(),
+                },
+            )
+            .await
+            .expect("apply migration");
+    }
+
+    pub async fn stop(mut self) {
+        self.router_stop.cancel();
+        self.manager_stop.cancel();
+        if let Some(t) = self.router_task.take() {
+            t.await.unwrap().unwrap();
+        }
+        if let Some(t) = self.manager_task.take() {
+            t.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// A raw HTTP answer: status, headers, body as JSON (or null).
+pub struct Raw {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub content_type: Option<String>,
+    pub body: Value,
+    pub text: String,
+}
+
+/// Sends a raw HTTP/1.1 request over a fresh TCP connection, so tests can
+/// send anything (bad JSON, wrong methods, huge bodies).
+pub async fn raw(
+    base_url: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+    extra_headers: &[(&str, &str)],
+) -> Raw {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base_url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(t) = token {
+        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    for (k, v) in extra_headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // The server may answer (413) before reading a huge body.
+    let _ = stream.write_all(body).await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    };
+    let chunked = header("transfer-encoding").is_some_and(|v| v.contains("chunked"));
+    let body = if chunked { dechunk(body) } else { body.to_string() };
+    Raw {
+        status,
+        retry_after: header("retry-after"),
+        content_type: header("content-type"),
+        body: serde_json::from_str(&body).unwrap_or(Value::Null),
+        text: body,
+    }
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// `{"keyspace": "default", "shard_key": key, "sql": sql, "params": params}`.
+pub fn exec_body(key: &str, sql: &str, params: Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({"shard_key": key, "sql": sql, "params": params})).unwrap()
+}

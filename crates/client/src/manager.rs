@@ -1,0 +1,183 @@
+//! The manager's (control plane's) API, typed.
+
+use std::time::Duration;
+
+use serde::de::IgnoredAny;
+use shardline_api::manager::{
+    AppInfo, ApplyMigrationRequest, CreateAppRequest, CreateAppResponse, CreateKeyspaceRequest,
+    HeartbeatResponse, InitialMapRequest, KeyspaceInfo, MigrationInfo, MigrationResult,
+    RegisterShardRequest, RouterHeartbeat, RouterInfo, ShardInfo, StatusResponse,
+};
+use shardline_core::Catalog;
+
+use crate::encode::path_segment;
+use crate::error::ClientError;
+use crate::http::HttpClient;
+
+/// A client of one manager. Built with the admin token for the admin
+/// endpoints, or a router token for the catalog watch and heartbeats.
+/// Requests are not retried: admin verbs report failures to a person, and
+/// a router's watch loop has its own cadence.
+#[derive(Debug, Clone)]
+pub struct ManagerClient {
+    http: HttpClient,
+}
+
+impl ManagerClient {
+    /// A client of the manager at `base_url` (`http://host:port`).
+    pub fn new(base_url: &str, token: Option<String>) -> Result<Self, ClientError> {
+        Ok(Self::from_http(HttpClient::new(base_url, token)?))
+    }
+
+    /// Wraps an already configured [`HttpClient`].
+    pub fn from_http(http: HttpClient) -> Self {
+        Self { http }
+    }
+
+    /// Sets the per-request timeout.
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        Self::from_http(self.http.with_timeout(timeout))
+    }
+
+    /// The underlying HTTP client, for endpoints without a method here.
+    pub fn http(&self) -> &HttpClient {
+        &self.http
+    }
+
+    /// `GET /v1/status`.
+    pub async fn status(&self) -> Result<StatusResponse, ClientError> {
+        self.http.get("/v1/status").await
+    }
+
+    /// `POST /v1/keyspaces`.
+    pub async fn create_keyspace(
+        &self,
+        req: &CreateKeyspaceRequest,
+    ) -> Result<KeyspaceInfo, ClientError> {
+        self.http.post("/v1/keyspaces", req).await
+    }
+
+    /// `GET /v1/keyspaces`.
+    pub async fn list_keyspaces(&self) -> Result<Vec<KeyspaceInfo>, ClientError> {
+        self.http.get("/v1/keyspaces").await
+    }
+
+    /// `GET /v1/keyspaces/{name}`.
+    pub async fn get_keyspace(&self, name: &str) -> Result<KeyspaceInfo, ClientError> {
+        self.http
+            .get(&format!("/v1/keyspaces/{}", path_segment(name)))
+            .await
+    }
+
+    /// `PUT /v1/keyspaces/{name}/map`: the first map of a keyspace.
+    pub async fn set_initial_map(
+        &self,
+        name: &str,
+        req: &InitialMapRequest,
+    ) -> Result<KeyspaceInfo, ClientError> {
+        self.http
+            .put(&format!("/v1/keyspaces/{}/map", path_segment(name)), req)
+            .await
+    }
+
+    /// `POST /v1/keyspaces/{name}/migrations`.
+    pub async fn apply_migration(
+        &self,
+        keyspace: &str,
+        req: &ApplyMigrationRequest,
+    ) -> Result<MigrationResult, ClientError> {
+        self.http
+            .post(
+                &format!("/v1/keyspaces/{}/migrations", path_segment(keyspace)),
+                req,
+            )
+            .await
+    }
+
+    /// `GET /v1/keyspaces/{name}/migrations`.
+    pub async fn list_migrations(&self, keyspace: &str) -> Result<Vec<MigrationInfo>, ClientError> {
+        self.http
+            .get(&format!(
+                "/v1/keyspaces/{}/migrations",
+                path_segment(keyspace)
+            ))
+            .await
+    }
+
+    /// `POST /v1/shards`.
+    pub async fn register_shard(
+        &self,
+        req: &RegisterShardRequest,
+    ) -> Result<ShardInfo, ClientError> {
+        self.http.post("/v1/shards", req).await
+    }
+
+    /// `GET /v1/shards`.
+    pub async fn list_shards(&self) -> Result<Vec<ShardInfo>, ClientError> {
+        self.http.get("/v1/shards").await
+    }
+
+    /// `GET /v1/shards/{id}`.
+    pub async fn get_shard(&self, id: &str) -> Result<ShardInfo, ClientError> {
+        self.http
+            .get(&format!("/v1/shards/{}", path_segment(id)))
+            .await
+    }
+
+    /// `DELETE /v1/shards/{id}`. Any 2xx body is accepted and ignored.
+    pub async fn delete_shard(&self, id: &str) -> Result<(), ClientError> {
+        self.http
+            .delete::<IgnoredAny>(&format!("/v1/shards/{}", path_segment(id)))
+            .await
+            .map(|_| ())
+    }
+
+    /// `POST /v1/apps`: the answer carries the app's token, shown this once.
+    pub async fn create_app(
+        &self,
+        req: &CreateAppRequest,
+    ) -> Result<CreateAppResponse, ClientError> {
+        self.http.post("/v1/apps", req).await
+    }
+
+    /// `GET /v1/apps`.
+    pub async fn list_apps(&self) -> Result<Vec<AppInfo>, ClientError> {
+        self.http.get("/v1/apps").await
+    }
+
+    /// `DELETE /v1/apps/{id}`. Any 2xx body is accepted and ignored.
+    pub async fn delete_app(&self, id: &str) -> Result<(), ClientError> {
+        self.http
+            .delete::<IgnoredAny>(&format!("/v1/apps/{}", path_segment(id)))
+            .await
+            .map(|_| ())
+    }
+
+    /// `GET /v1/catalog?after_version=N&wait_ms=M` (router token): the
+    /// catalog once its version is above `after_version`, or `None` if the
+    /// manager saw nothing newer within `wait` (304). The request's
+    /// timeout is the client's timeout on top of `wait`, so a long poll
+    /// held open for its full wait is not cut short.
+    pub async fn watch_catalog(
+        &self,
+        after_version: u64,
+        wait: Duration,
+    ) -> Result<Option<Catalog>, ClientError> {
+        let path = format!(
+            "/v1/catalog?after_version={after_version}&wait_ms={}",
+            wait.as_millis()
+        );
+        let timeout = self.http.timeout().saturating_add(wait);
+        self.http.get_opt_with_timeout(&path, timeout).await
+    }
+
+    /// `POST /v1/routers/heartbeat` (router token).
+    pub async fn heartbeat(&self, hb: &RouterHeartbeat) -> Result<HeartbeatResponse, ClientError> {
+        self.http.post("/v1/routers/heartbeat", hb).await
+    }
+
+    /// `GET /v1/routers`: the live routers.
+    pub async fn list_routers(&self) -> Result<Vec<RouterInfo>, ClientError> {
+        self.http.get("/v1/routers").await
+    }
+}

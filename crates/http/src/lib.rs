@@ -1,0 +1,17 @@
+//! HTTP plumbing shared by the router and the manager: the error answer,
+//! body and query extractors that turn every bad input into a clear 4xx,
+//! bearer tokens, the 404/405 fallbacks and serving with graceful drain.
+//!
+//! # Layout
+//! - [`error`]: [`ErrorResponse`], an [`ApiError`](shardline_api::ApiError)
+//!   as an HTTP answer.
+//! - [`extract`]: [`JsonBody`], [`QueryParams`], [`bearer_token`].
+//! - [`serve`]: [`serve()`](serve::serve) and [`with_fallbacks`].
+
+pub mod error;
+pub mod extract;
+pub mod serve;
+
+pub use error::ErrorResponse;
+pub use extract::{bearer_token, JsonBody, PathParam, QueryParams, TokenCheck};
+pub use serve::{serve, with_fallbacks};

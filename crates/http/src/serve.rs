@@ -1,0 +1,66 @@
+//! Serving with JSON fallbacks and a bounded graceful drain.
+
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::Router;
+use shardline_api::ErrorCode;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ErrorResponse;
+use crate::extract::BodyLimit;
+
+async fn not_found() -> ErrorResponse {
+    ErrorResponse::new(ErrorCode::NotFound, "no such endpoint")
+}
+
+async fn method_not_allowed() -> ErrorResponse {
+    ErrorResponse::new(
+        ErrorCode::MethodNotAllowed,
+        "method not allowed on this endpoint",
+    )
+}
+
+/// Adds JSON 404/405 answers and the request-body limit to a router.
+pub fn with_fallbacks(router: Router, body_limit: usize) -> Router {
+    let limit = BodyLimit(body_limit);
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(
+            move |mut req: Request, next: Next| async move {
+                req.extensions_mut().insert(limit);
+                let resp: Response = next.run(req).await;
+                resp
+            },
+        ))
+}
+
+/// Serves `app` until `shutdown` is cancelled, then stops accepting and
+/// lets in-flight requests finish for up to `drain`.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+    drain: Duration,
+) -> std::io::Result<()> {
+    let signal = shutdown.clone();
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(async move { signal.cancelled().await });
+    let mut task = tokio::spawn(async move { server.await });
+    tokio::select! {
+        res = &mut task => return res.unwrap_or(Ok(())),
+        () = shutdown.cancelled() => {}
+    }
+    match tokio::time::timeout(drain, &mut task).await {
+        Ok(res) => res.unwrap_or(Ok(())),
+        Err(_) => {
+            tracing::warn!(?drain, "in-flight requests did not finish in time; closing");
+            task.abort();
+            Ok(())
+        }
+    }
+}

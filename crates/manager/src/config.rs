@@ -1,0 +1,170 @@
+//! The manager's configuration (a TOML file; unknown keys are refused).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+/// Environment variable read when `admin_token` is not in the file.
+pub const ADMIN_TOKEN_ENV: &str = "SHARDLINE_ADMIN_TOKEN";
+/// Environment variable read when `router_token` is not in the file.
+pub const ROUTER_TOKEN_ENV: &str = "SHARDLINE_ROUTER_TOKEN";
+
+/// Tokens shorter than this are refused: they must not be guessable.
+const MIN_TOKEN_LEN: usize = 16;
+
+/// The manager's settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagerConfig {
+    /// Address of the HTTP API. Default `127.0.0.1:8081`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// File of the embedded catalog store. Default `shardline-catalog.json`.
+    #[serde(default = "default_catalog_path")]
+    pub catalog_path: PathBuf,
+    /// Bearer token of operators (admin API). Else `$SHARDLINE_ADMIN_TOKEN`.
+    #[serde(default)]
+    pub admin_token: Option<String>,
+    /// Bearer token routers use to follow the catalog and heartbeat. Else
+    /// `$SHARDLINE_ROUTER_TOKEN`.
+    #[serde(default)]
+    pub router_token: Option<String>,
+    /// How often every PostgreSQL instance is checked. Default `1s`.
+    #[serde(default = "default_health_interval", with = "humantime_serde")]
+    pub health_interval: Duration,
+    /// Time allowed for one check (connect and query). Default `1s`.
+    #[serde(default = "default_health_timeout", with = "humantime_serde")]
+    pub health_timeout: Duration,
+    /// A router that has not heartbeaten for this long is gone. Default `10s`.
+    #[serde(default = "default_router_lease", with = "humantime_serde")]
+    pub router_lease: Duration,
+    /// Longest a catalog watch request is held open. Default `30s`.
+    #[serde(default = "default_max_watch_wait", with = "humantime_serde")]
+    pub max_watch_wait: Duration,
+    /// Time allowed to connect to a shard to apply a migration. Default `5s`.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Largest request body. Default 1 MiB.
+    #[serde(default = "default_body_limit")]
+    pub body_limit: usize,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8081))
+}
+fn default_catalog_path() -> PathBuf {
+    PathBuf::from("shardline-catalog.json")
+}
+fn default_health_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_health_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_router_lease() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_watch_wait() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_body_limit() -> usize {
+    1024 * 1024
+}
+
+impl ManagerConfig {
+    /// Settings with every default, the given tokens and catalog path.
+    pub fn new(catalog_path: PathBuf, admin_token: &str, router_token: &str) -> Self {
+        Self {
+            listen: default_listen(),
+            catalog_path,
+            admin_token: Some(admin_token.to_string()),
+            router_token: Some(router_token.to_string()),
+            health_interval: default_health_interval(),
+            health_timeout: default_health_timeout(),
+            router_lease: default_router_lease(),
+            max_watch_wait: default_max_watch_wait(),
+            connect_timeout: default_connect_timeout(),
+            body_limit: default_body_limit(),
+        }
+    }
+
+    /// Parses a TOML document (unknown keys are errors).
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        let cfg: Self = toml::from_str(text).context("parse manager config")?;
+        Ok(cfg)
+    }
+
+    /// Reads a TOML file, fills tokens from the environment, validates.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("read config file {}", path.display()))?;
+        let mut cfg = Self::from_toml(&text)?;
+        cfg.fill_from_env();
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Takes missing tokens from the environment.
+    pub fn fill_from_env(&mut self) {
+        if self.admin_token.is_none() {
+            self.admin_token = std::env::var(ADMIN_TOKEN_ENV).ok();
+        }
+        if self.router_token.is_none() {
+            self.router_token = std::env::var(ROUTER_TOKEN_ENV).ok();
+        }
+    }
+
+    /// Checks that the settings can work.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for (name, token) in [
+            ("admin_token", &self.admin_token),
+            ("router_token", &self.router_token),
+        ] {
+            match token {
+                None => bail!("{name} is not set (config file or environment)"),
+                Some(t) if t.len() < MIN_TOKEN_LEN => {
+                    bail!("{name} must be at least {MIN_TOKEN_LEN} characters")
+                }
+                Some(_) => {}
+            }
+        }
+        if self.health_interval.is_zero() || self.health_timeout.is_zero() {
+            bail!("health_interval and health_timeout must be positive");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_defaults() {
+        let cfg = ManagerConfig::from_toml(
+            "listen = \"127.0.0.1:9000\"\nadmin_token = \"aaaaaaaaaaaaaaaaaaaa\"\nrouter_token = \"bbbbbbbbbbbbbbbbbbbb\"\nhealth_interval = \"250ms\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.listen.port(), 9000);
+        assert_eq!(cfg.health_interval, Duration::from_millis(250));
+        assert_eq!(cfg.router_lease, Duration::from_secs(10));
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn refuses_unknown_keys_and_short_tokens() {
+        let err = ManagerConfig::from_toml("listne = \"127.0.0.1:1\"").unwrap_err();
+        assert!(format!("{err:#}").contains("listne"), "{err:#}");
+        let cfg = ManagerConfig::from_toml(
+            "admin_token = \"short\"\nrouter_token = \"bbbbbbbbbbbbbbbbbbbb\"",
+        )
+        .unwrap();
+        assert!(cfg.validate().is_err());
+    }
+}

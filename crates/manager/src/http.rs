@@ -1,0 +1,460 @@
+//! The manager's HTTP API. Handlers are short: authorise, parse, call
+//! the operation, answer JSON.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use shardline_api::manager::{
+    AppInfo, ApplyMigrationRequest, CreateAppRequest, CreateAppResponse, CreateKeyspaceRequest,
+    HeartbeatResponse, InitialMapRequest, InstanceInfo, KeyspaceInfo, MigrationInfo, RangeInfo,
+    RegisterShardRequest, RouterHeartbeat, ShardInfo, StatusResponse,
+};
+use shardline_api::ErrorCode;
+use shardline_core::catalog::{App, Keyspace, Shard};
+use shardline_core::Catalog;
+use shardline_http::{with_fallbacks, ErrorResponse, JsonBody, PathParam, QueryParams, TokenCheck};
+
+use crate::error::ServiceError;
+use crate::health::HealthTable;
+use crate::ops;
+use crate::routers::RouterRegistry;
+use crate::service::CatalogService;
+
+/// What the handlers share.
+pub struct AppState {
+    pub service: Arc<CatalogService>,
+    pub health: Arc<HealthTable>,
+    pub routers: RouterRegistry,
+    pub admin: TokenCheck,
+    pub router_auth: TokenCheck,
+    pub metrics: shardline_metrics::Registry,
+    pub catalog_version: shardline_metrics::GaugeVec,
+    pub live_routers: shardline_metrics::GaugeVec,
+    pub max_watch_wait: Duration,
+    pub connect_timeout: Duration,
+}
+
+type Shared = State<Arc<AppState>>;
+type ApiResult<T> = Result<T, ErrorResponse>;
+
+impl From<ServiceError> for ErrorResponse {
+    fn from(e: ServiceError) -> Self {
+        if matches!(e, ServiceError::Store(_)) {
+            tracing::error!(error = %e, "catalog store");
+        }
+        ErrorResponse(e.to_api())
+    }
+}
+
+/// The manager's routes.
+pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
+    let api = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/status", get(status))
+        .route("/v1/keyspaces", get(list_keyspaces).post(create_keyspace))
+        .route("/v1/keyspaces/{name}", get(get_keyspace))
+        .route("/v1/keyspaces/{name}/map", put(set_map))
+        .route(
+            "/v1/keyspaces/{name}/migrations",
+            get(list_migrations).post(apply_migration),
+        )
+        .route("/v1/shards", get(list_shards).post(register_shard))
+        .route("/v1/shards/{id}", get(get_shard).delete(remove_shard))
+        .route("/v1/apps", get(list_apps).post(create_app))
+        .route("/v1/apps/{id}", get(get_app).delete(delete_app))
+        .route("/v1/catalog", get(watch_catalog))
+        .route("/v1/routers", get(list_routers))
+        .route("/v1/routers/heartbeat", post(heartbeat))
+        .with_state(state);
+    with_fallbacks(api, body_limit)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn metrics(State(st): Shared) -> Response {
+    st.catalog_version
+        .with(&[])
+        .set(st.service.current().catalog.version as f64);
+    st.live_routers
+        .with(&[])
+        .set(st.routers.live().len() as f64);
+    (
+        [(header::CONTENT_TYPE, shardline_metrics::CONTENT_TYPE)],
+        st.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Shows a DSN with its password replaced.
+pub fn redact_dsn(dsn: &str) -> String {
+    if let Some(rest) = dsn
+        .strip_prefix("postgresql://")
+        .or_else(|| dsn.strip_prefix("postgres://"))
+    {
+        let scheme = &dsn[..dsn.len() - rest.len()];
+        if let Some((userinfo, host)) = rest.split_once('@') {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            return format!("{scheme}{user}:***@{host}");
+        }
+        return dsn.to_string();
+    }
+    dsn.split_whitespace()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => kv.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn keyspace_info(ks: &Keyspace) -> KeyspaceInfo {
+    KeyspaceInfo {
+        name: ks.name.clone(),
+        key_type: ks.key_type,
+        map: ks
+            .map
+            .iter()
+            .flat_map(|m| m.ranges())
+            .map(|r| RangeInfo {
+                range: r.range.to_string(),
+                shard: r.shard.clone(),
+            })
+            .collect(),
+        migrations: ks
+            .migrations
+            .iter()
+            .map(|m| MigrationInfo {
+                name: m.name.clone(),
+                checksum: m.checksum.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn shard_info(cat: &Catalog, shard: &Shard, health: &HealthTable) -> ShardInfo {
+    let ranges = shard
+        .keyspace
+        .as_ref()
+        .and_then(|k| cat.keyspaces.get(k))
+        .and_then(|ks| ks.map.as_ref())
+        .map(|m| {
+            m.ranges()
+                .iter()
+                .filter(|r| r.shard == shard.id)
+                .map(|r| r.range.to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut instances = vec![InstanceInfo {
+        role: "primary".into(),
+        dsn: redact_dsn(&shard.primary.dsn),
+        health: health.get(&shard.primary.dsn),
+    }];
+    instances.extend(shard.replicas.iter().map(|r| InstanceInfo {
+        role: "replica".into(),
+        dsn: redact_dsn(&r.dsn),
+        health: health.get(&r.dsn),
+    }));
+    ShardInfo {
+        id: shard.id.clone(),
+        keyspace: shard.keyspace.clone(),
+        ranges,
+        generation: shard.generation,
+        instances,
+    }
+}
+
+fn app_info(app: &App) -> AppInfo {
+    AppInfo {
+        id: app.id.clone(),
+        name: app.name.clone(),
+        tenant: app.tenant.clone(),
+        created_at: app.created_at.clone(),
+    }
+}
+
+async fn status(State(st): Shared, headers: HeaderMap) -> ApiResult<Json<StatusResponse>> {
+    st.admin.check(&headers)?;
+    let p = st.service.current();
+    let cat = &p.catalog;
+    Ok(Json(StatusResponse {
+        catalog_version: cat.version,
+        keyspaces: cat.keyspaces.values().map(keyspace_info).collect(),
+        shards: cat
+            .shards
+            .values()
+            .map(|s| shard_info(cat, s, &st.health))
+            .collect(),
+        routers: st.routers.live(),
+    }))
+}
+
+async fn list_keyspaces(
+    State(st): Shared,
+    headers: HeaderMap,
+) -> ApiResult<Json<Vec<KeyspaceInfo>>> {
+    st.admin.check(&headers)?;
+    let p = st.service.current();
+    Ok(Json(
+        p.catalog.keyspaces.values().map(keyspace_info).collect(),
+    ))
+}
+
+fn find_keyspace(st: &AppState, name: &str) -> ApiResult<KeyspaceInfo> {
+    st.service
+        .current()
+        .catalog
+        .keyspaces
+        .get(name)
+        .map(keyspace_info)
+        .ok_or_else(|| ErrorResponse::new(ErrorCode::NotFound, format!("no keyspace {name}")))
+}
+
+async fn get_keyspace(
+    State(st): Shared,
+    headers: HeaderMap,
+    PathParam(name): PathParam,
+) -> ApiResult<Json<KeyspaceInfo>> {
+    st.admin.check(&headers)?;
+    find_keyspace(&st, &name).map(Json)
+}
+
+async fn create_keyspace(
+    State(st): Shared,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<CreateKeyspaceRequest>,
+) -> ApiResult<(StatusCode, Json<KeyspaceInfo>)> {
+    st.admin.check(&headers)?;
+    ops::create_keyspace(&st.service, &req).await?;
+    Ok((StatusCode::CREATED, Json(find_keyspace(&st, &req.name)?)))
+}
+
+async fn set_map(
+    State(st): Shared,
+    headers: HeaderMap,
+    PathParam(name): PathParam,
+    JsonBody(req): JsonBody<InitialMapRequest>,
+) -> ApiResult<Json<KeyspaceInfo>> {
+    st.admin.check(&headers)?;
+    ops::set_initial_map(&st.service, &name, &req.shards, st.connect_timeout).await?;
+    find_keyspace(&st, &name).map(Json)
+}
+
+async fn list_migrations(
+    State(st): Shared,
+    headers: HeaderMap,
+    PathParam(name): PathParam,
+) -> ApiResult<Json<Vec<MigrationInfo>>> {
+    st.admin.check(&headers)?;
+    find_keyspace(&st, &name).map(|k| Json(k.migrations))
+}
+
+async fn apply_migration(
+    State(st): Shared,
+    headers: HeaderMap,
+    PathParam(name): PathParam,
+    JsonBody(req): JsonBody<ApplyMigrationRequest>,
+) -> ApiResult<Response> {
+    st.admin.check(&headers)?;
+    let result = ops::apply_migration(&st.service, &name, &req, st.connect_timeout).await?;
+    Ok(Json(result).into_response())
+}
+
+async fn list_shards(State(st): Shared, headers: HeaderMap) -> ApiResult<Json<Vec<ShardInfo>>> {
+    st.admin.check(&headers)?;
+    let p = st.service.current();
+    Ok(Json(
+        p.catalog
+            .shards
+            .values()
+            .map(|s| shard_info(&p.catalog, s, &st.health))
+            .collect(),
+    ))
+}
+
+fn find_shard(st: &AppState, id: &str) -> ApiResult<ShardInfo> {
+    let p = st.service.current();
+    p.catalog
+        .shards
+        .get(id)
+        .map(|s| shard_info(&p.catalog, s, &st.health))
+        .ok_or_else(|| ErrorResponse::new(ErrorCode::NotFound, format!("no shard {id}")))
+}
+
+async fn get_shard(
+    State(st): Shared,
+    headers: HeaderMap,
+    PathParam(id): PathParam,
+) -> ApiResult<Json<ShardInfo>> {
+    st.admin.check(&headers)?;
+    find_shard(&st, &id).map(Json)
+}
+
+async fn register_shard(
+    State(st): Shared,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<RegisterShardRequest>,
+) -> ApiResult<(StatusCode, Json<ShardInfo>)> {
+    st.admin.check(&headers)?;
+    ops::register_shard(&st.service, &req).await?;
+    Ok((StatusCode::CREATED, Json(find_shard(&st, &req.id)?)))
+}
+
+async fn remove_shard(
+    State(st): Shared,
+    headers: HeaderMap,
+    PathParam(id): PathParam,
+) -> ApiResult<StatusCode> {
+    st.admin.check(&headers)?;
+    ops::remove_shard(&st.service, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_apps(State(st): Shared, headers: HeaderMap) -> ApiResult<Json<Vec<AppInfo>>> {
+    st.admin.check(&headers)?;
+    Ok(Json(
+        st.service
+            .current()
+            .catalog
+            .apps
+            .values()
+            .map(app_info)
+            .collect(),
+    ))
+}
+
+async fn get_app(
+    State(st): Shared,
+    headers: HeaderMap,
+    PathParam(id): PathParam,
+) -> ApiResult<Json<AppInfo>> {
+    st.admin.check(&headers)?;
+    st.service
+        .current()
+        .catalog
+        .apps
+        .get(&id)
+        .map(|a| Json(app_info(a)))
+        .ok_or_else(|| ErrorResponse::new(ErrorCode::NotFound, format!("no app {id}")))
+}
+
+async fn create_app(
+    State(st): Shared,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<CreateAppRequest>,
+) -> ApiResult<(StatusCode, Json<CreateAppResponse>)> {
+    st.admin.check(&headers)?;
+    let (app, token) = ops::create_app(&st.service, &req).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreateAppResponse {
+            app: app_info(&app),
+            token,
+        }),
+    ))
+}
+
+async fn delete_app(
+    State(st): Shared,
+    headers: HeaderMap,
+    PathParam(id): PathParam,
+) -> ApiResult<StatusCode> {
+    st.admin.check(&headers)?;
+    ops::delete_app(&st.service, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Query of the catalog watch.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WatchQuery {
+    #[serde(default)]
+    after_version: u64,
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+/// Routers (or operators) follow the catalog: answers at once when the
+/// catalog is newer than `after_version`, else holds the request until it
+/// is or `wait_ms` passes (304).
+async fn watch_catalog(
+    State(st): Shared,
+    headers: HeaderMap,
+    QueryParams(q): QueryParams<WatchQuery>,
+) -> ApiResult<Response> {
+    if st.router_auth.check(&headers).is_err() {
+        st.admin.check(&headers)?;
+    }
+    let wait = Duration::from_millis(q.wait_ms).min(st.max_watch_wait);
+    let mut rx = st.service.subscribe();
+    let newer = |p: &Arc<crate::service::Published>| p.catalog.version > q.after_version;
+    let published = match tokio::time::timeout(wait, rx.wait_for(newer)).await {
+        Ok(Ok(p)) => p.clone(),
+        Ok(Err(_)) | Err(_) => {
+            let p = st.service.current();
+            if !newer(&p) {
+                return Ok(StatusCode::NOT_MODIFIED.into_response());
+            }
+            p
+        }
+    };
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        published.json(),
+    )
+        .into_response())
+}
+
+async fn list_routers(
+    State(st): Shared,
+    headers: HeaderMap,
+) -> ApiResult<Json<Vec<shardline_api::manager::RouterInfo>>> {
+    st.admin.check(&headers)?;
+    Ok(Json(st.routers.live()))
+}
+
+async fn heartbeat(
+    State(st): Shared,
+    headers: HeaderMap,
+    JsonBody(hb): JsonBody<RouterHeartbeat>,
+) -> ApiResult<Json<HeartbeatResponse>> {
+    st.router_auth.check(&headers)?;
+    if hb.id.is_empty() || hb.id.len() > 200 {
+        return Err(ErrorResponse::new(
+            ErrorCode::InvalidRequest,
+            "router id must be 1-200 characters",
+        ));
+    }
+    st.routers.heartbeat(&hb);
+    Ok(Json(HeartbeatResponse {
+        lease_ms: st.routers.lease().as_millis() as u64,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_dsn;
+
+    #[test]
+    fn redacts() {
+        assert_eq!(
+            redact_dsn("host=a port=1 user=u password=secret dbname=d"),
+            "host=a port=1 user=u password=*** dbname=d"
+        );
+        assert_eq!(
+            redact_dsn("postgresql://u:secret@h:5432/db"),
+            "postgresql://u:***@h:5432/db"
+        );
+        assert_eq!(redact_dsn("postgres://h/db"), "postgres://h/db");
+    }
+}

@@ -1,0 +1,84 @@
+//! Live routers: each heartbeats with the catalog version it serves; one
+//! that misses its lease is gone.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use shardline_api::manager::{RouterHeartbeat, RouterInfo};
+
+struct Seen {
+    address: String,
+    applied_version: u64,
+    at: Instant,
+}
+
+/// The routers that heartbeat to this manager.
+pub struct RouterRegistry {
+    lease: Duration,
+    routers: Mutex<HashMap<String, Seen>>,
+}
+
+impl RouterRegistry {
+    /// A registry whose routers expire after `lease` without a heartbeat.
+    pub fn new(lease: Duration) -> Self {
+        Self {
+            lease,
+            routers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The lease length.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// Records a heartbeat.
+    pub fn heartbeat(&self, hb: &RouterHeartbeat) {
+        let mut routers = self.routers.lock().unwrap_or_else(|e| e.into_inner());
+        routers.insert(
+            hb.id.clone(),
+            Seen {
+                address: hb.address.clone(),
+                applied_version: hb.applied_version,
+                at: Instant::now(),
+            },
+        );
+    }
+
+    /// Routers within their lease, by id; forgets expired ones.
+    pub fn live(&self) -> Vec<RouterInfo> {
+        let mut routers = self.routers.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        routers.retain(|_, s| now.duration_since(s.at) <= self.lease);
+        let mut out: Vec<RouterInfo> = routers
+            .iter()
+            .map(|(id, s)| RouterInfo {
+                id: id.clone(),
+                address: s.address.clone(),
+                applied_version: s.applied_version,
+                last_seen_ms: now.duration_since(s.at).as_millis() as u64,
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expires() {
+        let reg = RouterRegistry::new(Duration::from_millis(30));
+        reg.heartbeat(&RouterHeartbeat {
+            id: "r1".into(),
+            address: "a".into(),
+            applied_version: 3,
+        });
+        assert_eq!(reg.live().len(), 1);
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(reg.live().is_empty());
+    }
+}

@@ -1,0 +1,89 @@
+//! Following the manager: long-polls the catalog and installs each new
+//! version; heartbeats with the version applied. When the manager is
+//! down, the router keeps routing by the last catalog it has.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shardline_api::manager::RouterHeartbeat;
+use shardline_client::ManagerClient;
+use tokio_util::sync::CancellationToken;
+
+use crate::pg::pool::PoolConfig;
+use crate::state::{Routing, RoutingCell};
+
+/// What the follower needs.
+pub struct Follower {
+    pub manager: ManagerClient,
+    pub routing: Arc<RoutingCell>,
+    pub pool_cfg: PoolConfig,
+    pub wait: Duration,
+    pub on_version: Box<dyn Fn(u64) + Send + Sync>,
+}
+
+impl Follower {
+    /// Polls until shutdown.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        let mut failing = false;
+        loop {
+            let after = self.routing.get().version;
+            let poll = self.manager.watch_catalog(after, self.wait);
+            let res = tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = poll => r,
+            };
+            match res {
+                Ok(Some(catalog)) => {
+                    let previous = self.routing.get();
+                    let next = Routing::build(&catalog, &previous, &self.pool_cfg);
+                    let version = next.version;
+                    self.routing.set(next);
+                    (self.on_version)(version);
+                    tracing::info!(version, "catalog applied");
+                    backoff = Duration::from_millis(100);
+                    failing = false;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "cannot reach the manager; routing by the last catalog");
+                        failing = true;
+                    }
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+}
+
+/// Heartbeats every `interval` until shutdown.
+pub async fn heartbeat(
+    manager: ManagerClient,
+    routing: Arc<RoutingCell>,
+    id: String,
+    address: String,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let hb = RouterHeartbeat {
+            id: id.clone(),
+            address: address.clone(),
+            applied_version: routing.get().version,
+        };
+        if let Err(e) = manager.heartbeat(&hb).await {
+            tracing::debug!(error = %e, "heartbeat");
+        }
+    }
+}

@@ -1,0 +1,398 @@
+//! Runs a client's statement, or a transaction of several, on a pooled
+//! connection and returns JSON rows.
+//!
+//! Pooled connections are shared by every request of a tenant, so a
+//! statement must leave no session state behind. Statements whose leading
+//! keyword controls transactions (`BEGIN`, `START`, `COMMIT`, `END`,
+//! `ROLLBACK`, `ABORT`, `PREPARE TRANSACTION`, and outside
+//! [`transaction`] `SAVEPOINT`, `RELEASE`, `ROLLBACK TO`) or changes the
+//! session (`SET` other than `SET LOCAL`/`SET TRANSACTION`/`SET
+//! CONSTRAINTS`, `RESET`, `DISCARD`, `LISTEN`, `PREPARE`, `DEALLOCATE`,
+//! `DECLARE`, `LOAD`) are refused with a 400 before anything is sent;
+//! `COPY` is refused too (the HTTP API carries no copy stream). This is a
+//! keyword check after whitespace, comments, `;` and `(`: it does not
+//! see session changes made by functions (`set_config(.., false)`,
+//! session advisory locks) or temporary tables. Resetting every
+//! connection after use instead (`DISCARD ALL`) would cost a round trip
+//! per request and drop the prepared-statement cache.
+//!
+//! Statements are prepared once per connection and cached; when
+//! PostgreSQL reports a cached statement stale (its result type changed
+//! under DDL, SQLSTATE 0A000, or it was deallocated, 26000), the cache
+//! entry is dropped and the statement, which did not run, is retried
+//! once.
+
+use futures_util::StreamExt as _;
+use serde_json::Value;
+use shardline_api::router::{Column, StatementResult};
+use shardline_api::{ApiError, ErrorCode};
+use tokio_postgres::Statement;
+
+use super::error::{breaks_connection, from_pg_error};
+use super::pool::PooledConn;
+use super::values::{self, RawValue};
+
+/// Bounds on the result of one statement held in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResultLimits {
+    /// Most rows returned (default 1,000,000).
+    pub max_rows: usize,
+    /// Most bytes of row data, counting the raw values plus 32 bytes per
+    /// value (default 64 MiB).
+    pub max_bytes: usize,
+}
+
+impl Default for ResultLimits {
+    fn default() -> Self {
+        Self { max_rows: 1_000_000, max_bytes: 64 << 20 }
+    }
+}
+
+/// Runs one statement with default [`ResultLimits`].
+pub async fn execute(
+    conn: &mut PooledConn,
+    sql: &str,
+    params: &[Value],
+) -> Result<StatementResult, ApiError> {
+    execute_with(conn, sql, params, &ResultLimits::default()).await
+}
+
+/// Runs one statement (refusing session-changing ones, see the module
+/// docs) and returns its rows.
+pub async fn execute_with(
+    conn: &mut PooledConn,
+    sql: &str,
+    params: &[Value],
+    limits: &ResultLimits,
+) -> Result<StatementResult, ApiError> {
+    check_statement(sql, false)?;
+    conn.set_busy(true);
+    let mut result = run(conn, sql, params, limits).await;
+    if result.as_ref().is_err_and(is_stale_statement) && !conn.is_broken() {
+        result = run(conn, sql, params, limits).await;
+    }
+    conn.set_busy(false);
+    result
+}
+
+/// Runs one transaction with default [`ResultLimits`].
+pub async fn transaction(
+    conn: &mut PooledConn,
+    statements: &[(String, Vec<Value>)],
+) -> Result<Vec<StatementResult>, (usize, ApiError)> {
+    transaction_with(conn, statements, &ResultLimits::default()).await
+}
+
+/// Runs the statements in one transaction: `BEGIN`, each statement,
+/// `COMMIT`. On the first failure the transaction is rolled back and the
+/// failing statement's 0-based index is returned with the error (also
+/// set in `statement_index`); an index equal to the number of statements
+/// means `COMMIT` failed (e.g. a deferred constraint or a serialization
+/// failure). If the rollback fails, the connection is discarded.
+pub async fn transaction_with(
+    conn: &mut PooledConn,
+    statements: &[(String, Vec<Value>)],
+    limits: &ResultLimits,
+) -> Result<Vec<StatementResult>, (usize, ApiError)> {
+    let at = |i: usize, mut e: ApiError| {
+        e.statement_index = Some(i);
+        (i, e)
+    };
+    for (i, (sql, _)) in statements.iter().enumerate() {
+        check_statement(sql, true).map_err(|e| at(i, e))?;
+    }
+    if statements.is_empty() {
+        return Ok(Vec::new());
+    }
+    conn.set_busy(true);
+    if let Err(e) = conn.client().batch_execute("BEGIN").await {
+        let api = fail(conn, "", &e);
+        // Whether BEGIN took effect is unknown: never reuse the connection.
+        conn.discard();
+        conn.set_busy(false);
+        return Err(at(0, api));
+    }
+    let mut results = Vec::with_capacity(statements.len());
+    for (i, (sql, params)) in statements.iter().enumerate() {
+        match run(conn, sql, params, limits).await {
+            Ok(r) => results.push(r),
+            Err(e) => {
+                rollback(conn).await;
+                return Err(at(i, e));
+            }
+        }
+    }
+    if let Err(e) = conn.client().batch_execute("COMMIT").await {
+        let api = fail(conn, "", &e);
+        // A failed COMMIT ends the transaction; a lost connection is
+        // discarded by `fail`.
+        conn.set_busy(false);
+        return Err(at(statements.len(), api));
+    }
+    conn.set_busy(false);
+    Ok(results)
+}
+
+/// Rolls back after a failed statement; a connection that cannot roll
+/// back is discarded.
+async fn rollback(conn: &mut PooledConn) {
+    if conn.is_broken() {
+        conn.discard();
+    } else if let Err(e) = conn.client().batch_execute("ROLLBACK").await {
+        tracing::debug!(error = %e, "rollback failed; discarding the connection");
+        conn.discard();
+    }
+    conn.set_busy(false);
+}
+
+/// Maps a driver error, dropping a connection it broke and a cached
+/// statement it showed stale.
+fn fail(conn: &mut PooledConn, sql: &str, e: &tokio_postgres::Error) -> ApiError {
+    if breaks_connection(e) {
+        conn.discard();
+    }
+    let api = from_pg_error(e);
+    if is_stale_statement(&api) {
+        conn.evict_statement(sql);
+    }
+    api
+}
+
+fn is_stale_statement(e: &ApiError) -> bool {
+    match e.sqlstate.as_deref() {
+        Some("0A000") => e.message.contains("cached plan must not change result type"),
+        Some("26000") => true,
+        _ => false,
+    }
+}
+
+/// The result columns, refusing types that cannot be returned before the
+/// statement runs.
+fn result_columns(stmt: &Statement) -> Result<Vec<Column>, ApiError> {
+    stmt.columns()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if values::shape_of(c.type_()).is_none() {
+                let ty = values::type_display(c.type_());
+                let mut e = ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("column {} ({:?}) has type {ty}, which cannot be returned as JSON", i + 1, c.name()),
+                );
+                e.hint = Some(format!("cast it in SQL, e.g. {}::text", quote_ident(c.name())));
+                return Err(e);
+            }
+            Ok(Column { name: c.name().to_string(), type_name: values::type_display(c.type_()) })
+        })
+        .collect()
+}
+
+fn quote_ident(name: &str) -> String {
+    if !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+async fn run(
+    conn: &mut PooledConn,
+    sql: &str,
+    params: &[Value],
+    limits: &ResultLimits,
+) -> Result<StatementResult, ApiError> {
+    let stmt = match conn.prepare_cached(sql).await {
+        Ok(s) => s,
+        Err(e) => return Err(fail(conn, sql, &e)),
+    };
+    let columns = result_columns(&stmt)?;
+    let encoded = values::encode_params(stmt.params(), params)?;
+    let stream = match conn.client().query_raw(&stmt, encoded.iter()).await {
+        Ok(s) => s,
+        Err(e) => return Err(fail(conn, sql, &e)),
+    };
+    let mut stream = std::pin::pin!(stream);
+    let mut rows = Vec::new();
+    let mut bytes = 0usize;
+    while let Some(row) = stream.next().await {
+        let row = match row {
+            Ok(r) => r,
+            Err(e) => return Err(fail(conn, sql, &e)),
+        };
+        bytes = bytes.saturating_add(row.raw_size_bytes() + 32 * columns.len());
+        if rows.len() >= limits.max_rows || bytes > limits.max_bytes {
+            // Dropping the stream discards the rest; the statement itself
+            // runs to completion on the server.
+            let mut e = ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "the result is larger than {} rows or {} bytes; the statement ran, its rows are not returned",
+                    limits.max_rows, limits.max_bytes
+                ),
+            );
+            e.hint = Some("add LIMIT and fetch the rows in pages".into());
+            return Err(e);
+        }
+        let mut out = Vec::with_capacity(columns.len());
+        for (i, col) in stmt.columns().iter().enumerate() {
+            let raw = row.try_get::<_, Option<RawValue<'_>>>(i).map_err(|_| decode_error(i))?;
+            let value = values::decode_column(col.type_(), raw.map(|r| r.0)).map_err(|why| {
+                tracing::error!(column = i + 1, type_name = col.type_().name(), %why, "cannot decode a column");
+                decode_error(i)
+            })?;
+            out.push(value);
+        }
+        rows.push(out);
+    }
+    let rows_affected = stream.rows_affected().unwrap_or(rows.len() as u64);
+    Ok(StatementResult { columns, rows, rows_affected })
+}
+
+fn decode_error(i: usize) -> ApiError {
+    ApiError::new(ErrorCode::Internal, format!("cannot decode the value of column {}", i + 1))
+}
+
+/// Refuses statements that would leave transaction or session state on
+/// a shared connection (see the module docs). `in_transaction` allows
+/// savepoints inside [`transaction`].
+pub fn check_statement(sql: &str, in_transaction: bool) -> Result<(), ApiError> {
+    let words = leading_words(sql, 3);
+    let word = |i: usize| words.get(i).map(String::as_str).unwrap_or("");
+    let refuse = |message: &str, hint: &str| {
+        let mut e = ApiError::new(ErrorCode::InvalidRequest, message);
+        e.hint = Some(hint.to_string());
+        Err(e)
+    };
+    let tx_hint = "send the statements together to /v1/transaction, which begins and commits for you";
+    let session_hint = "connections are shared between requests; use SET LOCAL inside /v1/transaction for settings";
+    match word(0) {
+        "BEGIN" | "START" | "COMMIT" | "END" | "ABORT" => {
+            refuse("transaction control statements are not accepted", tx_hint)
+        }
+        "ROLLBACK" if in_transaction && (word(1) == "TO" || word(2) == "TO") => Ok(()),
+        "ROLLBACK" => refuse("transaction control statements are not accepted", tx_hint),
+        "SAVEPOINT" | "RELEASE" if in_transaction => Ok(()),
+        "SAVEPOINT" | "RELEASE" => {
+            refuse("savepoints are only accepted inside a transaction", tx_hint)
+        }
+        "PREPARE" if word(1) == "TRANSACTION" => {
+            refuse("two-phase commit is not accepted", tx_hint)
+        }
+        "SET" if matches!(word(1), "LOCAL" | "TRANSACTION" | "CONSTRAINTS") => Ok(()),
+        "SET" | "RESET" | "DISCARD" | "LISTEN" | "PREPARE" | "DEALLOCATE" | "DECLARE" | "LOAD" => {
+            refuse(&format!("{} statements change session state and are not accepted", word(0)), session_hint)
+        }
+        "COPY" => refuse(
+            "COPY is not supported over this API",
+            "use INSERT with parameters, or SELECT",
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// The first `n` keywords of `sql`, upper-cased, skipping whitespace,
+/// comments and leading `;`/`(`.
+fn leading_words(sql: &str, n: usize) -> Vec<String> {
+    let b = sql.as_bytes();
+    let mut i = 0;
+    let mut words = Vec::new();
+    while i < b.len() && words.len() < n {
+        match b[i] {
+            c if c.is_ascii_whitespace() => i += 1,
+            b';' | b'(' if words.is_empty() => i += 1,
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                // Block comments nest in PostgreSQL.
+                let mut depth = 0usize;
+                while i < b.len() {
+                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+                        depth += 1;
+                        i += 2;
+                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' => {
+                let start = i;
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+                    i += 1;
+                }
+                words.push(sql[start..i].to_ascii_uppercase());
+            }
+            _ => break,
+        }
+    }
+    words
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_session_and_transaction_control() {
+        for sql in [
+            "BEGIN",
+            "  begin;",
+            "start transaction",
+            "COMMIT",
+            "end",
+            "-- c\nROLLBACK",
+            "/* a /* nested */ comment */ abort",
+            ";BEGIN",
+            "(begin)",
+            "SET search_path = x",
+            "set session authorization other",
+            "SET ROLE other",
+            "RESET ALL",
+            "DISCARD ALL",
+            "LISTEN ch",
+            "PREPARE p AS SELECT 1",
+            "PREPARE TRANSACTION 'x'",
+            "DEALLOCATE ALL",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "LOAD 'x'",
+            "COPY t TO STDOUT",
+            "SAVEPOINT a",
+        ] {
+            let e = check_statement(sql, false).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidRequest, "{sql}");
+        }
+        for sql in ["ROLLBACK", "COMMIT", "BEGIN", "SET x = 1"] {
+            assert!(check_statement(sql, true).is_err(), "{sql}");
+        }
+    }
+
+    #[test]
+    fn accepts_ordinary_statements() {
+        for sql in [
+            "SELECT 1",
+            "select 'BEGIN'",
+            "-- BEGIN\nSELECT 1",
+            "WITH x AS (SELECT 1) SELECT * FROM x",
+            "INSERT INTO t VALUES (1)",
+            "SET LOCAL statement_timeout = '1s'",
+            "set transaction isolation level serializable",
+            "SET CONSTRAINTS ALL DEFERRED",
+            "NOTIFY ch",
+            "",
+            "settings_table_select",
+        ] {
+            assert!(check_statement(sql, false).is_ok(), "{sql}");
+        }
+        for sql in ["SAVEPOINT a", "RELEASE a", "ROLLBACK TO a", "rollback to savepoint a", "ROLLBACK WORK TO a"] {
+            assert!(check_statement(sql, true).is_ok(), "{sql}");
+        }
+    }
+}

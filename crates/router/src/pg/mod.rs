@@ -1,0 +1,23 @@
+//! The router's PostgreSQL layer: connection pools, JSON ↔ PostgreSQL
+//! value conversion, statement and transaction execution, and the mapping
+//! of PostgreSQL errors to the API's error body.
+//!
+//! # Layout
+//! - [`pool`]: a bounded pool per PostgreSQL instance, with a per
+//!   connection prepared-statement cache.
+//! - [`exec`]: runs one statement or a transaction on a pooled connection.
+//! - [`values`]: JSON parameters → binary values, binary rows → JSON.
+//! - [`numeric`]: exact `numeric` binary encoding and decoding.
+//! - [`datetime`]: date, time, timestamp and interval text forms.
+//! - [`error`]: PostgreSQL and pool errors → [`shardline_api::ApiError`].
+
+pub mod datetime;
+pub mod error;
+pub mod exec;
+pub mod numeric;
+pub mod pool;
+pub mod values;
+
+pub use error::{from_pg_error, from_pool_error};
+pub use exec::{check_statement, execute, execute_with, transaction, transaction_with, ResultLimits};
+pub use pool::{Pool, PoolConfig, PoolError, PoolStats, PooledConn};

@@ -1,0 +1,458 @@
+//! A bounded pool of connections to one PostgreSQL instance.
+//!
+//! A semaphore bounds the connections handed out; idle connections are
+//! reused last-in first-out (the warm ones stay warm, the cold ones age
+//! out), connections are opened lazily up to `max_size`, and a caller
+//! waits at most `acquire_timeout` for one. Each connection keeps its own
+//! LRU cache of prepared statements, since PostgreSQL prepares per
+//! session.
+//!
+//! A connection is returned to the pool when its [`PooledConn`] drops,
+//! unless it closed, was [discarded](PooledConn::discard), or was
+//! [busy](PooledConn::set_busy) — dropped in the middle of a statement or
+//! transaction (the caller's future was cancelled). A busy connection may
+//! still be running the statement or hold an open transaction: it is
+//! closed, and a cancel request is sent so PostgreSQL stops the statement
+//! now rather than when it notices the closed socket.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_postgres::{Client, NoTls, Statement};
+
+/// Pool settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Most connections open at once (default 10; at least 1).
+    pub max_size: usize,
+    /// Longest wait for a free connection (default 5s).
+    pub acquire_timeout: Duration,
+    /// Longest wait to open a connection, and for a health check
+    /// (default 5s).
+    pub connect_timeout: Duration,
+    /// PostgreSQL's `statement_timeout` for every statement on the
+    /// pool's connections; PostgreSQL cancels longer ones with SQLSTATE
+    /// 57014 (default 30s; `None` keeps the server's setting).
+    pub statement_timeout: Option<Duration>,
+    /// Idle connections older than this are closed (default 5 min).
+    pub idle_timeout: Duration,
+    /// Prepared statements kept per connection (default 256; 0 disables
+    /// caching).
+    pub statement_cache_capacity: usize,
+    /// A connection idle for longer than this is checked with a round
+    /// trip before it is handed out, so a connection the server dropped
+    /// meanwhile is replaced rather than failing the request (default
+    /// 10s; zero checks every time).
+    pub health_check_after: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_size: 10,
+            acquire_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Some(Duration::from_secs(30)),
+            idle_timeout: Duration::from_secs(300),
+            statement_cache_capacity: 256,
+            health_check_after: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// Every connection stayed busy for the whole acquire timeout.
+    #[error("no connection became free within {0:?}")]
+    Timeout(Duration),
+    /// The pool was closed.
+    #[error("the pool is closed")]
+    Closed,
+    /// Opening a connection took longer than the connect timeout.
+    #[error("connecting took longer than {0:?}")]
+    ConnectTimeout(Duration),
+    /// Opening a connection failed (refused, authentication, ...).
+    #[error("connect to PostgreSQL")]
+    Connect(#[source] tokio_postgres::Error),
+    /// The DSN does not parse. The text says what is wrong, never the DSN.
+    #[error("invalid DSN: {0}")]
+    InvalidDsn(String),
+}
+
+/// A snapshot of the pool for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PoolStats {
+    /// Connections open (idle and in use).
+    pub size: usize,
+    /// Connections waiting in the pool.
+    pub idle: usize,
+    /// Connections handed out or being opened.
+    pub in_use: usize,
+    /// Callers waiting for a connection.
+    pub waiting: usize,
+}
+
+/// A pool of connections to one PostgreSQL instance. Cheap to clone.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pg: tokio_postgres::Config,
+    cfg: PoolConfig,
+    permits: Arc<Semaphore>,
+    /// Idle connections, most recently used last.
+    idle: Mutex<Vec<Conn>>,
+    closed: AtomicBool,
+    open: Arc<AtomicUsize>,
+    waiting: AtomicUsize,
+}
+
+impl Inner {
+    fn idle(&self) -> MutexGuard<'_, Vec<Conn>> {
+        // The lists stay consistent under a panic: pushes and pops only.
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One open connection with its statement cache.
+struct Conn {
+    client: Client,
+    cache: StatementCache,
+    idle_since: Instant,
+    _open: OpenGuard,
+}
+
+/// Counts a connection as open for as long as it lives.
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts a caller as waiting while it waits.
+struct WaitGuard<'a>(&'a AtomicUsize);
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Pool {
+    /// A pool for `dsn` (key/value or URL form). Opens no connection.
+    pub fn new(dsn: &str, cfg: PoolConfig) -> Result<Pool, PoolError> {
+        let mut pg =
+            tokio_postgres::Config::from_str(dsn).map_err(|e| PoolError::InvalidDsn(e.to_string()))?;
+        if let Some(t) = cfg.statement_timeout {
+            let setting = format!("-c statement_timeout={}", t.as_millis().max(1));
+            let options = match pg.get_options() {
+                Some(existing) if !existing.is_empty() => format!("{existing} {setting}"),
+                _ => setting,
+            };
+            pg.options(&options);
+        }
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(cfg.connect_timeout);
+        }
+        if pg.get_application_name().is_none() {
+            pg.application_name("shardline-router");
+        }
+        let max = cfg.max_size.max(1);
+        Ok(Pool {
+            inner: Arc::new(Inner {
+                pg,
+                cfg,
+                permits: Arc::new(Semaphore::new(max)),
+                idle: Mutex::new(Vec::new()),
+                closed: AtomicBool::new(false),
+                open: Arc::new(AtomicUsize::new(0)),
+                waiting: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// The pool's settings.
+    pub fn config(&self) -> &PoolConfig {
+        &self.inner.cfg
+    }
+
+    /// A connection: an idle one if any is healthy, else a new one when
+    /// under `max_size`, else the first one freed within
+    /// `acquire_timeout`.
+    pub async fn get(&self) -> Result<PooledConn, PoolError> {
+        let inner = &self.inner;
+        if inner.closed.load(Ordering::Acquire) {
+            return Err(PoolError::Closed);
+        }
+        let permit = {
+            inner.waiting.fetch_add(1, Ordering::AcqRel);
+            let _waiting = WaitGuard(&inner.waiting);
+            let acquire = inner.permits.clone().acquire_owned();
+            match tokio::time::timeout(inner.cfg.acquire_timeout, acquire).await {
+                Ok(Ok(permit)) => permit,
+                Ok(Err(_)) => return Err(PoolError::Closed),
+                Err(_) => return Err(PoolError::Timeout(inner.cfg.acquire_timeout)),
+            }
+        };
+        loop {
+            let Some(conn) = inner.idle().pop() else { break };
+            if conn.client.is_closed() || conn.idle_since.elapsed() >= inner.cfg.idle_timeout {
+                continue;
+            }
+            if conn.idle_since.elapsed() >= inner.cfg.health_check_after {
+                let check = conn.client.check_connection();
+                match tokio::time::timeout(inner.cfg.connect_timeout, check).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "dropping a pooled connection that failed its check");
+                        continue;
+                    }
+                    Err(_) => continue,
+                }
+            }
+            return Ok(PooledConn::new(conn, inner.clone(), permit));
+        }
+        let conn = self.connect().await?;
+        Ok(PooledConn::new(conn, inner.clone(), permit))
+    }
+
+    async fn connect(&self) -> Result<Conn, PoolError> {
+        let inner = &self.inner;
+        let timeout = inner.cfg.connect_timeout;
+        let (client, connection) = match tokio::time::timeout(timeout, inner.pg.connect(NoTls)).await {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot connect to PostgreSQL");
+                return Err(PoolError::Connect(e));
+            }
+            Err(_) => {
+                tracing::warn!(?timeout, "connecting to PostgreSQL timed out");
+                return Err(PoolError::ConnectTimeout(timeout));
+            }
+        };
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "PostgreSQL connection ended");
+            }
+        });
+        inner.open.fetch_add(1, Ordering::AcqRel);
+        Ok(Conn {
+            client,
+            cache: StatementCache::new(inner.cfg.statement_cache_capacity),
+            idle_since: Instant::now(),
+            _open: OpenGuard(inner.open.clone()),
+        })
+    }
+
+    /// Closes idle connections that are older than `idle_timeout` or
+    /// already closed. `get` skips such connections anyway; calling this
+    /// periodically also frees them when the pool sees no traffic.
+    pub fn reap_idle(&self) {
+        let idle_timeout = self.inner.cfg.idle_timeout;
+        let stale: Vec<Conn> = {
+            let mut idle = self.inner.idle();
+            let (keep, stale) = idle.drain(..).partition(|c: &Conn| {
+                !c.client.is_closed() && c.idle_since.elapsed() < idle_timeout
+            });
+            *idle = keep;
+            stale
+        };
+        drop(stale);
+    }
+
+    /// Refuses new `get`s (waiting ones fail with [`PoolError::Closed`])
+    /// and closes the idle connections; connections in use close when
+    /// dropped.
+    pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.permits.close();
+        let idle = std::mem::take(&mut *self.inner.idle());
+        drop(idle);
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// Current numbers for metrics.
+    pub fn stats(&self) -> PoolStats {
+        let inner = &self.inner;
+        let max = inner.cfg.max_size.max(1);
+        PoolStats {
+            size: inner.open.load(Ordering::Acquire),
+            idle: inner.idle().len(),
+            in_use: max.saturating_sub(inner.permits.available_permits()),
+            waiting: inner.waiting.load(Ordering::Acquire),
+        }
+    }
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The DSN (and its password) stays out of logs.
+        f.debug_struct("Pool").field("stats", &self.stats()).finish_non_exhaustive()
+    }
+}
+
+/// A connection on loan from a [`Pool`]; derefs to the
+/// [`tokio_postgres::Client`].
+///
+/// Code that runs statements directly on the client must leave no session
+/// state behind (no open transaction, no `SET`), or call
+/// [`discard`](Self::discard).
+pub struct PooledConn {
+    // `Some` until dropped.
+    conn: Option<Conn>,
+    pool: Arc<Inner>,
+    busy: bool,
+    discard: bool,
+    // Released after `drop` has put the connection back, so a waiter
+    // woken by the permit finds it idle.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl PooledConn {
+    fn new(conn: Conn, pool: Arc<Inner>, permit: OwnedSemaphorePermit) -> Self {
+        Self { conn: Some(conn), pool, busy: false, discard: false, _permit: permit }
+    }
+
+    fn conn(&self) -> &Conn {
+        self.conn.as_ref().expect("a PooledConn holds its connection until dropped")
+    }
+
+    fn conn_mut(&mut self) -> &mut Conn {
+        self.conn.as_mut().expect("a PooledConn holds its connection until dropped")
+    }
+
+    /// The client.
+    pub fn client(&self) -> &Client {
+        &self.conn().client
+    }
+
+    /// A prepared statement for `sql`, from this connection's cache or
+    /// newly prepared (and cached, evicting the least recently used).
+    pub async fn prepare_cached(&mut self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(stmt) = self.conn_mut().cache.get(sql) {
+            return Ok(stmt);
+        }
+        let stmt = self.conn().client.prepare(sql).await?;
+        self.conn_mut().cache.insert(sql, stmt.clone());
+        Ok(stmt)
+    }
+
+    /// Forgets the cached statement for `sql` (e.g. after PostgreSQL said
+    /// its result type changed).
+    pub fn evict_statement(&mut self, sql: &str) {
+        self.conn_mut().cache.remove(sql);
+    }
+
+    /// Statements in this connection's cache.
+    pub fn cached_statements(&self) -> usize {
+        self.conn().cache.len()
+    }
+
+    /// Marks that a statement or transaction is under way. A connection
+    /// dropped while busy is closed (and its statement cancelled), never
+    /// reused.
+    pub fn set_busy(&mut self, busy: bool) {
+        self.busy = busy;
+    }
+
+    /// Closes the connection when dropped instead of returning it.
+    pub fn discard(&mut self) {
+        self.discard = true;
+    }
+
+    /// Whether the connection is closed or marked for discarding.
+    pub fn is_broken(&self) -> bool {
+        self.discard || self.conn().client.is_closed()
+    }
+}
+
+impl std::ops::Deref for PooledConn {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        self.client()
+    }
+}
+
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else { return };
+        if self.busy {
+            // Cancelled mid-work: stop the statement now; closing the
+            // connection ends any open transaction.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let token = conn.client.cancel_token();
+                rt.spawn(async move {
+                    let _ = token.cancel_query(NoTls).await;
+                });
+            }
+            return;
+        }
+        if self.discard || conn.client.is_closed() || self.pool.closed.load(Ordering::Acquire) {
+            return;
+        }
+        conn.idle_since = Instant::now();
+        self.pool.idle().push(conn);
+    }
+}
+
+/// Prepared statements by SQL text, least recently used evicted first.
+struct StatementCache {
+    capacity: usize,
+    entries: HashMap<String, (Statement, u64)>,
+    clock: u64,
+}
+
+impl StatementCache {
+    fn new(capacity: usize) -> Self {
+        Self { capacity, entries: HashMap::new(), clock: 0 }
+    }
+
+    fn get(&mut self, sql: &str) -> Option<Statement> {
+        self.clock += 1;
+        let clock = self.clock;
+        self.entries.get_mut(sql).map(|(stmt, used)| {
+            *used = clock;
+            stmt.clone()
+        })
+    }
+
+    fn insert(&mut self, sql: &str, stmt: Statement) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.entries.len() >= self.capacity && !self.entries.contains_key(sql) {
+            // A linear scan: evictions happen only on misses of a full
+            // cache, and the cache is small.
+            if let Some(oldest) =
+                self.entries.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| k.clone())
+            {
+                // Dropping the statement closes it on the server.
+                self.entries.remove(&oldest);
+            }
+        }
+        self.clock += 1;
+        self.entries.insert(sql.to_string(), (stmt, self.clock));
+    }
+
+    fn remove(&mut self, sql: &str) {
+        self.entries.remove(sql);
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
