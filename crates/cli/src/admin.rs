@@ -181,7 +181,13 @@ pub async fn status(ep: &Endpoints, json: bool) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    print!("{}", render(&["router", "address", "catalog version", "last seen"], &rows));
+    print!(
+        "{}",
+        render(
+            &["router", "address", "catalog version", "last seen"],
+            &rows
+        )
+    );
     Ok(())
 }
 
@@ -204,7 +210,10 @@ pub async fn keyspace(ep: &Endpoints, cmd: KeyspaceCmd, json: bool) -> anyhow::R
         KeyspaceCmd::List => m.list_keyspaces().await?,
         KeyspaceCmd::Get { name } => vec![m.get_keyspace(&name).await?],
         KeyspaceCmd::SetMap { name, shards } => {
-            vec![m.set_initial_map(&name, &InitialMapRequest { shards }).await?]
+            vec![
+                m.set_initial_map(&name, &InitialMapRequest { shards })
+                    .await?,
+            ]
         }
     };
     if json {
@@ -254,7 +263,10 @@ pub async fn app(ep: &Endpoints, cmd: AppCmd, json: bool) -> anyhow::Result<()> 
             if json {
                 return print_json(&created);
             }
-            println!("created app {} (tenant {})", created.app.id, created.app.tenant);
+            println!(
+                "created app {} (tenant {})",
+                created.app.id, created.app.tenant
+            );
             println!("token (shown once): {}", created.token);
         }
         AppCmd::List => {
@@ -293,7 +305,11 @@ pub async fn schema(ep: &Endpoints, cmd: SchemaCmd, json: bool) -> anyhow::Resul
             if json {
                 return print_json(&res);
             }
-            println!("migration {} (checksum {})", res.name, &res.checksum[..12.min(res.checksum.len())]);
+            println!(
+                "migration {} (checksum {})",
+                res.name,
+                &res.checksum[..12.min(res.checksum.len())]
+            );
             let rows: Vec<Vec<String>> = res
                 .shards
                 .iter()

@@ -87,7 +87,17 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let started = start_all(&bins, &shard_specs, &password).await;
     let result = async {
         clusters = started?;
-        serve(&args, &dir, &shard_specs, &clusters, admin_token, router_token, previous, shutdown).await
+        serve(
+            &args,
+            &dir,
+            &shard_specs,
+            &clusters,
+            admin_token,
+            router_token,
+            previous,
+            shutdown,
+        )
+        .await
     }
     .await;
     // Stop PostgreSQL last, after the servers using it.

@@ -34,8 +34,8 @@ impl DevInfo {
     /// Reads `DIR/dev.json`.
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join("dev.json");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("read {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
         serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))
     }
 }
@@ -62,10 +62,20 @@ pub struct Endpoints {
     #[arg(long, env = "SHARDLINE_ROUTER_URL", global = true)]
     pub router: Option<String>,
     /// Admin token for the manager [default: from dev.json]
-    #[arg(long, env = "SHARDLINE_ADMIN_TOKEN", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "SHARDLINE_ADMIN_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
     pub admin_token: Option<String>,
     /// Client-app token for the router [default: from dev.json]
-    #[arg(long, env = "SHARDLINE_APP_TOKEN", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "SHARDLINE_APP_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
     pub app_token: Option<String>,
     /// Data directory of `shardline dev`, whose dev.json gives defaults
     #[arg(long, env = "SHARDLINE_DATA_DIR", global = true)]
@@ -95,15 +105,35 @@ impl Endpoints {
 
     /// A client for the manager's admin API.
     pub fn manager(&self) -> anyhow::Result<ManagerClient> {
-        let url = self.pick(&self.manager, |d| d.manager_url.clone(), "manager URL", "--manager")?;
-        let token = self.pick(&self.admin_token, |d| d.admin_token.clone(), "admin token", "--admin-token")?;
+        let url = self.pick(
+            &self.manager,
+            |d| d.manager_url.clone(),
+            "manager URL",
+            "--manager",
+        )?;
+        let token = self.pick(
+            &self.admin_token,
+            |d| d.admin_token.clone(),
+            "admin token",
+            "--admin-token",
+        )?;
         Ok(ManagerClient::new(&url, Some(token))?)
     }
 
     /// A client for the router.
     pub fn router(&self) -> anyhow::Result<RouterClient> {
-        let url = self.pick(&self.router, |d| d.router_url.clone(), "router URL", "--router")?;
-        let token = self.pick(&self.app_token, |d| d.app_token.clone(), "app token", "--app-token")?;
+        let url = self.pick(
+            &self.router,
+            |d| d.router_url.clone(),
+            "router URL",
+            "--router",
+        )?;
+        let token = self.pick(
+            &self.app_token,
+            |d| d.app_token.clone(),
+            "app token",
+            "--app-token",
+        )?;
         Ok(RouterClient::new(&url, Some(token))?)
     }
 }

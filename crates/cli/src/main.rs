@@ -114,9 +114,10 @@ fn router_config(args: RouterArgs) -> anyhow::Result<shardline_router::RouterCon
     let mut cfg = match &args.config {
         Some(path) => shardline_router::RouterConfig::load(path)?,
         None => {
-            let url = args.manager_url.clone().ok_or_else(|| {
-                anyhow::anyhow!("--manager-url (or a --config file) is required")
-            })?;
+            let url = args
+                .manager_url
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("--manager-url (or a --config file) is required"))?;
             shardline_router::RouterConfig::new(&url, "")
         }
     };
@@ -185,7 +186,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_json);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: start the runtime: {e}");

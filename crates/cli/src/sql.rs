@@ -52,7 +52,12 @@ pub async fn run(ep: &Endpoints, args: SqlArgs, json: bool) -> anyhow::Result<()
         return Ok(());
     }
     if !resp.result.columns.is_empty() {
-        let headers: Vec<&str> = resp.result.columns.iter().map(|c| c.name.as_str()).collect();
+        let headers: Vec<&str> = resp
+            .result
+            .columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
         let rows: Vec<Vec<String>> = resp
             .result
             .rows
@@ -67,7 +72,10 @@ pub async fn run(ep: &Endpoints, args: SqlArgs, json: bool) -> anyhow::Result<()
             resp.shard
         );
     } else {
-        println!("{} row(s) affected (shard {})", resp.result.rows_affected, resp.shard);
+        println!(
+            "{} row(s) affected (shard {})",
+            resp.result.rows_affected, resp.shard
+        );
     }
     Ok(())
 }

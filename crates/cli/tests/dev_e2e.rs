@@ -21,7 +21,15 @@ const BIN: &str = env!("CARGO_BIN_EXE_shardline");
 fn start_dev(dir: &Path) -> Child {
     let log = std::fs::File::create(dir.with_extension("log")).unwrap();
     Command::new(BIN)
-        .args(["dev", "--shards", "4", "--router-listen", "127.0.0.1:0", "--manager-listen", "127.0.0.1:0"])
+        .args([
+            "dev",
+            "--shards",
+            "4",
+            "--router-listen",
+            "127.0.0.1:0",
+            "--manager-listen",
+            "127.0.0.1:0",
+        ])
         .arg("--data-dir")
         .arg(dir)
         .stdin(Stdio::null())
@@ -63,7 +71,10 @@ fn stop_dev(child: &mut Child) -> Duration {
             assert!(status.success(), "dev exited with {status}");
             return started.elapsed();
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "dev did not stop within 10 s");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "dev did not stop within 10 s"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -76,12 +87,19 @@ fn cli(dir: &Path, args: &[&str]) -> String {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "shardline {args:?} failed: {}{}", text, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "shardline {args:?} failed: {}{}",
+        text,
+        String::from_utf8_lossy(&out.stderr)
+    );
     text
 }
 
 async fn pg_connect(dsn: &str) -> Option<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls).await.ok()?;
+    let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
+        .await
+        .ok()?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -116,7 +134,9 @@ async fn placement(info: &Value, map: &[(KeyRange, String)]) -> HashMap<String, 
     let mut at = HashMap::new();
     for shard in info["shards"].as_array().unwrap() {
         let id = shard["id"].as_str().unwrap();
-        let client = pg_connect(shard["dsn"].as_str().unwrap()).await.expect("connect to shard");
+        let client = pg_connect(shard["dsn"].as_str().unwrap())
+            .await
+            .expect("connect to shard");
         let rows = client
             .query(&format!("SELECT k, ({hash_sql})::text FROM kv"), &[])
             .await
@@ -125,8 +145,14 @@ async fn placement(info: &Value, map: &[(KeyRange, String)]) -> HashMap<String, 
             let k: String = row.get(0);
             let h: u64 = row.get::<_, String>(1).parse().unwrap();
             let owner = &map.iter().find(|(r, _)| r.contains(h)).unwrap().1;
-            assert_eq!(owner, id, "key {k} is on {id} but PostgreSQL's hash {h:016x} puts it on {owner}");
-            assert!(at.insert(k.clone(), id.to_string()).is_none(), "key {k} is on two shards");
+            assert_eq!(
+                owner, id,
+                "key {k} is on {id} but PostgreSQL's hash {h:016x} puts it on {owner}"
+            );
+            assert!(
+                at.insert(k.clone(), id.to_string()).is_none(),
+                "key {k} is on two shards"
+            );
         }
     }
     at
@@ -158,7 +184,10 @@ fn assert_postgres_gone(info: &Value) {
             Duration::from_millis(300),
         )
         .is_ok();
-        assert!(!up, "PostgreSQL on port {port} still accepts connections after dev stopped");
+        assert!(
+            !up,
+            "PostgreSQL on port {port} still accepts connections after dev stopped"
+        );
     }
 }
 
@@ -170,11 +199,29 @@ async fn dev_routes_by_postgres_hash_and_survives_restart() {
     let info = wait_dev_json(&dir, &mut child).await;
 
     let schema = tmp.path().join("001_kv.sql");
-    std::fs::write(&schema, "CREATE TABLE kv (k text PRIMARY KEY, v bigint NOT NULL);").unwrap();
-    let out = cli(&dir, &["schema", "apply", "--keyspace", "default", "001_kv", schema.to_str().unwrap()]);
+    std::fs::write(
+        &schema,
+        "CREATE TABLE kv (k text PRIMARY KEY, v bigint NOT NULL);",
+    )
+    .unwrap();
+    let out = cli(
+        &dir,
+        &[
+            "schema",
+            "apply",
+            "--keyspace",
+            "default",
+            "001_kv",
+            schema.to_str().unwrap(),
+        ],
+    );
     assert_eq!(out.matches("applied").count(), 4, "{out}");
 
-    let router = RouterClient::new(info["router_url"].as_str().unwrap(), Some(info["app_token"].as_str().unwrap().into())).unwrap();
+    let router = RouterClient::new(
+        info["router_url"].as_str().unwrap(),
+        Some(info["app_token"].as_str().unwrap().into()),
+    )
+    .unwrap();
     let mut affected = 0;
     for batch in (0..KEYS).collect::<Vec<_>>().chunks(50) {
         let results = futures_util::future::join_all(batch.iter().map(|&i| {
@@ -211,13 +258,30 @@ async fn dev_routes_by_postgres_hash_and_survives_restart() {
     for (shard, n) in &per_shard {
         let share = *n as f64 / KEYS as f64;
         println!("{shard}: {n} keys ({:.1}%)", share * 100.0);
-        assert!((0.15..=0.35).contains(&share), "{shard} holds {:.1}%", share * 100.0);
+        assert!(
+            (0.15..=0.35).contains(&share),
+            "{shard} holds {:.1}%",
+            share * 100.0
+        );
     }
     assert_eq!(per_shard.len(), 4);
     read_back(&router, &placed).await;
 
-    let sql_out = cli(&dir, &["sql", "--key", "user:42", "SELECT k, v FROM kv WHERE k = $1", "--param", "\"user:42\""]);
-    assert!(sql_out.contains("user:42") && sql_out.contains("42"), "{sql_out}");
+    let sql_out = cli(
+        &dir,
+        &[
+            "sql",
+            "--key",
+            "user:42",
+            "SELECT k, v FROM kv WHERE k = $1",
+            "--param",
+            "\"user:42\"",
+        ],
+    );
+    assert!(
+        sql_out.contains("user:42") && sql_out.contains("42"),
+        "{sql_out}"
+    );
     let status = cli(&dir, &["status"]);
     for i in 0..4 {
         assert!(status.contains(&format!("shard-{i}")), "{status}");
@@ -232,7 +296,11 @@ async fn dev_routes_by_postgres_hash_and_survives_restart() {
     let mut child = start_dev(&dir);
     let info2 = wait_dev_json(&dir, &mut child).await;
     assert_eq!(info2["app_token"], info["app_token"]);
-    let router = RouterClient::new(info2["router_url"].as_str().unwrap(), Some(info2["app_token"].as_str().unwrap().into())).unwrap();
+    let router = RouterClient::new(
+        info2["router_url"].as_str().unwrap(),
+        Some(info2["app_token"].as_str().unwrap().into()),
+    )
+    .unwrap();
     let placed_again = placement(&info2, &shard_map(&dir)).await;
     assert_eq!(placed_again, placed, "rows moved across the restart");
     read_back(&router, &placed).await;

@@ -18,7 +18,12 @@ fn promtool_check(text: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("promtool (Debian package prometheus) must be installed");
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -30,18 +35,41 @@ fn promtool_check(text: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_valid_prometheus_text() {
-    let stack = Stack::start(StackOptions { shards: 2, ..Default::default() }).await;
+    let stack = Stack::start(StackOptions {
+        shards: 2,
+        ..Default::default()
+    })
+    .await;
     let tok = Some(stack.app_token.as_str());
     for i in 0..20 {
-        let r = raw(&stack.router_url, "POST", "/v1/execute", tok, &exec_body(&format!("k{i}"), "SELECT 1", json!([])), &[]).await;
+        let r = raw(
+            &stack.router_url,
+            "POST",
+            "/v1/execute",
+            tok,
+            &exec_body(&format!("k{i}"), "SELECT 1", json!([])),
+            &[],
+        )
+        .await;
         assert_eq!(r.status, 200);
     }
-    let r = raw(&stack.router_url, "POST", "/v1/execute", tok, &exec_body("k", "SELEC", json!([])), &[]).await;
+    let r = raw(
+        &stack.router_url,
+        "POST",
+        "/v1/execute",
+        tok,
+        &exec_body("k", "SELEC", json!([])),
+        &[],
+    )
+    .await;
     assert_eq!(r.status, 400);
 
     let router = raw(&stack.router_url, "GET", "/metrics", None, b"", &[]).await;
     assert_eq!(router.status, 200);
-    assert!(router.content_type.unwrap().starts_with("text/plain; version=0.0.4"));
+    assert!(router
+        .content_type
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
     promtool_check(&router.text);
     for name in [
         "# TYPE router_requests_total counter",
@@ -49,14 +77,26 @@ async fn metrics_are_valid_prometheus_text() {
         "# TYPE router_active_connections gauge",
         "router_request_duration_seconds_bucket{",
     ] {
-        assert!(router.text.contains(name), "router metrics lack {name}:\n{}", router.text);
+        assert!(
+            router.text.contains(name),
+            "router metrics lack {name}:\n{}",
+            router.text
+        );
     }
     assert!(router.text.contains("outcome=\"ok\""), "{}", router.text);
-    assert!(router.text.contains("outcome=\"statement_failed\""), "{}", router.text);
+    assert!(
+        router.text.contains("outcome=\"statement_failed\""),
+        "{}",
+        router.text
+    );
     let ok_total: f64 = router
         .text
         .lines()
-        .filter(|l| l.starts_with("router_requests_total{") && l.contains("outcome=\"ok\""))
+        .filter(|l| {
+            l.starts_with("router_requests_total{")
+                && l.contains("endpoint=\"execute\"")
+                && l.contains("outcome=\"ok\"")
+        })
         .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
         .sum();
     assert_eq!(ok_total, 20.0);
@@ -64,7 +104,11 @@ async fn metrics_are_valid_prometheus_text() {
     // The manager's health checker reports every shard up.
     let ok = eventually(Duration::from_secs(10), || async {
         let m = raw(&stack.manager_url, "GET", "/metrics", None, b"", &[]).await;
-        m.text.lines().filter(|l| l.starts_with("shard_health_status{") && l.ends_with(" 1")).count() == 2
+        m.text
+            .lines()
+            .filter(|l| l.starts_with("shard_health_status{") && l.ends_with(" 1"))
+            .count()
+            == 2
     })
     .await;
     assert!(ok, "shard_health_status shows both shards up");

@@ -80,9 +80,7 @@ pub async fn bind_with_store(
 impl BoundManager {
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .unwrap_or(self.config.listen)
+        self.listener.local_addr().unwrap_or(self.config.listen)
     }
 
     /// Serves until `shutdown` is cancelled, then drains and stops the

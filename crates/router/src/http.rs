@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{FromRequestParts, State};
-use axum::http::request::Parts;
 use axum::http::header;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use shardline_api::router::{
-    ExecuteRequest, ExecuteResponse, RouteQuery, RouteResponse, ShardKeyValue,
-    TransactionRequest, TransactionResponse,
+    ExecuteRequest, ExecuteResponse, RouteQuery, RouteResponse, ShardKeyValue, TransactionRequest,
+    TransactionResponse,
 };
 use shardline_api::{ApiError, ErrorCode};
 use shardline_core::hash::format_hash;
@@ -61,8 +61,11 @@ impl FromRequestParts<Arc<RouterState>> for Authenticated {
     ) -> Result<Self, Self::Rejection> {
         if !st.routing.is_loaded() {
             return Err(ErrorResponse(
-                ApiError::new(ErrorCode::Unavailable, "the router has not loaded its catalog yet")
-                    .with_retry_after(1),
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    "the router has not loaded its catalog yet",
+                )
+                .with_retry_after(1),
             ));
         }
         let Some(token) = bearer_token(&parts.headers) else {
@@ -105,7 +108,10 @@ async fn metrics(State(st): Shared) -> Response {
             .connections
             .with(&[id, "in_use"])
             .set(stats.in_use as f64);
-        st.metrics.connections.with(&[id, "idle"]).set(stats.idle as f64);
+        st.metrics
+            .connections
+            .with(&[id, "idle"])
+            .set(stats.idle as f64);
     }
     st.metrics
         .catalog_version
@@ -171,13 +177,17 @@ fn resolve(
 ) -> Result<Arc<ShardTarget>, ApiError> {
     let route = routing.route(keyspace, key)?;
     obs.shard = route.range.shard.clone();
-    routing.shards.get(&route.range.shard).cloned().ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::ShardUnavailable,
-            format!("shard {} is not in the catalog", route.range.shard),
-        )
-        .with_retry_after(1)
-    })
+    routing
+        .shards
+        .get(&route.range.shard)
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::ShardUnavailable,
+                format!("shard {} is not in the catalog", route.range.shard),
+            )
+            .with_retry_after(1)
+        })
 }
 
 fn observed(endpoint: &'static str, routing: &Routing, keyspace: &str) -> Observed {
@@ -201,10 +211,15 @@ async fn execute(
     JsonBody(req): JsonBody<ExecuteRequest>,
 ) -> Result<Json<ExecuteResponse>, ErrorResponse> {
     let mut obs = observed("execute", &auth.routing, &req.keyspace);
-    let work = async {
-        let target = resolve(&auth.routing, &req.keyspace, &req.shard_key, &mut obs)?;
-        let shard = obs.shard.clone();
-        let mut conn = target.primary.get().await.map_err(ApiError::from)?;
+    let target = resolve(&auth.routing, &req.keyspace, &req.shard_key, &mut obs);
+    let shard = obs.shard.clone();
+    let work = async move {
+        let target = target?;
+        let mut conn = target
+            .primary
+            .get()
+            .await
+            .map_err(|e| crate::pg::from_pool_error(&e))?;
         let result = exec::execute(&mut conn, &req.sql, &req.params).await?;
         Ok(ExecuteResponse { shard, result })
     };
@@ -217,20 +232,25 @@ async fn transaction(
     JsonBody(req): JsonBody<TransactionRequest>,
 ) -> Result<Json<TransactionResponse>, ErrorResponse> {
     let mut obs = observed("transaction", &auth.routing, &req.keyspace);
-    let work = async {
+    let target = resolve(&auth.routing, &req.keyspace, &req.shard_key, &mut obs);
+    let shard = obs.shard.clone();
+    let work = async move {
         if req.statements.is_empty() {
             return Err(ApiError::new(
                 ErrorCode::InvalidRequest,
                 "statements is empty; a transaction needs at least one",
             ));
         }
-        let target = resolve(&auth.routing, &req.keyspace, &req.shard_key, &mut obs)?;
-        let shard = obs.shard.clone();
-        let mut conn = target.primary.get().await.map_err(ApiError::from)?;
+        let target = target?;
+        let mut conn = target
+            .primary
+            .get()
+            .await
+            .map_err(|e| crate::pg::from_pool_error(&e))?;
         let stmts: Vec<(String, Vec<serde_json::Value>)> = req
             .statements
-            .iter()
-            .map(|s| (s.sql.clone(), s.params.clone()))
+            .into_iter()
+            .map(|s| (s.sql, s.params))
             .collect();
         let results = exec::transaction(&mut conn, &stmts)
             .await
@@ -249,17 +269,18 @@ async fn route(
     QueryParams(q): QueryParams<RouteQuery>,
 ) -> Result<Json<RouteResponse>, ErrorResponse> {
     let mut obs = observed("route", &auth.routing, &q.keyspace);
-    let work = async {
-        let key = ShardKeyValue::Text(q.key.clone());
-        let route = auth.routing.route(&q.keyspace, &key)?;
+    let key = ShardKeyValue::Text(q.key.clone());
+    let answer = auth.routing.route(&q.keyspace, &key).map(|route| {
         obs.shard = route.range.shard.clone();
-        Ok(RouteResponse {
+        RouteResponse {
             keyspace: q.keyspace.clone(),
             shard: route.range.shard.clone(),
             range: route.range.range.to_string(),
             hash: format_hash(route.hash),
             catalog_version: auth.routing.version,
-        })
-    };
-    observe(&st, &mut obs, work).await.map(Json)
+        }
+    });
+    observe(&st, &mut obs, std::future::ready(answer))
+        .await
+        .map(Json)
 }

@@ -1,3 +1,134 @@
-//! The shardline router (work in progress).
+//! The shardline router (data plane): authenticates a client app, hashes
+//! the request's shard key, finds the owning shard in the keyspace's map,
+//! runs the statement on a pooled connection to it, answers JSON.
+//!
+//! Stateless: it follows the manager's catalog (long poll) and keeps
+//! routing by the last one it has when the manager is down. Start it
+//! in-process with [`bind`] then [`BoundRouter::run`] (tests bind port 0).
+//!
+//! # Layout
+//! - [`config`]: settings.
+//! - [`state`]: the routing table compiled from a catalog version.
+//! - [`follow`]: catalog long poll and heartbeat.
+//! - [`http`]: the HTTP API.
+//! - [`pg`]: pools, JSON ⇄ PostgreSQL values, statement execution, error
+//!   classification.
+//! - [`metrics`]: Prometheus metrics.
 
+pub mod config;
+pub mod follow;
+pub mod http;
+pub mod metrics;
 pub mod pg;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use shardline_client::ManagerClient;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::RouterConfig;
+
+/// How long in-flight requests may run after shutdown begins.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// A router with its listener bound.
+pub struct BoundRouter {
+    listener: TcpListener,
+    config: RouterConfig,
+}
+
+/// Validates the settings and binds the listener.
+pub async fn bind(mut config: RouterConfig) -> anyhow::Result<BoundRouter> {
+    config.fill_from_env();
+    config.validate()?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listen on {}", config.listen))?;
+    Ok(BoundRouter { listener, config })
+}
+
+impl BoundRouter {
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.config.listen)
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let cfg = self.config;
+        let addr = self.listener.local_addr().context("read listen address")?;
+        let id = cfg
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("router-{:08x}", rand::random::<u32>()));
+        let token = cfg.router_token.clone().unwrap_or_default();
+        let manager =
+            ManagerClient::new(&cfg.manager_url, Some(token)).context("manager client")?;
+        let pool_cfg = pg::pool::PoolConfig {
+            max_size: cfg.pool_size,
+            acquire_timeout: cfg.acquire_timeout,
+            connect_timeout: cfg.connect_timeout,
+            statement_timeout: Some(cfg.statement_timeout),
+            idle_timeout: cfg.idle_timeout,
+            ..pg::pool::PoolConfig::default()
+        };
+        let routing = Arc::new(state::RoutingCell::default());
+        let metrics = metrics::RouterMetrics::new();
+        let tracker = TaskTracker::new();
+        let tasks = shutdown.child_token();
+        let version_gauge = metrics.catalog_version.clone();
+        let follower = follow::Follower {
+            manager: manager.clone(),
+            routing: Arc::clone(&routing),
+            pool_cfg,
+            wait: cfg.watch_wait,
+            on_version: Box::new(move |v| version_gauge.with(&[]).set(v as f64)),
+        };
+        tracker.spawn(follower.run(tasks.clone()));
+        tracker.spawn(follow::heartbeat(
+            manager,
+            Arc::clone(&routing),
+            id.clone(),
+            addr.to_string(),
+            Duration::from_secs(2),
+            tasks.clone(),
+        ));
+        let reaper = Arc::clone(&routing);
+        let reap_token = tasks.clone();
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    () = reap_token.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                for target in reaper.get().shards.values() {
+                    target.primary.reap_idle();
+                }
+            }
+        });
+        tracker.close();
+        tracing::info!(%addr, %id, manager = %cfg.manager_url, "router listening");
+        let state = Arc::new(http::RouterState {
+            routing,
+            metrics,
+            request_timeout: cfg.request_timeout,
+        });
+        let app = http::router(state, cfg.body_limit);
+        let served = shardline_http::serve(self.listener, app, shutdown.clone(), DRAIN).await;
+        tasks.cancel();
+        tracker.wait().await;
+        served.context("serve HTTP")
+    }
+}
+
+/// Binds and runs a router until `shutdown`.
+pub async fn run(config: RouterConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    bind(config).await?.run(shutdown).await
+}

@@ -157,13 +157,20 @@ pub fn typed_key(key_type: KeyType, key: &ShardKeyValue) -> Result<ShardKey<'_>,
             "this keyspace has text shard keys: send shard_key as a JSON string".into(),
         )),
         (KeyType::Bigint, ShardKeyValue::Int(i)) => Ok(ShardKey::Bigint(*i)),
-        (KeyType::Bigint, ShardKeyValue::Text(s)) => s
-            .parse::<i64>()
-            .map(ShardKey::Bigint)
-            .map_err(|_| bad(format!("this keyspace has bigint shard keys; {s:?} is not one"))),
-        (KeyType::Uuid, ShardKeyValue::Text(s)) => parse_uuid(s)
-            .map(ShardKey::Uuid)
-            .ok_or_else(|| bad(format!("this keyspace has uuid shard keys; {s:?} is not one"))),
+        (KeyType::Bigint, ShardKeyValue::Text(s)) => {
+            s.parse::<i64>().map(ShardKey::Bigint).map_err(|_| {
+                bad(format!(
+                    "this keyspace has bigint shard keys; {s:?} is not one"
+                ))
+            })
+        }
+        (KeyType::Uuid, ShardKeyValue::Text(s)) => {
+            parse_uuid(s).map(ShardKey::Uuid).ok_or_else(|| {
+                bad(format!(
+                    "this keyspace has uuid shard keys; {s:?} is not one"
+                ))
+            })
+        }
         (KeyType::Uuid, ShardKeyValue::Int(_)) => Err(bad(
             "this keyspace has uuid shard keys: send shard_key as a UUID string".into(),
         )),
@@ -197,7 +204,8 @@ impl RoutingCell {
     /// Installs a new table.
     pub fn set(&self, routing: Routing) {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(routing);
-        self.loaded.store(true, std::sync::atomic::Ordering::Release);
+        self.loaded
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Whether a catalog has been loaded.

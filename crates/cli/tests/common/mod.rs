@@ -48,11 +48,8 @@ impl Default for StackOptions {
 }
 
 pub fn manager_config(dir: &std::path::Path) -> shardline_manager::ManagerConfig {
-    let mut cfg = shardline_manager::ManagerConfig::new(
-        dir.join("catalog.json"),
-        ADMIN_TOKEN,
-        ROUTER_TOKEN,
-    );
+    let mut cfg =
+        shardline_manager::ManagerConfig::new(dir.join("catalog.json"), ADMIN_TOKEN, ROUTER_TOKEN);
     cfg.listen = "127.0.0.1:0".parse().unwrap();
     cfg.health_interval = Duration::from_millis(200);
     cfg
@@ -60,7 +57,11 @@ pub fn manager_config(dir: &std::path::Path) -> shardline_manager::ManagerConfig
 
 pub async fn start_manager(
     cfg: shardline_manager::ManagerConfig,
-) -> (String, CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
+) -> (
+    String,
+    CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
     let bound = shardline_manager::bind(cfg).await.expect("bind manager");
     let url = format!("http://{}", bound.local_addr());
     let stop = CancellationToken::new();
@@ -71,7 +72,11 @@ pub async fn start_manager(
 pub async fn start_router(
     manager_url: &str,
     opts: &StackOptions,
-) -> (String, CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
+) -> (
+    String,
+    CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
     let mut cfg = shardline_router::RouterConfig::new(manager_url, ROUTER_TOKEN);
     cfg.listen = "127.0.0.1:0".parse().unwrap();
     cfg.statement_timeout = opts.statement_timeout;
@@ -232,11 +237,17 @@ pub async fn raw(
     let header = |name: &str| {
         head.lines().find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
         })
     };
     let chunked = header("transfer-encoding").is_some_and(|v| v.contains("chunked"));
-    let body = if chunked { dechunk(body) } else { body.to_string() };
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
     Raw {
         status,
         retry_after: header("retry-after"),

@@ -50,7 +50,11 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let shifted_month = (5 * day_of_year + 2) / 153;
     let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
-    let month = if shifted_month < 10 { shifted_month + 3 } else { shifted_month - 9 };
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     // Both are in range by construction (1..=12, 1..=31).
     (year, month as u32, day as u32)
@@ -77,7 +81,10 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn new(s: &'a str) -> Self {
-        Self { s: s.as_bytes(), pos: 0 }
+        Self {
+            s: s.as_bytes(),
+            pos: 0,
+        }
     }
 
     fn peek(&self) -> Option<u8> {
@@ -97,7 +104,11 @@ impl<'a> Cursor<'a> {
         if self.eat(c) {
             Ok(())
         } else {
-            Err(format!("expected '{}' at character {}", c as char, self.pos + 1))
+            Err(format!(
+                "expected '{}' at character {}",
+                c as char,
+                self.pos + 1
+            ))
         }
     }
 
@@ -154,7 +165,10 @@ fn fraction_usecs(c: &mut Cursor<'_>) -> Result<i64, String> {
     let start = c.pos;
     let (v, n) = c.digits(1, 9)?;
     if c.peek().is_some_and(|ch| ch.is_ascii_digit()) {
-        return Err(format!("more than 9 fractional digits at character {}", start + 1));
+        return Err(format!(
+            "more than 9 fractional digits at character {}",
+            start + 1
+        ));
     }
     // Scale to nanoseconds, then round half up to microseconds.
     let nanos = v * 10i64.pow(9 - n as u32);
@@ -192,7 +206,11 @@ fn parse_offset(c: &mut Cursor<'_>) -> Result<Option<i64>, String> {
     } else {
         0
     };
-    let s = if colon && c.eat(b':') { c.digits(2, 2)?.0 } else { 0 };
+    let s = if colon && c.eat(b':') {
+        c.digits(2, 2)?.0
+    } else {
+        0
+    };
     if h > 15 || m > 59 || s > 59 {
         return Err("time zone offset out of range".into());
     }
@@ -289,7 +307,13 @@ fn write_time(out: &mut String, usecs: i64) {
     use std::fmt::Write;
     let secs = usecs / USECS_PER_SEC;
     let frac = usecs % USECS_PER_SEC;
-    let _ = write!(out, "{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
+    let _ = write!(
+        out,
+        "{:02}:{:02}:{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    );
     if frac != 0 {
         let _ = write!(out, ".{frac:06}");
     }
@@ -339,7 +363,13 @@ pub fn format_timetz(usecs: i64, zone_west: i32) -> String {
     let mut s = format_time(usecs);
     let east = -i64::from(zone_west);
     let abs = east.abs();
-    let _ = write!(s, "{}{:02}:{:02}", if east < 0 { '-' } else { '+' }, abs / 3600, abs / 60 % 60);
+    let _ = write!(
+        s,
+        "{}{:02}:{:02}",
+        if east < 0 { '-' } else { '+' },
+        abs / 3600,
+        abs / 60 % 60
+    );
     if abs % 60 != 0 {
         let _ = write!(s, ":{:02}", abs % 60);
     }
@@ -354,7 +384,11 @@ pub fn format_interval(months: i32, days: i32, usecs: i64) -> String {
     }
     let mut s = String::from("P");
     let (years, months) = (months / 12, months % 12);
-    for (v, unit) in [(i64::from(years), 'Y'), (i64::from(months), 'M'), (i64::from(days), 'D')] {
+    for (v, unit) in [
+        (i64::from(years), 'Y'),
+        (i64::from(months), 'M'),
+        (i64::from(days), 'D'),
+    ] {
         if v != 0 {
             let _ = write!(s, "{v}{unit}");
         }
@@ -403,17 +437,33 @@ pub fn parse_interval(s: &str) -> Result<(i32, i32, i64), String> {
     for (num, unit) in split_units(date_part).ok_or_else(err)? {
         let v: i64 = num.parse().map_err(|_| err())?;
         match unit {
-            'Y' => months = v.checked_mul(12).and_then(|m| m.checked_add(months)).ok_or_else(err)?,
+            'Y' => {
+                months = v
+                    .checked_mul(12)
+                    .and_then(|m| m.checked_add(months))
+                    .ok_or_else(err)?
+            }
             'M' => months = months.checked_add(v).ok_or_else(err)?,
-            'W' => days = v.checked_mul(7).and_then(|d| d.checked_add(days)).ok_or_else(err)?,
+            'W' => {
+                days = v
+                    .checked_mul(7)
+                    .and_then(|d| d.checked_add(days))
+                    .ok_or_else(err)?
+            }
             'D' => days = days.checked_add(v).ok_or_else(err)?,
             _ => return Err(err()),
         }
     }
     for (num, unit) in split_units(time_part.unwrap_or("")).ok_or_else(err)? {
         let add = match unit {
-            'H' => num.parse::<i64>().ok().and_then(|v| v.checked_mul(3600 * USECS_PER_SEC)),
-            'M' => num.parse::<i64>().ok().and_then(|v| v.checked_mul(60 * USECS_PER_SEC)),
+            'H' => num
+                .parse::<i64>()
+                .ok()
+                .and_then(|v| v.checked_mul(3600 * USECS_PER_SEC)),
+            'M' => num
+                .parse::<i64>()
+                .ok()
+                .and_then(|v| v.checked_mul(60 * USECS_PER_SEC)),
             'S' => seconds_to_usecs(num),
             _ => None,
         };
@@ -460,7 +510,9 @@ fn seconds_to_usecs(num: &str) -> Option<i64> {
     } else {
         frac.parse::<i64>().ok()? * 10i64.pow(9 - frac.len() as u32)
     };
-    let v = whole.checked_mul(USECS_PER_SEC)?.checked_add((nanos + 500) / 1000)?;
+    let v = whole
+        .checked_mul(USECS_PER_SEC)?
+        .checked_add((nanos + 500) / 1000)?;
     Some(if neg { -v } else { v })
 }
 
@@ -476,8 +528,14 @@ mod tests {
         }
         assert_eq!(days_from_civil(1970, 1, 1), 0);
         assert_eq!(days_from_civil(2000, 1, 1), PG_EPOCH_DAYS);
-        assert_eq!(days_from_civil(2000, 3, 1) - days_from_civil(2000, 2, 28), 2);
-        assert_eq!(days_from_civil(1900, 3, 1) - days_from_civil(1900, 2, 28), 1);
+        assert_eq!(
+            days_from_civil(2000, 3, 1) - days_from_civil(2000, 2, 28),
+            2
+        );
+        assert_eq!(
+            days_from_civil(1900, 3, 1) - days_from_civil(1900, 2, 28),
+            1
+        );
         assert_eq!(civil_from_days(-1), (1969, 12, 31));
     }
 
@@ -490,7 +548,13 @@ mod tests {
         assert!(parse_date("2023-13-01").is_err());
         assert!(parse_date("12345-01-01").is_err());
         assert!(parse_date("2023-01-01x").is_err());
-        for s in ["0000-01-01", "-0043-03-15", "+10000-12-31", "1582-10-10", "infinity"] {
+        for s in [
+            "0000-01-01",
+            "-0043-03-15",
+            "+10000-12-31",
+            "1582-10-10",
+            "infinity",
+        ] {
             let d = parse_date(s).unwrap();
             assert_eq!(format_date(d), s);
         }
@@ -510,7 +574,10 @@ mod tests {
         assert_eq!(format_timestamp(-1, false), "1999-12-31T23:59:59.999999");
         assert!(parse_timestamp("2024-01-02T03:04:05", true).is_err());
         assert!(parse_timestamp("2024-01-02T03:04:05+01:00", false).is_err());
-        assert_eq!(parse_timestamp("2024-01-02T03:04:05Z", false), parse_timestamp("2024-01-02T03:04:05", false));
+        assert_eq!(
+            parse_timestamp("2024-01-02T03:04:05Z", false),
+            parse_timestamp("2024-01-02T03:04:05", false)
+        );
         assert!(parse_timestamp("2024-01-02T24:00:01Z", true).is_err());
         assert!(parse_timestamp("+5874897-01-01T00:00:00Z", true).is_err());
         assert_eq!(format_timestamp(i64::MIN, true), "-infinity");
@@ -519,12 +586,21 @@ mod tests {
     #[test]
     fn times_and_intervals() {
         assert_eq!(parse_time("24:00:00"), Ok(USECS_PER_DAY));
-        assert_eq!(format_time(parse_time("13:14:15.5").unwrap()), "13:14:15.500000");
+        assert_eq!(
+            format_time(parse_time("13:14:15.5").unwrap()),
+            "13:14:15.500000"
+        );
         let (t, z) = parse_timetz("10:00:00+05:30").unwrap();
         assert_eq!(z, -19_800);
         assert_eq!(format_timetz(t, z), "10:00:00+05:30");
         assert_eq!(format_timetz(t, 3600), "10:00:00-01:00");
-        for s in ["PT0S", "P1Y2M3DT4H5M6.5S", "P-1Y-2M-3DT-4H-5M-6.5S", "P10D", "PT-0.000001S"] {
+        for s in [
+            "PT0S",
+            "P1Y2M3DT4H5M6.5S",
+            "P-1Y-2M-3DT-4H-5M-6.5S",
+            "P10D",
+            "PT-0.000001S",
+        ] {
             let (m, d, u) = parse_interval(s).unwrap();
             assert_eq!(format_interval(m, d, u), s);
         }

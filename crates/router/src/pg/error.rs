@@ -22,7 +22,7 @@
 //! - everything else → `statement_failed` (400).
 
 use shardline_api::{ApiError, ErrorCode};
-use tokio_postgres::error::{DbError, ErrorPosition, SqlState};
+use tokio_postgres::error::{DbError, ErrorPosition, Severity, SqlState};
 
 use super::pool::PoolError;
 
@@ -62,7 +62,9 @@ pub fn from_db_error(db: &DbError) -> ApiError {
         e.message = format!("{} (the statement ran past its time limit)", db.message());
     }
     if *db.code() == SqlState::SYNTAX_ERROR
-        && db.message().contains("cannot insert multiple commands into a prepared statement")
+        && db
+            .message()
+            .contains("cannot insert multiple commands into a prepared statement")
     {
         e.hint = Some("send one statement per request, or several in /v1/transaction".into());
     }
@@ -86,8 +88,11 @@ pub fn from_db_error(db: &DbError) -> ApiError {
 pub fn from_pg_error(e: &tokio_postgres::Error) -> ApiError {
     match e.as_db_error() {
         Some(db) => from_db_error(db),
-        None => ApiError::new(ErrorCode::ShardUnavailable, "lost the connection to the shard")
-            .with_retry_after(RETRY_AFTER_SECS),
+        None => ApiError::new(
+            ErrorCode::ShardUnavailable,
+            "lost the connection to the shard",
+        )
+        .with_retry_after(RETRY_AFTER_SECS),
     }
 }
 
@@ -96,7 +101,12 @@ pub fn breaks_connection(e: &tokio_postgres::Error) -> bool {
     match e.as_db_error() {
         // FATAL errors end the session.
         Some(db) => {
-            matches!(db.severity(), "FATAL" | "PANIC") || db.code().code().starts_with("08")
+            // The parsed severity is the untranslated one (PostgreSQL 9.6+).
+            let fatal = match db.parsed_severity() {
+                Some(sev) => matches!(sev, Severity::Fatal | Severity::Panic),
+                None => matches!(db.severity(), "FATAL" | "PANIC"),
+            };
+            fatal || db.code().code().starts_with("08")
         }
         None => true,
     }
@@ -113,18 +123,21 @@ pub fn from_pool_error(e: &PoolError) -> ApiError {
             ),
         )
         .with_retry_after(RETRY_AFTER_SECS),
-        PoolError::Closed => {
-            ApiError::new(ErrorCode::Unavailable, "the shard's connection pool is closed")
-                .with_retry_after(RETRY_AFTER_SECS)
-        }
-        PoolError::ConnectTimeout(_) => {
-            ApiError::new(ErrorCode::ShardUnavailable, "timed out connecting to the shard")
-                .with_retry_after(RETRY_AFTER_SECS)
-        }
-        PoolError::InvalidDsn(_) => {
-            ApiError::new(ErrorCode::Unavailable, "the shard's connection settings are invalid")
-                .with_retry_after(5)
-        }
+        PoolError::Closed => ApiError::new(
+            ErrorCode::Unavailable,
+            "the shard's connection pool is closed",
+        )
+        .with_retry_after(RETRY_AFTER_SECS),
+        PoolError::ConnectTimeout(_) => ApiError::new(
+            ErrorCode::ShardUnavailable,
+            "timed out connecting to the shard",
+        )
+        .with_retry_after(RETRY_AFTER_SECS),
+        PoolError::InvalidDsn(_) => ApiError::new(
+            ErrorCode::Unavailable,
+            "the shard's connection settings are invalid",
+        )
+        .with_retry_after(5),
         PoolError::Connect(source) => from_connect_error(source),
     }
 }
@@ -139,10 +152,11 @@ fn from_connect_error(e: &tokio_postgres::Error) -> ApiError {
         // Authentication or authorisation (28), missing database (3D) or
         // role settings: our configuration is wrong, not the client's
         // request. The server's text names the user: not shown.
-        Some("28" | "3D" | "42") => {
-            ApiError::new(ErrorCode::Unavailable, "the router cannot log in to the shard")
-                .with_retry_after(5)
-        }
+        Some("28" | "3D" | "42") => ApiError::new(
+            ErrorCode::Unavailable,
+            "the router cannot log in to the shard",
+        )
+        .with_retry_after(5),
         _ => {
             let mut api = ApiError::new(ErrorCode::ShardUnavailable, "cannot connect to the shard")
                 .with_retry_after(RETRY_AFTER_SECS);
@@ -186,6 +200,9 @@ mod tests {
         assert!(!e.message.contains("hunter2"));
         assert_eq!(e.http_status(), 503);
         let e = from_pool_error(&PoolError::Timeout(std::time::Duration::from_millis(250)));
-        assert_eq!((e.code, e.retry_after, e.retryable), (ErrorCode::ShardUnavailable, Some(1), true));
+        assert_eq!(
+            (e.code, e.retry_after, e.retryable),
+            (ErrorCode::ShardUnavailable, Some(1), true)
+        );
     }
 }

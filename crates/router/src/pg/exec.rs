@@ -44,7 +44,10 @@ pub struct ResultLimits {
 
 impl Default for ResultLimits {
     fn default() -> Self {
-        Self { max_rows: 1_000_000, max_bytes: 64 << 20 }
+        Self {
+            max_rows: 1_000_000,
+            max_bytes: 64 << 20,
+        }
     }
 }
 
@@ -160,7 +163,9 @@ fn fail(conn: &mut PooledConn, sql: &str, e: &tokio_postgres::Error) -> ApiError
 
 fn is_stale_statement(e: &ApiError) -> bool {
     match e.sqlstate.as_deref() {
-        Some("0A000") => e.message.contains("cached plan must not change result type"),
+        Some("0A000") => e
+            .message
+            .contains("cached plan must not change result type"),
         Some("26000") => true,
         _ => false,
     }
@@ -177,18 +182,32 @@ fn result_columns(stmt: &Statement) -> Result<Vec<Column>, ApiError> {
                 let ty = values::type_display(c.type_());
                 let mut e = ApiError::new(
                     ErrorCode::InvalidRequest,
-                    format!("column {} ({:?}) has type {ty}, which cannot be returned as JSON", i + 1, c.name()),
+                    format!(
+                        "column {} ({:?}) has type {ty}, which cannot be returned as JSON",
+                        i + 1,
+                        c.name()
+                    ),
                 );
-                e.hint = Some(format!("cast it in SQL, e.g. {}::text", quote_ident(c.name())));
+                e.hint = Some(format!(
+                    "cast it in SQL, e.g. {}::text",
+                    quote_ident(c.name())
+                ));
                 return Err(e);
             }
-            Ok(Column { name: c.name().to_string(), type_name: values::type_display(c.type_()) })
+            Ok(Column {
+                name: c.name().to_string(),
+                type_name: values::type_display(c.type_()),
+            })
         })
         .collect()
 }
 
 fn quote_ident(name: &str) -> String {
-    if !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+    if !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
         name.to_string()
     } else {
         format!("\"{}\"", name.replace('"', "\"\""))
@@ -205,8 +224,8 @@ async fn run(
         Ok(s) => s,
         Err(e) => return Err(fail(conn, sql, &e)),
     };
-    let columns = result_columns(&stmt)?;
     let encoded = values::encode_params(stmt.params(), params)?;
+    let columns = result_columns(&stmt)?;
     let stream = match conn.client().query_raw(&stmt, encoded.iter()).await {
         Ok(s) => s,
         Err(e) => return Err(fail(conn, sql, &e)),
@@ -235,7 +254,9 @@ async fn run(
         }
         let mut out = Vec::with_capacity(columns.len());
         for (i, col) in stmt.columns().iter().enumerate() {
-            let raw = row.try_get::<_, Option<RawValue<'_>>>(i).map_err(|_| decode_error(i))?;
+            let raw = row
+                .try_get::<_, Option<RawValue<'_>>>(i)
+                .map_err(|_| decode_error(i))?;
             let value = values::decode_column(col.type_(), raw.map(|r| r.0)).map_err(|why| {
                 tracing::error!(column = i + 1, type_name = col.type_().name(), %why, "cannot decode a column");
                 decode_error(i)
@@ -245,11 +266,18 @@ async fn run(
         rows.push(out);
     }
     let rows_affected = stream.rows_affected().unwrap_or(rows.len() as u64);
-    Ok(StatementResult { columns, rows, rows_affected })
+    Ok(StatementResult {
+        columns,
+        rows,
+        rows_affected,
+    })
 }
 
 fn decode_error(i: usize) -> ApiError {
-    ApiError::new(ErrorCode::Internal, format!("cannot decode the value of column {}", i + 1))
+    ApiError::new(
+        ErrorCode::Internal,
+        format!("cannot decode the value of column {}", i + 1),
+    )
 }
 
 /// Refuses statements that would leave transaction or session state on
@@ -263,7 +291,8 @@ pub fn check_statement(sql: &str, in_transaction: bool) -> Result<(), ApiError> 
         e.hint = Some(hint.to_string());
         Err(e)
     };
-    let tx_hint = "send the statements together to /v1/transaction, which begins and commits for you";
+    let tx_hint =
+        "send the statements together to /v1/transaction, which begins and commits for you";
     let session_hint = "connections are shared between requests; use SET LOCAL inside /v1/transaction for settings";
     match word(0) {
         "BEGIN" | "START" | "COMMIT" | "END" | "ABORT" => {
@@ -280,7 +309,13 @@ pub fn check_statement(sql: &str, in_transaction: bool) -> Result<(), ApiError> 
         }
         "SET" if matches!(word(1), "LOCAL" | "TRANSACTION" | "CONSTRAINTS") => Ok(()),
         "SET" | "RESET" | "DISCARD" | "LISTEN" | "PREPARE" | "DEALLOCATE" | "DECLARE" | "LOAD" => {
-            refuse(&format!("{} statements change session state and are not accepted", word(0)), session_hint)
+            refuse(
+                &format!(
+                    "{} statements change session state and are not accepted",
+                    word(0)
+                ),
+                session_hint,
+            )
         }
         "COPY" => refuse(
             "COPY is not supported over this API",
@@ -391,7 +426,13 @@ mod tests {
         ] {
             assert!(check_statement(sql, false).is_ok(), "{sql}");
         }
-        for sql in ["SAVEPOINT a", "RELEASE a", "ROLLBACK TO a", "rollback to savepoint a", "ROLLBACK WORK TO a"] {
+        for sql in [
+            "SAVEPOINT a",
+            "RELEASE a",
+            "ROLLBACK TO a",
+            "rollback to savepoint a",
+            "ROLLBACK WORK TO a",
+        ] {
             assert!(check_statement(sql, true).is_ok(), "{sql}");
         }
     }

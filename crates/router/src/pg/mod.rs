@@ -19,5 +19,7 @@ pub mod pool;
 pub mod values;
 
 pub use error::{from_pg_error, from_pool_error};
-pub use exec::{check_statement, execute, execute_with, transaction, transaction_with, ResultLimits};
+pub use exec::{
+    check_statement, execute, execute_with, transaction, transaction_with, ResultLimits,
+};
 pub use pool::{Pool, PoolConfig, PoolError, PoolStats, PooledConn};

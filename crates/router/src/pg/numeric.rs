@@ -55,7 +55,8 @@ pub fn encode(text: &str, out: &mut Vec<u8>) -> Result<(), String> {
         Some(i) => {
             let e = &rest[i + 1..];
             let digits = e.strip_prefix(['+', '-']).unwrap_or(e);
-            if digits.is_empty() || digits.len() > 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            if digits.is_empty() || digits.len() > 6 || !digits.bytes().all(|b| b.is_ascii_digit())
+            {
                 return Err(bad());
             }
             (&rest[..i], e.parse::<i64>().map_err(|_| bad())?)
@@ -64,7 +65,10 @@ pub fn encode(text: &str, out: &mut Vec<u8>) -> Result<(), String> {
     };
     let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
     if int_part.is_empty() && frac_part.is_empty()
-        || !int_part.bytes().chain(frac_part.bytes()).all(|b| b.is_ascii_digit())
+        || !int_part
+            .bytes()
+            .chain(frac_part.bytes())
+            .all(|b| b.is_ascii_digit())
     {
         return Err(bad());
     }
@@ -74,7 +78,11 @@ pub fn encode(text: &str, out: &mut Vec<u8>) -> Result<(), String> {
     }
     // All digits in order; `point` is how many of them precede the decimal
     // point (negative or past the end after an exponent).
-    let all: Vec<u8> = int_part.bytes().chain(frac_part.bytes()).map(|b| b - b'0').collect();
+    let all: Vec<u8> = int_part
+        .bytes()
+        .chain(frac_part.bytes())
+        .map(|b| b - b'0')
+        .collect();
     let mut point = int_part.len() as i64 + exponent;
     let lead = all.iter().take_while(|&&d| d == 0).count();
     point -= lead as i64;
@@ -130,12 +138,18 @@ pub fn decode(buf: &[u8]) -> Result<String, String> {
     if ndigits < 0 || buf.len() != 8 + 2 * ndigits as usize || dscale > MAX_DSCALE as u16 {
         return Err("malformed numeric".into());
     }
-    let digits: Vec<u16> = (0..ndigits as usize).map(|i| field(4 + i)).collect::<Result<_, _>>()?;
+    let digits: Vec<u16> = (0..ndigits as usize)
+        .map(|i| field(4 + i))
+        .collect::<Result<_, _>>()?;
     if digits.iter().any(|&d| d > 9999) {
         return Err("malformed numeric digit".into());
     }
     let digit_at = |idx: i64| -> u16 {
-        usize::try_from(idx).ok().and_then(|i| digits.get(i)).copied().unwrap_or(0)
+        usize::try_from(idx)
+            .ok()
+            .and_then(|i| digits.get(i))
+            .copied()
+            .unwrap_or(0)
     };
     let mut out = String::new();
     if sign == SIGN_NEG && digits.iter().any(|&d| d != 0) {
@@ -174,7 +188,9 @@ mod tests {
     }
 
     fn words(v: &[u8]) -> Vec<i32> {
-        v.chunks(2).map(|c| i32::from(u16::from_be_bytes([c[0], c[1]]))).collect()
+        v.chunks(2)
+            .map(|c| i32::from(u16::from_be_bytes([c[0], c[1]])))
+            .collect()
     }
 
     #[test]
@@ -220,7 +236,19 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        for s in ["", "-", ".", "1.2.3", "1e", "abc", "1 ", " 1", "1e1234567", "0x10", "1,5"] {
+        for s in [
+            "",
+            "-",
+            ".",
+            "1.2.3",
+            "1e",
+            "abc",
+            "1 ",
+            " 1",
+            "1e1234567",
+            "0x10",
+            "1,5",
+        ] {
             assert!(encode(s, &mut Vec::new()).is_err(), "{s:?}");
         }
         assert!(encode("1e-20000", &mut Vec::new()).is_err());

@@ -150,8 +150,8 @@ impl Drop for WaitGuard<'_> {
 impl Pool {
     /// A pool for `dsn` (key/value or URL form). Opens no connection.
     pub fn new(dsn: &str, cfg: PoolConfig) -> Result<Pool, PoolError> {
-        let mut pg =
-            tokio_postgres::Config::from_str(dsn).map_err(|e| PoolError::InvalidDsn(e.to_string()))?;
+        let mut pg = tokio_postgres::Config::from_str(dsn)
+            .map_err(|e| PoolError::InvalidDsn(e.to_string()))?;
         if let Some(t) = cfg.statement_timeout {
             let setting = format!("-c statement_timeout={}", t.as_millis().max(1));
             let options = match pg.get_options() {
@@ -204,7 +204,9 @@ impl Pool {
             }
         };
         loop {
-            let Some(conn) = inner.idle().pop() else { break };
+            let Some(conn) = inner.idle().pop() else {
+                break;
+            };
             if conn.client.is_closed() || conn.idle_since.elapsed() >= inner.cfg.idle_timeout {
                 continue;
             }
@@ -228,17 +230,18 @@ impl Pool {
     async fn connect(&self) -> Result<Conn, PoolError> {
         let inner = &self.inner;
         let timeout = inner.cfg.connect_timeout;
-        let (client, connection) = match tokio::time::timeout(timeout, inner.pg.connect(NoTls)).await {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot connect to PostgreSQL");
-                return Err(PoolError::Connect(e));
-            }
-            Err(_) => {
-                tracing::warn!(?timeout, "connecting to PostgreSQL timed out");
-                return Err(PoolError::ConnectTimeout(timeout));
-            }
-        };
+        let (client, connection) =
+            match tokio::time::timeout(timeout, inner.pg.connect(NoTls)).await {
+                Ok(Ok(pair)) => pair,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot connect to PostgreSQL");
+                    return Err(PoolError::Connect(e));
+                }
+                Err(_) => {
+                    tracing::warn!(?timeout, "connecting to PostgreSQL timed out");
+                    return Err(PoolError::ConnectTimeout(timeout));
+                }
+            };
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "PostgreSQL connection ended");
@@ -300,7 +303,9 @@ impl Pool {
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The DSN (and its password) stays out of logs.
-        f.debug_struct("Pool").field("stats", &self.stats()).finish_non_exhaustive()
+        f.debug_struct("Pool")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
     }
 }
 
@@ -323,15 +328,25 @@ pub struct PooledConn {
 
 impl PooledConn {
     fn new(conn: Conn, pool: Arc<Inner>, permit: OwnedSemaphorePermit) -> Self {
-        Self { conn: Some(conn), pool, busy: false, discard: false, _permit: permit }
+        Self {
+            conn: Some(conn),
+            pool,
+            busy: false,
+            discard: false,
+            _permit: permit,
+        }
     }
 
     fn conn(&self) -> &Conn {
-        self.conn.as_ref().expect("a PooledConn holds its connection until dropped")
+        self.conn
+            .as_ref()
+            .expect("a PooledConn holds its connection until dropped")
     }
 
     fn conn_mut(&mut self) -> &mut Conn {
-        self.conn.as_mut().expect("a PooledConn holds its connection until dropped")
+        self.conn
+            .as_mut()
+            .expect("a PooledConn holds its connection until dropped")
     }
 
     /// The client.
@@ -389,7 +404,9 @@ impl std::ops::Deref for PooledConn {
 
 impl Drop for PooledConn {
     fn drop(&mut self) {
-        let Some(mut conn) = self.conn.take() else { return };
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
         if self.busy {
             // Cancelled mid-work: stop the statement now; closing the
             // connection ends any open transaction.
@@ -418,7 +435,11 @@ struct StatementCache {
 
 impl StatementCache {
     fn new(capacity: usize) -> Self {
-        Self { capacity, entries: HashMap::new(), clock: 0 }
+        Self {
+            capacity,
+            entries: HashMap::new(),
+            clock: 0,
+        }
     }
 
     fn get(&mut self, sql: &str) -> Option<Statement> {
@@ -437,8 +458,11 @@ impl StatementCache {
         if self.entries.len() >= self.capacity && !self.entries.contains_key(sql) {
             // A linear scan: evictions happen only on misses of a full
             // cache, and the cache is small.
-            if let Some(oldest) =
-                self.entries.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| k.clone())
+            if let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone())
             {
                 // Dropping the statement closes it on the server.
                 self.entries.remove(&oldest);

@@ -33,7 +33,8 @@
 //! always as an exact string; json/jsonb as the JSON value itself (big
 //! numbers inside lose precision, serde_json holding doubles); bytea as
 //! base64; date/time types and intervals as in [`super::datetime`];
-//! arrays as nested JSON arrays (lower bounds ignored). A column of
+//! arrays as nested JSON arrays (lower bounds ignored); `void` (what
+//! `SELECT pg_sleep(1)` returns) as null. A column of
 //! another type is refused before the statement runs, hinting `::text`.
 //!
 //! Column type names are PostgreSQL's own (`int8`, `timestamptz`, a
@@ -87,6 +88,8 @@ pub enum Scalar {
     Bytea,
     Inet,
     Cidr,
+    /// The result of a function returning nothing: always NULL.
+    Void,
 }
 
 /// The scalar shape of a type, or `None` when unsupported (arrays too).
@@ -120,6 +123,7 @@ pub fn scalar_of(ty: &Type) -> Option<Scalar> {
         Type::BYTEA => Scalar::Bytea,
         Type::INET => Scalar::Inet,
         Type::CIDR => Scalar::Cidr,
+        Type::VOID => Scalar::Void,
         // citext is an extension type; its binary form is text's.
         _ if ty.name() == "citext" => Scalar::Text,
         _ => return None,
@@ -202,7 +206,7 @@ fn invalid_param(message: String) -> ApiError {
 pub fn encode_params(types: &[Type], params: &[Value]) -> Result<Vec<EncodedParam>, ApiError> {
     if types.len() != params.len() {
         return Err(invalid_param(format!(
-            "the statement takes {} parameter(s), got {}",
+            "expected {} parameter(s), got {}",
             types.len(),
             params.len()
         )));
@@ -252,7 +256,11 @@ pub fn encode_param(n: usize, ty: &Type, value: &Value) -> Result<Option<Vec<u8>
             "${n}: expected {}, got {}{}",
             type_display(ty),
             describe(value),
-            if why.is_empty() { String::new() } else { format!(" ({why})") }
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(" ({why})")
+            }
         ))),
     }
 }
@@ -376,10 +384,13 @@ fn encode_scalar(s: Scalar, v: &Value, out: &mut Vec<u8>) -> Result<(), String> 
             out.extend_from_slice(v.to_string().as_bytes());
         }
         Scalar::Bytea => {
-            let decoded = BASE64_LENIENT.decode(string(v)?).map_err(|_| "not base64")?;
+            let decoded = BASE64_LENIENT
+                .decode(string(v)?)
+                .map_err(|_| "not base64")?;
             out.extend_from_slice(&decoded);
         }
         Scalar::Inet | Scalar::Cidr => encode_inet(string(v)?, s == Scalar::Cidr, out)?,
+        Scalar::Void => return Err("void takes only null".into()),
     }
     Ok(())
 }
@@ -392,10 +403,13 @@ fn parse_uuid(s: &str) -> Result<[u8; 16], String> {
         32 => s.bytes().collect(),
         _ => return Err("not a UUID".into()),
     };
+    if hex.len() != 32 || !hex.iter().all(u8::is_ascii_hexdigit) {
+        return Err("not a UUID".into());
+    }
     let mut out = [0u8; 16];
     for (i, pair) in hex.chunks(2).enumerate() {
-        let text = std::str::from_utf8(pair).map_err(|_| "not a UUID")?;
-        out[i] = u8::from_str_radix(text, 16).map_err(|_| "not a UUID")?;
+        let digit = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
+        out[i] = digit(pair[0]) << 4 | digit(pair[1]);
     }
     Ok(out)
 }
@@ -467,7 +481,11 @@ fn encode_array(elem: Scalar, elem_oid: u32, v: &Value, out: &mut Vec<u8>) -> Re
         out.extend_from_slice(&[0; 4]);
         encode_scalar(elem, e, out).map_err(|why| {
             let what = format!("element {} is {}", i + 1, describe(e));
-            if why.is_empty() { what } else { format!("{what}: {why}") }
+            if why.is_empty() {
+                what
+            } else {
+                format!("{what}: {why}")
+            }
         })?;
         let len = i32::try_from(out.len() - at - 4).map_err(|_| "element too long")?;
         out[at..at + 4].copy_from_slice(&len.to_be_bytes());
@@ -501,7 +519,9 @@ fn flatten<'v>(
 
 /// Decodes one column value (`None` = NULL) of type `ty`.
 pub fn decode_column(ty: &Type, raw: Option<&[u8]>) -> Result<Value, String> {
-    let Some(raw) = raw else { return Ok(Value::Null) };
+    let Some(raw) = raw else {
+        return Ok(Value::Null);
+    };
     match shape_of(ty) {
         Some(Shape::Scalar(s)) => decode_scalar(s, raw),
         Some(Shape::Array(s)) => decode_array(s, raw),
@@ -534,7 +554,10 @@ fn decode_array(elem: Scalar, raw: &[u8]) -> Result<Value, String> {
     if ndim == 0 {
         return Ok(Value::Array(Vec::new()));
     }
-    let count = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or("malformed array")?;
+    let count = dims
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or("malformed array")?;
     let mut values = Vec::with_capacity(count.min(rest.len() / 4));
     for _ in 0..count {
         let len = next_i32(&mut rest)?;
@@ -625,9 +648,10 @@ fn decode_scalar_inner(s: Scalar, raw: &[u8]) -> DecodeResult {
         Scalar::Time => Value::String(datetime::format_time(wire::time_from_sql(raw)?)),
         Scalar::Timetz => {
             let (t, z) = match raw {
-                [t @ .., z0, z1, z2, z3] if t.len() == 8 => {
-                    (wire::time_from_sql(t)?, i32::from_be_bytes([*z0, *z1, *z2, *z3]))
-                }
+                [t @ .., z0, z1, z2, z3] if t.len() == 8 => (
+                    wire::time_from_sql(t)?,
+                    i32::from_be_bytes([*z0, *z1, *z2, *z3]),
+                ),
                 _ => return Err("malformed timetz".into()),
             };
             Value::String(datetime::format_timetz(t, z))
@@ -660,6 +684,7 @@ fn decode_scalar_inner(s: Scalar, raw: &[u8]) -> DecodeResult {
                 Value::String(format!("{}/{}", inet.addr(), inet.netmask()))
             }
         }
+        Scalar::Void => Value::Null,
     })
 }
 
@@ -679,14 +704,27 @@ mod tests {
 
     #[test]
     fn integers() {
-        assert_eq!(round(Type::INT8, json!(9007199254740992i64)), json!(9007199254740992i64));
-        assert_eq!(round(Type::INT8, json!("9007199254740993")), json!("9007199254740993"));
-        assert_eq!(round(Type::INT8, json!(i64::MIN)), json!(i64::MIN.to_string()));
+        assert_eq!(
+            round(Type::INT8, json!(9007199254740992i64)),
+            json!(9007199254740992i64)
+        );
+        assert_eq!(
+            round(Type::INT8, json!("9007199254740993")),
+            json!("9007199254740993")
+        );
+        assert_eq!(
+            round(Type::INT8, json!(i64::MIN)),
+            json!(i64::MIN.to_string())
+        );
         assert_eq!(round(Type::INT2, json!(-32768)), json!(-32768));
         assert_eq!(round(Type::INT4, json!(3.0)), json!(3));
         let e = enc(Type::INT2, json!(32768)).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidParameter);
-        assert!(e.message.contains("$1") && e.message.contains("int2"), "{}", e.message);
+        assert!(
+            e.message.contains("$1") && e.message.contains("int2"),
+            "{}",
+            e.message
+        );
         assert!(enc(Type::INT4, json!(1.5)).is_err());
         assert!(enc(Type::INT4, json!("x")).is_err());
         assert!(enc(Type::INT4, json!(true)).is_err());
@@ -705,11 +743,21 @@ mod tests {
         assert!(enc(Type::TEXT, json!({"a": 1})).is_err());
         let u = "018f4b8e-37f0-7cc4-b5f2-0f62d09ca662";
         assert_eq!(round(Type::UUID, json!(u)), json!(u));
-        assert_eq!(round(Type::UUID, json!(u.to_uppercase().replace('-', ""))), json!(u));
+        assert_eq!(
+            round(Type::UUID, json!(u.to_uppercase().replace('-', ""))),
+            json!(u)
+        );
         assert!(enc(Type::UUID, json!("018f4b8e-37f0-7cc4-b5f2-0f62d09ca66")).is_err());
+        assert!(enc(Type::UUID, json!("+18f4b8e-37f0-7cc4-b5f2-0f62d09ca662")).is_err());
+        assert!(enc(Type::UUID, json!("018f4b8e-37f0-7cc4-b5f2-0f62d09c-662")).is_err());
+        assert!(enc(Type::UUID, json!("018f4b8e-37f0-7cc4-b5f2-0f62d09ca6éé")).is_err());
         assert_eq!(round(Type::BYTEA, json!("AAEC/w")), json!("AAEC/w=="));
-        assert_eq!(round(Type::JSONB, json!({"a": [1, null]})), json!({"a": [1, null]}));
+        assert_eq!(
+            round(Type::JSONB, json!({"a": [1, null]})),
+            json!({"a": [1, null]})
+        );
         assert_eq!(round(Type::INET, json!("10.0.0.1")), json!("10.0.0.1"));
+        assert_eq!(round(Type::INET, json!("::1")), json!("::1"));
         assert_eq!(round(Type::CIDR, json!("10.0.0.0/8")), json!("10.0.0.0/8"));
         assert_eq!(round(Type::CHAR, json!("x")), json!("x"));
         assert_eq!(enc(Type::BOOL, Value::Null).unwrap(), None);
@@ -737,7 +785,11 @@ mod tests {
     #[test]
     fn count_mismatch() {
         let e = encode_params(&[Type::INT4], &[]).unwrap_err();
-        assert!(e.message.contains("takes 1 parameter(s), got 0"), "{}", e.message);
+        assert!(
+            e.message.contains("expected 1 parameter(s), got 0"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
