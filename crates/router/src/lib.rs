@@ -7,7 +7,7 @@
 //! in-process with [`bind`] then [`BoundRouter::run`] (tests bind port 0).
 //!
 //! # Layout
-//! - [`config`]: settings.
+//! - [`config`]: the settings.
 //! - [`state`]: the routing table compiled from a catalog version.
 //! - [`follow`]: catalog long poll and heartbeat.
 //! - [`http`]: the HTTP API.
