@@ -275,12 +275,15 @@ async fn bench(args: &ExecuteArgs, info: &Value) -> anyhow::Result<()> {
         .batch_execute(&format!(
             "DROP TABLE IF EXISTS bench_accounts; \
              CREATE TABLE bench_accounts (id bigint PRIMARY KEY, balance bigint NOT NULL, filler char(84)); \
-             INSERT INTO bench_accounts SELECT g, g * 10, '' FROM generate_series(1, {}) g; \
-             VACUUM ANALYZE bench_accounts;",
+             INSERT INTO bench_accounts SELECT g, g * 10, '' FROM generate_series(1, {}) g;",
             args.rows
         ))
         .await
         .context("load the table")?;
+    setup
+        .batch_execute("VACUUM ANALYZE bench_accounts")
+        .await
+        .context("vacuum the table")?;
 
     let mut clients = Vec::new();
     for _ in 0..args.concurrency {
