@@ -147,11 +147,7 @@ impl HttpClient {
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
-        let body = encode(body)?;
-        require(decode(
-            self.send(Method::POST, path, Some(body), self.timeout)
-                .await?,
-        )?)
+        self.send_json(Method::POST, path, body).await
     }
 
     /// `PUT` with a JSON body.
@@ -160,10 +156,18 @@ impl HttpClient {
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
+        self.send_json(Method::PUT, path, body).await
+    }
+
+    async fn send_json<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
         let body = encode(body)?;
         require(decode(
-            self.send(Method::PUT, path, Some(body), self.timeout)
-                .await?,
+            self.send(method, path, Some(body), self.timeout).await?,
         )?)
     }
 

@@ -190,6 +190,15 @@ fn resolve(
         })
 }
 
+/// A connection to the shard's primary; pool failures become 503s.
+async fn acquire(target: Arc<ShardTarget>) -> Result<crate::pg::PooledConn, ApiError> {
+    target
+        .primary
+        .get()
+        .await
+        .map_err(|e| crate::pg::from_pool_error(&e))
+}
+
 fn observed(endpoint: &'static str, routing: &Routing, keyspace: &str) -> Observed {
     // Label only keyspaces that exist: a client must not be able to
     // create metric series by sending made-up names.
@@ -214,12 +223,7 @@ async fn execute(
     let target = resolve(&auth.routing, &req.keyspace, &req.shard_key, &mut obs);
     let shard = obs.shard.clone();
     let work = async move {
-        let target = target?;
-        let mut conn = target
-            .primary
-            .get()
-            .await
-            .map_err(|e| crate::pg::from_pool_error(&e))?;
+        let mut conn = acquire(target?).await?;
         let result = exec::execute(&mut conn, &req.sql, &req.params).await?;
         Ok(ExecuteResponse { shard, result })
     };
@@ -241,12 +245,7 @@ async fn transaction(
                 "statements is empty; a transaction needs at least one",
             ));
         }
-        let target = target?;
-        let mut conn = target
-            .primary
-            .get()
-            .await
-            .map_err(|e| crate::pg::from_pool_error(&e))?;
+        let mut conn = acquire(target?).await?;
         let stmts: Vec<(String, Vec<serde_json::Value>)> = req
             .statements
             .into_iter()
