@@ -99,33 +99,16 @@ pub async fn create_keyspace(
     req: &CreateKeyspaceRequest,
 ) -> Result<(), ServiceError> {
     check_name("keyspace", &req.name)?;
-    let key = keys::keyspace(&req.name);
-    if svc.current().catalog.keyspaces.contains_key(&req.name) {
-        return Err(ServiceError::Conflict(format!(
-            "keyspace {} exists already",
-            req.name
-        )));
-    }
-    let mut keyspace = Keyspace {
+    let keyspace = Keyspace {
         name: req.name.clone(),
         key_type: req.key_type,
-        map: None,
+        map: if req.shards.is_empty() {
+            None
+        } else {
+            Some(even_map(&req.shards)?)
+        },
         migrations: Vec::new(),
     };
-    if req.shards.is_empty() {
-        svc.update(std::slice::from_ref(&key), |seen| {
-            if seen[&key].is_some() {
-                return Err(ServiceError::Conflict(format!(
-                    "keyspace {} exists already",
-                    req.name
-                )));
-            }
-            Ok(vec![put(key.clone(), &keyspace)])
-        })
-        .await?;
-        return Ok(());
-    }
-    keyspace.map = Some(even_map(&req.shards)?);
     assign_shards(svc, keyspace, &req.shards, true).await
 }
 
