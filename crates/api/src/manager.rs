@@ -1,6 +1,7 @@
 //! Control-plane API bodies (the manager).
 
 use serde::{Deserialize, Serialize};
+pub use shardline_core::catalog::{Limits, TenantConfig, TenantState};
 use shardline_core::KeyType;
 
 /// `POST /v1/keyspaces`.
@@ -60,6 +61,9 @@ pub struct RegisterShardRequest {
     pub primary: String,
     #[serde(default)]
     pub replicas: Vec<String>,
+    /// Reserve the shard for this tenant's dedicated keyspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// The last health check of one instance.
@@ -95,6 +99,8 @@ pub struct ShardInfo {
     pub ranges: Vec<String>,
     pub generation: u64,
     pub instances: Vec<InstanceInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved_for: Option<String>,
 }
 
 /// `POST /v1/keyspaces/{name}/migrations`.
@@ -131,13 +137,104 @@ pub struct MigrationResult {
     pub shards: Vec<ShardMigrationStatus>,
 }
 
-/// `POST /v1/apps`: a client application and its token.
+/// `POST /v1/tenants`: a tenant in a shared keyspace, or with a
+/// dedicated keyspace built from shards registered for it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenantRequest {
+    pub id: String,
+    /// Display name (default: the id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The shared keyspace to live in (default `default`). Not with
+    /// `dedicated`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyspace: Option<String>,
+    /// Give the tenant a keyspace of its own, named after it.
+    #[serde(default)]
+    pub dedicated: bool,
+    /// Dedicated only: how many shards, taken from the unassigned shards
+    /// registered for this tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<u32>,
+    /// Dedicated only: the key type of its keyspace.
+    #[serde(default)]
+    pub key_type: KeyType,
+    #[serde(default)]
+    pub config: TenantConfig,
+}
+
+/// `PATCH /v1/tenants/{id}`: fields to change; absent ones stay.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTenantRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Replaces the whole config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<TenantConfig>,
+}
+
+/// A tenant as the API shows it (never its role password).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantInfo {
+    pub id: String,
+    pub name: String,
+    pub keyspace: String,
+    pub dedicated: bool,
+    /// The shards its keyspace spans.
+    pub shards: Vec<String>,
+    /// Its schema and login role on every shard.
+    pub pg_name: String,
+    pub config: TenantConfig,
+    pub state: TenantState,
+    pub apps: usize,
+    pub created_at: String,
+}
+
+/// `POST /v1/apps`: a client application of a tenant.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAppRequest {
     pub name: String,
+    /// Default `default`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// Shard keys must start with this (else 403).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
+    /// Limits tighter than the tenant's.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// `PATCH /v1/apps/{id}`: fields to change; absent ones stay.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateAppRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// An empty string removes the prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
+    /// Replaces all the app's limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+}
+
+/// `POST /v1/apps/{id}/rotate`: a new token; the old one stays valid for
+/// the grace period.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateTokenRequest {
+    /// Seconds the old token keeps working (default 900, at most 604800;
+    /// 0 ends it now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_seconds: Option<u64>,
 }
 
 /// A client application as the API shows it (never its token).
@@ -146,10 +243,21 @@ pub struct AppInfo {
     pub id: String,
     pub name: String,
     pub tenant: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
+    #[serde(default)]
+    pub limits: Limits,
+    /// When the token replaced by the last rotation stops working
+    /// (RFC 3339), if it still works.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_token_expires_at: Option<String>,
     pub created_at: String,
 }
 
-/// The answer to creating an app: the token is shown this once.
+/// The answer to creating an app or rotating its token: the token is
+/// shown this once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CreateAppResponse {
     #[serde(flatten)]
@@ -173,6 +281,14 @@ pub struct RouterHeartbeat {
 pub struct HeartbeatResponse {
     /// The router counts as gone if it does not heartbeat within this.
     pub lease_ms: u64,
+    /// Routers alive now (this one included): each enforces this share
+    /// of every rate limit.
+    #[serde(default = "one")]
+    pub live_routers: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// A live router.
@@ -192,4 +308,6 @@ pub struct StatusResponse {
     pub keyspaces: Vec<KeyspaceInfo>,
     pub shards: Vec<ShardInfo>,
     pub routers: Vec<RouterInfo>,
+    #[serde(default)]
+    pub tenants: Vec<TenantInfo>,
 }

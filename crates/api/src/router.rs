@@ -3,12 +3,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// The keyspace used when a request names none.
+/// The shared keyspace `shardline dev` creates and tenants join unless
+/// told otherwise.
 pub const DEFAULT_KEYSPACE: &str = "default";
-
-fn default_keyspace() -> String {
-    DEFAULT_KEYSPACE.to_string()
-}
 
 /// Where a read may be served from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,8 +40,9 @@ impl std::fmt::Display for ShardKeyValue {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExecuteRequest {
-    #[serde(default = "default_keyspace")]
-    pub keyspace: String,
+    /// Default: the app's tenant's keyspace (the only one it may use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyspace: Option<String>,
     pub shard_key: ShardKeyValue,
     pub sql: String,
     #[serde(default)]
@@ -92,8 +90,9 @@ pub struct Statement {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransactionRequest {
-    #[serde(default = "default_keyspace")]
-    pub keyspace: String,
+    /// Default: the app's tenant's keyspace (the only one it may use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyspace: Option<String>,
     pub shard_key: ShardKeyValue,
     pub statements: Vec<Statement>,
 }
@@ -109,8 +108,9 @@ pub struct TransactionResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteQuery {
-    #[serde(default = "default_keyspace")]
-    pub keyspace: String,
+    /// Default: the app's tenant's keyspace (the only one it may use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyspace: Option<String>,
     pub key: String,
 }
 

@@ -236,6 +236,7 @@ pub async fn shard(ep: &Endpoints, cmd: ShardCmd, json: bool) -> anyhow::Result<
                 id,
                 primary,
                 replicas,
+                tenant: None,
             })
             .await?,
         ],
@@ -259,7 +260,13 @@ pub async fn app(ep: &Endpoints, cmd: AppCmd, json: bool) -> anyhow::Result<()> 
     let m = ep.manager()?;
     match cmd {
         AppCmd::Create { name, tenant } => {
-            let created = m.create_app(&CreateAppRequest { name, tenant }).await?;
+            let created = m
+                .create_app(&CreateAppRequest {
+                    name,
+                    tenant,
+                    ..CreateAppRequest::default()
+                })
+                .await?;
             if json {
                 return print_json(&created);
             }

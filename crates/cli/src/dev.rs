@@ -274,6 +274,7 @@ async fn bootstrap(admin: &ManagerClient, shards: &[DevShard]) -> anyhow::Result
                 id: s.id.clone(),
                 primary: s.dsn.clone(),
                 replicas: Vec::new(),
+                tenant: None,
             })
             .await
             .with_context(|| format!("register {}", s.id))?;
@@ -312,7 +313,7 @@ async fn default_app_token(
     let created = admin
         .create_app(&CreateAppRequest {
             name: DEFAULT_APP.into(),
-            tenant: None,
+            ..CreateAppRequest::default()
         })
         .await
         .context("create the default app")?;

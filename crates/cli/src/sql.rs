@@ -12,9 +12,9 @@ pub struct SqlArgs {
     /// The shard key
     #[arg(long)]
     key: String,
-    /// Keyspace
-    #[arg(long, default_value = "default")]
-    keyspace: String,
+    /// Keyspace (default: the app's tenant's keyspace)
+    #[arg(long)]
+    keyspace: Option<String>,
     /// A parameter as JSON ($1, $2, ... in order; repeatable), e.g. --param 42 --param '"text"'
     #[arg(long = "param")]
     params: Vec<String>,

@@ -163,7 +163,7 @@ async fn read_back(router: &RouterClient, placed: &HashMap<String, String>) {
         let k = key(i);
         let resp = router
             .execute(&ExecuteRequest {
-                keyspace: "default".into(),
+                keyspace: None,
                 shard_key: ShardKeyValue::Text(k.clone()),
                 sql: "SELECT v FROM kv WHERE k = $1".into(),
                 params: vec![json!(k)],
@@ -230,7 +230,7 @@ async fn dev_routes_by_postgres_hash_and_survives_restart() {
                 let k = key(i);
                 router
                     .execute(&ExecuteRequest {
-                        keyspace: "default".into(),
+                        keyspace: None,
                         shard_key: ShardKeyValue::Text(k.clone()),
                         sql: "INSERT INTO kv (k, v) VALUES ($1, $2)".into(),
                         params: vec![json!(k), json!(i)],

@@ -81,6 +81,7 @@ async fn migrations_apply_once_everywhere_and_to_later_shards() {
         id: "late".into(),
         primary: late.dsn(),
         replicas: vec![],
+        tenant: None,
     })
     .await
     .unwrap();

@@ -79,7 +79,7 @@ fn start_router(dir: &std::path::Path, manager_url: &str, port: u16, id: &str) -
 
 fn exec(key: &str, sql: &str) -> ExecuteRequest {
     ExecuteRequest {
-        keyspace: "default".into(),
+        keyspace: None,
         shard_key: ShardKeyValue::Text(key.into()),
         sql: sql.into(),
         params: vec![],
@@ -112,6 +112,7 @@ async fn routers_as_processes_share_and_follow_the_map() {
                 id: format!("s{i}"),
                 primary: pg.dsn(),
                 replicas: vec![],
+                tenant: None,
             })
             .await
             .unwrap();
@@ -137,7 +138,7 @@ async fn routers_as_processes_share_and_follow_the_map() {
     let app = admin
         .create_app(&CreateAppRequest {
             name: "app".into(),
-            tenant: None,
+            ..CreateAppRequest::default()
         })
         .await
         .unwrap();

@@ -46,7 +46,7 @@ fn fast_retry(max_attempts: u32) -> RetryPolicy {
 
 fn execute_request() -> ExecuteRequest {
     ExecuteRequest {
-        keyspace: "default".into(),
+        keyspace: None,
         shard_key: ShardKeyValue::Int(42),
         sql: "SELEC 1".into(),
         params: vec![],
@@ -320,7 +320,7 @@ async fn retries_429_then_succeeds() {
         .unwrap()
         .with_retry(fast_retry(4));
     let req = TransactionRequest {
-        keyspace: "default".into(),
+        keyspace: None,
         shard_key: ShardKeyValue::Text("t".into()),
         statements: vec![
             shardline_api::router::Statement {

@@ -13,6 +13,7 @@ pub mod keys {
     pub const KEYSPACES: &str = "keyspaces/";
     pub const SHARDS: &str = "shards/";
     pub const APPS: &str = "apps/";
+    pub const TENANTS: &str = "tenants/";
 
     /// The store key of a keyspace.
     pub fn keyspace(name: &str) -> String {
@@ -25,6 +26,10 @@ pub mod keys {
     /// The store key of an app.
     pub fn app(id: &str) -> String {
         format!("{APPS}{id}")
+    }
+    /// The store key of a tenant.
+    pub fn tenant(id: &str) -> String {
+        format!("{TENANTS}{id}")
     }
 }
 
@@ -44,6 +49,7 @@ pub struct Catalog {
     pub keyspaces: BTreeMap<String, Keyspace>,
     pub shards: BTreeMap<String, Shard>,
     pub apps: BTreeMap<String, App>,
+    pub tenants: BTreeMap<String, Tenant>,
 }
 
 /// A keyspace: a key type, a shard map, and the schema every shard of it
@@ -79,6 +85,10 @@ pub struct Shard {
     pub replicas: Vec<Instance>,
     /// Grows on every change of primary; fences a demoted one.
     pub generation: u64,
+    /// The tenant this shard was registered for: only that tenant's
+    /// dedicated keyspace may use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved_for: Option<String>,
 }
 
 /// One PostgreSQL server.
@@ -88,16 +98,129 @@ pub struct Instance {
     pub dsn: String,
 }
 
-/// A client application and the hash of its token.
+/// A client application of a tenant, with the hash of its token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct App {
     pub id: String,
     pub name: String,
     pub tenant: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// Shard keys this app may use must start with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
+    /// Limits tighter than the tenant's (`max_shards` does not apply).
+    #[serde(default)]
+    pub limits: Limits,
     /// Hex SHA-256 of the token (see [`crate::auth::token_hash`]).
     pub token_hash: String,
+    /// The token replaced by the last rotation, valid until its expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_token: Option<PreviousToken>,
     /// RFC 3339.
     pub created_at: String,
+}
+
+/// A rotated-out token that stays valid for a grace period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousToken {
+    /// Hex SHA-256 of the old token.
+    pub token_hash: String,
+    /// Unix time in milliseconds after which it is refused.
+    pub expires_at_ms: u64,
+}
+
+/// Quotas of a tenant or an app. `None` means unlimited (for an app: only
+/// its tenant's limit applies).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Sustained requests per second (token bucket refill rate), summed
+    /// over all live routers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<u32>,
+    /// Bucket size: requests allowed at once above the rate (defaults to
+    /// the rate, at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// Requests in flight at once, per router.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+    /// Shards a dedicated tenant may have (tenants only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_shards: Option<u32>,
+}
+
+/// A tenant's settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    #[serde(default)]
+    pub limits: Limits,
+    /// Most connections one router opens to one shard for this tenant
+    /// (default: the router's per-tenant pool size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_shard: Option<u32>,
+}
+
+/// Where a tenant is in its life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantState {
+    /// Serving.
+    #[default]
+    Active,
+    /// Being deleted: routers refuse it; its schema and role are being
+    /// dropped from the shards.
+    Deleting,
+}
+
+/// A tenant: the isolation and quota boundary. On every shard of its
+/// keyspace it owns a schema and a login role ([`Tenant::pg_name`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tenant {
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    pub keyspace: String,
+    /// Whether its keyspace (and so every shard of it) is its alone.
+    pub dedicated: bool,
+    #[serde(default)]
+    pub config: TenantConfig,
+    /// The password of its PostgreSQL role on every shard; routers log in
+    /// with it. Never shown by the API.
+    pub role_password: String,
+    #[serde(default)]
+    pub state: TenantState,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// Longest tenant id, so its PostgreSQL names fit in 63 bytes.
+pub const MAX_TENANT_ID_LEN: usize = 48;
+
+impl Tenant {
+    /// The name of the tenant's schema and of its login role on every
+    /// shard (the same, so PostgreSQL's default `"$user"` search path
+    /// finds the schema). Unquoted; quote with [`quote_ident`].
+    pub fn pg_name(&self) -> String {
+        tenant_pg_name(&self.id)
+    }
+}
+
+/// The schema and role name of tenant `id`.
+pub fn tenant_pg_name(id: &str) -> String {
+    format!("tenant_{id}")
+}
+
+/// Quotes a PostgreSQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quotes a PostgreSQL string literal.
+pub fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
 }
 
 impl Catalog {
@@ -128,6 +251,8 @@ impl Catalog {
                 cat.shards.insert(id.to_string(), decode(key, value)?);
             } else if let Some(id) = key.strip_prefix(keys::APPS) {
                 cat.apps.insert(id.to_string(), decode(key, value)?);
+            } else if let Some(id) = key.strip_prefix(keys::TENANTS) {
+                cat.tenants.insert(id.to_string(), decode(key, value)?);
             }
         }
         Ok(cat)
@@ -141,6 +266,7 @@ impl Catalog {
         self.keyspaces.extend(one.keyspaces);
         self.shards.extend(one.shards);
         self.apps.extend(one.apps);
+        self.tenants.extend(one.tenants);
         Ok(())
     }
 
@@ -152,6 +278,8 @@ impl Catalog {
             self.shards.remove(id);
         } else if let Some(id) = key.strip_prefix(keys::APPS) {
             self.apps.remove(id);
+        } else if let Some(id) = key.strip_prefix(keys::TENANTS) {
+            self.tenants.remove(id);
         }
     }
 }
@@ -186,6 +314,13 @@ mod tests {
     }
 
     #[test]
+    fn quotes() {
+        assert_eq!(quote_ident("tenant_a-b"), "\"tenant_a-b\"");
+        assert_eq!(quote_ident("x\"y"), "\"x\"\"y\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+
+    #[test]
     fn decodes_entries() {
         let shard = Shard {
             id: "s1".into(),
@@ -195,6 +330,7 @@ mod tests {
             },
             replicas: vec![],
             generation: 1,
+            reserved_for: None,
         };
         let v = serde_json::to_vec(&shard).unwrap();
         let cat = Catalog::from_entries(

@@ -171,6 +171,7 @@ fn shard_info(cat: &Catalog, shard: &Shard, health: &HealthTable) -> ShardInfo {
         ranges,
         generation: shard.generation,
         instances,
+        reserved_for: shard.reserved_for.clone(),
     }
 }
 
@@ -179,6 +180,10 @@ fn app_info(app: &App) -> AppInfo {
         id: app.id.clone(),
         name: app.name.clone(),
         tenant: app.tenant.clone(),
+        description: app.description.clone(),
+        key_prefix: app.key_prefix.clone(),
+        limits: app.limits,
+        previous_token_expires_at: None,
         created_at: app.created_at.clone(),
     }
 }
@@ -196,6 +201,7 @@ async fn status(State(st): Shared, headers: HeaderMap) -> ApiResult<Json<StatusR
             .map(|s| shard_info(cat, s, &st.health))
             .collect(),
         routers: st.routers.live(),
+        tenants: Vec::new(),
     }))
 }
 
@@ -438,6 +444,7 @@ async fn heartbeat(
     st.routers.heartbeat(&hb);
     Ok(Json(HeartbeatResponse {
         lease_ms: st.routers.lease().as_millis() as u64,
+        live_routers: st.routers.live().len().max(1) as u32,
     }))
 }
 

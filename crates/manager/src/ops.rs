@@ -50,6 +50,7 @@ pub async fn register_shard(
     let shard = Shard {
         id: req.id.clone(),
         keyspace: None,
+        reserved_for: req.tenant.clone(),
         primary: Instance {
             dsn: req.primary.clone(),
         },
@@ -339,7 +340,11 @@ pub async fn create_app(
         id: req.name.clone(),
         name: req.name.clone(),
         tenant,
+        description: req.description.clone(),
+        key_prefix: req.key_prefix.clone(),
+        limits: req.limits,
         token_hash: token_hash(&token),
+        previous_token: None,
         created_at: crate::time::now_rfc3339(),
     };
     let key = keys::app(&app.id);

@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use shardline_api::router::{
     ExecuteRequest, ExecuteResponse, RouteQuery, RouteResponse, ShardKeyValue, TransactionRequest,
-    TransactionResponse,
+    TransactionResponse, DEFAULT_KEYSPACE,
 };
 use shardline_api::{ApiError, ErrorCode};
 use shardline_core::hash::format_hash;
@@ -219,8 +219,9 @@ async fn execute(
     auth: Authenticated,
     JsonBody(req): JsonBody<ExecuteRequest>,
 ) -> Result<Json<ExecuteResponse>, ErrorResponse> {
-    let mut obs = observed("execute", &auth.routing, &req.keyspace);
-    let target = resolve(&auth.routing, &req.keyspace, &req.shard_key, &mut obs);
+    let keyspace = req.keyspace.as_deref().unwrap_or(DEFAULT_KEYSPACE);
+    let mut obs = observed("execute", &auth.routing, keyspace);
+    let target = resolve(&auth.routing, keyspace, &req.shard_key, &mut obs);
     let shard = obs.shard.clone();
     let work = async move {
         let mut conn = acquire(target?).await?;
@@ -235,8 +236,9 @@ async fn transaction(
     auth: Authenticated,
     JsonBody(req): JsonBody<TransactionRequest>,
 ) -> Result<Json<TransactionResponse>, ErrorResponse> {
-    let mut obs = observed("transaction", &auth.routing, &req.keyspace);
-    let target = resolve(&auth.routing, &req.keyspace, &req.shard_key, &mut obs);
+    let keyspace = req.keyspace.as_deref().unwrap_or(DEFAULT_KEYSPACE);
+    let mut obs = observed("transaction", &auth.routing, keyspace);
+    let target = resolve(&auth.routing, keyspace, &req.shard_key, &mut obs);
     let shard = obs.shard.clone();
     let work = async move {
         if req.statements.is_empty() {
@@ -267,12 +269,13 @@ async fn route(
     auth: Authenticated,
     QueryParams(q): QueryParams<RouteQuery>,
 ) -> Result<Json<RouteResponse>, ErrorResponse> {
-    let mut obs = observed("route", &auth.routing, &q.keyspace);
+    let keyspace = q.keyspace.as_deref().unwrap_or(DEFAULT_KEYSPACE);
+    let mut obs = observed("route", &auth.routing, keyspace);
     let key = ShardKeyValue::Text(q.key.clone());
-    let answer = auth.routing.route(&q.keyspace, &key).map(|route| {
+    let answer = auth.routing.route(keyspace, &key).map(|route| {
         obs.shard = route.range.shard.clone();
         RouteResponse {
-            keyspace: q.keyspace.clone(),
+            keyspace: keyspace.to_string(),
             shard: route.range.shard.clone(),
             range: route.range.range.to_string(),
             hash: format_hash(route.hash),

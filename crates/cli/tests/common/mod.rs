@@ -122,6 +122,7 @@ impl Stack {
                     id: format!("s{i}"),
                     primary: pg.dsn(),
                     replicas: vec![],
+                    tenant: None,
                 })
                 .await
                 .unwrap();
@@ -137,7 +138,7 @@ impl Stack {
         let app = admin
             .create_app(&CreateAppRequest {
                 name: "test-app".into(),
-                tenant: None,
+                ..CreateAppRequest::default()
             })
             .await
             .unwrap();
