@@ -10,11 +10,10 @@
 //! the ratio.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -40,70 +39,6 @@ pub struct ExecuteArgs {
     /// The `shardline` binary [default: next to this one].
     #[arg(long)]
     pub shardline: Option<PathBuf>,
-}
-
-struct Dev {
-    child: Child,
-    _dir: PathBuf,
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self._dir);
-    }
-}
-
-fn start_dev(bin: &PathBuf) -> anyhow::Result<(Dev, Value)> {
-    let dir = std::env::temp_dir().join(format!("shardline-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let log = std::fs::File::create(dir.with_extension("log"))?;
-    let child = Command::new(bin)
-        .args([
-            "dev",
-            "--shards",
-            "1",
-            "--router-listen",
-            "127.0.0.1:0",
-            "--manager-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(&dir)
-        .env("SHARDLINE_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("start {}", bin.display()))?;
-    let mut dev = Dev {
-        child,
-        _dir: dir.clone(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(text) = std::fs::read_to_string(dir.join("dev.json")) {
-            if let Ok(v) = serde_json::from_str::<Value>(&text) {
-                if v["pid"] == dev.child.id() {
-                    return Ok((dev, v));
-                }
-            }
-        }
-        if let Ok(Some(s)) = dev.child.try_wait() {
-            bail!(
-                "shardline dev exited with {s}; see {}",
-                dir.with_extension("log").display()
-            );
-        }
-        if Instant::now() > deadline {
-            bail!("shardline dev did not start within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 const SQL: &str = "SELECT id, balance FROM bench_accounts WHERE id = $1";
@@ -230,7 +165,7 @@ fn collect(parts: Vec<(Vec<u32>, usize)>, started: Instant) -> Phase {
     }
 }
 
-fn percentile(sorted: &[u32], p: f64) -> f64 {
+pub fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -238,21 +173,18 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     sorted[idx] as f64 / 1000.0
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Runs the benchmark and prints the figures.
 pub fn run(args: ExecuteArgs) -> anyhow::Result<()> {
-    let bin = match &args.shardline {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?.with_file_name("shardline"),
-    };
+    let bin = crate::dev::shardline_bin(&args.shardline)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let (dev, info) = start_dev(&bin)?;
+    let (dev, info) = crate::dev::start_dev(&bin, &["--shards", "1", "--spare-shards", "0"])?;
     let result = rt.block_on(bench(&args, &info));
     drop(dev);
     result
@@ -269,19 +201,24 @@ async fn bench(args: &ExecuteArgs, info: &Value) -> anyhow::Result<()> {
         .to_string();
     let token = info["app_token"].as_str().context("app_token")?.to_string();
 
+    // The default tenant's database, where its app's statements run; the
+    // table is created as the tenant's role so the router may read it.
+    let dsn = format!("{dsn} dbname=tenant_default");
     let (setup, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     setup
         .batch_execute(&format!(
-            "DROP TABLE IF EXISTS bench_accounts; \
+            "SET ROLE tenant_default; SET search_path = tenant_default; \
+             DROP TABLE IF EXISTS bench_accounts; \
              CREATE TABLE bench_accounts (id bigint PRIMARY KEY, balance bigint NOT NULL, filler char(84)); \
-             INSERT INTO bench_accounts SELECT g, g * 10, '' FROM generate_series(1, {}) g;",
+             INSERT INTO bench_accounts SELECT g, g * 10, '' FROM generate_series(1, {}) g; \
+             RESET ROLE;",
             args.rows
         ))
         .await
         .context("load the table")?;
     setup
-        .batch_execute("VACUUM ANALYZE bench_accounts")
+        .batch_execute("VACUUM ANALYZE tenant_default.bench_accounts")
         .await
         .context("vacuum the table")?;
 
@@ -289,6 +226,7 @@ async fn bench(args: &ExecuteArgs, info: &Value) -> anyhow::Result<()> {
     for _ in 0..args.concurrency {
         let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await?;
         tokio::spawn(conn);
+        c.batch_execute("SET search_path = tenant_default").await?;
         let stmt = c.prepare(SQL).await?;
         clients.push(Arc::new((c, stmt)));
     }

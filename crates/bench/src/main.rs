@@ -5,9 +5,15 @@
 //! # Layout
 //! - [`routing`]: the routing decision (hash + shard-map lookup) per key.
 //! - [`execute`]: point SELECTs through the router vs. direct PostgreSQL.
+//! - [`noisy`]: a tenant at 10x its rate limit beside one within its own.
+//! - [`tenants`]: router memory and auth + quota cost at 1,000 tenants x 10 apps.
+//! - [`dev`]: the throwaway `shardline dev` the last two run against.
 
+mod dev;
 mod execute;
+mod noisy;
 mod routing;
+mod tenants;
 
 use clap::{Parser, Subcommand};
 
@@ -25,11 +31,17 @@ enum Command {
     Routing(routing::RoutingArgs),
     /// Point SELECTs through the router vs. straight to PostgreSQL.
     Execute(execute::ExecuteArgs),
+    /// Noisy neighbor: tenant A at 10x its limit, tenant B within its own.
+    Noisy(noisy::NoisyArgs),
+    /// Router memory and auth + quota cost with 1,000 tenants x 10 apps.
+    Tenants(tenants::TenantsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Routing(args) => routing::run(args),
         Command::Execute(args) => execute::run(args),
+        Command::Noisy(args) => noisy::run(args),
+        Command::Tenants(args) => tenants::run(args),
     }
 }

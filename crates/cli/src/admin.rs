@@ -1,15 +1,16 @@
-//! Admin verbs: keyspaces, shards, apps, schema, status.
+//! Admin verbs: keyspaces, shards, schema, status.
 
 use anyhow::Context;
 use clap::Subcommand;
 use shardline_api::manager::{
-    ApplyMigrationRequest, CreateAppRequest, CreateKeyspaceRequest, InitialMapRequest,
-    KeyspaceInfo, RegisterShardRequest, ShardInfo, StatusResponse,
+    ApplyMigrationRequest, CreateKeyspaceRequest, InitialMapRequest, KeyspaceInfo,
+    RegisterShardRequest, ShardInfo, StatusResponse,
 };
 use shardline_core::KeyType;
 
 use crate::endpoints::Endpoints;
 use crate::table::render;
+use crate::tenant::tenant_table;
 
 /// `shardline keyspace ...`
 #[derive(Debug, Subcommand)]
@@ -36,7 +37,7 @@ pub enum KeyspaceCmd {
     },
 }
 
-fn parse_key_type(s: &str) -> Result<KeyType, String> {
+pub(crate) fn parse_key_type(s: &str) -> Result<KeyType, String> {
     serde_json::from_value(serde_json::Value::String(s.to_string()))
         .map_err(|_| format!("unknown key type {s:?}: use text, bigint or uuid"))
 }
@@ -53,6 +54,9 @@ pub enum ShardCmd {
         /// DSN of a replica (repeatable)
         #[arg(long = "replica")]
         replicas: Vec<String>,
+        /// Reserve it for this tenant's dedicated keyspace
+        #[arg(long)]
+        tenant: Option<String>,
     },
     /// List shards with health
     List,
@@ -60,21 +64,6 @@ pub enum ShardCmd {
     Get { id: String },
     /// Remove a shard that serves no keyspace
     Remove { id: String },
-}
-
-/// `shardline app ...`
-#[derive(Debug, Subcommand)]
-pub enum AppCmd {
-    /// Create a client app; prints its token once
-    Create {
-        name: String,
-        #[arg(long)]
-        tenant: Option<String>,
-    },
-    /// List apps
-    List,
-    /// Delete an app (its token stops working)
-    Delete { name: String },
 }
 
 /// `shardline schema ...`
@@ -96,7 +85,7 @@ pub enum SchemaCmd {
     },
 }
 
-fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
@@ -144,6 +133,7 @@ fn shard_table(list: &[ShardInfo]) -> String {
                 vec![
                     s.id.clone(),
                     s.keyspace.clone().unwrap_or_default(),
+                    s.reserved_for.clone().unwrap_or_default(),
                     s.ranges.join(" "),
                     i.role.clone(),
                     health,
@@ -153,7 +143,15 @@ fn shard_table(list: &[ShardInfo]) -> String {
         })
         .collect::<Vec<_>>();
     render(
-        &["shard", "keyspace", "ranges", "role", "health", "dsn"],
+        &[
+            "shard",
+            "keyspace",
+            "reserved for",
+            "ranges",
+            "role",
+            "health",
+            "dsn",
+        ],
         &rows,
     )
 }
@@ -168,6 +166,8 @@ pub async fn status(ep: &Endpoints, json: bool) -> anyhow::Result<()> {
     print!("{}", keyspace_table(&st.keyspaces));
     println!();
     print!("{}", shard_table(&st.shards));
+    println!();
+    print!("{}", tenant_table(&st.tenants));
     println!();
     let rows: Vec<Vec<String>> = st
         .routers
@@ -231,12 +231,13 @@ pub async fn shard(ep: &Endpoints, cmd: ShardCmd, json: bool) -> anyhow::Result<
             id,
             primary,
             replicas,
+            tenant,
         } => vec![
             m.register_shard(&RegisterShardRequest {
                 id,
                 primary,
                 replicas,
-                tenant: None,
+                tenant,
             })
             .await?,
         ],
@@ -252,46 +253,6 @@ pub async fn shard(ep: &Endpoints, cmd: ShardCmd, json: bool) -> anyhow::Result<
         return print_json(&list);
     }
     print!("{}", shard_table(&list));
-    Ok(())
-}
-
-/// `shardline app ...`.
-pub async fn app(ep: &Endpoints, cmd: AppCmd, json: bool) -> anyhow::Result<()> {
-    let m = ep.manager()?;
-    match cmd {
-        AppCmd::Create { name, tenant } => {
-            let created = m
-                .create_app(&CreateAppRequest {
-                    name,
-                    tenant,
-                    ..CreateAppRequest::default()
-                })
-                .await?;
-            if json {
-                return print_json(&created);
-            }
-            println!(
-                "created app {} (tenant {})",
-                created.app.id, created.app.tenant
-            );
-            println!("token (shown once): {}", created.token);
-        }
-        AppCmd::List => {
-            let apps = m.list_apps().await?;
-            if json {
-                return print_json(&apps);
-            }
-            let rows: Vec<Vec<String>> = apps
-                .iter()
-                .map(|a| vec![a.id.clone(), a.tenant.clone(), a.created_at.clone()])
-                .collect();
-            print!("{}", render(&["app", "tenant", "created"], &rows));
-        }
-        AppCmd::Delete { name } => {
-            m.delete_app(&name).await?;
-            println!("deleted app {name}");
-        }
-    }
     Ok(())
 }
 

@@ -1,10 +1,14 @@
 //! `shardline dev`: everything on one machine. Starts N local PostgreSQL
-//! clusters, a manager (embedded catalog) and a router in this process,
-//! creates keyspace `default` over the shards and a default client app,
-//! writes the endpoints and tokens to `DIR/dev.json`, and on Ctrl-C or
-//! SIGTERM stops all of it. A second run on the same DIR reuses the data,
-//! ports and tokens.
+//! clusters plus a few spare ones, a manager (embedded catalog) and a
+//! router in this process; creates keyspace `default` over the N shards,
+//! tenant `default` in it and a default client app of that tenant; leaves
+//! the spare shards registered but in no keyspace, for dedicated tenants
+//! (`shardline tenant create acme --dedicated --shards 2`); writes the
+//! endpoints and tokens to `DIR/dev.json`, and on Ctrl-C or SIGTERM stops
+//! all of it. A second run on the same DIR reuses the data, ports and
+//! tokens, and starts every shard of the first, spare or taken.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -12,7 +16,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use shardline_api::manager::{CreateAppRequest, CreateKeyspaceRequest, RegisterShardRequest};
+use shardline_api::manager::{
+    CreateAppRequest, CreateKeyspaceRequest, CreateTenantRequest, RegisterShardRequest,
+};
 use shardline_api::router::DEFAULT_KEYSPACE;
 use shardline_client::{ClientError, ManagerClient};
 use shardline_localpg::{
@@ -25,15 +31,25 @@ use crate::endpoints::{default_data_dir, DevInfo, DevShard};
 /// The default app's name.
 const DEFAULT_APP: &str = "default";
 
+/// The default tenant's id; it lives in keyspace `default`.
+const DEFAULT_TENANT: &str = "default";
+
+/// Most shards, regular or spare, a dev setup starts.
+const MAX_SHARDS: usize = 64;
+
 /// Options of `shardline dev`.
 #[derive(Debug, Clone, Args)]
 pub struct DevArgs {
     /// Where clusters, catalog and dev.json live [default: ~/.local/share/shardline/dev]
     #[arg(long, env = "SHARDLINE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Number of shards (PostgreSQL clusters) on first start
+    /// Number of shards (PostgreSQL clusters) of keyspace `default`, on first start
     #[arg(long, default_value_t = 4)]
     pub shards: usize,
+    /// Extra PostgreSQL clusters registered as shards in no keyspace, for
+    /// dedicated tenants; a restart adds missing ones but never removes any
+    #[arg(long, default_value_t = 2)]
+    pub spare_shards: usize,
     /// Router address
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub router_listen: SocketAddr,
@@ -82,7 +98,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
         }
     };
 
-    let shard_specs = plan_shards(&dir, previous.as_ref(), args.shards)?;
+    let shard_specs = plan_shards(&dir, previous.as_ref(), args.shards, args.spare_shards)?;
     let mut clusters: Vec<RunningCluster> = Vec::new();
     let started = start_all(&bins, &shard_specs, &password).await;
     let result = async {
@@ -115,31 +131,64 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
     result
 }
 
-/// The shards to run: those of the previous run, else `n` new ones.
-fn plan_shards(dir: &Path, previous: Option<&DevInfo>, n: usize) -> anyhow::Result<Vec<DevShard>> {
-    if let Some(prev) = previous {
-        if prev.shards.len() != n {
-            eprintln!(
-                "note: {} has {} shards; --shards {n} applies to a new data dir only",
-                dir.display(),
-                prev.shards.len()
-            );
+/// The shards to run: those of the previous run (else `n` new ones), plus
+/// new spare ones until there are `spares`. Spare shards are never
+/// dropped here: a tenant may have taken one and hold data on it.
+fn plan_shards(
+    dir: &Path,
+    previous: Option<&DevInfo>,
+    n: usize,
+    spares: usize,
+) -> anyhow::Result<Vec<DevShard>> {
+    let mut shards = match previous {
+        Some(prev) => {
+            let regular = prev.shards.iter().filter(|s| !s.spare).count();
+            if regular != n {
+                eprintln!(
+                    "note: {} has {regular} shards; --shards {n} applies to a new data dir only",
+                    dir.display(),
+                );
+            }
+            prev.shards.clone()
         }
-        return Ok(prev.shards.clone());
+        None => {
+            if n == 0 || n > MAX_SHARDS {
+                bail!("--shards must be between 1 and {MAX_SHARDS}");
+            }
+            (0..n)
+                .map(|i| new_shard(dir, format!("shard-{i}"), false))
+                .collect::<anyhow::Result<_>>()?
+        }
+    };
+    let have = shards.iter().filter(|s| s.spare).count();
+    if have > spares {
+        eprintln!(
+            "note: {} has {have} spare shards; they are kept",
+            dir.display()
+        );
     }
-    if n == 0 || n > 64 {
-        bail!("--shards must be between 1 and 64");
+    if shards.len() + spares.saturating_sub(have) > MAX_SHARDS {
+        bail!("at most {MAX_SHARDS} shards in all, spare ones included");
     }
-    (0..n)
-        .map(|i| {
-            Ok(DevShard {
-                id: format!("shard-{i}"),
-                dsn: String::new(),
-                port: free_port()?,
-                data_dir: dir.join("pg").join(format!("shard-{i}")),
-            })
-        })
-        .collect()
+    let mut next = 0;
+    for _ in have..spares {
+        // The first free name: an id taken by no shard of this setup.
+        while shards.iter().any(|s| s.id == format!("spare-{next}")) {
+            next += 1;
+        }
+        shards.push(new_shard(dir, format!("spare-{next}"), true)?);
+    }
+    Ok(shards)
+}
+
+fn new_shard(dir: &Path, id: String, spare: bool) -> anyhow::Result<DevShard> {
+    Ok(DevShard {
+        dsn: String::new(),
+        port: free_port()?,
+        data_dir: dir.join("pg").join(&id),
+        id,
+        spare,
+    })
 }
 
 fn cluster_config(spec: &DevShard, password: &str) -> ClusterConfig {
@@ -235,6 +284,7 @@ async fn serve(
             router_url: router_url.clone(),
             manager_url: manager_url.clone(),
             admin_token: admin_token.clone(),
+            tenant: DEFAULT_TENANT.into(),
             app_token,
             router_token: router_token.clone(),
             shards,
@@ -243,7 +293,15 @@ async fn serve(
             &dir.join("dev.json"),
             serde_json::to_string_pretty(&info)?.as_bytes(),
         )?;
-        print_banner(&info, dir);
+        // Which keyspace each shard serves now: a spare one may have been
+        // taken by a dedicated tenant.
+        let keyspaces: HashMap<String, String> = admin
+            .list_shards()
+            .await?
+            .into_iter()
+            .filter_map(|s| Some((s.id, s.keyspace?)))
+            .collect();
+        print_banner(&info, &keyspaces, dir);
         anyhow::Ok(())
     };
     let outcome = tokio::select! {
@@ -261,8 +319,10 @@ async fn serve(
     Ok(())
 }
 
-/// Registers the shards and creates keyspace `default` over them, unless
-/// an earlier run did.
+/// Registers the shards and creates keyspace `default` over the regular
+/// ones and tenant `default` in it, unless an earlier run did. Spare
+/// shards are registered for no tenant, so any dedicated tenant may take
+/// them.
 async fn bootstrap(admin: &ManagerClient, shards: &[DevShard]) -> anyhow::Result<()> {
     let existing = admin.list_shards().await?;
     for s in shards {
@@ -280,19 +340,37 @@ async fn bootstrap(admin: &ManagerClient, shards: &[DevShard]) -> anyhow::Result
             .with_context(|| format!("register {}", s.id))?;
     }
     match admin.get_keyspace(DEFAULT_KEYSPACE).await {
-        Ok(_) => Ok(()),
+        Ok(_) => {}
         Err(ClientError::Api { status: 404, .. }) => {
             admin
                 .create_keyspace(&CreateKeyspaceRequest {
                     name: DEFAULT_KEYSPACE.into(),
                     key_type: Default::default(),
-                    shards: shards.iter().map(|s| s.id.clone()).collect(),
+                    shards: shards
+                        .iter()
+                        .filter(|s| !s.spare)
+                        .map(|s| s.id.clone())
+                        .collect(),
                 })
                 .await
                 .context("create keyspace default")?;
+        }
+        Err(e) => return Err(e).context("read keyspace default"),
+    }
+    match admin.get_tenant(DEFAULT_TENANT).await {
+        Ok(_) => Ok(()),
+        Err(ClientError::Api { status: 404, .. }) => {
+            admin
+                .create_tenant(&CreateTenantRequest {
+                    id: DEFAULT_TENANT.into(),
+                    keyspace: Some(DEFAULT_KEYSPACE.into()),
+                    ..CreateTenantRequest::default()
+                })
+                .await
+                .context("create tenant default")?;
             Ok(())
         }
-        Err(e) => Err(e).context("read keyspace default"),
+        Err(e) => Err(e).context("read tenant default"),
     }
 }
 
@@ -301,8 +379,11 @@ async fn default_app_token(
     admin: &ManagerClient,
     previous: Option<&DevInfo>,
 ) -> anyhow::Result<String> {
-    let apps = admin.list_apps().await?;
-    let exists = apps.iter().any(|a| a.id == DEFAULT_APP);
+    let exists = match admin.get_app(DEFAULT_APP).await {
+        Ok(_) => true,
+        Err(ClientError::Api { status: 404, .. }) => false,
+        Err(e) => return Err(e).context("read the default app"),
+    };
     if let (true, Some(prev)) = (exists, previous) {
         return Ok(prev.app_token.clone());
     }
@@ -313,6 +394,7 @@ async fn default_app_token(
     let created = admin
         .create_app(&CreateAppRequest {
             name: DEFAULT_APP.into(),
+            tenant: Some(DEFAULT_TENANT.into()),
             ..CreateAppRequest::default()
         })
         .await
@@ -339,14 +421,23 @@ fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))
 }
 
-fn print_banner(info: &DevInfo, dir: &Path) {
-    println!("shardline dev is running ({} shards)", info.shards.len());
+fn print_banner(info: &DevInfo, keyspaces: &HashMap<String, String>, dir: &Path) {
+    let spare = info.shards.iter().filter(|s| s.spare).count();
+    println!(
+        "shardline dev is running ({} shards, {spare} spare)",
+        info.shards.len() - spare
+    );
     println!("  router:      {}", info.router_url);
     println!("  manager:     {}", info.manager_url);
     println!("  admin token: {}", info.admin_token);
-    println!("  app token:   {}", info.app_token);
+    println!("  app token:   {} (tenant {})", info.app_token, info.tenant);
     for s in &info.shards {
-        println!("  {}: postgresql on 127.0.0.1:{}", s.id, s.port);
+        let note = match (s.spare, keyspaces.get(&s.id)) {
+            (false, _) => String::new(),
+            (true, None) => " (spare)".into(),
+            (true, Some(ks)) => format!(" (spare, now in keyspace {ks})"),
+        };
+        println!("  {}: postgresql on 127.0.0.1:{}{note}", s.id, s.port);
     }
     println!("  details:     {}", dir.join("dev.json").display());
     println!("Press Ctrl-C to stop.");

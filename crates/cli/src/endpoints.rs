@@ -16,9 +16,17 @@ pub struct DevInfo {
     pub router_url: String,
     pub manager_url: String,
     pub admin_token: String,
+    /// The tenant of the default app (`app_token`).
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
     pub app_token: String,
     pub router_token: String,
     pub shards: Vec<DevShard>,
+}
+
+/// The tenant a dev.json from before tenants meant.
+fn default_tenant() -> String {
+    "default".into()
 }
 
 /// One shard of a dev setup.
@@ -28,6 +36,10 @@ pub struct DevShard {
     pub dsn: String,
     pub port: u16,
     pub data_dir: PathBuf,
+    /// Started and registered but put in no keyspace by `dev`, for
+    /// dedicated tenants to take.
+    #[serde(default)]
+    pub spare: bool,
 }
 
 impl DevInfo {

@@ -3,11 +3,14 @@
 //! to them.
 
 mod admin;
+mod app;
 mod dev;
 mod endpoints;
+mod limits;
 mod signals;
 mod sql;
 mod table;
+mod tenant;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,9 +59,12 @@ enum Command {
     /// Manage shards
     #[command(subcommand)]
     Shard(admin::ShardCmd),
+    /// Manage tenants
+    #[command(subcommand)]
+    Tenant(tenant::TenantCmd),
     /// Manage client applications
     #[command(subcommand)]
-    App(admin::AppCmd),
+    App(app::AppCmd),
     /// Schema migrations
     #[command(subcommand)]
     Schema(admin::SchemaCmd),
@@ -164,7 +170,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status => admin::status(&ep, json).await,
         Command::Keyspace(cmd) => admin::keyspace(&ep, cmd, json).await,
         Command::Shard(cmd) => admin::shard(&ep, cmd, json).await,
-        Command::App(cmd) => admin::app(&ep, cmd, json).await,
+        Command::Tenant(cmd) => tenant::run(&ep, cmd, json).await,
+        Command::App(cmd) => app::run(&ep, cmd, json).await,
         Command::Schema(cmd) => admin::schema(&ep, cmd, json).await,
         Command::Config(ConfigCmd::Check { file, kind }) => {
             let text = std::fs::read_to_string(&file)?;
@@ -201,6 +208,62 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::{Cli, Command};
+    use crate::tenant::TenantCmd;
+
+    #[test]
+    fn flags_are_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn tenant_create_flags() {
+        let cli = Cli::try_parse_from([
+            "shardline",
+            "tenant",
+            "create",
+            "acme",
+            "--dedicated",
+            "--shards",
+            "2",
+            "--key-type",
+            "bigint",
+            "--rps",
+            "100",
+            "--max-connections-per-shard",
+            "none",
+        ])
+        .unwrap();
+        let Command::Tenant(TenantCmd::Create {
+            dedicated,
+            shards,
+            limits,
+            ..
+        }) = cli.command
+        else {
+            panic!("not tenant create");
+        };
+        assert!(dedicated);
+        assert_eq!(shards, Some(2));
+        assert_eq!(limits.rate.rps.map(|l| l.0), Some(Some(100)));
+        assert_eq!(limits.max_connections_per_shard.map(|l| l.0), Some(None));
+        // A shared keyspace and a dedicated one exclude each other, and
+        // --shards means nothing without --dedicated.
+        for bad in [
+            &["tenant", "create", "a", "--keyspace", "k", "--dedicated"][..],
+            &["tenant", "create", "a", "--shards", "2"],
+            &["tenant", "create", "a", "--rps", "fast"],
+        ] {
+            let args = std::iter::once("shardline").chain(bad.iter().copied());
+            assert!(Cli::try_parse_from(args).is_err(), "{bad:?}");
         }
     }
 }

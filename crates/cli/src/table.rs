@@ -37,6 +37,19 @@ pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// Renders one object as `field  value` lines, fields padded alike.
+pub fn details(fields: &[(&str, String)]) -> String {
+    let width = fields
+        .iter()
+        .map(|(k, _)| k.chars().count())
+        .max()
+        .unwrap_or(0);
+    fields
+        .iter()
+        .map(|(k, v)| format!("{k:<width$}  {v}").trim_end().to_string() + "\n")
+        .collect()
+}
+
 /// A JSON value as a table cell: strings bare, null empty.
 pub fn cell(v: &serde_json::Value) -> String {
     match v {
@@ -54,5 +67,15 @@ mod tests {
     fn renders() {
         let t = render(&["id", "name"], &[vec!["1".into(), "alice".into()]]);
         assert_eq!(t, "id | name\n---+------\n1  | alice\n");
+    }
+
+    #[test]
+    fn renders_details() {
+        let d = details(&[
+            ("id", "7".into()),
+            ("name", "alice".into()),
+            ("x", "".into()),
+        ]);
+        assert_eq!(d, "id    7\nname  alice\nx\n");
     }
 }

@@ -4,10 +4,14 @@
 //! survive a restart of `shardline dev`; SIGTERM stops everything within
 //! 10 s with no PostgreSQL left running.
 
+mod devproc;
+
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
+use std::time::Duration;
+
+use devproc::{cli, pg_connect, stop_dev, wait_dev_json};
 
 use serde_json::{json, Value};
 use shardline_api::router::{ExecuteRequest, ShardKeyValue};
@@ -16,94 +20,9 @@ use shardline_core::hash::sql_routing_hash;
 use shardline_core::{KeyRange, KeyType};
 
 const KEYS: usize = 2000;
-const BIN: &str = env!("CARGO_BIN_EXE_shardline");
 
 fn start_dev(dir: &Path) -> Child {
-    let log = std::fs::File::create(dir.with_extension("log")).unwrap();
-    Command::new(BIN)
-        .args([
-            "dev",
-            "--shards",
-            "4",
-            "--router-listen",
-            "127.0.0.1:0",
-            "--manager-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
-
-/// Waits for the dev.json written by this very process.
-async fn wait_dev_json(dir: &Path, child: &mut Child) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Ok(text) = std::fs::read_to_string(dir.join("dev.json")) {
-            if let Ok(v) = serde_json::from_str::<Value>(&text) {
-                if v["pid"] == child.id() {
-                    return v;
-                }
-            }
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            let log = std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default();
-            panic!("shardline dev exited with {status}:\n{log}");
-        }
-        assert!(Instant::now() < deadline, "dev.json did not appear");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// SIGTERM, then wait up to 10 s for the process to exit.
-fn stop_dev(child: &mut Child) -> Duration {
-    let started = Instant::now();
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            assert!(status.success(), "dev exited with {status}");
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "dev did not stop within 10 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn cli(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "shardline {args:?} failed: {}{}",
-        text,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
-}
-
-async fn pg_connect(dsn: &str) -> Option<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
-        .await
-        .ok()?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Some(client)
+    devproc::start_dev(dir, &["--shards", "4", "--spare-shards", "0"])
 }
 
 fn key(i: usize) -> String {
@@ -134,11 +53,14 @@ async fn placement(info: &Value, map: &[(KeyRange, String)]) -> HashMap<String, 
     let mut at = HashMap::new();
     for shard in info["shards"].as_array().unwrap() {
         let id = shard["id"].as_str().unwrap();
-        let client = pg_connect(shard["dsn"].as_str().unwrap())
-            .await
-            .expect("connect to shard");
+        // The default tenant's rows live in its own database and schema.
+        let dsn = format!("{} dbname=tenant_default", shard["dsn"].as_str().unwrap());
+        let client = pg_connect(&dsn).await.expect("connect to shard");
         let rows = client
-            .query(&format!("SELECT k, ({hash_sql})::text FROM kv"), &[])
+            .query(
+                &format!("SELECT k, ({hash_sql})::text FROM tenant_default.kv"),
+                &[],
+            )
             .await
             .unwrap();
         for row in rows {

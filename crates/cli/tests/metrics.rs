@@ -41,6 +41,11 @@ async fn metrics_are_valid_prometheus_text() {
     })
     .await;
     let tok = Some(stack.app_token.as_str());
+    let before = ok_count(
+        &raw(&stack.router_url, "GET", "/metrics", None, b"", &[])
+            .await
+            .text,
+    );
     for i in 0..20 {
         let r = raw(
             &stack.router_url,
@@ -89,17 +94,10 @@ async fn metrics_are_valid_prometheus_text() {
         "{}",
         router.text
     );
-    let ok_total: f64 = router
-        .text
-        .lines()
-        .filter(|l| {
-            l.starts_with("router_requests_total{")
-                && l.contains("endpoint=\"execute\"")
-                && l.contains("outcome=\"ok\"")
-        })
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum();
-    assert_eq!(ok_total, 20.0);
+    assert_eq!(ok_count(&router.text) - before, 20.0);
+    for label in ["tenant=\"default\"", "app=\"test-app\""] {
+        assert!(router.text.contains(label), "{}", router.text);
+    }
 
     // The manager's health checker reports every shard up.
     let ok = eventually(Duration::from_secs(10), || async {
@@ -116,4 +114,16 @@ async fn metrics_are_valid_prometheus_text() {
     promtool_check(&manager.text);
     assert!(manager.text.contains("# TYPE shard_health_status gauge"));
     stack.stop().await;
+}
+
+/// Successful `/v1/execute` requests counted in a scrape.
+fn ok_count(text: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.starts_with("router_requests_total{")
+                && l.contains("endpoint=\"execute\"")
+                && l.contains("outcome=\"ok\"")
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
 }

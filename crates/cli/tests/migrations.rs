@@ -1,12 +1,13 @@
-//! Named migrations: applied to every shard, re-applying is a no-op, a
-//! changed checksum is refused, and shards that join later get them.
+//! Named migrations: applied for every tenant on every shard (in the
+//! tenant's database and schema), re-applying is a no-op, a changed
+//! checksum is refused, and shards that join later get them.
 
 mod common;
 
 use common::{Stack, StackOptions};
 use shardline_api::manager::{
-    ApplyMigrationRequest, CreateKeyspaceRequest, InitialMapRequest, MigrationOutcome,
-    RegisterShardRequest,
+    ApplyMigrationRequest, CreateKeyspaceRequest, CreateTenantRequest, InitialMapRequest,
+    MigrationOutcome, RegisterShardRequest,
 };
 use shardline_client::ClientError;
 use shardline_testkit::PgCluster;
@@ -43,18 +44,23 @@ async fn migrations_apply_once_everywhere_and_to_later_shards() {
         other => panic!("changed checksum must be refused with 409, got {other:?}"),
     }
     for pg in &stack.shards {
-        let c = pg.connect().await.unwrap();
+        let c = tenant_db(&pg.dsn(), "default").await;
         let n: i64 = c
-            .query_one("SELECT count(*) FROM shardline.schema_migrations", &[])
+            .query_one("SELECT count(*) FROM shardline.tenant_migrations", &[])
             .await
             .unwrap()
             .get(0);
         assert_eq!(n, 1);
-        assert!(c
-            .query_one("SELECT to_regclass('t2') IS NULL", &[])
+        let (t, t2): (bool, bool) = c
+            .query_one(
+                "SELECT to_regclass('tenant_default.t') IS NOT NULL, \
+                        to_regclass('tenant_default.t2') IS NOT NULL",
+                &[],
+            )
             .await
-            .unwrap()
-            .get::<_, bool>(0));
+            .map(|r| (r.get(0), r.get(1)))
+            .unwrap();
+        assert!(t && !t2, "only the first version was applied");
     }
 
     // A keyspace whose shard joins after its migrations were recorded.
@@ -77,6 +83,13 @@ async fn migrations_apply_once_everywhere_and_to_later_shards() {
         .await
         .unwrap();
     assert!(rec.shards.is_empty());
+    m.create_tenant(&CreateTenantRequest {
+        id: "latecomer".into(),
+        keyspace: Some("later".into()),
+        ..CreateTenantRequest::default()
+    })
+    .await
+    .unwrap();
     m.register_shard(&RegisterShardRequest {
         id: "late".into(),
         primary: late.dsn(),
@@ -95,12 +108,27 @@ async fn migrations_apply_once_everywhere_and_to_later_shards() {
         .await
         .unwrap();
     assert_eq!(ks.map.len(), 1);
-    let c = late.connect().await.unwrap();
+    let c = tenant_db(&late.dsn(), "latecomer").await;
     let exists: bool = c
-        .query_one("SELECT to_regclass('late_t') IS NOT NULL", &[])
+        .query_one(
+            "SELECT to_regclass('tenant_latecomer.late_t') IS NOT NULL",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
     assert!(exists, "the joining shard got the keyspace's migration");
     stack.stop().await;
+}
+
+/// A superuser session in tenant `id`'s database on the shard at `dsn`.
+async fn tenant_db(dsn: &str, id: &str) -> tokio_postgres::Client {
+    let dsn = format!("{dsn} dbname=tenant_{id}");
+    let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
 }

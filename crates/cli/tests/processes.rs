@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use common::{eventually, ADMIN_TOKEN, ROUTER_TOKEN};
 use serde_json::json;
 use shardline_api::manager::{
-    ApplyMigrationRequest, CreateAppRequest, CreateKeyspaceRequest, RegisterShardRequest,
+    ApplyMigrationRequest, CreateAppRequest, CreateKeyspaceRequest, CreateTenantRequest,
+    RegisterShardRequest,
 };
 use shardline_api::router::{ExecuteRequest, ShardKeyValue};
 use shardline_client::{ManagerClient, RouterClient};
@@ -135,6 +136,13 @@ async fn routers_as_processes_share_and_follow_the_map() {
         )
         .await
         .unwrap();
+    admin
+        .create_tenant(&CreateTenantRequest {
+            id: "default".into(),
+            ..CreateTenantRequest::default()
+        })
+        .await
+        .unwrap();
     let app = admin
         .create_app(&CreateAppRequest {
             name: "app".into(),
@@ -181,7 +189,8 @@ async fn routers_as_processes_share_and_follow_the_map() {
         "both routers heartbeat"
     );
 
-    // A change: a new keyspace on the third shard, followed by both.
+    // A change: a new keyspace on the third shard, and a tenant in it
+    // with an app; both routers serve the new app there.
     let changed = Instant::now();
     let created = admin
         .create_keyspace(&CreateKeyspaceRequest {
@@ -192,7 +201,28 @@ async fn routers_as_processes_share_and_follow_the_map() {
         .await
         .unwrap();
     assert_eq!(created.map.len(), 1);
-    for (i, r) in routers.iter().enumerate() {
+    admin
+        .create_tenant(&CreateTenantRequest {
+            id: "other".into(),
+            keyspace: Some("other".into()),
+            ..CreateTenantRequest::default()
+        })
+        .await
+        .unwrap();
+    let other_app = admin
+        .create_app(&CreateAppRequest {
+            name: "other-app".into(),
+            tenant: Some("other".into()),
+            ..CreateAppRequest::default()
+        })
+        .await
+        .unwrap();
+    for (i, p) in ports.iter().enumerate() {
+        let r = RouterClient::new(
+            &format!("http://127.0.0.1:{p}"),
+            Some(other_app.token.clone()),
+        )
+        .unwrap();
         let seen = eventually(Duration::from_secs(5), || async {
             r.route("other", "x")
                 .await
@@ -208,7 +238,7 @@ async fn routers_as_processes_share_and_follow_the_map() {
     }
     let v = admin.status().await.unwrap().catalog_version;
     for r in &routers {
-        assert_eq!(r.route("other", "x").await.unwrap().catalog_version, v);
+        assert_eq!(r.route("default", "x").await.unwrap().catalog_version, v);
     }
 
     // The manager dies: routers keep serving from their last catalog.

@@ -159,6 +159,15 @@ impl HttpClient {
         self.send_json(Method::PUT, path, body).await
     }
 
+    /// `PATCH` with a JSON body.
+    pub async fn patch<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.send_json(Method::PATCH, path, body).await
+    }
+
     async fn send_json<B: Serialize + ?Sized, T: DeserializeOwned>(
         &self,
         method: Method,

@@ -5,12 +5,13 @@ use std::time::Duration;
 use serde::de::IgnoredAny;
 use shardline_api::manager::{
     AppInfo, ApplyMigrationRequest, CreateAppRequest, CreateAppResponse, CreateKeyspaceRequest,
-    HeartbeatResponse, InitialMapRequest, KeyspaceInfo, MigrationInfo, MigrationResult,
-    RegisterShardRequest, RouterHeartbeat, RouterInfo, ShardInfo, StatusResponse,
+    CreateTenantRequest, HeartbeatResponse, InitialMapRequest, KeyspaceInfo, MigrationInfo,
+    MigrationResult, RegisterShardRequest, RotateTokenRequest, RouterHeartbeat, RouterInfo,
+    ShardInfo, StatusResponse, TenantInfo, UpdateAppRequest, UpdateTenantRequest,
 };
 use shardline_core::Catalog;
 
-use crate::encode::path_segment;
+use crate::encode::{path_segment, query_value};
 use crate::error::ClientError;
 use crate::http::HttpClient;
 
@@ -132,6 +133,50 @@ impl ManagerClient {
             .map(|_| ())
     }
 
+    /// `POST /v1/tenants`.
+    pub async fn create_tenant(
+        &self,
+        req: &CreateTenantRequest,
+    ) -> Result<TenantInfo, ClientError> {
+        self.http.post("/v1/tenants", req).await
+    }
+
+    /// `GET /v1/tenants`.
+    pub async fn list_tenants(&self) -> Result<Vec<TenantInfo>, ClientError> {
+        self.http.get("/v1/tenants").await
+    }
+
+    /// `GET /v1/tenants/{id}`.
+    pub async fn get_tenant(&self, id: &str) -> Result<TenantInfo, ClientError> {
+        self.http
+            .get(&format!("/v1/tenants/{}", path_segment(id)))
+            .await
+    }
+
+    /// `PATCH /v1/tenants/{id}`: a given `config` replaces the whole
+    /// config, so callers changing one limit send the current config with
+    /// that limit changed.
+    pub async fn update_tenant(
+        &self,
+        id: &str,
+        req: &UpdateTenantRequest,
+    ) -> Result<TenantInfo, ClientError> {
+        self.http
+            .patch(&format!("/v1/tenants/{}", path_segment(id)), req)
+            .await
+    }
+
+    /// `DELETE /v1/tenants/{id}`, with `?drop_data=true` when `drop_data`:
+    /// without it the manager refuses a tenant that may have data. Any 2xx
+    /// body is accepted and ignored.
+    pub async fn delete_tenant(&self, id: &str, drop_data: bool) -> Result<(), ClientError> {
+        let mut path = format!("/v1/tenants/{}", path_segment(id));
+        if drop_data {
+            path.push_str("?drop_data=true");
+        }
+        self.http.delete::<IgnoredAny>(&path).await.map(|_| ())
+    }
+
     /// `POST /v1/apps`: the answer carries the app's token, shown this once.
     pub async fn create_app(
         &self,
@@ -140,9 +185,47 @@ impl ManagerClient {
         self.http.post("/v1/apps", req).await
     }
 
-    /// `GET /v1/apps`.
-    pub async fn list_apps(&self) -> Result<Vec<AppInfo>, ClientError> {
-        self.http.get("/v1/apps").await
+    /// `GET /v1/apps`, or `GET /v1/apps?tenant=..` for one tenant's apps.
+    pub async fn list_apps(&self, tenant: Option<&str>) -> Result<Vec<AppInfo>, ClientError> {
+        match tenant {
+            Some(t) => {
+                self.http
+                    .get(&format!("/v1/apps?tenant={}", query_value(t)))
+                    .await
+            }
+            None => self.http.get("/v1/apps").await,
+        }
+    }
+
+    /// `GET /v1/apps/{id}`.
+    pub async fn get_app(&self, id: &str) -> Result<AppInfo, ClientError> {
+        self.http
+            .get(&format!("/v1/apps/{}", path_segment(id)))
+            .await
+    }
+
+    /// `PATCH /v1/apps/{id}`: a given `limits` replaces all the app's
+    /// limits.
+    pub async fn update_app(
+        &self,
+        id: &str,
+        req: &UpdateAppRequest,
+    ) -> Result<AppInfo, ClientError> {
+        self.http
+            .patch(&format!("/v1/apps/{}", path_segment(id)), req)
+            .await
+    }
+
+    /// `POST /v1/apps/{id}/rotate`: a new token, shown this once; the old
+    /// one keeps working until `app.previous_token_expires_at`.
+    pub async fn rotate_app_token(
+        &self,
+        id: &str,
+        req: &RotateTokenRequest,
+    ) -> Result<CreateAppResponse, ClientError> {
+        self.http
+            .post(&format!("/v1/apps/{}/rotate", path_segment(id)), req)
+            .await
     }
 
     /// `DELETE /v1/apps/{id}`. Any 2xx body is accepted and ignored.

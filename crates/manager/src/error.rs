@@ -15,6 +15,9 @@ pub enum ServiceError {
     /// The object exists or is in a state that forbids the change.
     #[error("{0}")]
     Conflict(String),
+    /// A quota (such as a tenant's shard count) forbids the change.
+    #[error("{0}")]
+    QuotaExceeded(String),
     /// Concurrent changes kept conflicting; retry.
     #[error("the catalog is changing too fast; retry")]
     Contended,
@@ -42,6 +45,7 @@ impl ServiceError {
             ServiceError::Invalid(m) => ApiError::new(ErrorCode::InvalidRequest, m),
             ServiceError::NotFound(m) => ApiError::new(ErrorCode::NotFound, m),
             ServiceError::Conflict(m) => ApiError::new(ErrorCode::Conflict, m),
+            ServiceError::QuotaExceeded(m) => ApiError::new(ErrorCode::QuotaExceeded, m),
             ServiceError::Contended => {
                 ApiError::new(ErrorCode::Unavailable, self.to_string()).with_retry_after(1)
             }

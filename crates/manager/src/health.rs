@@ -1,6 +1,6 @@
 //! The health checker: checks every PostgreSQL instance on an interval,
-//! publishes `shard_health_status`, and reconciles each shard's schema
-//! with its keyspace's migrations once it is reachable.
+//! publishes `shard_health_status`, and runs the tenant reconciler
+//! ([`crate::reconcile`]) over the shards that answered.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -95,9 +95,7 @@ pub async fn run(
 ) {
     // One kept connection per instance; a failed check drops it.
     let mut conns: HashMap<String, Client> = HashMap::new();
-    // Shards known to carry all of their keyspace's migrations, by
-    // (shard, generation) and the count applied.
-    let mut migrated: HashMap<(String, u64), usize> = HashMap::new();
+    let mut reconciler = crate::reconcile::Reconciler::default();
     let mut tick = tokio::time::interval(settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -150,7 +148,7 @@ pub async fn run(
             table.set(&dsn, info);
         }
         table.retain(&live);
-        reconcile_migrations(cat, &table, &mut migrated, settings.timeout * 5).await;
+        reconciler.pass(&svc, &table, settings.timeout * 5).await;
     }
 }
 
@@ -177,43 +175,4 @@ async fn check(
     };
     let probe = pg::probe(&client).await?;
     Ok((client, probe))
-}
-
-/// Brings every reachable shard of a keyspace up to the keyspace's
-/// migrations (a shard that was down when one was applied, or that joined
-/// later).
-async fn reconcile_migrations(
-    cat: &Catalog,
-    table: &HealthTable,
-    migrated: &mut HashMap<(String, u64), usize>,
-    timeout: Duration,
-) {
-    for ks in cat.keyspaces.values() {
-        if ks.migrations.is_empty() {
-            continue;
-        }
-        let Some(map) = &ks.map else { continue };
-        for range in map.ranges() {
-            let Some(shard) = cat.shards.get(&range.shard) else {
-                continue;
-            };
-            let key = (shard.id.clone(), shard.generation);
-            if migrated.get(&key) == Some(&ks.migrations.len()) {
-                continue;
-            }
-            if !table.get(&shard.primary.dsn).is_some_and(|h| h.up) {
-                continue;
-            }
-            match pg::ensure_migrations(&shard.id, &shard.primary.dsn, &ks.migrations, timeout)
-                .await
-            {
-                Ok(()) => {
-                    migrated.insert(key, ks.migrations.len());
-                }
-                Err(e) => {
-                    tracing::warn!(shard = %shard.id, error = %e, "bring shard schema up to date")
-                }
-            }
-        }
-    }
 }

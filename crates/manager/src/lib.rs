@@ -1,7 +1,8 @@
 //! The shardline manager (control plane): the catalog of keyspaces,
-//! shards and client apps behind an HTTP API; schema migrations applied to
-//! every shard; health checks; the catalog served to routers as a
-//! long-poll watch.
+//! shards, tenants and client apps behind an HTTP API; each tenant's
+//! PostgreSQL role and schema on every shard of its keyspace; schema
+//! migrations applied per tenant; health checks and a reconciler; the
+//! catalog served to routers as a long-poll watch.
 //!
 //! Start it in-process with [`bind`] then [`BoundManager::run`] (tests
 //! bind port 0), or with [`run`].
@@ -10,22 +11,34 @@
 //! - [`config`]: the TOML configuration.
 //! - [`service`]: the catalog in memory, kept current from the store, and
 //!   compare-and-swap updates.
-//! - [`ops`]: the operations (keyspaces, shards, migrations, apps).
-//! - [`pg`]: connections to shards: migrations, probes.
-//! - [`health`]: the periodic health checker and schema reconciler.
+//! - [`ops`]: keyspace and shard operations.
+//! - [`tenants`]: tenant create, update, delete.
+//! - [`apps`]: client apps and token rotation.
+//! - [`migrations`]: migrations, applied per tenant on every shard.
+//! - [`checks`]: validation of request fields.
+//! - [`pg`]: connections to shards, error mapping, probes.
+//! - [`tenant_pg`]: tenants' roles, schemas and migrations on a shard.
+//! - [`health`]: the periodic health checker.
+//! - [`reconcile`]: brings every shard up to its tenants and migrations.
 //! - [`routers`]: live routers and their leases.
 //! - [`http`]: the HTTP API.
 //! - [`error`]: service errors and their HTTP classification.
 //! - [`time`]: RFC 3339 timestamps.
 
+pub mod apps;
+pub mod checks;
 pub mod config;
 pub mod error;
 pub mod health;
 pub mod http;
+pub mod migrations;
 pub mod ops;
 pub mod pg;
+pub mod reconcile;
 pub mod routers;
 pub mod service;
+pub mod tenant_pg;
+pub mod tenants;
 pub mod time;
 
 use std::net::SocketAddr;
@@ -115,6 +128,12 @@ impl BoundManager {
                 "Routers whose heartbeat lease is current.",
                 &[],
             ),
+            tenant_shards: metrics.gauge(
+                "manager_tenant_shards",
+                "Shards of each tenant's keyspace.",
+                &["tenant"],
+            ),
+            tenants: metrics.gauge("manager_tenants", "Tenants in the catalog.", &[]),
             metrics,
             max_watch_wait: cfg.max_watch_wait,
             connect_timeout: cfg.connect_timeout,

@@ -1,51 +1,31 @@
 //! Control-plane operations: each validates, then changes the catalog
 //! with one compare-and-swap transaction.
 
-use std::str::FromStr;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-use shardline_api::manager::{
-    ApplyMigrationRequest, CreateAppRequest, CreateKeyspaceRequest, MigrationOutcome,
-    MigrationResult, RegisterShardRequest, ShardMigrationStatus,
-};
+use shardline_api::manager::{CreateKeyspaceRequest, RegisterShardRequest};
 use shardline_catalog::Op;
-use shardline_core::auth::{hex, token_hash};
-use shardline_core::catalog::{keys, valid_name, App, Instance, Keyspace, Migration, Shard};
+use shardline_core::catalog::{keys, Instance, Keyspace, Shard, TenantState};
 use shardline_core::ShardMap;
 
+use crate::checks;
 use crate::error::ServiceError;
-use crate::pg;
 use crate::service::{decode, put, CatalogService};
-
-/// The tenant apps belong to until tenants are managed.
-pub const DEFAULT_TENANT: &str = "default";
-
-fn check_name(kind: &str, name: &str) -> Result<(), ServiceError> {
-    if valid_name(name) {
-        Ok(())
-    } else {
-        Err(ServiceError::Invalid(format!(
-            "invalid {kind} name {name:?}: use 1-63 characters of a-z, 0-9, '_' and '-', starting with a letter or digit"
-        )))
-    }
-}
-
-fn check_dsn(dsn: &str) -> Result<(), ServiceError> {
-    tokio_postgres::Config::from_str(dsn)
-        .map(|_| ())
-        .map_err(|_| ServiceError::Invalid("invalid PostgreSQL DSN".to_string()))
-}
+use crate::{pg, tenant_pg};
 
 /// Registers a shard (not yet in any keyspace).
 pub async fn register_shard(
     svc: &CatalogService,
     req: &RegisterShardRequest,
 ) -> Result<Shard, ServiceError> {
-    check_name("shard", &req.id)?;
-    check_dsn(&req.primary)?;
+    checks::name("shard", &req.id)?;
+    checks::dsn(&req.primary)?;
     for r in &req.replicas {
-        check_dsn(r)?;
+        checks::dsn(r)?;
+    }
+    // The tenant need not exist yet: shards are registered for it first.
+    if let Some(t) = &req.tenant {
+        checks::tenant_id(t)?;
     }
     let shard = Shard {
         id: req.id.clone(),
@@ -99,7 +79,7 @@ pub async fn create_keyspace(
     svc: &CatalogService,
     req: &CreateKeyspaceRequest,
 ) -> Result<(), ServiceError> {
-    check_name("keyspace", &req.name)?;
+    checks::name("keyspace", &req.name)?;
     let keyspace = Keyspace {
         name: req.name.clone(),
         key_type: req.key_type,
@@ -113,13 +93,15 @@ pub async fn create_keyspace(
     assign_shards(svc, keyspace, &req.shards, true).await
 }
 
-/// Gives a keyspace without a map its initial map over `shards`.
+/// Gives a keyspace without a map its initial map over `shards`, with
+/// its tenants' roles, schemas and migrations in place on each first.
 pub async fn set_initial_map(
     svc: &CatalogService,
     name: &str,
     shards: &[String],
     connect_timeout: Duration,
 ) -> Result<(), ServiceError> {
+    let _work = svc.lock_tenant_work().await;
     let cat = svc.current();
     let Some(ks) = cat.catalog.keyspaces.get(name) else {
         return Err(ServiceError::NotFound(format!("no keyspace {name}")));
@@ -131,22 +113,36 @@ pub async fn set_initial_map(
     }
     let mut keyspace = ks.clone();
     keyspace.map = Some(even_map(shards)?);
-    // Shards join with the keyspace's schema in place.
-    for id in shards {
-        if let Some(shard) = cat.catalog.shards.get(id) {
-            pg::ensure_migrations(
-                id,
-                &shard.primary.dsn,
-                &keyspace.migrations,
-                connect_timeout,
-            )
-            .await?;
+    let tenants: Vec<_> = cat
+        .catalog
+        .tenants
+        .values()
+        .filter(|t| t.keyspace == name && t.state == TenantState::Active)
+        .collect();
+    if !tenants.is_empty() {
+        for id in shards {
+            let Some(shard) = cat.catalog.shards.get(id) else {
+                continue; // refused below
+            };
+            let client = pg::connect_shard(id, &shard.primary.dsn, connect_timeout).await?;
+            tenant_pg::prepare_database(&client, id).await?;
+            for t in &tenants {
+                tenant_pg::ensure_tenant(
+                    &client,
+                    id,
+                    &shard.primary.dsn,
+                    t,
+                    &keyspace.migrations,
+                    connect_timeout,
+                )
+                .await?;
+            }
         }
     }
     assign_shards(svc, keyspace, shards, false).await
 }
 
-fn even_map(shards: &[String]) -> Result<ShardMap, ServiceError> {
+pub(crate) fn even_map(shards: &[String]) -> Result<ShardMap, ServiceError> {
     ShardMap::even(shards).map_err(|e| ServiceError::Invalid(e.to_string()))
 }
 
@@ -199,6 +195,12 @@ async fn assign_shards(
                     "shard {id} already serves keyspace {other}"
                 )));
             }
+            // A dedicated keyspace is named after its tenant.
+            if let Some(owner) = shard.reserved_for.as_ref().filter(|o| **o != keyspace.name) {
+                return Err(ServiceError::Conflict(format!(
+                    "shard {id} is reserved for tenant {owner}"
+                )));
+            }
             shard.keyspace = Some(keyspace.name.clone());
             ops.push(put(key, &shard));
         }
@@ -206,176 +208,4 @@ async fn assign_shards(
     })
     .await
     .map(|_| ())
-}
-
-/// Hex SHA-256 of a migration's SQL.
-pub fn checksum(sql: &str) -> String {
-    hex(&Sha256::digest(sql.as_bytes()))
-}
-
-/// Applies a named migration to every shard of a keyspace and records it
-/// in the keyspace once every shard has it.
-pub async fn apply_migration(
-    svc: &CatalogService,
-    keyspace: &str,
-    req: &ApplyMigrationRequest,
-    connect_timeout: Duration,
-) -> Result<MigrationResult, ServiceError> {
-    check_name("migration", &req.name)?;
-    if req.sql.trim().is_empty() {
-        return Err(ServiceError::Invalid("migration SQL is empty".into()));
-    }
-    let migration = Migration {
-        name: req.name.clone(),
-        checksum: checksum(&req.sql),
-        sql: req.sql.clone(),
-    };
-    let cat = svc.current();
-    let Some(ks) = cat.catalog.keyspaces.get(keyspace) else {
-        return Err(ServiceError::NotFound(format!("no keyspace {keyspace}")));
-    };
-    if let Some(prev) = ks.migrations.iter().find(|m| m.name == migration.name) {
-        if prev.checksum != migration.checksum {
-            return Err(ServiceError::Conflict(format!(
-                "migration {} was applied with checksum {}; this SQL has checksum {}: \
-                 migrations cannot change, add a new one",
-                migration.name, prev.checksum, migration.checksum
-            )));
-        }
-    }
-    let mut shard_ids: Vec<&String> = ks
-        .map
-        .iter()
-        .flat_map(|m| m.ranges().iter().map(|r| &r.shard))
-        .collect();
-    shard_ids.sort();
-    shard_ids.dedup();
-    let runs = shard_ids.iter().map(|id| {
-        let dsn = cat.catalog.shards.get(*id).map(|s| s.primary.dsn.clone());
-        let migration = &migration;
-        async move {
-            let res = match dsn {
-                Some(dsn) => pg::apply_migration(id, &dsn, migration, connect_timeout).await,
-                None => Err(ServiceError::NotFound(format!(
-                    "shard {id} is not registered"
-                ))),
-            };
-            ((*id).clone(), res)
-        }
-    });
-    let results = futures_util::future::join_all(runs).await;
-    let mut statuses = Vec::new();
-    let mut first_error = None;
-    for (shard, res) in results {
-        match res {
-            Ok(outcome) => statuses.push(ShardMigrationStatus {
-                shard,
-                outcome,
-                error: None,
-            }),
-            Err(e) => {
-                statuses.push(ShardMigrationStatus {
-                    shard,
-                    outcome: MigrationOutcome::Failed,
-                    error: Some(e.to_string()),
-                });
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    if let Some(e) = first_error {
-        let failed: Vec<String> = statuses
-            .iter()
-            .filter(|s| s.outcome == MigrationOutcome::Failed)
-            .map(|s| s.shard.clone())
-            .collect();
-        tracing::warn!(keyspace, migration = %migration.name, ?failed, "migration failed on some shards");
-        return Err(e);
-    }
-    record_migration(svc, keyspace, &migration).await?;
-    Ok(MigrationResult {
-        name: migration.name,
-        checksum: migration.checksum,
-        shards: statuses,
-    })
-}
-
-async fn record_migration(
-    svc: &CatalogService,
-    keyspace: &str,
-    migration: &Migration,
-) -> Result<(), ServiceError> {
-    let key = keys::keyspace(keyspace);
-    svc.update(std::slice::from_ref(&key), |seen| {
-        let Some(entry) = &seen[&key] else {
-            return Err(ServiceError::NotFound(format!("no keyspace {keyspace}")));
-        };
-        let mut ks: Keyspace = decode(entry)?;
-        match ks.migrations.iter().find(|m| m.name == migration.name) {
-            Some(m) if m.checksum == migration.checksum => return Ok(Vec::new()),
-            Some(_) => {
-                return Err(ServiceError::Conflict(format!(
-                    "migration {} was recorded concurrently with other SQL",
-                    migration.name
-                )))
-            }
-            None => ks.migrations.push(migration.clone()),
-        }
-        Ok(vec![put(key.clone(), &ks)])
-    })
-    .await
-    .map(|_| ())
-}
-
-/// Creates a client app; returns it and its token (shown only now).
-pub async fn create_app(
-    svc: &CatalogService,
-    req: &CreateAppRequest,
-) -> Result<(App, String), ServiceError> {
-    check_name("app", &req.name)?;
-    let tenant = req.tenant.clone().unwrap_or_else(|| DEFAULT_TENANT.into());
-    check_name("tenant", &tenant)?;
-    let token = new_token();
-    let app = App {
-        id: req.name.clone(),
-        name: req.name.clone(),
-        tenant,
-        description: req.description.clone(),
-        key_prefix: req.key_prefix.clone(),
-        limits: req.limits,
-        token_hash: token_hash(&token),
-        previous_token: None,
-        created_at: crate::time::now_rfc3339(),
-    };
-    let key = keys::app(&app.id);
-    svc.update(std::slice::from_ref(&key), |seen| {
-        if seen[&key].is_some() {
-            return Err(ServiceError::Conflict(format!(
-                "app {} exists already",
-                app.id
-            )));
-        }
-        Ok(vec![put(key.clone(), &app)])
-    })
-    .await?;
-    Ok((app, token))
-}
-
-/// Deletes a client app; its token stops working at once.
-pub async fn delete_app(svc: &CatalogService, id: &str) -> Result<(), ServiceError> {
-    let key = keys::app(id);
-    svc.update(std::slice::from_ref(&key), |seen| {
-        if seen[&key].is_none() {
-            return Err(ServiceError::NotFound(format!("no app {id}")));
-        }
-        Ok(vec![Op::Delete { key: key.clone() }])
-    })
-    .await
-    .map(|_| ())
-}
-
-/// A new random token: `sl_` and 256 bits as hex.
-pub fn new_token() -> String {
-    let bytes: [u8; 32] = rand::random();
-    format!("sl_{}", hex(&bytes))
 }

@@ -1,16 +1,29 @@
-//! Connections from the manager to shards: migrations and health checks.
+//! Connections from the manager to shards: control-plane sessions, error
+//! mapping and health probes.
 
+use std::str::FromStr;
 use std::time::Duration;
 
-use shardline_api::manager::MigrationOutcome;
-use shardline_core::catalog::Migration;
 use tokio_postgres::{Client, NoTls};
 
 use crate::error::ServiceError;
 
 /// Opens a connection with a deadline; its driver runs in the background.
 pub async fn connect(dsn: &str, timeout: Duration) -> Result<Client, String> {
-    let fut = tokio_postgres::connect(dsn, NoTls);
+    let cfg = tokio_postgres::Config::from_str(dsn).map_err(|e| describe(&e))?;
+    connect_config(&cfg, timeout).await
+}
+
+/// Opens a connection to database `dbname` of the server at `dsn`, as the
+/// DSN's user.
+pub async fn connect_db(dsn: &str, dbname: &str, timeout: Duration) -> Result<Client, String> {
+    let mut cfg = tokio_postgres::Config::from_str(dsn).map_err(|e| describe(&e))?;
+    cfg.dbname(dbname);
+    connect_config(&cfg, timeout).await
+}
+
+async fn connect_config(cfg: &tokio_postgres::Config, timeout: Duration) -> Result<Client, String> {
+    let fut = cfg.connect(NoTls);
     match tokio::time::timeout(timeout, fut).await {
         Ok(Ok((client, conn))) => {
             tokio::spawn(async move {
@@ -39,14 +52,9 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// Where each shard records the migrations applied to it, in the same
-/// transaction as the migration itself.
-const BOOTSTRAP: &str = "CREATE SCHEMA IF NOT EXISTS shardline; \
-     CREATE TABLE IF NOT EXISTS shardline.schema_migrations ( \
-       name text PRIMARY KEY, checksum text NOT NULL, \
-       applied_at timestamptz NOT NULL DEFAULT now())";
-
-fn statement_error(shard: &str, e: &tokio_postgres::Error) -> ServiceError {
+/// A shard's own failure (`ShardUnavailable`), or the statement's
+/// (`Statement`, with PostgreSQL's fields) when PostgreSQL answered.
+pub fn statement_error(shard: &str, e: &tokio_postgres::Error) -> ServiceError {
     match e.as_db_error() {
         Some(db) => ServiceError::Statement {
             message: format!("on shard {shard}: {}", db.message()),
@@ -62,77 +70,16 @@ fn statement_error(shard: &str, e: &tokio_postgres::Error) -> ServiceError {
     }
 }
 
-/// Applies one migration to one shard, atomically with its record.
-/// Already applied with the same checksum is a no-op; with another
-/// checksum it is refused.
-pub async fn apply_migration(
+/// Connects to a shard's primary for control-plane work; unreachable is
+/// `ShardUnavailable` (503).
+pub async fn connect_shard(
     shard: &str,
     dsn: &str,
-    migration: &Migration,
     timeout: Duration,
-) -> Result<MigrationOutcome, ServiceError> {
-    let mut client = connect(dsn, timeout)
+) -> Result<Client, ServiceError> {
+    connect(dsn, timeout)
         .await
-        .map_err(|e| ServiceError::ShardUnavailable(format!("shard {shard}: {e}")))?;
-    // Two managers (or two requests) bootstrapping at once can race on
-    // CREATE ... IF NOT EXISTS; the loser's retry sees the table.
-    if client.batch_execute(BOOTSTRAP).await.is_err() {
-        client
-            .batch_execute(BOOTSTRAP)
-            .await
-            .map_err(|e| statement_error(shard, &e))?;
-    }
-    let tx = client
-        .transaction()
-        .await
-        .map_err(|e| statement_error(shard, &e))?;
-    // Serialises concurrent appliers of this shard.
-    tx.batch_execute("LOCK TABLE shardline.schema_migrations IN EXCLUSIVE MODE")
-        .await
-        .map_err(|e| statement_error(shard, &e))?;
-    let existing = tx
-        .query_opt(
-            "SELECT checksum FROM shardline.schema_migrations WHERE name = $1",
-            &[&migration.name],
-        )
-        .await
-        .map_err(|e| statement_error(shard, &e))?;
-    if let Some(row) = existing {
-        let checksum: String = row.get(0);
-        return if checksum == migration.checksum {
-            Ok(MigrationOutcome::AlreadyApplied)
-        } else {
-            Err(ServiceError::Conflict(format!(
-                "migration {} was applied to shard {shard} with another checksum ({checksum})",
-                migration.name
-            )))
-        };
-    }
-    tx.batch_execute(&migration.sql)
-        .await
-        .map_err(|e| statement_error(shard, &e))?;
-    tx.execute(
-        "INSERT INTO shardline.schema_migrations (name, checksum) VALUES ($1, $2)",
-        &[&migration.name, &migration.checksum],
-    )
-    .await
-    .map_err(|e| statement_error(shard, &e))?;
-    tx.commit().await.map_err(|e| statement_error(shard, &e))?;
-    Ok(MigrationOutcome::Applied)
-}
-
-/// Applies every migration, in order, to a shard (one joining a keyspace,
-/// or one that missed some while it was down).
-pub async fn ensure_migrations(
-    shard: &str,
-    dsn: &str,
-    migrations: &[Migration],
-    timeout: Duration,
-) -> Result<(), ServiceError> {
-    for m in migrations {
-        apply_migration(shard, dsn, m, timeout).await?;
-    }
-    Ok(())
+        .map_err(|e| ServiceError::ShardUnavailable(format!("shard {shard} is unreachable: {e}")))
 }
 
 /// What one health check saw.

@@ -46,6 +46,15 @@ impl RouterRegistry {
         );
     }
 
+    /// How many routers are within their lease (each enforces this share
+    /// of every rate limit); forgets expired ones.
+    pub fn live_count(&self) -> usize {
+        let mut routers = self.routers.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        routers.retain(|_, s| now.duration_since(s.at) <= self.lease);
+        routers.len()
+    }
+
     /// Routers within their lease, by id; forgets expired ones.
     pub fn live(&self) -> Vec<RouterInfo> {
         let mut routers = self.routers.lock().unwrap_or_else(|e| e.into_inner());
@@ -80,5 +89,19 @@ mod tests {
         assert_eq!(reg.live().len(), 1);
         std::thread::sleep(Duration::from_millis(60));
         assert!(reg.live().is_empty());
+        assert_eq!(reg.live_count(), 0);
+    }
+
+    #[test]
+    fn counts_each_router_once() {
+        let reg = RouterRegistry::new(Duration::from_secs(3600));
+        for (id, n) in [("r1", 1), ("r2", 2), ("r1", 2)] {
+            reg.heartbeat(&RouterHeartbeat {
+                id: id.into(),
+                address: "a".into(),
+                applied_version: 1,
+            });
+            assert_eq!(reg.live_count(), n);
+        }
     }
 }

@@ -48,6 +48,11 @@ pub type ReadSet = HashMap<String, Option<Entry>>;
 pub struct CatalogService {
     store: Arc<dyn CatalogStore>,
     tx: watch::Sender<Arc<Published>>,
+    /// Serialises the work that touches tenants' roles and schemas on the
+    /// shards (create, delete, migrations, reconciling), so a tenant is
+    /// never provisioned while it is being dropped, nor migrated while
+    /// being created.
+    tenant_work: tokio::sync::Mutex<()>,
 }
 
 impl CatalogService {
@@ -59,7 +64,11 @@ impl CatalogService {
     ) -> Result<Arc<Self>, ServiceError> {
         let catalog = load(store.as_ref()).await?;
         let (tx, _) = watch::channel(Arc::new(Published::new(catalog)));
-        let service = Arc::new(Self { store, tx });
+        let service = Arc::new(Self {
+            store,
+            tx,
+            tenant_work: tokio::sync::Mutex::new(()),
+        });
         let follower = Arc::clone(&service);
         tracker.spawn(async move { follower.follow(shutdown).await });
         Ok(service)
@@ -68,6 +77,17 @@ impl CatalogService {
     /// The current catalog.
     pub fn current(&self) -> Arc<Published> {
         self.tx.borrow().clone()
+    }
+
+    /// Held while changing tenants' roles and schemas on the shards.
+    pub async fn lock_tenant_work(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.tenant_work.lock().await
+    }
+
+    /// The same, when free now (background work skips a busy turn rather
+    /// than wait behind a long migration).
+    pub fn try_lock_tenant_work(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        self.tenant_work.try_lock().ok()
     }
 
     /// A receiver told of every new version.

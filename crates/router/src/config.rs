@@ -23,9 +23,21 @@ pub struct RouterConfig {
     /// This router's id in the manager's registry. Default: random.
     #[serde(default)]
     pub id: Option<String>,
-    /// Most connections per shard instance. Default 16.
-    #[serde(default = "default_pool_size")]
-    pub pool_size: usize,
+    /// Most connections of one tenant's pool to one shard, unless the
+    /// tenant's `max_connections_per_shard` says otherwise. Default 8.
+    /// (`pool_size` is accepted as an older name.)
+    #[serde(default = "default_tenant_pool_size", alias = "pool_size")]
+    pub tenant_pool_size: usize,
+    /// Most connections this router opens to one shard, over all tenant
+    /// pools together; when reached, an idle connection of another
+    /// tenant is closed to make room, else the request waits up to
+    /// `acquire_timeout` and gets 503. Default 64.
+    #[serde(default = "default_shard_max_connections")]
+    pub shard_max_connections: usize,
+    /// Most (tenant, app) pairs with metric labels of their own; apps
+    /// beyond count under `tenant="_other", app="_other"`. Default 500.
+    #[serde(default = "default_metrics_max_tenant_apps")]
+    pub metrics_max_tenant_apps: usize,
     /// Longest wait for a pooled connection. Default `2s`.
     #[serde(default = "default_acquire_timeout", with = "humantime_serde")]
     pub acquire_timeout: Duration,
@@ -35,7 +47,8 @@ pub struct RouterConfig {
     /// PostgreSQL's `statement_timeout` on every connection. Default `10s`.
     #[serde(default = "default_statement_timeout", with = "humantime_serde")]
     pub statement_timeout: Duration,
-    /// Idle pooled connections are closed after this. Default `60s`.
+    /// Idle pooled connections are closed after this, and a tenant's pool
+    /// once it has had no connection for this long. Default `60s`.
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// Longest a whole request may take. Default `30s`.
@@ -52,8 +65,14 @@ pub struct RouterConfig {
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
-fn default_pool_size() -> usize {
-    16
+fn default_tenant_pool_size() -> usize {
+    8
+}
+fn default_shard_max_connections() -> usize {
+    64
+}
+fn default_metrics_max_tenant_apps() -> usize {
+    500
 }
 fn default_acquire_timeout() -> Duration {
     Duration::from_secs(2)
@@ -85,7 +104,9 @@ impl RouterConfig {
             manager_url: manager_url.to_string(),
             router_token: Some(router_token.to_string()),
             id: None,
-            pool_size: default_pool_size(),
+            tenant_pool_size: default_tenant_pool_size(),
+            shard_max_connections: default_shard_max_connections(),
+            metrics_max_tenant_apps: default_metrics_max_tenant_apps(),
             acquire_timeout: default_acquire_timeout(),
             connect_timeout: default_connect_timeout(),
             statement_timeout: default_statement_timeout(),
@@ -120,12 +141,42 @@ impl RouterConfig {
         if self.router_token.as_deref().unwrap_or_default().is_empty() {
             bail!("router_token is not set (flag, config file or $SHARDLINE_ROUTER_TOKEN)");
         }
-        if self.pool_size == 0 {
-            bail!("pool_size must be at least 1");
+        if self.tenant_pool_size == 0 {
+            bail!("tenant_pool_size must be at least 1");
+        }
+        if self.shard_max_connections == 0 {
+            bail!("shard_max_connections must be at least 1");
         }
         if !self.manager_url.starts_with("http://") {
             bail!("manager_url must be an http:// URL");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenancy_settings_have_defaults_and_the_old_name() {
+        let cfg = RouterConfig::from_toml("manager_url = \"http://m\"\n").unwrap();
+        assert_eq!(
+            (
+                cfg.tenant_pool_size,
+                cfg.shard_max_connections,
+                cfg.metrics_max_tenant_apps
+            ),
+            (8, 64, 500)
+        );
+        let cfg = RouterConfig::from_toml(
+            "manager_url = \"http://m\"\npool_size = 3\nshard_max_connections = 9\n",
+        )
+        .unwrap();
+        assert_eq!((cfg.tenant_pool_size, cfg.shard_max_connections), (3, 9));
+        let mut bad = RouterConfig::new("http://m", "t");
+        bad.shard_max_connections = 0;
+        assert!(bad.validate().is_err());
+        assert!(RouterConfig::from_toml("manager_url = \"http://m\"\nnope = 1\n").is_err());
     }
 }

@@ -1,6 +1,8 @@
 //! Following the manager: long-polls the catalog and installs each new
-//! version; heartbeats with the version applied. When the manager is
-//! down, the router keeps routing by the last catalog it has.
+//! version; heartbeats with the version applied and learns from the
+//! answer how many routers are live (each enforces that share of every
+//! rate limit). When the manager is down, the router keeps routing by the
+//! last catalog it has, and the last count of live routers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,14 +11,13 @@ use shardline_api::manager::RouterHeartbeat;
 use shardline_client::ManagerClient;
 use tokio_util::sync::CancellationToken;
 
-use crate::pg::pool::PoolConfig;
-use crate::state::{Routing, RoutingCell};
+use crate::state::{RouterContext, Routing, RoutingCell};
 
 /// What the follower needs.
 pub struct Follower {
     pub manager: ManagerClient,
     pub routing: Arc<RoutingCell>,
-    pub pool_cfg: PoolConfig,
+    pub ctx: Arc<RouterContext>,
     pub wait: Duration,
     pub on_version: Box<dyn Fn(u64) + Send + Sync>,
 }
@@ -36,7 +37,7 @@ impl Follower {
             match res {
                 Ok(Some(catalog)) => {
                     let previous = self.routing.get();
-                    let next = Routing::build(&catalog, &previous, &self.pool_cfg);
+                    let next = Routing::build(&catalog, &previous, &self.ctx);
                     let version = next.version;
                     self.routing.set(next);
                     (self.on_version)(version);
@@ -65,6 +66,7 @@ impl Follower {
 pub async fn heartbeat(
     manager: ManagerClient,
     routing: Arc<RoutingCell>,
+    ctx: Arc<RouterContext>,
     id: String,
     address: String,
     interval: Duration,
@@ -82,8 +84,18 @@ pub async fn heartbeat(
             address: address.clone(),
             applied_version: routing.get().version,
         };
-        if let Err(e) = manager.heartbeat(&hb).await {
-            tracing::debug!(error = %e, "heartbeat");
+        match manager.heartbeat(&hb).await {
+            Ok(answer) => {
+                let before = ctx.quotas.live_routers();
+                ctx.quotas.set_live_routers(answer.live_routers);
+                if before != ctx.quotas.live_routers() {
+                    tracing::info!(
+                        live_routers = answer.live_routers,
+                        "live routers changed; rate limits are shared by them"
+                    );
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "heartbeat"),
         }
     }
 }

@@ -1,6 +1,9 @@
 //! The router's HTTP API: `/v1/execute`, `/v1/transaction`, `/v1/route`,
-//! probes and metrics.
+//! probes and metrics. Each API request is authenticated before its body
+//! is read, then admitted ([`crate::auth::admit_app`]), routed within its
+//! tenant's keyspace, and run on the tenant's pool for the shard.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,20 +16,21 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use shardline_api::router::{
     ExecuteRequest, ExecuteResponse, RouteQuery, RouteResponse, ShardKeyValue, TransactionRequest,
-    TransactionResponse, DEFAULT_KEYSPACE,
+    TransactionResponse,
 };
 use shardline_api::{ApiError, ErrorCode};
 use shardline_core::hash::format_hash;
 use shardline_http::{bearer_token, with_fallbacks, ErrorResponse, JsonBody, QueryParams};
 
-use crate::metrics::RouterMetrics;
-use crate::pg::exec;
-use crate::state::{AppAuth, Routing, RoutingCell, ShardTarget};
+use crate::auth::{admit_app, Admission, AppAuth, Now, RejectReason, Rejection, TenantAuth};
+use crate::pg::{exec, from_pool_error, PoolError, PooledConn};
+use crate::pools::ShardTarget;
+use crate::state::{RouterContext, Routing, RoutingCell};
 
 /// What the handlers share.
 pub struct RouterState {
     pub routing: Arc<RoutingCell>,
-    pub metrics: RouterMetrics,
+    pub ctx: Arc<RouterContext>,
     pub request_timeout: Duration,
 }
 
@@ -52,6 +56,16 @@ pub struct Authenticated {
     pub routing: Arc<Routing>,
 }
 
+/// The endpoint label of a path (a fixed list: never the client's text).
+fn endpoint_of(path: &str) -> &'static str {
+    match path {
+        "/v1/execute" => "execute",
+        "/v1/transaction" => "transaction",
+        "/v1/route" => "route",
+        _ => "other",
+    }
+}
+
 impl FromRequestParts<Arc<RouterState>> for Authenticated {
     type Rejection = ErrorResponse;
 
@@ -59,28 +73,62 @@ impl FromRequestParts<Arc<RouterState>> for Authenticated {
         parts: &mut Parts,
         st: &Arc<RouterState>,
     ) -> Result<Self, Self::Rejection> {
+        let endpoint = endpoint_of(parts.uri.path());
         if !st.routing.is_loaded() {
-            return Err(ErrorResponse(
-                ApiError::new(
-                    ErrorCode::Unavailable,
-                    "the router has not loaded its catalog yet",
-                )
-                .with_retry_after(1),
-            ));
+            let e = ApiError::new(
+                ErrorCode::Unavailable,
+                "the router has not loaded its catalog yet",
+            )
+            .with_retry_after(1);
+            st.ctx
+                .metrics
+                .anonymous()
+                .request("", endpoint, "", e.code.as_str());
+            return Err(ErrorResponse(e));
         }
-        let Some(token) = bearer_token(&parts.headers) else {
-            return Err(ErrorResponse::new(
-                ErrorCode::Unauthorized,
-                "missing bearer token (Authorization: Bearer <app token>)",
-            ));
-        };
         let routing = st.routing.get();
-        let app = routing
-            .authenticate(token)
-            .cloned()
-            .ok_or_else(|| ErrorResponse::new(ErrorCode::Unauthorized, "invalid token"))?;
-        Ok(Authenticated { app, routing })
+        let authenticated = match bearer_token(&parts.headers) {
+            Some(token) => routing.authenticate(token, Now::current().unix_ms),
+            None => Err(Rejection {
+                error: ApiError::new(
+                    ErrorCode::Unauthorized,
+                    "missing bearer token (Authorization: Bearer <app token>)",
+                ),
+                reason: RejectReason::Unauthorized,
+                app: None,
+            }),
+        };
+        match authenticated {
+            Ok(app) => Ok(Authenticated {
+                app: Arc::clone(app),
+                routing: Arc::clone(&routing),
+            }),
+            Err(rej) => Err(refused(&st.ctx, endpoint, rej)),
+        }
     }
+}
+
+/// Counts a refused request and makes its answer.
+fn refused(ctx: &RouterContext, endpoint: &'static str, rej: Rejection) -> ErrorResponse {
+    let (pm, keyspace) = match &rej.app {
+        Some(app) => (&app.metrics, app.tenant.keyspace.as_str()),
+        None => (ctx.metrics.anonymous(), ""),
+    };
+    pm.rejected(rej.reason.as_str());
+    pm.request(keyspace, endpoint, "", rej.error.code.as_str());
+    ErrorResponse(rej.error)
+}
+
+/// Checks the request against its tenant and app and takes their quotas.
+fn admit(
+    st: &RouterState,
+    endpoint: &'static str,
+    app: &Arc<AppAuth>,
+    keyspace: Option<&str>,
+    key: &ShardKeyValue,
+) -> Result<Admission, ErrorResponse> {
+    admit_app(app, keyspace, key, &st.ctx.quotas, Instant::now())
+        .map_err(|rej| refused(&st.ctx, endpoint, rej))
 }
 
 async fn healthz() -> Json<serde_json::Value> {
@@ -101,34 +149,46 @@ async fn readyz(State(st): Shared) -> Response {
 
 async fn metrics(State(st): Shared) -> Response {
     let routing = st.routing.get();
-    st.metrics.connections.clear();
+    let m = &st.ctx.metrics;
+    m.connections.clear();
+    m.tenant_pools.clear();
     for (id, target) in &routing.shards {
-        let stats = target.primary.stats();
-        st.metrics
-            .connections
-            .with(&[id, "in_use"])
-            .set(stats.in_use as f64);
-        st.metrics
-            .connections
-            .with(&[id, "idle"])
-            .set(stats.idle as f64);
+        let stats = target.stats();
+        m.connections.with(&[id, "in_use"]).set(stats.in_use as f64);
+        m.connections.with(&[id, "idle"]).set(stats.idle as f64);
+        m.tenant_pools.with(&[id]).set(stats.pools as f64);
     }
-    st.metrics
-        .catalog_version
-        .with(&[])
-        .set(routing.version as f64);
+    let mut in_flight: HashMap<&str, u64> = HashMap::new();
+    for t in routing.tenants.values() {
+        *in_flight.entry(t.metric_label.as_str()).or_default() += u64::from(t.quota.in_flight());
+    }
+    m.tenant_in_flight.clear();
+    for (label, n) in in_flight {
+        m.tenant_in_flight.with(&[label]).set(n as f64);
+    }
+    m.catalog_version.with(&[]).set(routing.version as f64);
     (
         [(header::CONTENT_TYPE, shardline_metrics::CONTENT_TYPE)],
-        st.metrics.registry.render(),
+        m.registry.render(),
     )
         .into_response()
 }
 
-/// Labels of one request, for the metrics.
+/// Labels of one request, for the metrics: all from the catalog.
 struct Observed {
     endpoint: &'static str,
-    keyspace: String,
+    app: Arc<AppAuth>,
     shard: String,
+}
+
+impl Observed {
+    fn new(endpoint: &'static str, admission: &Admission) -> Self {
+        Self {
+            endpoint,
+            app: Arc::clone(admission.app()),
+            shard: String::new(),
+        }
+    }
 }
 
 /// Runs a routed request under the request timeout and records it.
@@ -137,7 +197,7 @@ where
     F: Future<Output = Result<T, ApiError>>,
 {
     let started = Instant::now();
-    let in_flight = st.metrics.in_flight.with(&[]);
+    let in_flight = st.ctx.metrics.in_flight.with(&[]);
     in_flight.inc();
     let res = match tokio::time::timeout(st.request_timeout, fut).await {
         Ok(r) => r,
@@ -151,15 +211,9 @@ where
         Ok(_) => "ok",
         Err(e) => e.code.as_str(),
     };
-    let labels = [obs.endpoint, obs.keyspace.as_str(), obs.shard.as_str()];
-    st.metrics
-        .duration
-        .with(&labels)
-        .observe(started.elapsed().as_secs_f64());
-    st.metrics
-        .requests
-        .with(&[labels[0], labels[1], labels[2], outcome])
-        .inc();
+    let pm = &obs.app.metrics;
+    pm.duration(&obs.shard, started.elapsed().as_secs_f64());
+    pm.request(&obs.app.tenant.keyspace, obs.endpoint, &obs.shard, outcome);
     res.map_err(|mut e| {
         if e.shard.is_none() && !obs.shard.is_empty() {
             e.shard = Some(std::mem::take(&mut obs.shard));
@@ -168,7 +222,7 @@ where
     })
 }
 
-/// Resolves the shard that owns `key` and its pool.
+/// Resolves the shard that owns `key` and its target.
 fn resolve(
     routing: &Routing,
     keyspace: &str,
@@ -190,27 +244,18 @@ fn resolve(
         })
 }
 
-/// A connection to the shard's primary; pool failures become 503s.
-async fn acquire(target: Arc<ShardTarget>) -> Result<crate::pg::PooledConn, ApiError> {
-    target
-        .primary
-        .get()
-        .await
-        .map_err(|e| crate::pg::from_pool_error(&e))
-}
-
-fn observed(endpoint: &'static str, routing: &Routing, keyspace: &str) -> Observed {
-    // Label only keyspaces that exist: a client must not be able to
-    // create metric series by sending made-up names.
-    let keyspace = if routing.keyspaces.contains_key(keyspace) {
-        keyspace.to_string()
-    } else {
-        "unknown".to_string()
-    };
-    Observed {
-        endpoint,
-        keyspace,
-        shard: String::new(),
+/// A connection to the shard's primary as the tenant's role; pool
+/// failures become 503s. A pool the reaper closed between lookup and use
+/// is replaced once.
+async fn acquire(target: &ShardTarget, tenant: &TenantAuth) -> Result<PooledConn, ApiError> {
+    let mut retried = false;
+    loop {
+        let pool = target.pool_for(tenant);
+        match pool.get().await {
+            Ok(conn) => return Ok(conn),
+            Err(PoolError::Closed) if !retried && !target.is_closed() => retried = true,
+            Err(e) => return Err(from_pool_error(&e)),
+        }
     }
 }
 
@@ -219,13 +264,26 @@ async fn execute(
     auth: Authenticated,
     JsonBody(req): JsonBody<ExecuteRequest>,
 ) -> Result<Json<ExecuteResponse>, ErrorResponse> {
-    let keyspace = req.keyspace.as_deref().unwrap_or(DEFAULT_KEYSPACE);
-    let mut obs = observed("execute", &auth.routing, keyspace);
-    let target = resolve(&auth.routing, keyspace, &req.shard_key, &mut obs);
+    let admission = admit(
+        &st,
+        "execute",
+        &auth.app,
+        req.keyspace.as_deref(),
+        &req.shard_key,
+    )?;
+    let mut obs = Observed::new("execute", &admission);
+    let target = resolve(
+        &auth.routing,
+        admission.keyspace(),
+        &req.shard_key,
+        &mut obs,
+    );
     let shard = obs.shard.clone();
     let work = async move {
-        let mut conn = acquire(target?).await?;
+        let target = target?;
+        let mut conn = acquire(&target, admission.tenant()).await?;
         let result = exec::execute(&mut conn, &req.sql, &req.params).await?;
+        drop(admission);
         Ok(ExecuteResponse { shard, result })
     };
     observe(&st, &mut obs, work).await.map(Json)
@@ -236,9 +294,20 @@ async fn transaction(
     auth: Authenticated,
     JsonBody(req): JsonBody<TransactionRequest>,
 ) -> Result<Json<TransactionResponse>, ErrorResponse> {
-    let keyspace = req.keyspace.as_deref().unwrap_or(DEFAULT_KEYSPACE);
-    let mut obs = observed("transaction", &auth.routing, keyspace);
-    let target = resolve(&auth.routing, keyspace, &req.shard_key, &mut obs);
+    let admission = admit(
+        &st,
+        "transaction",
+        &auth.app,
+        req.keyspace.as_deref(),
+        &req.shard_key,
+    )?;
+    let mut obs = Observed::new("transaction", &admission);
+    let target = resolve(
+        &auth.routing,
+        admission.keyspace(),
+        &req.shard_key,
+        &mut obs,
+    );
     let shard = obs.shard.clone();
     let work = async move {
         if req.statements.is_empty() {
@@ -247,7 +316,8 @@ async fn transaction(
                 "statements is empty; a transaction needs at least one",
             ));
         }
-        let mut conn = acquire(target?).await?;
+        let target = target?;
+        let mut conn = acquire(&target, admission.tenant()).await?;
         let stmts: Vec<(String, Vec<serde_json::Value>)> = req
             .statements
             .into_iter()
@@ -259,6 +329,7 @@ async fn transaction(
                 e.statement_index = Some(index);
                 e
             })?;
+        drop(admission);
         Ok(TransactionResponse { shard, results })
     };
     observe(&st, &mut obs, work).await.map(Json)
@@ -269,9 +340,10 @@ async fn route(
     auth: Authenticated,
     QueryParams(q): QueryParams<RouteQuery>,
 ) -> Result<Json<RouteResponse>, ErrorResponse> {
-    let keyspace = q.keyspace.as_deref().unwrap_or(DEFAULT_KEYSPACE);
-    let mut obs = observed("route", &auth.routing, keyspace);
-    let key = ShardKeyValue::Text(q.key.clone());
+    let key = ShardKeyValue::Text(q.key);
+    let admission = admit(&st, "route", &auth.app, q.keyspace.as_deref(), &key)?;
+    let mut obs = Observed::new("route", &admission);
+    let keyspace = admission.keyspace();
     let answer = auth.routing.route(keyspace, &key).map(|route| {
         obs.shard = route.range.shard.clone();
         RouteResponse {
@@ -282,6 +354,7 @@ async fn route(
             catalog_version: auth.routing.version,
         }
     });
+    drop(admission);
     observe(&st, &mut obs, std::future::ready(answer))
         .await
         .map(Json)

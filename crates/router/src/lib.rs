@@ -1,6 +1,8 @@
-//! The shardline router (data plane): authenticates a client app, hashes
-//! the request's shard key, finds the owning shard in the keyspace's map,
-//! runs the statement on a pooled connection to it, answers JSON.
+//! The shardline router (data plane): authenticates a client app, checks
+//! what its tenant may do and the quotas of both, hashes the request's
+//! shard key, finds the owning shard in the tenant's keyspace, runs the
+//! statement on a connection logged in as the tenant's own PostgreSQL
+//! role, answers JSON.
 //!
 //! Stateless: it follows the manager's catalog (long poll) and keeps
 //! routing by the last one it has when the manager is down. Start it
@@ -8,23 +10,31 @@
 //!
 //! # Layout
 //! - [`config`]: the settings.
-//! - [`state`]: the routing table compiled from a catalog version.
-//! - [`follow`]: catalog long poll and heartbeat.
+//! - [`state`]: the routing table compiled from a catalog version, and
+//!   the context that outlives versions.
+//! - [`auth`]: tokens, tenant and app checks, admission
+//!   ([`state::Routing::admit`]).
+//! - [`quota`]: token buckets and concurrency limits per tenant and app.
+//! - [`pools`]: a shard's per-tenant pools under one connection budget.
+//! - [`follow`]: catalog long poll and heartbeat (live routers).
 //! - [`http`]: the HTTP API.
 //! - [`pg`]: pools, JSON ⇄ PostgreSQL values, statement execution, error
 //!   classification.
-//! - [`metrics`]: Prometheus metrics.
+//! - [`metrics`]: Prometheus metrics, with bounded tenant/app labels.
 
+pub mod auth;
 pub mod config;
 pub mod follow;
 pub mod http;
 pub mod metrics;
 pub mod pg;
+pub mod pools;
+pub mod quota;
 pub mod state;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use shardline_client::ManagerClient;
@@ -70,23 +80,15 @@ impl BoundRouter {
         let token = cfg.router_token.clone().unwrap_or_default();
         let manager =
             ManagerClient::new(&cfg.manager_url, Some(token)).context("manager client")?;
-        let pool_cfg = pg::pool::PoolConfig {
-            max_size: cfg.pool_size,
-            acquire_timeout: cfg.acquire_timeout,
-            connect_timeout: cfg.connect_timeout,
-            statement_timeout: Some(cfg.statement_timeout),
-            idle_timeout: cfg.idle_timeout,
-            ..pg::pool::PoolConfig::default()
-        };
+        let ctx = Arc::new(state::RouterContext::new(&cfg));
         let routing = Arc::new(state::RoutingCell::default());
-        let metrics = metrics::RouterMetrics::new();
         let tracker = TaskTracker::new();
         let tasks = shutdown.child_token();
-        let version_gauge = metrics.catalog_version.clone();
+        let version_gauge = ctx.metrics.catalog_version.clone();
         let follower = follow::Follower {
             manager: manager.clone(),
             routing: Arc::clone(&routing),
-            pool_cfg,
+            ctx: Arc::clone(&ctx),
             wait: cfg.watch_wait,
             on_version: Box::new(move |v| version_gauge.with(&[]).set(v as f64)),
         };
@@ -94,6 +96,7 @@ impl BoundRouter {
         tracker.spawn(follow::heartbeat(
             manager,
             Arc::clone(&routing),
+            Arc::clone(&ctx),
             id.clone(),
             addr.to_string(),
             Duration::from_secs(2),
@@ -101,6 +104,7 @@ impl BoundRouter {
         ));
         let reaper = Arc::clone(&routing);
         let reap_token = tasks.clone();
+        let idle_timeout = cfg.idle_timeout;
         tracker.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             loop {
@@ -108,8 +112,9 @@ impl BoundRouter {
                     () = reap_token.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                for target in reaper.get().shards.values() {
-                    target.primary.reap_idle();
+                let closed = reaper.get().reap_pools(idle_timeout, Instant::now());
+                if closed > 0 {
+                    tracing::debug!(closed, "closed idle tenant pools");
                 }
             }
         });
@@ -117,7 +122,7 @@ impl BoundRouter {
         tracing::info!(%addr, %id, manager = %cfg.manager_url, "router listening");
         let state = Arc::new(http::RouterState {
             routing,
-            metrics,
+            ctx,
             request_timeout: cfg.request_timeout,
         });
         let app = http::router(state, cfg.body_limit);

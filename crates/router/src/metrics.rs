@@ -1,44 +1,96 @@
-//! The router's Prometheus metrics.
+//! The router's Prometheus metrics, labelled by tenant and app.
+//!
+//! Cardinality stays bounded: every label value comes from the catalog
+//! (tenant, app, keyspace and shard ids) or from a fixed list (endpoint,
+//! outcome, reason), never from what a client sends; requests that are
+//! not authenticated count under `tenant="", app=""`. At most
+//! `metrics_max_tenant_apps` distinct (tenant, app) pairs get their own
+//! labels; apps beyond that count under `tenant="_other", app="_other"`.
+//! When an app or tenant leaves the catalog its series are removed.
+//!
+//! Each labelled pair keeps the handles of the series it has used
+//! ([`PairMetrics`]), which both spares the request path the lookup by
+//! label strings and lists exactly the series to remove.
 
-use shardline_metrics::{CounterVec, GaugeVec, HistogramVec, Registry, LATENCY_BUCKETS};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use shardline_core::catalog::App;
+use shardline_metrics::{
+    Counter, CounterVec, GaugeVec, Histogram, HistogramVec, Registry, LATENCY_BUCKETS,
+};
+
+/// The label of apps (and tenants) over the cap.
+pub const OTHER: &str = "_other";
 
 /// Every metric the router exports.
 #[derive(Clone)]
 pub struct RouterMetrics {
     pub registry: Registry,
-    /// `router_requests_total{endpoint,keyspace,shard,outcome}`.
+    /// `router_requests_total{tenant,app,keyspace,endpoint,shard,outcome}`.
     pub requests: CounterVec,
-    /// `router_request_duration_seconds{endpoint,keyspace,shard}`.
+    /// `router_request_duration_seconds{tenant,app,shard}`.
     pub duration: HistogramVec,
-    /// `router_active_connections{shard,state}`: pooled connections in use
-    /// or idle.
+    /// `router_rejected_requests_total{tenant,app,reason}`.
+    pub rejected: CounterVec,
+    /// `router_tenant_in_flight_requests{tenant}`, set when scraped.
+    pub tenant_in_flight: GaugeVec,
+    /// `router_active_connections{shard,state}`: pooled connections of
+    /// all tenant pools of a shard, in use or idle.
     pub connections: GaugeVec,
+    /// `router_tenant_pools{shard}`: tenant pools open per shard.
+    pub tenant_pools: GaugeVec,
     /// `router_catalog_version`.
     pub catalog_version: GaugeVec,
     /// `router_in_flight_requests`.
     pub in_flight: GaugeVec,
+    labels: Arc<LabelTable>,
 }
 
 impl RouterMetrics {
-    /// Registers the metrics in a new registry.
-    pub fn new() -> Self {
+    /// Registers the metrics in a new registry; at most `max_pairs`
+    /// (tenant, app) pairs get labels of their own.
+    pub fn new(max_pairs: usize) -> Self {
         let registry = Registry::new();
+        let requests = registry.counter(
+            "router_requests_total",
+            "Requests answered, by tenant, app, keyspace, endpoint, shard and outcome (ok or error code).",
+            &["tenant", "app", "keyspace", "endpoint", "shard", "outcome"],
+        );
+        let duration = registry.histogram(
+            "router_request_duration_seconds",
+            "Time from request to answer, by tenant, app and shard.",
+            &["tenant", "app", "shard"],
+            LATENCY_BUCKETS,
+        );
+        let rejected = registry.counter(
+            "router_rejected_requests_total",
+            "Requests refused before routing, by tenant, app and reason.",
+            &["tenant", "app", "reason"],
+        );
+        let families = Families {
+            requests: requests.clone(),
+            duration: duration.clone(),
+            rejected: rejected.clone(),
+        };
         Self {
-            requests: registry.counter(
-                "router_requests_total",
-                "Requests answered, by endpoint, keyspace, shard and outcome (ok or error code).",
-                &["endpoint", "keyspace", "shard", "outcome"],
-            ),
-            duration: registry.histogram(
-                "router_request_duration_seconds",
-                "Time from request to answer, by endpoint, keyspace and shard.",
-                &["endpoint", "keyspace", "shard"],
-                LATENCY_BUCKETS,
+            requests,
+            duration,
+            rejected,
+            tenant_in_flight: registry.gauge(
+                "router_tenant_in_flight_requests",
+                "Requests of a tenant being served by this router now.",
+                &["tenant"],
             ),
             connections: registry.gauge(
                 "router_active_connections",
-                "Pooled PostgreSQL connections per shard, in use or idle.",
+                "Pooled PostgreSQL connections per shard (all tenant pools), in use or idle.",
                 &["shard", "state"],
+            ),
+            tenant_pools: registry.gauge(
+                "router_tenant_pools",
+                "Tenant connection pools open per shard.",
+                &["shard"],
             ),
             catalog_version: registry.gauge(
                 "router_catalog_version",
@@ -50,13 +102,317 @@ impl RouterMetrics {
                 "Requests being served now.",
                 &[],
             ),
+            labels: Arc::new(LabelTable::new(max_pairs, families)),
             registry,
         }
+    }
+
+    /// The labels of requests that were not authenticated.
+    pub fn anonymous(&self) -> &Arc<PairMetrics> {
+        &self.labels.anonymous
+    }
+
+    /// Gives every app of the catalog its labels (keeping those already
+    /// given, removing the series of apps that left) and returns them by
+    /// app id.
+    pub fn assign_labels(&self, apps: &BTreeMap<String, App>) -> HashMap<String, Arc<PairMetrics>> {
+        self.labels.assign(apps)
+    }
+
+    /// Pairs with labels of their own now.
+    pub fn labelled_pairs(&self) -> usize {
+        lock(&self.labels.pairs).len()
     }
 }
 
 impl Default for RouterMetrics {
     fn default() -> Self {
-        Self::new()
+        Self::new(500)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Inserts and removes only: consistent under a panic.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The families labelled by tenant and app.
+#[derive(Clone)]
+struct Families {
+    requests: CounterVec,
+    duration: HistogramVec,
+    rejected: CounterVec,
+}
+
+/// The pairs with labels of their own, by app id.
+struct LabelTable {
+    cap: usize,
+    families: Families,
+    pairs: Mutex<HashMap<String, Arc<PairMetrics>>>,
+    other: Arc<PairMetrics>,
+    anonymous: Arc<PairMetrics>,
+}
+
+impl LabelTable {
+    fn new(cap: usize, families: Families) -> Self {
+        Self {
+            cap,
+            other: Arc::new(PairMetrics::new(OTHER, OTHER, families.clone())),
+            anonymous: Arc::new(PairMetrics::new("", "", families.clone())),
+            families,
+            pairs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn assign(&self, apps: &BTreeMap<String, App>) -> HashMap<String, Arc<PairMetrics>> {
+        let mut pairs = lock(&self.pairs);
+        pairs.retain(|id, pm| match apps.get(id) {
+            Some(app) if app.tenant == pm.tenant => true,
+            _ => {
+                pm.remove_series();
+                false
+            }
+        });
+        // The catalog's order (by id) decides who is labelled when the
+        // cap is reached, so every router labels the same pairs.
+        let mut out = HashMap::with_capacity(apps.len());
+        for (id, app) in apps {
+            let pm = match pairs.get(id) {
+                Some(pm) => Arc::clone(pm),
+                None if pairs.len() < self.cap => {
+                    let pm = Arc::new(PairMetrics::new(&app.tenant, id, self.families.clone()));
+                    pairs.insert(id.clone(), Arc::clone(&pm));
+                    pm
+                }
+                None => Arc::clone(&self.other),
+            };
+            out.insert(id.clone(), pm);
+        }
+        out
+    }
+}
+
+/// One (tenant, app) label pair and the series it has used.
+pub struct PairMetrics {
+    tenant: String,
+    app: String,
+    families: Families,
+    requests: RwLock<Vec<RequestSeries>>,
+    durations: RwLock<Vec<(String, Histogram)>>,
+    rejected: RwLock<Vec<(&'static str, Counter)>>,
+}
+
+struct RequestSeries {
+    keyspace: String,
+    endpoint: &'static str,
+    shard: String,
+    outcome: &'static str,
+    counter: Counter,
+}
+
+impl std::fmt::Debug for PairMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PairMetrics")
+            .field("tenant", &self.tenant)
+            .field("app", &self.app)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl PairMetrics {
+    fn new(tenant: &str, app: &str, families: Families) -> Self {
+        Self {
+            tenant: tenant.to_string(),
+            app: app.to_string(),
+            families,
+            requests: RwLock::new(Vec::new()),
+            durations: RwLock::new(Vec::new()),
+            rejected: RwLock::new(Vec::new()),
+        }
+    }
+
+    /// The tenant label.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// The app label.
+    pub fn app(&self) -> &str {
+        &self.app
+    }
+
+    /// Counts one answered request. `keyspace` and `shard` must come
+    /// from the catalog (or be empty).
+    pub fn request(
+        &self,
+        keyspace: &str,
+        endpoint: &'static str,
+        shard: &str,
+        outcome: &'static str,
+    ) {
+        let matches = |s: &RequestSeries| {
+            s.endpoint == endpoint
+                && s.outcome == outcome
+                && s.shard == shard
+                && s.keyspace == keyspace
+        };
+        if let Some(s) = read(&self.requests).iter().find(|s| matches(s)) {
+            s.counter.inc();
+            return;
+        }
+        let mut all = write(&self.requests);
+        if let Some(s) = all.iter().find(|s| matches(s)) {
+            s.counter.inc();
+            return;
+        }
+        let counter = self.families.requests.with(&[
+            &self.tenant,
+            &self.app,
+            keyspace,
+            endpoint,
+            shard,
+            outcome,
+        ]);
+        counter.inc();
+        all.push(RequestSeries {
+            keyspace: keyspace.to_string(),
+            endpoint,
+            shard: shard.to_string(),
+            outcome,
+            counter,
+        });
+    }
+
+    /// Records a request's duration on `shard` (from the catalog, or
+    /// empty).
+    pub fn duration(&self, shard: &str, seconds: f64) {
+        if let Some((_, h)) = read(&self.durations).iter().find(|(s, _)| s == shard) {
+            h.observe(seconds);
+            return;
+        }
+        let mut all = write(&self.durations);
+        if let Some((_, h)) = all.iter().find(|(s, _)| s == shard) {
+            h.observe(seconds);
+            return;
+        }
+        let h = self
+            .families
+            .duration
+            .with(&[&self.tenant, &self.app, shard]);
+        h.observe(seconds);
+        all.push((shard.to_string(), h));
+    }
+
+    /// Counts a refused request.
+    pub fn rejected(&self, reason: &'static str) {
+        if let Some((_, c)) = read(&self.rejected).iter().find(|(r, _)| *r == reason) {
+            c.inc();
+            return;
+        }
+        let mut all = write(&self.rejected);
+        if let Some((_, c)) = all.iter().find(|(r, _)| *r == reason) {
+            c.inc();
+            return;
+        }
+        let c = self
+            .families
+            .rejected
+            .with(&[&self.tenant, &self.app, reason]);
+        c.inc();
+        all.push((reason, c));
+    }
+
+    /// Removes every series of this pair from the registry.
+    fn remove_series(&self) {
+        let (t, a) = (self.tenant.as_str(), self.app.as_str());
+        for s in write(&self.requests).drain(..) {
+            self.families
+                .requests
+                .remove(&[t, a, &s.keyspace, s.endpoint, &s.shard, s.outcome]);
+        }
+        for (shard, _) in write(&self.durations).drain(..) {
+            self.families.duration.remove(&[t, a, &shard]);
+        }
+        for (reason, _) in write(&self.rejected).drain(..) {
+            self.families.rejected.remove(&[t, a, reason]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(id: &str, tenant: &str) -> App {
+        App {
+            id: id.into(),
+            name: id.into(),
+            tenant: tenant.into(),
+            description: String::new(),
+            key_prefix: None,
+            limits: Default::default(),
+            token_hash: String::new(),
+            previous_token: None,
+            created_at: String::new(),
+        }
+    }
+
+    fn catalog_apps(list: &[(&str, &str)]) -> BTreeMap<String, App> {
+        list.iter()
+            .map(|(id, t)| (id.to_string(), app(id, t)))
+            .collect()
+    }
+
+    #[test]
+    fn pairs_over_the_cap_are_other() {
+        let m = RouterMetrics::new(2);
+        let apps = catalog_apps(&[("a1", "t1"), ("a2", "t1"), ("a3", "t2")]);
+        let labels = m.assign_labels(&apps);
+        assert_eq!(labels["a1"].app(), "a1");
+        assert_eq!(labels["a2"].tenant(), "t1");
+        assert_eq!((labels["a3"].tenant(), labels["a3"].app()), (OTHER, OTHER));
+        assert_eq!(m.labelled_pairs(), 2);
+        // The same pairs keep their series across catalogs.
+        let again = m.assign_labels(&apps);
+        assert!(Arc::ptr_eq(&labels["a1"], &again["a1"]));
+
+        labels["a1"].request("ks", "execute", "s1", "ok");
+        labels["a1"].request("ks", "execute", "s1", "ok");
+        labels["a1"].duration("s1", 0.001);
+        labels["a1"].rejected("rate_limited");
+        labels["a3"].rejected("rate_limited");
+        let text = m.registry.render();
+        assert!(text.contains(
+            r#"router_requests_total{tenant="t1",app="a1",keyspace="ks",endpoint="execute",shard="s1",outcome="ok"} 2"#
+        ), "{text}");
+        assert!(text.contains(
+            r#"router_rejected_requests_total{tenant="_other",app="_other",reason="rate_limited"} 1"#
+        ));
+
+        // a1 leaves: its series go, and a3 takes the free label.
+        let apps = catalog_apps(&[("a2", "t1"), ("a3", "t2")]);
+        let labels = m.assign_labels(&apps);
+        assert_eq!(labels["a3"].app(), "a3");
+        let text = m.registry.render();
+        assert!(!text.contains(r#"app="a1""#), "{text}");
+        assert!(text.contains(r#"app="_other""#));
+    }
+
+    #[test]
+    fn an_app_moving_tenant_gets_new_labels() {
+        let m = RouterMetrics::new(10);
+        let first = m.assign_labels(&catalog_apps(&[("a", "t1")]));
+        first["a"].request("", "route", "", "unauthorized");
+        let second = m.assign_labels(&catalog_apps(&[("a", "t2")]));
+        assert_eq!(second["a"].tenant(), "t2");
+        assert!(!m.registry.render().contains(r#"tenant="t1""#));
     }
 }

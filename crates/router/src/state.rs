@@ -1,26 +1,58 @@
-//! The routing table: the catalog compiled for the request path, with a
-//! connection pool per shard.
+//! The routing table: the catalog compiled for the request path — tokens
+//! to apps and tenants, keyspaces to shard maps, shards to their tenant
+//! pools — rebuilt whole on every catalog version.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
-use sha2::{Digest, Sha256};
 use shardline_api::router::ShardKeyValue;
 use shardline_api::{ApiError, ErrorCode};
+use shardline_core::catalog::{tenant_pg_name, Tenant, TenantConfig, TenantState};
 use shardline_core::hash::{parse_uuid, routing_hash};
 use shardline_core::shardmap::ShardRange;
 use shardline_core::{Catalog, KeyType, ShardKey, ShardMap};
 
-use crate::pg::pool::{Pool, PoolConfig};
+use crate::auth::{
+    admit_app, authenticate, Admission, AppAuth, Now, Rejection, TenantAuth, TenantStatus,
+    TokenEntry,
+};
+use crate::config::RouterConfig;
+use crate::metrics::{RouterMetrics, OTHER};
+use crate::pg::PoolConfig;
+use crate::pools::{PoolSettings, ShardTarget};
+use crate::quota::{QuotaCell, Quotas};
 
 /// Longest shard key accepted, in bytes (keys must stay under 4 KiB).
 pub const MAX_SHARD_KEY_BYTES: usize = 4095;
 
-/// A client app, as the router knows it.
-#[derive(Debug)]
-pub struct AppAuth {
-    pub id: String,
-    pub tenant: String,
+/// What outlives catalog versions: pool settings, quota state, metrics.
+pub struct RouterContext {
+    pub pools: PoolSettings,
+    pub quotas: Quotas,
+    pub metrics: RouterMetrics,
+}
+
+impl RouterContext {
+    /// The context of a router with these settings.
+    pub fn new(cfg: &RouterConfig) -> Self {
+        Self {
+            pools: PoolSettings {
+                base: PoolConfig {
+                    max_size: cfg.tenant_pool_size,
+                    acquire_timeout: cfg.acquire_timeout,
+                    connect_timeout: cfg.connect_timeout,
+                    statement_timeout: Some(cfg.statement_timeout),
+                    idle_timeout: cfg.idle_timeout,
+                    ..PoolConfig::default()
+                },
+                tenant_pool_size: cfg.tenant_pool_size,
+                shard_max_connections: cfg.shard_max_connections,
+            },
+            quotas: Quotas::new(),
+            metrics: RouterMetrics::new(cfg.metrics_max_tenant_apps),
+        }
+    }
 }
 
 /// A keyspace, compiled.
@@ -30,20 +62,14 @@ pub struct KeyspaceRoute {
     pub map: Option<ShardMap>,
 }
 
-/// A shard's connection target.
-pub struct ShardTarget {
-    pub generation: u64,
-    pub primary_dsn: String,
-    pub primary: Pool,
-}
-
 /// One catalog version, ready for routing.
 #[derive(Default)]
 pub struct Routing {
     pub version: u64,
     pub keyspaces: HashMap<String, KeyspaceRoute>,
-    /// By SHA-256 of the token.
-    pub apps: HashMap<[u8; 32], Arc<AppAuth>>,
+    /// Accepted tokens by SHA-256 digest (current and rotated-out ones).
+    tokens: HashMap<[u8; 32], TokenEntry>,
+    pub tenants: HashMap<String, Arc<TenantAuth>>,
     pub shards: HashMap<String, Arc<ShardTarget>>,
 }
 
@@ -54,9 +80,11 @@ pub struct Route<'a> {
 }
 
 impl Routing {
-    /// Compiles a catalog, keeping the pools of unchanged shards from
-    /// `previous`.
-    pub fn build(cat: &Catalog, previous: &Routing, pool_cfg: &PoolConfig) -> Routing {
+    /// Compiles a catalog. Shards whose primary is unchanged keep their
+    /// target (and tenant pools) from `previous`; the others' targets are
+    /// closed. Quota state and metric labels of tenants and apps that
+    /// left are dropped.
+    pub fn build(cat: &Catalog, previous: &Routing, ctx: &RouterContext) -> Routing {
         let keyspaces = cat
             .keyspaces
             .iter()
@@ -70,57 +98,138 @@ impl Routing {
                 )
             })
             .collect();
-        let apps = cat
-            .apps
+        let labels = ctx.metrics.assign_labels(&cat.apps);
+        let labelled: HashSet<&str> = labels
             .values()
-            .filter_map(|app| {
-                let hash = decode_hex32(&app.token_hash)?;
-                Some((
-                    hash,
-                    Arc::new(AppAuth {
-                        id: app.id.clone(),
-                        tenant: app.tenant.clone(),
-                    }),
-                ))
+            .map(|pm| pm.tenant())
+            .filter(|t| *t != OTHER)
+            .collect();
+        let tenants: HashMap<String, Arc<TenantAuth>> = cat
+            .tenants
+            .values()
+            .map(|t| {
+                let label = if labelled.contains(t.id.as_str()) {
+                    t.id.clone()
+                } else {
+                    OTHER.to_string()
+                };
+                let auth = tenant_auth(t, cat.version, ctx.quotas.tenant_cell(&t.id), label);
+                (t.id.clone(), Arc::new(auth))
             })
             .collect();
-        let shards = cat
-            .shards
-            .values()
-            .filter_map(|s| {
-                if let Some(old) = previous.shards.get(&s.id) {
-                    if old.generation == s.generation && old.primary_dsn == s.primary.dsn {
-                        return Some((s.id.clone(), Arc::clone(old)));
+        let mut missing: HashMap<&str, Arc<TenantAuth>> = HashMap::new();
+        let mut tokens = HashMap::with_capacity(cat.apps.len());
+        for app in cat.apps.values() {
+            let Some(digest) = decode_hex32(&app.token_hash) else {
+                tracing::error!(app = %app.id, "app with a malformed token hash in the catalog");
+                continue;
+            };
+            let tenant = match tenants.get(&app.tenant) {
+                Some(t) => Arc::clone(t),
+                None => Arc::clone(
+                    missing
+                        .entry(&app.tenant)
+                        .or_insert_with(|| Arc::new(missing_tenant(&app.tenant, cat.version))),
+                ),
+            };
+            let metrics = labels
+                .get(&app.id)
+                .cloned()
+                .unwrap_or_else(|| Arc::clone(ctx.metrics.anonymous()));
+            let auth = Arc::new(AppAuth {
+                id: app.id.clone(),
+                tenant,
+                key_prefix: app.key_prefix.clone().filter(|p| !p.is_empty()),
+                limits: app.limits,
+                quota: ctx.quotas.app_cell(&app.id),
+                metrics,
+            });
+            if let Some(prev) = &app.previous_token {
+                match decode_hex32(&prev.token_hash) {
+                    Some(old) => {
+                        tokens.insert(
+                            old,
+                            TokenEntry {
+                                digest: old,
+                                expires_at_ms: Some(prev.expires_at_ms),
+                                app: Arc::clone(&auth),
+                            },
+                        );
+                    }
+                    None => {
+                        tracing::error!(app = %app.id, "app with a malformed previous token hash");
                     }
                 }
-                match Pool::new(&s.primary.dsn, pool_cfg.clone()) {
-                    Ok(pool) => Some((
-                        s.id.clone(),
-                        Arc::new(ShardTarget {
-                            generation: s.generation,
-                            primary_dsn: s.primary.dsn.clone(),
-                            primary: pool,
-                        }),
-                    )),
-                    Err(e) => {
-                        tracing::error!(shard = %s.id, error = %e, "bad shard DSN in catalog");
-                        None
-                    }
+            }
+            tokens.insert(
+                digest,
+                TokenEntry {
+                    digest,
+                    expires_at_ms: None,
+                    app: auth,
+                },
+            );
+        }
+        ctx.quotas.retain(
+            &cat.tenants.keys().map(String::as_str).collect(),
+            &cat.apps.keys().map(String::as_str).collect(),
+        );
+        let mut shards = HashMap::with_capacity(cat.shards.len());
+        for s in cat.shards.values() {
+            if let Some(old) = previous.shards.get(&s.id) {
+                if old.generation == s.generation && old.primary_dsn == s.primary.dsn {
+                    old.sync_tenants(&tenants);
+                    shards.insert(s.id.clone(), Arc::clone(old));
+                    continue;
                 }
-            })
-            .collect();
+            }
+            match ShardTarget::new(&s.id, s.generation, &s.primary.dsn, &ctx.pools) {
+                Ok(t) => {
+                    shards.insert(s.id.clone(), Arc::new(t));
+                }
+                Err(e) => {
+                    tracing::error!(shard = %s.id, error = %e, "bad shard DSN in catalog");
+                }
+            }
+        }
+        for (id, old) in &previous.shards {
+            if !shards.get(id).is_some_and(|new| Arc::ptr_eq(new, old)) {
+                old.close();
+            }
+        }
         Routing {
             version: cat.version,
             keyspaces,
-            apps,
+            tokens,
+            tenants,
             shards,
         }
     }
 
-    /// The app whose token this is.
-    pub fn authenticate(&self, token: &str) -> Option<&Arc<AppAuth>> {
-        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        self.apps.get(&hash)
+    /// The app whose token this is, checked against the wall clock
+    /// `unix_ms` for rotated-out tokens (401 otherwise).
+    pub fn authenticate(&self, token: &str, unix_ms: u64) -> Result<&Arc<AppAuth>, Rejection> {
+        authenticate(&self.tokens, token, unix_ms)
+    }
+
+    /// Authenticates, authorises and takes the quotas of one request:
+    /// the whole check before routing. The [`Admission`] holds the
+    /// request's in-flight slots until dropped.
+    pub fn admit(
+        &self,
+        token: &str,
+        keyspace: Option<&str>,
+        key: &ShardKeyValue,
+        quotas: &Quotas,
+        now: Now,
+    ) -> Result<Admission, Rejection> {
+        let app = self.authenticate(token, now.unix_ms)?;
+        admit_app(app, keyspace, key, quotas, now.instant)
+    }
+
+    /// Accepted tokens (current and rotated-out).
+    pub fn token_count(&self) -> usize {
+        self.tokens.len()
     }
 
     /// Hashes a key and finds the owning range.
@@ -140,6 +249,52 @@ impl Routing {
             hash,
             range: map.lookup(hash),
         })
+    }
+
+    /// Runs the pool reaper over every shard (see [`ShardTarget::reap`]).
+    pub fn reap_pools(&self, idle_timeout: std::time::Duration, now: Instant) -> usize {
+        self.shards
+            .values()
+            .map(|s| s.reap(idle_timeout, now))
+            .sum()
+    }
+}
+
+fn tenant_auth(
+    t: &Tenant,
+    version: u64,
+    quota: Arc<QuotaCell>,
+    metric_label: String,
+) -> TenantAuth {
+    TenantAuth {
+        id: t.id.clone(),
+        keyspace: t.keyspace.clone(),
+        pg_user: tenant_pg_name(&t.id),
+        role_password: t.role_password.clone(),
+        status: match t.state {
+            TenantState::Active => TenantStatus::Active,
+            TenantState::Deleting => TenantStatus::Deleting,
+        },
+        config: t.config,
+        version,
+        quota,
+        metric_label,
+    }
+}
+
+/// Stands in for a tenant an app names but the catalog lacks: its apps
+/// are refused with 403 (the token is valid, so 401 would mislead).
+fn missing_tenant(id: &str, version: u64) -> TenantAuth {
+    TenantAuth {
+        id: id.to_string(),
+        keyspace: String::new(),
+        pg_user: tenant_pg_name(id),
+        role_password: String::new(),
+        status: TenantStatus::Missing,
+        config: TenantConfig::default(),
+        version,
+        quota: Arc::new(QuotaCell::default()),
+        metric_label: OTHER.to_string(),
     }
 }
 
@@ -216,7 +371,348 @@ impl RoutingCell {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use shardline_core::auth::token_hash;
+    use shardline_core::catalog::{App, Instance, Keyspace, Limits, PreviousToken, Shard};
+
     use super::*;
+    use crate::auth::RejectReason;
+
+    fn tenant(id: &str, state: TenantState, limits: Limits) -> Tenant {
+        Tenant {
+            id: id.into(),
+            name: id.into(),
+            keyspace: "shared".into(),
+            dedicated: false,
+            config: TenantConfig {
+                limits,
+                max_connections_per_shard: None,
+            },
+            role_password: format!("pw-{id}"),
+            state,
+            created_at: String::new(),
+        }
+    }
+
+    fn app(id: &str, tenant: &str, prefix: Option<&str>, limits: Limits) -> App {
+        App {
+            id: id.into(),
+            name: id.into(),
+            tenant: tenant.into(),
+            description: String::new(),
+            key_prefix: prefix.map(str::to_string),
+            limits,
+            token_hash: token_hash(&format!("tok-{id}")),
+            previous_token: None,
+            created_at: String::new(),
+        }
+    }
+
+    fn rps(rate: u32, burst: u32, concurrent: Option<u32>) -> Limits {
+        Limits {
+            requests_per_second: Some(rate),
+            burst: Some(burst),
+            max_concurrent: concurrent,
+            max_shards: None,
+        }
+    }
+
+    /// acme (active), beta (deleting); apps a1 (prefix "acme:", rotated
+    /// token), a2 (2/s, 1 in flight), n1 (prefix "4"), b1 of beta, orphan
+    /// of a tenant that does not exist.
+    fn catalog() -> Catalog {
+        let mut cat = Catalog {
+            version: 5,
+            ..Catalog::default()
+        };
+        cat.keyspaces.insert(
+            "shared".into(),
+            Keyspace {
+                name: "shared".into(),
+                key_type: KeyType::Text,
+                map: None,
+                migrations: vec![],
+            },
+        );
+        for t in [
+            tenant("acme", TenantState::Active, Limits::default()),
+            tenant("beta", TenantState::Deleting, Limits::default()),
+        ] {
+            cat.tenants.insert(t.id.clone(), t);
+        }
+        let mut a1 = app("a1", "acme", Some("acme:"), Limits::default());
+        a1.previous_token = Some(PreviousToken {
+            token_hash: token_hash("old-a1"),
+            expires_at_ms: 1_000,
+        });
+        for a in [
+            a1,
+            app("a2", "acme", None, rps(2, 2, Some(1))),
+            app("n1", "acme", Some("4"), Limits::default()),
+            app("b1", "beta", None, Limits::default()),
+            app("orphan", "ghost", None, Limits::default()),
+        ] {
+            cat.apps.insert(a.id.clone(), a);
+        }
+        cat.shards.insert(
+            "s1".into(),
+            Shard {
+                id: "s1".into(),
+                keyspace: Some("shared".into()),
+                primary: Instance {
+                    dsn: "host=127.0.0.1 port=9 user=postgres dbname=shard".into(),
+                },
+                replicas: vec![],
+                generation: 1,
+                reserved_for: None,
+            },
+        );
+        cat
+    }
+
+    fn ctx() -> RouterContext {
+        RouterContext::new(&RouterConfig::new("http://m", "t"))
+    }
+
+    fn at(ms: u64) -> Now {
+        Now {
+            instant: Instant::now(),
+            unix_ms: ms,
+        }
+    }
+
+    fn text(s: &str) -> ShardKeyValue {
+        ShardKeyValue::Text(s.into())
+    }
+
+    fn refusal(r: Result<Admission, Rejection>) -> (RejectReason, u16, Option<u64>) {
+        let rej = r.expect_err("refused");
+        (rej.reason, rej.error.http_status(), rej.error.retry_after)
+    }
+
+    #[test]
+    fn tokens_and_rotation() {
+        let ctx = ctx();
+        let r = Routing::build(&catalog(), &Routing::default(), &ctx);
+        assert_eq!(r.token_count(), 6);
+        assert_eq!(r.authenticate("tok-a1", 5_000).unwrap().id, "a1");
+        // The rotated-out token works until it expires, then it is
+        // refused like an unknown one.
+        assert_eq!(r.authenticate("old-a1", 999).unwrap().id, "a1");
+        let old = r.authenticate("old-a1", 1_000).unwrap_err();
+        let unknown = r.authenticate("nope", 0).unwrap_err();
+        for rej in [old, unknown] {
+            assert_eq!(rej.reason, RejectReason::Unauthorized);
+            assert_eq!(rej.error.http_status(), 401);
+            assert_eq!(rej.error.message, "invalid token");
+        }
+        let a1 = r.authenticate("tok-a1", 0).unwrap();
+        assert_eq!(a1.tenant.pg_user, "tenant_acme");
+        assert_eq!(a1.tenant.role_password, "pw-acme");
+        assert!(!format!("{:?}", a1.tenant).contains("pw-acme"));
+    }
+
+    #[test]
+    fn tenant_keyspace_and_prefix_checks() {
+        let ctx = ctx();
+        let q = &ctx.quotas;
+        let r = Routing::build(&catalog(), &Routing::default(), &ctx);
+        let adm = r.admit("tok-a1", None, &text("acme:1"), q, at(0)).unwrap();
+        assert_eq!(adm.keyspace(), "shared");
+        drop(adm);
+        assert!(r
+            .admit("tok-a1", Some("shared"), &text("acme:1"), q, at(0))
+            .is_ok());
+        assert_eq!(
+            refusal(r.admit("tok-a1", Some("other"), &text("acme:1"), q, at(0))),
+            (RejectReason::ForbiddenKeyspace, 403, None)
+        );
+        let rej = r
+            .admit("tok-a1", None, &text("beta:1"), q, at(0))
+            .unwrap_err();
+        assert_eq!(rej.reason, RejectReason::ForbiddenKeyPrefix);
+        assert_eq!(rej.error.code, ErrorCode::Forbidden);
+        assert!(
+            rej.error.message.contains("\"acme:\""),
+            "{}",
+            rej.error.message
+        );
+        // Integer keys are compared by their decimal text.
+        assert!(r
+            .admit("tok-n1", None, &ShardKeyValue::Int(42), q, at(0))
+            .is_ok());
+        assert_eq!(
+            refusal(r.admit("tok-n1", None, &ShardKeyValue::Int(-42), q, at(0))).0,
+            RejectReason::ForbiddenKeyPrefix
+        );
+        assert_eq!(
+            refusal(r.admit("tok-b1", None, &text("x"), q, at(0))),
+            (RejectReason::TenantDeleting, 403, None)
+        );
+        assert_eq!(
+            refusal(r.admit("tok-orphan", None, &text("x"), q, at(0))),
+            (RejectReason::UnknownTenant, 403, None)
+        );
+        // Checks come before quotas: nothing is left in flight.
+        let acme = &r.tenants["acme"];
+        assert_eq!(acme.quota.in_flight(), 0);
+    }
+
+    #[test]
+    fn quotas_concurrency_before_rate() {
+        let ctx = ctx();
+        let q = &ctx.quotas;
+        let r = Routing::build(&catalog(), &Routing::default(), &ctx);
+        let t0 = Instant::now() + Duration::from_secs(1);
+        let now = |ms: u64| Now {
+            instant: t0 + Duration::from_millis(ms),
+            unix_ms: 0,
+        };
+        let held = r.admit("tok-a2", None, &text("k"), q, now(0)).unwrap();
+        assert_eq!(r.tenants["acme"].quota.in_flight(), 1);
+        // In flight already: refused without taking a token.
+        for _ in 0..5 {
+            assert_eq!(
+                refusal(r.admit("tok-a2", None, &text("k"), q, now(0))),
+                (RejectReason::ConcurrencyLimited, 429, Some(1))
+            );
+        }
+        drop(held);
+        assert_eq!(r.tenants["acme"].quota.in_flight(), 0);
+        // The burst of 2 had one token taken: one more, then 429.
+        assert!(r.admit("tok-a2", None, &text("k"), q, now(0)).is_ok());
+        let rej = r.admit("tok-a2", None, &text("k"), q, now(0)).unwrap_err();
+        assert_eq!(rej.reason, RejectReason::RateLimited);
+        assert_eq!(rej.error.code, ErrorCode::RateLimited);
+        assert_eq!(rej.error.retry_after, Some(1));
+        // 2/s: a token every 500 ms.
+        assert!(r.admit("tok-a2", None, &text("k"), q, now(500)).is_ok());
+        // Two routers share the limit: 1/s here, burst 1.
+        q.set_live_routers(2);
+        assert!(r.admit("tok-a2", None, &text("k"), q, now(1_000)).is_err());
+        assert!(r.admit("tok-a2", None, &text("k"), q, now(2_000)).is_ok());
+    }
+
+    #[test]
+    fn tenant_rate_refunds_the_app_token_and_state_survives_rebuilds() {
+        let ctx = ctx();
+        let q = &ctx.quotas;
+        let mut cat = catalog();
+        cat.tenants.get_mut("acme").unwrap().config.limits = rps(1, 1, None);
+        cat.apps.get_mut("a2").unwrap().limits = rps(2, 2, None);
+        let r = Routing::build(&cat, &Routing::default(), &ctx);
+        let t0 = Instant::now() + Duration::from_secs(1);
+        let now = Now {
+            instant: t0,
+            unix_ms: 0,
+        };
+        assert!(r.admit("tok-a2", None, &text("k"), q, now).is_ok());
+        // The tenant's bucket is empty; a1 (no app limit) is refused too.
+        let rej = r
+            .admit("tok-a1", None, &text("acme:k"), q, now)
+            .unwrap_err();
+        assert_eq!(rej.reason, RejectReason::RateLimited);
+        for _ in 0..3 {
+            assert!(r.admit("tok-a2", None, &text("k"), q, now).is_err());
+        }
+        // Raising the tenant's limit keeps its bucket and refunded the
+        // app's tokens: a2 still has one left.
+        cat.version += 1;
+        cat.tenants.get_mut("acme").unwrap().config.limits = rps(1000, 1000, None);
+        let r2 = Routing::build(&cat, &r, &ctx);
+        assert!(Arc::ptr_eq(
+            &r.tenants["acme"].quota,
+            &r2.tenants["acme"].quota
+        ));
+        let later = Now {
+            instant: t0 + Duration::from_millis(5),
+            unix_ms: 0,
+        };
+        assert!(r2.admit("tok-a2", None, &text("k"), q, later).is_ok());
+        assert!(r2.admit("tok-a2", None, &text("k"), q, later).is_err());
+        // Apps and tenants that leave lose their state.
+        cat.apps.remove("a2");
+        cat.tenants.remove("beta");
+        let _r3 = Routing::build(&cat, &r2, &ctx);
+        assert_eq!(q.len(), (1, 4));
+    }
+
+    #[test]
+    fn metric_labels_are_capped() {
+        let mut cfg = RouterConfig::new("http://m", "t");
+        cfg.metrics_max_tenant_apps = 2;
+        let ctx = RouterContext::new(&cfg);
+        let r = Routing::build(&catalog(), &Routing::default(), &ctx);
+        // By id order: a1 and a2 get labels, the rest are `_other`.
+        let label = |tok: &str| {
+            let pm = &r.authenticate(tok, 0).unwrap().metrics;
+            (pm.tenant().to_string(), pm.app().to_string())
+        };
+        assert_eq!(label("tok-a1"), ("acme".into(), "a1".into()));
+        assert_eq!(label("tok-a2"), ("acme".into(), "a2".into()));
+        assert_eq!(label("tok-n1"), (OTHER.into(), OTHER.into()));
+        assert_eq!(r.tenants["acme"].metric_label, "acme");
+        assert_eq!(r.tenants["beta"].metric_label, OTHER);
+    }
+
+    #[test]
+    fn tenant_pools_follow_the_catalog() {
+        let ctx = ctx();
+        let mut cat = catalog();
+        let r = Routing::build(&cat, &Routing::default(), &ctx);
+        let s1 = Arc::clone(&r.shards["s1"]);
+        let acme = &r.tenants["acme"];
+        let pool = s1.pool_for(acme);
+        assert!(pool.ptr_eq(&s1.pool_for(acme)));
+        assert_eq!(pool.config().max_size, 8);
+        assert_eq!(s1.tenants_with_pools(), ["acme"]);
+
+        // A new password: the pool is closed and replaced on next use.
+        cat.version += 1;
+        cat.tenants.get_mut("acme").unwrap().role_password = "new".into();
+        let r2 = Routing::build(&cat, &r, &ctx);
+        assert!(Arc::ptr_eq(&s1, &r2.shards["s1"]));
+        assert!(pool.is_closed());
+        assert!(s1.tenants_with_pools().is_empty());
+        let fresh = s1.pool_for(&r2.tenants["acme"]);
+        assert!(!fresh.ptr_eq(&pool));
+        // A request still holding the older catalog uses the newer pool.
+        assert!(s1.pool_for(acme).ptr_eq(&fresh));
+
+        // The tenant's own pool size applies.
+        cat.version += 1;
+        cat.tenants
+            .get_mut("acme")
+            .unwrap()
+            .config
+            .max_connections_per_shard = Some(3);
+        let r3 = Routing::build(&cat, &r2, &ctx);
+        assert!(fresh.is_closed());
+        assert_eq!(s1.pool_for(&r3.tenants["acme"]).config().max_size, 3);
+
+        // Empty pools are reaped after the idle timeout (two passes).
+        assert_eq!(r3.reap_pools(Duration::from_secs(60), Instant::now()), 0);
+        let later = Instant::now() + Duration::from_secs(61);
+        assert_eq!(r3.reap_pools(Duration::from_secs(60), later), 1);
+        assert!(s1.tenants_with_pools().is_empty());
+
+        // A new primary: a new target; the old one is closed.
+        s1.pool_for(&r3.tenants["acme"]);
+        cat.version += 1;
+        cat.shards.get_mut("s1").unwrap().generation = 2;
+        let r4 = Routing::build(&cat, &r3, &ctx);
+        assert!(!Arc::ptr_eq(&s1, &r4.shards["s1"]));
+        assert!(s1.is_closed());
+        assert!(s1.tenants_with_pools().is_empty());
+        // Deleting tenants lose their pools.
+        let s1 = Arc::clone(&r4.shards["s1"]);
+        s1.pool_for(&r4.tenants["acme"]);
+        cat.version += 1;
+        cat.tenants.get_mut("acme").unwrap().state = TenantState::Deleting;
+        let _r5 = Routing::build(&cat, &r4, &ctx);
+        assert!(s1.tenants_with_pools().is_empty());
+    }
 
     #[test]
     fn types_keys() {

@@ -1,14 +1,17 @@
 //! A whole shardline in-process for integration tests: N throwaway
 //! PostgreSQL shards, a manager (file catalog in a temp dir) and a router,
-//! both on loopback port 0, keyspace `default` over the shards and one
-//! client app.
+//! both on loopback port 0, keyspace `default` over the shards, tenant
+//! `default` in it and one client app of that tenant.
 
 #![allow(dead_code)]
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use shardline_api::manager::{CreateAppRequest, CreateKeyspaceRequest, RegisterShardRequest};
+use shardline_api::manager::{
+    CreateAppRequest, CreateKeyspaceRequest, CreateTenantRequest, RegisterShardRequest,
+};
+use shardline_api::router::{ExecuteRequest, ExecuteResponse, ShardKeyValue};
 use shardline_client::{ManagerClient, RouterClient};
 use shardline_testkit::PgCluster;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +36,10 @@ pub struct Stack {
 /// Options of a test stack.
 pub struct StackOptions {
     pub shards: usize,
+    /// Shards registered (as `spare0`, `spare1`, ...) but in no keyspace,
+    /// reserved for `spare_for` if set.
+    pub spare: usize,
+    pub spare_for: Option<String>,
     pub statement_timeout: Duration,
     pub body_limit: usize,
 }
@@ -41,6 +48,8 @@ impl Default for StackOptions {
     fn default() -> Self {
         Self {
             shards: 2,
+            spare: 0,
+            spare_for: None,
             statement_timeout: Duration::from_secs(10),
             body_limit: 1024 * 1024,
         }
@@ -109,7 +118,7 @@ where
 impl Stack {
     pub async fn start(opts: StackOptions) -> Stack {
         let mut shards = Vec::new();
-        for _ in 0..opts.shards {
+        for _ in 0..opts.shards + opts.spare {
             shards.push(PgCluster::start().await.expect("start shard"));
         }
         let dir = tempfile::tempdir().unwrap();
@@ -117,12 +126,17 @@ impl Stack {
             start_manager(manager_config(dir.path())).await;
         let admin = ManagerClient::new(&manager_url, Some(ADMIN_TOKEN.into())).unwrap();
         for (i, pg) in shards.iter().enumerate() {
+            let spare = i >= opts.shards;
             admin
                 .register_shard(&RegisterShardRequest {
-                    id: format!("s{i}"),
+                    id: if spare {
+                        format!("spare{}", i - opts.shards)
+                    } else {
+                        format!("s{i}")
+                    },
                     primary: pg.dsn(),
                     replicas: vec![],
-                    tenant: None,
+                    tenant: if spare { opts.spare_for.clone() } else { None },
                 })
                 .await
                 .unwrap();
@@ -131,7 +145,14 @@ impl Stack {
             .create_keyspace(&CreateKeyspaceRequest {
                 name: "default".into(),
                 key_type: Default::default(),
-                shards: (0..shards.len()).map(|i| format!("s{i}")).collect(),
+                shards: (0..opts.shards).map(|i| format!("s{i}")).collect(),
+            })
+            .await
+            .unwrap();
+        admin
+            .create_tenant(&CreateTenantRequest {
+                id: "default".into(),
+                ..CreateTenantRequest::default()
             })
             .await
             .unwrap();
@@ -144,10 +165,7 @@ impl Stack {
             .unwrap();
         let (router_url, router_stop, router_task) = start_router(&manager_url, &opts).await;
         let router = RouterClient::new(&router_url, Some(app.token.clone())).unwrap();
-        let ready = eventually(Duration::from_secs(10), || async {
-            router.route("default", "probe").await.is_ok()
-        })
-        .await;
+        let ready = wait_for_token(&router).await;
         assert!(ready, "router did not load the catalog");
         Stack {
             shards,
@@ -161,6 +179,32 @@ impl Stack {
             manager_task: Some(manager_task),
             router_task: Some(router_task),
             dir,
+        }
+    }
+
+    /// Creates a tenant (from `req`) and one app of it; returns a router
+    /// client holding the app's token, once the router knows the app.
+    pub async fn tenant(&self, req: CreateTenantRequest) -> Tenant {
+        let id = req.id.clone();
+        self.admin.create_tenant(&req).await.expect("create tenant");
+        let app = self
+            .admin
+            .create_app(&CreateAppRequest {
+                name: format!("{id}-app"),
+                tenant: Some(id.clone()),
+                ..CreateAppRequest::default()
+            })
+            .await
+            .expect("create app");
+        let router = RouterClient::new(&self.router_url, Some(app.token.clone())).unwrap();
+        assert!(
+            wait_for_token(&router).await,
+            "router did not learn app of {id}"
+        );
+        Tenant {
+            id,
+            token: app.token,
+            router,
         }
     }
 
@@ -188,6 +232,56 @@ impl Stack {
             t.await.unwrap().unwrap();
         }
     }
+}
+
+/// A tenant made by [`Stack::tenant`].
+pub struct Tenant {
+    pub id: String,
+    pub token: String,
+    pub router: RouterClient,
+}
+
+impl Tenant {
+    /// Runs one statement in the tenant's own keyspace.
+    pub async fn exec(
+        &self,
+        key: &str,
+        sql: &str,
+        params: Vec<Value>,
+    ) -> Result<ExecuteResponse, shardline_client::ClientError> {
+        self.router
+            .execute(&ExecuteRequest {
+                keyspace: None,
+                shard_key: ShardKeyValue::Text(key.into()),
+                sql: sql.into(),
+                params,
+                consistency: Default::default(),
+            })
+            .await
+    }
+}
+
+/// Waits until the router accepts the client's token (it learns new apps
+/// from the catalog within milliseconds).
+pub async fn wait_for_token(router: &RouterClient) -> bool {
+    eventually(Duration::from_secs(10), || async {
+        !matches!(
+            router
+                .execute(&ExecuteRequest {
+                    keyspace: None,
+                    shard_key: ShardKeyValue::Text("probe".into()),
+                    sql: "SELECT 1".into(),
+                    params: vec![],
+                    consistency: Default::default(),
+                })
+                .await,
+            Err(shardline_client::ClientError::Api {
+                status: 401 | 503,
+                ..
+            })
+        )
+    })
+    .await
 }
 
 /// A raw HTTP answer: status, headers, body as JSON (or null).

@@ -138,6 +138,14 @@ pub fn from_pool_error(e: &PoolError) -> ApiError {
             "the shard's connection settings are invalid",
         )
         .with_retry_after(5),
+        PoolError::BudgetExhausted(waited) => ApiError::new(
+            ErrorCode::ShardUnavailable,
+            format!(
+                "this router's connections to the shard are all in use (waited {} ms)",
+                waited.as_millis()
+            ),
+        )
+        .with_retry_after(RETRY_AFTER_SECS),
         PoolError::Connect(source) => from_connect_error(source),
     }
 }

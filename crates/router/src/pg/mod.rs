@@ -3,14 +3,16 @@
 //! of PostgreSQL errors to the API's error body.
 //!
 //! # Layout
-//! - [`pool`]: a bounded pool per PostgreSQL instance, with a per
-//!   connection prepared-statement cache.
+//! - [`pool`]: a bounded pool per PostgreSQL instance and login, with a
+//!   per connection prepared-statement cache.
+//! - [`budget`]: a bound on the connections of all pools to one server.
 //! - [`exec`]: runs one statement or a transaction on a pooled connection.
 //! - [`values`]: JSON parameters → binary values, binary rows → JSON.
 //! - [`numeric`]: exact `numeric` binary encoding and decoding.
 //! - [`datetime`]: date, time, timestamp and interval text forms.
 //! - [`error`]: PostgreSQL and pool errors → [`shardline_api::ApiError`].
 
+pub mod budget;
 pub mod datetime;
 pub mod error;
 pub mod exec;
@@ -18,6 +20,7 @@ pub mod numeric;
 pub mod pool;
 pub mod values;
 
+pub use budget::ConnBudget;
 pub use error::{from_pg_error, from_pool_error};
 pub use exec::{
     check_statement, execute, execute_with, transaction, transaction_with, ResultLimits,

@@ -14,6 +14,11 @@
 //! still be running the statement or hold an open transaction: it is
 //! closed, and a cancel request is sent so PostgreSQL stops the statement
 //! now rather than when it notices the closed socket.
+//!
+//! Several pools to one server may share a [`ConnBudget`]: every
+//! connection then also holds one of the budget's permits for its life,
+//! and a pool that finds the budget used up closes another pool's idle
+//! connection to make room (see [`super::budget`]).
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -23,6 +28,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::{Client, NoTls, Statement};
+
+use super::budget::{pool_addr, ConnBudget, IdleSource};
 
 /// Pool settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +89,11 @@ pub enum PoolError {
     /// The DSN does not parse. The text says what is wrong, never the DSN.
     #[error("invalid DSN: {0}")]
     InvalidDsn(String),
+    /// The connection budget shared with the other pools to the same
+    /// server stayed used up (and no idle connection could be closed)
+    /// for the whole acquire timeout.
+    #[error("the server's connection budget stayed used up for {0:?}")]
+    BudgetExhausted(Duration),
 }
 
 /// A snapshot of the pool for metrics.
@@ -112,6 +124,7 @@ struct Inner {
     closed: AtomicBool,
     open: Arc<AtomicUsize>,
     waiting: AtomicUsize,
+    budget: Option<Arc<ConnBudget>>,
 }
 
 impl Inner {
@@ -121,12 +134,35 @@ impl Inner {
     }
 }
 
+impl IdleSource for Inner {
+    fn oldest_idle(&self) -> Option<Instant> {
+        // Most recently used last: the first is the longest idle.
+        self.idle().first().map(|c| c.idle_since)
+    }
+
+    fn close_oldest_idle(&self) -> bool {
+        let conn = {
+            let mut idle = self.idle();
+            if idle.is_empty() {
+                return false;
+            }
+            idle.remove(0)
+        };
+        // Dropped outside the lock; its budget permit goes with it.
+        drop(conn);
+        true
+    }
+}
+
 /// One open connection with its statement cache.
 struct Conn {
     client: Client,
     cache: StatementCache,
     idle_since: Instant,
     _open: OpenGuard,
+    // Dropped after the client, so the budget counts the connection
+    // until it is closed.
+    _budget: Option<OwnedSemaphorePermit>,
 }
 
 /// Counts a connection as open for as long as it lives.
@@ -150,8 +186,19 @@ impl Drop for WaitGuard<'_> {
 impl Pool {
     /// A pool for `dsn` (key/value or URL form). Opens no connection.
     pub fn new(dsn: &str, cfg: PoolConfig) -> Result<Pool, PoolError> {
-        let mut pg = tokio_postgres::Config::from_str(dsn)
+        let pg = tokio_postgres::Config::from_str(dsn)
             .map_err(|e| PoolError::InvalidDsn(e.to_string()))?;
+        Ok(Self::from_config(pg, cfg, None))
+    }
+
+    /// A pool for connection settings parsed already, e.g. a shard's DSN
+    /// with another user and password; with `budget`, its connections
+    /// count against that budget. Opens no connection.
+    pub fn from_config(
+        mut pg: tokio_postgres::Config,
+        cfg: PoolConfig,
+        budget: Option<Arc<ConnBudget>>,
+    ) -> Pool {
         if let Some(t) = cfg.statement_timeout {
             let setting = format!("-c statement_timeout={}", t.as_millis().max(1));
             let options = match pg.get_options() {
@@ -167,22 +214,31 @@ impl Pool {
             pg.application_name("shardline-router");
         }
         let max = cfg.max_size.max(1);
-        Ok(Pool {
-            inner: Arc::new(Inner {
-                pg,
-                cfg,
-                permits: Arc::new(Semaphore::new(max)),
-                idle: Mutex::new(Vec::new()),
-                closed: AtomicBool::new(false),
-                open: Arc::new(AtomicUsize::new(0)),
-                waiting: AtomicUsize::new(0),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            pg,
+            cfg,
+            permits: Arc::new(Semaphore::new(max)),
+            idle: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
+            open: Arc::new(AtomicUsize::new(0)),
+            waiting: AtomicUsize::new(0),
+            budget,
+        });
+        if let Some(b) = &inner.budget {
+            let weak: std::sync::Weak<Inner> = Arc::downgrade(&inner);
+            b.register(weak);
+        }
+        Pool { inner }
     }
 
     /// The pool's settings.
     pub fn config(&self) -> &PoolConfig {
         &self.inner.cfg
+    }
+
+    /// Whether both handles are of the same pool.
+    pub fn ptr_eq(&self, other: &Pool) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     /// A connection: an idle one if any is healthy, else a new one when
@@ -193,6 +249,7 @@ impl Pool {
         if inner.closed.load(Ordering::Acquire) {
             return Err(PoolError::Closed);
         }
+        let deadline = tokio::time::Instant::now() + inner.cfg.acquire_timeout;
         let permit = {
             inner.waiting.fetch_add(1, Ordering::AcqRel);
             let _waiting = WaitGuard(&inner.waiting);
@@ -223,12 +280,22 @@ impl Pool {
             }
             return Ok(PooledConn::new(conn, inner.clone(), permit));
         }
-        let conn = self.connect().await?;
+        let conn = self.connect(deadline).await?;
         Ok(PooledConn::new(conn, inner.clone(), permit))
     }
 
-    async fn connect(&self) -> Result<Conn, PoolError> {
+    async fn connect(&self, deadline: tokio::time::Instant) -> Result<Conn, PoolError> {
         let inner = &self.inner;
+        let budget = match &inner.budget {
+            Some(b) => {
+                let me = pool_addr(Arc::as_ptr(inner));
+                match b.acquire(me, deadline).await {
+                    Some(p) => Some(p),
+                    None => return Err(PoolError::BudgetExhausted(inner.cfg.acquire_timeout)),
+                }
+            }
+            None => None,
+        };
         let timeout = inner.cfg.connect_timeout;
         let (client, connection) =
             match tokio::time::timeout(timeout, inner.pg.connect(NoTls)).await {
@@ -253,6 +320,7 @@ impl Pool {
             cache: StatementCache::new(inner.cfg.statement_cache_capacity),
             idle_since: Instant::now(),
             _open: OpenGuard(inner.open.clone()),
+            _budget: budget,
         })
     }
 

@@ -1,0 +1,167 @@
+//! Schema migrations of a keyspace. A migration is applied for every
+//! active tenant of the keyspace on every shard of it (as the tenant's
+//! role, in its schema), then recorded in the keyspace, so that tenants
+//! created later and shards joining later get it too.
+
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use shardline_api::manager::{
+    ApplyMigrationRequest, MigrationOutcome, MigrationResult, ShardMigrationStatus,
+};
+use shardline_core::auth::hex;
+use shardline_core::catalog::{keys, Keyspace, Migration, Tenant, TenantState};
+
+use crate::error::ServiceError;
+use crate::service::{decode, put, CatalogService};
+use crate::{checks, pg, tenant_pg};
+
+/// Hex SHA-256 of a migration's SQL.
+pub fn checksum(sql: &str) -> String {
+    hex(&Sha256::digest(sql.as_bytes()))
+}
+
+/// Applies a named migration for every active tenant on every shard of a
+/// keyspace and records it in the keyspace once all have it. A keyspace
+/// without tenants only records it. On any failure nothing is recorded
+/// and the first error is returned (tenants that got it keep it; applying
+/// again skips them).
+pub async fn apply_migration(
+    svc: &CatalogService,
+    keyspace: &str,
+    req: &ApplyMigrationRequest,
+    connect_timeout: Duration,
+) -> Result<MigrationResult, ServiceError> {
+    checks::name("migration", &req.name)?;
+    if req.sql.trim().is_empty() {
+        return Err(ServiceError::Invalid("migration SQL is empty".into()));
+    }
+    let migration = Migration {
+        name: req.name.clone(),
+        checksum: checksum(&req.sql),
+        sql: req.sql.clone(),
+    };
+    // No tenant is created or dropped while this runs, so each either
+    // gets the migration here or at its creation.
+    let _work = svc.lock_tenant_work().await;
+    let cat = svc.current();
+    let Some(ks) = cat.catalog.keyspaces.get(keyspace) else {
+        return Err(ServiceError::NotFound(format!("no keyspace {keyspace}")));
+    };
+    if let Some(prev) = ks.migrations.iter().find(|m| m.name == migration.name) {
+        if prev.checksum != migration.checksum {
+            return Err(ServiceError::Conflict(format!(
+                "migration {} was applied with checksum {}; this SQL has checksum {}: \
+                 migrations cannot change, add a new one",
+                migration.name, prev.checksum, migration.checksum
+            )));
+        }
+    }
+    let tenants: Vec<&Tenant> = cat
+        .catalog
+        .tenants
+        .values()
+        .filter(|t| t.keyspace == keyspace && t.state == TenantState::Active)
+        .collect();
+    let shard_ids = checks::keyspace_shards(&cat.catalog, keyspace);
+    let runs = shard_ids.iter().map(|id| {
+        let dsn = cat.catalog.shards.get(id).map(|s| s.primary.dsn.clone());
+        let (migration, tenants) = (&migration, &tenants);
+        async move {
+            let res = match dsn {
+                Some(dsn) => migrate_shard(id, &dsn, tenants, migration, connect_timeout).await,
+                None => Err(ServiceError::NotFound(format!(
+                    "shard {id} is not registered"
+                ))),
+            };
+            (id.clone(), res)
+        }
+    });
+    let results = futures_util::future::join_all(runs).await;
+    let mut statuses = Vec::new();
+    let mut first_error = None;
+    for (shard, res) in results {
+        match res {
+            Ok(outcome) => statuses.push(ShardMigrationStatus {
+                shard,
+                outcome,
+                error: None,
+            }),
+            Err(e) => {
+                statuses.push(ShardMigrationStatus {
+                    shard,
+                    outcome: MigrationOutcome::Failed,
+                    error: Some(e.to_string()),
+                });
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        let failed: Vec<&ShardMigrationStatus> = statuses
+            .iter()
+            .filter(|s| s.outcome == MigrationOutcome::Failed)
+            .collect();
+        tracing::warn!(keyspace, migration = %migration.name, ?failed, "migration failed on some shards");
+        return Err(e);
+    }
+    record_migration(svc, keyspace, &migration).await?;
+    Ok(MigrationResult {
+        name: migration.name,
+        checksum: migration.checksum,
+        shards: statuses,
+    })
+}
+
+/// Applies a migration for each tenant on one shard: `Applied` if any
+/// tenant got it now (or there are no tenants: it is the keyspace's from
+/// now on), `AlreadyApplied` if all had it.
+async fn migrate_shard(
+    shard: &str,
+    dsn: &str,
+    tenants: &[&Tenant],
+    migration: &Migration,
+    timeout: Duration,
+) -> Result<MigrationOutcome, ServiceError> {
+    if tenants.is_empty() {
+        return Ok(MigrationOutcome::Applied);
+    }
+    let client = pg::connect_shard(shard, dsn, timeout).await?;
+    tenant_pg::prepare_database(&client, shard).await?;
+    let mut outcome = MigrationOutcome::AlreadyApplied;
+    for t in tenants {
+        if tenant_pg::apply_migration(&client, shard, dsn, t, migration, timeout).await?
+            == MigrationOutcome::Applied
+        {
+            outcome = MigrationOutcome::Applied;
+        }
+    }
+    Ok(outcome)
+}
+
+async fn record_migration(
+    svc: &CatalogService,
+    keyspace: &str,
+    migration: &Migration,
+) -> Result<(), ServiceError> {
+    let key = keys::keyspace(keyspace);
+    svc.update(std::slice::from_ref(&key), |seen| {
+        let Some(entry) = &seen[&key] else {
+            return Err(ServiceError::NotFound(format!("no keyspace {keyspace}")));
+        };
+        let mut ks: Keyspace = decode(entry)?;
+        match ks.migrations.iter().find(|m| m.name == migration.name) {
+            Some(m) if m.checksum == migration.checksum => return Ok(Vec::new()),
+            Some(_) => {
+                return Err(ServiceError::Conflict(format!(
+                    "migration {} was recorded concurrently with other SQL",
+                    migration.name
+                )))
+            }
+            None => ks.migrations.push(migration.clone()),
+        }
+        Ok(vec![put(key.clone(), &ks)])
+    })
+    .await
+    .map(|_| ())
+}

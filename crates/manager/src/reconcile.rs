@@ -1,0 +1,132 @@
+//! The tenant reconciler: compares what each reachable shard holds (login
+//! roles owning their schemas, migrations recorded per tenant) with what
+//! the catalog wants (every active tenant of the shard's keyspace, with
+//! all of the keyspace's migrations) and closes the gap: a shard that
+//! joined later, was restored from an old backup, or lost a role.
+//!
+//! A shard is looked at when the catalog changes and at least every
+//! [`RECHECK`] otherwise, so an idle fleet costs two queries per shard
+//! per period.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use shardline_core::catalog::{Shard, TenantState};
+use shardline_core::Catalog;
+
+use crate::error::ServiceError;
+use crate::health::HealthTable;
+use crate::service::CatalogService;
+use crate::{checks, pg, tenant_pg};
+
+/// Longest time between two looks at an unchanged shard.
+pub const RECHECK: Duration = Duration::from_secs(10);
+
+/// When each shard was last found in order.
+#[derive(Default)]
+pub struct Reconciler {
+    checked: HashMap<String, (u64, Instant)>,
+}
+
+impl Reconciler {
+    /// One pass over every shard whose primary answered its last check.
+    pub async fn pass(&mut self, svc: &CatalogService, health: &HealthTable, timeout: Duration) {
+        let published = svc.current();
+        let cat = &published.catalog;
+        self.checked.retain(|id, _| cat.shards.contains_key(id));
+        for ks in cat.keyspaces.values() {
+            let has_tenants = cat
+                .tenants
+                .values()
+                .any(|t| t.keyspace == ks.name && t.state == TenantState::Active);
+            if !has_tenants {
+                continue;
+            }
+            for id in checks::keyspace_shards(cat, &ks.name) {
+                let Some(shard) = cat.shards.get(&id) else {
+                    continue;
+                };
+                let fresh = self
+                    .checked
+                    .get(&id)
+                    .is_some_and(|(v, at)| *v == cat.version && at.elapsed() < RECHECK);
+                if fresh || !health.get(&shard.primary.dsn).is_some_and(|h| h.up) {
+                    continue;
+                }
+                match reconcile_shard(svc, cat, shard, &ks.name, timeout).await {
+                    Ok(()) => {
+                        self.checked.insert(id, (cat.version, Instant::now()));
+                    }
+                    Err(ServiceError::Contended) => {
+                        tracing::debug!(shard = %id, "tenant work in progress; reconcile later")
+                    }
+                    Err(e) => {
+                        tracing::warn!(shard = %id, error = %e, "bring tenants up to date on shard")
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Brings every active tenant of `keyspace` up to date on one shard.
+async fn reconcile_shard(
+    svc: &CatalogService,
+    cat: &Catalog,
+    shard: &Shard,
+    keyspace: &str,
+    timeout: Duration,
+) -> Result<(), ServiceError> {
+    let client = pg::connect_shard(&shard.id, &shard.primary.dsn, timeout).await?;
+    let seen = tenant_pg::observe(&client, &shard.id).await?;
+    let want = cat
+        .keyspaces
+        .get(keyspace)
+        .map(|k| k.migrations.len())
+        .unwrap_or_default();
+    let behind: Vec<String> = cat
+        .tenants
+        .values()
+        .filter(|t| t.keyspace == keyspace && t.state == TenantState::Active)
+        .filter(|t| {
+            !seen.provisioned.contains(&t.pg_name())
+                || seen.migrations.get(&t.id).copied().unwrap_or_default() < want
+        })
+        .map(|t| t.id.clone())
+        .collect();
+    if behind.is_empty() {
+        return Ok(());
+    }
+    tenant_pg::prepare_database(&client, &shard.id).await?;
+    for id in behind {
+        // Decided again under the lock, on the catalog of now: the
+        // tenant may have been deleted or its keyspace changed meanwhile.
+        // Busy (a create, delete or migration runs): try on a later pass.
+        let Some(_work) = svc.try_lock_tenant_work() else {
+            return Err(ServiceError::Contended);
+        };
+        let now = svc.current();
+        let Some(t) = now.catalog.tenants.get(&id) else {
+            continue;
+        };
+        let Some(ks) = now.catalog.keyspaces.get(&t.keyspace) else {
+            continue;
+        };
+        if t.state != TenantState::Active
+            || !checks::keyspace_shards(&now.catalog, &ks.name).contains(&shard.id)
+        {
+            continue;
+        }
+        tenant_pg::ensure_tenant(
+            &client,
+            &shard.id,
+            &shard.primary.dsn,
+            t,
+            &ks.migrations,
+            timeout,
+        )
+        .await?;
+        tracing::info!(tenant = %id, shard = %shard.id, "brought tenant up to date on shard");
+    }
+    Ok(())
+}

@@ -1,0 +1,269 @@
+//! Migrations per tenant: applied as each tenant's role in its schema, in
+//! its database, on every shard, recorded in the keyspace, caught up by tenants created
+//! later, by shards joining later, and by the reconciler on a shard that
+//! lost a tenant.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{
+    assert_provisioned, eventually, shard_count, table_owner, table_owner_in, tenant_db,
+    tenant_records, Harness, TIMEOUT,
+};
+use shardline_api::manager::{ApplyMigrationRequest, CreateTenantRequest, MigrationOutcome};
+use shardline_manager::error::ServiceError;
+use shardline_manager::health::{HealthSettings, HealthTable};
+use shardline_manager::{health, migrations, ops, tenants};
+
+fn migration(name: &str, sql: &str) -> ApplyMigrationRequest {
+    ApplyMigrationRequest {
+        name: name.into(),
+        sql: sql.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applied_per_tenant_and_caught_up_by_new_tenants() {
+    let h = Harness::start(2).await;
+    h.keyspace("default", &["s0", "s1"]).await;
+    h.shared_tenant("a", "default").await;
+    h.shared_tenant("b", "default").await;
+    let req = migration("001", "CREATE TABLE items (id int PRIMARY KEY, v text)");
+    let res = migrations::apply_migration(&h.svc, "default", &req, TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(res.shards.len(), 2, "one entry per shard");
+    assert!(res
+        .shards
+        .iter()
+        .all(|s| s.outcome == MigrationOutcome::Applied));
+    for pg in &h.shards {
+        for t in ["a", "b"] {
+            let role = format!("tenant_{t}");
+            assert_eq!(
+                table_owner(pg, t, "items").await.as_deref(),
+                Some(role.as_str()),
+                "items in {role}'s schema and database, owned by its role"
+            );
+            assert_eq!(table_owner_in(pg, &role, "public", "items").await, None);
+            assert_eq!(tenant_records(pg, t).await, ["001"]);
+            assert_eq!(shard_count(pg, t).await, Some(1));
+        }
+        assert_eq!(
+            table_owner_in(pg, "postgres", "public", "items").await,
+            None
+        );
+    }
+    let again = migrations::apply_migration(&h.svc, "default", &req, TIMEOUT)
+        .await
+        .unwrap();
+    assert!(again
+        .shards
+        .iter()
+        .all(|s| s.outcome == MigrationOutcome::AlreadyApplied));
+    let changed = migrations::apply_migration(
+        &h.svc,
+        "default",
+        &migration("001", "CREATE TABLE other (id int)"),
+        TIMEOUT,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(changed, ServiceError::Conflict(_)), "{changed}");
+
+    // A migration runs with the tenant's rights only, in its database:
+    // writing outside its schema or forging its own record is refused
+    // (tenant a goes first and stops the shard's run), another tenant's
+    // schema is not even there, and nothing is recorded.
+    for (sql, state) in [
+        ("CREATE TABLE public.planted (id int)", "42501"),
+        (
+            "INSERT INTO shardline.tenant_migrations (tenant, name, checksum) \
+             VALUES ('a', '009', 'forged')",
+            "42501",
+        ),
+        ("CREATE TABLE tenant_b.planted (id int)", "3F000"),
+    ] {
+        let reach = migrations::apply_migration(&h.svc, "default", &migration("002", sql), TIMEOUT)
+            .await
+            .unwrap_err();
+        match &reach {
+            ServiceError::Statement { sqlstate, .. } => {
+                assert_eq!(sqlstate.as_deref(), Some(state), "{sql}: {reach}")
+            }
+            other => panic!("{sql}: expected a statement error, got {other}"),
+        }
+    }
+    for pg in &h.shards {
+        for t in ["a", "b"] {
+            let db = format!("tenant_{t}");
+            assert_eq!(table_owner_in(pg, &db, "public", "planted").await, None);
+            assert_eq!(table_owner_in(pg, &db, "tenant_b", "planted").await, None);
+            assert_eq!(
+                tenant_records(pg, t).await,
+                ["001"],
+                "no 002, no forged 009"
+            );
+            assert_eq!(shard_count(pg, t).await, Some(1));
+        }
+    }
+    let names: Vec<String> = h.svc.current().catalog.keyspaces["default"]
+        .migrations
+        .iter()
+        .map(|m| m.name.clone())
+        .collect();
+    assert_eq!(names, ["001"]);
+
+    migrations::apply_migration(
+        &h.svc,
+        "default",
+        &migration("003", "ALTER TABLE items ADD COLUMN n int"),
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    // A tenant created now gets 001 and 003 on every shard.
+    h.shared_tenant("c", "default").await;
+    for pg in &h.shards {
+        assert_provisioned(pg, "c").await;
+        assert_eq!(tenant_records(pg, "c").await, ["001", "003"]);
+        assert_eq!(shard_count(pg, "c").await, Some(2));
+        assert_eq!(
+            table_owner(pg, "c", "items").await.as_deref(),
+            Some("tenant_c")
+        );
+        let c = tenant_db(pg, "c").await;
+        c.batch_execute("INSERT INTO tenant_c.items (id, v, n) VALUES (1, 'x', 2)")
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyspace_without_tenants_records_and_joining_shards_catch_up() {
+    let h = Harness::start(1).await;
+    h.keyspace("later", &[]).await;
+    let res = migrations::apply_migration(
+        &h.svc,
+        "later",
+        &migration("001", "CREATE TABLE late_t (id int)"),
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    assert!(res.shards.is_empty());
+    assert_eq!(
+        h.svc.current().catalog.keyspaces["later"].migrations.len(),
+        1
+    );
+    // A tenant in a keyspace without shards yet, then the shards arrive.
+    h.shared_tenant("acme", "later").await;
+    ops::set_initial_map(&h.svc, "later", &["s0".into()], TIMEOUT)
+        .await
+        .unwrap();
+    assert_provisioned(&h.shards[0], "acme").await;
+    assert_eq!(
+        table_owner(&h.shards[0], "acme", "late_t").await.as_deref(),
+        Some("tenant_acme")
+    );
+    assert_eq!(tenant_records(&h.shards[0], "acme").await, ["001"]);
+    assert_eq!(shard_count(&h.shards[0], "acme").await, Some(1));
+    // Unknown keyspace: 404; empty SQL: 400.
+    let e = migrations::apply_migration(&h.svc, "nope", &migration("001", "SELECT 1"), TIMEOUT)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ServiceError::NotFound(_)), "{e}");
+    let e = migrations::apply_migration(&h.svc, "later", &migration("002", "  "), TIMEOUT)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ServiceError::Invalid(_)), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciler_restores_a_tenant_a_shard_lost() {
+    let h = Harness::start(2).await;
+    h.keyspace("default", &["s0", "s1"]).await;
+    tenants::create_tenant(
+        &h.svc,
+        &CreateTenantRequest {
+            id: "acme".into(),
+            ..Default::default()
+        },
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    migrations::apply_migration(
+        &h.svc,
+        "default",
+        &migration("001", "CREATE TABLE items (id int)"),
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    // s1 loses the tenant altogether (as if restored from a backup older
+    // than it): database, role and its row in the shard's tenants table.
+    let c = h.shards[1].connect().await.unwrap();
+    // DROP DATABASE must run alone (not in a multi-statement batch).
+    for sql in [
+        "DROP DATABASE tenant_acme WITH (FORCE)",
+        "DROP ROLE tenant_acme",
+        "DELETE FROM shardline.tenants WHERE tenant = 'acme'",
+    ] {
+        c.batch_execute(sql).await.unwrap();
+    }
+    common::assert_absent(&h.shards[1], "acme").await;
+    // s0 loses only the database: its role and a row saying it is up to
+    // date remain, so only the database's absence gives it away.
+    let c = h.shards[0].connect().await.unwrap();
+    c.batch_execute("DROP DATABASE tenant_acme WITH (FORCE)")
+        .await
+        .unwrap();
+    assert!(!common::database_exists(&h.shards[0], "tenant_acme").await);
+    assert_eq!(shard_count(&h.shards[0], "acme").await, Some(1));
+
+    let table = Arc::new(HealthTable::default());
+    let gauge = shardline_metrics::Registry::new().gauge(
+        "shard_health_status",
+        "h",
+        &["shard", "instance", "role"],
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(health::run(
+        Arc::clone(&h.svc),
+        table,
+        gauge,
+        HealthSettings {
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_secs(1),
+        },
+        stop.clone(),
+    ));
+    let restored = eventually(Duration::from_secs(20), || async {
+        for pg in &h.shards {
+            if table_owner(pg, "acme", "items").await.is_none()
+                || shard_count(pg, "acme").await != Some(1)
+            {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap();
+    assert!(
+        restored,
+        "the reconciler re-provisions and re-migrates the tenant"
+    );
+    for pg in &h.shards {
+        assert_provisioned(pg, "acme").await;
+        assert_eq!(tenant_records(pg, "acme").await, ["001"]);
+        assert_eq!(
+            table_owner(pg, "acme", "items").await.as_deref(),
+            Some("tenant_acme")
+        );
+    }
+}

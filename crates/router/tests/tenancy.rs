@@ -1,0 +1,557 @@
+//! Tenancy against real PostgreSQL: pools log in as the tenant's role,
+//! the per-shard connection budget is shared and evicts idle connections,
+//! pools follow password changes, and the HTTP API enforces tenant,
+//! keyspace, key prefix and quotas with bounded metrics.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use shardline_api::ErrorCode;
+use shardline_core::auth::token_hash;
+use shardline_core::catalog::{
+    App, Instance, Keyspace, Limits, Migration, Shard, Tenant, TenantConfig, TenantState,
+};
+use shardline_core::{Catalog, KeyType, ShardMap};
+use shardline_manager::tenant_pg;
+use shardline_router::pg::{from_pool_error, PoolError};
+use shardline_router::state::{RouterContext, Routing, RoutingCell};
+use shardline_router::RouterConfig;
+use shardline_testkit::PgCluster;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_postgres::{Client, NoTls};
+use tokio_util::sync::CancellationToken;
+
+/// Creates the tenants' roles, databases and schemas with the manager's
+/// own provisioning code.
+async fn provision(pg: &PgCluster, tenants: &[(&str, &str)]) -> anyhow::Result<()> {
+    let admin = pg.connect().await?;
+    tenant_pg::prepare_database(&admin, "s1").await?;
+    for (id, password) in tenants {
+        tenant_pg::provision(&admin, "s1", &pg.dsn(), &tenant(id, password), TIMEOUT).await?;
+    }
+    Ok(())
+}
+
+/// Applies `sql` for the tenant as the manager does (as its role, in its
+/// schema and database).
+async fn migrate(pg: &PgCluster, id: &str, password: &str, sql: &str) -> anyhow::Result<()> {
+    let admin = pg.connect().await?;
+    let m = Migration {
+        name: "001".into(),
+        checksum: shardline_manager::migrations::checksum(sql),
+        sql: sql.into(),
+    };
+    tenant_pg::apply_migration(&admin, "s1", &pg.dsn(), &tenant(id, password), &m, TIMEOUT).await?;
+    Ok(())
+}
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+fn tenant(id: &str, password: &str) -> Tenant {
+    Tenant {
+        id: id.into(),
+        name: id.into(),
+        keyspace: "shared".into(),
+        dedicated: false,
+        config: TenantConfig::default(),
+        role_password: password.into(),
+        state: TenantState::Active,
+        created_at: String::new(),
+    }
+}
+
+fn app(id: &str, tenant: &str, prefix: Option<&str>, limits: Limits) -> App {
+    App {
+        id: id.into(),
+        name: id.into(),
+        tenant: tenant.into(),
+        description: String::new(),
+        key_prefix: prefix.map(str::to_string),
+        limits,
+        token_hash: token_hash(&format!("tok-{id}")),
+        previous_token: None,
+        created_at: String::new(),
+    }
+}
+
+/// One text keyspace `shared` on shard `s1` at `dsn`.
+fn catalog(dsn: &str, tenants: Vec<Tenant>, apps: Vec<App>) -> Catalog {
+    let mut cat = Catalog {
+        version: 1,
+        ..Catalog::default()
+    };
+    cat.keyspaces.insert(
+        "shared".into(),
+        Keyspace {
+            name: "shared".into(),
+            key_type: KeyType::Text,
+            map: Some(ShardMap::even(&["s1".to_string()]).unwrap()),
+            migrations: vec![],
+        },
+    );
+    cat.shards.insert(
+        "s1".into(),
+        Shard {
+            id: "s1".into(),
+            keyspace: Some("shared".into()),
+            primary: Instance { dsn: dsn.into() },
+            replicas: vec![],
+            generation: 1,
+            reserved_for: None,
+        },
+    );
+    cat.tenants = tenants.into_iter().map(|t| (t.id.clone(), t)).collect();
+    cat.apps = apps
+        .into_iter()
+        .map(|a| (a.id.clone(), a))
+        .collect::<BTreeMap<_, _>>();
+    cat
+}
+
+fn config() -> RouterConfig {
+    let mut cfg = RouterConfig::new("http://127.0.0.1:1", "t");
+    cfg.acquire_timeout = Duration::from_millis(300);
+    cfg
+}
+
+async fn scalar(conn: &tokio_postgres::Client, sql: &str) -> anyhow::Result<String> {
+    Ok(conn.query_one(sql, &[]).await?.get(0))
+}
+
+#[tokio::test]
+async fn tenant_pools_log_in_as_the_tenant_role() -> anyhow::Result<()> {
+    let pg = PgCluster::start().await?;
+    provision(&pg, &[("acme", "pw-a"), ("beta", "pw-b")]).await?;
+    let ctx = RouterContext::new(&config());
+    let cat = catalog(
+        &pg.dsn(),
+        vec![tenant("acme", "pw-a"), tenant("beta", "pw-b")],
+        vec![],
+    );
+    let routing = Routing::build(&cat, &Routing::default(), &ctx);
+    let s1 = &routing.shards["s1"];
+
+    let acme = s1.pool_for(&routing.tenants["acme"]).get().await?;
+    assert_eq!(
+        scalar(&acme, "SELECT current_user::text").await?,
+        "tenant_acme"
+    );
+    assert_eq!(scalar(&acme, "SHOW search_path").await?, "tenant_acme");
+    assert_eq!(
+        scalar(&acme, "SELECT current_database()::text").await?,
+        "tenant_acme"
+    );
+    acme.batch_execute("CREATE TABLE items (id int)").await?;
+    let acme_db =
+        tokio_postgres::connect(&format!("{} dbname=tenant_acme", pg.dsn()), NoTls).await?;
+    tokio::spawn(acme_db.1);
+    let placed = scalar(&acme_db.0, "SELECT to_regclass('tenant_acme.items')::text").await?;
+    assert_eq!(placed, "tenant_acme.items");
+
+    let beta = s1.pool_for(&routing.tenants["beta"]).get().await?;
+    assert_eq!(
+        scalar(&beta, "SELECT current_user::text").await?,
+        "tenant_beta"
+    );
+    // beta is in its own database: acme's table is not even there, and
+    // beta may not connect to acme's database.
+    let err = beta
+        .batch_execute("SELECT * FROM tenant_acme.items")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42P01"), "{err}");
+    assert_eq!(
+        scalar(
+            &beta,
+            "SELECT has_database_privilege('tenant_acme', 'CONNECT')::text"
+        )
+        .await?,
+        "false"
+    );
+    let stats = s1.stats();
+    assert_eq!((stats.pools, stats.open, stats.in_use), (2, 2, 2));
+    Ok(())
+}
+
+/// Sessions of the tenant roles on the server now.
+async fn tenant_backends(admin: &Client) -> anyhow::Result<i64> {
+    Ok(admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename LIKE 'tenant\\_%'",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
+#[tokio::test]
+async fn shard_budget_is_shared_and_evicts_idle_connections() -> anyhow::Result<()> {
+    let pg = PgCluster::start().await?;
+    let admin = pg.connect().await?;
+    provision(&pg, &[("acme", "pw-a"), ("beta", "pw-b")]).await?;
+    let mut cfg = config();
+    cfg.shard_max_connections = 2;
+    cfg.tenant_pool_size = 2;
+    let ctx = RouterContext::new(&cfg);
+    let cat = catalog(
+        &pg.dsn(),
+        vec![tenant("acme", "pw-a"), tenant("beta", "pw-b")],
+        vec![],
+    );
+    let routing = Routing::build(&cat, &Routing::default(), &ctx);
+    let s1 = Arc::clone(&routing.shards["s1"]);
+    let acme = s1.pool_for(&routing.tenants["acme"]);
+    let beta = s1.pool_for(&routing.tenants["beta"]);
+
+    // acme fills the budget, then leaves both connections idle.
+    let (a, b) = (acme.get().await?, acme.get().await?);
+    drop((a, b));
+    assert_eq!((acme.stats().idle, s1.budget().open()), (2, 2));
+
+    // beta's first connection closes one of acme's idle ones.
+    let c = beta.get().await?;
+    assert_eq!(
+        scalar(&c, "SELECT current_user::text").await?,
+        "tenant_beta"
+    );
+    assert_eq!((acme.stats().size, beta.stats().size), (1, 1));
+    assert_eq!(s1.budget().open(), 2);
+
+    // Both connections in use: a third waits for the acquire timeout,
+    // then is a 503 with Retry-After.
+    let d = acme.get().await?;
+    let err = beta.get().await.err().unwrap();
+    assert!(matches!(err, PoolError::BudgetExhausted(_)), "{err:?}");
+    let api = from_pool_error(&err);
+    assert_eq!(
+        (api.code, api.http_status(), api.retry_after),
+        (ErrorCode::ShardUnavailable, 503, Some(1))
+    );
+
+    // A waiter gets room as soon as another tenant's connection goes
+    // idle: that one is closed for it.
+    let waiter = {
+        let beta = beta.clone();
+        tokio::spawn(async move {
+            let conn = beta.get().await?;
+            scalar(&conn, "SELECT current_user::text").await
+        })
+    };
+    // Wait (bounded) until it holds beta's second slot, i.e. it waits
+    // for the budget.
+    for _ in 0..200 {
+        if beta.stats().in_use == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(beta.stats().in_use, 2);
+    drop(d);
+    assert_eq!(waiter.await??, "tenant_beta");
+    assert_eq!(acme.stats().size, 0);
+    assert!(s1.budget().open() <= 2);
+    drop(c);
+
+    // The server never saw more than the budget (closing is quick but
+    // not instant: wait, bounded, for the count to settle).
+    let mut backends = tenant_backends(&admin).await?;
+    for _ in 0..100 {
+        if backends <= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        backends = tenant_backends(&admin).await?;
+    }
+    assert!(backends <= 2, "{backends} tenant sessions");
+    Ok(())
+}
+
+#[tokio::test]
+async fn pool_is_replaced_when_the_password_changes() -> anyhow::Result<()> {
+    let pg = PgCluster::start().await?;
+    // Passwords checked for everyone but the superuser.
+    std::fs::write(
+        pg.data_dir().join("pg_hba.conf"),
+        "local all all trust\n\
+         host all postgres 127.0.0.1/32 trust\n\
+         host all all 127.0.0.1/32 scram-sha-256\n",
+    )?;
+    let admin = pg.connect().await?;
+    admin.batch_execute("SELECT pg_reload_conf()").await?;
+    provision(&pg, &[("acme", "first")]).await?;
+    let ctx = RouterContext::new(&config());
+
+    // A wrong password is refused: the password matters.
+    let wrong = catalog(&pg.dsn(), vec![tenant("acme", "wrong")], vec![]);
+    let bad = Routing::build(&wrong, &Routing::default(), &RouterContext::new(&config()));
+    let err = bad.shards["s1"]
+        .pool_for(&bad.tenants["acme"])
+        .get()
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(
+        from_pool_error(&err).code,
+        ErrorCode::Unavailable,
+        "{err:?}"
+    );
+
+    let mut cat = catalog(&pg.dsn(), vec![tenant("acme", "first")], vec![]);
+    let r1 = Routing::build(&cat, &Routing::default(), &ctx);
+    let old = r1.shards["s1"].pool_for(&r1.tenants["acme"]);
+    let held = old.get().await?;
+    assert_eq!(
+        scalar(&held, "SELECT current_user::text").await?,
+        "tenant_acme"
+    );
+
+    // The manager sets a new password; the next catalog carries it.
+    admin
+        .batch_execute("ALTER ROLE tenant_acme PASSWORD 'second'")
+        .await?;
+    cat.version = 2;
+    cat.tenants.get_mut("acme").unwrap().role_password = "second".into();
+    let r2 = Routing::build(&cat, &r1, &ctx);
+    assert!(old.is_closed());
+    let new = r2.shards["s1"].pool_for(&r2.tenants["acme"]);
+    assert!(!new.ptr_eq(&old));
+    let conn = new.get().await?;
+    assert_eq!(
+        scalar(&conn, "SELECT current_user::text").await?,
+        "tenant_acme"
+    );
+    // The connection in use when the pool closed finishes its work, then
+    // is closed rather than returned.
+    assert_eq!(scalar(&held, "SELECT 'still'::text").await?, "still");
+    drop(held);
+    assert_eq!(old.stats().size, 0);
+    Ok(())
+}
+
+/// One HTTP/1.1 exchange: status, headers (lowercase names), body.
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> anyhow::Result<(u16, Vec<(String, String)>, String)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: router\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    stream.write_all(req.as_bytes()).await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    let text = String::from_utf8(raw)?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok((status, headers, body.to_string()))
+}
+
+fn error_code(body: &str) -> String {
+    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    v["error"]["code"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn http_api_enforces_tenants_and_quotas() -> anyhow::Result<()> {
+    let pg = PgCluster::start().await?;
+    provision(&pg, &[("acme", "pw-a"), ("beta", "pw-b")]).await?;
+    for (t, pw) in [("acme", "pw-a"), ("beta", "pw-b")] {
+        migrate(&pg, t, pw, "CREATE TABLE kv (k text PRIMARY KEY, v text)").await?;
+    }
+    let one_per_second = Limits {
+        requests_per_second: Some(1),
+        burst: Some(1),
+        ..Limits::default()
+    };
+    let mut cat = catalog(
+        &pg.dsn(),
+        vec![tenant("acme", "pw-a"), tenant("beta", "pw-b")],
+        vec![
+            app("a1", "acme", Some("acme:"), Limits::default()),
+            app("a2", "acme", None, one_per_second),
+            app("b1", "beta", None, Limits::default()),
+        ],
+    );
+    let ctx = Arc::new(RouterContext::new(&config()));
+    let cell = Arc::new(RoutingCell::default());
+    cell.set(Routing::build(&cat, &Routing::default(), &ctx));
+    let state = Arc::new(shardline_router::http::RouterState {
+        routing: Arc::clone(&cell),
+        ctx: Arc::clone(&ctx),
+        request_timeout: Duration::from_secs(10),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(shardline_http::serve(
+        listener,
+        shardline_router::http::router(state, 1 << 20),
+        stop.clone(),
+        Duration::from_secs(1),
+    ));
+
+    let exec = |token: &'static str, body: Value| async move {
+        http(addr, "POST", "/v1/execute", Some(token), Some(&body)).await
+    };
+    let (status, _, body) = exec(
+        "tok-a1",
+        json!({"shard_key": "acme:1", "sql": "INSERT INTO kv VALUES ($1, 'a')", "params": ["acme:1"]}),
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = exec(
+        "tok-b1",
+        json!({"shard_key": "k", "sql": "SELECT count(*)::int AS n FROM kv"}),
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    let rows: Value = serde_json::from_str(&body)?;
+    assert_eq!(rows["rows"], json!([[0]]), "beta sees only its own table");
+    let (status, _, body) = exec(
+        "tok-b1",
+        json!({"shard_key": "k", "sql": "SELECT * FROM tenant_acme.kv"}),
+    )
+    .await?;
+    // Another database: acme's table does not exist for beta.
+    assert_eq!(
+        (status, error_code(&body)),
+        (400, "statement_failed".into()),
+        "{body}"
+    );
+    assert!(body.contains("42P01"), "{body}");
+
+    // Prefix and keyspace checks.
+    let (status, _, body) =
+        exec("tok-a1", json!({"shard_key": "beta:1", "sql": "SELECT 1"})).await?;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("acme:"), "{body}");
+    let (status, _, _) = exec(
+        "tok-a1",
+        json!({"keyspace": "other", "shard_key": "acme:1", "sql": "SELECT 1"}),
+    )
+    .await?;
+    assert_eq!(status, 403);
+    let (status, _, body) = exec("nope", json!({"shard_key": "k", "sql": "SELECT 1"})).await?;
+    assert_eq!((status, error_code(&body)), (401, "unauthorized".into()));
+
+    // a2 may send 1/s: of five quick requests at least one is refused
+    // with Retry-After.
+    let mut limited = None;
+    for _ in 0..5 {
+        let (status, headers, body) =
+            exec("tok-a2", json!({"shard_key": "k", "sql": "SELECT 1"})).await?;
+        if status == 429 {
+            limited = Some((headers, body));
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+    }
+    let (headers, body) = limited.expect("a 429 within five requests");
+    assert_eq!(error_code(&body), "rate_limited");
+    let retry: u64 = headers
+        .iter()
+        .find(|(k, _)| k == "retry-after")
+        .map(|(_, v)| v.parse().unwrap())
+        .unwrap();
+    assert!(retry >= 1);
+
+    let (status, _, metrics) = http(addr, "GET", "/metrics", None, None).await?;
+    assert_eq!(status, 200);
+    for expected in [
+        r#"router_requests_total{tenant="acme",app="a1",keyspace="shared",endpoint="execute",shard="s1",outcome="ok"} 1"#,
+        r#"router_rejected_requests_total{tenant="acme",app="a2",reason="rate_limited"} 1"#,
+        r#"router_rejected_requests_total{tenant="acme",app="a1",reason="forbidden_key_prefix"} 1"#,
+        r#"router_rejected_requests_total{tenant="acme",app="a1",reason="forbidden_keyspace"} 1"#,
+        r#"router_rejected_requests_total{tenant="",app="",reason="unauthorized"} 1"#,
+        r#"router_tenant_in_flight_requests{tenant="acme"} 0"#,
+        r#"router_tenant_pools{shard="s1"} 2"#,
+        r#"router_request_duration_seconds_count{tenant="beta",app="b1",shard="s1"} 2"#,
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "{expected} missing in\n{metrics}"
+        );
+    }
+    assert!(
+        !metrics.contains(r#"keyspace="other""#),
+        "client-sent keyspace became a label"
+    );
+    promtool_check(&metrics)?;
+
+    // beta leaves the catalog: its app is refused (403) and, once the app
+    // goes too, its series are gone.
+    cat.version = 2;
+    cat.tenants.remove("beta");
+    cell.set(Routing::build(&cat, &cell.get(), &ctx));
+    let (status, _, body) = exec("tok-b1", json!({"shard_key": "k", "sql": "SELECT 1"})).await?;
+    assert_eq!(
+        (status, error_code(&body)),
+        (403, "forbidden".into()),
+        "{body}"
+    );
+    cat.version = 3;
+    cat.apps.remove("b1");
+    cell.set(Routing::build(&cat, &cell.get(), &ctx));
+    let (_, _, metrics) = http(addr, "GET", "/metrics", None, None).await?;
+    assert!(!metrics.contains(r#"app="b1""#), "{metrics}");
+    assert!(!metrics.contains(r#"tenant="beta""#), "{metrics}");
+    assert!(
+        metrics.contains(r#"router_tenant_pools{shard="s1"} 1"#),
+        "{metrics}"
+    );
+    promtool_check(&metrics)?;
+
+    stop.cancel();
+    server.await??;
+    Ok(())
+}
+
+/// `promtool check metrics` on the text, when promtool is installed.
+fn promtool_check(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        eprintln!("promtool not found: exposition format not checked");
+        return Ok(());
+    };
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(text.as_bytes())?;
+    let out = child.wait_with_output()?;
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
