@@ -184,7 +184,7 @@ pub struct TenantInfo {
     pub dedicated: bool,
     /// The shards its keyspace spans.
     pub shards: Vec<String>,
-    /// Its schema and login role on every shard.
+    /// The name of its login role, database and schema on every shard.
     pub pg_name: String,
     pub config: TenantConfig,
     pub state: TenantState,

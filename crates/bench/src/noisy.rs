@@ -62,6 +62,13 @@ struct Tally {
 }
 
 impl Tally {
+    /// The latencies of the 200s, sorted.
+    fn sorted(&self) -> Vec<u32> {
+        let mut v = self.ok_micros.clone();
+        v.sort_unstable();
+        v
+    }
+
     fn add(&mut self, other: Tally) {
         self.ok_micros.extend(other.ok_micros);
         self.limited += other.limited;
@@ -201,14 +208,15 @@ async fn load(http: &Http, url: &str, token: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn line(name: &str, t: &Tally, sorted: &[u32]) {
+fn line(name: &str, t: &Tally) {
+    let sorted = t.sorted();
     println!(
         "{name:<22} {:>8} {:>8} {:>8} {:>9.3} {:>9.3}",
         sorted.len(),
         t.limited,
         t.other,
-        percentile(sorted, 0.50),
-        percentile(sorted, 0.99),
+        percentile(&sorted, 0.50),
+        percentile(&sorted, 0.99),
     );
 }
 
@@ -243,10 +251,8 @@ async fn bench(args: &NoisyArgs, info: &Value) -> anyhow::Result<()> {
             args.phase_secs,
         )
         .await;
-        let mut sorted = b.ok_micros.clone();
-        sorted.sort_unstable();
-        p99_alone.push(percentile(&sorted, 0.99));
-        let b_alone_p99 = percentile(&sorted, 0.99);
+        let b_alone_p99 = percentile(&b.sorted(), 0.99);
+        p99_alone.push(b_alone_p99);
         alone.add(b);
 
         let a_task = tokio::spawn(open_loop(
@@ -265,30 +271,24 @@ async fn bench(args: &NoisyArgs, info: &Value) -> anyhow::Result<()> {
         )
         .await;
         let a = a_task.await?;
-        let mut sorted = b.ok_micros.clone();
-        sorted.sort_unstable();
-        p99_beside.push(percentile(&sorted, 0.99));
+        let b_beside_p99 = percentile(&b.sorted(), 0.99);
+        p99_beside.push(b_beside_p99);
         println!(
             "round {}: B p99 alone {:.3} ms, beside A {:.3} ms; A: {} ok, {} rate-limited",
             round + 1,
             b_alone_p99,
-            percentile(&sorted, 0.99),
+            b_beside_p99,
             a.ok_micros.len(),
             a.limited
         );
         beside.add(b);
         a_all.add(a);
     }
-    let sorted = |t: &Tally| {
-        let mut v = t.ok_micros.clone();
-        v.sort_unstable();
-        v
-    };
     println!();
     println!("phase                        ok  429s   other   p50 ms    p99 ms");
-    line("B alone", &alone, &sorted(&alone));
-    line("B beside A", &beside, &sorted(&beside));
-    line("A (10x its limit)", &a_all, &sorted(&a_all));
+    line("B alone", &alone);
+    line("B beside A", &beside);
+    line("A (10x its limit)", &a_all);
     let (m_alone, m_beside) = (median(p99_alone), median(p99_beside));
     println!();
     println!(

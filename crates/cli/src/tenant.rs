@@ -177,7 +177,7 @@ fn tenant_details(t: &TenantInfo) -> String {
         ("name", t.name.clone()),
         ("keyspace", keyspace_text(t)),
         ("shards", t.shards.join(" ")),
-        ("pg role/schema", t.pg_name.clone()),
+        ("pg role/db/schema", t.pg_name.clone()),
         ("state", state_text(t)),
         ("apps", t.apps.to_string()),
         (
