@@ -67,7 +67,7 @@ pub struct RegisterShardRequest {
 }
 
 /// The last health check of one instance.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HealthInfo {
     pub up: bool,
     /// When it was checked, RFC 3339.
@@ -76,12 +76,85 @@ pub struct HealthInfo {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_recovery: Option<bool>,
+    /// Failed checks in a row (0 when up).
+    #[serde(default)]
+    pub consecutive_failures: u32,
+    /// WAL position: written (primary) or replayed (replica), as
+    /// PostgreSQL prints it (`0/3000060`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lsn: Option<String>,
+    /// Replicas: bytes of WAL the primary has that this one has not
+    /// replayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_bytes: Option<u64>,
+    /// Replicas: seconds behind the primary (0 when it has replayed
+    /// everything the primary wrote).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_seconds: Option<f64>,
+}
+
+/// `GET /v1/health` (router token): every instance's last check, for
+/// routers choosing replicas for eventual reads.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HealthSnapshot {
+    /// Grows with every round of checks.
+    pub round: u64,
+    pub instances: Vec<InstanceHealth>,
+}
+
+/// One instance in a [`HealthSnapshot`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceHealth {
+    pub shard: String,
+    /// The instance id.
+    pub instance: String,
+    /// `primary` or `replica` (by the catalog).
+    pub role: String,
+    pub health: HealthInfo,
+}
+
+/// `POST /v1/shards/{id}/replicas`: registers a running streaming
+/// replica of the shard's primary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddReplicaRequest {
+    pub dsn: String,
+}
+
+/// `POST /v1/shards/{id}/failover`: a planned switchover (or, with
+/// `force`, a failover from a primary that is down).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverRequest {
+    /// Instance id of the replica to promote (default: the most
+    /// caught-up healthy replica).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+}
+
+/// The answer to a failover.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailoverResult {
+    pub shard: String,
+    /// Instance ids.
+    pub from: String,
+    pub to: String,
+    pub generation: u64,
+    /// How long new writes to the shard were held, in milliseconds.
+    pub write_pause_ms: u64,
+    /// Replicas repointed to the new primary.
+    pub repointed: Vec<String>,
+    /// Replicas that could not follow and need a re-clone.
+    pub needs_reclone: Vec<String>,
 }
 
 /// One PostgreSQL instance of a shard.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceInfo {
-    /// `primary` or `replica`.
+    /// Stable id within the shard.
+    #[serde(default)]
+    pub id: String,
+    /// `primary`, `replica` or `fenced`.
     pub role: String,
     /// The DSN with any password replaced by `***`.
     pub dsn: String,
@@ -101,6 +174,9 @@ pub struct ShardInfo {
     pub instances: Vec<InstanceInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reserved_for: Option<String>,
+    /// A failover under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<shardline_core::catalog::Failover>,
 }
 
 /// `POST /v1/keyspaces/{name}/migrations`.

@@ -70,11 +70,14 @@ fn catalog(tenants: usize, apps: usize, shards: usize) -> (Catalog, Vec<String>)
                 id: id.clone(),
                 keyspace: Some("default".into()),
                 primary: Instance {
+                    id: String::new(),
                     dsn: format!("host=127.0.0.1 port=9 user=postgres dbname={id} password=x"),
                 },
                 replicas: vec![],
                 generation: 1,
                 reserved_for: None,
+                fenced: vec![],
+                failover: None,
             },
         );
     }

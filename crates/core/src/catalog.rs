@@ -89,13 +89,56 @@ pub struct Shard {
     /// dedicated keyspace may use it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reserved_for: Option<String>,
+    /// Former primaries replaced by a failover: never routed to, never
+    /// promoted, until an operator re-adds one as a replica.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fenced: Vec<Instance>,
+    /// A failover or switchover under way: routers hold the shard's
+    /// primary traffic until it ends (or their hold window runs out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<Failover>,
+}
+
+/// A change of a shard's primary in progress, recorded before anything is
+/// done so a restarted manager resumes or rolls it back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failover {
+    pub kind: FailoverKind,
+    /// Instance id of the primary being replaced.
+    pub from: String,
+    /// Instance id of the replica being promoted.
+    pub to: String,
+    /// Unix milliseconds.
+    pub started_at_ms: u64,
+}
+
+/// Why a primary is being replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailoverKind {
+    /// The primary failed its health checks.
+    Automatic,
+    /// An operator asked (`shardline failover`): no acknowledged write
+    /// is lost.
+    Planned,
 }
 
 /// One PostgreSQL server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
+    /// Stable name within the shard (`<shard>-<n>`), kept across role
+    /// changes; empty in catalogs written before instances had ids.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
     /// libpq key/value DSN or URL, with credentials.
     pub dsn: String,
+}
+
+impl Shard {
+    /// The shard's instances that may serve: the primary, then replicas.
+    pub fn instances(&self) -> impl Iterator<Item = &Instance> {
+        std::iter::once(&self.primary).chain(self.replicas.iter())
+    }
 }
 
 /// A client application of a tenant, with the hash of its token.
@@ -326,11 +369,14 @@ mod tests {
             id: "s1".into(),
             keyspace: None,
             primary: Instance {
+                id: String::new(),
                 dsn: "host=x".into(),
             },
             replicas: vec![],
             generation: 1,
             reserved_for: None,
+            fenced: vec![],
+            failover: None,
         };
         let v = serde_json::to_vec(&shard).unwrap();
         let cat = Catalog::from_entries(

@@ -130,6 +130,7 @@ pub async fn run(
                         checked_at,
                         error: None,
                         in_recovery: Some(probe.in_recovery),
+                        ..HealthInfo::default()
                     }
                 }
                 Err(error) => {
@@ -138,7 +139,7 @@ pub async fn run(
                         up: false,
                         checked_at,
                         error: Some(error),
-                        in_recovery: None,
+                        ..HealthInfo::default()
                     }
                 }
             };

@@ -182,11 +182,13 @@ fn shard_info(cat: &Catalog, shard: &Shard, health: &HealthTable) -> ShardInfo {
         })
         .unwrap_or_default();
     let mut instances = vec![InstanceInfo {
+        id: shard.primary.id.clone(),
         role: "primary".into(),
         dsn: redact_dsn(&shard.primary.dsn),
         health: health.get(&shard.primary.dsn),
     }];
     instances.extend(shard.replicas.iter().map(|r| InstanceInfo {
+        id: r.id.clone(),
         role: "replica".into(),
         dsn: redact_dsn(&r.dsn),
         health: health.get(&r.dsn),
@@ -198,6 +200,7 @@ fn shard_info(cat: &Catalog, shard: &Shard, health: &HealthTable) -> ShardInfo {
         generation: shard.generation,
         instances,
         reserved_for: shard.reserved_for.clone(),
+        failover: shard.failover.clone(),
     }
 }
 

@@ -31,13 +31,20 @@ pub async fn register_shard(
         id: req.id.clone(),
         keyspace: None,
         reserved_for: req.tenant.clone(),
+        fenced: vec![],
+        failover: None,
         primary: Instance {
+            id: format!("{}-0", req.id),
             dsn: req.primary.clone(),
         },
         replicas: req
             .replicas
             .iter()
-            .map(|dsn| Instance { dsn: dsn.clone() })
+            .enumerate()
+            .map(|(i, dsn)| Instance {
+                id: format!("{}-{}", req.id, i + 1),
+                dsn: dsn.clone(),
+            })
             .collect(),
         generation: 1,
     };

@@ -461,11 +461,14 @@ mod tests {
                 id: "s1".into(),
                 keyspace: Some("shared".into()),
                 primary: Instance {
+                    id: String::new(),
                     dsn: "host=127.0.0.1 port=9 user=postgres dbname=shard".into(),
                 },
                 replicas: vec![],
                 generation: 1,
                 reserved_for: None,
+                fenced: vec![],
+                failover: None,
             },
         );
         cat

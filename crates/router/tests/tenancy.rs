@@ -97,10 +97,15 @@ fn catalog(dsn: &str, tenants: Vec<Tenant>, apps: Vec<App>) -> Catalog {
         Shard {
             id: "s1".into(),
             keyspace: Some("shared".into()),
-            primary: Instance { dsn: dsn.into() },
+            primary: Instance {
+                id: "s1-0".into(),
+                dsn: dsn.into(),
+            },
             replicas: vec![],
             generation: 1,
             reserved_for: None,
+            fenced: vec![],
+            failover: None,
         },
     );
     cat.tenants = tenants.into_iter().map(|t| (t.id.clone(), t)).collect();
