@@ -95,6 +95,9 @@ pub struct TransactionRequest {
     pub keyspace: Option<String>,
     pub shard_key: ShardKeyValue,
     pub statements: Vec<Statement>,
+    /// `eventual`: a transaction of reads only may run on a replica.
+    #[serde(default)]
+    pub consistency: Consistency,
 }
 
 /// The answer to `POST /v1/transaction`: one result per statement.

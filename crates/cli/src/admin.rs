@@ -3,12 +3,13 @@
 use anyhow::Context;
 use clap::Subcommand;
 use shardline_api::manager::{
-    ApplyMigrationRequest, CreateKeyspaceRequest, InitialMapRequest, KeyspaceInfo,
-    RegisterShardRequest, ShardInfo, StatusResponse,
+    AddReplicaRequest, ApplyMigrationRequest, CreateKeyspaceRequest, InitialMapRequest,
+    KeyspaceInfo, RegisterShardRequest, StatusResponse,
 };
 use shardline_core::KeyType;
 
 use crate::endpoints::Endpoints;
+use crate::instances::{failovers_in_progress, shard_table};
 use crate::table::render;
 use crate::tenant::tenant_table;
 
@@ -58,7 +59,13 @@ pub enum ShardCmd {
         #[arg(long)]
         tenant: Option<String>,
     },
-    /// List shards with health
+    /// Register a running streaming replica of a shard's primary
+    AddReplica {
+        shard: String,
+        /// DSN of the replica
+        dsn: String,
+    },
+    /// List shards with each instance's role, health and lag
     List,
     /// Show one shard
     Get { id: String },
@@ -120,42 +127,6 @@ fn keyspace_table(list: &[KeyspaceInfo]) -> String {
     render(&["keyspace", "key type", "range", "shard"], &rows)
 }
 
-fn shard_table(list: &[ShardInfo]) -> String {
-    let rows = list
-        .iter()
-        .flat_map(|s| {
-            s.instances.iter().map(move |i| {
-                let health = match &i.health {
-                    None => "unknown".to_string(),
-                    Some(h) if h.up => "up".to_string(),
-                    Some(h) => format!("down ({})", h.error.clone().unwrap_or_default()),
-                };
-                vec![
-                    s.id.clone(),
-                    s.keyspace.clone().unwrap_or_default(),
-                    s.reserved_for.clone().unwrap_or_default(),
-                    s.ranges.join(" "),
-                    i.role.clone(),
-                    health,
-                    i.dsn.clone(),
-                ]
-            })
-        })
-        .collect::<Vec<_>>();
-    render(
-        &[
-            "shard",
-            "keyspace",
-            "reserved for",
-            "ranges",
-            "role",
-            "health",
-            "dsn",
-        ],
-        &rows,
-    )
-}
-
 /// `shardline status`.
 pub async fn status(ep: &Endpoints, json: bool) -> anyhow::Result<()> {
     let st: StatusResponse = ep.manager()?.status().await?;
@@ -166,6 +137,7 @@ pub async fn status(ep: &Endpoints, json: bool) -> anyhow::Result<()> {
     print!("{}", keyspace_table(&st.keyspaces));
     println!();
     print!("{}", shard_table(&st.shards));
+    print!("{}", failovers_in_progress(&st.shards));
     println!();
     print!("{}", tenant_table(&st.tenants));
     println!();
@@ -241,6 +213,9 @@ pub async fn shard(ep: &Endpoints, cmd: ShardCmd, json: bool) -> anyhow::Result<
             })
             .await?,
         ],
+        ShardCmd::AddReplica { shard, dsn } => {
+            vec![m.add_replica(&shard, &AddReplicaRequest { dsn }).await?]
+        }
         ShardCmd::List => m.list_shards().await?,
         ShardCmd::Get { id } => vec![m.get_shard(&id).await?],
         ShardCmd::Remove { id } => {
@@ -253,6 +228,7 @@ pub async fn shard(ep: &Endpoints, cmd: ShardCmd, json: bool) -> anyhow::Result<
         return print_json(&list);
     }
     print!("{}", shard_table(&list));
+    print!("{}", failovers_in_progress(&list));
     Ok(())
 }
 

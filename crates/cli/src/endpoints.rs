@@ -40,6 +40,22 @@ pub struct DevShard {
     /// dedicated tenants to take.
     #[serde(default)]
     pub spare: bool,
+    /// Streaming replicas (`dev --replicas N`). After a failover one of
+    /// them may be the shard's primary, and the cluster above a fenced
+    /// former primary: the catalog says which is which.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<DevReplica>,
+}
+
+/// A streaming replica of a dev shard, cloned with `pg_basebackup`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DevReplica {
+    /// The instance id the manager gave it, once registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub dsn: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
 }
 
 impl DevInfo {

@@ -6,6 +6,7 @@ mod admin;
 mod app;
 mod dev;
 mod endpoints;
+mod instances;
 mod limits;
 mod signals;
 mod sql;
@@ -59,6 +60,8 @@ enum Command {
     /// Manage shards
     #[command(subcommand)]
     Shard(admin::ShardCmd),
+    /// Planned switchover: promote a replica of a shard without losing writes
+    Failover(instances::FailoverArgs),
     /// Manage tenants
     #[command(subcommand)]
     Tenant(tenant::TenantCmd),
@@ -170,6 +173,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status => admin::status(&ep, json).await,
         Command::Keyspace(cmd) => admin::keyspace(&ep, cmd, json).await,
         Command::Shard(cmd) => admin::shard(&ep, cmd, json).await,
+        Command::Failover(args) => instances::failover(&ep, args, json).await,
         Command::Tenant(cmd) => tenant::run(&ep, cmd, json).await,
         Command::App(cmd) => app::run(&ep, cmd, json).await,
         Command::Schema(cmd) => admin::schema(&ep, cmd, json).await,
@@ -222,6 +226,31 @@ mod tests {
     #[test]
     fn flags_are_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn failover_and_add_replica_flags() {
+        let cli = Cli::try_parse_from(["shardline", "failover", "--shard", "s0", "--to", "s0-2"])
+            .unwrap();
+        let Command::Failover(args) = cli.command else {
+            panic!("not failover");
+        };
+        assert_eq!(
+            (args.shard.as_str(), args.to.as_deref()),
+            ("s0", Some("s0-2"))
+        );
+        assert!(Cli::try_parse_from(["shardline", "failover"]).is_err());
+        let cli =
+            Cli::try_parse_from(["shardline", "shard", "add-replica", "s0", "port=5433"]).unwrap();
+        let Command::Shard(crate::admin::ShardCmd::AddReplica { shard, dsn }) = cli.command else {
+            panic!("not shard add-replica");
+        };
+        assert_eq!((shard.as_str(), dsn.as_str()), ("s0", "port=5433"));
+        let cli = Cli::try_parse_from(["shardline", "dev", "--replicas", "2"]).unwrap();
+        let Command::Dev(args) = cli.command else {
+            panic!("not dev");
+        };
+        assert_eq!(args.replicas, 2);
     }
 
     #[test]

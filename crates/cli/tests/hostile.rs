@@ -363,6 +363,7 @@ async fn run(alpha: &Tenant, key: &str, a: &Attack) -> Outcome {
                         params: vec![],
                     })
                     .collect(),
+                consistency: Default::default(),
             })
             .await
             .map(|r| serde_json::to_string(&r).unwrap())

@@ -4,10 +4,11 @@ use std::time::Duration;
 
 use serde::de::IgnoredAny;
 use shardline_api::manager::{
-    AppInfo, ApplyMigrationRequest, CreateAppRequest, CreateAppResponse, CreateKeyspaceRequest,
-    CreateTenantRequest, HeartbeatResponse, InitialMapRequest, KeyspaceInfo, MigrationInfo,
-    MigrationResult, RegisterShardRequest, RotateTokenRequest, RouterHeartbeat, RouterInfo,
-    ShardInfo, StatusResponse, TenantInfo, UpdateAppRequest, UpdateTenantRequest,
+    AddReplicaRequest, AppInfo, ApplyMigrationRequest, CreateAppRequest, CreateAppResponse,
+    CreateKeyspaceRequest, CreateTenantRequest, FailoverRequest, FailoverResult, HealthSnapshot,
+    HeartbeatResponse, InitialMapRequest, KeyspaceInfo, MigrationInfo, MigrationResult,
+    RegisterShardRequest, RotateTokenRequest, RouterHeartbeat, RouterInfo, ShardInfo,
+    StatusResponse, TenantInfo, UpdateAppRequest, UpdateTenantRequest,
 };
 use shardline_core::Catalog;
 
@@ -131,6 +132,39 @@ impl ManagerClient {
             .delete::<IgnoredAny>(&format!("/v1/shards/{}", path_segment(id)))
             .await
             .map(|_| ())
+    }
+
+    /// `POST /v1/shards/{id}/replicas`: registers a running streaming
+    /// replica of the shard's primary; the answer shows it with its new
+    /// instance id.
+    pub async fn add_replica(
+        &self,
+        shard: &str,
+        req: &AddReplicaRequest,
+    ) -> Result<ShardInfo, ClientError> {
+        self.http
+            .post(&format!("/v1/shards/{}/replicas", path_segment(shard)), req)
+            .await
+    }
+
+    /// `POST /v1/shards/{id}/failover`: a planned switchover to `req.to`
+    /// (or the most caught-up healthy replica). It returns once the new
+    /// primary is published, so the client's timeout must cover the
+    /// drain; the CLI raises it.
+    pub async fn failover(
+        &self,
+        shard: &str,
+        req: &FailoverRequest,
+    ) -> Result<FailoverResult, ClientError> {
+        self.http
+            .post(&format!("/v1/shards/{}/failover", path_segment(shard)), req)
+            .await
+    }
+
+    /// `GET /v1/health` (router token): the last check of every instance
+    /// of every shard.
+    pub async fn health(&self) -> Result<HealthSnapshot, ClientError> {
+        self.http.get("/v1/health").await
     }
 
     /// `POST /v1/tenants`.

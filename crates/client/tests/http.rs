@@ -329,6 +329,7 @@ async fn retries_429_then_succeeds() {
             };
             2
         ],
+        consistency: Default::default(),
     };
     let resp = client.transaction(&req).await.unwrap();
     assert_eq!(resp.shard, "s2");

@@ -13,7 +13,9 @@
 //! - [`PgBinaries`]: finds the server binaries.
 //! - [`ClusterConfig`]: where a cluster lives and how it listens.
 //! - [`init_cluster`], [`start_cluster`]: initdb and start.
-//! - [`RunningCluster`]: a started postmaster; stop, kill, DSN.
+//! - [`RunningCluster`]: a started postmaster; stop, kill, pause, DSN.
+//! - `replica`: [`create_replica`] (`pg_basebackup -R`), [`wait_streaming`],
+//!   [`wal_receiver_status`]; signals to all of a cluster's processes.
 
 use std::io::Write;
 use std::os::unix::fs::{chown, PermissionsExt};
@@ -21,6 +23,10 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+
+mod replica;
+
+pub use replica::{create_replica, wait_streaming, wal_receiver_status};
 
 /// Errors from managing a local cluster.
 #[derive(Debug, thiserror::Error)]
@@ -389,13 +395,21 @@ impl RunningCluster {
         self.child.as_ref().and_then(|c| c.id())
     }
 
-    /// Sends a signal to the postmaster.
+    /// Sends a signal to the postmaster only.
     pub fn signal(&self, sig: libc::c_int) {
         if let Some(pid) = self.pid() {
-            // SAFETY: kill has no memory-safety preconditions.
-            unsafe {
-                libc::kill(pid as libc::pid_t, sig);
-            }
+            replica::signal_pids([pid], sig);
+        }
+    }
+
+    /// Sends a signal to the postmaster and every process it started (its
+    /// backends and the WAL sender/receiver): `SIGSTOP` freezes the whole
+    /// server, as a hung machine would, and `SIGCONT` resumes it.
+    pub fn signal_all(&self, sig: libc::c_int) {
+        if let Some(pid) = self.pid() {
+            // The postmaster first, so it forks nothing we would miss.
+            replica::signal_pids([pid], sig);
+            replica::signal_pids(replica::children_of(pid), sig);
         }
     }
 
@@ -407,14 +421,13 @@ impl RunningCluster {
             StopMode::Fast => libc::SIGINT,
             StopMode::Immediate => libc::SIGQUIT,
         };
+        // A paused server could not act on the stop signal.
+        self.signal_all(libc::SIGCONT);
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
         if let Some(pid) = child.id() {
-            // SAFETY: as in `signal`.
-            unsafe {
-                libc::kill(pid as libc::pid_t, sig);
-            }
+            replica::signal_pids([pid], sig);
         }
         match tokio::time::timeout(timeout, child.wait()).await {
             Ok(res) => res.map(|_| ()).map_err(io_err("wait for postgres")),
@@ -433,8 +446,11 @@ impl RunningCluster {
     /// Its backends notice and exit on their own.
     pub async fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
+            let children = child.id().map(replica::children_of).unwrap_or_default();
             let _ = child.start_kill();
             let _ = child.wait().await;
+            // Paused backends must run to notice the postmaster is gone.
+            replica::signal_pids(children, libc::SIGCONT);
         }
     }
 
@@ -448,12 +464,10 @@ impl Drop for RunningCluster {
     fn drop(&mut self) {
         // An immediate shutdown: the caller did not stop it in order, so
         // make sure nothing is left running.
+        self.signal_all(libc::SIGCONT);
         if let Some(child) = self.child.as_mut() {
             if let Some(pid) = child.id() {
-                // SAFETY: as in `signal`.
-                unsafe {
-                    libc::kill(pid as libc::pid_t, libc::SIGQUIT);
-                }
+                replica::signal_pids([pid], libc::SIGQUIT);
                 let deadline = Instant::now() + Duration::from_secs(5);
                 while Instant::now() < deadline {
                     if let Ok(Some(_)) = child.try_wait() {

@@ -32,12 +32,22 @@ pub struct ManagerConfig {
     /// `$SHARDLINE_ROUTER_TOKEN`.
     #[serde(default)]
     pub router_token: Option<String>,
-    /// How often every PostgreSQL instance is checked. Default `1s`.
+    /// How often every PostgreSQL instance is checked. Default `500ms`.
     #[serde(default = "default_health_interval", with = "humantime_serde")]
     pub health_interval: Duration,
-    /// Time allowed for one check (connect and query). Default `1s`.
+    /// Time allowed for one check (connect and query). Default `500ms`.
     #[serde(default = "default_health_timeout", with = "humantime_serde")]
     pub health_timeout: Duration,
+    /// Failed checks in a row after which a primary is failed over to its
+    /// most caught-up healthy replica. Default 3 (with the defaults above,
+    /// a dead primary is replaced within about 2 s).
+    #[serde(default = "default_failover_after")]
+    pub failover_after: u32,
+    /// Longest wait, in a planned switchover, for the target replica to
+    /// replay everything the old primary wrote; past it the switchover is
+    /// rolled back. Default `10s`.
+    #[serde(default = "default_switchover_timeout", with = "humantime_serde")]
+    pub switchover_timeout: Duration,
     /// A router that has not heartbeaten for this long is gone. Default `10s`.
     #[serde(default = "default_router_lease", with = "humantime_serde")]
     pub router_lease: Duration,
@@ -59,10 +69,16 @@ fn default_catalog_path() -> PathBuf {
     PathBuf::from("shardline-catalog.json")
 }
 fn default_health_interval() -> Duration {
-    Duration::from_secs(1)
+    Duration::from_millis(500)
 }
 fn default_health_timeout() -> Duration {
-    Duration::from_secs(1)
+    Duration::from_millis(500)
+}
+fn default_failover_after() -> u32 {
+    3
+}
+fn default_switchover_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_router_lease() -> Duration {
     Duration::from_secs(10)
@@ -87,6 +103,8 @@ impl ManagerConfig {
             router_token: Some(router_token.to_string()),
             health_interval: default_health_interval(),
             health_timeout: default_health_timeout(),
+            failover_after: default_failover_after(),
+            switchover_timeout: default_switchover_timeout(),
             router_lease: default_router_lease(),
             max_watch_wait: default_max_watch_wait(),
             connect_timeout: default_connect_timeout(),
@@ -137,6 +155,12 @@ impl ManagerConfig {
         if self.health_interval.is_zero() || self.health_timeout.is_zero() {
             bail!("health_interval and health_timeout must be positive");
         }
+        if self.failover_after == 0 {
+            bail!("failover_after must be at least 1");
+        }
+        if self.switchover_timeout.is_zero() {
+            bail!("switchover_timeout must be positive");
+        }
         Ok(())
     }
 }
@@ -154,6 +178,9 @@ mod tests {
         assert_eq!(cfg.listen.port(), 9000);
         assert_eq!(cfg.health_interval, Duration::from_millis(250));
         assert_eq!(cfg.router_lease, Duration::from_secs(10));
+        assert_eq!(cfg.health_timeout, Duration::from_millis(500));
+        assert_eq!(cfg.failover_after, 3);
+        assert_eq!(cfg.switchover_timeout, Duration::from_secs(10));
         cfg.validate().unwrap();
     }
 

@@ -1,18 +1,24 @@
-//! The health checker: checks every PostgreSQL instance on an interval,
-//! publishes `shard_health_status`, and runs the tenant reconciler
-//! ([`crate::reconcile`]) over the shards that answered.
+//! The health checker: every `interval` it checks every instance of every
+//! shard (not fenced ones) at once over a kept session — `SELECT 1`,
+//! recovery state, WAL positions — each within `timeout`; derives each
+//! replica's lag from its shard's primary; publishes the metrics and the
+//! [`HealthSnapshot`] routers poll; and hands the round to the failover
+//! controller ([`crate::failover`]), which acts on failed primaries and on
+//! failover intents. The tenant reconciler ([`crate::reconcile`]) runs
+//! beside it on the same interval, so a slow reconcile never delays a
+//! check.
 
-use std::collections::HashMap;
-use std::str::FromStr;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use shardline_api::manager::HealthInfo;
+use shardline_api::manager::{HealthInfo, HealthSnapshot, InstanceHealth};
 use shardline_core::Catalog;
-use shardline_metrics::GaugeVec;
+use shardline_metrics::{GaugeVec, Registry};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
+use crate::failover::Failovers;
 use crate::pg;
 use crate::service::CatalogService;
 
@@ -33,48 +39,113 @@ impl Role {
     }
 }
 
-/// An instance's label: `host:port` from its DSN.
-pub fn instance_label(dsn: &str) -> String {
-    let Ok(cfg) = tokio_postgres::Config::from_str(dsn) else {
-        return "invalid".into();
-    };
-    let host = match cfg.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-        None => "localhost".into(),
-    };
-    let port = cfg.get_ports().first().copied().unwrap_or(5432);
-    format!("{host}:{port}")
+/// The last check of one instance.
+#[derive(Debug, Clone)]
+pub struct InstanceState {
+    /// By the catalog the check ran against.
+    pub role: Role,
+    pub info: HealthInfo,
+    /// `info.lsn` as a number.
+    pub lsn: Option<u64>,
+    /// Replicas: WAL received and flushed.
+    pub receive_lsn: Option<u64>,
 }
 
-/// Last check results, by DSN.
+/// (shard id, instance id).
+type Key = (String, String);
+
+#[derive(Default)]
+struct Inner {
+    round: u64,
+    by_instance: BTreeMap<Key, InstanceState>,
+}
+
+/// The last round of checks, shared with the API and the failover
+/// controller.
 #[derive(Default)]
 pub struct HealthTable {
-    by_dsn: RwLock<HashMap<String, HealthInfo>>,
+    inner: RwLock<Inner>,
 }
 
 impl HealthTable {
     /// The last check of an instance.
-    pub fn get(&self, dsn: &str) -> Option<HealthInfo> {
-        self.by_dsn
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(dsn)
+    pub fn get(&self, shard: &str, instance: &str) -> Option<HealthInfo> {
+        self.state(shard, instance).map(|s| s.info)
+    }
+
+    /// The last check of an instance, with its numeric WAL positions.
+    pub fn state(&self, shard: &str, instance: &str) -> Option<InstanceState> {
+        self.read()
+            .by_instance
+            .get(&(shard.to_string(), instance.to_string()))
             .cloned()
     }
 
-    fn set(&self, dsn: &str, info: HealthInfo) {
-        self.by_dsn
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(dsn.to_string(), info);
+    /// Rounds completed so far.
+    pub fn round(&self) -> u64 {
+        self.read().round
     }
 
-    fn retain(&self, live: &std::collections::HashSet<String>) {
-        self.by_dsn
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|dsn, _| live.contains(dsn));
+    /// Every instance's last check, for `GET /v1/health`.
+    pub fn snapshot(&self) -> HealthSnapshot {
+        let inner = self.read();
+        HealthSnapshot {
+            round: inner.round,
+            instances: inner
+                .by_instance
+                .iter()
+                .map(|((shard, instance), s)| InstanceHealth {
+                    shard: shard.clone(),
+                    instance: instance.clone(),
+                    role: s.role.as_str().to_string(),
+                    health: s.info.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn publish(&self, round: u64, by_instance: BTreeMap<Key, InstanceState>) {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        inner.round = round;
+        inner.by_instance = by_instance;
+    }
+}
+
+/// The checker's gauges.
+#[derive(Clone)]
+pub struct HealthMetrics {
+    /// `shard_health_status{shard,instance,role}`.
+    pub status: GaugeVec,
+    /// `shard_replication_lag_seconds{shard,instance}`.
+    pub lag_seconds: GaugeVec,
+    /// `shard_replication_lag_bytes{shard,instance}`.
+    pub lag_bytes: GaugeVec,
+}
+
+impl HealthMetrics {
+    /// Registers the gauges.
+    pub fn register(reg: &Registry) -> Self {
+        Self {
+            status: reg.gauge(
+                "shard_health_status",
+                "1 if the instance answered its last health check, else 0.",
+                &["shard", "instance", "role"],
+            ),
+            lag_seconds: reg.gauge(
+                "shard_replication_lag_seconds",
+                "Seconds a replica is behind its primary (0 when caught up).",
+                &["shard", "instance"],
+            ),
+            lag_bytes: reg.gauge(
+                "shard_replication_lag_bytes",
+                "Bytes of WAL the primary has that a replica has not replayed.",
+                &["shard", "instance"],
+            ),
+        }
     }
 }
 
@@ -85,17 +156,66 @@ pub struct HealthSettings {
     pub timeout: Duration,
 }
 
-/// Runs the checker until shutdown.
+/// One instance to check.
+struct Target {
+    shard: String,
+    id: String,
+    role: Role,
+    dsn: String,
+}
+
+/// Runs the checker (and the tenant reconciler beside it) until shutdown;
+/// with `failovers`, hands it every round.
 pub async fn run(
     svc: Arc<CatalogService>,
     table: Arc<HealthTable>,
-    gauge: GaugeVec,
+    metrics: HealthMetrics,
     settings: HealthSettings,
+    failovers: Option<Arc<Failovers>>,
     shutdown: CancellationToken,
 ) {
-    // One kept connection per instance; a failed check drops it.
-    let mut conns: HashMap<String, Client> = HashMap::new();
-    let mut reconciler = crate::reconcile::Reconciler::default();
+    let checks = check_loop(
+        &svc,
+        &table,
+        &metrics,
+        &settings,
+        failovers.as_ref(),
+        &shutdown,
+    );
+    let reconcile = async {
+        let mut reconciler = crate::reconcile::Reconciler::default();
+        let mut tick = tokio::time::interval(settings.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = reconciler.pass(&svc, &table, settings.timeout * 5) => {}
+            }
+        }
+    };
+    tokio::join!(checks, reconcile);
+}
+
+async fn check_loop(
+    svc: &CatalogService,
+    table: &HealthTable,
+    metrics: &HealthMetrics,
+    settings: &HealthSettings,
+    failovers: Option<&Arc<Failovers>>,
+    shutdown: &CancellationToken,
+) {
+    // One kept session per instance (with the DSN it was opened to); a
+    // failed check drops it.
+    let mut conns: HashMap<Key, (String, Client)> = HashMap::new();
+    // Each shard's primary's last known WAL position, kept while it is
+    // down so replicas' lag stays meaningful (and near 0 for a replica
+    // that has everything a dead primary wrote).
+    let mut primary_lsn: HashMap<Key, u64> = HashMap::new();
+    let mut round = table.round();
     let mut tick = tokio::time::interval(settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -105,61 +225,153 @@ pub async fn run(
         }
         let published = svc.current();
         let cat = &published.catalog;
-        let instances = instances(cat);
-        let checks = instances.iter().map(|(shard, role, dsn)| {
-            let client = conns.remove(dsn);
-            let timeout = settings.timeout;
+        let targets = targets(cat);
+        let timeout = settings.timeout;
+        // Sessions of instances no longer checked (fenced, removed) are
+        // dropped with what is left of this.
+        let mut previous = std::mem::take(&mut conns);
+        let checks = targets.iter().map(|t| {
+            let key = (t.shard.clone(), t.id.clone());
+            let client = previous
+                .remove(&key)
+                .filter(|(dsn, _)| *dsn == t.dsn)
+                .map(|(_, c)| c);
             async move {
-                let res = tokio::time::timeout(timeout, check(client, dsn, timeout)).await;
-                let res = res.unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
-                (shard.clone(), *role, dsn.clone(), res)
+                let res = tokio::time::timeout(timeout, check(client, &t.dsn, timeout)).await;
+                res.unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
             }
         });
         let results = futures_util::future::join_all(checks).await;
-        gauge.clear();
-        let mut live = std::collections::HashSet::new();
-        for (shard, role, dsn, res) in results {
-            live.insert(dsn.clone());
-            let label = instance_label(&dsn);
-            let checked_at = crate::time::rfc3339(SystemTime::now());
-            let info = match res {
+        drop(previous);
+        round += 1;
+        let checked_at = crate::time::rfc3339(SystemTime::now());
+        let mut states = BTreeMap::new();
+        let mut probes = HashMap::new();
+        for (t, res) in targets.iter().zip(results) {
+            let key = (t.shard.clone(), t.id.clone());
+            let failures = table
+                .state(&t.shard, &t.id)
+                .map(|s| s.info.consecutive_failures)
+                .unwrap_or_default();
+            let state = match res {
                 Ok((client, probe)) => {
-                    conns.insert(dsn.clone(), client);
-                    HealthInfo {
-                        up: true,
-                        checked_at,
-                        error: None,
-                        in_recovery: Some(probe.in_recovery),
-                        ..HealthInfo::default()
+                    conns.insert(key.clone(), (t.dsn.clone(), client));
+                    let state = InstanceState {
+                        role: t.role,
+                        info: HealthInfo {
+                            up: true,
+                            checked_at: checked_at.clone(),
+                            in_recovery: Some(probe.in_recovery),
+                            lsn: probe.lsn.map(pg::format_lsn),
+                            ..HealthInfo::default()
+                        },
+                        lsn: probe.lsn,
+                        receive_lsn: probe.receive_lsn,
+                    };
+                    if t.role == Role::Primary {
+                        if let Some(lsn) = probe.lsn {
+                            primary_lsn.insert(key.clone(), lsn);
+                        }
                     }
+                    probes.insert(key.clone(), probe);
+                    state
                 }
                 Err(error) => {
-                    tracing::debug!(%shard, instance = %label, %error, "health check failed");
-                    HealthInfo {
-                        up: false,
-                        checked_at,
-                        error: Some(error),
-                        ..HealthInfo::default()
+                    tracing::debug!(shard = %t.shard, instance = %t.id, %error, "health check failed");
+                    InstanceState {
+                        role: t.role,
+                        info: HealthInfo {
+                            up: false,
+                            checked_at: checked_at.clone(),
+                            error: Some(error),
+                            consecutive_failures: failures.saturating_add(1),
+                            ..HealthInfo::default()
+                        },
+                        lsn: None,
+                        receive_lsn: None,
                     }
                 }
             };
-            gauge
-                .with(&[&shard, &label, role.as_str()])
-                .set(if info.up { 1.0 } else { 0.0 });
-            table.set(&dsn, info);
+            states.insert(key, state);
         }
-        table.retain(&live);
-        reconciler.pass(&svc, &table, settings.timeout * 5).await;
+        // Replicas' lag against their primary, now that every answer is in.
+        for shard in cat.shards.values() {
+            let primary = primary_lsn
+                .get(&(shard.id.clone(), shard.primary.id.clone()))
+                .copied();
+            for r in &shard.replicas {
+                let key = (shard.id.clone(), r.id.clone());
+                let (Some(state), Some(probe)) = (states.get_mut(&key), probes.get(&key)) else {
+                    continue;
+                };
+                let (bytes, seconds) = lag(primary, probe);
+                state.info.lag_bytes = bytes;
+                state.info.lag_seconds = seconds;
+            }
+        }
+        primary_lsn.retain(|k, _| cat.shards.get(&k.0).is_some_and(|s| s.primary.id == k.1));
+        publish_metrics(metrics, &states);
+        table.publish(round, states);
+        if let Some(f) = failovers {
+            f.after_round(cat, table);
+        }
     }
 }
 
-/// Every (shard, role, dsn) of the catalog.
-fn instances(cat: &Catalog) -> Vec<(String, Role, String)> {
+/// A replica's lag behind a primary whose last known WAL position is
+/// `primary`: bytes it has not replayed, and seconds — 0 once it has
+/// replayed everything it received and everything the primary wrote,
+/// else the age of the last transaction it replayed.
+pub fn lag(primary: Option<u64>, probe: &pg::Probe) -> (Option<u64>, Option<f64>) {
+    let Some(replay) = probe.lsn else {
+        return (None, None);
+    };
+    let bytes = primary.map(|p| p.saturating_sub(replay));
+    let received_all = probe.receive_lsn.is_none_or(|r| r <= replay);
+    let seconds = if received_all && primary.is_some_and(|p| replay >= p) {
+        Some(0.0)
+    } else {
+        probe.replay_age.map(|a| a.max(0.0))
+    };
+    (bytes, seconds)
+}
+
+fn publish_metrics(metrics: &HealthMetrics, states: &BTreeMap<Key, InstanceState>) {
+    metrics.status.clear();
+    metrics.lag_seconds.clear();
+    metrics.lag_bytes.clear();
+    for ((shard, instance), s) in states {
+        metrics
+            .status
+            .with(&[shard, instance, s.role.as_str()])
+            .set(if s.info.up { 1.0 } else { 0.0 });
+        if let Some(v) = s.info.lag_seconds {
+            metrics.lag_seconds.with(&[shard, instance]).set(v);
+        }
+        if let Some(v) = s.info.lag_bytes {
+            metrics.lag_bytes.with(&[shard, instance]).set(v as f64);
+        }
+    }
+}
+
+/// Every instance of the catalog that is checked: primaries and replicas,
+/// never fenced ones.
+fn targets(cat: &Catalog) -> Vec<Target> {
     let mut out = Vec::new();
     for shard in cat.shards.values() {
-        out.push((shard.id.clone(), Role::Primary, shard.primary.dsn.clone()));
+        out.push(Target {
+            shard: shard.id.clone(),
+            id: shard.primary.id.clone(),
+            role: Role::Primary,
+            dsn: shard.primary.dsn.clone(),
+        });
         for r in &shard.replicas {
-            out.push((shard.id.clone(), Role::Replica, r.dsn.clone()));
+            out.push(Target {
+                shard: shard.id.clone(),
+                id: r.id.clone(),
+                role: Role::Replica,
+                dsn: r.dsn.clone(),
+            });
         }
     }
     out
@@ -176,4 +388,39 @@ async fn check(
     };
     let probe = pg::probe(&client).await?;
     Ok((client, probe))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(replay: u64, receive: u64, age: Option<f64>) -> pg::Probe {
+        pg::Probe {
+            in_recovery: true,
+            lsn: Some(replay),
+            receive_lsn: Some(receive),
+            replay_age: age,
+        }
+    }
+
+    #[test]
+    fn lag_is_zero_when_caught_up() {
+        // Idle primary: the replay age grows, the lag does not.
+        assert_eq!(
+            lag(Some(100), &probe(100, 100, Some(30.0))),
+            (Some(0), Some(0.0))
+        );
+        assert_eq!(
+            lag(Some(150), &probe(100, 100, Some(2.5))),
+            (Some(50), Some(2.5))
+        );
+        assert_eq!(
+            lag(Some(100), &probe(80, 100, Some(0.2))),
+            (Some(20), Some(0.2))
+        );
+        // Primary unknown: bytes unknown, seconds by replay age.
+        assert_eq!(lag(None, &probe(80, 80, Some(1.0))), (None, Some(1.0)));
+        // Nothing replayed yet and behind: unknown.
+        assert_eq!(lag(Some(150), &probe(100, 100, None)), (Some(50), None));
+    }
 }

@@ -11,9 +11,10 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use shardline_api::manager::{
-    ApplyMigrationRequest, CreateKeyspaceRequest, HeartbeatResponse, InitialMapRequest,
-    InstanceInfo, KeyspaceInfo, MigrationInfo, RangeInfo, RegisterShardRequest, RouterHeartbeat,
-    ShardInfo, StatusResponse,
+    AddReplicaRequest, ApplyMigrationRequest, CreateKeyspaceRequest, FailoverRequest,
+    FailoverResult, HealthSnapshot, HeartbeatResponse, InitialMapRequest, InstanceInfo,
+    KeyspaceInfo, MigrationInfo, RangeInfo, RegisterShardRequest, RouterHeartbeat, ShardInfo,
+    StatusResponse,
 };
 use shardline_api::ErrorCode;
 use shardline_core::catalog::{Keyspace, Shard};
@@ -21,9 +22,10 @@ use shardline_core::Catalog;
 use shardline_http::{with_fallbacks, ErrorResponse, JsonBody, PathParam, QueryParams, TokenCheck};
 
 use crate::error::ServiceError;
+use crate::failover::Failovers;
 use crate::health::HealthTable;
 use crate::routers::RouterRegistry;
-use crate::{migrations, ops};
+use crate::{migrations, ops, replicas};
 
 mod tenants;
 use crate::service::CatalogService;
@@ -32,6 +34,7 @@ use crate::service::CatalogService;
 pub struct AppState {
     pub service: Arc<CatalogService>,
     pub health: Arc<HealthTable>,
+    pub failovers: Arc<Failovers>,
     pub routers: RouterRegistry,
     pub admin: TokenCheck,
     pub router_auth: TokenCheck,
@@ -74,6 +77,9 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         )
         .route("/v1/shards", get(list_shards).post(register_shard))
         .route("/v1/shards/{id}", get(get_shard).delete(remove_shard))
+        .route("/v1/shards/{id}/replicas", post(add_replica))
+        .route("/v1/shards/{id}/failover", post(failover))
+        .route("/v1/health", get(health))
         .route(
             "/v1/tenants",
             get(tenants::list_tenants).post(tenants::create_tenant),
@@ -181,18 +187,16 @@ fn shard_info(cat: &Catalog, shard: &Shard, health: &HealthTable) -> ShardInfo {
                 .collect()
         })
         .unwrap_or_default();
-    let mut instances = vec![InstanceInfo {
-        id: shard.primary.id.clone(),
-        role: "primary".into(),
-        dsn: redact_dsn(&shard.primary.dsn),
-        health: health.get(&shard.primary.dsn),
-    }];
-    instances.extend(shard.replicas.iter().map(|r| InstanceInfo {
-        id: r.id.clone(),
-        role: "replica".into(),
-        dsn: redact_dsn(&r.dsn),
-        health: health.get(&r.dsn),
-    }));
+    let info = |inst: &shardline_core::catalog::Instance, role: &str, checked: bool| InstanceInfo {
+        id: inst.id.clone(),
+        role: role.into(),
+        dsn: redact_dsn(&inst.dsn),
+        health: checked.then(|| health.get(&shard.id, &inst.id)).flatten(),
+    };
+    let mut instances = vec![info(&shard.primary, "primary", true)];
+    instances.extend(shard.replicas.iter().map(|r| info(r, "replica", true)));
+    // Fenced ones are not checked: no health to show.
+    instances.extend(shard.fenced.iter().map(|f| info(f, "fenced", false)));
     ShardInfo {
         id: shard.id.clone(),
         keyspace: shard.keyspace.clone(),
@@ -340,6 +344,36 @@ async fn remove_shard(
     st.admin.check(&headers)?;
     ops::remove_shard(&st.service, &id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn add_replica(
+    State(st): Shared,
+    headers: HeaderMap,
+    PathParam(id): PathParam,
+    JsonBody(req): JsonBody<AddReplicaRequest>,
+) -> ApiResult<(StatusCode, Json<ShardInfo>)> {
+    st.admin.check(&headers)?;
+    replicas::add_replica(&st.service, &id, &req, st.connect_timeout).await?;
+    Ok((StatusCode::CREATED, Json(find_shard(&st, &id)?)))
+}
+
+async fn failover(
+    State(st): Shared,
+    headers: HeaderMap,
+    PathParam(id): PathParam,
+    JsonBody(req): JsonBody<FailoverRequest>,
+) -> ApiResult<Json<FailoverResult>> {
+    st.admin.check(&headers)?;
+    Ok(Json(st.failovers.planned(&id, &req).await?))
+}
+
+/// Every checked instance's last health check: routers pick replicas for
+/// eventual reads from it.
+async fn health(State(st): Shared, headers: HeaderMap) -> ApiResult<Json<HealthSnapshot>> {
+    if st.router_auth.check(&headers).is_err() {
+        st.admin.check(&headers)?;
+    }
+    Ok(Json(st.health.snapshot()))
 }
 
 /// Query of the catalog watch.

@@ -2,7 +2,8 @@
 //! shards, tenants and client apps behind an HTTP API; each tenant's
 //! PostgreSQL role and schema on every shard of its keyspace; schema
 //! migrations applied per tenant; health checks and a reconciler; the
-//! catalog served to routers as a long-poll watch.
+//! catalog served to routers as a long-poll watch; replicas, health
+//! checks with replication lag, and failover (automatic and planned).
 //!
 //! Start it in-process with [`bind`] then [`BoundManager::run`] (tests
 //! bind port 0), or with [`run`].
@@ -18,7 +19,10 @@
 //! - [`checks`]: validation of request fields.
 //! - [`pg`]: connections to shards, error mapping, probes.
 //! - [`tenant_pg`]: tenants' roles, schemas and migrations on a shard.
-//! - [`health`]: the periodic health checker.
+//! - [`health`]: the periodic health checker (LSNs, lag, failures).
+//! - [`failover`]: automatic failover and planned switchover, resumed
+//!   after a restart.
+//! - [`replicas`]: instance ids and registering replicas.
 //! - [`reconcile`]: brings every shard up to its tenants and migrations.
 //! - [`routers`]: live routers and their leases.
 //! - [`http`]: the HTTP API.
@@ -29,12 +33,14 @@ pub mod apps;
 pub mod checks;
 pub mod config;
 pub mod error;
+pub mod failover;
 pub mod health;
 pub mod http;
 pub mod migrations;
 pub mod ops;
 pub mod pg;
 pub mod reconcile;
+pub mod replicas;
 pub mod routers;
 pub mod service;
 pub mod tenant_pg;
@@ -105,16 +111,22 @@ impl BoundManager {
         let service = service::CatalogService::start(self.store, tasks.clone(), &tracker)
             .await
             .context("load the catalog")?;
+        if let Err(e) = replicas::assign_missing_ids(&service).await {
+            tracing::error!(error = %e, "give instances ids");
+        }
         let metrics = shardline_metrics::Registry::new();
-        let health_gauge = metrics.gauge(
-            "shard_health_status",
-            "1 if the instance answered its last health check, else 0.",
-            &["shard", "instance", "role"],
-        );
+        let health_metrics = health::HealthMetrics::register(&metrics);
         let health_table = Arc::new(health::HealthTable::default());
+        let failovers = failover::Failovers::new(
+            Arc::clone(&service),
+            failover::FailoverSettings::from_config(&cfg),
+            &metrics,
+            tracker.clone(),
+        );
         let state = Arc::new(http::AppState {
             service: Arc::clone(&service),
             health: Arc::clone(&health_table),
+            failovers: Arc::clone(&failovers),
             routers: routers::RouterRegistry::new(cfg.router_lease),
             admin: TokenCheck::new(cfg.admin_token.as_deref().unwrap_or_default()),
             router_auth: TokenCheck::new(cfg.router_token.as_deref().unwrap_or_default()),
@@ -145,8 +157,9 @@ impl BoundManager {
         tracker.spawn(health::run(
             service,
             health_table,
-            health_gauge,
+            health_metrics,
             settings,
+            Some(failovers),
             tasks.clone(),
         ));
         tracker.close();

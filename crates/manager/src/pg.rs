@@ -83,18 +83,72 @@ pub async fn connect_shard(
 }
 
 /// What one health check saw.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Probe {
     pub in_recovery: bool,
+    /// A primary's current WAL write position; a replica's replay
+    /// position.
+    pub lsn: Option<u64>,
+    /// Replicas: the WAL received and flushed so far.
+    pub receive_lsn: Option<u64>,
+    /// Replicas: seconds since the commit of the last transaction
+    /// replayed, by this server's clock.
+    pub replay_age: Option<f64>,
 }
 
-/// Checks an instance over `client`: `SELECT 1` and recovery state.
+/// Checks an instance over `client` with one round trip (it doubles as
+/// `SELECT 1`): recovery state, WAL positions, replay age.
 pub async fn probe(client: &Client) -> Result<Probe, String> {
+    // CASE evaluates one branch: pg_current_wal_lsn() fails in recovery.
     let row = client
-        .query_one("SELECT pg_is_in_recovery()", &[])
+        .query_one(
+            "SELECT pg_is_in_recovery(), \
+               (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
+                     ELSE pg_current_wal_lsn() END)::text, \
+               pg_last_wal_receive_lsn()::text, \
+               extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8",
+            &[],
+        )
         .await
         .map_err(|e| describe(&e))?;
+    let in_recovery: bool = row.get(0);
+    let lsn: Option<String> = row.get(1);
+    let receive: Option<String> = row.get(2);
     Ok(Probe {
-        in_recovery: row.get(0),
+        in_recovery,
+        lsn: lsn.as_deref().and_then(parse_lsn),
+        receive_lsn: receive
+            .as_deref()
+            .and_then(parse_lsn)
+            .filter(|_| in_recovery),
+        replay_age: if in_recovery { row.get(3) } else { None },
     })
+}
+
+/// Parses an LSN as PostgreSQL prints it (`16/B374D848`).
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.split_once('/')?;
+    let hi = u32::from_str_radix(hi, 16).ok()?;
+    let lo = u32::from_str_radix(lo, 16).ok()?;
+    Some((u64::from(hi) << 32) | u64::from(lo))
+}
+
+/// Prints an LSN as PostgreSQL does.
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsns() {
+        assert_eq!(parse_lsn("0/3000060"), Some(0x3000060));
+        assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
+        assert_eq!(format_lsn(0x16_B374_D848), "16/B374D848");
+        assert_eq!(format_lsn(0), "0/0");
+        assert_eq!(parse_lsn("x"), None);
+        assert_eq!(parse_lsn("1/"), None);
+    }
 }

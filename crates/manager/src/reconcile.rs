@@ -50,7 +50,13 @@ impl Reconciler {
                     .checked
                     .get(&id)
                     .is_some_and(|(v, at)| *v == cat.version && at.elapsed() < RECHECK);
-                if fresh || !health.get(&shard.primary.dsn).is_some_and(|h| h.up) {
+                // A shard changing primaries is left alone until it has one.
+                if fresh
+                    || shard.failover.is_some()
+                    || !health
+                        .get(&shard.id, &shard.primary.id)
+                        .is_some_and(|h| h.up)
+                {
                     continue;
                 }
                 match reconcile_shard(svc, cat, shard, &ks.name, timeout).await {

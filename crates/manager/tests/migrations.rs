@@ -225,20 +225,17 @@ async fn reconciler_restores_a_tenant_a_shard_lost() {
     assert_eq!(shard_count(&h.shards[0], "acme").await, Some(1));
 
     let table = Arc::new(HealthTable::default());
-    let gauge = shardline_metrics::Registry::new().gauge(
-        "shard_health_status",
-        "h",
-        &["shard", "instance", "role"],
-    );
+    let metrics = health::HealthMetrics::register(&shardline_metrics::Registry::new());
     let stop = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(health::run(
         Arc::clone(&h.svc),
         table,
-        gauge,
+        metrics,
         HealthSettings {
             interval: Duration::from_millis(100),
             timeout: Duration::from_secs(1),
         },
+        None,
         stop.clone(),
     ));
     let restored = eventually(Duration::from_secs(20), || async {

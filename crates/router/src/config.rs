@@ -60,6 +60,23 @@ pub struct RouterConfig {
     /// How long one catalog long poll waits. Default `30s`.
     #[serde(default = "default_watch_wait", with = "humantime_serde")]
     pub watch_wait: Duration,
+    /// How often the manager's health feed (`GET /v1/health`) is read,
+    /// to choose replicas for eventual reads. An answer older than four
+    /// polls (at least `5s`) is not used: eventual reads then go to the
+    /// primaries. Default `250ms`.
+    #[serde(default = "default_health_poll", with = "humantime_serde")]
+    pub health_poll: Duration,
+    /// Replicas further behind their primary than this (by the health
+    /// feed) serve no eventual reads. Default `1s`.
+    #[serde(default = "default_max_replica_lag", with = "humantime_serde")]
+    pub max_replica_lag: Duration,
+    /// Longest a request for a shard's primary waits while the catalog
+    /// shows the shard failing over, or after its primary could not be
+    /// connected, for a catalog with a new primary; it is then tried
+    /// once more and, failing, answered 503 with `Retry-After`.
+    /// Default `5s`.
+    #[serde(default = "default_failover_hold", with = "humantime_serde")]
+    pub failover_hold: Duration,
 }
 
 fn default_listen() -> SocketAddr {
@@ -95,6 +112,15 @@ fn default_body_limit() -> usize {
 fn default_watch_wait() -> Duration {
     Duration::from_secs(30)
 }
+fn default_health_poll() -> Duration {
+    Duration::from_millis(250)
+}
+fn default_max_replica_lag() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_failover_hold() -> Duration {
+    Duration::from_secs(5)
+}
 
 impl RouterConfig {
     /// Defaults, following the manager at `manager_url`.
@@ -114,6 +140,9 @@ impl RouterConfig {
             request_timeout: default_request_timeout(),
             body_limit: default_body_limit(),
             watch_wait: default_watch_wait(),
+            health_poll: default_health_poll(),
+            max_replica_lag: default_max_replica_lag(),
+            failover_hold: default_failover_hold(),
         }
     }
 
@@ -147,6 +176,9 @@ impl RouterConfig {
         if self.shard_max_connections == 0 {
             bail!("shard_max_connections must be at least 1");
         }
+        if self.health_poll.is_zero() {
+            bail!("health_poll must be more than 0");
+        }
         if !self.manager_url.starts_with("http://") {
             bail!("manager_url must be an http:// URL");
         }
@@ -178,5 +210,33 @@ mod tests {
         bad.shard_max_connections = 0;
         assert!(bad.validate().is_err());
         assert!(RouterConfig::from_toml("manager_url = \"http://m\"\nnope = 1\n").is_err());
+    }
+
+    #[test]
+    fn replica_and_failover_settings() {
+        let cfg = RouterConfig::from_toml("manager_url = \"http://m\"\n").unwrap();
+        assert_eq!(
+            (cfg.health_poll, cfg.max_replica_lag, cfg.failover_hold),
+            (
+                Duration::from_millis(250),
+                Duration::from_secs(1),
+                Duration::from_secs(5)
+            )
+        );
+        let cfg = RouterConfig::from_toml(
+            "manager_url = \"http://m\"\nhealth_poll = \"100ms\"\nmax_replica_lag = \"3s\"\nfailover_hold = \"2s\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (cfg.health_poll, cfg.max_replica_lag, cfg.failover_hold),
+            (
+                Duration::from_millis(100),
+                Duration::from_secs(3),
+                Duration::from_secs(2)
+            )
+        );
+        let mut bad = RouterConfig::new("http://m", "t");
+        bad.health_poll = Duration::ZERO;
+        assert!(bad.validate().is_err());
     }
 }

@@ -1,7 +1,8 @@
 //! The router's HTTP API: `/v1/execute`, `/v1/transaction`, `/v1/route`,
 //! probes and metrics. Each API request is authenticated before its body
 //! is read, then admitted ([`crate::auth::admit_app`]), routed within its
-//! tenant's keyspace, and run on the tenant's pool for the shard.
+//! tenant's keyspace, and run on the tenant's pool for the shard's
+//! primary or a replica ([`crate::dispatch`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -15,15 +16,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use shardline_api::router::{
-    ExecuteRequest, ExecuteResponse, RouteQuery, RouteResponse, ShardKeyValue, TransactionRequest,
-    TransactionResponse,
+    Consistency, ExecuteRequest, ExecuteResponse, RouteQuery, RouteResponse, ShardKeyValue,
+    TransactionRequest, TransactionResponse,
 };
 use shardline_api::{ApiError, ErrorCode};
 use shardline_core::hash::format_hash;
 use shardline_http::{bearer_token, with_fallbacks, ErrorResponse, JsonBody, QueryParams};
 
-use crate::auth::{admit_app, Admission, AppAuth, Now, RejectReason, Rejection, TenantAuth};
-use crate::pg::{exec, from_pool_error, PoolError, PooledConn};
+use crate::auth::{admit_app, Admission, AppAuth, Now, RejectReason, Rejection};
+use crate::classify;
+use crate::dispatch::{self, Plan};
 use crate::pools::ShardTarget;
 use crate::state::{RouterContext, Routing, RoutingCell};
 
@@ -244,21 +246,6 @@ fn resolve(
         })
 }
 
-/// A connection to the shard's primary as the tenant's role; pool
-/// failures become 503s. A pool the reaper closed between lookup and use
-/// is replaced once.
-async fn acquire(target: &ShardTarget, tenant: &TenantAuth) -> Result<PooledConn, ApiError> {
-    let mut retried = false;
-    loop {
-        let pool = target.pool_for(tenant);
-        match pool.get().await {
-            Ok(conn) => return Ok(conn),
-            Err(PoolError::Closed) if !retried && !target.is_closed() => retried = true,
-            Err(e) => return Err(from_pool_error(&e)),
-        }
-    }
-}
-
 async fn execute(
     State(st): Shared,
     auth: Authenticated,
@@ -279,10 +266,18 @@ async fn execute(
         &mut obs,
     );
     let shard = obs.shard.clone();
+    let (cell, ctx) = (Arc::clone(&st.routing), Arc::clone(&st.ctx));
     let work = async move {
         let target = target?;
-        let mut conn = acquire(&target, admission.tenant()).await?;
-        let result = exec::execute(&mut conn, &req.sql, &req.params).await?;
+        let plan = Plan {
+            read: classify::is_read(&req.sql),
+            eventual: req.consistency == Consistency::Eventual,
+        };
+        let job = dispatch::Statement {
+            sql: &req.sql,
+            params: &req.params,
+        };
+        let result = dispatch::run(&cell, &ctx, target, admission.tenant(), &job, plan).await?;
         drop(admission);
         Ok(ExecuteResponse { shard, result })
     };
@@ -309,6 +304,7 @@ async fn transaction(
         &mut obs,
     );
     let shard = obs.shard.clone();
+    let (cell, ctx) = (Arc::clone(&st.routing), Arc::clone(&st.ctx));
     let work = async move {
         if req.statements.is_empty() {
             return Err(ApiError::new(
@@ -317,18 +313,17 @@ async fn transaction(
             ));
         }
         let target = target?;
-        let mut conn = acquire(&target, admission.tenant()).await?;
+        let plan = Plan {
+            read: classify::all_reads(req.statements.iter().map(|s| s.sql.as_str())),
+            eventual: req.consistency == Consistency::Eventual,
+        };
         let stmts: Vec<(String, Vec<serde_json::Value>)> = req
             .statements
             .into_iter()
             .map(|s| (s.sql, s.params))
             .collect();
-        let results = exec::transaction(&mut conn, &stmts)
-            .await
-            .map_err(|(index, mut e)| {
-                e.statement_index = Some(index);
-                e
-            })?;
+        let job = dispatch::Transaction { statements: &stmts };
+        let results = dispatch::run(&cell, &ctx, target, admission.tenant(), &job, plan).await?;
         drop(admission);
         Ok(TransactionResponse { shard, results })
     };

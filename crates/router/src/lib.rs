@@ -5,7 +5,10 @@
 //! role, answers JSON.
 //!
 //! Stateless: it follows the manager's catalog (long poll) and keeps
-//! routing by the last one it has when the manager is down. Start it
+//! routing by the last one it has when the manager is down. `eventual`
+//! reads may go to a shard's replicas that the manager's health feed
+//! shows caught up; requests for a primary that is failing over wait for
+//! the new one, within a bound. Start it
 //! in-process with [`bind`] then [`BoundRouter::run`] (tests bind port 0).
 //!
 //! # Layout
@@ -15,16 +18,24 @@
 //! - [`auth`]: tokens, tenant and app checks, admission
 //!   ([`state::Routing::admit`]).
 //! - [`quota`]: token buckets and concurrency limits per tenant and app.
-//! - [`pools`]: a shard's per-tenant pools under one connection budget.
+//! - [`pools`]: a shard's instances (primary, replicas), each with its
+//!   per-tenant pools under one connection budget.
+//! - [`classify`]: which statements are reads (for replicas).
+//! - [`dispatch`]: where a request runs: a replica for eventual reads,
+//!   else the primary, held through failovers.
 //! - [`follow`]: catalog long poll and heartbeat (live routers).
+//! - [`health`]: the manager's health feed (which replicas may serve).
 //! - [`http`]: the HTTP API.
 //! - [`pg`]: pools, JSON ⇄ PostgreSQL values, statement execution, error
 //!   classification.
 //! - [`metrics`]: Prometheus metrics, with bounded tenant/app labels.
 
 pub mod auth;
+pub mod classify;
 pub mod config;
+pub mod dispatch;
 pub mod follow;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod pg;
@@ -93,6 +104,12 @@ impl BoundRouter {
             on_version: Box::new(move |v| version_gauge.with(&[]).set(v as f64)),
         };
         tracker.spawn(follower.run(tasks.clone()));
+        tracker.spawn(health::poll(
+            manager.clone(),
+            Arc::clone(&ctx.health),
+            cfg.health_poll,
+            tasks.clone(),
+        ));
         tracker.spawn(follow::heartbeat(
             manager,
             Arc::clone(&routing),

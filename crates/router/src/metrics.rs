@@ -44,6 +44,13 @@ pub struct RouterMetrics {
     pub catalog_version: GaugeVec,
     /// `router_in_flight_requests`.
     pub in_flight: GaugeVec,
+    /// `router_replica_reads_total{shard,instance}`: eventual reads a
+    /// replica served.
+    pub replica_reads: CounterVec,
+    /// `router_held_requests_total{shard,outcome}`: requests held for a
+    /// failover, by how the hold ended (`resumed`: a catalog with a new
+    /// primary or the failover called off came in time; `timed_out`).
+    pub held: CounterVec,
     labels: Arc<LabelTable>,
 }
 
@@ -84,12 +91,12 @@ impl RouterMetrics {
             ),
             connections: registry.gauge(
                 "router_active_connections",
-                "Pooled PostgreSQL connections per shard (all tenant pools), in use or idle.",
+                "Pooled PostgreSQL connections per shard (all tenant pools, primary and replicas), in use or idle.",
                 &["shard", "state"],
             ),
             tenant_pools: registry.gauge(
                 "router_tenant_pools",
-                "Tenant connection pools open per shard.",
+                "Tenant connection pools open per shard (primary and replicas).",
                 &["shard"],
             ),
             catalog_version: registry.gauge(
@@ -101,6 +108,16 @@ impl RouterMetrics {
                 "router_in_flight_requests",
                 "Requests being served now.",
                 &[],
+            ),
+            replica_reads: registry.counter(
+                "router_replica_reads_total",
+                "Eventual reads served by a replica, by shard and instance.",
+                &["shard", "instance"],
+            ),
+            held: registry.counter(
+                "router_held_requests_total",
+                "Requests held while a shard's primary was failing over or unreachable, by how the hold ended (resumed, timed_out).",
+                &["shard", "outcome"],
             ),
             labels: Arc::new(LabelTable::new(max_pairs, families)),
             registry,

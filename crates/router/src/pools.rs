@@ -1,28 +1,44 @@
-//! Connections to a shard, one pool per tenant: a tenant's statements run
-//! over connections logged in as its own PostgreSQL role, so PostgreSQL
-//! itself keeps tenants apart.
+//! Connections to a shard's instances, one pool per tenant and instance:
+//! a tenant's statements run over connections logged in as its own
+//! PostgreSQL role, so PostgreSQL itself keeps tenants apart.
 //!
-//! A tenant's pool on a shard is made on its first request there, with
-//! the shard primary's host, port and database, the tenant's role and
-//! password. All pools of a shard share one [`ConnBudget`] of
-//! `shard_max_connections`, so many tenants cannot exhaust the server's
-//! `max_connections`; when it is used up, an idle connection of another
-//! tenant is closed to make room. A pool is replaced when its tenant's
-//! password or pool size changes, closed when its tenant leaves the
-//! catalog or starts being deleted, and closed by the reaper once it has
-//! had no connection for the idle timeout. A new primary (generation or
-//! DSN change) gets a new [`ShardTarget`], so new pools and a new budget.
+//! A [`ShardTarget`] is a shard as one catalog version shows it: its
+//! primary, its replicas and whether a failover is under way. Each
+//! instance is an [`InstanceTarget`] holding its tenants' pools, made on
+//! a tenant's first request there with the instance's host, port and
+//! database, the tenant's role and password (the roles and databases
+//! reach replicas through physical replication). All pools of one
+//! instance share one [`ConnBudget`] of `shard_max_connections`: the
+//! bound is per PostgreSQL server, since each has its own
+//! `max_connections`, so many tenants cannot exhaust it; when it is used
+//! up, an idle connection of another tenant is closed to make room.
+//! Replica connections run every statement read-only
+//! (`default_transaction_read_only`), so nothing sent to a replica can
+//! write even if the replica was promoted meanwhile.
+//!
+//! A pool is replaced when its tenant's password or pool size changes,
+//! closed when its tenant leaves the catalog or starts being deleted,
+//! and closed by the reaper once it has had no connection for the idle
+//! timeout. Instance targets are kept across catalog versions by
+//! instance id and DSN: a replica that stays a replica keeps its pools;
+//! a primary keeps them only while the shard's generation and the
+//! primary's DSN are unchanged, so a new primary (even a promoted
+//! replica) starts with new pools and a new budget, and the old ones are
+//! closed.
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::auth::{TenantAuth, TenantStatus};
+use shardline_core::catalog::{Failover, Instance, Shard};
+
+use crate::health::HealthView;
 use crate::pg::{ConnBudget, Pool, PoolConfig, PoolError, PoolStats};
 
-/// The most tenant pools one reaper pass closes per shard, so a pass
+/// The most tenant pools one reaper pass closes per instance, so a pass
 /// stays short however many pools went idle at once.
 pub const REAP_BATCH: usize = 256;
 
@@ -33,7 +49,7 @@ pub struct PoolSettings {
     pub base: PoolConfig,
     /// A tenant pool's size unless the tenant sets its own.
     pub tenant_pool_size: usize,
-    /// Connections of all tenant pools of one shard together.
+    /// Connections of all tenant pools of one instance together.
     pub shard_max_connections: usize,
 }
 
@@ -48,11 +64,21 @@ impl PoolSettings {
     }
 }
 
-/// A shard's primary and its tenants' pools.
-pub struct ShardTarget {
+/// Whether an instance takes writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Primary,
+    Replica,
+}
+
+/// One PostgreSQL instance of a shard and its tenants' pools.
+pub struct InstanceTarget {
+    /// The shard it belongs to.
+    pub shard: String,
+    /// The instance id from the catalog (empty in old catalogs).
     pub id: String,
-    pub generation: u64,
-    pub primary_dsn: String,
+    pub role: Role,
+    pub dsn: String,
     base: tokio_postgres::Config,
     settings: PoolSettings,
     budget: Arc<ConnBudget>,
@@ -70,7 +96,7 @@ struct TenantPool {
     empty_since: Mutex<Option<Instant>>,
 }
 
-/// Numbers of a shard's tenant pools, for metrics.
+/// Numbers of tenant pools, for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ShardPoolStats {
     pub pools: usize,
@@ -79,37 +105,56 @@ pub struct ShardPoolStats {
     pub in_use: usize,
 }
 
-impl std::fmt::Debug for ShardTarget {
+impl std::fmt::Debug for InstanceTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The DSN carries a password: left out.
-        f.debug_struct("ShardTarget")
+        f.debug_struct("InstanceTarget")
+            .field("shard", &self.shard)
             .field("id", &self.id)
-            .field("generation", &self.generation)
+            .field("role", &self.role)
             .field("stats", &self.stats())
             .finish_non_exhaustive()
     }
 }
 
-impl ShardTarget {
-    /// A target for the primary at `dsn`; opens nothing.
+/// Makes every session of a replica pool read-only, keeping the DSN's
+/// own options.
+const READ_ONLY_OPTION: &str = "-c default_transaction_read_only=on";
+
+impl InstanceTarget {
+    /// A target for the instance at `dsn`; opens nothing.
     pub fn new(
+        shard: &str,
         id: &str,
-        generation: u64,
+        role: Role,
         dsn: &str,
         settings: &PoolSettings,
     ) -> Result<Self, PoolError> {
-        let base = tokio_postgres::Config::from_str(dsn)
+        let mut base = tokio_postgres::Config::from_str(dsn)
             .map_err(|e| PoolError::InvalidDsn(e.to_string()))?;
+        if role == Role::Replica {
+            let options = match base.get_options() {
+                Some(existing) if !existing.is_empty() => format!("{existing} {READ_ONLY_OPTION}"),
+                _ => READ_ONLY_OPTION.to_string(),
+            };
+            base.options(&options);
+        }
         Ok(Self {
+            shard: shard.to_string(),
             id: id.to_string(),
-            generation,
-            primary_dsn: dsn.to_string(),
+            role,
+            dsn: dsn.to_string(),
             base,
             settings: settings.clone(),
             budget: ConnBudget::new(settings.shard_max_connections),
             pools: RwLock::new(HashMap::new()),
             closed: AtomicBool::new(false),
         })
+    }
+
+    /// Whether this is the catalog entry `inst` in role `role`.
+    fn is(&self, inst: &Instance, role: Role) -> bool {
+        self.role == role && self.id == inst.id && self.dsn == inst.dsn
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, TenantPool>> {
@@ -127,12 +172,12 @@ impl ShardTarget {
     }
 
     /// Whether [`close`](Self::close) was called (a newer catalog
-    /// replaced or removed the shard).
+    /// replaced or removed the instance).
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// `tenant`'s pool on this shard, made on first use.
+    /// `tenant`'s pool on this instance, made on first use.
     pub fn pool_for(&self, tenant: &TenantAuth) -> Pool {
         let size = self.settings.pool_size(tenant);
         // A pool made for a newer catalog than the request's is used
@@ -164,7 +209,7 @@ impl ShardTarget {
         let pool = Pool::from_config(pg, cfg, Some(Arc::clone(&self.budget)));
         if self.is_closed() {
             // A request still routing by the catalog that replaced this
-            // shard: it gets a closed pool (503), nothing is kept.
+            // instance: it gets a closed pool, nothing is kept.
             pool.close();
             return pool;
         }
@@ -200,7 +245,7 @@ impl ShardTarget {
 
     /// Closes idle connections past their idle timeout, then the pools
     /// that have had no connection for `idle_timeout` (at most
-    /// [`REAP_BATCH`]); returns how many pools it closed.
+    /// [`REAP_BATCH`] per instance); returns how many pools it closed.
     pub fn reap(&self, idle_timeout: Duration, now: Instant) -> usize {
         let empty = |p: &Pool| {
             let s = p.stats();
@@ -275,5 +320,321 @@ impl ShardTarget {
         let mut ids: Vec<String> = self.read().keys().cloned().collect();
         ids.sort();
         ids
+    }
+}
+
+/// A shard as one catalog version shows it.
+pub struct ShardTarget {
+    pub id: String,
+    pub generation: u64,
+    pub primary: Arc<InstanceTarget>,
+    pub replicas: Vec<Arc<InstanceTarget>>,
+    /// A failover under way: primary traffic is held.
+    pub failover: Option<Failover>,
+    /// Round-robin position among usable replicas.
+    next_replica: AtomicUsize,
+}
+
+impl std::fmt::Debug for ShardTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardTarget")
+            .field("id", &self.id)
+            .field("generation", &self.generation)
+            .field("primary", &self.primary.id)
+            .field("replicas", &self.replicas.len())
+            .field("failover", &self.failover.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShardTarget {
+    /// The target of `shard`, keeping from `previous` the instance
+    /// targets that are still valid (see the module docs). Replicas with
+    /// a DSN that does not parse are left out (and logged); a primary's
+    /// is an error.
+    pub fn build(
+        shard: &Shard,
+        previous: Option<&ShardTarget>,
+        settings: &PoolSettings,
+    ) -> Result<ShardTarget, PoolError> {
+        let same_primary = previous.is_some_and(|p| {
+            p.generation == shard.generation
+                && p.primary.is(&shard.primary, Role::Primary)
+                && !p.primary.is_closed()
+        });
+        let primary = match previous {
+            Some(p) if same_primary => Arc::clone(&p.primary),
+            _ => Arc::new(InstanceTarget::new(
+                &shard.id,
+                &shard.primary.id,
+                Role::Primary,
+                &shard.primary.dsn,
+                settings,
+            )?),
+        };
+        let mut replicas = Vec::with_capacity(shard.replicas.len());
+        for r in &shard.replicas {
+            let kept = previous
+                .and_then(|p| p.replicas.iter().find(|old| old.is(r, Role::Replica)))
+                .filter(|old| !old.is_closed());
+            match kept {
+                Some(old) => replicas.push(Arc::clone(old)),
+                None => {
+                    match InstanceTarget::new(&shard.id, &r.id, Role::Replica, &r.dsn, settings) {
+                        Ok(t) => replicas.push(Arc::new(t)),
+                        Err(e) => {
+                            tracing::error!(shard = %shard.id, instance = %r.id, error = %e, "bad replica DSN in catalog");
+                        }
+                    }
+                }
+            }
+        }
+        Ok(ShardTarget {
+            id: shard.id.clone(),
+            generation: shard.generation,
+            primary,
+            replicas,
+            failover: shard.failover.clone(),
+            next_replica: AtomicUsize::new(
+                previous.map_or(0, |p| p.next_replica.load(Ordering::Relaxed)),
+            ),
+        })
+    }
+
+    /// Whether this target shows `shard` exactly (same primary,
+    /// generation, replicas and failover state), so it can be kept as is.
+    pub fn matches(&self, shard: &Shard) -> bool {
+        self.generation == shard.generation
+            && self.failover == shard.failover
+            && self.primary.is(&shard.primary, Role::Primary)
+            && !self.primary.is_closed()
+            && self.replicas.len() == shard.replicas.len()
+            && self
+                .replicas
+                .iter()
+                .zip(&shard.replicas)
+                .all(|(t, r)| t.is(r, Role::Replica) && !t.is_closed())
+    }
+
+    /// Its instance targets: the primary, then the replicas.
+    pub fn instances(&self) -> impl Iterator<Item = &Arc<InstanceTarget>> {
+        std::iter::once(&self.primary).chain(self.replicas.iter())
+    }
+
+    /// A replica that may serve an eventual read per `health` (see
+    /// [`HealthView::replica_usable`]), taking turns among the usable
+    /// ones; `None` when there is none.
+    pub fn pick_replica(
+        &self,
+        health: &HealthView,
+        max_lag: std::time::Duration,
+    ) -> Option<&Arc<InstanceTarget>> {
+        let usable = |r: &&Arc<InstanceTarget>| {
+            !r.is_closed() && health.replica_usable(&self.id, &r.id, max_lag)
+        };
+        let n = self.replicas.iter().filter(usable).count();
+        if n == 0 {
+            return None;
+        }
+        let k = self.next_replica.fetch_add(1, Ordering::Relaxed) % n;
+        self.replicas.iter().filter(usable).nth(k)
+    }
+
+    /// Whether the primary's target was closed (a newer catalog replaced
+    /// or removed it).
+    pub fn is_closed(&self) -> bool {
+        self.primary.is_closed()
+    }
+
+    /// Closes the pools of tenants that left, on every instance.
+    pub fn sync_tenants(&self, tenants: &HashMap<String, Arc<TenantAuth>>) {
+        for i in self.instances() {
+            i.sync_tenants(tenants);
+        }
+    }
+
+    /// Runs [`InstanceTarget::reap`] on every instance.
+    pub fn reap(&self, idle_timeout: Duration, now: Instant) -> usize {
+        self.instances().map(|i| i.reap(idle_timeout, now)).sum()
+    }
+
+    /// The numbers of every instance's tenant pools, summed.
+    pub fn stats(&self) -> ShardPoolStats {
+        let mut out = ShardPoolStats::default();
+        for i in self.instances() {
+            let s = i.stats();
+            out.pools += s.pools;
+            out.open += s.open;
+            out.idle += s.idle;
+            out.in_use += s.in_use;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shardline_api::manager::{HealthInfo, HealthSnapshot, InstanceHealth};
+    use shardline_core::catalog::FailoverKind;
+
+    use super::*;
+    use crate::config::RouterConfig;
+    use crate::health::HealthTable;
+    use crate::state::RouterContext;
+
+    fn inst(id: &str, port: u16) -> Instance {
+        Instance {
+            id: id.into(),
+            dsn: format!("host=127.0.0.1 port={port} user=postgres dbname=shard"),
+        }
+    }
+
+    fn shard(generation: u64, primary: Instance, replicas: Vec<Instance>) -> Shard {
+        Shard {
+            id: "s1".into(),
+            keyspace: Some("shared".into()),
+            primary,
+            replicas,
+            generation,
+            reserved_for: None,
+            fenced: vec![],
+            failover: None,
+        }
+    }
+
+    fn settings() -> PoolSettings {
+        RouterContext::new(&RouterConfig::new("http://m", "t")).pools
+    }
+
+    /// Health of s1's instances: (id, up, lag).
+    fn health(list: &[(&str, bool, f64)]) -> HealthSnapshot {
+        HealthSnapshot {
+            round: 1,
+            instances: list
+                .iter()
+                .map(|(id, up, lag)| InstanceHealth {
+                    shard: "s1".into(),
+                    instance: (*id).into(),
+                    role: "replica".into(),
+                    health: HealthInfo {
+                        up: *up,
+                        in_recovery: Some(true),
+                        lag_seconds: Some(*lag),
+                        ..HealthInfo::default()
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn instance_targets_survive_catalog_changes() {
+        let st = settings();
+        let s = shard(1, inst("s1-0", 9), vec![inst("s1-1", 10), inst("s1-2", 11)]);
+        let t1 = ShardTarget::build(&s, None, &st).unwrap();
+        assert!(t1.matches(&s));
+        assert_eq!(t1.primary.role, Role::Primary);
+        assert!(t1.replicas.iter().all(|r| r.role == Role::Replica));
+        // Every instance has its own budget.
+        assert!(!std::ptr::eq(t1.primary.budget(), t1.replicas[0].budget()));
+
+        // Failover intent: a new target, the same instances.
+        let mut intent = s.clone();
+        intent.failover = Some(Failover {
+            kind: FailoverKind::Automatic,
+            from: "s1-0".into(),
+            to: "s1-1".into(),
+            started_at_ms: 1,
+        });
+        assert!(!t1.matches(&intent));
+        let t2 = ShardTarget::build(&intent, Some(&t1), &st).unwrap();
+        assert!(t2.failover.is_some());
+        assert!(Arc::ptr_eq(&t1.primary, &t2.primary));
+        assert!(Arc::ptr_eq(&t1.replicas[1], &t2.replicas[1]));
+
+        // s1-1 promoted: the primary is new (not the replica's target),
+        // the remaining replica keeps its pools.
+        let done = shard(2, inst("s1-1", 10), vec![inst("s1-2", 11)]);
+        let t3 = ShardTarget::build(&done, Some(&t2), &st).unwrap();
+        assert!(t3.failover.is_none());
+        assert!(!Arc::ptr_eq(&t3.primary, &t2.primary));
+        assert!(!Arc::ptr_eq(&t3.primary, &t2.replicas[0]));
+        assert_eq!(t3.primary.role, Role::Primary);
+        assert!(Arc::ptr_eq(&t3.replicas[0], &t2.replicas[1]));
+
+        // A bad replica DSN leaves that replica out, not the shard.
+        let mut bad = done.clone();
+        bad.replicas.push(Instance {
+            id: "s1-3".into(),
+            dsn: "port=notanumber".into(),
+        });
+        assert_eq!(
+            ShardTarget::build(&bad, None, &st).unwrap().replicas.len(),
+            1
+        );
+        bad.primary.dsn = "port=notanumber".into();
+        assert!(ShardTarget::build(&bad, None, &st).is_err());
+    }
+
+    #[test]
+    fn replicas_take_turns_within_the_lag_bound() {
+        let st = settings();
+        let s = shard(
+            1,
+            inst("s1-0", 9),
+            vec![
+                inst("s1-1", 10),
+                inst("s1-2", 11),
+                inst("s1-3", 12),
+                inst("s1-4", 13),
+            ],
+        );
+        let t = ShardTarget::build(&s, None, &st).unwrap();
+        let table = HealthTable::new(Duration::from_millis(250));
+        let now = Instant::now();
+        table.install(
+            &health(&[
+                ("s1-0", true, 0.0),
+                ("s1-1", true, 0.1),
+                ("s1-2", true, 2.5),
+                ("s1-3", false, 0.0),
+                ("s1-4", true, 1.0),
+            ]),
+            now,
+        );
+        let view = table.fresh(now).unwrap();
+        let lag = Duration::from_secs(1);
+        let picks: Vec<String> = (0..6)
+            .map(|_| t.pick_replica(&view, lag).unwrap().id.clone())
+            .collect();
+        // s1-2 lags, s1-3 is down: s1-1 and s1-4 alternate.
+        assert_eq!(picks, ["s1-1", "s1-4", "s1-1", "s1-4", "s1-1", "s1-4"]);
+        // A looser bound lets s1-2 in.
+        let mut seen: Vec<String> = (0..3)
+            .map(|_| {
+                t.pick_replica(&view, Duration::from_secs(3))
+                    .unwrap()
+                    .id
+                    .clone()
+            })
+            .collect();
+        seen.sort();
+        assert_eq!(seen, ["s1-1", "s1-2", "s1-4"]);
+
+        // None usable: no replica.
+        table.install(&health(&[("s1-1", false, 0.0), ("s1-4", true, 9.0)]), now);
+        assert!(t.pick_replica(&table.fresh(now).unwrap(), lag).is_none());
+
+        // A stale answer is no answer: the caller gets none to use.
+        table.install(&health(&[("s1-1", true, 0.0)]), now);
+        assert!(table.fresh(now + Duration::from_secs(6)).is_none());
+
+        // A closed replica target is never picked.
+        table.install(&health(&[("s1-1", true, 0.0), ("s1-4", true, 0.0)]), now);
+        t.replicas[0].close();
+        let view = table.fresh(now).unwrap();
+        for _ in 0..3 {
+            assert_eq!(t.pick_replica(&view, lag).unwrap().id, "s1-4");
+        }
     }
 }

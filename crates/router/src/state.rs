@@ -3,8 +3,9 @@
 //! pools — rebuilt whole on every catalog version.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use shardline_api::router::ShardKeyValue;
 use shardline_api::{ApiError, ErrorCode};
@@ -12,25 +13,34 @@ use shardline_core::catalog::{tenant_pg_name, Tenant, TenantConfig, TenantState}
 use shardline_core::hash::{parse_uuid, routing_hash};
 use shardline_core::shardmap::ShardRange;
 use shardline_core::{Catalog, KeyType, ShardKey, ShardMap};
+use tokio::sync::watch;
 
 use crate::auth::{
     admit_app, authenticate, Admission, AppAuth, Now, Rejection, TenantAuth, TenantStatus,
     TokenEntry,
 };
 use crate::config::RouterConfig;
+use crate::health::HealthTable;
 use crate::metrics::{RouterMetrics, OTHER};
 use crate::pg::PoolConfig;
-use crate::pools::{PoolSettings, ShardTarget};
+use crate::pools::{InstanceTarget, PoolSettings, ShardTarget};
 use crate::quota::{QuotaCell, Quotas};
 
 /// Longest shard key accepted, in bytes (keys must stay under 4 KiB).
 pub const MAX_SHARD_KEY_BYTES: usize = 4095;
 
-/// What outlives catalog versions: pool settings, quota state, metrics.
+/// What outlives catalog versions: pool settings, quota state, metrics,
+/// the health feed.
 pub struct RouterContext {
     pub pools: PoolSettings,
     pub quotas: Quotas,
     pub metrics: RouterMetrics,
+    /// The manager's last health answer.
+    pub health: Arc<HealthTable>,
+    /// Replicas further behind than this serve no eventual reads.
+    pub max_replica_lag: Duration,
+    /// Longest a request waits for a failover to end.
+    pub failover_hold: Duration,
 }
 
 impl RouterContext {
@@ -51,6 +61,9 @@ impl RouterContext {
             },
             quotas: Quotas::new(),
             metrics: RouterMetrics::new(cfg.metrics_max_tenant_apps),
+            health: Arc::new(HealthTable::new(cfg.health_poll)),
+            max_replica_lag: cfg.max_replica_lag,
+            failover_hold: cfg.failover_hold,
         }
     }
 }
@@ -80,9 +93,9 @@ pub struct Route<'a> {
 }
 
 impl Routing {
-    /// Compiles a catalog. Shards whose primary is unchanged keep their
-    /// target (and tenant pools) from `previous`; the others' targets are
-    /// closed. Quota state and metric labels of tenants and apps that
+    /// Compiles a catalog. Instances keep their targets (and tenant
+    /// pools) from `previous` while still valid (see [`crate::pools`]);
+    /// the others' targets are closed. Quota state and metric labels of tenants and apps that
     /// left are dropped.
     pub fn build(cat: &Catalog, previous: &Routing, ctx: &RouterContext) -> Routing {
         let keyspaces = cat
@@ -176,15 +189,15 @@ impl Routing {
         );
         let mut shards = HashMap::with_capacity(cat.shards.len());
         for s in cat.shards.values() {
-            if let Some(old) = previous.shards.get(&s.id) {
-                if old.generation == s.generation && old.primary_dsn == s.primary.dsn {
-                    old.sync_tenants(&tenants);
-                    shards.insert(s.id.clone(), Arc::clone(old));
-                    continue;
-                }
+            let old = previous.shards.get(&s.id);
+            if let Some(old) = old.filter(|o| o.matches(s)) {
+                old.sync_tenants(&tenants);
+                shards.insert(s.id.clone(), Arc::clone(old));
+                continue;
             }
-            match ShardTarget::new(&s.id, s.generation, &s.primary.dsn, &ctx.pools) {
+            match ShardTarget::build(s, old.map(Arc::as_ref), &ctx.pools) {
                 Ok(t) => {
+                    t.sync_tenants(&tenants);
                     shards.insert(s.id.clone(), Arc::new(t));
                 }
                 Err(e) => {
@@ -192,9 +205,17 @@ impl Routing {
                 }
             }
         }
-        for (id, old) in &previous.shards {
-            if !shards.get(id).is_some_and(|new| Arc::ptr_eq(new, old)) {
-                old.close();
+        // Instances no longer in use: their pools close (connections in
+        // use close when returned).
+        let kept: HashSet<*const InstanceTarget> = shards
+            .values()
+            .flat_map(|t| t.instances().map(Arc::as_ptr))
+            .collect();
+        for old in previous.shards.values() {
+            for inst in old.instances() {
+                if !kept.contains(&Arc::as_ptr(inst)) {
+                    inst.close();
+                }
             }
         }
         Routing {
@@ -252,7 +273,7 @@ impl Routing {
     }
 
     /// Runs the pool reaper over every shard (see [`ShardTarget::reap`]).
-    pub fn reap_pools(&self, idle_timeout: std::time::Duration, now: Instant) -> usize {
+    pub fn reap_pools(&self, idle_timeout: Duration, now: Instant) -> usize {
         self.shards
             .values()
             .map(|s| s.reap(idle_timeout, now))
@@ -344,34 +365,47 @@ fn decode_hex32(s: &str) -> Option<[u8; 32]> {
 }
 
 /// The current routing table, swapped whole on every catalog change.
-#[derive(Default)]
+/// Requests held through a failover [`subscribe`](Self::subscribe) to
+/// learn of the next table without polling.
 pub struct RoutingCell {
-    current: RwLock<Arc<Routing>>,
-    loaded: std::sync::atomic::AtomicBool,
+    current: watch::Sender<Arc<Routing>>,
+    loaded: AtomicBool,
+}
+
+impl Default for RoutingCell {
+    fn default() -> Self {
+        Self {
+            current: watch::Sender::new(Arc::new(Routing::default())),
+            loaded: AtomicBool::new(false),
+        }
+    }
 }
 
 impl RoutingCell {
     /// The table requests route by.
     pub fn get(&self) -> Arc<Routing> {
-        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+        Arc::clone(&self.current.borrow())
     }
 
-    /// Installs a new table.
+    /// Installs a new table and wakes the requests waiting for one.
     pub fn set(&self, routing: Routing) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(routing);
-        self.loaded
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.loaded.store(true, Ordering::Release);
+        self.current.send_replace(Arc::new(routing));
+    }
+
+    /// A receiver that sees every table installed from now on.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Routing>> {
+        self.current.subscribe()
     }
 
     /// Whether a catalog has been loaded.
     pub fn is_loaded(&self) -> bool {
-        self.loaded.load(std::sync::atomic::Ordering::Acquire)
+        self.loaded.load(Ordering::Acquire)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use shardline_core::auth::token_hash;
     use shardline_core::catalog::{App, Instance, Keyspace, Limits, PreviousToken, Shard};
@@ -666,10 +700,10 @@ mod tests {
         let r = Routing::build(&cat, &Routing::default(), &ctx);
         let s1 = Arc::clone(&r.shards["s1"]);
         let acme = &r.tenants["acme"];
-        let pool = s1.pool_for(acme);
-        assert!(pool.ptr_eq(&s1.pool_for(acme)));
+        let pool = s1.primary.pool_for(acme);
+        assert!(pool.ptr_eq(&s1.primary.pool_for(acme)));
         assert_eq!(pool.config().max_size, 8);
-        assert_eq!(s1.tenants_with_pools(), ["acme"]);
+        assert_eq!(s1.primary.tenants_with_pools(), ["acme"]);
 
         // A new password: the pool is closed and replaced on next use.
         cat.version += 1;
@@ -677,11 +711,11 @@ mod tests {
         let r2 = Routing::build(&cat, &r, &ctx);
         assert!(Arc::ptr_eq(&s1, &r2.shards["s1"]));
         assert!(pool.is_closed());
-        assert!(s1.tenants_with_pools().is_empty());
-        let fresh = s1.pool_for(&r2.tenants["acme"]);
+        assert!(s1.primary.tenants_with_pools().is_empty());
+        let fresh = s1.primary.pool_for(&r2.tenants["acme"]);
         assert!(!fresh.ptr_eq(&pool));
         // A request still holding the older catalog uses the newer pool.
-        assert!(s1.pool_for(acme).ptr_eq(&fresh));
+        assert!(s1.primary.pool_for(acme).ptr_eq(&fresh));
 
         // The tenant's own pool size applies.
         cat.version += 1;
@@ -692,29 +726,32 @@ mod tests {
             .max_connections_per_shard = Some(3);
         let r3 = Routing::build(&cat, &r2, &ctx);
         assert!(fresh.is_closed());
-        assert_eq!(s1.pool_for(&r3.tenants["acme"]).config().max_size, 3);
+        assert_eq!(
+            s1.primary.pool_for(&r3.tenants["acme"]).config().max_size,
+            3
+        );
 
         // Empty pools are reaped after the idle timeout (two passes).
         assert_eq!(r3.reap_pools(Duration::from_secs(60), Instant::now()), 0);
         let later = Instant::now() + Duration::from_secs(61);
         assert_eq!(r3.reap_pools(Duration::from_secs(60), later), 1);
-        assert!(s1.tenants_with_pools().is_empty());
+        assert!(s1.primary.tenants_with_pools().is_empty());
 
         // A new primary: a new target; the old one is closed.
-        s1.pool_for(&r3.tenants["acme"]);
+        s1.primary.pool_for(&r3.tenants["acme"]);
         cat.version += 1;
         cat.shards.get_mut("s1").unwrap().generation = 2;
         let r4 = Routing::build(&cat, &r3, &ctx);
         assert!(!Arc::ptr_eq(&s1, &r4.shards["s1"]));
         assert!(s1.is_closed());
-        assert!(s1.tenants_with_pools().is_empty());
+        assert!(s1.primary.tenants_with_pools().is_empty());
         // Deleting tenants lose their pools.
         let s1 = Arc::clone(&r4.shards["s1"]);
-        s1.pool_for(&r4.tenants["acme"]);
+        s1.primary.pool_for(&r4.tenants["acme"]);
         cat.version += 1;
         cat.tenants.get_mut("acme").unwrap().state = TenantState::Deleting;
         let _r5 = Routing::build(&cat, &r4, &ctx);
-        assert!(s1.tenants_with_pools().is_empty());
+        assert!(s1.primary.tenants_with_pools().is_empty());
     }
 
     #[test]

@@ -3,117 +3,26 @@
 //! pools follow password changes, and the HTTP API enforces tenant,
 //! keyspace, key prefix and quotas with bounded metrics.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{app, error_code, http, instance, migrate, provision, shard_catalog, tenant};
 use serde_json::{json, Value};
 use shardline_api::ErrorCode;
-use shardline_core::auth::token_hash;
-use shardline_core::catalog::{
-    App, Instance, Keyspace, Limits, Migration, Shard, Tenant, TenantConfig, TenantState,
-};
-use shardline_core::{Catalog, KeyType, ShardMap};
-use shardline_manager::tenant_pg;
+use shardline_core::catalog::{App, Limits, Tenant};
+use shardline_core::Catalog;
 use shardline_router::pg::{from_pool_error, PoolError};
 use shardline_router::state::{RouterContext, Routing, RoutingCell};
 use shardline_router::RouterConfig;
 use shardline_testkit::PgCluster;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
-/// Creates the tenants' roles, databases and schemas with the manager's
-/// own provisioning code.
-async fn provision(pg: &PgCluster, tenants: &[(&str, &str)]) -> anyhow::Result<()> {
-    let admin = pg.connect().await?;
-    tenant_pg::prepare_database(&admin, "s1").await?;
-    for (id, password) in tenants {
-        tenant_pg::provision(&admin, "s1", &pg.dsn(), &tenant(id, password), TIMEOUT).await?;
-    }
-    Ok(())
-}
-
-/// Applies `sql` for the tenant as the manager does (as its role, in its
-/// schema and database).
-async fn migrate(pg: &PgCluster, id: &str, password: &str, sql: &str) -> anyhow::Result<()> {
-    let admin = pg.connect().await?;
-    let m = Migration {
-        name: "001".into(),
-        checksum: shardline_manager::migrations::checksum(sql),
-        sql: sql.into(),
-    };
-    tenant_pg::apply_migration(&admin, "s1", &pg.dsn(), &tenant(id, password), &m, TIMEOUT).await?;
-    Ok(())
-}
-
-const TIMEOUT: Duration = Duration::from_secs(5);
-
-fn tenant(id: &str, password: &str) -> Tenant {
-    Tenant {
-        id: id.into(),
-        name: id.into(),
-        keyspace: "shared".into(),
-        dedicated: false,
-        config: TenantConfig::default(),
-        role_password: password.into(),
-        state: TenantState::Active,
-        created_at: String::new(),
-    }
-}
-
-fn app(id: &str, tenant: &str, prefix: Option<&str>, limits: Limits) -> App {
-    App {
-        id: id.into(),
-        name: id.into(),
-        tenant: tenant.into(),
-        description: String::new(),
-        key_prefix: prefix.map(str::to_string),
-        limits,
-        token_hash: token_hash(&format!("tok-{id}")),
-        previous_token: None,
-        created_at: String::new(),
-    }
-}
-
 /// One text keyspace `shared` on shard `s1` at `dsn`.
 fn catalog(dsn: &str, tenants: Vec<Tenant>, apps: Vec<App>) -> Catalog {
-    let mut cat = Catalog {
-        version: 1,
-        ..Catalog::default()
-    };
-    cat.keyspaces.insert(
-        "shared".into(),
-        Keyspace {
-            name: "shared".into(),
-            key_type: KeyType::Text,
-            map: Some(ShardMap::even(&["s1".to_string()]).unwrap()),
-            migrations: vec![],
-        },
-    );
-    cat.shards.insert(
-        "s1".into(),
-        Shard {
-            id: "s1".into(),
-            keyspace: Some("shared".into()),
-            primary: Instance {
-                id: "s1-0".into(),
-                dsn: dsn.into(),
-            },
-            replicas: vec![],
-            generation: 1,
-            reserved_for: None,
-            fenced: vec![],
-            failover: None,
-        },
-    );
-    cat.tenants = tenants.into_iter().map(|t| (t.id.clone(), t)).collect();
-    cat.apps = apps
-        .into_iter()
-        .map(|a| (a.id.clone(), a))
-        .collect::<BTreeMap<_, _>>();
-    cat
+    shard_catalog(instance("s1-0", dsn), vec![], tenants, apps)
 }
 
 fn config() -> RouterConfig {
@@ -139,7 +48,7 @@ async fn tenant_pools_log_in_as_the_tenant_role() -> anyhow::Result<()> {
     let routing = Routing::build(&cat, &Routing::default(), &ctx);
     let s1 = &routing.shards["s1"];
 
-    let acme = s1.pool_for(&routing.tenants["acme"]).get().await?;
+    let acme = s1.primary.pool_for(&routing.tenants["acme"]).get().await?;
     assert_eq!(
         scalar(&acme, "SELECT current_user::text").await?,
         "tenant_acme"
@@ -156,7 +65,7 @@ async fn tenant_pools_log_in_as_the_tenant_role() -> anyhow::Result<()> {
     let placed = scalar(&acme_db.0, "SELECT to_regclass('tenant_acme.items')::text").await?;
     assert_eq!(placed, "tenant_acme.items");
 
-    let beta = s1.pool_for(&routing.tenants["beta"]).get().await?;
+    let beta = s1.primary.pool_for(&routing.tenants["beta"]).get().await?;
     assert_eq!(
         scalar(&beta, "SELECT current_user::text").await?,
         "tenant_beta"
@@ -208,13 +117,13 @@ async fn shard_budget_is_shared_and_evicts_idle_connections() -> anyhow::Result<
     );
     let routing = Routing::build(&cat, &Routing::default(), &ctx);
     let s1 = Arc::clone(&routing.shards["s1"]);
-    let acme = s1.pool_for(&routing.tenants["acme"]);
-    let beta = s1.pool_for(&routing.tenants["beta"]);
+    let acme = s1.primary.pool_for(&routing.tenants["acme"]);
+    let beta = s1.primary.pool_for(&routing.tenants["beta"]);
 
     // acme fills the budget, then leaves both connections idle.
     let (a, b) = (acme.get().await?, acme.get().await?);
     drop((a, b));
-    assert_eq!((acme.stats().idle, s1.budget().open()), (2, 2));
+    assert_eq!((acme.stats().idle, s1.primary.budget().open()), (2, 2));
 
     // beta's first connection closes one of acme's idle ones.
     let c = beta.get().await?;
@@ -223,7 +132,7 @@ async fn shard_budget_is_shared_and_evicts_idle_connections() -> anyhow::Result<
         "tenant_beta"
     );
     assert_eq!((acme.stats().size, beta.stats().size), (1, 1));
-    assert_eq!(s1.budget().open(), 2);
+    assert_eq!(s1.primary.budget().open(), 2);
 
     // Both connections in use: a third waits for the acquire timeout,
     // then is a 503 with Retry-After.
@@ -257,7 +166,7 @@ async fn shard_budget_is_shared_and_evicts_idle_connections() -> anyhow::Result<
     drop(d);
     assert_eq!(waiter.await??, "tenant_beta");
     assert_eq!(acme.stats().size, 0);
-    assert!(s1.budget().open() <= 2);
+    assert!(s1.primary.budget().open() <= 2);
     drop(c);
 
     // The server never saw more than the budget (closing is quick but
@@ -293,6 +202,7 @@ async fn pool_is_replaced_when_the_password_changes() -> anyhow::Result<()> {
     let wrong = catalog(&pg.dsn(), vec![tenant("acme", "wrong")], vec![]);
     let bad = Routing::build(&wrong, &Routing::default(), &RouterContext::new(&config()));
     let err = bad.shards["s1"]
+        .primary
         .pool_for(&bad.tenants["acme"])
         .get()
         .await
@@ -306,7 +216,7 @@ async fn pool_is_replaced_when_the_password_changes() -> anyhow::Result<()> {
 
     let mut cat = catalog(&pg.dsn(), vec![tenant("acme", "first")], vec![]);
     let r1 = Routing::build(&cat, &Routing::default(), &ctx);
-    let old = r1.shards["s1"].pool_for(&r1.tenants["acme"]);
+    let old = r1.shards["s1"].primary.pool_for(&r1.tenants["acme"]);
     let held = old.get().await?;
     assert_eq!(
         scalar(&held, "SELECT current_user::text").await?,
@@ -321,7 +231,7 @@ async fn pool_is_replaced_when_the_password_changes() -> anyhow::Result<()> {
     cat.tenants.get_mut("acme").unwrap().role_password = "second".into();
     let r2 = Routing::build(&cat, &r1, &ctx);
     assert!(old.is_closed());
-    let new = r2.shards["s1"].pool_for(&r2.tenants["acme"]);
+    let new = r2.shards["s1"].primary.pool_for(&r2.tenants["acme"]);
     assert!(!new.ptr_eq(&old));
     let conn = new.get().await?;
     assert_eq!(
@@ -334,47 +244,6 @@ async fn pool_is_replaced_when_the_password_changes() -> anyhow::Result<()> {
     drop(held);
     assert_eq!(old.stats().size, 0);
     Ok(())
-}
-
-/// One HTTP/1.1 exchange: status, headers (lowercase names), body.
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&Value>,
-) -> anyhow::Result<(u16, Vec<(String, String)>, String)> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: router\r\nConnection: close\r\n");
-    if let Some(t) = token {
-        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
-    if !body.is_empty() {
-        req.push_str("Content-Type: application/json\r\n");
-    }
-    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    stream.write_all(req.as_bytes()).await?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await?;
-    let text = String::from_utf8(raw)?;
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Ok((status, headers, body.to_string()))
-}
-
-fn error_code(body: &str) -> String {
-    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-    v["error"]["code"].as_str().unwrap_or_default().to_string()
 }
 
 #[tokio::test]

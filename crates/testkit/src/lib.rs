@@ -4,15 +4,22 @@
 //! temporary directory on a free loopback port, removed when dropped, so
 //! tests run in parallel without sharing anything.
 //!
+//! [`PgCluster::start_replica_of`] clones a running cluster with
+//! `pg_basebackup` into a streaming hot standby of it, for replication and
+//! failover tests.
+//!
 //! # Layout
-//! - [`PgCluster`]: start, connect, stop, restart, kill.
+//! - [`PgCluster`]: start (primary or replica), connect, stop, restart,
+//!   kill, pause.
+//! - [`SYNC_REPLICATION`]: settings of a primary that waits for a replica.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use shardline_localpg::{
-    free_port, init_cluster, start_cluster, ClusterConfig, PgBinaries, RunningCluster, StopMode,
+    create_replica, free_port, init_cluster, start_cluster, wait_streaming, ClusterConfig,
+    PgBinaries, RunningCluster, StopMode,
 };
 use tokio_postgres::{Client, NoTls};
 
@@ -26,11 +33,30 @@ const TEST_SETTINGS: &[(&str, &str)] = &[
     ("max_wal_senders", "10"),
     ("wal_level", "logical"),
     ("max_replication_slots", "10"),
+    // Replicas: hold WAL for a replica that falls behind, and keep the
+    // primary from vacuuming rows a replica's query still reads.
+    ("wal_keep_size", "256MB"),
+    ("hot_standby_feedback", "on"),
 ];
+
+/// Settings for [`PgCluster::start_with`] that make a primary commit only
+/// once a replica has flushed the commit: `synchronous_standby_names = '*'`
+/// (any one replica) and `synchronous_commit = on` (the test settings turn
+/// it off). With no replica connected, commits wait.
+pub const SYNC_REPLICATION: &[(&str, &str)] = &[
+    ("synchronous_standby_names", "*"),
+    ("synchronous_commit", "on"),
+];
+
+/// Longest wait for a new replica to stream.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A throwaway PostgreSQL cluster.
 pub struct PgCluster {
     cfg: ClusterConfig,
+    /// The replica's `application_name`/`cluster_name`; `None` for a
+    /// cluster made by initdb.
+    name: Option<String>,
     running: Option<RunningCluster>,
     bins: PgBinaries,
     // Dropped last: the directory goes after the server has stopped.
@@ -43,19 +69,16 @@ impl PgCluster {
         Self::start_with(&[]).await
     }
 
-    /// Like [`start`](Self::start), with extra server settings.
+    /// Like [`start`](Self::start), with extra server settings (they
+    /// override the test settings). Every cluster can serve as a primary:
+    /// `wal_level = logical`, `max_wal_senders = 10`, `wal_keep_size =
+    /// 256MB`, `hot_standby_feedback = on`, and initdb's `pg_hba.conf`
+    /// trusts replication connections from 127.0.0.1. For synchronous
+    /// replication pass [`SYNC_REPLICATION`]:
+    /// `PgCluster::start_with(SYNC_REPLICATION)`.
     pub async fn start_with(settings: &[(&str, &str)]) -> anyhow::Result<Self> {
         let bins = PgBinaries::detect()?;
-        let dir = tempfile::Builder::new()
-            .prefix("shardline-pg-")
-            .tempdir()
-            .context("create temp dir")?;
-        // The server runs as `postgres` when we are root: let it in.
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .context("chmod temp dir")?;
+        let dir = temp_dir()?;
         let mut cfg = ClusterConfig::new(dir.path().join("data"), 0);
         cfg.settings = TEST_SETTINGS
             .iter()
@@ -63,6 +86,55 @@ impl PgCluster {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         init_cluster(&bins, &cfg).await.context("initdb")?;
+        Self::start_on_free_port(bins, cfg, dir, None).await
+    }
+
+    /// Clones `primary` (which must be running) with `pg_basebackup -R`
+    /// into a hot standby streaming from it, starts it on its own port and
+    /// waits until `pg_stat_wal_receiver` says `streaming`.
+    ///
+    /// The replica keeps the primary's settings except
+    /// `synchronous_standby_names`, so once promoted it commits without
+    /// waiting for a standby of its own. It streams as `postgres` with
+    /// `primary_conninfo = 'user=postgres ... host=127.0.0.1 port=<primary>
+    /// application_name=<name>'` and `cluster_name = '<name>'`; see
+    /// [`name`](Self::name). Promote it with `SELECT pg_promote()`.
+    pub async fn start_replica_of(primary: &PgCluster) -> anyhow::Result<Self> {
+        Self::start_replica_of_with(primary, &[]).await
+    }
+
+    /// Like [`start_replica_of`](Self::start_replica_of), with extra
+    /// settings for the replica.
+    pub async fn start_replica_of_with(
+        primary: &PgCluster,
+        settings: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let dir = temp_dir()?;
+        let name = replica_name(dir.path());
+        let mut cfg = ClusterConfig::new(dir.path().join("data"), 0);
+        cfg.password = primary.cfg.password.clone();
+        cfg.settings = primary
+            .cfg
+            .settings
+            .iter()
+            .filter(|(k, _)| k != "synchronous_standby_names" && k != "cluster_name")
+            .cloned()
+            .chain(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+            .collect();
+        create_replica(&primary.bins, &primary.cfg, &cfg, &name)
+            .await
+            .context("pg_basebackup")?;
+        let replica = Self::start_on_free_port(primary.bins.clone(), cfg, dir, Some(name)).await?;
+        wait_streaming(&replica.cfg, STREAM_TIMEOUT).await?;
+        Ok(replica)
+    }
+
+    async fn start_on_free_port(
+        bins: PgBinaries,
+        mut cfg: ClusterConfig,
+        dir: tempfile::TempDir,
+        name: Option<String>,
+    ) -> anyhow::Result<Self> {
         // A port can be taken between picking it and binding it: retry.
         let mut last_err = None;
         for _ in 0..5 {
@@ -71,6 +143,7 @@ impl PgCluster {
                 Ok(running) => {
                     return Ok(Self {
                         cfg,
+                        name,
                         running: Some(running),
                         bins,
                         _dir: dir,
@@ -82,6 +155,13 @@ impl PgCluster {
         Err(last_err
             .map(anyhow::Error::from)
             .unwrap_or_else(|| anyhow::anyhow!("start failed")))
+    }
+
+    /// A replica's `application_name` and `cluster_name` (lower-case
+    /// letters, digits, `_`), as `pg_stat_replication` on its primary shows
+    /// it; `None` for a cluster made by initdb.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
     }
 
     /// The superuser key/value DSN.
@@ -131,11 +211,32 @@ impl PgCluster {
         }
     }
 
-    /// Sends a signal (e.g. SIGSTOP/SIGCONT) to the postmaster.
+    /// Sends a signal to the postmaster only. New connections then hang,
+    /// while open sessions and replication go on.
     pub fn signal(&self, sig: i32) {
         if let Some(r) = &self.running {
             r.signal(sig);
         }
+    }
+
+    /// Sends a signal to the postmaster and all its processes (backends,
+    /// WAL sender and receiver).
+    pub fn signal_all(&self, sig: i32) {
+        if let Some(r) = &self.running {
+            r.signal_all(sig);
+        }
+    }
+
+    /// Freezes every process of the server (SIGSTOP), as a hung machine:
+    /// connections hang, a replica stops receiving WAL. Undo with
+    /// [`resume`](Self::resume); stop, kill9 and drop resume it first.
+    pub fn pause(&self) {
+        self.signal_all(libc::SIGSTOP);
+    }
+
+    /// Resumes a [`pause`](Self::pause)d server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal_all(libc::SIGCONT);
     }
 
     /// Starts the server again on the same port and data.
@@ -152,4 +253,33 @@ impl PgCluster {
             None => false,
         }
     }
+}
+
+fn temp_dir() -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new()
+        .prefix("shardline-pg-")
+        .tempdir()
+        .context("create temp dir")?;
+    // The server runs as `postgres` when we are root: let it in.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .context("chmod temp dir")?;
+    Ok(dir)
+}
+
+/// A replica name unique to its temp dir, usable unquoted in
+/// `synchronous_standby_names`.
+fn replica_name(dir: &Path) -> String {
+    let suffix: String = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .trim_start_matches("shardline-pg-")
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    format!("replica_{suffix}")
 }

@@ -21,6 +21,8 @@ pub const ROUTER_TOKEN: &str = "router-token-for-tests-0001";
 
 pub struct Stack {
     pub shards: Vec<PgCluster>,
+    /// The replicas of each shard, in registration order.
+    pub replicas: Vec<Vec<PgCluster>>,
     pub manager_url: String,
     pub router_url: String,
     pub app_token: String,
@@ -40,6 +42,13 @@ pub struct StackOptions {
     /// reserved for `spare_for` if set.
     pub spare: usize,
     pub spare_for: Option<String>,
+    /// Streaming replicas per (non-spare) shard.
+    pub replicas: usize,
+    /// Synchronous replication (`synchronous_standby_names = '*'`).
+    pub synchronous: bool,
+    /// The manager's health interval (default here 200 ms; `None` keeps
+    /// the manager's own default).
+    pub health_interval: Option<Duration>,
     pub statement_timeout: Duration,
     pub body_limit: usize,
 }
@@ -50,6 +59,9 @@ impl Default for StackOptions {
             shards: 2,
             spare: 0,
             spare_for: None,
+            replicas: 0,
+            synchronous: false,
+            health_interval: Some(Duration::from_millis(200)),
             statement_timeout: Duration::from_secs(10),
             body_limit: 1024 * 1024,
         }
@@ -118,12 +130,38 @@ where
 impl Stack {
     pub async fn start(opts: StackOptions) -> Stack {
         let mut shards = Vec::new();
-        for _ in 0..opts.shards + opts.spare {
-            shards.push(PgCluster::start().await.expect("start shard"));
+        let mut replicas = Vec::new();
+        for i in 0..opts.shards + opts.spare {
+            let primary = if opts.synchronous && i < opts.shards {
+                PgCluster::start_with(shardline_testkit::SYNC_REPLICATION).await
+            } else {
+                PgCluster::start().await
+            }
+            .expect("start shard");
+            let mut mine = Vec::new();
+            for _ in 0..if i < opts.shards { opts.replicas } else { 0 } {
+                mine.push(
+                    PgCluster::start_replica_of(&primary)
+                        .await
+                        .expect("start replica"),
+                );
+            }
+            shards.push(primary);
+            replicas.push(mine);
         }
         let dir = tempfile::tempdir().unwrap();
-        let (manager_url, manager_stop, manager_task) =
-            start_manager(manager_config(dir.path())).await;
+        let mut cfg = manager_config(dir.path());
+        if let Some(interval) = opts.health_interval {
+            cfg.health_interval = interval;
+        } else {
+            cfg.health_interval = shardline_manager::ManagerConfig::new(
+                dir.path().join("unused.json"),
+                ADMIN_TOKEN,
+                ROUTER_TOKEN,
+            )
+            .health_interval;
+        }
+        let (manager_url, manager_stop, manager_task) = start_manager(cfg).await;
         let admin = ManagerClient::new(&manager_url, Some(ADMIN_TOKEN.into())).unwrap();
         for (i, pg) in shards.iter().enumerate() {
             let spare = i >= opts.shards;
@@ -135,7 +173,7 @@ impl Stack {
                         format!("s{i}")
                     },
                     primary: pg.dsn(),
-                    replicas: vec![],
+                    replicas: replicas[i].iter().map(|r| r.dsn()).collect(),
                     tenant: if spare { opts.spare_for.clone() } else { None },
                 })
                 .await
@@ -169,6 +207,7 @@ impl Stack {
         assert!(ready, "router did not load the catalog");
         Stack {
             shards,
+            replicas,
             manager_url,
             router_url,
             app_token: app.token,

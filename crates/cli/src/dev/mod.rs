@@ -7,8 +7,19 @@
 //! endpoints and tokens to `DIR/dev.json`, and on Ctrl-C or SIGTERM stops
 //! all of it. A second run on the same DIR reuses the data, ports and
 //! tokens, and starts every shard of the first, spare or taken.
+//!
+//! With `--replicas N` each regular shard also gets N streaming replicas
+//! (`pg/<shard>-r<k>`, see [`replicas`]), registered with the shard and
+//! recorded in dev.json. A restart starts every cluster dev.json names,
+//! whatever its role now: after a failover a former replica may be the
+//! primary and the former primary fenced (started, never routed to).
+//!
+//! # Layout
+//! - this file: flags, planning, starting clusters and servers, bootstrap.
+//! - [`replicas`]: planning, cloning and registering replicas.
 
-use std::collections::HashMap;
+mod replicas;
+
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -17,7 +28,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use shardline_api::manager::{
-    CreateAppRequest, CreateKeyspaceRequest, CreateTenantRequest, RegisterShardRequest,
+    CreateAppRequest, CreateKeyspaceRequest, CreateTenantRequest, RegisterShardRequest, ShardInfo,
 };
 use shardline_api::router::DEFAULT_KEYSPACE;
 use shardline_client::{ClientError, ManagerClient};
@@ -56,6 +67,10 @@ pub struct DevArgs {
     /// Manager address
     #[arg(long, default_value = "127.0.0.1:8081")]
     pub manager_listen: SocketAddr,
+    /// Streaming replicas per regular shard (pg_basebackup); a restart adds
+    /// missing ones but never removes any
+    #[arg(long, default_value_t = 0)]
+    pub replicas: usize,
 }
 
 /// Settings of dev clusters: durable (dev data is kept) but small.
@@ -65,6 +80,10 @@ const DEV_PG_SETTINGS: &[(&str, &str)] = &[
     ("wal_level", "logical"),
     ("max_wal_senders", "10"),
     ("max_replication_slots", "10"),
+    // Replicas: WAL kept for one that falls behind, and no vacuum of rows
+    // a replica's query still reads.
+    ("wal_keep_size", "256MB"),
+    ("hot_standby_feedback", "on"),
 ];
 
 fn random_secret(prefix: &str) -> String {
@@ -98,16 +117,22 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
         }
     };
 
-    let shard_specs = plan_shards(&dir, previous.as_ref(), args.shards, args.spare_shards)?;
+    let mut shard_specs = plan_shards(&dir, previous.as_ref(), args.shards, args.spare_shards)?;
+    replicas::plan(&dir, &mut shard_specs, args.replicas)?;
     let mut clusters: Vec<RunningCluster> = Vec::new();
     let started = start_all(&bins, &shard_specs, &password).await;
     let result = async {
         clusters = started?;
+        let pg = Pg {
+            bins: &bins,
+            password: &password,
+            clusters: &mut clusters,
+        };
         serve(
             &args,
             &dir,
             &shard_specs,
-            &clusters,
+            pg,
             admin_token,
             router_token,
             previous,
@@ -188,11 +213,12 @@ fn new_shard(dir: &Path, id: String, spare: bool) -> anyhow::Result<DevShard> {
         data_dir: dir.join("pg").join(&id),
         id,
         spare,
+        replicas: Vec::new(),
     })
 }
 
-fn cluster_config(spec: &DevShard, password: &str) -> ClusterConfig {
-    let mut cfg = ClusterConfig::new(spec.data_dir.clone(), spec.port);
+fn cluster_config(port: u16, data_dir: &Path, password: &str) -> ClusterConfig {
+    let mut cfg = ClusterConfig::new(data_dir.to_path_buf(), port);
     cfg.password = Some(password.to_string());
     cfg.settings = DEV_PG_SETTINGS
         .iter()
@@ -201,20 +227,42 @@ fn cluster_config(spec: &DevShard, password: &str) -> ClusterConfig {
     cfg
 }
 
-/// Initialises (first run) and starts every cluster.
+/// Initialises (first run) and starts every shard's first cluster, and
+/// starts every replica cloned by an earlier run. New replicas are cloned
+/// once the manager can say which cluster is the primary.
 async fn start_all(
     bins: &PgBinaries,
     specs: &[DevShard],
     password: &str,
 ) -> anyhow::Result<Vec<RunningCluster>> {
-    let starts = specs.iter().map(|spec| async move {
-        let cfg = cluster_config(spec, password);
-        init_cluster(bins, &cfg)
-            .await
-            .with_context(|| format!("initdb {}", spec.id))?;
+    // (shard, config, whether to initdb): each shard's first cluster, then
+    // its replicas that exist on disk.
+    let mut todo: Vec<(&str, ClusterConfig, bool)> = Vec::new();
+    for spec in specs {
+        todo.push((
+            &spec.id,
+            cluster_config(spec.port, &spec.data_dir, password),
+            true,
+        ));
+        for r in &spec.replicas {
+            if r.data_dir.join("PG_VERSION").exists() {
+                todo.push((
+                    &spec.id,
+                    cluster_config(r.port, &r.data_dir, password),
+                    false,
+                ));
+            }
+        }
+    }
+    let starts = todo.into_iter().map(|(id, cfg, init)| async move {
+        if init {
+            init_cluster(bins, &cfg)
+                .await
+                .with_context(|| format!("initdb {id}"))?;
+        }
         start_cluster(bins, &cfg)
             .await
-            .with_context(|| format!("start PostgreSQL for {} on port {}", spec.id, spec.port))
+            .with_context(|| format!("start PostgreSQL for {id} on port {}", cfg.port))
     });
     let mut out = Vec::new();
     let mut first_err = None;
@@ -237,12 +285,21 @@ async fn start_all(
     }
 }
 
+/// The local PostgreSQL side of `serve`: where the binaries are, the
+/// clusters' password, and the running clusters (replicas cloned during
+/// setup join them, to be stopped on exit).
+struct Pg<'a> {
+    bins: &'a PgBinaries,
+    password: &'a str,
+    clusters: &'a mut Vec<RunningCluster>,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     args: &DevArgs,
     dir: &Path,
     specs: &[DevShard],
-    clusters: &[RunningCluster],
+    pg: Pg<'_>,
     admin_token: String,
     router_token: String,
     previous: Option<DevInfo>,
@@ -268,15 +325,14 @@ async fn serve(
 
     let setup = async {
         let admin = ManagerClient::new(&manager_url, Some(admin_token.clone()))?;
-        let shards: Vec<DevShard> = specs
+        let mut shards: Vec<DevShard> = specs
             .iter()
-            .zip(clusters)
-            .map(|(s, c)| DevShard {
-                dsn: c.dsn(),
-                ..s.clone()
-            })
+            .map(|s| with_dsns(s.clone(), pg.password))
             .collect();
+        let catalog = admin.list_shards().await?;
+        replicas::clone_missing(pg.bins, &catalog, &shards, pg.password, pg.clusters).await?;
         bootstrap(&admin, &shards).await?;
+        replicas::register(&admin, &mut shards).await?;
         let app_token = default_app_token(&admin, previous.as_ref()).await?;
         wait_router_ready(&router_url).await?;
         let info = DevInfo {
@@ -293,15 +349,10 @@ async fn serve(
             &dir.join("dev.json"),
             serde_json::to_string_pretty(&info)?.as_bytes(),
         )?;
-        // Which keyspace each shard serves now: a spare one may have been
-        // taken by a dedicated tenant.
-        let keyspaces: HashMap<String, String> = admin
-            .list_shards()
-            .await?
-            .into_iter()
-            .filter_map(|s| Some((s.id, s.keyspace?)))
-            .collect();
-        print_banner(&info, &keyspaces, dir);
+        // Which keyspace each shard serves now (a spare one may have been
+        // taken by a dedicated tenant), and each cluster's role.
+        let catalog = admin.list_shards().await?;
+        print_banner(&info, &catalog, dir);
         anyhow::Ok(())
     };
     let outcome = tokio::select! {
@@ -319,7 +370,16 @@ async fn serve(
     Ok(())
 }
 
-/// Registers the shards and creates keyspace `default` over the regular
+/// The shard with the DSNs of its clusters filled in.
+fn with_dsns(mut s: DevShard, password: &str) -> DevShard {
+    s.dsn = cluster_config(s.port, &s.data_dir, password).dsn();
+    for r in &mut s.replicas {
+        r.dsn = cluster_config(r.port, &r.data_dir, password).dsn();
+    }
+    s
+}
+
+/// Registers the shards (with their replicas) and creates keyspace `default` over the regular
 /// ones and tenant `default` in it, unless an earlier run did. Spare
 /// shards are registered for no tenant, so any dedicated tenant may take
 /// them.
@@ -333,7 +393,7 @@ async fn bootstrap(admin: &ManagerClient, shards: &[DevShard]) -> anyhow::Result
             .register_shard(&RegisterShardRequest {
                 id: s.id.clone(),
                 primary: s.dsn.clone(),
-                replicas: Vec::new(),
+                replicas: s.replicas.iter().map(|r| r.dsn.clone()).collect(),
                 tenant: None,
             })
             .await
@@ -421,7 +481,7 @@ fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))
 }
 
-fn print_banner(info: &DevInfo, keyspaces: &HashMap<String, String>, dir: &Path) {
+fn print_banner(info: &DevInfo, catalog: &[ShardInfo], dir: &Path) {
     let spare = info.shards.iter().filter(|s| s.spare).count();
     println!(
         "shardline dev is running ({} shards, {spare} spare)",
@@ -432,12 +492,27 @@ fn print_banner(info: &DevInfo, keyspaces: &HashMap<String, String>, dir: &Path)
     println!("  admin token: {}", info.admin_token);
     println!("  app token:   {} (tenant {})", info.app_token, info.tenant);
     for s in &info.shards {
-        let note = match (s.spare, keyspaces.get(&s.id)) {
+        let shard = catalog.iter().find(|c| c.id == s.id);
+        let note = match (s.spare, shard.and_then(|c| c.keyspace.as_deref())) {
             (false, _) => String::new(),
             (true, None) => " (spare)".into(),
             (true, Some(ks)) => format!(" (spare, now in keyspace {ks})"),
         };
         println!("  {}: postgresql on 127.0.0.1:{}{note}", s.id, s.port);
+        if s.replicas.is_empty() {
+            continue;
+        }
+        // With replicas, which cluster is which: a failover moves roles.
+        let ports = std::iter::once(s.port).chain(s.replicas.iter().map(|r| r.port));
+        for port in ports {
+            let inst = shard.and_then(|c| {
+                c.instances
+                    .iter()
+                    .find(|i| replicas::dsn_port(&i.dsn) == Some(port))
+            });
+            let (id, role) = inst.map_or(("?", "unregistered"), |i| (&i.id, &i.role));
+            println!("    {id} ({role}): 127.0.0.1:{port}");
+        }
     }
     println!("  details:     {}", dir.join("dev.json").display());
     println!("Press Ctrl-C to stop.");

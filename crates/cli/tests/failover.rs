@@ -1,0 +1,473 @@
+//! Failover end to end, with real streaming replication: a writer sends
+//! numbered inserts through the router and records every acknowledged
+//! one, a reader sends `eventual` reads, and the primary is killed
+//! (`kill -9`), hung (`SIGSTOP`) or switched over on purpose. The tests
+//! check what must hold — no acknowledged write lost with synchronous
+//! replication or a planned switchover, eventual reads never fail, the
+//! old primary never gets another request — and print the timings
+//! (docs/benchmarks.md quotes them; nothing here asserts a duration).
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{eventually, Stack, StackOptions};
+use serde_json::json;
+use shardline_api::manager::FailoverRequest;
+use shardline_api::router::{Consistency, ExecuteRequest, ShardKeyValue};
+use shardline_client::{RetryPolicy, RouterClient};
+use shardline_testkit::PgCluster;
+
+const TABLE: &str = "CREATE TABLE writes (n bigint PRIMARY KEY, at timestamptz DEFAULT now())";
+
+fn req(sql: &str, params: Vec<serde_json::Value>, consistency: Consistency) -> ExecuteRequest {
+    ExecuteRequest {
+        keyspace: None,
+        shard_key: ShardKeyValue::Text("w".into()),
+        sql: sql.into(),
+        params,
+        consistency,
+    }
+}
+
+/// What the writer and reader saw.
+#[derive(Default)]
+struct Log {
+    /// Acknowledged writes: number and when the answer came.
+    acked: Mutex<Vec<(i64, Instant)>>,
+    write_errors: AtomicU64,
+    reads_ok: AtomicU64,
+    read_errors: AtomicU64,
+}
+
+struct Load {
+    log: Arc<Log>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// One writer (inserts 1, 2, 3, ... one at a time) and one reader
+    /// (eventual counts), without client retries.
+    fn start(stack: &Stack) -> Load {
+        let router = RouterClient::new(&stack.router_url, Some(stack.app_token.clone()))
+            .unwrap()
+            .with_retry(RetryPolicy::none())
+            .with_timeout(Duration::from_secs(20));
+        let log = Arc::new(Log::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (router, log, stop) = (router.clone(), log.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0i64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let r = router
+                        .execute(&req(
+                            "INSERT INTO writes (n) VALUES ($1)",
+                            vec![json!(n)],
+                            Consistency::Strong,
+                        ))
+                        .await;
+                    match r {
+                        Ok(_) => log.acked.lock().unwrap().push((n, Instant::now())),
+                        Err(_) => {
+                            log.write_errors.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                }
+            })
+        };
+        let reader = {
+            let (router, log, stop) = (router, log.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let r = router
+                        .execute(&req(
+                            "SELECT count(*) FROM writes",
+                            vec![],
+                            Consistency::Eventual,
+                        ))
+                        .await;
+                    match r {
+                        Ok(_) => log.reads_ok.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            eprintln!("eventual read failed: {e}");
+                            log.read_errors.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        };
+        Load {
+            log,
+            stop,
+            tasks: vec![writer, reader],
+        }
+    }
+
+    async fn finish(self) -> Arc<Log> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        self.log
+    }
+}
+
+/// When the catalog first showed a failover intent, and when the shard's
+/// generation moved past `generation`.
+struct Watched {
+    intent: Option<Instant>,
+    committed: Option<Instant>,
+}
+
+async fn watch_failover(stack: &Stack, generation: u64, limit: Duration) -> Watched {
+    let mut w = Watched {
+        intent: None,
+        committed: None,
+    };
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(s) = stack.admin.get_shard("s0").await {
+            if s.failover.is_some() && w.intent.is_none() {
+                w.intent = Some(Instant::now());
+            }
+            if s.generation > generation {
+                w.committed = Some(Instant::now());
+                w.intent.get_or_insert(Instant::now());
+                return w;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    w
+}
+
+/// Acknowledged writes missing from the shard's (new) primary.
+async fn missing(stack: &Stack, log: &Log) -> Vec<i64> {
+    let router = RouterClient::new(&stack.router_url, Some(stack.app_token.clone())).unwrap();
+    let rows = router
+        .execute(&req("SELECT n FROM writes", vec![], Consistency::Strong))
+        .await
+        .expect("read back");
+    let present: std::collections::HashSet<i64> = rows
+        .result
+        .rows
+        .iter()
+        .map(|r| r[0].as_i64().unwrap())
+        .collect();
+    let acked = log.acked.lock().unwrap();
+    acked
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| !present.contains(n))
+        .collect()
+}
+
+/// Seconds from `t` to the first write acknowledged after it.
+fn first_ack_after(log: &Log, t: Instant) -> Option<Duration> {
+    log.acked
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(_, at)| *at > t)
+        .map(|(_, at)| *at - t)
+}
+
+/// Longest gap between consecutive acknowledgements.
+fn longest_pause(log: &Log) -> Duration {
+    let acked = log.acked.lock().unwrap();
+    acked
+        .windows(2)
+        .map(|w| w[1].1 - w[0].1)
+        .max()
+        .unwrap_or_default()
+}
+
+/// Transactions committed in the tenant's database on `pg`, and the
+/// tenant's open sessions there.
+async fn tenant_traffic(pg: &PgCluster) -> (i64, i64) {
+    let c = pg.connect().await.unwrap();
+    let row = c
+        .query_one(
+            "SELECT coalesce((SELECT xact_commit FROM pg_stat_database \
+               WHERE datname = 'tenant_default'), 0), \
+             (SELECT count(*) FROM pg_stat_activity WHERE usename = 'tenant_default')",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+async fn kill9_failover(synchronous: bool, replicas: usize) {
+    let mut stack = Stack::start(StackOptions {
+        shards: 1,
+        replicas,
+        synchronous,
+        health_interval: None,
+        ..StackOptions::default()
+    })
+    .await;
+    stack.migrate("001_writes", TABLE).await;
+    let load = Load::start(&stack);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let killed = Instant::now();
+    stack.shards[0].kill9().await;
+    let w = watch_failover(&stack, 1, Duration::from_secs(30)).await;
+    assert!(w.committed.is_some(), "no failover within 30 s");
+    // Writes resume on the new primary.
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            first_ack_after(&load.log, killed).is_some()
+        })
+        .await,
+        "no write acknowledged after the kill"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = load.finish().await;
+    let lost = missing(&stack, &log).await;
+    let acked = log.acked.lock().unwrap().len();
+    let mode = if synchronous {
+        "synchronous"
+    } else {
+        "asynchronous"
+    };
+    println!(
+        "kill -9 ({mode}, {replicas} replica(s)): detection {:?}, promotion {:?}, \
+         first write acknowledged {:?} after the kill; {acked} writes acknowledged, \
+         {} lost {:?}, {} write errors; eventual reads {} ok, {} failed",
+        w.intent.unwrap() - killed,
+        w.committed.unwrap() - w.intent.unwrap(),
+        first_ack_after(&log, killed).unwrap(),
+        lost.len(),
+        lost,
+        log.write_errors.load(Ordering::Relaxed),
+        log.reads_ok.load(Ordering::Relaxed),
+        log.read_errors.load(Ordering::Relaxed),
+    );
+    if synchronous {
+        assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    }
+    assert_eq!(
+        log.read_errors.load(Ordering::Relaxed),
+        0,
+        "eventual reads failed during the failover"
+    );
+    let shard = stack.admin.get_shard("s0").await.unwrap();
+    let roles: Vec<&str> = shard.instances.iter().map(|i| i.role.as_str()).collect();
+    assert_eq!(
+        roles.iter().filter(|r| **r == "primary").count(),
+        1,
+        "{roles:?}"
+    );
+    assert!(roles.contains(&"fenced"), "{roles:?}");
+
+    // The old primary comes back: no request may reach it.
+    stack.shards[0].restart().await.unwrap();
+    let before = tenant_traffic(&stack.shards[0]).await;
+    let router = RouterClient::new(&stack.router_url, Some(stack.app_token.clone())).unwrap();
+    for i in 0..50 {
+        router
+            .execute(&req(
+                "INSERT INTO writes (n) VALUES ($1)",
+                vec![json!(1_000_000 + i)],
+                Consistency::Strong,
+            ))
+            .await
+            .unwrap();
+        router
+            .execute(&req("SELECT 1", vec![], Consistency::Eventual))
+            .await
+            .unwrap();
+    }
+    // Statistics reach the shared view within a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = tenant_traffic(&stack.shards[0]).await;
+    println!(
+        "old primary, tenant commits and sessions before/after 100 requests: {before:?} {after:?}"
+    );
+    assert_eq!(before.0, after.0, "requests reached the fenced old primary");
+    assert_eq!(after.1, 0, "tenant sessions on the fenced old primary");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_with_synchronous_replication_loses_no_acknowledged_write() {
+    kill9_failover(true, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_with_asynchronous_replication_fails_over_and_reports_loss() {
+    kill9_failover(false, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planned_switchover_loses_nothing() {
+    let stack = Stack::start(StackOptions {
+        shards: 1,
+        replicas: 2,
+        health_interval: None,
+        ..StackOptions::default()
+    })
+    .await;
+    stack.migrate("001_writes", TABLE).await;
+    let load = Load::start(&stack);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = Instant::now();
+    let result = stack
+        .admin
+        .failover("s0", &FailoverRequest::default())
+        .await
+        .expect("switchover");
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = load.finish().await;
+    let lost = missing(&stack, &log).await;
+    println!(
+        "planned switchover {} -> {}: took {took:?}, write pause {} ms (manager), longest gap \
+         between acknowledged writes {:?}; {} acknowledged, {} lost, {} write errors; \
+         repointed {:?}, needs re-clone {:?}; eventual reads {} ok, {} failed",
+        result.from,
+        result.to,
+        result.write_pause_ms,
+        longest_pause(&log),
+        log.acked.lock().unwrap().len(),
+        lost.len(),
+        log.write_errors.load(Ordering::Relaxed),
+        result.repointed,
+        result.needs_reclone,
+        log.reads_ok.load(Ordering::Relaxed),
+        log.read_errors.load(Ordering::Relaxed),
+    );
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    assert_eq!(log.read_errors.load(Ordering::Relaxed), 0);
+    assert!(first_ack_after(&log, started + took).is_some());
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_primary_is_replaced_and_never_used_again() {
+    let stack = Stack::start(StackOptions {
+        shards: 1,
+        replicas: 1,
+        health_interval: None,
+        ..StackOptions::default()
+    })
+    .await;
+    stack.migrate("001_writes", TABLE).await;
+    let load = Load::start(&stack);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stopped = Instant::now();
+    // The whole server hangs: postmaster, backends, WAL sender.
+    stack.shards[0].pause();
+    let w = watch_failover(&stack, 1, Duration::from_secs(30)).await;
+    stack.shards[0].resume();
+    assert!(w.committed.is_some(), "no failover within 30 s");
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            first_ack_after(&load.log, w.committed.unwrap()).is_some()
+        })
+        .await
+    );
+    let log = load.finish().await;
+    println!(
+        "SIGSTOP: detection {:?}, promotion {:?}, first write acknowledged {:?} after the stop; \
+         eventual reads {} ok, {} failed",
+        w.intent.unwrap() - stopped,
+        w.committed.unwrap() - w.intent.unwrap(),
+        first_ack_after(&log, stopped).unwrap(),
+        log.reads_ok.load(Ordering::Relaxed),
+        log.read_errors.load(Ordering::Relaxed),
+    );
+    assert_eq!(log.read_errors.load(Ordering::Relaxed), 0);
+    // The old primary woke up, still a primary in its own eyes: nothing
+    // of the tenant's reaches it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = tenant_traffic(&stack.shards[0]).await;
+    let router = RouterClient::new(&stack.router_url, Some(stack.app_token.clone())).unwrap();
+    for i in 0..50 {
+        router
+            .execute(&req(
+                "INSERT INTO writes (n) VALUES ($1)",
+                vec![json!(2_000_000 + i)],
+                Consistency::Strong,
+            ))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = tenant_traffic(&stack.shards[0]).await;
+    assert_eq!(before.0, after.0, "writes reached the old primary");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eventual_reads_survive_replicas_dying() {
+    let mut stack = Stack::start(StackOptions {
+        shards: 1,
+        replicas: 2,
+        ..StackOptions::default()
+    })
+    .await;
+    let router = RouterClient::new(&stack.router_url, Some(stack.app_token.clone()))
+        .unwrap()
+        .with_retry(RetryPolicy::none());
+    let in_recovery = || {
+        let router = router.clone();
+        async move {
+            router
+                .execute(&req(
+                    "SELECT pg_is_in_recovery()",
+                    vec![],
+                    Consistency::Eventual,
+                ))
+                .await
+                .map(|r| r.result.rows[0][0] == json!(true))
+        }
+    };
+    // Served by replicas once the router has their health.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            in_recovery().await.unwrap_or(false)
+        })
+        .await,
+        "eventual reads reach a replica"
+    );
+    // Strong reads never do.
+    let strong = router
+        .execute(&req(
+            "SELECT pg_is_in_recovery()",
+            vec![],
+            Consistency::Strong,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(strong.result.rows[0][0], json!(false));
+    // One replica dies, then the other: every read still succeeds.
+    let mut failures = 0;
+    for r in 0..2 {
+        stack.replicas[0][r].kill9().await;
+        for _ in 0..100 {
+            if in_recovery().await.is_err() {
+                failures += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    assert_eq!(failures, 0, "eventual reads failed while replicas died");
+    // With no replica left they are served by the primary.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            matches!(in_recovery().await, Ok(false))
+        })
+        .await
+    );
+    stack.stop().await;
+}

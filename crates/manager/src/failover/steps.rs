@@ -1,0 +1,464 @@
+//! The PostgreSQL side of a failover: probing candidates, draining the old
+//! primary, promoting, repointing replicas. Each step is idempotent, so a
+//! resumed failover may run it again.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use shardline_core::catalog::{quote_literal, Instance};
+use tokio_postgres::Client;
+
+use crate::pg;
+
+/// How long `pg_promote` waits for the promotion to finish, in seconds.
+const PROMOTE_WAIT_SECS: i32 = 10;
+/// How often a wait polls.
+const POLL: Duration = Duration::from_millis(20);
+
+/// A replica that could be promoted, as it was just seen.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub instance: Instance,
+    /// WAL replayed.
+    pub replay: u64,
+    /// WAL received and flushed (replayed before a promotion completes).
+    pub receive: u64,
+    /// Its WAL receiver is streaming (from whichever primary).
+    pub streaming: bool,
+}
+
+impl Candidate {
+    /// How far it will be once promoted: promotion replays all it has
+    /// received first.
+    pub fn rank(&self) -> (u64, u64) {
+        (self.receive.max(self.replay), self.replay)
+    }
+}
+
+/// Probes a replica: `Ok(None)` when it answers but is not in recovery
+/// (never a candidate: promoting it, or naming it primary beside another,
+/// could make two primaries).
+pub async fn probe_candidate(
+    instance: &Instance,
+    timeout: Duration,
+) -> Result<Option<Candidate>, String> {
+    let c = pg::connect(&instance.dsn, timeout).await?;
+    let q = c.query_one(
+        "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, \
+           pg_last_wal_receive_lsn()::text, \
+           EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming')",
+        &[],
+    );
+    let row = tokio::time::timeout(timeout, q)
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+        .map_err(|e| pg::describe(&e))?;
+    if !row.get::<_, bool>(0) {
+        return Ok(None);
+    }
+    let lsn = |i: usize| {
+        row.get::<_, Option<String>>(i)
+            .as_deref()
+            .and_then(pg::parse_lsn)
+            .unwrap_or(0)
+    };
+    Ok(Some(Candidate {
+        instance: instance.clone(),
+        replay: lsn(1),
+        receive: lsn(2),
+        streaming: row.get(3),
+    }))
+}
+
+/// Whether a server is in recovery; `None` when it does not answer within
+/// `timeout`.
+pub async fn in_recovery(dsn: &str, timeout: Duration) -> Option<bool> {
+    let work = async {
+        let c = pg::connect(dsn, timeout).await.ok()?;
+        let row = c.query_one("SELECT pg_is_in_recovery()", &[]).await.ok()?;
+        Some(row.get::<_, bool>(0))
+    };
+    tokio::time::timeout(timeout * 2, work).await.ok().flatten()
+}
+
+/// Planned switchover, on the old primary: stops new writes and ends the
+/// sessions that could still write, then returns the WAL position every
+/// acknowledged write is below.
+///
+/// `default_transaction_read_only` (set for the whole server and
+/// reloaded) makes every new transaction read-only. Ended: every
+/// non-superuser session (routers' tenants) and any session inside a
+/// transaction, whoever it is, since a transaction begun before the
+/// reload stays writable. An idle superuser session is left: its next
+/// transaction is read-only, unless its owner deliberately overrides it.
+pub async fn drain(old: &Client) -> Result<u64, String> {
+    old.batch_execute("ALTER SYSTEM SET default_transaction_read_only = on")
+        .await
+        .map_err(|e| format!("make the old primary read-only: {}", pg::describe(&e)))?;
+    reload(old).await?;
+    // This session sees the setting once the postmaster has re-read it,
+    // which it does before signalling every other session to.
+    let mut applied = false;
+    for _ in 0..100 {
+        let row = old
+            .query_one("SHOW default_transaction_read_only", &[])
+            .await
+            .map_err(|e| pg::describe(&e))?;
+        if row.get::<_, String>(0) == "on" {
+            applied = true;
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    if !applied {
+        return Err("the old primary did not apply read-only mode within 2 s".into());
+    }
+    // With a timeout, pg_terminate_backend waits for the session to end,
+    // so its last commit (if any) is in the WAL read below.
+    old.query_one(
+        "SELECT count(pg_terminate_backend(a.pid, 2000)) FROM pg_stat_activity a \
+         LEFT JOIN pg_roles r ON r.oid = a.usesysid \
+         WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid() \
+           AND (NOT coalesce(r.rolsuper, false) OR a.xact_start IS NOT NULL)",
+        &[],
+    )
+    .await
+    .map_err(|e| format!("end sessions on the old primary: {}", pg::describe(&e)))?;
+    // With asynchronous commit an acknowledged commit may still be only
+    // in WAL buffers, which the WAL writer flushes (and so streams) some
+    // 200-600 ms later. One synchronous commit of our own flushes all WAL
+    // before it now (`local`: a synchronous standby need not answer).
+    old.batch_execute(
+        "BEGIN READ WRITE; SET LOCAL synchronous_commit = local; \
+         SELECT pg_current_xact_id(); COMMIT",
+    )
+    .await
+    .map_err(|e| format!("flush the old primary's WAL: {}", pg::describe(&e)))?;
+    // The insert position: everything acknowledged is below it.
+    let row = old
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .map_err(|e| pg::describe(&e))?;
+    pg::parse_lsn(&row.get::<_, String>(0)).ok_or_else(|| "unreadable WAL position".to_string())
+}
+
+/// Waits until `target` has replayed up to `lsn`.
+pub async fn wait_replayed(
+    target: &Instance,
+    lsn: u64,
+    connect_timeout: Duration,
+    limit: Duration,
+) -> Result<(), String> {
+    let c = pg::connect(&target.dsn, connect_timeout).await?;
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let row = c
+            .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
+            .await
+            .map_err(|e| pg::describe(&e))?;
+        let replayed = row
+            .get::<_, Option<String>>(0)
+            .as_deref()
+            .and_then(pg::parse_lsn)
+            .unwrap_or(0);
+        if replayed >= lsn {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "the target replayed up to {} but not to {} within {limit:?}",
+                pg::format_lsn(replayed),
+                pg::format_lsn(lsn)
+            ));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Ends the old primary's WAL senders, so no replica receives WAL past
+/// the point the new primary starts its timeline from (best effort).
+pub async fn stop_wal_senders(old: &Client) {
+    let ended = old
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE backend_type = 'walsender'",
+            &[],
+        )
+        .await;
+    if let Err(e) = ended {
+        tracing::warn!(error = %pg::describe(&e), "end the old primary's WAL senders");
+    }
+}
+
+/// Lets writes in again on a server drained by [`drain`].
+pub async fn undo_read_only(dsn: &str, timeout: Duration) -> Result<(), String> {
+    let c = pg::connect(dsn, timeout).await?;
+    c.batch_execute("ALTER SYSTEM RESET default_transaction_read_only")
+        .await
+        .map_err(|e| pg::describe(&e))?;
+    reload(&c).await
+}
+
+/// Promotes a replica (`pg_promote`, waiting for it to finish); a server
+/// already out of recovery is left as it is. Either way it then takes
+/// writes, whatever read-only mode it was left in.
+pub async fn promote(target: &Instance, timeout: Duration) -> Result<(), String> {
+    let c = pg::connect(&target.dsn, timeout).await?;
+    if recovering(&c).await? {
+        let wait = Duration::from_secs(PROMOTE_WAIT_SECS as u64) + timeout;
+        let q = c.query_one("SELECT pg_promote(true, $1)", &[&PROMOTE_WAIT_SECS]);
+        let done: bool = tokio::time::timeout(wait, q)
+            .await
+            .map_err(|_| format!("pg_promote gave no answer within {wait:?}"))?
+            .map_err(|e| pg::describe(&e))?
+            .get(0);
+        if !done {
+            return Err(format!(
+                "the promotion did not finish within {PROMOTE_WAIT_SECS} s"
+            ));
+        }
+        if recovering(&c).await? {
+            return Err("still in recovery after pg_promote".into());
+        }
+    }
+    c.batch_execute("ALTER SYSTEM RESET default_transaction_read_only")
+        .await
+        .map_err(|e| pg::describe(&e))?;
+    reload(&c).await
+}
+
+/// The timeline a (new) primary writes on.
+pub async fn timeline(primary: &Instance, timeout: Duration) -> Result<u32, String> {
+    let c = pg::connect(&primary.dsn, timeout).await?;
+    let row = c
+        .query_one("SELECT pg_walfile_name(pg_current_wal_lsn())", &[])
+        .await
+        .map_err(|e| pg::describe(&e))?;
+    let name: String = row.get(0);
+    name.get(..8)
+        .and_then(|t| u32::from_str_radix(t, 16).ok())
+        .ok_or_else(|| format!("unreadable WAL file name {name}"))
+}
+
+/// Where a replica's WAL receiver must connect to follow `primary`.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+    user: Option<String>,
+    password: Option<String>,
+    pub timeline: u32,
+}
+
+impl Upstream {
+    /// From the new primary's DSN and its timeline.
+    pub fn new(dsn: &str, timeline: u32) -> Result<Self, String> {
+        let cfg = tokio_postgres::Config::from_str(dsn).map_err(|e| pg::describe(&e))?;
+        let host = match cfg.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".into(),
+        };
+        Ok(Self {
+            host,
+            port: cfg.get_ports().first().copied().unwrap_or(5432),
+            user: cfg.get_user().map(str::to_string),
+            password: cfg
+                .get_password()
+                .map(|p| String::from_utf8_lossy(p).into_owned()),
+            timeline,
+        })
+    }
+
+    /// A libpq conninfo for `primary_conninfo`, keeping the replica's
+    /// `application_name` (synchronous replication names standbys by it).
+    pub fn conninfo(&self, application_name: Option<&str>) -> String {
+        let mut parts = vec![
+            format!("host={}", conninfo_quote(&self.host)),
+            format!("port={}", self.port),
+        ];
+        if let Some(u) = &self.user {
+            parts.push(format!("user={}", conninfo_quote(u)));
+        }
+        if let Some(p) = &self.password {
+            parts.push(format!("password={}", conninfo_quote(p)));
+        }
+        if let Some(a) = application_name {
+            parts.push(format!("application_name={}", conninfo_quote(a)));
+        }
+        parts.join(" ")
+    }
+}
+
+/// Tells a replica to stream from `upstream` (`primary_conninfo`, then a
+/// reload restarts its WAL receiver; `recovery_target_timeline` =
+/// `latest`, the default, makes it follow the new timeline).
+pub async fn repoint(
+    replica: &Instance,
+    upstream: &Upstream,
+    timeout: Duration,
+) -> Result<(), String> {
+    let c = pg::connect(&replica.dsn, timeout).await?;
+    let row = c
+        .query_one("SHOW primary_conninfo", &[])
+        .await
+        .map_err(|e| pg::describe(&e))?;
+    let current: String = row.get(0);
+    let app = conninfo_value(&current, "application_name");
+    let conninfo = upstream.conninfo(app.as_deref());
+    c.batch_execute(&format!(
+        "ALTER SYSTEM SET primary_conninfo = {}",
+        quote_literal(&conninfo)
+    ))
+    .await
+    .map_err(|e| pg::describe(&e))?;
+    reload(&c).await
+}
+
+/// Waits until a repointed replica streams from `upstream` on its
+/// timeline.
+pub async fn wait_streaming(
+    replica: &Instance,
+    upstream: &Upstream,
+    connect_timeout: Duration,
+    limit: Duration,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let c = pg::connect(&replica.dsn, connect_timeout).await?;
+    let mut last = String::from("no WAL receiver");
+    while tokio::time::Instant::now() < deadline {
+        let row = c
+            .query_opt(
+                "SELECT status, received_tli, sender_host, sender_port \
+                 FROM pg_stat_wal_receiver",
+                &[],
+            )
+            .await
+            .map_err(|e| pg::describe(&e))?;
+        if let Some(row) = row {
+            let status: Option<String> = row.get(0);
+            let tli: Option<i32> = row.get(1);
+            let port: Option<i32> = row.get(3);
+            let follows = status.as_deref() == Some("streaming")
+                && port == Some(i32::from(upstream.port))
+                && tli.is_some_and(|t| i64::from(t) >= i64::from(upstream.timeline));
+            if follows {
+                return Ok(());
+            }
+            last = format!(
+                "WAL receiver {} on timeline {} from port {}",
+                status.unwrap_or_default(),
+                tli.unwrap_or_default(),
+                port.unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(POLL * 5).await;
+    }
+    Err(format!(
+        "not streaming from the new primary within {limit:?} ({last})"
+    ))
+}
+
+async fn recovering(c: &Client) -> Result<bool, String> {
+    c.query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| pg::describe(&e))
+}
+
+async fn reload(c: &Client) -> Result<(), String> {
+    c.query_one("SELECT pg_reload_conf()", &[])
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("reload the configuration: {}", pg::describe(&e)))
+}
+
+/// Quotes a libpq conninfo value.
+fn conninfo_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// The value of `key` in a libpq key/value conninfo.
+fn conninfo_value(conninfo: &str, key: &str) -> Option<String> {
+    let mut chars = conninfo.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut k = String::new();
+        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+            k.push(c);
+        }
+        if k.is_empty() {
+            return None;
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        chars.next_if_eq(&'=')?;
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut v = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            loop {
+                match chars.next()? {
+                    '\\' => v.push(chars.next()?),
+                    '\'' => break,
+                    c => v.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                if c == '\\' {
+                    v.push(chars.next()?);
+                } else {
+                    v.push(c);
+                }
+            }
+        }
+        if k == key {
+            return Some(v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_conninfo_values() {
+        let ci = "user=postgres passfile='/root/.pgpass' host='127.0.0.1' port=5433 \
+                  application_name='s1 r\\'1' sslmode=prefer";
+        assert_eq!(
+            conninfo_value(ci, "application_name").as_deref(),
+            Some("s1 r'1")
+        );
+        assert_eq!(conninfo_value(ci, "port").as_deref(), Some("5433"));
+        assert_eq!(conninfo_value(ci, "dbname"), None);
+        assert_eq!(conninfo_value("", "host"), None);
+        assert_eq!(conninfo_value("host = x", "host").as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn builds_conninfo() {
+        let u = Upstream::new("host=127.0.0.1 port=6000 user=postgres password=it's", 2).unwrap();
+        assert_eq!(u.port, 6000);
+        let ci = u.conninfo(Some("r1"));
+        assert_eq!(
+            ci,
+            "host='127.0.0.1' port=6000 user='postgres' password='it\\'s' application_name='r1'"
+        );
+        assert_eq!(conninfo_value(&ci, "password").as_deref(), Some("it's"));
+    }
+
+    #[test]
+    fn ranks_by_what_promotion_replays() {
+        let c = |replay, receive| Candidate {
+            instance: Instance {
+                id: "x".into(),
+                dsn: String::new(),
+            },
+            replay,
+            receive,
+            streaming: true,
+        };
+        assert!(c(10, 30).rank() > c(20, 20).rank());
+        assert!(c(20, 20).rank() > c(10, 20).rank());
+    }
+}

@@ -1,0 +1,308 @@
+//! Which statements are reads, for sending `eventual` requests to
+//! replicas.
+//!
+//! A statement is a read when its leading keyword is `SELECT`, `WITH`,
+//! `VALUES`, `TABLE` or `SHOW` and no later keyword is `INSERT`,
+//! `UPDATE`, `DELETE`, `MERGE` or `INTO` (`SELECT ... INTO` creates a
+//! table), and it takes no row locks (`FOR UPDATE`, `FOR NO KEY UPDATE`,
+//! `FOR SHARE`, `FOR KEY SHARE`). Keywords are read outside comments,
+//! string constants (standard, `E''` and dollar-quoted) and quoted
+//! identifiers, in any case. Everything else is a write.
+//!
+//! The check errs towards the primary: an unquoted column named like a
+//! write keyword makes a statement a "write", which only costs a trip to
+//! the primary. What it cannot see — a function that writes, `nextval` —
+//! fails on a replica with SQLSTATE 25006 (replicas run every statement
+//! read-only) and is run again on the primary.
+
+/// Leading keywords of reads.
+const READ_LEADS: [&str; 5] = ["SELECT", "WITH", "VALUES", "TABLE", "SHOW"];
+
+/// Keywords that make a statement a write wherever they appear.
+const WRITE_WORDS: [&str; 5] = ["INSERT", "UPDATE", "DELETE", "MERGE", "INTO"];
+
+/// Words after `FOR` that make it a row-locking clause.
+const LOCK_WORDS: [&str; 4] = ["UPDATE", "NO", "SHARE", "KEY"];
+
+/// Whether `sql` only reads (see the module docs).
+pub fn is_read(sql: &str) -> bool {
+    let mut words = Keywords::new(sql);
+    let Some(lead) = words.next() else {
+        return false;
+    };
+    if !READ_LEADS.iter().any(|w| lead.eq_ignore_ascii_case(w)) {
+        return false;
+    }
+    let mut after_for = false;
+    for word in words {
+        if WRITE_WORDS.iter().any(|w| word.eq_ignore_ascii_case(w)) {
+            return false;
+        }
+        if after_for && LOCK_WORDS.iter().any(|w| word.eq_ignore_ascii_case(w)) {
+            return false;
+        }
+        after_for = word.eq_ignore_ascii_case("FOR");
+    }
+    true
+}
+
+/// Whether every statement of a transaction is a read (and there is at
+/// least one).
+pub fn all_reads<'a>(statements: impl IntoIterator<Item = &'a str>) -> bool {
+    let mut any = false;
+    for sql in statements {
+        if !is_read(sql) {
+            return false;
+        }
+        any = true;
+    }
+    any
+}
+
+/// The unquoted words of a statement, in order.
+struct Keywords<'a> {
+    sql: &'a str,
+    at: usize,
+}
+
+impl<'a> Keywords<'a> {
+    fn new(sql: &'a str) -> Self {
+        Self { sql, at: 0 }
+    }
+
+    fn byte(&self, i: usize) -> Option<u8> {
+        self.sql.as_bytes().get(i).copied()
+    }
+
+    /// Skips past the end of a `'` string starting at `self.at`;
+    /// `backslash` for `E''` strings, where `\` escapes the next byte.
+    fn skip_string(&mut self, backslash: bool) {
+        let b = self.sql.as_bytes();
+        let mut i = self.at + 1;
+        while i < b.len() {
+            match b[i] {
+                b'\\' if backslash => i += 2,
+                b'\'' if b.get(i + 1) == Some(&b'\'') => i += 2,
+                b'\'' => {
+                    i += 1;
+                    break;
+                }
+                _ => i += 1,
+            }
+        }
+        self.at = i.min(b.len());
+    }
+
+    /// Skips a `"quoted identifier"` (`""` inside is a quote).
+    fn skip_quoted_ident(&mut self) {
+        let b = self.sql.as_bytes();
+        let mut i = self.at + 1;
+        while i < b.len() {
+            if b[i] == b'"' {
+                if b.get(i + 1) == Some(&b'"') {
+                    i += 2;
+                    continue;
+                }
+                i += 1;
+                break;
+            }
+            i += 1;
+        }
+        self.at = i.min(b.len());
+    }
+
+    /// Skips a nested `/* */` comment.
+    fn skip_block_comment(&mut self) {
+        let b = self.sql.as_bytes();
+        let mut i = self.at;
+        let mut depth = 0usize;
+        while i < b.len() {
+            if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+                depth += 1;
+                i += 2;
+            } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+                depth -= 1;
+                i += 2;
+                if depth == 0 {
+                    break;
+                }
+            } else {
+                i += 1;
+            }
+        }
+        self.at = i.min(b.len());
+    }
+
+    /// At a `$`: skips a dollar-quoted string (`$tag$ ... $tag$`), or
+    /// just the `$` when it starts a parameter (`$1`) or nothing.
+    fn skip_dollar(&mut self) {
+        let b = self.sql.as_bytes();
+        let start = self.at;
+        let mut i = start + 1;
+        if b.get(i).is_some_and(|c| c.is_ascii_digit()) {
+            self.at = i;
+            return;
+        }
+        while i < b.len() && is_ident_byte(b[i]) && b[i] != b'$' {
+            i += 1;
+        }
+        if b.get(i) != Some(&b'$') {
+            self.at = start + 1;
+            return;
+        }
+        let tag = &self.sql[start..=i];
+        let body = i + 1;
+        self.at = match self.sql.get(body..).and_then(|rest| rest.find(tag)) {
+            Some(end) => body + end + tag.len(),
+            // Unterminated: PostgreSQL will refuse it; nothing after
+            // counts.
+            None => b.len(),
+        };
+    }
+}
+
+fn is_ident_start(c: u8) -> bool {
+    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
+}
+
+fn is_ident_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
+}
+
+impl<'a> Iterator for Keywords<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        while let Some(c) = self.byte(self.at) {
+            match c {
+                b'-' if self.byte(self.at + 1) == Some(b'-') => {
+                    let rest = &self.sql[self.at..];
+                    self.at += rest.find('\n').unwrap_or(rest.len());
+                }
+                b'/' if self.byte(self.at + 1) == Some(b'*') => self.skip_block_comment(),
+                b'\'' => self.skip_string(false),
+                b'"' => self.skip_quoted_ident(),
+                b'$' => self.skip_dollar(),
+                c if is_ident_start(c) => {
+                    let start = self.at;
+                    let b = self.sql.as_bytes();
+                    let mut i = start;
+                    while i < b.len() && is_ident_byte(b[i]) {
+                        i += 1;
+                    }
+                    let word = &self.sql[start..i];
+                    self.at = i;
+                    // E'...' is a string with backslash escapes, not the
+                    // word E.
+                    if word.eq_ignore_ascii_case("e") && self.byte(i) == Some(b'\'') {
+                        self.skip_string(true);
+                        continue;
+                    }
+                    // Other prefixed constants (B'', X'', N'', U&'')
+                    // read as a word then a standard string: harmless.
+                    return Some(word);
+                }
+                c if c.is_ascii_digit() => {
+                    // Numbers, including 1e5 and 0x1F: not words.
+                    let b = self.sql.as_bytes();
+                    while self.at < b.len() && is_ident_byte(b[self.at]) {
+                        self.at += 1;
+                    }
+                }
+                _ => self.at += 1,
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads() {
+        for sql in [
+            "SELECT 1",
+            "select * from t where id = $1",
+            "  (SELECT 1) UNION (SELECT 2)",
+            "-- a comment: DELETE FROM t\nSELECT 1",
+            "/* UPDATE /* nested */ INSERT */ select 1",
+            "WITH x AS (SELECT 1) SELECT * FROM x",
+            "with recursive r(n) as (values (1) union all select n + 1 from r where n < 5) select * from r",
+            "VALUES (1), (2)",
+            "TABLE t",
+            "show search_path",
+            "SELECT 'DELETE FROM t' AS s",
+            "SELECT 'it''s; UPDATE t SET x = 1'",
+            "SELECT E'\\' INSERT INTO t'",
+            "SELECT $$ DELETE FROM t $$, $body$ UPDATE $inner$ x $inner$ $body$",
+            "SELECT \"update\", \"into\" FROM t",
+            "SELECT last_update, deleted_at, inserted FROM t",
+            "SELECT a FROM t ORDER BY a FOR READ ONLY",
+            "SELECT x FROM t WHERE y = 'for update'",
+            "SELECT $1::text, a$b FROM t",
+            "SELECT 1e5, 0x1F",
+        ] {
+            assert!(is_read(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn writes() {
+        for sql in [
+            "",
+            "   ",
+            "-- only a comment",
+            "INSERT INTO t VALUES (1)",
+            "update t set x = 1",
+            "DELETE FROM t",
+            "MERGE INTO t USING s ON true WHEN MATCHED THEN DELETE",
+            "CREATE TABLE t (id int)",
+            "TRUNCATE t",
+            "EXPLAIN ANALYZE DELETE FROM t",
+            "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+            "with x as (select 1) insert into t select * from x",
+            "WITH u AS (UPDATE t SET x = 1 RETURNING x) SELECT count(*) FROM u",
+            "WITH m AS (MERGE INTO t USING s ON true WHEN MATCHED THEN DELETE) SELECT 1",
+            "SELECT * FROM t FOR UPDATE",
+            "select * from t for no key update skip locked",
+            "SELECT * FROM t FOR SHARE",
+            "SELECT * FROM t for key share",
+            "SELECT * INTO new_table FROM t",
+            "SELECT 1; DELETE FROM t",
+            "/* SELECT */ DELETE FROM t",
+            "Select * From t For Update",
+            // An unquoted column named like a write keyword: the
+            // primary (conservative).
+            "SELECT delete FROM t",
+            "LOCK TABLE t",
+            "CALL p()",
+            "SET LOCAL x = 1",
+        ] {
+            assert!(!is_read(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn unterminated_constants_hide_the_rest() {
+        // PostgreSQL refuses these; the classifier must not loop or
+        // panic, and a write word in the unterminated part is unseen.
+        for sql in ["SELECT 'abc", "SELECT $$abc", "SELECT \"abc", "SELECT /* x"] {
+            assert!(is_read(sql), "{sql}");
+        }
+        assert!(is_read("SELECT é, ü FROM t"));
+        assert!(!is_read("é"));
+    }
+
+    #[test]
+    fn transactions() {
+        assert!(all_reads([
+            "SELECT 1",
+            "WITH x AS (SELECT 1) SELECT * FROM x"
+        ]));
+        assert!(!all_reads(["SELECT 1", "UPDATE t SET x = 1"]));
+        assert!(!all_reads(["SELECT 1", "SAVEPOINT a"]));
+        assert!(!all_reads(std::iter::empty::<&str>()));
+    }
+}

@@ -1,0 +1,317 @@
+//! Where a routed request runs, and what happens when it cannot.
+//!
+//! - An `eventual` read (see [`crate::classify`]) goes to a replica the
+//!   health feed vouches for ([`ShardTarget::pick_replica`]), taking
+//!   turns. If the replica cannot be had or fails in a way a primary
+//!   would not — SQLSTATE 25006 (it refused a write the classifier could
+//!   not see), a recovery conflict, a lost connection — the read runs on
+//!   the primary instead. Reads only, so running one twice is harmless.
+//! - Everything else goes to the primary. While the catalog shows the
+//!   shard failing over, or after the primary could not be connected
+//!   (refused, timed out, closed: the statement was never sent), the
+//!   request is held: it waits, at no cost, for a routing table with a
+//!   new primary or the failover called off, up to `failover_hold`, then
+//!   tries once more on the primary of the latest table. Failing again
+//!   it is answered 503 `shard_unavailable` with `Retry-After`.
+//! - A statement whose connection broke after it was sent is not run
+//!   again if it may have written: it may have committed. Reads are, as
+//!   is a statement the primary refused as read-only (25006) while the
+//!   catalog shows a failover (a planned switchover has made the old
+//!   primary read-only: nothing was written).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::Value;
+use shardline_api::router::StatementResult;
+use shardline_api::{ApiError, ErrorCode};
+
+use crate::auth::TenantAuth;
+use crate::pg::{exec, from_pool_error, PoolError, PooledConn};
+use crate::pools::{InstanceTarget, ShardTarget};
+use crate::state::{RouterContext, RoutingCell};
+
+/// Seconds a client is told to wait when a shard stays unavailable.
+const RETRY_AFTER_SECS: u64 = 1;
+
+/// Work to run on one connection.
+pub trait Job: Sync {
+    type Output: Send;
+
+    /// Runs the work on `conn`.
+    fn run<'a>(
+        &'a self,
+        conn: &'a mut PooledConn,
+    ) -> impl Future<Output = Result<Self::Output, ApiError>> + Send + 'a;
+}
+
+/// One statement.
+pub struct Statement<'a> {
+    pub sql: &'a str,
+    pub params: &'a [Value],
+}
+
+impl Job for Statement<'_> {
+    type Output = StatementResult;
+
+    fn run<'a>(
+        &'a self,
+        conn: &'a mut PooledConn,
+    ) -> impl Future<Output = Result<StatementResult, ApiError>> + Send + 'a {
+        exec::execute(conn, self.sql, self.params)
+    }
+}
+
+/// A transaction (its errors carry the failing statement's index).
+pub struct Transaction<'a> {
+    pub statements: &'a [(String, Vec<Value>)],
+}
+
+impl Job for Transaction<'_> {
+    type Output = Vec<StatementResult>;
+
+    async fn run(&self, conn: &mut PooledConn) -> Result<Vec<StatementResult>, ApiError> {
+        exec::transaction(conn, self.statements)
+            .await
+            .map_err(|(_, e)| e)
+    }
+}
+
+/// What the request is, for choosing where it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// Every statement only reads.
+    pub read: bool,
+    /// The client accepts a replica's possibly older data.
+    pub eventual: bool,
+}
+
+/// Why an attempt on one instance failed.
+enum Failure {
+    /// No connection: nothing was sent.
+    Acquire(PoolError),
+    /// The statement failed; `broken` if its connection did too.
+    Statement { error: ApiError, broken: bool },
+}
+
+/// Runs `job` for `tenant` on the shard of `target` (see the module
+/// docs); `cell` is the live routing table, watched while held.
+pub async fn run<J: Job>(
+    cell: &RoutingCell,
+    ctx: &RouterContext,
+    target: Arc<ShardTarget>,
+    tenant: &TenantAuth,
+    job: &J,
+    plan: Plan,
+) -> Result<J::Output, ApiError> {
+    if plan.read && plan.eventual {
+        if let Some(out) = on_replica(ctx, &target, tenant, job).await? {
+            return Ok(out);
+        }
+    }
+    on_primary(cell, ctx, target, tenant, job, plan).await
+}
+
+/// Runs a read on a usable replica; `None` when there is none or it
+/// failed in a way the primary may not (the caller then uses the
+/// primary).
+async fn on_replica<J: Job>(
+    ctx: &RouterContext,
+    target: &ShardTarget,
+    tenant: &TenantAuth,
+    job: &J,
+) -> Result<Option<J::Output>, ApiError> {
+    let Some(view) = ctx.health.fresh(Instant::now()) else {
+        return Ok(None);
+    };
+    let Some(replica) = target.pick_replica(&view, ctx.max_replica_lag).cloned() else {
+        return Ok(None);
+    };
+    match attempt(&replica, tenant, job).await {
+        Ok(out) => {
+            ctx.metrics
+                .replica_reads
+                .with(&[&target.id, &replica.id])
+                .inc();
+            Ok(Some(out))
+        }
+        Err(Failure::Acquire(e)) => {
+            tracing::debug!(shard = %target.id, instance = %replica.id, error = %e, "replica unavailable; reading from the primary");
+            Ok(None)
+        }
+        Err(Failure::Statement { error, .. }) if replica_only_failure(&error) => {
+            tracing::debug!(shard = %target.id, instance = %replica.id, code = error.code.as_str(), sqlstate = ?error.sqlstate, "read failed on a replica; reading from the primary");
+            Ok(None)
+        }
+        Err(Failure::Statement { error, .. }) => Err(error),
+    }
+}
+
+/// Whether a read's failure on a replica is the replica's, not the
+/// statement's: a primary might well run it.
+fn replica_only_failure(e: &ApiError) -> bool {
+    match e.code {
+        // 25006 (read-only), lost connections, shutdowns, and recovery
+        // conflicts (40001/40P01 on a standby).
+        ErrorCode::ShardUnavailable | ErrorCode::Unavailable | ErrorCode::TransactionConflict => {
+            true
+        }
+        _ => false,
+    }
+}
+
+async fn on_primary<J: Job>(
+    cell: &RoutingCell,
+    ctx: &RouterContext,
+    mut target: Arc<ShardTarget>,
+    tenant: &TenantAuth,
+    job: &J,
+    plan: Plan,
+) -> Result<J::Output, ApiError> {
+    let mut held = false;
+    if target.failover.is_some() {
+        target = hold(cell, ctx, &target.id, &target.primary, true).await?;
+        held = true;
+    }
+    loop {
+        let primary = Arc::clone(&target.primary);
+        let failure = match attempt(&primary, tenant, job).await {
+            Ok(out) => return Ok(out),
+            Err(f) => f,
+        };
+        let again = !held
+            && match &failure {
+                Failure::Acquire(e) => is_connection_failure(e),
+                Failure::Statement { error, broken } => {
+                    (plan.read && *broken)
+                        || (error.sqlstate.as_deref() == Some("25006")
+                            && failing_over(cell, &target.id, &primary))
+                }
+            };
+        if !again {
+            return Err(match failure {
+                Failure::Acquire(e) if held && is_connection_failure(&e) => ApiError::new(
+                    ErrorCode::ShardUnavailable,
+                    format!(
+                        "shard {} is unavailable: its primary is failing over or cannot be reached",
+                        target.id
+                    ),
+                )
+                .with_retry_after(RETRY_AFTER_SECS),
+                Failure::Acquire(e) => from_pool_error(&e),
+                Failure::Statement { error, .. } => error,
+            });
+        }
+        target = hold(cell, ctx, &target.id, &primary, false).await?;
+        held = true;
+    }
+}
+
+/// Whether the live table shows `shard` failing over, or with another
+/// primary than `primary`.
+fn failing_over(cell: &RoutingCell, shard: &str, primary: &Arc<InstanceTarget>) -> bool {
+    cell.get()
+        .shards
+        .get(shard)
+        .is_some_and(|t| t.failover.is_some() || !Arc::ptr_eq(&t.primary, primary))
+}
+
+/// Waits, up to `failover_hold`, for a table where `shard` is not
+/// failing over and either has another primary than `failed` or had its
+/// failover called off (`saw_failover`: the caller saw one under way).
+/// Returns the shard's target in the latest table either way.
+async fn hold(
+    cell: &RoutingCell,
+    ctx: &RouterContext,
+    shard: &str,
+    failed: &Arc<InstanceTarget>,
+    mut saw_failover: bool,
+) -> Result<Arc<ShardTarget>, ApiError> {
+    let deadline = tokio::time::Instant::now() + ctx.failover_hold;
+    let mut tables = cell.subscribe();
+    let mut waited = false;
+    loop {
+        let routing = Arc::clone(&tables.borrow_and_update());
+        let Some(target) = routing.shards.get(shard).cloned() else {
+            return Err(ApiError::new(
+                ErrorCode::ShardUnavailable,
+                format!("shard {shard} is not in the catalog"),
+            )
+            .with_retry_after(RETRY_AFTER_SECS));
+        };
+        saw_failover |= target.failover.is_some();
+        let settled =
+            target.failover.is_none() && (saw_failover || !Arc::ptr_eq(&target.primary, failed));
+        if settled {
+            if waited {
+                ctx.metrics.held.with(&[shard, "resumed"]).inc();
+            }
+            return Ok(target);
+        }
+        if !waited {
+            tracing::debug!(
+                shard,
+                failover = target.failover.is_some(),
+                "holding a request for the shard's primary"
+            );
+            waited = true;
+        }
+        match tokio::time::timeout_at(deadline, tables.changed()).await {
+            Ok(Ok(())) => {}
+            // Out of time, or the table is never changing again.
+            Ok(Err(_)) | Err(_) => {
+                ctx.metrics.held.with(&[shard, "timed_out"]).inc();
+                return Ok(cell.get().shards.get(shard).cloned().unwrap_or(target));
+            }
+        }
+    }
+}
+
+/// Whether a failure to get a connection means the server could not be
+/// reached (rather than being busy or refusing our login).
+pub fn is_connection_failure(e: &PoolError) -> bool {
+    match e {
+        PoolError::ConnectTimeout(_) | PoolError::Closed => true,
+        PoolError::Connect(source) => match source.as_db_error() {
+            // Refused, reset, closed: no PostgreSQL error at all.
+            None => true,
+            // Shutting down, starting up, in recovery; connection errors.
+            Some(db) => {
+                let code = db.code().code();
+                code.starts_with("57P") || code.starts_with("08")
+            }
+        },
+        PoolError::Timeout(_) | PoolError::InvalidDsn(_) | PoolError::BudgetExhausted(_) => false,
+    }
+}
+
+/// One attempt on one instance.
+async fn attempt<J: Job>(
+    inst: &InstanceTarget,
+    tenant: &TenantAuth,
+    job: &J,
+) -> Result<J::Output, Failure> {
+    let mut conn = acquire(inst, tenant).await.map_err(Failure::Acquire)?;
+    match job.run(&mut conn).await {
+        Ok(out) => Ok(out),
+        Err(error) => Err(Failure::Statement {
+            broken: conn.is_broken(),
+            error,
+        }),
+    }
+}
+
+/// A connection to `inst` as the tenant's role. A pool the reaper
+/// closed between lookup and use is replaced once.
+pub async fn acquire(inst: &InstanceTarget, tenant: &TenantAuth) -> Result<PooledConn, PoolError> {
+    let mut retried = false;
+    loop {
+        let pool = inst.pool_for(tenant);
+        match pool.get().await {
+            Ok(conn) => return Ok(conn),
+            Err(PoolError::Closed) if !retried && !inst.is_closed() => retried = true,
+            Err(e) => return Err(e),
+        }
+    }
+}
