@@ -35,8 +35,9 @@ fn req(sql: &str, params: Vec<serde_json::Value>, consistency: Consistency) -> E
 /// What the writer and reader saw.
 #[derive(Default)]
 struct Log {
-    /// Acknowledged writes: number and when the answer came.
-    acked: Mutex<Vec<(i64, Instant)>>,
+    /// Acknowledged writes: number, when it was sent, when the answer
+    /// came.
+    acked: Mutex<Vec<(i64, Instant, Instant)>>,
     write_errors: AtomicU64,
     reads_ok: AtomicU64,
     read_errors: AtomicU64,
@@ -50,12 +51,25 @@ struct Load {
 
 impl Load {
     /// One writer (inserts 1, 2, 3, ... one at a time) and one reader
-    /// (eventual counts), without client retries.
-    fn start(stack: &Stack) -> Load {
+    /// (eventual counts), without client retries; starts once eventual
+    /// reads find the table (replicas have replayed the migration).
+    async fn start(stack: &Stack) -> Load {
         let router = RouterClient::new(&stack.router_url, Some(stack.app_token.clone()))
             .unwrap()
             .with_retry(RetryPolicy::none())
             .with_timeout(Duration::from_secs(20));
+        let mut replayed = 0;
+        for _ in 0..500 {
+            let r = router
+                .execute(&req("SELECT count(*) FROM writes", vec![], Consistency::Eventual))
+                .await;
+            replayed = if r.is_ok() { replayed + 1 } else { 0 };
+            if replayed >= 20 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(replayed >= 20, "replicas never replayed the migration");
         let log = Arc::new(Log::default());
         let stop = Arc::new(AtomicBool::new(false));
         let writer = {
@@ -64,6 +78,7 @@ impl Load {
                 let mut n = 0i64;
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
+                    let sent = Instant::now();
                     let r = router
                         .execute(&req(
                             "INSERT INTO writes (n) VALUES ($1)",
@@ -72,7 +87,7 @@ impl Load {
                         ))
                         .await;
                     match r {
-                        Ok(_) => log.acked.lock().unwrap().push((n, Instant::now())),
+                        Ok(_) => log.acked.lock().unwrap().push((n, sent, Instant::now())),
                         Err(_) => {
                             log.write_errors.fetch_add(1, Ordering::Relaxed);
                             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -164,19 +179,20 @@ async fn missing(stack: &Stack, log: &Log) -> Vec<i64> {
     let acked = log.acked.lock().unwrap();
     acked
         .iter()
-        .map(|(n, _)| *n)
+        .map(|(n, _, _)| *n)
         .filter(|n| !present.contains(n))
         .collect()
 }
 
-/// Seconds from `t` to the first write acknowledged after it.
+/// Time from `t` to the acknowledgement of the first write sent after
+/// it (a write already in flight at `t` does not count).
 fn first_ack_after(log: &Log, t: Instant) -> Option<Duration> {
     log.acked
         .lock()
         .unwrap()
         .iter()
-        .find(|(_, at)| *at > t)
-        .map(|(_, at)| *at - t)
+        .find(|(_, sent, _)| *sent > t)
+        .map(|(_, _, at)| *at - t)
 }
 
 /// Longest gap between consecutive acknowledgements.
@@ -184,7 +200,7 @@ fn longest_pause(log: &Log) -> Duration {
     let acked = log.acked.lock().unwrap();
     acked
         .windows(2)
-        .map(|w| w[1].1 - w[0].1)
+        .map(|w| w[1].2 - w[0].2)
         .max()
         .unwrap_or_default()
 }
@@ -215,9 +231,13 @@ async fn kill9_failover(synchronous: bool, replicas: usize) {
     })
     .await;
     stack.migrate("001_writes", TABLE).await;
-    let load = Load::start(&stack);
+    let load = Load::start(&stack).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
+    // The whole server dies at once: postmaster and every backend (a
+    // postmaster killed alone leaves its backends serving their sessions
+    // for a while).
+    stack.shards[0].signal_all(libc::SIGKILL);
     let killed = Instant::now();
     stack.shards[0].kill9().await;
     let w = watch_failover(&stack, 1, Duration::from_secs(30)).await;
@@ -242,12 +262,12 @@ async fn kill9_failover(synchronous: bool, replicas: usize) {
     println!(
         "kill -9 ({mode}, {replicas} replica(s)): detection {:?}, promotion {:?}, \
          first write acknowledged {:?} after the kill; {acked} writes acknowledged, \
-         {} lost {:?}, {} write errors; eventual reads {} ok, {} failed",
+         {} lost (numbers {:?}), {} write errors; eventual reads {} ok, {} failed",
         w.intent.unwrap() - killed,
         w.committed.unwrap() - w.intent.unwrap(),
         first_ack_after(&log, killed).unwrap(),
         lost.len(),
-        lost,
+        lost.first().zip(lost.last()),
         log.write_errors.load(Ordering::Relaxed),
         log.reads_ok.load(Ordering::Relaxed),
         log.read_errors.load(Ordering::Relaxed),
@@ -318,7 +338,7 @@ async fn planned_switchover_loses_nothing() {
     })
     .await;
     stack.migrate("001_writes", TABLE).await;
-    let load = Load::start(&stack);
+    let load = Load::start(&stack).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let started = Instant::now();
     let result = stack
@@ -362,11 +382,11 @@ async fn a_hung_primary_is_replaced_and_never_used_again() {
     })
     .await;
     stack.migrate("001_writes", TABLE).await;
-    let load = Load::start(&stack);
+    let load = Load::start(&stack).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let stopped = Instant::now();
     // The whole server hangs: postmaster, backends, WAL sender.
     stack.shards[0].pause();
+    let stopped = Instant::now();
     let w = watch_failover(&stack, 1, Duration::from_secs(30)).await;
     stack.shards[0].resume();
     assert!(w.committed.is_some(), "no failover within 30 s");

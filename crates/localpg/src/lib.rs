@@ -407,9 +407,16 @@ impl RunningCluster {
     /// server, as a hung machine would, and `SIGCONT` resumes it.
     pub fn signal_all(&self, sig: libc::c_int) {
         if let Some(pid) = self.pid() {
-            // The postmaster first, so it forks nothing we would miss.
+            // Children are listed before and after the postmaster is
+            // signalled: before, because a postmaster that dies (SIGKILL)
+            // has its children moved to another parent at once; after,
+            // because one that lives (SIGSTOP) may have forked meanwhile.
+            let mut children = replica::children_of(pid);
             replica::signal_pids([pid], sig);
-            replica::signal_pids(replica::children_of(pid), sig);
+            children.extend(replica::children_of(pid));
+            children.sort_unstable();
+            children.dedup();
+            replica::signal_pids(children, sig);
         }
     }
 

@@ -1,6 +1,7 @@
 //! The health checker: every `interval` it checks every instance of every
 //! shard (not fenced ones) at once over a kept session — `SELECT 1`,
-//! recovery state, WAL positions — each within `timeout`; derives each
+//! recovery state, WAL positions — each within `timeout` (an instance is
+//! up when it answers and its recovery state fits its role); derives each
 //! replica's lag from its shard's primary; publishes the metrics and the
 //! [`HealthSnapshot`] routers poll; and hands the round to the failover
 //! controller ([`crate::failover`]), which acts on failed primaries and on
@@ -256,24 +257,42 @@ async fn check_loop(
             let state = match res {
                 Ok((client, probe)) => {
                     conns.insert(key.clone(), (t.dsn.clone(), client));
+                    // Up means usable in its role: a primary in recovery
+                    // takes no writes; a replica out of recovery was
+                    // promoted behind the catalog's back and may diverge.
+                    let misfit = match (t.role, probe.in_recovery) {
+                        (Role::Primary, true) => Some("in recovery, so not a primary"),
+                        (Role::Replica, false) => {
+                            Some("not in recovery (promoted outside a failover?), so not a replica")
+                        }
+                        _ => None,
+                    };
                     let state = InstanceState {
                         role: t.role,
                         info: HealthInfo {
-                            up: true,
+                            up: misfit.is_none(),
                             checked_at: checked_at.clone(),
+                            error: misfit.map(str::to_string),
                             in_recovery: Some(probe.in_recovery),
+                            consecutive_failures: if misfit.is_some() {
+                                failures.saturating_add(1)
+                            } else {
+                                0
+                            },
                             lsn: probe.lsn.map(pg::format_lsn),
                             ..HealthInfo::default()
                         },
                         lsn: probe.lsn,
                         receive_lsn: probe.receive_lsn,
                     };
-                    if t.role == Role::Primary {
-                        if let Some(lsn) = probe.lsn {
-                            primary_lsn.insert(key.clone(), lsn);
+                    if misfit.is_none() {
+                        if t.role == Role::Primary {
+                            if let Some(lsn) = probe.lsn {
+                                primary_lsn.insert(key.clone(), lsn);
+                            }
                         }
+                        probes.insert(key.clone(), probe);
                     }
-                    probes.insert(key.clone(), probe);
                     state
                 }
                 Err(error) => {

@@ -5,17 +5,24 @@
 //! primary answers is rolled back; a planned one is drained and finished.
 //!
 //! The crash is simulated by stopping the first manager and writing the
-//! intent into the catalog store, as the failover would have.
+//! intent into the catalog store, as the failover would have; and for
+//! real with the test-only failpoints, in a manager child process (this
+//! test binary run again) that aborts at the step.
 
 mod common;
 
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
 use std::time::Duration;
 
-use common::eventually;
-use common::stack::{ids, ids_with_role, in_recovery, Stack};
+use common::stack::{catalog_path, ids, ids_with_role, in_recovery, Stack};
+use common::{eventually, ADMIN_TOKEN, ROUTER_TOKEN};
 use shardline_core::catalog::{Failover, FailoverKind};
 use shardline_manager::apps::now_ms;
+use shardline_manager::failover::{FAILPOINT_AFTER_INTENT, FAILPOINT_AFTER_PROMOTE, FAILPOINT_ENV};
+use shardline_manager::ManagerConfig;
 use shardline_testkit::PgCluster;
+use tokio_util::sync::CancellationToken;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -142,5 +149,112 @@ async fn a_planned_switchover_is_drained_and_finished() {
         .unwrap()
         .get(0);
     assert_eq!(ro, "on", "the old primary was drained");
+    st.stop().await;
+}
+
+/// Tells [`failpoint_child`] which catalog to run a manager on.
+const CHILD_CATALOG: &str = "SHARDLINE_TEST_CHILD_CATALOG";
+/// SIGABRT on Linux.
+const SIGABRT: i32 = 6;
+
+/// Not a test by itself: the manager process of the failpoint tests
+/// (this binary run again, filtered to this function, with
+/// `SHARDLINE_TEST_CHILD_CATALOG` and `SHARDLINE_FAILPOINT` set). Without
+/// the variable it returns at once.
+#[test]
+fn failpoint_child() {
+    let Ok(path) = std::env::var(CHILD_CATALOG) else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut cfg = ManagerConfig::new(path.into(), ADMIN_TOKEN, ROUTER_TOKEN);
+        cfg.listen = "127.0.0.1:0".parse().unwrap();
+        // Bounded: the failpoint aborts the process long before.
+        let run = shardline_manager::run(cfg, CancellationToken::new());
+        let _ = tokio::time::timeout(LIMIT, run).await;
+    });
+}
+
+/// Kills the primary of a shard with a replica, then runs a manager
+/// process that aborts at `failpoint` of the automatic failover it
+/// starts; returns the catalog it left (no manager running).
+async fn crash_at(failpoint: &str) -> (Stack, PgCluster, PgCluster) {
+    let (st, mut primary, replica) = shard_with_replica().await;
+    assert!(eventually(LIMIT, || async { ids(&replica).await.len() == 100 }).await);
+    let dir = st.close().await;
+    primary.kill9().await;
+    let child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "failpoint_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_CATALOG, catalog_path(dir.path()))
+        .env(FAILPOINT_ENV, failpoint)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let out = tokio::time::timeout(LIMIT * 2, child.wait_with_output())
+        .await
+        .expect("the manager process ends")
+        .unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(SIGABRT),
+        "aborted at {failpoint}: {:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (Stack::open(dir).await, primary, replica)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_the_intent_then_resume_promotes() {
+    let (mut st, _primary, replica) = crash_at(FAILPOINT_AFTER_INTENT).await;
+    let left = st
+        .stored_shard("s1")
+        .await
+        .failover
+        .expect("the intent is left");
+    assert_eq!(
+        (left.kind, left.from.as_str(), left.to.as_str()),
+        (FailoverKind::Automatic, "s1-0", "s1-1")
+    );
+    assert!(in_recovery(&replica).await, "not promoted before the crash");
+    st.start().await;
+    let shard = wait_resolved(&st).await;
+    assert_eq!(shard.generation, 2);
+    assert_eq!(ids_with_role(&shard, "primary"), ["s1-1"]);
+    assert_eq!(ids_with_role(&shard, "fenced"), ["s1-0"]);
+    assert!(!in_recovery(&replica).await);
+    st.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_the_promotion_then_resume_commits() {
+    let (mut st, mut primary, replica) = crash_at(FAILPOINT_AFTER_PROMOTE).await;
+    assert!(st.stored_shard("s1").await.failover.is_some());
+    assert_eq!(st.stored_shard("s1").await.generation, 1);
+    assert!(!in_recovery(&replica).await, "promoted before the crash");
+    // The old primary is back, writable, before the manager is: the
+    // target was promoted, so it is the one the catalog keeps.
+    primary.restart().await.unwrap();
+    assert!(!in_recovery(&primary).await);
+    st.start().await;
+    let shard = wait_resolved(&st).await;
+    assert_eq!(shard.generation, 2);
+    assert_eq!(ids_with_role(&shard, "primary"), ["s1-1"]);
+    assert_eq!(ids_with_role(&shard, "fenced"), ["s1-0"]);
+    // Checked in its new role from then on; the fenced one not at all.
+    let checked = eventually(LIMIT, || async {
+        let h = st.health().await;
+        h.instances.len() == 1 && h.instances[0].instance == "s1-1" && h.instances[0].health.up
+    })
+    .await;
+    assert!(checked, "{:?}", st.health().await);
     st.stop().await;
 }

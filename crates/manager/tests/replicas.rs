@@ -119,6 +119,24 @@ async fn health_reports_lsn_and_lag_of_a_replica() {
     .await;
     assert!(back, "{:?}", st.health().await);
 
+    // Promoted behind the manager's back: no longer fit to be a replica.
+    r.query_one("SELECT pg_promote(true, 30)", &[])
+        .await
+        .unwrap();
+    let misfit = eventually(Duration::from_secs(20), || async {
+        let h = st.health().await;
+        find(&h, "s1-1").is_some_and(|r| {
+            !r.health.up
+                && r.health.in_recovery == Some(false)
+                && r.health
+                    .error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("not in recovery"))
+        })
+    })
+    .await;
+    assert!(misfit, "{:?}", st.health().await);
+
     // The snapshot is for routers and operators only.
     let a = http(st.addr(), "GET", "/v1/health", None, None).await;
     assert_eq!(a.status, 401);
@@ -202,5 +220,51 @@ async fn add_replica_checks_it_is_one() {
     let a = add(replica.dsn()).await;
     assert_eq!(a.status, 409, "{}", a.body);
     st.wait_healthy("s1", 2).await;
+    st.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_of_an_old_catalog_get_ids_at_startup() {
+    use shardline_catalog::{CatalogStore, Op, Precondition};
+    use shardline_core::catalog::{keys, Instance, Shard};
+
+    let mut st = Stack::new().await;
+    let inst = |port: u16| Instance {
+        id: String::new(),
+        dsn: format!("host=127.0.0.1 port={port} user=postgres"),
+    };
+    let shard = Shard {
+        id: "s1".into(),
+        keyspace: None,
+        primary: inst(1),
+        replicas: vec![inst(2)],
+        generation: 3,
+        reserved_for: None,
+        fenced: vec![inst(3)],
+        failover: None,
+    };
+    let key = keys::shard("s1");
+    st.store
+        .txn(
+            &[Precondition::Absent(key.clone())],
+            &[Op::Put {
+                key,
+                value: serde_json::to_vec(&shard).unwrap(),
+            }],
+        )
+        .await
+        .unwrap();
+    st.start().await;
+    let info = st.shard("s1").await;
+    let ids: Vec<_> = info
+        .instances
+        .iter()
+        .map(|i| (i.id.as_str(), i.role.as_str()))
+        .collect();
+    assert_eq!(
+        ids,
+        [("s1-0", "primary"), ("s1-1", "replica"), ("s1-2", "fenced")]
+    );
+    assert_eq!(info.generation, 3);
     st.stop().await;
 }

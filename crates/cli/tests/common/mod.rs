@@ -134,6 +134,11 @@ impl Stack {
         for i in 0..opts.shards + opts.spare {
             let primary = if opts.synchronous && i < opts.shards {
                 PgCluster::start_with(shardline_testkit::SYNC_REPLICATION).await
+            } else if opts.replicas > 0 && i < opts.shards {
+                // Asynchronous replication as deployed: a commit waits for
+                // its WAL to be written locally (the test default does
+                // not), not for a standby.
+                PgCluster::start_with(&[("synchronous_commit", "local")]).await
             } else {
                 PgCluster::start().await
             }

@@ -32,16 +32,18 @@ impl Stack {
     /// An empty catalog and no manager yet. Failover steps are logged
     /// (shown with `--nocapture`).
     pub async fn new() -> Stack {
+        Stack::open(tempfile::tempdir().unwrap()).await
+    }
+
+    /// The catalog in `dir` (as [`Stack::close`] left it), no manager yet.
+    pub async fn open(dir: tempfile::TempDir) -> Stack {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(
                 "shardline_manager::failover=info",
             ))
             .with_test_writer()
             .try_init();
-        let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::open(dir.path().join("catalog.json"))
-            .await
-            .unwrap();
+        let store = FileStore::open(catalog_path(dir.path())).await.unwrap();
         Stack {
             store: Arc::new(store),
             running: None,
@@ -49,13 +51,18 @@ impl Stack {
         }
     }
 
+    /// Stops the manager and closes the store (so another process may
+    /// open it); returns its directory.
+    pub async fn close(mut self) -> tempfile::TempDir {
+        self.stop().await;
+        let store = Arc::into_inner(self.store).expect("no one else holds the store");
+        drop(store);
+        self.dir
+    }
+
     /// The default settings (as a deployment has them) on port 0.
     pub fn config(&self) -> ManagerConfig {
-        let mut cfg = ManagerConfig::new(
-            self.dir.path().join("catalog.json"),
-            ADMIN_TOKEN,
-            ROUTER_TOKEN,
-        );
+        let mut cfg = ManagerConfig::new(catalog_path(self.dir.path()), ADMIN_TOKEN, ROUTER_TOKEN);
         cfg.listen = "127.0.0.1:0".parse().unwrap();
         cfg
     }
@@ -194,6 +201,11 @@ impl Stack {
         }
         None
     }
+}
+
+/// The catalog file in a stack's directory.
+pub fn catalog_path(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.join("catalog.json")
 }
 
 /// The role of instance `id` in a shard as the API shows it.
