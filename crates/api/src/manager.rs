@@ -121,8 +121,8 @@ pub struct AddReplicaRequest {
     pub dsn: String,
 }
 
-/// `POST /v1/shards/{id}/failover`: a planned switchover (or, with
-/// `force`, a failover from a primary that is down).
+/// `POST /v1/shards/{id}/failover`: a planned switchover (the primary
+/// must be up; a primary that is down is replaced automatically).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FailoverRequest {

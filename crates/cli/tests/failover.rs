@@ -61,7 +61,11 @@ impl Load {
         let mut replayed = 0;
         for _ in 0..500 {
             let r = router
-                .execute(&req("SELECT count(*) FROM writes", vec![], Consistency::Eventual))
+                .execute(&req(
+                    "SELECT count(*) FROM writes",
+                    vec![],
+                    Consistency::Eventual,
+                ))
                 .await;
             replayed = if r.is_ok() { replayed + 1 } else { 0 };
             if replayed >= 20 {
