@@ -1,7 +1,9 @@
 //! Control-plane API bodies (the manager).
 
 use serde::{Deserialize, Serialize};
-pub use shardline_core::catalog::{Limits, TenantConfig, TenantState};
+pub use shardline_core::catalog::{
+    Limits, ReshardKind, ReshardPhase, TableSpec, TenantConfig, TenantState,
+};
 use shardline_core::KeyType;
 
 /// `POST /v1/keyspaces`.
@@ -49,6 +51,12 @@ pub struct KeyspaceInfo {
     pub key_type: KeyType,
     pub map: Vec<RangeInfo>,
     pub migrations: Vec<MigrationInfo>,
+    /// Each table's shard-key column (`PUT .../tables/{table}`).
+    #[serde(default)]
+    pub tables: std::collections::BTreeMap<String, TableSpec>,
+    /// Ranges frozen for a resharding cutover.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub frozen: Vec<String>,
 }
 
 /// `POST /v1/shards`: registers a PostgreSQL server (and its replicas) as
@@ -386,4 +394,55 @@ pub struct StatusResponse {
     pub routers: Vec<RouterInfo>,
     #[serde(default)]
     pub tenants: Vec<TenantInfo>,
+}
+
+/// `POST /v1/reshard`: starts an online resharding job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReshardRequest {
+    #[serde(default = "default_keyspace")]
+    pub keyspace: String,
+    pub kind: ReshardKind,
+    /// Split and move: the shard whose range moves. Merge: the shard
+    /// merged away (its range joins the adjacent range of the target).
+    pub source: String,
+    /// Split: the new shards taking the upper parts (the source keeps the
+    /// lowest part). Move: the one shard receiving the range. Merge: the
+    /// shard absorbing the source's range.
+    pub targets: Vec<String>,
+    /// Split only: split points as 16 hex digits (default: even).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub at: Vec<String>,
+}
+
+fn default_keyspace() -> String {
+    crate::router::DEFAULT_KEYSPACE.to_string()
+}
+
+/// One range of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveInfo {
+    pub range: String,
+    pub from: String,
+    pub to: String,
+}
+
+/// A resharding job as the API shows it, with live progress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobInfo {
+    pub id: String,
+    pub kind: ReshardKind,
+    pub keyspace: String,
+    pub moves: Vec<MoveInfo>,
+    pub phase: ReshardPhase,
+    /// Rows copied so far / estimated to copy (this manager's view).
+    pub rows_copied: u64,
+    pub rows_estimated: u64,
+    /// Captured changes not yet applied to the targets.
+    pub changes_behind: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cutover_pause_ms: Option<u64>,
+    pub created_at: String,
 }

@@ -88,6 +88,8 @@ fn catalog(tenants: usize, apps: usize, shards: usize) -> (Catalog, Vec<String>)
             key_type: KeyType::Text,
             map: ShardMap::even(&ids).ok(),
             migrations: vec![],
+            tables: Default::default(),
+            frozen: Vec::new(),
         },
     );
     let mut tokens = Vec::with_capacity(tenants * apps);

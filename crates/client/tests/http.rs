@@ -76,6 +76,8 @@ async fn decodes_json_sends_bearer_and_encodes_path() {
                     shard: "s1".into(),
                 }],
                 migrations: vec![],
+                tables: Default::default(),
+                frozen: vec![],
             })
             .into_response()
         }),

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::hash::KeyType;
+use crate::keyrange::KeyRange;
 use crate::shardmap::ShardMap;
 
 /// Store key prefixes, one per kind of object.
@@ -14,6 +15,7 @@ pub mod keys {
     pub const SHARDS: &str = "shards/";
     pub const APPS: &str = "apps/";
     pub const TENANTS: &str = "tenants/";
+    pub const JOBS: &str = "jobs/";
 
     /// The store key of a keyspace.
     pub fn keyspace(name: &str) -> String {
@@ -30,6 +32,10 @@ pub mod keys {
     /// The store key of a tenant.
     pub fn tenant(id: &str) -> String {
         format!("{TENANTS}{id}")
+    }
+    /// The store key of a resharding job.
+    pub fn job(id: &str) -> String {
+        format!("{JOBS}{id}")
     }
 }
 
@@ -50,6 +56,7 @@ pub struct Catalog {
     pub shards: BTreeMap<String, Shard>,
     pub apps: BTreeMap<String, App>,
     pub tenants: BTreeMap<String, Tenant>,
+    pub jobs: BTreeMap<String, ReshardJob>,
 }
 
 /// A keyspace: a key type, a shard map, and the schema every shard of it
@@ -63,6 +70,90 @@ pub struct Keyspace {
     /// Migrations in the order they were first applied.
     #[serde(default)]
     pub migrations: Vec<Migration>,
+    /// Each table's shard-key column, so resharding can select a range's
+    /// rows by the routing hash computed in SQL.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tables: BTreeMap<String, TableSpec>,
+    /// Ranges being cut over: routers hold requests for keys in them
+    /// until the map changes (or their hold window runs out).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub frozen: Vec<KeyRange>,
+}
+
+/// How a table is sharded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableSpec {
+    /// The column holding the shard key of each row.
+    pub shard_key: String,
+}
+
+/// An online resharding job: ranges of a keyspace moving between shards
+/// while clients keep writing. Phases are persisted; progress figures
+/// live in the manager's memory and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReshardJob {
+    pub id: String,
+    pub kind: ReshardKind,
+    pub keyspace: String,
+    /// The ranges that move, each from its source to its target shard.
+    pub moves: Vec<RangeMove>,
+    /// The map the job started from and the one it publishes at cutover.
+    pub from_map: ShardMap,
+    pub to_map: ShardMap,
+    pub phase: ReshardPhase,
+    /// Why the job failed or what it is waiting for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Write pause at cutover, once done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cutover_pause_ms: Option<u64>,
+    /// Per (tenant, table): row count and checksum of the moved rows at
+    /// cutover, checked again before cleanup.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub verified: BTreeMap<String, String>,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// One range moving from one shard to another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeMove {
+    pub range: KeyRange,
+    pub from: String,
+    pub to: String,
+}
+
+/// What a job does to the map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReshardKind {
+    Split,
+    Merge,
+    Move,
+}
+
+/// Where a job is. The order is the order of the phases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReshardPhase {
+    /// Targets get the tenants' databases, roles and migrations; change
+    /// capture is installed on the source.
+    Prepare,
+    /// Rows of the moving ranges are copied from a snapshot.
+    Copy,
+    /// Changes captured since are applied until few are left.
+    CatchUp,
+    /// Ranges frozen, last changes applied, verified, map published.
+    Cutover,
+    /// Moved rows deleted from the source in batches.
+    Cleanup,
+    Done,
+    /// Cancelled before cutover: the source is as it was.
+    Cancelled,
+    /// Stopped with `error`; before cutover the source still owns the
+    /// ranges.
+    Failed,
 }
 
 /// A named schema change applied to every shard of a keyspace.
@@ -296,6 +387,8 @@ impl Catalog {
                 cat.apps.insert(id.to_string(), decode(key, value)?);
             } else if let Some(id) = key.strip_prefix(keys::TENANTS) {
                 cat.tenants.insert(id.to_string(), decode(key, value)?);
+            } else if let Some(id) = key.strip_prefix(keys::JOBS) {
+                cat.jobs.insert(id.to_string(), decode(key, value)?);
             }
         }
         Ok(cat)
@@ -310,6 +403,7 @@ impl Catalog {
         self.shards.extend(one.shards);
         self.apps.extend(one.apps);
         self.tenants.extend(one.tenants);
+        self.jobs.extend(one.jobs);
         Ok(())
     }
 
@@ -323,6 +417,8 @@ impl Catalog {
             self.apps.remove(id);
         } else if let Some(id) = key.strip_prefix(keys::TENANTS) {
             self.tenants.remove(id);
+        } else if let Some(id) = key.strip_prefix(keys::JOBS) {
+            self.jobs.remove(id);
         }
     }
 }

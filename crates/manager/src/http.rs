@@ -170,6 +170,8 @@ fn keyspace_info(ks: &Keyspace) -> KeyspaceInfo {
                 checksum: m.checksum.clone(),
             })
             .collect(),
+        tables: ks.tables.clone(),
+        frozen: ks.frozen.iter().map(|r| r.to_string()).collect(),
     }
 }
 

@@ -96,6 +96,8 @@ pub async fn create_keyspace(
             Some(even_map(&req.shards)?)
         },
         migrations: Vec::new(),
+        tables: Default::default(),
+        frozen: Vec::new(),
     };
     assign_shards(svc, keyspace, &req.shards, true).await
 }

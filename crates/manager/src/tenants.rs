@@ -99,6 +99,8 @@ pub async fn create_tenant(
                 key_type: req.key_type,
                 map: Some(ops::even_map(&shards)?),
                 migrations: Vec::new(),
+                tables: Default::default(),
+                frozen: Vec::new(),
             };
             record_dedicated(svc, &tenant, &keyspace, &shards).await?;
             tracing::info!(tenant = id, ?shards, "created dedicated tenant");

@@ -467,6 +467,8 @@ mod tests {
                 key_type: KeyType::Text,
                 map: None,
                 migrations: vec![],
+                tables: Default::default(),
+                frozen: Vec::new(),
             },
         );
         for t in [

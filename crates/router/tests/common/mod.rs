@@ -101,6 +101,8 @@ pub fn shard_catalog(
             key_type: KeyType::Text,
             map: Some(ShardMap::even(&["s1".to_string()]).unwrap()),
             migrations: vec![],
+            tables: Default::default(),
+            frozen: Vec::new(),
         },
     );
     cat.shards.insert(
