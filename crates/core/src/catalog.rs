@@ -80,6 +80,10 @@ pub struct Keyspace {
     pub frozen: Vec<KeyRange>,
 }
 
+/// The SQLSTATE a source shard raises for a write to a key range that
+/// resharding moved away: nothing was written; retry on the new owner.
+pub const MOVED_SQLSTATE: &str = "SLM01";
+
 /// How a table is sharded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
