@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use shardline_api::manager::{
     AddReplicaRequest, ApplyMigrationRequest, CreateKeyspaceRequest, InitialMapRequest,
-    KeyspaceInfo, RegisterShardRequest, StatusResponse,
+    KeyspaceInfo, RegisterShardRequest, StatusResponse, TableSpec,
 };
 use shardline_core::KeyType;
 
@@ -35,6 +35,13 @@ pub enum KeyspaceCmd {
         name: String,
         #[arg(long, value_delimiter = ',', required = true)]
         shards: Vec<String>,
+    },
+    /// Record which column of a table holds each row's shard key (needed
+    /// to reshard the keyspace)
+    SetShardKey {
+        keyspace: String,
+        table: String,
+        column: String,
     },
 }
 
@@ -187,12 +194,45 @@ pub async fn keyspace(ep: &Endpoints, cmd: KeyspaceCmd, json: bool) -> anyhow::R
                     .await?,
             ]
         }
+        KeyspaceCmd::SetShardKey {
+            keyspace,
+            table,
+            column,
+        } => vec![
+            m.set_table(&keyspace, &table, &TableSpec { shard_key: column })
+                .await?,
+        ],
     };
     if json {
         return print_json(&list);
     }
     print!("{}", keyspace_table(&list));
+    if let [one] = list.as_slice() {
+        print!("{}", keyspace_extras(one));
+    }
     Ok(())
+}
+
+/// The tables (with their shard-key columns) and frozen ranges of one
+/// keyspace, under its map.
+fn keyspace_extras(k: &KeyspaceInfo) -> String {
+    let mut out = String::new();
+    if !k.tables.is_empty() {
+        let rows: Vec<Vec<String>> = k
+            .tables
+            .iter()
+            .map(|(table, spec)| vec![table.clone(), spec.shard_key.clone()])
+            .collect();
+        out.push('\n');
+        out.push_str(&render(&["table", "shard key"], &rows));
+    }
+    if !k.frozen.is_empty() {
+        out.push_str(&format!(
+            "\nfrozen for a resharding cutover: {}\n",
+            k.frozen.join(", ")
+        ));
+    }
+    out
 }
 
 /// `shardline shard ...`.
@@ -282,4 +322,35 @@ pub async fn schema(ep: &Endpoints, cmd: SchemaCmd, json: bool) -> anyhow::Resul
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyspace_extras_show_tables_and_frozen_ranges() {
+        let mut k = KeyspaceInfo {
+            name: "default".into(),
+            key_type: KeyType::Text,
+            map: vec![],
+            migrations: vec![],
+            tables: Default::default(),
+            frozen: vec![],
+        };
+        assert_eq!(keyspace_extras(&k), "");
+        k.tables.insert(
+            "events".into(),
+            TableSpec {
+                shard_key: "account".into(),
+            },
+        );
+        k.frozen = vec!["80-c0".into()];
+        let text = keyspace_extras(&k);
+        assert!(text.contains("events | account"), "{text}");
+        assert!(
+            text.ends_with("frozen for a resharding cutover: 80-c0\n"),
+            "{text}"
+        );
+    }
 }

@@ -8,6 +8,7 @@ mod dev;
 mod endpoints;
 mod instances;
 mod limits;
+mod reshard;
 mod signals;
 mod sql;
 mod table;
@@ -62,6 +63,9 @@ enum Command {
     Shard(admin::ShardCmd),
     /// Planned switchover: promote a replica of a shard without losing writes
     Failover(instances::FailoverArgs),
+    /// Online resharding: split, merge or move key ranges while clients write
+    #[command(subcommand)]
+    Reshard(reshard::ReshardCmd),
     /// Manage tenants
     #[command(subcommand)]
     Tenant(tenant::TenantCmd),
@@ -174,6 +178,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keyspace(cmd) => admin::keyspace(&ep, cmd, json).await,
         Command::Shard(cmd) => admin::shard(&ep, cmd, json).await,
         Command::Failover(args) => instances::failover(&ep, args, json).await,
+        Command::Reshard(cmd) => reshard::run(&ep, cmd, json).await,
         Command::Tenant(cmd) => tenant::run(&ep, cmd, json).await,
         Command::App(cmd) => app::run(&ep, cmd, json).await,
         Command::Schema(cmd) => admin::schema(&ep, cmd, json).await,
@@ -221,7 +226,97 @@ mod tests {
     use clap::{CommandFactory, Parser};
 
     use super::{Cli, Command};
+    use crate::admin::KeyspaceCmd;
+    use crate::reshard::ReshardCmd;
     use crate::tenant::TenantCmd;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("shardline").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn reshard_flags() {
+        let cli = parse(&[
+            "reshard", "split", "--shard", "s1", "--into", "s2,s3", "--at", "55", "--at", "aa",
+        ])
+        .unwrap();
+        let Command::Reshard(ReshardCmd::Split {
+            shard,
+            into,
+            at,
+            job,
+        }) = cli.command
+        else {
+            panic!("not reshard split");
+        };
+        assert_eq!(shard, "s1");
+        assert_eq!(into, ["s2", "s3"]);
+        assert_eq!(at, ["5500000000000000", "aa00000000000000"]);
+        assert_eq!(job.keyspace, "default");
+        assert!(!job.no_wait);
+
+        let cli = parse(&[
+            "--json",
+            "reshard",
+            "merge",
+            "--shard",
+            "s2",
+            "--into",
+            "s1",
+            "--keyspace",
+            "k",
+            "--no-wait",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        let Command::Reshard(ReshardCmd::Merge { shard, into, job }) = cli.command else {
+            panic!("not reshard merge");
+        };
+        assert_eq!((shard.as_str(), into.as_str()), ("s2", "s1"));
+        assert_eq!(job.keyspace, "k");
+        assert!(job.no_wait);
+
+        let cli = parse(&["reshard", "move", "--shard", "s1", "--to", "s9"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Reshard(ReshardCmd::Move { ref to, .. }) if to == "s9"
+        ));
+        let cli = parse(&["reshard", "status"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Reshard(ReshardCmd::Status { id: None })
+        ));
+        let cli = parse(&["reshard", "cancel", "j1"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Reshard(ReshardCmd::Cancel { ref id }) if id == "j1"
+        ));
+        for bad in [
+            &["reshard", "split", "--shard", "s1"][..],
+            &[
+                "reshard", "split", "--shard", "s1", "--into", "s2", "--at", "zz",
+            ],
+            &["reshard", "merge", "--shard", "s1"],
+            &["reshard", "move", "--to", "s1"],
+            &["reshard", "cancel"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+
+        let cli = parse(&["keyspace", "set-shard-key", "default", "events", "account"]).unwrap();
+        let Command::Keyspace(KeyspaceCmd::SetShardKey {
+            keyspace,
+            table,
+            column,
+        }) = cli.command
+        else {
+            panic!("not keyspace set-shard-key");
+        };
+        assert_eq!(
+            (keyspace.as_str(), table.as_str(), column.as_str()),
+            ("default", "events", "account")
+        );
+    }
 
     #[test]
     fn flags_are_well_formed() {

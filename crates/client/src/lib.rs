@@ -1,8 +1,9 @@
 //! The Rust client of shardline's HTTP APIs: [`RouterClient`] for the data
 //! plane (execute a statement or a transaction, ask where a key routes)
 //! and [`ManagerClient`] for the control plane (keyspaces, shards and
-//! their replicas, failover, health, tenants, apps, migrations, the
-//! catalog watch, router heartbeats). Both
+//! their replicas, failover, health, tenants, apps, migrations, table
+//! shard keys, resharding jobs, the catalog watch, router heartbeats).
+//! Both
 //! sit on [`HttpClient`]: pooled HTTP/1 connections, a bearer token, a
 //! timeout per request, and shardline's error body decoded into
 //! [`ClientError`].

@@ -6,9 +6,9 @@ use serde::de::IgnoredAny;
 use shardline_api::manager::{
     AddReplicaRequest, AppInfo, ApplyMigrationRequest, CreateAppRequest, CreateAppResponse,
     CreateKeyspaceRequest, CreateTenantRequest, FailoverRequest, FailoverResult, HealthSnapshot,
-    HeartbeatResponse, InitialMapRequest, KeyspaceInfo, MigrationInfo, MigrationResult,
-    RegisterShardRequest, RotateTokenRequest, RouterHeartbeat, RouterInfo, ShardInfo,
-    StatusResponse, TenantInfo, UpdateAppRequest, UpdateTenantRequest,
+    HeartbeatResponse, InitialMapRequest, JobInfo, KeyspaceInfo, MigrationInfo, MigrationResult,
+    RegisterShardRequest, ReshardRequest, RotateTokenRequest, RouterHeartbeat, RouterInfo,
+    ShardInfo, StatusResponse, TableSpec, TenantInfo, UpdateAppRequest, UpdateTenantRequest,
 };
 use shardline_core::Catalog;
 
@@ -103,6 +103,55 @@ impl ManagerClient {
                 "/v1/keyspaces/{}/migrations",
                 path_segment(keyspace)
             ))
+            .await
+    }
+
+    /// `PUT /v1/keyspaces/{name}/tables/{table}`: records the column
+    /// holding each row's shard key (what resharding moves rows by).
+    pub async fn set_table(
+        &self,
+        keyspace: &str,
+        table: &str,
+        spec: &TableSpec,
+    ) -> Result<KeyspaceInfo, ClientError> {
+        self.http
+            .put(
+                &format!(
+                    "/v1/keyspaces/{}/tables/{}",
+                    path_segment(keyspace),
+                    path_segment(table)
+                ),
+                spec,
+            )
+            .await
+    }
+
+    /// `POST /v1/reshard`: starts an online resharding job; it runs in
+    /// the manager, and [`ManagerClient::get_job`] follows it.
+    pub async fn reshard(&self, req: &ReshardRequest) -> Result<JobInfo, ClientError> {
+        self.http.post("/v1/reshard", req).await
+    }
+
+    /// `GET /v1/reshard`: every resharding job, finished ones included.
+    pub async fn list_jobs(&self) -> Result<Vec<JobInfo>, ClientError> {
+        self.http.get("/v1/reshard").await
+    }
+
+    /// `GET /v1/reshard/{id}`: one job with its live progress.
+    pub async fn get_job(&self, id: &str) -> Result<JobInfo, ClientError> {
+        self.http
+            .get(&format!("/v1/reshard/{}", path_segment(id)))
+            .await
+    }
+
+    /// `POST /v1/reshard/{id}/cancel`: cancels a job before its cutover
+    /// (409 after it).
+    pub async fn cancel_job(&self, id: &str) -> Result<JobInfo, ClientError> {
+        self.http
+            .post(
+                &format!("/v1/reshard/{}/cancel", path_segment(id)),
+                &serde_json::json!({}),
+            )
             .await
     }
 

@@ -60,6 +60,14 @@ pub struct ManagerConfig {
     /// Largest request body. Default 1 MiB.
     #[serde(default = "default_body_limit")]
     pub body_limit: usize,
+    /// Resharding: rows per copy batch (and changes per catch-up batch,
+    /// rows per cleanup delete). Default 5000.
+    #[serde(default = "default_reshard_batch_rows")]
+    pub reshard_batch_rows: usize,
+    /// Resharding: pause between copy batches, to limit the load on the
+    /// source. Default `0s`.
+    #[serde(default, with = "humantime_serde")]
+    pub reshard_batch_pause: Duration,
 }
 
 fn default_listen() -> SocketAddr {
@@ -89,6 +97,9 @@ fn default_max_watch_wait() -> Duration {
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
 }
+fn default_reshard_batch_rows() -> usize {
+    5000
+}
 fn default_body_limit() -> usize {
     1024 * 1024
 }
@@ -109,6 +120,8 @@ impl ManagerConfig {
             max_watch_wait: default_max_watch_wait(),
             connect_timeout: default_connect_timeout(),
             body_limit: default_body_limit(),
+            reshard_batch_rows: default_reshard_batch_rows(),
+            reshard_batch_pause: Duration::ZERO,
         }
     }
 
@@ -157,6 +170,9 @@ impl ManagerConfig {
         }
         if self.failover_after == 0 {
             bail!("failover_after must be at least 1");
+        }
+        if self.reshard_batch_rows == 0 {
+            bail!("reshard_batch_rows must be at least 1");
         }
         if self.switchover_timeout.is_zero() {
             bail!("switchover_timeout must be positive");

@@ -1,5 +1,6 @@
 //! The manager's HTTP API. Handlers are short: authorise, parse, call
-//! the operation, answer JSON. Tenants and apps are in [`tenants`].
+//! the operation, answer JSON. Tenants and apps are in [`tenants`];
+//! resharding in [`reshard`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,7 @@ use crate::health::HealthTable;
 use crate::routers::RouterRegistry;
 use crate::{migrations, ops, replicas};
 
+mod reshard;
 mod tenants;
 use crate::service::CatalogService;
 
@@ -35,7 +37,8 @@ pub struct AppState {
     pub service: Arc<CatalogService>,
     pub health: Arc<HealthTable>,
     pub failovers: Arc<Failovers>,
-    pub routers: RouterRegistry,
+    pub routers: Arc<RouterRegistry>,
+    pub reshards: Arc<crate::reshard::Reshards>,
     pub admin: TokenCheck,
     pub router_auth: TokenCheck,
     pub metrics: shardline_metrics::Registry,
@@ -75,6 +78,16 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
             "/v1/keyspaces/{name}/migrations",
             get(list_migrations).post(apply_migration),
         )
+        .route(
+            "/v1/keyspaces/{name}/tables/{table}",
+            put(reshard::set_table),
+        )
+        .route(
+            "/v1/reshard",
+            get(reshard::list_jobs).post(reshard::start_job),
+        )
+        .route("/v1/reshard/{id}", get(reshard::get_job))
+        .route("/v1/reshard/{id}/cancel", post(reshard::cancel_job))
         .route("/v1/shards", get(list_shards).post(register_shard))
         .route("/v1/shards/{id}", get(get_shard).delete(remove_shard))
         .route("/v1/shards/{id}/replicas", post(add_replica))
@@ -149,7 +162,7 @@ pub fn redact_dsn(dsn: &str) -> String {
         .join(" ")
 }
 
-fn keyspace_info(ks: &Keyspace) -> KeyspaceInfo {
+pub(crate) fn keyspace_info(ks: &Keyspace) -> KeyspaceInfo {
     KeyspaceInfo {
         name: ks.name.clone(),
         key_type: ks.key_type,

@@ -3,7 +3,8 @@
 //! PostgreSQL role and schema on every shard of its keyspace; schema
 //! migrations applied per tenant; health checks and a reconciler; the
 //! catalog served to routers as a long-poll watch; replicas, health
-//! checks with replication lag, and failover (automatic and planned).
+//! checks with replication lag, and failover (automatic and planned);
+//! online resharding.
 //!
 //! Start it in-process with [`bind`] then [`BoundManager::run`] (tests
 //! bind port 0), or with [`run`].
@@ -24,6 +25,8 @@
 //!   after a restart.
 //! - [`replicas`]: instance ids and registering replicas.
 //! - [`reconcile`]: brings every shard up to its tenants and migrations.
+//! - [`reshard`]: online resharding jobs (split, merge, move), resumed
+//!   after a restart.
 //! - [`routers`]: live routers and their leases.
 //! - [`http`]: the HTTP API.
 //! - [`error`]: service errors and their HTTP classification.
@@ -41,6 +44,7 @@ pub mod ops;
 pub mod pg;
 pub mod reconcile;
 pub mod replicas;
+pub mod reshard;
 pub mod routers;
 pub mod service;
 pub mod tenant_pg;
@@ -123,11 +127,21 @@ impl BoundManager {
             &metrics,
             tracker.clone(),
         );
+        let routers = Arc::new(routers::RouterRegistry::new(cfg.router_lease));
+        let reshards = reshard::Reshards::new(
+            Arc::clone(&service),
+            Arc::clone(&routers),
+            reshard::ReshardSettings::from_config(&cfg),
+            &metrics,
+            tracker.clone(),
+            tasks.clone(),
+        );
         let state = Arc::new(http::AppState {
             service: Arc::clone(&service),
             health: Arc::clone(&health_table),
             failovers: Arc::clone(&failovers),
-            routers: routers::RouterRegistry::new(cfg.router_lease),
+            routers,
+            reshards: Arc::clone(&reshards),
             admin: TokenCheck::new(cfg.admin_token.as_deref().unwrap_or_default()),
             router_auth: TokenCheck::new(cfg.router_token.as_deref().unwrap_or_default()),
             catalog_version: metrics.gauge(
@@ -162,6 +176,9 @@ impl BoundManager {
             Some(failovers),
             tasks.clone(),
         ));
+        // Unfinished jobs resume at once, then from the loop.
+        reshards.resume_all();
+        tracker.spawn(reshards.run(cfg.health_interval.max(Duration::from_millis(500))));
         tracker.close();
         tracing::info!(addr = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "manager listening");
         let app = http::router(state, cfg.body_limit);

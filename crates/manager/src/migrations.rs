@@ -48,6 +48,14 @@ pub async fn apply_migration(
     let Some(ks) = cat.catalog.keyspaces.get(keyspace) else {
         return Err(ServiceError::NotFound(format!("no keyspace {keyspace}")));
     };
+    // A resharding job copies tables as they are; targets get the
+    // migrations once, at its start.
+    if let Some(job) = crate::reshard::active_job(&cat.catalog, keyspace) {
+        return Err(ServiceError::Conflict(format!(
+            "resharding job {} runs in keyspace {keyspace}; apply migrations after it ends",
+            job.id
+        )));
+    }
     if let Some(prev) = ks.migrations.iter().find(|m| m.name == migration.name) {
         if prev.checksum != migration.checksum {
             return Err(ServiceError::Conflict(format!(

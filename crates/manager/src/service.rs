@@ -167,6 +167,18 @@ impl CatalogService {
         let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
     }
 
+    /// One object as stored now (not as the in-memory catalog has it,
+    /// which follows the store a moment later).
+    pub async fn stored<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, ServiceError> {
+        match self.store.get(key).await? {
+            Some(entry) => decode(&entry).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Read-modify-write with compare-and-swap: reads `keys`, lets `decide`
     /// turn what it saw into writes, commits them only if none of the keys
     /// changed meanwhile (else re-reads and decides again). Returns the

@@ -121,6 +121,14 @@ pub async fn create_tenant(
                     "keyspace {ks_name} is dedicated to tenant {owner}"
                 )));
             }
+            // Its database would be missing on the job's targets.
+            if let Some(job) = crate::reshard::active_job(cat, &ks_name) {
+                return Err(ServiceError::Conflict(format!(
+                    "resharding job {} runs in keyspace {ks_name}; create the tenant after it \
+                     ends",
+                    job.id
+                )));
+            }
             let shards = checks::keyspace_shards(cat, &ks_name);
             let tenant = tenant(ks_name.clone());
             provision_everywhere(cat, &shards, &tenant, &ks.migrations, connect_timeout).await?;

@@ -3,6 +3,14 @@
 //! answer how many routers are live (each enforces that share of every
 //! rate limit). When the manager is down, the router keeps routing by the
 //! last catalog it has, and the last count of live routers.
+//!
+//! Besides the periodic heartbeat, one is sent as soon as a new catalog
+//! version is installed: a resharding cutover waits for every live
+//! router to have applied the version that freezes the moving ranges,
+//! so the acknowledgement's latency is the write pause's. The heartbeat
+//! task sends it, so a slow manager never delays installing catalogs,
+//! and heartbeats leave one at a time, so the manager never sees an
+//! applied version go back.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,7 +70,8 @@ impl Follower {
     }
 }
 
-/// Heartbeats every `interval` until shutdown.
+/// Heartbeats every `interval`, and at once after each new routing
+/// table, until shutdown.
 pub async fn heartbeat(
     manager: ManagerClient,
     routing: Arc<RoutingCell>,
@@ -74,17 +83,29 @@ pub async fn heartbeat(
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tables = routing.subscribe();
+    let mut watching = true;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+            changed = tables.changed(), if watching => {
+                // The cell lives as long as the router; if it is gone,
+                // the periodic heartbeat goes on alone.
+                watching = changed.is_ok();
+                tables.borrow_and_update();
+            }
         }
         let hb = RouterHeartbeat {
             id: id.clone(),
             address: address.clone(),
             applied_version: routing.get().version,
         };
-        match manager.heartbeat(&hb).await {
+        let sent = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = manager.heartbeat(&hb) => r,
+        };
+        match sent {
             Ok(answer) => {
                 let before = ctx.quotas.live_routers();
                 ctx.quotas.set_live_routers(answer.live_routers);

@@ -1,7 +1,8 @@
 //! The router's HTTP API: `/v1/execute`, `/v1/transaction`, `/v1/route`,
 //! probes and metrics. Each API request is authenticated before its body
 //! is read, then admitted ([`crate::auth::admit_app`]), routed within its
-//! tenant's keyspace, and run on the tenant's pool for the shard's
+//! tenant's keyspace (held while its key range is being moved:
+//! [`crate::reroute`]), and run on the tenant's pool for the shard's
 //! primary or a replica ([`crate::dispatch`]).
 
 use std::collections::HashMap;
@@ -26,7 +27,7 @@ use shardline_http::{bearer_token, with_fallbacks, ErrorResponse, JsonBody, Quer
 use crate::auth::{admit_app, Admission, AppAuth, Now, RejectReason, Rejection};
 use crate::classify;
 use crate::dispatch::{self, Plan};
-use crate::pools::ShardTarget;
+use crate::reroute::{self, Keyed};
 use crate::state::{RouterContext, Routing, RoutingCell};
 
 /// What the handlers share.
@@ -193,9 +194,35 @@ impl Observed {
     }
 }
 
-/// Runs a routed request under the request timeout and records it.
+/// An answer naming the shard that served it (which may differ from the
+/// shard first routed to: see [`reroute`]).
+trait Served {
+    fn shard(&self) -> &str;
+}
+
+impl Served for ExecuteResponse {
+    fn shard(&self) -> &str {
+        &self.shard
+    }
+}
+
+impl Served for TransactionResponse {
+    fn shard(&self) -> &str {
+        &self.shard
+    }
+}
+
+impl Served for RouteResponse {
+    fn shard(&self) -> &str {
+        &self.shard
+    }
+}
+
+/// Runs a routed request under the request timeout and records it,
+/// labelled by the shard that answered (or failed).
 async fn observe<T, F>(st: &RouterState, obs: &mut Observed, fut: F) -> Result<T, ErrorResponse>
 where
+    T: Served,
     F: Future<Output = Result<T, ApiError>>,
 {
     let started = Instant::now();
@@ -210,8 +237,16 @@ where
     };
     in_flight.dec();
     let outcome = match &res {
-        Ok(_) => "ok",
-        Err(e) => e.code.as_str(),
+        Ok(out) => {
+            obs.shard = out.shard().to_string();
+            "ok"
+        }
+        Err(e) => {
+            if let Some(shard) = &e.shard {
+                obs.shard.clone_from(shard);
+            }
+            e.code.as_str()
+        }
     };
     let pm = &obs.app.metrics;
     pm.duration(&obs.shard, started.elapsed().as_secs_f64());
@@ -224,26 +259,13 @@ where
     })
 }
 
-/// Resolves the shard that owns `key` and its target.
-fn resolve(
-    routing: &Routing,
-    keyspace: &str,
-    key: &ShardKeyValue,
-    obs: &mut Observed,
-) -> Result<Arc<ShardTarget>, ApiError> {
-    let route = routing.route(keyspace, key)?;
-    obs.shard = route.range.shard.clone();
+/// The shard `key` routes to by `routing`, for the metrics of requests
+/// that fail before reaching one (empty if it cannot be routed).
+fn first_shard(routing: &Routing, keyspace: &str, key: &ShardKeyValue) -> String {
     routing
-        .shards
-        .get(&route.range.shard)
-        .cloned()
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::ShardUnavailable,
-                format!("shard {} is not in the catalog", route.range.shard),
-            )
-            .with_retry_after(1)
-        })
+        .route(keyspace, key)
+        .map(|r| r.range.shard.clone())
+        .unwrap_or_default()
 }
 
 async fn execute(
@@ -259,16 +281,9 @@ async fn execute(
         &req.shard_key,
     )?;
     let mut obs = Observed::new("execute", &admission);
-    let target = resolve(
-        &auth.routing,
-        admission.keyspace(),
-        &req.shard_key,
-        &mut obs,
-    );
-    let shard = obs.shard.clone();
+    obs.shard = first_shard(&auth.routing, admission.keyspace(), &req.shard_key);
     let (cell, ctx) = (Arc::clone(&st.routing), Arc::clone(&st.ctx));
     let work = async move {
-        let target = target?;
         let plan = Plan {
             read: classify::is_read(&req.sql),
             eventual: req.consistency == Consistency::Eventual,
@@ -277,7 +292,20 @@ async fn execute(
             sql: &req.sql,
             params: &req.params,
         };
-        let result = dispatch::run(&cell, &ctx, target, admission.tenant(), &job, plan).await?;
+        let to = Keyed {
+            keyspace: admission.keyspace(),
+            key: &req.shard_key,
+        };
+        let (shard, result) = reroute::run(
+            &cell,
+            &ctx,
+            auth.routing,
+            to,
+            admission.tenant(),
+            &job,
+            plan,
+        )
+        .await?;
         drop(admission);
         Ok(ExecuteResponse { shard, result })
     };
@@ -297,13 +325,7 @@ async fn transaction(
         &req.shard_key,
     )?;
     let mut obs = Observed::new("transaction", &admission);
-    let target = resolve(
-        &auth.routing,
-        admission.keyspace(),
-        &req.shard_key,
-        &mut obs,
-    );
-    let shard = obs.shard.clone();
+    obs.shard = first_shard(&auth.routing, admission.keyspace(), &req.shard_key);
     let (cell, ctx) = (Arc::clone(&st.routing), Arc::clone(&st.ctx));
     let work = async move {
         if req.statements.is_empty() {
@@ -312,7 +334,6 @@ async fn transaction(
                 "statements is empty; a transaction needs at least one",
             ));
         }
-        let target = target?;
         let plan = Plan {
             read: classify::all_reads(req.statements.iter().map(|s| s.sql.as_str())),
             eventual: req.consistency == Consistency::Eventual,
@@ -323,7 +344,20 @@ async fn transaction(
             .map(|s| (s.sql, s.params))
             .collect();
         let job = dispatch::Transaction { statements: &stmts };
-        let results = dispatch::run(&cell, &ctx, target, admission.tenant(), &job, plan).await?;
+        let to = Keyed {
+            keyspace: admission.keyspace(),
+            key: &req.shard_key,
+        };
+        let (shard, results) = reroute::run(
+            &cell,
+            &ctx,
+            auth.routing,
+            to,
+            admission.tenant(),
+            &job,
+            plan,
+        )
+        .await?;
         drop(admission);
         Ok(TransactionResponse { shard, results })
     };

@@ -8,7 +8,8 @@
 //! routing by the last one it has when the manager is down. `eventual`
 //! reads may go to a shard's replicas that the manager's health feed
 //! shows caught up; requests for a primary that is failing over wait for
-//! the new one, within a bound. Start it
+//! the new one, and requests for a key range being moved by resharding
+//! for its new owner, within a bound. Start it
 //! in-process with [`bind`] then [`BoundRouter::run`] (tests bind port 0).
 //!
 //! # Layout
@@ -23,6 +24,8 @@
 //! - [`classify`]: which statements are reads (for replicas).
 //! - [`dispatch`]: where a request runs: a replica for eventual reads,
 //!   else the primary, held through failovers.
+//! - [`reroute`]: keys in ranges being moved: held while frozen, run
+//!   again on the new owner after the old one refused them.
 //! - [`follow`]: catalog long poll and heartbeat (live routers).
 //! - [`health`]: the manager's health feed (which replicas may serve).
 //! - [`http`]: the HTTP API.
@@ -41,6 +44,7 @@ pub mod metrics;
 pub mod pg;
 pub mod pools;
 pub mod quota;
+pub mod reroute;
 pub mod state;
 
 use std::net::SocketAddr;

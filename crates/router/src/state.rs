@@ -12,7 +12,7 @@ use shardline_api::{ApiError, ErrorCode};
 use shardline_core::catalog::{tenant_pg_name, Tenant, TenantConfig, TenantState};
 use shardline_core::hash::{parse_uuid, routing_hash};
 use shardline_core::shardmap::ShardRange;
-use shardline_core::{Catalog, KeyType, ShardKey, ShardMap};
+use shardline_core::{Catalog, KeyRange, KeyType, ShardKey, ShardMap};
 use tokio::sync::watch;
 
 use crate::auth::{
@@ -73,6 +73,17 @@ impl RouterContext {
 pub struct KeyspaceRoute {
     pub key_type: KeyType,
     pub map: Option<ShardMap>,
+    /// Ranges frozen for a resharding cutover: their requests are held
+    /// (see [`crate::reroute`]).
+    pub frozen: Vec<KeyRange>,
+}
+
+impl KeyspaceRoute {
+    /// Whether `hash` is in a frozen range. A linear scan: a cutover
+    /// freezes a handful of ranges, usually none.
+    pub fn is_frozen(&self, hash: u64) -> bool {
+        self.frozen.iter().any(|r| r.contains(hash))
+    }
 }
 
 /// One catalog version, ready for routing.
@@ -90,6 +101,8 @@ pub struct Routing {
 pub struct Route<'a> {
     pub hash: u64,
     pub range: &'a ShardRange,
+    /// The hash is in a range frozen for a resharding cutover.
+    pub frozen: bool,
 }
 
 impl Routing {
@@ -107,6 +120,7 @@ impl Routing {
                     KeyspaceRoute {
                         key_type: ks.key_type,
                         map: ks.map.clone(),
+                        frozen: ks.frozen.clone(),
                     },
                 )
             })
@@ -255,10 +269,14 @@ impl Routing {
 
     /// Hashes a key and finds the owning range.
     pub fn route(&self, keyspace: &str, key: &ShardKeyValue) -> Result<Route<'_>, ApiError> {
-        let ks = self.keyspaces.get(keyspace).ok_or_else(|| {
-            ApiError::new(ErrorCode::NotFound, format!("no keyspace {keyspace:?}"))
-        })?;
+        let ks = self.keyspace(keyspace)?;
         let hash = routing_hash(typed_key(ks.key_type, key)?);
+        self.route_hash(keyspace, hash)
+    }
+
+    /// Finds the range owning an already computed routing hash.
+    pub fn route_hash(&self, keyspace: &str, hash: u64) -> Result<Route<'_>, ApiError> {
+        let ks = self.keyspace(keyspace)?;
         let map = ks.map.as_ref().ok_or_else(|| {
             ApiError::new(
                 ErrorCode::Unavailable,
@@ -269,7 +287,14 @@ impl Routing {
         Ok(Route {
             hash,
             range: map.lookup(hash),
+            frozen: ks.is_frozen(hash),
         })
+    }
+
+    fn keyspace(&self, keyspace: &str) -> Result<&KeyspaceRoute, ApiError> {
+        self.keyspaces
+            .get(keyspace)
+            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no keyspace {keyspace:?}")))
     }
 
     /// Runs the pool reaper over every shard (see [`ShardTarget::reap`]).

@@ -14,7 +14,9 @@
 //! - `57014` query canceled (statement_timeout) → `timeout` (504);
 //! - `57P01`..`57P05` shutdown/idle-session, `08` connection, `53`
 //!   insufficient resources, `25006` read-only transaction (a failover is
-//!   under way) → `shard_unavailable` (503, retryable, Retry-After 1);
+//!   under way), `SLM01` (the key's range moved to another shard; see
+//!   [`crate::reroute`]) → `shard_unavailable` (503, retryable,
+//!   Retry-After 1);
 //! - `58` system error, `XX` internal error → `shard_unavailable`, not
 //!   retryable (the shard itself is in trouble);
 //! - `42501` insufficient privilege → `forbidden` (403): a tenant's role
@@ -22,6 +24,7 @@
 //! - everything else → `statement_failed` (400).
 
 use shardline_api::{ApiError, ErrorCode};
+use shardline_core::catalog::MOVED_SQLSTATE;
 use tokio_postgres::error::{DbError, ErrorPosition, Severity, SqlState};
 
 use super::pool::PoolError;
@@ -35,7 +38,7 @@ pub fn classify_sqlstate(code: &str) -> ErrorCode {
         "40001" | "40P01" | "55P03" => ErrorCode::TransactionConflict,
         "40002" => ErrorCode::ConstraintViolation,
         "57014" => ErrorCode::Timeout,
-        "25006" => ErrorCode::ShardUnavailable,
+        "25006" | MOVED_SQLSTATE => ErrorCode::ShardUnavailable,
         "42501" => ErrorCode::Forbidden,
         c if c.starts_with("57P") => ErrorCode::ShardUnavailable,
         c => match c.get(..2) {
@@ -191,6 +194,7 @@ mod tests {
             ("08006", ErrorCode::ShardUnavailable),
             ("53300", ErrorCode::ShardUnavailable),
             ("25006", ErrorCode::ShardUnavailable),
+            ("SLM01", ErrorCode::ShardUnavailable),
             ("42501", ErrorCode::Forbidden),
             ("42601", ErrorCode::StatementFailed),
             ("42P01", ErrorCode::StatementFailed),

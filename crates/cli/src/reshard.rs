@@ -1,0 +1,546 @@
+//! `shardline reshard ...`: online resharding jobs (split, merge, move),
+//! their status and cancellation, and a live progress line while one
+//! runs.
+//!
+//! The progress line goes to stderr, so stdout keeps only the job (text
+//! or `--json`). On a terminal it is redrawn in place every poll; to a
+//! pipe or a file it is written as plain lines, only when the phase
+//! changes or every few seconds, so logs stay readable.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail};
+use clap::{Args, Subcommand};
+use shardline_api::manager::{JobInfo, ReshardKind, ReshardPhase, ReshardRequest};
+use shardline_client::{ClientError, ManagerClient};
+
+use crate::admin::print_json;
+use crate::endpoints::Endpoints;
+use crate::table::{details, render};
+
+/// How often a followed job is polled (and its line redrawn).
+const POLL: Duration = Duration::from_millis(500);
+
+/// How often a plain (non-terminal) progress line is written when the
+/// phase stays the same.
+const PLAIN_EVERY: Duration = Duration::from_secs(5);
+
+/// How long the manager may stay unreachable while a job is followed
+/// (it may be restarting: the job resumes when it is back).
+const UNREACHABLE_FOR: Duration = Duration::from_secs(120);
+
+/// Width of the progress bar, in cells.
+const BAR: usize = 24;
+
+/// `shardline reshard ...`
+#[derive(Debug, Subcommand)]
+pub enum ReshardCmd {
+    /// Split a shard's range: the shard keeps the lowest part, the new
+    /// shards take the next parts
+    Split {
+        /// The shard whose range is split
+        #[arg(long)]
+        shard: String,
+        /// Registered shards taking the upper parts, in order (comma-separated)
+        #[arg(long, value_delimiter = ',', required = true)]
+        into: Vec<String>,
+        /// Split points as hex routing-hash prefixes (`80` = 0x8000000000000000),
+        /// one per new shard [default: even parts]
+        #[arg(long, value_delimiter = ',', num_args = 1.., value_parser = parse_split_point)]
+        at: Vec<String>,
+        #[command(flatten)]
+        job: JobArgs,
+    },
+    /// Merge a shard's ranges into the adjacent range of another shard
+    Merge {
+        /// The shard merged away
+        #[arg(long)]
+        shard: String,
+        /// The shard absorbing its ranges
+        #[arg(long)]
+        into: String,
+        #[command(flatten)]
+        job: JobArgs,
+    },
+    /// Move all ranges of a shard to another shard
+    Move {
+        /// The shard whose ranges move
+        #[arg(long)]
+        shard: String,
+        /// The shard receiving them
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        job: JobArgs,
+    },
+    /// Show one job, or list all
+    Status {
+        /// Job id [default: list every job]
+        id: Option<String>,
+    },
+    /// Cancel a job before its cutover: the source stays as it was and
+    /// what was copied is removed
+    Cancel { id: String },
+}
+
+/// Options of the verbs that start a job.
+#[derive(Debug, Clone, Args)]
+pub struct JobArgs {
+    /// Keyspace of the shards
+    #[arg(long, default_value = "default")]
+    pub keyspace: String,
+    /// Print the job and return at once instead of following it
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+/// A split point as the API takes it: 16 hex digits. A shorter prefix is
+/// padded like a key range bound (`80` is 0x8000000000000000).
+fn parse_split_point(s: &str) -> Result<String, String> {
+    let hex = s.strip_prefix("0x").unwrap_or(s);
+    if hex.is_empty() || hex.len() > 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "split point {s:?} is not a hex routing-hash prefix of 1 to 16 digits"
+        ));
+    }
+    Ok(format!("{:0<16}", hex.to_ascii_lowercase()))
+}
+
+/// `shardline reshard ...`.
+pub async fn run(ep: &Endpoints, cmd: ReshardCmd, json: bool) -> anyhow::Result<()> {
+    let m = ep.manager()?;
+    let (req, no_wait) = match cmd {
+        ReshardCmd::Split {
+            shard,
+            into,
+            at,
+            job,
+        } => (
+            request(ReshardKind::Split, shard, into, at, &job),
+            job.no_wait,
+        ),
+        ReshardCmd::Merge { shard, into, job } => (
+            request(ReshardKind::Merge, shard, vec![into], vec![], &job),
+            job.no_wait,
+        ),
+        ReshardCmd::Move { shard, to, job } => (
+            request(ReshardKind::Move, shard, vec![to], vec![], &job),
+            job.no_wait,
+        ),
+        ReshardCmd::Status { id: Some(id) } => return show(&m.get_job(&id).await?, json),
+        ReshardCmd::Status { id: None } => {
+            let jobs = m.list_jobs().await?;
+            if json {
+                return print_json(&jobs);
+            }
+            print!("{}", job_table(&jobs));
+            return Ok(());
+        }
+        ReshardCmd::Cancel { id } => return show(&m.cancel_job(&id).await?, json),
+    };
+    let job = m.reshard(&req).await?;
+    if no_wait {
+        return show(&job, json);
+    }
+    if !json {
+        print!("{}", job_details(&job));
+        println!();
+    }
+    let last = follow(&m, job).await?;
+    if json {
+        print_json(&last)?;
+    } else {
+        println!("{}", outcome(&last));
+    }
+    if last.phase == ReshardPhase::Failed {
+        bail!(
+            "job {} failed: {}",
+            last.id,
+            last.error.as_deref().unwrap_or("no reason given")
+        );
+    }
+    Ok(())
+}
+
+fn request(
+    kind: ReshardKind,
+    source: String,
+    targets: Vec<String>,
+    at: Vec<String>,
+    job: &JobArgs,
+) -> ReshardRequest {
+    ReshardRequest {
+        keyspace: job.keyspace.clone(),
+        kind,
+        source,
+        targets,
+        at,
+    }
+}
+
+fn show(job: &JobInfo, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(job);
+    }
+    print!("{}", job_details(job));
+    Ok(())
+}
+
+/// Whether a job has stopped for good.
+fn finished(phase: ReshardPhase) -> bool {
+    match phase {
+        ReshardPhase::Done | ReshardPhase::Cancelled | ReshardPhase::Failed => true,
+        ReshardPhase::Prepare
+        | ReshardPhase::Copy
+        | ReshardPhase::CatchUp
+        | ReshardPhase::Cutover
+        | ReshardPhase::Cleanup => false,
+    }
+}
+
+/// Whether a failed poll may be tried again: the manager is down or
+/// restarting, or busy (a GET does nothing twice).
+fn transient(e: &ClientError) -> bool {
+    match e {
+        ClientError::Connect(_) | ClientError::Transport(_) | ClientError::Timeout => true,
+        ClientError::Api { status, error } => *status >= 500 || error.retryable,
+        ClientError::Decode(_) | ClientError::Config(_) => false,
+    }
+}
+
+/// Polls the job until it finishes, drawing its progress on stderr.
+async fn follow(m: &ManagerClient, mut job: JobInfo) -> anyhow::Result<JobInfo> {
+    let mut line = ProgressLine::new(std::io::stderr().is_terminal());
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        line.draw(&job);
+        if finished(job.phase) {
+            line.finish();
+            return Ok(job);
+        }
+        tokio::time::sleep(POLL).await;
+        match m.get_job(&job.id).await {
+            Ok(next) => {
+                job = next;
+                failing_since = None;
+            }
+            Err(e) if transient(&e) => {
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > UNREACHABLE_FOR {
+                    line.finish();
+                    return Err(anyhow!(e).context(format!(
+                        "follow job {} (it may still be running: `shardline reshard status {}`)",
+                        job.id, job.id
+                    )));
+                }
+            }
+            Err(e) => {
+                line.finish();
+                return Err(anyhow!(e).context(format!("follow job {}", job.id)));
+            }
+        }
+    }
+}
+
+/// The live progress line on stderr.
+struct ProgressLine {
+    terminal: bool,
+    /// Width of the last line drawn in place (to blank its tail).
+    drawn: usize,
+    /// Phase and time of the last plain line.
+    last_plain: Option<(ReshardPhase, Instant)>,
+}
+
+impl ProgressLine {
+    fn new(terminal: bool) -> Self {
+        Self {
+            terminal,
+            drawn: 0,
+            last_plain: None,
+        }
+    }
+
+    fn draw(&mut self, job: &JobInfo) {
+        let text = progress(job);
+        let mut err = std::io::stderr().lock();
+        // Progress is a courtesy: a closed stderr must not stop the job's
+        // follower.
+        if self.terminal {
+            let pad = self.drawn.saturating_sub(text.chars().count());
+            let _ = write!(err, "\r{text}{}", " ".repeat(pad));
+            self.drawn = text.chars().count();
+        } else {
+            let due = match self.last_plain {
+                None => true,
+                Some((phase, at)) => phase != job.phase || at.elapsed() >= PLAIN_EVERY,
+            };
+            if due {
+                let _ = writeln!(err, "{text}");
+                self.last_plain = Some((job.phase, Instant::now()));
+            }
+        }
+        let _ = err.flush();
+    }
+
+    /// Ends the line drawn in place.
+    fn finish(&mut self) {
+        if self.terminal && self.drawn > 0 {
+            let _ = writeln!(std::io::stderr());
+            self.drawn = 0;
+        }
+    }
+}
+
+/// A phase as the API writes it (`catch_up`).
+fn phase_name(p: ReshardPhase) -> String {
+    serde_json::to_value(p)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{p:?}"))
+}
+
+fn kind_name(k: ReshardKind) -> String {
+    serde_json::to_value(k)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{k:?}"))
+}
+
+/// `1234567` → `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `[#########...............]  37%` for `done` of `total`.
+fn bar(done: u64, total: u64) -> String {
+    if total == 0 {
+        return String::new();
+    }
+    let ratio = (done as f64 / total as f64).clamp(0.0, 1.0);
+    let full = (ratio * BAR as f64).round() as usize;
+    format!(
+        "[{}{}] {:>3}%",
+        "#".repeat(full),
+        ".".repeat(BAR - full),
+        (ratio * 100.0).floor() as u64
+    )
+}
+
+/// One progress line: phase, rows copied / estimated with a bar,
+/// changes behind.
+fn progress(job: &JobInfo) -> String {
+    let rows = if job.rows_estimated > 0 {
+        format!(
+            "{} {} / {} rows",
+            bar(job.rows_copied, job.rows_estimated),
+            thousands(job.rows_copied),
+            thousands(job.rows_estimated)
+        )
+    } else {
+        format!("{} rows", thousands(job.rows_copied))
+    };
+    format!(
+        "{} {:<9} {rows}  {} changes behind",
+        job.id,
+        phase_name(job.phase),
+        thousands(job.changes_behind)
+    )
+}
+
+/// What a finished job came to, in one line.
+fn outcome(job: &JobInfo) -> String {
+    let pause = job
+        .cutover_pause_ms
+        .map_or_else(|| "not measured".to_string(), |ms| format!("{ms} ms"));
+    match job.phase {
+        ReshardPhase::Done => format!(
+            "job {} done: {} rows copied, cutover pause {pause}",
+            job.id,
+            thousands(job.rows_copied)
+        ),
+        ReshardPhase::Failed => format!(
+            "job {} failed: {}",
+            job.id,
+            job.error.as_deref().unwrap_or("no reason given")
+        ),
+        phase => format!("job {} {}", job.id, phase_name(phase)),
+    }
+}
+
+fn moves_text(job: &JobInfo) -> String {
+    job.moves
+        .iter()
+        .map(|mv| format!("{} {} -> {}", mv.range, mv.from, mv.to))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn job_details(job: &JobInfo) -> String {
+    details(&[
+        ("job", job.id.clone()),
+        ("kind", kind_name(job.kind)),
+        ("keyspace", job.keyspace.clone()),
+        ("moves", moves_text(job)),
+        ("phase", phase_name(job.phase)),
+        (
+            "rows copied",
+            format!(
+                "{} of ~{}",
+                thousands(job.rows_copied),
+                thousands(job.rows_estimated)
+            ),
+        ),
+        ("changes behind", thousands(job.changes_behind)),
+        (
+            "cutover pause",
+            job.cutover_pause_ms
+                .map(|ms| format!("{ms} ms"))
+                .unwrap_or_default(),
+        ),
+        ("error", job.error.clone().unwrap_or_default()),
+        ("created", job.created_at.clone()),
+    ])
+}
+
+fn job_table(jobs: &[JobInfo]) -> String {
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| {
+            vec![
+                j.id.clone(),
+                kind_name(j.kind),
+                j.keyspace.clone(),
+                moves_text(j),
+                phase_name(j.phase),
+                format!(
+                    "{}/{}",
+                    thousands(j.rows_copied),
+                    thousands(j.rows_estimated)
+                ),
+                thousands(j.changes_behind),
+                j.cutover_pause_ms
+                    .map(|ms| format!("{ms} ms"))
+                    .unwrap_or_default(),
+                j.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    render(
+        &[
+            "job", "kind", "keyspace", "moves", "phase", "rows", "behind", "pause", "error",
+        ],
+        &rows,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use shardline_api::manager::MoveInfo;
+
+    use super::*;
+
+    fn job(phase: ReshardPhase) -> JobInfo {
+        JobInfo {
+            id: "j1".into(),
+            kind: ReshardKind::Split,
+            keyspace: "default".into(),
+            moves: vec![MoveInfo {
+                range: "80-".into(),
+                from: "s1".into(),
+                to: "s2".into(),
+            }],
+            phase,
+            rows_copied: 150_000,
+            rows_estimated: 200_000,
+            changes_behind: 1_234,
+            error: None,
+            cutover_pause_ms: None,
+            created_at: "2024-01-01T00:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn split_points_are_padded_hex() {
+        assert_eq!(parse_split_point("80").unwrap(), "8000000000000000");
+        assert_eq!(parse_split_point("0xC0").unwrap(), "c000000000000000");
+        assert_eq!(
+            parse_split_point("0123456789abcdef").unwrap(),
+            "0123456789abcdef"
+        );
+        for bad in ["", "0x", "xyz", "0123456789abcdef0", "-80"] {
+            assert!(parse_split_point(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn progress_shows_phase_rows_bar_and_lag() {
+        let line = progress(&job(ReshardPhase::CatchUp));
+        assert_eq!(
+            line,
+            "j1 catch_up  [##################......]  75% 150,000 / 200,000 rows  1,234 changes behind"
+        );
+        let mut early = job(ReshardPhase::Prepare);
+        early.rows_estimated = 0;
+        early.rows_copied = 0;
+        assert_eq!(
+            progress(&early),
+            "j1 prepare   0 rows  1,234 changes behind"
+        );
+        // Estimates can be low (reltuples): the bar stops at full.
+        assert_eq!(bar(12, 10), format!("[{}] 100%", "#".repeat(BAR)));
+        assert_eq!(bar(0, 10), format!("[{}]   0%", ".".repeat(BAR)));
+    }
+
+    #[test]
+    fn numbers_and_outcomes() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000), "1,000");
+        assert_eq!(thousands(12_345_678), "12,345,678");
+        let mut done = job(ReshardPhase::Done);
+        done.cutover_pause_ms = Some(42);
+        assert_eq!(
+            outcome(&done),
+            "job j1 done: 150,000 rows copied, cutover pause 42 ms"
+        );
+        let mut failed = job(ReshardPhase::Failed);
+        failed.error = Some("checksum mismatch on acme.kv".into());
+        assert_eq!(
+            outcome(&failed),
+            "job j1 failed: checksum mismatch on acme.kv"
+        );
+        assert_eq!(outcome(&job(ReshardPhase::Cancelled)), "job j1 cancelled");
+        assert!(finished(ReshardPhase::Failed) && !finished(ReshardPhase::Cutover));
+    }
+
+    #[test]
+    fn tables_show_moves_and_progress() {
+        let t = job_table(&[job(ReshardPhase::Copy)]);
+        assert!(t.contains("80- s1 -> s2"), "{t}");
+        assert!(t.contains("150,000/200,000"), "{t}");
+        let d = job_details(&job(ReshardPhase::Copy));
+        assert!(d.contains("phase           copy"), "{d}");
+    }
+
+    #[test]
+    fn only_transient_poll_failures_are_retried() {
+        assert!(transient(&ClientError::Connect("refused".into())));
+        assert!(transient(&ClientError::Timeout));
+        let api = |status, code| ClientError::Api {
+            status,
+            error: Box::new(shardline_api::ApiError::new(code, "x")),
+        };
+        assert!(transient(&api(503, shardline_api::ErrorCode::Unavailable)));
+        assert!(!transient(&api(404, shardline_api::ErrorCode::NotFound)));
+        assert!(!transient(&ClientError::Decode("x".into())));
+    }
+}

@@ -1,0 +1,545 @@
+//! The phases of a resharding job, each persisted before its work and
+//! idempotent: the driver, Prepare, Copy and CatchUp. Cutover is in
+//! [`super::cutover`]; Cleanup, cancel and failure in [`super::cleanup`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use shardline_core::catalog::TenantState;
+use shardline_core::catalog::{keys, Keyspace, ReshardJob, ReshardPhase, Shard, Tenant};
+use shardline_core::KeyRange;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use super::sql::{self, TableMeta};
+use super::{failpoint, lock, phase_number, Reshards, FAILPOINT_AFTER_COPY};
+use crate::error::ServiceError;
+use crate::pg;
+use crate::service::{decode, put};
+
+/// Most catch-up rounds before the cutover drains the rest while frozen.
+const MAX_CATCHUP_ROUNDS: usize = 10;
+
+/// Why a phase stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// Transient (a shard unreachable, a statement failing): retried
+    /// from the persisted phase after a pause.
+    #[error("{0}")]
+    Retry(String),
+    /// The job cannot go on: it fails (undone before the cutover).
+    #[error("{0}")]
+    Fatal(String),
+    /// Cancelled or shutting down.
+    #[error("stopped")]
+    Stopped,
+}
+
+impl From<ServiceError> for JobError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Invalid(m) | ServiceError::NotFound(m) | ServiceError::Conflict(m) => {
+                JobError::Fatal(m)
+            }
+            other => JobError::Retry(other.to_string()),
+        }
+    }
+}
+
+impl From<JobError> for ServiceError {
+    fn from(e: JobError) -> Self {
+        match e {
+            JobError::Retry(m) => ServiceError::ShardUnavailable(m),
+            JobError::Fatal(m) => ServiceError::Conflict(m),
+            JobError::Stopped => ServiceError::ShardUnavailable("the manager is stopping".into()),
+        }
+    }
+}
+
+pub(super) fn db(shard: &str) -> impl Fn(tokio_postgres::Error) -> JobError + '_ {
+    move |e| JobError::Retry(format!("shard {shard}: {}", pg::describe(&e)))
+}
+
+pub(super) fn check(token: &CancellationToken) -> Result<(), JobError> {
+    if token.is_cancelled() {
+        Err(JobError::Stopped)
+    } else {
+        Ok(())
+    }
+}
+
+/// What a phase works on: the job and the catalog objects it touches.
+pub struct Plan {
+    pub job: ReshardJob,
+    pub keyspace: Keyspace,
+    /// Active tenants of the keyspace.
+    pub tenants: Vec<Tenant>,
+    pub shards: BTreeMap<String, Shard>,
+}
+
+impl Plan {
+    /// From the current catalog.
+    pub fn load(
+        svc: &crate::service::CatalogService,
+        job: &ReshardJob,
+    ) -> Result<Plan, ServiceError> {
+        let published = svc.current();
+        let cat = &published.catalog;
+        let keyspace = cat
+            .keyspaces
+            .get(&job.keyspace)
+            .cloned()
+            .ok_or_else(|| ServiceError::NotFound(format!("no keyspace {}", job.keyspace)))?;
+        let tenants = cat
+            .tenants
+            .values()
+            .filter(|t| t.keyspace == job.keyspace && t.state == TenantState::Active)
+            .cloned()
+            .collect();
+        let mut shards = BTreeMap::new();
+        for m in &job.moves {
+            for id in [&m.from, &m.to] {
+                let s = cat
+                    .shards
+                    .get(id)
+                    .ok_or_else(|| ServiceError::NotFound(format!("no shard {id}")))?;
+                shards.insert(id.clone(), s.clone());
+            }
+        }
+        Ok(Plan {
+            job: job.clone(),
+            keyspace,
+            tenants,
+            shards,
+        })
+    }
+
+    pub(super) fn sources(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.job.moves.iter().map(|m| m.from.clone()).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    pub(super) fn targets(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.job.moves.iter().map(|m| m.to.clone()).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Ranges leaving `source`.
+    pub(super) fn moving_from(&self, source: &str) -> Vec<KeyRange> {
+        self.job
+            .moves
+            .iter()
+            .filter(|m| m.from == source)
+            .map(|m| m.range)
+            .collect()
+    }
+
+    /// Ranges arriving on `target`.
+    pub(super) fn moving_to(&self, target: &str) -> Vec<KeyRange> {
+        self.job
+            .moves
+            .iter()
+            .filter(|m| m.to == target)
+            .map(|m| m.range)
+            .collect()
+    }
+
+    /// Targets of `source`, each with the ranges it receives from it.
+    pub(super) fn routes(&self, source: &str) -> BTreeMap<String, Vec<KeyRange>> {
+        let mut out: BTreeMap<String, Vec<KeyRange>> = BTreeMap::new();
+        for m in self.job.moves.iter().filter(|m| m.from == source) {
+            out.entry(m.to.clone()).or_default().push(m.range);
+        }
+        out
+    }
+
+    pub(super) fn moving(&self) -> Vec<KeyRange> {
+        self.job.moves.iter().map(|m| m.range).collect()
+    }
+
+    pub(super) fn dsn(&self, shard: &str) -> Result<&str, JobError> {
+        self.shards
+            .get(shard)
+            .map(|s| s.primary.dsn.as_str())
+            .ok_or_else(|| JobError::Fatal(format!("no shard {shard}")))
+    }
+}
+
+/// A verification entry's key.
+pub(super) fn verified_key(tenant: &str, table: &str, range: &KeyRange) -> String {
+    format!("{tenant}/{table}/{range}")
+}
+
+impl Reshards {
+    /// Runs a job until it ends or stops, and settles the outcome.
+    pub(super) async fn drive_and_settle(self: &Arc<Self>, id: &str, token: &CancellationToken) {
+        match self.drive(id, token).await {
+            Ok(()) => {
+                lock(&self.retry_at).remove(id);
+                self.update_progress(id, |p| p.last_error = None);
+            }
+            Err(JobError::Stopped) => {}
+            Err(JobError::Retry(msg)) => {
+                tracing::warn!(job = %id, error = %msg, "resharding step failed; retrying");
+                self.update_progress(id, |p| p.last_error = Some(msg));
+                lock(&self.retry_at).insert(
+                    id.to_string(),
+                    Instant::now() + self.settings.retry_interval,
+                );
+            }
+            Err(JobError::Fatal(msg)) => {
+                tracing::error!(job = %id, error = %msg, "resharding job fails");
+                if let Err(e) = self.fail(id, &msg).await {
+                    tracing::warn!(job = %id, error = %e, "record the failure; retrying");
+                    lock(&self.retry_at).insert(
+                        id.to_string(),
+                        Instant::now() + self.settings.retry_interval,
+                    );
+                }
+            }
+        }
+    }
+
+    async fn drive(&self, id: &str, token: &CancellationToken) -> Result<(), JobError> {
+        loop {
+            check(token)?;
+            let job = self.fresh_job(id).await?;
+            self.metrics.phase.with(&[id]).set(phase_number(job.phase));
+            let plan = Plan::load(&self.svc, &job)?;
+            let started = Instant::now();
+            tracing::info!(job = %id, phase = ?job.phase, "phase starts");
+            match job.phase {
+                ReshardPhase::Prepare => {
+                    self.prepare(&plan).await?;
+                    self.set_phase(id, ReshardPhase::Prepare, ReshardPhase::Copy)
+                        .await?;
+                }
+                ReshardPhase::Copy => {
+                    self.copy(&plan, token).await?;
+                    failpoint(FAILPOINT_AFTER_COPY);
+                    self.set_phase(id, ReshardPhase::Copy, ReshardPhase::CatchUp)
+                        .await?;
+                }
+                ReshardPhase::CatchUp => {
+                    self.catch_up(&plan, token).await?;
+                    self.set_phase(id, ReshardPhase::CatchUp, ReshardPhase::Cutover)
+                        .await?;
+                }
+                ReshardPhase::Cutover => self.cutover(&plan, token).await?,
+                ReshardPhase::Cleanup => self.cleanup(&plan, token).await?,
+                ReshardPhase::Done | ReshardPhase::Cancelled | ReshardPhase::Failed => {
+                    return Ok(())
+                }
+            }
+            tracing::info!(job = %id, phase = ?job.phase,
+                elapsed_ms = started.elapsed().as_millis() as u64, "phase done");
+        }
+    }
+
+    /// Moves a job from one phase to the next (only from `from`).
+    pub(super) async fn set_phase(
+        &self,
+        id: &str,
+        from: ReshardPhase,
+        to: ReshardPhase,
+    ) -> Result<(), JobError> {
+        let key = keys::job(id);
+        self.svc
+            .update(std::slice::from_ref(&key), |seen| {
+                let Some(entry) = &seen[&key] else {
+                    return Err(ServiceError::NotFound(format!("no resharding job {id}")));
+                };
+                let mut job: ReshardJob = decode(entry)?;
+                if job.phase != from {
+                    return Err(ServiceError::Contended);
+                }
+                job.phase = to;
+                Ok(vec![put(key.clone(), &job)])
+            })
+            .await?;
+        self.metrics.phase.with(&[id]).set(phase_number(to));
+        Ok(())
+    }
+
+    /// A superuser session in a tenant's database on a shard; `None` when
+    /// the database does not exist there.
+    pub(super) async fn tenant_db(
+        &self,
+        plan: &Plan,
+        shard: &str,
+        tenant: &Tenant,
+    ) -> Result<Option<Client>, JobError> {
+        let dsn = plan.dsn(shard)?;
+        let timeout = self.settings.connect_timeout;
+        let admin = pg::connect_shard(shard, dsn, timeout).await?;
+        let exists = admin
+            .query_opt(
+                "SELECT 1 FROM pg_database WHERE datname = $1",
+                &[&tenant.pg_name()],
+            )
+            .await
+            .map_err(db(shard))?
+            .is_some();
+        if !exists {
+            return Ok(None);
+        }
+        let client = pg::connect_db(dsn, &tenant.pg_name(), timeout)
+            .await
+            .map_err(|e| JobError::Retry(format!("shard {shard}: {e}")))?;
+        Ok(Some(client))
+    }
+
+    /// The same, required to exist.
+    pub(super) async fn must_db(
+        &self,
+        plan: &Plan,
+        shard: &str,
+        tenant: &Tenant,
+    ) -> Result<Client, JobError> {
+        self.tenant_db(plan, shard, tenant).await?.ok_or_else(|| {
+            JobError::Fatal(format!(
+                "tenant {} has no database on shard {shard}",
+                tenant.id
+            ))
+        })
+    }
+
+    /// The moving tables of a tenant, read on one shard.
+    pub(super) async fn metas(
+        &self,
+        plan: &Plan,
+        client: &Client,
+        shard: &str,
+        tenant: &Tenant,
+        lenient: bool,
+    ) -> Result<Vec<TableMeta>, JobError> {
+        let schema = tenant.pg_name();
+        let mut out = Vec::new();
+        for (table, spec) in &plan.keyspace.tables {
+            match sql::table_meta(client, &schema, table, &spec.shard_key).await {
+                Ok(m) => out.push(m),
+                Err(sql::MetaError::Unfit(_)) if lenient => {}
+                Err(sql::MetaError::Unfit(m)) => {
+                    return Err(JobError::Fatal(format!(
+                        "tenant {} on shard {shard}: {m}",
+                        tenant.id
+                    )))
+                }
+                Err(sql::MetaError::Db(e)) => return Err(db(shard)(e)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Prepare: every tenant provisioned and migrated on every target;
+    /// capture installed on the sources.
+    async fn prepare(&self, plan: &Plan) -> Result<(), JobError> {
+        // Not beside a tenant's creation or deletion.
+        let _work = self.svc.lock_tenant_work().await;
+        let published = self.svc.current();
+        for target in plan.targets() {
+            super::ensure_on(
+                &published.catalog,
+                &target,
+                &plan.keyspace,
+                self.settings.connect_timeout,
+            )
+            .await?;
+            tracing::info!(job = %plan.job.id, shard = %target, "target prepared");
+        }
+        self.install_capture(plan).await
+    }
+
+    async fn install_capture(&self, plan: &Plan) -> Result<(), JobError> {
+        for source in plan.sources() {
+            let ranges = plan.moving_from(&source);
+            for tenant in &plan.tenants {
+                let client = self.must_db(plan, &source, tenant).await?;
+                for meta in self.metas(plan, &client, &source, tenant, false).await? {
+                    sql::install_capture(
+                        &client,
+                        &plan.job.id,
+                        &meta,
+                        plan.keyspace.key_type,
+                        &ranges,
+                    )
+                    .await
+                    .map_err(db(&source))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Copy: every row of the moving ranges, from one snapshot per table,
+    /// in batches (capture is on, so later changes are recorded).
+    async fn copy(&self, plan: &Plan, token: &CancellationToken) -> Result<(), JobError> {
+        // Again after a restart: capture must precede the snapshot.
+        self.install_capture(plan).await?;
+        let id = &plan.job.id;
+        let key_type = plan.keyspace.key_type;
+        self.update_progress(id, |p| {
+            p.rows_copied = 0;
+            p.rows_estimated = 0;
+        });
+        // (source, tenant index, target, ranges, table)
+        let mut work = Vec::new();
+        for source in plan.sources() {
+            for (ti, tenant) in plan.tenants.iter().enumerate() {
+                let src = self.must_db(plan, &source, tenant).await?;
+                for meta in self.metas(plan, &src, &source, tenant, false).await? {
+                    for (target, ranges) in plan.routes(&source) {
+                        let n = sql::count_in(&src, &meta, key_type, &ranges)
+                            .await
+                            .map_err(db(&source))?;
+                        self.update_progress(id, |p| p.rows_estimated += n.max(0) as u64);
+                        work.push((source.clone(), ti, target, ranges, meta.clone()));
+                    }
+                }
+            }
+        }
+        let batch = self.settings.batch_rows;
+        for (source, ti, target, ranges, meta) in work {
+            check(token)?;
+            let tenant = &plan.tenants[ti];
+            let src = self.must_db(plan, &source, tenant).await?;
+            let tgt = self.must_db(plan, &target, tenant).await?;
+            sql::as_replica(&tgt).await.map_err(db(&target))?;
+            src.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .await
+                .map_err(db(&source))?;
+            let mut after: Option<String> = None;
+            let mut copied = 0u64;
+            loop {
+                check(token)?;
+                let rows = sql::read_batch(&src, &meta, key_type, &ranges, after.as_deref(), batch)
+                    .await
+                    .map_err(db(&source))?;
+                let n = rows.len();
+                sql::insert_missing(&tgt, &meta, &rows)
+                    .await
+                    .map_err(db(&target))?;
+                copied += n as u64;
+                self.metrics.rows_copied.with(&[id]).inc_by(n as u64);
+                self.update_progress(id, |p| p.rows_copied += n as u64);
+                if n < batch {
+                    break;
+                }
+                after = rows.last().cloned();
+                if !self.settings.batch_pause.is_zero() {
+                    tokio::time::sleep(self.settings.batch_pause).await;
+                }
+            }
+            src.batch_execute("COMMIT").await.map_err(db(&source))?;
+            tracing::info!(job = %id, tenant = %tenant.id, table = %meta.name, %source,
+                %target, rows = copied, "table copied");
+        }
+        Ok(())
+    }
+
+    /// CatchUp: applies captured changes until few are behind.
+    async fn catch_up(&self, plan: &Plan, token: &CancellationToken) -> Result<(), JobError> {
+        let threshold = self.settings.catchup_threshold;
+        for round in 0..MAX_CATCHUP_ROUNDS {
+            let behind = self.apply_changes(plan, token, false).await?;
+            tracing::info!(job = %plan.job.id, round, behind, "catch-up round");
+            if behind < threshold {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies captured changes to the targets, batch by batch; with
+    /// `drain`, until none is left, else until fewer than the threshold.
+    /// Returns how many are behind.
+    pub(super) async fn apply_changes(
+        &self,
+        plan: &Plan,
+        token: &CancellationToken,
+        drain: bool,
+    ) -> Result<u64, JobError> {
+        let id = &plan.job.id;
+        let key_type = plan.keyspace.key_type;
+        let mut total = 0u64;
+        for source in plan.sources() {
+            let moving = plan.moving_from(&source);
+            for tenant in &plan.tenants {
+                let src = self.must_db(plan, &source, tenant).await?;
+                if !sql::has_change_table(&src).await.map_err(db(&source))? {
+                    continue;
+                }
+                let metas: HashMap<String, TableMeta> = self
+                    .metas(plan, &src, &source, tenant, false)
+                    .await?
+                    .into_iter()
+                    .map(|m| (m.name.clone(), m))
+                    .collect();
+                let mut targets: HashMap<String, Client> = HashMap::new();
+                let behind = loop {
+                    check(token)?;
+                    let changes = sql::read_changes(&src, id, self.settings.batch_rows)
+                        .await
+                        .map_err(db(&source))?;
+                    if changes.is_empty() {
+                        break 0;
+                    }
+                    let seqs: Vec<i64> = changes.iter().map(|c| c.seq).collect();
+                    let net = sql::net_changes(&changes, &metas, key_type, |h| {
+                        moving
+                            .iter()
+                            .any(|r| r.contains(h))
+                            .then(|| plan.job.to_map.lookup(h).shard.clone())
+                    })
+                    .map_err(JobError::Fatal)?;
+                    let mut by_target: BTreeMap<String, Vec<(String, sql::Net)>> = BTreeMap::new();
+                    for ((target, table), n) in net {
+                        by_target.entry(target).or_default().push((table, n));
+                    }
+                    for (target, tables) in by_target {
+                        if !targets.contains_key(&target) {
+                            let c = self.must_db(plan, &target, tenant).await?;
+                            sql::as_replica(&c).await.map_err(db(&target))?;
+                            targets.insert(target.clone(), c);
+                        }
+                        let Some(client) = targets.get_mut(&target) else {
+                            continue;
+                        };
+                        let tx = client.transaction().await.map_err(db(&target))?;
+                        for (table, n) in &tables {
+                            let Some(meta) = metas.get(table) else {
+                                continue;
+                            };
+                            sql::delete_keys(&tx, meta, &n.deletes)
+                                .await
+                                .map_err(db(&target))?;
+                            sql::upsert(&tx, meta, &n.upserts)
+                                .await
+                                .map_err(db(&target))?;
+                        }
+                        tx.commit().await.map_err(db(&target))?;
+                    }
+                    sql::forget_changes(&src, id, &seqs)
+                        .await
+                        .map_err(db(&source))?;
+                    let behind = sql::changes_behind(&src, id)
+                        .await
+                        .map_err(db(&source))?
+                        .max(0) as u64;
+                    self.update_progress(id, |p| p.changes_behind = behind);
+                    if behind == 0 || (!drain && behind < self.settings.catchup_threshold) {
+                        break behind;
+                    }
+                };
+                total += behind;
+            }
+        }
+        self.update_progress(id, |p| p.changes_behind = total);
+        Ok(total)
+    }
+}

@@ -1,0 +1,663 @@
+//! Online resharding: split, merge and move key ranges of a keyspace
+//! while clients keep writing.
+//!
+//! A job is a persisted state machine (`jobs/<id>` in the catalog):
+//! Prepare → Copy → CatchUp → Cutover → Cleanup → Done, or Cancelled /
+//! Failed. Each phase is persisted before its work starts and every step
+//! is idempotent, so a restarted manager resumes a job from its phase
+//! ([`Reshards::resume_all`], run at startup and from the background
+//! loop). One job per keyspace; jobs run as tasks of the manager.
+//!
+//! # Layout
+//! - [`plan`]: a request checked and turned into moves and maps.
+//! - [`engine`]: the driver; Prepare, Copy, CatchUp.
+//! - [`cutover`]: freeze, acknowledgements, verification, publish.
+//! - [`cleanup`]: Cleanup after the cutover; cancel and failure before.
+//! - [`sql`]: the statements run in tenant databases.
+//!
+//! After a cutover every table of a source carries a trigger refusing
+//! writes (SQLSTATE `SLM01`) to keys outside the ranges the shard owns;
+//! it stays, so a stale router never writes to the old place (one hash
+//! per written row is its cost).
+//!
+//! Change capture uses triggers writing into a change table in each
+//! source tenant database, not logical replication: it needs no slot or
+//! publication per tenant database, survives a failover of the source
+//! (triggers and the change table are replicated like any table), and
+//! costs nothing outside jobs. Its cost: one extra insert per write to
+//! the moving range while a job runs.
+//!
+//! Progress (rows copied and estimated, changes behind) lives in this
+//! manager's memory and metrics, not in the catalog: every catalog
+//! change makes every router rebuild its routing table.
+
+pub mod cleanup;
+pub mod cutover;
+pub mod engine;
+pub mod plan;
+pub mod sql;
+
+pub use plan::plan_job;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use shardline_api::manager::{JobInfo, MoveInfo, ReshardRequest};
+use shardline_core::catalog::{keys, Keyspace, ReshardJob, ReshardPhase, TableSpec, TenantState};
+use shardline_core::hash::sql_hash;
+use shardline_core::Catalog;
+use shardline_metrics::{CounterVec, GaugeVec, Registry};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+use crate::error::ServiceError;
+use crate::routers::RouterRegistry;
+use crate::service::{decode, put, CatalogService};
+use crate::{pg, tenant_pg};
+
+/// Environment variable naming a failpoint (shared with failover).
+/// Test-only fault injection: the manager process aborts at the named
+/// step, as a crash would. Never set it in production.
+pub const FAILPOINT_ENV: &str = crate::failover::FAILPOINT_ENV;
+/// Aborts once the copy is complete, before CatchUp is persisted.
+pub const FAILPOINT_AFTER_COPY: &str = "reshard-after-copy";
+/// Aborts in the cutover, right after the ranges are frozen.
+pub const FAILPOINT_DURING_CUTOVER: &str = "reshard-during-cutover";
+
+fn failpoint(name: &str) {
+    if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == name) {
+        tracing::error!(failpoint = name, "failpoint reached: aborting (test only)");
+        std::process::abort();
+    }
+}
+
+/// Settings of the resharding engine.
+#[derive(Debug, Clone)]
+pub struct ReshardSettings {
+    /// Rows per copy batch, changes per catch-up batch, rows per cleanup
+    /// delete.
+    pub batch_rows: usize,
+    /// Sleep between copy batches (throttles the load on the source).
+    pub batch_pause: Duration,
+    /// CatchUp ends when fewer changes than this are behind.
+    pub catchup_threshold: u64,
+    /// Time allowed to connect to a shard.
+    pub connect_timeout: Duration,
+    /// How long a job that hit a transient error waits before retrying.
+    pub retry_interval: Duration,
+}
+
+impl ReshardSettings {
+    /// From the manager's settings.
+    pub fn from_config(cfg: &crate::ManagerConfig) -> Self {
+        Self {
+            batch_rows: cfg.reshard_batch_rows.max(1),
+            batch_pause: cfg.reshard_batch_pause,
+            catchup_threshold: 1000,
+            connect_timeout: cfg.connect_timeout,
+            retry_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A job's progress, in this manager's memory.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub rows_copied: u64,
+    pub rows_estimated: u64,
+    pub changes_behind: u64,
+    /// The last transient error (the job retries).
+    pub last_error: Option<String>,
+}
+
+struct Metrics {
+    rows_copied: CounterVec,
+    changes_behind: GaugeVec,
+    phase: GaugeVec,
+}
+
+/// Runs resharding jobs: one at a time per keyspace, each as a task of
+/// the manager.
+pub struct Reshards {
+    svc: Arc<CatalogService>,
+    routers: Arc<RouterRegistry>,
+    settings: ReshardSettings,
+    metrics: Metrics,
+    progress: Mutex<HashMap<String, Progress>>,
+    /// Jobs running in this manager, with the token that stops them.
+    running: Mutex<HashMap<String, CancellationToken>>,
+    /// Jobs an operator cancelled: never resumed.
+    cancelling: Mutex<HashSet<String>>,
+    /// Jobs waiting out a transient error.
+    retry_at: Mutex<HashMap<String, Instant>>,
+    /// Serialises job creation (one job per keyspace).
+    create: tokio::sync::Mutex<()>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A job's slot in `running`, freed when dropped.
+struct Claim {
+    owner: Arc<Reshards>,
+    id: String,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        lock(&self.owner.running).remove(&self.id);
+    }
+}
+
+/// Phase as a number for `reshard_phase`.
+pub fn phase_number(p: ReshardPhase) -> f64 {
+    match p {
+        ReshardPhase::Prepare => 0.0,
+        ReshardPhase::Copy => 1.0,
+        ReshardPhase::CatchUp => 2.0,
+        ReshardPhase::Cutover => 3.0,
+        ReshardPhase::Cleanup => 4.0,
+        ReshardPhase::Done => 5.0,
+        ReshardPhase::Cancelled => 6.0,
+        ReshardPhase::Failed => 7.0,
+    }
+}
+
+/// Whether a job has ended.
+pub fn is_finished(p: ReshardPhase) -> bool {
+    matches!(
+        p,
+        ReshardPhase::Done | ReshardPhase::Cancelled | ReshardPhase::Failed
+    )
+}
+
+impl Reshards {
+    /// An engine; jobs run on `tracker` until `shutdown`.
+    pub fn new(
+        svc: Arc<CatalogService>,
+        routers: Arc<RouterRegistry>,
+        settings: ReshardSettings,
+        metrics: &Registry,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            svc,
+            routers,
+            settings,
+            metrics: Metrics {
+                rows_copied: metrics.counter(
+                    "reshard_rows_copied_total",
+                    "Rows copied to target shards by resharding jobs.",
+                    &["job"],
+                ),
+                changes_behind: metrics.gauge(
+                    "reshard_changes_behind",
+                    "Captured changes not yet applied to the targets.",
+                    &["job"],
+                ),
+                phase: metrics.gauge(
+                    "reshard_phase",
+                    "Phase of each job: Prepare=0, Copy=1, CatchUp=2, Cutover=3, Cleanup=4, \
+                     Done=5, Cancelled=6, Failed=7.",
+                    &["job"],
+                ),
+            },
+            progress: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
+            cancelling: Mutex::new(HashSet::new()),
+            retry_at: Mutex::new(HashMap::new()),
+            create: tokio::sync::Mutex::new(()),
+            tracker,
+            shutdown,
+        })
+    }
+
+    /// The background loop: resumes unfinished jobs every `interval`.
+    pub async fn run(self: Arc<Self>, interval: Duration) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            self.resume_all();
+        }
+    }
+
+    /// Starts every unfinished job nobody runs (after a restart, or after
+    /// a transient error's wait).
+    pub fn resume_all(self: &Arc<Self>) {
+        let published = self.svc.current();
+        for job in published.catalog.jobs.values() {
+            self.metrics
+                .phase
+                .with(&[&job.id])
+                .set(phase_number(job.phase));
+            if is_finished(job.phase) || lock(&self.cancelling).contains(&job.id) {
+                continue;
+            }
+            let waiting = lock(&self.retry_at)
+                .get(&job.id)
+                .is_some_and(|at| Instant::now() < *at);
+            if !waiting {
+                self.spawn(&job.id);
+            }
+        }
+    }
+
+    fn claim(self: &Arc<Self>, id: &str) -> Option<(Claim, CancellationToken)> {
+        let mut running = lock(&self.running);
+        if running.contains_key(id) {
+            return None;
+        }
+        let token = self.shutdown.child_token();
+        running.insert(id.to_string(), token.clone());
+        Some((
+            Claim {
+                owner: Arc::clone(self),
+                id: id.to_string(),
+            },
+            token,
+        ))
+    }
+
+    fn spawn(self: &Arc<Self>, id: &str) {
+        let Some((claim, token)) = self.claim(id) else {
+            return;
+        };
+        let this = Arc::clone(self);
+        let id = id.to_string();
+        let span = tracing::info_span!("reshard", job = %id);
+        self.tracker.spawn(
+            async move {
+                this.drive_and_settle(&id, &token).await;
+                drop(claim);
+            }
+            .instrument(span),
+        );
+    }
+
+    /// The job's progress, as this manager knows it.
+    pub fn progress(&self, id: &str) -> Progress {
+        lock(&self.progress).get(id).cloned().unwrap_or_default()
+    }
+
+    fn update_progress(&self, id: &str, f: impl FnOnce(&mut Progress)) {
+        let mut all = lock(&self.progress);
+        let p = all.entry(id.to_string()).or_default();
+        f(p);
+        self.metrics
+            .changes_behind
+            .with(&[id])
+            .set(p.changes_behind as f64);
+    }
+
+    /// A job as the API shows it.
+    pub fn info(&self, job: &ReshardJob) -> JobInfo {
+        let p = self.progress(&job.id);
+        JobInfo {
+            id: job.id.clone(),
+            kind: job.kind,
+            keyspace: job.keyspace.clone(),
+            moves: job
+                .moves
+                .iter()
+                .map(|m| MoveInfo {
+                    range: m.range.to_string(),
+                    from: m.from.clone(),
+                    to: m.to.clone(),
+                })
+                .collect(),
+            phase: job.phase,
+            rows_copied: p.rows_copied,
+            rows_estimated: p.rows_estimated,
+            changes_behind: p.changes_behind,
+            error: job
+                .error
+                .clone()
+                .or_else(|| p.last_error.filter(|_| !is_finished(job.phase))),
+            cutover_pause_ms: job.cutover_pause_ms,
+            created_at: job.created_at.clone(),
+        }
+    }
+
+    /// Every job, newest last.
+    pub fn list(&self) -> Vec<JobInfo> {
+        let published = self.svc.current();
+        let mut jobs: Vec<&ReshardJob> = published.catalog.jobs.values().collect();
+        jobs.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
+        jobs.into_iter().map(|j| self.info(j)).collect()
+    }
+
+    /// One job.
+    pub fn get(&self, id: &str) -> Result<JobInfo, ServiceError> {
+        let published = self.svc.current();
+        published
+            .catalog
+            .jobs
+            .get(id)
+            .map(|j| self.info(j))
+            .ok_or_else(|| ServiceError::NotFound(format!("no resharding job {id}")))
+    }
+
+    /// Validates a request, records the job (phase Prepare) and starts
+    /// it.
+    pub async fn start(self: &Arc<Self>, req: &ReshardRequest) -> Result<JobInfo, ServiceError> {
+        let _one = self.create.lock().await;
+        let published = self.svc.current();
+        let job = plan_job(&published.catalog, req, &new_job_id())?;
+        self.check_tables(&published.catalog, &job).await?;
+        let job_key = keys::job(&job.id);
+        let ks_key = keys::keyspace(&job.keyspace);
+        self.svc
+            .update(&[job_key.clone(), ks_key.clone()], |seen| {
+                let Some(entry) = &seen[&ks_key] else {
+                    return Err(ServiceError::NotFound(format!(
+                        "no keyspace {}",
+                        job.keyspace
+                    )));
+                };
+                let ks: Keyspace = decode(entry)?;
+                if ks.map.as_ref() != Some(&job.from_map) {
+                    return Err(ServiceError::Conflict(format!(
+                        "the map of keyspace {} changed meanwhile; retry",
+                        job.keyspace
+                    )));
+                }
+                Ok(vec![put(job_key.clone(), &job)])
+            })
+            .await?;
+        tracing::info!(job = %job.id, keyspace = %job.keyspace, kind = ?job.kind,
+            moves = job.moves.len(), "resharding job created");
+        self.metrics
+            .phase
+            .with(&[&job.id])
+            .set(phase_number(job.phase));
+        self.spawn(&job.id);
+        Ok(self.info(&job))
+    }
+
+    /// Refuses a job whose tenants' tables cannot be moved: every table
+    /// in a tenant's schema must have a declared shard key and a primary
+    /// key (checked on the source for the first active tenant; all
+    /// tenants of a keyspace share its migrations).
+    async fn check_tables(&self, cat: &Catalog, job: &ReshardJob) -> Result<(), ServiceError> {
+        let Some(ks) = cat.keyspaces.get(&job.keyspace) else {
+            return Err(ServiceError::NotFound(format!(
+                "no keyspace {}",
+                job.keyspace
+            )));
+        };
+        let Some(tenant) = cat
+            .tenants
+            .values()
+            .find(|t| t.keyspace == ks.name && t.state == TenantState::Active)
+        else {
+            return Ok(());
+        };
+        let Some(source) = job.moves.first().and_then(|m| cat.shards.get(&m.from)) else {
+            return Ok(());
+        };
+        let schema = tenant.pg_name();
+        let client = pg::connect_db(&source.primary.dsn, &schema, self.settings.connect_timeout)
+            .await
+            .map_err(|e| {
+                ServiceError::ShardUnavailable(format!("shard {} is unreachable: {e}", source.id))
+            })?;
+        let tables = sql::tables_of(&client, &schema)
+            .await
+            .map_err(|e| pg::statement_error(&source.id, &e))?;
+        for table in &tables {
+            let Some(spec) = ks.tables.get(table) else {
+                return Err(ServiceError::Conflict(format!(
+                    "table {table} has no shard key: declare it with PUT /v1/keyspaces/{}/tables/{table} \
+                     before resharding",
+                    ks.name
+                )));
+            };
+            match sql::table_meta(&client, &schema, table, &spec.shard_key).await {
+                Ok(_) => {}
+                Err(sql::MetaError::Unfit(m)) => return Err(ServiceError::Conflict(m)),
+                Err(sql::MetaError::Db(e)) => return Err(pg::statement_error(&source.id, &e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Cancels a job before its cutover published the new map: stops it,
+    /// removes capture, refuse triggers and copied rows, unfreezes.
+    pub async fn cancel(self: &Arc<Self>, id: &str) -> Result<JobInfo, ServiceError> {
+        let job = self.fresh_job(id).await?;
+        refuse_cancel(&job)?;
+        lock(&self.cancelling).insert(id.to_string());
+        if let Some(token) = lock(&self.running).get(id) {
+            token.cancel();
+        }
+        // The running task stops at its next step (a batch at most).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let claim = loop {
+            if let Some((claim, _)) = self.claim(id) {
+                break claim;
+            }
+            if Instant::now() > deadline {
+                lock(&self.cancelling).remove(id);
+                return Err(ServiceError::Conflict(format!(
+                    "job {id} did not stop within 60 s; retry the cancel"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let this = Arc::clone(self);
+        let id_owned = id.to_string();
+        // In the background, so a client going away does not cut it short.
+        let task = self.tracker.spawn(async move {
+            let res = this.cancel_claimed(&id_owned).await;
+            drop(claim);
+            res
+        });
+        let res = task.await.map_err(|e| {
+            tracing::error!(job = %id, error = %e, "cancel task");
+            ServiceError::ShardUnavailable(format!("cancelling job {id} failed; retry"))
+        })?;
+        if res.is_err() {
+            // Not cancelled: the job may go on (or the cancel be retried).
+            lock(&self.cancelling).remove(id);
+        }
+        res?;
+        self.get(id)
+    }
+
+    async fn cancel_claimed(self: &Arc<Self>, id: &str) -> Result<(), ServiceError> {
+        // Read from the store: the task may have published a moment ago.
+        let job = self.fresh_job(id).await?;
+        refuse_cancel(&job)?;
+        tracing::info!(job = %id, phase = ?job.phase, "cancelling");
+        let plan = engine::Plan::load(&self.svc, &job)?;
+        self.undo(&plan).await?;
+        self.finish_undone(&job, ReshardPhase::Cancelled, None)
+            .await?;
+        tracing::info!(job = %id, "cancelled");
+        Ok(())
+    }
+
+    /// The job as stored now.
+    async fn fresh_job(&self, id: &str) -> Result<ReshardJob, ServiceError> {
+        self.svc
+            .stored::<ReshardJob>(&keys::job(id))
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("no resharding job {id}")))
+    }
+
+    /// Records a shard key column (`PUT /v1/keyspaces/{ks}/tables/{t}`),
+    /// checked against a tenant's table when the keyspace has tenants.
+    pub async fn set_table(
+        &self,
+        keyspace: &str,
+        table: &str,
+        spec: &TableSpec,
+    ) -> Result<Keyspace, ServiceError> {
+        check_pg_name("table", table)?;
+        check_pg_name("shard_key", &spec.shard_key)?;
+        let published = self.svc.current();
+        let cat = &published.catalog;
+        let Some(ks) = cat.keyspaces.get(keyspace) else {
+            return Err(ServiceError::NotFound(format!("no keyspace {keyspace}")));
+        };
+        if let Some(job) = active_job(cat, keyspace) {
+            return Err(ServiceError::Conflict(format!(
+                "resharding job {} runs in keyspace {keyspace}; change tables after it ends",
+                job.id
+            )));
+        }
+        let tenant = cat
+            .tenants
+            .values()
+            .find(|t| t.keyspace == keyspace && t.state == TenantState::Active);
+        let shard = ks
+            .map
+            .as_ref()
+            .and_then(|m| m.ranges().first())
+            .and_then(|r| cat.shards.get(&r.shard));
+        if let (Some(tenant), Some(shard)) = (tenant, shard) {
+            let schema = tenant.pg_name();
+            let client = pg::connect_db(&shard.primary.dsn, &schema, self.settings.connect_timeout)
+                .await
+                .map_err(|e| {
+                    ServiceError::ShardUnavailable(format!(
+                        "shard {} is unreachable: {e}",
+                        shard.id
+                    ))
+                })?;
+            let qualified = format!(
+                "{}.{}",
+                shardline_core::catalog::quote_ident(&schema),
+                shardline_core::catalog::quote_ident(table)
+            );
+            let exists: bool = client
+                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&qualified])
+                .await
+                .map_err(|e| pg::statement_error(&shard.id, &e))?
+                .get(0);
+            if !exists {
+                return Err(ServiceError::NotFound(format!(
+                    "no table {table} in the schema of tenant {} (shard {})",
+                    tenant.id, shard.id
+                )));
+            }
+            let probe = format!(
+                "SELECT {} FROM {qualified} t LIMIT 0",
+                sql_hash(
+                    ks.key_type,
+                    &format!(
+                        "t.{}",
+                        shardline_core::catalog::quote_ident(&spec.shard_key)
+                    )
+                )
+            );
+            if let Err(e) = client.query(&probe, &[]).await {
+                let why = e
+                    .as_db_error()
+                    .map(|d| d.message().to_string())
+                    .unwrap_or_else(|| pg::describe(&e));
+                return Err(ServiceError::Invalid(format!(
+                    "column {} of table {table} cannot be a {:?} shard key: {why}",
+                    spec.shard_key, ks.key_type
+                )));
+            }
+        }
+        let key = keys::keyspace(keyspace);
+        self.svc
+            .update(std::slice::from_ref(&key), |seen| {
+                let Some(entry) = &seen[&key] else {
+                    return Err(ServiceError::NotFound(format!("no keyspace {keyspace}")));
+                };
+                let mut ks: Keyspace = decode(entry)?;
+                ks.tables.insert(table.to_string(), spec.clone());
+                Ok(vec![put(key.clone(), &ks)])
+            })
+            .await?;
+        let published = self.svc.current();
+        published
+            .catalog
+            .keyspaces
+            .get(keyspace)
+            .cloned()
+            .ok_or_else(|| ServiceError::NotFound(format!("no keyspace {keyspace}")))
+    }
+}
+
+fn refuse_cancel(job: &ReshardJob) -> Result<(), ServiceError> {
+    if is_finished(job.phase) {
+        return Err(ServiceError::Conflict(format!(
+            "job {} has ended ({:?})",
+            job.id, job.phase
+        )));
+    }
+    if job.phase >= ReshardPhase::Cleanup {
+        return Err(ServiceError::Conflict(format!(
+            "job {} has cut over already (the new map is published); it cannot be cancelled",
+            job.id
+        )));
+    }
+    Ok(())
+}
+
+/// A table or column name: 1-63 bytes, no NUL (names are quoted in SQL).
+fn check_pg_name(what: &str, name: &str) -> Result<(), ServiceError> {
+    if name.is_empty() || name.len() > 63 || name.contains('\0') {
+        return Err(ServiceError::Invalid(format!(
+            "invalid {what} {name:?}: use 1-63 bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// The unfinished job of a keyspace, if any.
+pub fn active_job<'a>(cat: &'a Catalog, keyspace: &str) -> Option<&'a ReshardJob> {
+    cat.jobs
+        .values()
+        .find(|j| j.keyspace == keyspace && !is_finished(j.phase))
+}
+
+fn new_job_id() -> String {
+    let bytes: [u8; 6] = rand::random();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("rs-{hex}")
+}
+
+/// Provisions one tenant on one shard (idempotent).
+pub(crate) async fn ensure_on(
+    cat: &Catalog,
+    shard_id: &str,
+    keyspace: &Keyspace,
+    timeout: Duration,
+) -> Result<(), ServiceError> {
+    let Some(shard) = cat.shards.get(shard_id) else {
+        return Err(ServiceError::NotFound(format!("no shard {shard_id}")));
+    };
+    let admin = pg::connect_shard(shard_id, &shard.primary.dsn, timeout).await?;
+    tenant_pg::prepare_database(&admin, shard_id).await?;
+    for t in cat
+        .tenants
+        .values()
+        .filter(|t| t.keyspace == keyspace.name && t.state == TenantState::Active)
+    {
+        tenant_pg::ensure_tenant(
+            &admin,
+            shard_id,
+            &shard.primary.dsn,
+            t,
+            &keyspace.migrations,
+            timeout,
+        )
+        .await?;
+    }
+    Ok(())
+}

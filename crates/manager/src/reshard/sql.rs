@@ -1,0 +1,731 @@
+//! The PostgreSQL side of resharding, in one tenant database at a time
+//! (superuser sessions): table metadata, change capture, the refuse
+//! trigger, batched copy, applying captured changes, verification and
+//! the deletion of moved rows.
+//!
+//! Every statement is idempotent (`CREATE OR REPLACE`, `IF NOT EXISTS`,
+//! upserts), so a resumed job simply runs it again. Sessions writing
+//! on a target or deleting moved rows on a source run with
+//! `session_replication_role = replica`: the tenant's own triggers and
+//! foreign-key checks do not fire for rows that merely change place (as
+//! with logical replication), and neither does a refuse trigger left by
+//! an earlier job.
+
+use std::collections::HashMap;
+
+use sha2::{Digest, Sha256};
+use shardline_core::catalog::{quote_ident, quote_literal, MOVED_SQLSTATE};
+use shardline_core::hash::{routing_hash, sql_in_range};
+use shardline_core::{KeyRange, KeyType, ShardKey};
+use tokio_postgres::Client;
+
+/// Name of the capture trigger on every moving table of a source.
+pub const CAPTURE_TRIGGER: &str = "shardline_reshard_capture";
+/// Name of the trigger refusing writes to keys a shard does not own.
+pub const REFUSE_TRIGGER: &str = "shardline_reshard_refuse";
+
+/// The change table, closed to tenants (their triggers write to it as
+/// its owner, through a SECURITY DEFINER function).
+const CHANGE_TABLE: &str = "CREATE SCHEMA IF NOT EXISTS shardline; \
+     REVOKE ALL ON SCHEMA shardline FROM PUBLIC; \
+     CREATE TABLE IF NOT EXISTS shardline.reshard_changes ( \
+       seq bigserial PRIMARY KEY, job text NOT NULL, tbl text NOT NULL, \
+       op char(1) NOT NULL, row jsonb NOT NULL)";
+
+/// What resharding needs to know of one table in a tenant's schema.
+#[derive(Debug, Clone)]
+pub struct TableMeta {
+    /// The tenant's schema.
+    pub schema: String,
+    pub name: String,
+    /// The shard-key column.
+    pub key: String,
+    /// Primary-key columns, in index order.
+    pub pk: Vec<String>,
+    /// Columns that take values on insert (not generated ones).
+    pub columns: Vec<String>,
+}
+
+impl TableMeta {
+    /// `"schema"."table"`.
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+
+    /// A short, stable suffix for per-table function names (table names
+    /// may be 63 bytes long, too long to prefix).
+    fn tag(&self) -> String {
+        let digest = Sha256::digest(self.name.as_bytes());
+        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn pk_list(&self, alias: &str) -> String {
+        list(&self.pk, alias)
+    }
+}
+
+fn list(cols: &[String], alias: &str) -> String {
+    cols.iter()
+        .map(|c| {
+            if alias.is_empty() {
+                quote_ident(c)
+            } else {
+                format!("{alias}.{}", quote_ident(c))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A predicate: the routing hash of `key_sql` is in one of `ranges`.
+pub fn in_ranges(key_type: KeyType, key_sql: &str, ranges: &[KeyRange]) -> String {
+    if ranges.is_empty() {
+        return "false".to_string();
+    }
+    let parts: Vec<String> = ranges
+        .iter()
+        .map(|r| sql_in_range(key_type, key_sql, r))
+        .collect();
+    format!("({})", parts.join(" OR "))
+}
+
+/// Why a table cannot be resharded, or a database error.
+#[derive(Debug)]
+pub enum MetaError {
+    /// The table, its key column or its primary key is missing.
+    Unfit(String),
+    Db(tokio_postgres::Error),
+}
+
+impl From<tokio_postgres::Error> for MetaError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        MetaError::Db(e)
+    }
+}
+
+/// Reads a table's primary key and columns; checks the key column.
+pub async fn table_meta(
+    client: &Client,
+    schema: &str,
+    table: &str,
+    key: &str,
+) -> Result<TableMeta, MetaError> {
+    let qualified = format!("{}.{}", quote_ident(schema), quote_ident(table));
+    let oid: Option<u32> = client
+        .query_one("SELECT to_regclass($1)::oid", &[&qualified])
+        .await?
+        .get(0);
+    let Some(oid) = oid else {
+        return Err(MetaError::Unfit(format!(
+            "table {table} does not exist in schema {schema}"
+        )));
+    };
+    let pk: Vec<String> = client
+        .query(
+            "SELECT a.attname::text FROM pg_index i \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+             WHERE i.indrelid = $1 AND i.indisprimary \
+             ORDER BY array_position(i.indkey::int2[], a.attnum)",
+            &[&oid],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if pk.is_empty() {
+        return Err(MetaError::Unfit(format!(
+            "table {table} has no primary key; resharding needs one to copy and apply \
+             changes row by row"
+        )));
+    }
+    let all: Vec<(String, bool)> = client
+        .query(
+            "SELECT attname::text, attgenerated = '' FROM pg_attribute \
+             WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            &[&oid],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    if !all.iter().any(|(c, _)| c == key) {
+        return Err(MetaError::Unfit(format!(
+            "table {table} has no column {key} (its declared shard key)"
+        )));
+    }
+    Ok(TableMeta {
+        schema: schema.to_string(),
+        name: table.to_string(),
+        key: key.to_string(),
+        pk,
+        columns: all
+            .into_iter()
+            .filter(|(_, insertable)| *insertable)
+            .map(|(c, _)| c)
+            .collect(),
+    })
+}
+
+/// Tables of `schema` (ordinary and partitioned).
+pub async fn tables_of(
+    client: &Client,
+    schema: &str,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    Ok(client
+        .query(
+            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition \
+             ORDER BY 1",
+            &[&schema],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// Installs (or refreshes) the change table and the capture trigger of
+/// one table: rows whose key is in `ranges` are recorded for `job`
+/// after every insert, update and delete.
+pub async fn install_capture(
+    client: &Client,
+    job: &str,
+    t: &TableMeta,
+    key_type: KeyType,
+    ranges: &[KeyRange],
+) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute(CHANGE_TABLE).await?;
+    let key = |rec: &str| format!("{rec}.{}", quote_ident(&t.key));
+    let in_new = in_ranges(key_type, &key("NEW"), ranges);
+    let in_old = in_ranges(key_type, &key("OLD"), ranges);
+    let pk_changed = format!(
+        "ROW({}) IS DISTINCT FROM ROW({})",
+        t.pk_list("OLD"),
+        t.pk_list("NEW")
+    );
+    let record = |op: &str, rec: &str| {
+        format!(
+            "INSERT INTO shardline.reshard_changes (job, tbl, op, row) \
+             VALUES ({}, {}, '{op}', to_jsonb({rec}));",
+            quote_literal(job),
+            quote_literal(&t.name)
+        )
+    };
+    let func = format!(
+        "shardline.{}",
+        quote_ident(&format!("reshard_capture_{}", t.tag()))
+    );
+    // An update leaving the range is a delete there; one entering it an
+    // insert; one changing the primary key a delete and an insert.
+    let sql = format!(
+        "CREATE OR REPLACE FUNCTION {func}() RETURNS trigger LANGUAGE plpgsql \
+           SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $shardline$ \
+         BEGIN \
+           IF TG_OP = 'INSERT' THEN \
+             IF {in_new} THEN {ins} END IF; \
+           ELSIF TG_OP = 'UPDATE' THEN \
+             IF coalesce({in_old}, false) AND (NOT coalesce({in_new}, false) OR {pk_changed}) \
+               THEN {del} END IF; \
+             IF {in_new} THEN {ins} END IF; \
+           ELSE \
+             IF {in_old} THEN {del} END IF; \
+           END IF; \
+           RETURN NULL; \
+         END $shardline$; \
+         REVOKE ALL ON FUNCTION {func}() FROM PUBLIC; \
+         DROP TRIGGER IF EXISTS {trig} ON {table}; \
+         CREATE TRIGGER {trig} AFTER INSERT OR UPDATE OR DELETE ON {table} \
+           FOR EACH ROW EXECUTE FUNCTION {func}()",
+        ins = record("I", "NEW"),
+        del = record("D", "OLD"),
+        trig = quote_ident(CAPTURE_TRIGGER),
+        table = t.qualified(),
+    );
+    // A multi-statement simple query is one transaction: the table never
+    // runs without capture between the drop and the create.
+    client.batch_execute(&sql).await
+}
+
+/// Drops the capture trigger and function of a table.
+pub async fn drop_capture(client: &Client, t: &TableMeta) -> Result<(), tokio_postgres::Error> {
+    client
+        .batch_execute(&format!(
+            "DROP TRIGGER IF EXISTS {} ON {}; DROP FUNCTION IF EXISTS shardline.{}()",
+            quote_ident(CAPTURE_TRIGGER),
+            t.qualified(),
+            quote_ident(&format!("reshard_capture_{}", t.tag()))
+        ))
+        .await
+}
+
+/// Drops the change table (one job per keyspace at a time, so it holds
+/// only this job's changes).
+pub async fn drop_change_table(client: &Client) -> Result<(), tokio_postgres::Error> {
+    client
+        .batch_execute("DROP TABLE IF EXISTS shardline.reshard_changes")
+        .await
+}
+
+/// Installs (or replaces) the trigger raising [`MOVED_SQLSTATE`] for a
+/// write to a row whose key is outside `owned` (the ranges this shard
+/// owns by the map being published). Creating a trigger waits for the
+/// table's writers in flight, so every write before it is committed (and
+/// captured) when this returns.
+pub async fn install_refuse(
+    client: &Client,
+    t: &TableMeta,
+    key_type: KeyType,
+    owned: &[KeyRange],
+) -> Result<(), tokio_postgres::Error> {
+    let key = |rec: &str| format!("{rec}.{}", quote_ident(&t.key));
+    let func = format!(
+        "shardline.{}",
+        quote_ident(&format!("reshard_refuse_{}", t.tag()))
+    );
+    let sql = format!(
+        "CREATE SCHEMA IF NOT EXISTS shardline; \
+         REVOKE ALL ON SCHEMA shardline FROM PUBLIC; \
+         CREATE OR REPLACE FUNCTION {func}() RETURNS trigger LANGUAGE plpgsql \
+           SET search_path = pg_catalog, pg_temp AS $shardline$ \
+         BEGIN \
+           IF (TG_OP <> 'INSERT' AND NOT coalesce({own_old}, true)) \
+              OR (TG_OP <> 'DELETE' AND NOT coalesce({own_new}, true)) THEN \
+             RAISE EXCEPTION USING ERRCODE = '{MOVED_SQLSTATE}', \
+               MESSAGE = 'key range moved; retry', \
+               HINT = 'resharding moved this key to another shard; retry through the router'; \
+           END IF; \
+           IF TG_OP = 'DELETE' THEN RETURN OLD; END IF; \
+           RETURN NEW; \
+         END $shardline$; \
+         REVOKE ALL ON FUNCTION {func}() FROM PUBLIC; \
+         DROP TRIGGER IF EXISTS {trig} ON {table}; \
+         CREATE TRIGGER {trig} BEFORE INSERT OR UPDATE OR DELETE ON {table} \
+           FOR EACH ROW EXECUTE FUNCTION {func}()",
+        own_old = in_ranges(key_type, &key("OLD"), owned),
+        own_new = in_ranges(key_type, &key("NEW"), owned),
+        trig = quote_ident(REFUSE_TRIGGER),
+        table = t.qualified(),
+    );
+    // One implicit transaction, as above.
+    client.batch_execute(&sql).await
+}
+
+/// Whether a table has the refuse trigger.
+pub async fn has_refuse(client: &Client, t: &TableMeta) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_trigger \
+               WHERE tgrelid = to_regclass($1) AND tgname = $2)",
+            &[&t.qualified(), &REFUSE_TRIGGER],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Rows of `t` with keys in `ranges`: a count (for estimates).
+pub async fn count_in(
+    client: &Client,
+    t: &TableMeta,
+    key_type: KeyType,
+    ranges: &[KeyRange],
+) -> Result<i64, tokio_postgres::Error> {
+    let pred = in_ranges(key_type, &format!("t.{}", quote_ident(&t.key)), ranges);
+    let sql = format!("SELECT count(*) FROM {} t WHERE {pred}", t.qualified());
+    Ok(client.query_one(&sql, &[]).await?.get(0))
+}
+
+/// One batch of rows in `ranges` after the row `after` (JSON, by primary
+/// key), as JSON text, in primary-key order.
+pub async fn read_batch(
+    client: &Client,
+    t: &TableMeta,
+    key_type: KeyType,
+    ranges: &[KeyRange],
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let pred = in_ranges(key_type, &format!("t.{}", quote_ident(&t.key)), ranges);
+    let order = t.pk_list("t");
+    let rows = match after {
+        None => {
+            let sql = format!(
+                "SELECT to_jsonb(t)::text FROM {} t WHERE {pred} ORDER BY {order} LIMIT {limit}",
+                t.qualified()
+            );
+            client.query(&sql, &[]).await?
+        }
+        Some(last) => {
+            // The subquery is evaluated once, so the primary-key index
+            // serves the comparison.
+            let sql = format!(
+                "SELECT to_jsonb(t)::text FROM {q} t WHERE {pred} AND ({order}) > \
+                 (SELECT {pk} FROM jsonb_populate_record(NULL::{q}, $1::text::jsonb)) \
+                 ORDER BY {order} LIMIT {limit}",
+                q = t.qualified(),
+                pk = t.pk_list(""),
+            );
+            client.query(&sql, &[&last]).await?
+        }
+    };
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Inserts rows (JSON texts) that are not there yet.
+pub async fn insert_missing(
+    client: &Client,
+    t: &TableMeta,
+    rows: &[String],
+) -> Result<u64, tokio_postgres::Error> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let cols = list(&t.columns, "");
+    let sql = format!(
+        "INSERT INTO {q} ({cols}) OVERRIDING SYSTEM VALUE \
+         SELECT {cols} FROM jsonb_populate_recordset(NULL::{q}, $1::text::jsonb) \
+         ON CONFLICT DO NOTHING",
+        q = t.qualified()
+    );
+    client.execute(&sql, &[&json_array(rows)]).await
+}
+
+/// Inserts rows or overwrites them whole.
+pub async fn upsert(
+    client: &impl tokio_postgres::GenericClient,
+    t: &TableMeta,
+    rows: &[String],
+) -> Result<u64, tokio_postgres::Error> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let cols = list(&t.columns, "");
+    let sets: Vec<String> = t
+        .columns
+        .iter()
+        .filter(|c| !t.pk.contains(c))
+        .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
+        .collect();
+    let action = if sets.is_empty() {
+        "NOTHING".to_string()
+    } else {
+        format!("UPDATE SET {}", sets.join(", "))
+    };
+    let sql = format!(
+        "INSERT INTO {q} ({cols}) OVERRIDING SYSTEM VALUE \
+         SELECT {cols} FROM jsonb_populate_recordset(NULL::{q}, $1::text::jsonb) \
+         ON CONFLICT ({pk}) DO {action}",
+        q = t.qualified(),
+        pk = t.pk_list(""),
+    );
+    client.execute(&sql, &[&json_array(rows)]).await
+}
+
+/// Deletes the rows with the primary keys of `rows` (JSON texts).
+pub async fn delete_keys(
+    client: &impl tokio_postgres::GenericClient,
+    t: &TableMeta,
+    rows: &[String],
+) -> Result<u64, tokio_postgres::Error> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let on: Vec<String> =
+        t.pk.iter()
+            .map(|c| format!("t.{0} = d.{0}", quote_ident(c)))
+            .collect();
+    let sql = format!(
+        "DELETE FROM {q} t USING jsonb_populate_recordset(NULL::{q}, $1::text::jsonb) d \
+         WHERE {}",
+        on.join(" AND "),
+        q = t.qualified()
+    );
+    client.execute(&sql, &[&json_array(rows)]).await
+}
+
+fn json_array(rows: &[String]) -> String {
+    let mut out = String::with_capacity(rows.iter().map(|r| r.len() + 1).sum::<usize>() + 2);
+    out.push('[');
+    for (i, r) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(r);
+    }
+    out.push(']');
+    out
+}
+
+/// One captured change.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub seq: i64,
+    pub table: String,
+    /// `I`, `U` or `D`.
+    pub op: String,
+    /// The row as JSON text.
+    pub row: String,
+}
+
+/// Whether the change table exists (it does once capture is installed).
+pub async fn has_change_table(client: &Client) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_one(
+            "SELECT to_regclass('shardline.reshard_changes') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
+/// The oldest `limit` changes of `job`.
+pub async fn read_changes(
+    client: &Client,
+    job: &str,
+    limit: usize,
+) -> Result<Vec<Change>, tokio_postgres::Error> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = client
+        .query(
+            "SELECT seq, tbl, op::text, row::text FROM shardline.reshard_changes \
+             WHERE job = $1 ORDER BY seq LIMIT $2",
+            &[&job, &limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Change {
+            seq: r.get(0),
+            table: r.get(1),
+            op: r.get(2),
+            row: r.get(3),
+        })
+        .collect())
+}
+
+/// Changes of `job` not applied yet.
+pub async fn changes_behind(client: &Client, job: &str) -> Result<i64, tokio_postgres::Error> {
+    Ok(client
+        .query_one(
+            "SELECT count(*) FROM shardline.reshard_changes WHERE job = $1",
+            &[&job],
+        )
+        .await?
+        .get(0))
+}
+
+/// Forgets applied changes, by their `seq`. Not "up to the last one":
+/// a transaction that took a lower `seq` may commit after a higher one
+/// was read, and its change must stay for the next batch.
+pub async fn forget_changes(
+    client: &Client,
+    job: &str,
+    seqs: &[i64],
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "DELETE FROM shardline.reshard_changes WHERE job = $1 AND seq = ANY($2)",
+            &[&job, &seqs],
+        )
+        .await
+}
+
+/// What one batch of changes does to one table: the last state of each
+/// primary key (captured rows are whole, so only the last one counts).
+#[derive(Debug, Default)]
+pub struct Net {
+    pub upserts: Vec<String>,
+    pub deletes: Vec<String>,
+}
+
+/// Primary keys in first-seen order, and each one's last change
+/// (`true` for a delete) with its row.
+type Latest = (Vec<String>, HashMap<String, (bool, String)>);
+
+/// Collapses changes (in `seq` order) to their net effect per table and
+/// target shard. `target_of` names the shard a row's key belongs to
+/// (`None`: skip it); `key_of` finds its primary key.
+pub fn net_changes(
+    changes: &[Change],
+    metas: &HashMap<String, TableMeta>,
+    key_type: KeyType,
+    target_of: impl Fn(u64) -> Option<String>,
+) -> Result<HashMap<(String, String), Net>, String> {
+    // (target, table) -> pk -> (op, row), in first-seen order per table.
+    let mut last: HashMap<(String, String), Latest> = HashMap::new();
+    for c in changes {
+        let Some(meta) = metas.get(&c.table) else {
+            return Err(format!("a change of unknown table {}", c.table));
+        };
+        let value: serde_json::Value = serde_json::from_str(&c.row)
+            .map_err(|e| format!("a captured row of {} does not parse: {e}", c.table))?;
+        let Some(hash) = row_hash(&value, &meta.key, key_type) else {
+            continue; // a NULL key: never in a range.
+        };
+        let Some(target) = target_of(hash) else {
+            continue;
+        };
+        let pk: Vec<&serde_json::Value> = meta
+            .pk
+            .iter()
+            .map(|p| value.get(p).unwrap_or(&serde_json::Value::Null))
+            .collect();
+        let pk = serde_json::to_string(&pk).unwrap_or_default();
+        let entry = last.entry((target, c.table.clone())).or_default();
+        if !entry.1.contains_key(&pk) {
+            entry.0.push(pk.clone());
+        }
+        entry.1.insert(pk, (c.op == "D", c.row.clone()));
+    }
+    let mut out = HashMap::new();
+    for (k, (order, mut by_pk)) in last {
+        let mut net = Net::default();
+        for pk in order {
+            if let Some((delete, row)) = by_pk.remove(&pk) {
+                if delete {
+                    net.deletes.push(row);
+                } else {
+                    net.upserts.push(row);
+                }
+            }
+        }
+        out.insert(k, net);
+    }
+    Ok(out)
+}
+
+/// The routing hash of the key column of a row in JSON.
+fn row_hash(row: &serde_json::Value, key: &str, key_type: KeyType) -> Option<u64> {
+    let v = row.get(key)?;
+    match key_type {
+        KeyType::Text => v.as_str().map(|s| routing_hash(ShardKey::Text(s))),
+        KeyType::Bigint => v.as_i64().map(|i| routing_hash(ShardKey::Bigint(i))),
+        KeyType::Uuid => v
+            .as_str()
+            .and_then(shardline_core::hash::parse_uuid)
+            .map(|u| routing_hash(ShardKey::Uuid(u))),
+    }
+}
+
+/// Row count and checksum (`count:sum of hashtextextended(row::text, 0)`)
+/// of the rows of `t` in `ranges`.
+pub async fn checksum(
+    client: &Client,
+    t: &TableMeta,
+    key_type: KeyType,
+    ranges: &[KeyRange],
+) -> Result<String, tokio_postgres::Error> {
+    let pred = in_ranges(key_type, &format!("t.{}", quote_ident(&t.key)), ranges);
+    let sql = format!(
+        "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text \
+         FROM {} t WHERE {pred}",
+        t.qualified()
+    );
+    let row = client.query_one(&sql, &[]).await?;
+    let n: i64 = row.get(0);
+    let sum: String = row.get(1);
+    Ok(format!("{n}:{sum}"))
+}
+
+/// Deletes up to `limit` rows of `t` in `ranges`; how many went.
+pub async fn delete_batch(
+    client: &Client,
+    t: &TableMeta,
+    key_type: KeyType,
+    ranges: &[KeyRange],
+    limit: usize,
+) -> Result<u64, tokio_postgres::Error> {
+    let pred = in_ranges(key_type, &format!("t.{}", quote_ident(&t.key)), ranges);
+    let sql = format!(
+        "DELETE FROM {q} WHERE ctid = ANY (ARRAY(SELECT t.ctid FROM {q} t WHERE {pred} \
+         LIMIT {limit}))",
+        q = t.qualified()
+    );
+    client.execute(&sql, &[]).await
+}
+
+/// Advances the target's sequences in `schema` to at least the source's.
+pub async fn sync_sequences(
+    source: &Client,
+    target: &Client,
+    schema: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let rows = source
+        .query(
+            "SELECT sequencename::text, last_value FROM pg_sequences \
+             WHERE schemaname = $1 AND last_value IS NOT NULL",
+            &[&schema],
+        )
+        .await?;
+    for r in rows {
+        let name: String = r.get(0);
+        let value: i64 = r.get(1);
+        let qualified = format!("{}.{}", quote_ident(schema), quote_ident(&name));
+        target
+            .execute(
+                "SELECT setval(to_regclass($1), $2) FROM pg_sequences \
+                 WHERE schemaname = $3 AND sequencename = $4 \
+                   AND coalesce(last_value, min_value - 1) < $2",
+                &[&qualified, &value, &schema, &name],
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Makes a session's writes skip ordinary triggers and foreign-key
+/// checks (rows change place; they are not new writes).
+pub async fn as_replica(client: &Client) -> Result<(), tokio_postgres::Error> {
+    client
+        .batch_execute("SET session_replication_role = replica")
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> TableMeta {
+        TableMeta {
+            schema: "s".into(),
+            name: "items".into(),
+            key: "id".into(),
+            pk: vec!["id".into()],
+            columns: vec!["id".into(), "v".into()],
+        }
+    }
+
+    #[test]
+    fn nets_changes_per_key() {
+        let metas = HashMap::from([("items".to_string(), meta())]);
+        let ch = |seq, op: &str, id: &str, v: i64| Change {
+            seq,
+            table: "items".into(),
+            op: op.into(),
+            row: format!("{{\"id\":\"{id}\",\"v\":{v}}}"),
+        };
+        let changes = vec![
+            ch(1, "I", "a", 1),
+            ch(2, "U", "a", 2),
+            ch(3, "I", "b", 1),
+            ch(4, "D", "b", 1),
+            ch(5, "D", "c", 1),
+            ch(6, "I", "c", 7),
+        ];
+        let net = net_changes(&changes, &metas, KeyType::Text, |_| Some("t".into())).unwrap();
+        let n = &net[&("t".to_string(), "items".to_string())];
+        assert_eq!(
+            n.upserts,
+            ["{\"id\":\"a\",\"v\":2}", "{\"id\":\"c\",\"v\":7}"]
+        );
+        assert_eq!(n.deletes, ["{\"id\":\"b\",\"v\":1}"]);
+        let skipped = net_changes(&changes, &metas, KeyType::Text, |_| None).unwrap();
+        assert!(skipped.is_empty());
+    }
+
+    #[test]
+    fn predicates() {
+        assert_eq!(in_ranges(KeyType::Text, "k", &[]), "false");
+        let p = in_ranges(KeyType::Text, "k", &[KeyRange::parse("-80").unwrap()]);
+        assert!(p.contains("hashtextextended"), "{p}");
+    }
+}

@@ -1,0 +1,392 @@
+//! Resharding cutover as the router sees it, against real PostgreSQL:
+//! requests for a frozen key range are held until a routing table moves
+//! the range to its new owner (or answered 503 after the window), and a
+//! statement the old owner refuses with SQLSTATE SLM01 runs again on the
+//! new owner once the new table arrives.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{app, error_code, header, http, instance, shard_catalog, tenant, Served, TIMEOUT};
+use serde_json::{json, Value};
+use shardline_core::catalog::{Limits, Migration, Shard};
+use shardline_core::hash::routing_hash;
+use shardline_core::shardmap::ShardRange;
+use shardline_core::{Catalog, KeyRange, ShardKey, ShardMap};
+use shardline_manager::tenant_pg;
+use shardline_router::state::{RouterContext, Routing, RoutingCell};
+use shardline_router::RouterConfig;
+use shardline_testkit::PgCluster;
+
+const SCHEMA: &str = "CREATE TABLE kv (k text PRIMARY KEY, v text)";
+
+/// What the manager installs on a source at cutover: every write to the
+/// table is refused as moved (here for all keys, not just a range).
+const REFUSE: &str = "
+CREATE FUNCTION tenant_acme.refuse_moved() RETURNS trigger LANGUAGE plpgsql AS
+  $$ BEGIN RAISE EXCEPTION 'key range moved; retry' USING ERRCODE = 'SLM01'; END $$;
+CREATE TRIGGER refuse_moved BEFORE INSERT OR UPDATE OR DELETE ON tenant_acme.kv
+  FOR EACH ROW EXECUTE FUNCTION tenant_acme.refuse_moved();";
+
+/// A PostgreSQL server as shard `shard`, with tenant `acme` and its
+/// table `kv`, provisioned by the manager's own code.
+async fn shard(id: &str) -> anyhow::Result<PgCluster> {
+    let pg = PgCluster::start().await?;
+    let admin = pg.connect().await?;
+    tenant_pg::prepare_database(&admin, id).await?;
+    let m = Migration {
+        name: "001".into(),
+        checksum: shardline_manager::migrations::checksum(SCHEMA),
+        sql: SCHEMA.into(),
+    };
+    let acme = tenant("acme", "pw-a");
+    tenant_pg::apply_migration(&admin, id, &pg.dsn(), &acme, &m, TIMEOUT).await?;
+    Ok(pg)
+}
+
+/// A superuser session in acme's database.
+async fn acme_db(pg: &PgCluster) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(
+        &format!("{} dbname=tenant_acme", pg.dsn()),
+        tokio_postgres::NoTls,
+    )
+    .await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+async fn has_row(pg: &PgCluster, k: &str) -> anyhow::Result<bool> {
+    let n: i64 = acme_db(pg)
+        .await?
+        .query_one("SELECT count(*) FROM tenant_acme.kv WHERE k = $1", &[&k])
+        .await?
+        .get(0);
+    Ok(n == 1)
+}
+
+/// The half of the routing space (`-80` or `80-`) holding `key`.
+fn half_of(key: &str) -> KeyRange {
+    let upper = routing_hash(ShardKey::Text(key)) >> 63 == 1;
+    KeyRange::parse(if upper { "80-" } else { "-80" }).unwrap()
+}
+
+/// A key in the other half than `key`.
+fn other_half_key(key: &str) -> String {
+    (0..1000)
+        .map(|i| format!("other-{i}"))
+        .find(|k| half_of(k) != half_of(key))
+        .unwrap()
+}
+
+/// Keyspace `shared` split in halves, the half holding `key` on `owner`
+/// and `frozen` or not, the other on s1; shards s1 and (if given) s2;
+/// app a1 of tenant acme.
+fn catalog(
+    version: u64,
+    s1: &PgCluster,
+    s2: Option<&PgCluster>,
+    key: &str,
+    owner: &str,
+    frozen: bool,
+) -> Catalog {
+    let mut cat = shard_catalog(
+        instance("s1-0", &s1.dsn()),
+        vec![],
+        vec![tenant("acme", "pw-a")],
+        vec![app("a1", "acme", None, Limits::default())],
+    );
+    cat.version = version;
+    let moving = half_of(key);
+    let ranges = ["-80", "80-"]
+        .iter()
+        .map(|r| {
+            let range = KeyRange::parse(r).unwrap();
+            let shard = if range == moving { owner } else { "s1" };
+            ShardRange {
+                range,
+                shard: shard.into(),
+            }
+        })
+        .collect();
+    let ks = cat.keyspaces.get_mut("shared").unwrap();
+    ks.map = Some(ShardMap::new(ranges).unwrap());
+    ks.frozen = if frozen { vec![moving] } else { vec![] };
+    if let Some(s2) = s2 {
+        let mut shard: Shard = cat.shards["s1"].clone();
+        shard.id = "s2".into();
+        shard.primary = instance("s2-0", &s2.dsn());
+        cat.shards.insert("s2".into(), shard);
+    }
+    cat
+}
+
+async fn serve(
+    cfg: &RouterConfig,
+    cat: &Catalog,
+) -> anyhow::Result<(Arc<RouterContext>, Arc<RoutingCell>, Arc<Served>)> {
+    let ctx = Arc::new(RouterContext::new(cfg));
+    let cell = Arc::new(RoutingCell::default());
+    cell.set(Routing::build(cat, &Routing::default(), &ctx));
+    let served = Served::start(&cell, &ctx, Duration::from_secs(30)).await?;
+    Ok((ctx, cell, Arc::new(served)))
+}
+
+async fn stop(served: Arc<Served>) -> anyhow::Result<()> {
+    Arc::try_unwrap(served)
+        .map_err(|_| anyhow::anyhow!("server still shared"))?
+        .stop()
+        .await
+}
+
+/// An answer: status, headers, body as JSON.
+type Answer = (u16, Vec<(String, String)>, Value);
+
+/// `POST path` with `body` as app a1.
+async fn post(served: &Served, path: &str, body: Value) -> anyhow::Result<Answer> {
+    let (status, headers, text) =
+        http(served.addr, "POST", path, Some("tok-a1"), Some(&body)).await?;
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Ok((status, headers, value))
+}
+
+/// Inserts `k` and returns the port of the server that took it.
+async fn insert(served: &Served, k: &str) -> anyhow::Result<Answer> {
+    let body = json!({
+        "shard_key": k,
+        "sql": "INSERT INTO kv VALUES ($1, 'v') RETURNING current_setting('port')",
+        "params": [k],
+    });
+    post(served, "/v1/execute", body).await
+}
+
+/// [`insert`] run in the background.
+fn spawn_insert(served: &Arc<Served>, k: &str) -> tokio::task::JoinHandle<anyhow::Result<Answer>> {
+    let (served, k) = (Arc::clone(served), k.to_string());
+    tokio::spawn(async move { insert(&served, &k).await })
+}
+
+/// Waits (bounded) until the router has `n` requests in flight.
+async fn until_in_flight(ctx: &RouterContext, n: f64) {
+    for _ in 0..1000 {
+        if ctx.metrics.in_flight.with(&[]).get() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("fewer than {n} requests in flight");
+}
+
+async fn held(served: &Served, shard: &str, outcome: &str) -> anyhow::Result<u64> {
+    let text = http(served.addr, "GET", "/metrics", None, None).await?.2;
+    let prefix = format!(r#"router_held_requests_total{{shard="{shard}",outcome="{outcome}"}} "#);
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0))
+}
+
+fn assert_unavailable(status: u16, headers: &[(String, String)], body: &Value) {
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(error_code(&body.to_string()), "shard_unavailable", "{body}");
+    assert_eq!(body["error"]["retryable"], json!(true), "{body}");
+    assert_eq!(header(headers, "retry-after"), Some("1"), "{body}");
+}
+
+#[tokio::test]
+async fn requests_for_a_frozen_range_wait_for_the_new_owner() -> anyhow::Result<()> {
+    let (s1, s2) = (shard("s1").await?, shard("s2").await?);
+    let key = "moving-key";
+    let frozen = catalog(1, &s1, Some(&s2), key, "s1", true);
+    let (ctx, cell, served) = serve(&RouterConfig::new("http://127.0.0.1:1", "t"), &frozen).await?;
+
+    let write = spawn_insert(&served, key);
+    until_in_flight(&ctx, 1.0).await;
+    // Keys outside the frozen range are served meanwhile.
+    let other = other_half_key(key);
+    let (status, _, body) = insert(&served, &other).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["shard"], "s1");
+    assert!(!write.is_finished());
+    assert!(!has_row(&s1, key).await?);
+
+    // The cutover publishes the new map: the range on s2, unfrozen.
+    let moved = catalog(2, &s1, Some(&s2), key, "s2", false);
+    cell.set(Routing::build(&moved, &cell.get(), &ctx));
+    let (status, _, body) = write.await??;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["shard"], "s2");
+    assert_eq!(body["rows"][0][0], json!(s2.port().to_string()));
+    assert!(has_row(&s2, key).await?);
+    assert!(!has_row(&s1, key).await?, "the old owner took the write");
+    assert_eq!(held(&served, "s1", "resumed").await?, 1);
+    let text = http(served.addr, "GET", "/metrics", None, None).await?.2;
+    assert!(
+        text.contains(r#"endpoint="execute",shard="s2",outcome="ok"}"#),
+        "the request is counted on the shard that served it: {text}"
+    );
+    stop(served).await
+}
+
+#[tokio::test]
+async fn frozen_and_moved_keys_answer_503_after_the_window() -> anyhow::Result<()> {
+    let s1 = shard("s1").await?;
+    let key = "stuck-key";
+    let mut cfg = RouterConfig::new("http://127.0.0.1:1", "t");
+    cfg.failover_hold = Duration::from_millis(300);
+    let frozen = catalog(1, &s1, None, key, "s1", true);
+    let (ctx, cell, served) = serve(&cfg, &frozen).await?;
+
+    // Frozen, and no new table within the window.
+    let (status, headers, body) = insert(&served, key).await?;
+    assert_unavailable(status, &headers, &body);
+    assert!(!has_row(&s1, key).await?);
+    assert_eq!(held(&served, "s1", "timed_out").await?, 1);
+
+    // Unfrozen, but the shard refuses the key as moved and no newer
+    // table comes: 503, retryable, never the client's 400.
+    acme_db(&s1).await?.batch_execute(REFUSE).await?;
+    let unfrozen = catalog(2, &s1, None, key, "s1", false);
+    cell.set(Routing::build(&unfrozen, &cell.get(), &ctx));
+    let (status, headers, body) = insert(&served, key).await?;
+    assert_unavailable(status, &headers, &body);
+    assert_eq!(body["error"]["shard"], "s1", "{body}");
+    assert_eq!(held(&served, "s1", "timed_out").await?, 2);
+    assert!(!has_row(&s1, key).await?);
+    stop(served).await
+}
+
+#[tokio::test]
+async fn statements_refused_as_moved_run_again_on_the_new_owner() -> anyhow::Result<()> {
+    let (s1, s2) = (shard("s1").await?, shard("s2").await?);
+    let key = "refused-key";
+    let before = catalog(1, &s1, Some(&s2), key, "s1", false);
+    let (ctx, cell, served) = serve(&RouterConfig::new("http://127.0.0.1:1", "t"), &before).await?;
+    // The source refuses writes; this router has not seen the new map.
+    acme_db(&s1).await?.batch_execute(REFUSE).await?;
+
+    let write = spawn_insert(&served, key);
+    let tx = {
+        let served = Arc::clone(&served);
+        tokio::spawn(async move {
+            let body = json!({
+                "shard_key": key,
+                "statements": [
+                    {"sql": "UPDATE kv SET v = 'tx' WHERE k = $1", "params": [key]},
+                    {"sql": "INSERT INTO kv VALUES ($1 || '-tx', 'v') RETURNING current_setting('port')", "params": [key]},
+                ],
+            });
+            post(&served, "/v1/transaction", body).await
+        })
+    };
+    // Both were authenticated by the old table (version 1, key on s1).
+    until_in_flight(&ctx, 2.0).await;
+    let after = catalog(2, &s1, Some(&s2), key, "s2", false);
+    cell.set(Routing::build(&after, &cell.get(), &ctx));
+
+    let (status, _, body) = write.await??;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["shard"], "s2");
+    assert_eq!(body["rows"][0][0], json!(s2.port().to_string()));
+    let (status, _, body) = tx.await??;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["shard"], "s2");
+    assert_eq!(
+        body["results"][1]["rows"][0][0],
+        json!(s2.port().to_string()),
+        "{body}"
+    );
+    assert!(has_row(&s2, key).await? && has_row(&s2, &format!("{key}-tx")).await?);
+    assert!(!has_row(&s1, key).await?);
+
+    // Refused again after the newer table: retried once only, then 503.
+    acme_db(&s2).await?.batch_execute(REFUSE).await?;
+    let again = spawn_insert(&served, "refused-twice");
+    until_in_flight(&ctx, 1.0).await;
+    let newer = catalog(3, &s1, Some(&s2), key, "s2", false);
+    cell.set(Routing::build(&newer, &cell.get(), &ctx));
+    let (status, headers, body) = again.await??;
+    assert_unavailable(status, &headers, &body);
+    stop(served).await
+}
+
+#[tokio::test]
+async fn a_new_catalog_is_acknowledged_at_once() -> anyhow::Result<()> {
+    use shardline_api::manager::{HeartbeatResponse, RouterHeartbeat};
+    use std::sync::Mutex;
+
+    // A manager that records the versions routers report.
+    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let record = Arc::clone(&seen);
+    let app = axum::Router::new().route(
+        "/v1/routers/heartbeat",
+        axum::routing::post(move |axum::Json(hb): axum::Json<RouterHeartbeat>| {
+            let record = Arc::clone(&record);
+            async move {
+                record.lock().unwrap().push(hb.applied_version);
+                axum::Json(HeartbeatResponse {
+                    lease_ms: 10_000,
+                    live_routers: 1,
+                })
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let manager = tokio::spawn(shardline_http::serve(
+        listener,
+        app,
+        stop.clone(),
+        Duration::from_secs(1),
+    ));
+
+    let ctx = Arc::new(RouterContext::new(&RouterConfig::new(&url, "t")));
+    let cell = Arc::new(RoutingCell::default());
+    // The periodic heartbeat is an hour apart: only the one sent on a
+    // new table can report version 7.
+    let beat = tokio::spawn(shardline_router::follow::heartbeat(
+        shardline_client::ManagerClient::new(&url, Some("t".into()))?,
+        Arc::clone(&cell),
+        Arc::clone(&ctx),
+        "r1".into(),
+        "127.0.0.1:1".into(),
+        Duration::from_secs(3600),
+        stop.clone(),
+    ));
+    let reported = |v: u64| seen.lock().unwrap().contains(&v);
+    for _ in 0..500 {
+        if reported(0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(reported(0), "no first heartbeat");
+    let mut cat = Catalog {
+        version: 7,
+        ..Catalog::default()
+    };
+    cell.set(Routing::build(&cat, &cell.get(), &ctx));
+    for _ in 0..500 {
+        if reported(7) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(*seen.lock().unwrap(), [0, 7]);
+    cat.version = 8;
+    cell.set(Routing::build(&cat, &cell.get(), &ctx));
+    for _ in 0..500 {
+        if reported(8) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(*seen.lock().unwrap(), [0, 7, 8]);
+    stop.cancel();
+    beat.await?;
+    manager.await??;
+    Ok(())
+}
