@@ -26,7 +26,7 @@ const SCHEMA: &str = "CREATE TABLE accounts (id text PRIMARY KEY, balance bigint
      CREATE TABLE events (id text PRIMARY KEY, account text NOT NULL, payload text NOT NULL)";
 
 /// What the writers were told happened.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Truth {
     /// Accounts inserted and acknowledged.
     inserted: HashSet<String>,
@@ -143,7 +143,7 @@ async fn writer(
             }
         }
         // Every eighth round deletes an account this writer inserted.
-        if i % 8 == 0 {
+        if i.is_multiple_of(8) {
             let id = format!("new-{run}-{w}-{}", i - 8);
             let r = router
                 .execute(&exec(
@@ -375,7 +375,8 @@ async fn split_then_merge_under_writes_loses_nothing() {
     )
     .await;
     assert_eq!(split.moves.len(), 1);
-    check(&stack, &truth.lock().unwrap()).await;
+    let seen = truth.lock().unwrap().clone();
+    check(&stack, &seen).await;
 
     let merge = under_load(
         2,
@@ -391,6 +392,7 @@ async fn split_then_merge_under_writes_loses_nothing() {
     )
     .await;
     assert_eq!(merge.moves.len(), 1);
-    check(&stack, &truth.lock().unwrap()).await;
+    let seen = truth.lock().unwrap().clone();
+    check(&stack, &seen).await;
     stack.stop().await;
 }

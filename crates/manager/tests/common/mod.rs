@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod reshard;
 pub mod stack;
 
 use std::sync::Arc;
