@@ -377,6 +377,28 @@ async fn split_then_merge_under_writes_loses_nothing() {
     assert_eq!(split.moves.len(), 1);
     let seen = truth.lock().unwrap().clone();
     check(&stack, &seen).await;
+    // What the copy moved, in bytes of row data (the new shard holds the
+    // moved rows plus the little written there since the cutover).
+    let (target, conn) = tokio_postgres::connect(
+        &format!("{} dbname=tenant_default", stack.shards[1].dsn()),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let bytes: i64 = target
+        .query_one(
+            "SELECT ((SELECT coalesce(sum(pg_column_size(a.*)), 0) FROM tenant_default.accounts a) \
+             + (SELECT coalesce(sum(pg_column_size(e.*)), 0) FROM tenant_default.events e))::int8",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    println!(
+        "split moved {:.1} MB of row data",
+        bytes as f64 / 1_000_000.0
+    );
 
     let merge = under_load(
         2,

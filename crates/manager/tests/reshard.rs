@@ -326,7 +326,6 @@ async fn cutover_waits_for_a_silent_router_until_its_lease_ends() {
     assert!(pause >= 1_500, "waited for the lease: {pause} ms");
 }
 
-
 /// Not a test by itself: the manager process of the failpoint tests.
 #[test]
 fn reshard_failpoint_child() {

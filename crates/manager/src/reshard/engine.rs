@@ -13,7 +13,9 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use super::sql::{self, TableMeta};
-use super::{failpoint, lock, phase_number, Reshards, FAILPOINT_AFTER_COPY};
+use super::{
+    failpoint, lock, phase_number, Reshards, FAILPOINT_AFTER_COPY, FAILPOINT_DURING_CATCHUP,
+};
 use crate::error::ServiceError;
 use crate::pg;
 use crate::service::{decode, put};
@@ -523,6 +525,9 @@ impl Reshards {
                                 .map_err(db(&target))?;
                         }
                         tx.commit().await.map_err(db(&target))?;
+                    }
+                    if !drain {
+                        failpoint(FAILPOINT_DURING_CATCHUP);
                     }
                     sql::forget_changes(&src, id, &seqs)
                         .await

@@ -63,6 +63,9 @@ use crate::{pg, tenant_pg};
 pub const FAILPOINT_ENV: &str = crate::failover::FAILPOINT_ENV;
 /// Aborts once the copy is complete, before CatchUp is persisted.
 pub const FAILPOINT_AFTER_COPY: &str = "reshard-after-copy";
+/// Aborts in CatchUp, after a batch of changes reached the targets and
+/// before it is forgotten on the source (so it is applied again).
+pub const FAILPOINT_DURING_CATCHUP: &str = "reshard-during-catchup";
 /// Aborts in the cutover, right after the ranges are frozen.
 pub const FAILPOINT_DURING_CUTOVER: &str = "reshard-during-cutover";
 

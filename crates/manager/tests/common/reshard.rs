@@ -472,7 +472,11 @@ pub async fn crash_and_resume_with(failpoint: &str, expect: ReshardPhase, writes
     let writer = writes.then(|| {
         tokio::spawn(direct_writes(
             pgs["s0"].dsn(),
-            before.values().flatten().map(|(k, v)| (k.clone(), *v)).collect(),
+            before
+                .values()
+                .flatten()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
             stop_writes.clone(),
         ))
     });
