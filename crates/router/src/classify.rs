@@ -59,14 +59,15 @@ pub fn all_reads<'a>(statements: impl IntoIterator<Item = &'a str>) -> bool {
     any
 }
 
-/// The unquoted words of a statement, in order.
-struct Keywords<'a> {
+/// The unquoted words of a statement, in order (also the session guard's
+/// view of a statement's leading keywords, in `pg::exec`).
+pub(crate) struct Keywords<'a> {
     sql: &'a str,
     at: usize,
 }
 
 impl<'a> Keywords<'a> {
-    fn new(sql: &'a str) -> Self {
+    pub(crate) fn new(sql: &'a str) -> Self {
         Self { sql, at: 0 }
     }
 

@@ -325,50 +325,13 @@ pub fn check_statement(sql: &str, in_transaction: bool) -> Result<(), ApiError> 
     }
 }
 
-/// The first `n` keywords of `sql`, upper-cased, skipping whitespace,
-/// comments and leading `;`/`(`.
+/// The first `n` keywords of `sql`, upper-cased, outside comments,
+/// strings and quoted identifiers.
 fn leading_words(sql: &str, n: usize) -> Vec<String> {
-    let b = sql.as_bytes();
-    let mut i = 0;
-    let mut words = Vec::new();
-    while i < b.len() && words.len() < n {
-        match b[i] {
-            c if c.is_ascii_whitespace() => i += 1,
-            b';' | b'(' if words.is_empty() => i += 1,
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                // Block comments nest in PostgreSQL.
-                let mut depth = 0usize;
-                while i < b.len() {
-                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
-                        depth += 1;
-                        i += 2;
-                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
-                        depth -= 1;
-                        i += 2;
-                        if depth == 0 {
-                            break;
-                        }
-                    } else {
-                        i += 1;
-                    }
-                }
-            }
-            c if c.is_ascii_alphabetic() || c == b'_' => {
-                let start = i;
-                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
-                    i += 1;
-                }
-                words.push(sql[start..i].to_ascii_uppercase());
-            }
-            _ => break,
-        }
-    }
-    words
+    crate::classify::Keywords::new(sql)
+        .take(n)
+        .map(str::to_ascii_uppercase)
+        .collect()
 }
 
 #[cfg(test)]
