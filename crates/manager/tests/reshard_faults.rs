@@ -258,6 +258,8 @@ async fn the_source_failing_over_during_copy_loses_nothing() {
         .get(0);
     assert!(captured > 0, "the change table is replicated");
     drop(r);
+    let j = env.job(&job.id).await;
+    assert_eq!(j.phase, ReshardPhase::Copy, "killed during the copy: {j:?}");
     let mut old = env.pgs.insert("s0".into(), replica).unwrap();
     old.kill9().await;
     let failed_over = env
