@@ -413,6 +413,13 @@ pub struct ReshardRequest {
     /// Split only: split points as 16 hex digits (default: even).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub at: Vec<String>,
+    /// Tenant move: the tenant (then `source` is ignored). With `targets`,
+    /// it moves to a new dedicated keyspace over those shards; with
+    /// `to_keyspace` instead, back to that shared keyspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_keyspace: Option<String>,
 }
 
 fn default_keyspace() -> String {
@@ -433,6 +440,11 @@ pub struct JobInfo {
     pub id: String,
     pub kind: ReshardKind,
     pub keyspace: String,
+    /// Tenant moves: the tenant and the keyspace it moves to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_keyspace: Option<String>,
     pub moves: Vec<MoveInfo>,
     pub phase: ReshardPhase,
     /// Rows copied so far / estimated to copy (this manager's view).

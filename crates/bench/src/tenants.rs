@@ -108,6 +108,7 @@ fn catalog(tenants: usize, apps: usize, shards: usize) -> (Catalog, Vec<String>)
                 },
                 role_password: format!("{:064x}", t),
                 state: TenantState::Active,
+                moving: false,
                 created_at: "2026-11-29T00:00:00Z".into(),
             },
         );

@@ -176,6 +176,8 @@ fn request(
         source,
         targets,
         at,
+        tenant: None,
+        to_keyspace: None,
     }
 }
 
@@ -453,6 +455,8 @@ mod tests {
             id: "j1".into(),
             kind: ReshardKind::Split,
             keyspace: "default".into(),
+            tenant: None,
+            to_keyspace: None,
             moves: vec![MoveInfo {
                 range: "80-".into(),
                 from: "s1".into(),

@@ -370,6 +370,8 @@ async fn split_then_merge_under_writes_loses_nothing() {
             source: "s0".into(),
             targets: vec!["spare0".into()],
             at: vec![],
+            tenant: None,
+            to_keyspace: None,
         },
         &truth,
     )
@@ -409,6 +411,8 @@ async fn split_then_merge_under_writes_loses_nothing() {
             source: "spare0".into(),
             targets: vec!["s0".into()],
             at: vec![],
+            tenant: None,
+            to_keyspace: None,
         },
         &truth,
     )

@@ -40,6 +40,8 @@ fn job(id: &str, phase: ReshardPhase) -> JobInfo {
         id: id.into(),
         kind: ReshardKind::Split,
         keyspace: "default".into(),
+        tenant: None,
+        to_keyspace: None,
         moves: vec![MoveInfo {
             range: "80-".into(),
             from: "s1".into(),
@@ -167,6 +169,8 @@ async fn reshard_verbs_send_what_the_api_expects() {
         source: "s2".into(),
         targets: vec!["s1".into()],
         at: vec![],
+        tenant: None,
+        to_keyspace: None,
     };
     let started = m.reshard(&req).await.unwrap();
     assert_eq!(

@@ -102,9 +102,16 @@ pub struct ReshardJob {
     pub keyspace: String,
     /// The ranges that move, each from its source to its target shard.
     pub moves: Vec<RangeMove>,
-    /// The map the job started from and the one it publishes at cutover.
+    /// The map the job started from and the one it publishes at cutover
+    /// (for a tenant move: the source keyspace's map and the target
+    /// keyspace's).
     pub from_map: ShardMap,
     pub to_map: ShardMap,
+    /// Tenant moves: the tenant, and the keyspace it moves to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_keyspace: Option<String>,
     pub phase: ReshardPhase,
     /// Why the job failed or what it is waiting for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -135,6 +142,9 @@ pub enum ReshardKind {
     Split,
     Merge,
     Move,
+    /// One tenant's data from the shards of its keyspace to the shards
+    /// of another keyspace (shared to dedicated, or back).
+    TenantMove,
 }
 
 /// Where a job is. The order is the order of the phases.
@@ -330,6 +340,10 @@ pub struct Tenant {
     pub role_password: String,
     #[serde(default)]
     pub state: TenantState,
+    /// A tenant move is cutting over: routers hold this tenant's requests
+    /// until it clears (or their hold window runs out).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub moving: bool,
     /// RFC 3339.
     pub created_at: String,
 }

@@ -87,6 +87,7 @@ pub async fn create_tenant(
         config: req.config,
         role_password: new_role_password(),
         state: TenantState::Active,
+        moving: false,
         created_at: crate::time::now_rfc3339(),
     };
     match wanted {

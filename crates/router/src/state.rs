@@ -450,6 +450,7 @@ mod tests {
             },
             role_password: format!("pw-{id}"),
             state,
+            moving: false,
             created_at: String::new(),
         }
     }

@@ -309,6 +309,8 @@ impl Reshards {
             id: job.id.clone(),
             kind: job.kind,
             keyspace: job.keyspace.clone(),
+            tenant: job.tenant.clone(),
+            to_keyspace: job.to_keyspace.clone(),
             moves: job
                 .moves
                 .iter()

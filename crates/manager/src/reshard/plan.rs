@@ -57,6 +57,11 @@ pub fn plan_job(cat: &Catalog, req: &ReshardRequest, id: &str) -> Result<Reshard
         }
         check_target(cat, req.kind, ks_name, t)?;
     }
+    if req.kind == ReshardKind::TenantMove {
+        return Err(ServiceError::Invalid(
+            "kind: tenant_move is not implemented yet".into(),
+        ));
+    }
     if req.kind != ReshardKind::Split && req.targets.len() != 1 {
         return Err(ServiceError::Invalid(format!(
             "targets: a {:?} has exactly one target",
@@ -69,7 +74,9 @@ pub fn plan_job(cat: &Catalog, req: &ReshardRequest, id: &str) -> Result<Reshard
         ));
     }
     let (moves, to_map) = match req.kind {
-        ReshardKind::Split => plan_split(&map, source, &owned, &req.targets, &req.at)?,
+        ReshardKind::Split | ReshardKind::TenantMove => {
+            plan_split(&map, source, &owned, &req.targets, &req.at)?
+        }
         ReshardKind::Move => {
             let target = &req.targets[0];
             let mut to = map.clone();
@@ -129,6 +136,8 @@ pub fn plan_job(cat: &Catalog, req: &ReshardRequest, id: &str) -> Result<Reshard
         error: None,
         cutover_pause_ms: None,
         verified: Default::default(),
+        tenant: None,
+        to_keyspace: None,
         created_at: crate::time::now_rfc3339(),
     })
 }
@@ -301,6 +310,8 @@ mod tests {
             source: source.into(),
             targets: targets.iter().map(|s| s.to_string()).collect(),
             at: vec![],
+            tenant: None,
+            to_keyspace: None,
         }
     }
 

@@ -447,6 +447,8 @@ pub async fn crash_and_resume_with(failpoint: &str, expect: ReshardPhase, writes
         source: "s0".into(),
         targets: vec!["s1".into()],
         at: vec![],
+        tenant: None,
+        to_keyspace: None,
     };
     let job = plan_job(&cat, &req, "rs-crash").unwrap();
     let key = keys::job(&job.id);

@@ -57,6 +57,7 @@ pub fn tenant(id: &str, password: &str) -> Tenant {
         config: TenantConfig::default(),
         role_password: password.into(),
         state: TenantState::Active,
+        moving: false,
         created_at: String::new(),
     }
 }
