@@ -63,7 +63,7 @@ enum Command {
     Shard(admin::ShardCmd),
     /// Planned switchover: promote a replica of a shard without losing writes
     Failover(instances::FailoverArgs),
-    /// Online resharding: split, merge or move key ranges while clients write
+    /// Online resharding: split, merge or move key ranges, or move a tenant, while clients write
     #[command(subcommand)]
     Reshard(reshard::ReshardCmd),
     /// Manage tenants
@@ -281,6 +281,27 @@ mod tests {
             cli.command,
             Command::Reshard(ReshardCmd::Move { ref to, .. }) if to == "s9"
         ));
+        let cli = parse(&[
+            "reshard",
+            "tenant-move",
+            "--tenant",
+            "acme",
+            "--to",
+            "s7,s8",
+            "--no-wait",
+        ])
+        .unwrap();
+        let Command::Reshard(ReshardCmd::TenantMove {
+            tenant,
+            to,
+            no_wait,
+        }) = cli.command
+        else {
+            panic!("not reshard tenant-move");
+        };
+        assert_eq!((tenant.as_str(), no_wait), ("acme", true));
+        assert_eq!(to, ["s7", "s8"]);
+        assert!(parse(&["reshard", "tenant-move", "--tenant", "acme"]).is_err());
         let cli = parse(&["reshard", "status"]).unwrap();
         assert!(matches!(
             cli.command,

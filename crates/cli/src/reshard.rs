@@ -1,5 +1,5 @@
-//! `shardline reshard ...`: online resharding jobs (split, merge, move),
-//! their status and cancellation, and a live progress line while one
+//! `shardline reshard ...`: online resharding jobs (split, merge, move,
+//! and moving a tenant to its own keyspace), their status and cancellation, and a live progress line while one
 //! runs.
 //!
 //! The progress line goes to stderr, so stdout keeps only the job (text
@@ -74,6 +74,19 @@ pub enum ReshardCmd {
         #[command(flatten)]
         job: JobArgs,
     },
+    /// Move a tenant out of its keyspace into a dedicated keyspace named
+    /// after it, on the given registered shards
+    TenantMove {
+        /// The tenant that moves
+        #[arg(long)]
+        tenant: String,
+        /// Registered shards of its new keyspace (comma-separated)
+        #[arg(long, value_delimiter = ',', required = true)]
+        to: Vec<String>,
+        /// Print the job and return at once instead of following it
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Show one job, or list all
     Status {
         /// Job id [default: list every job]
@@ -128,6 +141,18 @@ pub async fn run(ep: &Endpoints, cmd: ReshardCmd, json: bool) -> anyhow::Result<
             request(ReshardKind::Move, shard, vec![to], vec![], &job),
             job.no_wait,
         ),
+        ReshardCmd::TenantMove {
+            tenant,
+            to,
+            no_wait,
+        } => {
+            // The job names the keyspace the tenant leaves: its current one.
+            let info = m
+                .get_tenant(&tenant)
+                .await
+                .map_err(|e| anyhow!(e).context(format!("look up tenant {tenant}")))?;
+            (tenant_move_request(tenant, info.keyspace, to), no_wait)
+        }
         ReshardCmd::Status { id: Some(id) } => return show(&m.get_job(&id).await?, json),
         ReshardCmd::Status { id: None } => {
             let jobs = m.list_jobs().await?;
@@ -177,6 +202,18 @@ fn request(
         targets,
         at,
         tenant: None,
+        to_keyspace: None,
+    }
+}
+
+fn tenant_move_request(tenant: String, keyspace: String, targets: Vec<String>) -> ReshardRequest {
+    ReshardRequest {
+        keyspace,
+        kind: ReshardKind::TenantMove,
+        source: String::new(),
+        targets,
+        at: vec![],
+        tenant: Some(tenant),
         to_keyspace: None,
     }
 }
@@ -378,19 +415,33 @@ fn outcome(job: &JobInfo) -> String {
     }
 }
 
+/// The ranges moving, led (for a tenant move) by the tenant and the
+/// keyspace it moves to.
 fn moves_text(job: &JobInfo) -> String {
-    job.moves
-        .iter()
-        .map(|mv| format!("{} {} -> {}", mv.range, mv.from, mv.to))
-        .collect::<Vec<_>>()
-        .join(", ")
+    let mut parts: Vec<String> = Vec::new();
+    if let Some(tenant) = &job.tenant {
+        let to = job.to_keyspace.as_deref().unwrap_or("?");
+        parts.push(format!("tenant {tenant} -> keyspace {to}"));
+    }
+    parts.extend(
+        job.moves
+            .iter()
+            .map(|mv| format!("{} {} -> {}", mv.range, mv.from, mv.to)),
+    );
+    parts.join(", ")
 }
 
 fn job_details(job: &JobInfo) -> String {
-    details(&[
+    let mut rows = vec![
         ("job", job.id.clone()),
         ("kind", kind_name(job.kind)),
         ("keyspace", job.keyspace.clone()),
+    ];
+    if let Some(tenant) = &job.tenant {
+        rows.push(("tenant", tenant.clone()));
+        rows.push(("to keyspace", job.to_keyspace.clone().unwrap_or_default()));
+    }
+    rows.extend([
         ("moves", moves_text(job)),
         ("phase", phase_name(job.phase)),
         (
@@ -410,7 +461,8 @@ fn job_details(job: &JobInfo) -> String {
         ),
         ("error", job.error.clone().unwrap_or_default()),
         ("created", job.created_at.clone()),
-    ])
+    ]);
+    details(&rows)
 }
 
 fn job_table(jobs: &[JobInfo]) -> String {
@@ -533,6 +585,36 @@ mod tests {
         assert!(t.contains("150,000/200,000"), "{t}");
         let d = job_details(&job(ReshardPhase::Copy));
         assert!(d.contains("phase           copy"), "{d}");
+    }
+
+    #[test]
+    fn tenant_moves_show_tenant_and_target_keyspace() {
+        let mut mv = job(ReshardPhase::Copy);
+        mv.kind = ReshardKind::TenantMove;
+        mv.tenant = Some("acme".into());
+        mv.to_keyspace = Some("acme".into());
+        let t = job_table(std::slice::from_ref(&mv));
+        assert!(
+            t.contains("tenant acme -> keyspace acme, 80- s1 -> s2"),
+            "{t}"
+        );
+        assert!(t.contains("tenant_move"), "{t}");
+        let d = job_details(&mv);
+        assert!(d.contains("tenant          acme"), "{d}");
+        assert!(d.contains("to keyspace     acme"), "{d}");
+        assert!(!job_details(&job(ReshardPhase::Copy)).contains("tenant"));
+
+        let req = tenant_move_request("acme".into(), "shared".into(), vec!["s7".into()]);
+        assert_eq!(req.kind, ReshardKind::TenantMove);
+        assert_eq!(
+            (
+                req.keyspace.as_str(),
+                req.source.as_str(),
+                req.tenant.as_deref()
+            ),
+            ("shared", "", Some("acme"))
+        );
+        assert_eq!(req.targets, ["s7"]);
     }
 
     #[test]

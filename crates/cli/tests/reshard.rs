@@ -168,12 +168,16 @@ async fn writer(
 /// Every row of both tables on each shard: (table:id, shard, routing hash
 /// as PostgreSQL computes it, balance).
 async fn rows_by_shard(
+    tenant: &str,
     shard_dsns: &BTreeMap<String, String>,
 ) -> Vec<(String, String, String, i64)> {
     let mut out = Vec::new();
     for (shard, dsn) in shard_dsns {
+        if !has_database(dsn, tenant).await {
+            continue;
+        }
         let (client, conn) = tokio_postgres::connect(
-            &format!("{dsn} dbname=tenant_default"),
+            &format!("{dsn} dbname=tenant_{tenant}"),
             tokio_postgres::NoTls,
         )
         .await
@@ -184,7 +188,7 @@ async fn rows_by_shard(
             ("events", "account", "0::bigint"),
         ] {
             let hash = sql_routing_hash(KeyType::Text, key);
-            let sql = format!("SELECT id, ({hash})::text, {value} FROM tenant_default.{table}");
+            let sql = format!("SELECT id, ({hash})::text, {value} FROM tenant_{tenant}.{table}");
             for row in client.query(&sql, &[]).await.unwrap() {
                 out.push((
                     format!("{table}:{}", row.get::<_, String>(0)),
@@ -196,6 +200,45 @@ async fn rows_by_shard(
         }
     }
     out
+}
+
+/// 200,000 rows (100,000 accounts, 100,000 events), loaded in the
+/// tenant's database as the tenant.
+async fn load(dsn: &str, tenant: &str) {
+    let (load, conn) = tokio_postgres::connect(
+        &format!("{dsn} dbname=tenant_{tenant}"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    load.batch_execute(&format!(
+        "SET ROLE tenant_{tenant}; SET search_path = tenant_{tenant}; \
+         INSERT INTO accounts (id, balance) SELECT 'acc-' || g, g FROM generate_series(0, {}) g; \
+         INSERT INTO events (id, account, payload) \
+           SELECT 'seed-' || g, 'acc-' || (g % {ACCOUNTS}), repeat('p', 40) FROM generate_series(0, {}) g; \
+         ANALYZE accounts; ANALYZE events;",
+        ACCOUNTS - 1,
+        ACCOUNTS - 1
+    ))
+    .await
+    .unwrap();
+}
+
+/// Whether tenant `tenant` has its database on the server at `dsn`.
+async fn has_database(dsn: &str, tenant: &str) -> bool {
+    let (admin, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    admin
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+            &[&format!("tenant_{tenant}")],
+        )
+        .await
+        .unwrap()
+        .get(0)
 }
 
 async fn wait_job(stack: &Stack, job: &JobInfo) -> JobInfo {
@@ -217,11 +260,12 @@ async fn wait_job(stack: &Stack, job: &JobInfo) -> JobInfo {
 async fn under_load(
     run: usize,
     stack: &Stack,
+    token: &str,
     req: ReshardRequest,
     truth: &Arc<Mutex<Truth>>,
 ) -> JobInfo {
     let stop = Arc::new(AtomicBool::new(false));
-    let router = RouterClient::new(&stack.router_url, Some(stack.app_token.clone()))
+    let router = RouterClient::new(&stack.router_url, Some(token.to_string()))
         .unwrap()
         .with_retry(RetryPolicy::none())
         .with_timeout(Duration::from_secs(20));
@@ -257,9 +301,10 @@ async fn under_load(
     done
 }
 
-/// Checks the shards against the truth and the map.
-async fn check(stack: &Stack, truth: &Truth) {
-    let ks = stack.admin.get_keyspace("default").await.unwrap();
+/// Checks the tenant's rows on every shard against the truth and the
+/// keyspace's map.
+async fn check(stack: &Stack, truth: &Truth, tenant: &str, keyspace: &str) {
+    let ks = stack.admin.get_keyspace(keyspace).await.unwrap();
     let map: Vec<(KeyRange, String)> = ks
         .map
         .iter()
@@ -280,7 +325,7 @@ async fn check(stack: &Stack, truth: &Truth) {
         })
         .filter(|(id, _)| shards.iter().any(|s| &s.id == id))
         .collect();
-    let rows = rows_by_shard(&dsns).await;
+    let rows = rows_by_shard(tenant, &dsns).await;
     let mut seen: HashMap<String, (String, i64)> = HashMap::new();
     for (id, shard, hash, value) in rows {
         let h: u64 = hash.parse().unwrap();
@@ -340,30 +385,13 @@ async fn split_then_merge_under_writes_loses_nothing() {
             .await
             .unwrap();
     }
-    // 200,000 rows, loaded in the tenant's database as the tenant.
-    let (load, conn) = tokio_postgres::connect(
-        &format!("{} dbname=tenant_default", stack.shards[0].dsn()),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    load.batch_execute(&format!(
-        "SET ROLE tenant_default; SET search_path = tenant_default; \
-         INSERT INTO accounts (id, balance) SELECT 'acc-' || g, g FROM generate_series(0, {}) g; \
-         INSERT INTO events (id, account, payload) \
-           SELECT 'seed-' || g, 'acc-' || (g % {ACCOUNTS}), repeat('p', 40) FROM generate_series(0, {}) g; \
-         ANALYZE accounts; ANALYZE events;",
-        ACCOUNTS - 1,
-        ACCOUNTS - 1
-    ))
-    .await
-    .unwrap();
+    load(&stack.shards[0].dsn(), "default").await;
     let truth = Arc::new(Mutex::new(Truth::default()));
 
     let split = under_load(
         1,
         &stack,
+        &stack.app_token,
         ReshardRequest {
             keyspace: "default".into(),
             kind: ReshardKind::Split,
@@ -378,7 +406,7 @@ async fn split_then_merge_under_writes_loses_nothing() {
     .await;
     assert_eq!(split.moves.len(), 1);
     let seen = truth.lock().unwrap().clone();
-    check(&stack, &seen).await;
+    check(&stack, &seen, "default", "default").await;
     // What the copy moved, in bytes of row data (the new shard holds the
     // moved rows plus the little written there since the cutover).
     let (target, conn) = tokio_postgres::connect(
@@ -405,6 +433,7 @@ async fn split_then_merge_under_writes_loses_nothing() {
     let merge = under_load(
         2,
         &stack,
+        &stack.app_token,
         ReshardRequest {
             keyspace: "default".into(),
             kind: ReshardKind::Merge,
@@ -419,6 +448,84 @@ async fn split_then_merge_under_writes_loses_nothing() {
     .await;
     assert_eq!(merge.moves.len(), 1);
     let seen = truth.lock().unwrap().clone();
-    check(&stack, &seen).await;
+    check(&stack, &seen, "default", "default").await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_move_to_dedicated_shards_under_writes_loses_nothing() {
+    let stack = Stack::start(StackOptions {
+        shards: 1,
+        spare: 2,
+        ..StackOptions::default()
+    })
+    .await;
+    stack.migrate("001_bank", SCHEMA).await;
+    for (table, key) in [("accounts", "id"), ("events", "account")] {
+        stack
+            .admin
+            .set_table(
+                "default",
+                table,
+                &TableSpec {
+                    shard_key: key.into(),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let acme = stack
+        .tenant(shardline_api::manager::CreateTenantRequest {
+            id: "acme".into(),
+            ..Default::default()
+        })
+        .await;
+    load(&stack.shards[0].dsn(), "acme").await;
+    // The default tenant's rows must not move.
+    stack
+        .router
+        .execute(&exec(
+            "INSERT INTO accounts (id, balance) VALUES ('stay', 7)",
+            "stay",
+            vec![],
+        ))
+        .await
+        .unwrap();
+    let truth = Arc::new(Mutex::new(Truth::default()));
+    let job = under_load(
+        1,
+        &stack,
+        &acme.token,
+        ReshardRequest {
+            keyspace: "default".into(),
+            kind: ReshardKind::TenantMove,
+            source: String::new(),
+            targets: vec!["spare0".into(), "spare1".into()],
+            at: vec![],
+            tenant: Some("acme".into()),
+            to_keyspace: None,
+        },
+        &truth,
+    )
+    .await;
+    let seen = truth.lock().unwrap().clone();
+    check(&stack, &seen, "acme", "acme").await;
+    let t = stack.admin.get_tenant("acme").await.unwrap();
+    assert_eq!((t.keyspace.as_str(), t.dedicated), ("acme", true));
+    assert!(
+        !has_database(&stack.shards[0].dsn(), "acme").await,
+        "acme's database is left on the shared shard"
+    );
+    let stay = stack
+        .router
+        .execute(&exec(
+            "SELECT balance FROM accounts WHERE id = 'stay'",
+            "stay",
+            vec![],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(stay.result.rows, vec![vec![json!(7)]]);
+    println!("tenant move: {} moves", job.moves.len());
     stack.stop().await;
 }

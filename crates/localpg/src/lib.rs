@@ -449,15 +449,16 @@ impl RunningCluster {
         }
     }
 
-    /// Kills the postmaster with SIGKILL (failure injection) and reaps it.
-    /// Its backends notice and exit on their own.
+    /// Kills the postmaster and all its processes with SIGKILL (failure
+    /// injection: the server dies at once) and reaps the postmaster.
     pub async fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             let children = child.id().map(replica::children_of).unwrap_or_default();
             let _ = child.start_kill();
+            // The whole server dies, as when its machine does: a backend
+            // left running would keep serving its open session.
+            replica::signal_pids(children, libc::SIGKILL);
             let _ = child.wait().await;
-            // Paused backends must run to notice the postmaster is gone.
-            replica::signal_pids(children, libc::SIGCONT);
         }
     }
 

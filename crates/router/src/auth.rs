@@ -45,6 +45,9 @@ pub struct TenantAuth {
     pub role_password: String,
     pub status: TenantStatus,
     pub config: TenantConfig,
+    /// A tenant move is cutting over: its requests are held (see
+    /// [`crate::reroute`]).
+    pub moving: bool,
     /// The catalog version this was compiled from.
     pub version: u64,
     /// Its quota state on this router.

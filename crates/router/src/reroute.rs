@@ -15,7 +15,12 @@
 //!   within the window, is answered 503 `shard_unavailable` (retryable),
 //!   never as the client's error.
 //!
-//! Both holds count in `router_held_requests_total{shard,outcome}`, the
+//! - While a tenant move cuts over, the tenant's catalog entry is
+//!   `moving`: its requests are held the same way until a table in which
+//!   it no longer is, then routed in the tenant's keyspace by that table
+//!   (a move changes the keyspace: shared -> the tenant's dedicated one).
+//!
+//! All holds count in `router_held_requests_total{shard,outcome}`, the
 //! shard being the one the request was routed to before the hold.
 
 use std::sync::Arc;
@@ -40,8 +45,9 @@ pub struct Keyed<'a> {
 
 /// Routes `job` by `routing` (the table the request was authenticated
 /// with) and runs it (see [`dispatch::run`]), holding it while its key's
-/// range is frozen and retrying it once after the shard refused it as
-/// moved (see the module docs). Returns the shard it ran on.
+/// range is frozen or its tenant is moving, and retrying it once after
+/// the shard refused it as moved (see the module docs). Returns the
+/// shard it ran on.
 pub async fn run<J: Job>(
     cell: &RoutingCell,
     ctx: &RouterContext,
@@ -51,24 +57,33 @@ pub async fn run<J: Job>(
     job: &J,
     plan: Plan,
 ) -> Result<(String, J::Output), ApiError> {
-    let route = routing.route(to.keyspace, to.key)?;
-    let hash = route.hash;
-    let first = route.range.shard.clone();
-    let mut routing = if route.frozen {
-        hold(cell, ctx, to.keyspace, hash, &first, None).await?
-    } else {
-        routing
+    let first = match routing.route(to.keyspace, to.key) {
+        Ok(route) => Some((route.range.shard.clone(), route.frozen)),
+        // A moving tenant's old keyspace may be gone already; the hold
+        // finds its new one.
+        Err(_) if tenant.moving => None,
+        Err(e) => return Err(e),
+    };
+    let (mut routing, mut keyspace) = match first {
+        Some((_, false)) if !tenant.moving => (routing, to.keyspace.to_string()),
+        Some((shard, _)) => hold(cell, ctx, &tenant.id, &to, &shard, None).await?,
+        None => hold(cell, ctx, &tenant.id, &to, "", None).await?,
     };
     let mut retried = false;
     loop {
-        let shard = routing.route_hash(to.keyspace, hash)?.range.shard.clone();
+        let shard = routing.route(&keyspace, to.key)?.range.shard.clone();
         let target = target_of(&routing, &shard)?;
-        match dispatch::run(cell, ctx, target, tenant, job, plan).await {
+        // The tenant as this table compiled it (its pool settings may
+        // have changed with a move); the admitted one if it is gone.
+        let current = routing.tenants.get(&tenant.id).cloned();
+        let auth = current.as_deref().unwrap_or(tenant);
+        match dispatch::run(cell, ctx, target, auth, job, plan).await {
             Ok(out) => return Ok((shard, out)),
             Err(e) if is_moved(&e) && !retried => {
-                tracing::debug!(shard = %shard, keyspace = to.keyspace, "key moved; waiting for a newer routing table");
+                tracing::debug!(shard = %shard, keyspace = %keyspace, "key moved; waiting for a newer routing table");
                 retried = true;
-                routing = hold(cell, ctx, to.keyspace, hash, &shard, Some(routing.version)).await?;
+                let newer_than = Some(routing.version);
+                (routing, keyspace) = hold(cell, ctx, &tenant.id, &to, &shard, newer_than).await?;
             }
             Err(e) if is_moved(&e) => return Err(unavailable(&shard)),
             Err(mut e) => {
@@ -100,38 +115,42 @@ fn unavailable(shard: &str) -> ApiError {
         format!("the key's range on shard {shard} is moving to another shard; retry shortly"),
     )
     .with_retry_after(RETRY_AFTER_SECS);
-    e.shard = Some(shard.to_string());
+    if !shard.is_empty() {
+        e.shard = Some(shard.to_string());
+    }
     e
 }
 
 /// Waits, up to `failover_hold`, for a routing table newer than
-/// `newer_than` (any, if `None`) in which `hash` is not frozen, and
-/// returns it; 503 after the window. `shard` labels the metric.
+/// `newer_than` (any, if `None`) in which tenant `tenant` is not moving
+/// and the key is not frozen, and returns it with the keyspace to route
+/// in; 503 after the window. `shard` labels the metric.
 async fn hold(
     cell: &RoutingCell,
     ctx: &RouterContext,
-    keyspace: &str,
-    hash: u64,
+    tenant: &str,
+    to: &Keyed<'_>,
     shard: &str,
     newer_than: Option<u64>,
-) -> Result<Arc<Routing>, ApiError> {
+) -> Result<(Arc<Routing>, String), ApiError> {
     let deadline = tokio::time::Instant::now() + ctx.failover_hold;
     let mut tables = cell.subscribe();
     let mut waited = false;
     loop {
         let routing = Arc::clone(&tables.borrow_and_update());
-        if usable(&routing, keyspace, hash, newer_than)? {
+        if let Some(keyspace) = usable(&routing, tenant, to, newer_than)? {
             if waited {
                 ctx.metrics.held.with(&[shard, "resumed"]).inc();
             }
-            return Ok(routing);
+            return Ok((routing, keyspace));
         }
         if !waited {
             tracing::debug!(
                 shard,
-                keyspace,
+                tenant,
+                keyspace = to.keyspace,
                 version = routing.version,
-                "holding a request for a key range being moved"
+                "holding a request for a key range or tenant being moved"
             );
             waited = true;
         }
@@ -146,26 +165,42 @@ async fn hold(
     }
 }
 
-/// Whether a held request may be routed by `routing`: newer than
-/// `newer_than`, and its key not frozen. A keyspace gone or without a
-/// map is the request's answer.
+/// The keyspace a held request may be routed in by `routing`, if it may:
+/// the table is newer than `newer_than`, the tenant is not moving and
+/// the key is not frozen. A keyspace gone or without a map is the
+/// request's answer.
 fn usable(
     routing: &Routing,
-    keyspace: &str,
-    hash: u64,
+    tenant: &str,
+    to: &Keyed<'_>,
     newer_than: Option<u64>,
-) -> Result<bool, ApiError> {
+) -> Result<Option<String>, ApiError> {
     if newer_than.is_some_and(|v| routing.version <= v) {
-        return Ok(false);
+        return Ok(None);
     }
-    Ok(!routing.route_hash(keyspace, hash)?.frozen)
+    // The keyspace comes from the tenant's entry in this table, not from
+    // the request: a tenant move changes it (shared -> the tenant's
+    // dedicated keyspace). The request's keyspace, even one the client
+    // named, was admitted as "the tenant's keyspace" by an older table;
+    // after the move the old keyspace no longer holds the tenant's rows,
+    // so routing there would read stale data or write where nobody
+    // looks.
+    let keyspace = match routing.tenants.get(tenant) {
+        Some(t) if t.moving => return Ok(None),
+        Some(t) if !t.keyspace.is_empty() => t.keyspace.as_str(),
+        _ => to.keyspace,
+    };
+    if routing.route(keyspace, to.key)?.frozen {
+        return Ok(None);
+    }
+    Ok(Some(keyspace.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
-    use shardline_core::catalog::Keyspace;
+    use shardline_core::catalog::{Keyspace, Tenant, TenantState};
     use shardline_core::hash::routing_hash;
     use shardline_core::shardmap::ShardRange;
     use shardline_core::{Catalog, KeyRange, KeyType, ShardKey, ShardMap};
@@ -257,15 +292,21 @@ mod tests {
     async fn holds_resume_on_an_unfrozen_table_or_time_out() {
         let ctx = Arc::new(ctx(Duration::from_secs(30)));
         let cell = Arc::new(RoutingCell::default());
-        let hash = 0x9000_0000_0000_0000;
+        let upper = ShardKeyValue::Int(key(true));
         cell.set(Routing::build(
             &catalog(1, &["80-"], "s2"),
             &Routing::default(),
             &ctx,
         ));
         let waiter = {
-            let (cell, ctx) = (Arc::clone(&cell), Arc::clone(&ctx));
-            tokio::spawn(async move { hold(&cell, &ctx, "ks", hash, "s2", None).await })
+            let (cell, ctx, upper) = (Arc::clone(&cell), Arc::clone(&ctx), upper.clone());
+            tokio::spawn(async move {
+                let to = Keyed {
+                    keyspace: "ks",
+                    key: &upper,
+                };
+                hold(&cell, &ctx, "acme", &to, "s2", None).await
+            })
         };
         // Still frozen in the next version: still held.
         cell.set(Routing::build(
@@ -276,17 +317,21 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
         cell.set(Routing::build(&catalog(3, &[], "s3"), &cell.get(), &ctx));
-        let routing = waiter.await.unwrap().unwrap();
-        assert_eq!(routing.version, 3);
-        assert_eq!(routing.route_hash("ks", hash).unwrap().range.shard, "s3");
+        let (routing, keyspace) = waiter.await.unwrap().unwrap();
+        assert_eq!((routing.version, keyspace.as_str()), (3, "ks"));
+        assert_eq!(routing.route("ks", &upper).unwrap().range.shard, "s3");
         assert_eq!(ctx.metrics.held.with(&["s2", "resumed"]).get(), 1);
 
         // After a refusal: the same version is not enough, a newer one
         // is.
-        assert!(!usable(&cell.get(), "ks", hash, Some(3)).unwrap());
-        assert!(usable(&cell.get(), "ks", hash, Some(2)).unwrap());
+        let to = Keyed {
+            keyspace: "ks",
+            key: &upper,
+        };
+        assert!(usable(&cell.get(), "acme", &to, Some(3)).unwrap().is_none());
+        assert!(usable(&cell.get(), "acme", &to, Some(2)).unwrap().is_some());
         // A keyspace gone is the request's answer.
-        assert!(usable(&Routing::default(), "ks", hash, None).is_err());
+        assert!(usable(&Routing::default(), "acme", &to, None).is_err());
 
         let short = ctx_with_short_hold();
         cell.set(Routing::build(
@@ -294,12 +339,107 @@ mod tests {
             &cell.get(),
             &short,
         ));
-        let Err(e) = hold(&cell, &short, "ks", hash, "s3", None).await else {
+        let Err(e) = hold(&cell, &short, "acme", &to, "s3", None).await else {
             panic!("held past the window");
         };
         assert_eq!(e.code, ErrorCode::ShardUnavailable);
         assert_eq!(e.retry_after, Some(1));
         assert_eq!(short.metrics.held.with(&["s3", "timed_out"]).get(), 1);
+    }
+
+    /// `catalog` plus tenant acme in keyspace `ks` (moving or not), or in
+    /// its own keyspace `acme` (all keys on s9) once moved.
+    fn tenant_catalog(version: u64, moving: bool, moved: bool) -> Catalog {
+        let mut cat = catalog(version, &[], "s2");
+        let keyspace = if moved { "acme" } else { "ks" };
+        if moved {
+            let mut ks = cat.keyspaces["ks"].clone();
+            ks.name = "acme".into();
+            ks.map = Some(
+                ShardMap::new(vec![ShardRange {
+                    range: KeyRange::parse("-").unwrap(),
+                    shard: "s9".into(),
+                }])
+                .unwrap(),
+            );
+            cat.keyspaces.insert("acme".into(), ks);
+        }
+        cat.tenants.insert(
+            "acme".into(),
+            Tenant {
+                id: "acme".into(),
+                name: "acme".into(),
+                keyspace: keyspace.into(),
+                dedicated: moved,
+                config: Default::default(),
+                role_password: "pw".into(),
+                state: TenantState::Active,
+                moving,
+                created_at: String::new(),
+            },
+        );
+        cat
+    }
+
+    #[tokio::test]
+    async fn moving_tenants_are_held_then_routed_in_their_new_keyspace() {
+        let ctx = Arc::new(ctx(Duration::from_secs(30)));
+        let cell = Arc::new(RoutingCell::default());
+        let low = ShardKeyValue::Int(key(false));
+        cell.set(Routing::build(
+            &tenant_catalog(1, true, false),
+            &Routing::default(),
+            &ctx,
+        ));
+        assert!(cell.get().tenants["acme"].moving);
+        let waiter = {
+            let (cell, ctx, low) = (Arc::clone(&cell), Arc::clone(&ctx), low.clone());
+            tokio::spawn(async move {
+                // The client named the old keyspace explicitly.
+                let to = Keyed {
+                    keyspace: "ks",
+                    key: &low,
+                };
+                hold(&cell, &ctx, "acme", &to, "s1", None).await
+            })
+        };
+        // Another tenant's entry changing is not enough: acme still moves.
+        cell.set(Routing::build(
+            &tenant_catalog(2, true, false),
+            &cell.get(),
+            &ctx,
+        ));
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        cell.set(Routing::build(
+            &tenant_catalog(3, false, true),
+            &cell.get(),
+            &ctx,
+        ));
+        let (routing, keyspace) = waiter.await.unwrap().unwrap();
+        assert_eq!((routing.version, keyspace.as_str()), (3, "acme"));
+        assert_eq!(routing.route(&keyspace, &low).unwrap().range.shard, "s9");
+        assert_eq!(ctx.metrics.held.with(&["s1", "resumed"]).get(), 1);
+
+        // Still moving after the window: 503, retryable.
+        let short = ctx_with_short_hold();
+        cell.set(Routing::build(
+            &tenant_catalog(4, true, false),
+            &cell.get(),
+            &short,
+        ));
+        let to = Keyed {
+            keyspace: "ks",
+            key: &low,
+        };
+        let Err(e) = hold(&cell, &short, "acme", &to, "s1", None).await else {
+            panic!("held past the window");
+        };
+        assert_eq!(
+            (e.code, e.retry_after),
+            (ErrorCode::ShardUnavailable, Some(1))
+        );
+        assert_eq!(short.metrics.held.with(&["s1", "timed_out"]).get(), 1);
     }
 
     fn ctx_with_short_hold() -> RouterContext {

@@ -383,8 +383,13 @@ async fn an_unreachable_primary_holds_requests_until_a_new_one() -> anyhow::Resu
     let before = catalog(&primary, &replicas);
     let (ctx, cell, served) = serve(&cfg, &before).await?;
     let served = Arc::new(served);
-    // The primary dies; the manager has not noticed yet.
+    // The whole primary dies (postmaster and backends, so no orphaned
+    // backend can still answer a pooled session); the manager has not
+    // noticed yet. The pause lets the pooled sessions see their sockets
+    // close, as they would before a real request arrives.
+    primary.signal_all(9);
     primary.kill9().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let write = {
         let served = Arc::clone(&served);
         tokio::spawn(async move {

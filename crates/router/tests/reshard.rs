@@ -2,7 +2,8 @@
 //! requests for a frozen key range are held until a routing table moves
 //! the range to its new owner (or answered 503 after the window), and a
 //! statement the old owner refuses with SQLSTATE SLM01 runs again on the
-//! new owner once the new table arrives.
+//! new owner once the new table arrives; a tenant that is moving is held
+//! until it is not, then served in its new keyspace.
 
 mod common;
 
@@ -389,4 +390,84 @@ async fn a_new_catalog_is_acknowledged_at_once() -> anyhow::Result<()> {
     beat.await?;
     manager.await??;
     Ok(())
+}
+
+/// `catalog` with tenant acme `moving` out of `shared`, or (`moved`) in
+/// its dedicated keyspace `acme`, all of whose keys are on s2.
+fn tenant_move_catalog(
+    version: u64,
+    s1: &PgCluster,
+    s2: &PgCluster,
+    moving: bool,
+    moved: bool,
+) -> Catalog {
+    let mut cat = catalog(version, s1, Some(s2), "any", "s1", false);
+    let acme = cat.tenants.get_mut("acme").unwrap();
+    acme.moving = moving;
+    if moved {
+        acme.keyspace = "acme".into();
+        acme.dedicated = true;
+        let mut ks = cat.keyspaces["shared"].clone();
+        ks.name = "acme".into();
+        ks.map = Some(ShardMap::even(&["s2".to_string()]).unwrap());
+        cat.keyspaces.insert("acme".into(), ks);
+        let s2 = cat.shards.get_mut("s2").unwrap();
+        s2.keyspace = Some("acme".into());
+        s2.reserved_for = Some("acme".into());
+    }
+    cat
+}
+
+#[tokio::test]
+async fn a_moving_tenant_resumes_in_its_new_keyspace() -> anyhow::Result<()> {
+    let (s1, s2) = (shard("s1").await?, shard("s2").await?);
+    let moving = tenant_move_catalog(1, &s1, &s2, true, false);
+    let (ctx, cell, served) = serve(&RouterConfig::new("http://127.0.0.1:1", "t"), &moving).await?;
+
+    // Named the old keyspace explicitly: still runs in the new one.
+    let key = "tenant-key";
+    let write = {
+        let served = Arc::clone(&served);
+        tokio::spawn(async move {
+            let body = json!({
+                "keyspace": "shared",
+                "shard_key": key,
+                "sql": "INSERT INTO kv VALUES ($1, 'v') RETURNING current_setting('port')",
+                "params": [key],
+            });
+            post(&served, "/v1/execute", body).await
+        })
+    };
+    until_in_flight(&ctx, 1.0).await;
+    // A newer table in which acme still moves: still held.
+    let still = tenant_move_catalog(2, &s1, &s2, true, false);
+    cell.set(Routing::build(&still, &cell.get(), &ctx));
+    tokio::task::yield_now().await;
+    assert!(!write.is_finished());
+    assert!(!has_row(&s1, key).await? && !has_row(&s2, key).await?);
+
+    let moved = tenant_move_catalog(3, &s1, &s2, false, true);
+    cell.set(Routing::build(&moved, &cell.get(), &ctx));
+    let (status, _, body) = write.await??;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["shard"], "s2");
+    assert_eq!(body["rows"][0][0], json!(s2.port().to_string()));
+    assert!(has_row(&s2, key).await?);
+    assert!(!has_row(&s1, key).await?, "the old keyspace took the write");
+    assert_eq!(held(&served, "s1", "resumed").await?, 1);
+    stop(served).await
+}
+
+#[tokio::test]
+async fn a_tenant_moving_past_the_window_gets_503() -> anyhow::Result<()> {
+    let (s1, s2) = (shard("s1").await?, shard("s2").await?);
+    let mut cfg = RouterConfig::new("http://127.0.0.1:1", "t");
+    cfg.failover_hold = Duration::from_millis(300);
+    let moving = tenant_move_catalog(1, &s1, &s2, true, false);
+    let (_ctx, _cell, served) = serve(&cfg, &moving).await?;
+    let (status, headers, body) = insert(&served, "late-key").await?;
+    assert_unavailable(status, &headers, &body);
+    assert!(!has_row(&s1, "late-key").await?);
+    assert_eq!(held(&served, "s1", "timed_out").await?, 1);
+    stop(served).await
 }

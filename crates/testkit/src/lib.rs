@@ -204,7 +204,7 @@ impl PgCluster {
         Ok(())
     }
 
-    /// Kills the postmaster with SIGKILL.
+    /// Kills the whole server (postmaster and backends) with SIGKILL.
     pub async fn kill9(&mut self) {
         if let Some(mut r) = self.running.take() {
             r.kill9().await;

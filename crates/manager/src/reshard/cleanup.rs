@@ -1,7 +1,7 @@
 //! The end of a job: cleanup after the cutover (Done), or undoing it
 //! before (Cancelled, Failed).
 
-use shardline_core::catalog::{keys, Keyspace, ReshardJob, ReshardPhase, Shard};
+use shardline_core::catalog::{keys, Keyspace, ReshardJob, ReshardPhase, Shard, Tenant};
 use tokio_util::sync::CancellationToken;
 
 use super::engine::{check, db, verified_key, JobError, Plan};
@@ -17,6 +17,9 @@ impl Reshards {
         plan: &Plan,
         token: &CancellationToken,
     ) -> Result<(), JobError> {
+        if plan.is_tenant_move() {
+            return self.cleanup_tenant(plan).await;
+        }
         let id = &plan.job.id;
         let key_type = plan.keyspace.key_type;
         for source in plan.sources() {
@@ -79,10 +82,11 @@ impl Reshards {
     pub(super) async fn finish_done(&self, plan: &Plan) -> Result<(), JobError> {
         let job_key = keys::job(&plan.job.id);
         let ks = plan.job.keyspace.clone();
+        // A tenant move's sources keep the other tenants.
         let leaving: Vec<String> = plan
             .sources()
             .into_iter()
-            .filter(|s| plan.job.to_map.ranges_of(s).next().is_none())
+            .filter(|s| !plan.is_tenant_move() && plan.job.to_map.ranges_of(s).next().is_none())
             .collect();
         let mut read = vec![job_key.clone()];
         read.extend(leaving.iter().map(|s| keys::shard(s)));
@@ -135,6 +139,11 @@ impl Reshards {
                 sql::drop_change_table(&src).await.map_err(db(&source))?;
             }
         }
+        if plan.is_tenant_move() {
+            self.undo_tenant_targets(plan).await?;
+            tracing::info!(job = %plan.job.id, "undone: tenant where it was, copies dropped");
+            return Ok(());
+        }
         for target in plan.targets() {
             let ranges = plan.moving_to(&target);
             for tenant in &plan.tenants {
@@ -171,8 +180,11 @@ impl Reshards {
     ) -> Result<(), ServiceError> {
         let job_key = keys::job(&job.id);
         let ks_key = keys::keyspace(&job.keyspace);
+        let tenant_key = job.tenant.as_deref().map(keys::tenant);
+        let mut read = vec![job_key.clone(), ks_key.clone()];
+        read.extend(tenant_key.clone());
         self.svc
-            .update(&[job_key.clone(), ks_key.clone()], |seen| {
+            .update(&read, |seen| {
                 let Some(je) = &seen[&job_key] else {
                     return Err(ServiceError::NotFound(format!(
                         "no resharding job {}",
@@ -194,6 +206,16 @@ impl Reshards {
                     if !ks.frozen.is_empty() {
                         ks.frozen.clear();
                         ops.push(put(ks_key.clone(), &ks));
+                    }
+                }
+                // A tenant move's tenant is released to its old shards.
+                if let Some(key) = &tenant_key {
+                    if let Some(te) = &seen[key] {
+                        let mut t: Tenant = decode(te)?;
+                        if t.moving {
+                            t.moving = false;
+                            ops.push(put(key.clone(), &t));
+                        }
                     }
                 }
                 Ok(ops)

@@ -61,8 +61,12 @@ impl Reshards {
             }
         }
         tracing::info!(job = %id, "cutover: sources refuse moving keys");
-        // b. Routers hold requests for the moving ranges.
-        let version = self.set_frozen(plan, true).await?;
+        // b. Routers hold requests for the moving ranges (or tenant).
+        let version = if plan.is_tenant_move() {
+            self.set_moving(plan, true).await?
+        } else {
+            self.set_frozen(plan, true).await?
+        };
         let frozen_at = Instant::now();
         tracing::info!(job = %id, version, "cutover: ranges frozen");
         failpoint(FAILPOINT_DURING_CUTOVER);
@@ -72,11 +76,19 @@ impl Reshards {
             "cutover: routers acknowledged");
         // d. The last changes, then verification.
         self.apply_changes(plan, token, true).await?;
-        let verified = self.verify(plan).await?;
+        let verified = if plan.is_tenant_move() {
+            self.verify_tenant(plan).await?
+        } else {
+            self.verify(plan).await?
+        };
         tracing::info!(job = %id, checks = verified.len(), "cutover: verified");
         // e. Publish.
         let pause = frozen_at.elapsed().as_millis() as u64;
-        self.publish(plan, verified, pause).await?;
+        if plan.is_tenant_move() {
+            self.publish_tenant(plan, verified, pause).await?;
+        } else {
+            self.publish(plan, verified, pause).await?;
+        }
         tracing::info!(job = %id, cutover_pause_ms = pause, "cutover: new map published");
         Ok(())
     }
@@ -273,7 +285,12 @@ impl Reshards {
             tracing::error!(job = %plan.job.id, error = ?e,
                 "let the sources take writes to the moving ranges again; retried by the job");
         }
-        if let Err(e) = self.set_frozen(plan, false).await {
+        let released = if plan.is_tenant_move() {
+            self.set_moving(plan, false).await
+        } else {
+            self.set_frozen(plan, false).await
+        };
+        if let Err(e) = released {
             tracing::error!(job = %plan.job.id, error = ?e, "unfreeze the ranges");
         }
         if let Err(e) = self

@@ -93,10 +93,15 @@ impl Plan {
             .get(&job.keyspace)
             .cloned()
             .ok_or_else(|| ServiceError::NotFound(format!("no keyspace {}", job.keyspace)))?;
+        // A tenant move involves its tenant alone (whose keyspace changes
+        // at the publish).
         let tenants = cat
             .tenants
             .values()
-            .filter(|t| t.keyspace == job.keyspace && t.state == TenantState::Active)
+            .filter(|t| match &job.tenant {
+                Some(id) => t.id == *id,
+                None => t.keyspace == job.keyspace && t.state == TenantState::Active,
+            })
             .cloned()
             .collect();
         let mut shards = BTreeMap::new();
@@ -115,6 +120,20 @@ impl Plan {
             tenants,
             shards,
         })
+    }
+
+    /// Whether the job moves one tenant to a keyspace of its own.
+    pub(super) fn is_tenant_move(&self) -> bool {
+        self.job.tenant.is_some()
+    }
+
+    /// The tenant a tenant move moves.
+    pub(super) fn moving_tenant(&self) -> Result<&Tenant, JobError> {
+        let id = self.job.tenant.as_deref().unwrap_or_default();
+        self.tenants
+            .iter()
+            .find(|t| t.id == id)
+            .ok_or_else(|| JobError::Fatal(format!("no tenant {id:?} to move")))
     }
 
     pub(super) fn sources(&self) -> Vec<String> {
@@ -343,6 +362,10 @@ impl Reshards {
     async fn prepare(&self, plan: &Plan) -> Result<(), JobError> {
         // Not beside a tenant's creation or deletion.
         let _work = self.svc.lock_tenant_work().await;
+        if plan.is_tenant_move() {
+            self.prepare_tenant(plan).await?;
+            return self.install_capture(plan).await;
+        }
         let published = self.svc.current();
         for target in plan.targets() {
             super::ensure_on(

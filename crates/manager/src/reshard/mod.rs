@@ -14,6 +14,7 @@
 //! - [`cutover`]: freeze, acknowledgements, verification, publish.
 //! - [`cleanup`]: Cleanup after the cutover; cancel and failure before.
 //! - [`sql`]: the statements run in tenant databases.
+//! - [`tenant_move`]: a tenant to a dedicated keyspace of its own.
 //!
 //! After a cutover every table of a source carries a trigger refusing
 //! writes (SQLSTATE `SLM01`) to keys outside the ranges the shard owns;
@@ -36,6 +37,7 @@ pub mod cutover;
 pub mod engine;
 pub mod plan;
 pub mod sql;
+pub mod tenant_move;
 
 pub use plan::plan_job;
 

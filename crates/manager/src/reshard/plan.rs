@@ -18,6 +18,9 @@ fn invalid_map(e: shardline_core::shardmap::ShardMapError) -> ServiceError {
 /// Turns a request into a job (phase Prepare) against `cat`: the moves,
 /// the map before and after. Pure, so tests can plan a job too.
 pub fn plan_job(cat: &Catalog, req: &ReshardRequest, id: &str) -> Result<ReshardJob, ServiceError> {
+    if req.kind == ReshardKind::TenantMove {
+        return super::tenant_move::plan_tenant_move(cat, req, id);
+    }
     let ks_name = &req.keyspace;
     let Some(ks) = cat.keyspaces.get(ks_name) else {
         return Err(ServiceError::NotFound(format!("no keyspace {ks_name}")));
@@ -56,11 +59,6 @@ pub fn plan_job(cat: &Catalog, req: &ReshardRequest, id: &str) -> Result<Reshard
             )));
         }
         check_target(cat, req.kind, ks_name, t)?;
-    }
-    if req.kind == ReshardKind::TenantMove {
-        return Err(ServiceError::Invalid(
-            "kind: tenant_move is not implemented yet".into(),
-        ));
     }
     if req.kind != ReshardKind::Split && req.targets.len() != 1 {
         return Err(ServiceError::Invalid(format!(
