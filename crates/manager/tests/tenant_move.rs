@@ -56,6 +56,97 @@ async fn other_rows(env: &Env) -> BTreeMap<String, (i64, String)> {
     out
 }
 
+/// Counters shared with the writer.
+#[derive(Clone, Default)]
+struct Counts {
+    ops: Arc<AtomicU64>,
+    retries: Arc<AtomicU64>,
+}
+
+/// The writer: acme's rows, directly in its databases, until `stop`;
+/// `model` is what acme holds, `n` the last operation number (inserted
+/// keys are `n{n}`). Returns both, for a later writer to go on from.
+fn spawn_writer(
+    env: Arc<Env>,
+    stop: CancellationToken,
+    counts: Counts,
+    rows: usize,
+    mut model: BTreeMap<String, i64>,
+    mut n: u64,
+) -> tokio::task::JoinHandle<(BTreeMap<String, i64>, u64)> {
+    let Counts { ops, retries } = counts;
+    tokio::spawn(async move {
+        let mut conns: HashMap<String, tokio_postgres::Client> = HashMap::new();
+        while !stop.is_cancelled() {
+            n += 1;
+            let (sql, key) = match n % 3 {
+                0 => ("INSERT INTO items VALUES ($1, $2)", format!("n{n}")),
+                1 => (
+                    "UPDATE items SET v = v + 1 WHERE id = $1",
+                    format!("k{}", n * 7919 % rows as u64 + 1),
+                ),
+                _ => (
+                    "DELETE FROM items WHERE id = $1",
+                    format!("k{}", n * 104_729 % rows as u64 + 1),
+                ),
+            };
+            let mut tries = 0;
+            let affected = loop {
+                tries += 1;
+                assert!(tries < 2000, "write to {key} kept failing");
+                let Some(owner) = owner_of(&env, &key).await else {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    continue;
+                };
+                if !conns.contains_key(&owner) {
+                    if !common::database_exists(&env.pgs[&owner], DB).await {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    }
+                    conns.insert(owner.clone(), env.db(&owner).await);
+                }
+                let c = &conns[&owner];
+                let res = if sql.starts_with("INSERT") {
+                    c.execute(sql, &[&key, &(n as i64)]).await
+                } else {
+                    c.execute(sql, &[&key]).await
+                };
+                match res {
+                    Ok(a) => break a,
+                    // Moved, or the database dropped under us: nothing
+                    // was written; ask the catalog again.
+                    Err(e) if sqlstate(&e) == Some("SLM01") || c.is_closed() => {
+                        retries.fetch_add(1, Ordering::Relaxed);
+                        conns.remove(&owner);
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err(e) if sqlstate(&e).is_some_and(|s| s.starts_with("57")) => {
+                        retries.fetch_add(1, Ordering::Relaxed);
+                        conns.remove(&owner);
+                    }
+                    Err(e) => panic!("{sql} {key} on {owner}: {e:?}"),
+                }
+            };
+            if sql.starts_with("INSERT") {
+                assert_eq!(affected, 1);
+                model.insert(key, n as i64);
+            } else {
+                let present = model.contains_key(&key);
+                assert_eq!(affected, u64::from(present), "{sql} {key}");
+                if sql.starts_with("UPDATE") {
+                    if let Some(v) = model.get_mut(&key) {
+                        *v += 1;
+                    }
+                } else {
+                    model.remove(&key);
+                }
+            }
+            ops.fetch_add(1, Ordering::Relaxed);
+        }
+        (model, n)
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tenant_moves_to_dedicated_shards_while_writing() {
     let rows = 5_000usize;
@@ -85,7 +176,8 @@ async fn tenant_moves_to_dedicated_shards_while_writing() {
     let other_before = other_rows(&env).await;
     assert!(other_before.values().all(|(n, _)| *n > 0));
 
-    // Refusals: unknown tenant, a target in a keyspace, back to shared.
+    // Refusals: unknown tenant, a target in a keyspace, a shared tenant
+    // "back" to shared.
     for (body, status) in [
         (
             r#"{"kind": "tenant_move", "source": "", "tenant": "nope", "targets": ["s2"]}"#,
@@ -97,7 +189,7 @@ async fn tenant_moves_to_dedicated_shards_while_writing() {
         ),
         (
             r#"{"kind": "tenant_move", "source": "", "tenant": "acme", "to_keyspace": "ks", "targets": []}"#,
-            400,
+            409,
         ),
     ] {
         let a = env.st.admin("POST", "/v1/reshard", Some(body)).await;
@@ -106,89 +198,18 @@ async fn tenant_moves_to_dedicated_shards_while_writing() {
 
     // The writer: acme's rows, directly in its databases.
     let stop = CancellationToken::new();
-    let ops = Arc::new(AtomicU64::new(0));
-    let retries = Arc::new(AtomicU64::new(0));
-    let writer = {
-        let (env, stop, ops, retries) = (
-            Arc::clone(&env),
-            stop.clone(),
-            Arc::clone(&ops),
-            Arc::clone(&retries),
-        );
-        tokio::spawn(async move {
-            let mut model: BTreeMap<String, i64> =
-                (1..=rows).map(|i| (format!("k{i}"), i as i64)).collect();
-            let mut conns: HashMap<String, tokio_postgres::Client> = HashMap::new();
-            let mut n: u64 = 0;
-            while !stop.is_cancelled() {
-                n += 1;
-                let (sql, key) = match n % 3 {
-                    0 => ("INSERT INTO items VALUES ($1, $2)", format!("n{n}")),
-                    1 => (
-                        "UPDATE items SET v = v + 1 WHERE id = $1",
-                        format!("k{}", n * 7919 % rows as u64 + 1),
-                    ),
-                    _ => (
-                        "DELETE FROM items WHERE id = $1",
-                        format!("k{}", n * 104_729 % rows as u64 + 1),
-                    ),
-                };
-                let mut tries = 0;
-                let affected = loop {
-                    tries += 1;
-                    assert!(tries < 2000, "write to {key} kept failing");
-                    let Some(owner) = owner_of(&env, &key).await else {
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                        continue;
-                    };
-                    if !conns.contains_key(&owner) {
-                        if !common::database_exists(&env.pgs[&owner], DB).await {
-                            tokio::time::sleep(Duration::from_millis(5)).await;
-                            continue;
-                        }
-                        conns.insert(owner.clone(), env.db(&owner).await);
-                    }
-                    let c = &conns[&owner];
-                    let res = if sql.starts_with("INSERT") {
-                        c.execute(sql, &[&key, &(n as i64)]).await
-                    } else {
-                        c.execute(sql, &[&key]).await
-                    };
-                    match res {
-                        Ok(a) => break a,
-                        // Moved, or the database dropped under us: nothing
-                        // was written; ask the catalog again.
-                        Err(e) if sqlstate(&e) == Some("SLM01") || c.is_closed() => {
-                            retries.fetch_add(1, Ordering::Relaxed);
-                            conns.remove(&owner);
-                            tokio::time::sleep(Duration::from_millis(5)).await;
-                        }
-                        Err(e) if sqlstate(&e).is_some_and(|s| s.starts_with("57")) => {
-                            retries.fetch_add(1, Ordering::Relaxed);
-                            conns.remove(&owner);
-                        }
-                        Err(e) => panic!("{sql} {key} on {owner}: {e:?}"),
-                    }
-                };
-                if sql.starts_with("INSERT") {
-                    assert_eq!(affected, 1);
-                    model.insert(key, n as i64);
-                } else {
-                    let present = model.contains_key(&key);
-                    assert_eq!(affected, u64::from(present), "{sql} {key}");
-                    if sql.starts_with("UPDATE") {
-                        if let Some(v) = model.get_mut(&key) {
-                            *v += 1;
-                        }
-                    } else {
-                        model.remove(&key);
-                    }
-                }
-                ops.fetch_add(1, Ordering::Relaxed);
-            }
-            model
-        })
-    };
+    let counts = Counts::default();
+    let ops = Arc::clone(&counts.ops);
+    let retries = Arc::clone(&counts.retries);
+    let model: BTreeMap<String, i64> = (1..=rows).map(|i| (format!("k{i}"), i as i64)).collect();
+    let writer = spawn_writer(
+        Arc::clone(&env),
+        stop.clone(),
+        counts.clone(),
+        rows,
+        model,
+        0,
+    );
 
     let body =
         r#"{"kind": "tenant_move", "source": "", "tenant": "acme", "targets": ["s2", "s3"]}"#;
@@ -215,7 +236,7 @@ async fn tenant_moves_to_dedicated_shards_while_writing() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     stop.cancel();
-    let model = writer.await.unwrap();
+    let (model, last) = writer.await.unwrap();
     let total = ops.load(Ordering::Relaxed);
     assert!(total > ops_in_copy, "writes went on during the job");
     println!(
@@ -254,6 +275,75 @@ async fn tenant_moves_to_dedicated_shards_while_writing() {
     env.assert_placed(&new_map, &model).await;
     // bee untouched.
     assert_eq!(other_rows(&env).await, other_before);
+
+    // And back to the shared keyspace, writing all along.
+    let stop = CancellationToken::new();
+    let writer = spawn_writer(
+        Arc::clone(&env),
+        stop.clone(),
+        counts.clone(),
+        rows,
+        model,
+        last,
+    );
+    let body = r#"{"kind": "tenant_move", "source": "", "tenant": "acme", "to_keyspace": "ks", "targets": []}"#;
+    let a = env.st.admin("POST", "/v1/reshard", Some(body)).await;
+    assert_eq!(a.status, 202, "{}", a.body);
+    let back: JobInfo = serde_json::from_str(&a.body).unwrap();
+    assert_eq!(back.moves.len(), 4, "2 sources x 2 ranges of ks: {back:?}");
+    assert_eq!(back.to_keyspace.as_deref(), Some("ks"));
+    // One job per keyspace, counting the one moved into.
+    let split = r#"{"kind": "split", "keyspace": "ks", "source": "s1", "targets": ["s3"]}"#;
+    let a = env.st.admin("POST", "/v1/reshard", Some(split)).await;
+    assert_eq!(a.status, 409, "{}", a.body);
+    assert!(a.body.contains(&back.id), "{}", a.body);
+    let ops_at_start = ops.load(Ordering::Relaxed);
+    let done = env
+        .wait_job(&back.id, |j| j.phase >= ReshardPhase::Done)
+        .await;
+    assert_eq!(done.phase, ReshardPhase::Done, "{done:?}");
+    let after_done = ops.load(Ordering::Relaxed);
+    for _ in 0..2000 {
+        if ops.load(Ordering::Relaxed) > after_done + 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.cancel();
+    let (model, _) = writer.await.unwrap();
+    assert!(
+        ops.load(Ordering::Relaxed) > ops_at_start,
+        "writes went on during the move back"
+    );
+    println!(
+        "tenant move back: {} rows copied, cutover pause {:?} ms, {} retries in all",
+        done.rows_copied,
+        done.cutover_pause_ms,
+        retries.load(Ordering::Relaxed)
+    );
+
+    let t: Tenant = stored(&env, &keys::tenant(TENANT)).await.unwrap();
+    assert!(t.keyspace == "ks" && !t.dedicated && !t.moving, "{t:?}");
+    assert!(stored::<Keyspace>(&env, &keys::keyspace(TENANT))
+        .await
+        .is_none());
+    let shared: Keyspace = stored(&env, &keys::keyspace("ks")).await.unwrap();
+    assert_eq!(
+        shared.map.unwrap(),
+        map,
+        "the shared keyspace keeps its map"
+    );
+    for s in ["s2", "s3"] {
+        let shard: Shard = stored(&env, &keys::shard(s)).await.unwrap();
+        assert_eq!(shard.keyspace, None, "{shard:?}");
+        assert_eq!(shard.reserved_for, None, "{shard:?}");
+        assert!(
+            !common::database_exists(&env.pgs[s], DB).await,
+            "acme's database dropped from {s}"
+        );
+    }
+    env.assert_placed(&map, &model).await;
+    assert_eq!(other_rows(&env).await, other_before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,4 +379,38 @@ async fn cancelled_tenant_move_leaves_everything_as_it_was() {
         .is_none());
     let shard: Shard = stored(&env, &keys::shard("s2")).await.unwrap();
     assert_eq!(shard.keyspace, None);
+
+    // Out to s2 for good, then a move back cancelled mid-copy: acme stays
+    // dedicated on s2, and the copies on the shared shards are dropped.
+    let a = env.st.admin("POST", "/v1/reshard", Some(body)).await;
+    assert_eq!(a.status, 202, "{}", a.body);
+    let job: JobInfo = serde_json::from_str(&a.body).unwrap();
+    let done = env
+        .wait_job(&job.id, |j| j.phase >= ReshardPhase::Done)
+        .await;
+    assert_eq!(done.phase, ReshardPhase::Done, "{done:?}");
+    let dedicated = env.rows().await;
+    assert_eq!(dedicated.keys().collect::<Vec<_>>(), ["s2"]);
+    let back = r#"{"kind": "tenant_move", "source": "", "tenant": "acme", "to_keyspace": "ks", "targets": []}"#;
+    let a = env.st.admin("POST", "/v1/reshard", Some(back)).await;
+    assert_eq!(a.status, 202, "{}", a.body);
+    let job: JobInfo = serde_json::from_str(&a.body).unwrap();
+    env.wait_job(&job.id, |j| {
+        j.phase == ReshardPhase::Copy && j.rows_copied > 0
+    })
+    .await;
+    let a = env
+        .st
+        .admin("POST", &format!("/v1/reshard/{}/cancel", job.id), None)
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    for s in ["s0", "s1"] {
+        assert!(!common::database_exists(&env.pgs[s], DB).await, "{s}");
+    }
+    assert_eq!(env.rows().await, dedicated);
+    assert_eq!(env.changes_objects("s2").await, 0);
+    let t: Tenant = stored(&env, &keys::tenant(TENANT)).await.unwrap();
+    assert!(t.keyspace == TENANT && t.dedicated && !t.moving, "{t:?}");
+    let shard: Shard = stored(&env, &keys::shard("s2")).await.unwrap();
+    assert_eq!(shard.keyspace.as_deref(), Some(TENANT));
 }

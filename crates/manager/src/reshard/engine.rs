@@ -88,9 +88,16 @@ impl Plan {
     ) -> Result<Plan, ServiceError> {
         let published = svc.current();
         let cat = &published.catalog;
+        // A tenant moved back deleted its keyspace at the publish; the
+        // shared keyspace has the same key type, tables and migrations.
         let keyspace = cat
             .keyspaces
             .get(&job.keyspace)
+            .or_else(|| {
+                super::tenant_back::is_move_back(job)
+                    .then(|| job.to_keyspace.as_ref().and_then(|k| cat.keyspaces.get(k)))
+                    .flatten()
+            })
             .cloned()
             .ok_or_else(|| ServiceError::NotFound(format!("no keyspace {}", job.keyspace)))?;
         // A tenant move involves its tenant alone (whose keyspace changes

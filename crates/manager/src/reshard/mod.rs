@@ -14,6 +14,7 @@
 //! - [`cutover`]: freeze, acknowledgements, verification, publish.
 //! - [`cleanup`]: Cleanup after the cutover; cancel and failure before.
 //! - [`sql`]: the statements run in tenant databases.
+//! - [`tenant_back`]: a dedicated tenant back into a shared keyspace.
 //! - [`tenant_move`]: a tenant to a dedicated keyspace of its own.
 //!
 //! After a cutover every table of a source carries a trigger refusing
@@ -37,6 +38,7 @@ pub mod cutover;
 pub mod engine;
 pub mod plan;
 pub mod sql;
+pub mod tenant_back;
 pub mod tenant_move;
 
 pub use plan::plan_job;
@@ -361,6 +363,9 @@ impl Reshards {
         let published = self.svc.current();
         let job = plan_job(&published.catalog, req, &new_job_id())?;
         self.check_tables(&published.catalog, &job).await?;
+        if tenant_back::is_move_back(&job) {
+            self.check_no_leftover(&published.catalog, &job).await?;
+        }
         let job_key = keys::job(&job.id);
         let ks_key = keys::keyspace(&job.keyspace);
         self.svc
@@ -626,11 +631,13 @@ fn check_pg_name(what: &str, name: &str) -> Result<(), ServiceError> {
     Ok(())
 }
 
-/// The unfinished job of a keyspace, if any.
+/// The unfinished job of a keyspace, if any: one working in it, or a
+/// tenant move into it (whose publish relies on the map it planned with).
 pub fn active_job<'a>(cat: &'a Catalog, keyspace: &str) -> Option<&'a ReshardJob> {
-    cat.jobs
-        .values()
-        .find(|j| j.keyspace == keyspace && !is_finished(j.phase))
+    cat.jobs.values().find(|j| {
+        !is_finished(j.phase)
+            && (j.keyspace == keyspace || j.to_keyspace.as_deref() == Some(keyspace))
+    })
 }
 
 fn new_job_id() -> String {

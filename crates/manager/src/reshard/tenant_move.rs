@@ -8,6 +8,11 @@
 //! ranges, verification sums all sources per target range, the publish
 //! creates the keyspace, and cleanup drops the tenant's database on the
 //! sources instead of deleting rows.
+//!
+//! The way back (`to_keyspace` set) is the same job the other way round:
+//! the dedicated keyspace's shards are the sources, the shared keyspace's
+//! map the new map; the publish moves the tenant into the shared keyspace
+//! and deletes its own (planning and publish in [`super::tenant_back`]).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -35,11 +40,6 @@ pub fn plan_tenant_move(
             "tenant: a tenant move names the tenant".into(),
         ));
     };
-    if req.to_keyspace.is_some() {
-        return Err(ServiceError::Invalid(
-            "to_keyspace: moving a tenant back to a shared keyspace is not implemented".into(),
-        ));
-    }
     if !req.at.is_empty() {
         return Err(ServiceError::Invalid(
             "at: only a split takes split points".into(),
@@ -52,6 +52,9 @@ pub fn plan_tenant_move(
         return Err(ServiceError::Conflict(format!(
             "tenant {tid} is not active"
         )));
+    }
+    if let Some(to) = req.to_keyspace.as_deref() {
+        return super::tenant_back::plan_tenant_back(cat, req, id, tenant, to);
     }
     if tenant.dedicated {
         return Err(ServiceError::Conflict(format!(
@@ -286,6 +289,9 @@ impl Reshards {
         verified: BTreeMap<String, String>,
         pause_ms: u64,
     ) -> Result<(), JobError> {
+        if super::tenant_back::is_move_back(&plan.job) {
+            return self.publish_back(plan, verified, pause_ms).await;
+        }
         let tid = plan.moving_tenant()?.id.clone();
         let job_key = keys::job(&plan.job.id);
         let src_key = keys::keyspace(&plan.job.keyspace);
@@ -424,11 +430,11 @@ impl Reshards {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use shardline_core::catalog::{Instance, TenantConfig};
 
-    fn catalog() -> Catalog {
+    pub(in crate::reshard) fn catalog() -> Catalog {
         let mut cat = Catalog::default();
         for (id, ks, reserved) in [
             ("s0", Some("ks"), None),
@@ -482,7 +488,7 @@ mod tests {
         cat
     }
 
-    fn req(tenant: &str, targets: &[&str]) -> ReshardRequest {
+    pub(in crate::reshard) fn req(tenant: &str, targets: &[&str]) -> ReshardRequest {
         ReshardRequest {
             keyspace: "ks".into(),
             kind: ReshardKind::TenantMove,
@@ -521,7 +527,7 @@ mod tests {
         ));
         let mut back = req("a", &[]);
         back.to_keyspace = Some("ks".into());
-        assert!(matches!(e(back), ServiceError::Invalid(_)));
+        assert!(matches!(e(back), ServiceError::Conflict(_)));
         let mut taken = catalog();
         let ks = taken.keyspaces["ks"].clone();
         taken.keyspaces.insert("a".into(), ks);
