@@ -295,6 +295,7 @@ mod tests {
             tenant,
             to,
             no_wait,
+            ..
         }) = cli.command
         else {
             panic!("not reshard tenant-move");
@@ -302,6 +303,31 @@ mod tests {
         assert_eq!((tenant.as_str(), no_wait), ("acme", true));
         assert_eq!(to, ["s7", "s8"]);
         assert!(parse(&["reshard", "tenant-move", "--tenant", "acme"]).is_err());
+        let back = parse(&[
+            "reshard",
+            "tenant-move",
+            "--tenant",
+            "acme",
+            "--to-keyspace",
+            "default",
+        ])
+        .unwrap();
+        assert!(matches!(
+            back.command,
+            Command::Reshard(ReshardCmd::TenantMove { ref to_keyspace, ref to, .. })
+                if to_keyspace.as_deref() == Some("default") && to.is_empty()
+        ));
+        assert!(parse(&[
+            "reshard",
+            "tenant-move",
+            "--tenant",
+            "acme",
+            "--to",
+            "s1",
+            "--to-keyspace",
+            "default",
+        ])
+        .is_err());
         let cli = parse(&["reshard", "status"]).unwrap();
         assert!(matches!(
             cli.command,

@@ -75,14 +75,23 @@ pub enum ReshardCmd {
         job: JobArgs,
     },
     /// Move a tenant out of its keyspace into a dedicated keyspace named
-    /// after it, on the given registered shards
+    /// after it, on the given registered shards (`--to`), or a dedicated
+    /// tenant back into a shared keyspace (`--to-keyspace`)
     TenantMove {
         /// The tenant that moves
         #[arg(long)]
         tenant: String,
         /// Registered shards of its new keyspace (comma-separated)
-        #[arg(long, value_delimiter = ',', required = true)]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            required_unless_present = "to_keyspace",
+            conflicts_with = "to_keyspace"
+        )]
         to: Vec<String>,
+        /// The shared keyspace a dedicated tenant moves back into
+        #[arg(long)]
+        to_keyspace: Option<String>,
         /// Print the job and return at once instead of following it
         #[arg(long)]
         no_wait: bool,
@@ -144,6 +153,7 @@ pub async fn run(ep: &Endpoints, cmd: ReshardCmd, json: bool) -> anyhow::Result<
         ReshardCmd::TenantMove {
             tenant,
             to,
+            to_keyspace,
             no_wait,
         } => {
             // The job names the keyspace the tenant leaves: its current one.
@@ -151,7 +161,10 @@ pub async fn run(ep: &Endpoints, cmd: ReshardCmd, json: bool) -> anyhow::Result<
                 .get_tenant(&tenant)
                 .await
                 .map_err(|e| anyhow!(e).context(format!("look up tenant {tenant}")))?;
-            (tenant_move_request(tenant, info.keyspace, to), no_wait)
+            (
+                tenant_move_request(tenant, info.keyspace, to, to_keyspace),
+                no_wait,
+            )
         }
         ReshardCmd::Status { id: Some(id) } => return show(&m.get_job(&id).await?, json),
         ReshardCmd::Status { id: None } => {
@@ -206,7 +219,12 @@ fn request(
     }
 }
 
-fn tenant_move_request(tenant: String, keyspace: String, targets: Vec<String>) -> ReshardRequest {
+fn tenant_move_request(
+    tenant: String,
+    keyspace: String,
+    targets: Vec<String>,
+    to_keyspace: Option<String>,
+) -> ReshardRequest {
     ReshardRequest {
         keyspace,
         kind: ReshardKind::TenantMove,
@@ -214,7 +232,7 @@ fn tenant_move_request(tenant: String, keyspace: String, targets: Vec<String>) -
         targets,
         at: vec![],
         tenant: Some(tenant),
-        to_keyspace: None,
+        to_keyspace,
     }
 }
 
@@ -604,7 +622,7 @@ mod tests {
         assert!(d.contains("to keyspace     acme"), "{d}");
         assert!(!job_details(&job(ReshardPhase::Copy)).contains("tenant"));
 
-        let req = tenant_move_request("acme".into(), "shared".into(), vec!["s7".into()]);
+        let req = tenant_move_request("acme".into(), "shared".into(), vec!["s7".into()], None);
         assert_eq!(req.kind, ReshardKind::TenantMove);
         assert_eq!(
             (

@@ -1,5 +1,6 @@
 //! Online resharding end to end: a shard holding 200,000 rows in two
-//! tables is split onto a new shard, then merged back, while writers send
+//! tables is split onto a new shard, then merged back; a tenant with
+//! 200,000 rows moves to dedicated shards and back — while writers send
 //! inserts, updates and deletes through the router the whole time. After
 //! each job every acknowledged write is present exactly once, on the shard
 //! that owns its key by PostgreSQL's own hash, nothing of the moved range
@@ -527,5 +528,34 @@ async fn tenant_move_to_dedicated_shards_under_writes_loses_nothing() {
         .unwrap();
     assert_eq!(stay.result.rows, vec![vec![json!(7)]]);
     println!("tenant move: {} moves", job.moves.len());
+
+    // And back into the shared keyspace, still under writes.
+    let back = under_load(
+        2,
+        &stack,
+        &acme.token,
+        ReshardRequest {
+            keyspace: "acme".into(),
+            kind: ReshardKind::TenantMove,
+            source: String::new(),
+            targets: vec![],
+            at: vec![],
+            tenant: Some("acme".into()),
+            to_keyspace: Some("default".into()),
+        },
+        &truth,
+    )
+    .await;
+    let seen = truth.lock().unwrap().clone();
+    check(&stack, &seen, "acme", "default").await;
+    let t = stack.admin.get_tenant("acme").await.unwrap();
+    assert_eq!((t.keyspace.as_str(), t.dedicated), ("default", false));
+    for pg in &stack.shards[1..] {
+        assert!(
+            !has_database(&pg.dsn(), "acme").await,
+            "acme's database is left on a former dedicated shard"
+        );
+    }
+    println!("tenant move back: {} moves", back.moves.len());
     stack.stop().await;
 }
