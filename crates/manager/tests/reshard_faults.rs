@@ -17,7 +17,7 @@ use shardline_api::manager::JobInfo;
 use shardline_core::catalog::ReshardPhase;
 use shardline_core::hash::routing_hash;
 use shardline_core::{KeyRange, ShardKey, ShardMap};
-use shardline_manager::reshard::FAILPOINT_DURING_CATCHUP;
+use shardline_manager::reshard::{FAILPOINT_DURING_CATCHUP, FAILPOINT_DURING_COPY};
 use tokio_util::sync::CancellationToken;
 
 /// Every row of every shard, keyed by id (each must be on one shard).
@@ -206,6 +206,11 @@ fn reshard_failpoint_child() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resumes_after_a_crash_in_catch_up() {
     crash_and_resume_with(FAILPOINT_DURING_CATCHUP, ReshardPhase::CatchUp, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_after_a_crash_in_the_middle_of_the_copy() {
+    crash_and_resume_with(FAILPOINT_DURING_COPY, ReshardPhase::Copy, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

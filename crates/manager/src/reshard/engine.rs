@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::sql::{self, TableMeta};
 use super::{
     failpoint, lock, phase_number, Reshards, FAILPOINT_AFTER_COPY, FAILPOINT_DURING_CATCHUP,
+    FAILPOINT_DURING_COPY,
 };
 use crate::error::ServiceError;
 use crate::pg;
@@ -459,6 +460,8 @@ impl Reshards {
                 copied += n as u64;
                 self.metrics.rows_copied.with(&[id]).inc_by(n as u64);
                 self.update_progress(id, |p| p.rows_copied += n as u64);
+                // A crash with part of the range copied (test only).
+                failpoint(FAILPOINT_DURING_COPY);
                 if n < batch {
                     break;
                 }

@@ -67,6 +67,8 @@ use crate::{pg, tenant_pg};
 pub const FAILPOINT_ENV: &str = crate::failover::FAILPOINT_ENV;
 /// Aborts once the copy is complete, before CatchUp is persisted.
 pub const FAILPOINT_AFTER_COPY: &str = "reshard-after-copy";
+/// Aborts in Copy, once the first batch of rows is on the target.
+pub const FAILPOINT_DURING_COPY: &str = "reshard-during-copy";
 /// Aborts in CatchUp, after a batch of changes reached the targets and
 /// before it is forgotten on the source (so it is applied again).
 pub const FAILPOINT_DURING_CATCHUP: &str = "reshard-during-catchup";
