@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use shardline_api::manager::ReshardRequest;
-use shardline_core::catalog::{RangeMove, ReshardJob, ReshardKind, ReshardPhase};
+use shardline_core::catalog::{RangeMove, ReshardJob, ReshardKind, ReshardPhase, Shard};
 use shardline_core::{Catalog, KeyRange, ShardMap};
 
 use super::{active_job, is_finished};
@@ -169,15 +169,22 @@ fn check_target(
         }
         _ => {}
     }
-    if let Some(owner) = shard.reserved_for.as_ref().filter(|o| *o != keyspace) {
+    not_taken(cat, shard, keyspace)
+}
+
+/// A target shard must be reserved for no tenant but `owner` (if any) and
+/// take part in no unfinished job.
+pub(super) fn not_taken(cat: &Catalog, shard: &Shard, owner: &str) -> Result<(), ServiceError> {
+    let id = &shard.id;
+    if let Some(other) = shard.reserved_for.as_ref().filter(|o| *o != owner) {
         return Err(ServiceError::Conflict(format!(
-            "shard {id} is reserved for tenant {owner}"
+            "shard {id} is reserved for tenant {other}"
         )));
     }
     if let Some(job) = cat
         .jobs
         .values()
-        .find(|j| !is_finished(j.phase) && j.moves.iter().any(|m| m.to == id || m.from == id))
+        .find(|j| !is_finished(j.phase) && j.moves.iter().any(|m| &m.to == id || &m.from == id))
     {
         return Err(ServiceError::Conflict(format!(
             "shard {id} takes part in resharding job {} already",
@@ -265,7 +272,7 @@ fn plan_split(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shardline_core::catalog::{Instance, Keyspace, Shard};
+    use shardline_core::catalog::{Instance, Keyspace};
 
     fn catalog() -> Catalog {
         let mut cat = Catalog::default();

@@ -23,7 +23,7 @@ use shardline_core::catalog::{
 use shardline_core::{Catalog, KeyRange, ShardMap};
 
 use super::engine::{db, JobError, Plan};
-use super::{active_job, is_finished, phase_number, sql, Reshards};
+use super::{active_job, phase_number, sql, Reshards};
 use crate::error::ServiceError;
 use crate::service::{decode, put};
 use crate::{pg, tenant_pg};
@@ -138,22 +138,7 @@ fn check_free(cat: &Catalog, tenant: &str, id: &str) -> Result<(), ServiceError>
             "shard {id} serves keyspace {k}"
         )));
     }
-    if let Some(owner) = shard.reserved_for.as_ref().filter(|o| *o != tenant) {
-        return Err(ServiceError::Conflict(format!(
-            "shard {id} is reserved for tenant {owner}"
-        )));
-    }
-    if let Some(job) = cat
-        .jobs
-        .values()
-        .find(|j| !is_finished(j.phase) && j.moves.iter().any(|m| m.to == id || m.from == id))
-    {
-        return Err(ServiceError::Conflict(format!(
-            "shard {id} takes part in resharding job {} already",
-            job.id
-        )));
-    }
-    Ok(())
+    super::plan::not_taken(cat, shard, tenant)
 }
 
 /// "rows:checksum" as numbers.
