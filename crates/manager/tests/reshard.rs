@@ -324,6 +324,59 @@ async fn cutover_waits_for_a_silent_router_until_its_lease_ends() {
     let pause = done.cutover_pause_ms.unwrap();
     println!("cutover pause with a silent router (lease {lease:?}): {pause} ms");
     assert!(pause >= 1_500, "waited for the lease: {pause} ms");
+
+    // That router is still behind. Its sessions say so
+    // (`shardline.map_version`), and the source fence refuses every
+    // write of theirs, even those no row matches any more.
+    let fence: i64 = env
+        .db("s0")
+        .await
+        .query_one(
+            "SELECT substring(prosrc from 'v::int8 < ([0-9]+)')::int8 FROM pg_proc \
+             WHERE oid = 'shardline.reshard_fence()'::regprocedure",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(fence > 0, "fence at {fence}");
+    let moved = key_in(&KeyRange::parse("80-").unwrap(), "moved-");
+    let kept = key_in(&KeyRange::parse("-80").unwrap(), "kept-");
+    let stale = env.as_tenant("s0").await;
+    stale
+        .batch_execute(&format!("SET shardline.map_version = '{}'", fence - 1))
+        .await
+        .unwrap();
+    for (sql, key) in [
+        ("UPDATE items SET v = v + 1 WHERE id = $1", &moved),
+        ("DELETE FROM items WHERE id = $1", &moved),
+        ("INSERT INTO items VALUES ($1, 1)", &kept),
+        ("UPDATE items SET v = v + 1 WHERE id = $1", &kept),
+    ] {
+        let e = stale.execute(sql, &[key]).await.unwrap_err();
+        assert_eq!(sqlstate(&e), Some("SLM01"), "{sql}: {e:?}");
+    }
+    let e = stale.batch_execute("TRUNCATE items").await.unwrap_err();
+    assert_eq!(sqlstate(&e), Some("SLM01"), "{e:?}");
+    // Sessions at the fence or past it write as before; so do sessions
+    // that do not say (the manager's, an operator's).
+    let fresh = env.as_tenant("s0").await;
+    fresh
+        .batch_execute(&format!("SET shardline.map_version = '{fence}'"))
+        .await
+        .unwrap();
+    let n = fresh
+        .execute("INSERT INTO items VALUES ($1, 1)", &[&kept])
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let n = env
+        .as_tenant("s0")
+        .await
+        .execute("DELETE FROM items WHERE id = $1", &[&kept])
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
 }
 
 /// Not a test by itself: the manager process of the failpoint tests.

@@ -28,7 +28,7 @@ use shardline_api::router::StatementResult;
 use shardline_api::{ApiError, ErrorCode};
 
 use crate::auth::TenantAuth;
-use crate::pg::{exec, from_pool_error, PoolError, PooledConn};
+use crate::pg::{exec, from_pg_error, from_pool_error, PoolError, PooledConn};
 use crate::pools::{InstanceTarget, ShardTarget};
 use crate::state::{RouterContext, RoutingCell};
 
@@ -97,20 +97,32 @@ enum Failure {
 
 /// Runs `job` for `tenant` on the shard of `target` (see the module
 /// docs); `cell` is the live routing table, watched while held.
+/// `version` is the catalog version of the routing table that chose the
+/// shard: each session says it to PostgreSQL (`shardline.map_version`),
+/// so a shard fenced by a later resharding refuses the write.
 pub async fn run<J: Job>(
     cell: &RoutingCell,
     ctx: &RouterContext,
     target: Arc<ShardTarget>,
+    version: u64,
     tenant: &TenantAuth,
     job: &J,
     plan: Plan,
 ) -> Result<J::Output, ApiError> {
+    let at = At { tenant, version };
     if plan.read && plan.eventual {
-        if let Some(out) = on_replica(ctx, &target, tenant, job).await? {
+        if let Some(out) = on_replica(ctx, &target, at, job).await? {
             return Ok(out);
         }
     }
-    on_primary(cell, ctx, target, tenant, job, plan).await
+    on_primary(cell, ctx, target, at, job, plan).await
+}
+
+/// Who runs a job, and by which routing table's version.
+#[derive(Clone, Copy)]
+struct At<'a> {
+    tenant: &'a TenantAuth,
+    version: u64,
 }
 
 /// Runs a read on a usable replica; `None` when there is none or it
@@ -119,7 +131,7 @@ pub async fn run<J: Job>(
 async fn on_replica<J: Job>(
     ctx: &RouterContext,
     target: &ShardTarget,
-    tenant: &TenantAuth,
+    at: At<'_>,
     job: &J,
 ) -> Result<Option<J::Output>, ApiError> {
     let Some(view) = ctx.health.fresh(Instant::now()) else {
@@ -128,7 +140,7 @@ async fn on_replica<J: Job>(
     let Some(replica) = target.pick_replica(&view, ctx.max_replica_lag).cloned() else {
         return Ok(None);
     };
-    match attempt(&replica, tenant, job).await {
+    match attempt(&replica, at, job).await {
         Ok(out) => {
             ctx.metrics
                 .replica_reads
@@ -165,7 +177,7 @@ async fn on_primary<J: Job>(
     cell: &RoutingCell,
     ctx: &RouterContext,
     mut target: Arc<ShardTarget>,
-    tenant: &TenantAuth,
+    at: At<'_>,
     job: &J,
     plan: Plan,
 ) -> Result<J::Output, ApiError> {
@@ -176,7 +188,7 @@ async fn on_primary<J: Job>(
     }
     loop {
         let primary = Arc::clone(&target.primary);
-        let failure = match attempt(&primary, tenant, job).await {
+        let failure = match attempt(&primary, at, job).await {
             Ok(out) => return Ok(out),
             Err(f) => f,
         };
@@ -287,12 +299,14 @@ pub fn is_connection_failure(e: &PoolError) -> bool {
 }
 
 /// One attempt on one instance.
-async fn attempt<J: Job>(
-    inst: &InstanceTarget,
-    tenant: &TenantAuth,
-    job: &J,
-) -> Result<J::Output, Failure> {
-    let mut conn = acquire(inst, tenant).await.map_err(Failure::Acquire)?;
+async fn attempt<J: Job>(inst: &InstanceTarget, at: At<'_>, job: &J) -> Result<J::Output, Failure> {
+    let mut conn = acquire(inst, at.tenant).await.map_err(Failure::Acquire)?;
+    if let Err(e) = conn.set_map_version(at.version).await {
+        return Err(Failure::Statement {
+            error: from_pg_error(&e),
+            broken: true,
+        });
+    }
     match job.run(&mut conn).await {
         Ok(out) => Ok(out),
         Err(error) => Err(Failure::Statement {

@@ -77,7 +77,7 @@ pub async fn run<J: Job>(
         // have changed with a move); the admitted one if it is gone.
         let current = routing.tenants.get(&tenant.id).cloned();
         let auth = current.as_deref().unwrap_or(tenant);
-        match dispatch::run(cell, ctx, target, auth, job, plan).await {
+        match dispatch::run(cell, ctx, target, routing.version, auth, job, plan).await {
             Ok(out) => return Ok((shard, out)),
             Err(e) if is_moved(&e) && !retried => {
                 tracing::debug!(shard = %shard, keyspace = %keyspace, "key moved; waiting for a newer routing table");

@@ -15,7 +15,8 @@ use serde_json::{json, Value};
 use shardline_core::catalog::{Limits, Migration, Shard};
 use shardline_core::hash::routing_hash;
 use shardline_core::shardmap::ShardRange;
-use shardline_core::{Catalog, KeyRange, ShardKey, ShardMap};
+use shardline_core::{Catalog, KeyRange, KeyType, ShardKey, ShardMap};
+use shardline_manager::reshard::sql;
 use shardline_manager::tenant_pg;
 use shardline_router::state::{RouterContext, Routing, RoutingCell};
 use shardline_router::RouterConfig;
@@ -469,5 +470,70 @@ async fn a_tenant_moving_past_the_window_gets_503() -> anyhow::Result<()> {
     assert_unavailable(status, &headers, &body);
     assert!(!has_row(&s1, "late-key").await?);
     assert_eq!(held(&served, "s1", "timed_out").await?, 1);
+    stop(served).await
+}
+
+/// `shardline.map_version` as a session of the router sees it.
+async fn map_version_seen(served: &Served, key: &str) -> anyhow::Result<Answer> {
+    let body = json!({
+        "shard_key": key,
+        "sql": "SELECT current_setting('shardline.map_version', true)",
+    });
+    post(served, "/v1/execute", body).await
+}
+
+#[tokio::test]
+async fn sessions_say_their_map_version_and_a_fenced_source_refuses_older_ones(
+) -> anyhow::Result<()> {
+    let s1 = shard("s1").await?;
+    let key = "fenced-key";
+    let mut cfg = RouterConfig::new("http://127.0.0.1:1", "t");
+    cfg.failover_hold = Duration::from_millis(300);
+    let (ctx, cell, served) = serve(&cfg, &catalog(7, &s1, None, key, "s1", false)).await?;
+    let (status, _, body) = map_version_seen(&served, key).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rows"][0][0], json!("7"), "{body}");
+    let (status, _, body) = insert(&served, key).await?;
+    assert_eq!(status, 200, "{body}");
+
+    // The manager's fence at catalog 8 (as at a cutover this router
+    // missed): every write of a session at 7 is refused, even one that
+    // matches no row, and the router, finding no newer table, answers
+    // 503 (retryable) with nothing written.
+    let admin = acme_db(&s1).await?;
+    let meta = sql::table_meta(&admin, "tenant_acme", "kv", "k")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    sql::install_refuse(&admin, &meta, KeyType::Text, &[KeyRange::FULL]).await?;
+    sql::set_fence(&admin, 8).await?;
+    let update = |k: &str| {
+        json!({
+            "shard_key": key,
+            "sql": "UPDATE kv SET v = 'x' WHERE k = $1 \
+                    RETURNING current_setting('shardline.map_version')",
+            "params": [k],
+        })
+    };
+    for k in [key, "no-such-row"] {
+        let (status, headers, body) = post(&served, "/v1/execute", update(k)).await?;
+        assert_unavailable(status, &headers, &body);
+    }
+    let (status, headers, body) = insert(&served, "fenced-insert").await?;
+    assert_unavailable(status, &headers, &body);
+    let v: String = admin
+        .query_one("SELECT v FROM tenant_acme.kv WHERE k = $1", &[&key])
+        .await?
+        .get(0);
+    assert_eq!(v, "v", "nothing written");
+    assert!(!has_row(&s1, "fenced-insert").await?);
+    assert_eq!(held(&served, "s1", "timed_out").await?, 3);
+
+    // A table at 9 (the same owner): the router's sessions say 9 and
+    // pass the fence.
+    let newer = catalog(9, &s1, None, key, "s1", false);
+    cell.set(Routing::build(&newer, &cell.get(), &ctx));
+    let (status, _, body) = post(&served, "/v1/execute", update(key)).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rows"][0][0], json!("9"), "{body}");
     stop(served).await
 }

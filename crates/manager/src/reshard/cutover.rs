@@ -74,6 +74,9 @@ impl Reshards {
         self.wait_for_routers(plan, version, token).await?;
         tracing::info!(job = %id, waited_ms = frozen_at.elapsed().as_millis() as u64,
             "cutover: routers acknowledged");
+        // Only a router cut off from the manager routes by an older
+        // catalog now: the sources refuse all its writes from here on.
+        self.fence_sources(plan, version).await?;
         // d. The last changes, then verification.
         self.apply_changes(plan, token, true).await?;
         let verified = if plan.is_tenant_move() {
@@ -90,6 +93,18 @@ impl Reshards {
             self.publish(plan, verified, pause).await?;
         }
         tracing::info!(job = %id, cutover_pause_ms = pause, "cutover: new map published");
+        Ok(())
+    }
+
+    /// Raises the fence of every source tenant database to `version`
+    /// (see [`sql::set_fence`]).
+    async fn fence_sources(&self, plan: &Plan, version: u64) -> Result<(), JobError> {
+        for source in plan.sources() {
+            for tenant in &plan.tenants {
+                let src = self.must_db(plan, &source, tenant).await?;
+                sql::set_fence(&src, version).await.map_err(db(&source))?;
+            }
+        }
         Ok(())
     }
 

@@ -23,6 +23,12 @@ use tokio_postgres::Client;
 pub const CAPTURE_TRIGGER: &str = "shardline_reshard_capture";
 /// Name of the trigger refusing writes to keys a shard does not own.
 pub const REFUSE_TRIGGER: &str = "shardline_reshard_refuse";
+/// The statement-level trigger on a source's tables that refuses every
+/// write statement of a router session behind the fence (see
+/// [`set_fence`]).
+pub const FENCE_TRIGGER: &str = "shardline_reshard_fence";
+/// The function of [`FENCE_TRIGGER`], one per tenant database.
+const FENCE_FUNCTION: &str = "shardline.reshard_fence";
 
 /// The change table, closed to tenants (their triggers write to it as
 /// its owner, through a SECURITY DEFINER function).
@@ -282,6 +288,19 @@ pub async fn install_refuse(
         "shardline.{}",
         quote_ident(&format!("reshard_refuse_{}", t.tag()))
     );
+    // The fence function, open (version 0) until a cutover sets it.
+    let fence_missing: bool = client
+        .query_one(
+            "SELECT to_regprocedure($1) IS NULL",
+            &[&format!("{FENCE_FUNCTION}()")],
+        )
+        .await?
+        .get(0);
+    let fence = if fence_missing {
+        fence_function(0)
+    } else {
+        String::new()
+    };
     let sql = format!(
         "CREATE SCHEMA IF NOT EXISTS shardline; \
          REVOKE ALL ON SCHEMA shardline FROM PUBLIC; \
@@ -300,14 +319,72 @@ pub async fn install_refuse(
          REVOKE ALL ON FUNCTION {func}() FROM PUBLIC; \
          DROP TRIGGER IF EXISTS {trig} ON {table}; \
          CREATE TRIGGER {trig} BEFORE INSERT OR UPDATE OR DELETE ON {table} \
-           FOR EACH ROW EXECUTE FUNCTION {func}()",
+           FOR EACH ROW EXECUTE FUNCTION {func}(); \
+         {fence} \
+         DROP TRIGGER IF EXISTS {fence_trig} ON {table}; \
+         CREATE TRIGGER {fence_trig} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {table} \
+           FOR EACH STATEMENT EXECUTE FUNCTION {FENCE_FUNCTION}()",
         own_old = in_ranges(key_type, &key("OLD"), owned),
         own_new = in_ranges(key_type, &key("NEW"), owned),
         trig = quote_ident(REFUSE_TRIGGER),
+        fence_trig = quote_ident(FENCE_TRIGGER),
         table = t.qualified(),
     );
     // One implicit transaction, as above.
     client.batch_execute(&sql).await
+}
+
+/// The fence function: refuses the statement (SQLSTATE `SLM01`, so the
+/// router retries it by a newer map) when the session says it routes by
+/// a catalog older than `version` (`shardline.map_version`, which every
+/// router session sets). Sessions that do not say (the manager's,
+/// operators') pass.
+fn fence_function(version: u64) -> String {
+    format!(
+        "CREATE OR REPLACE FUNCTION {FENCE_FUNCTION}() RETURNS trigger LANGUAGE plpgsql \
+           SET search_path = pg_catalog, pg_temp AS $shardline$ \
+         DECLARE v text := current_setting('shardline.map_version', true); \
+         BEGIN \
+           IF v ~ '^[0-9]{{1,18}}$' AND v::int8 < {version} THEN \
+             RAISE EXCEPTION USING ERRCODE = '{MOVED_SQLSTATE}', \
+               MESSAGE = 'this shard was resharded after the routing table the statement was routed by; retry', \
+               HINT = 'the router is behind the catalog; retry through an up-to-date router'; \
+           END IF; \
+           RETURN NULL; \
+         END $shardline$; \
+         REVOKE ALL ON FUNCTION {FENCE_FUNCTION}() FROM PUBLIC;"
+    )
+}
+
+/// Raises the fence of a source's tenant database to catalog `version`:
+/// from now on a router session that routed by an older catalog writes
+/// nothing here (its statement fails with `SLM01`), even to keys no row
+/// matches any more. Set at cutover once every live router has that
+/// version or its lease ran out, so only a router cut off from the
+/// manager is behind it.
+/// Never lowers it.
+pub async fn set_fence(client: &Client, version: u64) -> Result<(), tokio_postgres::Error> {
+    if fence_version(client).await? >= version {
+        return Ok(());
+    }
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS shardline; {}",
+            fence_function(version)
+        ))
+        .await
+}
+
+/// The version a tenant database's fence is at (0: none).
+pub async fn fence_version(client: &Client) -> Result<u64, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT coalesce((SELECT substring(prosrc from 'v::int8 < ([0-9]+)')::int8 \
+             FROM pg_catalog.pg_proc WHERE oid = to_regprocedure($1)), 0)",
+            &[&format!("{FENCE_FUNCTION}()")],
+        )
+        .await?;
+    Ok(row.get::<_, i64>(0).max(0) as u64)
 }
 
 /// Whether a table has the refuse trigger.

@@ -159,6 +159,8 @@ struct Conn {
     client: Client,
     cache: StatementCache,
     idle_since: Instant,
+    /// The `shardline.map_version` this session last set (0: never).
+    map_version: u64,
     _open: OpenGuard,
     // Dropped after the client, so the budget counts the connection
     // until it is closed.
@@ -319,6 +321,7 @@ impl Pool {
             client,
             cache: StatementCache::new(inner.cfg.statement_cache_capacity),
             idle_since: Instant::now(),
+            map_version: 0,
             _open: OpenGuard(inner.open.clone()),
             _budget: budget,
         })
@@ -431,6 +434,28 @@ impl PooledConn {
         let stmt = self.conn().client.prepare(sql).await?;
         self.conn_mut().cache.insert(sql, stmt.clone());
         Ok(stmt)
+    }
+
+    /// Sets the session's `shardline.map_version` to `version` (the
+    /// catalog version of the routing table the request was routed by),
+    /// with a round trip only when it differs from what the session last
+    /// set. Shards fenced by a resharding refuse writes from sessions
+    /// behind the fence (see the manager's `reshard::sql::set_fence`).
+    pub async fn set_map_version(&mut self, version: u64) -> Result<(), tokio_postgres::Error> {
+        if self.conn().map_version == version {
+            return Ok(());
+        }
+        let sql = format!("SET shardline.map_version = '{version}'");
+        self.busy = true;
+        self.conn().client.batch_execute(&sql).await?;
+        self.busy = false;
+        self.conn_mut().map_version = version;
+        Ok(())
+    }
+
+    /// The `shardline.map_version` this session last set (0: never).
+    pub fn map_version(&self) -> u64 {
+        self.conn().map_version
     }
 
     /// Forgets the cached statement for `sql` (e.g. after PostgreSQL said
