@@ -4,7 +4,10 @@
 //! inserts, updates and deletes through the router the whole time. After
 //! each job every acknowledged write is present exactly once, on the shard
 //! that owns its key by PostgreSQL's own hash, nothing of the moved range
-//! is left on the source, and the longest write pause is printed.
+//! is left on the source, and the longest write pause is printed. A
+//! router cut off from the manager during a split (a real router behind
+//! a proxy the test cuts) delays the cutover by its lease and afterwards
+//! cannot write to the old shard.
 
 mod common;
 
@@ -19,7 +22,7 @@ use shardline_api::manager::{JobInfo, ReshardKind, ReshardPhase, ReshardRequest,
 use shardline_api::router::{ExecuteRequest, ShardKeyValue};
 use shardline_client::{ClientError, RetryPolicy, RouterClient};
 use shardline_core::hash::sql_routing_hash;
-use shardline_core::{KeyRange, KeyType};
+use shardline_core::{KeyRange, KeyType, ShardKey};
 
 const ACCOUNTS: i64 = 100_000;
 const SCHEMA: &str = "CREATE TABLE accounts (id text PRIMARY KEY, balance bigint NOT NULL, \
@@ -557,5 +560,231 @@ async fn tenant_move_to_dedicated_shards_under_writes_loses_nothing() {
         );
     }
     println!("tenant move back: {} moves", back.moves.len());
+    stack.stop().await;
+}
+
+/// A TCP proxy on loopback to `to` that can be cut: while cut, open
+/// connections are closed and new ones closed at once.
+struct Link {
+    url: String,
+    cut: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Link {
+    async fn to(url: &str) -> Link {
+        let to = url.trim_start_matches("http://").to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (cut, _) = tokio::sync::watch::channel(false);
+        let watch = cut.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut cut = watch.subscribe();
+                if *cut.borrow_and_update() {
+                    continue;
+                }
+                let to = to.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&to).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.wait_for(|c| *c) => {}
+                    }
+                });
+            }
+        });
+        Link { url, cut, task }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One statement through the router at `url` as the default app.
+async fn through(url: &str, token: &str, key: &str, sql: &str) -> common::Raw {
+    common::raw(
+        url,
+        "POST",
+        "/v1/execute",
+        Some(token),
+        &common::exec_body(key, sql, json!([key])),
+        &[],
+    )
+    .await
+}
+
+/// The balance of account `id` on the shard at `dsn` (`None`: no row).
+async fn balance_on(dsn: &str, id: &str) -> Option<i64> {
+    let (db, conn) = tokio_postgres::connect(
+        &format!("{dsn} dbname=tenant_default"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    db.query_opt(
+        "SELECT balance FROM tenant_default.accounts WHERE id = $1",
+        &[&id],
+    )
+    .await
+    .unwrap()
+    .map(|r| r.get(0))
+}
+
+/// A second router, cut off from the manager (through a proxy) before a
+/// split: the cutover waits for its lease, then goes on; afterwards that
+/// router, still routing by the old map, cannot write to the old shard —
+/// not an insert, nor an update or delete of a moved row (which no
+/// longer exists there): each is answered 503 (retryable) and nothing
+/// changes on either shard. Linked again, it follows the new map and the
+/// same update lands on the new owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_cut_off_during_a_split_cannot_write_to_the_old_shard() {
+    let lease = Duration::from_secs(3);
+    let stack = Stack::start(StackOptions {
+        shards: 1,
+        spare: 1,
+        router_lease: Some(lease),
+        ..StackOptions::default()
+    })
+    .await;
+    stack.migrate("001_bank", SCHEMA).await;
+    for (table, key) in [("accounts", "id"), ("events", "account")] {
+        let spec = TableSpec {
+            shard_key: key.into(),
+        };
+        stack
+            .admin
+            .set_table("default", table, &spec)
+            .await
+            .unwrap();
+    }
+    let token = stack.app_token.as_str();
+    let ids: Vec<String> = (0..200).map(|i| format!("acct-{i}")).collect();
+    for id in &ids {
+        let sql = "INSERT INTO accounts (id, balance) VALUES ($1, 100)";
+        let a = through(&stack.router_url, token, id, sql).await;
+        assert_eq!(a.status, 200, "{}", a.text);
+    }
+    let link = Link::to(&stack.manager_url).await;
+    let (stale_url, stale_stop, stale_task) =
+        common::start_router(&link.url, &StackOptions::default()).await;
+    let stale = RouterClient::new(&stale_url, Some(stack.app_token.clone())).unwrap();
+    assert!(common::wait_for_token(&stale).await);
+    let a = through(
+        &stale_url,
+        token,
+        &ids[0],
+        "SELECT balance FROM accounts WHERE id = $1",
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+
+    link.set_cut(true);
+    let job = stack
+        .admin
+        .reshard(&ReshardRequest {
+            keyspace: "default".into(),
+            kind: ReshardKind::Split,
+            source: "s0".into(),
+            targets: vec!["spare0".into()],
+            at: vec![],
+            tenant: None,
+            to_keyspace: None,
+        })
+        .await
+        .unwrap();
+    let done = wait_job(&stack, &job).await;
+    assert_eq!(done.phase, ReshardPhase::Done, "{:?}", done.error);
+    let pause = done.cutover_pause_ms.unwrap();
+    println!("split with a router cut off (lease {lease:?}): cutover pause {pause} ms");
+    assert!(
+        pause >= 500,
+        "the cutover waited for the silent router: {pause} ms"
+    );
+
+    let moved = KeyRange::parse(&done.moves[0].range).unwrap();
+    let is_moved =
+        |id: &String| moved.contains(shardline_core::hash::routing_hash(ShardKey::Text(id)));
+    let gone = ids.iter().find(|id| is_moved(id)).unwrap();
+    let fresh = (0..1000)
+        .map(|i| format!("new-{i}"))
+        .find(|id| is_moved(id))
+        .unwrap();
+    let (old, new) = (stack.shards[0].dsn(), stack.shards[1].dsn());
+    assert_eq!(
+        balance_on(&old, gone).await,
+        None,
+        "cleaned up on the source"
+    );
+    assert_eq!(balance_on(&new, gone).await, Some(100));
+    let (update, delete, insert) = tokio::join!(
+        through(
+            &stale_url,
+            token,
+            gone,
+            "UPDATE accounts SET balance = balance + 1 WHERE id = $1"
+        ),
+        through(
+            &stale_url,
+            token,
+            gone,
+            "DELETE FROM accounts WHERE id = $1"
+        ),
+        through(
+            &stale_url,
+            token,
+            &fresh,
+            "INSERT INTO accounts (id, balance) VALUES ($1, 7)"
+        ),
+    );
+    for (what, a) in [
+        ("update", &update),
+        ("delete", &delete),
+        ("insert", &insert),
+    ] {
+        assert_eq!(a.status, 503, "{what}: {}", a.text);
+        assert_eq!(
+            a.body["error"]["code"], "shard_unavailable",
+            "{what}: {}",
+            a.text
+        );
+        assert_eq!(a.body["error"]["retryable"], true, "{what}: {}", a.text);
+    }
+    assert_eq!(balance_on(&old, gone).await, None);
+    assert_eq!(balance_on(&new, gone).await, Some(100), "nothing changed");
+    assert_eq!(balance_on(&old, &fresh).await, None);
+    assert_eq!(balance_on(&new, &fresh).await, None);
+
+    link.set_cut(false);
+    let sql = "UPDATE accounts SET balance = balance + 1 WHERE id = $1 RETURNING balance";
+    let mut last = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let followed = loop {
+        let a = through(&stale_url, token, gone, sql).await;
+        if a.status == 200 {
+            break true;
+        }
+        last = a.text;
+        if Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(followed, "linked again, it follows the new map: {last:?}");
+    assert_eq!(balance_on(&new, gone).await, Some(101));
+    assert_eq!(balance_on(&old, gone).await, None);
+    stale_stop.cancel();
+    let _ = stale_task.await;
     stack.stop().await;
 }

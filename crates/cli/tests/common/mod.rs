@@ -51,6 +51,8 @@ pub struct StackOptions {
     pub health_interval: Option<Duration>,
     pub statement_timeout: Duration,
     pub body_limit: usize,
+    /// The manager's router lease (its default if `None`).
+    pub router_lease: Option<Duration>,
 }
 
 impl Default for StackOptions {
@@ -64,6 +66,7 @@ impl Default for StackOptions {
             health_interval: Some(Duration::from_millis(200)),
             statement_timeout: Duration::from_secs(10),
             body_limit: 1024 * 1024,
+            router_lease: None,
         }
     }
 }
@@ -165,6 +168,9 @@ impl Stack {
                 ROUTER_TOKEN,
             )
             .health_interval;
+        }
+        if let Some(lease) = opts.router_lease {
+            cfg.router_lease = lease;
         }
         let (manager_url, manager_stop, manager_task) = start_manager(cfg).await;
         let admin = ManagerClient::new(&manager_url, Some(ADMIN_TOKEN.into())).unwrap();
