@@ -131,7 +131,15 @@ where
 }
 
 impl Stack {
+    /// Logs go to the test's output when `SHARDLINE_LOG` is set (e.g.
+    /// `SHARDLINE_LOG=shardline_manager::reshard=info`).
     pub async fn start(opts: StackOptions) -> Stack {
+        if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("SHARDLINE_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
         let mut shards = Vec::new();
         let mut replicas = Vec::new();
         for i in 0..opts.shards + opts.spare {

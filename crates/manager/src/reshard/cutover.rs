@@ -79,12 +79,15 @@ impl Reshards {
         self.fence_sources(plan, version).await?;
         // d. The last changes, then verification.
         self.apply_changes(plan, token, true).await?;
+        tracing::info!(job = %id, at_ms = frozen_at.elapsed().as_millis() as u64,
+            "cutover: last changes applied");
         let verified = if plan.is_tenant_move() {
             self.verify_tenant(plan).await?
         } else {
             self.verify(plan).await?
         };
-        tracing::info!(job = %id, checks = verified.len(), "cutover: verified");
+        tracing::info!(job = %id, checks = verified.len(),
+            at_ms = frozen_at.elapsed().as_millis() as u64, "cutover: verified");
         // e. Publish.
         let pause = frozen_at.elapsed().as_millis() as u64;
         if plan.is_tenant_move() {

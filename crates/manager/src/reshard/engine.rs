@@ -79,6 +79,57 @@ pub struct Plan {
     /// Active tenants of the keyspace.
     pub tenants: Vec<Tenant>,
     pub shards: BTreeMap<String, Shard>,
+    /// Sessions in tenant databases, kept while the phase runs.
+    sessions: Sessions,
+}
+
+/// A superuser session in a tenant database, on loan from a plan.
+pub type Session = tokio::sync::OwnedMutexGuard<Client>;
+
+/// Sessions in tenant databases by (shard, database), kept for as long as
+/// the plan (one run of one phase): a cutover makes a dozen round trips
+/// to each database while the moving keys' writes wait, and opening a
+/// session costs more than any of them (more still on a loaded server).
+/// A session in use is not lent twice: the second caller gets a new one.
+#[derive(Default)]
+struct Sessions(std::sync::Mutex<Slots>);
+
+/// Kept sessions by (shard, database).
+type Slots = HashMap<(String, String), Arc<tokio::sync::Mutex<Client>>>;
+
+impl Sessions {
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A kept session, if one is open and free.
+    fn lend(&self, key: &(String, String)) -> Option<Session> {
+        let slot = self.slots().get(key).cloned()?;
+        let session = slot.try_lock_owned().ok()?;
+        (!session.is_closed()).then_some(session)
+    }
+
+    /// Keeps `client` (unless a session for `key` is in use) and lends it.
+    fn keep(&self, key: (String, String), client: Client) -> Session {
+        let slot = Arc::new(tokio::sync::Mutex::new(client));
+        let session = Arc::clone(&slot)
+            .try_lock_owned()
+            .expect("a new mutex is free");
+        let mut slots = self.slots();
+        let busy = slots.get(&key).is_some_and(|old| old.try_lock().is_err());
+        if !busy {
+            slots.insert(key, slot);
+        }
+        session
+    }
+
+    /// Closes the kept sessions on `shard` (before its tenant databases
+    /// are dropped).
+    fn forget(&self, shard: &str) {
+        self.slots().retain(|(s, _), _| s != shard);
+    }
 }
 
 impl Plan {
@@ -127,6 +178,7 @@ impl Plan {
             keyspace,
             tenants,
             shards,
+            sessions: Sessions::default(),
         })
     }
 
@@ -189,6 +241,11 @@ impl Plan {
 
     pub(super) fn moving(&self) -> Vec<KeyRange> {
         self.job.moves.iter().map(|m| m.range).collect()
+    }
+
+    /// Closes the plan's sessions on `shard`.
+    pub(super) fn forget_sessions(&self, shard: &str) {
+        self.sessions.forget(shard);
     }
 
     pub(super) fn dsn(&self, shard: &str) -> Result<&str, JobError> {
@@ -295,14 +352,19 @@ impl Reshards {
         Ok(())
     }
 
-    /// A superuser session in a tenant's database on a shard; `None` when
-    /// the database does not exist there.
+    /// A superuser session in a tenant's database on a shard (the plan's
+    /// own, opened on first use); `None` when the database does not exist
+    /// there.
     pub(super) async fn tenant_db(
         &self,
         plan: &Plan,
         shard: &str,
         tenant: &Tenant,
-    ) -> Result<Option<Client>, JobError> {
+    ) -> Result<Option<Session>, JobError> {
+        let key = (shard.to_string(), tenant.pg_name());
+        if let Some(session) = plan.sessions.lend(&key) {
+            return Ok(Some(session));
+        }
         let dsn = plan.dsn(shard)?;
         let timeout = self.settings.connect_timeout;
         let admin = pg::connect_shard(shard, dsn, timeout).await?;
@@ -320,7 +382,7 @@ impl Reshards {
         let client = pg::connect_db(dsn, &tenant.pg_name(), timeout)
             .await
             .map_err(|e| JobError::Retry(format!("shard {shard}: {e}")))?;
-        Ok(Some(client))
+        Ok(Some(plan.sessions.keep(key, client)))
     }
 
     /// The same, required to exist.
@@ -329,7 +391,7 @@ impl Reshards {
         plan: &Plan,
         shard: &str,
         tenant: &Tenant,
-    ) -> Result<Client, JobError> {
+    ) -> Result<Session, JobError> {
         self.tenant_db(plan, shard, tenant).await?.ok_or_else(|| {
             JobError::Fatal(format!(
                 "tenant {} has no database on shard {shard}",
@@ -515,7 +577,7 @@ impl Reshards {
                     .into_iter()
                     .map(|m| (m.name.clone(), m))
                     .collect();
-                let mut targets: HashMap<String, Client> = HashMap::new();
+                let mut targets: HashMap<String, Session> = HashMap::new();
                 let behind = loop {
                     check(token)?;
                     let changes = sql::read_changes(&src, id, self.settings.batch_rows)

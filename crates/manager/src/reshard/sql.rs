@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use shardline_core::catalog::{quote_ident, quote_literal, MOVED_SQLSTATE};
 use shardline_core::hash::{routing_hash, sql_in_range};
 use shardline_core::{KeyRange, KeyType, ShardKey};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 /// Name of the capture trigger on every moving table of a source.
@@ -683,8 +684,15 @@ fn row_hash(row: &serde_json::Value, key: &str, key_type: KeyType) -> Option<u64
     }
 }
 
-/// Row count and checksum (`count:sum of hashtextextended(row::text, 0)`)
-/// of the rows of `t` in `ranges`.
+/// Row count and checksum (`count:sum of a 64-bit hash of each row`) of
+/// the rows of `t` in `ranges`.
+///
+/// The row hash is PostgreSQL's `hash_record_extended`, which hashes
+/// each column by its type's hash function (about twice as fast as
+/// hashing the row's text). A table with a column type that has none
+/// (json, money, point, ...) fails with 42883 as soon as a row is read,
+/// and is hashed by its text instead: on both sides alike, since either
+/// both have rows (and fail) or the counts differ anyway.
 pub async fn checksum(
     client: &Client,
     t: &TableMeta,
@@ -692,12 +700,23 @@ pub async fn checksum(
     ranges: &[KeyRange],
 ) -> Result<String, tokio_postgres::Error> {
     let pred = in_ranges(key_type, &format!("t.{}", quote_ident(&t.key)), ranges);
-    let sql = format!(
-        "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text \
-         FROM {} t WHERE {pred}",
-        t.qualified()
-    );
-    let row = client.query_one(&sql, &[]).await?;
+    let sql = |hash: &str| {
+        format!(
+            "SELECT count(*), coalesce(sum({hash}), 0)::text FROM {} t WHERE {pred}",
+            t.qualified()
+        )
+    };
+    let row = match client
+        .query_one(&sql("hash_record_extended(t.*, 0)"), &[])
+        .await
+    {
+        Err(e) if e.code() == Some(&SqlState::UNDEFINED_FUNCTION) => {
+            client
+                .query_one(&sql("hashtextextended((t.*)::text, 0)"), &[])
+                .await?
+        }
+        other => other?,
+    };
     let n: i64 = row.get(0);
     let sum: String = row.get(1);
     Ok(format!("{n}:{sum}"))

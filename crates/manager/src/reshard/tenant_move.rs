@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use futures_util::future::try_join_all;
 use shardline_api::manager::ReshardRequest;
 use shardline_core::catalog::{
     keys, Keyspace, RangeMove, ReshardJob, ReshardKind, ReshardPhase, Shard, Tenant, TenantState,
@@ -232,18 +233,19 @@ impl Reshards {
                 ranges.dedup();
                 for range in ranges {
                     let one = std::slice::from_ref(&range);
+                    // Every side at once: the range is frozen meanwhile.
+                    let parts = try_join_all(sources.iter().map(|(s, src)| async move {
+                        sql::checksum(src, meta, key_type, one).await.map_err(db(s))
+                    }));
+                    let (parts, got) =
+                        tokio::join!(parts, sql::checksum(&tgt, meta, key_type, one));
                     let mut want = (0i64, 0i128);
-                    for (s, src) in &sources {
-                        let part = sql::checksum(src, meta, key_type, one)
-                            .await
-                            .map_err(db(s))?;
+                    for ((s, _), part) in sources.iter().zip(parts?) {
                         let (n, sum) = parse_sum(&part)?;
                         want = (want.0 + n, want.1 + sum);
                         verified.insert(part_key(&tenant.id, &meta.name, &range, s), part);
                     }
-                    let got = sql::checksum(&tgt, meta, key_type, one)
-                        .await
-                        .map_err(db(&target))?;
+                    let got = got.map_err(db(&target))?;
                     if parse_sum(&got)? != want {
                         mismatches.push(format!(
                             "tenant {} table {} range {range}: sources have {}:{}, target \
@@ -390,6 +392,7 @@ impl Reshards {
                 }
                 drop(src);
             }
+            plan.forget_sessions(&source);
             let admin =
                 pg::connect_shard(&source, plan.dsn(&source)?, self.settings.connect_timeout)
                     .await?;
@@ -405,6 +408,7 @@ impl Reshards {
     pub(super) async fn undo_tenant_targets(&self, plan: &Plan) -> Result<(), JobError> {
         let tenant = plan.moving_tenant()?;
         for target in plan.targets() {
+            plan.forget_sessions(&target);
             let admin =
                 pg::connect_shard(&target, plan.dsn(&target)?, self.settings.connect_timeout)
                     .await?;

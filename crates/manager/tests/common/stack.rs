@@ -30,7 +30,8 @@ pub struct Stack {
 
 impl Stack {
     /// An empty catalog and no manager yet. Failover steps are logged
-    /// (shown with `--nocapture`).
+    /// (shown with `--nocapture`; other logs by `SHARDLINE_LOG`, e.g.
+    /// `SHARDLINE_LOG=shardline_manager::reshard=info`).
     pub async fn new() -> Stack {
         Stack::open(tempfile::tempdir().unwrap()).await
     }
@@ -38,9 +39,11 @@ impl Stack {
     /// The catalog in `dir` (as [`Stack::close`] left it), no manager yet.
     pub async fn open(dir: tempfile::TempDir) -> Stack {
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(
-                "shardline_manager::failover=info",
-            ))
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("SHARDLINE_LOG").unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("shardline_manager::failover=info")
+                }),
+            )
             .with_test_writer()
             .try_init();
         let store = FileStore::open(catalog_path(dir.path())).await.unwrap();
