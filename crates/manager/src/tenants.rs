@@ -348,6 +348,20 @@ pub async fn delete_tenant(
     let Some(tenant) = cat.tenants.get(id) else {
         return Err(ServiceError::NotFound(format!("no tenant {id}")));
     };
+    // A resharding job copies the tenant's rows and drops its databases
+    // on the sources: a delete meanwhile would race it.
+    if let Some(job) = cat.jobs.values().find(|j| {
+        !crate::reshard::is_finished(j.phase)
+            && (j.tenant.as_deref() == Some(id)
+                || j.keyspace == tenant.keyspace
+                || j.to_keyspace.as_deref() == Some(tenant.keyspace.as_str()))
+    }) {
+        return Err(ServiceError::Conflict(format!(
+            "resharding job {} is moving tenant {id}'s rows; wait for it to finish \
+             (or cancel it) before deleting the tenant",
+            job.id
+        )));
+    }
     let shards: Vec<(String, String)> = checks::keyspace_shards(cat, &tenant.keyspace)
         .into_iter()
         .filter_map(|s| {

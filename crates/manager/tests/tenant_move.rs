@@ -362,6 +362,18 @@ async fn cancelled_tenant_move_leaves_everything_as_it_was() {
         j.phase == ReshardPhase::Copy && j.rows_copied > 0
     })
     .await;
+    // Not deleted while it moves (nor is anything dropped).
+    let a = env
+        .st
+        .admin("DELETE", "/v1/tenants/acme?drop_data=true", None)
+        .await;
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (409, "conflict"),
+        "{}",
+        a.body
+    );
+    assert!(a.body.contains(&job.id), "{}", a.body);
     let a = env
         .st
         .admin("POST", &format!("/v1/reshard/{}/cancel", job.id), None)
