@@ -180,13 +180,7 @@ async fn rows_by_shard(
         if !has_database(dsn, tenant).await {
             continue;
         }
-        let (client, conn) = tokio_postgres::connect(
-            &format!("{dsn} dbname=tenant_{tenant}"),
-            tokio_postgres::NoTls,
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
+        let client = tenant_session(dsn, tenant).await;
         for (table, key, value) in [
             ("accounts", "id", "balance"),
             ("events", "account", "0::bigint"),
@@ -209,13 +203,7 @@ async fn rows_by_shard(
 /// 200,000 rows (100,000 accounts, 100,000 events), loaded in the
 /// tenant's database as the tenant.
 async fn load(dsn: &str, tenant: &str) {
-    let (load, conn) = tokio_postgres::connect(
-        &format!("{dsn} dbname=tenant_{tenant}"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let load = tenant_session(dsn, tenant).await;
     load.batch_execute(&format!(
         "SET ROLE tenant_{tenant}; SET search_path = tenant_{tenant}; \
          INSERT INTO accounts (id, balance) SELECT 'acc-' || g, g FROM generate_series(0, {}) g; \
@@ -227,6 +215,19 @@ async fn load(dsn: &str, tenant: &str) {
     ))
     .await
     .unwrap();
+}
+
+/// A superuser session in tenant `tenant`'s database on the server at
+/// `dsn`.
+async fn tenant_session(dsn: &str, tenant: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(
+        &format!("{dsn} dbname=tenant_{tenant}"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    client
 }
 
 /// Whether tenant `tenant` has its database on the server at `dsn`.
@@ -243,6 +244,19 @@ async fn has_database(dsn: &str, tenant: &str) -> bool {
         .await
         .unwrap()
         .get(0)
+}
+
+/// Shard s0 of keyspace `default` split onto spare0 at the middle.
+fn split_s0() -> ReshardRequest {
+    ReshardRequest {
+        keyspace: "default".into(),
+        kind: ReshardKind::Split,
+        source: "s0".into(),
+        targets: vec!["spare0".into()],
+        at: vec![],
+        tenant: None,
+        to_keyspace: None,
+    }
 }
 
 async fn wait_job(stack: &Stack, job: &JobInfo) -> JobInfo {
@@ -392,34 +406,13 @@ async fn split_then_merge_under_writes_loses_nothing() {
     load(&stack.shards[0].dsn(), "default").await;
     let truth = Arc::new(Mutex::new(Truth::default()));
 
-    let split = under_load(
-        1,
-        &stack,
-        &stack.app_token,
-        ReshardRequest {
-            keyspace: "default".into(),
-            kind: ReshardKind::Split,
-            source: "s0".into(),
-            targets: vec!["spare0".into()],
-            at: vec![],
-            tenant: None,
-            to_keyspace: None,
-        },
-        &truth,
-    )
-    .await;
+    let split = under_load(1, &stack, &stack.app_token, split_s0(), &truth).await;
     assert_eq!(split.moves.len(), 1);
     let seen = truth.lock().unwrap().clone();
     check(&stack, &seen, "default", "default").await;
     // What the copy moved, in bytes of row data (the new shard holds the
     // moved rows plus the little written there since the cutover).
-    let (target, conn) = tokio_postgres::connect(
-        &format!("{} dbname=tenant_default", stack.shards[1].dsn()),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let target = tenant_session(&stack.shards[1].dsn(), "default").await;
     let bytes: i64 = target
         .query_one(
             "SELECT ((SELECT coalesce(sum(pg_column_size(a.*)), 0) FROM tenant_default.accounts a) \
@@ -625,13 +618,7 @@ async fn through(url: &str, token: &str, key: &str, sql: &str) -> common::Raw {
 
 /// The balance of account `id` on the shard at `dsn` (`None`: no row).
 async fn balance_on(dsn: &str, id: &str) -> Option<i64> {
-    let (db, conn) = tokio_postgres::connect(
-        &format!("{dsn} dbname=tenant_default"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let db = tenant_session(dsn, "default").await;
     db.query_opt(
         "SELECT balance FROM tenant_default.accounts WHERE id = $1",
         &[&id],
@@ -691,19 +678,7 @@ async fn a_router_cut_off_during_a_split_cannot_write_to_the_old_shard() {
     assert_eq!(a.status, 200, "{}", a.text);
 
     link.set_cut(true);
-    let job = stack
-        .admin
-        .reshard(&ReshardRequest {
-            keyspace: "default".into(),
-            kind: ReshardKind::Split,
-            source: "s0".into(),
-            targets: vec!["spare0".into()],
-            at: vec![],
-            tenant: None,
-            to_keyspace: None,
-        })
-        .await
-        .unwrap();
+    let job = stack.admin.reshard(&split_s0()).await.unwrap();
     let done = wait_job(&stack, &job).await;
     assert_eq!(done.phase, ReshardPhase::Done, "{:?}", done.error);
     let pause = done.cutover_pause_ms.unwrap();

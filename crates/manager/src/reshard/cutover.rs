@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use shardline_core::catalog::{keys, Keyspace, ReshardJob, ReshardPhase, Shard};
+use shardline_core::catalog::{keys, Keyspace, ReshardJob, ReshardPhase, Shard, Tenant};
 use shardline_core::KeyRange;
 use tokio_util::sync::CancellationToken;
 
@@ -15,7 +15,7 @@ use super::engine::{check, db, verified_key, JobError, Plan};
 use super::sql;
 use super::{failpoint, lock, phase_number, Reshards, FAILPOINT_DURING_CUTOVER};
 use crate::error::ServiceError;
-use crate::service::{decode, put};
+use crate::service::{decode, put, ReadSet};
 
 impl Reshards {
     /// Cutover, steps a-e. A transient failure before the publish puts
@@ -244,16 +244,11 @@ impl Reshards {
         read.extend(targets.iter().map(|t| keys::shard(t)));
         self.svc
             .update(&read, |seen| {
-                let (Some(je), Some(ke)) = (&seen[&job_key], &seen[&ks_key]) else {
-                    return Err(ServiceError::NotFound(
-                        "the job or its keyspace is gone".into(),
-                    ));
+                let job = published_job(seen, &job_key, &verified, pause_ms)?;
+                let Some(ke) = &seen[&ks_key] else {
+                    return Err(ServiceError::NotFound("the job's keyspace is gone".into()));
                 };
-                let mut job: ReshardJob = decode(je)?;
                 let mut ks: Keyspace = decode(ke)?;
-                if job.phase != ReshardPhase::Cutover {
-                    return Err(ServiceError::Contended);
-                }
                 if ks.map.as_ref() != Some(&job.from_map) {
                     return Err(ServiceError::Conflict(format!(
                         "the map of keyspace {} changed during the job",
@@ -262,10 +257,6 @@ impl Reshards {
                 }
                 ks.map = Some(job.to_map.clone());
                 ks.frozen.clear();
-                job.phase = ReshardPhase::Cleanup;
-                job.verified = verified.clone();
-                job.cutover_pause_ms = Some(pause_ms);
-                job.error = None;
                 let mut ops = vec![put(job_key.clone(), &job), put(ks_key.clone(), &ks)];
                 for t in &targets {
                     let key = keys::shard(t);
@@ -289,11 +280,16 @@ impl Reshards {
                 Ok(ops)
             })
             .await?;
+        self.published(plan);
+        Ok(())
+    }
+
+    /// After a publish: the phase metric at Cleanup.
+    pub(super) fn published(&self, plan: &Plan) {
         self.metrics
             .phase
             .with(&[&plan.job.id])
             .set(phase_number(ReshardPhase::Cleanup));
-        Ok(())
     }
 
     /// Puts a job back in CatchUp after a failed cutover: sources take
@@ -339,4 +335,52 @@ impl Reshards {
         }
         Ok(())
     }
+}
+
+/// The job as a publish writes it: read in `seen`, still in Cutover (else
+/// another run got there first: contended), now in Cleanup with its
+/// verification and pause.
+pub(super) fn published_job(
+    seen: &ReadSet,
+    key: &str,
+    verified: &BTreeMap<String, String>,
+    pause_ms: u64,
+) -> Result<ReshardJob, ServiceError> {
+    let Some(entry) = &seen[key] else {
+        return Err(ServiceError::NotFound("the job is gone".into()));
+    };
+    let mut job: ReshardJob = decode(entry)?;
+    if job.phase != ReshardPhase::Cutover {
+        return Err(ServiceError::Contended);
+    }
+    job.phase = ReshardPhase::Cleanup;
+    job.verified = verified.clone();
+    job.cutover_pause_ms = Some(pause_ms);
+    job.error = None;
+    Ok(job)
+}
+
+/// The moving tenant as a tenant move's publish writes it: read in
+/// `seen`, still in keyspace `from`, now in `to`, dedicated or not, no
+/// longer moving.
+pub(super) fn moved_tenant(
+    seen: &ReadSet,
+    id: &str,
+    from: &str,
+    to: &str,
+    dedicated: bool,
+) -> Result<Tenant, ServiceError> {
+    let Some(entry) = &seen[&keys::tenant(id)] else {
+        return Err(ServiceError::NotFound(format!("tenant {id} is gone")));
+    };
+    let mut tenant: Tenant = decode(entry)?;
+    if tenant.keyspace != from {
+        return Err(ServiceError::Conflict(format!(
+            "tenant {id} left keyspace {from} during the job"
+        )));
+    }
+    tenant.keyspace = to.to_string();
+    tenant.dedicated = dedicated;
+    tenant.moving = false;
+    Ok(tenant)
 }

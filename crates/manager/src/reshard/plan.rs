@@ -17,25 +17,32 @@ fn invalid_map(e: shardline_core::shardmap::ShardMapError) -> ServiceError {
 
 /// Turns a request into a job (phase Prepare) against `cat`: the moves,
 /// the map before and after. Pure, so tests can plan a job too.
+/// The map of keyspace `name`, with no job running in it: what every
+/// job starts from.
+pub(super) fn idle_keyspace(cat: &Catalog, name: &str) -> Result<ShardMap, ServiceError> {
+    let Some(ks) = cat.keyspaces.get(name) else {
+        return Err(ServiceError::NotFound(format!("no keyspace {name}")));
+    };
+    let Some(map) = ks.map.clone() else {
+        return Err(ServiceError::Conflict(format!(
+            "keyspace {name} has no map yet"
+        )));
+    };
+    if let Some(job) = active_job(cat, name) {
+        return Err(ServiceError::Conflict(format!(
+            "resharding job {} runs in keyspace {name} already",
+            job.id
+        )));
+    }
+    Ok(map)
+}
+
 pub fn plan_job(cat: &Catalog, req: &ReshardRequest, id: &str) -> Result<ReshardJob, ServiceError> {
     if req.kind == ReshardKind::TenantMove {
         return super::tenant_move::plan_tenant_move(cat, req, id);
     }
     let ks_name = &req.keyspace;
-    let Some(ks) = cat.keyspaces.get(ks_name) else {
-        return Err(ServiceError::NotFound(format!("no keyspace {ks_name}")));
-    };
-    let Some(map) = ks.map.clone() else {
-        return Err(ServiceError::Conflict(format!(
-            "keyspace {ks_name} has no map yet"
-        )));
-    };
-    if let Some(job) = active_job(cat, ks_name) {
-        return Err(ServiceError::Conflict(format!(
-            "resharding job {} runs in keyspace {ks_name} already",
-            job.id
-        )));
-    }
+    let map = idle_keyspace(cat, ks_name)?;
     if req.targets.is_empty() {
         return Err(ServiceError::Invalid(
             "targets: name at least one shard".into(),
@@ -270,17 +277,19 @@ fn plan_split(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use shardline_core::catalog::{Instance, Keyspace};
 
-    fn catalog() -> Catalog {
+    /// Shards (id, keyspace, reserved for) and keyspace `ks` over s0 and
+    /// s1 in halves.
+    pub(in crate::reshard) fn catalog_of(shards: &[(&str, Option<&str>, Option<&str>)]) -> Catalog {
         let mut cat = Catalog::default();
-        for (id, ks) in [("s0", Some("ks")), ("s1", Some("ks")), ("s2", None)] {
+        for (id, ks, reserved) in shards {
             cat.shards.insert(
-                id.into(),
+                id.to_string(),
                 Shard {
-                    id: id.into(),
+                    id: id.to_string(),
                     keyspace: ks.map(str::to_string),
                     primary: Instance {
                         id: format!("{id}-0"),
@@ -288,7 +297,7 @@ mod tests {
                     },
                     replicas: vec![],
                     generation: 1,
-                    reserved_for: None,
+                    reserved_for: reserved.map(str::to_string),
                     fenced: vec![],
                     failover: None,
                 },
@@ -306,6 +315,14 @@ mod tests {
             },
         );
         cat
+    }
+
+    fn catalog() -> Catalog {
+        catalog_of(&[
+            ("s0", Some("ks"), None),
+            ("s1", Some("ks"), None),
+            ("s2", None, None),
+        ])
     }
 
     fn req(kind: ReshardKind, source: &str, targets: &[&str]) -> ReshardRequest {

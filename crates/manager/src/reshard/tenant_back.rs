@@ -7,13 +7,12 @@ use std::collections::BTreeMap;
 
 use shardline_api::manager::ReshardRequest;
 use shardline_catalog::Op;
-use shardline_core::catalog::{
-    keys, Keyspace, RangeMove, ReshardJob, ReshardKind, ReshardPhase, Shard, Tenant,
-};
+use shardline_core::catalog::{keys, Keyspace, ReshardJob, Shard, Tenant};
 use shardline_core::Catalog;
 
+use super::cutover::{moved_tenant, published_job};
 use super::engine::{JobError, Plan};
-use super::{active_job, phase_number, Reshards};
+use super::{active_job, Reshards};
 use crate::error::ServiceError;
 use crate::pg;
 use crate::service::{decode, put};
@@ -111,34 +110,9 @@ pub(super) fn plan_tenant_back(
             )));
         }
     }
-    let mut sources: Vec<String> = from_map.ranges().iter().map(|r| r.shard.clone()).collect();
-    sources.sort();
-    sources.dedup();
-    let mut moves = Vec::new();
-    for s in &sources {
-        for r in to_map.ranges() {
-            moves.push(RangeMove {
-                range: r.range,
-                from: s.clone(),
-                to: r.shard.clone(),
-            });
-        }
-    }
-    Ok(ReshardJob {
-        id: id.to_string(),
-        kind: ReshardKind::TenantMove,
-        keyspace: from_name.clone(),
-        moves,
-        from_map,
-        to_map,
-        phase: ReshardPhase::Prepare,
-        error: None,
-        cutover_pause_ms: None,
-        verified: Default::default(),
-        tenant: Some(tid.clone()),
-        to_keyspace: Some(to.to_string()),
-        created_at: crate::time::now_rfc3339(),
-    })
+    Ok(super::tenant_move::tenant_job(
+        id, tid, from_name, from_map, to_map, to,
+    ))
 }
 
 /// Whether a tenant move goes back into an existing shared keyspace
@@ -175,36 +149,17 @@ impl Reshards {
         read.extend(sources.iter().map(|s| keys::shard(s)));
         self.svc
             .update(&read, |seen| {
-                let (Some(je), Some(ke), Some(te)) =
-                    (&seen[&job_key], &seen[&to_key], &seen[&tenant_key])
-                else {
-                    return Err(ServiceError::NotFound(
-                        "the job, its destination keyspace or its tenant is gone".into(),
-                    ));
+                let job = published_job(seen, &job_key, &verified, pause_ms)?;
+                let Some(ke) = &seen[&to_key] else {
+                    return Err(ServiceError::NotFound(format!("keyspace {to} is gone")));
                 };
-                let mut job: ReshardJob = decode(je)?;
                 let dest: Keyspace = decode(ke)?;
-                let mut tenant: Tenant = decode(te)?;
-                if job.phase != ReshardPhase::Cutover {
-                    return Err(ServiceError::Contended);
-                }
                 if dest.map.as_ref() != Some(&job.to_map) {
                     return Err(ServiceError::Conflict(format!(
                         "the map of keyspace {to} changed during the job"
                     )));
                 }
-                if tenant.keyspace != from {
-                    return Err(ServiceError::Conflict(format!(
-                        "tenant {tid} left keyspace {from} during the job"
-                    )));
-                }
-                tenant.keyspace = to.clone();
-                tenant.dedicated = false;
-                tenant.moving = false;
-                job.phase = ReshardPhase::Cleanup;
-                job.verified = verified.clone();
-                job.cutover_pause_ms = Some(pause_ms);
-                job.error = None;
+                let tenant = moved_tenant(seen, &tid, &from, &to, false)?;
                 let mut ops = vec![put(job_key.clone(), &job), put(tenant_key.clone(), &tenant)];
                 if seen[&from_key].is_some() {
                     ops.push(Op::Delete {
@@ -227,10 +182,7 @@ impl Reshards {
                 Ok(ops)
             })
             .await?;
-        self.metrics
-            .phase
-            .with(&[&plan.job.id])
-            .set(phase_number(ReshardPhase::Cleanup));
+        self.published(plan);
         Ok(())
     }
 

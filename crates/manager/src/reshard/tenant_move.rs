@@ -23,8 +23,9 @@ use shardline_core::catalog::{
 };
 use shardline_core::{Catalog, KeyRange, ShardMap};
 
+use super::cutover::{moved_tenant, published_job};
 use super::engine::{db, JobError, Plan};
-use super::{active_job, phase_number, sql, Reshards};
+use super::{sql, Reshards};
 use crate::error::ServiceError;
 use crate::service::{decode, put};
 use crate::{pg, tenant_pg};
@@ -63,23 +64,10 @@ pub fn plan_tenant_move(
         )));
     }
     let ks_name = &tenant.keyspace;
-    let Some(ks) = cat.keyspaces.get(ks_name) else {
-        return Err(ServiceError::NotFound(format!("no keyspace {ks_name}")));
-    };
-    let Some(map) = ks.map.clone() else {
-        return Err(ServiceError::Conflict(format!(
-            "keyspace {ks_name} has no map yet"
-        )));
-    };
+    let map = super::plan::idle_keyspace(cat, ks_name)?;
     if cat.keyspaces.contains_key(tid) {
         return Err(ServiceError::Conflict(format!(
             "keyspace {tid} exists already; a tenant move creates it"
-        )));
-    }
-    if let Some(job) = active_job(cat, ks_name) {
-        return Err(ServiceError::Conflict(format!(
-            "resharding job {} runs in keyspace {ks_name} already",
-            job.id
         )));
     }
     if req.targets.is_empty() {
@@ -96,7 +84,21 @@ pub fn plan_tenant_move(
     }
     let to_map =
         ShardMap::even(&req.targets).map_err(|e| ServiceError::Invalid(format!("targets: {e}")))?;
-    let mut sources: Vec<String> = map.ranges().iter().map(|r| r.shard.clone()).collect();
+    Ok(tenant_job(id, tid, ks_name, map, to_map, tid))
+}
+
+/// A tenant move's job: every source shard of `from_map` sends each
+/// range of `to_map` to its owner there (a tenant's rows may be anywhere
+/// in its keyspace), from keyspace `from` to keyspace `to`.
+pub(super) fn tenant_job(
+    id: &str,
+    tenant: &str,
+    from: &str,
+    from_map: ShardMap,
+    to_map: ShardMap,
+    to: &str,
+) -> ReshardJob {
+    let mut sources: Vec<String> = from_map.ranges().iter().map(|r| r.shard.clone()).collect();
     sources.sort();
     sources.dedup();
     let mut moves = Vec::new();
@@ -109,21 +111,21 @@ pub fn plan_tenant_move(
             });
         }
     }
-    Ok(ReshardJob {
+    ReshardJob {
         id: id.to_string(),
         kind: ReshardKind::TenantMove,
-        keyspace: ks_name.clone(),
+        keyspace: from.to_string(),
         moves,
-        from_map: map,
+        from_map,
         to_map,
         phase: ReshardPhase::Prepare,
         error: None,
         cutover_pause_ms: None,
         verified: Default::default(),
-        tenant: Some(tid.to_string()),
-        to_keyspace: Some(tid.to_string()),
+        tenant: Some(tenant.to_string()),
+        to_keyspace: Some(to.to_string()),
         created_at: crate::time::now_rfc3339(),
-    })
+    }
 }
 
 /// A target of a tenant move: registered, in no keyspace, reserved for
@@ -294,30 +296,17 @@ impl Reshards {
         read.extend(targets.iter().map(|t| keys::shard(t)));
         self.svc
             .update(&read, |seen| {
-                let (Some(je), Some(ke), Some(te)) =
-                    (&seen[&job_key], &seen[&src_key], &seen[&tenant_key])
-                else {
-                    return Err(ServiceError::NotFound(
-                        "the job, its keyspace or its tenant is gone".into(),
-                    ));
+                let job = published_job(seen, &job_key, &verified, pause_ms)?;
+                let Some(ke) = &seen[&src_key] else {
+                    return Err(ServiceError::NotFound("the job's keyspace is gone".into()));
                 };
-                let mut job: ReshardJob = decode(je)?;
                 let src: Keyspace = decode(ke)?;
-                let mut tenant: Tenant = decode(te)?;
-                if job.phase != ReshardPhase::Cutover {
-                    return Err(ServiceError::Contended);
-                }
                 if seen[&new_key].is_some() {
                     return Err(ServiceError::Conflict(format!(
                         "keyspace {tid} was created during the job"
                     )));
                 }
-                if tenant.keyspace != src.name {
-                    return Err(ServiceError::Conflict(format!(
-                        "tenant {tid} left keyspace {} during the job",
-                        src.name
-                    )));
-                }
+                let tenant = moved_tenant(seen, &tid, &src.name, &tid, true)?;
                 let ks = Keyspace {
                     name: tid.clone(),
                     key_type: src.key_type,
@@ -326,13 +315,6 @@ impl Reshards {
                     tables: src.tables.clone(),
                     frozen: vec![],
                 };
-                tenant.keyspace = tid.clone();
-                tenant.dedicated = true;
-                tenant.moving = false;
-                job.phase = ReshardPhase::Cleanup;
-                job.verified = verified.clone();
-                job.cutover_pause_ms = Some(pause_ms);
-                job.error = None;
                 let mut ops = vec![
                     put(job_key.clone(), &job),
                     put(new_key.clone(), &ks),
@@ -356,10 +338,7 @@ impl Reshards {
                 Ok(ops)
             })
             .await?;
-        self.metrics
-            .phase
-            .with(&[&plan.job.id])
-            .set(phase_number(ReshardPhase::Cleanup));
+        self.published(plan);
         Ok(())
     }
 
@@ -421,45 +400,16 @@ impl Reshards {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use shardline_core::catalog::{Instance, TenantConfig};
+    use shardline_core::catalog::TenantConfig;
 
     pub(in crate::reshard) fn catalog() -> Catalog {
-        let mut cat = Catalog::default();
-        for (id, ks, reserved) in [
+        let mut cat = crate::reshard::plan::tests::catalog_of(&[
             ("s0", Some("ks"), None),
             ("s1", Some("ks"), None),
             ("s2", None, None),
             ("s3", None, None),
             ("s4", None, Some("zed")),
-        ] {
-            cat.shards.insert(
-                id.into(),
-                Shard {
-                    id: id.into(),
-                    keyspace: ks.map(str::to_string),
-                    primary: Instance {
-                        id: format!("{id}-0"),
-                        dsn: "host=x".into(),
-                    },
-                    replicas: vec![],
-                    generation: 1,
-                    reserved_for: reserved.map(str::to_string),
-                    fenced: vec![],
-                    failover: None,
-                },
-            );
-        }
-        cat.keyspaces.insert(
-            "ks".into(),
-            Keyspace {
-                name: "ks".into(),
-                key_type: Default::default(),
-                map: Some(ShardMap::even(&["s0".into(), "s1".into()]).unwrap()),
-                migrations: vec![],
-                tables: Default::default(),
-                frozen: vec![],
-            },
-        );
+        ]);
         cat.tenants.insert(
             "a".into(),
             Tenant {
