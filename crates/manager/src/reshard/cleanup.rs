@@ -33,7 +33,7 @@ impl Reshards {
                         let Some(expected) = plan.job.verified.get(&key) else {
                             continue; // deleted already by an earlier run
                         };
-                        let now = sql::checksum(&src, meta, key_type, std::slice::from_ref(range))
+                        let now = sql::checksum(&src, meta, key_type, range)
                             .await
                             .map_err(db(&source))?;
                         let deleted = now.starts_with("0:");

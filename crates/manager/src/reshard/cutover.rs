@@ -7,12 +7,14 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use futures_util::future::try_join_all;
 use shardline_core::catalog::{keys, Keyspace, ReshardJob, ReshardPhase, Shard, Tenant};
-use shardline_core::KeyRange;
+use shardline_core::{KeyRange, KeyType};
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use super::engine::{check, db, verified_key, JobError, Plan};
-use super::sql;
+use super::sql::{self, TableMeta};
 use super::{failpoint, lock, phase_number, Reshards, FAILPOINT_DURING_CUTOVER};
 use crate::error::ServiceError;
 use crate::service::{decode, put, ReadSet};
@@ -183,29 +185,35 @@ impl Reshards {
         let mut verified = BTreeMap::new();
         let mut mismatches = Vec::new();
         for source in plan.sources() {
+            let routes = plan.routes(&source);
+            let sent: Vec<KeyRange> = routes.values().flatten().copied().collect();
             for tenant in &plan.tenants {
                 let src = self.must_db(plan, &source, tenant).await?;
                 let metas = self.metas(plan, &src, &source, tenant, false).await?;
-                for (target, ranges) in plan.routes(&source) {
-                    let tgt = self.must_db(plan, &target, tenant).await?;
+                let mut targets = Vec::new();
+                for (target, ranges) in &routes {
+                    let tgt = self.must_db(plan, target, tenant).await?;
                     sql::sync_sequences(&src, &tgt, &tenant.pg_name())
                         .await
-                        .map_err(db(&target))?;
-                    let owned: Vec<KeyRange> = plan.job.to_map.ranges_of(&target).collect();
+                        .map_err(db(target))?;
+                    let owned: Vec<KeyRange> = plan.job.to_map.ranges_of(target).collect();
                     for meta in &metas {
-                        if sql::has_refuse(&tgt, meta).await.map_err(db(&target))? {
+                        if sql::has_refuse(&tgt, meta).await.map_err(db(target))? {
                             sql::install_refuse(&tgt, meta, key_type, &owned)
                                 .await
-                                .map_err(db(&target))?;
+                                .map_err(db(target))?;
                         }
-                        for range in &ranges {
-                            let one = std::slice::from_ref(range);
-                            let (a, b) = tokio::join!(
-                                sql::checksum(&src, meta, key_type, one),
-                                sql::checksum(&tgt, meta, key_type, one)
-                            );
-                            let a = a.map_err(db(&source))?;
-                            let b = b.map_err(db(&target))?;
+                    }
+                    targets.push((target, tgt, ranges));
+                }
+                for meta in &metas {
+                    let mut sides = vec![Side::new(&source, &src, &sent)];
+                    sides.extend(targets.iter().map(|(t, c, r)| Side::new(t, c, r)));
+                    let sums = side_sums(&sides, meta, key_type).await?;
+                    let mut at = 0;
+                    for ((target, _, ranges), got) in targets.iter().zip(&sums[1..]) {
+                        for (k, range) in ranges.iter().enumerate() {
+                            let (a, b) = (&sums[0][at + k], &got[k]);
                             if a != b {
                                 mismatches.push(format!(
                                     "tenant {} table {} range {range}: source {source} has \
@@ -213,8 +221,9 @@ impl Reshards {
                                     tenant.id, meta.name
                                 ));
                             }
-                            verified.insert(verified_key(&tenant.id, &meta.name, range), a);
+                            verified.insert(verified_key(&tenant.id, &meta.name, range), a.clone());
                         }
+                        at += ranges.len();
                     }
                 }
             }
@@ -383,4 +392,37 @@ pub(super) fn moved_tenant(
     tenant.dedicated = dedicated;
     tenant.moving = false;
     Ok(tenant)
+}
+
+/// One side of a verification: a shard's session and the ranges counted
+/// there.
+pub(super) struct Side<'a> {
+    shard: &'a str,
+    session: &'a Client,
+    ranges: &'a [KeyRange],
+}
+
+impl<'a> Side<'a> {
+    pub(super) fn new(shard: &'a str, session: &'a Client, ranges: &'a [KeyRange]) -> Self {
+        Side {
+            shard,
+            session,
+            ranges,
+        }
+    }
+}
+
+/// Per side, "rows:checksum" of `meta` for each of its ranges: every side
+/// at once, one scan each (writes to the ranges wait meanwhile).
+pub(super) async fn side_sums(
+    sides: &[Side<'_>],
+    meta: &TableMeta,
+    key_type: KeyType,
+) -> Result<Vec<Vec<String>>, JobError> {
+    try_join_all(sides.iter().map(|s| async move {
+        sql::checksums(s.session, meta, key_type, s.ranges)
+            .await
+            .map_err(db(s.shard))
+    }))
+    .await
 }

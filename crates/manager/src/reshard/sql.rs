@@ -685,7 +685,18 @@ fn row_hash(row: &serde_json::Value, key: &str, key_type: KeyType) -> Option<u64
 }
 
 /// Row count and checksum (`count:sum of a 64-bit hash of each row`) of
-/// the rows of `t` in `ranges`.
+/// the rows of `t` in `range`.
+pub async fn checksum(
+    client: &Client,
+    t: &TableMeta,
+    key_type: KeyType,
+    range: &KeyRange,
+) -> Result<String, tokio_postgres::Error> {
+    let mut sums = checksums(client, t, key_type, std::slice::from_ref(range)).await?;
+    Ok(sums.pop().unwrap_or_else(|| "0:0".into()))
+}
+
+/// [`checksum`] for each of `ranges`, in one round trip.
 ///
 /// The row hash is PostgreSQL's `hash_record_extended`, which hashes
 /// each column by its type's hash function (about twice as fast as
@@ -693,33 +704,52 @@ fn row_hash(row: &serde_json::Value, key: &str, key_type: KeyType) -> Option<u64
 /// (json, money, point, ...) fails with 42883 as soon as a row is read,
 /// and is hashed by its text instead: on both sides alike, since either
 /// both have rows (and fail) or the counts differ anyway.
-pub async fn checksum(
+pub async fn checksums(
     client: &Client,
     t: &TableMeta,
     key_type: KeyType,
     ranges: &[KeyRange],
-) -> Result<String, tokio_postgres::Error> {
-    let pred = in_ranges(key_type, &format!("t.{}", quote_ident(&t.key)), ranges);
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    if ranges.is_empty() {
+        return Ok(Vec::new());
+    }
+    let key = format!("t.{}", quote_ident(&t.key));
+    // One filtered scan per range (faster than one scan grouping every
+    // row by range: rows outside the ranges are never hashed), sent as
+    // one statement.
     let sql = |hash: &str| {
-        format!(
-            "SELECT count(*), coalesce(sum({hash}), 0)::text FROM {} t WHERE {pred}",
-            t.qualified()
-        )
+        ranges
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                format!(
+                    "SELECT {i}, count(*), coalesce(sum({hash}), 0)::text FROM {} t WHERE {}",
+                    t.qualified(),
+                    in_ranges(key_type, &key, std::slice::from_ref(r))
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ")
     };
-    let row = match client
-        .query_one(&sql("hash_record_extended(t.*, 0)"), &[])
+    let rows = match client
+        .query(&sql("hash_record_extended(t.*, 0)"), &[])
         .await
     {
         Err(e) if e.code() == Some(&SqlState::UNDEFINED_FUNCTION) => {
             client
-                .query_one(&sql("hashtextextended((t.*)::text, 0)"), &[])
+                .query(&sql("hashtextextended((t.*)::text, 0)"), &[])
                 .await?
         }
         other => other?,
     };
-    let n: i64 = row.get(0);
-    let sum: String = row.get(1);
-    Ok(format!("{n}:{sum}"))
+    let mut out = vec!["0:0".to_string(); ranges.len()];
+    for row in rows {
+        let (i, n, sum): (i32, i64, String) = (row.get(0), row.get(1), row.get(2));
+        if let Some(slot) = usize::try_from(i).ok().and_then(|i| out.get_mut(i)) {
+            *slot = format!("{n}:{sum}");
+        }
+    }
+    Ok(out)
 }
 
 /// Deletes up to `limit` rows of `t` in `ranges`; how many went.

@@ -16,14 +16,13 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use futures_util::future::try_join_all;
 use shardline_api::manager::ReshardRequest;
 use shardline_core::catalog::{
     keys, Keyspace, RangeMove, ReshardJob, ReshardKind, ReshardPhase, Shard, Tenant, TenantState,
 };
 use shardline_core::{Catalog, KeyRange, ShardMap};
 
-use super::cutover::{moved_tenant, published_job};
+use super::cutover::{moved_tenant, published_job, side_sums, Side};
 use super::engine::{db, JobError, Plan};
 use super::{sql, Reshards};
 use crate::error::ServiceError;
@@ -220,6 +219,7 @@ impl Reshards {
             let c = self.must_db(plan, &s, tenant).await?;
             sources.push((s, c));
         }
+        let mut targets = Vec::new();
         for target in plan.targets() {
             let tgt = self.must_db(plan, &target, tenant).await?;
             for (_, src) in &sources {
@@ -227,35 +227,42 @@ impl Reshards {
                     .await
                     .map_err(db(&target))?;
             }
-            let metas = self.metas(plan, &tgt, &target, tenant, false).await?;
-            for meta in &metas {
-                // Each source sends the same ranges: check each once.
-                let mut ranges = plan.moving_to(&target);
-                ranges.sort_by_key(|r| r.start);
-                ranges.dedup();
-                for range in ranges {
-                    let one = std::slice::from_ref(&range);
-                    // Every side at once: the range is frozen meanwhile.
-                    let parts = try_join_all(sources.iter().map(|(s, src)| async move {
-                        sql::checksum(src, meta, key_type, one).await.map_err(db(s))
-                    }));
-                    let (parts, got) =
-                        tokio::join!(parts, sql::checksum(&tgt, meta, key_type, one));
+            // Each source sends the same ranges: check each once.
+            let mut ranges = plan.moving_to(&target);
+            ranges.sort_by_key(|r| r.start);
+            ranges.dedup();
+            targets.push((target, tgt, ranges));
+        }
+        let Some((first, first_db, _)) = targets.first() else {
+            return Ok(verified);
+        };
+        let metas = self.metas(plan, first_db, first, tenant, false).await?;
+        // Every source sends every target's ranges.
+        let all: Vec<KeyRange> = targets.iter().flat_map(|t| t.2.iter().copied()).collect();
+        for meta in &metas {
+            let mut sides: Vec<Side> = sources.iter().map(|(s, c)| Side::new(s, c, &all)).collect();
+            sides.extend(targets.iter().map(|(t, c, r)| Side::new(t, c, r)));
+            let sums = side_sums(&sides, meta, key_type).await?;
+            let (from, to) = sums.split_at(sources.len());
+            let mut at = 0;
+            for ((target, _, ranges), got) in targets.iter().zip(to) {
+                for (k, range) in ranges.iter().enumerate() {
                     let mut want = (0i64, 0i128);
-                    for ((s, _), part) in sources.iter().zip(parts?) {
-                        let (n, sum) = parse_sum(&part)?;
+                    for ((s, _), parts) in sources.iter().zip(from) {
+                        let part = &parts[at + k];
+                        let (n, sum) = parse_sum(part)?;
                         want = (want.0 + n, want.1 + sum);
-                        verified.insert(part_key(&tenant.id, &meta.name, &range, s), part);
+                        verified.insert(part_key(&tenant.id, &meta.name, range, s), part.clone());
                     }
-                    let got = got.map_err(db(&target))?;
-                    if parse_sum(&got)? != want {
+                    if parse_sum(&got[k])? != want {
                         mismatches.push(format!(
                             "tenant {} table {} range {range}: sources have {}:{}, target \
-                             {target} has {got} (rows:checksum)",
-                            tenant.id, meta.name, want.0, want.1
+                             {target} has {} (rows:checksum)",
+                            tenant.id, meta.name, want.0, want.1, got[k]
                         ));
                     }
                 }
+                at += ranges.len();
             }
         }
         if !mismatches.is_empty() {
@@ -356,7 +363,7 @@ impl Reshards {
                         let Some(expected) = plan.job.verified.get(&key) else {
                             continue;
                         };
-                        let now = sql::checksum(&src, meta, key_type, std::slice::from_ref(&range))
+                        let now = sql::checksum(&src, meta, key_type, &range)
                             .await
                             .map_err(db(&source))?;
                         if now != *expected {
