@@ -145,6 +145,16 @@ async fn cancel_during_copy_leaves_the_source_as_it_was() {
         j.phase == ReshardPhase::Copy && j.rows_copied > 0
     })
     .await;
+    // Row triggers never see a TRUNCATE: refused while changes are
+    // captured, with a clear error.
+    let e = env
+        .as_tenant("s0")
+        .await
+        .batch_execute("TRUNCATE items")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), Some("55000"), "{e:?}");
+    assert!(format!("{e:?}").contains("resharding"), "{e:?}");
     let a = env
         .st
         .admin("POST", &format!("/v1/reshard/{}/cancel", job.id), None)
@@ -156,6 +166,12 @@ async fn cancel_during_copy_leaves_the_source_as_it_was() {
     assert!(!before.contains_key("s1"));
     assert_eq!(env.changes_objects("s0").await, 0);
     assert_eq!(env.map().await, map);
+    // And allowed again (here inside a transaction rolled back).
+    env.as_tenant("s0")
+        .await
+        .batch_execute("BEGIN; TRUNCATE items; ROLLBACK")
+        .await
+        .unwrap();
     // Again: 409; unknown: 404; bad bodies: 400.
     let a = env
         .st

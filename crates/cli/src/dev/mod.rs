@@ -120,7 +120,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let mut shard_specs = plan_shards(&dir, previous.as_ref(), args.shards, args.spare_shards)?;
     replicas::plan(&dir, &mut shard_specs, args.replicas)?;
     let mut clusters: Vec<RunningCluster> = Vec::new();
-    let started = start_all(&bins, &shard_specs, &password).await;
+    let started = start_all(&bins, &mut shard_specs, &password).await;
     let result = async {
         clusters = started?;
         let pg = Pg {
@@ -232,43 +232,66 @@ fn cluster_config(port: u16, data_dir: &Path, password: &str) -> ClusterConfig {
 /// once the manager can say which cluster is the primary.
 async fn start_all(
     bins: &PgBinaries,
-    specs: &[DevShard],
+    specs: &mut [DevShard],
     password: &str,
 ) -> anyhow::Result<Vec<RunningCluster>> {
     // (shard, config, whether to initdb): each shard's first cluster, then
     // its replicas that exist on disk.
-    let mut todo: Vec<(&str, ClusterConfig, bool)> = Vec::new();
-    for spec in specs {
+    let mut todo: Vec<(String, ClusterConfig, bool)> = Vec::new();
+    for spec in specs.iter() {
         todo.push((
-            &spec.id,
+            spec.id.clone(),
             cluster_config(spec.port, &spec.data_dir, password),
             true,
         ));
         for r in &spec.replicas {
             if r.data_dir.join("PG_VERSION").exists() {
                 todo.push((
-                    &spec.id,
+                    spec.id.clone(),
                     cluster_config(r.port, &r.data_dir, password),
                     false,
                 ));
             }
         }
     }
-    let starts = todo.into_iter().map(|(id, cfg, init)| async move {
+    let starts = todo.into_iter().map(|(id, mut cfg, init)| async move {
+        let fresh = init && !cfg.data_dir.join("PG_VERSION").exists();
         if init {
             init_cluster(bins, &cfg)
                 .await
                 .with_context(|| format!("initdb {id}"))?;
         }
-        start_cluster(bins, &cfg)
-            .await
-            .with_context(|| format!("start PostgreSQL for {id} on port {}", cfg.port))
+        // A new cluster's port was free when picked, but another process
+        // may take it before PostgreSQL binds it: a new one then. (A
+        // cluster of an earlier run keeps its port: the catalog has it.)
+        let mut tries = if fresh { 5 } else { 1 };
+        loop {
+            tries -= 1;
+            match start_cluster(bins, &cfg).await {
+                Ok(c) => return Ok((id, c)),
+                Err(e) if tries > 0 && e.to_string().contains("Address already in use") => {
+                    cfg.port = free_port()?;
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::from(e))
+                        .with_context(|| format!("start PostgreSQL for {id} on port {}", cfg.port))
+                }
+            }
+        }
     });
     let mut out = Vec::new();
     let mut first_err = None;
     for r in futures_util::future::join_all(starts).await {
         match r {
-            Ok(c) => out.push(c),
+            Ok((id, c)) => {
+                // The shard's first cluster may have moved to another port.
+                if let Some(spec) = specs.iter_mut().find(|s| s.id == id) {
+                    if spec.data_dir == c.config().data_dir {
+                        spec.port = c.config().port;
+                    }
+                }
+                out.push(c)
+            }
             Err(e) => {
                 first_err.get_or_insert(e);
             }

@@ -28,6 +28,10 @@ pub const REFUSE_TRIGGER: &str = "shardline_reshard_refuse";
 /// write statement of a router session behind the fence (see
 /// [`set_fence`]).
 pub const FENCE_TRIGGER: &str = "shardline_reshard_fence";
+/// The statement-level trigger that refuses TRUNCATE on a source table
+/// while a job captures its changes (row triggers never see a TRUNCATE).
+pub const NO_TRUNCATE_TRIGGER: &str = "shardline_reshard_no_truncate";
+const NO_TRUNCATE_FUNCTION: &str = "shardline.reshard_no_truncate";
 /// The function of [`FENCE_TRIGGER`], one per tenant database.
 const FENCE_FUNCTION: &str = "shardline.reshard_fence";
 
@@ -242,10 +246,22 @@ pub async fn install_capture(
          REVOKE ALL ON FUNCTION {func}() FROM PUBLIC; \
          DROP TRIGGER IF EXISTS {trig} ON {table}; \
          CREATE TRIGGER {trig} AFTER INSERT OR UPDATE OR DELETE ON {table} \
-           FOR EACH ROW EXECUTE FUNCTION {func}()",
+           FOR EACH ROW EXECUTE FUNCTION {func}(); \
+         CREATE OR REPLACE FUNCTION {NO_TRUNCATE_FUNCTION}() RETURNS trigger \
+           LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $shardline$ \
+         BEGIN \
+           RAISE EXCEPTION USING ERRCODE = '55000', \
+             MESSAGE = 'TRUNCATE is refused while resharding moves this table''s rows', \
+             HINT = 'delete the rows instead, or truncate after the resharding job'; \
+         END $shardline$; \
+         REVOKE ALL ON FUNCTION {NO_TRUNCATE_FUNCTION}() FROM PUBLIC; \
+         DROP TRIGGER IF EXISTS {no_truncate} ON {table}; \
+         CREATE TRIGGER {no_truncate} BEFORE TRUNCATE ON {table} \
+           FOR EACH STATEMENT EXECUTE FUNCTION {NO_TRUNCATE_FUNCTION}()",
         ins = record("I", "NEW"),
         del = record("D", "OLD"),
         trig = quote_ident(CAPTURE_TRIGGER),
+        no_truncate = quote_ident(NO_TRUNCATE_TRIGGER),
         table = t.qualified(),
     );
     // A multi-statement simple query is one transaction: the table never
@@ -253,14 +269,17 @@ pub async fn install_capture(
     client.batch_execute(&sql).await
 }
 
-/// Drops the capture trigger and function of a table.
+/// Drops the capture trigger and function of a table, and its TRUNCATE
+/// guard.
 pub async fn drop_capture(client: &Client, t: &TableMeta) -> Result<(), tokio_postgres::Error> {
     client
         .batch_execute(&format!(
-            "DROP TRIGGER IF EXISTS {} ON {}; DROP FUNCTION IF EXISTS shardline.{}()",
+            "DROP TRIGGER IF EXISTS {} ON {table}; DROP FUNCTION IF EXISTS shardline.{}(); \
+             DROP TRIGGER IF EXISTS {} ON {table}",
             quote_ident(CAPTURE_TRIGGER),
-            t.qualified(),
-            quote_ident(&format!("reshard_capture_{}", t.tag()))
+            quote_ident(&format!("reshard_capture_{}", t.tag())),
+            quote_ident(NO_TRUNCATE_TRIGGER),
+            table = t.qualified(),
         ))
         .await
 }

@@ -229,7 +229,12 @@ impl Env {
                 assert!(seen.insert(id.clone(), v).is_none(), "{id} twice");
             }
         }
-        assert_eq!(seen.len(), expected.len(), "row count");
+        let extra: Vec<_> = seen
+            .keys()
+            .filter(|k| !expected.contains_key(*k))
+            .take(12)
+            .collect();
+        assert_eq!(seen.len(), expected.len(), "row count; extra: {extra:?}");
         let diff: Vec<_> = expected
             .iter()
             .filter(|(k, v)| seen.get(*k) != Some(v))
@@ -241,7 +246,8 @@ impl Env {
     pub async fn changes_objects(&self, shard: &str) -> i64 {
         let c = self.db(shard).await;
         c.query_one(
-            "SELECT (SELECT count(*) FROM pg_trigger WHERE tgname = 'shardline_reshard_capture') \
+            "SELECT (SELECT count(*) FROM pg_trigger \
+               WHERE tgname IN ('shardline_reshard_capture', 'shardline_reshard_no_truncate')) \
              + (SELECT count(*) FROM pg_class WHERE relname = 'reshard_changes')",
             &[],
         )
