@@ -17,6 +17,8 @@ struct Seen {
 pub struct RouterRegistry {
     lease: Duration,
     routers: Mutex<HashMap<String, Seen>>,
+    /// Woken by every heartbeat (a cutover waits for acknowledgements).
+    beat: tokio::sync::Notify,
 }
 
 impl RouterRegistry {
@@ -25,6 +27,7 @@ impl RouterRegistry {
         Self {
             lease,
             routers: Mutex::new(HashMap::new()),
+            beat: tokio::sync::Notify::new(),
         }
     }
 
@@ -44,6 +47,16 @@ impl RouterRegistry {
                 at: Instant::now(),
             },
         );
+        drop(routers);
+        self.beat.notify_waiters();
+    }
+
+    /// Completes at the next heartbeat after the call (tokio counts a
+    /// `Notified` as waiting from its creation). Create it before looking
+    /// at [`live`](Self::live), then await it, so a heartbeat in between
+    /// is not missed.
+    pub fn next_heartbeat(&self) -> tokio::sync::futures::Notified<'_> {
+        self.beat.notified()
     }
 
     /// How many routers are within their lease (each enforces this share
@@ -103,5 +116,24 @@ mod tests {
             });
             assert_eq!(reg.live_count(), n);
         }
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_wakes_a_waiter_made_before_it() {
+        let reg = RouterRegistry::new(Duration::from_secs(3600));
+        let beat = reg.next_heartbeat();
+        reg.heartbeat(&RouterHeartbeat {
+            id: "r1".into(),
+            address: "a".into(),
+            applied_version: 7,
+        });
+        // Polled only after the heartbeat, yet woken by it.
+        tokio::time::timeout(Duration::from_secs(5), beat)
+            .await
+            .expect("woken");
+        let idle = reg.next_heartbeat();
+        assert!(tokio::time::timeout(Duration::from_millis(20), idle)
+            .await
+            .is_err());
     }
 }

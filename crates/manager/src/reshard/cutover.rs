@@ -157,6 +157,7 @@ impl Reshards {
         let deadline = Instant::now() + self.routers.lease() + Duration::from_millis(100);
         loop {
             check(token)?;
+            let beat = self.routers.next_heartbeat();
             let behind: Vec<String> = self
                 .routers
                 .live()
@@ -173,7 +174,9 @@ impl Reshards {
                      going on (sources refuse their writes)");
                 return Ok(());
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            // The next heartbeat (routers send one as soon as they apply
+            // a catalog), or a lease check now and then.
+            let _ = tokio::time::timeout(Duration::from_millis(50), beat).await;
         }
     }
 
