@@ -632,8 +632,8 @@ async fn balance_on(dsn: &str, id: &str) -> Option<i64> {
 /// split: the cutover waits for its lease, then goes on; afterwards that
 /// router, still routing by the old map, cannot write to the old shard —
 /// not an insert, nor an update or delete of a moved row (which no
-/// longer exists there): each is answered 503 (retryable) and nothing
-/// changes on either shard. Linked again, it follows the new map and the
+/// longer exists there) — nor read a moved key there: each is answered
+/// 503 (retryable) and nothing changes on either shard. Linked again, it follows the new map and the
 /// same update lands on the new owner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_router_cut_off_during_a_split_cannot_write_to_the_old_shard() {
@@ -703,30 +703,23 @@ async fn a_router_cut_off_during_a_split_cannot_write_to_the_old_shard() {
         "cleaned up on the source"
     );
     assert_eq!(balance_on(&new, gone).await, Some(100));
-    let (update, delete, insert) = tokio::join!(
-        through(
-            &stale_url,
-            token,
-            gone,
-            "UPDATE accounts SET balance = balance + 1 WHERE id = $1"
-        ),
-        through(
-            &stale_url,
-            token,
-            gone,
-            "DELETE FROM accounts WHERE id = $1"
-        ),
-        through(
-            &stale_url,
-            token,
-            &fresh,
-            "INSERT INTO accounts (id, balance) VALUES ($1, 7)"
-        ),
+    // Reads too: the router has not heard from the manager for longer
+    // than its lease, so it checks the old shard's fence first.
+    let write = "UPDATE accounts SET balance = balance + 1 WHERE id = $1";
+    let remove = "DELETE FROM accounts WHERE id = $1";
+    let add = "INSERT INTO accounts (id, balance) VALUES ($1, 7)";
+    let read = "SELECT balance FROM accounts WHERE id = $1";
+    let (update, delete, insert, select) = tokio::join!(
+        through(&stale_url, token, gone, write),
+        through(&stale_url, token, gone, remove),
+        through(&stale_url, token, &fresh, add),
+        through(&stale_url, token, gone, read),
     );
     for (what, a) in [
         ("update", &update),
         ("delete", &delete),
         ("insert", &insert),
+        ("read", &select),
     ] {
         assert_eq!(a.status, 503, "{what}: {}", a.text);
         assert_eq!(
@@ -757,6 +750,9 @@ async fn a_router_cut_off_during_a_split_cannot_write_to_the_old_shard() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(followed, "linked again, it follows the new map: {last:?}");
+    let a = through(&stale_url, token, gone, read).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.body["rows"][0][0], 101, "{}", a.text);
     assert_eq!(balance_on(&new, gone).await, Some(101));
     assert_eq!(balance_on(&old, gone).await, None);
     stale_stop.cancel();

@@ -84,6 +84,16 @@ pub struct Keyspace {
 /// resharding moved away: nothing was written; retry on the new owner.
 pub const MOVED_SQLSTATE: &str = "SLM01";
 
+/// Reads the resharding fence of a tenant database: the catalog version
+/// router sessions must have routed by to write there (0: no fence). The
+/// manager keeps it in the body of the trigger function
+/// `shardline.reshard_fence()` (`... v::int8 < VERSION ...`); any role can
+/// read function bodies, so a router reads it as the tenant.
+pub const FENCE_VERSION_SQL: &str = "SELECT coalesce((SELECT \
+     substring(p.prosrc from 'v::int8 < ([0-9]+)')::int8 \
+     FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+     WHERE n.nspname = 'shardline' AND p.proname = 'reshard_fence' LIMIT 1), 0)";
+
 /// How a table is sharded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

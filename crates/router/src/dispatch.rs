@@ -18,6 +18,13 @@
 //!   is a statement the primary refused as read-only (25006) while the
 //!   catalog shows a failover (a planned switchover has made the old
 //!   primary read-only: nothing was written).
+//! - Every session says which catalog version the request was routed by
+//!   (`shardline.map_version`): a source a resharding cutover fenced
+//!   refuses writes from sessions behind the fence (SQLSTATE `SLM01`).
+//!   Reads meet no trigger, so while the manager has not answered for
+//!   longer than its router lease (it may have cut over without this
+//!   router) a read first checks the shard's fence, and is answered as a
+//!   refused write when it is behind.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,6 +33,7 @@ use std::time::Instant;
 use serde_json::Value;
 use shardline_api::router::StatementResult;
 use shardline_api::{ApiError, ErrorCode};
+use shardline_core::catalog::MOVED_SQLSTATE;
 
 use crate::auth::TenantAuth;
 use crate::pg::{exec, from_pg_error, from_pool_error, PoolError, PooledConn};
@@ -109,7 +117,11 @@ pub async fn run<J: Job>(
     job: &J,
     plan: Plan,
 ) -> Result<J::Output, ApiError> {
-    let at = At { tenant, version };
+    let at = At {
+        tenant,
+        version,
+        check_fence: plan.read && ctx.contact.cut_off(),
+    };
     if plan.read && plan.eventual {
         if let Some(out) = on_replica(ctx, &target, at, job).await? {
             return Ok(out);
@@ -118,11 +130,14 @@ pub async fn run<J: Job>(
     on_primary(cell, ctx, target, at, job, plan).await
 }
 
-/// Who runs a job, and by which routing table's version.
+/// Who runs a job, by which routing table's version, and whether to
+/// check the shard's resharding fence first (reads while the manager has
+/// not answered for longer than a lease; writes meet the fence anyway).
 #[derive(Clone, Copy)]
 struct At<'a> {
     tenant: &'a TenantAuth,
     version: u64,
+    check_fence: bool,
 }
 
 /// Runs a read on a usable replica; `None` when there is none or it
@@ -307,6 +322,23 @@ async fn attempt<J: Job>(inst: &InstanceTarget, at: At<'_>, job: &J) -> Result<J
             broken: true,
         });
     }
+    if at.check_fence {
+        match conn.fence_version().await {
+            Ok(fence) if fence > at.version => {
+                return Err(Failure::Statement {
+                    error: fenced(fence, at.version),
+                    broken: false,
+                })
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return Err(Failure::Statement {
+                    error: from_pg_error(&e),
+                    broken: conn.is_broken(),
+                })
+            }
+        }
+    }
     match job.run(&mut conn).await {
         Ok(out) => Ok(out),
         Err(error) => Err(Failure::Statement {
@@ -314,6 +346,22 @@ async fn attempt<J: Job>(inst: &InstanceTarget, at: At<'_>, job: &J) -> Result<J
             error,
         }),
     }
+}
+
+/// The answer for a read the shard's fence refuses: as the source's own
+/// refusal of a write (SQLSTATE `SLM01`), so the caller holds it for a
+/// newer routing table.
+fn fenced(fence: u64, version: u64) -> ApiError {
+    let mut e = ApiError::new(
+        ErrorCode::ShardUnavailable,
+        format!(
+            "the shard was resharded at catalog version {fence}, after this router's \
+             routing table ({version}); retry shortly"
+        ),
+    )
+    .with_retry_after(RETRY_AFTER_SECS);
+    e.sqlstate = Some(MOVED_SQLSTATE.into());
+    e
 }
 
 /// A connection to `inst` as the tenant's role. A pool the reaper

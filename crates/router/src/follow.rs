@@ -107,6 +107,7 @@ pub async fn heartbeat(
         };
         match sent {
             Ok(answer) => {
+                ctx.contact.answered(answer.lease_ms);
                 let before = ctx.quotas.live_routers();
                 ctx.quotas.set_live_routers(answer.live_routers);
                 if before != ctx.quotas.live_routers() {

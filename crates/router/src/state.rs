@@ -3,7 +3,7 @@
 //! pools — rebuilt whole on every catalog version.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,58 @@ pub struct RouterContext {
     pub max_replica_lag: Duration,
     /// Longest a request waits for a failover to end.
     pub failover_hold: Duration,
+    /// When the manager last answered.
+    pub contact: Contact,
+}
+
+/// When the router last heard from the manager, and the lease the
+/// manager gives routers.
+///
+/// A resharding cutover waits for every live router, but no longer than
+/// its lease: a router the manager has not heard from for longer may be
+/// routing by a map that moved on. Its writes are refused by the source's
+/// fence; its reads check the fence first (see `dispatch`).
+pub struct Contact {
+    base: Instant,
+    /// Milliseconds after `base` of the last answer; `u64::MAX`: none yet.
+    last_ms: AtomicU64,
+    lease_ms: AtomicU64,
+}
+
+impl Default for Contact {
+    fn default() -> Self {
+        Self {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(u64::MAX),
+            lease_ms: AtomicU64::new(10_000),
+        }
+    }
+}
+
+impl Contact {
+    /// The manager answered now; it gives routers `lease_ms`.
+    pub fn answered(&self, lease_ms: u64) {
+        let now = self.base.elapsed().as_millis() as u64;
+        self.last_ms.store(now, Ordering::Relaxed);
+        self.lease_ms.store(lease_ms, Ordering::Relaxed);
+    }
+
+    /// Whether the manager has not answered for about a lease (false
+    /// before its first answer: the router has nothing to route by that
+    /// the manager could have moved past without it). A margin of up to
+    /// a second (half a short lease) makes the router count itself cut
+    /// off before the manager counts it gone: the manager's clock starts
+    /// at the heartbeat, the router's at the answer.
+    pub fn cut_off(&self) -> bool {
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if last == u64::MAX {
+            return false;
+        }
+        let lease = self.lease_ms.load(Ordering::Relaxed);
+        let margin = (lease / 2).min(1_000);
+        let now = self.base.elapsed().as_millis() as u64;
+        now.saturating_sub(last) > lease - margin
+    }
 }
 
 impl RouterContext {
@@ -64,6 +116,7 @@ impl RouterContext {
             health: Arc::new(HealthTable::new(cfg.health_poll)),
             max_replica_lag: cfg.max_replica_lag,
             failover_hold: cfg.failover_hold,
+            contact: Contact::default(),
         }
     }
 }
@@ -433,6 +486,19 @@ impl RoutingCell {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn cut_off_after_a_lease_without_an_answer() {
+        let c = Contact::default();
+        assert!(!c.cut_off(), "not before the first answer");
+        c.answered(60_000);
+        assert!(!c.cut_off());
+        c.answered(4);
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        assert!(c.cut_off(), "past the lease less its margin");
+        c.answered(60_000);
+        assert!(!c.cut_off(), "an answer ends it");
+    }
 
     use shardline_core::auth::token_hash;
     use shardline_core::catalog::{App, Instance, Keyspace, Limits, PreviousToken, Shard};

@@ -3,7 +3,9 @@
 //! the range to its new owner (or answered 503 after the window), and a
 //! statement the old owner refuses with SQLSTATE SLM01 runs again on the
 //! new owner once the new table arrives; a tenant that is moving is held
-//! until it is not, then served in its new keyspace.
+//! until it is not, then served in its new keyspace. A source fenced by
+//! a cutover this router missed refuses its writes, and its reads once
+//! the manager has not answered for longer than a lease.
 
 mod common;
 
@@ -528,12 +530,34 @@ async fn sessions_say_their_map_version_and_a_fenced_source_refuses_older_ones(
     assert!(!has_row(&s1, "fenced-insert").await?);
     assert_eq!(held(&served, "s1", "timed_out").await?, 3);
 
+    // Reads meet no trigger. While the manager answers, they are served;
+    // once it has not answered for longer than its lease (it may have cut
+    // over without this router), reads check the fence first.
+    let read = json!({
+        "shard_key": key,
+        "sql": "SELECT v FROM kv WHERE k = $1",
+        "params": [key],
+    });
+    ctx.contact.answered(60_000);
+    let (status, _, body) = post(&served, "/v1/execute", read.clone()).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rows"][0][0], json!("v"), "{body}");
+    ctx.contact.answered(0);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert!(ctx.contact.cut_off());
+    let (status, headers, body) = post(&served, "/v1/execute", read.clone()).await?;
+    assert_unavailable(status, &headers, &body);
+    assert_eq!(held(&served, "s1", "timed_out").await?, 4, "held, then 503");
+
     // A table at 9 (the same owner): the router's sessions say 9 and
-    // pass the fence.
+    // pass the fence, for writes and (still cut off) for reads.
     let newer = catalog(9, &s1, None, key, "s1", false);
     cell.set(Routing::build(&newer, &cell.get(), &ctx));
     let (status, _, body) = post(&served, "/v1/execute", update(key)).await?;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["rows"][0][0], json!("9"), "{body}");
+    let (status, _, body) = post(&served, "/v1/execute", read).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rows"][0][0], json!("x"), "{body}");
     stop(served).await
 }

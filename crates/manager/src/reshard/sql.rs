@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 
 use sha2::{Digest, Sha256};
-use shardline_core::catalog::{quote_ident, quote_literal, MOVED_SQLSTATE};
+use shardline_core::catalog::{quote_ident, quote_literal, FENCE_VERSION_SQL, MOVED_SQLSTATE};
 use shardline_core::hash::{routing_hash, sql_in_range};
 use shardline_core::{KeyRange, KeyType, ShardKey};
 use tokio_postgres::error::SqlState;
@@ -397,13 +397,7 @@ pub async fn set_fence(client: &Client, version: u64) -> Result<(), tokio_postgr
 
 /// The version a tenant database's fence is at (0: none).
 pub async fn fence_version(client: &Client) -> Result<u64, tokio_postgres::Error> {
-    let row = client
-        .query_one(
-            "SELECT coalesce((SELECT substring(prosrc from 'v::int8 < ([0-9]+)')::int8 \
-             FROM pg_catalog.pg_proc WHERE oid = to_regprocedure($1)), 0)",
-            &[&format!("{FENCE_FUNCTION}()")],
-        )
-        .await?;
+    let row = client.query_one(FENCE_VERSION_SQL, &[]).await?;
     Ok(row.get::<_, i64>(0).max(0) as u64)
 }
 

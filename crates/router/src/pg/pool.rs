@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use shardline_core::catalog::FENCE_VERSION_SQL;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::{Client, NoTls, Statement};
 
@@ -451,6 +452,16 @@ impl PooledConn {
         self.busy = false;
         self.conn_mut().map_version = version;
         Ok(())
+    }
+
+    /// The resharding fence of the database this session is in (see
+    /// [`FENCE_VERSION_SQL`]; 0: none).
+    pub async fn fence_version(&mut self) -> Result<u64, tokio_postgres::Error> {
+        let stmt = self.prepare_cached(FENCE_VERSION_SQL).await?;
+        self.busy = true;
+        let row = self.conn().client.query_one(&stmt, &[]).await?;
+        self.busy = false;
+        Ok(row.get::<_, i64>(0).max(0) as u64)
     }
 
     /// The `shardline.map_version` this session last set (0: never).
