@@ -163,12 +163,7 @@ async fn add_replica_checks_it_is_one() {
 
     // A server that is not in recovery is no replica.
     let a = add(other.dsn()).await;
-    assert_eq!(
-        (a.status, a.code().as_str()),
-        (409, "conflict"),
-        "{}",
-        a.body
-    );
+    a.assert_conflict();
     assert!(a.body.contains("not in recovery"), "{}", a.body);
     // Nor is the primary itself (already an instance).
     let a = add(primary.dsn()).await;

@@ -177,12 +177,7 @@ async fn cancel_during_copy_leaves_the_source_as_it_was() {
         .st
         .admin("POST", &format!("/v1/reshard/{}/cancel", job.id), None)
         .await;
-    assert_eq!(
-        (a.status, a.code().as_str()),
-        (409, "conflict"),
-        "{}",
-        a.body
-    );
+    a.assert_conflict();
     let a = env.st.admin("POST", "/v1/reshard/nope/cancel", None).await;
     assert_eq!(a.status, 404, "{}", a.body);
     for body in [

@@ -438,12 +438,7 @@ async fn cancel_after_the_publish_is_refused() {
         .await;
     assert_eq!(j.phase, ReshardPhase::Cleanup, "{j:?}");
     let a = cancel(&env, &job.id).await;
-    assert_eq!(
-        (a.status, a.code().as_str()),
-        (409, "conflict"),
-        "{}",
-        a.body
-    );
+    a.assert_conflict();
     assert!(a.body.contains("cut over"), "{}", a.body);
     tx.rollback().await.unwrap();
     stop.cancel();

@@ -367,12 +367,7 @@ async fn cancelled_tenant_move_leaves_everything_as_it_was() {
         .st
         .admin("DELETE", "/v1/tenants/acme?drop_data=true", None)
         .await;
-    assert_eq!(
-        (a.status, a.code().as_str()),
-        (409, "conflict"),
-        "{}",
-        a.body
-    );
+    a.assert_conflict();
     assert!(a.body.contains(&job.id), "{}", a.body);
     let a = env
         .st

@@ -387,6 +387,17 @@ impl Answer {
             .to_string()
     }
 
+    /// Asserts the answer is a 409 `conflict` error.
+    #[track_caller]
+    pub fn assert_conflict(&self) {
+        assert_eq!(
+            (self.status, self.code().as_str()),
+            (409, "conflict"),
+            "{}",
+            self.body
+        );
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
