@@ -12,9 +12,23 @@ use common::{
 };
 use shardline_api::manager::{ApplyMigrationRequest, CreateTenantRequest, UpdateTenantRequest};
 use shardline_api::ErrorCode;
-use shardline_core::catalog::{Limits, TenantConfig, TenantState};
+use shardline_core::catalog::{Limits, Tenant, TenantConfig, TenantState};
 use shardline_manager::error::ServiceError;
 use shardline_manager::{migrations, tenants};
+
+/// Creates a tenant as the manager's API does.
+async fn create(h: &Harness, req: &CreateTenantRequest) -> Result<Tenant, ServiceError> {
+    tenants::create_tenant(&h.svc, req, TIMEOUT).await
+}
+
+/// A shared tenant, in `keyspace` (the default one if `None`).
+fn shared(id: &str, keyspace: Option<&str>) -> CreateTenantRequest {
+    CreateTenantRequest {
+        id: id.into(),
+        keyspace: keyspace.map(str::to_string),
+        ..Default::default()
+    }
+}
 
 fn dedicated(id: &str, shards: u32) -> CreateTenantRequest {
     CreateTenantRequest {
@@ -40,14 +54,13 @@ async fn shared_tenant_owns_role_and_database_on_every_shard() {
     let h = Harness::start(2).await;
     h.keyspace("default", &["s0", "s1"]).await;
     // No keyspace given: `default`.
-    let t = tenants::create_tenant(
-        &h.svc,
+    let t = create(
+        &h,
         &CreateTenantRequest {
             id: "acme".into(),
             name: Some("Acme Corp".into()),
             ..Default::default()
         },
-        TIMEOUT,
     )
     .await
     .unwrap();
@@ -99,51 +112,22 @@ async fn shared_tenant_owns_role_and_database_on_every_shard() {
     assert_eq!(sqlstate(&e), Some("42501"), "{e}");
 
     // Same id again: 409; a missing keyspace: 404; bad ids: 400.
-    let again = tenants::create_tenant(
-        &h.svc,
-        &CreateTenantRequest {
-            id: "acme".into(),
-            ..Default::default()
-        },
-        TIMEOUT,
-    )
-    .await
-    .unwrap_err();
+    let again = create(&h, &shared("acme", None)).await.unwrap_err();
     assert!(matches!(again, ServiceError::Conflict(_)), "{again}");
-    let missing = tenants::create_tenant(
-        &h.svc,
-        &CreateTenantRequest {
-            id: "beta".into(),
-            keyspace: Some("nope".into()),
-            ..Default::default()
-        },
-        TIMEOUT,
-    )
-    .await
-    .unwrap_err();
+    let missing = create(&h, &shared("beta", Some("nope"))).await.unwrap_err();
     assert!(matches!(missing, ServiceError::NotFound(_)), "{missing}");
     for bad in ["Acme", &"a".repeat(49), "-x", ""] {
-        let e = tenants::create_tenant(
-            &h.svc,
-            &CreateTenantRequest {
-                id: bad.into(),
-                ..Default::default()
-            },
-            TIMEOUT,
-        )
-        .await
-        .unwrap_err();
+        let e = create(&h, &shared(bad, None)).await.unwrap_err();
         assert!(matches!(e, ServiceError::Invalid(_)), "{bad}: {e}");
     }
     // `shards` without `dedicated` is an error, not ignored.
-    let e = tenants::create_tenant(
-        &h.svc,
+    let e = create(
+        &h,
         &CreateTenantRequest {
             id: "gamma".into(),
             shards: Some(1),
             ..Default::default()
         },
-        TIMEOUT,
     )
     .await
     .unwrap_err();
@@ -156,9 +140,7 @@ async fn dedicated_tenants_get_shards_of_their_own() {
     let s1 = h.add_shard(Some("acme")).await;
     let s2 = h.add_shard(Some("other")).await;
     // Shards reserved for acme come first.
-    let t = tenants::create_tenant(&h.svc, &dedicated("acme", 1), TIMEOUT)
-        .await
-        .unwrap();
+    let t = create(&h, &dedicated("acme", 1)).await.unwrap();
     assert!(t.dedicated);
     assert_eq!(t.keyspace, "acme");
     let cat = h.svc.current();
@@ -179,36 +161,22 @@ async fn dedicated_tenants_get_shards_of_their_own() {
 
     // One free unreserved shard (s0) is left: beta takes it; then gamma
     // finds none, since s1 is acme's and s2 is reserved for another.
-    tenants::create_tenant(&h.svc, &dedicated("beta", 1), TIMEOUT)
-        .await
-        .unwrap();
-    let e = tenants::create_tenant(&h.svc, &dedicated("gamma", 1), TIMEOUT)
-        .await
-        .unwrap_err();
+    create(&h, &dedicated("beta", 1)).await.unwrap();
+    let e = create(&h, &dedicated("gamma", 1)).await.unwrap_err();
     assert!(matches!(e, ServiceError::Conflict(_)), "{e}");
     assert_absent(h.pg(&s2), "gamma").await;
     assert!(!h.svc.current().catalog.tenants.contains_key("gamma"));
     // The shard reserved for `other` is used by `other` only.
-    tenants::create_tenant(&h.svc, &dedicated("other", 1), TIMEOUT)
-        .await
-        .unwrap();
+    create(&h, &dedicated("other", 1)).await.unwrap();
     assert_eq!(
         h.svc.current().catalog.shards[&s2].keyspace.as_deref(),
         Some("other")
     );
 
     // A shared tenant cannot move into a dedicated keyspace.
-    let e = tenants::create_tenant(
-        &h.svc,
-        &CreateTenantRequest {
-            id: "intruder".into(),
-            keyspace: Some("acme".into()),
-            ..Default::default()
-        },
-        TIMEOUT,
-    )
-    .await
-    .unwrap_err();
+    let e = create(&h, &shared("intruder", Some("acme")))
+        .await
+        .unwrap_err();
     assert!(matches!(e, ServiceError::Conflict(_)), "{e}");
 }
 
@@ -216,12 +184,8 @@ async fn dedicated_tenants_get_shards_of_their_own() {
 async fn one_shard_is_never_given_to_two_dedicated_tenants() {
     let mut h = Harness::start(0).await;
     let s0 = h.add_shard(None).await;
-    tenants::create_tenant(&h.svc, &dedicated("first", 1), TIMEOUT)
-        .await
-        .unwrap();
-    let e = tenants::create_tenant(&h.svc, &dedicated("second", 1), TIMEOUT)
-        .await
-        .unwrap_err();
+    create(&h, &dedicated("first", 1)).await.unwrap();
+    let e = create(&h, &dedicated("second", 1)).await.unwrap_err();
     assert!(matches!(e, ServiceError::Conflict(_)), "{e}");
     let cat = h.svc.current();
     assert_eq!(cat.catalog.shards[&s0].keyspace.as_deref(), Some("first"));
@@ -260,9 +224,7 @@ async fn shard_count_quota() {
     let h = Harness::start(2).await;
     let mut req = dedicated("acme", 2);
     req.config = max_shards(1);
-    let e = tenants::create_tenant(&h.svc, &req, TIMEOUT)
-        .await
-        .unwrap_err();
+    let e = create(&h, &req).await.unwrap_err();
     assert!(matches!(e, ServiceError::QuotaExceeded(_)), "{e}");
     let api = e.to_api();
     assert_eq!(api.code, ErrorCode::QuotaExceeded);
@@ -278,14 +240,12 @@ async fn shard_count_quota() {
     for shards in [Some(0), None] {
         let mut r = dedicated("acme", 1);
         r.shards = shards;
-        let e = tenants::create_tenant(&h.svc, &r, TIMEOUT)
-            .await
-            .unwrap_err();
+        let e = create(&h, &r).await.unwrap_err();
         assert!(matches!(e, ServiceError::Invalid(_)), "{e}");
     }
 
     req.config = max_shards(2);
-    tenants::create_tenant(&h.svc, &req, TIMEOUT).await.unwrap();
+    create(&h, &req).await.unwrap();
     // Lowering the quota below the shards it has: 409; to exactly: fine.
     let lower = |n| UpdateTenantRequest {
         name: None,
@@ -327,16 +287,7 @@ async fn a_shard_down_at_creation_writes_nothing() {
     let mut h = Harness::start(2).await;
     h.keyspace("default", &["s0", "s1"]).await;
     h.shards[1].stop().await.unwrap();
-    let e = tenants::create_tenant(
-        &h.svc,
-        &CreateTenantRequest {
-            id: "acme".into(),
-            ..Default::default()
-        },
-        TIMEOUT,
-    )
-    .await
-    .unwrap_err();
+    let e = create(&h, &shared("acme", None)).await.unwrap_err();
     assert!(matches!(e, ServiceError::ShardUnavailable(_)), "{e}");
     assert_eq!(e.to_api().http_status(), 503);
     assert!(h.svc.current().catalog.tenants.is_empty());
@@ -347,9 +298,7 @@ async fn delete_needs_drop_data_when_rows_exist() {
     let h = Harness::start(3).await;
     h.keyspace("default", &["s0"]).await;
     h.shared_tenant("keep", "default").await;
-    tenants::create_tenant(&h.svc, &dedicated("acme", 2), TIMEOUT)
-        .await
-        .unwrap();
+    create(&h, &dedicated("acme", 2)).await.unwrap();
     // Both keyspaces get a table; acme writes one row on one shard.
     for ks in ["default", "acme"] {
         migrations::apply_migration(
@@ -432,9 +381,7 @@ async fn delete_needs_drop_data_when_rows_exist() {
         .unwrap_err();
     assert!(matches!(e, ServiceError::NotFound(_)), "{e}");
     // Its shards are free again: a new dedicated tenant can take them.
-    tenants::create_tenant(&h.svc, &dedicated("again", 2), TIMEOUT)
-        .await
-        .unwrap();
+    create(&h, &dedicated("again", 2)).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
