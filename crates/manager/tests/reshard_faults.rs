@@ -76,6 +76,31 @@ async fn write_range(
     }
 }
 
+/// Splits s0 onto s1 and, once the copy is under way, writes to the
+/// moving range (10 new keys starting with `prefix`, updates, deletes;
+/// `model` follows). The job.
+async fn split_writing_in_copy(
+    env: &Env,
+    prefix: &str,
+    model: &mut BTreeMap<String, i64>,
+) -> JobInfo {
+    let job = env.start("split", "s0", &["s1"]).await;
+    let moving = KeyRange::parse(&job.moves[0].range).unwrap();
+    env.wait_job(&job.id, |j| {
+        j.phase == ReshardPhase::Copy && j.rows_copied > 0
+    })
+    .await;
+    write_range(env, "s0", &moving, &keys_in(&moving, prefix, 10), model).await;
+    job
+}
+
+/// A cancel sent now, answered when the job lets go.
+fn cancel_in_background(env: &Env, id: &str) -> tokio::task::JoinHandle<common::Answer> {
+    let addr = env.st.addr();
+    let path = format!("/v1/reshard/{id}/cancel");
+    tokio::spawn(async move { http(addr, "POST", &path, Some(common::ADMIN_TOKEN), None).await })
+}
+
 /// Names of the non-internal triggers on `items` on a shard.
 async fn triggers(env: &Env, shard: &str) -> Vec<String> {
     let c = env.db(shard).await;
@@ -304,12 +329,7 @@ async fn cancel_in_prepare() {
     let job = env.start("split", "s0", &["s1"]).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(env.job(&job.id).await.phase, ReshardPhase::Prepare);
-    let addr = env.st.addr();
-    let path = format!("/v1/reshard/{}/cancel", job.id);
-    let pending =
-        tokio::spawn(
-            async move { http(addr, "POST", &path, Some(common::ADMIN_TOKEN), None).await },
-        );
+    let pending = cancel_in_background(&env, &job.id);
     tokio::time::sleep(Duration::from_millis(300)).await;
     env.pgs["s1"].resume();
     let a = pending.await.unwrap();
@@ -322,20 +342,7 @@ async fn cancel_in_copy() {
     let env = Env::setup(1, 2, 5_000, slow_copy).await;
     let mut expected = all_rows(&env).await;
     let map = env.map().await;
-    let job = env.start("split", "s0", &["s1"]).await;
-    let moving = KeyRange::parse(&job.moves[0].range).unwrap();
-    env.wait_job(&job.id, |j| {
-        j.phase == ReshardPhase::Copy && j.rows_copied > 0
-    })
-    .await;
-    write_range(
-        &env,
-        "s0",
-        &moving,
-        &keys_in(&moving, "c", 10),
-        &mut expected,
-    )
-    .await;
+    let job = split_writing_in_copy(&env, "c", &mut expected).await;
     let a = cancel(&env, &job.id).await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert_undone(&env, &job, &map, &expected).await;
@@ -346,20 +353,7 @@ async fn cancel_in_catch_up() {
     let env = Env::setup(1, 2, 4_000, slow_copy).await;
     let mut expected = all_rows(&env).await;
     let map = env.map().await;
-    let job = env.start("split", "s0", &["s1"]).await;
-    let moving = KeyRange::parse(&job.moves[0].range).unwrap();
-    env.wait_job(&job.id, |j| {
-        j.phase == ReshardPhase::Copy && j.rows_copied > 0
-    })
-    .await;
-    write_range(
-        &env,
-        "s0",
-        &moving,
-        &keys_in(&moving, "u", 10),
-        &mut expected,
-    )
-    .await;
+    let job = split_writing_in_copy(&env, "u", &mut expected).await;
     // Catch-up blocks reading the change table while this lock is held.
     let mut locker = env.db("s0").await;
     let tx = locker.transaction().await.unwrap();
@@ -370,12 +364,7 @@ async fn cancel_in_catch_up() {
         .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(env.job(&job.id).await.phase, ReshardPhase::CatchUp);
-    let addr = env.st.addr();
-    let path = format!("/v1/reshard/{}/cancel", job.id);
-    let pending =
-        tokio::spawn(
-            async move { http(addr, "POST", &path, Some(common::ADMIN_TOKEN), None).await },
-        );
+    let pending = cancel_in_background(&env, &job.id);
     tokio::time::sleep(Duration::from_millis(300)).await;
     tx.rollback().await.unwrap();
     let a = pending.await.unwrap();

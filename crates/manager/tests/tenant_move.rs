@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use common::reshard::{hash, small_batches, Env, DB, TENANT};
 use common::sqlstate;
-use shardline_api::manager::JobInfo;
 use shardline_catalog::CatalogStore as _;
 use shardline_core::catalog::{keys, Keyspace, ReshardPhase, Shard, Tenant};
 use shardline_core::hash::sql_in_range;
@@ -54,6 +53,17 @@ async fn other_rows(env: &Env) -> BTreeMap<String, (i64, String)> {
         out.insert(s.to_string(), (r.get(0), r.get(1)));
     }
     out
+}
+
+/// Waits (bounded) until the writer has done 20 more operations.
+async fn a_few_more(ops: &AtomicU64) {
+    let from = ops.load(Ordering::Relaxed);
+    for _ in 0..2000 {
+        if ops.load(Ordering::Relaxed) > from + 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Counters shared with the writer.
@@ -213,9 +223,7 @@ async fn tenant_moves_to_dedicated_shards_while_writing() {
 
     let body =
         r#"{"kind": "tenant_move", "source": "", "tenant": "acme", "targets": ["s2", "s3"]}"#;
-    let a = env.st.admin("POST", "/v1/reshard", Some(body)).await;
-    assert_eq!(a.status, 202, "{}", a.body);
-    let job: JobInfo = serde_json::from_str(&a.body).unwrap();
+    let job = env.start_body(body).await;
     assert_eq!(job.tenant.as_deref(), Some(TENANT));
     assert_eq!(job.moves.len(), 4, "2 sources x 2 targets: {job:?}");
     env.wait_job(&job.id, |j| {
@@ -228,13 +236,7 @@ async fn tenant_moves_to_dedicated_shards_while_writing() {
         .await;
     assert_eq!(done.phase, ReshardPhase::Done, "{done:?}");
     // Some writes after the move, on the new shards.
-    let after_done = ops.load(Ordering::Relaxed);
-    for _ in 0..2000 {
-        if ops.load(Ordering::Relaxed) > after_done + 20 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    a_few_more(&ops).await;
     stop.cancel();
     let (model, last) = writer.await.unwrap();
     let total = ops.load(Ordering::Relaxed);
@@ -287,9 +289,7 @@ async fn tenant_moves_to_dedicated_shards_while_writing() {
         last,
     );
     let body = r#"{"kind": "tenant_move", "source": "", "tenant": "acme", "to_keyspace": "ks", "targets": []}"#;
-    let a = env.st.admin("POST", "/v1/reshard", Some(body)).await;
-    assert_eq!(a.status, 202, "{}", a.body);
-    let back: JobInfo = serde_json::from_str(&a.body).unwrap();
+    let back = env.start_body(body).await;
     assert_eq!(back.moves.len(), 4, "2 sources x 2 ranges of ks: {back:?}");
     assert_eq!(back.to_keyspace.as_deref(), Some("ks"));
     // One job per keyspace, counting the one moved into.
@@ -302,13 +302,7 @@ async fn tenant_moves_to_dedicated_shards_while_writing() {
         .wait_job(&back.id, |j| j.phase >= ReshardPhase::Done)
         .await;
     assert_eq!(done.phase, ReshardPhase::Done, "{done:?}");
-    let after_done = ops.load(Ordering::Relaxed);
-    for _ in 0..2000 {
-        if ops.load(Ordering::Relaxed) > after_done + 20 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    a_few_more(&ops).await;
     stop.cancel();
     let (model, _) = writer.await.unwrap();
     assert!(
@@ -355,9 +349,7 @@ async fn cancelled_tenant_move_leaves_everything_as_it_was() {
     .await;
     let before = env.rows().await;
     let body = r#"{"kind": "tenant_move", "source": "", "tenant": "acme", "targets": ["s2"]}"#;
-    let a = env.st.admin("POST", "/v1/reshard", Some(body)).await;
-    assert_eq!(a.status, 202, "{}", a.body);
-    let job: JobInfo = serde_json::from_str(&a.body).unwrap();
+    let job = env.start_body(body).await;
     env.wait_job(&job.id, |j| {
         j.phase == ReshardPhase::Copy && j.rows_copied > 0
     })
@@ -389,9 +381,7 @@ async fn cancelled_tenant_move_leaves_everything_as_it_was() {
 
     // Out to s2 for good, then a move back cancelled mid-copy: acme stays
     // dedicated on s2, and the copies on the shared shards are dropped.
-    let a = env.st.admin("POST", "/v1/reshard", Some(body)).await;
-    assert_eq!(a.status, 202, "{}", a.body);
-    let job: JobInfo = serde_json::from_str(&a.body).unwrap();
+    let job = env.start_body(body).await;
     let done = env
         .wait_job(&job.id, |j| j.phase >= ReshardPhase::Done)
         .await;
@@ -399,9 +389,7 @@ async fn cancelled_tenant_move_leaves_everything_as_it_was() {
     let dedicated = env.rows().await;
     assert_eq!(dedicated.keys().collect::<Vec<_>>(), ["s2"]);
     let back = r#"{"kind": "tenant_move", "source": "", "tenant": "acme", "to_keyspace": "ks", "targets": []}"#;
-    let a = env.st.admin("POST", "/v1/reshard", Some(back)).await;
-    assert_eq!(a.status, 202, "{}", a.body);
-    let job: JobInfo = serde_json::from_str(&a.body).unwrap();
+    let job = env.start_body(back).await;
     env.wait_job(&job.id, |j| {
         j.phase == ReshardPhase::Copy && j.rows_copied > 0
     })

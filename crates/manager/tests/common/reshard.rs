@@ -152,10 +152,12 @@ impl Env {
     pub async fn start(&self, kind: &str, source: &str, targets: &[&str]) -> JobInfo {
         let body = serde_json::json!({"keyspace": "ks", "kind": kind, "source": source,
             "targets": targets});
-        let a = self
-            .st
-            .admin("POST", "/v1/reshard", Some(&body.to_string()))
-            .await;
+        self.start_body(&body.to_string()).await
+    }
+
+    /// Starts the job `body` asks for (`POST /v1/reshard`, 202).
+    pub async fn start_body(&self, body: &str) -> JobInfo {
+        let a = self.st.admin("POST", "/v1/reshard", Some(body)).await;
         assert_eq!(a.status, 202, "{}", a.body);
         serde_json::from_str(&a.body).unwrap()
     }
