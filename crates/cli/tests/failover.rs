@@ -209,6 +209,37 @@ fn longest_pause(log: &Log) -> Duration {
         .unwrap_or_default()
 }
 
+/// The old primary's (`stack.shards[0]`) tenant traffic before and after
+/// 50 writes through the router (numbered from `first`), each followed by
+/// an eventual read with `reads`.
+async fn traffic_during_requests(
+    stack: &Stack,
+    first: i64,
+    reads: bool,
+) -> ((i64, i64), (i64, i64)) {
+    let before = tenant_traffic(&stack.shards[0]).await;
+    let router = RouterClient::new(&stack.router_url, Some(stack.app_token.clone())).unwrap();
+    for i in 0..50 {
+        router
+            .execute(&req(
+                "INSERT INTO writes (n) VALUES ($1)",
+                vec![json!(first + i)],
+                Consistency::Strong,
+            ))
+            .await
+            .unwrap();
+        if reads {
+            router
+                .execute(&req("SELECT 1", vec![], Consistency::Eventual))
+                .await
+                .unwrap();
+        }
+    }
+    // Statistics reach the shared view within a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    (before, tenant_traffic(&stack.shards[0]).await)
+}
+
 /// Transactions committed in the tenant's database on `pg`, and the
 /// tenant's open sessions there.
 async fn tenant_traffic(pg: &PgCluster) -> (i64, i64) {
@@ -295,25 +326,7 @@ async fn kill9_failover(synchronous: bool, replicas: usize) {
 
     // The old primary comes back: no request may reach it.
     stack.shards[0].restart().await.unwrap();
-    let before = tenant_traffic(&stack.shards[0]).await;
-    let router = RouterClient::new(&stack.router_url, Some(stack.app_token.clone())).unwrap();
-    for i in 0..50 {
-        router
-            .execute(&req(
-                "INSERT INTO writes (n) VALUES ($1)",
-                vec![json!(1_000_000 + i)],
-                Consistency::Strong,
-            ))
-            .await
-            .unwrap();
-        router
-            .execute(&req("SELECT 1", vec![], Consistency::Eventual))
-            .await
-            .unwrap();
-    }
-    // Statistics reach the shared view within a second.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let after = tenant_traffic(&stack.shards[0]).await;
+    let (before, after) = traffic_during_requests(&stack, 1_000_000, true).await;
     println!(
         "old primary, tenant commits and sessions before/after 100 requests: {before:?} {after:?}"
     );
@@ -414,20 +427,7 @@ async fn a_hung_primary_is_replaced_and_never_used_again() {
     // The old primary woke up, still a primary in its own eyes: nothing
     // of the tenant's reaches it.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = tenant_traffic(&stack.shards[0]).await;
-    let router = RouterClient::new(&stack.router_url, Some(stack.app_token.clone())).unwrap();
-    for i in 0..50 {
-        router
-            .execute(&req(
-                "INSERT INTO writes (n) VALUES ($1)",
-                vec![json!(2_000_000 + i)],
-                Consistency::Strong,
-            ))
-            .await
-            .unwrap();
-    }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let after = tenant_traffic(&stack.shards[0]).await;
+    let (before, after) = traffic_during_requests(&stack, 2_000_000, false).await;
     assert_eq!(before.0, after.0, "writes reached the old primary");
     stack.stop().await;
 }

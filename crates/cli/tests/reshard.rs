@@ -246,6 +246,21 @@ async fn has_database(dsn: &str, tenant: &str) -> bool {
         .get(0)
 }
 
+/// The bank tables, with their shard-key columns declared.
+async fn bank_schema(stack: &Stack) {
+    stack.migrate("001_bank", SCHEMA).await;
+    for (table, key) in [("accounts", "id"), ("events", "account")] {
+        let spec = TableSpec {
+            shard_key: key.into(),
+        };
+        stack
+            .admin
+            .set_table("default", table, &spec)
+            .await
+            .unwrap();
+    }
+}
+
 /// Shard s0 of keyspace `default` split onto spare0 at the middle.
 fn split_s0() -> ReshardRequest {
     ReshardRequest {
@@ -389,20 +404,7 @@ async fn split_then_merge_under_writes_loses_nothing() {
         ..StackOptions::default()
     })
     .await;
-    stack.migrate("001_bank", SCHEMA).await;
-    for (table, key) in [("accounts", "id"), ("events", "account")] {
-        stack
-            .admin
-            .set_table(
-                "default",
-                table,
-                &TableSpec {
-                    shard_key: key.into(),
-                },
-            )
-            .await
-            .unwrap();
-    }
+    bank_schema(&stack).await;
     load(&stack.shards[0].dsn(), "default").await;
     let truth = Arc::new(Mutex::new(Truth::default()));
 
@@ -457,20 +459,7 @@ async fn tenant_move_to_dedicated_shards_under_writes_loses_nothing() {
         ..StackOptions::default()
     })
     .await;
-    stack.migrate("001_bank", SCHEMA).await;
-    for (table, key) in [("accounts", "id"), ("events", "account")] {
-        stack
-            .admin
-            .set_table(
-                "default",
-                table,
-                &TableSpec {
-                    shard_key: key.into(),
-                },
-            )
-            .await
-            .unwrap();
-    }
+    bank_schema(&stack).await;
     let acme = stack
         .tenant(shardline_api::manager::CreateTenantRequest {
             id: "acme".into(),
@@ -645,17 +634,7 @@ async fn a_router_cut_off_during_a_split_cannot_write_to_the_old_shard() {
         ..StackOptions::default()
     })
     .await;
-    stack.migrate("001_bank", SCHEMA).await;
-    for (table, key) in [("accounts", "id"), ("events", "account")] {
-        let spec = TableSpec {
-            shard_key: key.into(),
-        };
-        stack
-            .admin
-            .set_table("default", table, &spec)
-            .await
-            .unwrap();
-    }
+    bank_schema(&stack).await;
     let token = stack.app_token.as_str();
     let ids: Vec<String> = (0..200).map(|i| format!("acct-{i}")).collect();
     for id in &ids {
