@@ -378,88 +378,67 @@ async fn run(alpha: &Tenant, key: &str, a: &Attack) -> Outcome {
     }
 }
 
+/// In beta's database: what an attack must not change.
+const BETA_VIEW: &[(&str, &str)] = &[
+    (
+        "beta rows",
+        "SELECT k || '=' || v FROM tenant_beta.items ORDER BY k",
+    ),
+    (
+        "beta objects",
+        "SELECT count(*)::text FROM pg_class WHERE relnamespace = 'tenant_beta'::regnamespace",
+    ),
+    (
+        "beta acl",
+        "SELECT coalesce((SELECT nspacl::text FROM pg_namespace WHERE nspname = 'tenant_beta') \
+         || ' ' || coalesce((SELECT relacl::text FROM pg_class \
+         WHERE oid = 'tenant_beta.items'::regclass), '-'), '')",
+    ),
+    (
+        "beta large objects",
+        "SELECT oid::text || ':' || convert_from(lo_get(oid), 'UTF8') \
+         FROM pg_largeobject_metadata ORDER BY oid",
+    ),
+];
+
+/// In the server's main database: what an attack must not change.
+const SERVER_VIEW: &[(&str, &str)] = &[
+    (
+        "roles",
+        "SELECT rolname || ' super=' || rolsuper || ' createrole=' || rolcreaterole \
+         || ' createdb=' || rolcreatedb || ' bypassrls=' || rolbypassrls \
+         || ' password=' || coalesce(md5(rolpassword), '-') \
+         FROM pg_authid WHERE rolname LIKE 'tenant_%' OR rolname = 'evil' ORDER BY rolname",
+    ),
+    (
+        "tenant role memberships",
+        "SELECT count(*)::text FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member \
+         WHERE r.rolname LIKE 'tenant_%'",
+    ),
+    (
+        "databases",
+        "SELECT datname || ' owner=' || pg_get_userbyid(datdba) FROM pg_database ORDER BY 1",
+    ),
+];
+
 /// A superuser's view of everything an attack must not change, per shard.
 async fn fingerprint(stack: &Stack, shards: usize) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for (i, pg) in stack.shards.iter().take(shards).enumerate() {
         let beta = connect(&format!("{} dbname=tenant_beta", pg.dsn())).await;
-        let rows = beta
-            .query(
-                "SELECT k || '=' || v FROM tenant_beta.items ORDER BY k",
-                &[],
-            )
-            .await
-            .unwrap();
-        let rows: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-        out.insert(format!("s{i} beta rows"), rows.join(","));
-        let objects: i64 = beta
-            .query_one(
-                "SELECT count(*) FROM pg_class WHERE relnamespace = 'tenant_beta'::regnamespace",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        out.insert(format!("s{i} beta objects"), objects.to_string());
-        let acl: Option<String> = beta
-            .query_one(
-                "SELECT (SELECT nspacl::text FROM pg_namespace WHERE nspname = 'tenant_beta') \
-                 || ' ' || coalesce((SELECT relacl::text FROM pg_class \
-                 WHERE oid = 'tenant_beta.items'::regclass), '-')",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        out.insert(format!("s{i} beta acl"), acl.unwrap_or_default());
-        let los: Vec<String> = beta
-            .query(
-                "SELECT oid::text || ':' || convert_from(lo_get(oid), 'UTF8') \
-                 FROM pg_largeobject_metadata ORDER BY oid",
-                &[],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        out.insert(format!("s{i} beta large objects"), los.join(","));
         let admin = pg.connect().await.unwrap();
-        let roles: Vec<String> = admin
-            .query(
-                "SELECT rolname || ' super=' || rolsuper || ' createrole=' || rolcreaterole \
-                 || ' createdb=' || rolcreatedb || ' bypassrls=' || rolbypassrls \
-                 || ' password=' || coalesce(md5(rolpassword), '-') \
-                 FROM pg_authid WHERE rolname LIKE 'tenant_%' OR rolname = 'evil' ORDER BY rolname",
-                &[],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        out.insert(format!("s{i} roles"), roles.join(";"));
-        let members: i64 = admin
-            .query_one(
-                "SELECT count(*) FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member \
-                 WHERE r.rolname LIKE 'tenant_%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        out.insert(format!("s{i} tenant role memberships"), members.to_string());
-        let dbs: Vec<String> = admin
-            .query(
-                "SELECT datname || ' owner=' || pg_get_userbyid(datdba) FROM pg_database ORDER BY 1",
-                &[],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        out.insert(format!("s{i} databases"), dbs.join(","));
+        for (client, view) in [(&beta, BETA_VIEW), (&admin, SERVER_VIEW)] {
+            for (label, sql) in view {
+                let rows: Vec<String> = client
+                    .query(*sql, &[])
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                out.insert(format!("s{i} {label}"), rows.join(";"));
+            }
+        }
     }
     out
 }
