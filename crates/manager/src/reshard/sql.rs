@@ -467,14 +467,23 @@ pub async fn insert_missing(
     t: &TableMeta,
     rows: &[String],
 ) -> Result<u64, tokio_postgres::Error> {
+    insert_rows(client, t, rows, "ON CONFLICT DO NOTHING").await
+}
+
+/// Inserts rows (JSON texts, all columns) with `on_conflict`.
+async fn insert_rows(
+    client: &impl tokio_postgres::GenericClient,
+    t: &TableMeta,
+    rows: &[String],
+    on_conflict: &str,
+) -> Result<u64, tokio_postgres::Error> {
     if rows.is_empty() {
         return Ok(0);
     }
     let cols = list(&t.columns, "");
     let sql = format!(
         "INSERT INTO {q} ({cols}) OVERRIDING SYSTEM VALUE \
-         SELECT {cols} FROM jsonb_populate_recordset(NULL::{q}, $1::text::jsonb) \
-         ON CONFLICT DO NOTHING",
+         SELECT {cols} FROM jsonb_populate_recordset(NULL::{q}, $1::text::jsonb) {on_conflict}",
         q = t.qualified()
     );
     client.execute(&sql, &[&json_array(rows)]).await
@@ -486,10 +495,6 @@ pub async fn upsert(
     t: &TableMeta,
     rows: &[String],
 ) -> Result<u64, tokio_postgres::Error> {
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    let cols = list(&t.columns, "");
     let sets: Vec<String> = t
         .columns
         .iter()
@@ -501,14 +506,8 @@ pub async fn upsert(
     } else {
         format!("UPDATE SET {}", sets.join(", "))
     };
-    let sql = format!(
-        "INSERT INTO {q} ({cols}) OVERRIDING SYSTEM VALUE \
-         SELECT {cols} FROM jsonb_populate_recordset(NULL::{q}, $1::text::jsonb) \
-         ON CONFLICT ({pk}) DO {action}",
-        q = t.qualified(),
-        pk = t.pk_list(""),
-    );
-    client.execute(&sql, &[&json_array(rows)]).await
+    let on_conflict = format!("ON CONFLICT ({}) DO {action}", t.pk_list(""));
+    insert_rows(client, t, rows, &on_conflict).await
 }
 
 /// Deletes the rows with the primary keys of `rows` (JSON texts).
