@@ -350,12 +350,9 @@ pub async fn delete_tenant(
     };
     // A resharding job copies the tenant's rows and drops its databases
     // on the sources: a delete meanwhile would race it.
-    if let Some(job) = cat.jobs.values().find(|j| {
-        !crate::reshard::is_finished(j.phase)
-            && (j.tenant.as_deref() == Some(id)
-                || j.keyspace == tenant.keyspace
-                || j.to_keyspace.as_deref() == Some(tenant.keyspace.as_str()))
-    }) {
+    // (A tenant move runs from the tenant's keyspace until the publish,
+    // then into it: the keyspace's job covers both.)
+    if let Some(job) = crate::reshard::active_job(cat, &tenant.keyspace) {
         return Err(ServiceError::Conflict(format!(
             "resharding job {} is moving tenant {id}'s rows; wait for it to finish \
              (or cancel it) before deleting the tenant",
