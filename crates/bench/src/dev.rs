@@ -80,3 +80,137 @@ pub fn shardline_bin(explicit: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
         None => std::env::current_exe()?.with_file_name("shardline"),
     })
 }
+
+/// A `shardline router` process, killed on drop.
+pub struct RouterProc {
+    child: Child,
+    /// Its base URL.
+    pub url: String,
+}
+
+impl RouterProc {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for RouterProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `shardline router` following the manager of `info` (a
+/// dev.json), with `extra` TOML lines in its configuration, and waits
+/// until it is ready.
+pub fn start_router(bin: &Path, info: &Value, id: &str, extra: &str) -> anyhow::Result<RouterProc> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let dir = std::env::temp_dir().join(format!("shardline-bench-{}-{id}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("router.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nmanager_url = {}\nrouter_token = {}\nid = \"{id}\"\n{extra}\n",
+            info["manager_url"],
+            info["router_token"],
+        ),
+    )?;
+    let log = std::fs::File::create(dir.join("router.log"))?;
+    let child = Command::new(bin)
+        .args(["router", "--config"])
+        .arg(&config)
+        .env("SHARDLINE_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("start {} router", bin.display()))?;
+    let mut router = RouterProc {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if ready(port) {
+            return Ok(router);
+        }
+        if let Ok(Some(s)) = router.child.try_wait() {
+            bail!(
+                "router {id} exited with {s}; see {}",
+                dir.join("router.log").display()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!("router {id} was not ready within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Whether `GET /readyz` on 127.0.0.1:`port` answers 200.
+fn ready(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"HTTP/1.1 200"))
+}
+
+/// CPU time (user + system) a process has used, in microseconds.
+pub fn cpu_micros(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the parenthesised command name; utime and stime are
+    // the 14th and 15th fields of the whole line.
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+        return 0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    ticks * 1_000_000 / hz
+}
+
+/// CPU time of a PostgreSQL server: the postmaster (pid from the first
+/// line of `postmaster.pid` in `data_dir`) and every process it started.
+pub fn pg_cpu_micros(data_dir: &Path) -> u64 {
+    let Some(pm) = std::fs::read_to_string(data_dir.join("postmaster.pid"))
+        .ok()
+        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
+    else {
+        return 0;
+    };
+    let mut total = cpu_micros(pm);
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = &s[s.rfind(')')? + 2..];
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                });
+            if parent == Some(pm) {
+                total += cpu_micros(pid);
+            }
+        }
+    }
+    total
+}

@@ -30,7 +30,8 @@ pub struct ExecuteArgs {
     /// Seconds per timed phase.
     #[arg(long, default_value_t = 5)]
     pub phase_secs: u64,
-    /// Rounds; each runs one direct and one routed phase.
+    /// Rounds; each runs one phase per path (direct, router, router
+    /// without the session reset).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
     /// Rows in the table.
@@ -185,30 +186,78 @@ pub fn run(args: ExecuteArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let (dev, info) = crate::dev::start_dev(&bin, &["--shards", "1", "--spare-shards", "0"])?;
-    let result = rt.block_on(bench(&args, &info));
+    // Two router processes of their own, alike but for the session reset
+    // after each request (the dev process's router shares its process
+    // with the manager, so its CPU could not be told apart).
+    let routers = [
+        ("router", ""),
+        ("router, no session reset", "session_reset = false"),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, (name, extra))| {
+        crate::dev::start_router(&bin, &info, &format!("bench-{i}"), extra).map(|r| (*name, r))
+    })
+    .collect::<anyhow::Result<Vec<_>>>()?;
+    let result = rt.block_on(bench(&args, &info, &routers));
+    drop(routers);
     drop(dev);
     result
 }
 
-async fn bench(args: &ExecuteArgs, info: &Value) -> anyhow::Result<()> {
-    let dsn = info["shards"][0]["dsn"]
+/// One way to the table: straight to PostgreSQL, or through a router.
+enum Path<'a> {
+    Direct,
+    Router(&'a str, &'a crate::dev::RouterProc),
+}
+
+impl Path<'_> {
+    fn name(&self) -> &str {
+        match self {
+            Path::Direct => "direct PostgreSQL",
+            Path::Router(name, _) => name,
+        }
+    }
+}
+
+/// What the rounds measured of one path.
+#[derive(Default)]
+struct Totals {
+    rates: Vec<f64>,
+    micros: Vec<u32>,
+    errors: usize,
+    requests: u64,
+    router_cpu: u64,
+    pg_cpu: u64,
+}
+
+async fn bench(
+    args: &ExecuteArgs,
+    info: &Value,
+    routers: &[(&str, crate::dev::RouterProc)],
+) -> anyhow::Result<()> {
+    let shard = &info["shards"][0];
+    let dsn = shard["dsn"]
         .as_str()
         .context("dev.json shard dsn")?
         .to_string();
-    let router = info["router_url"]
-        .as_str()
-        .context("router_url")?
-        .to_string();
+    let data_dir = std::path::PathBuf::from(shard["data_dir"].as_str().context("data_dir")?);
     let token = info["app_token"].as_str().context("app_token")?.to_string();
+    let manager = shardline_client::ManagerClient::new(
+        info["manager_url"].as_str().context("manager_url")?,
+        info["admin_token"].as_str().map(str::to_string),
+    )?;
+    // The default tenant's role, database and schema share one name.
+    let pg_name = manager.get_tenant("default").await?.pg_name;
 
     // The default tenant's database, where its app's statements run; the
     // table is created as the tenant's role so the router may read it.
-    let dsn = format!("{dsn} dbname=tenant_default");
+    let dsn = format!("{dsn} dbname={pg_name}");
     let (setup, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     setup
         .batch_execute(&format!(
-            "SET ROLE tenant_default; SET search_path = tenant_default; \
+            "SET ROLE {pg_name}; SET search_path = {pg_name}; \
              DROP TABLE IF EXISTS bench_accounts; \
              CREATE TABLE bench_accounts (id bigint PRIMARY KEY, balance bigint NOT NULL, filler char(84)); \
              INSERT INTO bench_accounts SELECT g, g * 10, '' FROM generate_series(1, {}) g; \
@@ -218,7 +267,7 @@ async fn bench(args: &ExecuteArgs, info: &Value) -> anyhow::Result<()> {
         .await
         .context("load the table")?;
     setup
-        .batch_execute("VACUUM ANALYZE tenant_default.bench_accounts")
+        .batch_execute(&format!("VACUUM ANALYZE {pg_name}.bench_accounts"))
         .await
         .context("vacuum the table")?;
 
@@ -226,68 +275,93 @@ async fn bench(args: &ExecuteArgs, info: &Value) -> anyhow::Result<()> {
     for _ in 0..args.concurrency {
         let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await?;
         tokio::spawn(conn);
-        c.batch_execute("SET search_path = tenant_default").await?;
+        c.batch_execute(&format!("SET search_path = {pg_name}"))
+            .await?;
         let stmt = c.prepare(SQL).await?;
         clients.push(Arc::new((c, stmt)));
     }
-    // Warm both paths (router pools, prepared statements, caches).
-    direct_phase(&clients, args.rows, 1).await;
-    routed_phase(&router, &token, args.concurrency, args.rows, 1).await;
+    let mut paths = vec![Path::Direct];
+    paths.extend(routers.iter().map(|(name, r)| Path::Router(name, r)));
+    // Warm every path (router pools, prepared statements, caches).
+    for p in &paths {
+        run_phase(p, &clients, &token, args, 1).await;
+    }
 
     println!(
         "point SELECT by primary key, {} rows, {} concurrent clients, {} rounds of {} s per path",
         args.rows, args.concurrency, args.rounds, args.phase_secs
     );
-    let (mut d_rates, mut r_rates) = (Vec::new(), Vec::new());
-    let (mut d_lat, mut r_lat) = (Vec::new(), Vec::new());
-    let (mut d_err, mut r_err) = (0, 0);
+    let mut totals: Vec<Totals> = paths.iter().map(|_| Totals::default()).collect();
     for round in 0..args.rounds {
-        let d = direct_phase(&clients, args.rows, args.phase_secs).await;
-        let r = routed_phase(
-            &router,
-            &token,
-            args.concurrency,
-            args.rows,
-            args.phase_secs,
-        )
-        .await;
-        println!(
-            "round {}: direct {:>8.0} req/s   router {:>8.0} req/s",
-            round + 1,
-            d.rate(),
-            r.rate()
-        );
-        d_rates.push(d.rate());
-        r_rates.push(r.rate());
-        d_err += d.errors;
-        r_err += r.errors;
-        d_lat.extend(d.micros);
-        r_lat.extend(r.micros);
+        let mut line = format!("round {}:", round + 1);
+        for (p, t) in paths.iter().zip(totals.iter_mut()) {
+            let router_pid = match p {
+                Path::Direct => None,
+                Path::Router(_, r) => Some(r.pid()),
+            };
+            let cpu0 = router_pid.map_or(0, crate::dev::cpu_micros);
+            let pg0 = crate::dev::pg_cpu_micros(&data_dir);
+            let ph = run_phase(p, &clients, &token, args, args.phase_secs).await;
+            t.router_cpu += router_pid
+                .map_or(0, crate::dev::cpu_micros)
+                .saturating_sub(cpu0);
+            t.pg_cpu += crate::dev::pg_cpu_micros(&data_dir).saturating_sub(pg0);
+            t.requests += ph.micros.len() as u64;
+            line.push_str(&format!("   {} {:>7.0} req/s", p.name(), ph.rate()));
+            t.rates.push(ph.rate());
+            t.errors += ph.errors;
+            t.micros.extend(ph.micros);
+        }
+        println!("{line}");
     }
-    d_lat.sort_unstable();
-    r_lat.sort_unstable();
-    let (dr, rr) = (median(d_rates), median(r_rates));
     println!();
-    println!("path              req/s (median)   p50 ms   p99 ms   errors");
     println!(
-        "direct PostgreSQL {:>14.0} {:>8.3} {:>8.3} {:>8}",
-        dr,
-        percentile(&d_lat, 0.50),
-        percentile(&d_lat, 0.99),
-        d_err
+        "path                       req/s (median)   p50 ms   p99 ms   errors   router CPU µs/req   PostgreSQL CPU µs/req"
     );
-    println!(
-        "through router    {:>14.0} {:>8.3} {:>8.3} {:>8}",
-        rr,
-        percentile(&r_lat, 0.50),
-        percentile(&r_lat, 0.99),
-        r_err
-    );
+    let mut medians = Vec::new();
+    for (p, t) in paths.iter().zip(totals.iter_mut()) {
+        t.micros.sort_unstable();
+        let rate = median(std::mem::take(&mut t.rates));
+        medians.push(rate);
+        let per = |cpu: u64| cpu as f64 / t.requests.max(1) as f64;
+        let router_cpu = match p {
+            Path::Direct => "-".to_string(),
+            Path::Router(..) => format!("{:.1}", per(t.router_cpu)),
+        };
+        println!(
+            "{:<26} {:>14.0} {:>8.3} {:>8.3} {:>8} {:>19} {:>23.1}",
+            p.name(),
+            rate,
+            percentile(&t.micros, 0.50),
+            percentile(&t.micros, 0.99),
+            t.errors,
+            router_cpu,
+            per(t.pg_cpu),
+        );
+    }
     println!();
-    println!("router / direct throughput: {:.2}", rr / dr);
-    println!(
-        "router p50 added: {:.3} ms",
-        percentile(&r_lat, 0.50) - percentile(&d_lat, 0.50)
-    );
+    if let [direct, with_reset, without, ..] = medians[..] {
+        println!("router / direct throughput: {:.2}", with_reset / direct);
+        println!(
+            "session reset: throughput {:.3} of the router without it ({:+.1}%)",
+            with_reset / without,
+            (with_reset / without - 1.0) * 100.0
+        );
+    }
+    let p50 = |i: usize| percentile(&totals[i].micros, 0.50);
+    println!("router p50 added: {:.3} ms", p50(1) - p50(0));
     Ok(())
+}
+
+async fn run_phase(
+    path: &Path<'_>,
+    clients: &[Arc<(tokio_postgres::Client, tokio_postgres::Statement)>],
+    token: &str,
+    args: &ExecuteArgs,
+    secs: u64,
+) -> Phase {
+    match path {
+        Path::Direct => direct_phase(clients, args.rows, secs).await,
+        Path::Router(_, r) => routed_phase(&r.url, token, args.concurrency, args.rows, secs).await,
+    }
 }

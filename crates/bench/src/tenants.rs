@@ -90,6 +90,7 @@ fn catalog(tenants: usize, apps: usize, shards: usize) -> (Catalog, Vec<String>)
             migrations: vec![],
             tables: Default::default(),
             frozen: Vec::new(),
+            tenant_code: false,
         },
     );
     let mut tokens = Vec::with_capacity(tenants * apps);

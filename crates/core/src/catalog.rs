@@ -78,6 +78,21 @@ pub struct Keyspace {
     /// until the map changes (or their hold window runs out).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub frozen: Vec<KeyRange>,
+    /// Whether a tenant database of this keyspace may hold code that can
+    /// change a session's state: functions or procedures of the
+    /// tenant's, or objects calling one of
+    /// [`crate::session::SESSION_CHANGING_FUNCTIONS`]. While it may,
+    /// routers reset every session after every request; while it cannot,
+    /// only after requests whose text could (see [`crate::session`]).
+    /// The manager sets it (and waits for routers to have it) before
+    /// applying a migration, and clears it once it has checked every
+    /// tenant database. A keyspace from before the flag existed may.
+    #[serde(default = "may_hold_code")]
+    pub tenant_code: bool,
+}
+
+fn may_hold_code() -> bool {
+    true
 }
 
 /// The SQLSTATE a source shard raises for a write to a key range that

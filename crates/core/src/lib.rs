@@ -10,11 +10,15 @@
 //! - [`catalog`]: keyspaces, shards, client apps: what the manager stores
 //!   and routers follow.
 //! - [`auth`]: token hashing.
+//! - [`fence`]: version claims router sessions make to fenced shards.
+//! - [`session`]: what can change a pooled session's state.
 
 pub mod auth;
 pub mod catalog;
+pub mod fence;
 pub mod hash;
 pub mod keyrange;
+pub mod session;
 pub mod shardmap;
 
 pub use catalog::Catalog;

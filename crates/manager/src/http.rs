@@ -307,7 +307,9 @@ async fn apply_migration(
     JsonBody(req): JsonBody<ApplyMigrationRequest>,
 ) -> ApiResult<Response> {
     st.admin.check(&headers)?;
-    let result = migrations::apply_migration(&st.service, &name, &req, st.connect_timeout).await?;
+    let result =
+        migrations::apply_migration(&st.service, &st.routers, &name, &req, st.connect_timeout)
+            .await?;
     Ok(Json(result).into_response())
 }
 

@@ -13,6 +13,7 @@ use shardline_core::auth::hex;
 use shardline_core::catalog::{keys, Keyspace, Migration, Tenant, TenantState};
 
 use crate::error::ServiceError;
+use crate::routers::RouterRegistry;
 use crate::service::{decode, put, CatalogService};
 use crate::{checks, pg, tenant_pg};
 
@@ -26,8 +27,16 @@ pub fn checksum(sql: &str) -> String {
 /// without tenants only records it. On any failure nothing is recorded
 /// and the first error is returned (tenants that got it keep it; applying
 /// again skips them).
+///
+/// A migration may add code that changes sessions (see
+/// [`crate::tenant_code`]): before it runs, the keyspace is marked as
+/// possibly holding code and every live router is waited for (or its
+/// lease), so that no router skips a session reset once the code exists;
+/// after it ran everywhere, the mark is cleared if no tenant database
+/// holds code.
 pub async fn apply_migration(
     svc: &CatalogService,
+    routers: &RouterRegistry,
     keyspace: &str,
     req: &ApplyMigrationRequest,
     connect_timeout: Duration,
@@ -72,6 +81,18 @@ pub async fn apply_migration(
         .filter(|t| t.keyspace == keyspace && t.state == TenantState::Active)
         .collect();
     let shard_ids = checks::keyspace_shards(&cat.catalog, keyspace);
+    if !tenants.is_empty() && !ks.tenant_code {
+        let version = set_tenant_code(svc, keyspace, true).await?;
+        let behind = routers.wait_applied(version).await;
+        if !behind.is_empty() {
+            tracing::warn!(
+                keyspace,
+                ?behind,
+                "routers did not acknowledge within a lease; \
+                going on (a router cut off from the manager resets every session)"
+            );
+        }
+    }
     let runs = shard_ids.iter().map(|id| {
         let dsn = cat.catalog.shards.get(id).map(|s| s.primary.dsn.clone());
         let (migration, tenants) = (&migration, &tenants);
@@ -88,13 +109,17 @@ pub async fn apply_migration(
     let results = futures_util::future::join_all(runs).await;
     let mut statuses = Vec::new();
     let mut first_error = None;
+    let mut code = false;
     for (shard, res) in results {
         match res {
-            Ok(outcome) => statuses.push(ShardMigrationStatus {
-                shard,
-                outcome,
-                error: None,
-            }),
+            Ok((outcome, shard_code)) => {
+                code |= shard_code;
+                statuses.push(ShardMigrationStatus {
+                    shard,
+                    outcome,
+                    error: None,
+                })
+            }
             Err(e) => {
                 statuses.push(ShardMigrationStatus {
                     shard,
@@ -114,6 +139,10 @@ pub async fn apply_migration(
         return Err(e);
     }
     record_migration(svc, keyspace, &migration).await?;
+    if !code && !tenants.is_empty() {
+        // Every tenant database was checked (and guarded) just now.
+        set_tenant_code(svc, keyspace, false).await?;
+    }
     Ok(MigrationResult {
         name: migration.name,
         checksum: migration.checksum,
@@ -123,28 +152,52 @@ pub async fn apply_migration(
 
 /// Applies a migration for each tenant on one shard: `Applied` if any
 /// tenant got it now (or there are no tenants: it is the keyspace's from
-/// now on), `AlreadyApplied` if all had it.
+/// now on), `AlreadyApplied` if all had it; and whether any tenant
+/// database there holds code.
 async fn migrate_shard(
     shard: &str,
     dsn: &str,
     tenants: &[&Tenant],
     migration: &Migration,
     timeout: Duration,
-) -> Result<MigrationOutcome, ServiceError> {
+) -> Result<(MigrationOutcome, bool), ServiceError> {
     if tenants.is_empty() {
-        return Ok(MigrationOutcome::Applied);
+        return Ok((MigrationOutcome::Applied, false));
     }
     let client = pg::connect_shard(shard, dsn, timeout).await?;
     tenant_pg::prepare_database(&client, shard).await?;
     let mut outcome = MigrationOutcome::AlreadyApplied;
+    let mut code = false;
     for t in tenants {
-        if tenant_pg::apply_migration(&client, shard, dsn, t, migration, timeout).await?
-            == MigrationOutcome::Applied
-        {
+        let (o, c) = tenant_pg::apply_migration(&client, shard, dsn, t, migration, timeout).await?;
+        if o == MigrationOutcome::Applied {
             outcome = MigrationOutcome::Applied;
         }
+        code |= c;
     }
-    Ok(outcome)
+    Ok((outcome, code))
+}
+
+/// Sets a keyspace's [`Keyspace::tenant_code`]; the catalog version
+/// that has it.
+pub async fn set_tenant_code(
+    svc: &CatalogService,
+    keyspace: &str,
+    code: bool,
+) -> Result<u64, ServiceError> {
+    let key = keys::keyspace(keyspace);
+    svc.update(std::slice::from_ref(&key), |seen| {
+        let Some(entry) = &seen[&key] else {
+            return Err(ServiceError::NotFound(format!("no keyspace {keyspace}")));
+        };
+        let mut ks: Keyspace = decode(entry)?;
+        if ks.tenant_code == code {
+            return Ok(Vec::new());
+        }
+        ks.tenant_code = code;
+        Ok(vec![put(key.clone(), &ks)])
+    })
+    .await
 }
 
 async fn record_migration(

@@ -98,6 +98,7 @@ pub async fn create_keyspace(
         migrations: Vec::new(),
         tables: Default::default(),
         frozen: Vec::new(),
+        tenant_code: false,
     };
     assign_shards(svc, keyspace, &req.shards, true).await
 }

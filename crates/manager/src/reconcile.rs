@@ -17,7 +17,7 @@ use shardline_core::Catalog;
 use crate::error::ServiceError;
 use crate::health::HealthTable;
 use crate::service::CatalogService;
-use crate::{checks, pg, tenant_pg};
+use crate::{checks, pg, tenant_code, tenant_pg};
 
 /// Longest time between two looks at an unchanged shard.
 pub const RECHECK: Duration = Duration::from_secs(10);
@@ -26,6 +26,9 @@ pub const RECHECK: Duration = Duration::from_secs(10);
 #[derive(Default)]
 pub struct Reconciler {
     checked: HashMap<String, (u64, Instant)>,
+    /// Keyspaces whose tenant databases were checked for code (see
+    /// [`crate::tenant_code`]), with their number of migrations then.
+    code_checked: HashMap<String, usize>,
 }
 
 impl Reconciler {
@@ -34,6 +37,25 @@ impl Reconciler {
         let published = svc.current();
         let cat = &published.catalog;
         self.checked.retain(|id, _| cat.shards.contains_key(id));
+        self.code_checked
+            .retain(|ks, _| cat.keyspaces.contains_key(ks));
+        for ks in cat.keyspaces.values() {
+            if !ks.tenant_code || self.code_checked.get(&ks.name) == Some(&ks.migrations.len()) {
+                continue;
+            }
+            match clear_tenant_code(svc, health, &ks.name, timeout).await {
+                Ok(true) => {
+                    self.code_checked
+                        .insert(ks.name.clone(), ks.migrations.len());
+                }
+                // A shard is down or changing primaries: later.
+                Ok(false) => {}
+                Err(ServiceError::Contended) => {}
+                Err(e) => {
+                    tracing::warn!(keyspace = %ks.name, error = %e, "check tenant databases for code")
+                }
+            }
+        }
         for ks in cat.keyspaces.values() {
             let has_tenants = cat
                 .tenants
@@ -73,6 +95,71 @@ impl Reconciler {
             }
         }
     }
+}
+
+/// Checks every tenant database of a keyspace marked as possibly holding
+/// code and clears the mark if none does (each is guarded on the way,
+/// see [`tenant_code::settle`]). Under the tenant-work lock, so no
+/// migration runs meanwhile. `Ok(false)`: some shard could not be checked
+/// now.
+async fn clear_tenant_code(
+    svc: &CatalogService,
+    health: &HealthTable,
+    keyspace: &str,
+    timeout: Duration,
+) -> Result<bool, ServiceError> {
+    let Some(_work) = svc.try_lock_tenant_work() else {
+        return Err(ServiceError::Contended);
+    };
+    let now = svc.current();
+    let cat = &now.catalog;
+    let Some(ks) = cat.keyspaces.get(keyspace) else {
+        return Ok(true);
+    };
+    if !ks.tenant_code {
+        return Ok(true);
+    }
+    let tenants: Vec<_> = cat
+        .tenants
+        .values()
+        .filter(|t| t.keyspace == keyspace && t.state == TenantState::Active)
+        .collect();
+    let mut code = false;
+    for id in checks::keyspace_shards(cat, keyspace) {
+        let Some(shard) = cat.shards.get(&id) else {
+            continue;
+        };
+        if shard.failover.is_some()
+            || !health
+                .get(&shard.id, &shard.primary.id)
+                .is_some_and(|h| h.up)
+        {
+            return Ok(false);
+        }
+        let admin = pg::connect_shard(&shard.id, &shard.primary.dsn, timeout).await?;
+        let present = tenant_pg::observe(&admin, &shard.id).await?;
+        for t in &tenants {
+            if !present.provisioned.contains(&t.pg_name()) {
+                // Not there yet: the reconciler provisions (and settles)
+                // it with the keyspace's migrations.
+                return Ok(false);
+            }
+            let inside = pg::connect_db(&shard.primary.dsn, &t.pg_name(), timeout)
+                .await
+                .map_err(|e| ServiceError::ShardUnavailable(format!("shard {id}: {e}")))?;
+            code |= tenant_code::settle(&inside)
+                .await
+                .map_err(|e| pg::statement_error(&id, &e))?;
+        }
+    }
+    if !code {
+        crate::migrations::set_tenant_code(svc, keyspace, false).await?;
+        tracing::info!(
+            keyspace,
+            "no tenant database holds code: routers skip session resets after plain statements"
+        );
+    }
+    Ok(true)
 }
 
 /// Brings every active tenant of `keyspace` up to date on one shard.

@@ -85,6 +85,30 @@ impl RouterRegistry {
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
     }
+
+    /// Waits until every live router has applied catalog `version` or
+    /// one lease has passed, whichever is first; returns the routers
+    /// still behind then (empty: all have it). A router that heartbeats
+    /// without applying the catalog is waited for one lease only; one
+    /// that stops heartbeating leaves the live set when its lease runs out.
+    pub async fn wait_applied(&self, version: u64) -> Vec<String> {
+        let deadline = Instant::now() + self.lease + Duration::from_millis(100);
+        loop {
+            let beat = self.next_heartbeat();
+            let behind: Vec<String> = self
+                .live()
+                .into_iter()
+                .filter(|r| r.applied_version < version)
+                .map(|r| r.id)
+                .collect();
+            if behind.is_empty() || Instant::now() > deadline {
+                return behind;
+            }
+            // The next heartbeat (routers send one as soon as they apply
+            // a catalog), or a lease check now and then.
+            let _ = tokio::time::timeout(Duration::from_millis(50), beat).await;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use crate::error::ServiceError;
-use crate::pg;
+use crate::{pg, tenant_code};
 
 /// Seed of the advisory locks that serialise one tenant's migrations on a
 /// shard (any constant; it keeps them apart from other advisory locks).
@@ -234,7 +234,8 @@ async fn note_migrations(
 }
 
 /// Applies one migration for one tenant on a shard (provisioning it first
-/// if needed): see [`apply_in`].
+/// if needed): see [`apply_in`]. Also returns whether the tenant's
+/// database holds code now (see [`tenant_code::settle`]).
 pub async fn apply_migration(
     admin: &Client,
     shard: &str,
@@ -242,11 +243,19 @@ pub async fn apply_migration(
     tenant: &Tenant,
     migration: &Migration,
     timeout: Duration,
-) -> Result<MigrationOutcome, ServiceError> {
+) -> Result<(MigrationOutcome, bool), ServiceError> {
     let mut inside = provision(admin, shard, dsn, tenant, timeout).await?;
     let outcome = apply_in(&mut inside, shard, &tenant.id, migration).await?;
     note_migrations(admin, &inside, shard, &tenant.id).await?;
-    Ok(outcome)
+    let code = settle_code(&inside, shard, &tenant.id).await?;
+    Ok((outcome, code))
+}
+
+/// [`tenant_code::settle`] in a tenant's database.
+async fn settle_code(inside: &Client, shard: &str, tenant: &str) -> Result<bool, ServiceError> {
+    tenant_code::settle(inside)
+        .await
+        .map_err(|e| tenant_error(shard, tenant, &e))
 }
 
 /// Applies one migration for one tenant, in its database (`client`), as
@@ -306,6 +315,7 @@ async fn apply_in(
 }
 
 /// Provisions a tenant and brings it up to `migrations`, in order.
+/// Returns whether its database holds code (see [`tenant_code::settle`]).
 pub async fn ensure_tenant(
     admin: &Client,
     shard: &str,
@@ -313,12 +323,13 @@ pub async fn ensure_tenant(
     tenant: &Tenant,
     migrations: &[Migration],
     timeout: Duration,
-) -> Result<(), ServiceError> {
+) -> Result<bool, ServiceError> {
     let mut inside = provision(admin, shard, dsn, tenant, timeout).await?;
     for m in migrations {
         apply_in(&mut inside, shard, &tenant.id, m).await?;
     }
-    note_migrations(admin, &inside, shard, &tenant.id).await
+    note_migrations(admin, &inside, shard, &tenant.id).await?;
+    settle_code(&inside, shard, &tenant.id).await
 }
 
 /// The first table of the tenant's schema (`schema.table`) that holds a

@@ -102,6 +102,7 @@ pub async fn create_tenant(
                 migrations: Vec::new(),
                 tables: Default::default(),
                 frozen: Vec::new(),
+                tenant_code: false,
             };
             record_dedicated(svc, &tenant, &keyspace, &shards).await?;
             tracing::info!(tenant = id, ?shards, "created dedicated tenant");
@@ -132,7 +133,14 @@ pub async fn create_tenant(
             }
             let shards = checks::keyspace_shards(cat, &ks_name);
             let tenant = tenant(ks_name.clone());
-            provision_everywhere(cat, &shards, &tenant, &ks.migrations, connect_timeout).await?;
+            let code = provision_everywhere(cat, &shards, &tenant, &ks.migrations, connect_timeout)
+                .await?;
+            if code && !ks.tenant_code {
+                // Its migrations made code here though they made none
+                // before: routers reset this keyspace's sessions from now
+                // on (the tenant is not in any router's catalog yet).
+                crate::migrations::set_tenant_code(svc, &ks_name, true).await?;
+            }
             record_shared(svc, &tenant).await?;
             tracing::info!(tenant = id, keyspace = %ks_name, "created tenant");
             Ok(tenant)
@@ -183,14 +191,15 @@ fn pick_shards(cat: &Catalog, id: &str, n: usize) -> Result<Vec<String>, Service
 }
 
 /// Provisions the tenant with `migrations` on every shard, in parallel;
-/// the first failure is returned.
+/// the first failure is returned, else whether its database holds code
+/// on any shard (see [`crate::tenant_code`]).
 async fn provision_everywhere(
     cat: &Catalog,
     shards: &[String],
     tenant: &Tenant,
     migrations: &[Migration],
     timeout: Duration,
-) -> Result<(), ServiceError> {
+) -> Result<bool, ServiceError> {
     let runs = shards.iter().map(|id| async move {
         let Some(shard) = cat.shards.get(id) else {
             return Err(ServiceError::NotFound(format!("no shard {id}")));
@@ -199,10 +208,11 @@ async fn provision_everywhere(
         tenant_pg::prepare_database(&client, id).await?;
         tenant_pg::ensure_tenant(&client, id, &shard.primary.dsn, tenant, migrations, timeout).await
     });
+    let mut code = false;
     for res in futures_util::future::join_all(runs).await {
-        res?;
+        code |= res?;
     }
-    Ok(())
+    Ok(code)
 }
 
 fn absent(seen: &crate::service::ReadSet, key: &str, what: String) -> Result<(), ServiceError> {

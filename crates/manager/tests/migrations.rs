@@ -31,7 +31,7 @@ async fn applied_per_tenant_and_caught_up_by_new_tenants() {
     h.shared_tenant("a", "default").await;
     h.shared_tenant("b", "default").await;
     let req = migration("001", "CREATE TABLE items (id int PRIMARY KEY, v text)");
-    let res = migrations::apply_migration(&h.svc, "default", &req, TIMEOUT)
+    let res = migrations::apply_migration(&h.svc, &h.routers, "default", &req, TIMEOUT)
         .await
         .unwrap();
     assert_eq!(res.shards.len(), 2, "one entry per shard");
@@ -56,7 +56,7 @@ async fn applied_per_tenant_and_caught_up_by_new_tenants() {
             None
         );
     }
-    let again = migrations::apply_migration(&h.svc, "default", &req, TIMEOUT)
+    let again = migrations::apply_migration(&h.svc, &h.routers, "default", &req, TIMEOUT)
         .await
         .unwrap();
     assert!(again
@@ -65,6 +65,7 @@ async fn applied_per_tenant_and_caught_up_by_new_tenants() {
         .all(|s| s.outcome == MigrationOutcome::AlreadyApplied));
     let changed = migrations::apply_migration(
         &h.svc,
+        &h.routers,
         "default",
         &migration("001", "CREATE TABLE other (id int)"),
         TIMEOUT,
@@ -86,9 +87,15 @@ async fn applied_per_tenant_and_caught_up_by_new_tenants() {
         ),
         ("CREATE TABLE tenant_b.planted (id int)", "3F000"),
     ] {
-        let reach = migrations::apply_migration(&h.svc, "default", &migration("002", sql), TIMEOUT)
-            .await
-            .unwrap_err();
+        let reach = migrations::apply_migration(
+            &h.svc,
+            &h.routers,
+            "default",
+            &migration("002", sql),
+            TIMEOUT,
+        )
+        .await
+        .unwrap_err();
         match &reach {
             ServiceError::Statement { sqlstate, .. } => {
                 assert_eq!(sqlstate.as_deref(), Some(state), "{sql}: {reach}")
@@ -118,6 +125,7 @@ async fn applied_per_tenant_and_caught_up_by_new_tenants() {
 
     migrations::apply_migration(
         &h.svc,
+        &h.routers,
         "default",
         &migration("003", "ALTER TABLE items ADD COLUMN n int"),
         TIMEOUT,
@@ -147,6 +155,7 @@ async fn keyspace_without_tenants_records_and_joining_shards_catch_up() {
     h.keyspace("later", &[]).await;
     let res = migrations::apply_migration(
         &h.svc,
+        &h.routers,
         "later",
         &migration("001", "CREATE TABLE late_t (id int)"),
         TIMEOUT,
@@ -171,13 +180,25 @@ async fn keyspace_without_tenants_records_and_joining_shards_catch_up() {
     assert_eq!(tenant_records(&h.shards[0], "acme").await, ["001"]);
     assert_eq!(shard_count(&h.shards[0], "acme").await, Some(1));
     // Unknown keyspace: 404; empty SQL: 400.
-    let e = migrations::apply_migration(&h.svc, "nope", &migration("001", "SELECT 1"), TIMEOUT)
-        .await
-        .unwrap_err();
+    let e = migrations::apply_migration(
+        &h.svc,
+        &h.routers,
+        "nope",
+        &migration("001", "SELECT 1"),
+        TIMEOUT,
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(e, ServiceError::NotFound(_)), "{e}");
-    let e = migrations::apply_migration(&h.svc, "later", &migration("002", "  "), TIMEOUT)
-        .await
-        .unwrap_err();
+    let e = migrations::apply_migration(
+        &h.svc,
+        &h.routers,
+        "later",
+        &migration("002", "  "),
+        TIMEOUT,
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(e, ServiceError::Invalid(_)), "{e}");
 }
 
@@ -197,6 +218,7 @@ async fn reconciler_restores_a_tenant_a_shard_lost() {
     .unwrap();
     migrations::apply_migration(
         &h.svc,
+        &h.routers,
         "default",
         &migration("001", "CREATE TABLE items (id int)"),
         TIMEOUT,
@@ -263,4 +285,87 @@ async fn reconciler_restores_a_tenant_a_shard_lost() {
             Some("tenant_acme")
         );
     }
+}
+
+/// Whether keyspace `ks` is marked as possibly holding code.
+fn tenant_code(h: &Harness, ks: &str) -> bool {
+    h.svc.current().catalog.keyspaces[ks].tenant_code
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyspace_is_marked_before_a_migration_brings_code_and_cleared_when_none_did() {
+    let h = Harness::start(2).await;
+    h.keyspace("default", &["s0", "s1"]).await;
+    h.shared_tenant("a", "default").await;
+    assert!(!tenant_code(&h, "default"), "a new keyspace holds no code");
+
+    // A router that heartbeats but never applies the marked catalog holds
+    // the migration back for one lease (2 s here): it may skip resets.
+    let behind = h.svc.current().catalog.version;
+    h.routers.heartbeat(&shardline_api::manager::RouterHeartbeat {
+        id: "r1".into(),
+        address: "127.0.0.1:1".into(),
+        applied_version: behind,
+    });
+    let started = std::time::Instant::now();
+    migrations::apply_migration(
+        &h.svc,
+        &h.routers,
+        "default",
+        &migration("001", "CREATE TABLE items (id int PRIMARY KEY)"),
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    let waited = started.elapsed();
+    println!("migration waited {waited:?} for a router behind");
+    assert!(waited >= Duration::from_secs(2), "{waited:?}");
+    // No code came: the mark is cleared, every tenant database guarded.
+    assert!(!tenant_code(&h, "default"));
+    for pg in &h.shards {
+        let db = tenant_db(pg, "a").await;
+        let free: i64 = db
+            .query_one("SELECT count(*) FROM shardline.code_free", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(free, 1, "marked code-free");
+    }
+
+    // A routers that has the marked catalog does not hold it back.
+    h.routers.heartbeat(&shardline_api::manager::RouterHeartbeat {
+        id: "r1".into(),
+        address: "127.0.0.1:1".into(),
+        applied_version: u64::MAX,
+    });
+    let started = std::time::Instant::now();
+    migrations::apply_migration(
+        &h.svc,
+        &h.routers,
+        "default",
+        &migration(
+            "002",
+            "CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RETURN NEW; END $$",
+        ),
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // Code came: the mark stays, and the databases are no longer guarded.
+    assert!(tenant_code(&h, "default"));
+    for pg in &h.shards {
+        let db = tenant_db(pg, "a").await;
+        let free: i64 = db
+            .query_one("SELECT count(*) FROM shardline.code_free", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(free, 0);
+    }
+    // A tenant created later gets the code with the migrations, in a
+    // keyspace already marked.
+    h.shared_tenant("b", "default").await;
+    assert!(tenant_code(&h, "default"));
 }

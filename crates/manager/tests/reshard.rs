@@ -14,11 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::reshard::{
-    crash_and_resume, failpoint_child, key_in, small_batches, start_writer, to_map, Env, LIMIT,
+    crash_and_resume, failpoint_child, key_in, small_batches, start_writer, to_map, Env, DB, LIMIT,
 };
 use common::{http, sqlstate, ROUTER_TOKEN};
 use shardline_api::manager::JobInfo;
 use shardline_core::catalog::ReshardPhase;
+use shardline_core::fence::{claim, claim_key};
 use shardline_core::KeyRange;
 use shardline_manager::reshard::{FAILPOINT_AFTER_COPY, FAILPOINT_DURING_CUTOVER};
 
@@ -353,11 +354,9 @@ async fn cutover_waits_for_a_silent_router_until_its_lease_ends() {
     assert!(fence > 0, "fence at {fence}");
     let moved = key_in(&KeyRange::parse("80-").unwrap(), "moved-");
     let kept = key_in(&KeyRange::parse("-80").unwrap(), "kept-");
+    let key = claim_key(&env.password);
     let stale = env.as_tenant("s0").await;
-    stale
-        .batch_execute(&format!("SET shardline.map_version = '{}'", fence - 1))
-        .await
-        .unwrap();
+    claim_version(&stale, &key, fence - 1).await;
     for (sql, key) in [
         ("UPDATE items SET v = v + 1 WHERE id = $1", &moved),
         ("DELETE FROM items WHERE id = $1", &moved),
@@ -369,25 +368,180 @@ async fn cutover_waits_for_a_silent_router_until_its_lease_ends() {
     }
     let e = stale.batch_execute("TRUNCATE items").await.unwrap_err();
     assert_eq!(sqlstate(&e), Some("SLM01"), "{e:?}");
-    // Sessions at the fence or past it write as before; so do sessions
-    // that do not say (the manager's, an operator's).
+    // Sessions with a genuine claim at the fence or past it write as
+    // before; so do superuser sessions (the manager's, an operator's).
     let fresh = env.as_tenant("s0").await;
-    fresh
-        .batch_execute(&format!("SET shardline.map_version = '{fence}'"))
-        .await
-        .unwrap();
+    claim_version(&fresh, &key, fence).await;
     let n = fresh
         .execute("INSERT INTO items VALUES ($1, 1)", &[&kept])
         .await
         .unwrap();
     assert_eq!(n, 1);
     let n = env
-        .as_tenant("s0")
+        .db("s0")
         .await
         .execute("DELETE FROM items WHERE id = $1", &[&kept])
         .await
         .unwrap();
     assert_eq!(n, 1);
+
+    // A tenant's SQL cannot dodge the fence: not by saying no version,
+    // not by saying a newer one, not with a claim copied from another
+    // session, not with another tenant's key. Each is refused (42501)
+    // and writes nothing.
+    let copied = {
+        let other = env.as_tenant("s0").await;
+        claim_version(&other, &key, fence + 5).await;
+        let row = other
+            .query_one("SELECT current_setting('shardline.map_version')", &[])
+            .await
+            .unwrap();
+        row.get::<_, String>(0)
+    };
+    let forger = env.as_tenant("s0").await;
+    let pid: i32 = forger
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    for (what, value) in [
+        ("no version", String::new()),
+        ("a plain newer version", format!("{}", fence + 5)),
+        ("another session's claim", copied),
+        (
+            "a claim made with a guessed key",
+            claim(&claim_key("guess"), pid, fence as u64 + 5),
+        ),
+        (
+            "a claim with its version raised",
+            claim(&key, pid, fence as u64 - 1).replacen(
+                &format!("{}:", fence - 1),
+                &format!("{}:", fence + 5),
+                1,
+            ),
+        ),
+    ] {
+        let e = forger
+            .execute(
+                "SELECT set_config('shardline.map_version', $1, false)",
+                &[&value],
+            )
+            .await
+            .and(
+                forger
+                    .execute("INSERT INTO items VALUES ($1, 1)", &[&kept])
+                    .await,
+            )
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), Some("42501"), "{what}: {e:?}");
+    }
+    // Also inside one DO block, and after RESET.
+    for sql in [
+        format!(
+            "DO $$ BEGIN PERFORM set_config('shardline.map_version', '{}', false); \
+             INSERT INTO items VALUES ('{kept}', 1); END $$",
+            fence + 5
+        ),
+        format!("RESET shardline.map_version; INSERT INTO items VALUES ('{kept}', 1)"),
+    ] {
+        let e = forger.batch_execute(&sql).await.unwrap_err();
+        assert_eq!(sqlstate(&e), Some("42501"), "{sql}: {e:?}");
+    }
+    let rows: i64 = env
+        .db("s0")
+        .await
+        .query_one("SELECT count(*) FROM items WHERE id = $1", &[&kept])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0, "nothing written by the forged sessions");
+    the_tenant_cannot_touch_resharding_triggers(&env).await;
+}
+
+/// On a source after cutover (refuse and fence triggers on `items`), the
+/// tenant, which owns the table, can neither drop, disable, rename nor
+/// replace them; its own triggers it can; a superuser can.
+async fn the_tenant_cannot_touch_resharding_triggers(env: &Env) {
+    let tenant = env.as_tenant("s0").await;
+    let enabled = || async {
+        let rows = env
+            .db("s0")
+            .await
+            .query(
+                "SELECT tgname, tgenabled::text FROM pg_trigger \
+                 WHERE tgrelid = 'items'::regclass AND tgname LIKE 'shardline%' ORDER BY 1",
+                &[],
+            )
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|r| format!("{}={}", r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect::<Vec<_>>()
+    };
+    let before = enabled().await;
+    assert!(
+        before.contains(&"shardline_reshard_fence=O".to_string())
+            && before.contains(&"shardline_reshard_refuse=O".to_string()),
+        "{before:?}"
+    );
+    // A trigger function of the tenant's, as a migration makes one (the
+    // tenant may not); the database then holds code, so the guard
+    // against new code stands aside (see `tenant_code`), and what
+    // refuses below is the resharding triggers' own guard.
+    env.db("s0")
+        .await
+        .batch_execute(&format!(
+            "SET ROLE {DB}; CREATE FUNCTION mine() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RETURN NEW; END $$; RESET ROLE; DELETE FROM shardline.code_free"
+        ))
+        .await
+        .unwrap();
+    for sql in [
+        "DROP TRIGGER shardline_reshard_refuse ON items",
+        "DROP TRIGGER shardline_reshard_fence ON items",
+        "ALTER TABLE items DISABLE TRIGGER shardline_reshard_fence",
+        "ALTER TABLE items DISABLE TRIGGER USER",
+        "ALTER TABLE items ENABLE REPLICA TRIGGER shardline_reshard_refuse",
+        "ALTER TABLE items ENABLE ALWAYS TRIGGER shardline_reshard_refuse",
+        "ALTER TRIGGER shardline_reshard_refuse ON items RENAME TO gone",
+        "CREATE OR REPLACE TRIGGER shardline_reshard_refuse BEFORE INSERT ON items \
+         FOR EACH ROW EXECUTE FUNCTION mine()",
+        "CREATE TRIGGER shardline_mine BEFORE INSERT ON items FOR EACH ROW EXECUTE FUNCTION mine()",
+        "DO $$ BEGIN EXECUTE 'ALTER TABLE items DISABLE TRIGGER USER'; END $$",
+    ] {
+        let e = tenant.batch_execute(sql).await.unwrap_err();
+        assert_eq!(sqlstate(&e), Some("42501"), "{sql}: {e:?}");
+    }
+    assert_eq!(enabled().await, before, "the triggers are unchanged");
+    // Its own triggers are the tenant's to make and drop.
+    tenant
+        .batch_execute(
+            "CREATE TRIGGER my_trigger BEFORE INSERT ON items FOR EACH ROW EXECUTE FUNCTION mine(); \
+             ALTER TABLE items DISABLE TRIGGER my_trigger; DROP TRIGGER my_trigger ON items",
+        )
+        .await
+        .unwrap();
+    // The control: the same DDL as a superuser goes through.
+    env.db("s0")
+        .await
+        .batch_execute("ALTER TABLE items DISABLE TRIGGER shardline_reshard_fence")
+        .await
+        .unwrap();
+    assert_ne!(enabled().await, before, "a superuser may");
+}
+
+/// Makes `client`'s session claim catalog `version` as a router's does.
+async fn claim_version(client: &tokio_postgres::Client, key: &str, version: i64) {
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let value = claim(key, pid, version as u64);
+    client
+        .batch_execute(&format!("SET shardline.map_version = '{value}'"))
+        .await
+        .unwrap();
 }
 
 /// Not a test by itself: the manager process of the failpoint tests.

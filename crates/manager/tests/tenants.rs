@@ -303,6 +303,7 @@ async fn delete_needs_drop_data_when_rows_exist() {
     for ks in ["default", "acme"] {
         migrations::apply_migration(
             &h.svc,
+            &h.routers,
             ks,
             &ApplyMigrationRequest {
                 name: "001".into(),

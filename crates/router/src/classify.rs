@@ -59,6 +59,65 @@ pub fn all_reads<'a>(statements: impl IntoIterator<Item = &'a str>) -> bool {
     any
 }
 
+/// Leading keywords of statements that change no session state by
+/// themselves (what they run may; see `shardline_core::session`).
+const PLAIN_LEADS: [&str; 8] = [
+    "SELECT", "WITH", "VALUES", "TABLE", "SHOW", "INSERT", "UPDATE", "DELETE",
+];
+
+/// Further leading keywords that leave nothing behind at the end of a
+/// transaction, accepted inside one.
+const TRANSACTION_LEADS: [&str; 4] = ["SET", "SAVEPOINT", "RELEASE", "ROLLBACK"];
+
+/// Whether `sql`'s text could change the session it runs in by itself:
+/// anything but a plain query or `INSERT`/`UPDATE`/`DELETE`/`MERGE`
+/// (`DO`, `CALL`, `CREATE`, `EXPLAIN`, ...), a `SELECT ... INTO` (it
+/// creates a table), or a statement naming a built-in that changes
+/// sessions or runs SQL text (`set_config`, session advisory locks, ...;
+/// [`shardline_core::session::names_session_changing_function`]).
+/// `in_transaction` also accepts `SET LOCAL`, `SET TRANSACTION`, `SET
+/// CONSTRAINTS` and savepoints, whose effects end with the transaction
+/// (the keyword guard in `pg::exec` refuses any other `SET`). Errs towards
+/// `true`; code the statement reaches without naming it is the
+/// keyspace's concern ([`shardline_core::catalog::Keyspace::tenant_code`]).
+pub fn may_change_session(sql: &str, in_transaction: bool) -> bool {
+    if shardline_core::session::names_session_changing_function(sql) {
+        return true;
+    }
+    let mut words = Keywords::new(sql);
+    let Some(lead) = words.next() else {
+        // Nothing to run.
+        return false;
+    };
+    let plain = PLAIN_LEADS.iter().any(|w| lead.eq_ignore_ascii_case(w))
+        || lead.eq_ignore_ascii_case("MERGE");
+    if !plain {
+        if in_transaction
+            && TRANSACTION_LEADS
+                .iter()
+                .any(|w| lead.eq_ignore_ascii_case(w))
+        {
+            // `SET` here is `SET LOCAL`, `SET TRANSACTION` or `SET
+            // CONSTRAINTS` (the guard refused the others); `ROLLBACK` is
+            // `ROLLBACK TO`.
+            return false;
+        }
+        return true;
+    }
+    // `INTO` only after `INSERT` or `MERGE`: anything else is `SELECT ...
+    // INTO`, which creates a table.
+    let mut previous = lead;
+    for word in words {
+        if word.eq_ignore_ascii_case("INTO")
+            && !(previous.eq_ignore_ascii_case("INSERT") || previous.eq_ignore_ascii_case("MERGE"))
+        {
+            return true;
+        }
+        previous = word;
+    }
+    false
+}
+
 /// The unquoted words of a statement, in order (also the session guard's
 /// view of a statement's leading keywords, in `pg::exec`).
 pub(crate) struct Keywords<'a> {
@@ -177,8 +236,10 @@ impl<'a> Iterator for Keywords<'a> {
         while let Some(c) = self.byte(self.at) {
             match c {
                 b'-' if self.byte(self.at + 1) == Some(b'-') => {
+                    // To the end of the line, which PostgreSQL's lexer
+                    // ends at `\n` or `\r`.
                     let rest = &self.sql[self.at..];
-                    self.at += rest.find('\n').unwrap_or(rest.len());
+                    self.at += rest.find(['\n', '\r']).unwrap_or(rest.len());
                 }
                 b'/' if self.byte(self.at + 1) == Some(b'*') => self.skip_block_comment(),
                 b'\'' => self.skip_string(false),
@@ -294,6 +355,63 @@ mod tests {
         }
         assert!(is_read("SELECT é, ü FROM t"));
         assert!(!is_read("é"));
+    }
+
+    #[test]
+    fn statements_that_may_change_the_session() {
+        for sql in [
+            "DO $$ BEGIN PERFORM 1; END $$",
+            "CALL p()",
+            "CREATE TEMP TABLE t (x int)",
+            "SELECT * INTO TEMP t FROM x",
+            "select a into t from x",
+            "WITH w AS (SELECT 1) SELECT * INTO t FROM w",
+            "SELECT set_config('statement_timeout', '0', false)",
+            "SELECT pg_advisory_lock(1)",
+            "EXPLAIN ANALYZE SELECT 1",
+            "LISTEN ch",
+            "NOTIFY ch",
+            "SET search_path = x",
+            "SELECT U&\"\\0073et_config\"('a', 'b', false)",
+            // PostgreSQL ends a `--` comment at a carriage return too.
+            "-- c\rDO $$ BEGIN PERFORM 1; END $$",
+            "SELECT 1 -- c\rINTO t",
+        ] {
+            assert!(may_change_session(sql, false), "{sql}");
+        }
+        assert!(may_change_session("SET LOCAL x = 1", false));
+        assert!(may_change_session("SAVEPOINT a", false));
+    }
+
+    #[test]
+    fn statements_that_cannot() {
+        for sql in [
+            "SELECT id, balance FROM accounts WHERE id = $1",
+            "  select 'DO' as x",
+            "-- DO\nSELECT 1",
+            "INSERT INTO t VALUES ($1) RETURNING *",
+            "WITH x AS (DELETE FROM t RETURNING *) INSERT INTO u SELECT * FROM x",
+            "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
+            "UPDATE t SET v = v + 1 WHERE id = $1",
+            "DELETE FROM t WHERE id = $1",
+            "VALUES (1), (2)",
+            "TABLE t",
+            "SHOW search_path",
+            "SELECT \"into\" FROM t",
+            "SELECT pg_advisory_xact_lock(1)",
+            "",
+        ] {
+            assert!(!may_change_session(sql, false), "{sql}");
+        }
+        for sql in [
+            "SET LOCAL statement_timeout = '1s'",
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            "SAVEPOINT a",
+            "RELEASE a",
+            "ROLLBACK TO a",
+        ] {
+            assert!(!may_change_session(sql, true), "{sql}");
+        }
     }
 
     #[test]

@@ -77,6 +77,18 @@ pub struct RouterConfig {
     /// Default `5s`.
     #[serde(default = "default_failover_hold", with = "humantime_serde")]
     pub failover_hold: Duration,
+    /// Whether every request ends by bringing its pooled session back to
+    /// a known state (settings, role, temporary tables, advisory locks,
+    /// `LISTEN`, cursors; see docs/operations.md, "Session state").
+    /// Default `true`. `false` exists only to measure what the reset
+    /// costs: a request's session state then outlives it, into other
+    /// requests of the tenant.
+    #[serde(default = "default_true")]
+    pub session_reset: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_listen() -> SocketAddr {
@@ -143,6 +155,7 @@ impl RouterConfig {
             health_poll: default_health_poll(),
             max_replica_lag: default_max_replica_lag(),
             failover_hold: default_failover_hold(),
+            session_reset: true,
         }
     }
 

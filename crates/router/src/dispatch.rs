@@ -36,7 +36,7 @@ use shardline_api::{ApiError, ErrorCode};
 use shardline_core::catalog::MOVED_SQLSTATE;
 
 use crate::auth::TenantAuth;
-use crate::pg::{exec, from_pg_error, from_pool_error, PoolError, PooledConn};
+use crate::pg::{exec, from_pg_error, from_pool_error, PoolError, PooledConn, ResultLimits};
 use crate::pools::{InstanceTarget, ShardTarget};
 use crate::state::{RouterContext, RoutingCell};
 
@@ -47,10 +47,12 @@ const RETRY_AFTER_SECS: u64 = 1;
 pub trait Job: Sync {
     type Output: Send;
 
-    /// Runs the work on `conn`.
+    /// Runs the work on `conn`; with `reset`, the session is reset after
+    /// it in the same round trip.
     fn run<'a>(
         &'a self,
         conn: &'a mut PooledConn,
+        reset: bool,
     ) -> impl Future<Output = Result<Self::Output, ApiError>> + Send + 'a;
 }
 
@@ -66,8 +68,9 @@ impl Job for Statement<'_> {
     fn run<'a>(
         &'a self,
         conn: &'a mut PooledConn,
+        reset: bool,
     ) -> impl Future<Output = Result<StatementResult, ApiError>> + Send + 'a {
-        exec::execute(conn, self.sql, self.params)
+        exec::execute_with(conn, self.sql, self.params, &ResultLimits::DEFAULT, reset)
     }
 }
 
@@ -79,8 +82,12 @@ pub struct Transaction<'a> {
 impl Job for Transaction<'_> {
     type Output = Vec<StatementResult>;
 
-    async fn run(&self, conn: &mut PooledConn) -> Result<Vec<StatementResult>, ApiError> {
-        exec::transaction(conn, self.statements)
+    async fn run(
+        &self,
+        conn: &mut PooledConn,
+        reset: bool,
+    ) -> Result<Vec<StatementResult>, ApiError> {
+        exec::transaction_with(conn, self.statements, &ResultLimits::DEFAULT, reset)
             .await
             .map_err(|(_, e)| e)
     }
@@ -93,6 +100,10 @@ pub struct Plan {
     pub read: bool,
     /// The client accepts a replica's possibly older data.
     pub eventual: bool,
+    /// No statement's text can change the session by itself (see
+    /// [`crate::classify::may_change_session`]): unless its keyspace may
+    /// hold code, the session needs no reset after it.
+    pub session_clean: bool,
 }
 
 /// Why an attempt on one instance failed.
@@ -108,11 +119,13 @@ enum Failure {
 /// `version` is the catalog version of the routing table that chose the
 /// shard: each session says it to PostgreSQL (`shardline.map_version`),
 /// so a shard fenced by a later resharding refuses the write.
+#[allow(clippy::too_many_arguments)]
 pub async fn run<J: Job>(
     cell: &RoutingCell,
     ctx: &RouterContext,
     target: Arc<ShardTarget>,
     version: u64,
+    keyspace: &str,
     tenant: &TenantAuth,
     job: &J,
     plan: Plan,
@@ -121,6 +134,10 @@ pub async fn run<J: Job>(
         tenant,
         version,
         check_fence: plan.read && ctx.contact.cut_off(),
+        keyspace,
+        session_clean: plan.session_clean,
+        cell,
+        ctx,
     };
     if plan.read && plan.eventual {
         if let Some(out) = on_replica(ctx, &target, at, job).await? {
@@ -138,6 +155,30 @@ struct At<'a> {
     tenant: &'a TenantAuth,
     version: u64,
     check_fence: bool,
+    keyspace: &'a str,
+    session_clean: bool,
+    cell: &'a RoutingCell,
+    ctx: &'a RouterContext,
+}
+
+impl At<'_> {
+    /// Whether the session must be reset after the job: its text could
+    /// change the session, or its keyspace may hold code that could (by
+    /// the latest routing table; a router cut off from the manager for
+    /// longer than its lease cannot know, and assumes it may).
+    fn needs_reset(&self) -> bool {
+        !self.session_clean || self.code_possible()
+    }
+
+    fn code_possible(&self) -> bool {
+        self.ctx.contact.cut_off()
+            || self
+                .cell
+                .get()
+                .keyspaces
+                .get(self.keyspace)
+                .is_none_or(|k| k.tenant_code)
+    }
 }
 
 /// Runs a read on a usable replica; `None` when there is none or it
@@ -339,7 +380,15 @@ async fn attempt<J: Job>(inst: &InstanceTarget, at: At<'_>, job: &J) -> Result<J
             }
         }
     }
-    match job.run(&mut conn).await {
+    let reset = at.needs_reset();
+    let result = job.run(&mut conn, reset).await;
+    // The manager marks a keyspace as holding code, and waits for every
+    // router to have that catalog, before a migration creates any: a
+    // job that ran without a reset while that happened is reset now.
+    if !reset && !conn.is_broken() && conn.resets_sessions() && at.code_possible() {
+        conn.reset().await;
+    }
+    match result {
         Ok(out) => Ok(out),
         Err(error) => Err(Failure::Statement {
             broken: conn.is_broken(),

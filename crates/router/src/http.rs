@@ -287,6 +287,7 @@ async fn execute(
         let plan = Plan {
             read: classify::is_read(&req.sql),
             eventual: req.consistency == Consistency::Eventual,
+            session_clean: !classify::may_change_session(&req.sql, false),
         };
         let job = dispatch::Statement {
             sql: &req.sql,
@@ -337,6 +338,10 @@ async fn transaction(
         let plan = Plan {
             read: classify::all_reads(req.statements.iter().map(|s| s.sql.as_str())),
             eventual: req.consistency == Consistency::Eventual,
+            session_clean: !req
+                .statements
+                .iter()
+                .any(|s| classify::may_change_session(&s.sql, true)),
         };
         let stmts: Vec<(String, Vec<serde_json::Value>)> = req
             .statements

@@ -32,11 +32,30 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::auth::{TenantAuth, TenantStatus};
 use shardline_core::catalog::{Failover, Instance, Shard};
+use shardline_core::fence::claim_key;
 
+use crate::auth::{TenantAuth, TenantStatus};
 use crate::health::HealthView;
 use crate::pg::{ConnBudget, Pool, PoolConfig, PoolError, PoolStats};
+
+/// `schema` as a `search_path` value inside startup options: bare when
+/// it is a plain lower-case identifier (as PostgreSQL shows it back),
+/// else double-quoted; options are split at spaces, which are escaped.
+fn search_path_value(schema: &str) -> String {
+    let plain = schema
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && schema
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if plain {
+        schema.to_string()
+    } else {
+        format!("\"{}\"", schema.replace('"', "\"\"")).replace(' ', "\\ ")
+    }
+}
 
 /// The most tenant pools one reaper pass closes per instance, so a pass
 /// stays short however many pools went idle at once.
@@ -202,8 +221,18 @@ impl InstanceTarget {
         pg.user(&tenant.pg_user);
         pg.dbname(&tenant.pg_user);
         pg.password(tenant.role_password.as_bytes());
+        // The schema, as a startup option: it outranks a default the role
+        // set for itself (`ALTER ROLE ... SET search_path`, which any role
+        // may run), and a session reset returns to it.
+        let search_path = format!("-c search_path={}", search_path_value(&tenant.pg_user));
+        let options = match pg.get_options() {
+            Some(existing) if !existing.is_empty() => format!("{existing} {search_path}"),
+            _ => search_path,
+        };
+        pg.options(&options);
         let cfg = PoolConfig {
             max_size: size,
+            claim_key: Some(claim_key(&tenant.role_password)),
             ..self.settings.base.clone()
         };
         let pool = Pool::from_config(pg, cfg, Some(Arc::clone(&self.budget)));

@@ -77,7 +77,18 @@ pub async fn run<J: Job>(
         // have changed with a move); the admitted one if it is gone.
         let current = routing.tenants.get(&tenant.id).cloned();
         let auth = current.as_deref().unwrap_or(tenant);
-        match dispatch::run(cell, ctx, target, routing.version, auth, job, plan).await {
+        match dispatch::run(
+            cell,
+            ctx,
+            target,
+            routing.version,
+            &keyspace,
+            auth,
+            job,
+            plan,
+        )
+        .await
+        {
             Ok(out) => return Ok((shard, out)),
             Err(e) if is_moved(&e) && !retried => {
                 tracing::debug!(shard = %shard, keyspace = %keyspace, "key moved; waiting for a newer routing table");
@@ -234,6 +245,7 @@ mod tests {
                 migrations: vec![],
                 tables: Default::default(),
                 frozen: frozen.iter().map(|r| KeyRange::parse(r).unwrap()).collect(),
+                tenant_code: false,
             },
         );
         cat

@@ -106,6 +106,7 @@ impl RouterContext {
                     connect_timeout: cfg.connect_timeout,
                     statement_timeout: Some(cfg.statement_timeout),
                     idle_timeout: cfg.idle_timeout,
+                    reset_sessions: cfg.session_reset,
                     ..PoolConfig::default()
                 },
                 tenant_pool_size: cfg.tenant_pool_size,
@@ -129,6 +130,10 @@ pub struct KeyspaceRoute {
     /// Ranges frozen for a resharding cutover: their requests are held
     /// (see [`crate::reroute`]).
     pub frozen: Vec<KeyRange>,
+    /// A tenant database of the keyspace may hold code that changes
+    /// sessions: every request is followed by a session reset (see
+    /// `shardline_core::session`).
+    pub tenant_code: bool,
 }
 
 impl KeyspaceRoute {
@@ -174,6 +179,7 @@ impl Routing {
                         key_type: ks.key_type,
                         map: ks.map.clone(),
                         frozen: ks.frozen.clone(),
+                        tenant_code: ks.tenant_code,
                     },
                 )
             })
@@ -563,6 +569,7 @@ mod tests {
                 migrations: vec![],
                 tables: Default::default(),
                 frozen: Vec::new(),
+                tenant_code: false,
             },
         );
         for t in [

@@ -171,9 +171,15 @@ async fn columns_values_and_counts() -> anyhow::Result<()> {
         max_rows: 10,
         ..ResultLimits::default()
     };
-    let e = execute_with(&mut conn, "SELECT generate_series(1, 1000)", &[], &limits)
-        .await
-        .unwrap_err();
+    let e = execute_with(
+        &mut conn,
+        "SELECT generate_series(1, 1000)",
+        &[],
+        &limits,
+        true,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidRequest);
     let r = execute(&mut conn, "SELECT 41 + 1", &[]).await?;
     assert_eq!(r.rows, vec![vec![json!(42)]]);

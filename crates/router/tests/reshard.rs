@@ -15,6 +15,7 @@ use std::time::Duration;
 use common::{app, error_code, header, http, instance, shard_catalog, tenant, Served, TIMEOUT};
 use serde_json::{json, Value};
 use shardline_core::catalog::{Limits, Migration, Shard};
+use shardline_core::fence::{claim_key, verify_claim};
 use shardline_core::hash::routing_hash;
 use shardline_core::shardmap::ShardRange;
 use shardline_core::{Catalog, KeyRange, KeyType, ShardKey, ShardMap};
@@ -479,7 +480,7 @@ async fn a_tenant_moving_past_the_window_gets_503() -> anyhow::Result<()> {
 async fn map_version_seen(served: &Served, key: &str) -> anyhow::Result<Answer> {
     let body = json!({
         "shard_key": key,
-        "sql": "SELECT current_setting('shardline.map_version', true)",
+        "sql": "SELECT current_setting('shardline.map_version', true), pg_backend_pid()",
     });
     post(served, "/v1/execute", body).await
 }
@@ -492,9 +493,17 @@ async fn sessions_say_their_map_version_and_a_fenced_source_refuses_older_ones(
     let mut cfg = RouterConfig::new("http://127.0.0.1:1", "t");
     cfg.failover_hold = Duration::from_millis(300);
     let (ctx, cell, served) = serve(&cfg, &catalog(7, &s1, None, key, "s1", false)).await?;
+    // The session states version 7 as a claim bound to its backend and
+    // the tenant's key.
     let (status, _, body) = map_version_seen(&served, key).await?;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["rows"][0][0], json!("7"), "{body}");
+    let claim = body["rows"][0][0].as_str().unwrap_or_default();
+    let pid = body["rows"][0][1].as_i64().unwrap_or_default() as i32;
+    assert_eq!(
+        verify_claim(&claim_key("pw-a"), pid, claim),
+        Some(7),
+        "{body}"
+    );
     let (status, _, body) = insert(&served, key).await?;
     assert_eq!(status, 200, "{body}");
 
@@ -507,7 +516,7 @@ async fn sessions_say_their_map_version_and_a_fenced_source_refuses_older_ones(
         .await
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     sql::install_refuse(&admin, &meta, KeyType::Text, &[KeyRange::FULL]).await?;
-    sql::set_fence(&admin, 8).await?;
+    sql::set_fence(&admin, 8, &claim_key("pw-a")).await?;
     let update = |k: &str| {
         json!({
             "shard_key": key,
@@ -555,7 +564,12 @@ async fn sessions_say_their_map_version_and_a_fenced_source_refuses_older_ones(
     cell.set(Routing::build(&newer, &cell.get(), &ctx));
     let (status, _, body) = post(&served, "/v1/execute", update(key)).await?;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["rows"][0][0], json!("9"), "{body}");
+    assert!(
+        body["rows"][0][0]
+            .as_str()
+            .is_some_and(|c| c.starts_with("9:")),
+        "{body}"
+    );
     let (status, _, body) = post(&served, "/v1/execute", read).await?;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["rows"][0][0], json!("x"), "{body}");

@@ -5,15 +5,16 @@
 //! the ranges unfreeze and the sources take writes again.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures_util::future::try_join_all;
 use shardline_core::catalog::{keys, Keyspace, ReshardJob, ReshardPhase, Shard, Tenant};
+use shardline_core::fence::claim_key;
 use shardline_core::{KeyRange, KeyType};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use super::engine::{check, db, verified_key, JobError, Plan};
+use super::engine::{db, verified_key, JobError, Plan};
 use super::sql::{self, TableMeta};
 use super::{failpoint, lock, phase_number, Reshards, FAILPOINT_DURING_CUTOVER};
 use crate::error::ServiceError;
@@ -107,7 +108,9 @@ impl Reshards {
         for source in plan.sources() {
             for tenant in &plan.tenants {
                 let src = self.must_db(plan, &source, tenant).await?;
-                sql::set_fence(&src, version).await.map_err(db(&source))?;
+                sql::set_fence(&src, version, &claim_key(&tenant.role_password))
+                    .await
+                    .map_err(db(&source))?;
             }
         }
         Ok(())
@@ -154,30 +157,16 @@ impl Reshards {
         // A router that heartbeats without ever applying the catalog stops
         // the wait after one lease: the refuse triggers keep its writes
         // out of the source anyway.
-        let deadline = Instant::now() + self.routers.lease() + Duration::from_millis(100);
-        loop {
-            check(token)?;
-            let beat = self.routers.next_heartbeat();
-            let behind: Vec<String> = self
-                .routers
-                .live()
-                .into_iter()
-                .filter(|r| r.applied_version < version)
-                .map(|r| r.id)
-                .collect();
-            if behind.is_empty() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                tracing::warn!(job = %plan.job.id, routers = ?behind,
-                    "cutover: routers did not acknowledge the frozen ranges within a lease; \
-                     going on (sources refuse their writes)");
-                return Ok(());
-            }
-            // The next heartbeat (routers send one as soon as they apply
-            // a catalog), or a lease check now and then.
-            let _ = tokio::time::timeout(Duration::from_millis(50), beat).await;
+        let behind = tokio::select! {
+            behind = self.routers.wait_applied(version) => behind,
+            () = token.cancelled() => return Err(JobError::Stopped),
+        };
+        if !behind.is_empty() {
+            tracing::warn!(job = %plan.job.id, routers = ?behind,
+                "cutover: routers did not acknowledge the frozen ranges within a lease; \
+                 going on (sources refuse their writes)");
         }
+        Ok(())
     }
 
     /// Sequences advanced, leftover refuse triggers on targets updated,

@@ -312,6 +312,7 @@ pub(super) mod tests {
                 migrations: vec![],
                 tables: Default::default(),
                 frozen: vec![],
+                tenant_code: false,
             },
         );
         cat

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 
 use sha2::{Digest, Sha256};
 use shardline_core::catalog::{quote_ident, quote_literal, FENCE_VERSION_SQL, MOVED_SQLSTATE};
+use shardline_core::fence::CLAIM_SETTING;
 use shardline_core::hash::{routing_hash, sql_in_range};
 use shardline_core::{KeyRange, KeyType, ShardKey};
 use tokio_postgres::error::SqlState;
@@ -42,6 +43,58 @@ const CHANGE_TABLE: &str = "CREATE SCHEMA IF NOT EXISTS shardline; \
      CREATE TABLE IF NOT EXISTS shardline.reshard_changes ( \
        seq bigserial PRIMARY KEY, job text NOT NULL, tbl text NOT NULL, \
        op char(1) NOT NULL, row jsonb NOT NULL)";
+
+/// Keeps the tenant, which owns its tables, from dropping, disabling,
+/// renaming or replacing the triggers resharding puts on them (a table
+/// owner may otherwise do all of that): event triggers, owned by the
+/// superuser and firing for every role, check after each `ALTER TABLE`,
+/// `ALTER TRIGGER` and `CREATE TRIGGER` that every trigger calling a
+/// `shardline` function is still enabled and named `shardline_*` (and no
+/// other is), and refuse a `DROP TRIGGER` of one unless its table goes
+/// with it (a tenant may drop its own table). Superuser sessions — the
+/// manager's, operators', and migrations, which log in as superuser —
+/// are not checked. Idempotent.
+const PROTECT_TRIGGERS: &str = "CREATE OR REPLACE FUNCTION shardline.protect_triggers() \
+       RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER \
+       SET search_path = pg_catalog, pg_temp AS $shardline$ \
+     BEGIN \
+       IF (SELECT rolsuper FROM pg_authid WHERE rolname = session_user) THEN RETURN; END IF; \
+       IF TG_EVENT = 'sql_drop' THEN \
+         IF EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects() d \
+             WHERE d.object_type = 'trigger' AND d.address_names[3] LIKE 'shardline\\_%' \
+               AND NOT EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects() t \
+                 WHERE t.object_type = 'table' AND t.address_names[1] = d.address_names[1] \
+                   AND t.address_names[2] = d.address_names[2])) THEN \
+           RAISE EXCEPTION USING ERRCODE = '42501', \
+             MESSAGE = 'shardline''s resharding triggers cannot be dropped', \
+             HINT = 'they keep writes from going to a shard that no longer owns their keys'; \
+         END IF; \
+       ELSIF EXISTS (SELECT 1 FROM pg_trigger t \
+           JOIN pg_proc p ON p.oid = t.tgfoid JOIN pg_namespace n ON n.oid = p.pronamespace \
+           WHERE NOT t.tgisinternal \
+             AND ((n.nspname = 'shardline') <> (t.tgname LIKE 'shardline\\_%') \
+               OR (n.nspname = 'shardline' AND t.tgenabled <> 'O'))) THEN \
+         RAISE EXCEPTION USING ERRCODE = '42501', \
+           MESSAGE = 'shardline''s resharding triggers cannot be disabled, renamed or replaced', \
+           HINT = 'they keep writes from going to a shard that no longer owns their keys; \
+                   triggers of your own may not be named shardline_*'; \
+       END IF; \
+     END $shardline$; \
+     REVOKE ALL ON FUNCTION shardline.protect_triggers() FROM PUBLIC; \
+     DO $shardline$ BEGIN \
+       IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger \
+           WHERE evtname = 'shardline_protect_triggers') THEN \
+         CREATE EVENT TRIGGER shardline_protect_triggers ON ddl_command_end \
+           WHEN TAG IN ('ALTER TABLE', 'ALTER TRIGGER', 'CREATE TRIGGER') \
+           EXECUTE FUNCTION shardline.protect_triggers(); \
+       END IF; \
+       IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger \
+           WHERE evtname = 'shardline_protect_trigger_drops') THEN \
+         CREATE EVENT TRIGGER shardline_protect_trigger_drops ON sql_drop \
+           WHEN TAG IN ('DROP TRIGGER') \
+           EXECUTE FUNCTION shardline.protect_triggers(); \
+       END IF; \
+     END $shardline$";
 
 /// What resharding needs to know of one table in a tenant's schema.
 #[derive(Debug, Clone)]
@@ -257,7 +310,8 @@ pub async fn install_capture(
          REVOKE ALL ON FUNCTION {NO_TRUNCATE_FUNCTION}() FROM PUBLIC; \
          DROP TRIGGER IF EXISTS {no_truncate} ON {table}; \
          CREATE TRIGGER {no_truncate} BEFORE TRUNCATE ON {table} \
-           FOR EACH STATEMENT EXECUTE FUNCTION {NO_TRUNCATE_FUNCTION}()",
+           FOR EACH STATEMENT EXECUTE FUNCTION {NO_TRUNCATE_FUNCTION}(); \
+         {PROTECT_TRIGGERS}",
         ins = record("I", "NEW"),
         del = record("D", "OLD"),
         trig = quote_ident(CAPTURE_TRIGGER),
@@ -343,7 +397,8 @@ pub async fn install_refuse(
          {fence} \
          DROP TRIGGER IF EXISTS {fence_trig} ON {table}; \
          CREATE TRIGGER {fence_trig} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {table} \
-           FOR EACH STATEMENT EXECUTE FUNCTION {FENCE_FUNCTION}()",
+           FOR EACH STATEMENT EXECUTE FUNCTION {FENCE_FUNCTION}(); \
+         {PROTECT_TRIGGERS}",
         own_old = in_ranges(key_type, &key("OLD"), owned),
         own_new = in_ranges(key_type, &key("NEW"), owned),
         trig = quote_ident(REFUSE_TRIGGER),
@@ -354,18 +409,37 @@ pub async fn install_refuse(
     client.batch_execute(&sql).await
 }
 
-/// The fence function: refuses the statement (SQLSTATE `SLM01`, so the
-/// router retries it by a newer map) when the session says it routes by
-/// a catalog older than `version` (`shardline.map_version`, which every
-/// router session sets). Sessions that do not say (the manager's,
-/// operators') pass.
+/// The fence function: refuses every write statement of a tenant
+/// session once the fence is raised (`version` > 0) unless the session
+/// states, in `shardline.map_version`, a genuine claim (see
+/// [`shardline_core::fence`]; checked against the key in
+/// `shardline.fence_key`, which only superusers can read — the function
+/// is SECURITY DEFINER) to route by catalog `version` or newer. Behind
+/// the fence: SQLSTATE `SLM01`, so the router retries by a newer map. No
+/// valid claim — a tenant's SQL changed the setting, or it is missing —
+/// is refused with 42501. Superuser sessions (the manager's, operators')
+/// pass. [`FENCE_VERSION_SQL`] reads `version` back from the text
+/// `v::int8 < VERSION`.
 fn fence_function(version: u64) -> String {
     format!(
         "CREATE OR REPLACE FUNCTION {FENCE_FUNCTION}() RETURNS trigger LANGUAGE plpgsql \
-           SET search_path = pg_catalog, pg_temp AS $shardline$ \
-         DECLARE v text := current_setting('shardline.map_version', true); \
+           SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $shardline$ \
+         DECLARE claim text; v text; k text; \
          BEGIN \
-           IF v ~ '^[0-9]{{1,18}}$' AND v::int8 < {version} THEN \
+           IF {version} = 0 THEN RETURN NULL; END IF; \
+           IF (SELECT rolsuper FROM pg_authid WHERE rolname = session_user) THEN RETURN NULL; END IF; \
+           claim := current_setting('{CLAIM_SETTING}', true); \
+           IF claim IS NOT NULL AND claim ~ '^[0-9]{{1,18}}:[0-9a-f]{{64}}$' THEN \
+             v := split_part(claim, ':', 1); \
+             SELECT key INTO k FROM shardline.fence_key LIMIT 1; \
+           END IF; \
+           IF k IS NULL OR split_part(claim, ':', 2) <> encode(sha256(convert_to( \
+               k || ':' || pg_backend_pid() || ':' || v || ':' || k, 'UTF8')), 'hex') THEN \
+             RAISE EXCEPTION USING ERRCODE = '42501', \
+               MESSAGE = 'this session does not state a valid routing version, which writes to a resharded shard need', \
+               HINT = 'the router sets {CLAIM_SETTING}; statements must not change it'; \
+           END IF; \
+           IF v::int8 < {version} THEN \
              RAISE EXCEPTION USING ERRCODE = '{MOVED_SQLSTATE}', \
                MESSAGE = 'this shard was resharded after the routing table the statement was routed by; retry', \
                HINT = 'the router is behind the catalog; retry through an up-to-date router'; \
@@ -376,20 +450,38 @@ fn fence_function(version: u64) -> String {
     )
 }
 
+/// Stores the tenant's claim key (see [`shardline_core::fence`]) where
+/// the fence function reads it and no tenant can.
+fn fence_key_sql(key: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS shardline.fence_key (key text NOT NULL); \
+         REVOKE ALL ON shardline.fence_key FROM PUBLIC; \
+         DELETE FROM shardline.fence_key; \
+         INSERT INTO shardline.fence_key VALUES ({});",
+        quote_literal(key)
+    )
+}
+
 /// Raises the fence of a source's tenant database to catalog `version`:
 /// from now on a router session that routed by an older catalog writes
 /// nothing here (its statement fails with `SLM01`), even to keys no row
 /// matches any more. Set at cutover once every live router has that
 /// version or its lease ran out, so only a router cut off from the
-/// manager is behind it.
-/// Never lowers it.
-pub async fn set_fence(client: &Client, version: u64) -> Result<(), tokio_postgres::Error> {
+/// manager is behind it. `claim_key` is the tenant's
+/// ([`shardline_core::fence::claim_key`]). Never lowers it.
+pub async fn set_fence(
+    client: &Client,
+    version: u64,
+    claim_key: &str,
+) -> Result<(), tokio_postgres::Error> {
     if fence_version(client).await? >= version {
         return Ok(());
     }
     client
         .batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS shardline; {}",
+            "CREATE SCHEMA IF NOT EXISTS shardline; REVOKE ALL ON SCHEMA shardline FROM PUBLIC; \
+             {} {}",
+            fence_key_sql(claim_key),
             fence_function(version)
         ))
         .await

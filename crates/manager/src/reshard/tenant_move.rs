@@ -321,6 +321,7 @@ impl Reshards {
                     migrations: src.migrations.clone(),
                     tables: src.tables.clone(),
                     frozen: vec![],
+                    tenant_code: src.tenant_code,
                 };
                 let mut ops = vec![
                     put(job_key.clone(), &job),

@@ -27,6 +27,8 @@ pub const ROUTER_TOKEN: &str = "router-token-for-manager-tests";
 /// A catalog service and the shards it knows.
 pub struct Harness {
     pub svc: Arc<CatalogService>,
+    /// No router heartbeats to it: migrations wait for none.
+    pub routers: shardline_manager::routers::RouterRegistry,
     pub shards: Vec<PgCluster>,
     pub stop: CancellationToken,
     pub tracker: TaskTracker,
@@ -48,6 +50,7 @@ impl Harness {
             .unwrap();
         let mut h = Harness {
             svc,
+            routers: shardline_manager::routers::RouterRegistry::new(Duration::from_secs(2)),
             shards: Vec::new(),
             stop,
             tracker,

@@ -133,10 +133,24 @@ impl Env {
         c
     }
 
+    /// A session as the tenant's role, as a router's would be: stating
+    /// (see `shardline_core::fence`) a routing version past any fence, so
+    /// only the refuse triggers stop its writes.
     pub async fn as_tenant(&self, shard: &str) -> tokio_postgres::Client {
-        super::connect_as(&self.pgs[shard], DB, &self.password, DB)
+        let c = super::connect_as(&self.pgs[shard], DB, &self.password, DB)
+            .await
+            .unwrap();
+        let pid: i32 = c
+            .query_one("SELECT pg_backend_pid()", &[])
             .await
             .unwrap()
+            .get(0);
+        let key = shardline_core::fence::claim_key(&self.password);
+        let claim = shardline_core::fence::claim(&key, pid, 999_999_999_999_999_999);
+        c.batch_execute(&format!("SET shardline.map_version = '{claim}'"))
+            .await
+            .unwrap();
+        c
     }
 
     pub async fn keyspace(&self) -> KeyspaceInfo {

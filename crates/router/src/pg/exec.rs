@@ -1,20 +1,24 @@
 //! Runs a client's statement, or a transaction of several, on a pooled
 //! connection and returns JSON rows.
 //!
-//! Pooled connections are shared by every request of a tenant, so a
-//! statement must leave no session state behind. Statements whose leading
-//! keyword controls transactions (`BEGIN`, `START`, `COMMIT`, `END`,
-//! `ROLLBACK`, `ABORT`, `PREPARE TRANSACTION`, and outside
-//! [`transaction`] `SAVEPOINT`, `RELEASE`, `ROLLBACK TO`) or changes the
-//! session (`SET` other than `SET LOCAL`/`SET TRANSACTION`/`SET
-//! CONSTRAINTS`, `RESET`, `DISCARD`, `LISTEN`, `PREPARE`, `DEALLOCATE`,
-//! `DECLARE`, `LOAD`) are refused with a 400 before anything is sent;
-//! `COPY` is refused too (the HTTP API carries no copy stream). This is a
-//! keyword check after whitespace, comments, `;` and `(`: it does not
-//! see session changes made by functions (`set_config(.., false)`,
-//! session advisory locks) or temporary tables. Resetting every
-//! connection after use instead (`DISCARD ALL`) would cost a round trip
-//! per request and drop the prepared-statement cache.
+//! Pooled connections are shared by every request of a tenant, so no
+//! session state may outlive a request. Two layers see to it:
+//!
+//! - A keyword guard refuses, with a 400 before anything is sent,
+//!   statements whose leading keyword controls transactions (`BEGIN`,
+//!   `START`, `COMMIT`, `END`, `ROLLBACK`, `ABORT`, `PREPARE
+//!   TRANSACTION`, and outside [`transaction`] `SAVEPOINT`, `RELEASE`,
+//!   `ROLLBACK TO`) or changes the session (`SET` other than `SET
+//!   LOCAL`/`SET TRANSACTION`/`SET CONSTRAINTS`, `RESET`, `DISCARD`,
+//!   `LISTEN`, `PREPARE`, `DEALLOCATE`, `DECLARE`, `LOAD`), and `COPY`
+//!   (the HTTP API carries no copy stream). It tells a client what it
+//!   cannot do here; it is not what keeps sessions clean, since functions
+//!   and `DO` blocks change sessions too.
+//! - The reset: when asked (the caller decides whether the request could
+//!   have changed the session, see `crate::dispatch`), the session reset
+//!   ([`super::pool::SESSION_RESET`]) goes out right behind the request's
+//!   last statement (or its `COMMIT`/`ROLLBACK`), in the same round trip;
+//!   a session it cannot bring back to a known state is not reused.
 //!
 //! Statements are prepared once per connection and cached; when
 //! PostgreSQL reports a cached statement stale (its result type changed
@@ -42,48 +46,57 @@ pub struct ResultLimits {
     pub max_bytes: usize,
 }
 
+impl ResultLimits {
+    /// The defaults, as a constant.
+    pub const DEFAULT: ResultLimits = ResultLimits {
+        max_rows: 1_000_000,
+        max_bytes: 64 << 20,
+    };
+}
+
 impl Default for ResultLimits {
     fn default() -> Self {
-        Self {
-            max_rows: 1_000_000,
-            max_bytes: 64 << 20,
-        }
+        Self::DEFAULT
     }
 }
 
-/// Runs one statement with default [`ResultLimits`].
+/// Runs one statement with default [`ResultLimits`], resetting the
+/// session after it.
 pub async fn execute(
     conn: &mut PooledConn,
     sql: &str,
     params: &[Value],
 ) -> Result<StatementResult, ApiError> {
-    execute_with(conn, sql, params, &ResultLimits::default()).await
+    execute_with(conn, sql, params, &ResultLimits::default(), true).await
 }
 
 /// Runs one statement (refusing session-changing ones, see the module
-/// docs) and returns its rows.
+/// docs) and returns its rows; with `reset`, the session is reset after
+/// it (see [`PooledConn::reset_future`]).
 pub async fn execute_with(
     conn: &mut PooledConn,
     sql: &str,
     params: &[Value],
     limits: &ResultLimits,
+    reset: bool,
 ) -> Result<StatementResult, ApiError> {
     check_statement(sql, false)?;
     conn.set_busy(true);
-    let mut result = run(conn, sql, params, limits).await;
+    let mut result = run(conn, sql, params, limits, reset).await;
     if result.as_ref().is_err_and(is_stale_statement) && !conn.is_broken() {
-        result = run(conn, sql, params, limits).await;
+        result = run(conn, sql, params, limits, reset).await;
     }
     conn.set_busy(false);
     result
 }
 
-/// Runs one transaction with default [`ResultLimits`].
+/// Runs one transaction with default [`ResultLimits`], resetting the
+/// session after it.
 pub async fn transaction(
     conn: &mut PooledConn,
     statements: &[(String, Vec<Value>)],
 ) -> Result<Vec<StatementResult>, (usize, ApiError)> {
-    transaction_with(conn, statements, &ResultLimits::default()).await
+    transaction_with(conn, statements, &ResultLimits::default(), true).await
 }
 
 /// Runs the statements in one transaction: `BEGIN`, each statement,
@@ -91,11 +104,13 @@ pub async fn transaction(
 /// failing statement's 0-based index is returned with the error (also
 /// set in `statement_index`); an index equal to the number of statements
 /// means `COMMIT` failed (e.g. a deferred constraint or a serialization
-/// failure). If the rollback fails, the connection is discarded.
+/// failure). If the rollback fails, the connection is discarded. With
+/// `reset`, the session reset goes out with the `COMMIT` or `ROLLBACK`.
 pub async fn transaction_with(
     conn: &mut PooledConn,
     statements: &[(String, Vec<Value>)],
     limits: &ResultLimits,
+    reset: bool,
 ) -> Result<Vec<StatementResult>, (usize, ApiError)> {
     let at = |i: usize, mut e: ApiError| {
         e.statement_index = Some(i);
@@ -117,15 +132,15 @@ pub async fn transaction_with(
     }
     let mut results = Vec::with_capacity(statements.len());
     for (i, (sql, params)) in statements.iter().enumerate() {
-        match run(conn, sql, params, limits).await {
+        match run(conn, sql, params, limits, false).await {
             Ok(r) => results.push(r),
             Err(e) => {
-                rollback(conn).await;
+                rollback(conn, reset).await;
                 return Err(at(i, e));
             }
         }
     }
-    if let Err(e) = conn.client().batch_execute("COMMIT").await {
+    if let Err(e) = end_transaction(conn, "COMMIT", reset).await {
         let api = fail(conn, "", &e);
         // A failed COMMIT ends the transaction; a lost connection is
         // discarded by `fail`.
@@ -136,12 +151,28 @@ pub async fn transaction_with(
     Ok(results)
 }
 
+/// Sends `COMMIT` or `ROLLBACK`, with `reset` the session reset right
+/// behind it (one round trip).
+async fn end_transaction(
+    conn: &mut PooledConn,
+    end: &str,
+    reset: bool,
+) -> Result<(), tokio_postgres::Error> {
+    if !(reset && conn.resets_sessions()) {
+        return conn.client().batch_execute(end).await;
+    }
+    let (ended, outcome) =
+        futures_util::future::join(conn.client().batch_execute(end), conn.reset_future()).await;
+    conn.reset_done(outcome);
+    ended
+}
+
 /// Rolls back after a failed statement; a connection that cannot roll
 /// back is discarded.
-async fn rollback(conn: &mut PooledConn) {
+async fn rollback(conn: &mut PooledConn, reset: bool) {
     if conn.is_broken() {
         conn.discard();
-    } else if let Err(e) = conn.client().batch_execute("ROLLBACK").await {
+    } else if let Err(e) = end_transaction(conn, "ROLLBACK", reset).await {
         tracing::debug!(error = %e, "rollback failed; discarding the connection");
         conn.discard();
     }
@@ -214,52 +245,104 @@ fn quote_ident(name: &str) -> String {
     }
 }
 
+/// Runs one statement; with `reset`, the session reset (see
+/// [`PooledConn::reset_future`]) is sent right behind it, in the same
+/// round trip.
 async fn run(
     conn: &mut PooledConn,
     sql: &str,
     params: &[Value],
     limits: &ResultLimits,
+    reset: bool,
 ) -> Result<StatementResult, ApiError> {
+    // Preparing runs nothing, nor do the client-side checks: a failure
+    // here leaves the session as it was, with no reset needed.
     let stmt = match conn.prepare_cached(sql).await {
         Ok(s) => s,
         Err(e) => return Err(fail(conn, sql, &e)),
     };
     let encoded = values::encode_params(stmt.params(), params)?;
     let columns = result_columns(&stmt)?;
-    let stream = match conn.client().query_raw(&stmt, encoded.iter()).await {
-        Ok(s) => s,
-        Err(e) => return Err(fail(conn, sql, &e)),
+    let rows = collect(conn.client(), &stmt, &encoded, columns, limits);
+    let (result, reset_outcome) = if reset && conn.resets_sessions() {
+        // `join` polls `rows` first, so the statement goes out before
+        // the reset; both in one write.
+        let (a, b) = futures_util::future::join(rows, conn.reset_future()).await;
+        (a, Some(b))
+    } else {
+        (rows.await, None)
     };
+    if let Some(outcome) = reset_outcome {
+        conn.reset_done(outcome);
+    }
+    result.map_err(|e| match e {
+        RunError::Pg(e) => fail(conn, sql, &e),
+        RunError::TooLarge(mut e) => {
+            if crate::classify::is_read(sql) {
+                // A read still runs on the server, sending rows no one
+                // reads: cancelled, and the connection not reused.
+                conn.abandon();
+                e.message = format!("{}; the statement was cancelled", e.message);
+            } else {
+                // A write runs to its end (its rows are read and dropped
+                // before the connection serves anyone else), so that what
+                // it wrote is committed, as answered.
+                e.message = format!(
+                    "{}; the statement ran, its rows are not returned",
+                    e.message
+                );
+            }
+            e
+        }
+        RunError::Api(e) => e,
+    })
+}
+
+/// Why [`collect`] failed.
+enum RunError {
+    Pg(tokio_postgres::Error),
+    /// The result outgrew the limits while the statement ran.
+    TooLarge(ApiError),
+    Api(ApiError),
+}
+
+/// Executes a prepared statement and reads its rows within `limits`.
+async fn collect(
+    client: &tokio_postgres::Client,
+    stmt: &Statement,
+    encoded: &[values::EncodedParam],
+    columns: Vec<Column>,
+    limits: &ResultLimits,
+) -> Result<StatementResult, RunError> {
+    let stream = client
+        .query_raw(stmt, encoded.iter())
+        .await
+        .map_err(RunError::Pg)?;
     let mut stream = std::pin::pin!(stream);
     let mut rows = Vec::new();
     let mut bytes = 0usize;
     while let Some(row) = stream.next().await {
-        let row = match row {
-            Ok(r) => r,
-            Err(e) => return Err(fail(conn, sql, &e)),
-        };
+        let row = row.map_err(RunError::Pg)?;
         bytes = bytes.saturating_add(row.raw_size_bytes() + 32 * columns.len());
         if rows.len() >= limits.max_rows || bytes > limits.max_bytes {
-            // Dropping the stream discards the rest; the statement itself
-            // runs to completion on the server.
             let mut e = ApiError::new(
                 ErrorCode::InvalidRequest,
                 format!(
-                    "the result is larger than {} rows or {} bytes; the statement ran, its rows are not returned",
+                    "the result is larger than {} rows or {} bytes",
                     limits.max_rows, limits.max_bytes
                 ),
             );
             e.hint = Some("add LIMIT and fetch the rows in pages".into());
-            return Err(e);
+            return Err(RunError::TooLarge(e));
         }
         let mut out = Vec::with_capacity(columns.len());
         for (i, col) in stmt.columns().iter().enumerate() {
             let raw = row
                 .try_get::<_, Option<RawValue<'_>>>(i)
-                .map_err(|_| decode_error(i))?;
+                .map_err(|_| RunError::Api(decode_error(i)))?;
             let value = values::decode_column(col.type_(), raw.map(|r| r.0)).map_err(|why| {
                 tracing::error!(column = i + 1, type_name = col.type_().name(), %why, "cannot decode a column");
-                decode_error(i)
+                RunError::Api(decode_error(i))
             })?;
             out.push(value);
         }

@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use shardline_core::catalog::FENCE_VERSION_SQL;
+use shardline_core::fence::{claim, CLAIM_SETTING};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::{Client, NoTls, Statement};
 
@@ -56,6 +57,15 @@ pub struct PoolConfig {
     /// meanwhile is replaced rather than failing the request (default
     /// 10s; zero checks every time).
     pub health_check_after: Duration,
+    /// The tenant's claim key ([`shardline_core::fence::claim_key`]):
+    /// with one, sessions state their routing version as a claim the
+    /// tenant's SQL cannot forge (the backend pid is read once per
+    /// connection for it); without, as a plain number (default `None`).
+    pub claim_key: Option<String>,
+    /// Whether every request ends with [`SESSION_RESET`] (default true).
+    /// Off only to measure what the reset costs (`shardline-bench
+    /// execute`): without it a request's session state outlives it.
+    pub reset_sessions: bool,
 }
 
 impl Default for PoolConfig {
@@ -68,8 +78,39 @@ impl Default for PoolConfig {
             idle_timeout: Duration::from_secs(300),
             statement_cache_capacity: 256,
             health_check_after: Duration::from_secs(10),
+            claim_key: None,
+            reset_sessions: true,
         }
     }
+}
+
+/// How a session is brought back to a known state after a request that
+/// could have changed it (see `shardline_core::session`), in one simple
+/// query (one message, one implicit transaction): open cursors closed
+/// (`WITH HOLD` ones outlive their transaction), every setting back to
+/// its value at connection (`statement_timeout`, `search_path`,
+/// `shardline.map_version`, ...; the router's own settings are startup
+/// options, so they stay; `RESET ALL` leaves `role` alone, hence `RESET
+/// ROLE`), no `LISTEN`, no session advisory lock, no temporary table or
+/// function, no sequence values. The session's version claim is set again
+/// after it ([`PooledConn::reset_future`]), and prepared statements made
+/// from SQL (`PREPARE` in a `DO` block or a function) are counted: a
+/// session with any is not reused.
+///
+/// Not `DISCARD ALL`, which would also deallocate the router's cached
+/// statements and the driver's own (tokio-postgres keeps the statements
+/// it looks types up with, and cannot be told they are gone).
+pub const SESSION_RESET: &str = "CLOSE ALL; RESET ALL; RESET ROLE; UNLISTEN *; \
+     SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES";
+
+/// Counts the session's prepared statements made from SQL (the router's
+/// are made by the protocol).
+const SQL_PREPARED: &str = "SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql";
+
+/// `SET shardline.map_version = '<value>'`; `value` is digits, `:` and
+/// hex only.
+fn set_claim_sql(value: &str) -> String {
+    format!("SET {CLAIM_SETTING} = '{value}'")
 }
 
 /// Why no connection could be had.
@@ -160,8 +201,13 @@ struct Conn {
     client: Client,
     cache: StatementCache,
     idle_since: Instant,
-    /// The `shardline.map_version` this session last set (0: never).
+    /// The routing version this session last stated (0: never).
     map_version: u64,
+    /// The `shardline.map_version` value stating it, which the reset
+    /// after each request restores.
+    claim: Option<String>,
+    /// The backend's pid, once read (claims are bound to it).
+    pid: Option<i32>,
     _open: OpenGuard,
     // Dropped after the client, so the budget counts the connection
     // until it is closed.
@@ -323,6 +369,8 @@ impl Pool {
             cache: StatementCache::new(inner.cfg.statement_cache_capacity),
             idle_since: Instant::now(),
             map_version: 0,
+            claim: None,
+            pid: None,
             _open: OpenGuard(inner.open.clone()),
             _budget: budget,
         })
@@ -437,21 +485,106 @@ impl PooledConn {
         Ok(stmt)
     }
 
-    /// Sets the session's `shardline.map_version` to `version` (the
-    /// catalog version of the routing table the request was routed by),
-    /// with a round trip only when it differs from what the session last
-    /// set. Shards fenced by a resharding refuse writes from sessions
-    /// behind the fence (see the manager's `reshard::sql::set_fence`).
+    /// States `version` (the catalog version of the routing table the
+    /// request was routed by) in the session's `shardline.map_version`,
+    /// as a claim when the pool has a claim key (see
+    /// [`shardline_core::fence`]), with a round trip only when it differs
+    /// from what the session last stated. Shards fenced by a resharding
+    /// refuse writes from sessions behind the fence (see the manager's
+    /// `reshard::sql::set_fence`).
     pub async fn set_map_version(&mut self, version: u64) -> Result<(), tokio_postgres::Error> {
         if self.conn().map_version == version {
             return Ok(());
         }
-        let sql = format!("SET shardline.map_version = '{version}'");
         self.busy = true;
+        let value = match self.pool.cfg.claim_key.clone() {
+            Some(key) => {
+                let pid = match self.conn().pid {
+                    Some(pid) => pid,
+                    None => {
+                        let row = self
+                            .conn()
+                            .client
+                            .query_one("SELECT pg_catalog.pg_backend_pid()", &[])
+                            .await?;
+                        let pid: i32 = row.get(0);
+                        self.conn_mut().pid = Some(pid);
+                        pid
+                    }
+                };
+                claim(&key, pid, version)
+            }
+            None => version.to_string(),
+        };
+        let sql = set_claim_sql(&value);
         self.conn().client.batch_execute(&sql).await?;
         self.busy = false;
-        self.conn_mut().map_version = version;
+        let conn = self.conn_mut();
+        conn.map_version = version;
+        conn.claim = Some(value);
         Ok(())
+    }
+
+    /// Whether this pool resets sessions (see [`SESSION_RESET`]).
+    pub fn resets_sessions(&self) -> bool {
+        self.pool.cfg.reset_sessions
+    }
+
+    /// The reset as a future that sends [`SESSION_RESET`], the session's
+    /// version claim and the count of prepared statements made from SQL,
+    /// as one message, on first poll, and completes when PostgreSQL has
+    /// run them; pass the outcome to [`reset_done`](Self::reset_done).
+    /// Polled after a request's last statement was sent, it shares that
+    /// statement's round trip.
+    pub fn reset_future(
+        &self,
+    ) -> impl std::future::Future<Output = Result<bool, tokio_postgres::Error>> + Send + '_ {
+        let sql = match &self.conn().claim {
+            Some(value) => format!("{SESSION_RESET}; {}; {SQL_PREPARED}", set_claim_sql(value)),
+            None => format!("{SESSION_RESET}; {SQL_PREPARED}"),
+        };
+        let client = &self.conn().client;
+        async move {
+            let messages = client.simple_query(&sql).await?;
+            let prepared = messages
+                .iter()
+                .rev()
+                .find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0),
+                    _ => None,
+                })
+                .and_then(|n| n.parse::<i64>().ok())
+                .unwrap_or(1);
+            Ok(prepared > 0)
+        }
+    }
+
+    /// Records a reset's outcome: a session that failed its reset, or
+    /// holds prepared statements made from SQL, is in no known state and
+    /// is not reused.
+    pub fn reset_done(&mut self, outcome: Result<bool, tokio_postgres::Error>) {
+        match outcome {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::debug!("a request left prepared statements; discarding the connection");
+                self.discard();
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "session reset failed; discarding the connection");
+                self.discard();
+            }
+        }
+    }
+
+    /// Resets the session now, on its own round trip (a request that
+    /// did not send the reset with its statement finds afterwards that
+    /// it should have: its keyspace was marked as holding code
+    /// meanwhile).
+    pub async fn reset(&mut self) {
+        self.busy = true;
+        let outcome = self.reset_future().await;
+        self.busy = false;
+        self.reset_done(outcome);
     }
 
     /// The resharding fence of the database this session is in (see
@@ -490,6 +623,18 @@ impl PooledConn {
     /// Closes the connection when dropped instead of returning it.
     pub fn discard(&mut self) {
         self.discard = true;
+    }
+
+    /// Cancels whatever the session is running and closes the connection
+    /// when dropped.
+    pub fn abandon(&mut self) {
+        self.discard = true;
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let token = self.conn().client.cancel_token();
+            rt.spawn(async move {
+                let _ = token.cancel_query(NoTls).await;
+            });
+        }
     }
 
     /// Whether the connection is closed or marked for discarding.

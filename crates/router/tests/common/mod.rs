@@ -38,9 +38,20 @@ pub async fn provision(pg: &PgCluster, tenants: &[(&str, &str)]) -> anyhow::Resu
 /// Applies `sql` for the tenant as the manager does (as its role, in its
 /// schema and database).
 pub async fn migrate(pg: &PgCluster, id: &str, password: &str, sql: &str) -> anyhow::Result<()> {
+    migrate_named(pg, id, password, "001", sql).await
+}
+
+/// [`migrate`] with a migration name of its own.
+pub async fn migrate_named(
+    pg: &PgCluster,
+    id: &str,
+    password: &str,
+    name: &str,
+    sql: &str,
+) -> anyhow::Result<()> {
     let admin = pg.connect().await?;
     let m = Migration {
-        name: "001".into(),
+        name: name.into(),
         checksum: shardline_manager::migrations::checksum(sql),
         sql: sql.into(),
     };
@@ -104,6 +115,7 @@ pub fn shard_catalog(
             migrations: vec![],
             tables: Default::default(),
             frozen: Vec::new(),
+            tenant_code: false,
         },
     );
     cat.shards.insert(
