@@ -56,6 +56,8 @@ struct Truth {
 /// acknowledged with a wrong row count.
 #[derive(Default)]
 struct Failures {
+    /// Acknowledged writes that changed exactly their one row.
+    one_row: u64,
     /// Writes answered 5xx: what, the status and the error code.
     server_errors: Vec<(String, u16, ErrorCode, bool)>,
     /// Writes with no answer (timeout, connection lost), and why.
@@ -170,6 +172,7 @@ async fn writer(
                     ));
                     continue;
                 }
+                failures.lock().unwrap().one_row += 1;
                 match what {
                     "insert" => {
                         t.inserted.insert(key.clone());
@@ -204,6 +207,7 @@ async fn writer(
             match r {
                 Ok(r) if r.result.rows_affected == 1 => {
                     truth.lock().unwrap().deleted.insert(id);
+                    failures.lock().unwrap().one_row += 1;
                 }
                 Ok(r) => failures.lock().unwrap().wrong_counts.push(format!(
                     "writer {w}: delete of {id} acknowledged with rows_affected {}",
@@ -382,8 +386,8 @@ async fn under_load(
     let took = started.elapsed();
     println!(
         "{:?} job {}: {:?} in {took:?} ({} rows copied, {:.0} rows/s over the whole job), \
-         cutover pause {:?} ms; writers: {} acknowledged in all, this job {} answered 5xx, \
-         {} not answered, longest write {:?}",
+         cutover pause {:?} ms; writers: {} acknowledged in all; this job {} acknowledged \
+         with rows_affected 1 as expected, {} answered 5xx, {} not answered; longest write {:?}",
         done.kind,
         done.id,
         done.phase,
@@ -391,6 +395,7 @@ async fn under_load(
         done.rows_copied as f64 / took.as_secs_f64(),
         done.cutover_pause_ms,
         t.acknowledged,
+        f.one_row,
         f.server_errors.len(),
         f.unanswered.len(),
         t.longest
