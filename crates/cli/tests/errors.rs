@@ -312,7 +312,7 @@ async fn fuzzed_requests_get_a_fair_answer() {
         ),
     ];
     let tally = fuzzer
-        .run(&stack.router_url, &stack.app_token, &router, 600)
+        .run(&stack.router_url, &stack.app_token, &router, 800)
         .await;
     println!("router: {tally:?}");
     let manager = [
@@ -363,7 +363,7 @@ async fn fuzzed_requests_get_a_fair_answer() {
         ),
     ];
     let tally = fuzzer
-        .run(&stack.manager_url, ADMIN_TOKEN, &manager, 450)
+        .run(&stack.manager_url, ADMIN_TOKEN, &manager, 500)
         .await;
     println!("manager: {tally:?}");
     stack.stop().await;
@@ -490,8 +490,9 @@ fn n_params_sql(n: usize) -> String {
 /// before and after each case. Before this, a NUL in a statement and a
 /// statement of more than 65,535 parameters were answered `503
 /// shard_unavailable`, retryable, and dropped the connection; a statement
-/// exhausting the lock table was a retryable 503. A control shows the
-/// backend check sees a dropped connection.
+/// exhausting the lock table was a retryable 503; a json value serde
+/// cannot hold was a 500. A control shows the backend check sees a
+/// dropped connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn input_postgres_cannot_take_is_the_clients_error_and_keeps_the_connection() {
     let stack = Stack::start(StackOptions {
@@ -602,6 +603,25 @@ async fn input_postgres_cannot_take_is_the_clients_error_and_keeps_the_connectio
     clients_error("NUL in a text parameter", &r, "statement_failed");
     assert_eq!(r.body["error"]["sqlstate"], "22021", "{}", r.text);
     kept("NUL in a text parameter", pid().await);
+
+    // Values JSON cannot carry here (was: 500 internal): a json number
+    // beyond a double, json nested deeper than serde's 128 levels.
+    for (name, sql) in [
+        ("a huge json number", r#"SELECT '{"a": 1e400}'::jsonb"#),
+        (
+            "deep json",
+            "SELECT (repeat('[', 200) || repeat(']', 200))::json",
+        ),
+    ] {
+        let r = execute(sql.into(), json!([])).await;
+        clients_error(name, &r, "invalid_request");
+        assert!(
+            message(&r.body).contains("cannot be returned as JSON"),
+            "{}",
+            r.text
+        );
+        kept(name, pid().await);
+    }
 
     // More locks than the shard's lock table holds: "out of shared
     // memory" (53200), and again every time.

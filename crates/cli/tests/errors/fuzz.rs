@@ -38,8 +38,8 @@ pub struct Fuzzer {
 #[derive(Default, Debug)]
 pub struct Tally {
     pub sent: usize,
-    /// Answers by status.
-    pub statuses: BTreeMap<u16, usize>,
+    /// Answers by status and error code.
+    pub answers: BTreeMap<String, usize>,
     /// Transient answers that were different when sent again.
     pub replayed: usize,
 }
@@ -71,7 +71,11 @@ impl Fuzzer {
             let r = raw(base, method, path, Some(token), &body, &[]).await;
             self.judge(method, path, &body, &r);
             tally.sent += 1;
-            *tally.statuses.entry(r.status).or_default() += 1;
+            let answer = match r.body["error"]["code"].as_str() {
+                Some(code) => format!("{} {code}", r.status),
+                None => r.status.to_string(),
+            };
+            *tally.answers.entry(answer).or_default() += 1;
             if r.status >= 500 || r.body["error"]["retryable"] == true {
                 let wait = r
                     .retry_after
@@ -185,16 +189,58 @@ impl Fuzzer {
                 _ => unreachable!("only containers have children"),
             };
         }
-        if let Value::String(s) = at {
-            if self.rng.random_bool(0.5) {
+        let roll = self.rng.random_range(0..10);
+        match at {
+            Value::String(s) if roll < 4 => {
                 let mut chars: Vec<char> = s.chars().collect();
                 let pos = self.rng.random_range(0..=chars.len());
                 chars.insert(pos, '\0');
                 *s = chars.into_iter().collect();
-                return;
             }
+            // Mostly a hostile value of the same type, so the body gets
+            // past type checks to PostgreSQL.
+            Value::String(_) if roll < 8 => *at = self.hostile_string(),
+            Value::Number(_) if roll < 7 => *at = self.hostile_number(),
+            _ => *at = self.hostile(),
         }
-        *at = self.hostile();
+    }
+
+    fn hostile_string(&mut self) -> Value {
+        const STRINGS: &[&str] = &[
+            "",
+            "\u{0}",
+            "$65536 \u{1F600} é",
+            "9223372036854775808",
+            "-9223372036854775809",
+            "1e400",
+            "NaN",
+            "-infinity",
+            "2024-02-30",
+            "10000-01-01T00:00:00Z",
+            "P1Y2M3DT4H5M6.7S",
+            "AAE",
+            "::1/129",
+            "8c1f5c1e-9a54-4a2e-8a8e",
+            "\\x00",
+            "'; SELECT 1; --",
+        ];
+        match self.rng.random_range(0..=STRINGS.len()) {
+            i if i < STRINGS.len() => json!(STRINGS[i]),
+            _ => json!("x".repeat(self.rng.random_range(100..20_000))),
+        }
+    }
+
+    fn hostile_number(&mut self) -> Value {
+        match self.rng.random_range(0..8) {
+            0 => json!(0),
+            1 => json!(-1),
+            2 => json!(u64::MAX),
+            3 => json!(i64::MIN),
+            4 => json!(1.5e300),
+            5 => json!(9_007_199_254_740_993u64),
+            6 => json!(0.5),
+            _ => json!(i64::from(i32::MAX) + 1),
+        }
     }
 
     fn hostile(&mut self) -> Value {
