@@ -7,11 +7,14 @@
 //!
 //! # Layout
 //! - [`error`]: the one error body of both APIs.
+//! - [`checks`]: what PostgreSQL's protocol cannot carry (NUL in text,
+//!   more than 65,535 parameters), refused as the client's error.
 //! - [`router`]: the data-plane API (`/v1/execute`, `/v1/transaction`,
 //!   `/v1/route`).
 //! - [`manager`]: the control-plane API (keyspaces, shards, migrations,
 //!   apps, routers, status, catalog watch).
 
+pub mod checks;
 pub mod error;
 pub mod manager;
 pub mod router;

@@ -195,6 +195,14 @@ pub struct ApplyMigrationRequest {
     pub sql: String,
 }
 
+impl ApplyMigrationRequest {
+    /// Refuses SQL PostgreSQL's protocol cannot carry (a NUL; see
+    /// [`crate::checks`]).
+    pub fn check(&self) -> Result<(), crate::ApiError> {
+        crate::checks::no_nul("sql", &self.sql)
+    }
+}
+
 /// What happened to a migration on one shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::{checks, ApiError};
+
 /// The shared keyspace `shardline dev` creates and tenants join unless
 /// told otherwise.
 pub const DEFAULT_KEYSPACE: &str = "default";
@@ -49,6 +51,15 @@ pub struct ExecuteRequest {
     pub params: Vec<Value>,
     #[serde(default)]
     pub consistency: Consistency,
+}
+
+impl ExecuteRequest {
+    /// Refuses what PostgreSQL's protocol cannot carry (see
+    /// [`checks`]): a NUL in `sql`, more than 65,535 `params`.
+    pub fn check(&self) -> Result<(), ApiError> {
+        checks::no_nul("sql", &self.sql)?;
+        checks::param_count("params", self.params.len())
+    }
 }
 
 /// A result column.
@@ -98,6 +109,25 @@ pub struct TransactionRequest {
     /// `eventual`: a transaction of reads only may run on a replica.
     #[serde(default)]
     pub consistency: Consistency,
+}
+
+impl TransactionRequest {
+    /// Refuses what PostgreSQL's protocol cannot carry in any statement
+    /// (see [`checks`]), naming the statement (also in the error's
+    /// `statement_index`).
+    pub fn check(&self) -> Result<(), ApiError> {
+        for (i, s) in self.statements.iter().enumerate() {
+            checks::no_nul(&format!("statements[{i}].sql"), &s.sql)
+                .and_then(|()| {
+                    checks::param_count(&format!("statements[{i}].params"), s.params.len())
+                })
+                .map_err(|mut e| {
+                    e.statement_index = Some(i);
+                    e
+                })?;
+        }
+        Ok(())
+    }
 }
 
 /// The answer to `POST /v1/transaction`: one result per statement.

@@ -91,7 +91,12 @@ impl Load {
                         ))
                         .await;
                     match r {
-                        Ok(_) => log.acked.lock().unwrap().push((n, sent, Instant::now())),
+                        Ok(r) => {
+                            // An acknowledged insert that reports no row
+                            // is a lost write.
+                            assert_eq!(r.result.rows_affected, 1, "insert of {n} acknowledged");
+                            log.acked.lock().unwrap().push((n, sent, Instant::now()))
+                        }
                         Err(_) => {
                             log.write_errors.fetch_add(1, Ordering::Relaxed);
                             tokio::time::sleep(Duration::from_millis(10)).await;

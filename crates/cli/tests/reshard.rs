@@ -1,7 +1,10 @@
 //! Online resharding end to end: a shard holding 200,000 rows in two
 //! tables is split onto a new shard, then merged back; a tenant with
 //! 200,000 rows moves to dedicated shards and back — while writers send
-//! inserts, updates and deletes through the router the whole time. After
+//! inserts, updates and deletes through the router the whole time. Every
+//! acknowledged write changed exactly its one row (an UPDATE or DELETE
+//! answering 0 rows is a lost row), writes answered 5xx or not at all stay
+//! within what the router's design allows (see `writers::check_answers`), and after
 //! each job every acknowledged write is present exactly once, on the shard
 //! that owns its key by PostgreSQL's own hash, nothing of the moved range
 //! is left on the source, and the longest write pause is printed. A
@@ -10,8 +13,10 @@
 //! cannot write to the old shard.
 
 mod common;
+#[path = "reshard/writers.rs"]
+mod writers;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,34 +25,15 @@ use common::{Stack, StackOptions};
 use serde_json::json;
 use shardline_api::manager::{JobInfo, ReshardKind, ReshardPhase, ReshardRequest, TableSpec};
 use shardline_api::router::{ExecuteRequest, ShardKeyValue};
-use shardline_client::{ClientError, RetryPolicy, RouterClient};
+use shardline_client::{RetryPolicy, RouterClient};
 use shardline_core::hash::sql_routing_hash;
 use shardline_core::{KeyRange, KeyType, ShardKey};
+use writers::{check_answers, writer, Answers, Truth, WRITERS};
 
 const ACCOUNTS: i64 = 100_000;
 const SCHEMA: &str = "CREATE TABLE accounts (id text PRIMARY KEY, balance bigint NOT NULL, \
      note text NOT NULL DEFAULT ''); \
      CREATE TABLE events (id text PRIMARY KEY, account text NOT NULL, payload text NOT NULL)";
-
-/// What the writers were told happened.
-#[derive(Default, Clone)]
-struct Truth {
-    /// Accounts inserted and acknowledged.
-    inserted: HashSet<String>,
-    /// Accounts deleted and acknowledged.
-    deleted: HashSet<String>,
-    /// Acknowledged increments per account.
-    increments: HashMap<String, i64>,
-    /// Events inserted and acknowledged.
-    events: HashSet<String>,
-    /// Ids whose last write failed in a way that leaves its effect unknown
-    /// (connection lost mid-statement): excluded from exact checks.
-    unknown: HashSet<String>,
-    acknowledged: u64,
-    /// Longest time one write took to be acknowledged.
-    longest: Duration,
-    refused: u64,
-}
 
 fn exec(sql: &str, key: &str, params: Vec<serde_json::Value>) -> ExecuteRequest {
     ExecuteRequest {
@@ -56,116 +42,6 @@ fn exec(sql: &str, key: &str, params: Vec<serde_json::Value>) -> ExecuteRequest 
         sql: sql.into(),
         params,
         consistency: Default::default(),
-    }
-}
-
-/// Writer `w`: a steady mix of inserts, updates and deletes.
-async fn writer(
-    run: usize,
-    w: usize,
-    router: RouterClient,
-    truth: Arc<Mutex<Truth>>,
-    stop: Arc<AtomicBool>,
-) {
-    let mut i = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        i += 1;
-        let (key, req, what) = match i % 4 {
-            0 => {
-                let id = format!("new-{run}-{w}-{i}");
-                (
-                    id.clone(),
-                    exec(
-                        "INSERT INTO accounts (id, balance) VALUES ($1, 0)",
-                        &id,
-                        vec![json!(id)],
-                    ),
-                    "insert",
-                )
-            }
-            1 | 2 => {
-                // Each writer updates its own slice of the accounts, so
-                // no two writers race on one row.
-                let n = (i as i64 * 7919 + w as i64) % ACCOUNTS;
-                let n = n - n % 4 + w as i64 % 4;
-                let id = format!("acc-{n}");
-                (
-                    id.clone(),
-                    exec(
-                        "UPDATE accounts SET balance = balance + 1 WHERE id = $1",
-                        &id,
-                        vec![json!(id)],
-                    ),
-                    "update",
-                )
-            }
-            _ => {
-                let id = format!("ev-{run}-{w}-{i}");
-                let account = format!("acc-{}", i as i64 % ACCOUNTS);
-                (
-                    id.clone(),
-                    exec(
-                        "INSERT INTO events (id, account, payload) VALUES ($1, $2, 'x')",
-                        &account,
-                        vec![json!(id), json!(account)],
-                    ),
-                    "event",
-                )
-            }
-        };
-        let started = Instant::now();
-        let res = router.execute(&req).await;
-        let took = started.elapsed();
-        {
-            let mut t = truth.lock().unwrap();
-            match res {
-                Ok(r) => {
-                    t.acknowledged += 1;
-                    t.longest = t.longest.max(took);
-                    match what {
-                        "insert" => {
-                            t.inserted.insert(key);
-                        }
-                        "update" if r.result.rows_affected == 1 => {
-                            *t.increments.entry(key).or_default() += 1;
-                        }
-                        "update" => {}
-                        _ => {
-                            t.events.insert(key);
-                        }
-                    }
-                }
-                Err(ClientError::Api { status, .. }) if status < 500 => {
-                    panic!("writer {w}: {what} of {key} refused with {status}")
-                }
-                Err(_) => {
-                    // 503/504 or a lost connection: it may or may not have
-                    // happened.
-                    t.refused += 1;
-                    t.unknown.insert(key);
-                }
-            }
-        }
-        // Every eighth round deletes an account this writer inserted.
-        if i.is_multiple_of(8) {
-            let id = format!("new-{run}-{w}-{}", i - 8);
-            let r = router
-                .execute(&exec(
-                    "DELETE FROM accounts WHERE id = $1",
-                    &id,
-                    vec![json!(id)],
-                ))
-                .await;
-            let mut t = truth.lock().unwrap();
-            match r {
-                Ok(_) => {
-                    t.deleted.insert(id);
-                }
-                Err(_) => {
-                    t.unknown.insert(id);
-                }
-            }
-        }
     }
 }
 
@@ -289,7 +165,8 @@ async fn wait_job(stack: &Stack, job: &JobInfo) -> JobInfo {
     }
 }
 
-/// Runs one job under write load and checks every acknowledged write.
+/// Runs one job under write load and checks every answer the writers got
+/// (see [`check_answers`]).
 async fn under_load(
     run: usize,
     stack: &Stack,
@@ -298,12 +175,22 @@ async fn under_load(
     truth: &Arc<Mutex<Truth>>,
 ) -> JobInfo {
     let stop = Arc::new(AtomicBool::new(false));
+    let answers = Arc::new(Mutex::new(Answers::default()));
     let router = RouterClient::new(&stack.router_url, Some(token.to_string()))
         .unwrap()
         .with_retry(RetryPolicy::none())
         .with_timeout(Duration::from_secs(20));
-    let writers: Vec<_> = (0..4)
-        .map(|w| tokio::spawn(writer(run, w, router.clone(), truth.clone(), stop.clone())))
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            tokio::spawn(writer(
+                run,
+                w,
+                router.clone(),
+                truth.clone(),
+                answers.clone(),
+                stop.clone(),
+            ))
+        })
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
@@ -315,22 +202,25 @@ async fn under_load(
         w.await.unwrap();
     }
     let t = truth.lock().unwrap();
+    let f = answers.lock().unwrap();
     let took = started.elapsed();
     println!(
         "{:?} job {}: {:?} in {took:?} ({} rows copied, {:.0} rows/s over the whole job), \
-         cutover pause {:?} ms; writers: {} acknowledged, {} refused (503/timeout), \
-         longest write {:?}",
+         cutover pause {:?} ms; writers: {} writes acknowledged, each with rows_affected 1, \
+         {} answered 5xx, {} not answered; longest write {:?}",
         done.kind,
         done.id,
         done.phase,
         done.rows_copied,
         done.rows_copied as f64 / took.as_secs_f64(),
         done.cutover_pause_ms,
-        t.acknowledged,
-        t.refused,
+        f.one_row,
+        f.server_errors.len(),
+        f.unanswered.len(),
         t.longest
     );
     assert_eq!(done.phase, ReshardPhase::Done, "{:?}", done.error);
+    check_answers(&f, done.cutover_pause_ms.unwrap_or(0));
     done
 }
 

@@ -48,11 +48,35 @@ pub fn display_name(kind: &str, name: &str) -> Result<(), ServiceError> {
     Ok(())
 }
 
-/// A PostgreSQL DSN (key/value or URL).
+/// A PostgreSQL DSN (key/value or URL). Its settings travel to
+/// PostgreSQL as NUL-terminated strings, so a NUL in any of them (also
+/// written `%00` in a URL) could never connect: refused here rather than
+/// found later as an unreachable shard.
 pub fn dsn(dsn: &str) -> Result<(), ServiceError> {
-    tokio_postgres::Config::from_str(dsn)
-        .map(|_| ())
-        .map_err(|_| ServiceError::Invalid("invalid PostgreSQL DSN".to_string()))
+    let cfg = tokio_postgres::Config::from_str(dsn)
+        .map_err(|_| ServiceError::Invalid("invalid PostgreSQL DSN".to_string()))?;
+    let hosts = cfg.get_hosts().iter().map(|h| match h {
+        tokio_postgres::config::Host::Tcp(name) => name.as_bytes(),
+        tokio_postgres::config::Host::Unix(path) => path.as_os_str().as_encoded_bytes(),
+    });
+    let settings = [
+        cfg.get_user().map(str::as_bytes),
+        cfg.get_password(),
+        cfg.get_dbname().map(str::as_bytes),
+        cfg.get_options().map(str::as_bytes),
+        cfg.get_application_name().map(str::as_bytes),
+    ];
+    if settings
+        .into_iter()
+        .flatten()
+        .chain(hosts)
+        .any(|v| v.contains(&0))
+    {
+        return Err(ServiceError::Invalid(
+            "invalid PostgreSQL DSN: a setting contains a NUL character".to_string(),
+        ));
+    }
+    Ok(())
 }
 
 fn at_least_one(field: &str, value: Option<u32>) -> Result<(), ServiceError> {
@@ -121,6 +145,19 @@ mod tests {
         assert!(display_name("tenant", "Acme Corp.").is_ok());
         assert!(display_name("tenant", "  ").is_err());
         assert!(display_name("tenant", "a\nb").is_err());
+        assert!(dsn("host=127.0.0.1 user=postgres password=x").is_ok());
+        assert!(dsn("postgresql://u:p@localhost:5432/db").is_ok());
+        for bad in [
+            "host=127.0.0.1 password=a\0b",
+            "host=127.0.0.1 user='a\0'",
+            "postgresql://u%00@localhost/db",
+            "postgresql://u:p%00@localhost/db",
+            "postgresql://u@localhost/d%00b",
+            "host=a\0b",
+        ] {
+            let e = dsn(bad).unwrap_err().to_string();
+            assert!(e.contains("invalid PostgreSQL DSN"), "{bad}: {e}");
+        }
         let mut l = Limits {
             requests_per_second: Some(10),
             ..Limits::default()

@@ -307,6 +307,7 @@ async fn apply_migration(
     JsonBody(req): JsonBody<ApplyMigrationRequest>,
 ) -> ApiResult<Response> {
     st.admin.check(&headers)?;
+    req.check().map_err(ErrorResponse)?;
     let result =
         migrations::apply_migration(&st.service, &st.routers, &name, &req, st.connect_timeout)
             .await?;

@@ -52,10 +52,14 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// A shard's own failure (`ShardUnavailable`), or the statement's
-/// (`Statement`, with PostgreSQL's fields) when PostgreSQL answered.
+/// A shard's own failure (`ShardUnavailable`: no answer, or an answer
+/// of passing trouble, see [`is_transient`]), or the statement's
+/// (`Statement`, with PostgreSQL's fields) when PostgreSQL refused it.
 pub fn statement_error(shard: &str, e: &tokio_postgres::Error) -> ServiceError {
     match e.as_db_error() {
+        Some(db) if is_transient(db.code().code()) => {
+            ServiceError::ShardUnavailable(format!("shard {shard}: {}", db.message()))
+        }
         Some(db) => ServiceError::Statement {
             message: format!("on shard {shard}: {}", db.message()),
             sqlstate: Some(db.code().code().to_string()),
@@ -68,6 +72,18 @@ pub fn statement_error(shard: &str, e: &tokio_postgres::Error) -> ServiceError {
         },
         None => ServiceError::ShardUnavailable(format!("shard {shard}: {}", describe(e))),
     }
+}
+
+/// Whether a SQLSTATE is the shard's passing trouble rather than the
+/// statement's fault, so that the same request may succeed later:
+/// connection failures (`08`), shutdown and restart (`57P01`-`57P05`),
+/// too many connections (`53300`), a full disk (`53100`) and a primary
+/// turned read-only by a switchover (`25006`). Everything else PostgreSQL
+/// answers fails the same way again, and is the request's (400).
+pub fn is_transient(sqlstate: &str) -> bool {
+    matches!(sqlstate, "53100" | "53300" | "25006")
+        || sqlstate.starts_with("08")
+        || sqlstate.starts_with("57P")
 }
 
 /// Connects to a shard's primary for control-plane work; unreachable is
@@ -141,6 +157,20 @@ pub fn format_lsn(lsn: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transient_sqlstates() {
+        for code in [
+            "08006", "08P01", "57P01", "57P03", "53300", "53100", "25006",
+        ] {
+            assert!(is_transient(code), "{code}");
+        }
+        for code in [
+            "42601", "22021", "53200", "54000", "42501", "23505", "57014",
+        ] {
+            assert!(!is_transient(code), "{code}");
+        }
+    }
 
     #[test]
     fn lsns() {

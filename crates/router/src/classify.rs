@@ -118,16 +118,34 @@ pub fn may_change_session(sql: &str, in_transaction: bool) -> bool {
     false
 }
 
+/// The highest parameter number `sql` refers to (`$n` outside comments,
+/// string constants and quoted identifiers) and the 1-based character
+/// position of its `$`; `None` without parameters.
+pub fn highest_param(sql: &str) -> Option<(u64, usize)> {
+    let mut words = Keywords::new(sql);
+    while words.next().is_some() {}
+    words
+        .highest_param
+        .map(|(n, byte)| (n, sql[..byte].chars().count() + 1))
+}
+
 /// The unquoted words of a statement, in order (also the session guard's
 /// view of a statement's leading keywords, in `pg::exec`).
 pub(crate) struct Keywords<'a> {
     sql: &'a str,
     at: usize,
+    /// The highest parameter number (`$n`) passed so far, and the byte
+    /// offset of its `$`.
+    highest_param: Option<(u64, usize)>,
 }
 
 impl<'a> Keywords<'a> {
     pub(crate) fn new(sql: &'a str) -> Self {
-        Self { sql, at: 0 }
+        Self {
+            sql,
+            at: 0,
+            highest_param: None,
+        }
     }
 
     fn byte(&self, i: usize) -> Option<u8> {
@@ -200,6 +218,15 @@ impl<'a> Keywords<'a> {
         let start = self.at;
         let mut i = start + 1;
         if b.get(i).is_some_and(|c| c.is_ascii_digit()) {
+            let n = b[i..]
+                .iter()
+                .take_while(|c| c.is_ascii_digit())
+                .fold(0u64, |n, c| {
+                    n.saturating_mul(10).saturating_add(u64::from(c - b'0'))
+                });
+            if self.highest_param.is_none_or(|(max, _)| n > max) {
+                self.highest_param = Some((n, start));
+            }
             self.at = i;
             return;
         }
@@ -411,6 +438,26 @@ mod tests {
             "ROLLBACK TO a",
         ] {
             assert!(!may_change_session(sql, true), "{sql}");
+        }
+    }
+
+    #[test]
+    fn parameters() {
+        let cases: [(&str, Option<(u64, usize)>); 8] = [
+            ("SELECT 1", None),
+            ("SELECT $1, $12, $3", Some((12, 12))),
+            ("SELECT 'é', $70000::int", Some((70000, 13))),
+            (
+                "SELECT '$99', \"$98\", a$97, $$ $96 $$, $t$ $95 $t$ -- $94\n",
+                None,
+            ),
+            ("SELECT /* $93 */ E'\\' $92', $2", Some((2, 29))),
+            ("SELECT $99999999999999999999999", Some((u64::MAX, 8))),
+            ("SELECT $", None),
+            ("SELECT 1$2", None),
+        ];
+        for (sql, want) in cases {
+            assert_eq!(highest_param(sql), want, "{sql}");
         }
     }
 

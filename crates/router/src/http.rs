@@ -3,7 +3,9 @@
 //! is read, then admitted ([`crate::auth::admit_app`]), routed within its
 //! tenant's keyspace (held while its key range is being moved:
 //! [`crate::reroute`]), and run on the tenant's pool for the shard's
-//! primary or a replica ([`crate::dispatch`]).
+//! primary or a replica ([`crate::dispatch`]). Statements PostgreSQL's
+//! protocol cannot carry (a NUL, more than 65,535 parameters) are refused
+//! before routing, as the client's error.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -16,6 +18,7 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use shardline_api::checks::MAX_PARAMS;
 use shardline_api::router::{
     Consistency, ExecuteRequest, ExecuteResponse, RouteQuery, RouteResponse, ShardKeyValue,
     TransactionRequest, TransactionResponse,
@@ -268,6 +271,28 @@ fn first_shard(routing: &Routing, keyspace: &str, key: &ShardKeyValue) -> String
         .unwrap_or_default()
 }
 
+/// Refuses, as the client's error, a statement that refers to a
+/// parameter above 65,535 (`$65536`): PostgreSQL would describe it with a
+/// parameter count its protocol cannot carry, which breaks the session
+/// (see [`shardline_api::checks`]).
+fn check_param_refs(field: &str, sql: &str) -> Result<(), ApiError> {
+    match classify::highest_param(sql) {
+        Some((n, at)) if n > MAX_PARAMS as u64 => {
+            let mut e = ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "{field} refers to parameter ${n} at character {at}; PostgreSQL takes at \
+                     most {MAX_PARAMS} parameters per statement"
+                ),
+            );
+            e.position = u32::try_from(at).ok();
+            e.hint = Some("pass many values as one array parameter, e.g. = ANY($1)".into());
+            Err(e)
+        }
+        _ => Ok(()),
+    }
+}
+
 async fn execute(
     State(st): Shared,
     auth: Authenticated,
@@ -284,6 +309,8 @@ async fn execute(
     obs.shard = first_shard(&auth.routing, admission.keyspace(), &req.shard_key);
     let (cell, ctx) = (Arc::clone(&st.routing), Arc::clone(&st.ctx));
     let work = async move {
+        req.check()?;
+        check_param_refs("sql", &req.sql)?;
         let plan = Plan {
             read: classify::is_read(&req.sql),
             eventual: req.consistency == Consistency::Eventual,
@@ -334,6 +361,13 @@ async fn transaction(
                 ErrorCode::InvalidRequest,
                 "statements is empty; a transaction needs at least one",
             ));
+        }
+        req.check()?;
+        for (i, s) in req.statements.iter().enumerate() {
+            check_param_refs(&format!("statements[{i}].sql"), &s.sql).map_err(|mut e| {
+                e.statement_index = Some(i);
+                e
+            })?;
         }
         let plan = Plan {
             read: classify::all_reads(req.statements.iter().map(|s| s.sql.as_str())),

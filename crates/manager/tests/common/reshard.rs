@@ -605,26 +605,41 @@ async fn direct_writes(
         n += 1;
         let key = &keys[(n * 7919 % keys.len() as u64) as usize];
         match n % 3 {
+            // Each write changes the row if the model has it, else none.
             0 => {
                 let k = format!("w{n}");
-                c.execute("INSERT INTO items VALUES ($1, $2)", &[&k, &(n as i64)])
+                let affected = c
+                    .execute("INSERT INTO items VALUES ($1, $2)", &[&k, &(n as i64)])
                     .await
                     .unwrap();
+                assert_eq!(affected, 1, "insert of {k}");
                 model.insert(k, n as i64);
             }
             1 => {
-                c.execute("UPDATE items SET v = v + 1 WHERE id = $1", &[key])
+                let affected = c
+                    .execute("UPDATE items SET v = v + 1 WHERE id = $1", &[key])
                     .await
                     .unwrap();
+                assert_eq!(
+                    affected,
+                    u64::from(model.contains_key(key)),
+                    "update of {key}"
+                );
                 if let Some(v) = model.get_mut(key) {
                     *v += 1;
                 }
             }
             _ => {
                 let gone = &keys[(n * 104_729 % keys.len() as u64) as usize];
-                c.execute("DELETE FROM items WHERE id = $1", &[gone])
+                let affected = c
+                    .execute("DELETE FROM items WHERE id = $1", &[gone])
                     .await
                     .unwrap();
+                assert_eq!(
+                    affected,
+                    u64::from(model.contains_key(gone)),
+                    "delete of {gone}"
+                );
                 model.remove(gone);
             }
         }

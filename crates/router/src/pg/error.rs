@@ -13,10 +13,18 @@
 //!   available → `transaction_conflict` (409, retryable);
 //! - `57014` query canceled (statement_timeout) → `timeout` (504);
 //! - `57P01`..`57P05` shutdown/idle-session, `08` connection, `53`
-//!   insufficient resources, `25006` read-only transaction (a failover is
-//!   under way), `SLM01` (the key's range moved to another shard; see
-//!   [`crate::reroute`]) → `shard_unavailable` (503, retryable,
-//!   Retry-After 1);
+//!   insufficient resources (but see below), `25006` read-only
+//!   transaction (a failover is under way), `SLM01` (the key's range
+//!   moved to another shard; see [`crate::reroute`]) →
+//!   `shard_unavailable` (503, retryable, Retry-After 1);
+//! - `53200` out of memory (also "out of shared memory": a statement
+//!   taking more locks than the lock table holds) and `53400`
+//!   configuration limit exceeded (`temp_file_limit`) →
+//!   `statement_failed` (400): the statement asks for more than the shard
+//!   gives, and sent again it fails again — answered as retryable, a
+//!   client would repeat it forever and keep straining the shard. (A
+//!   statement that fails so only because other sessions hold the memory
+//!   is refused alike; the shard's own health is the health checks'.)
 //! - `58` system error, `XX` internal error → `shard_unavailable`, not
 //!   retryable (the shard itself is in trouble);
 //! - `42501` insufficient privilege → `forbidden` (403): a tenant's role
@@ -40,6 +48,7 @@ pub fn classify_sqlstate(code: &str) -> ErrorCode {
         "57014" => ErrorCode::Timeout,
         "25006" | MOVED_SQLSTATE => ErrorCode::ShardUnavailable,
         "42501" => ErrorCode::Forbidden,
+        "53200" | "53400" => ErrorCode::StatementFailed,
         c if c.starts_with("57P") => ErrorCode::ShardUnavailable,
         c => match c.get(..2) {
             Some("23") => ErrorCode::ConstraintViolation,
@@ -193,6 +202,12 @@ mod tests {
             ("57P03", ErrorCode::ShardUnavailable),
             ("08006", ErrorCode::ShardUnavailable),
             ("53300", ErrorCode::ShardUnavailable),
+            ("53100", ErrorCode::ShardUnavailable),
+            ("53200", ErrorCode::StatementFailed),
+            ("53400", ErrorCode::StatementFailed),
+            ("54000", ErrorCode::StatementFailed),
+            ("54001", ErrorCode::StatementFailed),
+            ("22021", ErrorCode::StatementFailed),
             ("25006", ErrorCode::ShardUnavailable),
             ("SLM01", ErrorCode::ShardUnavailable),
             ("42501", ErrorCode::Forbidden),

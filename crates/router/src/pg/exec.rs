@@ -356,11 +356,16 @@ async fn collect(
     })
 }
 
+/// A value that cannot be returned as JSON — a json number beyond a
+/// double's range, json nested deeper than 128 levels — fails the same
+/// way every time: the client's to change (400), by casting in SQL.
 fn decode_error(i: usize) -> ApiError {
-    ApiError::new(
-        ErrorCode::Internal,
-        format!("cannot decode the value of column {}", i + 1),
-    )
+    let mut e = ApiError::new(
+        ErrorCode::InvalidRequest,
+        format!("the value of column {} cannot be returned as JSON", i + 1),
+    );
+    e.hint = Some("cast the column to text in SQL, e.g. col::text".into());
+    e
 }
 
 /// Refuses statements that would leave transaction or session state on
