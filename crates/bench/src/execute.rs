@@ -203,12 +203,22 @@ async fn bench(args: &ExecuteArgs, info: &Value) -> anyhow::Result<()> {
 
     // The default tenant's database, where its app's statements run; the
     // table is created as the tenant's role so the router may read it.
-    let dsn = format!("{dsn} dbname=tenant_default");
+    // Its name (role = database = schema) is random: the manager has it.
+    let manager = shardline_client::ManagerClient::new(
+        info["manager_url"].as_str().context("manager_url")?,
+        Some(info["admin_token"].as_str().context("admin_token")?.into()),
+    )?;
+    let db = manager
+        .get_tenant("default")
+        .await
+        .context("get the default tenant")?
+        .pg_name;
+    let dsn = format!("{dsn} dbname={db}");
     let (setup, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     setup
         .batch_execute(&format!(
-            "SET ROLE tenant_default; SET search_path = tenant_default; \
+            "SET ROLE {db}; SET search_path = {db}; \
              DROP TABLE IF EXISTS bench_accounts; \
              CREATE TABLE bench_accounts (id bigint PRIMARY KEY, balance bigint NOT NULL, filler char(84)); \
              INSERT INTO bench_accounts SELECT g, g * 10, '' FROM generate_series(1, {}) g; \
@@ -218,7 +228,7 @@ async fn bench(args: &ExecuteArgs, info: &Value) -> anyhow::Result<()> {
         .await
         .context("load the table")?;
     setup
-        .batch_execute("VACUUM ANALYZE tenant_default.bench_accounts")
+        .batch_execute("VACUUM ANALYZE bench_accounts")
         .await
         .context("vacuum the table")?;
 
@@ -226,7 +236,7 @@ async fn bench(args: &ExecuteArgs, info: &Value) -> anyhow::Result<()> {
     for _ in 0..args.concurrency {
         let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await?;
         tokio::spawn(conn);
-        c.batch_execute("SET search_path = tenant_default").await?;
+        c.batch_execute(&format!("SET search_path = {db}")).await?;
         let stmt = c.prepare(SQL).await?;
         clients.push(Arc::new((c, stmt)));
     }

@@ -216,7 +216,7 @@ async fn cancel_during_copy_leaves_the_source_as_it_was() {
     // A table without a shard key blocks a job.
     env.db("s0")
         .await
-        .batch_execute("CREATE TABLE tenant_acme.loose (id int)")
+        .batch_execute("CREATE TABLE loose (id int)")
         .await
         .unwrap();
     let body = r#"{"keyspace": "ks", "kind": "split", "source": "s0", "targets": ["s1"]}"#;
