@@ -50,8 +50,9 @@ const TENANT_BOOTSTRAP: &str = "CREATE SCHEMA IF NOT EXISTS shardline; \
 /// tenants of the shard: their sessions (role, database, the
 /// `application_name` they chose, when they started, their locks and
 /// advisory lock keys), per-database statistics (transactions, rows
-/// written, sizes of the shared tablespace), per-role and per-database
-/// settings, comments on roles and databases, and which objects each
+/// written, sizes of the shared tablespace), the settings of databases
+/// (`pg_db_role_setting`; a role's own settings still show in
+/// `pg_roles`), comments on roles and databases, and which objects each
 /// role owns in each database.
 ///
 /// Revoked only where PUBLIC still has the right, so running it again
