@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Child;
 use std::time::Duration;
 
-use devproc::{cli, pg_connect, stop_dev, wait_dev_json};
+use devproc::{cli, pg_connect, pg_name, stop_dev, wait_dev_json};
 
 use serde_json::{json, Value};
 use shardline_api::router::{ExecuteRequest, ShardKeyValue};
@@ -48,19 +48,17 @@ fn shard_map(dir: &Path) -> Vec<(KeyRange, String)> {
 
 /// For every shard, the keys PostgreSQL holds there and, for each, the
 /// shard its own hash computation assigns it to.
-async fn placement(info: &Value, map: &[(KeyRange, String)]) -> HashMap<String, String> {
+/// `db` is the default tenant's database (its `pg_name`).
+async fn placement(info: &Value, map: &[(KeyRange, String)], db: &str) -> HashMap<String, String> {
     let hash_sql = sql_routing_hash(KeyType::Text, "k");
     let mut at = HashMap::new();
     for shard in info["shards"].as_array().unwrap() {
         let id = shard["id"].as_str().unwrap();
         // The default tenant's rows live in its own database and schema.
-        let dsn = format!("{} dbname=tenant_default", shard["dsn"].as_str().unwrap());
+        let dsn = format!("{} dbname={db}", shard["dsn"].as_str().unwrap());
         let client = pg_connect(&dsn).await.expect("connect to shard");
         let rows = client
-            .query(
-                &format!("SELECT k, ({hash_sql})::text FROM tenant_default.kv"),
-                &[],
-            )
+            .query(&format!("SELECT k, ({hash_sql})::text FROM {db}.kv"), &[])
             .await
             .unwrap();
         for row in rows {
@@ -173,7 +171,8 @@ async fn dev_routes_by_postgres_hash_and_survives_restart() {
 
     let map = shard_map(&dir);
     assert_eq!(map.len(), 4);
-    let placed = placement(&info, &map).await;
+    let db = pg_name(&dir, "default");
+    let placed = placement(&info, &map, &db).await;
     assert_eq!(placed.len(), KEYS, "every key is on exactly one shard");
     let mut per_shard: HashMap<&str, usize> = HashMap::new();
     for s in placed.values() {
@@ -225,7 +224,7 @@ async fn dev_routes_by_postgres_hash_and_survives_restart() {
         Some(info2["app_token"].as_str().unwrap().into()),
     )
     .unwrap();
-    let placed_again = placement(&info2, &shard_map(&dir)).await;
+    let placed_again = placement(&info2, &shard_map(&dir), &db).await;
     assert_eq!(placed_again, placed, "rows moved across the restart");
     read_back(&router, &placed).await;
     stop_dev(&mut child);

@@ -8,7 +8,7 @@ mod devproc;
 
 use std::collections::BTreeMap;
 
-use devproc::{cli, pg_connect, start_dev, stop_dev, wait_dev_json};
+use devproc::{cli, pg_connect, pg_name, start_dev, stop_dev, wait_dev_json};
 use serde_json::{json, Value};
 use shardline_api::router::{ExecuteRequest, ShardKeyValue};
 use shardline_client::RouterClient;
@@ -33,11 +33,10 @@ async fn exec(router: &RouterClient, key: &str, sql: &str, params: Vec<Value>) -
     json!({"shard": r.shard, "rows": r.result.rows})
 }
 
-/// Rows of `tenant`'s `notes` table on the shard at `dsn`; `None` when the
-/// tenant has no database there.
-async fn rows_on(dsn: &str, tenant: &str) -> Option<i64> {
+/// Rows of the `notes` table in the tenant database `db` (the tenant's
+/// `pg_name`) on the shard at `dsn`; `None` when it is not there.
+async fn rows_on(dsn: &str, db: &str) -> Option<i64> {
     let admin = pg_connect(dsn).await.expect("connect to shard");
-    let db = format!("tenant_{tenant}");
     let exists: bool = admin
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
@@ -84,8 +83,20 @@ async fn shared_and_dedicated_tenants_see_only_their_rows() {
             schema,
         ],
     );
-    cli(&dir, &["tenant", "create", "blue"]);
+    let created = cli(&dir, &["tenant", "create", "blue"]);
     cli(&dir, &["tenant", "create", "green"]);
+    // The CLI shows the tenant's random PostgreSQL name.
+    let blue_pg = pg_name(&dir, "blue");
+    assert!(
+        blue_pg.starts_with("t_") && !blue_pg.contains("blue"),
+        "{blue_pg}"
+    );
+    assert!(
+        created
+            .lines()
+            .any(|l| l.starts_with("pg role/db/schema") && l.ends_with(&blue_pg)),
+        "{created}"
+    );
     let acme = cli(
         &dir,
         &[
@@ -191,12 +202,16 @@ async fn shared_and_dedicated_tenants_see_only_their_rows() {
 
     // What PostgreSQL holds, shard by shard.
     let mut totals: BTreeMap<&str, i64> = BTreeMap::new();
+    let dbs: BTreeMap<&str, String> = ["blue", "green", "acme"]
+        .into_iter()
+        .map(|t| (t, pg_name(&dir, t)))
+        .collect();
     for shard in info["shards"].as_array().unwrap() {
         let id = shard["id"].as_str().unwrap();
         let dsn = shard["dsn"].as_str().unwrap();
         let dedicated = acme_shards.iter().any(|s| s == id);
         for tenant in ["blue", "green", "acme"] {
-            let n = rows_on(dsn, tenant).await;
+            let n = rows_on(dsn, &dbs[tenant]).await;
             println!("{id}: {tenant} holds {n:?} rows");
             if dedicated == (tenant == "acme") {
                 *totals.entry(tenant).or_default() += n.expect("tenant database on its shard");

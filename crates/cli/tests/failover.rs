@@ -222,7 +222,8 @@ async fn traffic_during_requests(
     first: i64,
     reads: bool,
 ) -> ((i64, i64), (i64, i64)) {
-    let before = tenant_traffic(&stack.shards[0]).await;
+    let db = stack.pg_name("default").await;
+    let before = tenant_traffic(&stack.shards[0], &db).await;
     let router = RouterClient::new(&stack.router_url, Some(stack.app_token.clone())).unwrap();
     for i in 0..50 {
         router
@@ -242,19 +243,19 @@ async fn traffic_during_requests(
     }
     // Statistics reach the shared view within a second.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    (before, tenant_traffic(&stack.shards[0]).await)
+    (before, tenant_traffic(&stack.shards[0], &db).await)
 }
 
-/// Transactions committed in the tenant's database on `pg`, and the
-/// tenant's open sessions there.
-async fn tenant_traffic(pg: &PgCluster) -> (i64, i64) {
+/// Transactions committed in the tenant database `db` (the tenant's
+/// `pg_name`) on `pg`, and the tenant's open sessions there.
+async fn tenant_traffic(pg: &PgCluster, db: &str) -> (i64, i64) {
     let c = pg.connect().await.unwrap();
     let row = c
         .query_one(
             "SELECT coalesce((SELECT xact_commit FROM pg_stat_database \
-               WHERE datname = 'tenant_default'), 0), \
-             (SELECT count(*) FROM pg_stat_activity WHERE usename = 'tenant_default')",
-            &[],
+               WHERE datname = $1), 0), \
+             (SELECT count(*) FROM pg_stat_activity WHERE usename = $1)",
+            &[&db],
         )
         .await
         .unwrap();

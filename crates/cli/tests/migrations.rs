@@ -44,7 +44,7 @@ async fn migrations_apply_once_everywhere_and_to_later_shards() {
         other => panic!("changed checksum must be refused with 409, got {other:?}"),
     }
     for pg in &stack.shards {
-        let c = tenant_db(&pg.dsn(), "default").await;
+        let c = tenant_db(&pg.dsn(), &stack.pg_name("default").await).await;
         let n: i64 = c
             .query_one("SELECT count(*) FROM shardline.tenant_migrations", &[])
             .await
@@ -53,8 +53,7 @@ async fn migrations_apply_once_everywhere_and_to_later_shards() {
         assert_eq!(n, 1);
         let (t, t2): (bool, bool) = c
             .query_one(
-                "SELECT to_regclass('tenant_default.t') IS NOT NULL, \
-                        to_regclass('tenant_default.t2') IS NOT NULL",
+                "SELECT to_regclass('t') IS NOT NULL, to_regclass('t2') IS NOT NULL",
                 &[],
             )
             .await
@@ -108,12 +107,9 @@ async fn migrations_apply_once_everywhere_and_to_later_shards() {
         .await
         .unwrap();
     assert_eq!(ks.map.len(), 1);
-    let c = tenant_db(&late.dsn(), "latecomer").await;
+    let c = tenant_db(&late.dsn(), &stack.pg_name("latecomer").await).await;
     let exists: bool = c
-        .query_one(
-            "SELECT to_regclass('tenant_latecomer.late_t') IS NOT NULL",
-            &[],
-        )
+        .query_one("SELECT to_regclass('late_t') IS NOT NULL", &[])
         .await
         .unwrap()
         .get(0);
@@ -121,14 +117,19 @@ async fn migrations_apply_once_everywhere_and_to_later_shards() {
     stack.stop().await;
 }
 
-/// A superuser session in tenant `id`'s database on the shard at `dsn`.
-async fn tenant_db(dsn: &str, id: &str) -> tokio_postgres::Client {
-    let dsn = format!("{dsn} dbname=tenant_{id}");
+/// A superuser session in the tenant database `db` (the tenant's
+/// `pg_name`) on the shard at `dsn`, in the tenant's schema.
+async fn tenant_db(dsn: &str, db: &str) -> tokio_postgres::Client {
+    let dsn = format!("{dsn} dbname={db}");
     let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
         .await
         .unwrap();
     tokio::spawn(async move {
         let _ = conn.await;
     });
+    client
+        .batch_execute(&format!("SET search_path = {db}"))
+        .await
+        .unwrap();
     client
 }

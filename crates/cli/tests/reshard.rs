@@ -45,24 +45,24 @@ fn exec(sql: &str, key: &str, params: Vec<serde_json::Value>) -> ExecuteRequest 
     }
 }
 
-/// Every row of both tables on each shard: (table:id, shard, routing hash
-/// as PostgreSQL computes it, balance).
+/// Every row of both tables on each shard, in the tenant database `db`:
+/// (table:id, shard, routing hash as PostgreSQL computes it, balance).
 async fn rows_by_shard(
-    tenant: &str,
+    db: &str,
     shard_dsns: &BTreeMap<String, String>,
 ) -> Vec<(String, String, String, i64)> {
     let mut out = Vec::new();
     for (shard, dsn) in shard_dsns {
-        if !has_database(dsn, tenant).await {
+        if !has_database(dsn, db).await {
             continue;
         }
-        let client = tenant_session(dsn, tenant).await;
+        let client = tenant_session(dsn, db).await;
         for (table, key, value) in [
             ("accounts", "id", "balance"),
             ("events", "account", "0::bigint"),
         ] {
             let hash = sql_routing_hash(KeyType::Text, key);
-            let sql = format!("SELECT id, ({hash})::text, {value} FROM tenant_{tenant}.{table}");
+            let sql = format!("SELECT id, ({hash})::text, {value} FROM {table}");
             for row in client.query(&sql, &[]).await.unwrap() {
                 out.push((
                     format!("{table}:{}", row.get::<_, String>(0)),
@@ -77,11 +77,11 @@ async fn rows_by_shard(
 }
 
 /// 200,000 rows (100,000 accounts, 100,000 events), loaded in the
-/// tenant's database as the tenant.
-async fn load(dsn: &str, tenant: &str) {
-    let load = tenant_session(dsn, tenant).await;
+/// tenant's database `db` as the tenant.
+async fn load(dsn: &str, db: &str) {
+    let load = tenant_session(dsn, db).await;
     load.batch_execute(&format!(
-        "SET ROLE tenant_{tenant}; SET search_path = tenant_{tenant}; \
+        "SET ROLE {db}; \
          INSERT INTO accounts (id, balance) SELECT 'acc-' || g, g FROM generate_series(0, {}) g; \
          INSERT INTO events (id, account, payload) \
            SELECT 'seed-' || g, 'acc-' || (g % {ACCOUNTS}), repeat('p', 40) FROM generate_series(0, {}) g; \
@@ -93,21 +93,23 @@ async fn load(dsn: &str, tenant: &str) {
     .unwrap();
 }
 
-/// A superuser session in tenant `tenant`'s database on the server at
-/// `dsn`.
-async fn tenant_session(dsn: &str, tenant: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(
-        &format!("{dsn} dbname=tenant_{tenant}"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
+/// A superuser session in the tenant database `db` (the tenant's
+/// `pg_name`) on the server at `dsn`, in the tenant's schema.
+async fn tenant_session(dsn: &str, db: &str) -> tokio_postgres::Client {
+    let (client, conn) =
+        tokio_postgres::connect(&format!("{dsn} dbname={db}"), tokio_postgres::NoTls)
+            .await
+            .unwrap();
     tokio::spawn(conn);
+    client
+        .batch_execute(&format!("SET search_path = {db}"))
+        .await
+        .unwrap();
     client
 }
 
-/// Whether tenant `tenant` has its database on the server at `dsn`.
-async fn has_database(dsn: &str, tenant: &str) -> bool {
+/// Whether the tenant database `db` exists on the server at `dsn`.
+async fn has_database(dsn: &str, db: &str) -> bool {
     let (admin, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
         .await
         .unwrap();
@@ -115,7 +117,7 @@ async fn has_database(dsn: &str, tenant: &str) -> bool {
     admin
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
-            &[&format!("tenant_{tenant}")],
+            &[&db],
         )
         .await
         .unwrap()
@@ -248,7 +250,7 @@ async fn check(stack: &Stack, truth: &Truth, tenant: &str, keyspace: &str) {
         })
         .filter(|(id, _)| shards.iter().any(|s| &s.id == id))
         .collect();
-    let rows = rows_by_shard(tenant, &dsns).await;
+    let rows = rows_by_shard(&stack.pg_name(tenant).await, &dsns).await;
     let mut seen: HashMap<String, (String, i64)> = HashMap::new();
     for (id, shard, hash, value) in rows {
         let h: u64 = hash.parse().unwrap();
@@ -295,7 +297,8 @@ async fn split_then_merge_under_writes_loses_nothing() {
     })
     .await;
     bank_schema(&stack).await;
-    load(&stack.shards[0].dsn(), "default").await;
+    let db = stack.pg_name("default").await;
+    load(&stack.shards[0].dsn(), &db).await;
     let truth = Arc::new(Mutex::new(Truth::default()));
 
     let split = under_load(1, &stack, &stack.app_token, split_s0(), &truth).await;
@@ -304,11 +307,11 @@ async fn split_then_merge_under_writes_loses_nothing() {
     check(&stack, &seen, "default", "default").await;
     // What the copy moved, in bytes of row data (the new shard holds the
     // moved rows plus the little written there since the cutover).
-    let target = tenant_session(&stack.shards[1].dsn(), "default").await;
+    let target = tenant_session(&stack.shards[1].dsn(), &db).await;
     let bytes: i64 = target
         .query_one(
-            "SELECT ((SELECT coalesce(sum(pg_column_size(a.*)), 0) FROM tenant_default.accounts a) \
-             + (SELECT coalesce(sum(pg_column_size(e.*)), 0) FROM tenant_default.events e))::int8",
+            "SELECT ((SELECT coalesce(sum(pg_column_size(a.*)), 0) FROM accounts a) \
+             + (SELECT coalesce(sum(pg_column_size(e.*)), 0) FROM events e))::int8",
             &[],
         )
         .await
@@ -356,7 +359,8 @@ async fn tenant_move_to_dedicated_shards_under_writes_loses_nothing() {
             ..Default::default()
         })
         .await;
-    load(&stack.shards[0].dsn(), "acme").await;
+    let db = stack.pg_name("acme").await;
+    load(&stack.shards[0].dsn(), &db).await;
     // The default tenant's rows must not move.
     stack
         .router
@@ -389,7 +393,7 @@ async fn tenant_move_to_dedicated_shards_under_writes_loses_nothing() {
     let t = stack.admin.get_tenant("acme").await.unwrap();
     assert_eq!((t.keyspace.as_str(), t.dedicated), ("acme", true));
     assert!(
-        !has_database(&stack.shards[0].dsn(), "acme").await,
+        !has_database(&stack.shards[0].dsn(), &db).await,
         "acme's database is left on the shared shard"
     );
     let stay = stack
@@ -427,7 +431,7 @@ async fn tenant_move_to_dedicated_shards_under_writes_loses_nothing() {
     assert_eq!((t.keyspace.as_str(), t.dedicated), ("default", false));
     for pg in &stack.shards[1..] {
         assert!(
-            !has_database(&pg.dsn(), "acme").await,
+            !has_database(&pg.dsn(), &db).await,
             "acme's database is left on a former dedicated shard"
         );
     }
@@ -495,16 +499,13 @@ async fn through(url: &str, token: &str, key: &str, sql: &str) -> common::Raw {
     .await
 }
 
-/// The balance of account `id` on the shard at `dsn` (`None`: no row).
-async fn balance_on(dsn: &str, id: &str) -> Option<i64> {
-    let db = tenant_session(dsn, "default").await;
-    db.query_opt(
-        "SELECT balance FROM tenant_default.accounts WHERE id = $1",
-        &[&id],
-    )
-    .await
-    .unwrap()
-    .map(|r| r.get(0))
+/// The balance of account `id` in a tenant session on a shard (`None`:
+/// no row).
+async fn balance_on(db: &tokio_postgres::Client, id: &str) -> Option<i64> {
+    db.query_opt("SELECT balance FROM accounts WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .map(|r| r.get(0))
 }
 
 /// A second router, cut off from the manager (through a proxy) before a
@@ -565,7 +566,9 @@ async fn a_router_cut_off_during_a_split_cannot_write_to_the_old_shard() {
         .map(|i| format!("new-{i}"))
         .find(|id| is_moved(id))
         .unwrap();
-    let (old, new) = (stack.shards[0].dsn(), stack.shards[1].dsn());
+    let db = stack.pg_name("default").await;
+    let old = tenant_session(&stack.shards[0].dsn(), &db).await;
+    let new = tenant_session(&stack.shards[1].dsn(), &db).await;
     assert_eq!(
         balance_on(&old, gone).await,
         None,

@@ -37,7 +37,7 @@ fn tenant(id: &str, config: TenantConfig) -> TenantInfo {
         keyspace: "default".into(),
         dedicated: false,
         shards: vec!["shard-0".into()],
-        pg_name: format!("tenant_{id}"),
+        pg_name: "t_0123456789abcdef01234567".into(),
         config,
         state: TenantState::Active,
         apps: 1,

@@ -349,7 +349,8 @@ pub enum TenantState {
 }
 
 /// A tenant: the isolation and quota boundary. On every shard of its
-/// keyspace it owns a schema and a login role ([`Tenant::pg_name`]).
+/// keyspace it owns a login role, a database and a schema in it, all
+/// named [`Tenant::pg_name`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tenant {
     pub id: String,
@@ -363,6 +364,13 @@ pub struct Tenant {
     /// The password of its PostgreSQL role on every shard; routers log in
     /// with it. Never shown by the API.
     pub role_password: String,
+    /// The name of its role, database and schema on every shard: random
+    /// (`t_` and 24 hex digits), chosen by the manager at creation, so
+    /// other tenants, who can list role and database names, learn nothing
+    /// of who it is. `None` in records written before names were opaque:
+    /// those keep `tenant_<id>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pg_name: Option<String>,
     #[serde(default)]
     pub state: TenantState,
     /// A tenant move is cutting over: routers hold this tenant's requests
@@ -373,21 +381,23 @@ pub struct Tenant {
     pub created_at: String,
 }
 
-/// Longest tenant id, so its PostgreSQL names fit in 63 bytes.
+/// Longest tenant id, so the PostgreSQL names of tenants from before
+/// opaque names (`tenant_<id>`) fit in 63 bytes.
 pub const MAX_TENANT_ID_LEN: usize = 48;
 
 impl Tenant {
-    /// The name of the tenant's schema and of its login role on every
-    /// shard (the same, so PostgreSQL's default `"$user"` search path
-    /// finds the schema). Unquoted; quote with [`quote_ident`].
+    /// The name of the tenant's login role, of its database and of the
+    /// schema in it on every shard (the same, so PostgreSQL's default
+    /// `"$user"` search path finds the schema): the record's opaque
+    /// [`Tenant::pg_name`](Tenant#structfield.pg_name), or `tenant_<id>`
+    /// for a record from before opaque names. Unquoted; quote with
+    /// [`quote_ident`].
     pub fn pg_name(&self) -> String {
-        tenant_pg_name(&self.id)
+        match &self.pg_name {
+            Some(name) => name.clone(),
+            None => format!("tenant_{}", self.id),
+        }
     }
-}
-
-/// The schema and role name of tenant `id`.
-pub fn tenant_pg_name(id: &str) -> String {
-    format!("tenant_{id}")
 }
 
 /// Quotes a PostgreSQL identifier.
@@ -527,5 +537,24 @@ mod tests {
         assert_eq!(cat.shards["s1"], shard);
         let bad = Catalog::from_entries(1, [("apps/a", b"{".as_slice())]);
         assert!(bad.is_err());
+    }
+
+    #[test]
+    fn tenant_pg_name_opaque_or_legacy() {
+        // A record from before opaque names keeps `tenant_<id>`, and is
+        // written back without the field.
+        let legacy = br#"{"id": "acme", "name": "Acme", "keyspace": "default",
+            "dedicated": false, "role_password": "pw", "created_at": ""}"#;
+        let t: Tenant = serde_json::from_slice(legacy).unwrap();
+        assert_eq!(t.pg_name, None);
+        assert_eq!(t.pg_name(), "tenant_acme");
+        assert!(!serde_json::to_string(&t).unwrap().contains("pg_name"));
+        let opaque = Tenant {
+            pg_name: Some("t_0123456789abcdef01234567".into()),
+            ..t
+        };
+        assert_eq!(opaque.pg_name(), "t_0123456789abcdef01234567");
+        let back: Tenant = serde_json::from_str(&serde_json::to_string(&opaque).unwrap()).unwrap();
+        assert_eq!(back, opaque);
     }
 }

@@ -4,8 +4,12 @@
 //! all of the keyspace's migrations) and closes the gap: a shard that
 //! joined later, was restored from an old backup, or lost a role.
 //!
+//! A tenant is also behind when its database lacks the current
+//! [`tenant_pg::TENANT_SETUP`] (such as [`tenant_pg::HIDE_OTHER_TENANTS`]
+//! for databases created before it): provisioning again brings it up.
+//!
 //! A shard is looked at when the catalog changes and at least every
-//! [`RECHECK`] otherwise, so an idle fleet costs two queries per shard
+//! [`RECHECK`] otherwise, so an idle fleet costs three queries per shard
 //! per period.
 
 use std::collections::HashMap;
@@ -184,6 +188,7 @@ async fn reconcile_shard(
         .filter(|t| {
             !seen.provisioned.contains(&t.pg_name())
                 || seen.migrations.get(&t.id).copied().unwrap_or_default() < want
+                || seen.setup.get(&t.id).copied().unwrap_or_default() < tenant_pg::TENANT_SETUP
         })
         .map(|t| t.id.clone())
         .collect();

@@ -9,6 +9,11 @@
 //! checks no privilege, so only separate databases keep tenants apart
 //! there (docs/architecture.md, "Tenants").
 //!
+//! Each tenant database is also closed to what PostgreSQL would show of
+//! the other tenants of the shard ([`HIDE_OTHER_TENANTS`]); with role and
+//! database names that reveal nothing (`Tenant::pg_name`), that leaves
+//! what docs/architecture.md ("What a tenant sees of others") lists.
+//!
 //! Every function is idempotent, so an interrupted create, migration or
 //! delete is finished by running it again.
 
@@ -16,7 +21,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use shardline_api::manager::MigrationOutcome;
-use shardline_core::catalog::{quote_ident, quote_literal, tenant_pg_name, Migration, Tenant};
+use shardline_core::catalog::{quote_ident, quote_literal, Migration, Tenant};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
@@ -40,15 +45,72 @@ const TENANT_BOOTSTRAP: &str = "CREATE SCHEMA IF NOT EXISTS shardline; \
        applied_at timestamptz NOT NULL DEFAULT now(), \
        PRIMARY KEY (tenant, name))";
 
-/// In the shard's own database: how many migrations each tenant has, so
-/// the reconciler sees who is behind without visiting every tenant
-/// database. A hint, refreshed after every migration; the tenant
-/// database's record is the truth.
+/// In each tenant database, as superuser: what PUBLIC (so the tenant's
+/// role) may no longer read or call there, because it shows the other
+/// tenants of the shard: their sessions (role, database, the
+/// `application_name` they chose, when they started, their locks and
+/// advisory lock keys), per-database statistics (transactions, rows
+/// written, sizes of the shared tablespace), the settings of databases
+/// (`pg_db_role_setting`; a role's own settings still show in
+/// `pg_roles`), comments on roles and databases, and which objects each
+/// role owns in each database.
+///
+/// Revoked only where PUBLIC still has the right, so running it again
+/// writes nothing. The ACLs of `pg_catalog` objects are per database, so
+/// this changes nothing outside the tenant's database. Checked against
+/// psql, psycopg, pgjdbc and node-postgres (`crates/manager/tests/
+/// tenant_metadata.rs`): their connects, prepared statements and
+/// metadata calls need none of it; psql's `\l+`, `\du+`, `\db+` and
+/// `\drds` fail. `pg_roles` and `pg_database` stay readable: role names
+/// can be listed whatever the grants (`oid::regrole`), so hiding them
+/// would only break `\l`, `\du` and pgjdbc's privilege calls; the names
+/// are opaque instead.
+///
+/// Bump [`TENANT_SETUP`] when this changes, so the reconciler applies
+/// it to existing tenant databases.
+pub const HIDE_OTHER_TENANTS: &str = "DO $hide$ \
+DECLARE f regprocedure; r regclass; \
+BEGIN \
+  FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p \
+    WHERE p.pronamespace = 'pg_catalog'::regnamespace \
+      AND (p.proname LIKE 'pg\\_stat\\_get\\_db\\_%' \
+        OR p.proname LIKE 'pg\\_stat\\_get\\_backend\\_%' \
+        OR p.proname IN ('pg_stat_get_activity', 'pg_stat_get_progress_info', \
+          'pg_lock_status', 'pg_prepared_xact', 'pg_tablespace_size', \
+          'pg_tablespace_databases')) \
+      AND pg_catalog.has_function_privilege('public', p.oid, 'EXECUTE') \
+  LOOP \
+    EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f); \
+  END LOOP; \
+  FOR r IN SELECT c.oid::regclass FROM pg_catalog.pg_class c \
+    WHERE c.relnamespace = 'pg_catalog'::regnamespace \
+      AND (c.relname LIKE 'pg\\_stat\\_progress\\_%' \
+        OR c.relname IN ('pg_stat_activity', 'pg_stat_ssl', 'pg_stat_gssapi', \
+          'pg_stat_database', 'pg_stat_database_conflicts', 'pg_locks', \
+          'pg_prepared_xacts', 'pg_db_role_setting', 'pg_shdescription', \
+          'pg_shdepend')) \
+      AND pg_catalog.has_table_privilege('public', c.oid, 'SELECT') \
+  LOOP \
+    EXECUTE pg_catalog.format('REVOKE SELECT ON %s FROM PUBLIC', r); \
+  END LOOP; \
+END $hide$";
+
+/// The version of what [`provision`] sets up inside a tenant database
+/// beyond its role, schema and migrations record; noted per tenant in the
+/// shard's own database, so the reconciler brings older tenant databases
+/// up to date. 1: [`HIDE_OTHER_TENANTS`].
+pub const TENANT_SETUP: i32 = 1;
+
+/// In the shard's own database: how many migrations each tenant has, and
+/// the [`TENANT_SETUP`] its database has, so the reconciler sees who is
+/// behind without visiting every tenant database. A hint, refreshed after
+/// every provisioning; the tenant database is the truth.
 const SHARD_BOOTSTRAP: &str = "CREATE SCHEMA IF NOT EXISTS shardline; \
      REVOKE ALL ON SCHEMA shardline FROM PUBLIC; \
      CREATE TABLE IF NOT EXISTS shardline.tenants ( \
        tenant text PRIMARY KEY, migrations int NOT NULL, \
-       updated_at timestamptz NOT NULL DEFAULT now())";
+       updated_at timestamptz NOT NULL DEFAULT now()); \
+     ALTER TABLE shardline.tenants ADD COLUMN IF NOT EXISTS setup int NOT NULL DEFAULT 0";
 
 fn tenant_error(shard: &str, tenant: &str, e: &tokio_postgres::Error) -> ServiceError {
     match pg::statement_error(shard, e) {
@@ -201,10 +263,13 @@ pub async fn provision(
     );
     batch_with_retry(&inside, shard, &schema).await?;
     batch_with_retry(&inside, shard, TENANT_BOOTSTRAP).await?;
+    batch_with_retry(&inside, shard, HIDE_OTHER_TENANTS).await?;
     Ok(inside)
 }
 
-/// Notes in the shard's tenants table how many migrations the tenant has.
+/// Notes in the shard's tenants table how many migrations the tenant has
+/// and that its database has the current [`TENANT_SETUP`] (callers have
+/// just provisioned it).
 async fn note_migrations(
     admin: &Client,
     inside: &Client,
@@ -223,10 +288,10 @@ async fn note_migrations(
     let n = i32::try_from(n).unwrap_or(i32::MAX);
     admin
         .execute(
-            "INSERT INTO shardline.tenants (tenant, migrations) VALUES ($1, $2) \
+            "INSERT INTO shardline.tenants (tenant, migrations, setup) VALUES ($1, $2, $3) \
              ON CONFLICT (tenant) DO UPDATE SET migrations = EXCLUDED.migrations, \
-             updated_at = now()",
-            &[&tenant, &n],
+             setup = EXCLUDED.setup, updated_at = now()",
+            &[&tenant, &n, &TENANT_SETUP],
         )
         .await
         .map_err(err)?;
@@ -245,7 +310,7 @@ pub async fn apply_migration(
     timeout: Duration,
 ) -> Result<(MigrationOutcome, bool), ServiceError> {
     let mut inside = provision(admin, shard, dsn, tenant, timeout).await?;
-    let outcome = apply_in(&mut inside, shard, &tenant.id, migration).await?;
+    let outcome = apply_in(&mut inside, shard, tenant, migration).await?;
     note_migrations(admin, &inside, shard, &tenant.id).await?;
     let code = settle_code(&inside, shard, &tenant.id).await?;
     Ok((outcome, code))
@@ -265,11 +330,12 @@ async fn settle_code(inside: &Client, shard: &str, tenant: &str) -> Result<bool,
 async fn apply_in(
     client: &mut Client,
     shard: &str,
-    tenant: &str,
+    tenant: &Tenant,
     migration: &Migration,
 ) -> Result<MigrationOutcome, ServiceError> {
+    let ident = quote_ident(&tenant.pg_name());
+    let tenant = tenant.id.as_str();
     let err = |e: tokio_postgres::Error| tenant_error(shard, tenant, &e);
-    let ident = quote_ident(&tenant_pg_name(tenant));
     let tx = client.transaction().await.map_err(err)?;
     tx.execute(
         "SELECT pg_advisory_xact_lock(hashtextextended($1, $2))",
@@ -326,7 +392,7 @@ pub async fn ensure_tenant(
 ) -> Result<bool, ServiceError> {
     let mut inside = provision(admin, shard, dsn, tenant, timeout).await?;
     for m in migrations {
-        apply_in(&mut inside, shard, &tenant.id, m).await?;
+        apply_in(&mut inside, shard, tenant, m).await?;
     }
     note_migrations(admin, &inside, shard, &tenant.id).await?;
     settle_code(&inside, shard, &tenant.id).await
@@ -338,11 +404,11 @@ pub async fn first_table_with_rows(
     admin: &Client,
     shard: &str,
     dsn: &str,
-    tenant: &str,
+    tenant: &Tenant,
     timeout: Duration,
 ) -> Result<Option<String>, ServiceError> {
-    let err = |e: tokio_postgres::Error| tenant_error(shard, tenant, &e);
-    let schema = tenant_pg_name(tenant);
+    let err = |e: tokio_postgres::Error| tenant_error(shard, &tenant.id, &e);
+    let schema = tenant.pg_name();
     let db_exists = admin
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&schema])
         .await
@@ -380,9 +446,10 @@ pub async fn first_table_with_rows(
 /// Drops the tenant's database (with its schema, objects and rows) and its
 /// role from the shard. Sessions of the role are ended first. Nothing
 /// there is fine.
-pub async fn drop_tenant(admin: &Client, shard: &str, tenant: &str) -> Result<(), ServiceError> {
+pub async fn drop_tenant(admin: &Client, shard: &str, tenant: &Tenant) -> Result<(), ServiceError> {
+    let name = tenant.pg_name();
+    let tenant = tenant.id.as_str();
     let err = |e: tokio_postgres::Error| tenant_error(shard, tenant, &e);
-    let name = tenant_pg_name(tenant);
     let ident = quote_ident(&name);
     let role_exists = admin
         .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
@@ -435,10 +502,13 @@ pub async fn drop_tenant(admin: &Client, shard: &str, tenant: &str) -> Result<()
 /// the catalog.
 #[derive(Debug, Default)]
 pub struct Observed {
-    /// Role names that can log in and own the schema of the same name.
+    /// Names of the roles that can log in (not superusers) and have a
+    /// database of the same name.
     pub provisioned: HashSet<String>,
     /// Migrations recorded per tenant id.
     pub migrations: HashMap<String, usize>,
+    /// The [`TENANT_SETUP`] recorded per tenant id.
+    pub setup: HashMap<String, i32>,
 }
 
 /// Reads what the shard holds of the tenants.
@@ -449,26 +519,36 @@ pub async fn observe(admin: &Client, shard: &str) -> Result<Observed, ServiceErr
         .query(
             "SELECT r.rolname::text FROM pg_roles r \
              JOIN pg_database d ON d.datname = r.rolname \
-             WHERE r.rolcanlogin AND r.rolname LIKE 'tenant\\_%'",
+             WHERE r.rolcanlogin AND NOT r.rolsuper",
             &[],
         )
         .await
         .map_err(err)?;
     out.provisioned = rows.iter().map(|r| r.get::<_, String>(0)).collect();
-    let has_table: bool = admin
-        .query_one("SELECT to_regclass('shardline.tenants') IS NOT NULL", &[])
+    let table = admin
+        .query_one(
+            "SELECT to_regclass('shardline.tenants') IS NOT NULL, \
+               EXISTS (SELECT 1 FROM pg_attribute WHERE attname = 'setup' \
+                 AND attrelid = to_regclass('shardline.tenants'))",
+            &[],
+        )
         .await
-        .map_err(err)?
-        .get(0);
+        .map_err(err)?;
+    let (has_table, has_setup): (bool, bool) = (table.get(0), table.get(1));
     if has_table {
-        let rows = admin
-            .query("SELECT tenant, migrations FROM shardline.tenants", &[])
-            .await
-            .map_err(err)?;
+        // A table from before the setup column reads as setup 0.
+        let sql = if has_setup {
+            "SELECT tenant, migrations, setup FROM shardline.tenants"
+        } else {
+            "SELECT tenant, migrations, 0 FROM shardline.tenants"
+        };
+        let rows = admin.query(sql, &[]).await.map_err(err)?;
         for r in rows {
+            let tenant: String = r.get(0);
             let n: i32 = r.get(1);
+            out.setup.insert(tenant.clone(), r.get(2));
             out.migrations
-                .insert(r.get(0), usize::try_from(n).unwrap_or_default());
+                .insert(tenant, usize::try_from(n).unwrap_or_default());
         }
     }
     Ok(out)

@@ -31,6 +31,22 @@ fn new_role_password() -> String {
     hex(&bytes)
 }
 
+/// The PostgreSQL name of a new tenant (its role, database and schema):
+/// `t_` and 96 random bits as hex, so that nothing in it tells other
+/// tenants, who can list role and database names, who it is
+/// (docs/architecture.md, "Tenants"). Drawn again in the (unheard-of)
+/// case another tenant of the catalog has it already.
+fn new_pg_name(cat: &Catalog) -> Result<String, ServiceError> {
+    for _ in 0..3 {
+        let bytes: [u8; 12] = rand::random();
+        let name = format!("t_{}", hex(&bytes));
+        if !cat.tenants.values().any(|t| t.pg_name() == name) {
+            return Ok(name);
+        }
+    }
+    Err(ServiceError::Contended)
+}
+
 /// Creates a tenant: picks its shards (dedicated), provisions its role and
 /// schema with the keyspace's migrations on every shard, then records it.
 pub async fn create_tenant(
@@ -79,6 +95,7 @@ pub async fn create_tenant(
             "tenant {id} exists already"
         )));
     }
+    let pg_name = new_pg_name(cat)?;
     let tenant = |keyspace: String| Tenant {
         id: id.to_string(),
         name: name.clone(),
@@ -86,6 +103,7 @@ pub async fn create_tenant(
         dedicated: req.dedicated,
         config: req.config,
         role_password: new_role_password(),
+        pg_name: Some(pg_name.clone()),
         state: TenantState::Active,
         moving: false,
         created_at: crate::time::now_rfc3339(),
@@ -379,7 +397,7 @@ pub async fn delete_tenant(
     if !drop_data {
         let checks = shards.iter().map(|(sid, dsn)| async move {
             let client = pg::connect_shard(sid, dsn, connect_timeout).await?;
-            tenant_pg::first_table_with_rows(&client, sid, dsn, id, connect_timeout)
+            tenant_pg::first_table_with_rows(&client, sid, dsn, tenant, connect_timeout)
                 .await
                 .map(|t| t.map(|t| (sid.clone(), t)))
         });
@@ -395,7 +413,7 @@ pub async fn delete_tenant(
     set_state(svc, id, TenantState::Deleting).await?;
     let drops = shards.iter().map(|(sid, dsn)| async move {
         let client = pg::connect_shard(sid, dsn, connect_timeout).await?;
-        tenant_pg::drop_tenant(&client, sid, id).await
+        tenant_pg::drop_tenant(&client, sid, tenant).await
     });
     for res in futures_util::future::join_all(drops).await {
         if let Err(e) = res {

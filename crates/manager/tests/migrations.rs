@@ -39,9 +39,10 @@ async fn applied_per_tenant_and_caught_up_by_new_tenants() {
         .shards
         .iter()
         .all(|s| s.outcome == MigrationOutcome::Applied));
+    let (a, b) = (h.tenant("a"), h.tenant("b"));
     for pg in &h.shards {
-        for t in ["a", "b"] {
-            let role = format!("tenant_{t}");
+        for t in [&a, &b] {
+            let role = t.pg_name();
             assert_eq!(
                 table_owner(pg, t, "items").await.as_deref(),
                 Some(role.as_str()),
@@ -49,7 +50,7 @@ async fn applied_per_tenant_and_caught_up_by_new_tenants() {
             );
             assert_eq!(table_owner_in(pg, &role, "public", "items").await, None);
             assert_eq!(tenant_records(pg, t).await, ["001"]);
-            assert_eq!(shard_count(pg, t).await, Some(1));
+            assert_eq!(shard_count(pg, &t.id).await, Some(1));
         }
         assert_eq!(
             table_owner_in(pg, "postgres", "public", "items").await,
@@ -85,7 +86,10 @@ async fn applied_per_tenant_and_caught_up_by_new_tenants() {
              VALUES ('a', '009', 'forged')",
             "42501",
         ),
-        ("CREATE TABLE tenant_b.planted (id int)", "3F000"),
+        (
+            &format!("CREATE TABLE {}.planted (id int)", b.pg_name()),
+            "3F000",
+        ),
     ] {
         let reach = migrations::apply_migration(
             &h.svc,
@@ -104,16 +108,16 @@ async fn applied_per_tenant_and_caught_up_by_new_tenants() {
         }
     }
     for pg in &h.shards {
-        for t in ["a", "b"] {
-            let db = format!("tenant_{t}");
+        for t in [&a, &b] {
+            let db = t.pg_name();
             assert_eq!(table_owner_in(pg, &db, "public", "planted").await, None);
-            assert_eq!(table_owner_in(pg, &db, "tenant_b", "planted").await, None);
+            assert_eq!(table_owner_in(pg, &db, &b.pg_name(), "planted").await, None);
             assert_eq!(
                 tenant_records(pg, t).await,
                 ["001"],
                 "no 002, no forged 009"
             );
-            assert_eq!(shard_count(pg, t).await, Some(1));
+            assert_eq!(shard_count(pg, &t.id).await, Some(1));
         }
     }
     let names: Vec<String> = h.svc.current().catalog.keyspaces["default"]
@@ -134,16 +138,18 @@ async fn applied_per_tenant_and_caught_up_by_new_tenants() {
     .unwrap();
     // A tenant created now gets 001 and 003 on every shard.
     h.shared_tenant("c", "default").await;
+    let c = h.tenant("c");
     for pg in &h.shards {
-        assert_provisioned(pg, "c").await;
-        assert_eq!(tenant_records(pg, "c").await, ["001", "003"]);
+        assert_provisioned(pg, &c).await;
+        assert_eq!(tenant_records(pg, &c).await, ["001", "003"]);
         assert_eq!(shard_count(pg, "c").await, Some(2));
-        assert_eq!(
-            table_owner(pg, "c", "items").await.as_deref(),
-            Some("tenant_c")
-        );
-        let c = tenant_db(pg, "c").await;
-        c.batch_execute("INSERT INTO tenant_c.items (id, v, n) VALUES (1, 'x', 2)")
+        assert_eq!(table_owner(pg, &c, "items").await, Some(c.pg_name()));
+        tenant_db(pg, &c)
+            .await
+            .batch_execute(&format!(
+                "INSERT INTO {}.items (id, v, n) VALUES (1, 'x', 2)",
+                c.pg_name()
+            ))
             .await
             .unwrap();
     }
@@ -172,12 +178,13 @@ async fn keyspace_without_tenants_records_and_joining_shards_catch_up() {
     ops::set_initial_map(&h.svc, "later", &["s0".into()], TIMEOUT)
         .await
         .unwrap();
-    assert_provisioned(&h.shards[0], "acme").await;
+    let acme = h.tenant("acme");
+    assert_provisioned(&h.shards[0], &acme).await;
     assert_eq!(
-        table_owner(&h.shards[0], "acme", "late_t").await.as_deref(),
-        Some("tenant_acme")
+        table_owner(&h.shards[0], &acme, "late_t").await,
+        Some(acme.pg_name())
     );
-    assert_eq!(tenant_records(&h.shards[0], "acme").await, ["001"]);
+    assert_eq!(tenant_records(&h.shards[0], &acme).await, ["001"]);
     assert_eq!(shard_count(&h.shards[0], "acme").await, Some(1));
     // Unknown keyspace: 404; empty SQL: 400.
     let e = migrations::apply_migration(
@@ -227,23 +234,25 @@ async fn reconciler_restores_a_tenant_a_shard_lost() {
     .unwrap();
     // s1 loses the tenant altogether (as if restored from a backup older
     // than it): database, role and its row in the shard's tenants table.
+    let acme = h.tenant("acme");
+    let name = acme.pg_name();
     let c = h.shards[1].connect().await.unwrap();
     // DROP DATABASE must run alone (not in a multi-statement batch).
     for sql in [
-        "DROP DATABASE tenant_acme WITH (FORCE)",
-        "DROP ROLE tenant_acme",
-        "DELETE FROM shardline.tenants WHERE tenant = 'acme'",
+        format!("DROP DATABASE {name} WITH (FORCE)"),
+        format!("DROP ROLE {name}"),
+        "DELETE FROM shardline.tenants WHERE tenant = 'acme'".into(),
     ] {
-        c.batch_execute(sql).await.unwrap();
+        c.batch_execute(&sql).await.unwrap();
     }
-    common::assert_absent(&h.shards[1], "acme").await;
+    common::assert_absent(&h.shards[1], &acme).await;
     // s0 loses only the database: its role and a row saying it is up to
     // date remain, so only the database's absence gives it away.
     let c = h.shards[0].connect().await.unwrap();
-    c.batch_execute("DROP DATABASE tenant_acme WITH (FORCE)")
+    c.batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
         .await
         .unwrap();
-    assert!(!common::database_exists(&h.shards[0], "tenant_acme").await);
+    assert!(!common::database_exists(&h.shards[0], &name).await);
     assert_eq!(shard_count(&h.shards[0], "acme").await, Some(1));
 
     let table = Arc::new(HealthTable::default());
@@ -262,7 +271,7 @@ async fn reconciler_restores_a_tenant_a_shard_lost() {
     ));
     let restored = eventually(Duration::from_secs(20), || async {
         for pg in &h.shards {
-            if table_owner(pg, "acme", "items").await.is_none()
+            if table_owner(pg, &acme, "items").await.is_none()
                 || shard_count(pg, "acme").await != Some(1)
             {
                 return false;
@@ -278,12 +287,9 @@ async fn reconciler_restores_a_tenant_a_shard_lost() {
         "the reconciler re-provisions and re-migrates the tenant"
     );
     for pg in &h.shards {
-        assert_provisioned(pg, "acme").await;
-        assert_eq!(tenant_records(pg, "acme").await, ["001"]);
-        assert_eq!(
-            table_owner(pg, "acme", "items").await.as_deref(),
-            Some("tenant_acme")
-        );
+        assert_provisioned(pg, &acme).await;
+        assert_eq!(tenant_records(pg, &acme).await, ["001"]);
+        assert_eq!(table_owner(pg, &acme, "items").await, Some(name.clone()));
     }
 }
 
@@ -302,11 +308,12 @@ async fn a_keyspace_is_marked_before_a_migration_brings_code_and_cleared_when_no
     // A router that heartbeats but never applies the marked catalog holds
     // the migration back for one lease (2 s here): it may skip resets.
     let behind = h.svc.current().catalog.version;
-    h.routers.heartbeat(&shardline_api::manager::RouterHeartbeat {
-        id: "r1".into(),
-        address: "127.0.0.1:1".into(),
-        applied_version: behind,
-    });
+    h.routers
+        .heartbeat(&shardline_api::manager::RouterHeartbeat {
+            id: "r1".into(),
+            address: "127.0.0.1:1".into(),
+            applied_version: behind,
+        });
     let started = std::time::Instant::now();
     migrations::apply_migration(
         &h.svc,
@@ -323,7 +330,7 @@ async fn a_keyspace_is_marked_before_a_migration_brings_code_and_cleared_when_no
     // No code came: the mark is cleared, every tenant database guarded.
     assert!(!tenant_code(&h, "default"));
     for pg in &h.shards {
-        let db = tenant_db(pg, "a").await;
+        let db = tenant_db(pg, &h.tenant("a")).await;
         let free: i64 = db
             .query_one("SELECT count(*) FROM shardline.code_free", &[])
             .await
@@ -333,11 +340,12 @@ async fn a_keyspace_is_marked_before_a_migration_brings_code_and_cleared_when_no
     }
 
     // A routers that has the marked catalog does not hold it back.
-    h.routers.heartbeat(&shardline_api::manager::RouterHeartbeat {
-        id: "r1".into(),
-        address: "127.0.0.1:1".into(),
-        applied_version: u64::MAX,
-    });
+    h.routers
+        .heartbeat(&shardline_api::manager::RouterHeartbeat {
+            id: "r1".into(),
+            address: "127.0.0.1:1".into(),
+            applied_version: u64::MAX,
+        });
     let started = std::time::Instant::now();
     migrations::apply_migration(
         &h.svc,
@@ -356,7 +364,7 @@ async fn a_keyspace_is_marked_before_a_migration_brings_code_and_cleared_when_no
     // Code came: the mark stays, and the databases are no longer guarded.
     assert!(tenant_code(&h, "default"));
     for pg in &h.shards {
-        let db = tenant_db(pg, "a").await;
+        let db = tenant_db(pg, &h.tenant("a")).await;
         let free: i64 = db
             .query_one("SELECT count(*) FROM shardline.code_free", &[])
             .await

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::reshard::{
-    crash_and_resume, failpoint_child, key_in, small_batches, start_writer, to_map, Env, DB, LIMIT,
+    crash_and_resume, failpoint_child, key_in, small_batches, start_writer, to_map, Env, LIMIT,
 };
 use common::{http, sqlstate, ROUTER_TOKEN};
 use shardline_api::manager::JobInfo;
@@ -217,7 +217,7 @@ async fn cancel_during_copy_leaves_the_source_as_it_was() {
     // A table without a shard key blocks a job.
     env.db("s0")
         .await
-        .batch_execute("CREATE TABLE tenant_acme.loose (id int)")
+        .batch_execute("CREATE TABLE loose (id int)")
         .await
         .unwrap();
     let body = r#"{"keyspace": "ks", "kind": "split", "source": "s0", "targets": ["s1"]}"#;
@@ -488,10 +488,11 @@ async fn the_tenant_cannot_touch_resharding_triggers(env: &Env) {
     // tenant may not); the database then holds code, so the guard
     // against new code stands aside (see `tenant_code`), and what
     // refuses below is the resharding triggers' own guard.
+    let role = &env.pg_name;
     env.db("s0")
         .await
         .batch_execute(&format!(
-            "SET ROLE {DB}; CREATE FUNCTION mine() RETURNS trigger LANGUAGE plpgsql AS \
+            "SET ROLE {role}; CREATE FUNCTION mine() RETURNS trigger LANGUAGE plpgsql AS \
              $$ BEGIN RETURN NEW; END $$; RESET ROLE; DELETE FROM shardline.code_free"
         ))
         .await

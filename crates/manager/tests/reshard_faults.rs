@@ -11,7 +11,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::reshard::{crash_and_resume_with, failpoint_child, key_in, Env, DB, LIMIT};
+use common::reshard::{crash_and_resume_with, failpoint_child, key_in, Env, LIMIT};
 use common::{http, sqlstate, ROUTER_TOKEN};
 use shardline_api::manager::JobInfo;
 use shardline_core::catalog::ReshardPhase;
@@ -272,7 +272,7 @@ async fn the_source_failing_over_during_copy_loses_nothing() {
         .unwrap()
         .get(0);
     let replica = env.replicas.remove("s0").unwrap();
-    let r = common::connect_db(&replica, DB).await;
+    let r = common::connect_db(&replica, &env.pg_name).await;
     let deadline = Instant::now() + LIMIT;
     loop {
         let replayed: bool = r

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::reshard::{hash, small_batches, Env, DB, TENANT};
+use common::reshard::{hash, small_batches, Env, TENANT};
 use common::sqlstate;
 use shardline_catalog::CatalogStore as _;
 use shardline_core::catalog::{keys, Keyspace, ReshardPhase, Shard, Tenant};
@@ -40,16 +40,15 @@ async fn owner_of(env: &Env, key: &str) -> Option<String> {
 /// Rows of `bee` per shard: (count, checksum).
 async fn other_rows(env: &Env) -> BTreeMap<String, (i64, String)> {
     let mut out = BTreeMap::new();
+    let bee: Tenant = stored(env, &keys::tenant(OTHER)).await.unwrap();
     for s in ["s0", "s1"] {
-        let c = common::tenant_db(&env.pgs[s], OTHER).await;
-        let r = c
-            .query_one(
-                "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text \
-                 FROM tenant_bee.items t",
-                &[],
-            )
-            .await
-            .unwrap();
+        let c = common::tenant_db(&env.pgs[s], &bee).await;
+        let sql = format!(
+            "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text \
+             FROM {}.items t",
+            bee.pg_name()
+        );
+        let r = c.query_one(&sql, &[]).await.unwrap();
         out.insert(s.to_string(), (r.get(0), r.get(1)));
     }
     out
@@ -109,7 +108,7 @@ fn spawn_writer(
                     continue;
                 };
                 if !conns.contains_key(&owner) {
-                    if !common::database_exists(&env.pgs[&owner], DB).await {
+                    if !common::database_exists(&env.pgs[&owner], &env.pg_name).await {
                         tokio::time::sleep(Duration::from_millis(5)).await;
                         continue;
                     }
@@ -171,14 +170,16 @@ async fn tenant_moves_to_dedicated_shards_while_writing() {
         )
         .await;
     assert_eq!(a.status, 201, "{}", a.body);
+    let bee: Tenant = stored(&env, &keys::tenant(OTHER)).await.unwrap();
     let map = env.map().await;
     for r in map.ranges() {
         let pred = sql_in_range(KeyType::Text, "'b' || i", &r.range);
-        common::tenant_db(&env.pgs[&r.shard], OTHER)
+        common::tenant_db(&env.pgs[&r.shard], &bee)
             .await
             .batch_execute(&format!(
-                "INSERT INTO tenant_bee.items SELECT 'b' || i, i FROM generate_series(1, 1000) i \
-                 WHERE {pred}"
+                "INSERT INTO {}.items SELECT 'b' || i, i FROM generate_series(1, 1000) i \
+                 WHERE {pred}",
+                bee.pg_name()
             ))
             .await
             .unwrap();
@@ -270,7 +271,7 @@ async fn tenant_moves_to_dedicated_shards_while_writing() {
     // The rows: each once, on its owner by the new map; none left behind.
     for s in ["s0", "s1"] {
         assert!(
-            !common::database_exists(&env.pgs[s], DB).await,
+            !common::database_exists(&env.pgs[s], &env.pg_name).await,
             "acme's database dropped from {s}"
         );
     }
@@ -332,7 +333,7 @@ async fn tenant_moves_to_dedicated_shards_while_writing() {
         assert_eq!(shard.keyspace, None, "{shard:?}");
         assert_eq!(shard.reserved_for, None, "{shard:?}");
         assert!(
-            !common::database_exists(&env.pgs[s], DB).await,
+            !common::database_exists(&env.pgs[s], &env.pg_name).await,
             "acme's database dropped from {s}"
         );
     }
@@ -366,7 +367,7 @@ async fn cancelled_tenant_move_leaves_everything_as_it_was() {
         .admin("POST", &format!("/v1/reshard/{}/cancel", job.id), None)
         .await;
     assert_eq!(a.status, 200, "{}", a.body);
-    assert!(!common::database_exists(&env.pgs["s2"], DB).await);
+    assert!(!common::database_exists(&env.pgs["s2"], &env.pg_name).await);
     assert_eq!(env.rows().await, before);
     for s in ["s0", "s1"] {
         assert_eq!(env.changes_objects(s).await, 0);
@@ -400,7 +401,10 @@ async fn cancelled_tenant_move_leaves_everything_as_it_was() {
         .await;
     assert_eq!(a.status, 200, "{}", a.body);
     for s in ["s0", "s1"] {
-        assert!(!common::database_exists(&env.pgs[s], DB).await, "{s}");
+        assert!(
+            !common::database_exists(&env.pgs[s], &env.pg_name).await,
+            "{s}"
+        );
     }
     assert_eq!(env.rows().await, dedicated);
     assert_eq!(env.changes_objects("s2").await, 0);

@@ -7,8 +7,8 @@
 mod common;
 
 use common::{
-    assert_absent, assert_provisioned, connect_as, database_exists, database_state, pg_name,
-    shard_count, sqlstate, table_owner, table_owner_in, tenant_db, Harness, TIMEOUT,
+    assert_absent, assert_provisioned, connect_as, database_exists, database_state, shard_count,
+    sqlstate, table_owner, table_owner_in, tenant_db, tenant_leftovers, Harness, TIMEOUT,
 };
 use shardline_api::manager::{ApplyMigrationRequest, CreateTenantRequest, UpdateTenantRequest};
 use shardline_api::ErrorCode;
@@ -67,24 +67,33 @@ async fn shared_tenant_owns_role_and_database_on_every_shard() {
     assert_eq!(t.keyspace, "default");
     assert!(!t.dedicated);
     assert!(t.role_password.len() >= 32, "high-entropy password");
+    // Its PostgreSQL name is random and says nothing of the tenant.
+    let name = t.pg_name();
+    assert!(
+        name.len() == 26
+            && name.starts_with("t_")
+            && name[2..].bytes().all(|b| b.is_ascii_hexdigit()),
+        "{name}"
+    );
     let cat = h.svc.current();
     assert_eq!(cat.catalog.tenants["acme"].name, "Acme Corp");
+    assert_eq!(cat.catalog.tenants["acme"].pg_name(), name);
     for pg in &h.shards {
-        assert_provisioned(pg, "acme").await;
+        assert_provisioned(pg, &t).await;
         // No migrations yet, and the shard's own database says so.
-        assert!(common::tenant_records(pg, "acme").await.is_empty());
+        assert!(common::tenant_records(pg, &t).await.is_empty());
         assert_eq!(shard_count(pg, "acme").await, Some(0));
     }
     // The tenant's role logs in to its database and creates only in its
     // own schema (its search_path).
     let pg = &h.shards[0];
-    let c = connect_as(pg, "tenant_acme", &t.role_password, "tenant_acme")
+    let c = connect_as(pg, &name, &t.role_password, &name)
         .await
         .unwrap();
     c.batch_execute("CREATE TABLE mine (id int)").await.unwrap();
     assert_eq!(
-        table_owner(pg, "acme", "mine").await.as_deref(),
-        Some("tenant_acme")
+        table_owner(pg, &t, "mine").await.as_deref(),
+        Some(name.as_str())
     );
     for (sql, state) in [
         // `public` and the bookkeeping schema are closed to it ...
@@ -101,14 +110,11 @@ async fn shared_tenant_owns_role_and_database_on_every_shard() {
         let e = c.batch_execute(sql).await.unwrap_err();
         assert_eq!(sqlstate(&e), Some(state), "{sql}: {e}");
     }
-    assert_eq!(
-        table_owner_in(pg, "tenant_acme", "public", "theirs").await,
-        None
-    );
+    assert_eq!(table_owner_in(pg, &name, "public", "theirs").await, None);
     // The shard's own database is closed to it.
-    let e = connect_as(pg, "tenant_acme", &t.role_password, "postgres")
+    let e = connect_as(pg, &name, &t.role_password, "postgres")
         .await
-        .expect_err("tenant_acme must not connect to the shard's database");
+        .expect_err("the tenant must not connect to the shard's database");
     assert_eq!(sqlstate(&e), Some("42501"), "{e}");
 
     // Same id again: 409; a missing keyspace: 404; bad ids: 400.
@@ -155,16 +161,16 @@ async fn dedicated_tenants_get_shards_of_their_own() {
         .collect();
     assert_eq!(owners, [s1.as_str()]);
     assert_eq!(cat.catalog.shards[&s1].keyspace.as_deref(), Some("acme"));
-    assert_provisioned(h.pg(&s1), "acme").await;
+    assert_provisioned(h.pg(&s1), &t).await;
     // Not provisioned on shards outside its keyspace.
-    assert_absent(h.pg("s0"), "acme").await;
+    assert_absent(h.pg("s0"), &t).await;
 
     // One free unreserved shard (s0) is left: beta takes it; then gamma
     // finds none, since s1 is acme's and s2 is reserved for another.
     create(&h, &dedicated("beta", 1)).await.unwrap();
     let e = create(&h, &dedicated("gamma", 1)).await.unwrap_err();
     assert!(matches!(e, ServiceError::Conflict(_)), "{e}");
-    assert_absent(h.pg(&s2), "gamma").await;
+    assert!(tenant_leftovers(h.pg(&s2)).await.is_empty());
     assert!(!h.svc.current().catalog.tenants.contains_key("gamma"));
     // The shard reserved for `other` is used by `other` only.
     create(&h, &dedicated("other", 1)).await.unwrap();
@@ -232,7 +238,7 @@ async fn shard_count_quota() {
     assert!(api.message.contains("max_shards"), "{}", api.message);
     // Nothing was provisioned or written.
     for pg in &h.shards {
-        assert_absent(pg, "acme").await;
+        assert!(tenant_leftovers(pg).await.is_empty());
     }
     assert!(h.svc.current().catalog.tenants.is_empty());
 
@@ -317,8 +323,10 @@ async fn delete_needs_drop_data_when_rows_exist() {
     let cat = h.svc.current();
     let acme_shards = shardline_manager::checks::keyspace_shards(&cat.catalog, "acme");
     assert_eq!(acme_shards.len(), 2);
-    let c = tenant_db(h.pg(&acme_shards[1]), "acme").await;
-    c.batch_execute("INSERT INTO tenant_acme.items VALUES (1)")
+    let acme = h.tenant("acme");
+    let keep = h.tenant("keep");
+    let c = tenant_db(h.pg(&acme_shards[1]), &acme).await;
+    c.batch_execute(&format!("INSERT INTO {}.items VALUES (1)", acme.pg_name()))
         .await
         .unwrap();
 
@@ -330,23 +338,18 @@ async fn delete_needs_drop_data_when_rows_exist() {
     let cat = h.svc.current();
     assert_eq!(cat.catalog.tenants["acme"].state, TenantState::Active);
     for id in &acme_shards {
-        assert_provisioned(h.pg(id), "acme").await;
-        assert_eq!(common::tenant_records(h.pg(id), "acme").await, ["001"]);
+        assert_provisioned(h.pg(id), &acme).await;
+        assert_eq!(common::tenant_records(h.pg(id), &acme).await, ["001"]);
         assert_eq!(shard_count(h.pg(id), "acme").await, Some(1));
     }
     drop(c);
 
     // A session of the tenant's role in its database does not hold the
     // drop up (WITH (FORCE) ends it).
-    let password = cat.catalog.tenants["acme"].role_password.clone();
-    let held = connect_as(
-        h.pg(&acme_shards[0]),
-        "tenant_acme",
-        &password,
-        "tenant_acme",
-    )
-    .await
-    .unwrap();
+    let name = acme.pg_name();
+    let held = connect_as(h.pg(&acme_shards[0]), &name, &acme.role_password, &name)
+        .await
+        .unwrap();
     held.batch_execute("SELECT 1").await.unwrap();
     tenants::delete_tenant(&h.svc, "acme", true, TIMEOUT)
         .await
@@ -356,7 +359,7 @@ async fn delete_needs_drop_data_when_rows_exist() {
         "session ended"
     );
     for id in &acme_shards {
-        assert_absent(h.pg(id), "acme").await;
+        assert_absent(h.pg(id), &acme).await;
     }
     let cat = h.svc.current();
     assert!(!cat.catalog.tenants.contains_key("acme"));
@@ -366,17 +369,17 @@ async fn delete_needs_drop_data_when_rows_exist() {
         assert_eq!((s.keyspace.as_ref(), s.reserved_for.as_ref()), (None, None));
     }
     // The other tenant is untouched.
-    assert_provisioned(&h.shards[0], "keep").await;
+    assert_provisioned(&h.shards[0], &keep).await;
     assert_eq!(
-        table_owner(&h.shards[0], "keep", "items").await.as_deref(),
-        Some("tenant_keep")
+        table_owner(&h.shards[0], &keep, "items").await,
+        Some(keep.pg_name())
     );
 
     // An empty tenant goes without drop_data; unknown ones are 404.
     tenants::delete_tenant(&h.svc, "keep", false, TIMEOUT)
         .await
         .unwrap();
-    assert_absent(&h.shards[0], "keep").await;
+    assert_absent(&h.shards[0], &keep).await;
     let e = tenants::delete_tenant(&h.svc, "keep", false, TIMEOUT)
         .await
         .unwrap_err();
@@ -390,6 +393,7 @@ async fn delete_with_a_shard_down_stays_deleting_and_can_be_retried() {
     let mut h = Harness::start(2).await;
     h.keyspace("default", &["s0", "s1"]).await;
     h.shared_tenant("acme", "default").await;
+    let acme = h.tenant("acme");
     h.shards[1].stop().await.unwrap();
     let e = tenants::delete_tenant(&h.svc, "acme", true, TIMEOUT)
         .await
@@ -417,7 +421,7 @@ async fn delete_with_a_shard_down_stays_deleting_and_can_be_retried() {
         .unwrap();
     assert!(!h.svc.current().catalog.tenants.contains_key("acme"));
     for pg in &h.shards {
-        assert_absent(pg, "acme").await;
+        assert_absent(pg, &acme).await;
     }
 }
 
@@ -428,12 +432,12 @@ async fn a_tenant_role_cannot_enter_another_tenants_database() {
     h.shared_tenant("a", "default").await;
     h.shared_tenant("b", "default").await;
     let pg = &h.shards[0];
-    let cat = h.svc.current();
-    let password_a = &cat.catalog.tenants["a"].role_password;
+    let (a, b) = (h.tenant("a"), h.tenant("b"));
+    let (name_a, name_b) = (a.pg_name(), b.pg_name());
     // The testkit clusters trust loopback, so the password is not checked
     // here; the CONNECT privilege is checked after authentication whatever
     // the method, and that is what keeps a out of b's database.
-    let own = connect_as(pg, "tenant_a", password_a, "tenant_a")
+    let own = connect_as(pg, &name_a, &a.role_password, &name_a)
         .await
         .unwrap();
     let who: String = own
@@ -441,17 +445,17 @@ async fn a_tenant_role_cannot_enter_another_tenants_database() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(who, "tenant_a");
-    let e = connect_as(pg, "tenant_a", password_a, "tenant_b")
+    assert_eq!(who, name_a);
+    let e = connect_as(pg, &name_a, &a.role_password, &name_b)
         .await
-        .expect_err("tenant_a must not connect to tenant_b's database");
+        .expect_err("a's role must not connect to b's database");
     assert_eq!(sqlstate(&e), Some("42501"), "{e}");
     let admin = pg.connect().await.unwrap();
     for (role, db, allowed) in [
-        ("tenant_a", "tenant_a", true),
-        ("tenant_a", "tenant_b", false),
-        ("tenant_b", "tenant_a", false),
-        ("tenant_b", "tenant_b", true),
+        (&name_a, &name_a, true),
+        (&name_a, &name_b, false),
+        (&name_b, &name_a, false),
+        (&name_b, &name_b, true),
     ] {
         let can: bool = admin
             .query_one(
@@ -464,23 +468,29 @@ async fn a_tenant_role_cannot_enter_another_tenants_database() {
         assert_eq!(can, allowed, "{role} CONNECT on {db}");
     }
     // Nor can it take b's role.
-    let e = own.batch_execute("SET ROLE tenant_b").await.unwrap_err();
+    let e = own
+        .batch_execute(&format!("SET ROLE {name_b}"))
+        .await
+        .unwrap_err();
     assert_eq!(sqlstate(&e), Some("42501"), "{e}");
     // Each database holds its own tenant's schema only.
-    for t in ["a", "b"] {
+    for (t, other) in [(&a, &b), (&b, &a)] {
         let db = database_state(pg, t).await.unwrap();
-        assert_eq!(db.schema_owner, Some(pg_name(t)));
-        let other = if t == "a" { "b" } else { "a" };
-        assert!(database_exists(pg, &pg_name(other)).await);
+        assert_eq!(db.schema_owner, Some(t.pg_name()));
+        assert!(database_exists(pg, &other.pg_name()).await);
         let c = tenant_db(pg, t).await;
         let foreign: bool = c
             .query_one(
                 "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
-                &[&pg_name(other)],
+                &[&other.pg_name()],
             )
             .await
             .unwrap()
             .get(0);
-        assert!(!foreign, "schema of {other} inside {t}'s database");
+        assert!(
+            !foreign,
+            "schema of {} inside {}'s database",
+            other.id, t.id
+        );
     }
 }

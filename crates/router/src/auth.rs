@@ -39,7 +39,8 @@ pub struct TenantAuth {
     pub id: String,
     /// The only keyspace its apps may use.
     pub keyspace: String,
-    /// Its PostgreSQL role (and schema) on every shard.
+    /// Its PostgreSQL role, database and schema on every shard
+    /// ([`Tenant::pg_name`](shardline_core::catalog::Tenant::pg_name)).
     pub pg_user: String,
     /// The role's password.
     pub role_password: String,

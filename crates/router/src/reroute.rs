@@ -385,6 +385,7 @@ mod tests {
                 dedicated: moved,
                 config: Default::default(),
                 role_password: "pw".into(),
+                pg_name: None,
                 state: TenantState::Active,
                 moving,
                 created_at: String::new(),

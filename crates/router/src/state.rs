@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use shardline_api::router::ShardKeyValue;
 use shardline_api::{ApiError, ErrorCode};
-use shardline_core::catalog::{tenant_pg_name, Tenant, TenantConfig, TenantState};
+use shardline_core::catalog::{Tenant, TenantConfig, TenantState};
 use shardline_core::hash::{parse_uuid, routing_hash};
 use shardline_core::shardmap::ShardRange;
 use shardline_core::{Catalog, KeyRange, KeyType, ShardKey, ShardMap};
@@ -374,7 +374,7 @@ fn tenant_auth(
     TenantAuth {
         id: t.id.clone(),
         keyspace: t.keyspace.clone(),
-        pg_user: tenant_pg_name(&t.id),
+        pg_user: t.pg_name(),
         role_password: t.role_password.clone(),
         status: match t.state {
             TenantState::Active => TenantStatus::Active,
@@ -394,7 +394,8 @@ fn missing_tenant(id: &str, version: u64) -> TenantAuth {
     TenantAuth {
         id: id.to_string(),
         keyspace: String::new(),
-        pg_user: tenant_pg_name(id),
+        // Never used: its requests are refused before any session.
+        pg_user: String::new(),
         role_password: String::new(),
         status: TenantStatus::Missing,
         config: TenantConfig::default(),
@@ -523,6 +524,7 @@ mod tests {
                 max_connections_per_shard: None,
             },
             role_password: format!("pw-{id}"),
+            pg_name: Some(format!("pg-of-{id}")),
             state,
             moving: false,
             created_at: String::new(),
@@ -648,7 +650,8 @@ mod tests {
             assert_eq!(rej.error.message, "invalid token");
         }
         let a1 = r.authenticate("tok-a1", 0).unwrap();
-        assert_eq!(a1.tenant.pg_user, "tenant_acme");
+        // The role is the record's, not derived from the tenant id.
+        assert_eq!(a1.tenant.pg_user, "pg-of-acme");
         assert_eq!(a1.tenant.role_password, "pw-acme");
         assert!(!format!("{:?}", a1.tenant).contains("pw-acme"));
     }

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    app, error_code, header, http, instance, migrate, provision, shard_catalog, tenant, Served,
+    app, error_code, header, http, instance, migrate, pg_name, provision, shard_catalog, tenant,
+    Served,
 };
 use serde_json::{json, Value};
 use shardline_api::manager::{HealthInfo, HealthSnapshot, InstanceHealth};
@@ -135,14 +136,18 @@ async fn until_in_flight(ctx: &RouterContext) {
 }
 
 async fn has_row(pg: &PgCluster, k: &str) -> anyhow::Result<bool> {
+    let name = pg_name("acme");
     let (client, conn) = tokio_postgres::connect(
-        &format!("{} dbname=tenant_acme", pg.dsn()),
+        &format!("{} dbname={name}", pg.dsn()),
         tokio_postgres::NoTls,
     )
     .await?;
     tokio::spawn(conn);
     let n: i64 = client
-        .query_one("SELECT count(*) FROM tenant_acme.kv WHERE k = $1", &[&k])
+        .query_one(
+            &format!("SELECT count(*) FROM {name}.kv WHERE k = $1"),
+            &[&k],
+        )
         .await?
         .get(0);
     Ok(n == 1)

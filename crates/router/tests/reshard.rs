@@ -12,7 +12,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{app, error_code, header, http, instance, shard_catalog, tenant, Served, TIMEOUT};
+use common::{
+    app, error_code, header, http, instance, pg_name, shard_catalog, tenant, Served, TIMEOUT,
+};
 use serde_json::{json, Value};
 use shardline_core::catalog::{Limits, Migration, Shard};
 use shardline_core::fence::{claim_key, verify_claim};
@@ -28,12 +30,13 @@ use shardline_testkit::PgCluster;
 const SCHEMA: &str = "CREATE TABLE kv (k text PRIMARY KEY, v text)";
 
 /// What the manager installs on a source at cutover: every write to the
-/// table is refused as moved (here for all keys, not just a range).
+/// table is refused as moved (here for all keys, not just a range). Run
+/// in acme's schema ([`acme_db`]).
 const REFUSE: &str = "
-CREATE FUNCTION tenant_acme.refuse_moved() RETURNS trigger LANGUAGE plpgsql AS
+CREATE FUNCTION refuse_moved() RETURNS trigger LANGUAGE plpgsql AS
   $$ BEGIN RAISE EXCEPTION 'key range moved; retry' USING ERRCODE = 'SLM01'; END $$;
-CREATE TRIGGER refuse_moved BEFORE INSERT OR UPDATE OR DELETE ON tenant_acme.kv
-  FOR EACH ROW EXECUTE FUNCTION tenant_acme.refuse_moved();";
+CREATE TRIGGER refuse_moved BEFORE INSERT OR UPDATE OR DELETE ON kv
+  FOR EACH ROW EXECUTE FUNCTION refuse_moved();";
 
 /// A PostgreSQL server as shard `shard`, with tenant `acme` and its
 /// table `kv`, provisioned by the manager's own code.
@@ -51,21 +54,25 @@ async fn shard(id: &str) -> anyhow::Result<PgCluster> {
     Ok(pg)
 }
 
-/// A superuser session in acme's database.
+/// A superuser session in acme's database, in its schema.
 async fn acme_db(pg: &PgCluster) -> anyhow::Result<tokio_postgres::Client> {
+    let name = pg_name("acme");
     let (client, conn) = tokio_postgres::connect(
-        &format!("{} dbname=tenant_acme", pg.dsn()),
+        &format!("{} dbname={name}", pg.dsn()),
         tokio_postgres::NoTls,
     )
     .await?;
     tokio::spawn(conn);
+    client
+        .batch_execute(&format!("SET search_path = {name}"))
+        .await?;
     Ok(client)
 }
 
 async fn has_row(pg: &PgCluster, k: &str) -> anyhow::Result<bool> {
     let n: i64 = acme_db(pg)
         .await?
-        .query_one("SELECT count(*) FROM tenant_acme.kv WHERE k = $1", &[&k])
+        .query_one("SELECT count(*) FROM kv WHERE k = $1", &[&k])
         .await?
         .get(0);
     Ok(n == 1)
@@ -512,7 +519,7 @@ async fn sessions_say_their_map_version_and_a_fenced_source_refuses_older_ones(
     // matches no row, and the router, finding no newer table, answers
     // 503 (retryable) with nothing written.
     let admin = acme_db(&s1).await?;
-    let meta = sql::table_meta(&admin, "tenant_acme", "kv", "k")
+    let meta = sql::table_meta(&admin, &pg_name("acme"), "kv", "k")
         .await
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     sql::install_refuse(&admin, &meta, KeyType::Text, &[KeyRange::FULL]).await?;
@@ -532,7 +539,7 @@ async fn sessions_say_their_map_version_and_a_fenced_source_refuses_older_ones(
     let (status, headers, body) = insert(&served, "fenced-insert").await?;
     assert_unavailable(status, &headers, &body);
     let v: String = admin
-        .query_one("SELECT v FROM tenant_acme.kv WHERE k = $1", &[&key])
+        .query_one("SELECT v FROM kv WHERE k = $1", &[&key])
         .await?
         .get(0);
     assert_eq!(v, "v", "nothing written");

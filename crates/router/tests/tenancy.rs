@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{app, error_code, http, instance, migrate, provision, shard_catalog, tenant};
+use common::{app, error_code, http, instance, migrate, pg_name, provision, shard_catalog, tenant};
 use serde_json::{json, Value};
 use shardline_api::ErrorCode;
 use shardline_core::catalog::{App, Limits, Tenant};
@@ -48,39 +48,38 @@ async fn tenant_pools_log_in_as_the_tenant_role() -> anyhow::Result<()> {
     let routing = Routing::build(&cat, &Routing::default(), &ctx);
     let s1 = &routing.shards["s1"];
 
+    // The role, database and schema are the record's `pg_name`.
+    let (acme_pg, beta_pg) = (pg_name("acme"), pg_name("beta"));
     let acme = s1.primary.pool_for(&routing.tenants["acme"]).get().await?;
-    assert_eq!(
-        scalar(&acme, "SELECT current_user::text").await?,
-        "tenant_acme"
-    );
-    assert_eq!(scalar(&acme, "SHOW search_path").await?, "tenant_acme");
+    assert_eq!(scalar(&acme, "SELECT current_user::text").await?, acme_pg);
+    assert_eq!(scalar(&acme, "SHOW search_path").await?, acme_pg);
     assert_eq!(
         scalar(&acme, "SELECT current_database()::text").await?,
-        "tenant_acme"
+        acme_pg
     );
     acme.batch_execute("CREATE TABLE items (id int)").await?;
-    let acme_db =
-        tokio_postgres::connect(&format!("{} dbname=tenant_acme", pg.dsn()), NoTls).await?;
+    let acme_db = tokio_postgres::connect(&format!("{} dbname={acme_pg}", pg.dsn()), NoTls).await?;
     tokio::spawn(acme_db.1);
-    let placed = scalar(&acme_db.0, "SELECT to_regclass('tenant_acme.items')::text").await?;
-    assert_eq!(placed, "tenant_acme.items");
+    let placed = scalar(
+        &acme_db.0,
+        &format!("SELECT to_regclass('{acme_pg}.items')::text"),
+    )
+    .await?;
+    assert_eq!(placed, format!("{acme_pg}.items"));
 
     let beta = s1.primary.pool_for(&routing.tenants["beta"]).get().await?;
-    assert_eq!(
-        scalar(&beta, "SELECT current_user::text").await?,
-        "tenant_beta"
-    );
+    assert_eq!(scalar(&beta, "SELECT current_user::text").await?, beta_pg);
     // beta is in its own database: acme's table is not even there, and
     // beta may not connect to acme's database.
     let err = beta
-        .batch_execute("SELECT * FROM tenant_acme.items")
+        .batch_execute(&format!("SELECT * FROM {acme_pg}.items"))
         .await
         .unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("42P01"), "{err}");
     assert_eq!(
         scalar(
             &beta,
-            "SELECT has_database_privilege('tenant_acme', 'CONNECT')::text"
+            &format!("SELECT has_database_privilege('{acme_pg}', 'CONNECT')::text")
         )
         .await?,
         "false"
@@ -94,7 +93,7 @@ async fn tenant_pools_log_in_as_the_tenant_role() -> anyhow::Result<()> {
 async fn tenant_backends(admin: &Client) -> anyhow::Result<i64> {
     Ok(admin
         .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename LIKE 'tenant\\_%'",
+            "SELECT count(*) FROM pg_stat_activity WHERE usename LIKE 't\\_%'",
             &[],
         )
         .await?
@@ -129,7 +128,7 @@ async fn shard_budget_is_shared_and_evicts_idle_connections() -> anyhow::Result<
     let c = beta.get().await?;
     assert_eq!(
         scalar(&c, "SELECT current_user::text").await?,
-        "tenant_beta"
+        pg_name("beta")
     );
     assert_eq!((acme.stats().size, beta.stats().size), (1, 1));
     assert_eq!(s1.primary.budget().open(), 2);
@@ -164,7 +163,7 @@ async fn shard_budget_is_shared_and_evicts_idle_connections() -> anyhow::Result<
     }
     assert_eq!(beta.stats().in_use, 2);
     drop(d);
-    assert_eq!(waiter.await??, "tenant_beta");
+    assert_eq!(waiter.await??, pg_name("beta"));
     assert_eq!(acme.stats().size, 0);
     assert!(s1.primary.budget().open() <= 2);
     drop(c);
@@ -220,12 +219,12 @@ async fn pool_is_replaced_when_the_password_changes() -> anyhow::Result<()> {
     let held = old.get().await?;
     assert_eq!(
         scalar(&held, "SELECT current_user::text").await?,
-        "tenant_acme"
+        pg_name("acme")
     );
 
     // The manager sets a new password; the next catalog carries it.
     admin
-        .batch_execute("ALTER ROLE tenant_acme PASSWORD 'second'")
+        .batch_execute(&format!("ALTER ROLE {} PASSWORD 'second'", pg_name("acme")))
         .await?;
     cat.version = 2;
     cat.tenants.get_mut("acme").unwrap().role_password = "second".into();
@@ -236,7 +235,7 @@ async fn pool_is_replaced_when_the_password_changes() -> anyhow::Result<()> {
     let conn = new.get().await?;
     assert_eq!(
         scalar(&conn, "SELECT current_user::text").await?,
-        "tenant_acme"
+        pg_name("acme")
     );
     // The connection in use when the pool closed finishes its work, then
     // is closed rather than returned.
@@ -304,7 +303,7 @@ async fn http_api_enforces_tenants_and_quotas() -> anyhow::Result<()> {
     assert_eq!(rows["rows"], json!([[0]]), "beta sees only its own table");
     let (status, _, body) = exec(
         "tok-b1",
-        json!({"shard_key": "k", "sql": "SELECT * FROM tenant_acme.kv"}),
+        json!({"shard_key": "k", "sql": format!("SELECT * FROM {}.kv", pg_name("acme"))}),
     )
     .await?;
     // Another database: acme's table does not exist for beta.

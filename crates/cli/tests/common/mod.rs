@@ -266,6 +266,12 @@ impl Stack {
         }
     }
 
+    /// Tenant `id`'s PostgreSQL role, database and schema name, as the
+    /// manager's API shows it (random: `Tenant::pg_name`).
+    pub async fn pg_name(&self, id: &str) -> String {
+        self.admin.get_tenant(id).await.expect("get tenant").pg_name
+    }
+
     /// Applies a migration through the manager.
     pub async fn migrate(&self, name: &str, sql: &str) {
         self.admin

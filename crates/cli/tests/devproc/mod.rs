@@ -89,6 +89,17 @@ pub fn cli(dir: &Path, args: &[&str]) -> String {
     text
 }
 
+/// Tenant `id`'s PostgreSQL role, database and schema name, as
+/// `shardline tenant get` shows it (random: `Tenant::pg_name`).
+pub fn pg_name(dir: &Path, id: &str) -> String {
+    let out = cli(dir, &["--json", "tenant", "get", id]);
+    let t: Value = serde_json::from_str(&out).unwrap();
+    t["pg_name"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no pg_name in {out}"))
+        .to_string()
+}
+
 pub async fn pg_connect(dsn: &str) -> Option<tokio_postgres::Client> {
     let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
         .await

@@ -383,7 +383,7 @@ impl Reshards {
             let admin =
                 pg::connect_shard(&source, plan.dsn(&source)?, self.settings.connect_timeout)
                     .await?;
-            tenant_pg::drop_tenant(&admin, &source, &tenant.id).await?;
+            tenant_pg::drop_tenant(&admin, &source, tenant).await?;
             tracing::info!(job = %plan.job.id, tenant = %tenant.id, %source,
                 "moved tenant dropped from the source");
         }
@@ -399,7 +399,7 @@ impl Reshards {
             let admin =
                 pg::connect_shard(&target, plan.dsn(&target)?, self.settings.connect_timeout)
                     .await?;
-            tenant_pg::drop_tenant(&admin, &target, &tenant.id).await?;
+            tenant_pg::drop_tenant(&admin, &target, tenant).await?;
         }
         Ok(())
     }
@@ -427,6 +427,7 @@ pub(super) mod tests {
                 dedicated: false,
                 config: TenantConfig::default(),
                 role_password: "x".into(),
+                pg_name: Some("t_a".into()),
                 state: TenantState::Active,
                 moving: false,
                 created_at: String::new(),

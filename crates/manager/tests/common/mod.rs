@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use shardline_api::manager::{CreateKeyspaceRequest, CreateTenantRequest, RegisterShardRequest};
 use shardline_catalog::FileStore;
+use shardline_core::catalog::Tenant;
 use shardline_manager::service::CatalogService;
 use shardline_manager::{ops, tenants};
 use shardline_testkit::PgCluster;
@@ -111,16 +112,17 @@ impl Harness {
         .unwrap();
     }
 
+    /// The catalog's record of tenant `id` (its PostgreSQL name is
+    /// `pg_name()`: random, so tests read it from here).
+    pub fn tenant(&self, id: &str) -> Tenant {
+        self.svc.current().catalog.tenants[id].clone()
+    }
+
     /// The shard by catalog id (`s<index>`).
     pub fn pg(&self, id: &str) -> &PgCluster {
         let i: usize = id.trim_start_matches('s').parse().unwrap();
         &self.shards[i]
     }
-}
-
-/// The name of a tenant's role, of its database and of the schema in it.
-pub fn pg_name(tenant: &str) -> String {
-    format!("tenant_{tenant}")
 }
 
 /// A superuser session in database `db` of a shard (a later `dbname` in a
@@ -135,8 +137,8 @@ pub async fn connect_db(pg: &PgCluster, db: &str) -> tokio_postgres::Client {
 }
 
 /// A superuser session in the tenant's database on a shard.
-pub async fn tenant_db(pg: &PgCluster, tenant: &str) -> tokio_postgres::Client {
-    connect_db(pg, &pg_name(tenant)).await
+pub async fn tenant_db(pg: &PgCluster, tenant: &Tenant) -> tokio_postgres::Client {
+    connect_db(pg, &tenant.pg_name()).await
 }
 
 /// A session as `user` with `password` in database `db`, or why it was
@@ -219,8 +221,8 @@ pub struct DatabaseState {
 }
 
 /// The tenant's database on a shard, if it exists.
-pub async fn database_state(pg: &PgCluster, tenant: &str) -> Option<DatabaseState> {
-    let name = pg_name(tenant);
+pub async fn database_state(pg: &PgCluster, tenant: &Tenant) -> Option<DatabaseState> {
+    let name = tenant.pg_name();
     let c = pg.connect().await.unwrap();
     let row = c
         .query_opt(
@@ -256,8 +258,8 @@ pub async fn database_state(pg: &PgCluster, tenant: &str) -> Option<DatabaseStat
 /// no rights of its own, and a database owned by the superuser that only
 /// that role (besides the owner) may connect to, holding the tenant's
 /// schema owned by the role.
-pub async fn assert_provisioned(pg: &PgCluster, tenant: &str) {
-    let name = pg_name(tenant);
+pub async fn assert_provisioned(pg: &PgCluster, tenant: &Tenant) {
+    let name = tenant.pg_name();
     let role = role_state(pg, &name)
         .await
         .unwrap_or_else(|| panic!("role {name} exists"));
@@ -284,15 +286,46 @@ pub async fn assert_provisioned(pg: &PgCluster, tenant: &str) {
 
 /// Asserts that a shard holds nothing of the tenant: no role, no
 /// database, no entry in the shard's tenants table.
-pub async fn assert_absent(pg: &PgCluster, tenant: &str) {
-    let name = pg_name(tenant);
+pub async fn assert_absent(pg: &PgCluster, tenant: &Tenant) {
+    let name = tenant.pg_name();
     assert!(role_state(pg, &name).await.is_none(), "role {name} gone");
     assert!(!database_exists(pg, &name).await, "database {name} gone");
     assert_eq!(
-        shard_count(pg, tenant).await,
+        shard_count(pg, &tenant.id).await,
         None,
-        "{tenant} in shardline.tenants"
+        "{} in shardline.tenants",
+        tenant.id
     );
+}
+
+/// What a shard holds of any tenant, sorted: the roles that can log in
+/// (not superusers), the databases other than the shard's own and the
+/// templates, and the tenant ids in its tenants table. For tenants whose
+/// (random) name is unknown, such as one whose creation failed.
+pub async fn tenant_leftovers(pg: &PgCluster) -> Vec<String> {
+    let c = pg.connect().await.unwrap();
+    let has_table: bool = c
+        .query_one("SELECT to_regclass('shardline.tenants') IS NOT NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let rows = if has_table {
+        "UNION ALL SELECT 'tenants row ' || tenant FROM shardline.tenants"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "SELECT 'role ' || rolname FROM pg_roles WHERE rolcanlogin AND NOT rolsuper \
+         UNION ALL SELECT 'database ' || datname FROM pg_database \
+           WHERE NOT datistemplate AND datname <> current_database() \
+         {rows} ORDER BY 1"
+    );
+    c.query(&sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
 }
 
 /// The owner of `schema.table` in database `db` of a shard, if it exists
@@ -312,18 +345,18 @@ pub async fn table_owner_in(pg: &PgCluster, db: &str, schema: &str, table: &str)
 }
 
 /// The owner of `table` in the tenant's schema, in its database.
-pub async fn table_owner(pg: &PgCluster, tenant: &str, table: &str) -> Option<String> {
-    let name = pg_name(tenant);
+pub async fn table_owner(pg: &PgCluster, tenant: &Tenant, table: &str) -> Option<String> {
+    let name = tenant.pg_name();
     table_owner_in(pg, &name, &name, table).await
 }
 
 /// The migrations recorded for a tenant in its database on a shard, by
 /// name.
-pub async fn tenant_records(pg: &PgCluster, tenant: &str) -> Vec<String> {
+pub async fn tenant_records(pg: &PgCluster, tenant: &Tenant) -> Vec<String> {
     let c = tenant_db(pg, tenant).await;
     c.query(
         "SELECT name FROM shardline.tenant_migrations WHERE tenant = $1 ORDER BY name",
-        &[&tenant],
+        &[&tenant.id],
     )
     .await
     .unwrap()

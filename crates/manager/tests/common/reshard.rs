@@ -24,7 +24,6 @@ use tokio_util::sync::CancellationToken;
 
 pub const LIMIT: Duration = Duration::from_secs(120);
 pub const TENANT: &str = "acme";
-pub const DB: &str = "tenant_acme";
 
 /// A manager, shards `s0..`, keyspace `ks` over the first ones, tenant
 /// `acme` with `items (id text primary key, v bigint)` holding `k1..kN`.
@@ -34,6 +33,8 @@ pub struct Env {
     /// Streaming replicas of a shard's primary (not in `pgs`).
     pub replicas: HashMap<String, PgCluster>,
     pub password: String,
+    /// The tenant's role, database and schema name (`Tenant::pg_name`).
+    pub pg_name: String,
 }
 
 impl Env {
@@ -107,6 +108,7 @@ impl Env {
             st,
             pgs,
             replicas,
+            pg_name: tenant.pg_name(),
             password: tenant.role_password,
         };
         let map = env.map().await;
@@ -115,8 +117,9 @@ impl Env {
             env.db(&r.shard)
                 .await
                 .batch_execute(&format!(
-                    "INSERT INTO {DB}.items SELECT 'k' || i, i FROM generate_series(1, {rows}) i \
-                     WHERE {pred}"
+                    "INSERT INTO {}.items SELECT 'k' || i, i FROM generate_series(1, {rows}) i \
+                     WHERE {pred}",
+                    env.pg_name
                 ))
                 .await
                 .unwrap();
@@ -126,8 +129,8 @@ impl Env {
 
     /// A superuser session in the tenant's database, in its schema.
     pub async fn db(&self, shard: &str) -> tokio_postgres::Client {
-        let c = super::connect_db(&self.pgs[shard], DB).await;
-        c.batch_execute(&format!("SET search_path = {DB}"))
+        let c = super::connect_db(&self.pgs[shard], &self.pg_name).await;
+        c.batch_execute(&format!("SET search_path = {}", self.pg_name))
             .await
             .unwrap();
         c
@@ -137,9 +140,14 @@ impl Env {
     /// (see `shardline_core::fence`) a routing version past any fence, so
     /// only the refuse triggers stop its writes.
     pub async fn as_tenant(&self, shard: &str) -> tokio_postgres::Client {
-        let c = super::connect_as(&self.pgs[shard], DB, &self.password, DB)
-            .await
-            .unwrap();
+        let c = super::connect_as(
+            &self.pgs[shard],
+            &self.pg_name,
+            &self.password,
+            &self.pg_name,
+        )
+        .await
+        .unwrap();
         let pid: i32 = c
             .query_one("SELECT pg_backend_pid()", &[])
             .await
@@ -201,7 +209,7 @@ impl Env {
     pub async fn rows(&self) -> BTreeMap<String, BTreeMap<String, i64>> {
         let mut out = BTreeMap::new();
         for (id, pg) in &self.pgs {
-            if !super::database_exists(pg, DB).await {
+            if !super::database_exists(pg, &self.pg_name).await {
                 continue;
             }
             let c = self.db(id).await;
@@ -490,12 +498,14 @@ pub async fn crash_and_resume_with(failpoint: &str, expect: ReshardPhase, writes
         pgs,
         replicas,
         password,
+        pg_name,
     } = env;
     let dir = st.close().await;
     let stop_writes = CancellationToken::new();
     let writer = writes.then(|| {
         tokio::spawn(direct_writes(
-            pgs["s0"].dsn(),
+            format!("{} dbname={pg_name}", pgs["s0"].dsn()),
+            pg_name.clone(),
             before
                 .values()
                 .flatten()
@@ -546,6 +556,7 @@ pub async fn crash_and_resume_with(failpoint: &str, expect: ReshardPhase, writes
         pgs,
         replicas,
         password,
+        pg_name,
     };
     let moving = job.moves[0].range;
     if expect == ReshardPhase::Cutover {
@@ -589,14 +600,15 @@ pub async fn crash_and_resume_with(failpoint: &str, expect: ReshardPhase, writes
 /// are after the acknowledged writes, and how many there were.
 async fn direct_writes(
     dsn: String,
+    schema: String,
     mut model: BTreeMap<String, i64>,
     stop: CancellationToken,
 ) -> (BTreeMap<String, i64>, u64) {
-    let (c, conn) = tokio_postgres::connect(&format!("{dsn} dbname={DB}"), tokio_postgres::NoTls)
+    let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
         .await
         .unwrap();
     tokio::spawn(conn);
-    c.batch_execute(&format!("SET search_path = {DB}"))
+    c.batch_execute(&format!("SET search_path = {schema}"))
         .await
         .unwrap();
     let keys: Vec<String> = model.keys().cloned().collect();

@@ -59,6 +59,12 @@ pub async fn migrate_named(
     Ok(())
 }
 
+/// The PostgreSQL name these tests give tenant `id` (role, database and
+/// schema): not `tenant_<id>`, so the router must take it from the record.
+pub fn pg_name(id: &str) -> String {
+    format!("t_{id}")
+}
+
 pub fn tenant(id: &str, password: &str) -> Tenant {
     Tenant {
         id: id.into(),
@@ -67,6 +73,7 @@ pub fn tenant(id: &str, password: &str) -> Tenant {
         dedicated: false,
         config: TenantConfig::default(),
         role_password: password.into(),
+        pg_name: Some(pg_name(id)),
         state: TenantState::Active,
         moving: false,
         created_at: String::new(),
