@@ -10,7 +10,8 @@
 //!
 //! With `--replicas N` each regular shard also gets N streaming replicas
 //! (`pg/<shard>-r<k>`, see [`replicas`]), registered with the shard and
-//! recorded in dev.json. A restart starts every cluster dev.json names,
+//! recorded in dev.json; `dev` says it is running once they serve
+//! eventual reads. A restart starts every cluster dev.json names,
 //! whatever its role now: after a failover a former replica may be the
 //! primary and the former primary fenced (started, never routed to).
 //!
@@ -357,6 +358,7 @@ async fn serve(
     let mut rcfg = shardline_router::RouterConfig::new(&manager_url, &router_token);
     rcfg.listen = args.router_listen;
     rcfg.id = Some("dev-router".into());
+    let (max_replica_lag, health_poll) = (rcfg.max_replica_lag, rcfg.health_poll);
     let router = shardline_router::bind(rcfg).await?;
     let router_url = format!("http://{}", router.local_addr());
 
@@ -375,6 +377,8 @@ async fn serve(
         replicas::register(&admin, &mut shards).await?;
         let app_token = default_app_token(&admin, previous.as_ref()).await?;
         wait_router_ready(&router_url).await?;
+        let feed = ManagerClient::new(&manager_url, Some(router_token.clone()))?;
+        replicas::wait_serving(&feed, &shards, max_replica_lag, health_poll).await;
         let info = DevInfo {
             pid: std::process::id(),
             router_url: router_url.clone(),
