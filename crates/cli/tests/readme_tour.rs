@@ -100,8 +100,12 @@ fn script(steps: &[Step]) -> String {
     s
 }
 
+/// A rule of [`replace_with`]: at the start of `rest`, how many bytes to
+/// replace and with what, if it matches there.
+type Rule = fn(rest: &str) -> Option<(usize, String)>;
+
 /// Replaces, at each position, the first `rule` that matches there.
-fn replace_with(text: &str, rules: &[fn(&str) -> Option<(usize, String)>]) -> String {
+fn replace_with(text: &str, rules: &[Rule]) -> String {
     let mut out = String::new();
     let mut rest = text;
     while let Some(c) = rest.chars().next() {
