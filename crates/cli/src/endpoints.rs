@@ -1,6 +1,7 @@
 //! Where the CLI finds the manager, the router and their tokens: flags,
 //! then environment, then the `dev.json` a `shardline dev` wrote.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context};
@@ -68,15 +69,48 @@ impl DevInfo {
     }
 }
 
-/// The default data directory of `shardline dev`.
+/// The default data directory of `shardline dev` when run as root.
+pub const ROOT_DATA_DIR: &str = "/var/lib/shardline/dev";
+
+/// The default data directory of `shardline dev` (and where the other
+/// verbs look for its dev.json): `$SHARDLINE_DATA_DIR` if set; as root
+/// [`ROOT_DATA_DIR`]; otherwise `$XDG_DATA_HOME/shardline/dev`, else
+/// `~/.local/share/shardline/dev`.
+///
+/// Not under root's home: PostgreSQL runs as `postgres` when we are root
+/// and could not pass through a 0700 `/root`. `/var/lib` is where a
+/// system's services keep their state, and `postgres` can reach it.
 pub fn default_data_dir() -> PathBuf {
-    if let Ok(d) = std::env::var("SHARDLINE_DATA_DIR") {
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    choose_data_dir(&DirEnv {
+        data_dir: var("SHARDLINE_DATA_DIR"),
+        xdg_data_home: var("XDG_DATA_HOME"),
+        home: var("HOME"),
+        root: shardline_localpg::is_root(),
+    })
+}
+
+/// What [`default_data_dir`] depends on (empty variables count as unset).
+#[derive(Debug, Default)]
+struct DirEnv {
+    data_dir: Option<OsString>,
+    xdg_data_home: Option<OsString>,
+    home: Option<OsString>,
+    root: bool,
+}
+
+fn choose_data_dir(env: &DirEnv) -> PathBuf {
+    if let Some(d) = &env.data_dir {
         return PathBuf::from(d);
     }
-    let base = std::env::var("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|_| std::env::var("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|_| PathBuf::from("."));
+    if env.root {
+        return PathBuf::from(ROOT_DATA_DIR);
+    }
+    let base = match (&env.xdg_data_home, &env.home) {
+        (Some(xdg), _) => PathBuf::from(xdg),
+        (None, Some(home)) => Path::new(home).join(".local/share"),
+        (None, None) => PathBuf::from("."),
+    };
     base.join("shardline/dev")
 }
 
@@ -106,6 +140,7 @@ pub struct Endpoints {
     )]
     pub app_token: Option<String>,
     /// Data directory of `shardline dev`, whose dev.json gives defaults
+    /// [default: /var/lib/shardline/dev as root, else ~/.local/share/shardline/dev]
     #[arg(long, env = "SHARDLINE_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
 }
@@ -163,5 +198,46 @@ impl Endpoints {
             "--app-token",
         )?;
         Ok(RouterClient::new(&url, Some(token))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(data_dir: Option<&str>, xdg: Option<&str>, home: Option<&str>, root: bool) -> DirEnv {
+        DirEnv {
+            data_dir: data_dir.map(OsString::from),
+            xdg_data_home: xdg.map(OsString::from),
+            home: home.map(OsString::from),
+            root,
+        }
+    }
+
+    #[test]
+    fn root_keeps_its_data_out_of_its_home() {
+        // Whatever HOME and XDG_DATA_HOME say: postgres could not reach them.
+        let d = choose_data_dir(&env(None, Some("/root/.xdg"), Some("/root"), true));
+        assert_eq!(d, Path::new("/var/lib/shardline/dev"));
+        let d = choose_data_dir(&env(None, None, None, true));
+        assert_eq!(d, Path::new(ROOT_DATA_DIR));
+    }
+
+    #[test]
+    fn a_normal_user_keeps_it_in_the_xdg_data_dir() {
+        let d = choose_data_dir(&env(None, None, Some("/home/ada"), false));
+        assert_eq!(d, Path::new("/home/ada/.local/share/shardline/dev"));
+        let d = choose_data_dir(&env(None, Some("/data/ada"), Some("/home/ada"), false));
+        assert_eq!(d, Path::new("/data/ada/shardline/dev"));
+        let d = choose_data_dir(&env(None, None, None, false));
+        assert_eq!(d, Path::new("./shardline/dev"));
+    }
+
+    #[test]
+    fn shardline_data_dir_wins_for_everyone() {
+        for root in [false, true] {
+            let d = choose_data_dir(&env(Some("/srv/sl"), Some("/x"), Some("/home/ada"), root));
+            assert_eq!(d, Path::new("/srv/sl"));
+        }
     }
 }

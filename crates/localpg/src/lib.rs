@@ -16,6 +16,8 @@
 //! - [`RunningCluster`]: a started postmaster; stop, kill, pause, DSN.
 //! - `replica`: [`create_replica`] (`pg_basebackup -R`), [`wait_streaming`],
 //!   [`wal_receiver_status`]; signals to all of a cluster's processes.
+//! - `access`: [`check_reachable`] (can the PostgreSQL user reach a
+//!   directory) and [`make_shared_dir`].
 
 use std::io::Write;
 use std::os::unix::fs::{chown, PermissionsExt};
@@ -24,8 +26,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+mod access;
 mod replica;
 
+pub use access::{check_reachable, is_root, make_shared_dir};
 pub use replica::{create_replica, wait_streaming, wal_receiver_status};
 
 /// Errors from managing a local cluster.
@@ -37,6 +41,21 @@ pub enum LocalPgError {
     /// The `postgres` OS user is needed when running as root.
     #[error("running as root but there is no `postgres` user to run PostgreSQL as")]
     NoPostgresUser,
+    /// As root, the `postgres` user cannot enter a directory on the way
+    /// to a data directory.
+    #[error(
+        "PostgreSQL runs as user `postgres`, which cannot enter {} (mode {mode:04o}, owner {owner}), so it cannot reach {}",
+        dir.display(),
+        target.display()
+    )]
+    Unreachable {
+        /// The first directory in the way.
+        dir: PathBuf,
+        mode: u32,
+        owner: String,
+        /// The directory PostgreSQL needs.
+        target: PathBuf,
+    },
     /// A file-system step failed.
     #[error("{what}: {source}")]
     Io {
@@ -112,23 +131,38 @@ struct RunAs {
 /// Returns the `postgres` user when this process is root, else `None`
 /// (PostgreSQL then runs as the current user).
 fn run_as() -> Result<Option<RunAs>> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         return Ok(None);
     }
+    passwd_entries()?
+        .into_iter()
+        .find(|(name, _)| name == "postgres")
+        .map(|(_, who)| Some(who))
+        .ok_or(LocalPgError::NoPostgresUser)
+}
+
+/// The users of `/etc/passwd`: name, uid and primary gid.
+fn passwd_entries() -> Result<Vec<(String, RunAs)>> {
     let passwd = std::fs::read_to_string("/etc/passwd").map_err(io_err("read /etc/passwd"))?;
-    passwd
+    Ok(passwd
         .lines()
-        .find_map(|line| {
+        .filter_map(|line| {
             let mut f = line.split(':');
-            (f.next()? == "postgres").then_some(())?;
+            let name = f.next()?.to_string();
             let _pw = f.next()?;
             let uid = f.next()?.parse().ok()?;
             let gid = f.next()?.parse().ok()?;
-            Some(RunAs { uid, gid })
+            Some((name, RunAs { uid, gid }))
         })
-        .map(Some)
-        .ok_or(LocalPgError::NoPostgresUser)
+        .collect())
+}
+
+/// The name of the user with this uid, if `/etc/passwd` has one.
+fn passwd_name(uid: u32) -> Option<String> {
+    passwd_entries()
+        .ok()?
+        .into_iter()
+        .find_map(|(name, who)| (who.uid == uid).then_some(name))
 }
 
 /// Builds a command for a PostgreSQL program, as the `postgres` user when
@@ -253,6 +287,8 @@ pub async fn init_cluster(bins: &PgBinaries, cfg: &ClusterConfig) -> Result<bool
     }
     let who = run_as()?;
     make_owned_dir(&cfg.data_dir, who)?;
+    // A clear error now rather than initdb's "Permission denied" on a file.
+    check_reachable(&cfg.data_dir)?;
     let mut cmd = pg_command(&bins.program("initdb"), who);
     cmd.arg("-D").arg(&cfg.data_dir).args([
         "-U",
@@ -281,6 +317,7 @@ pub async fn init_cluster(bins: &PgBinaries, cfg: &ClusterConfig) -> Result<bool
 /// Starts the postmaster and waits until it accepts connections.
 pub async fn start_cluster(bins: &PgBinaries, cfg: &ClusterConfig) -> Result<RunningCluster> {
     let who = run_as()?;
+    check_reachable(&cfg.data_dir)?;
     let log_path = cfg.log_file();
     let log = std::fs::OpenOptions::new()
         .create(true)

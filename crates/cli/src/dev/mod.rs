@@ -10,7 +10,8 @@
 //!
 //! With `--replicas N` each regular shard also gets N streaming replicas
 //! (`pg/<shard>-r<k>`, see [`replicas`]), registered with the shard and
-//! recorded in dev.json. A restart starts every cluster dev.json names,
+//! recorded in dev.json; `dev` says it is running once they serve
+//! eventual reads. A restart starts every cluster dev.json names,
 //! whatever its role now: after a failover a former replica may be the
 //! primary and the former primary fenced (started, never routed to).
 //!
@@ -33,11 +34,12 @@ use shardline_api::manager::{
 use shardline_api::router::DEFAULT_KEYSPACE;
 use shardline_client::{ClientError, ManagerClient};
 use shardline_localpg::{
-    free_port, init_cluster, start_cluster, ClusterConfig, PgBinaries, RunningCluster, StopMode,
+    free_port, init_cluster, make_shared_dir, start_cluster, ClusterConfig, LocalPgError,
+    PgBinaries, RunningCluster, StopMode,
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::endpoints::{default_data_dir, DevInfo, DevShard};
+use crate::endpoints::{default_data_dir, DevInfo, DevShard, ROOT_DATA_DIR};
 
 /// The default app's name.
 const DEFAULT_APP: &str = "default";
@@ -51,7 +53,8 @@ const MAX_SHARDS: usize = 64;
 /// Options of `shardline dev`.
 #[derive(Debug, Clone, Args)]
 pub struct DevArgs {
-    /// Where clusters, catalog and dev.json live [default: ~/.local/share/shardline/dev]
+    /// Where clusters, catalog and dev.json live [default: /var/lib/shardline/dev
+    /// as root, else ~/.local/share/shardline/dev]
     #[arg(long, env = "SHARDLINE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Number of shards (PostgreSQL clusters) of keyspace `default`, on first start
@@ -93,12 +96,7 @@ fn random_secret(prefix: &str) -> String {
 
 /// Runs `dev` until `shutdown`.
 pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-    // PostgreSQL runs as `postgres` when we are root: let it reach its dirs.
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
-        .with_context(|| format!("chmod {}", dir.display()))?;
-    let dir = dir.canonicalize().context("resolve data dir")?;
+    let dir = prepare_data_dir(&args.data_dir.clone().unwrap_or_else(default_data_dir))?;
     let previous = DevInfo::load(&dir).ok();
     let bins = PgBinaries::detect()?;
 
@@ -154,6 +152,26 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
         println!("shardline dev stopped; data kept in {}", dir.display());
     }
     result
+}
+
+/// Makes the data directory, root:postgres 0710 as root (PostgreSQL
+/// passes through to its clusters, nobody else reads the tokens, catalog
+/// and logs), 0700 otherwise. Refuses, before any initdb, a directory the
+/// `postgres` user could not reach, saying what to do instead.
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    if let Err(e) = make_shared_dir(dir) {
+        if let LocalPgError::Unreachable { dir: blocked, .. } = &e {
+            bail!(
+                "{e}.\nPick a data dir that user can reach with --data-dir DIR or \
+                 SHARDLINE_DATA_DIR (as root the default is {ROOT_DATA_DIR}), \
+                 or let it through with `chmod o+x {}`",
+                blocked.display()
+            );
+        }
+        return Err(e).with_context(|| format!("make data dir {}", dir.display()));
+    }
+    dir.canonicalize()
+        .with_context(|| format!("resolve data dir {}", dir.display()))
 }
 
 /// The shards to run: those of the previous run (else `n` new ones), plus
@@ -340,6 +358,7 @@ async fn serve(
     let mut rcfg = shardline_router::RouterConfig::new(&manager_url, &router_token);
     rcfg.listen = args.router_listen;
     rcfg.id = Some("dev-router".into());
+    let (max_replica_lag, health_poll) = (rcfg.max_replica_lag, rcfg.health_poll);
     let router = shardline_router::bind(rcfg).await?;
     let router_url = format!("http://{}", router.local_addr());
 
@@ -358,6 +377,8 @@ async fn serve(
         replicas::register(&admin, &mut shards).await?;
         let app_token = default_app_token(&admin, previous.as_ref()).await?;
         wait_router_ready(&router_url).await?;
+        let feed = ManagerClient::new(&manager_url, Some(router_token.clone()))?;
+        replicas::wait_serving(&feed, &shards, max_replica_lag, health_poll).await;
         let info = DevInfo {
             pid: std::process::id(),
             router_url: router_url.clone(),

@@ -3,9 +3,10 @@
 //! and registered with the manager.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use shardline_api::manager::{AddReplicaRequest, ShardInfo};
+use shardline_api::manager::{AddReplicaRequest, HealthSnapshot, ShardInfo};
 use shardline_client::{ClientError, ManagerClient};
 use shardline_localpg::{
     create_replica, free_port, start_cluster, wait_streaming, PgBinaries, RunningCluster,
@@ -18,7 +19,10 @@ use crate::endpoints::{DevReplica, DevShard};
 pub const MAX_REPLICAS: usize = 4;
 
 /// How long a new replica may take to stream.
-const STREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+const STREAM_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long `dev` waits for its replicas to serve eventual reads.
+const SERVE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Adds replicas to each regular shard until it has `n`; existing ones
 /// are kept even when `n` is lower, as spare shards are.
@@ -210,6 +214,74 @@ pub async fn register(admin: &ManagerClient, shards: &mut [DevShard]) -> anyhow:
         }
     }
     Ok(())
+}
+
+/// Waits until the manager's health feed (read with the router token)
+/// shows every registered replica of `shards` able to serve eventual
+/// reads as the router judges it (up, in recovery, at most `max_lag`
+/// behind), then for the router to read the feed (two of its polls): so
+/// once `dev` says it is running, an eventual read goes to a replica. An
+/// instance the catalog now calls something else (a promoted or fenced
+/// one) is not waited for. After [`SERVE_TIMEOUT`] it says which replicas
+/// are not serving and goes on.
+pub async fn wait_serving(
+    feed: &ManagerClient,
+    shards: &[DevShard],
+    max_lag: Duration,
+    router_poll: Duration,
+) {
+    let wanted: Vec<(&str, &str)> = shards
+        .iter()
+        .flat_map(|s| {
+            s.replicas
+                .iter()
+                .filter_map(|r| Some((s.id.as_str(), r.id.as_deref()?)))
+        })
+        .collect();
+    if wanted.is_empty() {
+        return;
+    }
+    let deadline = Instant::now() + SERVE_TIMEOUT;
+    loop {
+        let waiting: Vec<&str> = match feed.health().await {
+            Ok(snap) => wanted
+                .iter()
+                .filter(|(shard, id)| !serving(&snap, shard, id, max_lag))
+                .map(|(_, id)| *id)
+                .collect(),
+            Err(_) => wanted.iter().map(|(_, id)| *id).collect(),
+        };
+        if waiting.is_empty() {
+            tokio::time::sleep(router_poll * 2).await;
+            return;
+        }
+        if Instant::now() > deadline {
+            eprintln!(
+                "note: not serving eventual reads yet: {}",
+                waiting.join(", ")
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether the snapshot shows replica `id` of `shard` able to serve, or
+/// no longer a replica.
+fn serving(snap: &HealthSnapshot, shard: &str, id: &str, max_lag: Duration) -> bool {
+    let Some(i) = snap
+        .instances
+        .iter()
+        .find(|i| i.shard == shard && i.instance == id)
+    else {
+        return false;
+    };
+    i.role != "replica"
+        || (i.health.up
+            && i.health.in_recovery != Some(false)
+            && i.health
+                .lag_seconds
+                .is_some_and(|lag| lag.is_finite() && lag <= max_lag.as_secs_f64()))
 }
 
 /// The id of the instance of `info` on `port`.
