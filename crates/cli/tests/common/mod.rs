@@ -53,6 +53,12 @@ pub struct StackOptions {
     pub body_limit: usize,
     /// The manager's router lease (its default if `None`).
     pub router_lease: Option<Duration>,
+    /// Extra PostgreSQL settings of every shard (e.g.
+    /// `shared_preload_libraries`).
+    pub pg_settings: &'static [(&'static str, &'static str)],
+    /// Changes the router's settings before it starts (e.g. a shorter
+    /// `request_timeout`).
+    pub tune_router: fn(&mut shardline_router::RouterConfig),
 }
 
 impl Default for StackOptions {
@@ -67,6 +73,8 @@ impl Default for StackOptions {
             statement_timeout: Duration::from_secs(10),
             body_limit: 1024 * 1024,
             router_lease: None,
+            pg_settings: &[],
+            tune_router: |_| {},
         }
     }
 }
@@ -107,6 +115,7 @@ pub async fn start_router(
     cfg.body_limit = opts.body_limit;
     cfg.connect_timeout = Duration::from_secs(1);
     cfg.acquire_timeout = Duration::from_secs(1);
+    (opts.tune_router)(&mut cfg);
     let bound = shardline_router::bind(cfg).await.expect("bind router");
     let url = format!("http://{}", bound.local_addr());
     let stop = CancellationToken::new();
@@ -143,17 +152,16 @@ impl Stack {
         let mut shards = Vec::new();
         let mut replicas = Vec::new();
         for i in 0..opts.shards + opts.spare {
-            let primary = if opts.synchronous && i < opts.shards {
-                PgCluster::start_with(shardline_testkit::SYNC_REPLICATION).await
+            let mut settings = opts.pg_settings.to_vec();
+            if opts.synchronous && i < opts.shards {
+                settings.extend_from_slice(shardline_testkit::SYNC_REPLICATION);
             } else if opts.replicas > 0 && i < opts.shards {
                 // Asynchronous replication as deployed: a commit waits for
                 // its WAL to be written locally (the test default does
                 // not), not for a standby.
-                PgCluster::start_with(&[("synchronous_commit", "local")]).await
-            } else {
-                PgCluster::start().await
+                settings.push(("synchronous_commit", "local"));
             }
-            .expect("start shard");
+            let primary = PgCluster::start_with(&settings).await.expect("start shard");
             let mut mine = Vec::new();
             for _ in 0..if i < opts.shards { opts.replicas } else { 0 } {
                 mine.push(
