@@ -187,8 +187,8 @@ pub async fn resources(s: &mut Suite) {
         ),
         (
             attacks::attack(
-                "10 million rows",
-                "SELECT g FROM generate_series(1, 10000000) g",
+                "10 million rows of 1 kB",
+                "SELECT g, repeat('x', 1000) FROM generate_series(1, 10000000) g",
                 Expect::router(400),
             ),
             None,
@@ -206,7 +206,7 @@ pub async fn resources(s: &mut Suite) {
         (
             attacks::attack(
                 "recursive CTE without end",
-                format!("{cte} SELECT n FROM r /* hostile:cte */"),
+                format!("{cte} SELECT n, repeat('x', 1000) FROM r /* hostile:cte */"),
                 Expect::router(400),
             ),
             Some("hostile:cte"),
@@ -380,7 +380,7 @@ pub async fn gamma_elsewhere(s: &mut Suite) {
 
 /// The verdict fails an attack that succeeds without echoing a secret:
 /// two attacks of the list, sent by a tenant whose role a superuser made
-/// SUPERUSER, succeed — a file written by a program, beta's session
+/// the rights of pg_execute_server_program and pg_signal_backend, succeed — a file written by a program, beta's session
 /// terminated — and answer nothing secret; each must be unexpected, for
 /// its answer and for the effect the probes saw.
 pub async fn superuser_controls(s: &mut Suite) {

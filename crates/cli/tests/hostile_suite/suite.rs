@@ -44,7 +44,8 @@ pub const TENANT_POOL: usize = 8;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Who {
     Alpha,
-    /// A tenant whose role a superuser made SUPERUSER: the controls.
+    /// A tenant whose role a superuser gave the rights to run programs
+    /// and to signal any session: the controls.
     Superuser,
 }
 
@@ -253,6 +254,38 @@ pub async fn set_up() -> Suite {
         )
         .await
         .expect("gamma's table");
+    // Code in the shared keyspace, as only a migration may bring it (see
+    // docs/operations.md, "Session state"): two helper functions the
+    // session-state checks use, and the operator's monitoring extension,
+    // which takes the superuser (a migration may `RESET ROLE`). The
+    // keyspace is then marked as holding code: routers reset every
+    // session after every request there (the router's tests cover the
+    // keyspace without code).
+    stack
+        .admin
+        .apply_migration(
+            "default",
+            &ApplyMigrationRequest {
+                name: "002_helpers_and_monitoring".into(),
+                sql: format!(
+                    "CREATE FUNCTION probe(q text) RETURNS text LANGUAGE plpgsql AS $f$ \
+                     DECLARE r text; BEGIN EXECUTE q INTO r; RETURN r; \
+                     EXCEPTION WHEN others THEN RETURN 'error ' || SQLSTATE; END $f$; \
+                     CREATE FUNCTION run_then(action text, probe text) RETURNS text \
+                     LANGUAGE plpgsql AS $f$ DECLARE r text; BEGIN EXECUTE action; \
+                     EXECUTE probe INTO r; RETURN r; END $f$; \
+                     DO $d$ DECLARE me text := current_user; BEGIN \
+                       RESET ROLE; \
+                       CREATE SCHEMA IF NOT EXISTS {MONITORING}; \
+                       CREATE EXTENSION IF NOT EXISTS pg_stat_statements SCHEMA {MONITORING}; \
+                       EXECUTE format('GRANT USAGE ON SCHEMA {MONITORING} TO %I', me); \
+                       EXECUTE format('SET LOCAL ROLE %I', me); \
+                     END $d$"
+                ),
+            },
+        )
+        .await
+        .expect("the shared keyspace's helpers and monitoring");
     let pg_name = |id: &'static str| {
         let admin = stack.admin.clone();
         async move {
@@ -327,25 +360,14 @@ pub async fn set_up() -> Suite {
     .await
     .expect("beta's comment");
 
-    // alpha's own: a row, a sequence, and two helpers the session-state
-    // checks use.
-    let a = quote_ident(&alpha_pg);
+    // alpha's own: a row and a sequence (the helper functions came with
+    // the keyspace's migration).
     for sql in [
         format!(
             "INSERT INTO items VALUES ({}, 'alpha-own')",
             quote_literal(&key)
         ),
         "CREATE SEQUENCE leftover_seq".into(),
-        format!(
-            "CREATE FUNCTION {a}.probe(q text) RETURNS text LANGUAGE plpgsql AS $f$ \
-             DECLARE r text; BEGIN EXECUTE q INTO r; RETURN r; \
-             EXCEPTION WHEN others THEN RETURN 'error ' || SQLSTATE; END $f$"
-        ),
-        format!(
-            "CREATE FUNCTION {a}.run_then(action text, probe text) RETURNS text \
-             LANGUAGE plpgsql AS $f$ DECLARE r text; BEGIN EXECUTE action; \
-             EXECUTE probe INTO r; RETURN r; END $f$"
-        ),
     ] {
         rows(&alpha, &key, &sql)
             .await
@@ -364,21 +386,16 @@ pub async fn set_up() -> Suite {
             &beta_pg,
         )
         .await;
-        view.alpha_db
-            .batch_execute(&format!(
-                "CREATE SCHEMA {MONITORING}; \
-                 CREATE EXTENSION pg_stat_statements SCHEMA {MONITORING}; \
-                 GRANT USAGE ON SCHEMA {MONITORING} TO {a}"
-            ))
-            .await
-            .expect("install pg_stat_statements");
+        // Not SUPERUSER: the reconciler takes that back from a tenant
+        // role (a superuser is no tenant), and rightly so.
+        let control = quote_ident(&superuser_pg);
         view.admin
             .batch_execute(&format!(
-                "ALTER ROLE {} SUPERUSER",
-                quote_ident(&superuser_pg)
+                "ALTER ROLE {control} INHERIT; \
+                 GRANT pg_execute_server_program, pg_signal_backend TO {control}"
             ))
             .await
-            .expect("make the control tenant superuser");
+            .expect("give the control tenant its rights");
         views.push(view);
     }
     let view = &views[shard];

@@ -263,7 +263,8 @@ async fn run(
     };
     let encoded = values::encode_params(stmt.params(), params)?;
     let columns = result_columns(&stmt)?;
-    let rows = collect(conn.client(), &stmt, &encoded, columns, limits);
+    let read = crate::classify::is_read(sql);
+    let rows = collect(conn.client(), &stmt, &encoded, columns, limits, read);
     let (result, reset_outcome) = if reset && conn.resets_sessions() {
         // `join` polls `rows` first, so the statement goes out before
         // the reset; both in one write.
@@ -278,10 +279,9 @@ async fn run(
     result.map_err(|e| match e {
         RunError::Pg(e) => fail(conn, sql, &e),
         RunError::TooLarge(mut e) => {
-            if crate::classify::is_read(sql) {
-                // A read still runs on the server, sending rows no one
-                // reads: cancelled, and the connection not reused.
-                conn.abandon();
+            if read {
+                // `collect` cancelled it; the connection is not reused.
+                conn.discard();
                 e.message = format!("{}; the statement was cancelled", e.message);
             } else {
                 // A write runs to its end (its rows are read and dropped
@@ -306,13 +306,17 @@ enum RunError {
     Api(ApiError),
 }
 
-/// Executes a prepared statement and reads its rows within `limits`.
+/// Executes a prepared statement and reads its rows within `limits`. A
+/// `read` whose result outgrows them is cancelled at once: it would go
+/// on sending rows no one reads (forever, for a recursive query without
+/// end), and anything sent behind it on the connection would wait.
 async fn collect(
     client: &tokio_postgres::Client,
     stmt: &Statement,
     encoded: &[values::EncodedParam],
     columns: Vec<Column>,
     limits: &ResultLimits,
+    read: bool,
 ) -> Result<StatementResult, RunError> {
     let stream = client
         .query_raw(stmt, encoded.iter())
@@ -333,6 +337,12 @@ async fn collect(
                 ),
             );
             e.hint = Some("add LIMIT and fetch the rows in pages".into());
+            if read {
+                let token = client.cancel_token();
+                tokio::spawn(async move {
+                    let _ = token.cancel_query(tokio_postgres::NoTls).await;
+                });
+            }
             return Err(RunError::TooLarge(e));
         }
         let mut out = Vec::with_capacity(columns.len());

@@ -625,18 +625,6 @@ impl PooledConn {
         self.discard = true;
     }
 
-    /// Cancels whatever the session is running and closes the connection
-    /// when dropped.
-    pub fn abandon(&mut self) {
-        self.discard = true;
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let token = self.conn().client.cancel_token();
-            rt.spawn(async move {
-                let _ = token.cancel_query(NoTls).await;
-            });
-        }
-    }
-
     /// Whether the connection is closed or marked for discarding.
     pub fn is_broken(&self) -> bool {
         self.discard || self.conn().client.is_closed()
