@@ -175,6 +175,16 @@ fn port(s: &str) -> Option<(usize, String)> {
     None
 }
 
+/// A tenant's PostgreSQL name: `t_` and 24 hex digits, random.
+fn pg_name(s: &str) -> Option<(usize, String)> {
+    let hex = s
+        .strip_prefix("t_")?
+        .bytes()
+        .take_while(u8::is_ascii_hexdigit)
+        .count();
+    (hex == 24).then(|| (2 + hex, "t_<name>".into()))
+}
+
 /// A duration in milliseconds: `351 ms`.
 fn millis(s: &str) -> Option<(usize, String)> {
     let n = digits(s);
@@ -205,7 +215,7 @@ fn strip_ansi(s: &str) -> String {
 /// The lines as compared: what varies replaced, trailing blanks dropped.
 fn normalise(text: &str) -> Vec<String> {
     let text = strip_ansi(&text.replace('\r', ""));
-    let text = replace_with(&text, &[token, timestamp, port, millis]);
+    let text = replace_with(&text, &[token, timestamp, port, millis, pg_name]);
     let mut lines: Vec<String> = text.lines().map(|l| l.trim_end().to_string()).collect();
     while lines.last().is_some_and(|l| l.is_empty()) {
         lines.pop();

@@ -430,18 +430,24 @@ async fn ordinary_clients_work_in_a_tenant_database() {
     h.shared_tenant("beta", "default").await;
     let a = h.tenant("alpha");
     let pg = &h.shards[0];
-    tenant_db(pg, &a)
-        .await
+    // As a migration would: its objects, a function among them, and then
+    // the database marked as holding code (so the tenant may add more).
+    let inside = tenant_db(pg, &a).await;
+    inside
         .batch_execute(&format!(
             "SET ROLE {0}; SET search_path = {0}; \
              CREATE TABLE items (id int PRIMARY KEY, v text); \
              CREATE VIEW items_v AS SELECT * FROM items; \
              CREATE TYPE mood AS ENUM ('calm', 'busy'); \
-             CREATE FUNCTION twice(int) RETURNS int LANGUAGE sql AS 'SELECT $1 * 2'",
+             CREATE FUNCTION twice(int) RETURNS int LANGUAGE sql AS 'SELECT $1 * 2'; \
+             RESET ROLE",
             a.pg_name()
         ))
         .await
         .unwrap();
+    assert!(shardline_manager::tenant_code::settle(&inside)
+        .await
+        .unwrap());
 
     // psql's catalogue commands: these work ...
     let psql = shardline_localpg::PgBinaries::detect()

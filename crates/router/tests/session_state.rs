@@ -54,7 +54,7 @@ fn items() -> Vec<Item> {
             name: "search_path by set_config",
             set: &["SELECT set_config('search_path', 'pg_catalog', false)"],
             probe: "SELECT current_setting('search_path')",
-            clean: json!("tenant_acme"),
+            clean: json!("t_acme"),
         },
         Item {
             name: "a setting in a transaction",
@@ -70,7 +70,7 @@ fn items() -> Vec<Item> {
         },
         Item {
             name: "role by set_config",
-            set: &["SELECT set_config('role', 'tenant_acme', false)"],
+            set: &["SELECT set_config('role', 't_acme', false)"],
             probe: "SELECT current_setting('role')",
             clean: json!("none"),
         },

@@ -187,8 +187,8 @@ pub async fn resources(s: &mut Suite) {
         ),
         (
             attacks::attack(
-                "10 million rows of 1 kB",
-                "SELECT g, repeat('x', 1000) FROM generate_series(1, 10000000) g",
+                "10 million rows of 10 kB",
+                "SELECT g, repeat('x', 10000) FROM generate_series(1, 10000000) g",
                 Expect::router(400),
             ),
             None,
@@ -206,7 +206,7 @@ pub async fn resources(s: &mut Suite) {
         (
             attacks::attack(
                 "recursive CTE without end",
-                format!("{cte} SELECT n, repeat('x', 1000) FROM r /* hostile:cte */"),
+                format!("{cte} SELECT n, repeat('x', 10000) FROM r /* hostile:cte */"),
                 Expect::router(400),
             ),
             Some("hostile:cte"),
