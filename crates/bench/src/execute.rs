@@ -20,6 +20,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rand::Rng;
 use serde_json::{json, Value};
+use shardline_api::manager::{ApplyMigrationRequest, CreateAppRequest, CreateTenantRequest};
 
 /// Options of `shardline-bench execute`.
 #[derive(Debug, clap::Args)]
@@ -31,7 +32,7 @@ pub struct ExecuteArgs {
     #[arg(long, default_value_t = 5)]
     pub phase_secs: u64,
     /// Rounds; each runs one phase per path (direct, router, router
-    /// without the session reset).
+    /// without the session reset, router for a keyspace with code).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
     /// Rows in the table.
@@ -185,10 +186,13 @@ pub fn run(args: ExecuteArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let (dev, info) = crate::dev::start_dev(&bin, &["--shards", "1", "--spare-shards", "0"])?;
+    // One shard for tenant `default`, one spare for tenant `coded`, whose
+    // keyspace holds a function (so the router resets its sessions after
+    // every request).
+    let (dev, info) = crate::dev::start_dev(&bin, &["--shards", "1", "--spare-shards", "1"])?;
     // Two router processes of their own, alike but for the session reset
-    // after each request (the dev process's router shares its process
-    // with the manager, so its CPU could not be told apart).
+    // (the dev process's router shares its process with the manager, so
+    // its CPU could not be told apart).
     let routers = [
         ("router", ""),
         ("router, no session reset", "session_reset = false"),
@@ -205,19 +209,13 @@ pub fn run(args: ExecuteArgs) -> anyhow::Result<()> {
     result
 }
 
-/// One way to the table: straight to PostgreSQL, or through a router.
-enum Path<'a> {
-    Direct,
-    Router(&'a str, &'a crate::dev::RouterProc),
-}
-
-impl Path<'_> {
-    fn name(&self) -> &str {
-        match self {
-            Path::Direct => "direct PostgreSQL",
-            Path::Router(name, _) => name,
-        }
-    }
+/// One way to the table: straight to PostgreSQL, or through a router as
+/// one tenant's app; each with the PostgreSQL server it ends at.
+struct Path<'a> {
+    name: &'static str,
+    router: Option<&'a crate::dev::RouterProc>,
+    token: String,
+    data_dir: PathBuf,
 }
 
 /// What the rounds measured of one path.
@@ -231,17 +229,55 @@ struct Totals {
     pg_cpu: u64,
 }
 
+/// A shard of the dev setup: its superuser DSN and data directory.
+struct Loaded {
+    dsn: String,
+    data_dir: PathBuf,
+}
+
+/// Creates and fills `bench_accounts` in `pg_name`'s database on the
+/// shard at `shard_dsn` (unless a migration made it), as the tenant's role.
+async fn load(shard_dsn: &str, pg_name: &str, rows: i64, create: bool) -> anyhow::Result<String> {
+    let dsn = format!("{shard_dsn} dbname={pg_name}");
+    let (setup, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let create = if create {
+        "DROP TABLE IF EXISTS bench_accounts; \
+         CREATE TABLE bench_accounts (id bigint PRIMARY KEY, balance bigint NOT NULL, filler char(84));"
+    } else {
+        ""
+    };
+    setup
+        .batch_execute(&format!(
+            "SET ROLE {pg_name}; SET search_path = {pg_name}; {create} \
+             INSERT INTO bench_accounts SELECT g, g * 10, '' FROM generate_series(1, {rows}) g; \
+             RESET ROLE"
+        ))
+        .await
+        .context("load the table")?;
+    // VACUUM runs alone (not in the implicit transaction above).
+    setup
+        .batch_execute(&format!("VACUUM ANALYZE {pg_name}.bench_accounts"))
+        .await
+        .context("vacuum the table")?;
+    Ok(dsn)
+}
+
 async fn bench(
     args: &ExecuteArgs,
     info: &Value,
     routers: &[(&str, crate::dev::RouterProc)],
 ) -> anyhow::Result<()> {
-    let shard = &info["shards"][0];
-    let dsn = shard["dsn"]
-        .as_str()
-        .context("dev.json shard dsn")?
-        .to_string();
-    let data_dir = std::path::PathBuf::from(shard["data_dir"].as_str().context("data_dir")?);
+    let shard_of = |id: &str| -> anyhow::Result<Loaded> {
+        let s = info["shards"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["id"] == id))
+            .with_context(|| format!("dev.json has no shard {id}"))?;
+        Ok(Loaded {
+            dsn: s["dsn"].as_str().context("dsn")?.to_string(),
+            data_dir: PathBuf::from(s["data_dir"].as_str().context("data_dir")?),
+        })
+    };
     let token = info["app_token"].as_str().context("app_token")?.to_string();
     let manager = shardline_client::ManagerClient::new(
         info["manager_url"].as_str().context("manager_url")?,
@@ -249,27 +285,46 @@ async fn bench(
     )?;
     // The default tenant's role, database and schema share one name.
     let pg_name = manager.get_tenant("default").await?.pg_name;
+    let default_shard = shard_of("shard-0")?;
+    let dsn = load(&default_shard.dsn, &pg_name, args.rows, true).await?;
 
-    // The default tenant's database, where its app's statements run; the
-    // table is created as the tenant's role so the router may read it.
-    let dsn = format!("{dsn} dbname={pg_name}");
-    let (setup, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
-    setup
-        .batch_execute(&format!(
-            "SET ROLE {pg_name}; SET search_path = {pg_name}; \
-             DROP TABLE IF EXISTS bench_accounts; \
-             CREATE TABLE bench_accounts (id bigint PRIMARY KEY, balance bigint NOT NULL, filler char(84)); \
-             INSERT INTO bench_accounts SELECT g, g * 10, '' FROM generate_series(1, {}) g; \
-             RESET ROLE;",
-            args.rows
-        ))
+    // Tenant `coded` on the spare shard: its keyspace's migration brings
+    // the table and a function, so its keyspace holds code.
+    manager
+        .create_tenant(&CreateTenantRequest {
+            id: "coded".into(),
+            dedicated: true,
+            shards: Some(1),
+            ..CreateTenantRequest::default()
+        })
         .await
-        .context("load the table")?;
-    setup
-        .batch_execute(&format!("VACUUM ANALYZE {pg_name}.bench_accounts"))
+        .context("create tenant coded")?;
+    manager
+        .apply_migration(
+            "coded",
+            &ApplyMigrationRequest {
+                name: "001_bench".into(),
+                sql:
+                    "CREATE TABLE bench_accounts (id bigint PRIMARY KEY, balance bigint NOT NULL, \
+                      filler char(84)); \
+                      CREATE FUNCTION touch() RETURNS int LANGUAGE sql AS 'SELECT 1'"
+                        .into(),
+            },
+        )
         .await
-        .context("vacuum the table")?;
+        .context("migrate tenant coded")?;
+    let coded_token = manager
+        .create_app(&CreateAppRequest {
+            name: "coded-app".into(),
+            tenant: Some("coded".into()),
+            ..CreateAppRequest::default()
+        })
+        .await
+        .context("create coded's app")?
+        .token;
+    let coded_shard = shard_of("spare-0")?;
+    let coded_pg = manager.get_tenant("coded").await?.pg_name;
+    load(&coded_shard.dsn, &coded_pg, args.rows, false).await?;
 
     let mut clients = Vec::new();
     for _ in 0..args.concurrency {
@@ -280,11 +335,36 @@ async fn bench(
         let stmt = c.prepare(SQL).await?;
         clients.push(Arc::new((c, stmt)));
     }
-    let mut paths = vec![Path::Direct];
-    paths.extend(routers.iter().map(|(name, r)| Path::Router(name, r)));
+    let router = |i: usize| routers.get(i).map(|(_, r)| r);
+    let paths = vec![
+        Path {
+            name: "direct PostgreSQL",
+            router: None,
+            token: String::new(),
+            data_dir: default_shard.data_dir.clone(),
+        },
+        Path {
+            name: "router",
+            router: router(0),
+            token: token.clone(),
+            data_dir: default_shard.data_dir.clone(),
+        },
+        Path {
+            name: "router, no session reset",
+            router: router(1),
+            token: token.clone(),
+            data_dir: default_shard.data_dir.clone(),
+        },
+        Path {
+            name: "router, keyspace with code",
+            router: router(0),
+            token: coded_token,
+            data_dir: coded_shard.data_dir.clone(),
+        },
+    ];
     // Warm every path (router pools, prepared statements, caches).
     for p in &paths {
-        run_phase(p, &clients, &token, args, 1).await;
+        run_phase(p, &clients, args, 1).await;
     }
 
     println!(
@@ -293,30 +373,26 @@ async fn bench(
     );
     let mut totals: Vec<Totals> = paths.iter().map(|_| Totals::default()).collect();
     for round in 0..args.rounds {
-        let mut line = format!("round {}:", round + 1);
+        println!("round {}:", round + 1);
         for (p, t) in paths.iter().zip(totals.iter_mut()) {
-            let router_pid = match p {
-                Path::Direct => None,
-                Path::Router(_, r) => Some(r.pid()),
-            };
+            let router_pid = p.router.map(|r| r.pid());
             let cpu0 = router_pid.map_or(0, crate::dev::cpu_micros);
-            let pg0 = crate::dev::pg_cpu_micros(&data_dir);
-            let ph = run_phase(p, &clients, &token, args, args.phase_secs).await;
+            let pg0 = crate::dev::pg_cpu_micros(&p.data_dir);
+            let ph = run_phase(p, &clients, args, args.phase_secs).await;
             t.router_cpu += router_pid
                 .map_or(0, crate::dev::cpu_micros)
                 .saturating_sub(cpu0);
-            t.pg_cpu += crate::dev::pg_cpu_micros(&data_dir).saturating_sub(pg0);
+            t.pg_cpu += crate::dev::pg_cpu_micros(&p.data_dir).saturating_sub(pg0);
             t.requests += ph.micros.len() as u64;
-            line.push_str(&format!("   {} {:>7.0} req/s", p.name(), ph.rate()));
+            println!("  {:<28} {:>7.0} req/s", p.name, ph.rate());
             t.rates.push(ph.rate());
             t.errors += ph.errors;
             t.micros.extend(ph.micros);
         }
-        println!("{line}");
     }
     println!();
     println!(
-        "path                       req/s (median)   p50 ms   p99 ms   errors   router CPU µs/req   PostgreSQL CPU µs/req"
+        "path                         req/s (median)   p50 ms   p99 ms   errors   router CPU µs/req   PostgreSQL CPU µs/req"
     );
     let mut medians = Vec::new();
     for (p, t) in paths.iter().zip(totals.iter_mut()) {
@@ -324,13 +400,13 @@ async fn bench(
         let rate = median(std::mem::take(&mut t.rates));
         medians.push(rate);
         let per = |cpu: u64| cpu as f64 / t.requests.max(1) as f64;
-        let router_cpu = match p {
-            Path::Direct => "-".to_string(),
-            Path::Router(..) => format!("{:.1}", per(t.router_cpu)),
+        let router_cpu = match p.router {
+            None => "-".to_string(),
+            Some(_) => format!("{:.1}", per(t.router_cpu)),
         };
         println!(
-            "{:<26} {:>14.0} {:>8.3} {:>8.3} {:>8} {:>19} {:>23.1}",
-            p.name(),
+            "{:<28} {:>14.0} {:>8.3} {:>8.3} {:>8} {:>19} {:>23.1}",
+            p.name,
             rate,
             percentile(&t.micros, 0.50),
             percentile(&t.micros, 0.99),
@@ -340,12 +416,17 @@ async fn bench(
         );
     }
     println!();
-    if let [direct, with_reset, without, ..] = medians[..] {
+    if let [direct, with_reset, without, code, ..] = medians[..] {
         println!("router / direct throughput: {:.2}", with_reset / direct);
         println!(
-            "session reset: throughput {:.3} of the router without it ({:+.1}%)",
+            "session reset, keyspace without code: {:.3} of the router without reset ({:+.1}%)",
             with_reset / without,
             (with_reset / without - 1.0) * 100.0
+        );
+        println!(
+            "session reset, keyspace with code:    {:.3} of the router without reset ({:+.1}%)",
+            code / without,
+            (code / without - 1.0) * 100.0
         );
     }
     let p50 = |i: usize| percentile(&totals[i].micros, 0.50);
@@ -356,12 +437,11 @@ async fn bench(
 async fn run_phase(
     path: &Path<'_>,
     clients: &[Arc<(tokio_postgres::Client, tokio_postgres::Statement)>],
-    token: &str,
     args: &ExecuteArgs,
     secs: u64,
 ) -> Phase {
-    match path {
-        Path::Direct => direct_phase(clients, args.rows, secs).await,
-        Path::Router(_, r) => routed_phase(&r.url, token, args.concurrency, args.rows, secs).await,
+    match path.router {
+        None => direct_phase(clients, args.rows, secs).await,
+        Some(r) => routed_phase(&r.url, &path.token, args.concurrency, args.rows, secs).await,
     }
 }

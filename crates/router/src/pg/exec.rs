@@ -161,6 +161,18 @@ async fn end_transaction(
     if !(reset && conn.resets_sessions()) {
         return conn.client().batch_execute(end).await;
     }
+    if let Err(e) = conn.prepare_reset().await {
+        // Inside a failed transaction nothing can be prepared: end it,
+        // then reset on the next round trip.
+        let ended = conn.client().batch_execute(end).await;
+        if ended.is_ok() {
+            conn.reset().await;
+        } else {
+            tracing::debug!(error = %e, "cannot prepare the session reset");
+            conn.discard();
+        }
+        return ended;
+    }
     let (ended, outcome) =
         futures_util::future::join(conn.client().batch_execute(end), conn.reset_future()).await;
     conn.reset_done(outcome);
@@ -263,6 +275,11 @@ async fn run(
     };
     let encoded = values::encode_params(stmt.params(), params)?;
     let columns = result_columns(&stmt)?;
+    if reset && conn.resets_sessions() {
+        if let Err(e) = conn.prepare_reset().await {
+            return Err(fail(conn, "", &e));
+        }
+    }
     let read = crate::classify::is_read(sql);
     let rows = collect(conn.client(), &stmt, &encoded, columns, limits, read);
     let (result, reset_outcome) = if reset && conn.resets_sessions() {

@@ -91,21 +91,24 @@ impl Default for PoolConfig {
 /// its value at connection (`statement_timeout`, `search_path`,
 /// `shardline.map_version`, ...; the router's own settings are startup
 /// options, so they stay; `RESET ALL` leaves `role` alone, hence `RESET
-/// ROLE`), no `LISTEN`, no session advisory lock, no temporary table or
-/// function, no sequence values. The session's version claim is set again
-/// after it ([`PooledConn::reset_future`]), and prepared statements made
-/// from SQL (`PREPARE` in a `DO` block or a function) are counted: a
-/// session with any is not reused.
+/// ROLE`), no `LISTEN`, no temporary table or function, no sequence
+/// values. [`SESSION_RESET_CHECK`] follows it.
 ///
 /// Not `DISCARD ALL`, which would also deallocate the router's cached
 /// statements and the driver's own (tokio-postgres keeps the statements
 /// it looks types up with, and cannot be told they are gone).
-pub const SESSION_RESET: &str = "CLOSE ALL; RESET ALL; RESET ROLE; UNLISTEN *; \
-     SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES";
+pub const SESSION_RESET: &str =
+    "CLOSE ALL; RESET ALL; RESET ROLE; UNLISTEN *; DISCARD TEMP; DISCARD SEQUENCES";
 
-/// Counts the session's prepared statements made from SQL (the router's
-/// are made by the protocol).
-const SQL_PREPARED: &str = "SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql";
+/// The second half of the reset, a statement prepared once per
+/// connection (planning it each time cost more than the rest of the
+/// reset): releases session advisory locks, sets the session's version
+/// claim again (`$1`, empty when it has none), and counts prepared
+/// statements made from SQL (`PREPARE` in a `DO` block or a function; the
+/// router's are made by the protocol): a session with any is not reused.
+pub const SESSION_RESET_CHECK: &str = "SELECT pg_catalog.pg_advisory_unlock_all(), \
+     pg_catalog.set_config('shardline.map_version', $1, false), \
+     (SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql)";
 
 /// `SET shardline.map_version = '<value>'`; `value` is digits, `:` and
 /// hex only.
@@ -208,6 +211,8 @@ struct Conn {
     claim: Option<String>,
     /// The backend's pid, once read (claims are bound to it).
     pid: Option<i32>,
+    /// [`SESSION_RESET_CHECK`], once prepared.
+    reset_check: Option<Statement>,
     _open: OpenGuard,
     // Dropped after the client, so the budget counts the connection
     // until it is closed.
@@ -371,6 +376,7 @@ impl Pool {
             map_version: 0,
             claim: None,
             pid: None,
+            reset_check: None,
             _open: OpenGuard(inner.open.clone()),
             _budget: budget,
         })
@@ -530,32 +536,40 @@ impl PooledConn {
         self.pool.cfg.reset_sessions
     }
 
-    /// The reset as a future that sends [`SESSION_RESET`], the session's
-    /// version claim and the count of prepared statements made from SQL,
-    /// as one message, on first poll, and completes when PostgreSQL has
-    /// run them; pass the outcome to [`reset_done`](Self::reset_done).
-    /// Polled after a request's last statement was sent, it shares that
-    /// statement's round trip.
+    /// Prepares [`SESSION_RESET_CHECK`] on this connection unless it is
+    /// already (one round trip, once per connection), so that a reset
+    /// can then go out in a request's round trip.
+    pub async fn prepare_reset(&mut self) -> Result<(), tokio_postgres::Error> {
+        if self.conn().reset_check.is_none() {
+            let stmt = self.conn().client.prepare(SESSION_RESET_CHECK).await?;
+            self.conn_mut().reset_check = Some(stmt);
+        }
+        Ok(())
+    }
+
+    /// The reset as a future that sends [`SESSION_RESET`] and then
+    /// [`SESSION_RESET_CHECK`] on first poll, and completes when
+    /// PostgreSQL has run both, with whether the session holds prepared
+    /// statements made from SQL; pass the outcome to
+    /// [`reset_done`](Self::reset_done). Polled after a request's last
+    /// statement was sent, it shares that statement's round trip. Call
+    /// [`prepare_reset`](Self::prepare_reset) first.
     pub fn reset_future(
         &self,
     ) -> impl std::future::Future<Output = Result<bool, tokio_postgres::Error>> + Send + '_ {
-        let sql = match &self.conn().claim {
-            Some(value) => format!("{SESSION_RESET}; {}; {SQL_PREPARED}", set_claim_sql(value)),
-            None => format!("{SESSION_RESET}; {SQL_PREPARED}"),
-        };
-        let client = &self.conn().client;
+        let conn = self.conn();
+        let claim = conn.claim.clone().unwrap_or_default();
         async move {
-            let messages = client.simple_query(&sql).await?;
-            let prepared = messages
-                .iter()
-                .rev()
-                .find_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0),
-                    _ => None,
-                })
-                .and_then(|n| n.parse::<i64>().ok())
-                .unwrap_or(1);
-            Ok(prepared > 0)
+            let Some(check) = &conn.reset_check else {
+                // Not prepared: an error of the caller's, answered safely.
+                return Ok(true);
+            };
+            let (_, row) = futures_util::future::try_join(
+                conn.client.batch_execute(SESSION_RESET),
+                conn.client.query_one(check, &[&claim]),
+            )
+            .await?;
+            Ok(row.try_get::<_, i64>(2).map_or(true, |n| n > 0))
         }
     }
 
@@ -582,6 +596,11 @@ impl PooledConn {
     /// meanwhile).
     pub async fn reset(&mut self) {
         self.busy = true;
+        if let Err(e) = self.prepare_reset().await {
+            self.busy = false;
+            self.reset_done(Err(e));
+            return;
+        }
         let outcome = self.reset_future().await;
         self.busy = false;
         self.reset_done(outcome);
