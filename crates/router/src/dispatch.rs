@@ -251,8 +251,11 @@ async fn on_primary<J: Job>(
         let again = !held
             && match &failure {
                 Failure::Acquire(e) => is_connection_failure(e),
+                // A read is sent again when its connection broke under
+                // it, not when the router closed it on purpose after a
+                // client's error (a result past the limits: 400).
                 Failure::Statement { error, broken } => {
-                    (plan.read && *broken)
+                    (plan.read && *broken && error.retryable)
                         || (error.sqlstate.as_deref() == Some("25006")
                             && failing_over(cell, &target.id, &primary))
                 }

@@ -343,3 +343,34 @@ async fn tenants_cannot_add_code_where_there_is_none() -> anyhow::Result<()> {
     assert_eq!(status, 200, "{body}");
     stack.served.stop().await
 }
+
+#[tokio::test]
+async fn a_read_past_the_limits_is_cancelled_once_and_not_sent_again() -> anyhow::Result<()> {
+    // 100 kB rows without end: past 64 MiB after some 700 rows. The
+    // router cancels the statement and closes its connection; that is
+    // the client's error (400), not a broken connection, so the read is
+    // not held for a new primary and sent again.
+    let pg = setup(false).await?;
+    let stack = serve(&pg.dsn(), false, true).await?;
+    let (_, before) = send(&stack, &["SELECT pg_backend_pid()"]).await?;
+    let huge = "SELECT g, repeat('x', 100000) FROM generate_series(1, 1000000) g";
+    let (status, body) = send(&stack, &[huge]).await?;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], json!("invalid_request"), "{body}");
+    let metrics = http(stack.served.addr, "GET", "/metrics", None, None)
+        .await?
+        .2;
+    let held: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("router_held_requests_total{"))
+        .collect();
+    assert!(
+        held.is_empty(),
+        "the read was held to be sent again: {held:?}"
+    );
+    // The connection it ran on is gone; the next request has a new one.
+    let (status, after) = send(&stack, &["SELECT pg_backend_pid()"]).await?;
+    assert_eq!(status, 200, "{after}");
+    assert_ne!(before["rows"][0][0], after["rows"][0][0], "a new session");
+    stack.served.stop().await
+}
