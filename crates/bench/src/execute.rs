@@ -41,6 +41,11 @@ pub struct ExecuteArgs {
     /// The `shardline` binary [default: next to this one].
     #[arg(long)]
     pub shardline: Option<PathBuf>,
+    /// A control: the second router resets sessions too, so the two
+    /// router paths differ only by process, and their gap is the noise
+    /// the reset's cost is read against.
+    #[arg(long)]
+    pub same_routers: bool,
 }
 
 const SQL: &str = "SELECT id, balance FROM bench_accounts WHERE id = $1";
@@ -193,16 +198,18 @@ pub fn run(args: ExecuteArgs) -> anyhow::Result<()> {
     // Two router processes of their own, alike but for the session reset
     // (the dev process's router shares its process with the manager, so
     // its CPU could not be told apart).
-    let routers = [
-        ("router", ""),
-        ("router, no session reset", "session_reset = false"),
-    ]
-    .iter()
-    .enumerate()
-    .map(|(i, (name, extra))| {
-        crate::dev::start_router(&bin, &info, &format!("bench-{i}"), extra).map(|r| (*name, r))
-    })
-    .collect::<anyhow::Result<Vec<_>>>()?;
+    let second = if args.same_routers {
+        ""
+    } else {
+        "session_reset = false"
+    };
+    let routers = [("router", ""), ("router, no session reset", second)]
+        .iter()
+        .enumerate()
+        .map(|(i, (name, extra))| {
+            crate::dev::start_router(&bin, &info, &format!("bench-{i}"), extra).map(|r| (*name, r))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let result = rt.block_on(bench(&args, &info, &routers));
     drop(routers);
     drop(dev);
@@ -350,7 +357,11 @@ async fn bench(
             data_dir: default_shard.data_dir.clone(),
         },
         Path {
-            name: "router, no session reset",
+            name: if args.same_routers {
+                "router (a second, alike)"
+            } else {
+                "router, no session reset"
+            },
             router: router(1),
             token: token.clone(),
             data_dir: default_shard.data_dir.clone(),
@@ -374,7 +385,13 @@ async fn bench(
     let mut totals: Vec<Totals> = paths.iter().map(|_| Totals::default()).collect();
     for round in 0..args.rounds {
         println!("round {}:", round + 1);
-        for (p, t) in paths.iter().zip(totals.iter_mut()) {
+        // Each round starts one path later, so no path always follows
+        // the same one (the direct phase leaves PostgreSQL busier with
+        // vacuum and checkpoints than the others do).
+        let mut order: Vec<usize> = (0..paths.len()).collect();
+        order.rotate_left(round % paths.len());
+        for i in order {
+            let (p, t) = (&paths[i], &mut totals[i]);
             let router_pid = p.router.map(|r| r.pid());
             let cpu0 = router_pid.map_or(0, crate::dev::cpu_micros);
             let pg0 = crate::dev::pg_cpu_micros(&p.data_dir);
@@ -418,13 +435,18 @@ async fn bench(
     println!();
     if let [direct, with_reset, without, code, ..] = medians[..] {
         println!("router / direct throughput: {:.2}", with_reset / direct);
+        let other = if args.same_routers {
+            "the second router (alike)"
+        } else {
+            "the router without reset"
+        };
         println!(
-            "session reset, keyspace without code: {:.3} of the router without reset ({:+.1}%)",
+            "session reset, keyspace without code: {:.3} of {other} ({:+.1}%)",
             with_reset / without,
             (with_reset / without - 1.0) * 100.0
         );
         println!(
-            "session reset, keyspace with code:    {:.3} of the router without reset ({:+.1}%)",
+            "session reset, keyspace with code:    {:.3} of {other} ({:+.1}%)",
             code / without,
             (code / without - 1.0) * 100.0
         );
