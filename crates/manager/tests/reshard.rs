@@ -14,14 +14,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::reshard::{
-    crash_and_resume, failpoint_child, key_in, small_batches, start_writer, to_map, Env, LIMIT,
+    crash_and_resume, crash_and_resume_job, failpoint_child, key_in, small_batches, start_writer,
+    to_map, Env, LIMIT,
 };
 use common::{http, sqlstate, ROUTER_TOKEN};
 use shardline_api::manager::JobInfo;
-use shardline_core::catalog::ReshardPhase;
+use shardline_core::catalog::{ReshardKind, ReshardPhase};
 use shardline_core::fence::{claim, claim_key};
 use shardline_core::KeyRange;
-use shardline_manager::reshard::{FAILPOINT_AFTER_COPY, FAILPOINT_DURING_CUTOVER};
+use shardline_manager::reshard::{
+    FAILPOINT_AFTER_CLEANUP, FAILPOINT_AFTER_COPY, FAILPOINT_DURING_CLEANUP,
+    FAILPOINT_DURING_CUTOVER,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn split_merge_and_move_while_writing() {
@@ -559,4 +563,23 @@ async fn resumes_after_a_crash_in_copy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resumes_after_a_crash_in_cutover() {
     crash_and_resume(FAILPOINT_DURING_CUTOVER, ReshardPhase::Cutover).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_after_a_crash_in_cleanup_with_rows_partly_deleted() {
+    // The first batch of moved rows is gone from the source when the
+    // manager dies: the next one finishes the deletes, and every row is
+    // once on its owner.
+    crash_and_resume(FAILPOINT_DURING_CLEANUP, ReshardPhase::Cleanup).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_after_a_crash_at_the_end_of_cleanup_and_releases_the_source() {
+    crash_and_resume_job(
+        FAILPOINT_AFTER_CLEANUP,
+        ReshardPhase::Cleanup,
+        false,
+        ReshardKind::Move,
+    )
+    .await;
 }

@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use common::reshard::{crash_and_resume_with, failpoint_child, key_in, Env, LIMIT};
@@ -16,8 +16,10 @@ use common::{http, sqlstate, ROUTER_TOKEN};
 use shardline_api::manager::JobInfo;
 use shardline_core::catalog::ReshardPhase;
 use shardline_core::hash::routing_hash;
-use shardline_core::{KeyRange, ShardKey, ShardMap};
+use shardline_core::{KeyRange, KeyType, ShardKey, ShardMap};
+use shardline_manager::reshard::sql;
 use shardline_manager::reshard::{FAILPOINT_DURING_CATCHUP, FAILPOINT_DURING_COPY};
+use shardline_testkit::PgCluster;
 use tokio_util::sync::CancellationToken;
 
 /// Every row of every shard, keyed by id (each must be on one shard).
@@ -442,5 +444,62 @@ async fn cancel_after_the_publish_is_refused() {
     assert_eq!(
         triggers(&env, "s0").await,
         ["shardline_reshard_fence", "shardline_reshard_refuse"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_moving_the_key_between_two_moving_ranges_is_a_delete_and_an_insert() {
+    // A table whose primary key omits the shard key: an UPDATE keeps the
+    // row's primary key while its shard key goes from a range moving to
+    // one target to a range moving to another. The first target, which
+    // has the row from the copy, must lose it.
+    let pg = PgCluster::start().await.unwrap();
+    let c = common::connect_db(&pg, "postgres").await;
+    c.batch_execute(
+        "CREATE SCHEMA t; CREATE TABLE t.acc (id bigint PRIMARY KEY, owner text NOT NULL, v int)",
+    )
+    .await
+    .unwrap();
+    let meta = sql::table_meta(&c, "t", "acc", "owner").await.unwrap();
+    let a = KeyRange::new(0, Some(1 << 63)).unwrap();
+    let b = KeyRange::new(1 << 63, None).unwrap();
+    sql::install_capture(&c, "j", &meta, KeyType::Text, &[a, b])
+        .await
+        .unwrap();
+    let (ka, kb) = (key_in(&a, "a-"), key_in(&b, "b-"));
+    c.execute("INSERT INTO t.acc VALUES (1, $1, 1)", &[&ka])
+        .await
+        .unwrap();
+    // As after a catch-up batch: the first target has the row.
+    c.batch_execute("DELETE FROM shardline.reshard_changes")
+        .await
+        .unwrap();
+    c.execute("UPDATE t.acc SET owner = $1, v = 2 WHERE id = 1", &[&kb])
+        .await
+        .unwrap();
+    let changes = sql::read_changes(&c, "j", 100).await.unwrap();
+    let metas = HashMap::from([("acc".to_string(), meta)]);
+    let net = sql::net_changes(&changes, &metas, KeyType::Text, |h| {
+        Some(if a.contains(h) { "ta" } else { "tb" }.to_string())
+    })
+    .unwrap();
+    let of = |target: &str| {
+        net.get(&(target.to_string(), "acc".to_string()))
+            .map(|n| (n.deletes.len(), n.upserts.len()))
+    };
+    assert_eq!(of("ta"), Some((1, 0)), "the first target deletes the row");
+    assert_eq!(of("tb"), Some((0, 1)), "the second target inserts it");
+    // An update within one range, primary and shard key the same, stays
+    // one upsert.
+    c.batch_execute("DELETE FROM shardline.reshard_changes")
+        .await
+        .unwrap();
+    c.execute("UPDATE t.acc SET v = 3 WHERE id = 1", &[])
+        .await
+        .unwrap();
+    let changes = sql::read_changes(&c, "j", 100).await.unwrap();
+    assert_eq!(
+        changes.iter().map(|c| c.op.as_str()).collect::<Vec<_>>(),
+        ["I"]
     );
 }

@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::engine::{check, db, verified_key, JobError, Plan};
 use super::sql;
-use super::{phase_number, Reshards};
+use super::{failpoint, phase_number, Reshards, FAILPOINT_AFTER_CLEANUP, FAILPOINT_DURING_CLEANUP};
 use crate::error::ServiceError;
 use crate::service::{decode, put};
 
@@ -27,11 +27,12 @@ impl Reshards {
             for tenant in &plan.tenants {
                 let src = self.must_db(plan, &source, tenant).await?;
                 let metas = self.metas(plan, &src, &source, tenant, false).await?;
+                let mut checked = Vec::new();
                 for meta in &metas {
                     for range in routes.values().flatten() {
                         let key = verified_key(&tenant.id, &meta.name, range);
                         let Some(expected) = plan.job.verified.get(&key) else {
-                            continue; // deleted already by an earlier run
+                            continue; // checked by an earlier run, maybe partly deleted
                         };
                         let now = sql::checksum(&src, meta, key_type, range)
                             .await
@@ -45,8 +46,13 @@ impl Reshards {
                                 tenant.id, meta.name
                             )));
                         }
+                        checked.push(key);
                     }
                 }
+                // From here rows are deleted: a run resuming after a crash
+                // must not compare a partly deleted range with what the
+                // cutover verified, so the checked entries go first.
+                self.forget_verified(plan, &checked).await?;
                 for meta in &metas {
                     sql::drop_capture(&src, meta).await.map_err(db(&source))?;
                 }
@@ -70,13 +76,41 @@ impl Reshards {
                         if n == 0 {
                             break;
                         }
+                        failpoint(FAILPOINT_DURING_CLEANUP);
                     }
                     tracing::info!(job = %id, tenant = %tenant.id, table = %meta.name,
                         %source, deleted, "moved rows deleted from the source");
                 }
             }
         }
+        failpoint(FAILPOINT_AFTER_CLEANUP);
         self.finish_done(plan).await
+    }
+
+    /// Removes `keys` from the job's `verified` entries (only while the
+    /// job is in Cleanup): their rows have been checked on the source
+    /// once, and are being deleted.
+    async fn forget_verified(&self, plan: &Plan, done: &[String]) -> Result<(), JobError> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let job_key = keys::job(&plan.job.id);
+        self.svc
+            .update(std::slice::from_ref(&job_key), |seen| {
+                let Some(je) = &seen[&job_key] else {
+                    return Err(ServiceError::NotFound("the job is gone".into()));
+                };
+                let mut job: ReshardJob = decode(je)?;
+                if job.phase != ReshardPhase::Cleanup {
+                    return Err(ServiceError::Contended);
+                }
+                for k in done {
+                    job.verified.remove(k);
+                }
+                Ok(vec![put(job_key.clone(), &job)])
+            })
+            .await?;
+        Ok(())
     }
 
     pub(super) async fn finish_done(&self, plan: &Plan) -> Result<(), JobError> {

@@ -74,6 +74,12 @@ pub const FAILPOINT_DURING_COPY: &str = "reshard-during-copy";
 pub const FAILPOINT_DURING_CATCHUP: &str = "reshard-during-catchup";
 /// Aborts in the cutover, right after the ranges are frozen.
 pub const FAILPOINT_DURING_CUTOVER: &str = "reshard-during-cutover";
+/// Aborts in Cleanup, after the first batch of moved rows is deleted
+/// from the source.
+pub const FAILPOINT_DURING_CLEANUP: &str = "reshard-during-cleanup";
+/// Aborts once the moved rows are deleted, before the job is Done (and
+/// a source left without ranges released).
+pub const FAILPOINT_AFTER_CLEANUP: &str = "reshard-after-cleanup";
 
 fn failpoint(name: &str) {
     if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == name) {

@@ -262,10 +262,16 @@ pub async fn install_capture(
     let key = |rec: &str| format!("{rec}.{}", quote_ident(&t.key));
     let in_new = in_ranges(key_type, &key("NEW"), ranges);
     let in_old = in_ranges(key_type, &key("OLD"), ranges);
+    // A new primary key, or a new shard key: the old row's place (its
+    // target, when the key moves between two moving ranges of different
+    // targets, on a table whose primary key omits the shard key) must
+    // lose it.
     let pk_changed = format!(
-        "ROW({}) IS DISTINCT FROM ROW({})",
+        "ROW({}) IS DISTINCT FROM ROW({}) OR {} IS DISTINCT FROM {}",
         t.pk_list("OLD"),
-        t.pk_list("NEW")
+        t.pk_list("NEW"),
+        key("OLD"),
+        key("NEW")
     );
     let record = |op: &str, rec: &str| {
         format!(
@@ -280,7 +286,8 @@ pub async fn install_capture(
         quote_ident(&format!("reshard_capture_{}", t.tag()))
     );
     // An update leaving the range is a delete there; one entering it an
-    // insert; one changing the primary key a delete and an insert.
+    // insert; one changing the primary key or the shard key a delete and
+    // an insert.
     let sql = format!(
         "CREATE OR REPLACE FUNCTION {func}() RETURNS trigger LANGUAGE plpgsql \
            SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $shardline$ \

@@ -459,6 +459,18 @@ pub async fn crash_and_resume(failpoint: &str, expect: ReshardPhase) {
 /// while the child manager runs, and every acknowledged write must be
 /// found afterwards.
 pub async fn crash_and_resume_with(failpoint: &str, expect: ReshardPhase, writes: bool) {
+    crash_and_resume_job(failpoint, expect, writes, ReshardKind::Split).await;
+}
+
+/// [`crash_and_resume_with`] for a job of `kind` from `s0` to `s1`
+/// (a split moves the upper half; a move moves everything, and `s0`,
+/// left without ranges, must be released from the keyspace).
+pub async fn crash_and_resume_job(
+    failpoint: &str,
+    expect: ReshardPhase,
+    writes: bool,
+    kind: ReshardKind,
+) {
     let rows = 3_000;
     let mut env = Env::setup(1, 2, rows, |_| {}).await;
     let before = env.rows().await;
@@ -473,7 +485,7 @@ pub async fn crash_and_resume_with(failpoint: &str, expect: ReshardPhase, writes
     .unwrap();
     let req = ReshardRequest {
         keyspace: "ks".into(),
-        kind: ReshardKind::Split,
+        kind,
         source: "s0".into(),
         targets: vec!["s1".into()],
         at: vec![],
@@ -569,6 +581,10 @@ pub async fn crash_and_resume_with(failpoint: &str, expect: ReshardPhase, writes
     assert_eq!(done.phase, ReshardPhase::Done, "{done:?}");
     let map = env.map().await;
     assert_eq!(map.lookup(u64::MAX).shard, "s1");
+    if kind == ReshardKind::Move {
+        assert_eq!(map.shards(), ["s1"]);
+        assert_eq!(env.st.shard("s0").await.keyspace, None, "s0 released");
+    }
     let expected: BTreeMap<String, i64> = match written {
         Some((model, ops)) => {
             println!("{ops} writes on the source while the child manager ran");
