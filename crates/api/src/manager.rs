@@ -377,10 +377,21 @@ pub struct HeartbeatResponse {
     /// of every rate limit.
     #[serde(default = "one")]
     pub live_routers: u32,
+    /// Whether the lease was renewed by this heartbeat. Not while the
+    /// router is behind a catalog version the manager waits for (a
+    /// cutover's frozen ranges, a keyspace marked as holding code): such
+    /// a router's lease runs out, and from then on it counts itself cut
+    /// off (reads check the resharding fence, every session is reset).
+    #[serde(default = "yes")]
+    pub renewed: bool,
 }
 
 fn one() -> u32 {
     1
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A live router.

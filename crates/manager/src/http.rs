@@ -455,11 +455,12 @@ async fn heartbeat(
             "router id must be 1-200 characters",
         ));
     }
-    st.routers.heartbeat(&hb);
+    let renewed = st.routers.heartbeat(&hb);
     Ok(Json(HeartbeatResponse {
         lease_ms: st.routers.lease().as_millis() as u64,
         // This router included, however the lease count races.
         live_routers: st.routers.live_count().max(1) as u32,
+        renewed,
     }))
 }
 

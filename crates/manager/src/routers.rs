@@ -2,6 +2,7 @@
 //! that misses its lease is gone.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,12 @@ pub struct RouterRegistry {
     routers: Mutex<HashMap<String, Seen>>,
     /// Woken by every heartbeat (a cutover waits for acknowledgements).
     beat: tokio::sync::Notify,
+    /// The catalog version a router must have applied for its heartbeat
+    /// to renew its lease: the highest one [`wait_applied`] was asked
+    /// for.
+    ///
+    /// [`wait_applied`]: Self::wait_applied
+    required: AtomicU64,
 }
 
 impl RouterRegistry {
@@ -28,6 +35,7 @@ impl RouterRegistry {
             lease,
             routers: Mutex::new(HashMap::new()),
             beat: tokio::sync::Notify::new(),
+            required: AtomicU64::new(0),
         }
     }
 
@@ -36,19 +44,31 @@ impl RouterRegistry {
         self.lease
     }
 
-    /// Records a heartbeat.
-    pub fn heartbeat(&self, hb: &RouterHeartbeat) {
+    /// Records a heartbeat; returns whether it renewed the router's
+    /// lease. A router behind the version a wait is for (see
+    /// [`wait_applied`](Self::wait_applied)) is not renewed: live but
+    /// behind, it would go on routing by the old map for as long as it
+    /// heartbeats, so instead its lease runs out, and the router, by its
+    /// own clock, treats itself as cut off before the manager stops
+    /// waiting for it.
+    pub fn heartbeat(&self, hb: &RouterHeartbeat) -> bool {
+        let renew = hb.applied_version >= self.required.load(Ordering::Acquire);
         let mut routers = self.routers.lock().unwrap_or_else(|e| e.into_inner());
-        routers.insert(
-            hb.id.clone(),
-            Seen {
-                address: hb.address.clone(),
-                applied_version: hb.applied_version,
-                at: Instant::now(),
-            },
-        );
+        if renew {
+            routers.insert(
+                hb.id.clone(),
+                Seen {
+                    address: hb.address.clone(),
+                    applied_version: hb.applied_version,
+                    at: Instant::now(),
+                },
+            );
+        } else if let Some(seen) = routers.get_mut(&hb.id) {
+            seen.applied_version = hb.applied_version;
+        }
         drop(routers);
         self.beat.notify_waiters();
+        renew
     }
 
     /// Completes at the next heartbeat after the call (tokio counts a
@@ -92,6 +112,9 @@ impl RouterRegistry {
     /// without applying the catalog is waited for one lease only; one
     /// that stops heartbeating leaves the live set when its lease runs out.
     pub async fn wait_applied(&self, version: u64) -> Vec<String> {
+        // From now on only routers with `version` are renewed, so every
+        // lease of a router without it ends within one lease.
+        self.required.fetch_max(version, Ordering::AcqRel);
         let deadline = Instant::now() + self.lease + Duration::from_millis(100);
         loop {
             let beat = self.next_heartbeat();
@@ -127,6 +150,43 @@ mod tests {
         std::thread::sleep(Duration::from_millis(60));
         assert!(reg.live().is_empty());
         assert_eq!(reg.live_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_router_behind_a_waited_version_is_not_renewed() {
+        let reg = RouterRegistry::new(Duration::from_millis(200));
+        let hb = |id: &str, v: u64| RouterHeartbeat {
+            id: id.into(),
+            address: "a".into(),
+            applied_version: v,
+        };
+        assert!(reg.heartbeat(&hb("behind", 4)));
+        assert!(reg.heartbeat(&hb("current", 4)));
+        let wait = reg.wait_applied(5);
+        tokio::pin!(wait);
+        // Polled once: the wait now requires version 5.
+        assert!(tokio::time::timeout(Duration::from_millis(20), &mut wait)
+            .await
+            .is_err());
+        let started = Instant::now();
+        let mut renewed = Vec::new();
+        let behind = loop {
+            renewed.push(reg.heartbeat(&hb("behind", 4)));
+            reg.heartbeat(&hb("current", 5));
+            tokio::select! {
+                b = &mut wait => break b,
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            assert!(started.elapsed() < Duration::from_secs(5), "the wait ends");
+        };
+        assert!(renewed.iter().all(|r| !r), "never renewed while behind");
+        // It left the live set when its last lease ran out, and the wait
+        // ended then, not at its deadline.
+        assert!(behind.is_empty(), "{behind:?}");
+        let live: Vec<String> = reg.live().into_iter().map(|r| r.id).collect();
+        assert_eq!(live, ["current"]);
+        // Once it has the version, it is renewed again.
+        assert!(reg.heartbeat(&hb("behind", 5)));
     }
 
     #[test]

@@ -116,25 +116,35 @@ migrations', tg_tag), \
 /// Installs the guard in a tenant database (superuser session `client`)
 /// and marks it code-free or not by what it holds now; returns whether it
 /// holds code.
+///
+/// One transaction, holding `code_free` exclusively from before the look
+/// until the mark is final: a tenant's DDL reads `code_free` in its guard,
+/// so one that ran before waits for its commit to be seen here, and one
+/// that runs meanwhile waits and sees only the final mark. (Marking first
+/// and clearing after the look, in two transactions, refused a tenant's
+/// ordinary DDL in a keyspace with code while the reconciler settled it.)
 pub async fn settle(client: &Client) -> Result<bool, tokio_postgres::Error> {
     client.batch_execute(&guard_sql()).await?;
-    let marked = client
-        .batch_execute(
-            "BEGIN; LOCK TABLE shardline.code_free IN ACCESS EXCLUSIVE MODE; \
-             INSERT INTO shardline.code_free VALUES (true) ON CONFLICT DO NOTHING; COMMIT",
-        )
-        .await;
-    if marked.is_err() {
+    let settled = settle_in_transaction(client).await;
+    if settled.is_err() {
         // Out of the failed transaction, for whoever uses the session next.
         let _ = client.batch_execute("ROLLBACK").await;
     }
-    marked?;
+    settled
+}
+
+async fn settle_in_transaction(client: &Client) -> Result<bool, tokio_postgres::Error> {
+    client
+        .batch_execute("BEGIN; LOCK TABLE shardline.code_free IN ACCESS EXCLUSIVE MODE")
+        .await?;
     let holds: bool = client.query_one(&holds_code_sql(), &[]).await?.get(0);
-    if holds {
-        client
-            .batch_execute("DELETE FROM shardline.code_free")
-            .await?;
-    }
+    client
+        .batch_execute(if holds {
+            "DELETE FROM shardline.code_free; COMMIT"
+        } else {
+            "INSERT INTO shardline.code_free VALUES (true) ON CONFLICT DO NOTHING; COMMIT"
+        })
+        .await?;
     Ok(holds)
 }
 

@@ -377,3 +377,65 @@ async fn a_keyspace_is_marked_before_a_migration_brings_code_and_cleared_when_no
     h.shared_tenant("b", "default").await;
     assert!(tenant_code(&h, "default"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settling_a_database_with_code_never_refuses_the_tenants_ddl() {
+    // The reconciler settles tenant databases now and then; a tenant's
+    // ordinary DDL in a database that holds code (so is not guarded)
+    // must pass whenever it runs, also while a settle is under way.
+    let h = Harness::start(1).await;
+    h.keyspace("default", &["s0"]).await;
+    h.shared_tenant("a", "default").await;
+    migrations::apply_migration(
+        &h.svc,
+        &h.routers,
+        "default",
+        &migration(
+            "001",
+            "CREATE FUNCTION touch() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+        ),
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    let tenant = h.tenant("a");
+    let pg = &h.shards[0];
+    let settler = tenant_db(pg, &tenant).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let settling = {
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 5_000 {
+                let holds = shardline_manager::tenant_code::settle(&settler)
+                    .await
+                    .unwrap();
+                assert!(holds, "the function is code");
+                n += 1;
+            }
+            n
+        })
+    };
+    let name = tenant.pg_name();
+    let as_tenant = common::connect_as(pg, &name, &tenant.role_password, &name)
+        .await
+        .unwrap();
+    as_tenant
+        .batch_execute(&format!("SET search_path = {name}"))
+        .await
+        .unwrap();
+    let mut refused = Vec::new();
+    for i in 0..300 {
+        if let Err(e) = as_tenant
+            .batch_execute(&format!("CREATE SEQUENCE s{i}; DROP SEQUENCE s{i}"))
+            .await
+        {
+            refused.push(format!("{i}: {}", common::sqlstate(&e).unwrap_or("?")));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let settles = settling.await.unwrap();
+    println!("300 DDL statements while {settles} settles ran");
+    assert!(settles > 10, "the settles ran meanwhile");
+    assert!(refused.is_empty(), "refused: {refused:?}");
+}

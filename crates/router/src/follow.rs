@@ -107,7 +107,16 @@ pub async fn heartbeat(
         };
         match sent {
             Ok(answer) => {
-                ctx.contact.answered(answer.lease_ms);
+                if answer.renewed {
+                    ctx.contact.answered(answer.lease_ms);
+                } else {
+                    // Behind a catalog the manager waits for: the lease
+                    // runs out, and then the router counts itself cut off.
+                    tracing::warn!(
+                        applied_version = hb.applied_version,
+                        "the manager did not renew the lease: this router is behind the catalog"
+                    );
+                }
                 let before = ctx.quotas.live_routers();
                 ctx.quotas.set_live_routers(answer.live_routers);
                 if before != ctx.quotas.live_routers() {

@@ -341,6 +341,7 @@ async fn a_new_catalog_is_acknowledged_at_once() -> anyhow::Result<()> {
                 axum::Json(HeartbeatResponse {
                     lease_ms: 10_000,
                     live_routers: 1,
+                    renewed: true,
                 })
             }
         }),
@@ -397,6 +398,85 @@ async fn a_new_catalog_is_acknowledged_at_once() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(*seen.lock().unwrap(), [0, 7, 8]);
+    stop.cancel();
+    beat.await?;
+    manager.await??;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_router_whose_lease_is_not_renewed_counts_itself_cut_off() -> anyhow::Result<()> {
+    use shardline_api::manager::HeartbeatResponse;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    // A manager that renews 400 ms leases until told not to (as for a
+    // router behind the catalog a cutover waits for).
+    let renew = Arc::new(AtomicBool::new(true));
+    let answer = Arc::clone(&renew);
+    let app = axum::Router::new().route(
+        "/v1/routers/heartbeat",
+        axum::routing::post(move || {
+            let renewed = answer.load(Ordering::SeqCst);
+            async move {
+                axum::Json(HeartbeatResponse {
+                    lease_ms: 400,
+                    live_routers: 1,
+                    renewed,
+                })
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let manager = tokio::spawn(shardline_http::serve(
+        listener,
+        app,
+        stop.clone(),
+        Duration::from_secs(1),
+    ));
+    let ctx = Arc::new(RouterContext::new(&RouterConfig::new(&url, "t")));
+    let cell = Arc::new(RoutingCell::default());
+    let beat = tokio::spawn(shardline_router::follow::heartbeat(
+        shardline_client::ManagerClient::new(&url, Some("t".into()))?,
+        Arc::clone(&cell),
+        Arc::clone(&ctx),
+        "r1".into(),
+        "127.0.0.1:1".into(),
+        Duration::from_millis(50),
+        stop.clone(),
+    ));
+    // Renewed: within its lease, however long it runs.
+    let until = tokio::time::Instant::now() + Duration::from_millis(900);
+    let mut seen_cut_off = false;
+    while tokio::time::Instant::now() < until {
+        seen_cut_off |= ctx.contact.cut_off();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!seen_cut_off, "cut off while renewed");
+    // Not renewed, though every heartbeat is answered: cut off within
+    // the lease.
+    renew.store(false, Ordering::SeqCst);
+    let mut cut_off = false;
+    for _ in 0..100 {
+        if ctx.contact.cut_off() {
+            cut_off = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(cut_off, "still counts on its lease");
+    // Renewed again: back in contact.
+    renew.store(true, Ordering::SeqCst);
+    let mut back = false;
+    for _ in 0..100 {
+        if !ctx.contact.cut_off() {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(back, "in contact again");
     stop.cancel();
     beat.await?;
     manager.await??;
