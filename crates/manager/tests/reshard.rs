@@ -288,17 +288,34 @@ async fn cutover_waits_for_a_silent_router_until_its_lease_ends() {
     let lease = Duration::from_secs(2);
     // Default batches, no throttle: the copy rate is printed too.
     let env = Env::setup(1, 2, 40_000, |c| c.router_lease = lease).await;
+    // The router has the catalog as it is before the job, and never
+    // applies another.
+    let catalog = http(
+        env.st.addr(),
+        "GET",
+        "/v1/catalog?after_version=0&wait_ms=0",
+        Some(ROUTER_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(catalog.status, 200, "{}", catalog.body);
+    let applied = serde_json::from_str::<serde_json::Value>(&catalog.body).unwrap()["version"]
+        .as_u64()
+        .unwrap();
+    let beat = format!(r#"{{"id": "r1", "address": "x", "applied_version": {applied}}}"#);
     let hb = async {
         http(
             env.st.addr(),
             "POST",
             "/v1/routers/heartbeat",
             Some(ROUTER_TOKEN),
-            Some(r#"{"id": "r1", "address": "x", "applied_version": 0}"#),
+            Some(&beat),
         )
         .await
     };
-    assert_eq!(hb.await.status, 200);
+    let first = hb.await;
+    assert_eq!(first.status, 200);
+    assert!(first.body.contains(r#""renewed":true"#), "{}", first.body);
     let t0 = Instant::now();
     let job = env.start("split", "s0", &["s1"]).await;
     let copied = env
@@ -319,7 +336,7 @@ async fn cutover_waits_for_a_silent_router_until_its_lease_ends() {
             "POST",
             "/v1/routers/heartbeat",
             Some(ROUTER_TOKEN),
-            Some(r#"{"id": "r1", "address": "x", "applied_version": 0}"#),
+            Some(&beat),
         )
         .await;
         assert_eq!(a.status, 200);
