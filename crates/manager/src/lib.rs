@@ -122,13 +122,14 @@ impl BoundManager {
         let metrics = shardline_metrics::Registry::new();
         let health_metrics = health::HealthMetrics::register(&metrics);
         let health_table = Arc::new(health::HealthTable::default());
+        let routers = Arc::new(routers::RouterRegistry::new(cfg.router_lease));
         let failovers = failover::Failovers::new(
             Arc::clone(&service),
+            Arc::clone(&routers),
             failover::FailoverSettings::from_config(&cfg),
             &metrics,
             tracker.clone(),
         );
-        let routers = Arc::new(routers::RouterRegistry::new(cfg.router_lease));
         let reshards = reshard::Reshards::new(
             Arc::clone(&service),
             Arc::clone(&routers),

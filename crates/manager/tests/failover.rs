@@ -294,3 +294,79 @@ async fn no_failover_without_a_replica() {
     assert!(!st.metrics().await.contains("manager_failovers_total{"));
     st.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_automatic_failover_promotes_only_once_live_routers_hold_or_their_leases_end() {
+    let lease = Duration::from_secs(2);
+    let mut primary = PgCluster::start().await.unwrap();
+    let r1 = PgCluster::start_replica_of(&primary).await.unwrap();
+    let mut st = Stack::new().await;
+    let mut cfg = st.config();
+    cfg.router_lease = lease;
+    st.start_with(cfg).await;
+    st.register("s1", &primary, &[&r1]).await;
+    st.wait_healthy("s1", 2).await;
+
+    // A live router that never applies another catalog (its feed is
+    // stuck) while its heartbeats get through: it would go on sending
+    // writes to the old primary, so the promotion waits for its lease.
+    let catalog = common::http(
+        st.addr(),
+        "GET",
+        "/v1/catalog?after_version=0&wait_ms=0",
+        Some(common::ROUTER_TOKEN),
+        None,
+    )
+    .await;
+    let applied = serde_json::from_str::<serde_json::Value>(&catalog.body).unwrap()["version"]
+        .as_u64()
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let addr = st.addr();
+    let beats = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let body =
+                format!(r#"{{"id": "stuck", "address": "x", "applied_version": {applied}}}"#);
+            let mut renewed_false = 0;
+            for _ in 0..600 {
+                if stop.is_cancelled() {
+                    break;
+                }
+                let a = common::http(
+                    addr,
+                    "POST",
+                    "/v1/routers/heartbeat",
+                    Some(common::ROUTER_TOKEN),
+                    Some(&body),
+                )
+                .await;
+                if a.body.contains(r#""renewed":false"#) {
+                    renewed_false += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            renewed_false
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    primary.kill9().await;
+    let intent = st
+        .wait_shard("s1", LIMIT, |s| s.failover.is_some())
+        .await
+        .expect("a failover intent");
+    let since_intent = intent.1;
+    let (shard, committed) = wait_committed(&st, 2).await;
+    let waited = committed - since_intent;
+    stop.cancel();
+    let not_renewed = beats.await.unwrap();
+    println!("intent -> committed {waited:?} with a live router behind (lease {lease:?}); {not_renewed} heartbeats not renewed");
+    assert_eq!(ids_with_role(&shard, "primary"), ["s1-1"]);
+    assert!(
+        waited >= lease - Duration::from_millis(500),
+        "promoted before the stuck router's lease ended: {waited:?}"
+    );
+    assert!(not_renewed > 0, "the stuck router's lease was not renewed");
+    st.stop().await;
+}

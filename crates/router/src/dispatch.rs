@@ -37,7 +37,7 @@ use shardline_core::catalog::MOVED_SQLSTATE;
 
 use crate::auth::TenantAuth;
 use crate::pg::{exec, from_pg_error, from_pool_error, PoolError, PooledConn, ResultLimits};
-use crate::pools::{InstanceTarget, ShardTarget};
+use crate::pools::{InstanceTarget, Role, ShardTarget};
 use crate::state::{RouterContext, RoutingCell};
 
 /// Seconds a client is told to wait when a shard stays unavailable.
@@ -133,12 +133,24 @@ pub async fn run<J: Job>(
     let at = At {
         tenant,
         version,
+        read: plan.read,
         check_fence: plan.read && ctx.contact.cut_off(),
         keyspace,
         session_clean: plan.session_clean,
         cell,
         ctx,
     };
+    if !plan.read && ctx.contact.cut_off() {
+        // Past its lease the manager may have promoted a replica without
+        // this router's word: writes stop until the manager answers
+        // again (reads go on, checking the resharding fence).
+        return Err(ApiError::new(
+            ErrorCode::ShardUnavailable,
+            "this router has not heard from the manager for longer than its lease; \
+             writes resume when it does",
+        )
+        .with_retry_after(RETRY_AFTER_SECS));
+    }
     if plan.read && plan.eventual {
         if let Some(out) = on_replica(ctx, &target, at, job).await? {
             return Ok(out);
@@ -154,6 +166,8 @@ pub async fn run<J: Job>(
 struct At<'a> {
     tenant: &'a TenantAuth,
     version: u64,
+    /// Every statement only reads.
+    read: bool,
     check_fence: bool,
     keyspace: &'a str,
     session_clean: bool,
@@ -384,7 +398,24 @@ async fn attempt<J: Job>(inst: &InstanceTarget, at: At<'_>, job: &J) -> Result<J
         }
     }
     let reset = at.needs_reset();
-    let result = job.run(&mut conn, reset).await;
+    let primary = inst.role == Role::Primary;
+    let result = if primary {
+        // A failover fencing this primary cancels the statement: the
+        // future is dropped mid-statement, and the connection, busy,
+        // cancels it and closes when dropped.
+        tokio::select! {
+            biased;
+            () = inst.fenced() => return Err(fenced_primary(inst, &mut conn)),
+            r = job.run(&mut conn, reset) => r,
+        }
+    } else {
+        job.run(&mut conn, reset).await
+    };
+    if primary && inst.is_fenced() && !at.read {
+        // Done, but after the fence: the manager may promote a replica
+        // that never got this write. Not a success.
+        return Err(fenced_primary(inst, &mut conn));
+    }
     // The manager marks a keyspace as holding code, and waits for every
     // router to have that catalog, before a migration creates any: a
     // job that ran without a reset while that happened is reset now.
@@ -397,6 +428,26 @@ async fn attempt<J: Job>(inst: &InstanceTarget, at: At<'_>, job: &J) -> Result<J
             broken: conn.is_broken(),
             error,
         }),
+    }
+}
+
+/// The answer for a request whose statement ran on a primary a failover
+/// fenced (see [`InstanceTarget::fence`]): retryable, its connection
+/// closed. A write's outcome is unknown: it may have committed on the
+/// old primary before the cancel reached it.
+fn fenced_primary(inst: &InstanceTarget, conn: &mut PooledConn) -> Failure {
+    conn.discard();
+    Failure::Statement {
+        error: ApiError::new(
+            ErrorCode::ShardUnavailable,
+            format!(
+                "shard {}'s primary {} is being replaced by a failover; the statement was \
+                 cancelled and may or may not have taken effect",
+                inst.shard, inst.id
+            ),
+        )
+        .with_retry_after(RETRY_AFTER_SECS),
+        broken: true,
     }
 }
 

@@ -103,6 +103,10 @@ pub struct InstanceTarget {
     budget: Arc<ConnBudget>,
     pools: RwLock<HashMap<String, TenantPool>>,
     closed: AtomicBool,
+    /// Cancelled when a failover of its shard begins while it is the
+    /// primary: statements running on it are cancelled and answered as
+    /// failed (see [`fence`](Self::fence)).
+    fenced: tokio_util::sync::CancellationToken,
 }
 
 struct TenantPool {
@@ -168,7 +172,28 @@ impl InstanceTarget {
             budget: ConnBudget::new(settings.shard_max_connections),
             pools: RwLock::new(HashMap::new()),
             closed: AtomicBool::new(false),
+            fenced: tokio_util::sync::CancellationToken::new(),
         })
+    }
+
+    /// A failover of the shard begins, replacing this primary: nothing
+    /// more is sent to it, and every request running a statement on it
+    /// has that statement cancelled and is answered with a retryable
+    /// error, never a success (with asynchronous replication, a write it
+    /// commits now may not reach the new primary). Its pools close.
+    pub fn fence(&self) {
+        self.fenced.cancel();
+        self.close();
+    }
+
+    /// Whether [`fence`](Self::fence) was called.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.is_cancelled()
+    }
+
+    /// Completes when [`fence`](Self::fence) is called.
+    pub fn fenced(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.fenced.cancelled()
     }
 
     /// Whether this is the catalog entry `inst` in role `role`.
@@ -386,6 +411,16 @@ impl ShardTarget {
         previous: Option<&ShardTarget>,
         settings: &PoolSettings,
     ) -> Result<ShardTarget, PoolError> {
+        // A failover away from the previous primary: fence it before
+        // anything else (the router acknowledges this catalog only after
+        // this build, so the manager promotes only after the fence).
+        if let (Some(f), Some(p)) = (&shard.failover, previous) {
+            if p.primary.id == f.from && !p.primary.is_fenced() {
+                tracing::info!(shard = %shard.id, primary = %f.from, to = %f.to,
+                    "failover begins: the old primary is fenced, its statements cancelled");
+                p.primary.fence();
+            }
+        }
         let same_primary = previous.is_some_and(|p| {
             p.generation == shard.generation
                 && p.primary.is(&shard.primary, Role::Primary)

@@ -382,6 +382,83 @@ async fn requests_held_during_a_failover_resume_on_the_new_primary() -> anyhow::
 }
 
 #[tokio::test]
+async fn statements_running_on_the_old_primary_are_cancelled_when_a_failover_begins(
+) -> anyhow::Result<()> {
+    let (primary, replicas) = shard_with_replicas(1).await?;
+    let cfg = config();
+    let before = catalog(&primary, &replicas);
+    let (ctx, cell, served) = serve(&cfg, &before).await?;
+    let served = Arc::new(served);
+    let send = |sql: &'static str| {
+        let served = Arc::clone(&served);
+        tokio::spawn(async move { exec(&served, sql, "strong").await })
+    };
+    // A slow write and a slow read, running on the primary.
+    let write = send("INSERT INTO kv SELECT 'slow', 'v' FROM pg_sleep(3) /* fenced-write */");
+    let read = send("SELECT current_setting('port') FROM pg_sleep(3) /* fenced-read */");
+    let admin = primary.connect().await?;
+    let running = |tag: &'static str| {
+        let admin = &admin;
+        async move {
+            admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%' || $1 || '%' \
+                     AND pid <> pg_backend_pid()",
+                    &[&tag],
+                )
+                .await
+                .map(|r| r.get::<_, i64>(0))
+        }
+    };
+    for _ in 0..300 {
+        if running("fenced-write").await? == 1 && running("fenced-read").await? == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(running("fenced-write").await?, 1, "the write runs");
+    assert_eq!(running("fenced-read").await?, 1, "the read runs");
+
+    // The failover begins: the write is answered at once, retryable, and
+    // its statement is cancelled on the old primary.
+    let intent = with_intent(&before);
+    cell.set(Routing::build(&intent, &cell.get(), &ctx));
+    let (status, headers, body) = tokio::time::timeout(Duration::from_secs(2), write).await???;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], json!("shard_unavailable"), "{body}");
+    assert_eq!(body["error"]["retryable"], json!(true), "{body}");
+    assert!(header(&headers, "retry-after").is_some(), "{body}");
+    let mut gone = false;
+    for _ in 0..200 {
+        if running("fenced-write").await? == 0 && running("fenced-read").await? == 0 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(gone, "the statements were cancelled on the old primary");
+    assert!(
+        !has_row(&primary, "slow").await?,
+        "the write did not commit"
+    );
+
+    // The read is held and runs again on the new primary.
+    assert!(!read.is_finished());
+    let new_primary = replicas[0].connect().await?;
+    new_primary
+        .query_one("SELECT pg_promote(true, 30)", &[])
+        .await?;
+    cell.set(Routing::build(&promoted(&intent), &cell.get(), &ctx));
+    let (status, _, body) = read.await??;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rows"][0][0], json!(replicas[0].port().to_string()));
+    Arc::try_unwrap(served)
+        .map_err(|_| anyhow::anyhow!("server still shared"))?
+        .stop()
+        .await
+}
+
+#[tokio::test]
 async fn an_unreachable_primary_holds_requests_until_a_new_one() -> anyhow::Result<()> {
     let (mut primary, replicas) = shard_with_replicas(1).await?;
     let cfg = config();

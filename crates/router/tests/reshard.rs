@@ -645,10 +645,24 @@ async fn sessions_say_their_map_version_and_a_fenced_source_refuses_older_ones(
     assert_unavailable(status, &headers, &body);
     assert_eq!(held(&served, "s1", "timed_out").await?, 4, "held, then 503");
 
+    // Writes stop while cut off (the manager may have failed the primary
+    // over without this router): refused at once, nothing sent.
+    let (status, headers, body) = post(&served, "/v1/execute", update(key)).await?;
+    assert_unavailable(status, &headers, &body);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("has not heard from the manager")),
+        "{body}"
+    );
+    assert_eq!(held(&served, "s1", "timed_out").await?, 4, "not held");
+
     // A table at 9 (the same owner): the router's sessions say 9 and
-    // pass the fence, for writes and (still cut off) for reads.
+    // pass the fence, for writes (in contact again) and, cut off, for
+    // reads.
     let newer = catalog(9, &s1, None, key, "s1", false);
     cell.set(Routing::build(&newer, &cell.get(), &ctx));
+    ctx.contact.answered(60_000);
     let (status, _, body) = post(&served, "/v1/execute", update(key)).await?;
     assert_eq!(status, 200, "{body}");
     assert!(
@@ -657,6 +671,8 @@ async fn sessions_say_their_map_version_and_a_fenced_source_refuses_older_ones(
             .is_some_and(|c| c.starts_with("9:")),
         "{body}"
     );
+    ctx.contact.answered(0);
+    tokio::time::sleep(Duration::from_millis(5)).await;
     let (status, _, body) = post(&served, "/v1/execute", read).await?;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["rows"][0][0], json!("x"), "{body}");

@@ -7,9 +7,14 @@
 //! step, elapsed):
 //! 1. record the intent in the catalog (`shard.failover`): routers hold
 //!    the shard's primary traffic from then on;
-//! 2. planned only: drain the old primary (read-only, sessions that could
+//! 2. planned: drain the old primary (read-only, sessions that could
 //!    write ended) and wait until the target has replayed all it wrote
-//!    ([`steps::drain`]); past `switchover_timeout`, roll back;
+//!    ([`steps::drain`]); past `switchover_timeout`, roll back.
+//!    Automatic: wait until every live router has the intent (it has
+//!    cancelled its statements on the old primary and holds new ones) or
+//!    its lease ran out (a router that cannot renew sends no writes);
+//!    then, if the old primary answers, drain it the same way and give
+//!    the target `switchover_timeout` to catch up, going on either way;
 //! 3. promote the target (`pg_promote`);
 //! 4. tell the other replicas to stream from it (`primary_conninfo`);
 //! 5. commit in one compare-and-swap: primary = target, old primary
@@ -38,6 +43,7 @@ use crate::apps::now_ms;
 use crate::error::ServiceError;
 use crate::health::HealthTable;
 use crate::pg;
+use crate::routers::RouterRegistry;
 use crate::service::{decode, put, CatalogService};
 use steps::{Candidate, Upstream};
 
@@ -100,6 +106,9 @@ pub enum Resumed {
 /// Runs failovers, one at a time per shard.
 pub struct Failovers {
     svc: Arc<CatalogService>,
+    /// Live routers: a promotion waits until each holds the shard's
+    /// primary traffic or its lease ran out.
+    routers: Arc<RouterRegistry>,
     settings: FailoverSettings,
     running: Mutex<HashSet<String>>,
     /// Shards already warned about having no replica to fail over to.
@@ -157,12 +166,14 @@ impl Failovers {
     /// A controller; its background failovers run on `tracker`.
     pub fn new(
         svc: Arc<CatalogService>,
+        routers: Arc<RouterRegistry>,
         settings: FailoverSettings,
         metrics: &Registry,
         tracker: TaskTracker,
     ) -> Arc<Self> {
         Arc::new(Self {
             svc,
+            routers,
             settings,
             running: Mutex::new(HashSet::new()),
             warned: Mutex::new(HashSet::new()),
@@ -263,7 +274,7 @@ impl Failovers {
             }
             return Ok(None);
         };
-        let intent = self
+        let (intent, version) = self
             .record_intent(id, FailoverKind::Automatic, &shard.primary, &best.instance)
             .await?;
         let log = Log {
@@ -273,6 +284,8 @@ impl Failovers {
         };
         log.step("intent recorded");
         failpoint(FAILPOINT_AFTER_INTENT);
+        self.fence_old_primary(&shard.primary, &best.instance, version, &log)
+            .await;
         if let Err(e) = steps::promote(&best.instance, self.settings.probe_timeout).await {
             log.step("promotion failed");
             self.abandon(id, &intent, "the target could not be promoted", &e)
@@ -356,7 +369,7 @@ impl Failovers {
                 None => format!("shard {id} has no healthy replica streaming from its primary"),
             }));
         };
-        let intent = self
+        let (intent, _) = self
             .record_intent(id, FailoverKind::Planned, &shard.primary, &best.instance)
             .await?;
         let log = Log {
@@ -453,6 +466,13 @@ impl Failovers {
                     self.count(id, intent.kind, "rolled_back");
                     return Ok(Resumed::RolledBack);
                 }
+            } else {
+                // The old primary does not answer this manager; routers
+                // may still reach it. Promote only once each holds the
+                // shard's traffic or its lease ran out.
+                let version = self.svc.current().catalog.version;
+                self.fence_old_primary(&shard.primary, target, version, &log)
+                    .await;
             }
             if let Err(e) = steps::promote(target, timeout).await {
                 log.step("promotion failed");
@@ -607,27 +627,74 @@ impl Failovers {
         kind: FailoverKind,
         from: &Instance,
         to: &Instance,
-    ) -> Result<Failover, ServiceError> {
+    ) -> Result<(Failover, u64), ServiceError> {
         let intent = Failover {
             kind,
             from: from.id.clone(),
             to: to.id.clone(),
             started_at_ms: now_ms(),
         };
-        self.change(id, |shard| {
-            if shard.failover.is_some() {
-                return Err(Self::busy(id));
+        let version = self
+            .change(id, |shard| {
+                if shard.failover.is_some() {
+                    return Err(Self::busy(id));
+                }
+                if shard.primary.id != from.id || !shard.replicas.iter().any(|r| r.id == to.id) {
+                    return Err(ServiceError::Conflict(format!(
+                        "shard {id} changed while preparing the failover; retry"
+                    )));
+                }
+                shard.failover = Some(intent.clone());
+                Ok(())
+            })
+            .await?;
+        Ok((intent, version))
+    }
+
+    /// An automatic failover's fence, before the promotion: every live
+    /// router holds the shard's primary traffic (it has the intent's
+    /// catalog `version`, so it has cancelled what it ran on the old
+    /// primary) or its lease ran out (so it sends no writes: a router
+    /// cut off from the manager stops writing); then, if the old primary
+    /// answers, it is made read-only and its sessions are ended, and the
+    /// target is given `switchover_timeout` to replay what it wrote.
+    async fn fence_old_primary(
+        &self,
+        old: &Instance,
+        target: &Instance,
+        version: u64,
+        log: &Log<'_>,
+    ) {
+        let behind = self.routers.wait_applied(version).await;
+        if behind.is_empty() {
+            log.step("routers hold");
+        } else {
+            tracing::warn!(shard = %log.shard, routers = ?behind,
+                "routers did not acknowledge the failover within a lease; going on \
+                 (a router that cannot renew its lease sends no writes)");
+            log.step("routers hold or their leases ran out");
+        }
+        let timeout = self.settings.probe_timeout;
+        let fenced = tokio::time::timeout(self.settings.switchover_timeout, async {
+            let client = pg::connect(&old.dsn, timeout)
+                .await
+                .map_err(|e| format!("unreachable: {e}"))?;
+            if steps::in_recovery(&old.dsn, timeout).await != Some(false) {
+                return Err("not a primary".to_string());
             }
-            if shard.primary.id != from.id || !shard.replicas.iter().any(|r| r.id == to.id) {
-                return Err(ServiceError::Conflict(format!(
-                    "shard {id} changed while preparing the failover; retry"
-                )));
-            }
-            shard.failover = Some(intent.clone());
-            Ok(())
+            let lsn = steps::drain(&client).await?;
+            log.step("old primary fenced");
+            steps::wait_replayed(target, lsn, timeout, self.settings.switchover_timeout).await?;
+            steps::stop_wal_senders(&client).await;
+            log.step("target caught up");
+            Ok::<(), String>(())
         })
-        .await?;
-        Ok(intent)
+        .await
+        .unwrap_or_else(|_| Err("no answer in time".to_string()));
+        if let Err(e) = fenced {
+            tracing::warn!(shard = %log.shard, instance = %old.id, reason = %e,
+                "the old primary was not fenced in PostgreSQL; the routers' hold fences it");
+        }
     }
 
     /// Step 5: the target becomes the primary and the old one is fenced,
