@@ -89,7 +89,7 @@ fn script(steps: &[Step]) -> String {
             s.push_str(&format!("{} > dev$__devs.out 2>&1 &\n", step.command));
             s.push_str("__dev=$!\n");
             s.push_str("__wait_banner dev$__devs.out || echo '@@@ no-banner'\n");
-            s.push_str("cat dev$__devs.out\n");
+            s.push_str("sed '/^Press Ctrl-C to stop\\./q' dev$__devs.out\n");
         } else {
             s.push_str(&step.command);
             s.push('\n');

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::reshard::{
-    crash_and_resume, crash_and_resume_job, failpoint_child, key_in, small_batches, start_writer,
-    to_map, Env, LIMIT,
+    crash_and_resume, crash_and_resume_job, failpoint_child, key_in, served_version, small_batches,
+    start_writer, to_map, Env, LIMIT,
 };
 use common::{http, sqlstate, ROUTER_TOKEN};
 use shardline_api::manager::JobInfo;
@@ -290,18 +290,7 @@ async fn cutover_waits_for_a_silent_router_until_its_lease_ends() {
     let env = Env::setup(1, 2, 40_000, |c| c.router_lease = lease).await;
     // The router has the catalog as it is before the job, and never
     // applies another.
-    let catalog = http(
-        env.st.addr(),
-        "GET",
-        "/v1/catalog?after_version=0&wait_ms=0",
-        Some(ROUTER_TOKEN),
-        None,
-    )
-    .await;
-    assert_eq!(catalog.status, 200, "{}", catalog.body);
-    let applied = serde_json::from_str::<serde_json::Value>(&catalog.body).unwrap()["version"]
-        .as_u64()
-        .unwrap();
+    let applied = served_version(env.st.addr()).await;
     let beat = format!(r#"{{"id": "r1", "address": "x", "applied_version": {applied}}}"#);
     let hb = async {
         http(

@@ -11,7 +11,7 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use common::reshard::{crash_and_resume_with, failpoint_child, key_in, Env, LIMIT};
+use common::reshard::{crash_and_resume_with, failpoint_child, key_in, served_version, Env, LIMIT};
 use common::{http, sqlstate, ROUTER_TOKEN};
 use shardline_api::manager::JobInfo;
 use shardline_core::catalog::ReshardPhase;
@@ -161,13 +161,18 @@ async fn assert_undone(env: &Env, job: &JobInfo, map: &ShardMap, expected: &BTre
 fn silent_router(env: &Env, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
     let addr = env.st.addr();
     tokio::spawn(async move {
+        // It has the catalog as it was when it started, and never
+        // applies another (a router reporting less than the manager last
+        // waited for holds no lease at all).
+        let applied = served_version(addr).await;
+        let beat = format!(r#"{{"id": "r1", "address": "x", "applied_version": {applied}}}"#);
         while !stop.is_cancelled() {
             let a = http(
                 addr,
                 "POST",
                 "/v1/routers/heartbeat",
                 Some(ROUTER_TOKEN),
-                Some(r#"{"id": "r1", "address": "x", "applied_version": 0}"#),
+                Some(&beat),
             )
             .await;
             assert_eq!(a.status, 200, "{}", a.body);

@@ -602,7 +602,9 @@ mod tests {
         // Every instance has its own budget.
         assert!(!std::ptr::eq(t1.primary.budget(), t1.replicas[0].budget()));
 
-        // Failover intent: a new target, the same instances.
+        // Failover intent: a new target, the same replicas; the old
+        // primary's target is fenced (its statements cancelled) and a
+        // new one stands for the primary, unused while the intent holds.
         let mut intent = s.clone();
         intent.failover = Some(Failover {
             kind: FailoverKind::Automatic,
@@ -613,8 +615,15 @@ mod tests {
         assert!(!t1.matches(&intent));
         let t2 = ShardTarget::build(&intent, Some(&t1), &st).unwrap();
         assert!(t2.failover.is_some());
-        assert!(Arc::ptr_eq(&t1.primary, &t2.primary));
+        assert!(t1.primary.is_fenced() && t1.primary.is_closed());
+        assert!(!Arc::ptr_eq(&t1.primary, &t2.primary));
+        assert!(!t2.primary.is_fenced());
         assert!(Arc::ptr_eq(&t1.replicas[1], &t2.replicas[1]));
+        assert!(t1.replicas.iter().all(|r| !r.is_fenced()));
+
+        // Rolled back: the intent's primary target serves again.
+        let back = ShardTarget::build(&s, Some(&t2), &st).unwrap();
+        assert!(Arc::ptr_eq(&back.primary, &t2.primary));
 
         // s1-1 promoted: the primary is new (not the replica's target),
         // the remaining replica keeps its pools.

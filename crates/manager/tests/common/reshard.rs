@@ -674,3 +674,20 @@ async fn direct_writes(
     }
     (model, n)
 }
+
+/// The catalog version the manager at `addr` serves now, as a router
+/// fetching it would have it.
+pub async fn served_version(addr: std::net::SocketAddr) -> u64 {
+    let a = super::http(
+        addr,
+        "GET",
+        "/v1/catalog?after_version=0&wait_ms=0",
+        Some(ROUTER_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    serde_json::from_str::<serde_json::Value>(&a.body).unwrap()["version"]
+        .as_u64()
+        .unwrap()
+}
