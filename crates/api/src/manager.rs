@@ -72,6 +72,12 @@ pub struct RegisterShardRequest {
     /// Reserve the shard for this tenant's dedicated keyspace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// Synchronous replication: the primary acknowledges a commit only
+    /// once any one replica has it (`synchronous_standby_names = 'ANY 1
+    /// (...)'`, set by the manager on the primary and again on each new
+    /// primary after a failover). Needs at least one replica.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub synchronous: bool,
 }
 
 /// The last health check of one instance.
@@ -185,6 +191,9 @@ pub struct ShardInfo {
     /// A failover under way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<shardline_core::catalog::Failover>,
+    /// Synchronous replication (see [`RegisterShardRequest`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub synchronous: bool,
 }
 
 /// `POST /v1/keyspaces/{name}/migrations`.

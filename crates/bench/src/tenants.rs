@@ -78,6 +78,7 @@ fn catalog(tenants: usize, apps: usize, shards: usize) -> (Catalog, Vec<String>)
                 reserved_for: None,
                 fenced: vec![],
                 failover: None,
+                synchronous: false,
             },
         );
     }

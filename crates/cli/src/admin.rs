@@ -65,6 +65,9 @@ pub enum ShardCmd {
         /// Reserve it for this tenant's dedicated keyspace
         #[arg(long)]
         tenant: Option<String>,
+        /// Synchronous replication: commits wait for any one replica
+        #[arg(long, requires = "replicas")]
+        synchronous: bool,
     },
     /// Register a running streaming replica of a shard's primary
     AddReplica {
@@ -244,12 +247,14 @@ pub async fn shard(ep: &Endpoints, cmd: ShardCmd, json: bool) -> anyhow::Result<
             primary,
             replicas,
             tenant,
+            synchronous,
         } => vec![
             m.register_shard(&RegisterShardRequest {
                 id,
                 primary,
                 replicas,
                 tenant,
+                synchronous,
             })
             .await?,
         ],

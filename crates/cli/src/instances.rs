@@ -221,6 +221,7 @@ mod tests {
                 inst("shard-0-4", "replica", None),
             ],
             reserved_for: None,
+            synchronous: false,
             failover: Some(Failover {
                 kind: FailoverKind::Planned,
                 from: "shard-0-2".into(),

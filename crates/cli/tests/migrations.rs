@@ -94,6 +94,7 @@ async fn migrations_apply_once_everywhere_and_to_later_shards() {
         primary: late.dsn(),
         replicas: vec![],
         tenant: None,
+        synchronous: false,
     })
     .await
     .unwrap();

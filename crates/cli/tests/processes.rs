@@ -114,6 +114,7 @@ async fn routers_as_processes_share_and_follow_the_map() {
                 primary: pg.dsn(),
                 replicas: vec![],
                 tenant: None,
+                synchronous: false,
             })
             .await
             .unwrap();

@@ -66,6 +66,7 @@ async fn add_replica(
         ],
         reserved_for: None,
         failover: None,
+        synchronous: false,
     })
     .into_response()
 }

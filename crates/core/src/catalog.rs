@@ -227,6 +227,11 @@ pub struct Shard {
     /// primary traffic until it ends (or their hold window runs out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<Failover>,
+    /// Synchronous replication: the primary commits once any one of its
+    /// replicas has flushed the commit (`synchronous_standby_names =
+    /// ANY 1 (...)`), kept valid across failovers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub synchronous: bool,
 }
 
 /// A change of a shard's primary in progress, recorded before anything is
@@ -526,6 +531,7 @@ mod tests {
             reserved_for: None,
             fenced: vec![],
             failover: None,
+            synchronous: false,
         };
         let v = serde_json::to_vec(&shard).unwrap();
         let cat = Catalog::from_entries(

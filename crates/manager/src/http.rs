@@ -220,6 +220,7 @@ fn shard_info(cat: &Catalog, shard: &Shard, health: &HealthTable) -> ShardInfo {
         instances,
         reserved_for: shard.reserved_for.clone(),
         failover: shard.failover.clone(),
+        synchronous: shard.synchronous,
     }
 }
 

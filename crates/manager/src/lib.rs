@@ -47,6 +47,7 @@ pub mod replicas;
 pub mod reshard;
 pub mod routers;
 pub mod service;
+pub mod standbys;
 pub mod tenant_code;
 pub mod tenant_pg;
 pub mod tenants;

@@ -11,7 +11,11 @@ use shardline_core::ShardMap;
 use crate::checks;
 use crate::error::ServiceError;
 use crate::service::{decode, put, CatalogService};
-use crate::{pg, tenant_pg};
+use crate::{pg, standbys, tenant_pg};
+
+/// Time to connect to an instance while setting up synchronous
+/// replication at registration.
+const SYNC_SETUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Registers a shard (not yet in any keyspace).
 pub async fn register_shard(
@@ -47,7 +51,37 @@ pub async fn register_shard(
             })
             .collect(),
         generation: 1,
+        synchronous: req.synchronous,
     };
+    if req.synchronous {
+        // Not touching the servers of a shard registered already.
+        if svc.current().catalog.shards.contains_key(&req.id) {
+            return Err(ServiceError::Conflict(format!(
+                "shard {} is already registered",
+                req.id
+            )));
+        }
+        if shard.replicas.is_empty() {
+            return Err(ServiceError::Invalid(
+                "synchronous replication needs at least one replica".into(),
+            ));
+        }
+        let set = standbys::configure(&shard.primary, &shard.replicas, true, SYNC_SETUP_TIMEOUT)
+            .await
+            .map_err(|e| {
+                ServiceError::ShardUnavailable(format!(
+                    "shard {}: set up synchronous replication: {e}",
+                    req.id
+                ))
+            })?;
+        if set.is_empty() {
+            return Err(ServiceError::ShardUnavailable(format!(
+                "shard {}: no replica answered; synchronous replication needs one",
+                req.id
+            )));
+        }
+        tracing::info!(shard = %req.id, synchronous_standby_names = %set, "synchronous replication set up");
+    }
     let key = keys::shard(&req.id);
     svc.update(std::slice::from_ref(&key), |seen| {
         if seen[&key].is_some() {

@@ -154,6 +154,58 @@ pub fn format_lsn(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
 }
 
+/// `pg_reload_conf()`.
+pub async fn reload(c: &Client) -> Result<(), String> {
+    c.query_one("SELECT pg_reload_conf()", &[])
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("reload the configuration: {}", describe(&e)))
+}
+
+/// Quotes a libpq conninfo value.
+pub fn conninfo_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// The value of `key` in a libpq key/value conninfo.
+pub fn conninfo_value(conninfo: &str, key: &str) -> Option<String> {
+    let mut chars = conninfo.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut k = String::new();
+        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+            k.push(c);
+        }
+        if k.is_empty() {
+            return None;
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        chars.next_if_eq(&'=')?;
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut v = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            loop {
+                match chars.next()? {
+                    '\\' => v.push(chars.next()?),
+                    '\'' => break,
+                    c => v.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                if c == '\\' {
+                    v.push(chars.next()?);
+                } else {
+                    v.push(c);
+                }
+            }
+        }
+        if k == key {
+            return Some(v);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

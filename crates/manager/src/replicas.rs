@@ -9,7 +9,7 @@ use tokio_postgres::Client;
 
 use crate::error::ServiceError;
 use crate::service::{decode, put, CatalogService};
-use crate::{checks, pg};
+use crate::{checks, pg, standbys};
 
 /// The id for the next instance of `shard`: one past the highest number
 /// any instance (primary, replica or fenced) has carried, so an id never
@@ -147,6 +147,13 @@ pub async fn add_replica(
     if let Some(r) = shard.replicas.last() {
         tracing::info!(shard = %shard_id, instance = %r.id, "registered a replica");
     }
+    if shard.synchronous && shard.failover.is_none() {
+        // The new replica joins the primary's synchronous standbys.
+        if let Err(e) = standbys::configure(&shard.primary, &shard.replicas, true, timeout).await {
+            tracing::warn!(shard = %shard_id, error = %e,
+                "add the replica to the primary's synchronous standbys");
+        }
+    }
     Ok(shard)
 }
 
@@ -187,6 +194,7 @@ mod tests {
             reserved_for: None,
             fenced: vec![],
             failover: None,
+            synchronous: false,
         };
         assert_eq!(next_instance_id(&s), "s1-2");
         // The highest one was fenced: its number stays taken.

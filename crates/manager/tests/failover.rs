@@ -370,3 +370,160 @@ async fn an_automatic_failover_promotes_only_once_live_routers_hold_or_their_lea
     assert!(not_renewed > 0, "the stuck router's lease was not renewed");
     st.stop().await;
 }
+
+/// `SHOW synchronous_standby_names` on `pg`.
+async fn standby_names(pg: &PgCluster) -> String {
+    pg.connect()
+        .await
+        .unwrap()
+        .query_one("SHOW synchronous_standby_names", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Whether a write on `pg` (session `synchronous_commit = on`; the test
+/// clusters turn it off) waits for a synchronous standby: the write runs
+/// in the background, and the session's wait event is looked at.
+async fn write_waits_for_a_standby(pg: &PgCluster) -> bool {
+    let w = pg.connect().await.unwrap();
+    w.batch_execute("CREATE TABLE IF NOT EXISTS sync_probe (id int)")
+        .await
+        .unwrap();
+    let pid: i32 = w
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let write = tokio::spawn(async move {
+        w.batch_execute("SET synchronous_commit = on; INSERT INTO sync_probe VALUES (1)")
+            .await
+    });
+    let admin = pg.connect().await.unwrap();
+    let mut waited = false;
+    for _ in 0..100 {
+        if write.is_finished() {
+            break;
+        }
+        let event: Option<String> = admin
+            .query_one(
+                "SELECT wait_event FROM pg_stat_activity WHERE pid = $1",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if event.as_deref() == Some("SyncRep") {
+            waited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let it go (a waiting commit is committed locally already).
+    admin
+        .query_one("SELECT pg_cancel_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let _ = write.await;
+    waited
+}
+
+/// The application names of the replicas streaming from `pg` as quorum
+/// standbys, sorted.
+async fn quorum(pg: &PgCluster) -> Vec<String> {
+    let rows = pg
+        .connect()
+        .await
+        .unwrap()
+        .query(
+            "SELECT application_name FROM pg_stat_replication WHERE sync_state = 'quorum' \
+             ORDER BY application_name",
+            &[],
+        )
+        .await
+        .unwrap();
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+/// The names in a `synchronous_standby_names` value of the form
+/// `ANY 1 ("a", "b")`, sorted.
+fn listed(value: &str) -> Vec<String> {
+    let inner = value
+        .strip_prefix("ANY 1 (")
+        .and_then(|v| v.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("not ANY 1 (...): {value:?}"));
+    let mut names: Vec<String> = inner
+        .split(", ")
+        .map(|n| n.trim_matches('"').to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synchronous_shard_stays_synchronous_after_a_failover() {
+    let mut primary = PgCluster::start().await.unwrap();
+    let r1 = PgCluster::start_replica_of(&primary).await.unwrap();
+    let r2 = PgCluster::start_replica_of(&primary).await.unwrap();
+    let mut st = Stack::new().await;
+    st.start().await;
+    // Without replicas it is refused; with them the primary waits for
+    // any one.
+    let body = serde_json::json!({"id": "s0", "primary": primary.dsn(), "synchronous": true});
+    let a = st
+        .admin("POST", "/v1/shards", Some(&body.to_string()))
+        .await;
+    assert_eq!(a.status, 400, "{}", a.body);
+    let body = serde_json::json!({"id": "s1", "primary": primary.dsn(),
+        "replicas": [r1.dsn(), r2.dsn()], "synchronous": true});
+    let a = st
+        .admin("POST", "/v1/shards", Some(&body.to_string()))
+        .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert!(st.shard("s1").await.synchronous);
+    st.wait_healthy("s1", 3).await;
+    // Both replicas stream as quorum standbys, listed by the names they
+    // stream under; with both stopped, a commit waits.
+    assert!(eventually(LIMIT, || async { quorum(&primary).await.len() == 2 }).await);
+    assert_eq!(
+        listed(&standby_names(&primary).await),
+        quorum(&primary).await
+    );
+    r1.pause();
+    r2.pause();
+    assert!(
+        write_waits_for_a_standby(&primary).await,
+        "the primary waits"
+    );
+    r1.resume();
+    r2.resume();
+
+    // The primary dies; the new one lists the replica that follows it.
+    primary.kill9().await;
+    let (shard, _) = wait_committed(&st, 2).await;
+    let new_id = ids_with_role(&shard, "primary")[0].clone();
+    let (new, other) = if new_id == "s1-1" {
+        (&r1, &r2)
+    } else {
+        (&r2, &r1)
+    };
+    assert!(
+        eventually(LIMIT, || async { quorum(new).await.len() == 1 }).await,
+        "the remaining replica is the new primary's synchronous standby"
+    );
+    assert_eq!(listed(&standby_names(new).await), quorum(new).await);
+    // Writes commit while it streams, and wait when it stops.
+    let c = new.connect().await.unwrap();
+    c.batch_execute(
+        "SET synchronous_commit = on; CREATE TABLE after (id int); INSERT INTO after VALUES (1)",
+    )
+    .await
+    .unwrap();
+    other.pause();
+    assert!(
+        write_waits_for_a_standby(new).await,
+        "the new primary waits"
+    );
+    other.resume();
+    st.stop().await;
+}

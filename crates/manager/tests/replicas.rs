@@ -237,6 +237,7 @@ async fn instances_of_an_old_catalog_get_ids_at_startup() {
         reserved_for: None,
         fenced: vec![inst(3)],
         failover: None,
+        synchronous: false,
     };
     let key = keys::shard("s1");
     st.store

@@ -218,6 +218,7 @@ async fn one_shard_is_never_given_to_two_dedicated_tenants() {
             primary: h.shards[0].dsn(),
             replicas: vec![],
             tenant: Some("Not Valid".into()),
+            synchronous: false,
         },
     )
     .await

@@ -563,6 +563,7 @@ mod tests {
             reserved_for: None,
             fenced: vec![],
             failover: None,
+            synchronous: false,
         }
     }
 

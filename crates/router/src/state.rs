@@ -608,6 +608,7 @@ mod tests {
                 reserved_for: None,
                 fenced: vec![],
                 failover: None,
+                synchronous: false,
             },
         );
         cat

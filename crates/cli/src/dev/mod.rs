@@ -74,6 +74,12 @@ pub struct DevArgs {
     /// missing ones but never removes any
     #[arg(long, default_value_t = 0)]
     pub replicas: usize,
+    /// With --replicas: synchronous replication, each shard's primary
+    /// acknowledging a commit once any one of its replicas has it
+    /// (synchronous_standby_names = 'ANY 1 (...)'); set when a shard is
+    /// first registered
+    #[arg(long, requires = "replicas")]
+    pub synchronous: bool,
 }
 
 /// Settings of dev clusters: durable (dev data is kept) but small.
@@ -373,7 +379,7 @@ async fn serve(
             .collect();
         let catalog = admin.list_shards().await?;
         replicas::clone_missing(pg.bins, &catalog, &shards, pg.password, pg.clusters).await?;
-        bootstrap(&admin, &shards).await?;
+        bootstrap(&admin, &shards, args.synchronous).await?;
         replicas::register(&admin, &mut shards).await?;
         let app_token = default_app_token(&admin, previous.as_ref()).await?;
         wait_router_ready(&router_url).await?;
@@ -427,7 +433,11 @@ fn with_dsns(mut s: DevShard, password: &str) -> DevShard {
 /// ones and tenant `default` in it, unless an earlier run did. Spare
 /// shards are registered for no tenant, so any dedicated tenant may take
 /// them.
-async fn bootstrap(admin: &ManagerClient, shards: &[DevShard]) -> anyhow::Result<()> {
+async fn bootstrap(
+    admin: &ManagerClient,
+    shards: &[DevShard],
+    synchronous: bool,
+) -> anyhow::Result<()> {
     let existing = admin.list_shards().await?;
     for s in shards {
         if existing.iter().any(|e| e.id == s.id) {
@@ -439,6 +449,7 @@ async fn bootstrap(admin: &ManagerClient, shards: &[DevShard]) -> anyhow::Result
                 primary: s.dsn.clone(),
                 replicas: s.replicas.iter().map(|r| r.dsn.clone()).collect(),
                 tenant: None,
+                synchronous: synchronous && !s.replicas.is_empty(),
             })
             .await
             .with_context(|| format!("register {}", s.id))?;

@@ -202,6 +202,7 @@ impl Stack {
                     primary: pg.dsn(),
                     replicas: replicas[i].iter().map(|r| r.dsn()).collect(),
                     tenant: if spare { opts.spare_for.clone() } else { None },
+                    synchronous: false,
                 })
                 .await
                 .unwrap();

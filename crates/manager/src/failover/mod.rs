@@ -45,6 +45,7 @@ use crate::health::HealthTable;
 use crate::pg;
 use crate::routers::RouterRegistry;
 use crate::service::{decode, put, CatalogService};
+use crate::standbys;
 use steps::{Candidate, Upstream};
 
 /// Environment variable naming a failpoint. Test-only fault injection:
@@ -557,6 +558,21 @@ impl Failovers {
             }
         }
         log.step("replicas repointed");
+        // The new primary's standbys: the replicas that follow it (none
+        // for an asynchronous shard: a promoted replica may carry the
+        // old primary's list in its copied configuration).
+        match standbys::configure(&target, &told, shard.synchronous, timeout).await {
+            Ok(list) => {
+                if shard.synchronous && list.is_empty() {
+                    tracing::warn!(shard = %id, "no replica follows the new primary: it commits \
+                        without a synchronous standby until one is added");
+                }
+                log.step("standbys set");
+            }
+            Err(e) => {
+                tracing::warn!(shard = %id, error = %e, "set the new primary's synchronous standbys")
+            }
+        }
         let generation = self.commit(id, intent).await?;
         let write_pause_ms = log.start.elapsed().as_millis() as u64;
         log.step("committed");

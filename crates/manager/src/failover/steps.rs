@@ -95,7 +95,7 @@ pub async fn drain(old: &Client) -> Result<u64, String> {
     old.batch_execute("ALTER SYSTEM SET default_transaction_read_only = on")
         .await
         .map_err(|e| format!("make the old primary read-only: {}", pg::describe(&e)))?;
-    reload(old).await?;
+    pg::reload(old).await?;
     // This session sees the setting once the postmaster has re-read it,
     // which it does before signalling every other session to.
     let mut applied = false;
@@ -196,7 +196,7 @@ pub async fn undo_read_only(dsn: &str, timeout: Duration) -> Result<(), String> 
     c.batch_execute("ALTER SYSTEM RESET default_transaction_read_only")
         .await
         .map_err(|e| pg::describe(&e))?;
-    reload(&c).await
+    pg::reload(&c).await
 }
 
 /// Promotes a replica (`pg_promote`, waiting for it to finish); a server
@@ -224,7 +224,7 @@ pub async fn promote(target: &Instance, timeout: Duration) -> Result<(), String>
     c.batch_execute("ALTER SYSTEM RESET default_transaction_read_only")
         .await
         .map_err(|e| pg::describe(&e))?;
-    reload(&c).await
+    pg::reload(&c).await
 }
 
 /// The timeline a (new) primary writes on.
@@ -274,17 +274,17 @@ impl Upstream {
     /// `application_name` (synchronous replication names standbys by it).
     pub fn conninfo(&self, application_name: Option<&str>) -> String {
         let mut parts = vec![
-            format!("host={}", conninfo_quote(&self.host)),
+            format!("host={}", pg::conninfo_quote(&self.host)),
             format!("port={}", self.port),
         ];
         if let Some(u) = &self.user {
-            parts.push(format!("user={}", conninfo_quote(u)));
+            parts.push(format!("user={}", pg::conninfo_quote(u)));
         }
         if let Some(p) = &self.password {
-            parts.push(format!("password={}", conninfo_quote(p)));
+            parts.push(format!("password={}", pg::conninfo_quote(p)));
         }
         if let Some(a) = application_name {
-            parts.push(format!("application_name={}", conninfo_quote(a)));
+            parts.push(format!("application_name={}", pg::conninfo_quote(a)));
         }
         parts.join(" ")
     }
@@ -304,7 +304,7 @@ pub async fn repoint(
         .await
         .map_err(|e| pg::describe(&e))?;
     let current: String = row.get(0);
-    let app = conninfo_value(&current, "application_name");
+    let app = pg::conninfo_value(&current, "application_name");
     let conninfo = upstream.conninfo(app.as_deref());
     c.batch_execute(&format!(
         "ALTER SYSTEM SET primary_conninfo = {}",
@@ -312,7 +312,7 @@ pub async fn repoint(
     ))
     .await
     .map_err(|e| pg::describe(&e))?;
-    reload(&c).await
+    pg::reload(&c).await
 }
 
 /// Waits until a repointed replica streams from `upstream` on its
@@ -366,57 +366,6 @@ async fn recovering(c: &Client) -> Result<bool, String> {
         .map_err(|e| pg::describe(&e))
 }
 
-async fn reload(c: &Client) -> Result<(), String> {
-    c.query_one("SELECT pg_reload_conf()", &[])
-        .await
-        .map(|_| ())
-        .map_err(|e| format!("reload the configuration: {}", pg::describe(&e)))
-}
-
-/// Quotes a libpq conninfo value.
-fn conninfo_quote(v: &str) -> String {
-    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
-}
-
-/// The value of `key` in a libpq key/value conninfo.
-fn conninfo_value(conninfo: &str, key: &str) -> Option<String> {
-    let mut chars = conninfo.chars().peekable();
-    loop {
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        let mut k = String::new();
-        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
-            k.push(c);
-        }
-        if k.is_empty() {
-            return None;
-        }
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        chars.next_if_eq(&'=')?;
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        let mut v = String::new();
-        if chars.next_if_eq(&'\'').is_some() {
-            loop {
-                match chars.next()? {
-                    '\\' => v.push(chars.next()?),
-                    '\'' => break,
-                    c => v.push(c),
-                }
-            }
-        } else {
-            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
-                if c == '\\' {
-                    v.push(chars.next()?);
-                } else {
-                    v.push(c);
-                }
-            }
-        }
-        if k == key {
-            return Some(v);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,13 +375,13 @@ mod tests {
         let ci = "user=postgres passfile='/root/.pgpass' host='127.0.0.1' port=5433 \
                   application_name='s1 r\\'1' sslmode=prefer";
         assert_eq!(
-            conninfo_value(ci, "application_name").as_deref(),
+            pg::conninfo_value(ci, "application_name").as_deref(),
             Some("s1 r'1")
         );
-        assert_eq!(conninfo_value(ci, "port").as_deref(), Some("5433"));
-        assert_eq!(conninfo_value(ci, "dbname"), None);
-        assert_eq!(conninfo_value("", "host"), None);
-        assert_eq!(conninfo_value("host = x", "host").as_deref(), Some("x"));
+        assert_eq!(pg::conninfo_value(ci, "port").as_deref(), Some("5433"));
+        assert_eq!(pg::conninfo_value(ci, "dbname"), None);
+        assert_eq!(pg::conninfo_value("", "host"), None);
+        assert_eq!(pg::conninfo_value("host = x", "host").as_deref(), Some("x"));
     }
 
     #[test]
@@ -444,7 +393,7 @@ mod tests {
             ci,
             "host='127.0.0.1' port=6000 user='postgres' password='it\\'s' application_name='r1'"
         );
-        assert_eq!(conninfo_value(&ci, "password").as_deref(), Some("it's"));
+        assert_eq!(pg::conninfo_value(&ci, "password").as_deref(), Some("it's"));
     }
 
     #[test]

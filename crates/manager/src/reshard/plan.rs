@@ -300,6 +300,7 @@ pub(super) mod tests {
                     reserved_for: reserved.map(str::to_string),
                     fenced: vec![],
                     failover: None,
+                    synchronous: false,
                 },
             );
         }

@@ -75,6 +75,7 @@ impl Harness {
                 primary: pg.dsn(),
                 replicas: vec![],
                 tenant: tenant.map(str::to_string),
+                synchronous: false,
             },
         )
         .await

@@ -136,6 +136,7 @@ pub fn shard_catalog(
             reserved_for: None,
             fenced: vec![],
             failover: None,
+            synchronous: false,
         },
     );
     cat.tenants = tenants.into_iter().map(|t| (t.id.clone(), t)).collect();
