@@ -44,7 +44,9 @@ pub struct StackOptions {
     pub spare_for: Option<String>,
     /// Streaming replicas per (non-spare) shard.
     pub replicas: usize,
-    /// Synchronous replication (`synchronous_standby_names = '*'`).
+    /// Synchronous replication: the shards registered as synchronous
+    /// (the manager sets `synchronous_standby_names`), with
+    /// `synchronous_commit = on`.
     pub synchronous: bool,
     /// The manager's health interval (default here 200 ms; `None` keeps
     /// the manager's own default).
@@ -202,7 +204,9 @@ impl Stack {
                     primary: pg.dsn(),
                     replicas: replicas[i].iter().map(|r| r.dsn()).collect(),
                     tenant: if spare { opts.spare_for.clone() } else { None },
-                    synchronous: false,
+                    // The manager lists the replicas (replacing the
+                    // settings' `*`) and keeps the list across failovers.
+                    synchronous: opts.synchronous && !spare && opts.replicas > 0,
                 })
                 .await
                 .unwrap();
