@@ -527,3 +527,84 @@ async fn a_synchronous_shard_stays_synchronous_after_a_failover() {
     other.resume();
     st.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_primary_that_answers_again_is_fenced_before_the_promotion() {
+    // The primary hangs long enough to fail its checks, and answers
+    // again while the failover waits for a router: the manager makes it
+    // read-only and ends its sessions before promoting the replica.
+    let lease = Duration::from_secs(2);
+    let primary = PgCluster::start().await.unwrap();
+    let r1 = PgCluster::start_replica_of(&primary).await.unwrap();
+    let mut st = Stack::new().await;
+    let mut cfg = st.config();
+    cfg.router_lease = lease;
+    st.start_with(cfg).await;
+    st.register("s1", &primary, &[&r1]).await;
+    st.wait_healthy("s1", 2).await;
+    let applied = common::reshard::served_version(st.addr()).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let addr = st.addr();
+    let beats = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let body =
+                format!(r#"{{"id": "stuck", "address": "x", "applied_version": {applied}}}"#);
+            for _ in 0..600 {
+                if stop.is_cancelled() {
+                    break;
+                }
+                common::http(
+                    addr,
+                    "POST",
+                    "/v1/routers/heartbeat",
+                    Some(common::ROUTER_TOKEN),
+                    Some(&body),
+                )
+                .await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A session of a client that could write, open on the old primary.
+    let writer = primary.connect().await.unwrap();
+    writer
+        .batch_execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+
+    primary.pause();
+    st.wait_shard("s1", LIMIT, |s| s.failover.is_some())
+        .await
+        .expect("a failover intent");
+    primary.resume();
+    let (shard, _) = wait_committed(&st, 2).await;
+    stop.cancel();
+    beats.await.unwrap();
+    assert_eq!(ids_with_role(&shard, "primary"), ["s1-1"]);
+    assert_eq!(ids_with_role(&shard, "fenced"), ["s1-0"]);
+    // The old primary is read-only, and the writer's session was ended.
+    let admin = primary.connect().await.unwrap();
+    let read_only: String = admin
+        .query_one("SHOW default_transaction_read_only", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(read_only, "on", "the old primary was fenced");
+    assert!(
+        writer
+            .batch_execute("INSERT INTO t VALUES (2)")
+            .await
+            .is_err(),
+        "the old session is gone"
+    );
+    let e = admin
+        .batch_execute("INSERT INTO t VALUES (3)")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), Some("25006"), "{e:?}");
+    // And the replica had its rows before it was promoted.
+    assert!(wait_row(&r1, 1, LIMIT).await);
+    st.stop().await;
+}
