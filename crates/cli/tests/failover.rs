@@ -38,6 +38,9 @@ struct Log {
     /// Acknowledged writes: number, when it was sent, when the answer
     /// came.
     acked: Mutex<Vec<(i64, Instant, Instant)>>,
+    /// The server port each acknowledged write ran on (the writer asks
+    /// for `inet_server_port()`), by number.
+    acked_by: Mutex<std::collections::HashMap<i64, i64>>,
     write_errors: AtomicU64,
     reads_ok: AtomicU64,
     read_errors: AtomicU64,
@@ -85,7 +88,7 @@ impl Load {
                     let sent = Instant::now();
                     let r = router
                         .execute(&req(
-                            "INSERT INTO writes (n) VALUES ($1)",
+                            "INSERT INTO writes (n) VALUES ($1) RETURNING inet_server_port()",
                             vec![json!(n)],
                             Consistency::Strong,
                         ))
@@ -95,7 +98,10 @@ impl Load {
                             // An acknowledged insert that reports no row
                             // is a lost write.
                             assert_eq!(r.result.rows_affected, 1, "insert of {n} acknowledged");
-                            log.acked.lock().unwrap().push((n, sent, Instant::now()))
+                            log.acked.lock().unwrap().push((n, sent, Instant::now()));
+                            if let Some(port) = r.result.rows[0][0].as_i64() {
+                                log.acked_by.lock().unwrap().insert(n, port);
+                            }
                         }
                         Err(_) => {
                             log.write_errors.fetch_add(1, Ordering::Relaxed);
@@ -397,20 +403,40 @@ async fn planned_switchover_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_primary_is_replaced_and_never_used_again() {
+    hang_failover(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_primary_with_synchronous_replication_loses_no_acknowledged_write() {
+    hang_failover(true).await;
+}
+
+/// The primary hangs (SIGSTOP of all its processes) until the failover
+/// has committed, then resumes: the statements it had in flight may now
+/// commit there, but none may be acknowledged (the router fenced it when
+/// the failover began), and nothing more reaches it. Counts printed:
+/// acknowledged, lost, lost among those acknowledged after the hang
+/// began, acknowledged by the old primary after the failover began
+/// (never two writable instances), write errors.
+async fn hang_failover(synchronous: bool) {
     let stack = Stack::start(StackOptions {
         shards: 1,
         replicas: 1,
+        synchronous,
         health_interval: None,
         ..StackOptions::default()
     })
     .await;
     stack.migrate("001_writes", TABLE).await;
+    let old_port = i64::from(stack.shards[0].port());
     let load = Load::start(&stack).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     // The whole server hangs: postmaster, backends, WAL sender.
     stack.shards[0].pause();
     let stopped = Instant::now();
     let w = watch_failover(&stack, 1, Duration::from_secs(30)).await;
+    // Longer than the failover took, then it wakes up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     stack.shards[0].resume();
     assert!(w.committed.is_some(), "no failover within 30 s");
     assert!(
@@ -419,20 +445,71 @@ async fn a_hung_primary_is_replaced_and_never_used_again() {
         })
         .await
     );
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let log = load.finish().await;
+    let lost = missing(&stack, &log).await;
+    // Once the failover began, only one instance may acknowledge writes:
+    // none from the old primary (a write it committed just before the
+    // hang may be answered a moment after the hang began).
+    let intent = w.intent.unwrap();
+    let acked_at: std::collections::HashMap<i64, Instant> = log
+        .acked
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(n, _, at)| (*n, *at))
+        .collect();
+    let lost_after: Vec<i64> = lost
+        .iter()
+        .copied()
+        .filter(|n| acked_at[n] > stopped)
+        .collect();
+    let by_old_after = log
+        .acked_by
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(n, port)| **port == old_port && acked_at[*n] > intent)
+        .count();
+    let mode = if synchronous {
+        "synchronous"
+    } else {
+        "asynchronous"
+    };
     println!(
-        "SIGSTOP: detection {:?}, promotion {:?}, first write acknowledged {:?} after the stop; \
+        "SIGSTOP ({mode}, 1 replica): detection {:?}, promotion {:?}, first write acknowledged {:?} \
+         after the stop; {} writes acknowledged, {} lost ({} of them acknowledged after the \
+         hang began), {by_old_after} acknowledged by the old primary after the failover began, \
+         {} write errors; \
          eventual reads {} ok, {} failed",
         w.intent.unwrap() - stopped,
         w.committed.unwrap() - w.intent.unwrap(),
         first_ack_after(&log, stopped).unwrap(),
+        acked_at.len(),
+        lost.len(),
+        lost_after.len(),
+        log.write_errors.load(Ordering::Relaxed),
         log.reads_ok.load(Ordering::Relaxed),
         log.read_errors.load(Ordering::Relaxed),
     );
+    assert!(
+        lost_after.is_empty(),
+        "acknowledged after the hang began, then lost: {lost_after:?}"
+    );
+    assert_eq!(
+        by_old_after, 0,
+        "the old primary acknowledged writes after the failover began"
+    );
+    if synchronous {
+        assert!(
+            lost.is_empty(),
+            "lost with synchronous replication: {lost:?}"
+        );
+    }
     assert_eq!(log.read_errors.load(Ordering::Relaxed), 0);
     // The old primary woke up, still a primary in its own eyes: nothing
     // of the tenant's reaches it.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let (before, after) = traffic_during_requests(&stack, 2_000_000, false).await;
     assert_eq!(before.0, after.0, "writes reached the old primary");
     stack.stop().await;

@@ -79,6 +79,10 @@ pub struct FailoverSettings {
     pub switchover_timeout: Duration,
     /// How long a repointed replica gets to stream from the new primary.
     pub repoint_timeout: Duration,
+    /// How long the old primary gets to answer the fence of an automatic
+    /// failover (the health checks' own timeout: an instance slower than
+    /// that counts as down, and the routers' hold fences it anyway).
+    pub fence_timeout: Duration,
 }
 
 impl FailoverSettings {
@@ -89,6 +93,7 @@ impl FailoverSettings {
             probe_timeout: (cfg.health_timeout * 2).max(Duration::from_secs(1)),
             switchover_timeout: cfg.switchover_timeout,
             repoint_timeout: Duration::from_secs(10),
+            fence_timeout: cfg.health_timeout,
         }
     }
 }
@@ -692,10 +697,11 @@ impl Failovers {
         }
         let timeout = self.settings.probe_timeout;
         let fenced = tokio::time::timeout(self.settings.switchover_timeout, async {
-            let client = pg::connect(&old.dsn, timeout)
+            let reach = self.settings.fence_timeout;
+            let client = pg::connect(&old.dsn, reach)
                 .await
                 .map_err(|e| format!("unreachable: {e}"))?;
-            if steps::in_recovery(&old.dsn, timeout).await != Some(false) {
+            if steps::in_recovery(&old.dsn, reach).await != Some(false) {
                 return Err("not a primary".to_string());
             }
             let lsn = steps::drain(&client).await?;
