@@ -4,8 +4,6 @@
 //! Tokens are `sl_` and 256 random bits as hex, shown once (at creation
 //! and rotation) and stored only as their SHA-256.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use shardline_api::manager::{CreateAppRequest, RotateTokenRequest, UpdateAppRequest};
 use shardline_catalog::Op;
 use shardline_core::auth::{hex, token_hash};
@@ -32,13 +30,7 @@ pub fn new_token() -> String {
     format!("sl_{}", hex(&bytes))
 }
 
-/// Unix time in milliseconds.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
-}
+pub use crate::time::now_ms;
 
 fn check_key_prefix(prefix: &str) -> Result<(), ServiceError> {
     if prefix.is_empty() || prefix.len() > MAX_KEY_PREFIX_LEN {

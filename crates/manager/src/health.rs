@@ -3,11 +3,10 @@
 //! recovery state, WAL positions — each within `timeout` (an instance is
 //! up when it answers and its recovery state fits its role); derives each
 //! replica's lag from its shard's primary; publishes the metrics and the
-//! [`HealthSnapshot`] routers poll; and hands the round to the failover
-//! controller ([`crate::failover`]), which acts on failed primaries and on
-//! failover intents. The tenant reconciler ([`crate::reconcile`]) runs
-//! beside it on the same interval, so a slow reconcile never delays a
-//! check.
+//! [`HealthSnapshot`] routers poll; and announces each finished round
+//! ([`HealthTable::rounds`]). The failover controller and the tenant
+//! reconciler subscribe to the table; the checker knows neither, so a
+//! slow reconcile or failover never delays a check.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -19,7 +18,6 @@ use shardline_metrics::{GaugeVec, Registry};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::failover::Failovers;
 use crate::pg;
 use crate::service::CatalogService;
 
@@ -61,14 +59,30 @@ struct Inner {
     by_instance: BTreeMap<Key, InstanceState>,
 }
 
-/// The last round of checks, shared with the API and the failover
-/// controller.
-#[derive(Default)]
+/// The last round of checks, shared with the API, the failover
+/// controller and the reconciler.
 pub struct HealthTable {
     inner: RwLock<Inner>,
+    /// The number of the last round published.
+    rounds: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for HealthTable {
+    fn default() -> Self {
+        Self {
+            inner: RwLock::default(),
+            rounds: tokio::sync::watch::channel(0).0,
+        }
+    }
 }
 
 impl HealthTable {
+    /// Changes once per published round (its number): what the failover
+    /// controller acts on.
+    pub fn rounds(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.rounds.subscribe()
+    }
+
     /// The last check of an instance.
     pub fn get(&self, shard: &str, instance: &str) -> Option<HealthInfo> {
         self.state(shard, instance).map(|s| s.info)
@@ -113,6 +127,8 @@ impl HealthTable {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         inner.round = round;
         inner.by_instance = by_instance;
+        drop(inner);
+        self.rounds.send_replace(round);
     }
 }
 
@@ -165,40 +181,15 @@ struct Target {
     dsn: String,
 }
 
-/// Runs the checker (and the tenant reconciler beside it) until shutdown;
-/// with `failovers`, hands it every round.
+/// Runs the checker until shutdown, publishing each round to `table`.
 pub async fn run(
     svc: Arc<CatalogService>,
     table: Arc<HealthTable>,
     metrics: HealthMetrics,
     settings: HealthSettings,
-    failovers: Option<Arc<Failovers>>,
     shutdown: CancellationToken,
 ) {
-    let checks = check_loop(
-        &svc,
-        &table,
-        &metrics,
-        &settings,
-        failovers.as_ref(),
-        &shutdown,
-    );
-    let reconcile = async {
-        let mut reconciler = crate::reconcile::Reconciler::default();
-        let mut tick = tokio::time::interval(settings.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = reconciler.pass(&svc, &table, settings.timeout * 5) => {}
-            }
-        }
-    };
-    tokio::join!(checks, reconcile);
+    check_loop(&svc, &table, &metrics, &settings, &shutdown).await;
 }
 
 async fn check_loop(
@@ -206,7 +197,6 @@ async fn check_loop(
     table: &HealthTable,
     metrics: &HealthMetrics,
     settings: &HealthSettings,
-    failovers: Option<&Arc<Failovers>>,
     shutdown: &CancellationToken,
 ) {
     // One kept session per instance (with the DSN it was opened to); a
@@ -331,9 +321,6 @@ async fn check_loop(
         primary_lsn.retain(|k, _| cat.shards.get(&k.0).is_some_and(|s| s.primary.id == k.1));
         publish_metrics(metrics, &states);
         table.publish(round, states);
-        if let Some(f) = failovers {
-            f.after_round(cat, table);
-        }
     }
 }
 

@@ -37,6 +37,7 @@ pub mod checks;
 pub mod config;
 pub mod error;
 pub mod failover;
+pub mod failpoints;
 pub mod health;
 pub mod http;
 pub mod migrations;
@@ -171,12 +172,19 @@ impl BoundManager {
             interval: cfg.health_interval,
             timeout: cfg.health_timeout,
         };
+        tracker.spawn(reconcile::run(
+            Arc::clone(&service),
+            Arc::clone(&health_table),
+            settings.interval,
+            settings.timeout * 5,
+            tasks.clone(),
+        ));
+        tracker.spawn(failovers.follow(Arc::clone(&health_table), tasks.clone()));
         tracker.spawn(health::run(
             service,
             health_table,
             health_metrics,
             settings,
-            Some(failovers),
             tasks.clone(),
         ));
         // Unfinished jobs resume at once, then from the loop.

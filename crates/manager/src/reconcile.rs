@@ -26,6 +26,30 @@ use crate::{checks, pg, tenant_code, tenant_pg};
 /// Longest time between two looks at an unchanged shard.
 pub const RECHECK: Duration = Duration::from_secs(10);
 
+/// Runs a [`Reconciler`] pass every `interval` until shutdown (beside the
+/// health checker, whose table it reads; `timeout` per shard).
+pub async fn run(
+    svc: std::sync::Arc<CatalogService>,
+    health: std::sync::Arc<HealthTable>,
+    interval: Duration,
+    timeout: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut reconciler = Reconciler::default();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = reconciler.pass(&svc, &health, timeout) => {}
+        }
+    }
+}
+
 /// When each shard was last found in order.
 #[derive(Default)]
 pub struct Reconciler {

@@ -258,6 +258,13 @@ async fn reconciler_restores_a_tenant_a_shard_lost() {
     let table = Arc::new(HealthTable::default());
     let metrics = health::HealthMetrics::register(&shardline_metrics::Registry::new());
     let stop = tokio_util::sync::CancellationToken::new();
+    let reconciler = tokio::spawn(shardline_manager::reconcile::run(
+        Arc::clone(&h.svc),
+        Arc::clone(&table),
+        Duration::from_millis(100),
+        Duration::from_secs(5),
+        stop.clone(),
+    ));
     let task = tokio::spawn(health::run(
         Arc::clone(&h.svc),
         table,
@@ -266,7 +273,6 @@ async fn reconciler_restores_a_tenant_a_shard_lost() {
             interval: Duration::from_millis(100),
             timeout: Duration::from_secs(1),
         },
-        None,
         stop.clone(),
     ));
     let restored = eventually(Duration::from_secs(20), || async {
@@ -282,6 +288,7 @@ async fn reconciler_restores_a_tenant_a_shard_lost() {
     .await;
     stop.cancel();
     task.await.unwrap();
+    reconciler.await.unwrap();
     assert!(
         restored,
         "the reconciler re-provisions and re-migrates the tenant"

@@ -342,6 +342,13 @@ async fn the_reconciler_hides_others_in_older_tenant_databases() {
     let table = Arc::new(HealthTable::default());
     let metrics = health::HealthMetrics::register(&shardline_metrics::Registry::new());
     let stop = tokio_util::sync::CancellationToken::new();
+    let reconciler = tokio::spawn(shardline_manager::reconcile::run(
+        Arc::clone(&h.svc),
+        Arc::clone(&table),
+        Duration::from_millis(100),
+        Duration::from_secs(5),
+        stop.clone(),
+    ));
     let task = tokio::spawn(health::run(
         Arc::clone(&h.svc),
         table,
@@ -350,7 +357,6 @@ async fn the_reconciler_hides_others_in_older_tenant_databases() {
             interval: Duration::from_millis(100),
             timeout: Duration::from_secs(1),
         },
-        None,
         stop.clone(),
     ));
     // Done when the shard's tenants table notes the current set-up for
@@ -363,6 +369,7 @@ async fn the_reconciler_hides_others_in_older_tenant_databases() {
     .await;
     stop.cancel();
     task.await.unwrap();
+    reconciler.await.unwrap();
     assert!(hidden, "set-up noted: {:?}", setups(pg).await);
     assert!(!sees_sessions(pg, &fresh.pg_name(), &fresh.role_password).await);
     common::assert_provisioned(pg, &old).await;

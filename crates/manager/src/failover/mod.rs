@@ -39,33 +39,24 @@ use shardline_core::Catalog;
 use shardline_metrics::{CounterVec, Registry};
 use tokio_util::task::TaskTracker;
 
-use crate::apps::now_ms;
 use crate::error::ServiceError;
+use crate::failpoints::failpoint;
 use crate::health::HealthTable;
 use crate::pg;
 use crate::routers::RouterRegistry;
 use crate::service::{decode, put, CatalogService};
 use crate::standbys;
+use crate::time::now_ms;
 use steps::{Candidate, Upstream};
 
-/// Environment variable naming a failpoint. Test-only fault injection:
-/// with `failover-after-intent` or `failover-after-promote`, the manager
-/// process aborts right after that step, as a crash would, so tests can
-/// check that a restarted manager resumes or rolls back. Never set it in
-/// production.
-pub const FAILPOINT_ENV: &str = "SHARDLINE_FAILPOINT";
+/// Environment variable naming a failpoint (see [`crate::failpoints`]):
+/// `failover-after-intent` or `failover-after-promote` aborts the manager
+/// right after that step.
+pub use crate::failpoints::FAILPOINT_ENV;
 /// Aborts after the intent is recorded (test-only).
 pub const FAILPOINT_AFTER_INTENT: &str = "failover-after-intent";
 /// Aborts after the target is promoted, before the commit (test-only).
 pub const FAILPOINT_AFTER_PROMOTE: &str = "failover-after-promote";
-
-/// Test-only fault injection (see [`FAILPOINT_ENV`]).
-fn failpoint(name: &str) {
-    if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == name) {
-        tracing::error!(failpoint = name, "failpoint reached: aborting (test only)");
-        std::process::abort();
-    }
-}
 
 /// Settings of the controller.
 #[derive(Debug, Clone)]
@@ -212,6 +203,24 @@ impl Failovers {
 
     fn count(&self, shard: &str, kind: FailoverKind, outcome: &str) {
         self.total.with(&[shard, kind_label(kind), outcome]).inc();
+    }
+
+    /// Acts on every round of health checks the table publishes (see
+    /// [`after_round`](Self::after_round)) until shutdown.
+    pub async fn follow(
+        self: Arc<Self>,
+        table: Arc<HealthTable>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let mut rounds = table.rounds();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                changed = rounds.changed() => if changed.is_err() { return },
+            }
+            rounds.borrow_and_update();
+            self.after_round(&self.svc.current().catalog, &table);
+        }
     }
 
     /// Acts on a round of health checks: resumes intents nobody is

@@ -57,6 +57,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::error::ServiceError;
+use crate::failpoints::failpoint;
 use crate::routers::RouterRegistry;
 use crate::service::{decode, put, CatalogService};
 use crate::{pg, tenant_pg};
@@ -64,7 +65,7 @@ use crate::{pg, tenant_pg};
 /// Environment variable naming a failpoint (shared with failover).
 /// Test-only fault injection: the manager process aborts at the named
 /// step, as a crash would. Never set it in production.
-pub const FAILPOINT_ENV: &str = crate::failover::FAILPOINT_ENV;
+pub use crate::failpoints::FAILPOINT_ENV;
 /// Aborts once the copy is complete, before CatchUp is persisted.
 pub const FAILPOINT_AFTER_COPY: &str = "reshard-after-copy";
 /// Aborts in Copy, once the first batch of rows is on the target.
@@ -80,13 +81,6 @@ pub const FAILPOINT_DURING_CLEANUP: &str = "reshard-during-cleanup";
 /// Aborts once the moved rows are deleted, before the job is Done (and
 /// a source left without ranges released).
 pub const FAILPOINT_AFTER_CLEANUP: &str = "reshard-after-cleanup";
-
-fn failpoint(name: &str) {
-    if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == name) {
-        tracing::error!(failpoint = name, "failpoint reached: aborting (test only)");
-        std::process::abort();
-    }
-}
 
 /// Settings of the resharding engine.
 #[derive(Debug, Clone)]
