@@ -230,3 +230,63 @@ async fn dev_routes_by_postgres_hash_and_survives_restart() {
     stop_dev(&mut child);
     assert_postgres_gone(&info2);
 }
+
+/// `SHOW synchronous_standby_names` and the number of replicas streaming
+/// as quorum standbys, on shard-0's primary of the dev behind `info`.
+async fn synchronous_state(info: &Value) -> (String, i64) {
+    let dsn = format!(
+        "{} dbname=postgres",
+        info["shards"][0]["dsn"].as_str().unwrap()
+    );
+    let c = pg_connect(&dsn).await.expect("connect to shard-0");
+    let names: String = c
+        .query_one("SHOW synchronous_standby_names", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let quorum: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'quorum'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    (names, quorum)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_synchronous_makes_each_primary_wait_for_a_replica() {
+    for synchronous in [true, false] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("dev");
+        let mut args = vec!["--shards", "1", "--spare-shards", "0", "--replicas", "1"];
+        if synchronous {
+            args.push("--synchronous");
+        }
+        let mut child = devproc::start_dev(&dir, &args);
+        let info = wait_dev_json(&dir, &mut child).await;
+        let mut state = synchronous_state(&info).await;
+        for _ in 0..100 {
+            if state.1 == i64::from(synchronous) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            state = synchronous_state(&info).await;
+        }
+        let (names, quorum) = state;
+        println!(
+            "dev --replicas 1{}: synchronous_standby_names = {names:?}, {quorum} quorum standby(s)",
+            if synchronous { " --synchronous" } else { "" }
+        );
+        if synchronous {
+            assert!(names.starts_with("ANY 1 (\""), "{names}");
+            assert_eq!(quorum, 1, "the replica is a synchronous standby");
+        } else {
+            // The control: without the flag, no standby is waited for.
+            assert_eq!(names, "");
+            assert_eq!(quorum, 0);
+        }
+        stop_dev(&mut child);
+    }
+}
