@@ -206,7 +206,7 @@ __devs=0
 # Waits up to 120 s for the banner in $1 while $__dev lives.
 __wait_banner() {
   for _ in $(seq 1 1200); do
-    grep -q '^Press Ctrl-C to stop.' "$1" && return 0
+    grep -q '^Press Ctrl-C to stop.' "$1" 2>/dev/null && return 0
     kill -0 "$__dev" 2>/dev/null || return 1
     sleep 0.1
   done
