@@ -310,45 +310,8 @@ async fn an_automatic_failover_promotes_only_once_live_routers_hold_or_their_lea
     // A live router that never applies another catalog (its feed is
     // stuck) while its heartbeats get through: it would go on sending
     // writes to the old primary, so the promotion waits for its lease.
-    let catalog = common::http(
-        st.addr(),
-        "GET",
-        "/v1/catalog?after_version=0&wait_ms=0",
-        Some(common::ROUTER_TOKEN),
-        None,
-    )
-    .await;
-    let applied = serde_json::from_str::<serde_json::Value>(&catalog.body).unwrap()["version"]
-        .as_u64()
-        .unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
-    let addr = st.addr();
-    let beats = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let body =
-                format!(r#"{{"id": "stuck", "address": "x", "applied_version": {applied}}}"#);
-            let mut renewed_false = 0;
-            for _ in 0..600 {
-                if stop.is_cancelled() {
-                    break;
-                }
-                let a = common::http(
-                    addr,
-                    "POST",
-                    "/v1/routers/heartbeat",
-                    Some(common::ROUTER_TOKEN),
-                    Some(&body),
-                )
-                .await;
-                if a.body.contains(r#""renewed":false"#) {
-                    renewed_false += 1;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            renewed_false
-        })
-    };
+    let beats = common::reshard::stuck_router(st.addr(), "stuck", stop.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     primary.kill9().await;
@@ -542,30 +505,8 @@ async fn an_old_primary_that_answers_again_is_fenced_before_the_promotion() {
     st.start_with(cfg).await;
     st.register("s1", &primary, &[&r1]).await;
     st.wait_healthy("s1", 2).await;
-    let applied = common::reshard::served_version(st.addr()).await;
     let stop = tokio_util::sync::CancellationToken::new();
-    let addr = st.addr();
-    let beats = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let body =
-                format!(r#"{{"id": "stuck", "address": "x", "applied_version": {applied}}}"#);
-            for _ in 0..600 {
-                if stop.is_cancelled() {
-                    break;
-                }
-                common::http(
-                    addr,
-                    "POST",
-                    "/v1/routers/heartbeat",
-                    Some(common::ROUTER_TOKEN),
-                    Some(&body),
-                )
-                .await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let beats = common::reshard::stuck_router(st.addr(), "stuck", stop.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
     // A session of a client that could write, open on the old primary.
     let writer = primary.connect().await.unwrap();

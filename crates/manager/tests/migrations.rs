@@ -14,8 +14,7 @@ use common::{
 };
 use shardline_api::manager::{ApplyMigrationRequest, CreateTenantRequest, MigrationOutcome};
 use shardline_manager::error::ServiceError;
-use shardline_manager::health::{HealthSettings, HealthTable};
-use shardline_manager::{health, migrations, ops, tenants};
+use shardline_manager::{migrations, ops, tenants};
 
 fn migration(name: &str, sql: &str) -> ApplyMigrationRequest {
     ApplyMigrationRequest {
@@ -255,26 +254,7 @@ async fn reconciler_restores_a_tenant_a_shard_lost() {
     assert!(!common::database_exists(&h.shards[0], &name).await);
     assert_eq!(shard_count(&h.shards[0], "acme").await, Some(1));
 
-    let table = Arc::new(HealthTable::default());
-    let metrics = health::HealthMetrics::register(&shardline_metrics::Registry::new());
-    let stop = tokio_util::sync::CancellationToken::new();
-    let reconciler = tokio::spawn(shardline_manager::reconcile::run(
-        Arc::clone(&h.svc),
-        Arc::clone(&table),
-        Duration::from_millis(100),
-        Duration::from_secs(5),
-        stop.clone(),
-    ));
-    let task = tokio::spawn(health::run(
-        Arc::clone(&h.svc),
-        table,
-        metrics,
-        HealthSettings {
-            interval: Duration::from_millis(100),
-            timeout: Duration::from_secs(1),
-        },
-        stop.clone(),
-    ));
+    let reconciling = h.start_reconciling();
     let restored = eventually(Duration::from_secs(20), || async {
         for pg in &h.shards {
             if table_owner(pg, &acme, "items").await.is_none()
@@ -286,9 +266,7 @@ async fn reconciler_restores_a_tenant_a_shard_lost() {
         true
     })
     .await;
-    stop.cancel();
-    task.await.unwrap();
-    reconciler.await.unwrap();
+    reconciling.stop().await;
     assert!(
         restored,
         "the reconciler re-provisions and re-migrates the tenant"

@@ -11,8 +11,8 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use common::reshard::{crash_and_resume_with, failpoint_child, key_in, served_version, Env, LIMIT};
-use common::{http, sqlstate, ROUTER_TOKEN};
+use common::reshard::{crash_and_resume_with, failpoint_child, key_in, stuck_router, Env, LIMIT};
+use common::{http, sqlstate};
 use shardline_api::manager::JobInfo;
 use shardline_core::catalog::ReshardPhase;
 use shardline_core::hash::routing_hash;
@@ -155,30 +155,6 @@ async fn assert_undone(env: &Env, job: &JobInfo, map: &ShardMap, expected: &BTre
         .unwrap();
     let a = cancel(env, &job.id).await;
     assert_eq!(a.status, 409, "cancel again: {}", a.body);
-}
-
-/// Heartbeats as router `r1` that never applies a catalog, until `stop`.
-fn silent_router(env: &Env, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
-    let addr = env.st.addr();
-    tokio::spawn(async move {
-        // It has the catalog as it was when it started, and never
-        // applies another (a router reporting less than the manager last
-        // waited for holds no lease at all).
-        let applied = served_version(addr).await;
-        let beat = format!(r#"{{"id": "r1", "address": "x", "applied_version": {applied}}}"#);
-        while !stop.is_cancelled() {
-            let a = http(
-                addr,
-                "POST",
-                "/v1/routers/heartbeat",
-                Some(ROUTER_TOKEN),
-                Some(&beat),
-            )
-            .await;
-            assert_eq!(a.status, 200, "{}", a.body);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
 }
 
 fn slow_copy(c: &mut shardline_manager::ManagerConfig) {
@@ -386,7 +362,7 @@ async fn cancel_in_cutover() {
     let expected = all_rows(&env).await;
     let map = env.map().await;
     let stop = CancellationToken::new();
-    let router = silent_router(&env, stop.clone());
+    let router = stuck_router(env.st.addr(), "r1", stop.clone());
     let job = env.start("split", "s0", &["s1"]).await;
     let deadline = Instant::now() + LIMIT;
     while env.keyspace().await.frozen.is_empty() {
@@ -415,7 +391,7 @@ async fn cancel_after_the_publish_is_refused() {
     let env = Env::setup(1, 2, 2_000, |c| c.router_lease = Duration::from_secs(2)).await;
     let expected = all_rows(&env).await;
     let stop = CancellationToken::new();
-    let router = silent_router(&env, stop.clone());
+    let router = stuck_router(env.st.addr(), "r1", stop.clone());
     let job = env.start("split", "s0", &["s1"]).await;
     let deadline = Instant::now() + LIMIT;
     while env.keyspace().await.frozen.is_empty() {

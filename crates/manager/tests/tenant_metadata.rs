@@ -11,13 +11,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{connect_as, eventually, sqlstate, tenant_db, Harness, TIMEOUT};
 use shardline_api::manager::CreateTenantRequest;
 use shardline_core::catalog::{keys, quote_ident, Tenant};
-use shardline_manager::health::{self, HealthSettings, HealthTable};
 use shardline_manager::service::put;
 use shardline_manager::tenants;
 use shardline_testkit::PgCluster;
@@ -339,26 +337,7 @@ async fn the_reconciler_hides_others_in_older_tenant_databases() {
         .unwrap();
     assert_eq!(h.tenant("old").pg_name(), "tenant_old");
 
-    let table = Arc::new(HealthTable::default());
-    let metrics = health::HealthMetrics::register(&shardline_metrics::Registry::new());
-    let stop = tokio_util::sync::CancellationToken::new();
-    let reconciler = tokio::spawn(shardline_manager::reconcile::run(
-        Arc::clone(&h.svc),
-        Arc::clone(&table),
-        Duration::from_millis(100),
-        Duration::from_secs(5),
-        stop.clone(),
-    ));
-    let task = tokio::spawn(health::run(
-        Arc::clone(&h.svc),
-        table,
-        metrics,
-        HealthSettings {
-            interval: Duration::from_millis(100),
-            timeout: Duration::from_secs(1),
-        },
-        stop.clone(),
-    ));
+    let reconciling = h.start_reconciling();
     // Done when the shard's tenants table notes the current set-up for
     // both (the last step of provisioning).
     let current = shardline_manager::tenant_pg::TENANT_SETUP;
@@ -367,9 +346,7 @@ async fn the_reconciler_hides_others_in_older_tenant_databases() {
         setups(pg).await.as_deref() == Some(&want[..])
     })
     .await;
-    stop.cancel();
-    task.await.unwrap();
-    reconciler.await.unwrap();
+    reconciling.stop().await;
     assert!(hidden, "set-up noted: {:?}", setups(pg).await);
     assert!(!sees_sessions(pg, &fresh.pg_name(), &fresh.role_password).await);
     common::assert_provisioned(pg, &old).await;

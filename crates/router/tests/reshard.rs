@@ -324,6 +324,55 @@ async fn statements_refused_as_moved_run_again_on_the_new_owner() -> anyhow::Res
     stop(served).await
 }
 
+/// A router's heartbeat task (every `interval`, and at once after each
+/// new routing table) against a stand-in manager serving `app`.
+struct Heartbeating {
+    ctx: Arc<RouterContext>,
+    cell: Arc<RoutingCell>,
+    stop: tokio_util::sync::CancellationToken,
+    beat: tokio::task::JoinHandle<()>,
+    manager: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Heartbeating {
+    async fn start(app: axum::Router, interval: Duration) -> anyhow::Result<Heartbeating> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let manager = tokio::spawn(shardline_http::serve(
+            listener,
+            app,
+            stop.clone(),
+            Duration::from_secs(1),
+        ));
+        let ctx = Arc::new(RouterContext::new(&RouterConfig::new(&url, "t")));
+        let cell = Arc::new(RoutingCell::default());
+        let beat = tokio::spawn(shardline_router::follow::heartbeat(
+            shardline_client::ManagerClient::new(&url, Some("t".into()))?,
+            Arc::clone(&cell),
+            Arc::clone(&ctx),
+            "r1".into(),
+            "127.0.0.1:1".into(),
+            interval,
+            stop.clone(),
+        ));
+        Ok(Heartbeating {
+            ctx,
+            cell,
+            stop,
+            beat,
+            manager,
+        })
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.beat.await?;
+        self.manager.await??;
+        Ok(())
+    }
+}
+
 #[tokio::test]
 async fn a_new_catalog_is_acknowledged_at_once() -> anyhow::Result<()> {
     use shardline_api::manager::{HeartbeatResponse, RouterHeartbeat};
@@ -346,29 +395,10 @@ async fn a_new_catalog_is_acknowledged_at_once() -> anyhow::Result<()> {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let manager = tokio::spawn(shardline_http::serve(
-        listener,
-        app,
-        stop.clone(),
-        Duration::from_secs(1),
-    ));
-
-    let ctx = Arc::new(RouterContext::new(&RouterConfig::new(&url, "t")));
-    let cell = Arc::new(RoutingCell::default());
     // The periodic heartbeat is an hour apart: only the one sent on a
     // new table can report version 7.
-    let beat = tokio::spawn(shardline_router::follow::heartbeat(
-        shardline_client::ManagerClient::new(&url, Some("t".into()))?,
-        Arc::clone(&cell),
-        Arc::clone(&ctx),
-        "r1".into(),
-        "127.0.0.1:1".into(),
-        Duration::from_secs(3600),
-        stop.clone(),
-    ));
+    let hb = Heartbeating::start(app, Duration::from_secs(3600)).await?;
+    let (ctx, cell) = (Arc::clone(&hb.ctx), Arc::clone(&hb.cell));
     let reported = |v: u64| seen.lock().unwrap().contains(&v);
     for _ in 0..500 {
         if reported(0) {
@@ -398,10 +428,7 @@ async fn a_new_catalog_is_acknowledged_at_once() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(*seen.lock().unwrap(), [0, 7, 8]);
-    stop.cancel();
-    beat.await?;
-    manager.await??;
-    Ok(())
+    hb.stop().await
 }
 
 #[tokio::test]
@@ -426,26 +453,8 @@ async fn a_router_whose_lease_is_not_renewed_counts_itself_cut_off() -> anyhow::
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let manager = tokio::spawn(shardline_http::serve(
-        listener,
-        app,
-        stop.clone(),
-        Duration::from_secs(1),
-    ));
-    let ctx = Arc::new(RouterContext::new(&RouterConfig::new(&url, "t")));
-    let cell = Arc::new(RoutingCell::default());
-    let beat = tokio::spawn(shardline_router::follow::heartbeat(
-        shardline_client::ManagerClient::new(&url, Some("t".into()))?,
-        Arc::clone(&cell),
-        Arc::clone(&ctx),
-        "r1".into(),
-        "127.0.0.1:1".into(),
-        Duration::from_millis(50),
-        stop.clone(),
-    ));
+    let hb = Heartbeating::start(app, Duration::from_millis(50)).await?;
+    let ctx = &hb.ctx;
     // Renewed: within its lease, however long it runs.
     let until = tokio::time::Instant::now() + Duration::from_millis(900);
     let mut seen_cut_off = false;
@@ -477,10 +486,7 @@ async fn a_router_whose_lease_is_not_renewed_counts_itself_cut_off() -> anyhow::
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(back, "in contact again");
-    stop.cancel();
-    beat.await?;
-    manager.await??;
-    Ok(())
+    hb.stop().await
 }
 
 /// `catalog` with tenant acme `moving` out of `shared`, or (`moved`) in

@@ -485,3 +485,50 @@ pub async fn http(
         body: body.to_string(),
     }
 }
+
+/// The health checker and the tenant reconciler running against a
+/// harness's catalog (every 100 ms), as the manager runs them.
+pub struct Reconciling {
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Reconciling {
+    pub async fn stop(self) {
+        self.stop.cancel();
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+    }
+}
+
+impl Harness {
+    /// Starts the checker and the reconciler (see [`Reconciling`]).
+    pub fn start_reconciling(&self) -> Reconciling {
+        use shardline_manager::health::{self, HealthSettings, HealthTable};
+        let table = Arc::new(HealthTable::default());
+        let metrics = health::HealthMetrics::register(&shardline_metrics::Registry::new());
+        let stop = CancellationToken::new();
+        let reconciler = tokio::spawn(shardline_manager::reconcile::run(
+            Arc::clone(&self.svc),
+            Arc::clone(&table),
+            Duration::from_millis(100),
+            Duration::from_secs(5),
+            stop.clone(),
+        ));
+        let checker = tokio::spawn(health::run(
+            Arc::clone(&self.svc),
+            table,
+            metrics,
+            HealthSettings {
+                interval: Duration::from_millis(100),
+                timeout: Duration::from_secs(1),
+            },
+            stop.clone(),
+        ));
+        Reconciling {
+            stop,
+            tasks: vec![reconciler, checker],
+        }
+    }
+}

@@ -675,6 +675,42 @@ async fn direct_writes(
     (model, n)
 }
 
+/// A router whose catalog feed is stuck: it heartbeats as `id` every
+/// 100 ms (for at most 2 minutes) with the catalog version the manager at
+/// `addr` served when it started, and never a later one, until `stop`.
+/// Returns how many heartbeats were answered without renewing its lease.
+pub fn stuck_router(
+    addr: std::net::SocketAddr,
+    id: &str,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<u64> {
+    let id = id.to_string();
+    tokio::spawn(async move {
+        let applied = served_version(addr).await;
+        let beat = format!(r#"{{"id": "{id}", "address": "x", "applied_version": {applied}}}"#);
+        let mut not_renewed = 0;
+        for _ in 0..1_200 {
+            if stop.is_cancelled() {
+                break;
+            }
+            let a = super::http(
+                addr,
+                "POST",
+                "/v1/routers/heartbeat",
+                Some(ROUTER_TOKEN),
+                Some(&beat),
+            )
+            .await;
+            assert_eq!(a.status, 200, "{}", a.body);
+            if a.body.contains(r#""renewed":false"#) {
+                not_renewed += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        not_renewed
+    })
+}
+
 /// The catalog version the manager at `addr` serves now, as a router
 /// fetching it would have it.
 pub async fn served_version(addr: std::net::SocketAddr) -> u64 {
