@@ -43,6 +43,10 @@ use crate::state::{RouterContext, RoutingCell};
 /// Seconds a client is told to wait when a shard stays unavailable.
 const RETRY_AFTER_SECS: u64 = 1;
 
+/// Why a write is refused while the router counts itself cut off.
+const CUT_OFF: &str = "this router has not heard from the manager for longer than its lease; \
+                       writes resume when it does";
+
 /// Work to run on one connection.
 pub trait Job: Sync {
     type Output: Send;
@@ -144,12 +148,8 @@ pub async fn run<J: Job>(
         // Past its lease the manager may have promoted a replica without
         // this router's word: writes stop until the manager answers
         // again (reads go on, checking the resharding fence).
-        return Err(ApiError::new(
-            ErrorCode::ShardUnavailable,
-            "this router has not heard from the manager for longer than its lease; \
-             writes resume when it does",
-        )
-        .with_retry_after(RETRY_AFTER_SECS));
+        return Err(ApiError::new(ErrorCode::ShardUnavailable, CUT_OFF)
+            .with_retry_after(RETRY_AFTER_SECS));
     }
     if plan.read && plan.eventual {
         if let Some(out) = on_replica(ctx, &target, at, job).await? {
@@ -403,9 +403,16 @@ async fn attempt<J: Job>(inst: &InstanceTarget, at: At<'_>, job: &J) -> Result<J
         // A failover fencing this primary cancels the statement: the
         // future is dropped mid-statement, and the connection, busy,
         // cancels it and closes when dropped.
+        // So does the router's lease running out under a write: past it
+        // the manager may promote a replica without this router's word,
+        // so no write of this router may still run (or be answered 200)
+        // on the primary it knows.
         tokio::select! {
             biased;
             () = inst.fenced() => return Err(fenced_primary(inst, &mut conn)),
+            () = at.ctx.contact.until_cut_off(), if !at.read => {
+                return Err(lease_ran_out(&mut conn))
+            }
             r = job.run(&mut conn, reset) => r,
         }
     } else {
@@ -415,6 +422,9 @@ async fn attempt<J: Job>(inst: &InstanceTarget, at: At<'_>, job: &J) -> Result<J
         // Done, but after the fence: the manager may promote a replica
         // that never got this write. Not a success.
         return Err(fenced_primary(inst, &mut conn));
+    }
+    if primary && !at.read && at.ctx.contact.cut_off() {
+        return Err(lease_ran_out(&mut conn));
     }
     // The manager marks a keyspace as holding code, and waits for every
     // router to have that catalog, before a migration creates any: a
@@ -445,6 +455,22 @@ fn fenced_primary(inst: &InstanceTarget, conn: &mut PooledConn) -> Failure {
                  cancelled and may or may not have taken effect",
                 inst.shard, inst.id
             ),
+        )
+        .with_retry_after(RETRY_AFTER_SECS),
+        broken: true,
+    }
+}
+
+/// The answer for a write still running, or done, when the router's
+/// lease ran out (see [`crate::state::Contact::cut_off`]): retryable, its connection
+/// closed (which cancels a running statement); the outcome is unknown.
+fn lease_ran_out(conn: &mut PooledConn) -> Failure {
+    conn.discard();
+    Failure::Statement {
+        error: ApiError::new(
+            ErrorCode::ShardUnavailable,
+            "this router's lease ran out while the write ran (it has not heard from the \
+             manager); the statement was cancelled and may or may not have taken effect",
         )
         .with_retry_after(RETRY_AFTER_SECS),
         broken: true,

@@ -93,6 +93,28 @@ impl Contact {
         let now = self.base.elapsed().as_millis() as u64;
         now.saturating_sub(last) > lease - margin
     }
+
+    /// Resolves once the router counts itself cut off (see
+    /// [`cut_off`](Self::cut_off)): sleeps until the current lease less
+    /// its margin would run out and checks again, as an answer meanwhile
+    /// moves the end later. Pending for ever before the first answer.
+    pub async fn until_cut_off(&self) {
+        loop {
+            if self.cut_off() {
+                return;
+            }
+            let last = self.last_ms.load(Ordering::Relaxed);
+            let wait_ms = if last == u64::MAX {
+                1_000
+            } else {
+                let lease = self.lease_ms.load(Ordering::Relaxed);
+                let margin = (lease / 2).min(1_000);
+                let now = self.base.elapsed().as_millis() as u64;
+                (last + lease - margin).saturating_sub(now) + 1
+            };
+            tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
+        }
+    }
 }
 
 impl RouterContext {

@@ -684,3 +684,44 @@ async fn sessions_say_their_map_version_and_a_fenced_source_refuses_older_ones(
     assert_eq!(body["rows"][0][0], json!("x"), "{body}");
     stop(served).await
 }
+
+/// A write still running when the router's lease runs out is cancelled
+/// and answered 503: past the lease the manager may promote a replica
+/// without this router's word, and nothing of this router's may still
+/// commit on the primary it knows. Reads are not cut short.
+#[tokio::test]
+async fn a_write_running_when_the_lease_runs_out_is_cancelled() -> anyhow::Result<()> {
+    let s1 = shard("s1").await?;
+    let key = "slow-key";
+    let cfg = RouterConfig::new("http://127.0.0.1:1", "t");
+    let (ctx, _cell, served) = serve(&cfg, &catalog(7, &s1, None, key, "s1", false)).await?;
+    // A lease of 1.2 s (margin 0.6 s): cut off 0.6 s from now.
+    ctx.contact.answered(1_200);
+    let slow_write = json!({
+        "shard_key": key,
+        "sql": "INSERT INTO kv SELECT $1, 'v' FROM pg_sleep(3)",
+        "params": [key],
+    });
+    let slow_read = json!({
+        "shard_key": key,
+        "sql": "SELECT 1 FROM pg_sleep(1.5)",
+    });
+    let (write, read) = tokio::join!(
+        post(&served, "/v1/execute", slow_write),
+        post(&served, "/v1/execute", slow_read)
+    );
+    let (status, headers, body) = write?;
+    assert_unavailable(status, &headers, &body);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("lease ran out")),
+        "{body}"
+    );
+    let (status, _, body) = read?;
+    assert_eq!(status, 200, "{body}");
+    // Cancelled in PostgreSQL: the row never commits.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!has_row(&s1, key).await?, "the write committed after the lease");
+    stop(served).await
+}
