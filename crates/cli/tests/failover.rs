@@ -9,216 +9,16 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use common::load::{first_ack_after, longest_pause, missing, req, watch_failover, Load, TABLE};
 use common::{eventually, Stack, StackOptions};
 use serde_json::json;
 use shardline_api::manager::FailoverRequest;
-use shardline_api::router::{Consistency, ExecuteRequest, ShardKeyValue};
+use shardline_api::router::Consistency;
 use shardline_client::{RetryPolicy, RouterClient};
 use shardline_testkit::PgCluster;
-
-const TABLE: &str = "CREATE TABLE writes (n bigint PRIMARY KEY, at timestamptz DEFAULT now())";
-
-fn req(sql: &str, params: Vec<serde_json::Value>, consistency: Consistency) -> ExecuteRequest {
-    ExecuteRequest {
-        keyspace: None,
-        shard_key: ShardKeyValue::Text("w".into()),
-        sql: sql.into(),
-        params,
-        consistency,
-    }
-}
-
-/// What the writer and reader saw.
-#[derive(Default)]
-struct Log {
-    /// Acknowledged writes: number, when it was sent, when the answer
-    /// came.
-    acked: Mutex<Vec<(i64, Instant, Instant)>>,
-    /// The server port each acknowledged write ran on (the writer asks
-    /// for `inet_server_port()`), by number.
-    acked_by: Mutex<std::collections::HashMap<i64, i64>>,
-    write_errors: AtomicU64,
-    reads_ok: AtomicU64,
-    read_errors: AtomicU64,
-}
-
-struct Load {
-    log: Arc<Log>,
-    stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    /// One writer (inserts 1, 2, 3, ... one at a time) and one reader
-    /// (eventual counts), without client retries; starts once eventual
-    /// reads find the table (replicas have replayed the migration).
-    async fn start(stack: &Stack) -> Load {
-        let router = RouterClient::new(&stack.router_url, Some(stack.app_token.clone()))
-            .unwrap()
-            .with_retry(RetryPolicy::none())
-            .with_timeout(Duration::from_secs(20));
-        let mut replayed = 0;
-        for _ in 0..500 {
-            let r = router
-                .execute(&req(
-                    "SELECT count(*) FROM writes",
-                    vec![],
-                    Consistency::Eventual,
-                ))
-                .await;
-            replayed = if r.is_ok() { replayed + 1 } else { 0 };
-            if replayed >= 20 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(replayed >= 20, "replicas never replayed the migration");
-        let log = Arc::new(Log::default());
-        let stop = Arc::new(AtomicBool::new(false));
-        let writer = {
-            let (router, log, stop) = (router.clone(), log.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut n = 0i64;
-                while !stop.load(Ordering::Relaxed) {
-                    n += 1;
-                    let sent = Instant::now();
-                    let r = router
-                        .execute(&req(
-                            "INSERT INTO writes (n) VALUES ($1) RETURNING inet_server_port()",
-                            vec![json!(n)],
-                            Consistency::Strong,
-                        ))
-                        .await;
-                    match r {
-                        Ok(r) => {
-                            // An acknowledged insert that reports no row
-                            // is a lost write.
-                            assert_eq!(r.result.rows_affected, 1, "insert of {n} acknowledged");
-                            log.acked.lock().unwrap().push((n, sent, Instant::now()));
-                            if let Some(port) = r.result.rows[0][0].as_i64() {
-                                log.acked_by.lock().unwrap().insert(n, port);
-                            }
-                        }
-                        Err(_) => {
-                            log.write_errors.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                        }
-                    }
-                }
-            })
-        };
-        let reader = {
-            let (router, log, stop) = (router, log.clone(), stop.clone());
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let r = router
-                        .execute(&req(
-                            "SELECT count(*) FROM writes",
-                            vec![],
-                            Consistency::Eventual,
-                        ))
-                        .await;
-                    match r {
-                        Ok(_) => log.reads_ok.fetch_add(1, Ordering::Relaxed),
-                        Err(e) => {
-                            eprintln!("eventual read failed: {e}");
-                            log.read_errors.fetch_add(1, Ordering::Relaxed)
-                        }
-                    };
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            })
-        };
-        Load {
-            log,
-            stop,
-            tasks: vec![writer, reader],
-        }
-    }
-
-    async fn finish(self) -> Arc<Log> {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            t.await.unwrap();
-        }
-        self.log
-    }
-}
-
-/// When the catalog first showed a failover intent, and when the shard's
-/// generation moved past `generation`.
-struct Watched {
-    intent: Option<Instant>,
-    committed: Option<Instant>,
-}
-
-async fn watch_failover(stack: &Stack, generation: u64, limit: Duration) -> Watched {
-    let mut w = Watched {
-        intent: None,
-        committed: None,
-    };
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Ok(s) = stack.admin.get_shard("s0").await {
-            if s.failover.is_some() && w.intent.is_none() {
-                w.intent = Some(Instant::now());
-            }
-            if s.generation > generation {
-                w.committed = Some(Instant::now());
-                w.intent.get_or_insert(Instant::now());
-                return w;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    w
-}
-
-/// Acknowledged writes missing from the shard's (new) primary.
-async fn missing(stack: &Stack, log: &Log) -> Vec<i64> {
-    let router = RouterClient::new(&stack.router_url, Some(stack.app_token.clone())).unwrap();
-    let rows = router
-        .execute(&req("SELECT n FROM writes", vec![], Consistency::Strong))
-        .await
-        .expect("read back");
-    let present: std::collections::HashSet<i64> = rows
-        .result
-        .rows
-        .iter()
-        .map(|r| r[0].as_i64().unwrap())
-        .collect();
-    let acked = log.acked.lock().unwrap();
-    acked
-        .iter()
-        .map(|(n, _, _)| *n)
-        .filter(|n| !present.contains(n))
-        .collect()
-}
-
-/// Time from `t` to the acknowledgement of the first write sent after
-/// it (a write already in flight at `t` does not count).
-fn first_ack_after(log: &Log, t: Instant) -> Option<Duration> {
-    log.acked
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|(_, sent, _)| *sent > t)
-        .map(|(_, _, at)| *at - t)
-}
-
-/// Longest gap between consecutive acknowledgements.
-fn longest_pause(log: &Log) -> Duration {
-    let acked = log.acked.lock().unwrap();
-    acked
-        .windows(2)
-        .map(|w| w[1].2 - w[0].2)
-        .max()
-        .unwrap_or_default()
-}
 
 /// The old primary's (`stack.shards[0]`) tenant traffic before and after
 /// 50 writes through the router (numbered from `first`), each followed by
@@ -278,7 +78,7 @@ async fn kill9_failover(synchronous: bool, replicas: usize) {
     })
     .await;
     stack.migrate("001_writes", TABLE).await;
-    let load = Load::start(&stack).await;
+    let load = Load::start(&[&stack.router_url], &stack.app_token).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // The whole server dies at once: postmaster and every backend (a
@@ -287,7 +87,7 @@ async fn kill9_failover(synchronous: bool, replicas: usize) {
     stack.shards[0].signal_all(libc::SIGKILL);
     let killed = Instant::now();
     stack.shards[0].kill9().await;
-    let w = watch_failover(&stack, 1, Duration::from_secs(30)).await;
+    let w = watch_failover(&stack.admin, "s0", 1, Duration::from_secs(30)).await;
     assert!(w.committed.is_some(), "no failover within 30 s");
     // Writes resume on the new primary.
     assert!(
@@ -299,8 +99,8 @@ async fn kill9_failover(synchronous: bool, replicas: usize) {
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let log = load.finish().await;
-    let lost = missing(&stack, &log).await;
-    let acked = log.acked.lock().unwrap().len();
+    let lost = missing(&stack.router, &log).await;
+    let acked = log.acks().len();
     let mode = if synchronous {
         "synchronous"
     } else {
@@ -367,7 +167,7 @@ async fn planned_switchover_loses_nothing() {
     })
     .await;
     stack.migrate("001_writes", TABLE).await;
-    let load = Load::start(&stack).await;
+    let load = Load::start(&[&stack.router_url], &stack.app_token).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let started = Instant::now();
     let result = stack
@@ -378,7 +178,7 @@ async fn planned_switchover_loses_nothing() {
     let took = started.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let log = load.finish().await;
-    let lost = missing(&stack, &log).await;
+    let lost = missing(&stack.router, &log).await;
     println!(
         "planned switchover {} -> {}: took {took:?}, write pause {} ms (manager), longest gap \
          between acknowledged writes {:?}; {} acknowledged, {} lost, {} write errors; \
@@ -387,7 +187,7 @@ async fn planned_switchover_loses_nothing() {
         result.to,
         result.write_pause_ms,
         longest_pause(&log),
-        log.acked.lock().unwrap().len(),
+        log.acks().len(),
         lost.len(),
         log.write_errors.load(Ordering::Relaxed),
         result.repointed,
@@ -429,12 +229,12 @@ async fn hang_failover(synchronous: bool) {
     .await;
     stack.migrate("001_writes", TABLE).await;
     let old_port = i64::from(stack.shards[0].port());
-    let load = Load::start(&stack).await;
+    let load = Load::start(&[&stack.router_url], &stack.app_token).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     // The whole server hangs: postmaster, backends, WAL sender.
     stack.shards[0].pause();
     let stopped = Instant::now();
-    let w = watch_failover(&stack, 1, Duration::from_secs(30)).await;
+    let w = watch_failover(&stack.admin, "s0", 1, Duration::from_secs(30)).await;
     // Longer than the failover took, then it wakes up.
     tokio::time::sleep(Duration::from_millis(500)).await;
     stack.shards[0].resume();
@@ -447,29 +247,22 @@ async fn hang_failover(synchronous: bool) {
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let log = load.finish().await;
-    let lost = missing(&stack, &log).await;
+    let lost = missing(&stack.router, &log).await;
     // Once the failover began, only one instance may acknowledge writes:
     // none from the old primary (a write it committed just before the
     // hang may be answered a moment after the hang began).
     let intent = w.intent.unwrap();
-    let acked_at: std::collections::HashMap<i64, Instant> = log
-        .acked
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(n, _, at)| (*n, *at))
-        .collect();
+    let acks = log.acks();
+    let acked_at: std::collections::HashMap<i64, Instant> =
+        acks.iter().map(|a| (a.n, a.at)).collect();
     let lost_after: Vec<i64> = lost
         .iter()
         .copied()
         .filter(|n| acked_at[n] > stopped)
         .collect();
-    let by_old_after = log
-        .acked_by
-        .lock()
-        .unwrap()
+    let by_old_after = acks
         .iter()
-        .filter(|(n, port)| **port == old_port && acked_at[*n] > intent)
+        .filter(|a| a.port == Some(old_port) && a.at > intent)
         .count();
     let mode = if synchronous {
         "synchronous"

@@ -148,8 +148,9 @@ pub async fn run<J: Job>(
         // Past its lease the manager may have promoted a replica without
         // this router's word: writes stop until the manager answers
         // again (reads go on, checking the resharding fence).
-        return Err(ApiError::new(ErrorCode::ShardUnavailable, CUT_OFF)
-            .with_retry_after(RETRY_AFTER_SECS));
+        return Err(
+            ApiError::new(ErrorCode::ShardUnavailable, CUT_OFF).with_retry_after(RETRY_AFTER_SECS)
+        );
     }
     if plan.read && plan.eventual {
         if let Some(out) = on_replica(ctx, &target, at, job).await? {

@@ -722,6 +722,9 @@ async fn a_write_running_when_the_lease_runs_out_is_cancelled() -> anyhow::Resul
     assert_eq!(status, 200, "{body}");
     // Cancelled in PostgreSQL: the row never commits.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(!has_row(&s1, key).await?, "the write committed after the lease");
+    assert!(
+        !has_row(&s1, key).await?,
+        "the write committed after the lease"
+    );
     stop(served).await
 }

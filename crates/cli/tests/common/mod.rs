@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod load;
+
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -61,6 +63,8 @@ pub struct StackOptions {
     /// Changes the router's settings before it starts (e.g. a shorter
     /// `request_timeout`).
     pub tune_router: fn(&mut shardline_router::RouterConfig),
+    /// The address the router listens on (port 0: any free one).
+    pub router_ip: std::net::IpAddr,
 }
 
 impl Default for StackOptions {
@@ -77,6 +81,7 @@ impl Default for StackOptions {
             router_lease: None,
             pg_settings: &[],
             tune_router: |_| {},
+            router_ip: std::net::Ipv4Addr::LOCALHOST.into(),
         }
     }
 }
@@ -112,7 +117,7 @@ pub async fn start_router(
     tokio::task::JoinHandle<anyhow::Result<()>>,
 ) {
     let mut cfg = shardline_router::RouterConfig::new(manager_url, ROUTER_TOKEN);
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.listen = std::net::SocketAddr::new(opts.router_ip, 0);
     cfg.statement_timeout = opts.statement_timeout;
     cfg.body_limit = opts.body_limit;
     cfg.connect_timeout = Duration::from_secs(1);
@@ -123,6 +128,34 @@ pub async fn start_router(
     let stop = CancellationToken::new();
     let task = tokio::spawn(bound.run(stop.clone()));
     (url, stop, task)
+}
+
+/// Keyspace `default` over `shards` (registered), tenant `default` in
+/// it and app `test-app` of that tenant; returns the app's token.
+pub async fn default_keyspace(admin: &ManagerClient, shards: Vec<String>) -> String {
+    admin
+        .create_keyspace(&CreateKeyspaceRequest {
+            name: "default".into(),
+            key_type: Default::default(),
+            shards,
+        })
+        .await
+        .unwrap();
+    admin
+        .create_tenant(&CreateTenantRequest {
+            id: "default".into(),
+            ..CreateTenantRequest::default()
+        })
+        .await
+        .unwrap();
+    let app = admin
+        .create_app(&CreateAppRequest {
+            name: "test-app".into(),
+            ..CreateAppRequest::default()
+        })
+        .await
+        .unwrap();
+    app.token
 }
 
 /// Waits until `check` passes, up to `limit`.
@@ -211,30 +244,10 @@ impl Stack {
                 .await
                 .unwrap();
         }
-        admin
-            .create_keyspace(&CreateKeyspaceRequest {
-                name: "default".into(),
-                key_type: Default::default(),
-                shards: (0..opts.shards).map(|i| format!("s{i}")).collect(),
-            })
-            .await
-            .unwrap();
-        admin
-            .create_tenant(&CreateTenantRequest {
-                id: "default".into(),
-                ..CreateTenantRequest::default()
-            })
-            .await
-            .unwrap();
-        let app = admin
-            .create_app(&CreateAppRequest {
-                name: "test-app".into(),
-                ..CreateAppRequest::default()
-            })
-            .await
-            .unwrap();
+        let app_token =
+            default_keyspace(&admin, (0..opts.shards).map(|i| format!("s{i}")).collect()).await;
         let (router_url, router_stop, router_task) = start_router(&manager_url, &opts).await;
-        let router = RouterClient::new(&router_url, Some(app.token.clone())).unwrap();
+        let router = RouterClient::new(&router_url, Some(app_token.clone())).unwrap();
         let ready = wait_for_token(&router).await;
         assert!(ready, "router did not load the catalog");
         Stack {
@@ -242,7 +255,7 @@ impl Stack {
             replicas,
             manager_url,
             router_url,
-            app_token: app.token,
+            app_token,
             admin,
             router,
             manager_stop,

@@ -1,0 +1,343 @@
+//! Network partitions during a failover, in network namespaces the test
+//! makes itself (`netlab`): hosts `client` (the writers and the test's
+//! own requests), `mgr` (the manager), `r1` and `r2` (two routers) and
+//! `db` (the shard's primary at `10.99.5.2` and its streaming replica at
+//! `10.99.5.3`, replicating over the host's loopback). Each router has a
+//! writer and a reader (see `common::load`); every acknowledged write is
+//! recorded with its send and answer times and the server port that ran
+//! it.
+//!
+//! - (a) The manager cannot reach the primary; the routers can. The
+//!   manager fails the shard over: every router holds, the old primary,
+//!   unreachable, cannot be fenced in PostgreSQL, and the replica is
+//!   promoted. Nothing may reach the old primary, still writable and
+//!   reachable by the routers, after that.
+//! - (b) Router `r1` cannot reach the manager while that failover
+//!   happens. It cannot hold on the intent; the manager waits for its
+//!   lease to run out, by when `r1` has stopped its writes.
+//!
+//! Must hold, for synchronous and asynchronous replication: no write
+//! acknowledged after the fault began is lost (with synchronous
+//! replication none at all); the two instances never both acknowledge
+//! writes (every write the old primary acknowledged was answered before
+//! the first one the new primary acknowledged); and the old primary's
+//! own count of rows in the writers' table does not move after the
+//! failover. The counts and timings are printed (docs/benchmarks.md,
+//! "Failover"); nothing asserts a duration.
+
+mod common;
+mod netlab;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::load::{first_ack_after, longest_pause, missing, watch_failover, Load, TABLE};
+use common::{eventually, StackOptions, ADMIN_TOKEN};
+use netlab::Lab;
+use shardline_api::manager::{ApplyMigrationRequest, RegisterShardRequest};
+use shardline_client::{ManagerClient, RouterClient};
+use shardline_testkit::PgCluster;
+
+/// Which partition.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Case {
+    /// (a) The manager cannot reach the primary.
+    ManagerCutFromPrimary,
+    /// (b) Router `r1` cannot reach the manager, then (a) happens.
+    RouterCutFromManager,
+}
+
+/// `pg_hba.conf` of the lab's servers: trust loopback and the lab's
+/// network (throwaway clusters; the tenant roles' passwords are checked
+/// by the router, not here).
+const HBA: &str = "local all all trust\n\
+                   host all all 127.0.0.1/32 trust\n\
+                   host all all 10.99.0.0/16 trust\n\
+                   host replication all 127.0.0.1/32 trust\n";
+
+/// The superuser DSN of `pg` at `ip` (the lab's address it listens on).
+fn dsn_at(pg: &PgCluster, ip: Ipv4Addr) -> String {
+    pg.dsn().replace("host=127.0.0.1", &format!("host={ip}"))
+}
+
+/// Rows in the writers' table on the server at `dsn` (its tenant
+/// database and schema are both `db`), read there directly: the
+/// instance's own record of the writes it accepted. (Not its statistics
+/// counters: an idle backend flushes them up to 10 s late. Not its
+/// commit count: a router cut off from the manager goes on serving
+/// reads, each a committed transaction.)
+async fn rows_written(dsn: &str, db: &str) -> i64 {
+    let dsn = dsn.replace("dbname=postgres", &format!("dbname={db}"));
+    let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the old primary");
+    tokio::spawn(conn);
+    c.query_one(&format!("SELECT count(*) FROM \"{db}\".writes"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+fn partition_failover(case: Case, synchronous: bool) {
+    let lab = std::sync::Arc::new(Lab::new(&["client", "mgr", "r1", "r2", "db"]));
+    let (mgr_ip, r1_ip, r2_ip) = (lab.host("mgr").ip, lab.host("r1").ip, lab.host("r2").ip);
+    let primary_ip = lab.host("db").ip;
+    let replica_ip = lab.add_address("db", 3);
+    let hba = tempfile::Builder::new()
+        .prefix("shardline-lab-hba")
+        .tempfile_in("/tmp")
+        .unwrap();
+    std::fs::write(hba.path(), HBA).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(hba.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let hba_path = hba.path().display().to_string();
+
+    let body_lab = std::sync::Arc::clone(&lab);
+    lab.host("client").block_on(async move {
+        let lab = body_lab;
+        // The shard: a primary and one streaming replica on the db host.
+        let mut settings = vec![
+            (
+                "listen_addresses".to_string(),
+                format!("127.0.0.1,{primary_ip}"),
+            ),
+            ("hba_file".to_string(), hba_path.clone()),
+        ];
+        if synchronous {
+            for (k, v) in shardline_testkit::SYNC_REPLICATION {
+                settings.push((k.to_string(), v.to_string()));
+            }
+        } else {
+            settings.push(("synchronous_commit".into(), "local".into()));
+        }
+        let (primary, replica) = lab
+            .host("db")
+            .run(async move {
+                let s: Vec<(&str, &str)> = settings
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                let primary = PgCluster::start_with(&s).await.expect("start the primary");
+                let listen = format!("127.0.0.1,{replica_ip}");
+                let replica =
+                    PgCluster::start_replica_of_with(&primary, &[("listen_addresses", &listen)])
+                        .await
+                        .expect("start the replica");
+                (primary, replica)
+            })
+            .await;
+        let old_dsn = dsn_at(&primary, primary_ip);
+        let old_port = i64::from(primary.port());
+        let new_port = i64::from(replica.port());
+
+        // The manager, with its default health checks and lease.
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = common::manager_config(dir.path());
+        cfg.listen = std::net::SocketAddr::new(IpAddr::V4(mgr_ip), 0);
+        cfg.health_interval =
+            shardline_manager::ManagerConfig::new(dir.path().join("x.json"), "a", "b")
+                .health_interval;
+        let (manager_url, manager_stop, manager_task) =
+            lab.host("mgr").run(common::start_manager(cfg)).await;
+        let admin = ManagerClient::new(&manager_url, Some(ADMIN_TOKEN.into())).unwrap();
+        admin
+            .register_shard(&RegisterShardRequest {
+                id: "s0".into(),
+                primary: old_dsn.clone(),
+                replicas: vec![dsn_at(&replica, replica_ip)],
+                tenant: None,
+                synchronous,
+            })
+            .await
+            .unwrap();
+        let token = common::default_keyspace(&admin, vec!["s0".into()]).await;
+
+        // Two routers, each on its own host.
+        let mut routers = Vec::new();
+        for (host, ip) in [("r1", r1_ip), ("r2", r2_ip)] {
+            let opts = StackOptions {
+                router_ip: IpAddr::V4(ip),
+                ..StackOptions::default()
+            };
+            let url = manager_url.clone();
+            routers.push(
+                lab.host(host)
+                    .run(async move { common::start_router(&url, &opts).await })
+                    .await,
+            );
+        }
+        for (url, _, _) in &routers {
+            let c = RouterClient::new(url, Some(token.clone())).unwrap();
+            assert!(common::wait_for_token(&c).await, "router {url} not ready");
+        }
+        admin
+            .apply_migration(
+                "default",
+                &ApplyMigrationRequest {
+                    name: "001_writes".into(),
+                    sql: TABLE.into(),
+                },
+            )
+            .await
+            .expect("migrate");
+        let db = admin.get_tenant("default").await.unwrap().pg_name;
+        let urls: Vec<&str> = routers.iter().map(|(u, _, _)| u.as_str()).collect();
+        let load = Load::start(&urls, &token).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        let fault = Instant::now();
+        if case == Case::RouterCutFromManager {
+            // r1 misses a few heartbeats before the failover begins.
+            lab.partition(r1_ip, mgr_ip);
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        let cut = Instant::now();
+        lab.partition(mgr_ip, primary_ip);
+        let w = watch_failover(&admin, "s0", 1, Duration::from_secs(60)).await;
+        let (Some(intent), Some(committed)) = (w.intent, w.committed) else {
+            panic!("no failover within 60 s of the partition");
+        };
+        // The old primary's own count: the replica was promoted before
+        // the catalog named it, so nothing may land there from here on.
+        let old_written_after_failover = rows_written(&old_dsn, &db).await;
+        if case == Case::RouterCutFromManager {
+            lab.heal();
+            lab.partition(mgr_ip, primary_ip);
+        }
+        // Both writers get through to the new primary.
+        assert!(
+            eventually(Duration::from_secs(30), || async {
+                (0..2).all(|writer| {
+                    load.log
+                        .acks()
+                        .iter()
+                        .any(|a| a.writer == writer && a.sent > committed)
+                })
+            })
+            .await,
+            "a writer did not resume after the failover"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let log = load.finish().await;
+        let reader = RouterClient::new(urls[1], Some(token.clone())).unwrap();
+        let lost = missing(&reader, &log).await;
+        let old_written_at_end = rows_written(&old_dsn, &db).await;
+
+        let acks = log.acks();
+        let acked_at: std::collections::HashMap<i64, Instant> =
+            acks.iter().map(|a| (a.n, a.at)).collect();
+        let lost_after: Vec<i64> = lost
+            .iter()
+            .copied()
+            .filter(|n| acked_at[n] > fault)
+            .collect();
+        let last_by_old = acks
+            .iter()
+            .filter(|a| a.port == Some(old_port))
+            .map(|a| a.at)
+            .max();
+        let first_by_new = acks
+            .iter()
+            .filter(|a| a.port == Some(new_port))
+            .map(|a| a.at)
+            .min();
+        let by_r1_late = acks
+            .iter()
+            .filter(|a| a.writer == 0 && a.port == Some(old_port) && a.at > intent)
+            .count();
+        let mode = if synchronous {
+            "synchronous"
+        } else {
+            "asynchronous"
+        };
+        println!(
+            "{case:?} ({mode}): detection {:?} after the manager lost the primary, intent to \
+             commit {:?}; first write acknowledged {:?} after the fault, {:?} after the intent \
+             (sent after it); longest gap between \
+             acknowledged writes {:?}; {} acknowledged, {} lost, {} of them acknowledged after \
+             the fault began; writable instances overlapping: {}; r1 writes acknowledged by \
+             the old primary after the intent: {by_r1_late}; rows written on the old primary \
+             after the failover {} -> {}; {} write errors; eventual reads {} ok, {} failed",
+            intent - cut,
+            committed - intent,
+            first_ack_after(&log, fault),
+            first_ack_after(&log, intent),
+            longest_pause(&log),
+            acks.len(),
+            lost.len(),
+            lost_after.len(),
+            u8::from(matches!((last_by_old, first_by_new), (Some(o), Some(n)) if o >= n)),
+            old_written_after_failover,
+            old_written_at_end,
+            log.write_errors.load(Ordering::Relaxed),
+            log.reads_ok.load(Ordering::Relaxed),
+            log.read_errors.load(Ordering::Relaxed),
+        );
+        assert!(
+            lost_after.is_empty(),
+            "{} acknowledged after the fault began, then lost (from {:?} to {:?})",
+            lost_after.len(),
+            lost_after.first(),
+            lost_after.last()
+        );
+        if synchronous {
+            assert!(
+                lost.is_empty(),
+                "{} lost with synchronous replication (from {:?} to {:?})",
+                lost.len(),
+                lost.first(),
+                lost.last()
+            );
+        }
+        let (Some(last_by_old), Some(first_by_new)) = (last_by_old, first_by_new) else {
+            panic!("writes on both instances expected: old {last_by_old:?}, new {first_by_new:?}");
+        };
+        assert!(
+            last_by_old < first_by_new,
+            "the old primary acknowledged a write {:?} after the new one's first",
+            last_by_old - first_by_new
+        );
+        assert_eq!(
+            old_written_after_failover, old_written_at_end,
+            "rows written on the old primary after the failover"
+        );
+        assert_eq!(log.read_errors.load(Ordering::Relaxed), 0);
+
+        for (_, stop, task) in routers {
+            stop.cancel();
+            task.await.unwrap().unwrap();
+        }
+        manager_stop.cancel();
+        manager_task.await.unwrap().unwrap();
+        lab.heal();
+        // The servers stop on their own host's runtime.
+        lab.host("db")
+            .run(async move {
+                drop(replica);
+                drop(primary);
+            })
+            .await;
+        drop(hba);
+    });
+}
+
+#[test]
+fn manager_cut_from_the_primary_with_synchronous_replication() {
+    partition_failover(Case::ManagerCutFromPrimary, true);
+}
+
+#[test]
+fn manager_cut_from_the_primary_with_asynchronous_replication() {
+    partition_failover(Case::ManagerCutFromPrimary, false);
+}
+
+#[test]
+fn router_cut_from_the_manager_during_a_failover_with_synchronous_replication() {
+    partition_failover(Case::RouterCutFromManager, true);
+}
+
+#[test]
+fn router_cut_from_the_manager_during_a_failover_with_asynchronous_replication() {
+    partition_failover(Case::RouterCutFromManager, false);
+}
