@@ -460,34 +460,60 @@ async fn a_synchronous_shard_stays_synchronous_after_a_failover() {
     );
     r1.resume();
     r2.resume();
+    // A replica added later joins the list.
+    let r3 = PgCluster::start_replica_of(&primary).await.unwrap();
+    let body = serde_json::json!({ "dsn": r3.dsn() }).to_string();
+    let a = st
+        .admin("POST", "/v1/shards/s1/replicas", Some(&body))
+        .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert!(
+        eventually(LIMIT, || async { quorum(&primary).await.len() == 3 }).await,
+        "the added replica is a quorum standby: {:?}",
+        quorum(&primary).await
+    );
+    assert_eq!(
+        listed(&standby_names(&primary).await),
+        quorum(&primary).await
+    );
 
     // The primary dies; the new one lists the replica that follows it.
     primary.kill9().await;
     let (shard, _) = wait_committed(&st, 2).await;
     let new_id = ids_with_role(&shard, "primary")[0].clone();
-    let (new, other) = if new_id == "s1-1" {
-        (&r1, &r2)
-    } else {
-        (&r2, &r1)
-    };
+    let by_id = [("s1-1", &r1), ("s1-2", &r2), ("s1-3", &r3)];
+    let new = by_id
+        .iter()
+        .find(|(id, _)| *id == new_id)
+        .map(|(_, pg)| *pg)
+        .unwrap_or_else(|| panic!("promoted {new_id}"));
+    let others: Vec<&PgCluster> = by_id
+        .iter()
+        .filter(|(id, _)| *id != new_id)
+        .map(|(_, pg)| *pg)
+        .collect();
     assert!(
-        eventually(LIMIT, || async { quorum(new).await.len() == 1 }).await,
-        "the remaining replica is the new primary's synchronous standby"
+        eventually(LIMIT, || async { quorum(new).await.len() == 2 }).await,
+        "the remaining replicas are the new primary's synchronous standbys"
     );
     assert_eq!(listed(&standby_names(new).await), quorum(new).await);
-    // Writes commit while it streams, and wait when it stops.
+    // Writes commit while they stream, and wait when they stop.
     let c = new.connect().await.unwrap();
     c.batch_execute(
         "SET synchronous_commit = on; CREATE TABLE after (id int); INSERT INTO after VALUES (1)",
     )
     .await
     .unwrap();
-    other.pause();
+    for o in &others {
+        o.pause();
+    }
     assert!(
         write_waits_for_a_standby(new).await,
         "the new primary waits"
     );
-    other.resume();
+    for o in &others {
+        o.resume();
+    }
     st.stop().await;
 }
 

@@ -48,6 +48,8 @@ pub struct Ack {
 pub struct Log {
     /// Acknowledged writes, in the order their answers came.
     pub acked: Mutex<Vec<Ack>>,
+    /// Writes answered with an error: number, sent, answered, error.
+    pub failed: Mutex<Vec<(i64, Instant, Instant, String)>>,
     pub write_errors: AtomicU64,
     pub reads_ok: AtomicU64,
     pub read_errors: AtomicU64,
@@ -145,8 +147,12 @@ async fn write(router: RouterClient, writer: usize, log: Arc<Log>, stop: Arc<Ato
                     writer,
                 });
             }
-            Err(_) => {
+            Err(e) => {
                 log.write_errors.fetch_add(1, Ordering::Relaxed);
+                log.failed
+                    .lock()
+                    .unwrap()
+                    .push((n, sent, Instant::now(), e.to_string()));
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }

@@ -39,7 +39,7 @@ impl Reshards {
                             .map_err(db(&source))?;
                         let deleted = now.starts_with("0:");
                         if now != *expected && !deleted {
-                            return Err(JobError::Fatal(format!(
+                            return Err(JobError::Mismatch(format!(
                                 "the moved rows of tenant {} table {} range {range} changed on \
                                  source {source} after the cutover ({expected} then {now}); \
                                  nothing was deleted from it",

@@ -29,11 +29,9 @@ impl Reshards {
         token: &CancellationToken,
     ) -> Result<(), JobError> {
         match self.cutover_steps(plan, token).await {
-            Err(JobError::Retry(m)) => {
+            Err(e) if e.retryable() => {
                 self.abort_cutover(plan).await;
-                Err(JobError::Retry(format!(
-                    "cutover aborted, back to catch-up: {m}"
-                )))
+                Err(JobError::CutoverAborted(Box::new(e)))
             }
             Err(JobError::Stopped) if !lock(&self.cancelling).contains(&plan.job.id) => {
                 // Shutting down: do not keep writes blocked meanwhile.
@@ -221,7 +219,7 @@ impl Reshards {
             }
         }
         if !mismatches.is_empty() {
-            return Err(JobError::Fatal(format!(
+            return Err(JobError::Mismatch(format!(
                 "verification failed, cutover aborted (the sources still own the ranges; \
                  nothing was lost): {}",
                 mismatches.join("; ")

@@ -24,44 +24,109 @@ use crate::service::{decode, put};
 /// Most catch-up rounds before the cutover drains the rest while frozen.
 const MAX_CATCHUP_ROUNDS: usize = 10;
 
-/// Why a phase stopped.
+/// Why a phase stopped, typed by what failed, so that whether the job
+/// retries or fails is decided in one place ([`JobError::retryable`]) by
+/// exhaustive matches rather than wherever the error was made.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
-    /// Transient (a shard unreachable, a statement failing): retried
-    /// from the persisted phase after a pause.
+    /// A shard's PostgreSQL failed: a connection, or a statement (with
+    /// its SQLSTATE).
+    #[error("shard {shard}: {message}")]
+    Shard {
+        shard: String,
+        sqlstate: Option<String>,
+        message: String,
+    },
+    /// A call into the manager's services failed or was refused: a
+    /// catalog read or change, a connection to a shard.
     #[error("{0}")]
-    Retry(String),
-    /// The job cannot go on: it fails (undone before the cutover).
+    Service(ServiceError),
+    /// Source and targets do not hold the same rows: the cutover is
+    /// aborted (the sources keep the ranges) or cleanup stops.
     #[error("{0}")]
-    Fatal(String),
+    Mismatch(String),
+    /// The job cannot go on as planned: its tenant, shard or database is
+    /// gone, a table no longer fits, a recorded value is unreadable.
+    #[error("{0}")]
+    Impossible(String),
+    /// A cutover went back to catch-up because of this error.
+    #[error("cutover aborted, back to catch-up: {0}")]
+    CutoverAborted(Box<JobError>),
     /// Cancelled or shutting down.
     #[error("stopped")]
     Stopped,
 }
 
+impl JobError {
+    /// Whether the job retries from its persisted phase after a pause
+    /// (transient: a shard unreachable, a failover, contention) rather
+    /// than failing (undone before the cutover). A statement error that
+    /// will fail the same way again (a missing column, a constraint, a
+    /// quota) fails the job instead of retrying for ever.
+    pub fn retryable(&self) -> bool {
+        match self {
+            JobError::Shard { sqlstate, .. } => sqlstate.as_deref().is_none_or(transient_sqlstate),
+            JobError::Service(e) => match e {
+                ServiceError::Contended
+                | ServiceError::ShardUnavailable(_)
+                | ServiceError::Store(_) => true,
+                ServiceError::Invalid(_)
+                | ServiceError::NotFound(_)
+                | ServiceError::Conflict(_)
+                | ServiceError::QuotaExceeded(_)
+                | ServiceError::Statement { .. } => false,
+            },
+            JobError::CutoverAborted(cause) => cause.retryable(),
+            JobError::Mismatch(_) | JobError::Impossible(_) | JobError::Stopped => false,
+        }
+    }
+}
+
+/// SQLSTATEs that may pass when tried again: connection failures
+/// (class 08), insufficient resources (53), operator intervention such
+/// as a shutdown or a cancelled statement (57), system errors (58),
+/// serialization failures and deadlocks (40), a lock not available
+/// (55P03) and a read-only transaction (25006: the shard is failing
+/// over). Everything else — syntax, missing objects, constraints, data —
+/// fails the same way again.
+fn transient_sqlstate(code: &str) -> bool {
+    matches!(code.get(..2), Some("08" | "53" | "57" | "58" | "40"))
+        || matches!(code, "55P03" | "25006")
+}
+
 impl From<ServiceError> for JobError {
     fn from(e: ServiceError) -> Self {
-        match e {
-            ServiceError::Invalid(m) | ServiceError::NotFound(m) | ServiceError::Conflict(m) => {
-                JobError::Fatal(m)
-            }
-            other => JobError::Retry(other.to_string()),
-        }
+        JobError::Service(e)
     }
 }
 
 impl From<JobError> for ServiceError {
     fn from(e: JobError) -> Self {
         match e {
-            JobError::Retry(m) => ServiceError::ShardUnavailable(m),
-            JobError::Fatal(m) => ServiceError::Conflict(m),
+            JobError::Service(e) => e,
             JobError::Stopped => ServiceError::ShardUnavailable("the manager is stopping".into()),
+            e if e.retryable() => ServiceError::ShardUnavailable(e.to_string()),
+            e => ServiceError::Conflict(e.to_string()),
         }
     }
 }
 
+/// A shard's PostgreSQL error as a [`JobError`].
 pub(super) fn db(shard: &str) -> impl Fn(tokio_postgres::Error) -> JobError + '_ {
-    move |e| JobError::Retry(format!("shard {shard}: {}", pg::describe(&e)))
+    move |e| JobError::Shard {
+        shard: shard.to_string(),
+        sqlstate: e.code().map(|c| c.code().to_string()),
+        message: pg::describe(&e),
+    }
+}
+
+/// A failed connection to a shard as a [`JobError`] (transient).
+pub(super) fn unreachable(shard: &str, message: String) -> JobError {
+    JobError::Shard {
+        shard: shard.to_string(),
+        sqlstate: None,
+        message,
+    }
 }
 
 pub(super) fn check(token: &CancellationToken) -> Result<(), JobError> {
@@ -193,7 +258,7 @@ impl Plan {
         self.tenants
             .iter()
             .find(|t| t.id == id)
-            .ok_or_else(|| JobError::Fatal(format!("no tenant {id:?} to move")))
+            .ok_or_else(|| JobError::Impossible(format!("no tenant {id:?} to move")))
     }
 
     pub(super) fn sources(&self) -> Vec<String> {
@@ -252,7 +317,7 @@ impl Plan {
         self.shards
             .get(shard)
             .map(|s| s.primary.dsn.as_str())
-            .ok_or_else(|| JobError::Fatal(format!("no shard {shard}")))
+            .ok_or_else(|| JobError::Impossible(format!("no shard {shard}")))
     }
 }
 
@@ -270,25 +335,38 @@ impl Reshards {
                 self.update_progress(id, |p| p.last_error = None);
             }
             Err(JobError::Stopped) => {}
-            Err(JobError::Retry(msg)) => {
-                tracing::warn!(job = %id, error = %msg, "resharding step failed; retrying");
-                self.update_progress(id, |p| p.last_error = Some(msg));
-                lock(&self.retry_at).insert(
-                    id.to_string(),
-                    Instant::now() + self.settings.retry_interval,
-                );
-            }
-            Err(JobError::Fatal(msg)) => {
+            Err(e) => {
+                let msg = e.to_string();
+                // Past the publish nothing can be undone: the job can only
+                // finish, so it keeps trying whatever the error (the
+                // operator sees it in `last_error`), unless the moved rows
+                // themselves no longer match.
+                let published = !matches!(e, JobError::Mismatch(_))
+                    && self
+                        .fresh_job(id)
+                        .await
+                        .is_ok_and(|j| j.phase == ReshardPhase::Cleanup);
+                if e.retryable() || published {
+                    tracing::warn!(job = %id, error = %msg, "resharding step failed; retrying");
+                    self.update_progress(id, |p| p.last_error = Some(msg));
+                    self.retry_later(id);
+                    return;
+                }
                 tracing::error!(job = %id, error = %msg, "resharding job fails");
                 if let Err(e) = self.fail(id, &msg).await {
                     tracing::warn!(job = %id, error = %e, "record the failure; retrying");
-                    lock(&self.retry_at).insert(
-                        id.to_string(),
-                        Instant::now() + self.settings.retry_interval,
-                    );
+                    self.retry_later(id);
                 }
             }
         }
+    }
+
+    /// Runs the job again after `retry_interval`.
+    fn retry_later(&self, id: &str) {
+        lock(&self.retry_at).insert(
+            id.to_string(),
+            Instant::now() + self.settings.retry_interval,
+        );
     }
 
     async fn drive(&self, id: &str, token: &CancellationToken) -> Result<(), JobError> {
@@ -381,7 +459,7 @@ impl Reshards {
         }
         let client = pg::connect_db(dsn, &tenant.pg_name(), timeout)
             .await
-            .map_err(|e| JobError::Retry(format!("shard {shard}: {e}")))?;
+            .map_err(|e| unreachable(shard, e))?;
         Ok(Some(plan.sessions.keep(key, client)))
     }
 
@@ -393,7 +471,7 @@ impl Reshards {
         tenant: &Tenant,
     ) -> Result<Session, JobError> {
         self.tenant_db(plan, shard, tenant).await?.ok_or_else(|| {
-            JobError::Fatal(format!(
+            JobError::Impossible(format!(
                 "tenant {} has no database on shard {shard}",
                 tenant.id
             ))
@@ -416,7 +494,7 @@ impl Reshards {
                 Ok(m) => out.push(m),
                 Err(sql::MetaError::Unfit(_)) if lenient => {}
                 Err(sql::MetaError::Unfit(m)) => {
-                    return Err(JobError::Fatal(format!(
+                    return Err(JobError::Impossible(format!(
                         "tenant {} on shard {shard}: {m}",
                         tenant.id
                     )))
@@ -593,7 +671,7 @@ impl Reshards {
                             .any(|r| r.contains(h))
                             .then(|| plan.job.to_map.lookup(h).shard.clone())
                     })
-                    .map_err(JobError::Fatal)?;
+                    .map_err(JobError::Impossible)?;
                     let mut by_target: BTreeMap<String, Vec<(String, sql::Net)>> = BTreeMap::new();
                     for ((target, table), n) in net {
                         by_target.entry(target).or_default().push((table, n));
@@ -641,5 +719,58 @@ impl Reshards {
         }
         self.update_progress(id, |p| p.changes_behind = total);
         Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard_error(sqlstate: Option<&str>) -> JobError {
+        JobError::Shard {
+            shard: "s1".into(),
+            sqlstate: sqlstate.map(str::to_string),
+            message: "m".into(),
+        }
+    }
+
+    #[test]
+    fn transient_failures_retry_and_lasting_ones_fail() {
+        // No SQLSTATE: the connection broke or timed out.
+        assert!(shard_error(None).retryable());
+        for code in [
+            "08006", "08001", "53300", "57P01", "57014", "58030", "40001", "40P01",
+        ] {
+            assert!(shard_error(Some(code)).retryable(), "{code}");
+        }
+        for code in ["55P03", "25006"] {
+            assert!(shard_error(Some(code)).retryable(), "{code}");
+        }
+        // The same statement fails the same way again.
+        for code in [
+            "42P01", "42703", "42501", "23505", "22P02", "0A000", "XX000", "55000",
+        ] {
+            assert!(!shard_error(Some(code)).retryable(), "{code}");
+        }
+        let service = |e| JobError::from(e).retryable();
+        assert!(service(ServiceError::Contended));
+        assert!(service(ServiceError::ShardUnavailable("down".into())));
+        assert!(!service(ServiceError::QuotaExceeded("shards".into())));
+        assert!(!service(ServiceError::Conflict("taken".into())));
+        assert!(!service(ServiceError::NotFound("gone".into())));
+        assert!(!service(ServiceError::Invalid("bad".into())));
+        assert!(!service(ServiceError::Statement {
+            message: "syntax".into(),
+            sqlstate: Some("42601".into()),
+            detail: None,
+            hint: None,
+            position: None,
+        }));
+        assert!(!JobError::Mismatch("differs".into()).retryable());
+        assert!(!JobError::Impossible("no tenant".into()).retryable());
+        assert!(!JobError::Stopped.retryable());
+        // An aborted cutover retries as its cause does.
+        assert!(JobError::CutoverAborted(Box::new(shard_error(None))).retryable());
+        assert!(!JobError::CutoverAborted(Box::new(shard_error(Some("42P01")))).retryable());
     }
 }

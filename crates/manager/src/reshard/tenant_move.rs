@@ -145,7 +145,7 @@ fn check_free(cat: &Catalog, tenant: &str, id: &str) -> Result<(), ServiceError>
 
 /// "rows:checksum" as numbers.
 fn parse_sum(s: &str) -> Result<(i64, i128), JobError> {
-    let bad = || JobError::Fatal(format!("unreadable checksum {s:?}"));
+    let bad = || JobError::Impossible(format!("unreadable checksum {s:?}"));
     let (n, sum) = s.split_once(':').ok_or_else(bad)?;
     Ok((
         n.parse().map_err(|_| bad())?,
@@ -266,7 +266,7 @@ impl Reshards {
             }
         }
         if !mismatches.is_empty() {
-            return Err(JobError::Fatal(format!(
+            return Err(JobError::Mismatch(format!(
                 "verification failed, cutover aborted (the tenant stays where it was; \
                  nothing was lost): {}",
                 mismatches.join("; ")
@@ -368,7 +368,7 @@ impl Reshards {
                             .await
                             .map_err(db(&source))?;
                         if now != *expected {
-                            return Err(JobError::Fatal(format!(
+                            return Err(JobError::Mismatch(format!(
                                 "the moved rows of tenant {} table {} range {range} changed on \
                                  source {source} after the cutover ({expected} then {now}); \
                                  nothing was dropped from it",
