@@ -124,7 +124,12 @@ impl BoundManager {
         let metrics = shardline_metrics::Registry::new();
         let health_metrics = health::HealthMetrics::register(&metrics);
         let health_table = Arc::new(health::HealthTable::default());
-        let routers = Arc::new(routers::RouterRegistry::new(cfg.router_lease));
+        let mut routers = routers::RouterRegistry::new(cfg.router_lease);
+        if !service.current().catalog.shards.is_empty() {
+            // Not a first start: routers may hold leases from before.
+            routers = routers.inherit_leases();
+        }
+        let routers = Arc::new(routers);
         let failovers = failover::Failovers::new(
             Arc::clone(&service),
             Arc::clone(&routers),

@@ -26,6 +26,9 @@ pub struct RouterRegistry {
     ///
     /// [`wait_applied`]: Self::wait_applied
     required: AtomicU64,
+    /// Until when leases a manager before this one gave may still run
+    /// (see [`inherit_leases`](Self::inherit_leases)).
+    inherited_until: Option<Instant>,
 }
 
 impl RouterRegistry {
@@ -36,7 +39,20 @@ impl RouterRegistry {
             routers: Mutex::new(HashMap::new()),
             beat: tokio::sync::Notify::new(),
             required: AtomicU64::new(0),
+            inherited_until: None,
         }
+    }
+
+    /// For a manager that starts on a catalog another (or an earlier run)
+    /// served: routers it has not heard from yet may hold leases that
+    /// one gave, for up to a lease from now, and route by a catalog older
+    /// than any this manager waits for. So for one lease after the start
+    /// [`wait_applied`](Self::wait_applied) waits that lease out even
+    /// when every router it knows has the version (a failover resumed
+    /// after a crash, a cutover, a migration right after a restart).
+    pub fn inherit_leases(mut self) -> Self {
+        self.inherited_until = Some(Instant::now() + self.lease);
+        self
     }
 
     /// The lease length.
@@ -124,7 +140,8 @@ impl RouterRegistry {
                 .filter(|r| r.applied_version < version)
                 .map(|r| r.id)
                 .collect();
-            if behind.is_empty() || Instant::now() > deadline {
+            let inherited_done = self.inherited_until.is_none_or(|t| Instant::now() >= t);
+            if (behind.is_empty() && inherited_done) || Instant::now() > deadline {
                 return behind;
             }
             // The next heartbeat (routers send one as soon as they apply
@@ -187,6 +204,26 @@ mod tests {
         assert_eq!(live, ["current"]);
         // Once it has the version, it is renewed again.
         assert!(reg.heartbeat(&hb("behind", 5)));
+    }
+
+    #[tokio::test]
+    async fn a_restarted_manager_waits_out_leases_it_may_not_know() {
+        let lease = Duration::from_millis(300);
+        // First start: no router can hold a lease; nothing to wait for.
+        let fresh = RouterRegistry::new(lease);
+        let started = Instant::now();
+        assert!(fresh.wait_applied(5).await.is_empty());
+        assert!(started.elapsed() < lease);
+        // On a catalog served before, a router it has not heard from may
+        // still route by an older one until a lease after the start.
+        let restarted = RouterRegistry::new(lease).inherit_leases();
+        let started = Instant::now();
+        assert!(restarted.wait_applied(5).await.is_empty());
+        assert!(started.elapsed() >= lease, "{:?}", started.elapsed());
+        // After that lease, only routers it knows count.
+        let started = Instant::now();
+        assert!(restarted.wait_applied(6).await.is_empty());
+        assert!(started.elapsed() < lease);
     }
 
     #[test]

@@ -93,8 +93,19 @@ async fn an_unpromoted_target_is_promoted_when_the_old_primary_is_down() {
     assert!(eventually(LIMIT, || async { ids(&replica).await.len() == 100 }).await);
     primary.kill9().await;
     leave_intent(&st, FailoverKind::Automatic).await;
+    let restarted = std::time::Instant::now();
     st.start().await;
     let shard = wait_resolved(&st).await;
+    // Routers the crashed manager gave leases to may still be writing to
+    // the old primary (this manager cannot reach it, they might): the
+    // promotion waits until any such lease has run out.
+    let waited = restarted.elapsed();
+    let lease = st.config().router_lease;
+    println!("resumed failover committed {waited:?} after the restart (lease {lease:?})");
+    assert!(
+        waited >= lease,
+        "promoted {waited:?} after the restart, inside a lease the crashed manager may have given"
+    );
     assert_eq!(shard.generation, 2);
     assert_eq!(ids_with_role(&shard, "primary"), ["s1-1"]);
     assert_eq!(ids_with_role(&shard, "fenced"), ["s1-0"]);
