@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::engine::{db, verified_key, JobError, Plan};
 use super::sql::{self, TableMeta};
-use super::{failpoint, lock, phase_number, Reshards, FAILPOINT_DURING_CUTOVER};
+use super::{failpoint, phase_number, Reshards, FAILPOINT_DURING_CUTOVER};
 use crate::error::ServiceError;
 use crate::service::{decode, put, ReadSet};
 
@@ -33,7 +33,7 @@ impl Reshards {
                 self.abort_cutover(plan).await;
                 Err(JobError::CutoverAborted(Box::new(e)))
             }
-            Err(JobError::Stopped) if !lock(&self.cancelling).contains(&plan.job.id) => {
+            Err(JobError::Stopped) if !self.jobs.is_cancelling(&plan.job.id) => {
                 // Shutting down: do not keep writes blocked meanwhile.
                 self.abort_cutover(plan).await;
                 Err(JobError::Stopped)

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::sql::{self, TableMeta};
 use super::{
-    failpoint, lock, phase_number, Reshards, FAILPOINT_AFTER_COPY, FAILPOINT_DURING_CATCHUP,
+    failpoint, phase_number, Reshards, FAILPOINT_AFTER_COPY, FAILPOINT_DURING_CATCHUP,
     FAILPOINT_DURING_COPY,
 };
 use crate::error::ServiceError;
@@ -331,7 +331,7 @@ impl Reshards {
     pub(super) async fn drive_and_settle(self: &Arc<Self>, id: &str, token: &CancellationToken) {
         match self.drive(id, token).await {
             Ok(()) => {
-                lock(&self.retry_at).remove(id);
+                self.jobs.succeeded(id);
                 self.update_progress(id, |p| p.last_error = None);
             }
             Err(JobError::Stopped) => {}
@@ -363,10 +363,7 @@ impl Reshards {
 
     /// Runs the job again after `retry_interval`.
     fn retry_later(&self, id: &str) {
-        lock(&self.retry_at).insert(
-            id.to_string(),
-            Instant::now() + self.settings.retry_interval,
-        );
+        self.jobs.retry_after(id, self.settings.retry_interval);
     }
 
     async fn drive(&self, id: &str, token: &CancellationToken) -> Result<(), JobError> {

@@ -9,6 +9,7 @@
 //! loop). One job per keyspace; jobs run as tasks of the manager.
 //!
 //! # Layout
+//! - [`registry`]: which jobs run here, are cancelled or wait; progress.
 //! - [`plan`]: a request checked and turned into moves and maps.
 //! - [`engine`]: the driver; Prepare, Copy, CatchUp.
 //! - [`cutover`]: freeze, acknowledgements, verification, publish.
@@ -37,14 +38,15 @@ pub mod cleanup;
 pub mod cutover;
 pub mod engine;
 pub mod plan;
+pub mod registry;
 pub mod sql;
 pub mod tenant_back;
 pub mod tenant_move;
 
 pub use plan::plan_job;
+pub use registry::Progress;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shardline_api::manager::{JobInfo, MoveInfo, ReshardRequest};
@@ -54,7 +56,6 @@ use shardline_core::Catalog;
 use shardline_metrics::{CounterVec, GaugeVec, Registry};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument as _;
 
 use crate::error::ServiceError;
 use crate::failpoints::failpoint;
@@ -111,19 +112,8 @@ impl ReshardSettings {
     }
 }
 
-/// A job's progress, in this manager's memory.
-#[derive(Debug, Clone, Default)]
-pub struct Progress {
-    pub rows_copied: u64,
-    pub rows_estimated: u64,
-    pub changes_behind: u64,
-    /// The last transient error (the job retries).
-    pub last_error: Option<String>,
-}
-
 struct Metrics {
     rows_copied: CounterVec,
-    changes_behind: GaugeVec,
     phase: GaugeVec,
 }
 
@@ -134,33 +124,10 @@ pub struct Reshards {
     routers: Arc<RouterRegistry>,
     settings: ReshardSettings,
     metrics: Metrics,
-    progress: Mutex<HashMap<String, Progress>>,
-    /// Jobs running in this manager, with the token that stops them.
-    running: Mutex<HashMap<String, CancellationToken>>,
-    /// Jobs an operator cancelled: never resumed.
-    cancelling: Mutex<HashSet<String>>,
-    /// Jobs waiting out a transient error.
-    retry_at: Mutex<HashMap<String, Instant>>,
+    jobs: Arc<registry::JobRegistry>,
     /// Serialises job creation (one job per keyspace).
     create: tokio::sync::Mutex<()>,
-    tracker: TaskTracker,
     shutdown: CancellationToken,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A job's slot in `running`, freed when dropped.
-struct Claim {
-    owner: Arc<Reshards>,
-    id: String,
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        lock(&self.owner.running).remove(&self.id);
-    }
 }
 
 /// Phase as a number for `reshard_phase`.
@@ -195,19 +162,20 @@ impl Reshards {
         tracker: TaskTracker,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
+        let changes_behind = metrics.gauge(
+            "reshard_changes_behind",
+            "Captured changes not yet applied to the targets.",
+            &["job"],
+        );
         Arc::new(Self {
             svc,
             routers,
             settings,
+            jobs: registry::JobRegistry::new(changes_behind, tracker, shutdown.clone()),
             metrics: Metrics {
                 rows_copied: metrics.counter(
                     "reshard_rows_copied_total",
                     "Rows copied to target shards by resharding jobs.",
-                    &["job"],
-                ),
-                changes_behind: metrics.gauge(
-                    "reshard_changes_behind",
-                    "Captured changes not yet applied to the targets.",
                     &["job"],
                 ),
                 phase: metrics.gauge(
@@ -217,12 +185,7 @@ impl Reshards {
                     &["job"],
                 ),
             },
-            progress: Mutex::new(HashMap::new()),
-            running: Mutex::new(HashMap::new()),
-            cancelling: Mutex::new(HashSet::new()),
-            retry_at: Mutex::new(HashMap::new()),
             create: tokio::sync::Mutex::new(()),
-            tracker,
             shutdown,
         })
     }
@@ -249,66 +212,30 @@ impl Reshards {
                 .phase
                 .with(&[&job.id])
                 .set(phase_number(job.phase));
-            if is_finished(job.phase) || lock(&self.cancelling).contains(&job.id) {
-                continue;
-            }
-            let waiting = lock(&self.retry_at)
-                .get(&job.id)
-                .is_some_and(|at| Instant::now() < *at);
-            if !waiting {
+            if !is_finished(job.phase) {
                 self.spawn(&job.id);
             }
         }
     }
 
-    fn claim(self: &Arc<Self>, id: &str) -> Option<(Claim, CancellationToken)> {
-        let mut running = lock(&self.running);
-        if running.contains_key(id) {
-            return None;
-        }
-        let token = self.shutdown.child_token();
-        running.insert(id.to_string(), token.clone());
-        Some((
-            Claim {
-                owner: Arc::clone(self),
-                id: id.to_string(),
-            },
-            token,
-        ))
-    }
-
+    /// Drives the job in the background unless the registry says no.
     fn spawn(self: &Arc<Self>, id: &str) {
-        let Some((claim, token)) = self.claim(id) else {
-            return;
-        };
         let this = Arc::clone(self);
-        let id = id.to_string();
-        let span = tracing::info_span!("reshard", job = %id);
-        self.tracker.spawn(
-            async move {
-                this.drive_and_settle(&id, &token).await;
-                drop(claim);
-            }
-            .instrument(span),
-        );
+        let owned = id.to_string();
+        self.jobs.spawn(id, move |token| async move {
+            this.drive_and_settle(&owned, &token).await;
+        });
     }
 
     /// The job's progress, as this manager knows it.
     pub fn progress(&self, id: &str) -> Progress {
-        lock(&self.progress).get(id).cloned().unwrap_or_default()
+        self.jobs.progress(id)
     }
 
     fn update_progress(&self, id: &str, f: impl FnOnce(&mut Progress)) {
-        let mut all = lock(&self.progress);
-        let p = all.entry(id.to_string()).or_default();
-        f(p);
-        self.metrics
-            .changes_behind
-            .with(&[id])
-            .set(p.changes_behind as f64);
+        self.jobs.update_progress(id, f);
     }
 
-    /// A job as the API shows it.
     pub fn info(&self, job: &ReshardJob) -> JobInfo {
         let p = self.progress(&job.id);
         JobInfo {
@@ -450,18 +377,15 @@ impl Reshards {
     pub async fn cancel(self: &Arc<Self>, id: &str) -> Result<JobInfo, ServiceError> {
         let job = self.fresh_job(id).await?;
         refuse_cancel(&job)?;
-        lock(&self.cancelling).insert(id.to_string());
-        if let Some(token) = lock(&self.running).get(id) {
-            token.cancel();
-        }
+        self.jobs.cancel(id);
         // The running task stops at its next step (a batch at most).
         let deadline = Instant::now() + Duration::from_secs(60);
         let claim = loop {
-            if let Some((claim, _)) = self.claim(id) {
+            if let Some((claim, _)) = self.jobs.claim(id) {
                 break claim;
             }
             if Instant::now() > deadline {
-                lock(&self.cancelling).remove(id);
+                self.jobs.uncancel(id);
                 return Err(ServiceError::Conflict(format!(
                     "job {id} did not stop within 60 s; retry the cancel"
                 )));
@@ -470,19 +394,21 @@ impl Reshards {
         };
         let this = Arc::clone(self);
         let id_owned = id.to_string();
-        // In the background, so a client going away does not cut it short.
-        let task = self.tracker.spawn(async move {
-            let res = this.cancel_claimed(&id_owned).await;
-            drop(claim);
-            res
-        });
-        let res = task.await.map_err(|e| {
-            tracing::error!(job = %id, error = %e, "cancel task");
-            ServiceError::ShardUnavailable(format!("cancelling job {id} failed; retry"))
-        })?;
+        let res = self
+            .jobs
+            .run_detached(async move {
+                let res = this.cancel_claimed(&id_owned).await;
+                drop(claim);
+                res
+            })
+            .await
+            .map_err(|e| {
+                tracing::error!(job = %id, error = %e, "cancel task");
+                ServiceError::ShardUnavailable(format!("cancelling job {id} failed; retry"))
+            })?;
         if res.is_err() {
             // Not cancelled: the job may go on (or the cancel be retried).
-            lock(&self.cancelling).remove(id);
+            self.jobs.uncancel(id);
         }
         res?;
         self.get(id)
