@@ -117,7 +117,7 @@ fn choose_data_dir(env: &DirEnv) -> PathBuf {
 /// Endpoint flags shared by the client commands.
 #[derive(Debug, Clone, Args)]
 pub struct Endpoints {
-    /// Manager URL [default: from dev.json]
+    /// Manager URL, or several comma-separated (the first that answers is used) [default: from dev.json]
     #[arg(long, env = "SHARDLINE_MANAGER_URL", global = true)]
     pub manager: Option<String>,
     /// Router URL [default: from dev.json]

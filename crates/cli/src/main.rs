@@ -85,7 +85,7 @@ struct RouterArgs {
     /// TOML configuration file (flags override it)
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Manager URL to follow
+    /// Manager URL to follow, or several comma-separated (managers that stand in for one another)
     #[arg(long = "manager-url", env = "SHARDLINE_MANAGER_URL")]
     manager_url: Option<String>,
     /// Token routers present to the manager

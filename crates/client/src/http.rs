@@ -1,7 +1,15 @@
 //! A JSON-over-HTTP/1 client for shardline's APIs: base URL, bearer token,
 //! a timeout per request, and the error body decoded into
 //! [`ClientError`].
+//!
+//! A client may be given several base URLs (comma-separated), the
+//! instances of one replicated service such as the managers: it sends to
+//! the one that last answered and moves to the next when that one cannot
+//! be reached — only when no byte of the request was sent, or for a
+//! `GET` (which changes nothing) that failed or timed out, so a write is
+//! never sent twice.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,13 +39,17 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A status, headers and body as read off the wire.
 type RawAnswer = (StatusCode, HeaderMap, Bytes);
 
-/// A pooled HTTP/1 client bound to one base URL. Cheap to clone: clones
-/// share the connection pool.
+/// A pooled HTTP/1 client bound to one base URL, or to several
+/// instances of one service. Cheap to clone: clones share the connection
+/// pool and which instance answers.
 #[derive(Clone)]
 pub struct HttpClient {
     client: Client<HttpConnector, Full<Bytes>>,
-    /// `http://host:port` plus any path prefix, without a trailing `/`.
-    base: Arc<str>,
+    /// Each `http://host:port` plus any path prefix, without a trailing
+    /// `/`.
+    bases: Arc<[Arc<str>]>,
+    /// Index into `bases` of the one in use.
+    current: Arc<AtomicUsize>,
     auth: Option<HeaderValue>,
     timeout: Duration,
 }
@@ -46,7 +58,7 @@ impl std::fmt::Debug for HttpClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the token.
         f.debug_struct("HttpClient")
-            .field("base", &self.base)
+            .field("bases", &self.bases)
             .field("token", &self.auth.as_ref().map(|_| "***"))
             .field("timeout", &self.timeout)
             .finish()
@@ -55,22 +67,10 @@ impl std::fmt::Debug for HttpClient {
 
 impl HttpClient {
     /// A client for `base_url` (`http://host:port`, optionally with a path
-    /// prefix), sending `token` as a bearer token when given.
+    /// prefix; several comma-separated for instances of one service),
+    /// sending `token` as a bearer token when given.
     pub fn new(base_url: &str, token: Option<String>) -> Result<Self, ClientError> {
-        let base = base_url.trim_end_matches('/');
-        let uri: Uri = base
-            .parse()
-            .map_err(|e| ClientError::Config(format!("base URL {base_url:?}: {e}")))?;
-        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-            return Err(ClientError::Config(format!(
-                "base URL {base_url:?}: expected http://host:port"
-            )));
-        }
-        if uri.query().is_some() {
-            return Err(ClientError::Config(format!(
-                "base URL {base_url:?}: must not have a query"
-            )));
-        }
+        let bases = base_urls(base_url)?;
         let auth = match token {
             Some(t) => {
                 let mut v = HeaderValue::try_from(format!("Bearer {t}"))
@@ -88,7 +88,8 @@ impl HttpClient {
             .build(connector);
         Ok(Self {
             client,
-            base: base.into(),
+            bases,
+            current: Arc::new(AtomicUsize::new(0)),
             auth,
             timeout: DEFAULT_TIMEOUT,
         })
@@ -106,9 +107,15 @@ impl HttpClient {
         self.timeout
     }
 
-    /// The base URL, without a trailing `/`.
+    /// The base URL in use (the one that last answered), without a
+    /// trailing `/`.
     pub fn base_url(&self) -> &str {
-        &self.base
+        &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]
+    }
+
+    /// Every base URL, in the order given.
+    pub fn base_urls(&self) -> impl Iterator<Item = &str> {
+        self.bases.iter().map(|b| &**b)
     }
 
     /// `GET`, decoding a 2xx answer as `T`.
@@ -197,7 +204,9 @@ impl HttpClient {
         Ok((status.as_u16(), body))
     }
 
-    /// Sends one request and reads the whole answer within `timeout`.
+    /// Sends one request and reads the whole answer within `timeout`,
+    /// moving on to the next base URL when the one in use cannot be
+    /// reached (see the module docs); each is tried once.
     async fn send(
         &self,
         method: Method,
@@ -210,9 +219,49 @@ impl HttpClient {
                 "path {path:?} must start with '/'"
             )));
         }
-        let uri = format!("{}{}", self.base, path);
+        // Bytes: each try shares the one buffer.
+        let body = body.map(Bytes::from);
+        let first = self.current.load(Ordering::Relaxed);
+        let n = self.bases.len();
+        let mut last = None;
+        for i in 0..n {
+            let at = (first + i) % n;
+            match self
+                .send_to(&self.bases[at], &method, path, body.clone(), timeout)
+                .await
+            {
+                Ok(answer) => {
+                    if at != first {
+                        self.current.store(at, Ordering::Relaxed);
+                    }
+                    return Ok(answer);
+                }
+                Err(e) => {
+                    let unsent = matches!(e, ClientError::Connect(_));
+                    let harmless = method == Method::GET
+                        && matches!(e, ClientError::Transport(_) | ClientError::Timeout);
+                    if !(unsent || harmless) {
+                        return Err(e);
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or(ClientError::Timeout))
+    }
+
+    /// One request to one base URL.
+    async fn send_to(
+        &self,
+        base: &str,
+        method: &Method,
+        path: &str,
+        body: Option<Bytes>,
+        timeout: Duration,
+    ) -> Result<RawAnswer, ClientError> {
+        let uri = format!("{base}{path}");
         let mut builder = Request::builder()
-            .method(method)
+            .method(method.clone())
             .uri(&uri)
             .header(ACCEPT, "application/json")
             .header(
@@ -225,7 +274,7 @@ impl HttpClient {
         let body = match body {
             Some(b) => {
                 builder = builder.header(CONTENT_TYPE, "application/json");
-                Full::new(Bytes::from(b))
+                Full::new(b)
             }
             None => Full::new(Bytes::new()),
         };
@@ -254,6 +303,35 @@ impl HttpClient {
             .await
             .map_err(|_| ClientError::Timeout)?
     }
+}
+
+/// The base URLs of a comma-separated list, each checked
+/// (`http://host:port` with an optional path prefix, no query).
+fn base_urls(list: &str) -> Result<Arc<[Arc<str>]>, ClientError> {
+    let mut bases: Vec<Arc<str>> = Vec::new();
+    for one in list.split(',').map(str::trim) {
+        let base = one.trim_end_matches('/');
+        let uri: Uri = base
+            .parse()
+            .map_err(|e| ClientError::Config(format!("base URL {one:?}: {e}")))?;
+        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+            return Err(ClientError::Config(format!(
+                "base URL {one:?}: expected http://host:port"
+            )));
+        }
+        if uri.query().is_some() {
+            return Err(ClientError::Config(format!(
+                "base URL {one:?}: must not have a query"
+            )));
+        }
+        if bases.iter().any(|b| **b == *base) {
+            return Err(ClientError::Config(format!(
+                "base URL {one:?} is listed twice"
+            )));
+        }
+        bases.push(base.into());
+    }
+    Ok(bases.into())
 }
 
 /// An error and its sources, `: `-separated: hyper's top-level messages

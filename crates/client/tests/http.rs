@@ -417,6 +417,8 @@ async fn bad_configuration_is_rejected() {
         "https://h:1",
         "http://",
         "http://h:1/?q=1",
+        "http://h:1,",
+        "http://h:1,http://h:1/",
     ] {
         let err = HttpClient::new(url, None).unwrap_err();
         assert!(matches!(err, ClientError::Config(_)), "{url}: {err:?}");
@@ -427,4 +429,74 @@ async fn bad_configuration_is_rejected() {
     assert_eq!(http.base_url(), "http://127.0.0.1:1");
     let err = http.get::<Value>("no-slash").await.unwrap_err();
     assert!(matches!(err, ClientError::Config(_)));
+}
+
+/// A port nothing listens on (bound, then freed).
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// With several base URLs (the managers), a request goes to the one that
+/// last answered and moves on when that one cannot be reached; a write is
+/// never sent to a second instance once a byte of it may have reached
+/// the first.
+#[tokio::test]
+async fn several_instances_are_tried_in_turn_and_the_answering_one_kept() {
+    let hits = Arc::new(AtomicU32::new(0));
+    let app = |name: &'static str, hits: Arc<AtomicU32>| {
+        Router::new()
+            .route(
+                "/who",
+                get(move || {
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    async move { Json(serde_json::json!(name)) }
+                }),
+            )
+            .route(
+                "/slow",
+                post(|| async {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    Json(serde_json::json!("late"))
+                }),
+            )
+            .route(
+                "/hangs-on-b",
+                get(move || async move {
+                    if name == "b" {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                    Json(serde_json::json!(name))
+                }),
+            )
+    };
+    let b = serve(app("b", hits.clone())).await;
+    let c = serve(app("c", Arc::new(AtomicU32::new(0)))).await;
+    let dead = format!("http://127.0.0.1:{}", closed_port());
+    let http = HttpClient::new(&format!("{dead}, {b},{c}"), None).unwrap();
+    assert_eq!(http.base_urls().count(), 3);
+    // The first cannot be reached: the second answers, and is kept.
+    assert_eq!(http.get::<String>("/who").await.unwrap(), "b");
+    assert_eq!(http.base_url(), b);
+    assert_eq!(http.get::<String>("/who").await.unwrap(), "b");
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    // A clone shares which one answers.
+    assert_eq!(http.clone().base_url(), b);
+    // A write that timed out on the one in use may have been applied:
+    // not sent again elsewhere.
+    let slow = http.clone().with_timeout(Duration::from_millis(200));
+    let err = slow.post::<_, String>("/slow", &1).await.unwrap_err();
+    assert!(matches!(err, ClientError::Timeout), "{err:?}");
+    assert_eq!(slow.base_url(), b);
+    // A read that hangs there changes nothing: the next instance answers.
+    assert_eq!(slow.get::<String>("/hangs-on-b").await.unwrap(), "c");
+    assert_eq!(slow.base_url(), c);
+    // Nothing answers: the last error.
+    let http =
+        HttpClient::new(&format!("{dead},http://127.0.0.1:{}", closed_port()), None).unwrap();
+    let err = http.get::<String>("/who").await.unwrap_err();
+    assert!(matches!(err, ClientError::Connect(_)), "{err:?}");
 }

@@ -15,8 +15,18 @@ pub struct RouterConfig {
     /// Address of the HTTP API. Default `127.0.0.1:8080`.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// The manager's base URL, e.g. `http://127.0.0.1:8081`.
+    /// The manager's base URL, e.g. `http://127.0.0.1:8081`; several,
+    /// comma-separated, for managers that stand in for one another (the
+    /// router uses the one that answers and moves on when it cannot be
+    /// reached).
     pub manager_url: String,
+    /// A file where the router keeps the last catalog it applied
+    /// (replaced atomically on each new version). A router that starts
+    /// while no manager answers serves by it — reads only, as a router
+    /// cut off from the manager does, until a manager answers. Default:
+    /// none (a router starts only once a manager answers).
+    #[serde(default)]
+    pub catalog_cache: Option<std::path::PathBuf>,
     /// Token routers present to the manager. Else `$SHARDLINE_ROUTER_TOKEN`.
     #[serde(default)]
     pub router_token: Option<String>,
@@ -140,6 +150,7 @@ impl RouterConfig {
         Self {
             listen: default_listen(),
             manager_url: manager_url.to_string(),
+            catalog_cache: None,
             router_token: Some(router_token.to_string()),
             id: None,
             tenant_pool_size: default_tenant_pool_size(),
@@ -192,8 +203,12 @@ impl RouterConfig {
         if self.health_poll.is_zero() {
             bail!("health_poll must be more than 0");
         }
-        if !self.manager_url.starts_with("http://") {
-            bail!("manager_url must be an http:// URL");
+        if self
+            .manager_url
+            .split(',')
+            .any(|u| !u.trim().starts_with("http://"))
+        {
+            bail!("manager_url must be an http:// URL, or several separated by commas");
         }
         Ok(())
     }

@@ -4,6 +4,11 @@
 //! rate limit). When the manager is down, the router keeps routing by the
 //! last catalog it has, and the last count of live routers.
 //!
+//! With a cache file configured, each catalog applied is also written
+//! there (to a temporary file, synced, then renamed over it), so a router
+//! that restarts while no manager answers can serve by it
+//! ([`load_cache`]).
+//!
 //! Besides the periodic heartbeat, one is sent as soon as a new catalog
 //! version is installed: a resharding cutover waits for every live
 //! router to have applied the version that freezes the moving ranges,
@@ -12,11 +17,13 @@
 //! and heartbeats leave one at a time, so the manager never sees an
 //! applied version go back.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use shardline_api::manager::RouterHeartbeat;
 use shardline_client::ManagerClient;
+use shardline_core::Catalog;
 use tokio_util::sync::CancellationToken;
 
 use crate::state::{RouterContext, Routing, RoutingCell};
@@ -28,6 +35,8 @@ pub struct Follower {
     pub ctx: Arc<RouterContext>,
     pub wait: Duration,
     pub on_version: Box<dyn Fn(u64) + Send + Sync>,
+    /// Where to keep the last catalog applied, if anywhere.
+    pub cache: Option<PathBuf>,
 }
 
 impl Follower {
@@ -37,7 +46,14 @@ impl Follower {
         let mut failing = false;
         loop {
             let after = self.routing.get().version;
-            let poll = self.manager.watch_catalog(after, self.wait);
+            // A table from the cache file is confirmed (or replaced) at
+            // once: until then the router sends no writes.
+            let wait = if self.ctx.contact.is_from_cache() {
+                Duration::ZERO
+            } else {
+                self.wait
+            };
+            let poll = self.manager.watch_catalog(after, wait);
             let res = tokio::select! {
                 () = shutdown.cancelled() => return,
                 r = poll => r,
@@ -50,10 +66,17 @@ impl Follower {
                     self.routing.set(next);
                     (self.on_version)(version);
                     tracing::info!(version, "catalog applied");
+                    if let Some(path) = &self.cache {
+                        if let Err(e) = store_cache(path, &catalog).await {
+                            tracing::warn!(path = %path.display(), error = %e,
+                                "keep the catalog in the cache file");
+                        }
+                    }
                     backoff = Duration::from_millis(100);
                     failing = false;
+                    self.ctx.contact.catalog_confirmed();
                 }
-                Ok(None) => {}
+                Ok(None) => self.ctx.contact.catalog_confirmed(),
                 Err(e) => {
                     if !failing {
                         tracing::warn!(error = %e, "cannot reach the manager; routing by the last catalog");
@@ -128,5 +151,42 @@ pub async fn heartbeat(
             }
             Err(e) => tracing::debug!(error = %e, "heartbeat"),
         }
+    }
+}
+
+/// Writes `catalog` to `path` atomically: a temporary file beside it,
+/// synced, renamed over it. Readable by this user only: the catalog holds
+/// the tenants' PostgreSQL passwords.
+async fn store_cache(path: &Path, catalog: &Catalog) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    let json = serde_json::to_vec(catalog).map_err(std::io::Error::other)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .await?;
+    f.write_all(&json).await?;
+    f.sync_all().await?;
+    drop(f);
+    tokio::fs::rename(&tmp, path).await
+}
+
+/// The catalog kept in the cache file at `path`: `None` when there is
+/// none; an error when it cannot be read or decoded.
+pub fn load_cache(path: &Path) -> anyhow::Result<Option<Catalog>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).map_err(|e| {
+            anyhow::anyhow!("the catalog cache {} does not decode: {e}", path.display())
+        })?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::anyhow!(
+            "read the catalog cache {}: {e}",
+            path.display()
+        )),
     }
 }

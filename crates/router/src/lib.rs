@@ -97,6 +97,18 @@ impl BoundRouter {
             ManagerClient::new(&cfg.manager_url, Some(token)).context("manager client")?;
         let ctx = Arc::new(state::RouterContext::new(&cfg));
         let routing = Arc::new(state::RoutingCell::default());
+        if let Some(path) = &cfg.catalog_cache {
+            // Served until a manager answers; the follower asks for what
+            // came after it.
+            if let Some(catalog) = follow::load_cache(path)? {
+                let version = catalog.version;
+                routing.set(state::Routing::build(&catalog, &routing.get(), &ctx));
+                ctx.contact.serving_from_cache();
+                ctx.metrics.catalog_version.with(&[]).set(version as f64);
+                tracing::info!(version, path = %path.display(),
+                    "serving the cached catalog until a manager answers (reads only)");
+            }
+        }
         let tracker = TaskTracker::new();
         let tasks = shutdown.child_token();
         let version_gauge = ctx.metrics.catalog_version.clone();
@@ -106,6 +118,7 @@ impl BoundRouter {
             ctx: Arc::clone(&ctx),
             wait: cfg.watch_wait,
             on_version: Box::new(move |v| version_gauge.with(&[]).set(v as f64)),
+            cache: cfg.catalog_cache.clone(),
         };
         tracker.spawn(follower.run(tasks.clone()));
         tracker.spawn(health::poll(

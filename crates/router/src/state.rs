@@ -57,6 +57,8 @@ pub struct Contact {
     /// Milliseconds after `base` of the last answer; `u64::MAX`: none yet.
     last_ms: AtomicU64,
     lease_ms: AtomicU64,
+    /// Serving a catalog read from the cache file, with no answer yet.
+    from_cache: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Contact {
@@ -65,6 +67,7 @@ impl Default for Contact {
             base: Instant::now(),
             last_ms: AtomicU64::new(u64::MAX),
             lease_ms: AtomicU64::new(10_000),
+            from_cache: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -77,13 +80,35 @@ impl Contact {
         self.lease_ms.store(lease_ms, Ordering::Relaxed);
     }
 
-    /// Whether the manager has not answered for about a lease (false
-    /// before its first answer: the router has nothing to route by that
-    /// the manager could have moved past without it). A margin of up to
+    /// The router serves a catalog from its cache file: it counts itself
+    /// cut off until a manager has told it that catalog is current or
+    /// sent a newer one ([`catalog_confirmed`](Self::catalog_confirmed)):
+    /// it may be older than a failover or a cutover made since.
+    pub fn serving_from_cache(&self) {
+        self.from_cache.store(true, Ordering::Relaxed);
+    }
+
+    /// A manager answered the catalog watch: the table is its latest.
+    pub fn catalog_confirmed(&self) {
+        self.from_cache.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether the table still comes from the cache file alone.
+    pub fn is_from_cache(&self) -> bool {
+        self.from_cache.load(Ordering::Relaxed)
+    }
+
+    /// Whether the manager has not answered for about a lease, or the
+    /// table comes from the cache file unconfirmed (before its first
+    /// answer a router has otherwise nothing to route by that the
+    /// manager could have moved past without it). A margin of up to
     /// a second (half a short lease) makes the router count itself cut
     /// off before the manager counts it gone: the manager's clock starts
     /// at the heartbeat, the router's at the answer.
     pub fn cut_off(&self) -> bool {
+        if self.from_cache.load(Ordering::Relaxed) {
+            return true;
+        }
         let last = self.last_ms.load(Ordering::Relaxed);
         if last == u64::MAX {
             return false;

@@ -364,6 +364,7 @@ async fn serve(
     let mut rcfg = shardline_router::RouterConfig::new(&manager_url, &router_token);
     rcfg.listen = args.router_listen;
     rcfg.id = Some("dev-router".into());
+    rcfg.catalog_cache = Some(dir.join("router-catalog.json"));
     let (max_replica_lag, health_poll) = (rcfg.max_replica_lag, rcfg.health_poll);
     let router = shardline_router::bind(rcfg).await?;
     let router_url = format!("http://{}", router.local_addr());

@@ -65,6 +65,8 @@ pub struct StackOptions {
     pub tune_router: fn(&mut shardline_router::RouterConfig),
     /// The address the router listens on (port 0: any free one).
     pub router_ip: std::net::IpAddr,
+    /// The router's catalog cache file.
+    pub catalog_cache: Option<std::path::PathBuf>,
 }
 
 impl Default for StackOptions {
@@ -82,6 +84,7 @@ impl Default for StackOptions {
             pg_settings: &[],
             tune_router: |_| {},
             router_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            catalog_cache: None,
         }
     }
 }
@@ -118,6 +121,7 @@ pub async fn start_router(
 ) {
     let mut cfg = shardline_router::RouterConfig::new(manager_url, ROUTER_TOKEN);
     cfg.listen = std::net::SocketAddr::new(opts.router_ip, 0);
+    cfg.catalog_cache = opts.catalog_cache.clone();
     cfg.statement_timeout = opts.statement_timeout;
     cfg.body_limit = opts.body_limit;
     cfg.connect_timeout = Duration::from_secs(1);
