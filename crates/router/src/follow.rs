@@ -124,6 +124,7 @@ pub async fn heartbeat(
             address: address.clone(),
             applied_version: routing.get().version,
         };
+        let sent_at = std::time::Instant::now();
         let sent = tokio::select! {
             () = shutdown.cancelled() => return,
             r = manager.heartbeat(&hb) => r,
@@ -131,7 +132,7 @@ pub async fn heartbeat(
         match sent {
             Ok(answer) => {
                 if answer.renewed {
-                    ctx.contact.answered(answer.lease_ms);
+                    ctx.contact.answered_since(sent_at, answer.lease_ms);
                 } else {
                     // Behind a catalog the manager waits for: the lease
                     // runs out, and then the router counts itself cut off.

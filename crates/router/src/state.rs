@@ -75,9 +75,24 @@ impl Default for Contact {
 impl Contact {
     /// The manager answered now; it gives routers `lease_ms`.
     pub fn answered(&self, lease_ms: u64) {
-        let now = self.base.elapsed().as_millis() as u64;
-        self.last_ms.store(now, Ordering::Relaxed);
+        self.answered_since(Instant::now(), lease_ms);
+    }
+
+    /// The manager renewed the lease in answer to a heartbeat sent at
+    /// `sent`: the lease counts from then, not from the answer. The
+    /// manager counts from when the heartbeat reached it, which is later,
+    /// so however slow the answer, the router's lease never ends after
+    /// the manager's.
+    pub fn answered_since(&self, sent: Instant, lease_ms: u64) {
+        let at = sent.saturating_duration_since(self.base).as_millis() as u64;
         self.lease_ms.store(lease_ms, Ordering::Relaxed);
+        // The first answer replaces "none yet" (u64::MAX); later ones
+        // only move the time forward.
+        let _ = self
+            .last_ms
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                (last == u64::MAX || at > last).then_some(at)
+            });
     }
 
     /// The router serves a catalog from its cache file: it counts itself
@@ -552,6 +567,25 @@ mod tests {
         assert!(c.cut_off(), "past the lease less its margin");
         c.answered(60_000);
         assert!(!c.cut_off(), "an answer ends it");
+    }
+
+    #[test]
+    fn the_lease_counts_from_the_heartbeat_not_the_answer() {
+        // A router up for a few seconds.
+        let c = Contact {
+            base: Instant::now() - std::time::Duration::from_secs(5),
+            ..Contact::default()
+        };
+        // A heartbeat sent 900 ms ago, answered only now, with a lease of
+        // 1 s (margin 0.5 s): the manager's lease for it ends in under
+        // 0.1 s, so the router counts itself cut off already.
+        let sent = Instant::now() - std::time::Duration::from_millis(900);
+        c.answered_since(sent, 1_000);
+        assert!(c.cut_off(), "the lease counts from the heartbeat");
+        // An answer to an older heartbeat does not move it back.
+        c.answered_since(Instant::now(), 60_000);
+        c.answered_since(sent, 60_000);
+        assert!(!c.cut_off());
     }
 
     use shardline_core::auth::token_hash;
