@@ -377,6 +377,28 @@ pub struct RouterHeartbeat {
     pub applied_version: u64,
 }
 
+/// A manager: its id and the URL others reach it at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManagerRef {
+    pub id: String,
+    pub url: String,
+}
+
+/// `GET /v1/leader`: which manager leads (runs the health checks,
+/// failovers, the reconciler and resharding jobs), as the asked manager
+/// knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderResponse {
+    /// `None` while no leader is known (an election is under way).
+    pub leader: Option<ManagerRef>,
+    /// Counts leaderships: a new leader has a higher term.
+    pub term: u64,
+    /// The manager that answered.
+    pub this_manager: ManagerRef,
+    /// Whether the manager that answered leads.
+    pub is_leader: bool,
+}
+
 /// The answer to a heartbeat.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeartbeatResponse {

@@ -22,6 +22,14 @@ pub struct ManagerConfig {
     /// Address of the HTTP API. Default `127.0.0.1:8081`.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// This manager's id among the managers of one catalog. Default
+    /// `manager-<port>`.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The URL other managers, routers and operators reach this manager
+    /// at. Default `http://` and the address it listens on.
+    #[serde(default)]
+    pub advertise_url: Option<String>,
     /// File of the embedded catalog store. Default `shardline-catalog.json`.
     #[serde(default = "default_catalog_path")]
     pub catalog_path: PathBuf,
@@ -109,6 +117,8 @@ impl ManagerConfig {
     pub fn new(catalog_path: PathBuf, admin_token: &str, router_token: &str) -> Self {
         Self {
             listen: default_listen(),
+            id: None,
+            advertise_url: None,
             catalog_path,
             admin_token: Some(admin_token.to_string()),
             router_token: Some(router_token.to_string()),

@@ -34,6 +34,7 @@ use crate::service::CatalogService;
 
 /// What the handlers share.
 pub struct AppState {
+    pub leadership: Arc<crate::leader::Leadership>,
     pub service: Arc<CatalogService>,
     pub health: Arc<HealthTable>,
     pub failovers: Arc<Failovers>,
@@ -71,6 +72,7 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .route("/readyz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
+        .route("/v1/leader", get(leader))
         .route("/v1/keyspaces", get(list_keyspaces).post(create_keyspace))
         .route("/v1/keyspaces/{name}", get(get_keyspace))
         .route("/v1/keyspaces/{name}/map", put(set_map))
@@ -384,6 +386,17 @@ async fn failover(
 ) -> ApiResult<Json<FailoverResult>> {
     st.admin.check(&headers)?;
     Ok(Json(st.failovers.planned(&id, &req).await?))
+}
+
+/// Which manager leads, as this one knows it (routers and operators).
+async fn leader(
+    State(st): Shared,
+    headers: HeaderMap,
+) -> ApiResult<Json<shardline_api::manager::LeaderResponse>> {
+    if st.router_auth.check(&headers).is_err() {
+        st.admin.check(&headers)?;
+    }
+    Ok(Json(st.leadership.response()))
 }
 
 /// Every checked instance's last health check: routers pick replicas for

@@ -40,6 +40,7 @@ pub mod failover;
 pub mod failpoints;
 pub mod health;
 pub mod http;
+pub mod leader;
 pub mod migrations;
 pub mod ops;
 pub mod pg;
@@ -145,7 +146,21 @@ impl BoundManager {
             tracker.clone(),
             tasks.clone(),
         );
+        let local = self.listener.local_addr().unwrap_or(cfg.listen);
+        let me = shardline_api::manager::ManagerRef {
+            id: cfg
+                .id
+                .clone()
+                .unwrap_or_else(|| format!("manager-{}", local.port())),
+            url: cfg
+                .advertise_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{local}")),
+        };
+        // The file store admits one manager per catalog file: it leads.
+        let leadership = leader::Leadership::sole(me, &metrics);
         let state = Arc::new(http::AppState {
+            leadership: Arc::clone(&leadership),
             service: Arc::clone(&service),
             health: Arc::clone(&health_table),
             failovers: Arc::clone(&failovers),
@@ -177,24 +192,43 @@ impl BoundManager {
             interval: cfg.health_interval,
             timeout: cfg.health_timeout,
         };
-        tracker.spawn(reconcile::run(
-            Arc::clone(&service),
-            Arc::clone(&health_table),
-            settings.interval,
-            settings.timeout * 5,
-            tasks.clone(),
-        ));
-        tracker.spawn(failovers.follow(Arc::clone(&health_table), tasks.clone()));
-        tracker.spawn(health::run(
-            service,
-            health_table,
-            health_metrics,
-            settings,
-            tasks.clone(),
-        ));
-        // Unfinished jobs resume at once, then from the loop.
-        reshards.resume_all();
-        tracker.spawn(reshards.run(cfg.health_interval.max(Duration::from_millis(500))));
+        // The leader's work: checks, failovers, the reconciler, jobs.
+        let leader_work = {
+            let (service, health_table, failovers, reshards) = (
+                Arc::clone(&service),
+                Arc::clone(&health_table),
+                Arc::clone(&failovers),
+                Arc::clone(&reshards),
+            );
+            let jobs_interval = cfg.health_interval.max(Duration::from_millis(500));
+            move |term: CancellationToken| {
+                let reconciler = reconcile::run(
+                    Arc::clone(&service),
+                    Arc::clone(&health_table),
+                    settings.interval,
+                    settings.timeout * 5,
+                    term.clone(),
+                );
+                let follower =
+                    Arc::clone(&failovers).follow(Arc::clone(&health_table), term.clone());
+                let checker = health::run(
+                    Arc::clone(&service),
+                    Arc::clone(&health_table),
+                    health_metrics.clone(),
+                    settings.clone(),
+                    term.clone(),
+                );
+                // Unfinished jobs resume at once, then from the loop.
+                let jobs = Arc::clone(&reshards).run(jobs_interval, term);
+                async move {
+                    tokio::join!(reconciler, follower, checker, jobs);
+                }
+            }
+        };
+        tracker.spawn({
+            let (leadership, tasks) = (Arc::clone(&leadership), tasks.clone());
+            async move { leadership.run_while_leader(tasks, leader_work).await }
+        });
         tracker.close();
         tracing::info!(addr = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "manager listening");
         let app = http::router(state, cfg.body_limit);

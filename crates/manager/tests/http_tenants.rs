@@ -248,3 +248,31 @@ async fn heartbeat_counts_live_routers() {
     m.stop.cancel();
     m.task.await.unwrap().unwrap();
 }
+
+/// `GET /v1/leader`: a manager on the file store is the only one of its
+/// catalog and leads; routers and operators may ask, nobody else.
+#[tokio::test]
+async fn a_manager_on_the_file_store_leads_and_says_so() {
+    let m = start().await;
+    let a = http(m.addr, "GET", "/v1/leader", Some(ROUTER_TOKEN), None).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let body = a.json();
+    assert_eq!(body["is_leader"], true, "{}", a.body);
+    assert_eq!(body["leader"], body["this_manager"], "{}", a.body);
+    assert_eq!(
+        body["this_manager"]["url"],
+        format!("http://{}", m.addr),
+        "{}",
+        a.body
+    );
+    assert_eq!(body["term"], 1, "{}", a.body);
+    let a = http(m.addr, "GET", "/v1/leader", Some(ADMIN_TOKEN), None).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = http(m.addr, "GET", "/v1/leader", None, None).await;
+    assert_eq!(a.status, 401, "{}", a.body);
+    let a = http(m.addr, "GET", "/metrics", Some(ADMIN_TOKEN), None).await;
+    assert!(a.body.contains("manager_is_leader 1"), "{}", a.body);
+    assert!(a.body.contains("manager_leader_changes_total 1"), "{}", a.body);
+    m.stop.cancel();
+    m.task.await.unwrap().unwrap();
+}

@@ -127,7 +127,6 @@ pub struct Reshards {
     jobs: Arc<registry::JobRegistry>,
     /// Serialises job creation (one job per keyspace).
     create: tokio::sync::Mutex<()>,
-    shutdown: CancellationToken,
 }
 
 /// Phase as a number for `reshard_phase`.
@@ -171,7 +170,7 @@ impl Reshards {
             svc,
             routers,
             settings,
-            jobs: registry::JobRegistry::new(changes_behind, tracker, shutdown.clone()),
+            jobs: registry::JobRegistry::new(changes_behind, tracker, shutdown),
             metrics: Metrics {
                 rows_copied: metrics.counter(
                     "reshard_rows_copied_total",
@@ -186,21 +185,23 @@ impl Reshards {
                 ),
             },
             create: tokio::sync::Mutex::new(()),
-            shutdown,
         })
     }
 
-    /// The background loop: resumes unfinished jobs every `interval`.
-    pub async fn run(self: Arc<Self>, interval: Duration) {
+    /// The background loop while this manager leads: resumes unfinished
+    /// jobs at once and every `interval`; when `term` ends (leadership
+    /// lost, or shutdown), stops the jobs it runs and waits for them.
+    pub async fn run(self: Arc<Self>, interval: Duration, term: CancellationToken) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                () = self.shutdown.cancelled() => return,
+                () = term.cancelled() => break,
                 _ = tick.tick() => {}
             }
             self.resume_all();
         }
+        self.jobs.stop_all().await;
     }
 
     /// Starts every unfinished job nobody runs (after a restart, or after

@@ -134,6 +134,23 @@ impl JobRegistry {
         }
     }
 
+    /// Stops every job running here and waits until none does (each
+    /// stops at its next step; they resume wherever leadership goes).
+    pub async fn stop_all(&self) {
+        for token in lock(&self.running).values() {
+            token.cancel();
+        }
+        // A job's step (a batch, a cutover's wait for routers) ends
+        // within seconds; bounded so a stuck one cannot stop shutdown.
+        for _ in 0..3_000 {
+            if lock(&self.running).is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::warn!("resharding jobs still running after 60 s");
+    }
+
     /// A cancel that did not happen: the job may run again.
     pub fn uncancel(&self, id: &str) {
         lock(&self.cancelling).remove(id);
