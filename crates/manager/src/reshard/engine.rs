@@ -508,29 +508,52 @@ impl Reshards {
             src.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 .await
                 .map_err(db(&source))?;
-            let mut after: Option<String> = None;
+            // Batches cut by primary key in the snapshot, each streamed
+            // with COPY straight into the table; a batch finding rows
+            // there (copied by an earlier run) goes again through a
+            // staging table, inserting only the missing ones.
+            let bounds = sql::batch_bounds(&src, &meta, key_type, &ranges, batch)
+                .await
+                .map_err(db(&source))?;
+            let format = sql::copy_format(&src, &tgt, &meta)
+                .await
+                .map_err(db(&target))?;
+            let mut staging = false;
             let mut copied = 0u64;
-            loop {
+            for i in 0..=bounds.len() {
                 check(token)?;
-                let rows = sql::read_batch(&src, &meta, key_type, &ranges, after.as_deref(), batch)
-                    .await
-                    .map_err(db(&source))?;
-                let n = rows.len();
-                sql::insert_missing(&tgt, &meta, &rows)
-                    .await
-                    .map_err(db(&target))?;
-                copied += n as u64;
-                self.metrics.rows_copied.with(&[id]).inc_by(n as u64);
-                self.update_progress(id, |p| p.rows_copied += n as u64);
+                let after = i.checked_sub(1).and_then(|j| bounds.get(j));
+                let span = (after.map(String::as_str), bounds.get(i).map(String::as_str));
+                let copy = |into| {
+                    sql::copy_batch(&src, &tgt, &meta, key_type, &ranges, span, format, into)
+                };
+                let n = match copy(sql::CopyInto::Table).await {
+                    Err(e) if e.is_conflict() => {
+                        if !staging {
+                            sql::create_staging(&tgt, &meta)
+                                .await
+                                .map_err(db(&target))?;
+                            staging = true;
+                        }
+                        copy(sql::CopyInto::Staging).await
+                    }
+                    other => other,
+                }
+                .map_err(|e| match e {
+                    sql::CopyError::Source(e) => db(&source)(e),
+                    sql::CopyError::Target(e) => db(&target)(e),
+                })?;
+                copied += n;
+                self.metrics.rows_copied.with(&[id]).inc_by(n);
+                self.update_progress(id, |p| p.rows_copied += n);
                 // A crash with part of the range copied (test only).
                 failpoint(FAILPOINT_DURING_COPY);
-                if n < batch {
-                    break;
-                }
-                after = rows.last().cloned();
-                if !self.settings.batch_pause.is_zero() {
+                if i < bounds.len() && !self.settings.batch_pause.is_zero() {
                     tokio::time::sleep(self.settings.batch_pause).await;
                 }
+            }
+            if staging {
+                sql::drop_staging(&tgt, &meta).await.map_err(db(&target))?;
             }
             src.batch_execute("COMMIT").await.map_err(db(&source))?;
             tracing::info!(job = %id, tenant = %tenant.id, table = %meta.name, %source,
