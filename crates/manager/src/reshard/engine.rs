@@ -566,7 +566,7 @@ impl Reshards {
     async fn catch_up(&self, plan: &Plan, token: &CancellationToken) -> Result<(), JobError> {
         let threshold = self.settings.catchup_threshold;
         for round in 0..MAX_CATCHUP_ROUNDS {
-            let behind = self.apply_changes(plan, token, false).await?;
+            let behind = self.apply_changes(plan, token, false, None).await?;
             tracing::info!(job = %plan.job.id, round, behind, "catch-up round");
             if behind < threshold {
                 break;
@@ -577,29 +577,24 @@ impl Reshards {
 
     /// Applies captured changes to the targets, batch by batch; with
     /// `drain`, until none is left, else until fewer than the threshold.
-    /// Returns how many are behind.
+    /// With `changed`, records the row of every change applied (see
+    /// [`Changed`]). Returns how many are behind.
     pub(super) async fn apply_changes(
         &self,
         plan: &Plan,
         token: &CancellationToken,
         drain: bool,
+        mut changed: Option<&mut Changed>,
     ) -> Result<u64, JobError> {
         let id = &plan.job.id;
-        let key_type = plan.keyspace.key_type;
         let mut total = 0u64;
         for source in plan.sources() {
-            let moving = plan.moving_from(&source);
             for tenant in &plan.tenants {
                 let src = self.must_db(plan, &source, tenant).await?;
                 if !sql::has_change_table(&src).await.map_err(db(&source))? {
                     continue;
                 }
-                let metas: HashMap<String, TableMeta> = self
-                    .metas(plan, &src, &source, tenant, false)
-                    .await?
-                    .into_iter()
-                    .map(|m| (m.name.clone(), m))
-                    .collect();
+                let metas = self.metas_by_name(plan, &src, &source, tenant).await?;
                 let mut targets: HashMap<String, Session> = HashMap::new();
                 let behind = loop {
                     check(token)?;
@@ -609,44 +604,15 @@ impl Reshards {
                     if changes.is_empty() {
                         break 0;
                     }
-                    let seqs: Vec<i64> = changes.iter().map(|c| c.seq).collect();
-                    let net = sql::net_changes(&changes, &metas, key_type, |h| {
-                        moving
-                            .iter()
-                            .any(|r| r.contains(h))
-                            .then(|| plan.job.to_map.lookup(h).shard.clone())
-                    })
-                    .map_err(JobError::Fatal)?;
-                    let mut by_target: BTreeMap<String, Vec<(String, sql::Net)>> = BTreeMap::new();
-                    for ((target, table), n) in net {
-                        by_target.entry(target).or_default().push((table, n));
-                    }
-                    for (target, tables) in by_target {
-                        if !targets.contains_key(&target) {
-                            let c = self.must_db(plan, &target, tenant).await?;
-                            sql::as_replica(&c).await.map_err(db(&target))?;
-                            targets.insert(target.clone(), c);
-                        }
-                        let Some(client) = targets.get_mut(&target) else {
-                            continue;
-                        };
-                        let tx = client.transaction().await.map_err(db(&target))?;
-                        for (table, n) in &tables {
-                            let Some(meta) = metas.get(table) else {
-                                continue;
-                            };
-                            sql::delete_keys(&tx, meta, &n.deletes)
-                                .await
-                                .map_err(db(&target))?;
-                            sql::upsert(&tx, meta, &n.upserts)
-                                .await
-                                .map_err(db(&target))?;
-                        }
-                        tx.commit().await.map_err(db(&target))?;
+                    self.apply_batch(plan, &source, tenant, &metas, &changes, &mut targets)
+                        .await?;
+                    if let Some(changed) = changed.as_deref_mut() {
+                        record_changed(changed, tenant, &changes);
                     }
                     if !drain {
                         failpoint(FAILPOINT_DURING_CATCHUP);
                     }
+                    let seqs: Vec<i64> = changes.iter().map(|c| c.seq).collect();
                     sql::forget_changes(&src, id, &seqs)
                         .await
                         .map_err(db(&source))?;
@@ -664,5 +630,87 @@ impl Reshards {
         }
         self.update_progress(id, |p| p.changes_behind = total);
         Ok(total)
+    }
+
+    /// The moving tables of a tenant on a source, by name.
+    pub(super) async fn metas_by_name(
+        &self,
+        plan: &Plan,
+        client: &Client,
+        source: &str,
+        tenant: &Tenant,
+    ) -> Result<HashMap<String, TableMeta>, JobError> {
+        Ok(self
+            .metas(plan, client, source, tenant, false)
+            .await?
+            .into_iter()
+            .map(|m| (m.name.clone(), m))
+            .collect())
+    }
+
+    /// Applies one batch of a source's changes (in `seq` order) to the
+    /// targets of their keys, one transaction per target; `targets`
+    /// keeps the sessions (in replica mode) between batches. The changes
+    /// stay in the change table.
+    pub(super) async fn apply_batch(
+        &self,
+        plan: &Plan,
+        source: &str,
+        tenant: &Tenant,
+        metas: &HashMap<String, TableMeta>,
+        changes: &[sql::Change],
+        targets: &mut HashMap<String, Session>,
+    ) -> Result<(), JobError> {
+        let moving = plan.moving_from(source);
+        let net = sql::net_changes(changes, metas, plan.keyspace.key_type, |h| {
+            moving
+                .iter()
+                .any(|r| r.contains(h))
+                .then(|| plan.job.to_map.lookup(h).shard.clone())
+        })
+        .map_err(JobError::Fatal)?;
+        let mut by_target: BTreeMap<String, Vec<(String, sql::Net)>> = BTreeMap::new();
+        for ((target, table), n) in net {
+            by_target.entry(target).or_default().push((table, n));
+        }
+        for (target, tables) in by_target {
+            if !targets.contains_key(&target) {
+                let c = self.must_db(plan, &target, tenant).await?;
+                sql::as_replica(&c).await.map_err(db(&target))?;
+                targets.insert(target.clone(), c);
+            }
+            let Some(client) = targets.get_mut(&target) else {
+                continue;
+            };
+            let tx = client.transaction().await.map_err(db(&target))?;
+            for (table, n) in &tables {
+                let Some(meta) = metas.get(table) else {
+                    continue;
+                };
+                sql::delete_keys(&tx, meta, &n.deletes)
+                    .await
+                    .map_err(db(&target))?;
+                sql::upsert(&tx, meta, &n.upserts)
+                    .await
+                    .map_err(db(&target))?;
+            }
+            tx.commit().await.map_err(db(&target))?;
+        }
+        Ok(())
+    }
+}
+
+/// Rows (JSON) of the changes applied since a cutover's baseline, by
+/// (tenant id, table): their primary keys name every moving row that may
+/// differ from the baseline's snapshots.
+pub(super) type Changed = HashMap<(String, String), Vec<String>>;
+
+/// Adds the rows of `changes` to `changed`.
+pub(super) fn record_changed(changed: &mut Changed, tenant: &Tenant, changes: &[sql::Change]) {
+    for c in changes {
+        changed
+            .entry((tenant.id.clone(), c.table.clone()))
+            .or_default()
+            .push(c.row.clone());
     }
 }

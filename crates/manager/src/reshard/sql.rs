@@ -993,11 +993,13 @@ pub async fn checksum(
     key_type: KeyType,
     range: &KeyRange,
 ) -> Result<String, tokio_postgres::Error> {
-    let mut sums = checksums(client, t, key_type, std::slice::from_ref(range)).await?;
+    let mut sums = checksums(client, t, key_type, std::slice::from_ref(range), None, None).await?;
     Ok(sums.pop().unwrap_or_else(|| "0:0".into()))
 }
 
-/// [`checksum`] for each of `ranges`, in one round trip.
+/// [`checksum`] for each of `ranges`, in one round trip; with `keys`
+/// (rows as JSON), of the rows with their primary keys only; with
+/// `snapshot`, read in that exported snapshot (`pg_export_snapshot`).
 ///
 /// The row hash is PostgreSQL's `hash_record_extended`, which hashes
 /// each column by its type's hash function (about twice as fast as
@@ -1010,10 +1012,28 @@ pub async fn checksums(
     t: &TableMeta,
     key_type: KeyType,
     ranges: &[KeyRange],
+    keys: Option<&[String]>,
+    snapshot: Option<&str>,
 ) -> Result<Vec<String>, tokio_postgres::Error> {
     if ranges.is_empty() {
         return Ok(Vec::new());
     }
+    // Only the rows with the primary keys of `keys` (JSON rows), found
+    // by the primary-key index.
+    let only = match keys {
+        None => String::new(),
+        Some(_) => format!(
+            " AND ({}) IN (SELECT {} FROM jsonb_populate_recordset(NULL::{}, $1::text::jsonb))",
+            t.pk_list("t"),
+            t.pk_list(""),
+            t.qualified()
+        ),
+    };
+    let json = keys.map(json_array).unwrap_or_default();
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = match keys {
+        None => Vec::new(),
+        Some(_) => vec![&json],
+    };
     let key = format!("t.{}", quote_ident(&t.key));
     // One filtered scan per range (faster than one scan grouping every
     // row by range: rows outside the ranges are never hashed), sent as
@@ -1024,7 +1044,7 @@ pub async fn checksums(
             .enumerate()
             .map(|(i, r)| {
                 format!(
-                    "SELECT {i}, count(*), coalesce(sum({hash}), 0)::text FROM {} t WHERE {}",
+                    "SELECT {i}, count(*), coalesce(sum({hash}), 0)::text FROM {} t WHERE {}{only}",
                     t.qualified(),
                     in_ranges(key_type, &key, std::slice::from_ref(r))
                 )
@@ -1032,14 +1052,30 @@ pub async fn checksums(
             .collect::<Vec<_>>()
             .join(" UNION ALL ")
     };
-    let rows = match client
-        .query(&sql("hash_record_extended(t.*, 0)"), &[])
-        .await
-    {
+    // Each attempt in a transaction of its own when it reads in an
+    // exported snapshot (a failed statement ends a transaction).
+    let begin = snapshot.map(|id| {
+        format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            quote_literal(id)
+        )
+    });
+    let attempt = |hash: &'static str| {
+        let (sql, begin, params) = (sql(hash), begin.clone(), &params);
+        async move {
+            if let Some(begin) = &begin {
+                client.batch_execute(begin).await?;
+            }
+            let rows = client.query(&sql, params).await;
+            if begin.is_some() {
+                client.batch_execute("ROLLBACK").await?;
+            }
+            rows
+        }
+    };
+    let rows = match attempt("hash_record_extended(t.*, 0)").await {
         Err(e) if e.code() == Some(&SqlState::UNDEFINED_FUNCTION) => {
-            client
-                .query(&sql("hashtextextended((t.*)::text, 0)"), &[])
-                .await?
+            attempt("hashtextextended((t.*)::text, 0)").await?
         }
         other => other?,
     };
