@@ -524,42 +524,6 @@ pub async fn count_in(
     Ok(client.query_one(&sql, &[]).await?.get(0))
 }
 
-/// One batch of rows in `ranges` after the row `after` (JSON, by primary
-/// key), as JSON text, in primary-key order.
-pub async fn read_batch(
-    client: &Client,
-    t: &TableMeta,
-    key_type: KeyType,
-    ranges: &[KeyRange],
-    after: Option<&str>,
-    limit: usize,
-) -> Result<Vec<String>, tokio_postgres::Error> {
-    let pred = in_ranges(key_type, &format!("t.{}", quote_ident(&t.key)), ranges);
-    let order = t.pk_list("t");
-    let rows = match after {
-        None => {
-            let sql = format!(
-                "SELECT to_jsonb(t)::text FROM {} t WHERE {pred} ORDER BY {order} LIMIT {limit}",
-                t.qualified()
-            );
-            client.query(&sql, &[]).await?
-        }
-        Some(last) => {
-            // The subquery is evaluated once, so the primary-key index
-            // serves the comparison.
-            let sql = format!(
-                "SELECT to_jsonb(t)::text FROM {q} t WHERE {pred} AND ({order}) > \
-                 (SELECT {pk} FROM jsonb_populate_record(NULL::{q}, $1::text::jsonb)) \
-                 ORDER BY {order} LIMIT {limit}",
-                q = t.qualified(),
-                pk = t.pk_list(""),
-            );
-            client.query(&sql, &[&last]).await?
-        }
-    };
-    Ok(rows.iter().map(|r| r.get(0)).collect())
-}
-
 /// Primary keys (JSON objects) cutting the rows of `t` in `ranges` into
 /// batches of `limit` rows: the key of every `limit`-th row in
 /// primary-key order. Batch `i` is the rows after bound `i - 1` up to
@@ -748,15 +712,6 @@ impl CopyError {
     pub fn is_conflict(&self) -> bool {
         matches!(self, CopyError::Target(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION))
     }
-}
-
-/// Inserts rows (JSON texts) that are not there yet.
-pub async fn insert_missing(
-    client: &Client,
-    t: &TableMeta,
-    rows: &[String],
-) -> Result<u64, tokio_postgres::Error> {
-    insert_rows(client, t, rows, "ON CONFLICT DO NOTHING").await
 }
 
 /// Inserts rows (JSON texts, all columns) with `on_conflict`.
