@@ -272,7 +272,11 @@ async fn a_manager_on_the_file_store_leads_and_says_so() {
     assert_eq!(a.status, 401, "{}", a.body);
     let a = http(m.addr, "GET", "/metrics", Some(ADMIN_TOKEN), None).await;
     assert!(a.body.contains("manager_is_leader 1"), "{}", a.body);
-    assert!(a.body.contains("manager_leader_changes_total 1"), "{}", a.body);
+    assert!(
+        a.body.contains("manager_leader_changes_total 1"),
+        "{}",
+        a.body
+    );
     m.stop.cancel();
     m.task.await.unwrap().unwrap();
 }

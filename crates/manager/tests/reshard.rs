@@ -283,6 +283,61 @@ async fn a_verification_mismatch_aborts_the_cutover() {
     assert_eq!(env.changes_objects("s0").await, 0);
 }
 
+/// The control of the comparison before the freeze: a copied row
+/// changed on the target behind the engine's back (no change of the
+/// source captures its key, so the check while held does not look at
+/// it) fails the job before anything is frozen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_changed_on_the_target_before_the_freeze_fails_the_job() {
+    let env = Env::setup(1, 2, 3_000, |c| {
+        c.reshard_batch_rows = 100;
+        c.reshard_batch_pause = Duration::from_millis(30);
+    })
+    .await;
+    let before = env.rows().await;
+    let job = env.start("split", "s0", &["s1"]).await;
+    let moving = KeyRange::parse(&job.moves[0].range).unwrap();
+    let key = before["s0"]
+        .keys()
+        .find(|k| moving.contains(common::reshard::hash(k)))
+        .unwrap()
+        .clone();
+    env.wait_job(&job.id, |j| {
+        j.phase == ReshardPhase::Copy && j.rows_copied > 0
+    })
+    .await;
+    // Once the row is copied, its value changes on the target alone.
+    let target = env.db("s1").await;
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let n = target
+            .execute("UPDATE items SET v = v + 1000 WHERE id = $1", &[&key])
+            .await
+            .unwrap();
+        if n == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "row {key} never copied");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let failed = env
+        .wait_job(&job.id, |j| j.phase >= ReshardPhase::Done)
+        .await;
+    assert_eq!(failed.phase, ReshardPhase::Failed, "{failed:?}");
+    assert!(failed.cutover_pause_ms.is_none(), "{failed:?}");
+    let error = failed.error.unwrap_or_default();
+    assert!(
+        error.contains("verification failed before the freeze") && error.contains("items"),
+        "{error}"
+    );
+    assert_eq!(to_map(&env.keyspace().await).shards(), ["s0"]);
+    assert_eq!(
+        env.rows().await,
+        before,
+        "copies removed, the source intact"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cutover_waits_for_a_silent_router_until_its_lease_ends() {
     let lease = Duration::from_secs(2);

@@ -7,15 +7,14 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use futures_util::future::try_join_all;
 use shardline_core::catalog::{keys, Keyspace, ReshardJob, ReshardPhase, Shard, Tenant};
 use shardline_core::fence::claim_key;
-use shardline_core::{KeyRange, KeyType};
-use tokio_postgres::Client;
+use shardline_core::KeyRange;
 use tokio_util::sync::CancellationToken;
 
+use super::baseline::{side_sums, Role, Stage, Verified};
 use super::engine::{db, verified_key, JobError, Plan};
-use super::sql::{self, TableMeta};
+use super::sql;
 use super::{failpoint, phase_number, Reshards, FAILPOINT_DURING_CUTOVER};
 use crate::error::ServiceError;
 use crate::service::{decode, put, ReadSet};
@@ -49,6 +48,12 @@ impl Reshards {
     ) -> Result<(), JobError> {
         let id = &plan.job.id;
         let key_type = plan.keyspace.key_type;
+        let started = Instant::now();
+        // Every moving row compared before the freeze, so that only the
+        // rows changed since are compared while writes are held.
+        let mut base = self.baseline(plan, token).await?;
+        tracing::info!(job = %id, ms = started.elapsed().as_millis() as u64,
+            "cutover: baseline verified");
         // a. Nothing can change a moving row on a source from now on.
         for source in plan.sources() {
             let owned: Vec<KeyRange> = plan.job.to_map.ranges_of(&source).collect();
@@ -79,14 +84,16 @@ impl Reshards {
         // catalog now: the sources refuse all its writes from here on.
         self.fence_sources(plan, version).await?;
         // d. The last changes, then verification.
-        self.apply_changes(plan, token, true).await?;
+        self.apply_changes(plan, token, true, Some(&mut base.changed))
+            .await?;
         tracing::info!(job = %id, at_ms = frozen_at.elapsed().as_millis() as u64,
             "cutover: last changes applied");
         let verified = if plan.is_tenant_move() {
-            self.verify_tenant(plan).await?
+            self.verify_tenant(plan, Stage::Held(&base)).await?
         } else {
-            self.verify(plan).await?
-        };
+            self.verify(plan, Stage::Held(&base)).await?
+        }
+        .parts;
         tracing::info!(job = %id, checks = verified.len(),
             at_ms = frozen_at.elapsed().as_millis() as u64, "cutover: verified");
         // e. Publish.
@@ -167,12 +174,12 @@ impl Reshards {
         Ok(())
     }
 
-    /// Sequences advanced, leftover refuse triggers on targets updated,
-    /// then source and target checksums compared per tenant, table and
-    /// range.
-    pub(super) async fn verify(&self, plan: &Plan) -> Result<BTreeMap<String, String>, JobError> {
+    /// While held: sequences advanced, refuse triggers on targets set to
+    /// the ranges they will own; then (at any stage) source and target
+    /// checksums compared per tenant, table and range.
+    pub(super) async fn verify(&self, plan: &Plan, stage: Stage<'_>) -> Result<Verified, JobError> {
         let key_type = plan.keyspace.key_type;
-        let mut verified = BTreeMap::new();
+        let mut verified = Verified::default();
         let mut mismatches = Vec::new();
         for source in plan.sources() {
             let routes = plan.routes(&source);
@@ -183,23 +190,29 @@ impl Reshards {
                 let mut targets = Vec::new();
                 for (target, ranges) in &routes {
                     let tgt = self.must_db(plan, target, tenant).await?;
-                    sql::sync_sequences(&src, &tgt, &tenant.pg_name())
-                        .await
-                        .map_err(db(target))?;
-                    let owned: Vec<KeyRange> = plan.job.to_map.ranges_of(target).collect();
-                    for meta in &metas {
-                        if sql::has_refuse(&tgt, meta).await.map_err(db(target))? {
-                            sql::install_refuse(&tgt, meta, key_type, &owned)
-                                .await
-                                .map_err(db(target))?;
+                    if stage.is_held() {
+                        sql::sync_sequences(&src, &tgt, &tenant.pg_name())
+                            .await
+                            .map_err(db(target))?;
+                        let owned: Vec<KeyRange> = plan.job.to_map.ranges_of(target).collect();
+                        for meta in &metas {
+                            if sql::has_refuse(&tgt, meta).await.map_err(db(target))? {
+                                sql::install_refuse(&tgt, meta, key_type, &owned)
+                                    .await
+                                    .map_err(db(target))?;
+                            }
                         }
                     }
                     targets.push((target, tgt, ranges));
                 }
                 for meta in &metas {
-                    let mut sides = vec![Side::new(&source, &src, &sent)];
-                    sides.extend(targets.iter().map(|(t, c, r)| Side::new(t, c, r)));
+                    let mut sides =
+                        vec![stage.side((&source, Role::Source), tenant, meta, &src, &sent)?];
+                    for (t, c, r) in &targets {
+                        sides.push(stage.side((t, Role::Target), tenant, meta, c, r)?);
+                    }
                     let sums = side_sums(&sides, meta, key_type).await?;
+                    verified.note(&sides, &sums);
                     let mut at = 0;
                     for ((target, _, ranges), got) in targets.iter().zip(&sums[1..]) {
                         for (k, range) in ranges.iter().enumerate() {
@@ -211,7 +224,9 @@ impl Reshards {
                                     tenant.id, meta.name
                                 ));
                             }
-                            verified.insert(verified_key(&tenant.id, &meta.name, range), a.clone());
+                            verified
+                                .parts
+                                .insert(verified_key(&tenant.id, &meta.name, range), a.clone());
                         }
                         at += ranges.len();
                     }
@@ -220,8 +235,9 @@ impl Reshards {
         }
         if !mismatches.is_empty() {
             return Err(JobError::Mismatch(format!(
-                "verification failed, cutover aborted (the sources still own the ranges; \
+                "verification failed{}, cutover aborted (the sources still own the ranges; \
                  nothing was lost): {}",
+                stage.when(),
                 mismatches.join("; ")
             )));
         }
@@ -382,37 +398,4 @@ pub(super) fn moved_tenant(
     tenant.dedicated = dedicated;
     tenant.moving = false;
     Ok(tenant)
-}
-
-/// One side of a verification: a shard's session and the ranges counted
-/// there.
-pub(super) struct Side<'a> {
-    shard: &'a str,
-    session: &'a Client,
-    ranges: &'a [KeyRange],
-}
-
-impl<'a> Side<'a> {
-    pub(super) fn new(shard: &'a str, session: &'a Client, ranges: &'a [KeyRange]) -> Self {
-        Side {
-            shard,
-            session,
-            ranges,
-        }
-    }
-}
-
-/// Per side, "rows:checksum" of `meta` for each of its ranges: every side
-/// at once, one scan each (writes to the ranges wait meanwhile).
-pub(super) async fn side_sums(
-    sides: &[Side<'_>],
-    meta: &TableMeta,
-    key_type: KeyType,
-) -> Result<Vec<Vec<String>>, JobError> {
-    try_join_all(sides.iter().map(|s| async move {
-        sql::checksums(s.session, meta, key_type, s.ranges)
-            .await
-            .map_err(db(s.shard))
-    }))
-    .await
 }

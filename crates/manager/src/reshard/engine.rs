@@ -583,29 +583,52 @@ impl Reshards {
             src.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 .await
                 .map_err(db(&source))?;
-            let mut after: Option<String> = None;
+            // Batches cut by primary key in the snapshot, each streamed
+            // with COPY straight into the table; a batch finding rows
+            // there (copied by an earlier run) goes again through a
+            // staging table, inserting only the missing ones.
+            let bounds = sql::batch_bounds(&src, &meta, key_type, &ranges, batch)
+                .await
+                .map_err(db(&source))?;
+            let format = sql::copy_format(&src, &tgt, &meta)
+                .await
+                .map_err(db(&target))?;
+            let mut staging = false;
             let mut copied = 0u64;
-            loop {
+            for i in 0..=bounds.len() {
                 check(token)?;
-                let rows = sql::read_batch(&src, &meta, key_type, &ranges, after.as_deref(), batch)
-                    .await
-                    .map_err(db(&source))?;
-                let n = rows.len();
-                sql::insert_missing(&tgt, &meta, &rows)
-                    .await
-                    .map_err(db(&target))?;
-                copied += n as u64;
-                self.metrics.rows_copied.with(&[id]).inc_by(n as u64);
-                self.update_progress(id, |p| p.rows_copied += n as u64);
+                let after = i.checked_sub(1).and_then(|j| bounds.get(j));
+                let span = (after.map(String::as_str), bounds.get(i).map(String::as_str));
+                let copy = |into| {
+                    sql::copy_batch(&src, &tgt, &meta, key_type, &ranges, span, format, into)
+                };
+                let n = match copy(sql::CopyInto::Table).await {
+                    Err(e) if e.is_conflict() => {
+                        if !staging {
+                            sql::create_staging(&tgt, &meta)
+                                .await
+                                .map_err(db(&target))?;
+                            staging = true;
+                        }
+                        copy(sql::CopyInto::Staging).await
+                    }
+                    other => other,
+                }
+                .map_err(|e| match e {
+                    sql::CopyError::Source(e) => db(&source)(e),
+                    sql::CopyError::Target(e) => db(&target)(e),
+                })?;
+                copied += n;
+                self.metrics.rows_copied.with(&[id]).inc_by(n);
+                self.update_progress(id, |p| p.rows_copied += n);
                 // A crash with part of the range copied (test only).
                 failpoint(FAILPOINT_DURING_COPY);
-                if n < batch {
-                    break;
-                }
-                after = rows.last().cloned();
-                if !self.settings.batch_pause.is_zero() {
+                if i < bounds.len() && !self.settings.batch_pause.is_zero() {
                     tokio::time::sleep(self.settings.batch_pause).await;
                 }
+            }
+            if staging {
+                sql::drop_staging(&tgt, &meta).await.map_err(db(&target))?;
             }
             src.batch_execute("COMMIT").await.map_err(db(&source))?;
             tracing::info!(job = %id, tenant = %tenant.id, table = %meta.name, %source,
@@ -618,7 +641,7 @@ impl Reshards {
     async fn catch_up(&self, plan: &Plan, token: &CancellationToken) -> Result<(), JobError> {
         let threshold = self.settings.catchup_threshold;
         for round in 0..MAX_CATCHUP_ROUNDS {
-            let behind = self.apply_changes(plan, token, false).await?;
+            let behind = self.apply_changes(plan, token, false, None).await?;
             tracing::info!(job = %plan.job.id, round, behind, "catch-up round");
             if behind < threshold {
                 break;
@@ -629,29 +652,24 @@ impl Reshards {
 
     /// Applies captured changes to the targets, batch by batch; with
     /// `drain`, until none is left, else until fewer than the threshold.
-    /// Returns how many are behind.
+    /// With `changed`, records the row of every change applied (see
+    /// [`Changed`]). Returns how many are behind.
     pub(super) async fn apply_changes(
         &self,
         plan: &Plan,
         token: &CancellationToken,
         drain: bool,
+        mut changed: Option<&mut Changed>,
     ) -> Result<u64, JobError> {
         let id = &plan.job.id;
-        let key_type = plan.keyspace.key_type;
         let mut total = 0u64;
         for source in plan.sources() {
-            let moving = plan.moving_from(&source);
             for tenant in &plan.tenants {
                 let src = self.must_db(plan, &source, tenant).await?;
                 if !sql::has_change_table(&src).await.map_err(db(&source))? {
                     continue;
                 }
-                let metas: HashMap<String, TableMeta> = self
-                    .metas(plan, &src, &source, tenant, false)
-                    .await?
-                    .into_iter()
-                    .map(|m| (m.name.clone(), m))
-                    .collect();
+                let metas = self.metas_by_name(plan, &src, &source, tenant).await?;
                 let mut targets: HashMap<String, Session> = HashMap::new();
                 let behind = loop {
                     check(token)?;
@@ -661,44 +679,15 @@ impl Reshards {
                     if changes.is_empty() {
                         break 0;
                     }
-                    let seqs: Vec<i64> = changes.iter().map(|c| c.seq).collect();
-                    let net = sql::net_changes(&changes, &metas, key_type, |h| {
-                        moving
-                            .iter()
-                            .any(|r| r.contains(h))
-                            .then(|| plan.job.to_map.lookup(h).shard.clone())
-                    })
-                    .map_err(JobError::Impossible)?;
-                    let mut by_target: BTreeMap<String, Vec<(String, sql::Net)>> = BTreeMap::new();
-                    for ((target, table), n) in net {
-                        by_target.entry(target).or_default().push((table, n));
-                    }
-                    for (target, tables) in by_target {
-                        if !targets.contains_key(&target) {
-                            let c = self.must_db(plan, &target, tenant).await?;
-                            sql::as_replica(&c).await.map_err(db(&target))?;
-                            targets.insert(target.clone(), c);
-                        }
-                        let Some(client) = targets.get_mut(&target) else {
-                            continue;
-                        };
-                        let tx = client.transaction().await.map_err(db(&target))?;
-                        for (table, n) in &tables {
-                            let Some(meta) = metas.get(table) else {
-                                continue;
-                            };
-                            sql::delete_keys(&tx, meta, &n.deletes)
-                                .await
-                                .map_err(db(&target))?;
-                            sql::upsert(&tx, meta, &n.upserts)
-                                .await
-                                .map_err(db(&target))?;
-                        }
-                        tx.commit().await.map_err(db(&target))?;
+                    self.apply_batch(plan, &source, tenant, &metas, &changes, &mut targets)
+                        .await?;
+                    if let Some(changed) = changed.as_deref_mut() {
+                        record_changed(changed, tenant, &changes);
                     }
                     if !drain {
                         failpoint(FAILPOINT_DURING_CATCHUP);
                     }
+                    let seqs: Vec<i64> = changes.iter().map(|c| c.seq).collect();
                     sql::forget_changes(&src, id, &seqs)
                         .await
                         .map_err(db(&source))?;
@@ -716,6 +705,88 @@ impl Reshards {
         }
         self.update_progress(id, |p| p.changes_behind = total);
         Ok(total)
+    }
+
+    /// The moving tables of a tenant on a source, by name.
+    pub(super) async fn metas_by_name(
+        &self,
+        plan: &Plan,
+        client: &Client,
+        source: &str,
+        tenant: &Tenant,
+    ) -> Result<HashMap<String, TableMeta>, JobError> {
+        Ok(self
+            .metas(plan, client, source, tenant, false)
+            .await?
+            .into_iter()
+            .map(|m| (m.name.clone(), m))
+            .collect())
+    }
+
+    /// Applies one batch of a source's changes (in `seq` order) to the
+    /// targets of their keys, one transaction per target; `targets`
+    /// keeps the sessions (in replica mode) between batches. The changes
+    /// stay in the change table.
+    pub(super) async fn apply_batch(
+        &self,
+        plan: &Plan,
+        source: &str,
+        tenant: &Tenant,
+        metas: &HashMap<String, TableMeta>,
+        changes: &[sql::Change],
+        targets: &mut HashMap<String, Session>,
+    ) -> Result<(), JobError> {
+        let moving = plan.moving_from(source);
+        let net = sql::net_changes(changes, metas, plan.keyspace.key_type, |h| {
+            moving
+                .iter()
+                .any(|r| r.contains(h))
+                .then(|| plan.job.to_map.lookup(h).shard.clone())
+        })
+        .map_err(JobError::Impossible)?;
+        let mut by_target: BTreeMap<String, Vec<(String, sql::Net)>> = BTreeMap::new();
+        for ((target, table), n) in net {
+            by_target.entry(target).or_default().push((table, n));
+        }
+        for (target, tables) in by_target {
+            if !targets.contains_key(&target) {
+                let c = self.must_db(plan, &target, tenant).await?;
+                sql::as_replica(&c).await.map_err(db(&target))?;
+                targets.insert(target.clone(), c);
+            }
+            let Some(client) = targets.get_mut(&target) else {
+                continue;
+            };
+            let tx = client.transaction().await.map_err(db(&target))?;
+            for (table, n) in &tables {
+                let Some(meta) = metas.get(table) else {
+                    continue;
+                };
+                sql::delete_keys(&tx, meta, &n.deletes)
+                    .await
+                    .map_err(db(&target))?;
+                sql::upsert(&tx, meta, &n.upserts)
+                    .await
+                    .map_err(db(&target))?;
+            }
+            tx.commit().await.map_err(db(&target))?;
+        }
+        Ok(())
+    }
+}
+
+/// Rows (JSON) of the changes applied since a cutover's baseline, by
+/// (tenant id, table): their primary keys name every moving row that may
+/// differ from the baseline's snapshots.
+pub(super) type Changed = HashMap<(String, String), Vec<String>>;
+
+/// Adds the rows of `changes` to `changed`.
+pub(super) fn record_changed(changed: &mut Changed, tenant: &Tenant, changes: &[sql::Change]) {
+    for c in changes {
+        changed
+            .entry((tenant.id.clone(), c.table.clone()))
+            .or_default()
+            .push(c.row.clone());
     }
 }
 

@@ -13,6 +13,7 @@
 //! - [`plan`]: a request checked and turned into moves and maps.
 //! - [`engine`]: the driver; Prepare, Copy, CatchUp.
 //! - [`cutover`]: freeze, acknowledgements, verification, publish.
+//! - [`baseline`]: the cutover's comparison before the freeze.
 //! - [`cleanup`]: Cleanup after the cutover; cancel and failure before.
 //! - [`sql`]: the statements run in tenant databases.
 //! - [`tenant_back`]: a dedicated tenant back into a shared keyspace.
@@ -34,6 +35,7 @@
 //! manager's memory and metrics, not in the catalog: every catalog
 //! change makes every router rebuild its routing table.
 
+pub mod baseline;
 pub mod cleanup;
 pub mod cutover;
 pub mod engine;

@@ -524,49 +524,194 @@ pub async fn count_in(
     Ok(client.query_one(&sql, &[]).await?.get(0))
 }
 
-/// One batch of rows in `ranges` after the row `after` (JSON, by primary
-/// key), as JSON text, in primary-key order.
-pub async fn read_batch(
+/// Primary keys (JSON objects) cutting the rows of `t` in `ranges` into
+/// batches of `limit` rows: the key of every `limit`-th row in
+/// primary-key order. Batch `i` is the rows after bound `i - 1` up to
+/// bound `i`; the last one the rows after the last bound. Bounds are
+/// only cut points: rows written since they were read fall into some
+/// batch all the same.
+pub async fn batch_bounds(
     client: &Client,
     t: &TableMeta,
     key_type: KeyType,
     ranges: &[KeyRange],
-    after: Option<&str>,
     limit: usize,
 ) -> Result<Vec<String>, tokio_postgres::Error> {
     let pred = in_ranges(key_type, &format!("t.{}", quote_ident(&t.key)), ranges);
-    let order = t.pk_list("t");
-    let rows = match after {
-        None => {
-            let sql = format!(
-                "SELECT to_jsonb(t)::text FROM {} t WHERE {pred} ORDER BY {order} LIMIT {limit}",
-                t.qualified()
-            );
-            client.query(&sql, &[]).await?
-        }
-        Some(last) => {
-            // The subquery is evaluated once, so the primary-key index
-            // serves the comparison.
-            let sql = format!(
-                "SELECT to_jsonb(t)::text FROM {q} t WHERE {pred} AND ({order}) > \
-                 (SELECT {pk} FROM jsonb_populate_record(NULL::{q}, $1::text::jsonb)) \
-                 ORDER BY {order} LIMIT {limit}",
-                q = t.qualified(),
-                pk = t.pk_list(""),
-            );
-            client.query(&sql, &[&last]).await?
-        }
-    };
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    let sql = format!(
+        "SELECT k FROM (SELECT {obj}::text AS k, row_number() OVER (ORDER BY {order}) AS n \
+         FROM {q} t WHERE {pred}) b WHERE n % {limit} = 0 ORDER BY n",
+        obj = pk_object(t, "t"),
+        order = t.pk_list("t"),
+        q = t.qualified(),
+    );
+    Ok(client
+        .query(&sql, &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
 }
 
-/// Inserts rows (JSON texts) that are not there yet.
-pub async fn insert_missing(
-    client: &Client,
+/// `jsonb_build_object('pk1', alias.pk1, ...)`.
+fn pk_object(t: &TableMeta, alias: &str) -> String {
+    let parts: Vec<String> =
+        t.pk.iter()
+            .map(|c| format!("{}, {alias}.{}", quote_literal(c), quote_ident(c)))
+            .collect();
+    format!("jsonb_build_object({})", parts.join(", "))
+}
+
+/// How [`copy_batch`] moves rows: `binary` when every column has a
+/// built-in type, the same on both sides (binary values of built-in
+/// types are the same for any session settings, while those of arrays
+/// and composites of user-defined types carry the sending server's type
+/// oids), `text` otherwise.
+pub async fn copy_format(
+    source: &Client,
+    target: &Client,
     t: &TableMeta,
-    rows: &[String],
-) -> Result<u64, tokio_postgres::Error> {
-    insert_rows(client, t, rows, "ON CONFLICT DO NOTHING").await
+) -> Result<&'static str, tokio_postgres::Error> {
+    let sql = "SELECT coalesce(bool_and(a.atttypid < 16384), true), \
+               coalesce(string_agg(format_type(a.atttypid, a.atttypmod), ',' ORDER BY a.attnum), '') \
+               FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 \
+               AND NOT a.attisdropped AND a.attname::text = ANY($2)";
+    let q = t.qualified();
+    let (s, d) = (
+        source.query_one(sql, &[&q, &t.columns]).await?,
+        target.query_one(sql, &[&q, &t.columns]).await?,
+    );
+    let (s_builtin, s_types): (bool, String) = (s.get(0), s.get(1));
+    let (d_builtin, d_types): (bool, String) = (d.get(0), d.get(1));
+    Ok(if s_builtin && d_builtin && s_types == d_types {
+        "binary"
+    } else {
+        "text"
+    })
+}
+
+/// The session's staging table for copying `t`: a temporary table with
+/// `t`'s insertable columns.
+fn staging(t: &TableMeta) -> String {
+    format!(
+        "pg_temp.{}",
+        quote_ident(&format!("shardline_copy_{}", t.tag()))
+    )
+}
+
+/// Creates (afresh) the target session's staging table for `t`.
+pub async fn create_staging(target: &Client, t: &TableMeta) -> Result<(), tokio_postgres::Error> {
+    let s = staging(t);
+    target
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {s}; CREATE TEMP TABLE {name} AS SELECT {cols} FROM {q} \
+             WITH NO DATA",
+            name = quote_ident(&format!("shardline_copy_{}", t.tag())),
+            cols = list(&t.columns, ""),
+            q = t.qualified(),
+        ))
+        .await
+}
+
+/// Drops the target session's staging table for `t`.
+pub async fn drop_staging(target: &Client, t: &TableMeta) -> Result<(), tokio_postgres::Error> {
+    target
+        .batch_execute(&format!("DROP TABLE IF EXISTS {}", staging(t)))
+        .await
+}
+
+/// Where [`copy_batch`] writes on the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyInto {
+    /// Straight into the table: fastest, and fails with 23505 (unique
+    /// violation) as soon as one of the rows is there already (a batch
+    /// copied again after a restart), changing nothing.
+    Table,
+    /// Through the staging table (see [`create_staging`]), then inserted
+    /// where their primary key is not there yet (`ON CONFLICT DO
+    /// NOTHING`).
+    Staging,
+}
+
+/// Copies the rows of `t` in `ranges` after primary key `after` up to
+/// `upto` (JSON objects; `None`: unbounded) from `source` (in its
+/// snapshot) to `target`: `COPY ... TO STDOUT` streamed into `COPY ...
+/// FROM STDIN` as `into` says. How many rows were read.
+#[allow(clippy::too_many_arguments)]
+pub async fn copy_batch(
+    source: &Client,
+    target: &Client,
+    t: &TableMeta,
+    key_type: KeyType,
+    ranges: &[KeyRange],
+    (after, upto): (Option<&str>, Option<&str>),
+    format: &str,
+    into: CopyInto,
+) -> Result<u64, CopyError> {
+    use futures_util::{SinkExt, TryStreamExt};
+
+    let q = t.qualified();
+    let mut pred = in_ranges(key_type, &format!("t.{}", quote_ident(&t.key)), ranges);
+    // COPY takes no parameters: the bounds are literals, read as records
+    // of the table so each key column compares by its own type.
+    let bound = |json: &str| {
+        format!(
+            "(SELECT {pk} FROM jsonb_populate_record(NULL::{q}, {}::jsonb))",
+            quote_literal(json),
+            pk = t.pk_list(""),
+        )
+    };
+    let order = t.pk_list("t");
+    if let Some(a) = after {
+        pred.push_str(&format!(" AND ({order}) > {}", bound(a)));
+    }
+    if let Some(u) = upto {
+        pred.push_str(&format!(" AND ({order}) <= {}", bound(u)));
+    }
+    let cols = list(&t.columns, "");
+    let out = format!(
+        "COPY (SELECT {} FROM {q} t WHERE {pred}) TO STDOUT (FORMAT {format})",
+        list(&t.columns, "t")
+    );
+    let s = staging(t);
+    let dest = match into {
+        CopyInto::Table => &q,
+        CopyInto::Staging => &s,
+    };
+    let copy_in = format!("COPY {dest} ({cols}) FROM STDIN (FORMAT {format})");
+    let rows = source.copy_out(&out).await.map_err(CopyError::Source)?;
+    let sink = target.copy_in(&copy_in).await.map_err(CopyError::Target)?;
+    let mut rows = std::pin::pin!(rows);
+    let mut sink = std::pin::pin!(sink);
+    // Dropping the sink on an error aborts the target's COPY.
+    while let Some(chunk) = rows.try_next().await.map_err(CopyError::Source)? {
+        sink.send(chunk).await.map_err(CopyError::Target)?;
+    }
+    let n = sink.as_mut().finish().await.map_err(CopyError::Target)?;
+    if into == CopyInto::Staging {
+        target
+            .batch_execute(&format!(
+                "INSERT INTO {q} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM {s} \
+                 ON CONFLICT DO NOTHING; TRUNCATE {s}"
+            ))
+            .await
+            .map_err(CopyError::Target)?;
+    }
+    Ok(n)
+}
+
+/// Which side of a copy failed.
+#[derive(Debug)]
+pub enum CopyError {
+    Source(tokio_postgres::Error),
+    Target(tokio_postgres::Error),
+}
+
+impl CopyError {
+    /// A row of the batch was on the target already.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, CopyError::Target(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION))
+    }
 }
 
 /// Inserts rows (JSON texts, all columns) with `on_conflict`.
@@ -803,11 +948,13 @@ pub async fn checksum(
     key_type: KeyType,
     range: &KeyRange,
 ) -> Result<String, tokio_postgres::Error> {
-    let mut sums = checksums(client, t, key_type, std::slice::from_ref(range)).await?;
+    let mut sums = checksums(client, t, key_type, std::slice::from_ref(range), None, None).await?;
     Ok(sums.pop().unwrap_or_else(|| "0:0".into()))
 }
 
-/// [`checksum`] for each of `ranges`, in one round trip.
+/// [`checksum`] for each of `ranges`, in one round trip; with `keys`
+/// (rows as JSON), of the rows with their primary keys only; with
+/// `snapshot`, read in that exported snapshot (`pg_export_snapshot`).
 ///
 /// The row hash is PostgreSQL's `hash_record_extended`, which hashes
 /// each column by its type's hash function (about twice as fast as
@@ -820,10 +967,28 @@ pub async fn checksums(
     t: &TableMeta,
     key_type: KeyType,
     ranges: &[KeyRange],
+    keys: Option<&[String]>,
+    snapshot: Option<&str>,
 ) -> Result<Vec<String>, tokio_postgres::Error> {
     if ranges.is_empty() {
         return Ok(Vec::new());
     }
+    // Only the rows with the primary keys of `keys` (JSON rows), found
+    // by the primary-key index.
+    let only = match keys {
+        None => String::new(),
+        Some(_) => format!(
+            " AND ({}) IN (SELECT {} FROM jsonb_populate_recordset(NULL::{}, $1::text::jsonb))",
+            t.pk_list("t"),
+            t.pk_list(""),
+            t.qualified()
+        ),
+    };
+    let json = keys.map(json_array).unwrap_or_default();
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = match keys {
+        None => Vec::new(),
+        Some(_) => vec![&json],
+    };
     let key = format!("t.{}", quote_ident(&t.key));
     // One filtered scan per range (faster than one scan grouping every
     // row by range: rows outside the ranges are never hashed), sent as
@@ -834,7 +999,7 @@ pub async fn checksums(
             .enumerate()
             .map(|(i, r)| {
                 format!(
-                    "SELECT {i}, count(*), coalesce(sum({hash}), 0)::text FROM {} t WHERE {}",
+                    "SELECT {i}, count(*), coalesce(sum({hash}), 0)::text FROM {} t WHERE {}{only}",
                     t.qualified(),
                     in_ranges(key_type, &key, std::slice::from_ref(r))
                 )
@@ -842,14 +1007,30 @@ pub async fn checksums(
             .collect::<Vec<_>>()
             .join(" UNION ALL ")
     };
-    let rows = match client
-        .query(&sql("hash_record_extended(t.*, 0)"), &[])
-        .await
-    {
+    // Each attempt in a transaction of its own when it reads in an
+    // exported snapshot (a failed statement ends a transaction).
+    let begin = snapshot.map(|id| {
+        format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            quote_literal(id)
+        )
+    });
+    let attempt = |hash: &'static str| {
+        let (sql, begin, params) = (sql(hash), begin.clone(), &params);
+        async move {
+            if let Some(begin) = &begin {
+                client.batch_execute(begin).await?;
+            }
+            let rows = client.query(&sql, params).await;
+            if begin.is_some() {
+                client.batch_execute("ROLLBACK").await?;
+            }
+            rows
+        }
+    };
+    let rows = match attempt("hash_record_extended(t.*, 0)").await {
         Err(e) if e.code() == Some(&SqlState::UNDEFINED_FUNCTION) => {
-            client
-                .query(&sql("hashtextextended((t.*)::text, 0)"), &[])
-                .await?
+            attempt("hashtextextended((t.*)::text, 0)").await?
         }
         other => other?,
     };

@@ -22,7 +22,8 @@ use shardline_core::catalog::{
 };
 use shardline_core::{Catalog, KeyRange, ShardMap};
 
-use super::cutover::{moved_tenant, published_job, side_sums, Side};
+use super::baseline::{parse_sum, side_sums, Role, Stage, Verified};
+use super::cutover::{moved_tenant, published_job};
 use super::engine::{db, JobError, Plan};
 use super::{sql, Reshards};
 use crate::error::ServiceError;
@@ -143,16 +144,6 @@ fn check_free(cat: &Catalog, tenant: &str, id: &str) -> Result<(), ServiceError>
     super::plan::not_taken(cat, shard, tenant)
 }
 
-/// "rows:checksum" as numbers.
-fn parse_sum(s: &str) -> Result<(i64, i128), JobError> {
-    let bad = || JobError::Impossible(format!("unreadable checksum {s:?}"));
-    let (n, sum) = s.split_once(':').ok_or_else(bad)?;
-    Ok((
-        n.parse().map_err(|_| bad())?,
-        sum.parse().map_err(|_| bad())?,
-    ))
-}
-
 /// A verification entry of a tenant move: one source's part of a range.
 fn part_key(tenant: &str, table: &str, range: &KeyRange, source: &str) -> String {
     format!("{tenant}/{table}/{range}@{source}")
@@ -206,13 +197,16 @@ impl Reshards {
 
     /// Per target range: rows and checksum summed over every source must
     /// equal the target's. Records each source's part (for cleanup).
+    /// While held, first: sequences advanced, refuse triggers on targets
+    /// set to the ranges they will own.
     pub(super) async fn verify_tenant(
         &self,
         plan: &Plan,
-    ) -> Result<BTreeMap<String, String>, JobError> {
+        stage: Stage<'_>,
+    ) -> Result<Verified, JobError> {
         let tenant = plan.moving_tenant()?;
         let key_type = plan.keyspace.key_type;
-        let mut verified = BTreeMap::new();
+        let mut verified = Verified::default();
         let mut mismatches = Vec::new();
         let mut sources = Vec::new();
         for s in plan.sources() {
@@ -222,10 +216,12 @@ impl Reshards {
         let mut targets = Vec::new();
         for target in plan.targets() {
             let tgt = self.must_db(plan, &target, tenant).await?;
-            for (_, src) in &sources {
-                sql::sync_sequences(src, &tgt, &tenant.pg_name())
-                    .await
-                    .map_err(db(&target))?;
+            if stage.is_held() {
+                for (_, src) in &sources {
+                    sql::sync_sequences(src, &tgt, &tenant.pg_name())
+                        .await
+                        .map_err(db(&target))?;
+                }
             }
             // Each source sends the same ranges: check each once.
             let mut ranges = plan.moving_to(&target);
@@ -237,12 +233,30 @@ impl Reshards {
             return Ok(verified);
         };
         let metas = self.metas(plan, first_db, first, tenant, false).await?;
+        if stage.is_held() {
+            for (target, tgt, _) in &targets {
+                let owned: Vec<KeyRange> = plan.job.to_map.ranges_of(target).collect();
+                for meta in &metas {
+                    if sql::has_refuse(tgt, meta).await.map_err(db(target))? {
+                        sql::install_refuse(tgt, meta, key_type, &owned)
+                            .await
+                            .map_err(db(target))?;
+                    }
+                }
+            }
+        }
         // Every source sends every target's ranges.
         let all: Vec<KeyRange> = targets.iter().flat_map(|t| t.2.iter().copied()).collect();
         for meta in &metas {
-            let mut sides: Vec<Side> = sources.iter().map(|(s, c)| Side::new(s, c, &all)).collect();
-            sides.extend(targets.iter().map(|(t, c, r)| Side::new(t, c, r)));
+            let mut sides = Vec::new();
+            for (s, c) in &sources {
+                sides.push(stage.side((s, Role::Source), tenant, meta, c, &all)?);
+            }
+            for (t, c, r) in &targets {
+                sides.push(stage.side((t, Role::Target), tenant, meta, c, r)?);
+            }
             let sums = side_sums(&sides, meta, key_type).await?;
+            verified.note(&sides, &sums);
             let (from, to) = sums.split_at(sources.len());
             let mut at = 0;
             for ((target, _, ranges), got) in targets.iter().zip(to) {
@@ -252,7 +266,9 @@ impl Reshards {
                         let part = &parts[at + k];
                         let (n, sum) = parse_sum(part)?;
                         want = (want.0 + n, want.1 + sum);
-                        verified.insert(part_key(&tenant.id, &meta.name, range, s), part.clone());
+                        verified
+                            .parts
+                            .insert(part_key(&tenant.id, &meta.name, range, s), part.clone());
                     }
                     if parse_sum(&got[k])? != want {
                         mismatches.push(format!(
@@ -267,8 +283,9 @@ impl Reshards {
         }
         if !mismatches.is_empty() {
             return Err(JobError::Mismatch(format!(
-                "verification failed, cutover aborted (the tenant stays where it was; \
+                "verification failed{}, cutover aborted (the tenant stays where it was; \
                  nothing was lost): {}",
+                stage.when(),
                 mismatches.join("; ")
             )));
         }
