@@ -68,8 +68,9 @@ async fn commit_when_up(store: &EtcdStore, ops: &[Op]) -> Revision {
 
 /// The whole suite, each store on a fresh prefix of one etcd.
 ///
-/// Control: with `Absent` mapped to `create_revision != 0` it failed in
-/// `absent_precondition` ("Absent on an existing key conflicts").
+/// Control: with `Absent` mapped to `create_revision != 0` it failed at
+/// its first check, `empty_store` (`txn [Absent("missing")] []:
+/// conflict`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn conformance_suite() {
     let etcd = EtcdServer::start().await.unwrap();
@@ -86,8 +87,9 @@ async fn conformance_suite() {
 /// etcd's, shared by both: a write under one prefix advances the other's
 /// revision, and its watches do not see the write.
 ///
-/// Control: with the prefix left off the watched range, the watch of `b/`
-/// received `a/`'s batch and failed ("only b's own batch").
+/// Control: with the store prefix left off the watched range, the watch
+/// of `b/` received `a/`'s key and failed ("b's batch: expected a batch,
+/// got Some(Err(Corrupt(\"etcd returned a key outside the prefix\")))").
 #[tokio::test]
 async fn prefixes_share_one_etcd() {
     let etcd = EtcdServer::start().await.unwrap();
@@ -120,8 +122,8 @@ async fn prefixes_share_one_etcd() {
 /// last op on each key, so the final state is what the ops say, in one
 /// revision with one event per key.
 ///
-/// Control: with every op sent as given, etcd answered "duplicate key
-/// given in txn request" (Unavailable) and the test failed.
+/// Control: with every op sent as given, the txn failed with
+/// `Unavailable("... etcdserver: duplicate key given in txn request")`.
 #[tokio::test]
 async fn a_txn_may_write_one_key_twice() {
     let etcd = EtcdServer::start().await.unwrap();
@@ -161,10 +163,13 @@ async fn a_txn_may_write_one_key_twice() {
 /// disconnected.
 ///
 /// Controls: with a broken stream ending the watch instead of
-/// reconnecting, the watch ended after the kill ("expected a batch, got
-/// None"); with the reconnect resuming from the watch's first revision
-/// instead of the last delivered one, batches r2 and r3 came again
-/// ("batch after the restart").
+/// reconnecting, it failed with "batch after the restart: expected a
+/// batch, got None"; with the reconnect resuming from the watch's start
+/// revision instead of the last delivered one, r2 came again ("round 0:
+/// first batch after the restart", revision 3 where 5 was due). (Only
+/// reopening from the start revision, with the delivered revision still
+/// kept, passed: the task also drops events at or before the last batch
+/// it delivered.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_resumes_after_etcd_restarts() {
     let mut etcd = EtcdServer::start().await.unwrap();
@@ -223,9 +228,9 @@ async fn a_watch_resumes_after_etcd_restarts() {
 /// that revision as the oldest start; from the compaction revision on, it
 /// works.
 ///
-/// Control: with the start probe removed, `watch` from before the
-/// compaction returned Ok and the error came on the stream instead
-/// ("watch from r2 after compacting at r4").
+/// Control: with the start probe's answer ignored, `watch` from before
+/// the compaction returned `Ok` ("watch from 0 after compacting at 5:
+/// Ok(Receiver ..)").
 #[tokio::test]
 async fn a_watch_from_before_a_compaction_is_compacted() {
     let etcd = EtcdServer::start().await.unwrap();
@@ -264,9 +269,9 @@ async fn a_watch_from_before_a_compaction_is_compacted() {
 /// disconnected cannot resume: it ends with `Compacted` on the stream (the
 /// manager's follower then re-reads and watches again).
 ///
-/// Control: with a compaction cancel treated as a broken stream, the
-/// watch kept reconnecting and the test timed out waiting ("watch did
-/// not answer in time").
+/// Control: with etcd's compaction cancel treated as a broken stream,
+/// the watch kept reconnecting and the test failed with "watch did not
+/// answer in time".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_past_a_compaction_ends_with_compacted() {
     let mut etcd = EtcdServer::start().await.unwrap();
@@ -306,12 +311,14 @@ async fn a_resume_past_a_compaction_ends_with_compacted() {
     assert_eq!(next(&mut watch, "after the re-read").await.revision, r);
 }
 
-/// Every call fails with `Unavailable`, in bounded time, while etcd is
-/// down, and works again once it is back.
+/// Every call fails with `Unavailable` while etcd is down (connections
+/// refused), and works again once it is back, on the same store and on
+/// one made while etcd was down.
 ///
-/// Control: with the request timeout removed from the store's calls, the
-/// first call after the kill did not return and the test's own timeout
-/// failed it ("a call while etcd is down").
+/// Control: with etcd's errors classified as `Conflict`, it failed with
+/// "snapshot: expected Unavailable, got Err(Conflict)". (Connections are
+/// refused at once here; `calls_to_a_hung_etcd_time_out` covers the
+/// etcd that does not answer.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_are_unavailable_while_etcd_is_down() {
     let mut etcd = EtcdServer::start().await.unwrap();
@@ -357,10 +364,41 @@ async fn calls_are_unavailable_while_etcd_is_down() {
     );
 }
 
+/// Calls to an etcd that accepts connections but never answers (paused
+/// with SIGSTOP) fail with `Unavailable` after the request timeout
+/// instead of hanging, and work again once it answers.
+///
+/// Control: with the request timeout removed from the store's calls, it
+/// failed with "a call to a paused etcd did not return" (after the test's
+/// own 20s bound).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_to_a_hung_etcd_time_out() {
+    let etcd = EtcdServer::start().await.unwrap();
+    let store = store(&etcd, "hung/").await;
+    store.txn(&[], &[put("k", "1")]).await.unwrap();
+    etcd.pause().unwrap();
+    let result = tokio::time::timeout(WAIT, store.txn(&[], &[put("k", "2")])).await;
+    let get = tokio::time::timeout(WAIT, store.get("k")).await;
+    etcd.resume().unwrap();
+    match result {
+        Ok(Err(StoreError::Unavailable(message))) => println!("txn: {message}"),
+        Ok(other) => panic!("txn to a paused etcd: expected Unavailable, got {other:?}"),
+        Err(_) => panic!("a call to a paused etcd did not return"),
+    }
+    assert!(
+        matches!(get, Ok(Err(StoreError::Unavailable(_)))),
+        "get from a paused etcd: {get:?}"
+    );
+    // The timed-out txn may have committed once etcd went on; either way
+    // the store answers again.
+    let k = store.get("k").await.unwrap().unwrap();
+    assert!(k.value == b"1" || k.value == b"2", "{k:?}");
+}
+
 /// Watches end when the last clone of the store is dropped.
 ///
 /// Control: with the store's close signal not watched, the watch stayed
-/// open and the test timed out ("watch did not answer in time").
+/// open and it failed with "watch did not answer in time".
 #[tokio::test]
 async fn watches_end_when_the_store_is_dropped() {
     let etcd = EtcdServer::start().await.unwrap();

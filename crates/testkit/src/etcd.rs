@@ -69,6 +69,29 @@ impl EtcdServer {
         }
     }
 
+    /// Stops etcd with SIGSTOP: its ports still accept connections, but
+    /// nothing answers, as with a hung server or a lost network.
+    pub fn pause(&self) -> anyhow::Result<()> {
+        self.signal(libc::SIGSTOP)
+    }
+
+    /// Lets a paused etcd go on (SIGCONT).
+    pub fn resume(&self) -> anyhow::Result<()> {
+        self.signal(libc::SIGCONT)
+    }
+
+    fn signal(&self, signal: libc::c_int) -> anyhow::Result<()> {
+        let Some(child) = self.child.as_ref() else {
+            bail!("etcd is not running");
+        };
+        let pid = libc::pid_t::try_from(child.id()).context("etcd's pid")?;
+        // SAFETY: kill only sends a signal to our own child process.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("signal etcd");
+        }
+        Ok(())
+    }
+
     /// Starts etcd again on the same data and ports (killing it first if
     /// it runs) and waits until it is healthy.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
