@@ -1,7 +1,7 @@
 //! The catalog store: a small versioned key-value store with
 //! compare-and-swap transactions and watches, behind one trait with two
-//! implementations: an embedded file store (one manager, crash-safe) and,
-//! later, etcd (several managers). Both pass the one conformance suite in
+//! implementations: an embedded file store (one manager, crash-safe) and
+//! etcd (several managers). Both pass the one conformance suite in
 //! [`conformance`].
 //!
 //! The model is etcd's: one revision counter for the whole store, bumped
@@ -12,12 +12,16 @@
 //! - [`store`]: the [`CatalogStore`] trait and its types.
 //! - [`file`]: [`FileStore`], the embedded store (`file/format.rs`: the
 //!   on-disk format; `file/watch.rs`: its watches).
+//! - [`etcd`]: [`EtcdStore`], the store on an etcd cluster (`etcd/watch.rs`:
+//!   its watches, which reconnect and resume by themselves).
 //! - [`conformance`]: the shared test suite every store must pass.
 
 pub mod conformance;
+pub mod etcd;
 pub mod file;
 pub mod store;
 
+pub use etcd::{EtcdStore, EtcdStoreOptions};
 pub use file::{FileStore, FileStoreOptions};
 pub use store::{
     CatalogStore, Entry, Op, Precondition, Revision, Snapshot, StoreError, Watch, WatchBatch,

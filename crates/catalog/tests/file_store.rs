@@ -45,6 +45,18 @@ async fn conformance_suite() {
     .await;
 }
 
+/// What the suite leaves to each store: a new file store is at revision 0.
+#[tokio::test]
+async fn a_new_store_is_empty_at_revision_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::open(dir.path().join("catalog.json"))
+        .await
+        .unwrap();
+    let snap = store.snapshot("").await.unwrap();
+    assert_eq!(snap.revision, 0, "a fresh store is at revision 0");
+    assert!(snap.entries.is_empty(), "{snap:?}");
+}
+
 #[tokio::test]
 async fn open_creates_the_file_and_reopen_continues() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,4 +1,5 @@
-//! Test support: throwaway PostgreSQL clusters for integration tests.
+//! Test support: throwaway PostgreSQL clusters and etcd servers for
+//! integration tests.
 //!
 //! Each [`PgCluster`] is a real PostgreSQL server initialised into its own
 //! temporary directory on a free loopback port, removed when dropped, so
@@ -12,6 +13,12 @@
 //! - [`PgCluster`]: start (primary or replica), connect, stop, restart,
 //!   kill, pause.
 //! - [`SYNC_REPLICATION`]: settings of a primary that waits for a replica.
+//! - [`etcd`]: [`EtcdServer`], a one-member etcd that can be killed and
+//!   restarted on the same data.
+
+pub mod etcd;
+
+pub use etcd::EtcdServer;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
