@@ -12,7 +12,9 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::load::{first_ack_after, longest_pause, missing, req, watch_failover, Load, TABLE};
+use common::load::{
+    first_ack_after, longest_pause, lost_after, missing, mode, req, watch_failover, Load, TABLE,
+};
 use common::{eventually, Stack, StackOptions};
 use serde_json::json;
 use shardline_api::manager::FailoverRequest;
@@ -101,11 +103,7 @@ async fn kill9_failover(synchronous: bool, replicas: usize) {
     let log = load.finish().await;
     let lost = missing(&stack.router, &log).await;
     let acked = log.acks().len();
-    let mode = if synchronous {
-        "synchronous"
-    } else {
-        "asynchronous"
-    };
+    let mode = mode(synchronous);
     println!(
         "kill -9 ({mode}, {replicas} replica(s)): detection {:?}, promotion {:?}, \
          first write acknowledged {:?} after the kill; {acked} writes acknowledged, \
@@ -253,22 +251,12 @@ async fn hang_failover(synchronous: bool) {
     // hang may be answered a moment after the hang began).
     let intent = w.intent.unwrap();
     let acks = log.acks();
-    let acked_at: std::collections::HashMap<i64, Instant> =
-        acks.iter().map(|a| (a.n, a.at)).collect();
-    let lost_after: Vec<i64> = lost
-        .iter()
-        .copied()
-        .filter(|n| acked_at[n] > stopped)
-        .collect();
+    let lost_after = lost_after(&log, &lost, stopped);
     let by_old_after = acks
         .iter()
         .filter(|a| a.port == Some(old_port) && a.at > intent)
         .count();
-    let mode = if synchronous {
-        "synchronous"
-    } else {
-        "asynchronous"
-    };
+    let mode = mode(synchronous);
     println!(
         "SIGSTOP ({mode}, 1 replica): detection {:?}, promotion {:?}, first write acknowledged {:?} \
          after the stop; {} writes acknowledged, {} lost ({} of them acknowledged after the \
@@ -278,7 +266,7 @@ async fn hang_failover(synchronous: bool) {
         w.intent.unwrap() - stopped,
         w.committed.unwrap() - w.intent.unwrap(),
         first_ack_after(&log, stopped).unwrap(),
-        acked_at.len(),
+        acks.len(),
         lost.len(),
         lost_after.len(),
         log.write_errors.load(Ordering::Relaxed),

@@ -34,7 +34,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::load::{first_ack_after, longest_pause, missing, watch_failover, Load, TABLE};
+use common::load::{
+    first_ack_after, longest_pause, lost_after, missing, mode, watch_failover, Load, TABLE,
+};
 use common::{eventually, StackOptions, ADMIN_TOKEN};
 use netlab::Lab;
 use shardline_api::manager::{ApplyMigrationRequest, RegisterShardRequest};
@@ -244,13 +246,7 @@ fn partition_failover(case: Case, synchronous: bool) {
             .collect();
 
         let acks = log.acks();
-        let acked_at: std::collections::HashMap<i64, Instant> =
-            acks.iter().map(|a| (a.n, a.at)).collect();
-        let lost_after: Vec<i64> = lost
-            .iter()
-            .copied()
-            .filter(|n| acked_at[n] > fault)
-            .collect();
+        let lost_after = lost_after(&log, &lost, fault);
         let last_by_old = acks
             .iter()
             .filter(|a| a.port == Some(old_port))
@@ -265,11 +261,7 @@ fn partition_failover(case: Case, synchronous: bool) {
             .iter()
             .filter(|a| a.writer == 0 && a.port == Some(old_port) && a.at > intent)
             .count();
-        let mode = if synchronous {
-            "synchronous"
-        } else {
-            "asynchronous"
-        };
+        let mode = mode(synchronous);
         println!(
             "{case:?} ({mode}): detection {:?} after the manager lost the primary, intent to \
              commit {:?}; first write acknowledged {:?} after the fault, {:?} after the intent \

@@ -250,3 +250,19 @@ pub async fn watch_failover(
     }
     w
 }
+
+/// The writes of `lost` that were acknowledged after `t`.
+pub fn lost_after(log: &Log, lost: &[i64], t: Instant) -> Vec<i64> {
+    let acked_at: std::collections::HashMap<i64, Instant> =
+        log.acks().iter().map(|a| (a.n, a.at)).collect();
+    lost.iter().copied().filter(|n| acked_at[n] > t).collect()
+}
+
+/// The replication mode, as the tests print it.
+pub fn mode(synchronous: bool) -> &'static str {
+    if synchronous {
+        "synchronous"
+    } else {
+        "asynchronous"
+    }
+}
