@@ -41,7 +41,10 @@
 //!   preconditions make the retry safe).
 //! - Watches reconnect by themselves; see `etcd/watch.rs`.
 
+mod election;
 mod watch;
+
+pub use election::{ElectionOptions, ElectionView};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -82,6 +85,8 @@ pub struct EtcdStoreOptions {
     /// The longest pause between reconnection attempts; each failed
     /// attempt doubles the pause up to it (default 2s).
     pub reconnect_max: Duration,
+    /// User and password, when etcd has authentication on.
+    pub user: Option<(String, String)>,
 }
 
 impl EtcdStoreOptions {
@@ -95,6 +100,7 @@ impl EtcdStoreOptions {
             keep_alive: Duration::from_secs(10),
             reconnect_min: Duration::from_millis(50),
             reconnect_max: Duration::from_secs(2),
+            user: None,
         }
     }
 
@@ -127,6 +133,8 @@ struct Inner {
     options: EtcdStoreOptions,
     /// Dropped with the store, which ends its watch tasks.
     closed: tokio::sync::watch::Sender<()>,
+    /// Whether writes are fenced by an election, and the fence.
+    fence: election::FenceState,
 }
 
 impl EtcdStore {
@@ -134,10 +142,13 @@ impl EtcdStore {
     /// (connections open on first use), so a store can be made while etcd
     /// is down; its calls then fail with [`StoreError::Unavailable`].
     pub async fn connect(options: EtcdStoreOptions) -> Result<EtcdStore, StoreError> {
-        let connect = ConnectOptions::new()
+        let mut connect = ConnectOptions::new()
             .with_connect_timeout(options.connect_timeout)
             .with_keep_alive(options.keep_alive, options.keep_alive)
             .with_keep_alive_while_idle(true);
+        if let Some((user, password)) = &options.user {
+            connect = connect.with_user(user.clone(), password.clone());
+        }
         // No per-request timeout here: tonic would apply it to a watch
         // stream's whole life. Each call is bounded by `call` instead.
         let client = Client::connect(&options.endpoints, Some(connect))
@@ -149,6 +160,7 @@ impl EtcdStore {
                 client,
                 options,
                 closed,
+                fence: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -282,6 +294,9 @@ impl CatalogStore for EtcdStore {
                 },
             });
         }
+        if let Some(fence) = self.inner.fence_compare()? {
+            compares.push(fence);
+        }
         let txn = Txn::new()
             .when(compares)
             .and_then(last_op_per_key(ops, |key| self.inner.etcd_key(key)));
@@ -292,7 +307,7 @@ impl CatalogStore for EtcdStore {
             .await
             .map_err(|f| f.into_store("commit a catalog transaction"))?;
         if !response.succeeded() {
-            return Err(StoreError::Conflict);
+            return Err(self.inner.refusal().await);
         }
         // The new revision after a write; the current one when the
         // transaction changed nothing.

@@ -13,7 +13,8 @@
 //! - [`file`]: [`FileStore`], the embedded store (`file/format.rs`: the
 //!   on-disk format; `file/watch.rs`: its watches).
 //! - [`etcd`]: [`EtcdStore`], the store on an etcd cluster (`etcd/watch.rs`:
-//!   its watches, which reconnect and resume by themselves).
+//!   its watches, which reconnect and resume by themselves;
+//!   `etcd/election.rs`: leader election and the fence on writes).
 //! - [`conformance`]: the shared test suite every store must pass.
 
 pub mod conformance;
@@ -21,7 +22,7 @@ pub mod etcd;
 pub mod file;
 pub mod store;
 
-pub use etcd::{EtcdStore, EtcdStoreOptions};
+pub use etcd::{ElectionOptions, ElectionView, EtcdStore, EtcdStoreOptions};
 pub use file::{FileStore, FileStoreOptions};
 pub use store::{
     CatalogStore, Entry, Op, Precondition, Revision, Snapshot, StoreError, Watch, WatchBatch,

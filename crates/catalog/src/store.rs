@@ -18,6 +18,10 @@ pub enum StoreError {
         requested: Revision,
         oldest: Revision,
     },
+    /// This store campaigns for leadership and does not lead now (or no
+    /// longer): nothing was written.
+    #[error("this manager is not the leader")]
+    NotLeader,
     /// The store cannot be reached or written now.
     #[error("catalog store unavailable: {0}")]
     Unavailable(String),

@@ -23,6 +23,39 @@ pub struct DevInfo {
     pub app_token: String,
     pub router_token: String,
     pub shards: Vec<DevShard>,
+    /// With `dev --managers N`: every manager (`manager_url` is the
+    /// first; any one answers every request).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub managers: Vec<DevManager>,
+    /// With `dev --managers N`: the etcd cluster's client URLs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub etcd_endpoints: Vec<String>,
+    /// With `dev --managers N`: each etcd member's process.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub etcd_members: Vec<DevManager>,
+}
+
+impl DevInfo {
+    /// Every manager URL, comma-separated (clients move to the next when
+    /// one fails).
+    pub fn manager_urls(&self) -> String {
+        if self.managers.is_empty() {
+            return self.manager_url.clone();
+        }
+        self.managers
+            .iter()
+            .map(|m| m.url.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// One manager (or etcd member) process of `dev --managers N`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DevManager {
+    pub id: String,
+    pub url: String,
+    pub pid: u32,
 }
 
 /// The tenant a dev.json from before tenants meant.
@@ -170,7 +203,7 @@ impl Endpoints {
     pub fn manager(&self) -> anyhow::Result<ManagerClient> {
         let url = self.pick(
             &self.manager,
-            |d| d.manager_url.clone(),
+            |d| d.manager_urls(),
             "manager URL",
             "--manager",
         )?;

@@ -13,7 +13,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::load::{
-    first_ack_after, longest_pause, lost_after, missing, mode, req, watch_failover, Load, TABLE,
+    first_ack_after, longest_pause, lost_after, lost_sent_after, missing, mode, req,
+    watch_failover, Load, TABLE,
 };
 use common::{eventually, Stack, StackOptions};
 use serde_json::json;
@@ -213,9 +214,18 @@ async fn a_hung_primary_with_synchronous_replication_loses_no_acknowledged_write
 /// has committed, then resumes: the statements it had in flight may now
 /// commit there, but none may be acknowledged (the router fenced it when
 /// the failover began), and nothing more reaches it. Counts printed:
-/// acknowledged, lost, lost among those acknowledged after the hang
-/// began, acknowledged by the old primary after the failover began
-/// (never two writable instances), write errors.
+/// acknowledged, lost, lost among those sent after the hang began,
+/// lost that were in flight at the stop, acknowledged by the old primary
+/// after the failover began (never two writable instances), write errors.
+///
+/// "After the hang began" is judged by when a write was sent, not when
+/// its answer arrived: a write PostgreSQL committed and answered just
+/// before the stop reaches the writer a moment later, and with
+/// asynchronous replication it may be lost like any write acknowledged
+/// before the fault. Such a write must have been answered while the old
+/// primary was still stopped (it cannot answer then, so the answer left
+/// before the stop); one answered after the resume would be a write the
+/// fence let through.
 async fn hang_failover(synchronous: bool) {
     let stack = Stack::start(StackOptions {
         shards: 1,
@@ -230,11 +240,13 @@ async fn hang_failover(synchronous: bool) {
     let load = Load::start(&[&stack.router_url], &stack.app_token).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     // The whole server hangs: postmaster, backends, WAL sender.
+    let stopping = Instant::now();
     stack.shards[0].pause();
     let stopped = Instant::now();
     let w = watch_failover(&stack.admin, "s0", 1, Duration::from_secs(30)).await;
     // Longer than the failover took, then it wakes up.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let resuming = Instant::now();
     stack.shards[0].resume();
     assert!(w.committed.is_some(), "no failover within 30 s");
     assert!(
@@ -251,7 +263,17 @@ async fn hang_failover(synchronous: bool) {
     // hang may be answered a moment after the hang began).
     let intent = w.intent.unwrap();
     let acks = log.acks();
-    let lost_after = lost_after(&log, &lost, stopped);
+    let sent_after = lost_sent_after(&log, &lost, stopped);
+    // In flight at the stop: sent before it, answered after it began.
+    let in_flight: Vec<i64> = lost_after(&log, &lost, stopping)
+        .into_iter()
+        .filter(|n| !sent_after.contains(n))
+        .collect();
+    let answered_after_resume: Vec<i64> = acks
+        .iter()
+        .filter(|a| in_flight.contains(&a.n) && a.at >= resuming)
+        .map(|a| a.n)
+        .collect();
     let by_old_after = acks
         .iter()
         .filter(|a| a.port == Some(old_port) && a.at > intent)
@@ -259,8 +281,9 @@ async fn hang_failover(synchronous: bool) {
     let mode = mode(synchronous);
     println!(
         "SIGSTOP ({mode}, 1 replica): detection {:?}, promotion {:?}, first write acknowledged {:?} \
-         after the stop; {} writes acknowledged, {} lost ({} of them acknowledged after the \
-         hang began), {by_old_after} acknowledged by the old primary after the failover began, \
+         after the stop; {} writes acknowledged, {} lost ({} of them sent after the hang \
+         began, {} in flight at the stop), {by_old_after} acknowledged by the old primary \
+         after the failover began, \
          {} write errors; \
          eventual reads {} ok, {} failed",
         w.intent.unwrap() - stopped,
@@ -268,14 +291,20 @@ async fn hang_failover(synchronous: bool) {
         first_ack_after(&log, stopped).unwrap(),
         acks.len(),
         lost.len(),
-        lost_after.len(),
+        sent_after.len(),
+        in_flight.len(),
         log.write_errors.load(Ordering::Relaxed),
         log.reads_ok.load(Ordering::Relaxed),
         log.read_errors.load(Ordering::Relaxed),
     );
     assert!(
-        lost_after.is_empty(),
-        "acknowledged after the hang began, then lost: {lost_after:?}"
+        sent_after.is_empty(),
+        "sent after the hang began, acknowledged, then lost: {sent_after:?}"
+    );
+    assert!(
+        answered_after_resume.is_empty(),
+        "in flight at the stop, answered after the resume, then lost: \
+         {answered_after_resume:?}"
     );
     assert_eq!(
         by_old_after, 0,

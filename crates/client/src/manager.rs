@@ -6,9 +6,10 @@ use serde::de::IgnoredAny;
 use shardline_api::manager::{
     AddReplicaRequest, AppInfo, ApplyMigrationRequest, CreateAppRequest, CreateAppResponse,
     CreateKeyspaceRequest, CreateTenantRequest, FailoverRequest, FailoverResult, HealthSnapshot,
-    HeartbeatResponse, InitialMapRequest, JobInfo, KeyspaceInfo, MigrationInfo, MigrationResult,
-    RegisterShardRequest, ReshardRequest, RotateTokenRequest, RouterHeartbeat, RouterInfo,
-    ShardInfo, StatusResponse, TableSpec, TenantInfo, UpdateAppRequest, UpdateTenantRequest,
+    HeartbeatResponse, InitialMapRequest, JobInfo, KeyspaceInfo, LeaderResponse, MigrationInfo,
+    MigrationResult, RegisterShardRequest, ReshardRequest, RotateTokenRequest, RouterHeartbeat,
+    RouterInfo, ShardInfo, StatusResponse, TableSpec, TenantInfo, UpdateAppRequest,
+    UpdateTenantRequest,
 };
 use shardline_core::Catalog;
 
@@ -49,6 +50,11 @@ impl ManagerClient {
     /// `GET /v1/status`.
     pub async fn status(&self) -> Result<StatusResponse, ClientError> {
         self.http.get("/v1/status").await
+    }
+
+    /// `GET /v1/leader`: which manager leads, as this one knows it.
+    pub async fn leader(&self) -> Result<LeaderResponse, ClientError> {
+        self.http.get("/v1/leader").await
     }
 
     /// `POST /v1/keyspaces`.

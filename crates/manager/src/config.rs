@@ -76,6 +76,49 @@ pub struct ManagerConfig {
     /// source. Default `0s`.
     #[serde(default, with = "humantime_serde")]
     pub reshard_batch_pause: Duration,
+    /// The catalog on etcd, shared by several managers (one leads, by
+    /// election). Absent: the embedded file store at `catalog_path`.
+    #[serde(default)]
+    pub etcd: Option<EtcdConfig>,
+}
+
+/// Environment variable read when `etcd.password` is not in the file.
+pub const ETCD_PASSWORD_ENV: &str = "SHARDLINE_ETCD_PASSWORD";
+
+/// Where the etcd catalog is and how the managers elect their leader.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// Client URLs of the etcd members, such as `http://10.0.0.1:2379`.
+    pub endpoints: Vec<String>,
+    /// Prefix of every catalog key (default `shardline/`); the election
+    /// key is beside it (`shardline.leader`).
+    #[serde(default = "default_etcd_prefix")]
+    pub prefix: String,
+    /// The leader's lease: a leader that cannot renew it stops acting,
+    /// and another takes over about this long after a leader dies.
+    /// Default `3s`.
+    #[serde(default = "default_leader_ttl", with = "humantime_serde")]
+    pub leader_ttl: Duration,
+    /// Bound on each etcd request. Default `5s`.
+    #[serde(default = "default_etcd_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// etcd user, when etcd has authentication on.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Its password; else `$SHARDLINE_ETCD_PASSWORD`.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+fn default_etcd_prefix() -> String {
+    "shardline/".to_string()
+}
+fn default_leader_ttl() -> Duration {
+    Duration::from_secs(3)
+}
+fn default_etcd_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn default_listen() -> SocketAddr {
@@ -132,6 +175,7 @@ impl ManagerConfig {
             body_limit: default_body_limit(),
             reshard_batch_rows: default_reshard_batch_rows(),
             reshard_batch_pause: Duration::ZERO,
+            etcd: None,
         }
     }
 
@@ -158,6 +202,11 @@ impl ManagerConfig {
         }
         if self.router_token.is_none() {
             self.router_token = std::env::var(ROUTER_TOKEN_ENV).ok();
+        }
+        if let Some(etcd) = &mut self.etcd {
+            if etcd.username.is_some() && etcd.password.is_none() {
+                etcd.password = std::env::var(ETCD_PASSWORD_ENV).ok();
+            }
         }
     }
 
@@ -187,6 +236,23 @@ impl ManagerConfig {
         if self.switchover_timeout.is_zero() {
             bail!("switchover_timeout must be positive");
         }
+        if let Some(etcd) = &self.etcd {
+            if etcd.endpoints.is_empty() {
+                bail!("etcd.endpoints must name at least one etcd member");
+            }
+            if !etcd.prefix.ends_with('/') {
+                bail!("etcd.prefix must end with '/'");
+            }
+            if etcd.leader_ttl < Duration::from_secs(2) {
+                bail!("etcd.leader_ttl must be at least 2s (etcd refuses shorter leases)");
+            }
+            if etcd.request_timeout.is_zero() {
+                bail!("etcd.request_timeout must be positive");
+            }
+            if etcd.username.is_some() != etcd.password.is_some() {
+                bail!("etcd.username needs etcd.password (or ${ETCD_PASSWORD_ENV})");
+            }
+        }
         Ok(())
     }
 }
@@ -208,6 +274,31 @@ mod tests {
         assert_eq!(cfg.failover_after, 3);
         assert_eq!(cfg.switchover_timeout, Duration::from_secs(10));
         cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn etcd_settings_parse_and_are_checked() {
+        let base =
+            "admin_token = \"aaaaaaaaaaaaaaaaaaaa\"\nrouter_token = \"bbbbbbbbbbbbbbbbbbbb\"\n";
+        let cfg = ManagerConfig::from_toml(&format!(
+            "{base}[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n"
+        ))
+        .unwrap();
+        let etcd = cfg.etcd.as_ref().unwrap();
+        assert_eq!(etcd.prefix, "shardline/");
+        assert_eq!(etcd.leader_ttl, Duration::from_secs(3));
+        cfg.validate().unwrap();
+        for bad in [
+            "[etcd]\nendpoints = []\n",
+            "[etcd]\nendpoints = [\"http://a\"]\nprefix = \"x\"\n",
+            "[etcd]\nendpoints = [\"http://a\"]\nleader_ttl = \"1s\"\n",
+            "[etcd]\nendpoints = [\"http://a\"]\nusername = \"u\"\n",
+        ] {
+            let cfg = ManagerConfig::from_toml(&format!("{base}{bad}")).unwrap();
+            assert!(cfg.validate().is_err(), "accepted {bad:?}");
+        }
+        let err = ManagerConfig::from_toml(&format!("{base}[etcd]\nendpionts = []\n")).unwrap_err();
+        assert!(format!("{err:#}").contains("endpionts"), "{err:#}");
     }
 
     #[test]

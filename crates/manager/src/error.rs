@@ -70,6 +70,11 @@ impl ServiceError {
                 ErrorCode::Conflict,
                 "the catalog changed concurrently; retry",
             ),
+            ServiceError::Store(StoreError::NotLeader) => ApiError::new(
+                ErrorCode::Unavailable,
+                "this manager no longer leads; retry (another manager takes over)",
+            )
+            .with_retry_after(1),
             ServiceError::Store(
                 StoreError::Unavailable(_) | StoreError::Corrupt(_) | StoreError::Compacted { .. },
             ) => {

@@ -15,6 +15,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use shardline_api::manager::{LeaderResponse, ManagerRef};
+use shardline_catalog::ElectionView;
 use shardline_metrics::{CounterVec, GaugeVec, Registry};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +32,9 @@ pub struct LeaderView {
 /// This manager's view of the leadership, and its metrics.
 pub struct Leadership {
     me: ManagerRef,
+    /// Under an election: whether this manager's lease still holds now
+    /// (the view can lag a moment behind, as after a pause).
+    lease: Option<Box<dyn Fn() -> bool + Send + Sync>>,
     view: watch::Sender<LeaderView>,
     is_leader: GaugeVec,
     changes: CounterVec,
@@ -40,6 +44,7 @@ impl Leadership {
     fn new(me: ManagerRef, metrics: &Registry) -> Arc<Self> {
         Arc::new(Self {
             me,
+            lease: None,
             view: watch::Sender::new(LeaderView::default()),
             is_leader: metrics.gauge(
                 "manager_is_leader",
@@ -71,6 +76,44 @@ impl Leadership {
         this
     }
 
+    /// A manager that campaigns: follows the election's views, whose
+    /// leader values are [`ManagerRef`]s as JSON.
+    pub fn elected(
+        me: ManagerRef,
+        metrics: &Registry,
+        mut views: watch::Receiver<ElectionView>,
+        lease: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> Arc<Self> {
+        let mut this = Self::new(me, metrics);
+        if let Some(this) = Arc::get_mut(&mut this) {
+            this.lease = Some(Box::new(lease));
+        }
+        this.is_leader.with(&[]).set(0.0);
+        let follower = Arc::clone(&this);
+        tokio::spawn(async move {
+            loop {
+                let view = views.borrow_and_update().clone();
+                let leader = view.leader.as_deref().and_then(|v| {
+                    serde_json::from_str::<ManagerRef>(v)
+                        .map_err(
+                            |e| tracing::error!(error = %e, value = v, "leader's campaign value"),
+                        )
+                        .ok()
+                });
+                follower.set(LeaderView {
+                    leader,
+                    term: view.term,
+                });
+                if views.changed().await.is_err() {
+                    // The campaign ended: this manager leads no more.
+                    follower.set(LeaderView::default());
+                    return;
+                }
+            }
+        });
+        this
+    }
+
     /// Records who leads now.
     pub fn set(&self, view: LeaderView) {
         let changed = self.view.send_if_modified(|v| {
@@ -93,14 +136,18 @@ impl Leadership {
 
     /// Whether this manager leads now.
     pub fn is_leader(&self) -> bool {
-        self.view.borrow().leader.as_ref() == Some(&self.me)
+        self.view.borrow().leader.as_ref() == Some(&self.me) && self.lease_holds()
+    }
+
+    fn lease_holds(&self) -> bool {
+        self.lease.as_ref().is_none_or(|holds| holds())
     }
 
     /// The answer of `GET /v1/leader`.
     pub fn response(&self) -> LeaderResponse {
         let view = self.view.borrow().clone();
         LeaderResponse {
-            is_leader: view.leader.as_ref() == Some(&self.me),
+            is_leader: view.leader.as_ref() == Some(&self.me) && self.lease_holds(),
             leader: view.leader,
             term: view.term,
             this_manager: self.me.clone(),

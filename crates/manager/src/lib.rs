@@ -28,6 +28,8 @@
 //! - [`reshard`]: online resharding jobs (split, merge, move), resumed
 //!   after a restart.
 //! - [`routers`]: live routers and their leases.
+//! - [`leader`]: which manager leads; the leader-only work.
+//! - [`forward`]: requests a follower passes to the leader.
 //! - [`http`]: the HTTP API.
 //! - [`error`]: service errors and their HTTP classification.
 //! - [`time`]: RFC 3339 timestamps.
@@ -38,6 +40,7 @@ pub mod config;
 pub mod error;
 pub mod failover;
 pub mod failpoints;
+pub mod forward;
 pub mod health;
 pub mod http;
 pub mod leader;
@@ -60,7 +63,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use shardline_catalog::{CatalogStore, FileStore};
+use shardline_catalog::{CatalogStore, ElectionOptions, EtcdStore, EtcdStoreOptions, FileStore};
 use shardline_http::TokenCheck;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -76,16 +79,34 @@ pub struct BoundManager {
     listener: TcpListener,
     config: ManagerConfig,
     store: Arc<dyn CatalogStore>,
+    /// On etcd: the store that campaigns for leadership.
+    election: Option<(EtcdStore, ElectionOptions)>,
 }
 
-/// Opens the catalog store and binds the listener.
+/// Opens the catalog store (etcd when configured, else the file) and
+/// binds the listener.
 pub async fn bind(mut config: ManagerConfig) -> anyhow::Result<BoundManager> {
     config.fill_from_env();
     config.validate()?;
-    let store = FileStore::open(&config.catalog_path)
+    let Some(etcd) = config.etcd.clone() else {
+        let store = FileStore::open(&config.catalog_path)
+            .await
+            .with_context(|| format!("open catalog {}", config.catalog_path.display()))?;
+        return bind_with_store(config, Arc::new(store)).await;
+    };
+    let mut options = EtcdStoreOptions::new(etcd.endpoints).with_prefix(etcd.prefix);
+    options.request_timeout = etcd.request_timeout;
+    options.user = etcd.username.zip(etcd.password);
+    let store = EtcdStore::connect(options)
         .await
-        .with_context(|| format!("open catalog {}", config.catalog_path.display()))?;
-    bind_with_store(config, Arc::new(store)).await
+        .context("set up the etcd catalog store")?;
+    let election = ElectionOptions {
+        ttl: etcd.leader_ttl,
+        ..ElectionOptions::default()
+    };
+    let mut bound = bind_with_store(config, Arc::new(store.clone())).await?;
+    bound.election = Some((store, election));
+    Ok(bound)
 }
 
 /// Like [`bind`], with a given store.
@@ -101,6 +122,7 @@ pub async fn bind_with_store(
         listener,
         config,
         store,
+        election: None,
     })
 }
 
@@ -119,8 +141,12 @@ impl BoundManager {
         let service = service::CatalogService::start(self.store, tasks.clone(), &tracker)
             .await
             .context("load the catalog")?;
-        if let Err(e) = replicas::assign_missing_ids(&service).await {
-            tracing::error!(error = %e, "give instances ids");
+        if self.election.is_none() {
+            // The only manager of its catalog: before it serves. (Under an
+            // election the leader does it, at the start of its term.)
+            if let Err(e) = replicas::assign_missing_ids(&service).await {
+                tracing::error!(error = %e, "give instances ids");
+            }
         }
         let metrics = shardline_metrics::Registry::new();
         let health_metrics = health::HealthMetrics::register(&metrics);
@@ -158,7 +184,22 @@ impl BoundManager {
                 .unwrap_or_else(|| format!("http://{local}")),
         };
         // The file store admits one manager per catalog file: it leads.
-        let leadership = leader::Leadership::sole(me, &metrics);
+        // On etcd, managers campaign; the campaign ends (and the lease is
+        // given up) once the leader's work has stopped.
+        let (stop_campaign, campaign_stopped) = tokio::sync::watch::channel(false);
+        let (leadership, campaign) = match &self.election {
+            None => (leader::Leadership::sole(me, &metrics), None),
+            Some((store, options)) => {
+                let value = serde_json::to_string(&me).unwrap_or_default();
+                let (views, task) = store.campaign(value, options.clone(), campaign_stopped);
+                let store = store.clone();
+                let lease = move || store.leads();
+                (
+                    leader::Leadership::elected(me, &metrics, views, lease),
+                    Some(task),
+                )
+            }
+        };
         let state = Arc::new(http::AppState {
             leadership: Arc::clone(&leadership),
             service: Arc::clone(&service),
@@ -193,15 +234,33 @@ impl BoundManager {
             timeout: cfg.health_timeout,
         };
         // The leader's work: checks, failovers, the reconciler, jobs.
+        let elected = self.election.is_some();
         let leader_work = {
-            let (service, health_table, failovers, reshards) = (
+            let (service, health_table, failovers, reshards, routers) = (
                 Arc::clone(&service),
                 Arc::clone(&health_table),
                 Arc::clone(&failovers),
                 Arc::clone(&reshards),
+                Arc::clone(&state.routers),
             );
             let jobs_interval = cfg.health_interval.max(Duration::from_millis(500));
             move |term: CancellationToken| {
+                if elected {
+                    // Routers heartbeated to the leader before this one:
+                    // their leases may run for one more lease.
+                    routers.inherit_leases_now();
+                }
+                let ids = {
+                    let service = Arc::clone(&service);
+                    async move {
+                        if !elected {
+                            return;
+                        }
+                        if let Err(e) = replicas::assign_missing_ids(&service).await {
+                            tracing::error!(error = %e, "give instances ids");
+                        }
+                    }
+                };
                 let reconciler = reconcile::run(
                     Arc::clone(&service),
                     Arc::clone(&health_table),
@@ -221,6 +280,7 @@ impl BoundManager {
                 // Unfinished jobs resume at once, then from the loop.
                 let jobs = Arc::clone(&reshards).run(jobs_interval, term);
                 async move {
+                    ids.await;
                     tokio::join!(reconciler, follower, checker, jobs);
                 }
             }
@@ -231,11 +291,19 @@ impl BoundManager {
         });
         tracker.close();
         tracing::info!(addr = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "manager listening");
-        let app = http::router(state, cfg.body_limit);
+        let app = http::router(state, cfg.body_limit).layer(axum::middleware::from_fn_with_state(
+            forward::Forwarder::new(Arc::clone(&leadership)),
+            forward::to_leader,
+        ));
         let served = shardline_http::serve(self.listener, app, shutdown.clone(), DRAIN).await;
-        // HTTP first, then the background tasks.
+        // HTTP first, then the background tasks, then the leadership.
         tasks.cancel();
         tracker.wait().await;
+        let _ = stop_campaign.send(true);
+        if let Some(task) = campaign {
+            // Let the campaign give up the key, so another leads at once.
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        }
         served.context("serve HTTP")
     }
 }

@@ -28,7 +28,7 @@ pub struct RouterRegistry {
     required: AtomicU64,
     /// Until when leases a manager before this one gave may still run
     /// (see [`inherit_leases`](Self::inherit_leases)).
-    inherited_until: Option<Instant>,
+    inherited_until: Mutex<Option<Instant>>,
 }
 
 impl RouterRegistry {
@@ -39,7 +39,7 @@ impl RouterRegistry {
             routers: Mutex::new(HashMap::new()),
             beat: tokio::sync::Notify::new(),
             required: AtomicU64::new(0),
-            inherited_until: None,
+            inherited_until: Mutex::new(None),
         }
     }
 
@@ -50,9 +50,18 @@ impl RouterRegistry {
     /// [`wait_applied`](Self::wait_applied) waits that lease out even
     /// when every router it knows has the version (a failover resumed
     /// after a crash, a cutover, a migration right after a restart).
-    pub fn inherit_leases(mut self) -> Self {
-        self.inherited_until = Some(Instant::now() + self.lease);
+    pub fn inherit_leases(self) -> Self {
+        self.inherit_leases_now();
         self
+    }
+
+    /// The same, from now: for a manager that has just become the leader
+    /// (the routers heartbeated to the one before it).
+    pub fn inherit_leases_now(&self) {
+        *self
+            .inherited_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + self.lease);
     }
 
     /// The lease length.
@@ -140,7 +149,11 @@ impl RouterRegistry {
                 .filter(|r| r.applied_version < version)
                 .map(|r| r.id)
                 .collect();
-            let inherited_done = self.inherited_until.is_none_or(|t| Instant::now() >= t);
+            let inherited_done = self
+                .inherited_until
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_none_or(|t| Instant::now() >= t);
             if (behind.is_empty() && inherited_done) || Instant::now() > deadline {
                 return behind;
             }

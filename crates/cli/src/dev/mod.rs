@@ -19,6 +19,7 @@
 //! - this file: flags, planning, starting clusters and servers, bootstrap.
 //! - [`replicas`]: planning, cloning and registering replicas.
 
+mod ha;
 mod replicas;
 
 use std::net::SocketAddr;
@@ -80,6 +81,11 @@ pub struct DevArgs {
     /// first registered
     #[arg(long, requires = "replicas")]
     pub synchronous: bool,
+    /// Run N manager processes on an etcd cluster of three members (data
+    /// under the data dir) instead of one manager on a catalog file; one
+    /// leads by election. Chosen on first start
+    #[arg(long, value_name = "N")]
+    pub managers: Option<usize>,
 }
 
 /// Settings of dev clusters: durable (dev data is kept) but small.
@@ -353,15 +359,30 @@ async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let servers = shutdown.child_token();
-    let mut mcfg = shardline_manager::ManagerConfig::new(
-        dir.join("catalog.json"),
-        &admin_token,
-        &router_token,
-    );
-    mcfg.listen = args.manager_listen;
-    let manager = shardline_manager::bind(mcfg).await?;
-    let manager_url = format!("http://{}", manager.local_addr());
-    let mut rcfg = shardline_router::RouterConfig::new(&manager_url, &router_token);
+    // One manager in this process on the catalog file, or (--managers N)
+    // etcd and N manager processes.
+    let (control, manager, manager_url, all_managers) = match args.managers {
+        None => {
+            let mut mcfg = shardline_manager::ManagerConfig::new(
+                dir.join("catalog.json"),
+                &admin_token,
+                &router_token,
+            );
+            mcfg.listen = args.manager_listen;
+            let manager = shardline_manager::bind(mcfg).await?;
+            let url = format!("http://{}", manager.local_addr());
+            (None, Some(manager), url.clone(), url)
+        }
+        Some(n) => {
+            let plan = ha::HaPlan::load_or_new(dir, n, args.manager_listen.port())?;
+            let control = ha::ControlPlane::start(&plan, dir, &admin_token, &router_token).await?;
+            let urls = plan.manager_urls();
+            let all = urls.join(",");
+            wait_leader(&all, &admin_token).await?;
+            (Some((control, plan)), None, urls[0].clone(), all)
+        }
+    };
+    let mut rcfg = shardline_router::RouterConfig::new(&all_managers, &router_token);
     rcfg.listen = args.router_listen;
     rcfg.id = Some("dev-router".into());
     rcfg.catalog_cache = Some(dir.join("router-catalog.json"));
@@ -369,11 +390,11 @@ async fn serve(
     let router = shardline_router::bind(rcfg).await?;
     let router_url = format!("http://{}", router.local_addr());
 
-    let m_task = tokio::spawn(manager.run(servers.clone()));
+    let m_task = manager.map(|m| tokio::spawn(m.run(servers.clone())));
     let r_task = tokio::spawn(router.run(servers.clone()));
 
     let setup = async {
-        let admin = ManagerClient::new(&manager_url, Some(admin_token.clone()))?;
+        let admin = ManagerClient::new(&all_managers, Some(admin_token.clone()))?;
         let mut shards: Vec<DevShard> = specs
             .iter()
             .map(|s| with_dsns(s.clone(), pg.password))
@@ -384,7 +405,7 @@ async fn serve(
         replicas::register(&admin, &mut shards).await?;
         let app_token = default_app_token(&admin, previous.as_ref()).await?;
         wait_router_ready(&router_url).await?;
-        let feed = ManagerClient::new(&manager_url, Some(router_token.clone()))?;
+        let feed = ManagerClient::new(&all_managers, Some(router_token.clone()))?;
         replicas::wait_serving(&feed, &shards, max_replica_lag, health_poll).await;
         let info = DevInfo {
             pid: std::process::id(),
@@ -395,6 +416,18 @@ async fn serve(
             app_token,
             router_token: router_token.clone(),
             shards,
+            managers: control
+                .as_ref()
+                .map(|(c, _)| c.managers())
+                .unwrap_or_default(),
+            etcd_endpoints: control
+                .as_ref()
+                .map(|(_, plan)| plan.endpoints())
+                .unwrap_or_default(),
+            etcd_members: control
+                .as_ref()
+                .map(|(c, plan)| c.etcd_members(plan))
+                .unwrap_or_default(),
         };
         write_private(
             &dir.join("dev.json"),
@@ -414,11 +447,38 @@ async fn serve(
         shutdown.cancelled().await;
     }
     servers.cancel();
-    let (m, r) = tokio::join!(m_task, r_task);
+    let r = r_task.await;
+    let m = match m_task {
+        Some(task) => Some(task.await),
+        None => None,
+    };
+    if let Some((control, _)) = control {
+        control.stop().await;
+    }
     outcome?;
-    m.context("manager task")??;
+    if let Some(m) = m {
+        m.context("manager task")??;
+    }
     r.context("router task")??;
     Ok(())
+}
+
+/// Waits until the managers at `urls` have elected a leader.
+async fn wait_leader(urls: &str, admin_token: &str) -> anyhow::Result<()> {
+    let managers = ManagerClient::new(urls, Some(admin_token.to_string()))?
+        .with_timeout(Duration::from_secs(2));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(l) = managers.leader().await {
+            if l.leader.is_some() {
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("the managers elected no leader within 30s (see managers/*.log)");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The shard with the DSNs of its clusters filled in.
@@ -544,7 +604,15 @@ fn print_banner(info: &DevInfo, catalog: &[ShardInfo], dir: &Path) {
         info.shards.len() - spare
     );
     println!("  router:      {}", info.router_url);
-    println!("  manager:     {}", info.manager_url);
+    if info.managers.is_empty() {
+        println!("  manager:     {}", info.manager_url);
+    }
+    for m in &info.managers {
+        println!("  manager:     {} ({}, pid {})", m.url, m.id, m.pid);
+    }
+    if !info.etcd_endpoints.is_empty() {
+        println!("  etcd:        {}", info.etcd_endpoints.join(","));
+    }
     println!("  admin token: {}", info.admin_token);
     println!("  app token:   {} (tenant {})", info.app_token, info.tenant);
     for s in &info.shards {

@@ -258,6 +258,13 @@ pub fn lost_after(log: &Log, lost: &[i64], t: Instant) -> Vec<i64> {
     lost.iter().copied().filter(|n| acked_at[n] > t).collect()
 }
 
+/// The writes of `lost` that were sent after `t`.
+pub fn lost_sent_after(log: &Log, lost: &[i64], t: Instant) -> Vec<i64> {
+    let sent_at: std::collections::HashMap<i64, Instant> =
+        log.acks().iter().map(|a| (a.n, a.sent)).collect();
+    lost.iter().copied().filter(|n| sent_at[n] > t).collect()
+}
+
 /// The replication mode, as the tests print it.
 pub fn mode(synchronous: bool) -> &'static str {
     if synchronous {

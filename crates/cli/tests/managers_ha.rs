@@ -1,0 +1,369 @@
+//! Three managers as separate processes on one etcd, a router and a
+//! writer: one manager leads; a follower passes admin writes to it; the
+//! leader is killed (`kill -9`) and another takes over while writes
+//! through the router go on; a leader paused past its lease (SIGSTOP)
+//! and resumed after another took over does not lead again.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{eventually, ADMIN_TOKEN, ROUTER_TOKEN};
+use shardline_api::manager::{
+    ApplyMigrationRequest, CreateAppRequest, CreateKeyspaceRequest, CreateTenantRequest,
+    RegisterShardRequest,
+};
+use shardline_api::router::{ExecuteRequest, ShardKeyValue};
+use shardline_client::{ManagerClient, RetryPolicy, RouterClient};
+use shardline_testkit::{EtcdServer, PgCluster};
+
+const BIN: &str = env!("CARGO_BIN_EXE_shardline");
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.0.id()).unwrap();
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+}
+
+fn free_port() -> u16 {
+    shardline_localpg::free_port().unwrap()
+}
+
+fn spawn(args: &[&str], log: &std::path::Path) -> Proc {
+    let f = std::fs::File::create(log).unwrap();
+    Proc(
+        Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// A manager on etcd, with the default leader lease.
+fn start_manager(dir: &std::path::Path, i: usize, port: u16, etcd: &str) -> Proc {
+    let cfg = dir.join(format!("manager{i}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nid = \"m{i}\"\nadmin_token = \"{ADMIN_TOKEN}\"\n\
+             router_token = \"{ROUTER_TOKEN}\"\nhealth_interval = \"200ms\"\n\
+             [etcd]\nendpoints = [\"{etcd}\"]\n"
+        ),
+    )
+    .unwrap();
+    spawn(
+        &["manager", "--config", cfg.to_str().unwrap()],
+        &dir.join(format!("manager{i}.log")),
+    )
+}
+
+fn exec(key: &str, sql: &str) -> ExecuteRequest {
+    ExecuteRequest {
+        keyspace: None,
+        shard_key: ShardKeyValue::Text(key.into()),
+        sql: sql.into(),
+        params: vec![],
+        consistency: Default::default(),
+    }
+}
+
+/// Which managers say they lead, asked one after another.
+async fn leaders(managers: &[ManagerClient]) -> Vec<usize> {
+    let mut out = Vec::new();
+    for (i, m) in managers.iter().enumerate() {
+        if m.leader().await.map(|l| l.is_leader).unwrap_or(false) {
+            out.push(i);
+        }
+    }
+    out
+}
+
+/// Waits (bounded) until exactly one of `alive` leads and every one of
+/// them names it; its index.
+async fn agreed_leader(managers: &[ManagerClient], alive: &[usize]) -> Option<usize> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let mut named = Vec::new();
+        for &i in alive {
+            if let Ok(l) = managers[i].leader().await {
+                named.push(l.leader.map(|m| m.id));
+            }
+        }
+        if named.len() == alive.len() {
+            if let Some(Some(id)) = named.first().cloned() {
+                if named.iter().all(|n| n.as_deref() == Some(id.as_str())) {
+                    let i: usize = id.trim_start_matches('m').parse().unwrap();
+                    if alive.contains(&i) {
+                        return Some(i);
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+/// An admin write (a new app) through `m`, retried until it succeeds;
+/// when it did.
+async fn first_admin_write(m: &ManagerClient, name: &str) -> Option<Instant> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let made = m
+            .create_app(&CreateAppRequest {
+                name: name.into(),
+                ..CreateAppRequest::default()
+            })
+            .await;
+        if made.is_ok() {
+            return Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_dies_and_another_takes_over_while_writes_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = EtcdServer::start().await.unwrap();
+    let pg = PgCluster::start().await.unwrap();
+    let ports = [free_port(), free_port(), free_port()];
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
+    let mut procs: Vec<Option<Proc>> = (0..3)
+        .map(|i| Some(start_manager(dir.path(), i, ports[i], &etcd.endpoint())))
+        .collect();
+    let each: Vec<ManagerClient> = urls
+        .iter()
+        .map(|u| {
+            ManagerClient::new(u, Some(ADMIN_TOKEN.into()))
+                .unwrap()
+                .with_timeout(Duration::from_secs(5))
+        })
+        .collect();
+    let all_urls = urls.join(",");
+    let admin = ManagerClient::new(&all_urls, Some(ADMIN_TOKEN.into())).unwrap();
+    let first = agreed_leader(&each, &[0, 1, 2])
+        .await
+        .expect("no agreed leader among three managers");
+    assert_eq!(leaders(&each).await, vec![first], "leaders at once");
+
+    // Admin writes through a follower reach the leader.
+    let follower = &each[(first + 1) % 3];
+    follower
+        .register_shard(&RegisterShardRequest {
+            id: "s0".into(),
+            primary: pg.dsn(),
+            replicas: vec![],
+            tenant: None,
+            synchronous: false,
+        })
+        .await
+        .expect("register a shard through a follower");
+    follower
+        .create_keyspace(&CreateKeyspaceRequest {
+            name: "default".into(),
+            key_type: Default::default(),
+            shards: vec!["s0".into()],
+        })
+        .await
+        .unwrap();
+    follower
+        .apply_migration(
+            "default",
+            &ApplyMigrationRequest {
+                name: "001".into(),
+                sql: "CREATE TABLE t (k text PRIMARY KEY)".into(),
+            },
+        )
+        .await
+        .unwrap();
+    follower
+        .create_tenant(&CreateTenantRequest {
+            id: "default".into(),
+            ..CreateTenantRequest::default()
+        })
+        .await
+        .unwrap();
+    let app = follower
+        .create_app(&CreateAppRequest {
+            name: "app".into(),
+            ..CreateAppRequest::default()
+        })
+        .await
+        .unwrap();
+    // Every manager serves the catalog the leader wrote.
+    for m in &each {
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                m.list_keyspaces()
+                    .await
+                    .map(|k| k.iter().any(|k| k.name == "default"))
+                    .unwrap_or(false)
+            })
+            .await,
+            "a manager does not serve the keyspace"
+        );
+    }
+
+    // A router following all three, and a writer through it.
+    let rport = free_port();
+    let _router = spawn(
+        &[
+            "router",
+            "--manager-url",
+            &all_urls,
+            "--router-token",
+            ROUTER_TOKEN,
+            "--listen",
+            &format!("127.0.0.1:{rport}"),
+            "--id",
+            "r1",
+        ],
+        &dir.path().join("router.log"),
+    );
+    let router = RouterClient::new(&format!("http://127.0.0.1:{rport}"), Some(app.token))
+        .unwrap()
+        .with_retry(RetryPolicy::none());
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            router.execute(&exec("probe", "SELECT 1")).await.is_ok()
+        })
+        .await,
+        "router up"
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let (acked, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let writer = {
+        let (stop, acked, failed, router) =
+            (stop.clone(), acked.clone(), failed.clone(), router.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            let mut errors = Vec::new();
+            // Bounded: at most 100k writes.
+            while !stop.load(Ordering::Relaxed) && n < 100_000 {
+                n += 1;
+                let key = format!("k{n}");
+                let sql = format!("INSERT INTO t VALUES ('{key}')");
+                match router.execute(&exec(&key, &sql)).await {
+                    Ok(r) if r.result.rows_affected == 1 => {
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        errors.push(format!("{key}: {} rows", r.result.rows_affected));
+                    }
+                    Err(e) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        errors.push(format!("{key}: {e}"));
+                    }
+                }
+            }
+            errors
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // kill -9 of the leader.
+    let killed = Instant::now();
+    drop(procs[first].take());
+    let alive: Vec<usize> = (0..3).filter(|i| *i != first).collect();
+    let next = agreed_leader(&each, &alive)
+        .await
+        .expect("no new leader within 30 s of the kill");
+    let led = killed.elapsed();
+    // Through the client of all three URLs: it moves past the dead one.
+    let wrote = first_admin_write(&admin, "after-kill")
+        .await
+        .expect("no admin write within 30 s of the kill")
+        - killed;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // The new leader paused past its lease: a third one leads; resumed,
+    // the paused one does not lead again.
+    let paused_proc = procs[next].as_ref().unwrap();
+    paused_proc.signal(libc::SIGSTOP);
+    let paused = Instant::now();
+    let third = alive.iter().copied().find(|i| *i != next).unwrap();
+    let third_led = eventually(Duration::from_secs(30), || async {
+        each[third]
+            .leader()
+            .await
+            .map(|l| l.is_leader)
+            .unwrap_or(false)
+    })
+    .await;
+    let took_over = paused.elapsed();
+    let wrote_paused = first_admin_write(&each[third], "while-paused").await;
+    paused_proc.signal(libc::SIGCONT);
+    let resumed = Instant::now();
+    // Within the lease and a renewal it knows it lost: never two leaders.
+    let mut both = Vec::new();
+    while resumed.elapsed() < Duration::from_secs(5) {
+        let now = leaders(&each).await;
+        if now.len() > 1 {
+            both.push(now);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after_resume = leaders(&each).await;
+    // The resumed manager passes admin writes to the leader.
+    let via_resumed = first_admin_write(&each[next], "via-resumed").await;
+
+    stop.store(true, Ordering::Relaxed);
+    let errors = writer.await.unwrap();
+    let stored = router
+        .execute(&exec("probe", "SELECT count(*) FROM t"))
+        .await
+        .unwrap();
+    println!(
+        "managers on etcd: leader m{first} killed; m{next} led after {led:?}, first admin write \
+         after {wrote:?}; m{next} paused, m{third} led after {took_over:?}; writes through the \
+         router: {} acknowledged, {} failed; stored {:?}",
+        acked.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        stored.result.rows,
+    );
+    assert!(errors.is_empty(), "writes failed: {errors:?}");
+    assert!(acked.load(Ordering::Relaxed) > 0, "nothing written");
+    assert_eq!(
+        stored.result.rows[0][0],
+        serde_json::json!(acked.load(Ordering::Relaxed)),
+        "acknowledged writes not all stored"
+    );
+    assert!(third_led, "no manager took over from the paused leader");
+    assert!(
+        wrote_paused.is_some(),
+        "no admin write while the leader was paused"
+    );
+    assert!(
+        both.is_empty(),
+        "two leaders at once after the resume: {both:?}"
+    );
+    assert_eq!(after_resume, vec![third], "the resumed manager leads again");
+    assert!(
+        via_resumed.is_some(),
+        "the resumed manager did not forward an admin write"
+    );
+    drop(procs);
+}
