@@ -39,6 +39,8 @@ pub struct AppState {
     pub health: Arc<HealthTable>,
     pub failovers: Arc<Failovers>,
     pub routers: Arc<RouterRegistry>,
+    /// With managers sharing a store: which routers hold leases.
+    pub router_book: Option<Arc<crate::router_book::RouterBook>>,
     pub reshards: Arc<crate::reshard::Reshards>,
     pub admin: TokenCheck,
     pub router_auth: TokenCheck,
@@ -468,6 +470,12 @@ async fn heartbeat(
             ErrorCode::InvalidRequest,
             "router id must be 1-200 characters",
         ));
+    }
+    if let Some(book) = &st.router_book {
+        // In the book before its first lease from this manager.
+        book.record(&st.routers, &hb.id)
+            .await
+            .map_err(ServiceError::from)?;
     }
     let renewed = st.routers.heartbeat(&hb);
     Ok(Json(HeartbeatResponse {

@@ -28,6 +28,7 @@
 //! - [`reshard`]: online resharding jobs (split, merge, move), resumed
 //!   after a restart.
 //! - [`routers`]: live routers and their leases.
+//! - [`router_book`]: which routers hold leases, in the shared store.
 //! - [`leader`]: which manager leads; the leader-only work.
 //! - [`forward`]: requests a follower passes to the leader.
 //! - [`http`]: the HTTP API.
@@ -50,6 +51,7 @@ pub mod pg;
 pub mod reconcile;
 pub mod replicas;
 pub mod reshard;
+pub mod router_book;
 pub mod routers;
 pub mod service;
 pub mod standbys;
@@ -81,6 +83,8 @@ pub struct BoundManager {
     store: Arc<dyn CatalogStore>,
     /// On etcd: the store that campaigns for leadership.
     election: Option<(EtcdStore, ElectionOptions)>,
+    /// On etcd: the router book's store.
+    router_book: Option<Arc<dyn CatalogStore>>,
 }
 
 /// Opens the catalog store (etcd when configured, else the file) and
@@ -94,9 +98,13 @@ pub async fn bind(mut config: ManagerConfig) -> anyhow::Result<BoundManager> {
             .with_context(|| format!("open catalog {}", config.catalog_path.display()))?;
         return bind_with_store(config, Arc::new(store)).await;
     };
+    let book_prefix = format!("{}.routers/", etcd.prefix.trim_end_matches('/'));
     let mut options = EtcdStoreOptions::new(etcd.endpoints).with_prefix(etcd.prefix);
     options.request_timeout = etcd.request_timeout;
     options.user = etcd.username.zip(etcd.password);
+    let book = EtcdStore::connect(options.clone().with_prefix(book_prefix))
+        .await
+        .context("set up the etcd router book")?;
     let store = EtcdStore::connect(options)
         .await
         .context("set up the etcd catalog store")?;
@@ -106,6 +114,7 @@ pub async fn bind(mut config: ManagerConfig) -> anyhow::Result<BoundManager> {
     };
     let mut bound = bind_with_store(config, Arc::new(store.clone())).await?;
     bound.election = Some((store, election));
+    bound.router_book = Some(Arc::new(book));
     Ok(bound)
 }
 
@@ -123,6 +132,7 @@ pub async fn bind_with_store(
         config,
         store,
         election: None,
+        router_book: None,
     })
 }
 
@@ -200,7 +210,11 @@ impl BoundManager {
                 )
             }
         };
+        let router_book = self
+            .router_book
+            .map(|store| Arc::new(router_book::RouterBook::new(store)));
         let state = Arc::new(http::AppState {
+            router_book: router_book.clone(),
             leadership: Arc::clone(&leadership),
             service: Arc::clone(&service),
             health: Arc::clone(&health_table),
@@ -245,16 +259,21 @@ impl BoundManager {
             );
             let jobs_interval = cfg.health_interval.max(Duration::from_millis(500));
             move |term: CancellationToken| {
-                if elected {
-                    // Routers heartbeated to the leader before this one:
-                    // their leases may run for one more lease.
-                    routers.inherit_leases_now();
-                }
                 let ids = {
-                    let service = Arc::clone(&service);
+                    let (service, routers, book) = (
+                        Arc::clone(&service),
+                        Arc::clone(&routers),
+                        router_book.clone(),
+                    );
                     async move {
                         if !elected {
                             return;
+                        }
+                        // Routers heartbeated to the leader before this
+                        // one: their leases may still run.
+                        match &book {
+                            Some(book) => book.inherit(&routers).await,
+                            None => routers.inherit_leases_now(),
                         }
                         if let Err(e) = replicas::assign_missing_ids(&service).await {
                             tracing::error!(error = %e, "give instances ids");
@@ -278,10 +297,19 @@ impl BoundManager {
                     term.clone(),
                 );
                 // Unfinished jobs resume at once, then from the loop.
-                let jobs = Arc::clone(&reshards).run(jobs_interval, term);
+                let jobs = Arc::clone(&reshards).run(jobs_interval, term.clone());
+                let pruner = {
+                    let (routers, book, term) =
+                        (Arc::clone(&routers), router_book.clone(), term.clone());
+                    async move {
+                        if let Some(book) = book {
+                            book.prune(&routers, term).await;
+                        }
+                    }
+                };
                 async move {
                     ids.await;
-                    tokio::join!(reconciler, follower, checker, jobs);
+                    tokio::join!(reconciler, follower, checker, jobs, pruner);
                 }
             }
         };

@@ -1,7 +1,7 @@
 //! Live routers: each heartbeats with the catalog version it serves; one
 //! that misses its lease is gone.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -26,9 +26,19 @@ pub struct RouterRegistry {
     ///
     /// [`wait_applied`]: Self::wait_applied
     required: AtomicU64,
-    /// Until when leases a manager before this one gave may still run
-    /// (see [`inherit_leases`](Self::inherit_leases)).
-    inherited_until: Mutex<Option<Instant>>,
+    /// Leases a manager before this one gave, which may still run (see
+    /// [`inherit_leases`](Self::inherit_leases)).
+    inherited: Mutex<Option<Inherited>>,
+}
+
+/// Leases given by an earlier manager (or run).
+struct Inherited {
+    /// When the last of them has run out, at the latest.
+    until: Instant,
+    /// The routers that may hold one (the router book's list) and have not
+    /// heartbeated here since; `None` when unknown, so the wait lasts
+    /// until `until`.
+    pending: Option<HashSet<String>>,
 }
 
 impl RouterRegistry {
@@ -39,7 +49,7 @@ impl RouterRegistry {
             routers: Mutex::new(HashMap::new()),
             beat: tokio::sync::Notify::new(),
             required: AtomicU64::new(0),
-            inherited_until: Mutex::new(None),
+            inherited: Mutex::new(None),
         }
     }
 
@@ -58,10 +68,36 @@ impl RouterRegistry {
     /// The same, from now: for a manager that has just become the leader
     /// (the routers heartbeated to the one before it).
     pub fn inherit_leases_now(&self) {
-        *self
-            .inherited_until
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + self.lease);
+        self.set_inherited(None);
+    }
+
+    /// The same, knowing which routers may hold those leases (the router
+    /// book): the wait ends as soon as each of them has heartbeated here.
+    pub fn inherit_leases_of(&self, routers: impl IntoIterator<Item = String>) {
+        self.set_inherited(Some(routers.into_iter().collect()));
+    }
+
+    fn set_inherited(&self, pending: Option<HashSet<String>>) {
+        *self.inherited.lock().unwrap_or_else(|e| e.into_inner()) = Some(Inherited {
+            until: Instant::now() + self.lease,
+            pending,
+        });
+    }
+
+    /// Whether no lease given before this manager can still run unseen.
+    fn inherited_done(&self) -> bool {
+        let inherited = self.inherited.lock().unwrap_or_else(|e| e.into_inner());
+        inherited.as_ref().is_none_or(|i| {
+            Instant::now() >= i.until || i.pending.as_ref().is_some_and(HashSet::is_empty)
+        })
+    }
+
+    /// Whether `id` holds a lease this manager gave.
+    pub fn knows(&self, id: &str) -> bool {
+        let routers = self.routers.lock().unwrap_or_else(|e| e.into_inner());
+        routers
+            .get(id)
+            .is_some_and(|s| s.at.elapsed() <= self.lease)
     }
 
     /// The lease length.
@@ -78,6 +114,12 @@ impl RouterRegistry {
     /// waiting for it.
     pub fn heartbeat(&self, hb: &RouterHeartbeat) -> bool {
         let renew = hb.applied_version >= self.required.load(Ordering::Acquire);
+        if renew {
+            let mut inherited = self.inherited.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(pending) = inherited.as_mut().and_then(|i| i.pending.as_mut()) {
+                pending.remove(&hb.id);
+            }
+        }
         let mut routers = self.routers.lock().unwrap_or_else(|e| e.into_inner());
         if renew {
             routers.insert(
@@ -149,11 +191,7 @@ impl RouterRegistry {
                 .filter(|r| r.applied_version < version)
                 .map(|r| r.id)
                 .collect();
-            let inherited_done = self
-                .inherited_until
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_none_or(|t| Instant::now() >= t);
+            let inherited_done = self.inherited_done();
             if (behind.is_empty() && inherited_done) || Instant::now() > deadline {
                 return behind;
             }
@@ -217,6 +255,40 @@ mod tests {
         assert_eq!(live, ["current"]);
         // Once it has the version, it is renewed again.
         assert!(reg.heartbeat(&hb("behind", 5)));
+    }
+
+    /// A new leader that knows (from the router book) which routers the
+    /// one before it leased waits only until each has heartbeated here,
+    /// not a whole lease. Control: with `pending` ignored in
+    /// `inherited_done`, the wait lasted the lease and the test failed at
+    /// "ended with the last listed router's heartbeat".
+    #[tokio::test]
+    async fn a_new_leader_waits_only_for_the_routers_of_the_book() {
+        let lease = Duration::from_millis(1500);
+        let reg = RouterRegistry::new(lease);
+        reg.inherit_leases_of(["r1".to_string(), "r2".to_string()]);
+        let hb = |id: &str| RouterHeartbeat {
+            id: id.into(),
+            address: "a".into(),
+            applied_version: 5,
+        };
+        let started = Instant::now();
+        let wait = reg.wait_applied(5);
+        tokio::pin!(wait);
+        reg.heartbeat(&hb("r1"));
+        // r2 has not heartbeated: still waiting.
+        assert!(tokio::time::timeout(Duration::from_millis(100), &mut wait)
+            .await
+            .is_err());
+        reg.heartbeat(&hb("r2"));
+        let behind = tokio::time::timeout(Duration::from_millis(500), &mut wait)
+            .await
+            .expect("ended with the last listed router's heartbeat");
+        assert!(behind.is_empty());
+        assert!(started.elapsed() < lease, "{:?}", started.elapsed());
+        // A router this manager leased is known; another is not.
+        assert!(reg.knows("r1"));
+        assert!(!reg.knows("r3"));
     }
 
     #[tokio::test]
