@@ -367,3 +367,129 @@ async fn the_leader_dies_and_another_takes_over_while_writes_go_on() {
     );
     drop(procs);
 }
+
+/// etcd unreachable for every manager (all of etcd paused, SIGSTOP):
+/// no manager leads within the lease, the primary killed meanwhile is
+/// not replaced (its replica stays a replica, by PostgreSQL's own
+/// account), reads through the router go on; when etcd is back a leader
+/// is elected, fails the primary over and writes succeed again.
+///
+/// Control: with the leader's step-down on its own clock removed (it
+/// renews forever, ignoring failures), the old leader kept answering
+/// `is_leader` through the outage and the test failed at "a manager
+/// still leads with etcd unreachable".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_unreachable_stops_the_leader_and_nothing_is_promoted() {
+    use common::{Stack, StackOptions};
+    use shardline_api::router::Consistency;
+
+    let mut stack = Stack::start(StackOptions {
+        shards: 1,
+        replicas: 1,
+        etcd_managers: vec![None, None, None],
+        ..StackOptions::default()
+    })
+    .await;
+    stack.ha.as_ref().unwrap().start(1);
+    stack.ha.as_ref().unwrap().start(2);
+    let each: Vec<ManagerClient> = stack
+        .ha
+        .as_ref()
+        .unwrap()
+        .urls()
+        .iter()
+        .map(|u| {
+            ManagerClient::new(u, Some(ADMIN_TOKEN.into()))
+                .unwrap()
+                .with_timeout(Duration::from_secs(1))
+        })
+        .collect();
+    stack
+        .migrate("001", "CREATE TABLE t (k text PRIMARY KEY)")
+        .await;
+    let router = RouterClient::new(&stack.router_url, Some(stack.app_token.clone()))
+        .unwrap()
+        .with_retry(RetryPolicy::none());
+    router
+        .execute(&exec("a", "INSERT INTO t VALUES ('a')"))
+        .await
+        .expect("a write before the outage");
+    let generation = stack.admin.get_shard("s0").await.unwrap().generation;
+
+    // etcd goes away for everyone.
+    stack.ha.as_ref().unwrap().etcd.pause().unwrap();
+    let paused = Instant::now();
+    let stepped_down = eventually(Duration::from_secs(10), || async {
+        leaders(&each).await.is_empty()
+    })
+    .await;
+    let no_leader_after = paused.elapsed();
+    assert!(stepped_down, "a manager still leads with etcd unreachable");
+    // The primary dies while no manager can act.
+    stack.shards[0].kill9().await;
+    let mut reads_ok = 0;
+    let mut reads_failed = Vec::new();
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        let mut read = exec("a", "SELECT count(*) FROM t");
+        read.consistency = Consistency::Eventual;
+        match router.execute(&read).await {
+            Ok(_) => reads_ok += 1,
+            Err(e) => reads_failed.push(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let replica = stack.replicas[0][0].connect().await.unwrap();
+    let in_recovery: bool = replica
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        leaders(&each).await.is_empty(),
+        "a manager led during the outage"
+    );
+
+    // etcd is back: a leader, the failover, writes.
+    stack.ha.as_ref().unwrap().etcd.resume().unwrap();
+    let resumed = Instant::now();
+    let led = eventually(Duration::from_secs(30), || async {
+        leaders(&each).await.len() == 1
+    })
+    .await;
+    let leader_after = resumed.elapsed();
+    let wrote = eventually(Duration::from_secs(30), || async {
+        router
+            .execute(&exec(
+                "b",
+                "INSERT INTO t VALUES ('b') ON CONFLICT DO NOTHING",
+            ))
+            .await
+            .is_ok()
+    })
+    .await;
+    let write_after = resumed.elapsed();
+    let failed_over = stack.admin.get_shard("s0").await.unwrap().generation;
+    println!(
+        "etcd unreachable: no leader {no_leader_after:?} after the pause; during the outage \
+         (primary killed): {reads_ok} eventual reads ok, {} failed, replica in recovery: \
+         {in_recovery}; etcd back: a leader after {leader_after:?}, a write after \
+         {write_after:?}, generation {generation} -> {failed_over}",
+        reads_failed.len()
+    );
+    assert!(
+        in_recovery,
+        "the replica was promoted while no manager could lead"
+    );
+    assert!(
+        reads_ok > 0 && reads_failed.is_empty(),
+        "reads failed: {reads_failed:?}"
+    );
+    assert!(led, "no leader after etcd came back");
+    assert!(wrote, "no write after etcd came back");
+    assert!(
+        failed_over > generation,
+        "the dead primary was not replaced"
+    );
+    stack.stop().await;
+}

@@ -199,6 +199,21 @@ impl CatalogService {
                 seen.insert(key.clone(), entry);
             }
             let ops = decide(&seen)?;
+            if ops.is_empty() {
+                // Nothing to write: the catalog as read, which the
+                // in-memory one holds once it reaches the newest entry
+                // read. (Not the store's current revision: on etcd other
+                // keys — the election's, the router book's — advance it
+                // past any catalog version.)
+                let read_at = seen
+                    .values()
+                    .flatten()
+                    .map(|e| e.mod_revision)
+                    .max()
+                    .unwrap_or(0);
+                self.wait_for(read_at).await;
+                return Ok(read_at);
+            }
             match self.store.txn(&pre, &ops).await {
                 Ok(rev) => {
                     self.wait_for(rev).await;

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod ha;
 pub mod load;
 
 use std::time::Duration;
@@ -34,6 +35,8 @@ pub struct Stack {
     pub router_stop: CancellationToken,
     pub manager_task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     pub router_task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// With `StackOptions::etcd_managers`: the manager processes.
+    pub ha: Option<ha::HaManagers>,
     pub dir: tempfile::TempDir,
 }
 
@@ -67,6 +70,11 @@ pub struct StackOptions {
     pub router_ip: std::net::IpAddr,
     /// The router's catalog cache file.
     pub catalog_cache: Option<std::path::PathBuf>,
+    /// Managers as separate processes on one etcd instead of one in this
+    /// process on a catalog file: each entry is that manager's failpoint,
+    /// if any. Only the first is started (and leads); the test starts the
+    /// others (`stack.ha`). The router and `admin` know every URL.
+    pub etcd_managers: Vec<Option<&'static str>>,
 }
 
 impl Default for StackOptions {
@@ -85,6 +93,7 @@ impl Default for StackOptions {
             tune_router: |_| {},
             router_ip: std::net::Ipv4Addr::LOCALHOST.into(),
             catalog_cache: None,
+            etcd_managers: Vec::new(),
         }
     }
 }
@@ -227,7 +236,30 @@ impl Stack {
         if let Some(lease) = opts.router_lease {
             cfg.router_lease = lease;
         }
-        let (manager_url, manager_stop, manager_task) = start_manager(cfg).await;
+        let (manager_url, manager_stop, manager_task, ha) = if opts.etcd_managers.is_empty() {
+            let (url, stop, task) = start_manager(cfg).await;
+            (url, stop, Some(task), None)
+        } else {
+            let ha = ha::HaManagers::new(
+                dir.path(),
+                opts.etcd_managers.clone(),
+                cfg.health_interval,
+                opts.router_lease,
+            )
+            .await;
+            ha.start(0);
+            assert!(
+                ha.wait_leader(0, Duration::from_secs(30)).await,
+                "the first manager did not lead: {}",
+                ha.log(0)
+            );
+            (
+                ha.urls().join(","),
+                CancellationToken::new(),
+                None,
+                Some(ha),
+            )
+        };
         let admin = ManagerClient::new(&manager_url, Some(ADMIN_TOKEN.into())).unwrap();
         for (i, pg) in shards.iter().enumerate() {
             let spare = i >= opts.shards;
@@ -264,8 +296,9 @@ impl Stack {
             router,
             manager_stop,
             router_stop,
-            manager_task: Some(manager_task),
+            manager_task,
             router_task: Some(router_task),
+            ha,
             dir,
         }
     }
