@@ -384,6 +384,12 @@ pub struct ManagerRef {
     pub url: String,
 }
 
+/// A header a manager sets on a 503 it answers without having run the
+/// request anywhere, because it knows no leader to pass it to (an
+/// election is under way, or it cannot reach the store). A client that
+/// knows several managers may send the same request to the next one.
+pub const NO_LEADER_HEADER: &str = "x-shardline-no-leader";
+
 /// `GET /v1/leader`: which manager leads (runs the health checks,
 /// failovers, the reconciler and resharding jobs), as the asked manager
 /// knows it.

@@ -56,6 +56,22 @@ async fn admin_write(admin: &ManagerClient, name: &str) -> Option<Instant> {
     None
 }
 
+/// Shard `id`, asked until a manager answers (bounded): while leadership
+/// settles after a fault an answer may be a retryable 503.
+async fn shard_when_answered(admin: &ManagerClient, id: &str) -> shardline_api::manager::ShardInfo {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match admin.get_shard(id).await {
+            Ok(s) => return s,
+            Err(e) if Instant::now() < deadline => {
+                println!("get shard {id}: {e}; asking again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("get shard {id}: {e}"),
+        }
+    }
+}
+
 /// The id of the manager every live one names as leader (bounded wait).
 async fn agreed_leader(managers: &[(String, ManagerClient)], skip: &str) -> Option<String> {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -186,7 +202,7 @@ async fn dev_with_three_managers_survives_the_leader_and_an_etcd_member() {
     let leader_after_etcd = agreed_leader(&managers, &leader).await;
 
     // kill -9 of the shard's primary: the new leader fails it over.
-    let shard = admin.get_shard("shard-0").await.unwrap();
+    let shard = shard_when_answered(&admin, "shard-0").await;
     let primary = shard
         .instances
         .iter()
@@ -259,7 +275,7 @@ async fn dev_with_three_managers_survives_the_leader_and_an_etcd_member() {
         first_after_primary.is_some(),
         "no write acknowledged within 30 s of the primary's kill"
     );
-    let failed_over = admin.get_shard("shard-0").await.unwrap();
+    let failed_over = shard_when_answered(&admin, "shard-0").await;
     assert!(failed_over.generation > shard.generation, "no failover");
     assert!(
         leader_after_etcd.is_some(),

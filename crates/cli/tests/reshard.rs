@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::link::Link;
 use common::{Stack, StackOptions};
 use serde_json::json;
 use shardline_api::manager::{JobInfo, ReshardKind, ReshardPhase, ReshardRequest, TableSpec};
@@ -519,53 +520,6 @@ async fn tenant_move_to_dedicated_shards_under_writes_loses_nothing() {
     }
     println!("tenant move back: {} moves", back.moves.len());
     stack.stop().await;
-}
-
-/// A TCP proxy on loopback to `to` that can be cut: while cut, open
-/// connections are closed and new ones closed at once.
-struct Link {
-    url: String,
-    cut: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Link {
-    async fn to(url: &str) -> Link {
-        let to = url.trim_start_matches("http://").to_string();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (cut, _) = tokio::sync::watch::channel(false);
-        let watch = cut.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let mut cut = watch.subscribe();
-                if *cut.borrow_and_update() {
-                    continue;
-                }
-                let to = to.clone();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&to).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut.wait_for(|c| *c) => {}
-                    }
-                });
-            }
-        });
-        Link { url, cut, task }
-    }
-
-    fn set_cut(&self, cut: bool) {
-        self.cut.send_replace(cut);
-    }
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// One statement through the router at `url` as the default app.

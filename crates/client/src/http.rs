@@ -6,8 +6,9 @@
 //! instances of one replicated service such as the managers: it sends to
 //! the one that last answered and moves to the next when that one cannot
 //! be reached — only when no byte of the request was sent, or for a
-//! `GET` (which changes nothing) that failed or timed out, so a write is
-//! never sent twice.
+//! `GET` (which changes nothing) that failed or timed out, or when a
+//! manager answers that it ran nothing for want of a leader
+//! ([`NO_LEADER_HEADER`]), so a write is never run twice.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use shardline_api::manager::NO_LEADER_HEADER;
 
 use crate::error::{api_error, ClientError};
 
@@ -230,6 +232,18 @@ impl HttpClient {
                 .send_to(&self.bases[at], &method, path, body.clone(), timeout)
                 .await
             {
+                // A manager that knows no leader ran nothing: the next
+                // one may (the last one's answer stands).
+                Ok(answer)
+                    if answer.0 == StatusCode::SERVICE_UNAVAILABLE
+                        && answer.1.contains_key(NO_LEADER_HEADER)
+                        && i + 1 < n =>
+                {
+                    last = Some(ClientError::Transport(format!(
+                        "{}: no leader known there",
+                        self.bases[at]
+                    )));
+                }
                 Ok(answer) => {
                     if at != first {
                         self.current.store(at, Ordering::Relaxed);

@@ -26,6 +26,7 @@ use axum::response::{IntoResponse, Response};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use shardline_api::manager::NO_LEADER_HEADER;
 use shardline_api::{ApiError, ErrorCode};
 use shardline_http::ErrorResponse;
 
@@ -82,11 +83,20 @@ pub async fn to_leader(State(f): State<Forwarder>, request: Request, next: Next)
         ErrorResponse(ApiError::new(ErrorCode::Unavailable, message).with_retry_after(1))
             .into_response()
     };
+    // Answered without running the request anywhere: another manager may
+    // take it.
+    let not_run = |message: String| {
+        let mut answer = unavailable(message);
+        answer
+            .headers_mut()
+            .insert(NO_LEADER_HEADER, HeaderValue::from_static("1"));
+        answer
+    };
     if request.headers().contains_key(FORWARDED_BY) {
-        return unavailable("forwarded to a manager that does not lead; retry".into());
+        return not_run("forwarded to a manager that does not lead; retry".into());
     }
     let Some(leader) = f.leadership.response().leader else {
-        return unavailable("no manager leads now (an election is under way); retry".into());
+        return not_run("no manager leads now (an election is under way); retry".into());
     };
     let (mut parts, body) = request.into_parts();
     let path = parts
@@ -107,7 +117,13 @@ pub async fn to_leader(State(f): State<Forwarder>, request: Request, next: Next)
         Ok(answer) => answer.map(Body::new),
         Err(e) => {
             tracing::warn!(leader = %leader.url, error = %e, "forward a request to the leader");
-            unavailable(format!("the leader ({}) did not answer; retry", leader.id))
+            let message = format!("the leader ({}) did not answer; retry", leader.id);
+            // Not connected: nothing of the request reached the leader.
+            if e.is_connect() {
+                not_run(message)
+            } else {
+                unavailable(message)
+            }
         }
     }
 }

@@ -236,20 +236,34 @@ impl Candidate {
         self.inner.set_fence(Some(Some(Fence { term, until })));
         self.publish(Some(self.me.clone()), revision(term).unwrap_or(0), true);
         tracing::info!(term, "leader election: this manager leads");
-        let every = ttl / 3;
+        // Renewals every third of the lease; after a failed one (an etcd
+        // member died under the connection, say) again soon, each bounded
+        // well inside the time left, so one stuck request cannot use up
+        // the lease.
+        let (every, again) = (ttl / 3, ttl / 10);
+        let mut pause = every;
         loop {
-            tokio::time::sleep_until((Instant::now() + every).min(until)).await;
+            tokio::time::sleep_until((Instant::now() + pause).min(until)).await;
             if Instant::now() >= until {
                 break;
             }
             let sent = Instant::now();
-            match self.renew(lease, term).await {
-                Ok(granted) => {
+            let bound = (until - sent).min(every);
+            match tokio::time::timeout(bound, self.renew(lease, term)).await {
+                Ok(Ok(granted)) => {
                     until = sent + granted.min(ttl) - ttl / 3;
                     self.inner.set_fence(Some(Some(Fence { term, until })));
+                    pause = every;
                 }
-                Err(StoreError::NotLeader) => break,
-                Err(e) => tracing::warn!(error = %e, "leader election: renew the lease"),
+                Ok(Err(StoreError::NotLeader)) => break,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "leader election: renew the lease");
+                    pause = again;
+                }
+                Err(_) => {
+                    tracing::warn!(?bound, "leader election: no renewal answer in time");
+                    pause = again;
+                }
             }
         }
         tracing::warn!(

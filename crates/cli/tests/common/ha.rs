@@ -9,12 +9,15 @@ use std::time::Duration;
 use shardline_client::ManagerClient;
 use shardline_testkit::EtcdServer;
 
+use super::link::Link;
 use super::{ADMIN_TOKEN, ROUTER_TOKEN};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shardline");
 
 pub struct HaManagers {
     pub etcd: EtcdServer,
+    /// Each manager's way to etcd, which the test can cut.
+    links: Vec<Link>,
     dir: std::path::PathBuf,
     ports: Vec<u16>,
     failpoints: Vec<Option<&'static str>>,
@@ -36,8 +39,13 @@ impl HaManagers {
             .iter()
             .map(|_| shardline_localpg::free_port().unwrap())
             .collect();
+        let mut links = Vec::new();
+        for _ in &failpoints {
+            links.push(Link::to(&etcd.endpoint()).await);
+        }
         HaManagers {
             etcd,
+            links,
             dir: dir.to_path_buf(),
             ports,
             procs: Mutex::new(failpoints.iter().map(|_| None).collect()),
@@ -70,7 +78,7 @@ impl HaManagers {
                  [etcd]\nendpoints = [\"{}\"]\n",
                 self.ports[i],
                 self.health_interval.as_millis(),
-                self.etcd.endpoint()
+                self.links[i].url
             ),
         )
         .unwrap();
@@ -86,6 +94,12 @@ impl HaManagers {
         }
         let child = command.spawn().expect("start a manager process");
         self.procs.lock().unwrap()[i] = Some(child);
+    }
+
+    /// Cuts manager `i` off from etcd (or joins it again): a partition
+    /// between that manager and the store alone.
+    pub fn cut_from_etcd(&self, i: usize, cut: bool) {
+        self.links[i].set_cut(cut);
     }
 
     /// Whether manager `i` has exited (a failpoint, a kill).

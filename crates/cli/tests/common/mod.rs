@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod ha;
+pub mod link;
 pub mod load;
 
 use std::time::Duration;
