@@ -624,3 +624,101 @@ async fn a_leader_cut_off_from_etcd_stops_leading() {
     );
     stack.stop().await;
 }
+
+/// The leader dies in the middle of a failover — once after recording
+/// its intent, once after promoting the replica — and the next leader
+/// finishes it as a restarted manager would: the shard gets its new
+/// primary, writes through the router succeed again, and no acknowledged
+/// write is lost (synchronous replication).
+///
+/// Control: with no second manager started, nothing finished the
+/// failover and the test failed (no write within 40 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_whose_leader_dies_is_finished_by_the_next() {
+    use common::{Stack, StackOptions};
+    use shardline_manager::failover::{FAILPOINT_AFTER_INTENT, FAILPOINT_AFTER_PROMOTE};
+
+    for failpoint in [FAILPOINT_AFTER_INTENT, FAILPOINT_AFTER_PROMOTE] {
+        let mut stack = Stack::start(StackOptions {
+            shards: 1,
+            replicas: 1,
+            synchronous: true,
+            etcd_managers: vec![Some(failpoint), None],
+            ..StackOptions::default()
+        })
+        .await;
+        stack.ha.as_ref().unwrap().start(1);
+        stack
+            .migrate("001", "CREATE TABLE t (n bigint PRIMARY KEY)")
+            .await;
+        let router = RouterClient::new(&stack.router_url, Some(stack.app_token.clone()))
+            .unwrap()
+            .with_retry(RetryPolicy::none());
+        let mut acked = Vec::new();
+        for n in 0..50i64 {
+            let sql = format!("INSERT INTO t VALUES ({n})");
+            router.execute(&exec(&n.to_string(), &sql)).await.unwrap();
+            acked.push(n);
+        }
+        let generation = stack.admin.get_shard("s0").await.unwrap().generation;
+        let killed = Instant::now();
+        stack.shards[0].kill9().await;
+        let ha = stack.ha.as_ref().unwrap();
+        assert!(
+            ha.wait_exit(0, Duration::from_secs(30)).await,
+            "m0 did not reach {failpoint}"
+        );
+        let crashed = killed.elapsed();
+        // Writes until one is acknowledged by the new primary (bounded).
+        let mut n = 1000i64;
+        let deadline = Instant::now() + Duration::from_secs(40);
+        let mut first = None;
+        while Instant::now() < deadline {
+            let sql = format!("INSERT INTO t VALUES ({n})");
+            if router.execute(&exec(&n.to_string(), &sql)).await.is_ok() {
+                acked.push(n);
+                first = Some(killed.elapsed());
+                break;
+            }
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut after = generation;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while after <= generation && Instant::now() < deadline {
+            if let Ok(s) = stack.admin.get_shard("s0").await {
+                after = s.generation;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let stored = router
+            .execute(&exec("0", "SELECT n FROM t ORDER BY n"))
+            .await
+            .unwrap();
+        let stored: Vec<i64> = stored
+            .result
+            .rows
+            .iter()
+            .map(|r| r[0].as_i64().unwrap())
+            .collect();
+        let lost: Vec<i64> = acked
+            .iter()
+            .copied()
+            .filter(|n| !stored.contains(n))
+            .collect();
+        println!(
+            "leader aborted at {failpoint} {crashed:?} after the primary's kill; first write \
+             acknowledged {first:?} after the kill; generation {generation} -> {after}; \
+             {} acknowledged, {} lost",
+            acked.len(),
+            lost.len()
+        );
+        assert!(first.is_some(), "no write after the failover ({failpoint})");
+        assert!(
+            after > generation,
+            "the failover was not finished ({failpoint})"
+        );
+        assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+        stack.stop().await;
+    }
+}

@@ -105,6 +105,14 @@ impl HaPlan {
         Ok(plan)
     }
 
+    /// How many managers an earlier `--managers` run of `dir` had, if
+    /// any: such a data dir keeps its catalog in etcd.
+    pub fn managers_of(dir: &Path) -> Option<usize> {
+        let text = std::fs::read_to_string(dir.join("ha.json")).ok()?;
+        let plan: HaPlan = serde_json::from_str(&text).ok()?;
+        Some(plan.managers.len())
+    }
+
     /// etcd's client URLs.
     pub fn endpoints(&self) -> Vec<String> {
         self.etcd

@@ -83,7 +83,7 @@ pub struct DevArgs {
     pub synchronous: bool,
     /// Run N manager processes on an etcd cluster of three members (data
     /// under the data dir) instead of one manager on a catalog file; one
-    /// leads by election. Chosen on first start
+    /// leads by election. Chosen on first start: a data dir keeps it
     #[arg(long, value_name = "N")]
     pub managers: Option<usize>,
 }
@@ -361,7 +361,9 @@ async fn serve(
     let servers = shutdown.child_token();
     // One manager in this process on the catalog file, or (--managers N)
     // etcd and N manager processes.
-    let (control, manager, manager_url, all_managers) = match args.managers {
+    // A data dir first run with --managers keeps its catalog in etcd.
+    let managers = args.managers.or_else(|| ha::HaPlan::managers_of(dir));
+    let (control, manager, manager_url, all_managers) = match managers {
         None => {
             let mut mcfg = shardline_manager::ManagerConfig::new(
                 dir.join("catalog.json"),
