@@ -5,12 +5,12 @@
 //! plane keeps working; then the shard's primary is killed and the new
 //! leader fails it over.
 
+mod common;
 mod devproc;
 
 use std::time::{Duration, Instant};
 
 use devproc::{stop_dev, wait_dev_json};
-use shardline_api::manager::CreateAppRequest;
 use shardline_api::router::{ExecuteRequest, ShardKeyValue};
 use shardline_client::{ManagerClient, RetryPolicy, RouterClient};
 use tokio::sync::mpsc;
@@ -35,25 +35,6 @@ fn kill9(pid: u64) {
 fn postmaster_pid(data_dir: &str) -> u64 {
     let text = std::fs::read_to_string(format!("{data_dir}/postmaster.pid")).unwrap();
     text.lines().next().unwrap().trim().parse().unwrap()
-}
-
-/// An admin write (a new app) through every manager URL, retried until
-/// it succeeds (bounded); when it did.
-async fn admin_write(admin: &ManagerClient, name: &str) -> Option<Instant> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let made = admin
-            .create_app(&CreateAppRequest {
-                name: name.into(),
-                ..CreateAppRequest::default()
-            })
-            .await;
-        if made.is_ok() {
-            return Some(Instant::now());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    None
 }
 
 /// Shard `id`, asked until a manager answers (bounded): while leadership
@@ -184,7 +165,7 @@ async fn dev_with_three_managers_survives_the_leader_and_an_etcd_member() {
         .await
         .expect("no new leader within 30 s");
     let led = killed.elapsed();
-    let wrote = admin_write(&admin, "after-leader-kill")
+    let wrote = common::admin_write(&admin, "after-leader-kill")
         .await
         .expect("no admin write within 30 s")
         - killed;
@@ -195,7 +176,7 @@ async fn dev_with_three_managers_survives_the_leader_and_an_etcd_member() {
     assert_eq!(members.len(), 3, "dev.json etcd_members");
     let etcd_killed = Instant::now();
     kill9(members[0]["pid"].as_u64().unwrap());
-    let wrote_etcd = admin_write(&admin, "after-etcd-kill")
+    let wrote_etcd = common::admin_write(&admin, "after-etcd-kill")
         .await
         .expect("no admin write within 30 s of an etcd member's death")
         - etcd_killed;

@@ -6,55 +6,16 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::procs::{free_port, spawn, Proc};
 use common::{eventually, ADMIN_TOKEN, ROUTER_TOKEN};
-use shardline_api::manager::{
-    ApplyMigrationRequest, CreateAppRequest, CreateKeyspaceRequest, CreateTenantRequest,
-    RegisterShardRequest,
-};
+use shardline_api::manager::{ApplyMigrationRequest, RegisterShardRequest};
 use shardline_api::router::{ExecuteRequest, ShardKeyValue};
 use shardline_client::{ManagerClient, RetryPolicy, RouterClient};
 use shardline_testkit::{EtcdServer, PgCluster};
-
-const BIN: &str = env!("CARGO_BIN_EXE_shardline");
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    fn signal(&self, signal: libc::c_int) {
-        let pid = libc::pid_t::try_from(self.0.id()).unwrap();
-        // SAFETY: kill(2) on our own child's pid.
-        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
-    }
-}
-
-fn free_port() -> u16 {
-    shardline_localpg::free_port().unwrap()
-}
-
-fn spawn(args: &[&str], log: &std::path::Path) -> Proc {
-    let f = std::fs::File::create(log).unwrap();
-    Proc(
-        Command::new(BIN)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .unwrap(),
-    )
-}
 
 /// A manager on etcd, with the default leader lease.
 fn start_manager(dir: &std::path::Path, i: usize, port: u16, etcd: &str) -> Proc {
@@ -82,6 +43,17 @@ fn exec(key: &str, sql: &str) -> ExecuteRequest {
         params: vec![],
         consistency: Default::default(),
     }
+}
+
+/// An admin client of each manager alone, with a short timeout.
+fn each_manager(urls: &[String]) -> Vec<ManagerClient> {
+    urls.iter()
+        .map(|u| {
+            ManagerClient::new(u, Some(ADMIN_TOKEN.into()))
+                .unwrap()
+                .with_timeout(Duration::from_secs(2))
+        })
+        .collect()
 }
 
 /// Which managers say they lead, asked one after another.
@@ -121,25 +93,6 @@ async fn agreed_leader(managers: &[ManagerClient], alive: &[usize]) -> Option<us
     None
 }
 
-/// An admin write (a new app) through `m`, retried until it succeeds;
-/// when it did.
-async fn first_admin_write(m: &ManagerClient, name: &str) -> Option<Instant> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let made = m
-            .create_app(&CreateAppRequest {
-                name: name.into(),
-                ..CreateAppRequest::default()
-            })
-            .await;
-        if made.is_ok() {
-            return Some(Instant::now());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    None
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_dies_and_another_takes_over_while_writes_go_on() {
     let dir = tempfile::tempdir().unwrap();
@@ -153,14 +106,7 @@ async fn the_leader_dies_and_another_takes_over_while_writes_go_on() {
     let mut procs: Vec<Option<Proc>> = (0..3)
         .map(|i| Some(start_manager(dir.path(), i, ports[i], &etcd.endpoint())))
         .collect();
-    let each: Vec<ManagerClient> = urls
-        .iter()
-        .map(|u| {
-            ManagerClient::new(u, Some(ADMIN_TOKEN.into()))
-                .unwrap()
-                .with_timeout(Duration::from_secs(5))
-        })
-        .collect();
+    let each = each_manager(&urls);
     let all_urls = urls.join(",");
     let admin = ManagerClient::new(&all_urls, Some(ADMIN_TOKEN.into())).unwrap();
     let first = agreed_leader(&each, &[0, 1, 2])
@@ -180,14 +126,7 @@ async fn the_leader_dies_and_another_takes_over_while_writes_go_on() {
         })
         .await
         .expect("register a shard through a follower");
-    follower
-        .create_keyspace(&CreateKeyspaceRequest {
-            name: "default".into(),
-            key_type: Default::default(),
-            shards: vec!["s0".into()],
-        })
-        .await
-        .unwrap();
+    let app_token = common::default_keyspace(follower, vec!["s0".into()]).await;
     follower
         .apply_migration(
             "default",
@@ -196,20 +135,6 @@ async fn the_leader_dies_and_another_takes_over_while_writes_go_on() {
                 sql: "CREATE TABLE t (k text PRIMARY KEY)".into(),
             },
         )
-        .await
-        .unwrap();
-    follower
-        .create_tenant(&CreateTenantRequest {
-            id: "default".into(),
-            ..CreateTenantRequest::default()
-        })
-        .await
-        .unwrap();
-    let app = follower
-        .create_app(&CreateAppRequest {
-            name: "app".into(),
-            ..CreateAppRequest::default()
-        })
         .await
         .unwrap();
     // Every manager serves the catalog the leader wrote.
@@ -242,7 +167,7 @@ async fn the_leader_dies_and_another_takes_over_while_writes_go_on() {
         ],
         &dir.path().join("router.log"),
     );
-    let router = RouterClient::new(&format!("http://127.0.0.1:{rport}"), Some(app.token))
+    let router = RouterClient::new(&format!("http://127.0.0.1:{rport}"), Some(app_token))
         .unwrap()
         .with_retry(RetryPolicy::none());
     assert!(
@@ -293,7 +218,7 @@ async fn the_leader_dies_and_another_takes_over_while_writes_go_on() {
         .expect("no new leader within 30 s of the kill");
     let led = killed.elapsed();
     // Through the client of all three URLs: it moves past the dead one.
-    let wrote = first_admin_write(&admin, "after-kill")
+    let wrote = common::admin_write(&admin, "after-kill")
         .await
         .expect("no admin write within 30 s of the kill")
         - killed;
@@ -314,7 +239,7 @@ async fn the_leader_dies_and_another_takes_over_while_writes_go_on() {
     })
     .await;
     let took_over = paused.elapsed();
-    let wrote_paused = first_admin_write(&each[third], "while-paused").await;
+    let wrote_paused = common::admin_write(&each[third], "while-paused").await;
     paused_proc.signal(libc::SIGCONT);
     let resumed = Instant::now();
     // Within the lease and a renewal it knows it lost: never two leaders.
@@ -328,7 +253,7 @@ async fn the_leader_dies_and_another_takes_over_while_writes_go_on() {
     }
     let after_resume = leaders(&each).await;
     // The resumed manager passes admin writes to the leader.
-    let via_resumed = first_admin_write(&each[next], "via-resumed").await;
+    let via_resumed = common::admin_write(&each[next], "via-resumed").await;
 
     stop.store(true, Ordering::Relaxed);
     let errors = writer.await.unwrap();
@@ -392,18 +317,7 @@ async fn etcd_unreachable_stops_the_leader_and_nothing_is_promoted() {
     .await;
     stack.ha.as_ref().unwrap().start(1);
     stack.ha.as_ref().unwrap().start(2);
-    let each: Vec<ManagerClient> = stack
-        .ha
-        .as_ref()
-        .unwrap()
-        .urls()
-        .iter()
-        .map(|u| {
-            ManagerClient::new(u, Some(ADMIN_TOKEN.into()))
-                .unwrap()
-                .with_timeout(Duration::from_secs(1))
-        })
-        .collect();
+    let each = each_manager(&stack.ha.as_ref().unwrap().urls());
     stack
         .migrate("001", "CREATE TABLE t (k text PRIMARY KEY)")
         .await;
@@ -526,14 +440,7 @@ async fn a_leader_cut_off_from_etcd_stops_leading() {
     ha.start(1);
     ha.start(2);
     let urls = ha.urls();
-    let each: Vec<ManagerClient> = urls
-        .iter()
-        .map(|u| {
-            ManagerClient::new(u, Some(ADMIN_TOKEN.into()))
-                .unwrap()
-                .with_timeout(Duration::from_secs(2))
-        })
-        .collect();
+    let each = each_manager(&urls);
     assert!(
         agreed_leader(&each, &[0, 1, 2]).await == Some(0),
         "m0 does not lead"
@@ -587,7 +494,7 @@ async fn a_leader_cut_off_from_etcd_stops_leading() {
     let m0_first = ManagerClient::new(&urls.join(","), Some(ADMIN_TOKEN.into()))
         .unwrap()
         .with_timeout(Duration::from_secs(2));
-    let wrote = first_admin_write(&m0_first, "while-m0-is-cut-off").await;
+    let wrote = common::admin_write(&m0_first, "while-m0-is-cut-off").await;
 
     ha.cut_from_etcd(0, false);
     let rejoined = eventually(Duration::from_secs(10), || async {

@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::procs::{free_port, spawn, Proc};
 use common::{eventually, ADMIN_TOKEN, ROUTER_TOKEN};
 use serde_json::json;
 use shardline_api::manager::{
@@ -16,34 +16,6 @@ use shardline_api::manager::{
 use shardline_api::router::{ExecuteRequest, ShardKeyValue};
 use shardline_client::{ManagerClient, RouterClient};
 use shardline_testkit::PgCluster;
-
-const BIN: &str = env!("CARGO_BIN_EXE_shardline");
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    shardline_localpg::free_port().unwrap()
-}
-
-fn spawn(args: &[&str], log: &std::path::Path) -> Proc {
-    let f = std::fs::File::create(log).unwrap();
-    Proc(
-        Command::new(BIN)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .unwrap(),
-    )
-}
 
 fn start_manager(dir: &std::path::Path, port: u16) -> Proc {
     let cfg = dir.join("manager.toml");

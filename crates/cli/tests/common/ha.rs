@@ -10,9 +10,8 @@ use shardline_client::ManagerClient;
 use shardline_testkit::EtcdServer;
 
 use super::link::Link;
+use super::procs::BIN;
 use super::{ADMIN_TOKEN, ROUTER_TOKEN};
-
-const BIN: &str = env!("CARGO_BIN_EXE_shardline");
 
 pub struct HaManagers {
     pub etcd: EtcdServer,

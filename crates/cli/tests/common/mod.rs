@@ -8,6 +8,7 @@
 pub mod ha;
 pub mod link;
 pub mod load;
+pub mod procs;
 
 use std::time::Duration;
 
@@ -170,6 +171,26 @@ pub async fn default_keyspace(admin: &ManagerClient, shards: Vec<String>) -> Str
         .await
         .unwrap();
     app.token
+}
+
+/// An admin write (a new app named `name`) through `m`, sent again until
+/// it succeeds (up to 30 s: while managers take over from one another
+/// an answer may be a retryable 503); when it did.
+pub async fn admin_write(m: &ManagerClient, name: &str) -> Option<std::time::Instant> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        let made = m
+            .create_app(&CreateAppRequest {
+                name: name.into(),
+                ..CreateAppRequest::default()
+            })
+            .await;
+        if made.is_ok() {
+            return Some(std::time::Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
 }
 
 /// Waits until `check` passes, up to `limit`.
