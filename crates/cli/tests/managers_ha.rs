@@ -422,10 +422,12 @@ async fn etcd_unreachable_stops_the_leader_and_nothing_is_promoted() {
 /// admin requests sent to it first reach the leader through the next
 /// URL (it answers that it ran nothing). Joined again, it follows.
 ///
-/// Control: with `NO_LEADER_HEADER` ignored by the client, the admin
+/// Controls: with `NO_LEADER_HEADER` ignored by the client, the admin
 /// write through a client listing the cut-off manager first failed
 /// (503) and the test failed at "no admin write through a client that
-/// tries the cut-off manager first".
+/// tries the cut-off manager first"; with the cut-off manager serving
+/// the catalog watch as before, it failed at "served the catalog
+/// watch".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_cut_off_from_etcd_stops_leading() {
     use common::{Stack, StackOptions};
@@ -490,6 +492,16 @@ async fn a_leader_cut_off_from_etcd_stops_leading() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // It does not feed routers a catalog that may be behind.
+    let feed = common::raw(
+        &urls[0],
+        "GET",
+        "/v1/catalog?after_version=0&wait_ms=0",
+        Some(ROUTER_TOKEN),
+        b"",
+        &[],
+    )
+    .await;
     // A client that tries the cut-off manager first.
     let m0_first = ManagerClient::new(&urls.join(","), Some(ADMIN_TOKEN.into()))
         .unwrap()
@@ -518,6 +530,11 @@ async fn a_leader_cut_off_from_etcd_stops_leading() {
         wrote.is_some(),
     );
     assert!(stepped_down, "the cut-off manager still answers as leader");
+    assert_eq!(
+        feed.status, 503,
+        "the cut-off manager served the catalog watch: {}",
+        feed.text
+    );
     assert!(next.is_some(), "no other manager took over");
     assert!(both.is_empty(), "two leaders at once: {both:?}");
     assert!(

@@ -14,6 +14,9 @@
 //!
 //! A request is forwarded at most once (a header marks it), so two
 //! managers that each think the other leads answer 503 rather than loop.
+//! A manager that knows no leader (an election, or it cannot reach the
+//! store) answers the routers' catalog watch 503 too, rather than feed
+//! them a catalog that may be behind.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +37,9 @@ use crate::leader::Leadership;
 
 /// Marks a request a follower forwarded.
 pub const FORWARDED_BY: &str = "x-shardline-forwarded-by";
+
+/// The routers' catalog watch.
+const CATALOG_FEED: &str = "/v1/catalog";
 
 /// Time allowed to connect to the leader.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -64,7 +70,7 @@ fn answered_locally(method: &Method, path: &str) -> bool {
         "/readyz",
         "/metrics",
         "/v1/leader",
-        "/v1/catalog",
+        CATALOG_FEED,
     ];
     const CATALOG_READS: [&str; 3] = ["/v1/keyspaces", "/v1/tenants", "/v1/apps"];
     ALWAYS.contains(&path)
@@ -76,7 +82,13 @@ fn answered_locally(method: &Method, path: &str) -> bool {
 
 /// The middleware: on a follower, forwards what only the leader answers.
 pub async fn to_leader(State(f): State<Forwarder>, request: Request, next: Next) -> Response {
-    if f.leadership.is_leader() || answered_locally(request.method(), request.uri().path()) {
+    let leading = f.leadership.is_leader();
+    let path = request.uri().path();
+    // A manager that knows no leader may be cut off from the store, its
+    // catalog behind: it does not feed routers (they go to the next
+    // manager), though it still answers one-off reads.
+    let stale_feed = path == CATALOG_FEED && f.leadership.response().leader.is_none();
+    if leading || (answered_locally(request.method(), path) && !stale_feed) {
         return next.run(request).await;
     }
     let unavailable = |message: String| {
@@ -92,6 +104,9 @@ pub async fn to_leader(State(f): State<Forwarder>, request: Request, next: Next)
             .insert(NO_LEADER_HEADER, HeaderValue::from_static("1"));
         answer
     };
+    if stale_feed {
+        return not_run("this manager knows no leader: its catalog may be behind; retry".into());
+    }
     if request.headers().contains_key(FORWARDED_BY) {
         return not_run("forwarded to a manager that does not lead; retry".into());
     }
