@@ -51,7 +51,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, Txn, TxnOp};
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue,
+    TlsOptions, Txn, TxnOp,
+};
 
 use crate::store::{CatalogStore, Entry, Op, Precondition, Revision, Snapshot, StoreError, Watch};
 
@@ -87,6 +90,27 @@ pub struct EtcdStoreOptions {
     pub reconnect_max: Duration,
     /// User and password, when etcd has authentication on.
     pub user: Option<(String, String)>,
+    /// TLS, for `https://` endpoints.
+    pub tls: Option<EtcdTls>,
+}
+
+/// TLS to etcd, in PEM.
+#[derive(Clone)]
+pub struct EtcdTls {
+    /// The certificate authority etcd's server certificates are signed by.
+    pub ca: Vec<u8>,
+    /// A client certificate and its key, when etcd asks for one
+    /// (`--client-cert-auth`).
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("EtcdTls")
+            .field("client_certificate", &self.identity.is_some())
+            .finish()
+    }
 }
 
 impl EtcdStoreOptions {
@@ -101,6 +125,7 @@ impl EtcdStoreOptions {
             reconnect_min: Duration::from_millis(50),
             reconnect_max: Duration::from_secs(2),
             user: None,
+            tls: None,
         }
     }
 
@@ -148,6 +173,13 @@ impl EtcdStore {
             .with_keep_alive_while_idle(true);
         if let Some((user, password)) = &options.user {
             connect = connect.with_user(user.clone(), password.clone());
+        }
+        if let Some(tls) = &options.tls {
+            let mut config = TlsOptions::new().ca_certificate(Certificate::from_pem(&tls.ca));
+            if let Some((cert, key)) = &tls.identity {
+                config = config.identity(Identity::from_pem(cert, key));
+            }
+            connect = connect.with_tls(config);
         }
         // No per-request timeout here: tonic would apply it to a watch
         // stream's whole life. Each call is bounded by `call` instead.

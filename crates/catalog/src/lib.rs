@@ -22,7 +22,7 @@ pub mod etcd;
 pub mod file;
 pub mod store;
 
-pub use etcd::{ElectionOptions, ElectionView, EtcdStore, EtcdStoreOptions};
+pub use etcd::{ElectionOptions, ElectionView, EtcdStore, EtcdStoreOptions, EtcdTls};
 pub use file::{FileStore, FileStoreOptions};
 pub use store::{
     CatalogStore, Entry, Op, Precondition, Revision, Snapshot, StoreError, Watch, WatchBatch,

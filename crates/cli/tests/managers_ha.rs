@@ -646,3 +646,61 @@ async fn a_failover_whose_leader_dies_is_finished_by_the_next() {
         stack.stop().await;
     }
 }
+
+/// A manager configured for an etcd that speaks only TLS and checks
+/// client certificates (`[etcd] ca_file`, `cert_file`, `key_file`) leads
+/// and writes the catalog; without the client certificate it cannot
+/// load the catalog and stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_on_tls_etcd_with_client_certificates() {
+    let etcd = EtcdServer::start_tls().await.unwrap();
+    let files = etcd.tls_files().unwrap().clone();
+    let dir = tempfile::tempdir().unwrap();
+    let config = |with_cert: bool| {
+        let mut cfg = common::manager_config(dir.path());
+        cfg.etcd = Some(shardline_manager::config::EtcdConfig {
+            endpoints: vec![etcd.endpoint()],
+            prefix: "shardline/".into(),
+            leader_ttl: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(2),
+            username: None,
+            password: None,
+            ca_file: Some(files.ca.clone()),
+            cert_file: with_cert.then(|| files.client_cert.clone()),
+            key_file: with_cert.then(|| files.client_key.clone()),
+        });
+        cfg
+    };
+    let (url, stop, task) = common::start_manager(config(true)).await;
+    let m = ManagerClient::new(&url, Some(ADMIN_TOKEN.into())).unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            m.leader().await.map(|l| l.is_leader).unwrap_or(false)
+        })
+        .await,
+        "no leadership over TLS"
+    );
+    let pg = PgCluster::start().await.unwrap();
+    m.register_shard(&RegisterShardRequest {
+        id: "s0".into(),
+        primary: pg.dsn(),
+        replicas: vec![],
+        tenant: None,
+        synchronous: false,
+    })
+    .await
+    .expect("a catalog write over TLS");
+    assert_eq!(m.list_shards().await.unwrap().len(), 1);
+    stop.cancel();
+    task.await.unwrap().unwrap();
+
+    // The control: without the client certificate etcd refuses it, and
+    // the manager stops at its start, unable to load the catalog.
+    let (_, _stop, task) = common::start_manager(config(false)).await;
+    let ended = tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("a manager without its client certificate went on running")
+        .unwrap();
+    let err = ended.expect_err("a manager without its client certificate ran");
+    assert!(format!("{err:#}").contains("load the catalog"), "{err:#}");
+}

@@ -109,6 +109,17 @@ pub struct EtcdConfig {
     /// Its password; else `$SHARDLINE_ETCD_PASSWORD`.
     #[serde(default)]
     pub password: Option<String>,
+    /// PEM file of the CA that signed etcd's certificates; needed for
+    /// `https://` endpoints.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, when etcd checks clients
+    /// (`--client-cert-auth`); with `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// PEM key of `cert_file`.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
 }
 
 fn default_etcd_prefix() -> String {
@@ -252,6 +263,23 @@ impl ManagerConfig {
             if etcd.username.is_some() != etcd.password.is_some() {
                 bail!("etcd.username needs etcd.password (or ${ETCD_PASSWORD_ENV})");
             }
+            if etcd.cert_file.is_some() != etcd.key_file.is_some() {
+                bail!("etcd.cert_file and etcd.key_file go together");
+            }
+            let https = etcd
+                .endpoints
+                .iter()
+                .filter(|e| e.starts_with("https://"))
+                .count();
+            if https != 0 && https != etcd.endpoints.len() {
+                bail!("etcd.endpoints must be all https:// or all http://");
+            }
+            if https > 0 && etcd.ca_file.is_none() {
+                bail!("https:// etcd endpoints need etcd.ca_file");
+            }
+            if https == 0 && (etcd.ca_file.is_some() || etcd.cert_file.is_some()) {
+                bail!("etcd.ca_file and etcd.cert_file need https:// endpoints");
+            }
         }
         Ok(())
     }
@@ -293,6 +321,10 @@ mod tests {
             "[etcd]\nendpoints = [\"http://a\"]\nprefix = \"x\"\n",
             "[etcd]\nendpoints = [\"http://a\"]\nleader_ttl = \"1s\"\n",
             "[etcd]\nendpoints = [\"http://a\"]\nusername = \"u\"\n",
+            "[etcd]\nendpoints = [\"https://a\"]\n",
+            "[etcd]\nendpoints = [\"https://a\", \"http://b\"]\nca_file = \"ca\"\n",
+            "[etcd]\nendpoints = [\"http://a\"]\nca_file = \"ca\"\n",
+            "[etcd]\nendpoints = [\"https://a\"]\nca_file = \"ca\"\ncert_file = \"c\"\n",
         ] {
             let cfg = ManagerConfig::from_toml(&format!("{base}{bad}")).unwrap();
             assert!(cfg.validate().is_err(), "accepted {bad:?}");

@@ -102,6 +102,18 @@ pub async fn bind(mut config: ManagerConfig) -> anyhow::Result<BoundManager> {
     let mut options = EtcdStoreOptions::new(etcd.endpoints).with_prefix(etcd.prefix);
     options.request_timeout = etcd.request_timeout;
     options.user = etcd.username.zip(etcd.password);
+    if let Some(ca) = &etcd.ca_file {
+        let read =
+            |p: &std::path::Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
+        let identity = match (&etcd.cert_file, &etcd.key_file) {
+            (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+            _ => None,
+        };
+        options.tls = Some(shardline_catalog::EtcdTls {
+            ca: read(ca)?,
+            identity,
+        });
+    }
     let book = EtcdStore::connect(options.clone().with_prefix(book_prefix))
         .await
         .context("set up the etcd router book")?;

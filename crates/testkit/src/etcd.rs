@@ -25,6 +25,11 @@ const PORT_ATTEMPTS: usize = 3;
 pub struct EtcdServer {
     client_port: u16,
     peer_port: u16,
+    /// Serves `/health` over plain HTTP (the client port may be TLS).
+    metrics_port: u16,
+    /// With [`start_tls`](Self::start_tls): clients connect over TLS and
+    /// must show a certificate of [`EtcdTlsFiles::ca`].
+    tls: Option<EtcdTlsFiles>,
     child: Option<Child>,
     // Dropped last: the directory goes after the server has stopped.
     dir: tempfile::TempDir,
@@ -34,13 +39,33 @@ impl EtcdServer {
     /// Starts etcd (`etcd` on the PATH, or `$ETCD_BIN`) and waits until it
     /// is healthy.
     pub async fn start() -> anyhow::Result<EtcdServer> {
+        Self::start_with(false).await
+    }
+
+    /// The same, serving clients over TLS only and checking their
+    /// certificates (`--client-cert-auth`): a CA, a server certificate
+    /// for 127.0.0.1 and a client certificate are made with `openssl` in
+    /// its directory ([`tls_files`](Self::tls_files)).
+    pub async fn start_tls() -> anyhow::Result<EtcdServer> {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(tls: bool) -> anyhow::Result<EtcdServer> {
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
+            let dir = tempfile::tempdir().context("create etcd's directory")?;
+            let tls = if tls {
+                Some(EtcdTlsFiles::make(dir.path())?)
+            } else {
+                None
+            };
             let mut server = EtcdServer {
                 client_port: free_port()?,
                 peer_port: free_port()?,
+                metrics_port: free_port()?,
+                tls,
                 child: None,
-                dir: tempfile::tempdir().context("create etcd's directory")?,
+                dir,
             };
             match server.restart().await {
                 Ok(()) => return Ok(server),
@@ -50,9 +75,16 @@ impl EtcdServer {
         Err(last_error.unwrap_or_else(|| anyhow::anyhow!("etcd did not start")))
     }
 
-    /// The client URL, such as `http://127.0.0.1:23790`.
+    /// The client URL, such as `http://127.0.0.1:23790` (`https://` with
+    /// TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// With [`start_tls`](Self::start_tls): the certificates.
+    pub fn tls_files(&self) -> Option<&EtcdTlsFiles> {
+        self.tls.as_ref()
     }
 
     /// The data directory, kept across [`kill`](Self::kill) and
@@ -117,8 +149,20 @@ impl EtcdServer {
             // A lone member elects itself after one election timeout.
             .arg("--heartbeat-interval=50")
             .arg("--election-timeout=500")
+            .arg(format!(
+                "--listen-metrics-urls=http://127.0.0.1:{}",
+                self.metrics_port
+            ))
             .arg("--logger=zap")
-            .arg("--log-level=warn")
+            .arg("--log-level=warn");
+        if let Some(tls) = &self.tls {
+            command
+                .arg(format!("--cert-file={}", tls.server_cert.display()))
+                .arg(format!("--key-file={}", tls.server_key.display()))
+                .arg(format!("--trusted-ca-file={}", tls.ca.display()))
+                .arg("--client-cert-auth");
+        }
+        command
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("open etcd's log")?)
             .stderr(log);
@@ -152,7 +196,7 @@ impl EtcdServer {
                     bail!("etcd exited at start: {status}");
                 }
             }
-            if healthy(self.client_port).await {
+            if healthy(self.metrics_port).await {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
@@ -185,6 +229,109 @@ async fn healthy(port: u16) -> bool {
         tokio::time::timeout(Duration::from_secs(2), check).await,
         Ok(Ok(true))
     )
+}
+
+/// The PEM files of a TLS etcd: a CA, the server's certificate (for IP
+/// 127.0.0.1) and key, a client certificate and key, all signed by the
+/// CA.
+#[derive(Debug, Clone)]
+pub struct EtcdTlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl EtcdTlsFiles {
+    /// Makes them in `dir` with `openssl` (EC P-256, valid one day).
+    pub fn make(dir: &Path) -> anyhow::Result<EtcdTlsFiles> {
+        let path = |name: &str| dir.join(name);
+        let openssl = |args: &[&str]| -> anyhow::Result<()> {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .context("run openssl (is it installed?)")?;
+            if !out.status.success() {
+                bail!(
+                    "openssl {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            Ok(())
+        };
+        let key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"],
+                &key[..],
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.crt",
+                    "-days",
+                    "1",
+                    "-subj",
+                    "/CN=shardline-test-ca",
+                ],
+            ]
+            .concat(),
+        )?;
+        std::fs::write(
+            path("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        )?;
+        std::fs::write(path("client.ext"), "extendedKeyUsage=clientAuth\n")?;
+        for who in ["server", "client"] {
+            let (k, csr, crt, ext) = (
+                format!("{who}.key"),
+                format!("{who}.csr"),
+                format!("{who}.crt"),
+                format!("{who}.ext"),
+            );
+            openssl(
+                &[
+                    &["req"],
+                    &key[..],
+                    &["-keyout", &k, "-out", &csr, "-subj", &format!("/CN={who}")],
+                ]
+                .concat(),
+            )?;
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "1",
+                "-extfile",
+                &ext,
+            ])?;
+        }
+        Ok(EtcdTlsFiles {
+            ca: path("ca.crt"),
+            server_cert: path("server.crt"),
+            server_key: path("server.key"),
+            client_cert: path("client.crt"),
+            client_key: path("client.key"),
+        })
+    }
 }
 
 fn free_port() -> anyhow::Result<u16> {

@@ -18,7 +18,7 @@
 
 pub mod etcd;
 
-pub use etcd::EtcdServer;
+pub use etcd::{EtcdServer, EtcdTlsFiles};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
