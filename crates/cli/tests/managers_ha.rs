@@ -416,8 +416,9 @@ async fn etcd_unreachable_stops_the_leader_and_nothing_is_promoted() {
     stack.stop().await;
 }
 
-/// The leading manager cut off from etcd while routers and clients still
-/// reach it: it stops answering as leader (before its lease could let
+/// The leading manager partitioned from etcd (its packets to etcd dropped
+/// silently: requests hang, nothing fails at once) while routers and
+/// clients still reach it: it stops answering as leader (before its lease could let
 /// another win), another leads, writes through the router go on, and
 /// admin requests sent to it first reach the leader through the next
 /// URL (it answers that it ran nothing). Joined again, it follows.
@@ -474,7 +475,7 @@ async fn a_leader_cut_off_from_etcd_stops_leading() {
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    ha.cut_from_etcd(0, true);
+    ha.partition_from_etcd(0, true);
     let cut = Instant::now();
     let stepped_down = eventually(Duration::from_secs(10), || async {
         !each[0].leader().await.map(|l| l.is_leader).unwrap_or(true)
@@ -508,7 +509,7 @@ async fn a_leader_cut_off_from_etcd_stops_leading() {
         .with_timeout(Duration::from_secs(2));
     let wrote = common::admin_write(&m0_first, "while-m0-is-cut-off").await;
 
-    ha.cut_from_etcd(0, false);
+    ha.partition_from_etcd(0, false);
     let rejoined = eventually(Duration::from_secs(10), || async {
         each[0]
             .leader()

@@ -9,7 +9,7 @@ use std::time::Duration;
 use shardline_client::ManagerClient;
 use shardline_testkit::EtcdServer;
 
-use super::link::Link;
+use super::link::{Link, State};
 use super::procs::BIN;
 use super::{ADMIN_TOKEN, ROUTER_TOKEN};
 
@@ -95,10 +95,14 @@ impl HaManagers {
         self.procs.lock().unwrap()[i] = Some(child);
     }
 
-    /// Cuts manager `i` off from etcd (or joins it again): a partition
-    /// between that manager and the store alone.
-    pub fn cut_from_etcd(&self, i: usize, cut: bool) {
-        self.links[i].set_cut(cut);
+    /// Partitions manager `i` from etcd (or joins it again): packets
+    /// between that manager and the store alone are dropped silently.
+    pub fn partition_from_etcd(&self, i: usize, partitioned: bool) {
+        self.links[i].set(if partitioned {
+            State::Blackhole
+        } else {
+            State::Open
+        });
     }
 
     /// Whether manager `i` has exited (a failpoint, a kill).
