@@ -386,6 +386,8 @@ async fn split_with_leaders_crashing(first: &'static str, second: &'static str) 
     };
     let split = under_load_with(1, &stack, &stack.app_token, split_s0(), &truth, faults).await;
     assert_eq!(split.moves.len(), 1);
+    // The copy's count outlives the manager that copied.
+    assert!(split.rows_copied > 0, "rows copied: {}", split.rows_copied);
     let seen = truth.lock().unwrap().clone();
     check(&stack, &seen, "default", "default").await;
     stack.stop().await;

@@ -144,6 +144,11 @@ pub struct ReshardJob {
     /// Write pause at cutover, once done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cutover_pause_ms: Option<u64>,
+    /// Rows the copy phase copied, recorded when it ends (while it runs,
+    /// the count is in the leader's memory), so it outlives the manager
+    /// that copied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows_copied: Option<u64>,
     /// Per (tenant, table): row count and checksum of the moved rows at
     /// cutover, checked again before cleanup.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -410,6 +410,7 @@ impl Reshards {
         to: ReshardPhase,
     ) -> Result<(), JobError> {
         let key = keys::job(id);
+        let copied = self.progress(id).rows_copied;
         self.svc
             .update(std::slice::from_ref(&key), |seen| {
                 let Some(entry) = &seen[&key] else {
@@ -418,6 +419,9 @@ impl Reshards {
                 let mut job: ReshardJob = decode(entry)?;
                 if job.phase != from {
                     return Err(ServiceError::Contended);
+                }
+                if from == ReshardPhase::Copy {
+                    job.rows_copied = Some(copied);
                 }
                 job.phase = to;
                 Ok(vec![put(key.clone(), &job)])

@@ -257,7 +257,12 @@ impl Reshards {
                 })
                 .collect(),
             phase: job.phase,
-            rows_copied: p.rows_copied,
+            // Past the copy, the count it recorded (another manager may
+            // have copied); during it, this leader's own.
+            rows_copied: match job.rows_copied {
+                Some(n) if job.phase != ReshardPhase::Copy => n,
+                _ => p.rows_copied,
+            },
             rows_estimated: p.rows_estimated,
             changes_behind: p.changes_behind,
             error: job

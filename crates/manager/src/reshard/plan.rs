@@ -140,6 +140,7 @@ pub fn plan_job(cat: &Catalog, req: &ReshardRequest, id: &str) -> Result<Reshard
         phase: ReshardPhase::Prepare,
         error: None,
         cutover_pause_ms: None,
+        rows_copied: None,
         verified: Default::default(),
         tenant: None,
         to_keyspace: None,

@@ -121,6 +121,7 @@ pub(super) fn tenant_job(
         phase: ReshardPhase::Prepare,
         error: None,
         cutover_pause_ms: None,
+        rows_copied: None,
         verified: Default::default(),
         tenant: Some(tenant.to_string()),
         to_keyspace: Some(to.to_string()),
