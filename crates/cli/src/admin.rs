@@ -139,11 +139,20 @@ fn keyspace_table(list: &[KeyspaceInfo]) -> String {
 
 /// `shardline status`.
 pub async fn status(ep: &Endpoints, json: bool) -> anyhow::Result<()> {
-    let st: StatusResponse = ep.manager()?.status().await?;
+    let manager = ep.manager()?;
+    let st: StatusResponse = manager.status().await?;
     if json {
         return print_json(&st);
     }
-    println!("catalog version {}\n", st.catalog_version);
+    println!("catalog version {}", st.catalog_version);
+    // Which manager acts (the only one, or the elected one of several).
+    match manager.leader().await {
+        Ok(l) => match l.leader {
+            Some(m) => println!("leader {} at {} (term {})\n", m.id, m.url, l.term),
+            None => println!("leader none known (an election is under way)\n"),
+        },
+        Err(e) => println!("leader unknown: {e}\n"),
+    }
     print!("{}", keyspace_table(&st.keyspaces));
     println!();
     print!("{}", shard_table(&st.shards));

@@ -210,6 +210,8 @@ async fn dev_routes_by_postgres_hash_and_survives_restart() {
         assert!(status.contains(&format!("shard-{i}")), "{status}");
     }
     assert!(status.contains(" up "), "{status}");
+    // The one manager of a file catalog leads.
+    assert!(status.contains("leader manager-"), "{status}");
 
     let took = stop_dev(&mut child);
     println!("dev stopped in {took:?}");

@@ -156,6 +156,12 @@ async fn dev_with_three_managers_survives_the_leader_and_an_etcd_member() {
 
     // kill -9 of the leading manager.
     let leader = agreed_leader(&managers, "").await.expect("no leader");
+    // The CLI, pointed at the data dir, says who leads.
+    let status = devproc::cli(&dir, &["status"]);
+    assert!(
+        status.contains(&format!("leader {leader} at ")),
+        "shardline status does not name the leader {leader}:\n{status}"
+    );
     let pid = listed.iter().find(|m| m["id"] == leader.as_str()).unwrap()["pid"]
         .as_u64()
         .unwrap();
