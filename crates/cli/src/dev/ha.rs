@@ -51,9 +51,16 @@ pub struct ManagerSpec {
 
 impl HaPlan {
     /// The plan of an earlier run in `dir`, else a new one with `n`
-    /// managers, the first on `first_port`. Refuses a data dir whose
+    /// managers, the first on `first_port`, on ports none of `taken` (the
+    /// clusters' ports, picked but maybe not bound yet: the system could
+    /// hand the same free port out twice). Refuses a data dir whose
     /// catalog is the single manager's file.
-    pub fn load_or_new(dir: &Path, n: usize, first_port: u16) -> anyhow::Result<HaPlan> {
+    pub fn load_or_new(
+        dir: &Path,
+        n: usize,
+        first_port: u16,
+        taken: &[u16],
+    ) -> anyhow::Result<HaPlan> {
         if n == 0 || n > MAX_MANAGERS {
             bail!("--managers must be between 1 and {MAX_MANAGERS}");
         }
@@ -78,28 +85,39 @@ impl HaPlan {
                 dir.display()
             );
         }
-        let etcd = (0..ETCD_MEMBERS)
-            .map(|i| {
-                Ok(EtcdMember {
-                    name: format!("etcd-{i}"),
-                    client_port: free_port()?,
-                    peer_port: free_port()?,
-                })
-            })
-            .collect::<anyhow::Result<_>>()?;
-        let managers = (0..n)
-            .map(|i| {
-                Ok(ManagerSpec {
-                    id: format!("manager-{i}"),
-                    // Port 0 (tests) means any: a fixed one is kept.
-                    port: if i == 0 && first_port != 0 {
-                        first_port
-                    } else {
-                        free_port()?
-                    },
-                })
-            })
-            .collect::<anyhow::Result<_>>()?;
+        let mut used: Vec<u16> = taken.to_vec();
+        used.push(first_port);
+        let mut pick = || -> anyhow::Result<u16> {
+            // Bounded: a port not handed out yet, else fail.
+            for _ in 0..100 {
+                let port = free_port()?;
+                if !used.contains(&port) {
+                    used.push(port);
+                    return Ok(port);
+                }
+            }
+            bail!("no free loopback port found")
+        };
+        let mut etcd = Vec::new();
+        for i in 0..ETCD_MEMBERS {
+            etcd.push(EtcdMember {
+                name: format!("etcd-{i}"),
+                client_port: pick()?,
+                peer_port: pick()?,
+            });
+        }
+        let mut managers = Vec::new();
+        for i in 0..n {
+            managers.push(ManagerSpec {
+                id: format!("manager-{i}"),
+                // Port 0 (tests) means any: a fixed one is kept.
+                port: if i == 0 && first_port != 0 {
+                    first_port
+                } else {
+                    pick()?
+                },
+            });
+        }
         let plan = HaPlan { etcd, managers };
         write_private(&path, serde_json::to_string_pretty(&plan)?.as_bytes())?;
         Ok(plan)

@@ -376,7 +376,11 @@ async fn serve(
             (None, Some(manager), url.clone(), url)
         }
         Some(n) => {
-            let plan = ha::HaPlan::load_or_new(dir, n, args.manager_listen.port())?;
+            let clusters: Vec<u16> = specs
+                .iter()
+                .flat_map(|s| std::iter::once(s.port).chain(s.replicas.iter().map(|r| r.port)))
+                .collect();
+            let plan = ha::HaPlan::load_or_new(dir, n, args.manager_listen.port(), &clusters)?;
             let control = ha::ControlPlane::start(&plan, dir, &admin_token, &router_token).await?;
             let urls = plan.manager_urls();
             let all = urls.join(",");
@@ -402,7 +406,7 @@ async fn serve(
             .map(|s| with_dsns(s.clone(), pg.password))
             .collect();
         let catalog = admin.list_shards().await?;
-        replicas::clone_missing(pg.bins, &catalog, &shards, pg.password, pg.clusters).await?;
+        replicas::clone_missing(pg.bins, &catalog, &mut shards, pg.password, pg.clusters).await?;
         bootstrap(&admin, &shards, args.synchronous).await?;
         replicas::register(&admin, &mut shards).await?;
         let app_token = default_app_token(&admin, previous.as_ref()).await?;

@@ -122,12 +122,12 @@ fn config_on_port(
 pub async fn clone_missing(
     bins: &PgBinaries,
     catalog: &[ShardInfo],
-    shards: &[DevShard],
+    shards: &mut [DevShard],
     password: &str,
     clusters: &mut Vec<RunningCluster>,
 ) -> anyhow::Result<()> {
     let mut todo = Vec::new();
-    for s in shards {
+    for s in shards.iter() {
         let missing: Vec<&DevReplica> = s
             .replicas
             .iter()
@@ -156,22 +156,43 @@ pub async fn clone_missing(
         }
     }
     let clones = todo.into_iter().map(|(shard, primary, r)| async move {
-        let cfg = cluster_config(r.port, &r.data_dir, password);
+        let mut cfg = cluster_config(r.port, &r.data_dir, password);
         create_replica(bins, &primary, &cfg, &replica_name(&r))
             .await
             .with_context(|| format!("clone a replica of {shard} into {}", r.data_dir.display()))?;
-        let running = start_cluster(bins, &cfg)
-            .await
-            .with_context(|| format!("start replica of {shard} on port {}", r.port))?;
+        // A new replica's port was free when picked, but another process
+        // may have taken it since: a new one then (it is registered
+        // after this, by its port).
+        let mut tries = 5;
+        let running = loop {
+            tries -= 1;
+            match start_cluster(bins, &cfg).await {
+                Ok(c) => break c,
+                Err(e) if tries > 0 && e.to_string().contains("Address already in use") => {
+                    cfg.port = free_port()?;
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::from(e))
+                        .with_context(|| format!("start replica of {shard} on port {}", cfg.port))
+                }
+            }
+        };
         wait_streaming(&cfg, STREAM_TIMEOUT)
             .await
-            .with_context(|| format!("replica of {shard} on port {}", r.port))?;
-        anyhow::Ok(running)
+            .with_context(|| format!("replica of {shard} on port {}", cfg.port))?;
+        anyhow::Ok((r.data_dir.clone(), cfg.port, running))
     });
     let mut first_err = None;
     for r in futures_util::future::join_all(clones).await {
         match r {
-            Ok(c) => clusters.push(c),
+            Ok((data_dir, port, c)) => {
+                clusters.push(c);
+                for r in shards.iter_mut().flat_map(|s| s.replicas.iter_mut()) {
+                    if r.data_dir == data_dir {
+                        r.port = port;
+                    }
+                }
+            }
             Err(e) => {
                 first_err.get_or_insert(e);
             }
