@@ -29,22 +29,25 @@ pub struct LeaderView {
     pub term: u64,
 }
 
+/// Whether this manager's lease holds now.
+type LeaseCheck = Box<dyn Fn() -> bool + Send + Sync>;
+
 /// This manager's view of the leadership, and its metrics.
 pub struct Leadership {
     me: ManagerRef,
     /// Under an election: whether this manager's lease still holds now
     /// (the view can lag a moment behind, as after a pause).
-    lease: Option<Box<dyn Fn() -> bool + Send + Sync>>,
+    lease: Option<LeaseCheck>,
     view: watch::Sender<LeaderView>,
     is_leader: GaugeVec,
     changes: CounterVec,
 }
 
 impl Leadership {
-    fn new(me: ManagerRef, metrics: &Registry) -> Arc<Self> {
+    fn new(me: ManagerRef, metrics: &Registry, lease: Option<LeaseCheck>) -> Arc<Self> {
         Arc::new(Self {
             me,
-            lease: None,
+            lease,
             view: watch::Sender::new(LeaderView::default()),
             is_leader: metrics.gauge(
                 "manager_is_leader",
@@ -61,7 +64,7 @@ impl Leadership {
 
     /// The only manager of its catalog: the leader from now on.
     pub fn sole(me: ManagerRef, metrics: &Registry) -> Arc<Self> {
-        let this = Self::new(me.clone(), metrics);
+        let this = Self::new(me.clone(), metrics, None);
         this.set(LeaderView {
             leader: Some(me),
             term: 1,
@@ -71,7 +74,7 @@ impl Leadership {
 
     /// A manager that does not know the leader yet (an election decides).
     pub fn unknown(me: ManagerRef, metrics: &Registry) -> Arc<Self> {
-        let this = Self::new(me, metrics);
+        let this = Self::new(me, metrics, None);
         this.is_leader.with(&[]).set(0.0);
         this
     }
@@ -84,10 +87,7 @@ impl Leadership {
         mut views: watch::Receiver<ElectionView>,
         lease: impl Fn() -> bool + Send + Sync + 'static,
     ) -> Arc<Self> {
-        let mut this = Self::new(me, metrics);
-        if let Some(this) = Arc::get_mut(&mut this) {
-            this.lease = Some(Box::new(lease));
-        }
+        let this = Self::new(me, metrics, Some(Box::new(lease)));
         this.is_leader.with(&[]).set(0.0);
         let follower = Arc::clone(&this);
         tokio::spawn(async move {
