@@ -49,14 +49,8 @@ use crate::standbys;
 use crate::time::now_ms;
 use steps::{Candidate, Upstream};
 
-/// Environment variable naming a failpoint (see [`crate::failpoints`]):
-/// `failover-after-intent` or `failover-after-promote` aborts the manager
-/// right after that step.
-pub use crate::failpoints::FAILPOINT_ENV;
-/// Aborts after the intent is recorded (test-only).
-pub const FAILPOINT_AFTER_INTENT: &str = "failover-after-intent";
-/// Aborts after the target is promoted, before the commit (test-only).
-pub const FAILPOINT_AFTER_PROMOTE: &str = "failover-after-promote";
+/// Failpoints of the failover (test-only; see [`crate::failpoints`]).
+pub use crate::failpoints::{FAILPOINT_AFTER_INTENT, FAILPOINT_AFTER_PROMOTE, FAILPOINT_ENV};
 
 /// Settings of the controller.
 #[derive(Debug, Clone)]

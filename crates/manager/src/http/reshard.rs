@@ -8,7 +8,7 @@ use shardline_api::manager::{JobInfo, KeyspaceInfo, ReshardRequest, TableSpec};
 use shardline_api::ErrorCode;
 use shardline_http::{ErrorResponse, JsonBody, PathParam};
 
-use super::{keyspace_info, ApiResult, Shared};
+use super::state::{keyspace_info, ApiResult, Shared};
 
 /// `PUT /v1/keyspaces/{name}/tables/{table}`: records a table's shard-key
 /// column.

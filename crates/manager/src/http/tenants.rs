@@ -15,7 +15,7 @@ use shardline_core::catalog::{App, Tenant};
 use shardline_core::Catalog;
 use shardline_http::{ErrorResponse, JsonBody, PathParam, QueryParams};
 
-use super::{ApiResult, AppState, Shared};
+use super::state::{ApiResult, AppState, Shared};
 
 /// Largest body of a token rotation (a tiny JSON object).
 const ROTATE_BODY_LIMIT: usize = 4096;

@@ -25,9 +25,9 @@ use shardline_core::{KeyRange, KeyType};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use super::engine::{check, db, Changed, JobError, Plan, Session};
+use super::copy::{self, Changed};
+use super::job::{check, db, unreachable, Ctx, JobError, Plan, Session};
 use super::sql::{self, TableMeta};
-use super::Reshards;
 use crate::pg;
 
 /// Which role a side plays (a shard could in principle be both).
@@ -55,6 +55,14 @@ pub(super) struct Snapshot {
     _holder: Client,
     id: String,
     reader: Client,
+}
+
+impl Baseline {
+    /// Keeps the sums a verification before the freeze found, which
+    /// the verification while held starts from.
+    pub(super) fn keep_sums(&mut self, seen: Verified) {
+        self.sums = seen.sides.into_iter().collect();
+    }
 }
 
 impl Snapshot {
@@ -120,7 +128,7 @@ impl<'a> Stage<'a> {
         };
         let missing = || {
             // Transient: the cutover goes back to catch-up and tries again.
-            super::engine::unreachable(
+            unreachable(
                 shard,
                 format!(
                     "no baseline of tenant {} table {} on shard {shard}",
@@ -257,100 +265,93 @@ impl Verified {
     }
 }
 
-impl Reshards {
-    /// Takes the baseline (see the module's docs): targets guarded,
-    /// snapshots taken, the changes visible in the sources' snapshots
-    /// applied, and every side compared in full. A mismatch fails the
-    /// job, as one while held does.
-    pub(super) async fn baseline(
-        &self,
-        plan: &Plan,
-        token: &CancellationToken,
-    ) -> Result<Baseline, JobError> {
-        let id = &plan.job.id;
-        let key_type = plan.keyspace.key_type;
-        let mut base = Baseline::default();
-        // Nothing but the engine (in replica mode) writes to the moving
-        // ranges on a target from now on.
-        for target in plan.targets() {
-            let owned: Vec<KeyRange> = plan.job.from_map.ranges_of(&target).collect();
-            for tenant in &plan.tenants {
-                let tgt = self.must_db(plan, &target, tenant).await?;
-                for meta in self.metas(plan, &tgt, &target, tenant, false).await? {
-                    sql::install_refuse(&tgt, &meta, key_type, &owned)
+/// Takes the baseline (see the module's docs): targets guarded,
+/// snapshots taken, the changes visible in the sources' snapshots
+/// applied. The cutover then has the kind's strategy compare every side
+/// in full ([`Stage::Before`]) and keeps the sums ([`Baseline::keep_sums`]);
+/// a mismatch fails the job, as one while held does.
+pub(super) async fn baseline(
+    cx: &Ctx,
+    plan: &Plan,
+    token: &CancellationToken,
+) -> Result<Baseline, JobError> {
+    let id = &plan.job.id;
+    let key_type = plan.keyspace.key_type;
+    let mut base = Baseline::default();
+    // Nothing but the engine (in replica mode) writes to the moving
+    // ranges on a target from now on.
+    for target in plan.targets() {
+        let owned: Vec<KeyRange> = plan.job.from_map.ranges_of(&target).collect();
+        for tenant in &plan.tenants {
+            let tgt = cx.must_db(plan, &target, tenant).await?;
+            for meta in cx.metas(plan, &tgt, &target, tenant, false).await? {
+                sql::install_refuse(&tgt, &meta, key_type, &owned)
+                    .await
+                    .map_err(db(&target))?;
+            }
+        }
+    }
+    for source in plan.sources() {
+        for tenant in &plan.tenants {
+            check(token)?;
+            let snap = snapshot(cx, plan, &source, tenant).await?;
+            let changes = snap.changes(id).await.map_err(db(&source))?;
+            if !changes.is_empty() {
+                let src = cx.must_db(plan, &source, tenant).await?;
+                let metas = cx.metas_by_name(plan, &src, &source, tenant).await?;
+                let mut targets: HashMap<String, Session> = HashMap::new();
+                for batch in changes.chunks(cx.settings.batch_rows) {
+                    copy::apply_batch(cx, plan, &source, tenant, &metas, batch, &mut targets)
+                        .await?;
+                    let seqs: Vec<i64> = batch.iter().map(|c| c.seq).collect();
+                    sql::forget_changes(&src, id, &seqs)
                         .await
-                        .map_err(db(&target))?;
+                        .map_err(db(&source))?;
                 }
             }
+            base.snapshots
+                .insert((source.clone(), tenant.id.clone(), Role::Source), snap);
         }
-        for source in plan.sources() {
-            for tenant in &plan.tenants {
-                check(token)?;
-                let snap = self.snapshot(plan, &source, tenant).await?;
-                let changes = snap.changes(id).await.map_err(db(&source))?;
-                if !changes.is_empty() {
-                    let src = self.must_db(plan, &source, tenant).await?;
-                    let metas = self.metas_by_name(plan, &src, &source, tenant).await?;
-                    let mut targets: HashMap<String, Session> = HashMap::new();
-                    for batch in changes.chunks(self.settings.batch_rows) {
-                        self.apply_batch(plan, &source, tenant, &metas, batch, &mut targets)
-                            .await?;
-                        let seqs: Vec<i64> = batch.iter().map(|c| c.seq).collect();
-                        sql::forget_changes(&src, id, &seqs)
-                            .await
-                            .map_err(db(&source))?;
-                    }
-                }
-                base.snapshots
-                    .insert((source.clone(), tenant.id.clone(), Role::Source), snap);
-            }
-        }
-        for target in plan.targets() {
-            for tenant in &plan.tenants {
-                let snap = self.snapshot(plan, &target, tenant).await?;
-                base.snapshots
-                    .insert((target.clone(), tenant.id.clone(), Role::Target), snap);
-            }
-        }
-        let seen = if plan.is_tenant_move() {
-            self.verify_tenant(plan, Stage::Before(&base)).await?
-        } else {
-            self.verify(plan, Stage::Before(&base)).await?
-        };
-        base.sums = seen.sides.into_iter().collect();
-        Ok(base)
     }
+    for target in plan.targets() {
+        for tenant in &plan.tenants {
+            let snap = snapshot(cx, plan, &target, tenant).await?;
+            base.snapshots
+                .insert((target.clone(), tenant.id.clone(), Role::Target), snap);
+        }
+    }
+    Ok(base)
+}
 
-    /// A snapshot of a tenant database on `shard`, taken now.
-    async fn snapshot(
-        &self,
-        plan: &Plan,
-        shard: &str,
-        tenant: &Tenant,
-    ) -> Result<Snapshot, JobError> {
-        let connect = || async {
-            pg::connect_db(
-                plan.dsn(shard)?,
-                &tenant.pg_name(),
-                self.settings.connect_timeout,
-            )
-            .await
-            .map_err(|e| super::engine::unreachable(shard, e))
-        };
-        let (holder, reader) = (connect().await?, connect().await?);
-        holder
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await
-            .map_err(db(shard))?;
-        let id: String = holder
-            .query_one("SELECT pg_export_snapshot()", &[])
-            .await
-            .map_err(db(shard))?
-            .get(0);
-        Ok(Snapshot {
-            _holder: holder,
-            id,
-            reader,
-        })
-    }
+/// A snapshot of a tenant database on `shard`, taken now.
+async fn snapshot(
+    cx: &Ctx,
+    plan: &Plan,
+    shard: &str,
+    tenant: &Tenant,
+) -> Result<Snapshot, JobError> {
+    let connect = || async {
+        pg::connect_db(
+            plan.dsn(shard)?,
+            &tenant.pg_name(),
+            cx.settings.connect_timeout,
+        )
+        .await
+        .map_err(|e| unreachable(shard, e))
+    };
+    let (holder, reader) = (connect().await?, connect().await?);
+    holder
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(db(shard))?;
+    let id: String = holder
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await
+        .map_err(db(shard))?
+        .get(0);
+    Ok(Snapshot {
+        _holder: holder,
+        id,
+        reader,
+    })
 }

@@ -8,16 +8,21 @@
 //! ([`Reshards::resume_all`], run at startup and from the background
 //! loop). One job per keyspace; jobs run as tasks of the manager.
 //!
-//! # Layout
+//! # Layout, top down (each module uses only those below it)
+//! - this module: [`Reshards`], the API (start, cancel, list, tables).
+//! - [`engine`]: the driver of a job, phase by phase; undo and failure.
+//! - [`cutover`]: the order of the cutover's steps, for every kind.
+//! - [`strategy`]: what differs by kind of job, one strategy each:
+//!   [`ranges`] (split, merge, move), [`tenant_out`], [`tenant_back`].
+//! - shared below the strategies: [`copy`] (capture, Copy, CatchUp),
+//!   [`baseline`] (the comparison of sources and targets), [`fence`]
+//!   (refuse triggers and fences), [`publish`] (the job's catalog
+//!   writes).
+//! - [`job`]: the context, plan, sessions and errors of every phase.
 //! - [`registry`]: which jobs run here, are cancelled or wait; progress.
-//! - [`plan`]: a request checked and turned into moves and maps.
-//! - [`engine`]: the driver; Prepare, Copy, CatchUp.
-//! - [`cutover`]: freeze, acknowledgements, verification, publish.
-//! - [`baseline`]: the cutover's comparison before the freeze.
-//! - [`cleanup`]: Cleanup after the cutover; cancel and failure before.
-//! - [`sql`]: the statements run in tenant databases.
-//! - [`tenant_back`]: a dedicated tenant back into a shared keyspace.
-//! - [`tenant_move`]: a tenant to a dedicated keyspace of its own.
+//! - [`plan`] and [`plan_tenant`]: a request checked and turned into a
+//!   job; [`state`]: what the catalog says about jobs; [`sql`]: the
+//!   statements run in tenant databases.
 //!
 //! After a cutover every table of a source carries a trigger refusing
 //! writes (SQLSTATE `SLM01`) to keys outside the ranges the shard owns;
@@ -33,20 +38,30 @@
 //!
 //! Progress (rows copied and estimated, changes behind) lives in this
 //! manager's memory and metrics, not in the catalog: every catalog
-//! change makes every router rebuild its routing table.
+//! change makes every router rebuild its routing table. The copy's total
+//! is written once, with the phase change that ends the copy.
 
 pub mod baseline;
-pub mod cleanup;
+pub mod copy;
 pub mod cutover;
 pub mod engine;
+pub mod fence;
+pub mod job;
 pub mod plan;
+pub mod plan_tenant;
+pub mod publish;
+pub mod ranges;
 pub mod registry;
 pub mod sql;
+pub mod state;
+pub mod strategy;
 pub mod tenant_back;
-pub mod tenant_move;
+pub mod tenant_out;
 
+pub use job::ReshardSettings;
 pub use plan::plan_job;
 pub use registry::Progress;
+pub use state::{active_job, is_finished, phase_number};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,102 +70,30 @@ use shardline_api::manager::{JobInfo, MoveInfo, ReshardRequest};
 use shardline_core::catalog::{keys, Keyspace, ReshardJob, ReshardPhase, TableSpec, TenantState};
 use shardline_core::hash::sql_hash;
 use shardline_core::Catalog;
-use shardline_metrics::{CounterVec, GaugeVec, Registry};
+use shardline_metrics::Registry;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::ServiceError;
-use crate::failpoints::failpoint;
+use crate::pg;
 use crate::routers::RouterRegistry;
 use crate::service::{decode, put, CatalogService};
-use crate::{pg, tenant_pg};
+use job::{Ctx, Metrics};
+use state::Kind;
 
-/// Environment variable naming a failpoint (shared with failover).
-/// Test-only fault injection: the manager process aborts at the named
-/// step, as a crash would. Never set it in production.
-pub use crate::failpoints::FAILPOINT_ENV;
-/// Aborts once the copy is complete, before CatchUp is persisted.
-pub const FAILPOINT_AFTER_COPY: &str = "reshard-after-copy";
-/// Aborts in Copy, once the first batch of rows is on the target.
-pub const FAILPOINT_DURING_COPY: &str = "reshard-during-copy";
-/// Aborts in CatchUp, after a batch of changes reached the targets and
-/// before it is forgotten on the source (so it is applied again).
-pub const FAILPOINT_DURING_CATCHUP: &str = "reshard-during-catchup";
-/// Aborts in the cutover, right after the ranges are frozen.
-pub const FAILPOINT_DURING_CUTOVER: &str = "reshard-during-cutover";
-/// Aborts in Cleanup, after the first batch of moved rows is deleted
-/// from the source.
-pub const FAILPOINT_DURING_CLEANUP: &str = "reshard-during-cleanup";
-/// Aborts once the moved rows are deleted, before the job is Done (and
-/// a source left without ranges released).
-pub const FAILPOINT_AFTER_CLEANUP: &str = "reshard-after-cleanup";
-
-/// Settings of the resharding engine.
-#[derive(Debug, Clone)]
-pub struct ReshardSettings {
-    /// Rows per copy batch, changes per catch-up batch, rows per cleanup
-    /// delete.
-    pub batch_rows: usize,
-    /// Sleep between copy batches (throttles the load on the source).
-    pub batch_pause: Duration,
-    /// CatchUp ends when fewer changes than this are behind.
-    pub catchup_threshold: u64,
-    /// Time allowed to connect to a shard.
-    pub connect_timeout: Duration,
-    /// How long a job that hit a transient error waits before retrying.
-    pub retry_interval: Duration,
-}
-
-impl ReshardSettings {
-    /// From the manager's settings.
-    pub fn from_config(cfg: &crate::ManagerConfig) -> Self {
-        Self {
-            batch_rows: cfg.reshard_batch_rows.max(1),
-            batch_pause: cfg.reshard_batch_pause,
-            catchup_threshold: 1000,
-            connect_timeout: cfg.connect_timeout,
-            retry_interval: Duration::from_secs(2),
-        }
-    }
-}
-
-struct Metrics {
-    rows_copied: CounterVec,
-    phase: GaugeVec,
-}
+/// Failpoints of the resharding engine (test-only; see
+/// [`crate::failpoints`]).
+pub use crate::failpoints::{
+    FAILPOINT_AFTER_CLEANUP, FAILPOINT_AFTER_COPY, FAILPOINT_DURING_CATCHUP,
+    FAILPOINT_DURING_CLEANUP, FAILPOINT_DURING_COPY, FAILPOINT_DURING_CUTOVER, FAILPOINT_ENV,
+};
 
 /// Runs resharding jobs: one at a time per keyspace, each as a task of
 /// the manager.
 pub struct Reshards {
-    svc: Arc<CatalogService>,
-    routers: Arc<RouterRegistry>,
-    settings: ReshardSettings,
-    metrics: Metrics,
-    jobs: Arc<registry::JobRegistry>,
+    cx: Arc<Ctx>,
     /// Serialises job creation (one job per keyspace).
     create: tokio::sync::Mutex<()>,
-}
-
-/// Phase as a number for `reshard_phase`.
-pub fn phase_number(p: ReshardPhase) -> f64 {
-    match p {
-        ReshardPhase::Prepare => 0.0,
-        ReshardPhase::Copy => 1.0,
-        ReshardPhase::CatchUp => 2.0,
-        ReshardPhase::Cutover => 3.0,
-        ReshardPhase::Cleanup => 4.0,
-        ReshardPhase::Done => 5.0,
-        ReshardPhase::Cancelled => 6.0,
-        ReshardPhase::Failed => 7.0,
-    }
-}
-
-/// Whether a job has ended.
-pub fn is_finished(p: ReshardPhase) -> bool {
-    matches!(
-        p,
-        ReshardPhase::Done | ReshardPhase::Cancelled | ReshardPhase::Failed
-    )
 }
 
 impl Reshards {
@@ -168,7 +111,7 @@ impl Reshards {
             "Captured changes not yet applied to the targets.",
             &["job"],
         );
-        Arc::new(Self {
+        let cx = Ctx {
             svc,
             routers,
             settings,
@@ -186,6 +129,9 @@ impl Reshards {
                     &["job"],
                 ),
             },
+        };
+        Arc::new(Self {
+            cx: Arc::new(cx),
             create: tokio::sync::Mutex::new(()),
         })
     }
@@ -203,18 +149,15 @@ impl Reshards {
             }
             self.resume_all();
         }
-        self.jobs.stop_all().await;
+        self.cx.jobs.stop_all().await;
     }
 
     /// Starts every unfinished job nobody runs (after a restart, or after
     /// a transient error's wait).
     pub fn resume_all(self: &Arc<Self>) {
-        let published = self.svc.current();
+        let published = self.cx.svc.current();
         for job in published.catalog.jobs.values() {
-            self.metrics
-                .phase
-                .with(&[&job.id])
-                .set(phase_number(job.phase));
+            self.cx.show_phase(&job.id, job.phase);
             if !is_finished(job.phase) {
                 self.spawn(&job.id);
             }
@@ -223,20 +166,16 @@ impl Reshards {
 
     /// Drives the job in the background unless the registry says no.
     fn spawn(self: &Arc<Self>, id: &str) {
-        let this = Arc::clone(self);
+        let cx = Arc::clone(&self.cx);
         let owned = id.to_string();
-        self.jobs.spawn(id, move |token| async move {
-            this.drive_and_settle(&owned, &token).await;
+        self.cx.jobs.spawn(id, move |token| async move {
+            engine::drive_and_settle(&cx, &owned, &token).await;
         });
     }
 
     /// The job's progress, as this manager knows it.
     pub fn progress(&self, id: &str) -> Progress {
-        self.jobs.progress(id)
-    }
-
-    fn update_progress(&self, id: &str, f: impl FnOnce(&mut Progress)) {
-        self.jobs.update_progress(id, f);
+        self.cx.progress(id)
     }
 
     pub fn info(&self, job: &ReshardJob) -> JobInfo {
@@ -276,7 +215,7 @@ impl Reshards {
 
     /// Every job, newest last.
     pub fn list(&self) -> Vec<JobInfo> {
-        let published = self.svc.current();
+        let published = self.cx.svc.current();
         let mut jobs: Vec<&ReshardJob> = published.catalog.jobs.values().collect();
         jobs.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
         jobs.into_iter().map(|j| self.info(j)).collect()
@@ -284,7 +223,7 @@ impl Reshards {
 
     /// One job.
     pub fn get(&self, id: &str) -> Result<JobInfo, ServiceError> {
-        let published = self.svc.current();
+        let published = self.cx.svc.current();
         published
             .catalog
             .jobs
@@ -297,15 +236,21 @@ impl Reshards {
     /// it.
     pub async fn start(self: &Arc<Self>, req: &ReshardRequest) -> Result<JobInfo, ServiceError> {
         let _one = self.create.lock().await;
-        let published = self.svc.current();
+        let published = self.cx.svc.current();
         let job = plan_job(&published.catalog, req, &new_job_id())?;
         self.check_tables(&published.catalog, &job).await?;
-        if tenant_back::is_move_back(&job) {
-            self.check_no_leftover(&published.catalog, &job).await?;
+        if Kind::of(&job) == Kind::TenantBack {
+            tenant_back::check_no_leftover(
+                &published.catalog,
+                &job,
+                self.cx.settings.connect_timeout,
+            )
+            .await?;
         }
         let job_key = keys::job(&job.id);
         let ks_key = keys::keyspace(&job.keyspace);
-        self.svc
+        self.cx
+            .svc
             .update(&[job_key.clone(), ks_key.clone()], |seen| {
                 let Some(entry) = &seen[&ks_key] else {
                     return Err(ServiceError::NotFound(format!(
@@ -325,10 +270,7 @@ impl Reshards {
             .await?;
         tracing::info!(job = %job.id, keyspace = %job.keyspace, kind = ?job.kind,
             moves = job.moves.len(), "resharding job created");
-        self.metrics
-            .phase
-            .with(&[&job.id])
-            .set(phase_number(job.phase));
+        self.cx.show_phase(&job.id, job.phase);
         self.spawn(&job.id);
         Ok(self.info(&job))
     }
@@ -355,11 +297,15 @@ impl Reshards {
             return Ok(());
         };
         let schema = tenant.pg_name();
-        let client = pg::connect_db(&source.primary.dsn, &schema, self.settings.connect_timeout)
-            .await
-            .map_err(|e| {
-                ServiceError::ShardUnavailable(format!("shard {} is unreachable: {e}", source.id))
-            })?;
+        let client = pg::connect_db(
+            &source.primary.dsn,
+            &schema,
+            self.cx.settings.connect_timeout,
+        )
+        .await
+        .map_err(|e| {
+            ServiceError::ShardUnavailable(format!("shard {} is unreachable: {e}", source.id))
+        })?;
         let tables = sql::tables_of(&client, &schema)
             .await
             .map_err(|e| pg::statement_error(&source.id, &e))?;
@@ -383,17 +329,17 @@ impl Reshards {
     /// Cancels a job before its cutover published the new map: stops it,
     /// removes capture, refuse triggers and copied rows, unfreezes.
     pub async fn cancel(self: &Arc<Self>, id: &str) -> Result<JobInfo, ServiceError> {
-        let job = self.fresh_job(id).await?;
+        let job = self.cx.fresh_job(id).await?;
         refuse_cancel(&job)?;
-        self.jobs.cancel(id);
+        self.cx.jobs.cancel(id);
         // The running task stops at its next step (a batch at most).
         let deadline = Instant::now() + Duration::from_secs(60);
         let claim = loop {
-            if let Some((claim, _)) = self.jobs.claim(id) {
+            if let Some((claim, _)) = self.cx.jobs.claim(id) {
                 break claim;
             }
             if Instant::now() > deadline {
-                self.jobs.uncancel(id);
+                self.cx.jobs.uncancel(id);
                 return Err(ServiceError::Conflict(format!(
                     "job {id} did not stop within 60 s; retry the cancel"
                 )));
@@ -403,6 +349,7 @@ impl Reshards {
         let this = Arc::clone(self);
         let id_owned = id.to_string();
         let res = self
+            .cx
             .jobs
             .run_detached(async move {
                 let res = this.cancel_claimed(&id_owned).await;
@@ -416,7 +363,7 @@ impl Reshards {
             })?;
         if res.is_err() {
             // Not cancelled: the job may go on (or the cancel be retried).
-            self.jobs.uncancel(id);
+            self.cx.jobs.uncancel(id);
         }
         res?;
         self.get(id)
@@ -424,23 +371,12 @@ impl Reshards {
 
     async fn cancel_claimed(self: &Arc<Self>, id: &str) -> Result<(), ServiceError> {
         // Read from the store: the task may have published a moment ago.
-        let job = self.fresh_job(id).await?;
+        let job = self.cx.fresh_job(id).await?;
         refuse_cancel(&job)?;
         tracing::info!(job = %id, phase = ?job.phase, "cancelling");
-        let plan = engine::Plan::load(&self.svc, &job)?;
-        self.undo(&plan).await?;
-        self.finish_undone(&job, ReshardPhase::Cancelled, None)
-            .await?;
+        engine::undo_and_end(&self.cx, &job, ReshardPhase::Cancelled, None).await?;
         tracing::info!(job = %id, "cancelled");
         Ok(())
-    }
-
-    /// The job as stored now.
-    async fn fresh_job(&self, id: &str) -> Result<ReshardJob, ServiceError> {
-        self.svc
-            .stored::<ReshardJob>(&keys::job(id))
-            .await?
-            .ok_or_else(|| ServiceError::NotFound(format!("no resharding job {id}")))
     }
 
     /// Records a shard key column (`PUT /v1/keyspaces/{ks}/tables/{t}`),
@@ -453,7 +389,7 @@ impl Reshards {
     ) -> Result<Keyspace, ServiceError> {
         check_pg_name("table", table)?;
         check_pg_name("shard_key", &spec.shard_key)?;
-        let published = self.svc.current();
+        let published = self.cx.svc.current();
         let cat = &published.catalog;
         let Some(ks) = cat.keyspaces.get(keyspace) else {
             return Err(ServiceError::NotFound(format!("no keyspace {keyspace}")));
@@ -475,14 +411,15 @@ impl Reshards {
             .and_then(|r| cat.shards.get(&r.shard));
         if let (Some(tenant), Some(shard)) = (tenant, shard) {
             let schema = tenant.pg_name();
-            let client = pg::connect_db(&shard.primary.dsn, &schema, self.settings.connect_timeout)
-                .await
-                .map_err(|e| {
-                    ServiceError::ShardUnavailable(format!(
-                        "shard {} is unreachable: {e}",
-                        shard.id
-                    ))
-                })?;
+            let client = pg::connect_db(
+                &shard.primary.dsn,
+                &schema,
+                self.cx.settings.connect_timeout,
+            )
+            .await
+            .map_err(|e| {
+                ServiceError::ShardUnavailable(format!("shard {} is unreachable: {e}", shard.id))
+            })?;
             let qualified = format!(
                 "{}.{}",
                 shardline_core::catalog::quote_ident(&schema),
@@ -521,7 +458,8 @@ impl Reshards {
             }
         }
         let key = keys::keyspace(keyspace);
-        self.svc
+        self.cx
+            .svc
             .update(std::slice::from_ref(&key), |seen| {
                 let Some(entry) = &seen[&key] else {
                     return Err(ServiceError::NotFound(format!("no keyspace {keyspace}")));
@@ -531,7 +469,7 @@ impl Reshards {
                 Ok(vec![put(key.clone(), &ks)])
             })
             .await?;
-        let published = self.svc.current();
+        let published = self.cx.svc.current();
         published
             .catalog
             .keyspaces
@@ -567,47 +505,8 @@ fn check_pg_name(what: &str, name: &str) -> Result<(), ServiceError> {
     Ok(())
 }
 
-/// The unfinished job of a keyspace, if any: one working in it, or a
-/// tenant move into it (whose publish relies on the map it planned with).
-pub fn active_job<'a>(cat: &'a Catalog, keyspace: &str) -> Option<&'a ReshardJob> {
-    cat.jobs.values().find(|j| {
-        !is_finished(j.phase)
-            && (j.keyspace == keyspace || j.to_keyspace.as_deref() == Some(keyspace))
-    })
-}
-
 fn new_job_id() -> String {
     let bytes: [u8; 6] = rand::random();
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("rs-{hex}")
-}
-
-/// Provisions one tenant on one shard (idempotent).
-pub(crate) async fn ensure_on(
-    cat: &Catalog,
-    shard_id: &str,
-    keyspace: &Keyspace,
-    timeout: Duration,
-) -> Result<(), ServiceError> {
-    let Some(shard) = cat.shards.get(shard_id) else {
-        return Err(ServiceError::NotFound(format!("no shard {shard_id}")));
-    };
-    let admin = pg::connect_shard(shard_id, &shard.primary.dsn, timeout).await?;
-    tenant_pg::prepare_database(&admin, shard_id).await?;
-    for t in cat
-        .tenants
-        .values()
-        .filter(|t| t.keyspace == keyspace.name && t.state == TenantState::Active)
-    {
-        tenant_pg::ensure_tenant(
-            &admin,
-            shard_id,
-            &shard.primary.dsn,
-            t,
-            &keyspace.migrations,
-            timeout,
-        )
-        .await?;
-    }
-    Ok(())
 }

@@ -5,10 +5,11 @@
 use std::collections::HashSet;
 
 use shardline_api::manager::ReshardRequest;
-use shardline_core::catalog::{RangeMove, ReshardJob, ReshardKind, ReshardPhase, Shard};
+use shardline_core::catalog::{RangeMove, ReshardJob, ReshardKind, ReshardPhase};
 use shardline_core::{Catalog, KeyRange, ShardMap};
 
-use super::{active_job, is_finished};
+use super::plan_tenant;
+use super::state::{idle_keyspace, not_taken};
 use crate::error::ServiceError;
 
 fn invalid_map(e: shardline_core::shardmap::ShardMapError) -> ServiceError {
@@ -17,29 +18,9 @@ fn invalid_map(e: shardline_core::shardmap::ShardMapError) -> ServiceError {
 
 /// Turns a request into a job (phase Prepare) against `cat`: the moves,
 /// the map before and after. Pure, so tests can plan a job too.
-/// The map of keyspace `name`, with no job running in it: what every
-/// job starts from.
-pub(super) fn idle_keyspace(cat: &Catalog, name: &str) -> Result<ShardMap, ServiceError> {
-    let Some(ks) = cat.keyspaces.get(name) else {
-        return Err(ServiceError::NotFound(format!("no keyspace {name}")));
-    };
-    let Some(map) = ks.map.clone() else {
-        return Err(ServiceError::Conflict(format!(
-            "keyspace {name} has no map yet"
-        )));
-    };
-    if let Some(job) = active_job(cat, name) {
-        return Err(ServiceError::Conflict(format!(
-            "resharding job {} runs in keyspace {name} already",
-            job.id
-        )));
-    }
-    Ok(map)
-}
-
 pub fn plan_job(cat: &Catalog, req: &ReshardRequest, id: &str) -> Result<ReshardJob, ServiceError> {
     if req.kind == ReshardKind::TenantMove {
-        return super::tenant_move::plan_tenant_move(cat, req, id);
+        return plan_tenant::plan_tenant_move(cat, req, id);
     }
     let ks_name = &req.keyspace;
     let map = idle_keyspace(cat, ks_name)?;
@@ -180,28 +161,6 @@ fn check_target(
     not_taken(cat, shard, keyspace)
 }
 
-/// A target shard must be reserved for no tenant but `owner` (if any) and
-/// take part in no unfinished job.
-pub(super) fn not_taken(cat: &Catalog, shard: &Shard, owner: &str) -> Result<(), ServiceError> {
-    let id = &shard.id;
-    if let Some(other) = shard.reserved_for.as_ref().filter(|o| *o != owner) {
-        return Err(ServiceError::Conflict(format!(
-            "shard {id} is reserved for tenant {other}"
-        )));
-    }
-    if let Some(job) = cat
-        .jobs
-        .values()
-        .find(|j| !is_finished(j.phase) && j.moves.iter().any(|m| &m.to == id || &m.from == id))
-    {
-        return Err(ServiceError::Conflict(format!(
-            "shard {id} takes part in resharding job {} already",
-            job.id
-        )));
-    }
-    Ok(())
-}
-
 /// A split of the source's only range: the source keeps the lowest part,
 /// target i the part i + 1 (even parts unless `at` gives the points).
 fn plan_split(
@@ -278,47 +237,9 @@ fn plan_split(
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+mod tests {
     use super::*;
-    use shardline_core::catalog::{Instance, Keyspace};
-
-    /// Shards (id, keyspace, reserved for) and keyspace `ks` over s0 and
-    /// s1 in halves.
-    pub(in crate::reshard) fn catalog_of(shards: &[(&str, Option<&str>, Option<&str>)]) -> Catalog {
-        let mut cat = Catalog::default();
-        for (id, ks, reserved) in shards {
-            cat.shards.insert(
-                id.to_string(),
-                Shard {
-                    id: id.to_string(),
-                    keyspace: ks.map(str::to_string),
-                    primary: Instance {
-                        id: format!("{id}-0"),
-                        dsn: "host=x".into(),
-                    },
-                    replicas: vec![],
-                    generation: 1,
-                    reserved_for: reserved.map(str::to_string),
-                    fenced: vec![],
-                    failover: None,
-                    synchronous: false,
-                },
-            );
-        }
-        cat.keyspaces.insert(
-            "ks".into(),
-            Keyspace {
-                name: "ks".into(),
-                key_type: Default::default(),
-                map: Some(ShardMap::even(&["s0".into(), "s1".into()]).unwrap()),
-                migrations: vec![],
-                tables: Default::default(),
-                frozen: vec![],
-                tenant_code: false,
-            },
-        );
-        cat
-    }
+    use crate::reshard::state::fixtures::catalog_of;
 
     fn catalog() -> Catalog {
         catalog_of(&[

@@ -1,161 +1,42 @@
-//! Tenant moves: one tenant's databases leave the shards of a shared
-//! keyspace for a new dedicated keyspace over unassigned shards.
+//! The strategy of a tenant moving out: one tenant's databases leave
+//! the shards of a shared keyspace for a new dedicated keyspace over
+//! unassigned shards (planned in [`super::plan_tenant`]).
 //!
-//! The job reuses the range engine: every source shard sends each target
-//! the rows in the target's range of the new map (so the moves cover the
-//! whole ring once per source), and only the moving tenant takes part.
-//! What differs: routers hold the tenant (`Tenant.moving`) rather than
-//! ranges, verification sums all sources per target range, the publish
-//! creates the keyspace, and cleanup drops the tenant's database on the
-//! sources instead of deleting rows.
-//!
-//! The way back (`to_keyspace` set) is the same job the other way round:
-//! the dedicated keyspace's shards are the sources, the shared keyspace's
-//! map the new map; the publish moves the tenant into the shared keyspace
-//! and deletes its own (planning and publish in [`super::tenant_back`]).
+//! What differs from a move of ranges: only the moving tenant takes
+//! part; routers hold the tenant (`Tenant.moving`) rather than ranges;
+//! verification sums all sources per target range; the publish creates
+//! the keyspace; cleanup drops the tenant's database on the sources
+//! instead of deleting rows.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
-use shardline_api::manager::ReshardRequest;
-use shardline_core::catalog::{
-    keys, Keyspace, RangeMove, ReshardJob, ReshardKind, ReshardPhase, Shard, Tenant, TenantState,
-};
-use shardline_core::{Catalog, KeyRange, ShardMap};
+use shardline_core::catalog::{keys, Keyspace, ReshardPhase, Shard, Tenant};
+use shardline_core::KeyRange;
+use tokio_util::sync::CancellationToken;
 
 use super::baseline::{parse_sum, side_sums, Role, Stage, Verified};
-use super::cutover::{moved_tenant, published_job};
-use super::engine::{db, JobError, Plan};
-use super::{sql, Reshards};
+use super::job::{db, Ctx, JobError, Plan};
+use super::publish::{self, moved_tenant, published_job};
+use super::sql;
+use super::strategy::Strategy;
 use crate::error::ServiceError;
 use crate::service::{decode, put};
 use crate::{pg, tenant_pg};
 
-/// Plans a tenant move (phase Prepare): `req.tenant` from its shared
-/// keyspace to a new keyspace named after it over `req.targets`.
-pub fn plan_tenant_move(
-    cat: &Catalog,
-    req: &ReshardRequest,
-    id: &str,
-) -> Result<ReshardJob, ServiceError> {
-    let Some(tid) = req.tenant.as_deref() else {
-        return Err(ServiceError::Invalid(
-            "tenant: a tenant move names the tenant".into(),
-        ));
-    };
-    if !req.at.is_empty() {
-        return Err(ServiceError::Invalid(
-            "at: only a split takes split points".into(),
-        ));
-    }
-    let Some(tenant) = cat.tenants.get(tid) else {
-        return Err(ServiceError::NotFound(format!("no tenant {tid}")));
-    };
-    if tenant.state != TenantState::Active {
-        return Err(ServiceError::Conflict(format!(
-            "tenant {tid} is not active"
-        )));
-    }
-    if let Some(to) = req.to_keyspace.as_deref() {
-        return super::tenant_back::plan_tenant_back(cat, req, id, tenant, to);
-    }
-    if tenant.dedicated {
-        return Err(ServiceError::Conflict(format!(
-            "tenant {tid} has a dedicated keyspace already"
-        )));
-    }
-    let ks_name = &tenant.keyspace;
-    let map = super::plan::idle_keyspace(cat, ks_name)?;
-    if cat.keyspaces.contains_key(tid) {
-        return Err(ServiceError::Conflict(format!(
-            "keyspace {tid} exists already; a tenant move creates it"
-        )));
-    }
-    if req.targets.is_empty() {
-        return Err(ServiceError::Invalid(
-            "targets: name at least one shard".into(),
-        ));
-    }
-    let mut seen = HashSet::new();
-    for t in &req.targets {
-        if !seen.insert(t) {
-            return Err(ServiceError::Invalid(format!("targets: {t} listed twice")));
-        }
-        check_free(cat, tid, t)?;
-    }
-    let to_map =
-        ShardMap::even(&req.targets).map_err(|e| ServiceError::Invalid(format!("targets: {e}")))?;
-    Ok(tenant_job(id, tid, ks_name, map, to_map, tid))
-}
-
-/// A tenant move's job: every source shard of `from_map` sends each
-/// range of `to_map` to its owner there (a tenant's rows may be anywhere
-/// in its keyspace), from keyspace `from` to keyspace `to`.
-pub(super) fn tenant_job(
-    id: &str,
-    tenant: &str,
-    from: &str,
-    from_map: ShardMap,
-    to_map: ShardMap,
-    to: &str,
-) -> ReshardJob {
-    let mut sources: Vec<String> = from_map.ranges().iter().map(|r| r.shard.clone()).collect();
-    sources.sort();
-    sources.dedup();
-    let mut moves = Vec::new();
-    for s in &sources {
-        for r in to_map.ranges() {
-            moves.push(RangeMove {
-                range: r.range,
-                from: s.clone(),
-                to: r.shard.clone(),
-            });
-        }
-    }
-    ReshardJob {
-        id: id.to_string(),
-        kind: ReshardKind::TenantMove,
-        keyspace: from.to_string(),
-        moves,
-        from_map,
-        to_map,
-        phase: ReshardPhase::Prepare,
-        error: None,
-        cutover_pause_ms: None,
-        rows_copied: None,
-        verified: Default::default(),
-        tenant: Some(tenant.to_string()),
-        to_keyspace: Some(to.to_string()),
-        created_at: crate::time::now_rfc3339(),
-    }
-}
-
-/// A target of a tenant move: registered, in no keyspace, reserved for
-/// nobody else, in no other job.
-fn check_free(cat: &Catalog, tenant: &str, id: &str) -> Result<(), ServiceError> {
-    let Some(shard) = cat.shards.get(id) else {
-        return Err(ServiceError::NotFound(format!(
-            "no shard {id}; register it first"
-        )));
-    };
-    if let Some(k) = &shard.keyspace {
-        return Err(ServiceError::Conflict(format!(
-            "shard {id} serves keyspace {k}"
-        )));
-    }
-    super::plan::not_taken(cat, shard, tenant)
-}
+/// A tenant out to a keyspace of its own.
+pub(super) struct TenantOut;
 
 /// A verification entry of a tenant move: one source's part of a range.
 fn part_key(tenant: &str, table: &str, range: &KeyRange, source: &str) -> String {
     format!("{tenant}/{table}/{range}@{source}")
 }
 
-impl Reshards {
+impl Strategy for TenantOut {
     /// Prepare for a tenant move: the tenant (alone) provisioned and
     /// migrated on every target.
-    pub(super) async fn prepare_tenant(&self, plan: &Plan) -> Result<(), JobError> {
+    async fn prepare(cx: &Ctx, plan: &Plan) -> Result<(), JobError> {
         let tenant = plan.moving_tenant()?;
-        let timeout = self.settings.connect_timeout;
+        let timeout = cx.settings.connect_timeout;
         for target in plan.targets() {
             let dsn = plan.dsn(&target)?;
             let admin = pg::connect_shard(&target, dsn, timeout).await?;
@@ -176,10 +57,10 @@ impl Reshards {
 
     /// Sets (or clears) the moving tenant's `moving` flag; the new
     /// revision.
-    pub(super) async fn set_moving(&self, plan: &Plan, moving: bool) -> Result<u64, JobError> {
+    async fn hold(cx: &Ctx, plan: &Plan, moving: bool) -> Result<u64, JobError> {
         let tid = plan.moving_tenant()?.id.clone();
         let key = keys::tenant(&tid);
-        let rev = self
+        let rev = cx
             .svc
             .update(std::slice::from_ref(&key), |seen| {
                 let Some(entry) = &seen[&key] else {
@@ -193,30 +74,26 @@ impl Reshards {
                 Ok(vec![put(key.clone(), &t)])
             })
             .await?;
-        Ok(rev.max(self.svc.current().catalog.version))
+        Ok(rev.max(cx.svc.current().catalog.version))
     }
 
     /// Per target range: rows and checksum summed over every source must
     /// equal the target's. Records each source's part (for cleanup).
     /// While held, first: sequences advanced, refuse triggers on targets
     /// set to the ranges they will own.
-    pub(super) async fn verify_tenant(
-        &self,
-        plan: &Plan,
-        stage: Stage<'_>,
-    ) -> Result<Verified, JobError> {
+    async fn verify(cx: &Ctx, plan: &Plan, stage: Stage<'_>) -> Result<Verified, JobError> {
         let tenant = plan.moving_tenant()?;
         let key_type = plan.keyspace.key_type;
         let mut verified = Verified::default();
         let mut mismatches = Vec::new();
         let mut sources = Vec::new();
         for s in plan.sources() {
-            let c = self.must_db(plan, &s, tenant).await?;
+            let c = cx.must_db(plan, &s, tenant).await?;
             sources.push((s, c));
         }
         let mut targets = Vec::new();
         for target in plan.targets() {
-            let tgt = self.must_db(plan, &target, tenant).await?;
+            let tgt = cx.must_db(plan, &target, tenant).await?;
             if stage.is_held() {
                 for (_, src) in &sources {
                     sql::sync_sequences(src, &tgt, &tenant.pg_name())
@@ -233,7 +110,7 @@ impl Reshards {
         let Some((first, first_db, _)) = targets.first() else {
             return Ok(verified);
         };
-        let metas = self.metas(plan, first_db, first, tenant, false).await?;
+        let metas = cx.metas(plan, first_db, first, tenant, false).await?;
         if stage.is_held() {
             for (target, tgt, _) in &targets {
                 let owned: Vec<KeyRange> = plan.job.to_map.ranges_of(target).collect();
@@ -297,15 +174,12 @@ impl Reshards {
     /// source keyspace's key type, migrations and tables), the tenant in
     /// it, dedicated and no longer moving, the targets reserved for it,
     /// the job in Cleanup.
-    pub(super) async fn publish_tenant(
-        &self,
+    async fn publish(
+        cx: &Ctx,
         plan: &Plan,
         verified: BTreeMap<String, String>,
         pause_ms: u64,
     ) -> Result<(), JobError> {
-        if super::tenant_back::is_move_back(&plan.job) {
-            return self.publish_back(plan, verified, pause_ms).await;
-        }
         let tid = plan.moving_tenant()?.id.clone();
         let job_key = keys::job(&plan.job.id);
         let src_key = keys::keyspace(&plan.job.keyspace);
@@ -319,7 +193,7 @@ impl Reshards {
             tenant_key.clone(),
         ];
         read.extend(targets.iter().map(|t| keys::shard(t)));
-        self.svc
+        cx.svc
             .update(&read, |seen| {
                 let job = published_job(seen, &job_key, &verified, pause_ms)?;
                 let Some(ke) = &seen[&src_key] else {
@@ -364,18 +238,18 @@ impl Reshards {
                 Ok(ops)
             })
             .await?;
-        self.published(plan);
+        cx.show_phase(&plan.job.id, ReshardPhase::Cleanup);
         Ok(())
     }
 
     /// Cleanup of a tenant move: each source's part checked again, then
     /// the tenant's database and role dropped from the source.
-    pub(super) async fn cleanup_tenant(&self, plan: &Plan) -> Result<(), JobError> {
+    async fn cleanup(cx: &Ctx, plan: &Plan, _token: &CancellationToken) -> Result<(), JobError> {
         let tenant = plan.moving_tenant()?;
         let key_type = plan.keyspace.key_type;
         for source in plan.sources() {
-            if let Some(src) = self.tenant_db(plan, &source, tenant).await? {
-                let metas = self.metas(plan, &src, &source, tenant, false).await?;
+            if let Some(src) = cx.tenant_db(plan, &source, tenant).await? {
+                let metas = cx.metas(plan, &src, &source, tenant, false).await?;
                 for meta in &metas {
                     for range in plan.moving_from(&source) {
                         let key = part_key(&tenant.id, &meta.name, &range, &source);
@@ -399,107 +273,26 @@ impl Reshards {
             }
             plan.forget_sessions(&source);
             let admin =
-                pg::connect_shard(&source, plan.dsn(&source)?, self.settings.connect_timeout)
-                    .await?;
+                pg::connect_shard(&source, plan.dsn(&source)?, cx.settings.connect_timeout).await?;
             tenant_pg::drop_tenant(&admin, &source, tenant).await?;
             tracing::info!(job = %plan.job.id, tenant = %tenant.id, %source,
                 "moved tenant dropped from the source");
         }
-        self.finish_done(plan).await
+        // The sources keep the other tenants: none leaves the keyspace.
+        publish::finish_done(cx, plan, &[]).await
     }
 
     /// Undo on the targets of a tenant move: the tenant's databases there
     /// dropped (they were created by the job).
-    pub(super) async fn undo_tenant_targets(&self, plan: &Plan) -> Result<(), JobError> {
+    async fn undo_targets(cx: &Ctx, plan: &Plan) -> Result<(), JobError> {
         let tenant = plan.moving_tenant()?;
         for target in plan.targets() {
             plan.forget_sessions(&target);
             let admin =
-                pg::connect_shard(&target, plan.dsn(&target)?, self.settings.connect_timeout)
-                    .await?;
+                pg::connect_shard(&target, plan.dsn(&target)?, cx.settings.connect_timeout).await?;
             tenant_pg::drop_tenant(&admin, &target, tenant).await?;
         }
+        tracing::info!(job = %plan.job.id, "undone: tenant where it was, copies dropped");
         Ok(())
-    }
-}
-
-#[cfg(test)]
-pub(super) mod tests {
-    use super::*;
-    use shardline_core::catalog::TenantConfig;
-
-    pub(in crate::reshard) fn catalog() -> Catalog {
-        let mut cat = crate::reshard::plan::tests::catalog_of(&[
-            ("s0", Some("ks"), None),
-            ("s1", Some("ks"), None),
-            ("s2", None, None),
-            ("s3", None, None),
-            ("s4", None, Some("zed")),
-        ]);
-        cat.tenants.insert(
-            "a".into(),
-            Tenant {
-                id: "a".into(),
-                name: "a".into(),
-                keyspace: "ks".into(),
-                dedicated: false,
-                config: TenantConfig::default(),
-                role_password: "x".into(),
-                pg_name: Some("t_a".into()),
-                state: TenantState::Active,
-                moving: false,
-                created_at: String::new(),
-            },
-        );
-        cat
-    }
-
-    pub(in crate::reshard) fn req(tenant: &str, targets: &[&str]) -> ReshardRequest {
-        ReshardRequest {
-            keyspace: "ks".into(),
-            kind: ReshardKind::TenantMove,
-            source: String::new(),
-            targets: targets.iter().map(|s| s.to_string()).collect(),
-            at: vec![],
-            tenant: Some(tenant.into()),
-            to_keyspace: None,
-        }
-    }
-
-    #[test]
-    fn plans_every_source_to_every_target_range() {
-        let job = plan_tenant_move(&catalog(), &req("a", &["s2", "s3"]), "j").unwrap();
-        assert_eq!(job.moves.len(), 4);
-        assert_eq!(job.to_map.shards(), ["s2", "s3"]);
-        assert_eq!(job.to_keyspace.as_deref(), Some("a"));
-        for s in ["s0", "s1"] {
-            let mine: Vec<_> = job.moves.iter().filter(|m| m.from == s).collect();
-            assert_eq!(mine.len(), 2);
-            assert_eq!(mine[0].range.start, 0);
-        }
-    }
-
-    #[test]
-    fn refuses_bad_tenant_moves() {
-        let cat = catalog();
-        let e = |r: ReshardRequest| plan_tenant_move(&cat, &r, "j").unwrap_err();
-        assert!(matches!(e(req("nope", &["s2"])), ServiceError::NotFound(_)));
-        assert!(matches!(e(req("a", &["s0"])), ServiceError::Conflict(_)));
-        assert!(matches!(e(req("a", &["s4"])), ServiceError::Conflict(_)));
-        assert!(matches!(e(req("a", &[])), ServiceError::Invalid(_)));
-        assert!(matches!(
-            e(req("a", &["s2", "s2"])),
-            ServiceError::Invalid(_)
-        ));
-        let mut back = req("a", &[]);
-        back.to_keyspace = Some("ks".into());
-        assert!(matches!(e(back), ServiceError::Conflict(_)));
-        let mut taken = catalog();
-        let ks = taken.keyspaces["ks"].clone();
-        taken.keyspaces.insert("a".into(), ks);
-        assert!(matches!(
-            plan_tenant_move(&taken, &req("a", &["s2"]), "j").unwrap_err(),
-            ServiceError::Conflict(_)
-        ));
     }
 }
