@@ -512,5 +512,9 @@ pub struct JobInfo {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cutover_pause_ms: Option<u64>,
+    /// How long the copy phase took, once it ended (its last run, after
+    /// a restart); `rows_copied` over it is the copy's rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_ms: Option<u64>,
     pub created_at: String,
 }

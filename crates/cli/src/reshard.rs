@@ -418,9 +418,16 @@ fn outcome(job: &JobInfo) -> String {
     let pause = job
         .cutover_pause_ms
         .map_or_else(|| "not measured".to_string(), |ms| format!("{ms} ms"));
+    let copy = job.copy_ms.map_or_else(String::new, |ms| {
+        format!(
+            " in {:.1} s ({} rows/s)",
+            ms as f64 / 1000.0,
+            thousands(job.rows_copied * 1000 / ms.max(1))
+        )
+    });
     match job.phase {
         ReshardPhase::Done => format!(
-            "job {} done: {} rows copied, cutover pause {pause}",
+            "job {} done: {} rows copied{copy}, cutover pause {pause}",
             job.id,
             thousands(job.rows_copied)
         ),
@@ -469,6 +476,10 @@ fn job_details(job: &JobInfo) -> String {
                 thousands(job.rows_copied),
                 thousands(job.rows_estimated)
             ),
+        ),
+        (
+            "copy time",
+            job.copy_ms.map(|ms| format!("{ms} ms")).unwrap_or_default(),
         ),
         ("changes behind", thousands(job.changes_behind)),
         (
@@ -538,6 +549,7 @@ mod tests {
             changes_behind: 1_234,
             error: None,
             cutover_pause_ms: None,
+            copy_ms: None,
             created_at: "2024-01-01T00:00:00Z".into(),
         }
     }
@@ -585,6 +597,11 @@ mod tests {
         assert_eq!(
             outcome(&done),
             "job j1 done: 150,000 rows copied, cutover pause 42 ms"
+        );
+        done.copy_ms = Some(1_500);
+        assert_eq!(
+            outcome(&done),
+            "job j1 done: 150,000 rows copied in 1.5 s (100,000 rows/s), cutover pause 42 ms"
         );
         let mut failed = job(ReshardPhase::Failed);
         failed.error = Some("checksum mismatch on acme.kv".into());

@@ -219,6 +219,8 @@ async fn under_load_with(
     let started = Instant::now();
     let job = stack.admin.reshard(&req).await.expect("start job");
     let (done, frozen_longer) = tokio::join!(wait_job(stack, &job), during);
+    // Seen done within a poll (100 ms) of its end.
+    let took = started.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     for w in writers {
@@ -226,16 +228,20 @@ async fn under_load_with(
     }
     let t = truth.lock().unwrap();
     let f = answers.lock().unwrap();
-    let took = started.elapsed();
+    let copy_rate = done
+        .copy_ms
+        .map(|ms| format!("{:.0}", done.rows_copied as f64 * 1000.0 / ms.max(1) as f64));
     println!(
-        "{:?} job {}: {:?} in {took:?} ({} rows copied, {:.0} rows/s over the whole job), \
-         cutover pause {:?} ms; writers: {} writes acknowledged, each with rows_affected 1, \
+        "{:?} job {}: {:?} in {took:?} ({} rows copied, {:.0} rows/s over the whole job; \
+         copy phase {:?} ms, {} rows/s), cutover pause {:?} ms; writers: {} writes acknowledged, each with rows_affected 1, \
          {} answered 5xx, {} not answered; longest write {:?}",
         done.kind,
         done.id,
         done.phase,
         done.rows_copied,
         done.rows_copied as f64 / took.as_secs_f64(),
+        done.copy_ms,
+        copy_rate.as_deref().unwrap_or("-"),
         done.cutover_pause_ms,
         f.one_row,
         f.server_errors.len(),

@@ -53,6 +53,7 @@ fn job(id: &str, phase: ReshardPhase) -> JobInfo {
         changes_behind: 3,
         error: None,
         cutover_pause_ms: None,
+        copy_ms: None,
         created_at: "2024-01-01T00:00:00Z".into(),
     }
 }

@@ -149,6 +149,10 @@ pub struct ReshardJob {
     /// that copied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows_copied: Option<u64>,
+    /// How long the copy phase took (its last run, which copied
+    /// `rows_copied`), recorded with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_ms: Option<u64>,
     /// Per (tenant, table): row count and checksum of the moved rows at
     /// cutover, checked again before cleanup.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -3,8 +3,10 @@
 //! application of captured changes to the targets.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
 
 use shardline_core::catalog::Tenant;
+use shardline_core::KeyRange;
 use tokio_util::sync::CancellationToken;
 
 use super::job::{check, db, Ctx, JobError, Plan, Session};
@@ -38,20 +40,26 @@ pub(super) async fn install_capture(cx: &Ctx, plan: &Plan) -> Result<(), JobErro
 }
 
 /// Copy: every row of the moving ranges, from one snapshot per table,
-/// in batches (capture is on, so later changes are recorded).
+/// in batches (capture is on, so later changes are recorded). Up to
+/// [`COPY_PARALLEL`] tables at once, each on sessions of its own: one
+/// table's copy leaves a core idle (the source reads while the target
+/// waits, and the other way round).
 pub(super) async fn copy(cx: &Ctx, plan: &Plan, token: &CancellationToken) -> Result<(), JobError> {
+    use futures_util::{StreamExt, TryStreamExt};
+
     // Again after a restart: capture must precede the snapshot.
     install_capture(cx, plan).await?;
     let id = &plan.job.id;
     let key_type = plan.keyspace.key_type;
+    let started = Instant::now();
     cx.update_progress(id, |p| {
         p.rows_copied = 0;
         p.rows_estimated = 0;
+        p.copy_ms = None;
     });
-    // (source, tenant index, target, ranges, table)
     let mut work = Vec::new();
     for source in plan.sources() {
-        for (ti, tenant) in plan.tenants.iter().enumerate() {
+        for tenant in &plan.tenants {
             let src = cx.must_db(plan, &source, tenant).await?;
             for meta in cx.metas(plan, &src, &source, tenant, false).await? {
                 for (target, ranges) in plan.routes(&source) {
@@ -59,71 +67,114 @@ pub(super) async fn copy(cx: &Ctx, plan: &Plan, token: &CancellationToken) -> Re
                         .await
                         .map_err(db(&source))?;
                     cx.update_progress(id, |p| p.rows_estimated += n.max(0) as u64);
-                    work.push((source.clone(), ti, target, ranges, meta.clone()));
+                    work.push(Part {
+                        source: source.clone(),
+                        tenant,
+                        target,
+                        ranges,
+                        meta: meta.clone(),
+                    });
                 }
             }
         }
     }
+    let parts: Vec<_> = work
+        .into_iter()
+        .map(|part| copy_part(cx, plan, token, part))
+        .collect();
+    futures_util::stream::iter(parts)
+        .buffer_unordered(COPY_PARALLEL)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let ms = started.elapsed().as_millis() as u64;
+    cx.update_progress(id, |p| p.copy_ms = Some(ms));
+    Ok(())
+}
+
+/// Tables copied at once.
+const COPY_PARALLEL: usize = 2;
+
+/// One table of one tenant, from a source to one of its targets.
+struct Part<'a> {
+    source: String,
+    tenant: &'a Tenant,
+    target: String,
+    ranges: Vec<KeyRange>,
+    meta: TableMeta,
+}
+
+/// Copies one part in batches, in one snapshot of the source.
+async fn copy_part(
+    cx: &Ctx,
+    plan: &Plan,
+    token: &CancellationToken,
+    part: Part<'_>,
+) -> Result<(), JobError> {
+    let Part {
+        source,
+        tenant,
+        target,
+        ranges,
+        meta,
+    } = part;
+    let id = &plan.job.id;
+    let key_type = plan.keyspace.key_type;
     let batch = cx.settings.batch_rows;
-    for (source, ti, target, ranges, meta) in work {
+    check(token)?;
+    let src = cx.must_db(plan, &source, tenant).await?;
+    let tgt = cx.must_db(plan, &target, tenant).await?;
+    sql::as_replica(&tgt).await.map_err(db(&target))?;
+    src.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(db(&source))?;
+    // Batches cut by primary key in the snapshot, each streamed
+    // with COPY straight into the table; a batch finding rows
+    // there (copied by an earlier run) goes again through a
+    // staging table, inserting only the missing ones.
+    let bounds = sql::batch_bounds(&src, &meta, key_type, &ranges, batch)
+        .await
+        .map_err(db(&source))?;
+    let format = sql::copy_format(&src, &tgt, &meta)
+        .await
+        .map_err(db(&target))?;
+    let mut staging = false;
+    let mut copied = 0u64;
+    for i in 0..=bounds.len() {
         check(token)?;
-        let tenant = &plan.tenants[ti];
-        let src = cx.must_db(plan, &source, tenant).await?;
-        let tgt = cx.must_db(plan, &target, tenant).await?;
-        sql::as_replica(&tgt).await.map_err(db(&target))?;
-        src.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await
-            .map_err(db(&source))?;
-        // Batches cut by primary key in the snapshot, each streamed
-        // with COPY straight into the table; a batch finding rows
-        // there (copied by an earlier run) goes again through a
-        // staging table, inserting only the missing ones.
-        let bounds = sql::batch_bounds(&src, &meta, key_type, &ranges, batch)
-            .await
-            .map_err(db(&source))?;
-        let format = sql::copy_format(&src, &tgt, &meta)
-            .await
-            .map_err(db(&target))?;
-        let mut staging = false;
-        let mut copied = 0u64;
-        for i in 0..=bounds.len() {
-            check(token)?;
-            let after = i.checked_sub(1).and_then(|j| bounds.get(j));
-            let span = (after.map(String::as_str), bounds.get(i).map(String::as_str));
-            let copy =
-                |into| sql::copy_batch(&src, &tgt, &meta, key_type, &ranges, span, format, into);
-            let n = match copy(sql::CopyInto::Table).await {
-                Err(e) if e.is_conflict() => {
-                    if !staging {
-                        sql::create_staging(&tgt, &meta)
-                            .await
-                            .map_err(db(&target))?;
-                        staging = true;
-                    }
-                    copy(sql::CopyInto::Staging).await
+        let after = i.checked_sub(1).and_then(|j| bounds.get(j));
+        let span = (after.map(String::as_str), bounds.get(i).map(String::as_str));
+        let copy = |into| sql::copy_batch(&src, &tgt, &meta, key_type, &ranges, span, format, into);
+        let n = match copy(sql::CopyInto::Table).await {
+            Err(e) if e.is_conflict() => {
+                if !staging {
+                    sql::create_staging(&tgt, &meta)
+                        .await
+                        .map_err(db(&target))?;
+                    staging = true;
                 }
-                other => other,
+                copy(sql::CopyInto::Staging).await
             }
-            .map_err(|e| match e {
-                sql::CopyError::Source(e) => db(&source)(e),
-                sql::CopyError::Target(e) => db(&target)(e),
-            })?;
-            copied += n;
-            cx.metrics.rows_copied.with(&[id]).inc_by(n);
-            cx.update_progress(id, |p| p.rows_copied += n);
-            // A crash with part of the range copied (test only).
-            failpoint(FAILPOINT_DURING_COPY);
-            if i < bounds.len() && !cx.settings.batch_pause.is_zero() {
-                tokio::time::sleep(cx.settings.batch_pause).await;
-            }
+            other => other,
         }
-        if staging {
-            sql::drop_staging(&tgt, &meta).await.map_err(db(&target))?;
+        .map_err(|e| match e {
+            sql::CopyError::Source(e) => db(&source)(e),
+            sql::CopyError::Target(e) => db(&target)(e),
+        })?;
+        copied += n;
+        cx.metrics.rows_copied.with(&[id]).inc_by(n);
+        cx.update_progress(id, |p| p.rows_copied += n);
+        // A crash with part of the range copied (test only).
+        failpoint(FAILPOINT_DURING_COPY);
+        if i < bounds.len() && !cx.settings.batch_pause.is_zero() {
+            tokio::time::sleep(cx.settings.batch_pause).await;
         }
-        src.batch_execute("COMMIT").await.map_err(db(&source))?;
-        tracing::info!(job = %id, tenant = %tenant.id, table = %meta.name, %source,
-            %target, rows = copied, "table copied");
     }
+    if staging {
+        sql::drop_staging(&tgt, &meta).await.map_err(db(&target))?;
+    }
+    src.batch_execute("COMMIT").await.map_err(db(&source))?;
+    tracing::info!(job = %id, tenant = %tenant.id, table = %meta.name, %source,
+        %target, rows = copied, "table copied");
     Ok(())
 }
 

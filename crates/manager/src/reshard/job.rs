@@ -395,7 +395,7 @@ impl Ctx {
         to: ReshardPhase,
     ) -> Result<(), JobError> {
         let key = keys::job(id);
-        let copied = self.progress(id).rows_copied;
+        let progress = self.progress(id);
         self.svc
             .update(std::slice::from_ref(&key), |seen| {
                 let Some(entry) = &seen[&key] else {
@@ -406,7 +406,8 @@ impl Ctx {
                     return Err(ServiceError::Contended);
                 }
                 if from == ReshardPhase::Copy {
-                    job.rows_copied = Some(copied);
+                    job.rows_copied = Some(progress.rows_copied);
+                    job.copy_ms = progress.copy_ms;
                 }
                 job.phase = to;
                 Ok(vec![put(key.clone(), &job)])

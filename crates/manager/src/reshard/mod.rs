@@ -209,6 +209,7 @@ impl Reshards {
                 .clone()
                 .or_else(|| p.last_error.filter(|_| !is_finished(job.phase))),
             cutover_pause_ms: job.cutover_pause_ms,
+            copy_ms: job.copy_ms.or(p.copy_ms),
             created_at: job.created_at.clone(),
         }
     }

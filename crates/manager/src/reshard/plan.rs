@@ -122,6 +122,7 @@ pub fn plan_job(cat: &Catalog, req: &ReshardRequest, id: &str) -> Result<Reshard
         error: None,
         cutover_pause_ms: None,
         rows_copied: None,
+        copy_ms: None,
         verified: Default::default(),
         tenant: None,
         to_keyspace: None,

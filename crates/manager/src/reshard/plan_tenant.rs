@@ -107,6 +107,7 @@ fn tenant_job(
         error: None,
         cutover_pause_ms: None,
         rows_copied: None,
+        copy_ms: None,
         verified: Default::default(),
         tenant: Some(tenant.to_string()),
         to_keyspace: Some(to.to_string()),

@@ -20,6 +20,8 @@ pub struct Progress {
     pub rows_copied: u64,
     pub rows_estimated: u64,
     pub changes_behind: u64,
+    /// How long the copy took, once it ended on this manager.
+    pub copy_ms: Option<u64>,
     /// The last transient error (the job retries).
     pub last_error: Option<String>,
 }

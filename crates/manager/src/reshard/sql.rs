@@ -683,9 +683,21 @@ pub async fn copy_batch(
     let sink = target.copy_in(&copy_in).await.map_err(CopyError::Target)?;
     let mut rows = std::pin::pin!(rows);
     let mut sink = std::pin::pin!(sink);
-    // Dropping the sink on an error aborts the target's COPY.
-    while let Some(chunk) = rows.try_next().await.map_err(CopyError::Source)? {
-        sink.send(chunk).await.map_err(CopyError::Target)?;
+    // PostgreSQL sends a row per message; the target takes any split of
+    // the stream, so rows go on in messages of about COPY_CHUNK bytes
+    // (a tenth of the sends and frames). Dropping the sink on an error
+    // aborts the target's COPY.
+    let mut buf = bytes::BytesMut::new();
+    while let Some(row) = rows.try_next().await.map_err(CopyError::Source)? {
+        buf.extend_from_slice(&row);
+        if buf.len() >= COPY_CHUNK {
+            sink.feed(buf.split().freeze())
+                .await
+                .map_err(CopyError::Target)?;
+        }
+    }
+    if !buf.is_empty() {
+        sink.feed(buf.freeze()).await.map_err(CopyError::Target)?;
     }
     let n = sink.as_mut().finish().await.map_err(CopyError::Target)?;
     if into == CopyInto::Staging {
@@ -699,6 +711,9 @@ pub async fn copy_batch(
     }
     Ok(n)
 }
+
+/// Bytes of rows per message a copy sends to the target.
+const COPY_CHUNK: usize = 64 * 1024;
 
 /// Which side of a copy failed.
 #[derive(Debug)]
