@@ -95,6 +95,14 @@ impl HaManagers {
         self.procs.lock().unwrap()[i] = Some(child);
     }
 
+    /// `kill -9` of manager `i`, reaped.
+    pub fn kill(&self, i: usize) {
+        if let Some(mut child) = self.procs.lock().unwrap()[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Partitions manager `i` from etcd (or joins it again): packets
     /// between that manager and the store alone are dropped silently.
     pub fn partition_from_etcd(&self, i: usize, partitioned: bool) {
