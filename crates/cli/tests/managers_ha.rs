@@ -705,3 +705,115 @@ async fn a_manager_on_tls_etcd_with_client_certificates() {
     let err = ended.expect_err("a manager without its client certificate ran");
     assert!(format!("{err:#}").contains("load the catalog"), "{err:#}");
 }
+
+/// A leader dies while a primary fails its checks: the next leader goes
+/// on counting from the health book instead of from zero (its first
+/// round shows more failed checks than rounds it ran) and knows the dead
+/// primary's last WAL position (the replica's lag is known at once), so
+/// the failover comes `failover_after` rounds sooner than without it.
+///
+/// Control: with the book's seeding removed from the checker, the new
+/// leader's first round showed 1 failed check and no replica lag, and
+/// the test failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_goes_on_counting_a_failing_primary() {
+    use common::{Stack, StackOptions};
+
+    let interval = Duration::from_millis(300);
+    let mut stack = Stack::start(StackOptions {
+        shards: 1,
+        replicas: 1,
+        health_interval: Some(interval),
+        failover_after: Some(20),
+        etcd_managers: vec![None, None],
+        ..StackOptions::default()
+    })
+    .await;
+    let ha = stack.ha.take().unwrap();
+    ha.start(1);
+    let urls = ha.urls();
+    let admin = |i: usize| {
+        ManagerClient::new(&urls[i], Some(common::ADMIN_TOKEN.into()))
+            .unwrap()
+            .with_timeout(Duration::from_secs(2))
+    };
+    let primary_failures = |snap: &shardline_api::manager::HealthSnapshot| {
+        snap.instances
+            .iter()
+            .find(|i| i.shard == "s0" && i.role == "primary")
+            .map(|i| i.health.consecutive_failures)
+    };
+    let generation = stack.admin.get_shard("s0").await.unwrap().generation;
+    stack.shards[0].kill9().await;
+    // The leader counts a few failed checks, far from failover_after.
+    let m0 = admin(0);
+    assert!(
+        common::eventually(Duration::from_secs(20), || async {
+            m0.health()
+                .await
+                .ok()
+                .and_then(|s| primary_failures(&s))
+                .is_some_and(|n| n >= 8)
+        })
+        .await,
+        "the leader did not count failed checks: {}",
+        ha.log(0)
+    );
+    let counted = m0.health().await.ok().and_then(|s| primary_failures(&s));
+    let killed = Instant::now();
+    ha.kill(0);
+    assert!(
+        ha.wait_leader(1, Duration::from_secs(30)).await,
+        "{}",
+        ha.log(1)
+    );
+    let led = killed.elapsed();
+    // The new leader's first published round.
+    let m1 = admin(1);
+    let mut first = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while first.is_none() && Instant::now() < deadline {
+        if let Ok(s) = m1.health().await {
+            if s.round >= 1 && primary_failures(&s).is_some() {
+                first = Some(s);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = first.expect("no health round from the new leader");
+    let failures = primary_failures(&first).unwrap();
+    let replica_lag = first
+        .instances
+        .iter()
+        .find(|i| i.shard == "s0" && i.role == "replica")
+        .and_then(|i| i.health.lag_bytes);
+    // The failover, by the new leader.
+    let mut after = generation;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while after <= generation && Instant::now() < deadline {
+        if let Ok(s) = stack.admin.get_shard("s0").await {
+            after = s.generation;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "old leader counted {counted:?} failed checks; killed; new leader after {led:?}, its \
+         round {} shows {failures} failed checks and replica lag {replica_lag:?} bytes; \
+         failover committed {:?} after the kill (generation {generation} -> {after})",
+        first.round,
+        killed.elapsed()
+    );
+    assert!(
+        u64::from(failures) > first.round,
+        "the new leader counted from zero: {failures} failures in round {}",
+        first.round
+    );
+    assert!(
+        replica_lag.is_some(),
+        "the dead primary's position was not taken over"
+    );
+    assert!(after > generation, "no failover by the new leader");
+    drop(ha);
+    stack.stop().await;
+}

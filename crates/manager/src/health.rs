@@ -18,6 +18,7 @@ use shardline_metrics::{GaugeVec, Registry};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
+use crate::health_book::{self, Failing, HealthBook};
 use crate::pg;
 use crate::service::CatalogService;
 
@@ -182,14 +183,25 @@ struct Target {
 }
 
 /// Runs the checker until shutdown, publishing each round to `table`.
+/// With `book` (managers sharing a store), failing primaries are counted
+/// on from where the previous leader stopped, and recorded for the next.
 pub async fn run(
     svc: Arc<CatalogService>,
     table: Arc<HealthTable>,
     metrics: HealthMetrics,
     settings: HealthSettings,
+    book: Option<Arc<HealthBook>>,
     shutdown: CancellationToken,
 ) {
-    check_loop(&svc, &table, &metrics, &settings, &shutdown).await;
+    check_loop(
+        &svc,
+        &table,
+        &metrics,
+        &settings,
+        book.as_deref(),
+        &shutdown,
+    )
+    .await;
 }
 
 async fn check_loop(
@@ -197,6 +209,7 @@ async fn check_loop(
     table: &HealthTable,
     metrics: &HealthMetrics,
     settings: &HealthSettings,
+    book: Option<&HealthBook>,
     shutdown: &CancellationToken,
 ) {
     // One kept session per instance (with the DSN it was opened to); a
@@ -206,6 +219,35 @@ async fn check_loop(
     // down so replicas' lag stays meaningful (and near 0 for a replica
     // that has everything a dead primary wrote).
     let mut primary_lsn: HashMap<Key, u64> = HashMap::new();
+    // Failed checks counted before this run: by the previous leader (the
+    // book), never by this manager's own earlier terms, which may be long
+    // past.
+    let mut seed: HashMap<Key, u32> = HashMap::new();
+    // The book as last written: shard -> entry.
+    let mut written: BTreeMap<String, Failing> = BTreeMap::new();
+    if let Some(book) = book {
+        written = book.load().await;
+        let published = svc.current();
+        let cat = &published.catalog;
+        let now = crate::time::now_ms();
+        for (shard, f) in &written {
+            let current = cat
+                .shards
+                .get(shard)
+                .is_some_and(|s| s.primary.id == f.instance);
+            if current && health_book::fresh(f.at_ms, now) {
+                let key = (shard.clone(), f.instance.clone());
+                seed.insert(key.clone(), f.failures);
+                if let Some(lsn) = f.last_lsn {
+                    primary_lsn.insert(key, lsn);
+                }
+            }
+        }
+        if !seed.is_empty() {
+            tracing::info!(primaries = ?seed, "failing primaries taken over from the health book");
+        }
+    }
+    let mut last: BTreeMap<Key, InstanceState> = BTreeMap::new();
     let mut round = table.round();
     let mut tick = tokio::time::interval(settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -240,9 +282,10 @@ async fn check_loop(
         let mut probes = HashMap::new();
         for (t, res) in targets.iter().zip(results) {
             let key = (t.shard.clone(), t.id.clone());
-            let failures = table
-                .state(&t.shard, &t.id)
+            let failures = last
+                .get(&key)
                 .map(|s| s.info.consecutive_failures)
+                .or_else(|| seed.remove(&key))
                 .unwrap_or_default();
             let state = match res {
                 Ok((client, probe)) => {
@@ -320,7 +363,69 @@ async fn check_loop(
         }
         primary_lsn.retain(|k, _| cat.shards.get(&k.0).is_some_and(|s| s.primary.id == k.1));
         publish_metrics(metrics, &states);
+        if let Some(book) = book {
+            record_failing(book, cat, &states, &primary_lsn, &mut written).await;
+        }
+        last = states.clone();
         table.publish(round, states);
+    }
+}
+
+/// Brings the health book in line with this round: an entry per shard
+/// whose primary failed its last check, none for the others. Only
+/// changes are written; a failed write is tried again next round.
+async fn record_failing(
+    book: &HealthBook,
+    cat: &Catalog,
+    states: &BTreeMap<Key, InstanceState>,
+    primary_lsn: &HashMap<Key, u64>,
+    written: &mut BTreeMap<String, Failing>,
+) {
+    let now = crate::time::now_ms();
+    let mut want: BTreeMap<String, Failing> = BTreeMap::new();
+    for shard in cat.shards.values() {
+        let key = (shard.id.clone(), shard.primary.id.clone());
+        let Some(state) = states.get(&key) else {
+            continue;
+        };
+        if state.info.consecutive_failures > 0 {
+            want.insert(
+                shard.id.clone(),
+                Failing {
+                    instance: shard.primary.id.clone(),
+                    failures: state.info.consecutive_failures,
+                    last_lsn: primary_lsn.get(&key).copied(),
+                    at_ms: now,
+                },
+            );
+        }
+    }
+    let stale: Vec<String> = written
+        .keys()
+        .filter(|s| !want.contains_key(*s))
+        .cloned()
+        .collect();
+    for shard in stale {
+        match book.set(&shard, None).await {
+            Ok(()) => {
+                written.remove(&shard);
+            }
+            Err(e) => tracing::warn!(%shard, error = %e, "clear the health book's entry"),
+        }
+    }
+    for (shard, f) in want {
+        let same = written
+            .get(&shard)
+            .is_some_and(|w| w.instance == f.instance && w.failures == f.failures);
+        if same {
+            continue;
+        }
+        match book.set(&shard, Some(&f)).await {
+            Ok(()) => {
+                written.insert(shard, f);
+            }
+            Err(e) => tracing::warn!(%shard, error = %e, "record a failing primary"),
+        }
     }
 }
 

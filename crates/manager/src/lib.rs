@@ -29,6 +29,7 @@
 //!   after a restart.
 //! - [`routers`]: live routers and their leases.
 //! - [`router_book`]: which routers hold leases, in the shared store.
+//! - [`health_book`]: failing primaries, in the shared store.
 //! - [`leader`]: which manager leads; the leader-only work.
 //! - [`forward`]: requests a follower passes to the leader.
 //! - [`http`]: the HTTP API.
@@ -43,6 +44,7 @@ pub mod failover;
 pub mod failpoints;
 pub mod forward;
 pub mod health;
+pub mod health_book;
 pub mod http;
 pub mod leader;
 pub mod migrations;
@@ -85,6 +87,8 @@ pub struct BoundManager {
     election: Option<(EtcdStore, ElectionOptions)>,
     /// On etcd: the router book's store.
     router_book: Option<Arc<dyn CatalogStore>>,
+    /// On etcd: the health book's store.
+    health_book: Option<Arc<dyn CatalogStore>>,
 }
 
 /// Opens the catalog store (etcd when configured, else the file) and
@@ -99,6 +103,7 @@ pub async fn bind(mut config: ManagerConfig) -> anyhow::Result<BoundManager> {
         return bind_with_store(config, Arc::new(store)).await;
     };
     let book_prefix = format!("{}.routers/", etcd.prefix.trim_end_matches('/'));
+    let health_prefix = format!("{}.health/", etcd.prefix.trim_end_matches('/'));
     let mut options = EtcdStoreOptions::new(etcd.endpoints).with_prefix(etcd.prefix);
     options.request_timeout = etcd.request_timeout;
     options.user = etcd.username.zip(etcd.password);
@@ -117,6 +122,9 @@ pub async fn bind(mut config: ManagerConfig) -> anyhow::Result<BoundManager> {
     let book = EtcdStore::connect(options.clone().with_prefix(book_prefix))
         .await
         .context("set up the etcd router book")?;
+    let health = EtcdStore::connect(options.clone().with_prefix(health_prefix))
+        .await
+        .context("set up the etcd health book")?;
     let store = EtcdStore::connect(options)
         .await
         .context("set up the etcd catalog store")?;
@@ -127,6 +135,7 @@ pub async fn bind(mut config: ManagerConfig) -> anyhow::Result<BoundManager> {
     let mut bound = bind_with_store(config, Arc::new(store.clone())).await?;
     bound.election = Some((store, election));
     bound.router_book = Some(Arc::new(book));
+    bound.health_book = Some(Arc::new(health));
     Ok(bound)
 }
 
@@ -145,6 +154,7 @@ pub async fn bind_with_store(
         store,
         election: None,
         router_book: None,
+        health_book: None,
     })
 }
 
@@ -225,6 +235,9 @@ impl BoundManager {
         let router_book = self
             .router_book
             .map(|store| Arc::new(router_book::RouterBook::new(store)));
+        let health_book = self
+            .health_book
+            .map(|store| Arc::new(health_book::HealthBook::new(store)));
         let state = Arc::new(http::AppState {
             router_book: router_book.clone(),
             leadership: Arc::clone(&leadership),
@@ -306,6 +319,7 @@ impl BoundManager {
                     Arc::clone(&health_table),
                     health_metrics.clone(),
                     settings.clone(),
+                    health_book.clone(),
                     term.clone(),
                 );
                 // Unfinished jobs resume at once, then from the loop.

@@ -22,6 +22,7 @@ pub struct HaManagers {
     failpoints: Vec<Option<&'static str>>,
     health_interval: Duration,
     router_lease: Option<Duration>,
+    failover_after: Option<u32>,
     procs: Mutex<Vec<Option<Child>>>,
 }
 
@@ -32,6 +33,7 @@ impl HaManagers {
         failpoints: Vec<Option<&'static str>>,
         health_interval: Duration,
         router_lease: Option<Duration>,
+        failover_after: Option<u32>,
     ) -> HaManagers {
         let etcd = EtcdServer::start().await.expect("start etcd");
         let ports = failpoints
@@ -51,6 +53,7 @@ impl HaManagers {
             failpoints,
             health_interval,
             router_lease,
+            failover_after,
         }
     }
 
@@ -69,11 +72,16 @@ impl HaManagers {
             .router_lease
             .map(|l| format!("router_lease = \"{}ms\"\n", l.as_millis()))
             .unwrap_or_default();
+        let failover_after = self
+            .failover_after
+            .map(|n| format!("failover_after = {n}\n"))
+            .unwrap_or_default();
         std::fs::write(
             &cfg,
             format!(
                 "listen = \"127.0.0.1:{}\"\nid = \"m{i}\"\nadmin_token = \"{ADMIN_TOKEN}\"\n\
                  router_token = \"{ROUTER_TOKEN}\"\nhealth_interval = \"{}ms\"\n{lease}\
+                 {failover_after}\
                  [etcd]\nendpoints = [\"{}\"]\n",
                 self.ports[i],
                 self.health_interval.as_millis(),

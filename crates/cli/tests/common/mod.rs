@@ -77,6 +77,8 @@ pub struct StackOptions {
     /// if any. Only the first is started (and leads); the test starts the
     /// others (`stack.ha`). The router and `admin` know every URL.
     pub etcd_managers: Vec<Option<&'static str>>,
+    /// The manager's `failover_after` (its default if `None`).
+    pub failover_after: Option<u32>,
 }
 
 impl Default for StackOptions {
@@ -96,6 +98,7 @@ impl Default for StackOptions {
             router_ip: std::net::Ipv4Addr::LOCALHOST.into(),
             catalog_cache: None,
             etcd_managers: Vec::new(),
+            failover_after: None,
         }
     }
 }
@@ -255,6 +258,9 @@ impl Stack {
             )
             .health_interval;
         }
+        if let Some(n) = opts.failover_after {
+            cfg.failover_after = n;
+        }
         if let Some(lease) = opts.router_lease {
             cfg.router_lease = lease;
         }
@@ -267,6 +273,7 @@ impl Stack {
                 opts.etcd_managers.clone(),
                 cfg.health_interval,
                 opts.router_lease,
+                opts.failover_after,
             )
             .await;
             ha.start(0);

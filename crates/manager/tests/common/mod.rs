@@ -524,6 +524,7 @@ impl Harness {
                 interval: Duration::from_millis(100),
                 timeout: Duration::from_secs(1),
             },
+            None,
             stop.clone(),
         ));
         Reconciling {
