@@ -2,8 +2,8 @@
 //! nor the submodules of any directory module (a submodule naming an item
 //! of its parent's `mod.rs` counts as using the parent, which uses it).
 //! Read from the sources: every `crate::` and `super::` path outside the
-//! `#[cfg(test)]` part of each file. Prints the layers it finds; the
-//! layering is described in docs/architecture.md.
+//! `#[cfg(test)]` part and the comments of each file. Prints the layers
+//! it finds; the layering is described in docs/architecture.md.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -40,9 +40,17 @@ fn modules(src: &Path) -> BTreeMap<ModPath, String> {
     out
 }
 
-/// The source without its tests (test modules end each file here).
-fn without_tests(text: &str) -> &str {
-    text.find("#[cfg(test)]").map_or(text, |i| &text[..i])
+/// The code of a source: without its tests (test modules end each file
+/// here) and without comments (a doc link is no use of a module).
+fn code_of(text: &str) -> String {
+    let code = text.find("#[cfg(test)]").map_or(text, |i| &text[..i]);
+    code.lines()
+        .map(|l| match l.find("//") {
+            Some(i) => &l[..i],
+            None => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Paths that follow `prefix` (`crate::` or `super::`) in `text`, each as
@@ -107,7 +115,7 @@ fn resolve(mods: &BTreeMap<ModPath, String>, base: &[String], segs: &[String]) -
 fn uses(mods: &BTreeMap<ModPath, String>) -> BTreeSet<(ModPath, ModPath)> {
     let mut edges = BTreeSet::new();
     for (path, text) in mods {
-        let code = without_tests(text);
+        let code = &code_of(text);
         let parent: ModPath = path[..path.len().saturating_sub(1)].to_vec();
         let mut targets = Vec::new();
         for segs in paths_after(code, "crate::") {

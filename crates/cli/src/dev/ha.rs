@@ -19,7 +19,7 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use shardline_localpg::free_port;
 
-use super::write_private;
+use super::files::write_private;
 use crate::endpoints::DevManager;
 
 /// Members of the dev etcd cluster.

@@ -18,12 +18,13 @@
 //! # Layout
 //! - this file: flags, planning, starting clusters and servers, bootstrap.
 //! - [`replicas`]: planning, cloning and registering replicas.
+//! - [`files`]: the dev clusters' settings, private files.
 
+mod files;
 mod ha;
 mod replicas;
 
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -41,6 +42,7 @@ use shardline_localpg::{
 use tokio_util::sync::CancellationToken;
 
 use crate::endpoints::{default_data_dir, DevInfo, DevShard, ROOT_DATA_DIR};
+use files::{cluster_config, write_private};
 
 /// The default app's name.
 const DEFAULT_APP: &str = "default";
@@ -87,19 +89,6 @@ pub struct DevArgs {
     #[arg(long, value_name = "N")]
     pub managers: Option<usize>,
 }
-
-/// Settings of dev clusters: durable (dev data is kept) but small.
-const DEV_PG_SETTINGS: &[(&str, &str)] = &[
-    ("shared_buffers", "64MB"),
-    ("max_connections", "200"),
-    ("wal_level", "logical"),
-    ("max_wal_senders", "10"),
-    ("max_replication_slots", "10"),
-    // Replicas: WAL kept for one that falls behind, and no vacuum of rows
-    // a replica's query still reads.
-    ("wal_keep_size", "256MB"),
-    ("hot_standby_feedback", "on"),
-];
 
 fn random_secret(prefix: &str) -> String {
     let bytes: [u8; 24] = rand::random();
@@ -245,16 +234,6 @@ fn new_shard(dir: &Path, id: String, spare: bool) -> anyhow::Result<DevShard> {
         spare,
         replicas: Vec::new(),
     })
-}
-
-fn cluster_config(port: u16, data_dir: &Path, password: &str) -> ClusterConfig {
-    let mut cfg = ClusterConfig::new(data_dir.to_path_buf(), port);
-    cfg.password = Some(password.to_string());
-    cfg.settings = DEV_PG_SETTINGS
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    cfg
 }
 
 /// Initialises (first run) and starts every shard's first cluster, and
@@ -594,13 +573,6 @@ async fn wait_router_ready(router_url: &str) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bail!("the router did not load the catalog within 5s")
-}
-
-fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, contents).with_context(|| format!("write {}", tmp.display()))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))
 }
 
 fn print_banner(info: &DevInfo, catalog: &[ShardInfo], dir: &Path) {

@@ -12,7 +12,7 @@ use shardline_localpg::{
     create_replica, free_port, start_cluster, wait_streaming, PgBinaries, RunningCluster,
 };
 
-use super::cluster_config;
+use super::files::cluster_config;
 use crate::endpoints::{DevReplica, DevShard};
 
 /// Most replicas per shard `dev` makes.
