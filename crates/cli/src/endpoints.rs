@@ -15,6 +15,10 @@ pub struct DevInfo {
     /// The process serving these endpoints.
     pub pid: u32,
     pub router_url: String,
+    /// The router's PostgreSQL wire protocol URL, logged in as the
+    /// default app (absent in dev.json files from before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_url: Option<String>,
     pub manager_url: String,
     pub admin_token: String,
     /// The tenant of the default app (`app_token`).

@@ -94,6 +94,9 @@ struct RouterArgs {
     /// Listen address
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// PostgreSQL wire protocol listen address (default: none)
+    #[arg(long)]
+    pg_listen: Option<SocketAddr>,
     /// Router id in the manager's registry
     #[arg(long)]
     id: Option<String>,
@@ -145,6 +148,9 @@ fn router_config(args: RouterArgs) -> anyhow::Result<shardline_router::RouterCon
     }
     if let Some(l) = args.listen {
         cfg.listen = l;
+    }
+    if args.pg_listen.is_some() {
+        cfg.pg_listen = args.pg_listen;
     }
     if args.id.is_some() {
         cfg.id = args.id;

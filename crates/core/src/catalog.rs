@@ -301,6 +301,11 @@ pub struct App {
     pub limits: Limits,
     /// Hex SHA-256 of the token (see [`crate::auth::token_hash`]).
     pub token_hash: String,
+    /// The SCRAM-SHA-256 verifier of the token, for the PostgreSQL wire
+    /// protocol (see [`crate::scram::Verifier`]). Apps created before it
+    /// existed get one at their next rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_scram: Option<String>,
     /// The token replaced by the last rotation, valid until its expiry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_token: Option<PreviousToken>,
@@ -313,6 +318,12 @@ pub struct App {
 pub struct PreviousToken {
     /// Hex SHA-256 of the old token.
     pub token_hash: String,
+    /// The SCRAM-SHA-256 verifier of the old token, for the PostgreSQL
+    /// wire protocol; it shares the salt and iteration count of the
+    /// app's current one (see [`crate::scram`]). Tokens of apps created
+    /// before verifiers existed have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_scram: Option<String>,
     /// Unix time in milliseconds after which it is refused.
     pub expires_at_ms: u64,
 }
@@ -571,5 +582,16 @@ mod tests {
         assert_eq!(opaque.pg_name(), "t_0123456789abcdef01234567");
         let back: Tenant = serde_json::from_str(&serde_json::to_string(&opaque).unwrap()).unwrap();
         assert_eq!(back, opaque);
+    }
+
+    #[test]
+    fn apps_from_before_scram_verifiers_load() {
+        let legacy = br#"{"id": "a", "name": "a", "tenant": "default",
+            "token_hash": "00", "previous_token": {"token_hash": "11",
+            "expires_at_ms": 5}, "created_at": ""}"#;
+        let app: App = serde_json::from_slice(legacy).unwrap();
+        assert_eq!(app.token_scram, None);
+        assert_eq!(app.previous_token.as_ref().unwrap().token_scram, None);
+        assert!(!serde_json::to_string(&app).unwrap().contains("token_scram"));
     }
 }

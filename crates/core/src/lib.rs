@@ -10,6 +10,8 @@
 //! - [`catalog`]: keyspaces, shards, client apps: what the manager stores
 //!   and routers follow.
 //! - [`auth`]: token hashing.
+//! - [`scram`]: SCRAM-SHA-256 verifiers of app tokens and the server
+//!   side of the exchange, for the PostgreSQL wire protocol.
 //! - [`fence`]: version claims router sessions make to fenced shards.
 //! - [`session`]: what can change a pooled session's state.
 
@@ -18,6 +20,7 @@ pub mod catalog;
 pub mod fence;
 pub mod hash;
 pub mod keyrange;
+pub mod scram;
 pub mod session;
 pub mod shardmap;
 

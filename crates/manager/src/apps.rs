@@ -2,12 +2,17 @@
 //! and token rotation with a grace period for the old token.
 //!
 //! Tokens are `sl_` and 256 random bits as hex, shown once (at creation
-//! and rotation) and stored only as their SHA-256.
+//! and rotation) and stored only as their SHA-256 and their SCRAM-SHA-256
+//! verifier (for the routers' PostgreSQL wire protocol). A rotated token's
+//! verifier keeps the salt and iteration count of the app's current one,
+//! so routers can check either token of a grace period in one exchange
+//! (see [`shardline_core::scram`]).
 
 use shardline_api::manager::{CreateAppRequest, RotateTokenRequest, UpdateAppRequest};
 use shardline_catalog::Op;
 use shardline_core::auth::{hex, token_hash};
 use shardline_core::catalog::{keys, App, PreviousToken, Tenant, TenantState};
+use shardline_core::scram::{Verifier, DEFAULT_ITERATIONS, DEFAULT_SALT_LEN};
 
 use crate::error::ServiceError;
 use crate::service::{decode, put, CatalogService};
@@ -31,6 +36,25 @@ pub fn new_token() -> String {
 }
 
 pub use crate::time::now_ms;
+
+/// The SCRAM-SHA-256 verifier of a token with a fresh random salt and
+/// PostgreSQL's default iteration count.
+pub fn new_verifier(token: &str) -> Verifier {
+    let salt: [u8; DEFAULT_SALT_LEN] = rand::random();
+    Verifier::new(token, &salt, DEFAULT_ITERATIONS)
+}
+
+/// The verifier of a new token for an app whose current verifier is
+/// `current`: the same salt and iteration count, so routers can offer
+/// one salt for both tokens during the grace period; a fresh salt when
+/// the app has no usable verifier (it was created before verifiers
+/// existed).
+pub fn rotated_verifier(token: &str, current: Option<&str>) -> Verifier {
+    match current.map(Verifier::parse) {
+        Some(Ok(v)) => Verifier::new(token, &v.salt, v.iterations),
+        Some(Err(_)) | None => new_verifier(token),
+    }
+}
 
 fn check_key_prefix(prefix: &str) -> Result<(), ServiceError> {
     if prefix.is_empty() || prefix.len() > MAX_KEY_PREFIX_LEN {
@@ -73,6 +97,7 @@ pub async fn create_app(
         key_prefix: req.key_prefix.clone(),
         limits: req.limits,
         token_hash: token_hash(&token),
+        token_scram: Some(new_verifier(&token).to_string()),
         previous_token: None,
         created_at: time::now_rfc3339(),
     };
@@ -179,9 +204,14 @@ pub async fn rotate_token(
     let token = new_token();
     let new_hash = token_hash(&token);
     let app = change_app(svc, id, |app| {
+        // Made here, from the app as read: it takes the current
+        // verifier's salt (a few milliseconds, again on a retry).
+        let scram = rotated_verifier(&token, app.token_scram.as_deref()).to_string();
         let old = std::mem::replace(&mut app.token_hash, new_hash.clone());
+        let old_scram = app.token_scram.replace(scram);
         app.previous_token = (grace > 0).then(|| PreviousToken {
             token_hash: old,
+            token_scram: old_scram,
             expires_at_ms: now_ms().saturating_add(grace * 1000),
         });
         Ok(())
@@ -201,4 +231,22 @@ pub async fn delete_app(svc: &CatalogService, id: &str) -> Result<(), ServiceErr
     })
     .await
     .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rotated_verifier_keeps_a_usable_salt() {
+        let current = Verifier::new("old", b"salt", 7).to_string();
+        let v = rotated_verifier("new", Some(&current));
+        assert_eq!(v, Verifier::new("new", b"salt", 7));
+        for unusable in [None, Some("md5abc")] {
+            let v = rotated_verifier("new", unusable);
+            assert_eq!(v.salt.len(), DEFAULT_SALT_LEN);
+            assert_eq!(v.iterations, DEFAULT_ITERATIONS);
+            assert_eq!(v, Verifier::new("new", &v.salt, v.iterations));
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! Client apps: a tenant is required, fields are validated, tokens rotate
-//! with a grace period for the old one.
+//! with a grace period for the old one, and each token has a SCRAM
+//! verifier sharing its app's salt.
 
 mod common;
 
@@ -8,7 +9,8 @@ use shardline_api::manager::{
     CreateAppRequest, CreateTenantRequest, RotateTokenRequest, UpdateAppRequest,
 };
 use shardline_core::auth::token_hash;
-use shardline_core::catalog::Limits;
+use shardline_core::catalog::{keys, App, Limits};
+use shardline_core::scram::{Verifier, DEFAULT_ITERATIONS, DEFAULT_SALT_LEN};
 use shardline_manager::apps::{self, now_ms, DEFAULT_GRACE_SECONDS, MAX_GRACE_SECONDS};
 use shardline_manager::error::ServiceError;
 use shardline_manager::tenants;
@@ -173,6 +175,62 @@ async fn fields_are_validated() {
         .await
         .unwrap_err();
     assert!(matches!(e, ServiceError::NotFound(_)), "{e}");
+}
+
+/// The verifier `stored` is the one of `token`.
+fn verifies(stored: Option<&str>, token: &str) -> Verifier {
+    let v = Verifier::parse(stored.expect("a SCRAM verifier")).unwrap();
+    assert_eq!(Verifier::new(token, &v.salt, v.iterations), v, "{token}");
+    v
+}
+
+#[tokio::test]
+async fn tokens_carry_scram_verifiers_with_one_salt_per_app() {
+    let h = with_default_tenant().await;
+    let (a, first) = apps::create_app(&h.svc, &app("web", None)).await.unwrap();
+    let created = verifies(a.token_scram.as_deref(), &first);
+    assert_eq!(created.iterations, DEFAULT_ITERATIONS);
+    assert_eq!(created.salt.len(), DEFAULT_SALT_LEN);
+    let (b, b_token) = apps::create_app(&h.svc, &app("api", None)).await.unwrap();
+    let other = verifies(b.token_scram.as_deref(), &b_token).salt;
+    assert_ne!(other, created.salt, "a fresh salt per app");
+
+    // The new token keeps the salt; the old verifier moves along with
+    // the old token.
+    let (rotated, second) = apps::rotate_token(&h.svc, "web", &RotateTokenRequest::default())
+        .await
+        .unwrap();
+    let new = verifies(rotated.token_scram.as_deref(), &second);
+    let prev = rotated.previous_token.as_ref().unwrap();
+    let old = verifies(prev.token_scram.as_deref(), &first);
+    assert_eq!(old, created);
+    assert_eq!(
+        (new.salt, new.iterations),
+        (created.salt.clone(), created.iterations)
+    );
+    assert_eq!(h.svc.current().catalog.apps["web"], rotated);
+
+    // An app from before verifiers: its first rotation gives the new
+    // token one with a fresh salt; the old token has none.
+    let legacy = App {
+        token_scram: None,
+        previous_token: None,
+        ..h.svc.current().catalog.apps["api"].clone()
+    };
+    h.svc
+        .update(&[keys::app("api")], |_| {
+            Ok(vec![shardline_manager::service::put(
+                keys::app("api"),
+                &legacy,
+            )])
+        })
+        .await
+        .unwrap();
+    let (rotated, token) = apps::rotate_token(&h.svc, "api", &RotateTokenRequest::default())
+        .await
+        .unwrap();
+    verifies(rotated.token_scram.as_deref(), &token);
+    assert_eq!(rotated.previous_token.unwrap().token_scram, None);
 }
 
 #[tokio::test]

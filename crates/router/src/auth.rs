@@ -9,6 +9,10 @@
 //! match means inverting SHA-256, so this leaks nothing useful. The final
 //! comparison is constant-time anyway ([`constant_time_eq`]), so the
 //! check does not rest on the map's comparison.
+//!
+//! Clients of the PostgreSQL wire protocol log in with SCRAM-SHA-256
+//! instead (user = app id, password = token): their apps' verifiers are
+//! compiled here too ([`WireCredentials`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,7 +22,8 @@ use sha2::{Digest, Sha256};
 use shardline_api::router::ShardKeyValue;
 use shardline_api::{ApiError, ErrorCode};
 use shardline_core::auth::constant_time_eq;
-use shardline_core::catalog::{Limits, TenantConfig};
+use shardline_core::catalog::{App, Limits, TenantConfig};
+use shardline_core::scram::Verifier;
 
 use crate::metrics::PairMetrics;
 use crate::quota::{QuotaCell, Quotas, RateLimits};
@@ -91,6 +96,90 @@ pub(crate) struct TokenEntry {
     /// refused.
     pub(crate) expires_at_ms: Option<u64>,
     pub(crate) app: Arc<AppAuth>,
+}
+
+/// What a SCRAM-SHA-256 login as an app is checked against: the salt
+/// and iteration count to send, and the verifiers of the tokens valid
+/// now (the current one first, then the rotated-out one during its grace
+/// period), all sharing that salt and count (see
+/// [`shardline_core::scram`]).
+#[derive(Debug, Clone)]
+pub struct WireCredentials {
+    pub app: Arc<AppAuth>,
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+    pub verifiers: Vec<Verifier>,
+}
+
+/// An app's SCRAM-SHA-256 verifiers, compiled.
+#[derive(Debug)]
+pub(crate) struct ScramEntry {
+    app: Arc<AppAuth>,
+    current: Verifier,
+    /// The rotated-out token's, with the Unix milliseconds from which it
+    /// is refused; only kept when it shares the current one's salt and
+    /// iteration count, as one exchange offers only one.
+    previous: Option<(Verifier, u64)>,
+}
+
+impl ScramEntry {
+    /// Compiles an app's verifiers; `None` when it has no usable current
+    /// one (apps from before verifiers existed have none until their
+    /// next rotation).
+    pub(crate) fn compile(app: &App, auth: &Arc<AppAuth>) -> Option<ScramEntry> {
+        let current = match app.token_scram.as_deref().map(Verifier::parse)? {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(app = %app.id, error = %e, "app with a malformed SCRAM verifier");
+                return None;
+            }
+        };
+        let previous = app.previous_token.as_ref().and_then(|p| {
+            match p.token_scram.as_deref().map(Verifier::parse)? {
+                Ok(v) if v.salt == current.salt && v.iterations == current.iterations => {
+                    Some((v, p.expires_at_ms))
+                }
+                Ok(_) => {
+                    // The manager never makes such a pair: the old token
+                    // cannot log in over the wire protocol.
+                    tracing::warn!(
+                        app = %app.id,
+                        "previous SCRAM verifier with another salt than the current one"
+                    );
+                    None
+                }
+                Err(e) => {
+                    tracing::error!(
+                        app = %app.id,
+                        error = %e,
+                        "app with a malformed previous SCRAM verifier"
+                    );
+                    None
+                }
+            }
+        });
+        Some(ScramEntry {
+            app: Arc::clone(auth),
+            current,
+            previous,
+        })
+    }
+
+    /// The credentials valid at the wall-clock time `unix_ms`.
+    pub(crate) fn credentials(&self, unix_ms: u64) -> WireCredentials {
+        let mut verifiers = vec![self.current.clone()];
+        if let Some((v, expires_at_ms)) = &self.previous {
+            if unix_ms < *expires_at_ms {
+                verifiers.push(v.clone());
+            }
+        }
+        WireCredentials {
+            app: Arc::clone(&self.app),
+            salt: self.current.salt.clone(),
+            iterations: self.current.iterations,
+            verifiers,
+        }
+    }
 }
 
 /// The time of a request: monotonic for quotas, wall clock for token

@@ -15,6 +15,12 @@ pub struct RouterConfig {
     /// Address of the HTTP API. Default `127.0.0.1:8080`.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Address of the PostgreSQL wire protocol listener (psql, pgbench,
+    /// any driver: user = app id, password = its token, database = the
+    /// keyspace). Default: none (HTTP only); `shardline dev` uses
+    /// `127.0.0.1:6432`.
+    #[serde(default)]
+    pub pg_listen: Option<SocketAddr>,
     /// The manager's base URL, e.g. `http://127.0.0.1:8081`; several,
     /// comma-separated, for managers that stand in for one another (the
     /// router uses the one that answers and moves on when it cannot be
@@ -149,6 +155,7 @@ impl RouterConfig {
     pub fn new(manager_url: &str, router_token: &str) -> Self {
         Self {
             listen: default_listen(),
+            pg_listen: None,
             manager_url: manager_url.to_string(),
             catalog_cache: None,
             router_token: Some(router_token.to_string()),

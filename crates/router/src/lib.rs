@@ -32,6 +32,7 @@
 //! - [`pg`]: pools, JSON ⇄ PostgreSQL values, statement execution, error
 //!   classification.
 //! - [`metrics`]: Prometheus metrics, with bounded tenant/app labels.
+//! - [`wire`]: the PostgreSQL wire protocol front end.
 
 pub mod auth;
 pub mod classify;
@@ -46,6 +47,7 @@ pub mod pools;
 pub mod quota;
 pub mod reroute;
 pub mod state;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -62,9 +64,10 @@ pub use config::RouterConfig;
 /// How long in-flight requests may run after shutdown begins.
 const DRAIN: Duration = Duration::from_secs(5);
 
-/// A router with its listener bound.
+/// A router with its listeners bound.
 pub struct BoundRouter {
     listener: TcpListener,
+    pg_listener: Option<TcpListener>,
     config: RouterConfig,
 }
 
@@ -75,13 +78,30 @@ pub async fn bind(mut config: RouterConfig) -> anyhow::Result<BoundRouter> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen on {}", config.listen))?;
-    Ok(BoundRouter { listener, config })
+    let pg_listener = match config.pg_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listen for PostgreSQL clients on {addr}"))?,
+        ),
+        None => None,
+    };
+    Ok(BoundRouter {
+        listener,
+        pg_listener,
+        config,
+    })
 }
 
 impl BoundRouter {
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().unwrap_or(self.config.listen)
+    }
+
+    /// The address of the PostgreSQL wire listener, if it has one.
+    pub fn pg_local_addr(&self) -> Option<SocketAddr> {
+        self.pg_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Serves until `shutdown` is cancelled, then drains.
@@ -154,6 +174,13 @@ impl BoundRouter {
         });
         tracker.close();
         tracing::info!(%addr, %id, manager = %cfg.manager_url, "router listening");
+        let wire_task = self.pg_listener.map(|l| {
+            let shared = wire::WireShared::new(Arc::clone(&routing), Arc::clone(&ctx));
+            if let Ok(a) = l.local_addr() {
+                tracing::info!(addr = %a, "router listening for PostgreSQL clients");
+            }
+            tokio::spawn(wire::serve(l, shared, shutdown.clone(), DRAIN))
+        });
         let state = Arc::new(http::RouterState {
             routing,
             ctx,
@@ -161,6 +188,13 @@ impl BoundRouter {
         });
         let app = http::router(state, cfg.body_limit);
         let served = shardline_http::serve(self.listener, app, shutdown.clone(), DRAIN).await;
+        if let Some(t) = wire_task {
+            match t.await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "PostgreSQL listener"),
+                Err(e) => tracing::warn!(error = %e, "PostgreSQL listener task"),
+                Ok(Ok(())) => {}
+            }
+        }
         tasks.cancel();
         tracker.wait().await;
         served.context("serve HTTP")

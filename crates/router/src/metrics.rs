@@ -377,6 +377,7 @@ mod tests {
             key_prefix: None,
             limits: Default::default(),
             token_hash: String::new(),
+            token_scram: None,
             previous_token: None,
             created_at: String::new(),
         }

@@ -37,6 +37,7 @@ use shardline_core::fence::claim_key;
 
 use crate::auth::{TenantAuth, TenantStatus};
 use crate::health::HealthView;
+use crate::pg::rawpool::{RawPool, RawPoolConfig};
 use crate::pg::{ConnBudget, Pool, PoolConfig, PoolError, PoolStats};
 
 /// `schema` as a `search_path` value inside startup options: bare when
@@ -102,6 +103,8 @@ pub struct InstanceTarget {
     settings: PoolSettings,
     budget: Arc<ConnBudget>,
     pools: RwLock<HashMap<String, TenantPool>>,
+    /// The wire front end's raw session pools, by tenant (same budget).
+    raw: RwLock<HashMap<String, RawTenantPool>>,
     closed: AtomicBool,
     /// Cancelled when a failover of its shard begins while it is the
     /// primary: statements running on it are cancelled and answered as
@@ -117,6 +120,13 @@ struct TenantPool {
     size: usize,
     /// Since when the reaper has seen it without connections.
     empty_since: Mutex<Option<Instant>>,
+}
+
+struct RawTenantPool {
+    pool: RawPool,
+    version: u64,
+    password: String,
+    size: usize,
 }
 
 /// Numbers of tenant pools, for metrics.
@@ -171,6 +181,7 @@ impl InstanceTarget {
             settings: settings.clone(),
             budget: ConnBudget::new(settings.shard_max_connections),
             pools: RwLock::new(HashMap::new()),
+            raw: RwLock::new(HashMap::new()),
             closed: AtomicBool::new(false),
             fenced: tokio_util::sync::CancellationToken::new(),
         })
@@ -240,21 +251,7 @@ impl InstanceTarget {
                 return e.pool.clone();
             }
         }
-        // The tenant's own database, as its own role (the database and
-        // the role share the name; see docs/architecture.md, "Tenants").
-        let mut pg = self.base.clone();
-        pg.user(&tenant.pg_user);
-        pg.dbname(&tenant.pg_user);
-        pg.password(tenant.role_password.as_bytes());
-        // The schema, as a startup option: it outranks a default the role
-        // set for itself (`ALTER ROLE ... SET search_path`, which any role
-        // may run), and a session reset returns to it.
-        let search_path = format!("-c search_path={}", search_path_value(&tenant.pg_user));
-        let options = match pg.get_options() {
-            Some(existing) if !existing.is_empty() => format!("{existing} {search_path}"),
-            _ => search_path,
-        };
-        pg.options(&options);
+        let pg = self.tenant_login(tenant);
         let cfg = PoolConfig {
             max_size: size,
             claim_key: Some(claim_key(&tenant.role_password)),
@@ -280,11 +277,104 @@ impl InstanceTarget {
         pool
     }
 
+    /// The login of `tenant` on this instance: its own database, as its
+    /// own role (the database and the role share the name; see
+    /// docs/architecture.md, "Tenants"), with its schema as a startup
+    /// option: it outranks a default the role set for itself (`ALTER
+    /// ROLE ... SET search_path`, which any role may run), and a session
+    /// reset returns to it.
+    fn tenant_login(&self, tenant: &TenantAuth) -> tokio_postgres::Config {
+        let mut pg = self.base.clone();
+        pg.user(&tenant.pg_user);
+        pg.dbname(&tenant.pg_user);
+        pg.password(tenant.role_password.as_bytes());
+        let extra = format!("-c search_path={}", search_path_value(&tenant.pg_user));
+        let options = match pg.get_options() {
+            Some(existing) if !existing.is_empty() => format!("{existing} {extra}"),
+            _ => extra,
+        };
+        pg.options(&options);
+        pg
+    }
+
+    /// `tenant`'s pool of raw sessions on this instance (the wire front
+    /// end's), made on first use; replaced when its password or size
+    /// changed, like [`pool_for`](Self::pool_for)'s.
+    pub fn raw_pool_for(&self, tenant: &TenantAuth) -> RawPool {
+        let size = self.settings.pool_size(tenant);
+        let fits = |e: &RawTenantPool| {
+            e.version >= tenant.version || (e.password == tenant.role_password && e.size == size)
+        };
+        if let Some(e) = self.raw_read().get(&tenant.id) {
+            if fits(e) {
+                return e.pool.clone();
+            }
+        }
+        let mut pools = self.raw_write();
+        if let Some(e) = pools.get(&tenant.id) {
+            if fits(e) {
+                return e.pool.clone();
+            }
+        }
+        let base = &self.settings.base;
+        let cfg = RawPoolConfig {
+            max_size: size,
+            acquire_timeout: base.acquire_timeout,
+            connect_timeout: base.connect_timeout,
+            idle_timeout: base.idle_timeout,
+        };
+        let mut pg = self.tenant_login(tenant);
+        if let Some(t) = base.statement_timeout {
+            // As the tokio-postgres pools set it (see `Pool::from_config`).
+            let options = format!(
+                "{} -c statement_timeout={}",
+                pg.get_options().unwrap_or_default(),
+                t.as_millis().max(1)
+            );
+            pg.options(options.trim_start());
+        }
+        let pool = RawPool::new(pg, cfg, Arc::clone(&self.budget));
+        if self.is_closed() {
+            pool.close();
+            return pool;
+        }
+        let entry = RawTenantPool {
+            pool: pool.clone(),
+            version: tenant.version,
+            password: tenant.role_password.clone(),
+            size,
+        };
+        if let Some(old) = pools.insert(tenant.id.clone(), entry) {
+            old.pool.close();
+        }
+        pool
+    }
+
+    fn raw_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, RawTenantPool>> {
+        self.raw.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn raw_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, RawTenantPool>> {
+        self.raw.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Closes the pools of tenants that left the catalog, are being
     /// deleted, or whose password or pool size changed.
     pub fn sync_tenants(&self, tenants: &HashMap<String, Arc<TenantAuth>>) {
         let mut pools = self.write();
         pools.retain(|id, e| {
+            let keep = tenants.get(id).is_some_and(|t| {
+                t.status == TenantStatus::Active
+                    && t.role_password == e.password
+                    && self.settings.pool_size(t) == e.size
+            });
+            if !keep {
+                e.pool.close();
+            }
+            keep
+        });
+        drop(pools);
+        self.raw_write().retain(|id, e| {
             let keep = tenants.get(id).is_some_and(|t| {
                 t.status == TenantStatus::Active
                     && t.role_password == e.password
@@ -305,6 +395,9 @@ impl InstanceTarget {
             let s = p.stats();
             s.size == 0 && s.in_use == 0 && s.waiting == 0
         };
+        for e in self.raw_read().values() {
+            e.pool.reap_idle(now);
+        }
         let mut doomed = Vec::new();
         for (id, e) in self.read().iter() {
             e.pool.reap_idle();
@@ -347,6 +440,9 @@ impl InstanceTarget {
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         for e in self.write().drain() {
+            e.1.pool.close();
+        }
+        for e in self.raw_write().drain() {
             e.1.pool.close();
         }
     }

@@ -1,6 +1,7 @@
 //! The routing table: the catalog compiled for the request path — tokens
-//! to apps and tenants, keyspaces to shard maps, shards to their tenant
-//! pools — rebuilt whole on every catalog version.
+//! to apps and tenants, app ids to SCRAM verifiers for wire-protocol
+//! logins, keyspaces to shard maps, shards to their tenant pools —
+//! rebuilt whole on every catalog version.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,8 +17,8 @@ use shardline_core::{Catalog, KeyRange, KeyType, ShardKey, ShardMap};
 use tokio::sync::watch;
 
 use crate::auth::{
-    admit_app, authenticate, Admission, AppAuth, Now, Rejection, TenantAuth, TenantStatus,
-    TokenEntry,
+    admit_app, authenticate, Admission, AppAuth, Now, Rejection, ScramEntry, TenantAuth,
+    TenantStatus, TokenEntry, WireCredentials,
 };
 use crate::config::RouterConfig;
 use crate::health::HealthTable;
@@ -196,6 +197,9 @@ pub struct KeyspaceRoute {
     /// sessions: every request is followed by a session reset (see
     /// `shardline_core::session`).
     pub tenant_code: bool,
+    /// Each sharded table's shard-key column (the wire front end finds
+    /// keys in statements by them).
+    pub tables: HashMap<String, String>,
 }
 
 impl KeyspaceRoute {
@@ -213,6 +217,8 @@ pub struct Routing {
     pub keyspaces: HashMap<String, KeyspaceRoute>,
     /// Accepted tokens by SHA-256 digest (current and rotated-out ones).
     tokens: HashMap<[u8; 32], TokenEntry>,
+    /// SCRAM-SHA-256 verifiers by app id, for wire-protocol logins.
+    scram: HashMap<String, ScramEntry>,
     pub tenants: HashMap<String, Arc<TenantAuth>>,
     pub shards: HashMap<String, Arc<ShardTarget>>,
 }
@@ -242,6 +248,11 @@ impl Routing {
                         map: ks.map.clone(),
                         frozen: ks.frozen.clone(),
                         tenant_code: ks.tenant_code,
+                        tables: ks
+                            .tables
+                            .iter()
+                            .map(|(t, spec)| (t.clone(), spec.shard_key.clone()))
+                            .collect(),
                     },
                 )
             })
@@ -267,6 +278,7 @@ impl Routing {
             .collect();
         let mut missing: HashMap<&str, Arc<TenantAuth>> = HashMap::new();
         let mut tokens = HashMap::with_capacity(cat.apps.len());
+        let mut scram = HashMap::with_capacity(cat.apps.len());
         for app in cat.apps.values() {
             let Some(digest) = decode_hex32(&app.token_hash) else {
                 tracing::error!(app = %app.id, "app with a malformed token hash in the catalog");
@@ -292,6 +304,9 @@ impl Routing {
                 quota: ctx.quotas.app_cell(&app.id),
                 metrics,
             });
+            if let Some(entry) = ScramEntry::compile(app, &auth) {
+                scram.insert(app.id.clone(), entry);
+            }
             if let Some(prev) = &app.previous_token {
                 match decode_hex32(&prev.token_hash) {
                     Some(old) => {
@@ -357,6 +372,7 @@ impl Routing {
             version: cat.version,
             keyspaces,
             tokens,
+            scram,
             tenants,
             shards,
         }
@@ -381,6 +397,14 @@ impl Routing {
     ) -> Result<Admission, Rejection> {
         let app = self.authenticate(token, now.unix_ms)?;
         admit_app(app, keyspace, key, quotas, now.instant)
+    }
+
+    /// What a SCRAM-SHA-256 login as app `app_id` is checked against at
+    /// the wall-clock time `unix_ms`: the current token's verifier and,
+    /// until it expires, the rotated-out one's. `None` for an unknown app
+    /// or one without a usable verifier. A copy, made per login.
+    pub fn wire_credentials(&self, app_id: &str, unix_ms: u64) -> Option<WireCredentials> {
+        self.scram.get(app_id).map(|e| e.credentials(unix_ms))
     }
 
     /// Accepted tokens (current and rotated-out).
@@ -621,6 +645,7 @@ mod tests {
             key_prefix: prefix.map(str::to_string),
             limits,
             token_hash: token_hash(&format!("tok-{id}")),
+            token_scram: None,
             previous_token: None,
             created_at: String::new(),
         }
@@ -664,6 +689,7 @@ mod tests {
         let mut a1 = app("a1", "acme", Some("acme:"), Limits::default());
         a1.previous_token = Some(PreviousToken {
             token_hash: token_hash("old-a1"),
+            token_scram: None,
             expires_at_ms: 1_000,
         });
         for a in [
@@ -736,6 +762,53 @@ mod tests {
         assert_eq!(a1.tenant.pg_user, "pg-of-acme");
         assert_eq!(a1.tenant.role_password, "pw-acme");
         assert!(!format!("{:?}", a1.tenant).contains("pw-acme"));
+    }
+
+    #[test]
+    fn wire_credentials_and_rotation() {
+        use shardline_core::scram::Verifier;
+        // One iteration: the test needs verifiers, not their cost.
+        let v = |token: &str, salt: &[u8]| Verifier::new(token, salt, 1);
+        let mut cat = catalog();
+        let a1 = cat.apps.get_mut("a1").unwrap();
+        a1.token_scram = Some(v("tok-a1", b"salt").to_string());
+        a1.previous_token.as_mut().unwrap().token_scram = Some(v("old-a1", b"salt").to_string());
+        // A previous verifier with another salt cannot share an exchange.
+        let n1 = cat.apps.get_mut("n1").unwrap();
+        n1.token_scram = Some(v("tok-n1", b"salt").to_string());
+        n1.previous_token = Some(PreviousToken {
+            token_hash: token_hash("old-n1"),
+            token_scram: Some(v("old-n1", b"other").to_string()),
+            expires_at_ms: u64::MAX,
+        });
+        cat.apps.get_mut("b1").unwrap().token_scram = Some("SCRAM-SHA-256$bad".into());
+        let r = Routing::build(&cat, &Routing::default(), &ctx());
+
+        let during = r.wire_credentials("a1", 999).expect("a1 has verifiers");
+        assert_eq!(during.app.id, "a1");
+        assert_eq!(
+            (during.salt.as_slice(), during.iterations),
+            (&b"salt"[..], 1)
+        );
+        assert_eq!(
+            during.verifiers,
+            [v("tok-a1", b"salt"), v("old-a1", b"salt")],
+            "current first"
+        );
+        let after = r.wire_credentials("a1", 1_000).unwrap();
+        assert_eq!(
+            after.verifiers,
+            [v("tok-a1", b"salt")],
+            "the old one expired"
+        );
+        let n1 = r.wire_credentials("n1", 0).unwrap();
+        assert_eq!(n1.verifiers, [v("tok-n1", b"salt")]);
+
+        assert!(r.wire_credentials("nope", 0).is_none(), "unknown app");
+        assert!(r.wire_credentials("a2", 0).is_none(), "no verifier");
+        assert!(r.wire_credentials("b1", 0).is_none(), "malformed verifier");
+        // The tokens themselves are unaffected.
+        assert_eq!(r.authenticate("tok-b1", 0).unwrap().id, "b1");
     }
 
     #[test]

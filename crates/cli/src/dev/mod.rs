@@ -73,6 +73,10 @@ pub struct DevArgs {
     /// Manager address
     #[arg(long, default_value = "127.0.0.1:8081")]
     pub manager_listen: SocketAddr,
+    /// The router's PostgreSQL wire protocol address (psql, pgbench,
+    /// drivers; dev.json's `postgres_url` logs in as the default app)
+    #[arg(long, default_value = "127.0.0.1:6432")]
+    pub pg_listen: SocketAddr,
     /// Streaming replicas per regular shard (pg_basebackup); a restart adds
     /// missing ones but never removes any
     #[arg(long, default_value_t = 0)]
@@ -369,11 +373,13 @@ async fn serve(
     };
     let mut rcfg = shardline_router::RouterConfig::new(&all_managers, &router_token);
     rcfg.listen = args.router_listen;
+    rcfg.pg_listen = Some(args.pg_listen);
     rcfg.id = Some("dev-router".into());
     rcfg.catalog_cache = Some(dir.join("router-catalog.json"));
     let (max_replica_lag, health_poll) = (rcfg.max_replica_lag, rcfg.health_poll);
     let router = shardline_router::bind(rcfg).await?;
     let router_url = format!("http://{}", router.local_addr());
+    let pg_addr = router.pg_local_addr().unwrap_or(args.pg_listen);
 
     let m_task = manager.map(|m| tokio::spawn(m.run(servers.clone())));
     let r_task = tokio::spawn(router.run(servers.clone()));
@@ -395,6 +401,11 @@ async fn serve(
         let info = DevInfo {
             pid: std::process::id(),
             router_url: router_url.clone(),
+            // The default app's login over the PostgreSQL protocol: user
+            // = app id, password = its token (hex), database = keyspace.
+            postgres_url: Some(format!(
+                "postgresql://{DEFAULT_APP}:{app_token}@{pg_addr}/default"
+            )),
             manager_url: manager_url.clone(),
             admin_token: admin_token.clone(),
             tenant: DEFAULT_TENANT.into(),
@@ -582,6 +593,9 @@ fn print_banner(info: &DevInfo, catalog: &[ShardInfo], dir: &Path) {
         info.shards.len() - spare
     );
     println!("  router:      {}", info.router_url);
+    if let Some(url) = &info.postgres_url {
+        println!("  postgres:    psql '{url}'");
+    }
     if info.managers.is_empty() {
         println!("  manager:     {}", info.manager_url);
     }

@@ -6,6 +6,9 @@
 //! - [`pool`]: a bounded pool per PostgreSQL instance and login, with a
 //!   per connection prepared-statement cache.
 //! - [`budget`]: a bound on the connections of all pools to one server.
+//! - [`frame`]: protocol v3 message framing.
+//! - [`server`]: a raw server session (login, messages passed through).
+//! - [`rawpool`]: a pool of raw sessions, for the wire front end.
 //! - [`exec`]: runs one statement or a transaction on a pooled connection.
 //! - [`values`]: JSON parameters → binary values, binary rows → JSON.
 //! - [`numeric`]: exact `numeric` binary encoding and decoding.
@@ -16,8 +19,11 @@ pub mod budget;
 pub mod datetime;
 pub mod error;
 pub mod exec;
+pub mod frame;
 pub mod numeric;
 pub mod pool;
+pub mod rawpool;
+pub mod server;
 pub mod values;
 
 pub use budget::ConnBudget;

@@ -89,6 +89,7 @@ pub fn app(id: &str, tenant: &str, prefix: Option<&str>, limits: Limits) -> App 
         key_prefix: prefix.map(str::to_string),
         limits,
         token_hash: token_hash(&format!("tok-{id}")),
+        token_scram: None,
         previous_token: None,
         created_at: String::new(),
     }

@@ -1,0 +1,371 @@
+//! A raw connection to a PostgreSQL server, for the wire front end: the
+//! router logs in as the tenant's role (SCRAM-SHA-256, MD5, cleartext or
+//! trust, as the server asks) and from then on passes protocol messages
+//! through unchanged. It keeps what the front end needs about the
+//! session: the backend's key (for cancel requests and version claims),
+//! the parameters the server reported, the prepared statements it holds,
+//! and the routing version it last stated.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, BytesMut};
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_postgres::config::Host;
+
+use super::frame::{read_frame, Fields, Frame};
+
+/// A byte stream to a server (TCP or a Unix socket).
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+/// Why a server connection could not be opened or used.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("connect to {0}: timed out")]
+    Timeout(String),
+    #[error("server connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// The server refused the login (its own error message).
+    #[error("server refused the login: {0}")]
+    Refused(String),
+    #[error("the server asked for an authentication method the router does not speak ({0})")]
+    Unsupported(i32),
+    #[error("the shard's DSN names no host")]
+    NoHost,
+}
+
+/// Where to send a cancel request for a session.
+#[derive(Debug, Clone)]
+pub struct CancelKey {
+    pub host: Host,
+    pub port: u16,
+    pub pid: i32,
+    pub secret: i32,
+}
+
+/// Prepared statements a session holds, by the router's name for them.
+/// Bounded: the least recently used is closed when it is full.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    names: HashMap<String, u64>,
+    tick: u64,
+}
+
+impl Prepared {
+    /// Whether the session holds `name`, marking it used.
+    pub fn touch(&mut self, name: &str) -> bool {
+        self.tick += 1;
+        match self.names.get_mut(name) {
+            Some(t) => {
+                *t = self.tick;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records `name`; returns the name to close to stay within `cap`.
+    pub fn insert(&mut self, name: String, cap: usize) -> Option<String> {
+        self.tick += 1;
+        self.names.insert(name, self.tick);
+        if self.names.len() <= cap.max(1) {
+            return None;
+        }
+        let oldest = self
+            .names
+            .iter()
+            .min_by_key(|(_, t)| **t)
+            .map(|(n, _)| n.clone())?;
+        self.names.remove(&oldest);
+        Some(oldest)
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        self.names.remove(name);
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+/// An open, logged-in server session, idle between transactions.
+pub struct ServerConn {
+    pub stream: Pin<Box<dyn Stream>>,
+    /// Bytes read from the server and not yet taken as messages.
+    pub rbuf: BytesMut,
+    pub cancel: CancelKey,
+    /// `ParameterStatus` values the server sent at login.
+    pub params: Vec<(String, String)>,
+    pub prepared: Prepared,
+    /// The routing version this session last stated (0: never).
+    pub map_version: u64,
+    pub idle_since: Instant,
+}
+
+impl std::fmt::Debug for ServerConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConn")
+            .field("pid", &self.cancel.pid)
+            .field("prepared", &self.prepared.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerConn {
+    /// Opens a session with `cfg`'s first host, user, database, password
+    /// and options, and reads until the server is ready.
+    pub async fn connect(
+        cfg: &tokio_postgres::Config,
+        timeout: Duration,
+    ) -> Result<ServerConn, ServerError> {
+        let host = cfg
+            .get_hosts()
+            .first()
+            .cloned()
+            .ok_or(ServerError::NoHost)?;
+        let port = cfg.get_ports().first().copied().unwrap_or(5432);
+        let addr = match &host {
+            Host::Tcp(h) => format!("{h}:{port}"),
+            #[cfg(unix)]
+            Host::Unix(p) => format!("{}/.s.PGSQL.{port}", p.display()),
+        };
+        let stream: Pin<Box<dyn Stream>> = tokio::time::timeout(timeout, async {
+            let s: Pin<Box<dyn Stream>> = match &host {
+                Host::Tcp(h) => {
+                    let s = tokio::net::TcpStream::connect((h.as_str(), port)).await?;
+                    s.set_nodelay(true)?;
+                    Box::pin(s)
+                }
+                #[cfg(unix)]
+                Host::Unix(_) => Box::pin(tokio::net::UnixStream::connect(&addr).await?),
+            };
+            Ok::<_, std::io::Error>(s)
+        })
+        .await
+        .map_err(|_| ServerError::Timeout(addr.clone()))?
+        .map_err(|source| ServerError::Connect {
+            addr: addr.clone(),
+            source,
+        })?;
+        let mut conn = ServerConn {
+            stream,
+            rbuf: BytesMut::with_capacity(8192),
+            cancel: CancelKey {
+                host,
+                port,
+                pid: 0,
+                secret: 0,
+            },
+            params: Vec::new(),
+            prepared: Prepared::default(),
+            map_version: 0,
+            idle_since: Instant::now(),
+        };
+        tokio::time::timeout(timeout, conn.login(cfg))
+            .await
+            .map_err(|_| ServerError::Timeout(addr))??;
+        Ok(conn)
+    }
+
+    async fn login(&mut self, cfg: &tokio_postgres::Config) -> Result<(), ServerError> {
+        let user = cfg.get_user().unwrap_or("postgres");
+        let mut params: Vec<(&str, &str)> = vec![
+            ("user", user),
+            ("client_encoding", "UTF8"),
+            ("application_name", "shardline-router"),
+        ];
+        if let Some(db) = cfg.get_dbname() {
+            params.push(("database", db));
+        }
+        if let Some(o) = cfg.get_options() {
+            params.push(("options", o));
+        }
+        let mut out = BytesMut::new();
+        frontend::startup_message(params.iter().copied(), &mut out)?;
+        self.stream.write_all(&out).await?;
+        let password = cfg.get_password().unwrap_or_default();
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let f = self.read().await?;
+            let mut fields = Fields::new(&f.body);
+            match f.tag {
+                b'R' => {
+                    let code = fields.i32()?;
+                    let mut out = BytesMut::new();
+                    match code {
+                        0 => continue,
+                        3 => frontend::password_message(password, &mut out)?,
+                        5 => {
+                            let s = fields.bytes(4)?;
+                            let hash =
+                                md5_hash(user.as_bytes(), password, [s[0], s[1], s[2], s[3]]);
+                            frontend::password_message(hash.as_bytes(), &mut out)?;
+                        }
+                        10 => {
+                            let mut offers_scram = false;
+                            while let Ok(m) = fields.cstr() {
+                                if m.is_empty() {
+                                    break;
+                                }
+                                offers_scram |= m == "SCRAM-SHA-256";
+                            }
+                            if !offers_scram {
+                                return Err(ServerError::Unsupported(code));
+                            }
+                            let s = ScramSha256::new(password, ChannelBinding::unsupported());
+                            frontend::sasl_initial_response(
+                                "SCRAM-SHA-256",
+                                s.message(),
+                                &mut out,
+                            )?;
+                            scram = Some(s);
+                        }
+                        11 => {
+                            let s = scram.as_mut().ok_or(ServerError::Unsupported(code))?;
+                            s.update(fields.rest())?;
+                            frontend::sasl_response(s.message(), &mut out)?;
+                        }
+                        12 => {
+                            let s = scram.as_mut().ok_or(ServerError::Unsupported(code))?;
+                            s.finish(fields.rest())?;
+                            continue;
+                        }
+                        other => return Err(ServerError::Unsupported(other)),
+                    }
+                    self.stream.write_all(&out).await?;
+                }
+                b'K' => {
+                    self.cancel.pid = fields.i32()?;
+                    self.cancel.secret = fields.i32()?;
+                }
+                b'S' => {
+                    let name = fields.cstr()?.to_string();
+                    let value = fields.cstr()?.to_string();
+                    self.params.push((name, value));
+                }
+                b'E' => return Err(ServerError::Refused(error_message(&f.body))),
+                b'Z' => return Ok(()),
+                // Notices and anything else at login: not the client's.
+                _ => {}
+            }
+        }
+    }
+
+    /// Reads one message from the server.
+    pub async fn read(&mut self) -> Result<Frame, ServerError> {
+        read_frame(&mut self.stream, &mut self.rbuf)
+            .await?
+            .ok_or_else(|| {
+                ServerError::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection",
+                ))
+            })
+    }
+
+    /// Sends bytes (whole messages) to the server.
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), ServerError> {
+        self.stream.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// Runs `sql` as a simple query and reads to `ReadyForQuery`: `Ok`
+    /// with the transaction status, or the server's error message.
+    pub async fn simple(&mut self, sql: &str) -> Result<Result<u8, String>, ServerError> {
+        let mut out = BytesMut::new();
+        frontend::query(sql, &mut out)?;
+        self.send(&out).await?;
+        let mut failed = None;
+        loop {
+            let f = self.read().await?;
+            match f.tag {
+                b'E' => failed = Some(error_message(&f.body)),
+                b'Z' => {
+                    let status = f.body.first().copied().unwrap_or(b'I');
+                    return Ok(failed.map_or(Ok(status), Err));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The `M` (message) field of an `ErrorResponse` body.
+pub fn error_message(body: &[u8]) -> String {
+    error_field(body, b'M').unwrap_or_else(|| "unknown error".into())
+}
+
+/// One field of an `ErrorResponse` or `NoticeResponse` body.
+pub fn error_field(body: &[u8], code: u8) -> Option<String> {
+    let mut f = Fields::new(body);
+    loop {
+        let c = f.u8().ok()?;
+        if c == 0 {
+            return None;
+        }
+        let v = f.cstr().ok()?;
+        if c == code {
+            return Some(v.to_string());
+        }
+    }
+}
+
+/// Sends a cancel request for the session `key` names (best effort).
+pub async fn send_cancel(key: &CancelKey) -> std::io::Result<()> {
+    let mut out = BytesMut::with_capacity(16);
+    out.put_i32(16);
+    out.put_i32(80_877_102);
+    out.put_i32(key.pid);
+    out.put_i32(key.secret);
+    match &key.host {
+        Host::Tcp(h) => {
+            let mut s = tokio::net::TcpStream::connect((h.as_str(), key.port)).await?;
+            s.write_all(&out).await
+        }
+        #[cfg(unix)]
+        Host::Unix(p) => {
+            let path = format!("{}/.s.PGSQL.{}", p.display(), key.port);
+            let mut s = tokio::net::UnixStream::connect(path).await?;
+            s.write_all(&out).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prepared_is_bounded_lru() {
+        let mut p = Prepared::default();
+        assert_eq!(p.insert("a".into(), 2), None);
+        assert_eq!(p.insert("b".into(), 2), None);
+        assert!(p.touch("a"));
+        assert_eq!(p.insert("c".into(), 2), Some("b".into()));
+        assert!(!p.touch("b"));
+        assert_eq!(p.len(), 2);
+    }
+
+    #[test]
+    fn error_fields() {
+        let body = b"SERROR\0C42P01\0Mno such table\0\0";
+        assert_eq!(error_field(body, b'C').as_deref(), Some("42P01"));
+        assert_eq!(error_message(body), "no such table");
+        assert_eq!(error_field(b"", b'M'), None);
+    }
+}

@@ -1,0 +1,299 @@
+//! The PostgreSQL wire protocol (v3) front end: clients connect with any
+//! PostgreSQL driver as user = app id, password = the app's token,
+//! database = the tenant's keyspace; statements are routed by their
+//! shard key and passed through unchanged on a pooled server session of
+//! the tenant's role (transaction pooling: see [`session`]).
+//!
+//! # Layout
+//! - [`codec`]: the startup packet and the messages the router itself
+//!   sends.
+//! - [`startup`]: SCRAM-SHA-256 login and the keyspace check.
+//! - [`messages`]: extended-protocol messages, read and renamed.
+//! - [`analyze`]: what a statement is and which shard key it names.
+//! - [`session`]: one client's session: routing, pooling, relaying.
+//! - [`fanout`]: keyless reads run on every shard and merged.
+
+pub mod analyze;
+pub mod codec;
+pub mod fanout;
+pub mod messages;
+pub mod session;
+pub mod startup;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use self::analyze::AnalysisCache;
+use self::codec::{ClientIo, Opening, WireError};
+use self::session::{Session, SessionEnd};
+use self::startup::LoginError;
+use crate::pg::server::{send_cancel, CancelKey};
+use crate::state::{RouterContext, RoutingCell};
+
+/// Bytes of statement analyses kept (texts and their results).
+const ANALYSIS_CACHE_BYTES: usize = 16 << 20;
+
+/// Longest a client may take from connecting to being logged in.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Startup parameters a client may set that are kept as session
+/// settings (sent before each of its transactions when they differ from
+/// the server's).
+const KEPT_PARAMETERS: &[&str] = &[
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "IntervalStyle",
+    "extra_float_digits",
+    "bytea_output",
+    "application_name",
+];
+
+/// Where cancel requests for a session go now (`None` between its
+/// transactions).
+pub type CancelSlot = Arc<Mutex<Option<CancelKey>>>;
+
+/// What every wire session shares.
+pub struct WireShared {
+    pub routing: Arc<RoutingCell>,
+    pub ctx: Arc<RouterContext>,
+    pub analyses: AnalysisCache,
+    cancels: Mutex<HashMap<(i32, i32), CancelSlot>>,
+    /// The parameters servers report at login, by keyspace.
+    server_params: Mutex<HashMap<String, Vec<(String, String)>>>,
+}
+
+impl WireShared {
+    pub fn new(routing: Arc<RoutingCell>, ctx: Arc<RouterContext>) -> Arc<Self> {
+        Arc::new(Self {
+            routing,
+            ctx,
+            analyses: AnalysisCache::new(ANALYSIS_CACHE_BYTES),
+            cancels: Mutex::new(HashMap::new()),
+            server_params: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn cancels(&self) -> std::sync::MutexGuard<'_, HashMap<(i32, i32), CancelSlot>> {
+        self.cancels.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Accepts wire clients until `shutdown`, then waits up to `drain` for
+/// their sessions to end.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<WireShared>,
+    shutdown: CancellationToken,
+    drain: Duration,
+) -> std::io::Result<()> {
+    let tracker = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of descriptors and the like: wait, go on.
+                    tracing::warn!(error = %e, "accept a wire client");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = Arc::clone(&shared);
+        let stop = shutdown.clone();
+        tracker.spawn(async move {
+            tokio::select! {
+                () = handle(stream, shared) => {}
+                () = async { stop.cancelled().await; tokio::time::sleep(drain).await } => {
+                    tracing::debug!(%peer, "wire session cut at shutdown");
+                }
+            }
+        });
+    }
+    tracker.close();
+    let _ = tokio::time::timeout(drain, tracker.wait()).await;
+    Ok(())
+}
+
+async fn handle(stream: tokio::net::TcpStream, shared: Arc<WireShared>) {
+    let mut io = ClientIo::new(stream);
+    let opening = match tokio::time::timeout(LOGIN_TIMEOUT, io.read_opening()).await {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => {
+            let _ = send_fatal(&mut io, WireError::fatal("08P01", e.to_string())).await;
+            return;
+        }
+        Err(_) => return,
+    };
+    let params = match opening {
+        Opening::Cancel { pid, secret } => {
+            let slot = shared.cancels().get(&(pid, secret)).cloned();
+            let key = slot.and_then(|s| s.lock().unwrap_or_else(PoisonError::into_inner).clone());
+            if let Some(key) = key {
+                if let Err(e) = send_cancel(&key).await {
+                    tracing::debug!(error = %e, "forward a cancel request");
+                }
+            }
+            return;
+        }
+        Opening::Session { params, .. } => params,
+    };
+    if params
+        .iter()
+        .any(|(k, v)| k == "replication" && v != "false" && v != "0")
+    {
+        let _ = send_fatal(
+            &mut io,
+            WireError::fatal("0A000", "replication connections are not supported"),
+        )
+        .await;
+        return;
+    }
+    let routing = Arc::clone(&shared.routing);
+    let login =
+        match tokio::time::timeout(LOGIN_TIMEOUT, startup::login(&mut io, &routing, &params)).await
+        {
+            Ok(Ok(l)) => l,
+            Ok(Err(LoginError::Refused(e))) => {
+                let _ = send_fatal(&mut io, e).await;
+                return;
+            }
+            Ok(Err(LoginError::Io(_))) | Err(_) => return,
+        };
+    let server = match server_params(&shared, &login).await {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = send_fatal(&mut io, e).await;
+            return;
+        }
+    };
+    // The client's own values of the settings it may choose.
+    let mut sets = Vec::new();
+    let mut shown: Vec<(String, String)> = server.clone();
+    for (name, value) in &params {
+        let Some(kept) = KEPT_PARAMETERS
+            .iter()
+            .find(|k| k.eq_ignore_ascii_case(name))
+        else {
+            continue;
+        };
+        let same = server
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case(name) && v.eq_ignore_ascii_case(value));
+        if same || (*kept == "application_name") {
+            continue;
+        }
+        sets.push(format!("SET {kept} = '{}'", value.replace('\'', "''")));
+        match shown.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            Some(e) => e.1 = value.clone(),
+            None => shown.push((kept.to_string(), value.clone())),
+        }
+    }
+    let user = params
+        .iter()
+        .find(|(k, _)| k == "user")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    for (n, v) in &shown {
+        let v = match n.as_str() {
+            "session_authorization" => user.as_str(),
+            "is_superuser" => "off",
+            _ => v.as_str(),
+        };
+        io.queue(&codec::parameter_status(n, v));
+    }
+    let cancel = Arc::new(Mutex::new(None));
+    let mut key = (0, 0);
+    {
+        let mut cancels = shared.cancels();
+        for _ in 0..16 {
+            let k = (rand::random::<i32>() & i32::MAX, rand::random::<i32>());
+            if let std::collections::hash_map::Entry::Vacant(e) = cancels.entry(k) {
+                e.insert(Arc::clone(&cancel));
+                key = k;
+                break;
+            }
+        }
+    }
+    io.queue(&codec::backend_key_data(key.0, key.1));
+    io.queue(&codec::ready(b'I'));
+    if io.flush().await.is_ok() {
+        let session = Session::new(
+            Arc::clone(&shared),
+            io,
+            login.app,
+            login.keyspace,
+            cancel,
+            sets,
+        );
+        match session.run().await {
+            Ok(()) => {}
+            Err(SessionEnd::Fatal(e)) => tracing::debug!(error = %e.message, "wire session ended"),
+            Err(e) => tracing::debug!(error = %e, "wire session ended"),
+        }
+    }
+    shared.cancels().remove(&key);
+}
+
+/// What servers of the keyspace report at login (`server_version`,
+/// encodings, date style, ...): asked of one shard once per keyspace.
+async fn server_params(
+    shared: &WireShared,
+    login: &startup::Login,
+) -> Result<Vec<(String, String)>, WireError> {
+    if let Some(p) = shared
+        .server_params
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&login.keyspace)
+    {
+        return Ok(p.clone());
+    }
+    let routing = shared.routing.get();
+    let unavailable = || {
+        WireError::fatal(
+            "57P03",
+            format!("no shard of keyspace \"{}\" answers", login.keyspace),
+        )
+    };
+    let target = routing
+        .keyspaces
+        .get(&login.keyspace)
+        .and_then(|k| k.map.as_ref())
+        .and_then(|m| m.ranges().first())
+        .and_then(|r| routing.shards.get(&r.shard))
+        .cloned()
+        .ok_or_else(unavailable)?;
+    let pool = target.primary.raw_pool_for(&login.app.tenant);
+    let conn = pool.get().await.map_err(|e| {
+        tracing::warn!(error = %e, "read server parameters for a wire client");
+        unavailable()
+    })?;
+    let params: Vec<(String, String)> = conn
+        .conn
+        .params
+        .iter()
+        .filter(|(n, _)| n != "application_name")
+        .cloned()
+        .collect();
+    pool.put(conn);
+    shared
+        .server_params
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(login.keyspace.clone(), params.clone());
+    Ok(params)
+}
+
+async fn send_fatal(io: &mut ClientIo, e: WireError) -> std::io::Result<()> {
+    io.queue(&e.frame());
+    io.flush().await
+}

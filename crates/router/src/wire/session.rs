@@ -1,0 +1,1270 @@
+//! One client's wire session after login: transaction pooling.
+//!
+//! A server session of the tenant's role is lent to the client for one
+//! transaction (or one statement outside a transaction) and given back
+//! when the server reports it idle, so many clients share few server
+//! sessions. What a client's session holds that a server session must
+//! not keep for the next client is kept here and put on whichever server
+//! session serves it next:
+//! - its shard key (`SET shardline.shard_key`, answered by the router),
+//! - its session settings (`SET x = ...` outside a transaction, and
+//!   startup parameters such as `TimeZone`), sent again before each
+//!   transaction, the server session being reset after it,
+//! - its prepared statements (protocol `Parse` with a name), prepared
+//!   again on a server session that lacks them under a name derived from
+//!   their text (see [`super::messages`]).
+//!
+//! Where a statement goes ([`Session::choose`]): the key of a comment
+//! `/* shardline.shard_key='k' */` first, then the keys the statement
+//! names for its tables' shard-key columns, then `SET LOCAL
+//! shardline.shard_key`, then the session's `SET shardline.shard_key`.
+//! A statement with no key that only reads the system catalogs (psql's
+//! `\d`, drivers' type look-ups) runs on any shard of the keyspace; any
+//! other is refused with SQLSTATE `0A000` and a hint. A lone `BEGIN` is
+//! answered by the router and sent with the transaction's first keyed
+//! statement, whose shard the transaction is then pinned to: a
+//! statement for another shard inside it is refused and leaves the
+//! transaction failed, as PostgreSQL would.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use shardline_api::router::ShardKeyValue;
+use shardline_api::ErrorCode;
+use shardline_core::fence::{claim, claim_key, CLAIM_SETTING};
+use shardline_core::KeyType;
+
+use super::analyze::{comment_key, Analysis, KeyRef, Kind};
+use super::codec::{self, ClientIo, WireError};
+use super::fanout;
+use super::messages::{self, Bind, Parse};
+use super::WireShared;
+use crate::auth::{admit_app, Admission, AppAuth};
+use crate::pg::frame::Frame;
+use crate::pg::rawpool::{RawConn, RawPool};
+use crate::pg::server::{send_cancel, CancelKey, ServerError};
+
+/// Prepared statements one server session keeps (least recently used
+/// closed beyond).
+const STATEMENTS_PER_SERVER: usize = 256;
+
+/// Messages a client may send before a `Sync` or `Flush`.
+const MAX_BATCH: usize = 10_000;
+
+/// A portal name no client uses: closing it is a no-op the server
+/// answers with `CloseComplete`.
+const NO_PORTAL: &str = "shardline_none";
+
+/// What brings a server session back to how the pool gave it out after
+/// a client changed it (settings, role, temporary objects, listens,
+/// advisory locks). Its prepared statements stay: they are the router's,
+/// named by their text.
+const RESET: &str = "CLOSE ALL; RESET ALL; RESET ROLE; UNLISTEN *; DISCARD TEMP; \
+     DISCARD SEQUENCES; SELECT pg_catalog.pg_advisory_unlock_all()";
+
+/// Why a session ended other than by the client's `Terminate`.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionEnd {
+    #[error("client connection: {0}")]
+    Client(#[from] std::io::Error),
+    #[error("server connection: {0}")]
+    Server(#[from] ServerError),
+    #[error("{}", .0.message)]
+    Fatal(WireError),
+}
+
+/// A bound portal: its statement's text and analysis, and parameters.
+#[derive(Clone)]
+struct Run {
+    text: Arc<str>,
+    analysis: Arc<Analysis>,
+    params: Vec<(i16, Option<Bytes>)>,
+}
+
+/// A prepared statement of the client's.
+struct ClientStatement {
+    text: Arc<str>,
+    parse: Parse,
+    server_name: String,
+    analysis: Arc<Analysis>,
+}
+
+/// What the server is answering, oldest first.
+#[derive(Default)]
+struct Pending {
+    /// Sent by the router itself: its answers are not the client's.
+    injected: bool,
+    /// What to do with each `ParseComplete`/`CloseComplete` to come.
+    rewrites: VecDeque<Rewrite>,
+    /// Statements prepared in this exchange and not yet confirmed.
+    unconfirmed: Vec<String>,
+    /// Session settings to keep if the exchange succeeds.
+    sets: Vec<String>,
+    /// The exchange resets every session setting (`RESET ALL`, ...).
+    clears_sets: bool,
+    failed: bool,
+    /// Ended by `Sync` or a simple query (a `ReadyForQuery` will come).
+    closed: bool,
+}
+
+enum Rewrite {
+    Keep,
+    /// Pass on; the statement it prepared is confirmed.
+    Confirm(String),
+    /// Not the client's: drop (confirming a statement, if any).
+    Drop(Option<String>),
+    /// A no-op `Close` standing for a `Parse` the server needed not
+    /// run: answered as `ParseComplete`.
+    AsParseComplete,
+}
+
+/// A server session lent to this client.
+struct Attached {
+    conn: RawConn,
+    pool: RawPool,
+    shard: String,
+    /// `ReadyForQuery` status: `I`, `T` or `E`.
+    status: u8,
+    pending: VecDeque<Pending>,
+    /// The session was changed: reset it before giving it back.
+    dirty: bool,
+    _admission: Admission,
+}
+
+/// A statement being run, for choosing where.
+struct Exec<'a> {
+    sql: &'a str,
+    analysis: &'a Analysis,
+    params: Option<&'a [(i16, Option<Bytes>)]>,
+}
+
+/// Where a batch goes.
+enum Choice {
+    /// The session attached now.
+    Here,
+    /// A shard: by a key (routed again when held), or any shard for
+    /// statements that touch no tenant data.
+    Shard {
+        shard: String,
+        key: Option<ShardKeyValue>,
+    },
+    /// Every shard, merged (a keyless read; see [`super::fanout`]).
+    FanOut,
+}
+
+pub struct Session {
+    pub(super) shared: Arc<WireShared>,
+    pub(super) io: ClientIo,
+    pub(super) app: Arc<AppAuth>,
+    pub(super) keyspace: String,
+    /// Where cancel requests for this session go now.
+    pub(super) cancel: Arc<Mutex<Option<CancelKey>>>,
+    /// Session settings from startup, then the client's `SET`s.
+    pub(super) sets: Vec<String>,
+    statements: HashMap<String, ClientStatement>,
+    /// The unnamed statement's text and analysis.
+    unnamed: Option<(Arc<str>, Arc<Analysis>)>,
+    /// `SET shardline.shard_key` and `SET LOCAL shardline.shard_key`.
+    session_key: Option<String>,
+    local_key: Option<String>,
+    /// A `BEGIN` the router answered, to send with the first statement.
+    pending_begin: Option<String>,
+    /// The transaction of `pending_begin` failed in the router.
+    local_failed: bool,
+    attached: Option<Attached>,
+    batch: Vec<Frame>,
+    /// After an error in an extended batch: drop messages to `Sync`.
+    skip_to_sync: bool,
+}
+
+impl Session {
+    pub(super) fn new(
+        shared: Arc<WireShared>,
+        io: ClientIo,
+        app: Arc<AppAuth>,
+        keyspace: String,
+        cancel: Arc<Mutex<Option<CancelKey>>>,
+        sets: Vec<String>,
+    ) -> Self {
+        Self {
+            shared,
+            io,
+            app,
+            keyspace,
+            cancel,
+            sets,
+            statements: HashMap::new(),
+            unnamed: None,
+            session_key: None,
+            local_key: None,
+            pending_begin: None,
+            local_failed: false,
+            attached: None,
+            batch: Vec::new(),
+            skip_to_sync: false,
+        }
+    }
+
+    /// Serves the client until it leaves.
+    pub async fn run(mut self) -> Result<(), SessionEnd> {
+        let out = self.serve().await;
+        if let Some(a) = self.attached.take() {
+            // Left in the middle of something: the server session may be
+            // running a statement or hold a transaction. Closed, never
+            // reused; its statement cancelled.
+            if !a.pending.is_empty() {
+                let key = a.conn.conn.cancel.clone();
+                tokio::spawn(async move {
+                    let _ = send_cancel(&key).await;
+                });
+            }
+        }
+        self.set_cancel(None);
+        out
+    }
+
+    async fn serve(&mut self) -> Result<(), SessionEnd> {
+        loop {
+            self.release_if_idle();
+            let attached = self.attached.is_some();
+            tokio::select! {
+                biased;
+                r = read_server(&mut self.attached), if attached => {
+                    let f = r?;
+                    self.on_server(f).await?;
+                }
+                r = self.io.read() => {
+                    match r? {
+                        None => return Ok(()),
+                        Some(f) => {
+                            if !self.on_client(f).await? {
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn set_cancel(&self, key: Option<CancelKey>) {
+        *self.cancel.lock().unwrap_or_else(PoisonError::into_inner) = key;
+    }
+
+    fn status(&self) -> u8 {
+        match (&self.attached, &self.pending_begin) {
+            (Some(a), _) => a.status,
+            (None, Some(_)) if self.local_failed => b'E',
+            (None, Some(_)) => b'T',
+            (None, None) => b'I',
+        }
+    }
+
+    fn in_transaction(&self) -> bool {
+        self.status() != b'I' || self.pending_begin.is_some()
+    }
+
+    /// Handles one client message; `false` when the client said goodbye.
+    async fn on_client(&mut self, f: Frame) -> Result<bool, SessionEnd> {
+        match f.tag {
+            b'Q' => self.on_query(f).await?,
+            b'P' | b'B' | b'D' | b'C' | b'E' => {
+                if self.batch.len() >= MAX_BATCH {
+                    return Err(SessionEnd::Fatal(WireError::fatal(
+                        "54000",
+                        format!("more than {MAX_BATCH} messages without Sync or Flush"),
+                    )));
+                }
+                self.batch.push(f);
+            }
+            b'H' | b'S' => {
+                let sync = f.tag == b'S';
+                self.batch.push(f);
+                self.on_batch(sync).await?;
+            }
+            // COPY FROM STDIN data goes where the COPY runs.
+            b'd' | b'c' | b'f' => {
+                if let Some(a) = &mut self.attached {
+                    let mut out = BytesMut::new();
+                    f.encode(&mut out);
+                    a.conn.conn.send(&out).await?;
+                }
+            }
+            b'X' => return Ok(false),
+            b'F' => {
+                self.answer_error(
+                    WireError::error("0A000", "the function call protocol is not supported"),
+                    true,
+                )
+                .await?;
+            }
+            other => {
+                return Err(SessionEnd::Fatal(WireError::fatal(
+                    "08P01",
+                    format!("invalid frontend message type {}", other as char),
+                )))
+            }
+        }
+        Ok(true)
+    }
+
+    /// Sends the router's own error; with `ready`, `ReadyForQuery`
+    /// after it.
+    async fn answer_error(&mut self, e: WireError, ready: bool) -> Result<(), SessionEnd> {
+        if self.pending_begin.is_some() && self.attached.is_none() {
+            self.local_failed = true;
+        }
+        self.io.queue(&e.frame());
+        if ready {
+            self.io.queue(&codec::ready(self.status()));
+        }
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    /// Whether the keyspace may hold code that changes sessions (a
+    /// router cut off from the manager cannot know, and assumes so).
+    fn code_possible(&self) -> bool {
+        self.shared.ctx.contact.cut_off()
+            || self
+                .shared
+                .routing
+                .get()
+                .keyspaces
+                .get(&self.keyspace)
+                .is_none_or(|k| k.tenant_code)
+    }
+
+    fn analyze(&self, sql: &str) -> Arc<Analysis> {
+        let routing = self.shared.routing.get();
+        let tables = routing.keyspaces.get(&self.keyspace).map(|k| &k.tables);
+        let key_of = |t: &str| tables.and_then(|m| m.get(t).cloned());
+        self.shared
+            .analyses
+            .get_or_analyze(sql, routing.version, &key_of)
+    }
+
+    async fn on_query(&mut self, f: Frame) -> Result<(), SessionEnd> {
+        let sql = messages::query_text(&f.body)
+            .map_err(|e| SessionEnd::Fatal(WireError::fatal("08P01", e.to_string())))?
+            .to_string();
+        let analysis = self.analyze(&sql);
+        if self.attached.is_none() {
+            if sql.trim().is_empty() || analysis.parts.is_empty() {
+                self.io.queue(&codec::empty(b'I'));
+                self.io.queue(&codec::ready(self.status()));
+                self.io.flush().await?;
+                return Ok(());
+            }
+            if let Some(tags) = self.answer_locally(&analysis.parts, &sql) {
+                for t in tags {
+                    self.io.queue(&codec::command_complete(&t));
+                }
+                self.io.queue(&codec::ready(self.status()));
+                self.io.flush().await?;
+                return Ok(());
+            }
+        }
+        self.note_shard_keys(&analysis.parts);
+        let exec = Exec {
+            sql: &sql,
+            analysis: &analysis,
+            params: None,
+        };
+        let choice = match self.choose(&[exec]) {
+            Ok(Choice::FanOut) => return self.fan_out(&sql, &analysis).await,
+            Ok(c) => c,
+            Err(e) => return self.refuse(e, true).await,
+        };
+        let mut pending = Pending {
+            closed: true,
+            ..Pending::default()
+        };
+        self.track_sets(&analysis, &sql, &mut pending);
+        let dirty = changes_session(&analysis, &sql, self.code_possible());
+        if let Err(e) = self.go_to(choice, analysis.parts.iter().all(is_read)).await {
+            return self.refuse(e, true).await;
+        }
+        let Some(a) = self.attached.as_mut() else {
+            return Ok(());
+        };
+        a.dirty |= dirty;
+        a.pending.push_back(pending);
+        let mut out = BytesMut::new();
+        f.encode(&mut out);
+        a.conn.conn.send(&out).await?;
+        Ok(())
+    }
+
+    /// Runs a keyless read on every shard and answers the merged rows.
+    async fn fan_out(&mut self, sql: &str, analysis: &Analysis) -> Result<(), SessionEnd> {
+        let Some(spec) = analysis.fanout.as_ref() else {
+            return self.refuse(no_key_error(), true).await;
+        };
+        if let Err(e) = fanout::check(spec) {
+            return self.refuse(e, true).await;
+        }
+        let admission = admit_app(
+            &self.app,
+            Some(&self.keyspace),
+            &ShardKeyValue::Text(self.app.key_prefix.clone().unwrap_or_default()),
+            &self.shared.ctx.quotas,
+            Instant::now(),
+        );
+        if let Err(r) = admission {
+            let e = WireError::error(sqlstate_of(r.error.code), r.error.message);
+            return self.refuse(e, true).await;
+        }
+        let routing = self.shared.routing.get();
+        match fanout::run(&routing, &self.keyspace, &self.app.tenant, sql, spec).await {
+            Ok(frames) => {
+                for f in &frames {
+                    self.io.queue(f);
+                }
+                self.io.queue(&codec::ready(self.status()));
+                self.io.flush().await?;
+                Ok(())
+            }
+            Err(e) => self.refuse(e, true).await,
+        }
+    }
+
+    /// Tags of statements the router answers itself, if every one of
+    /// `parts` is one (shard-key settings, and transaction control while
+    /// no server session is attached).
+    fn answer_locally(&mut self, parts: &[Kind], sql: &str) -> Option<Vec<String>> {
+        let local = parts.iter().all(|k| {
+            matches!(
+                k,
+                Kind::SetShardKey { .. } | Kind::Begin | Kind::Commit | Kind::Rollback
+            )
+        });
+        if !local || (self.local_failed && !matches!(parts, [Kind::Commit | Kind::Rollback])) {
+            if self.local_failed {
+                return None;
+            }
+            return None;
+        }
+        let mut tags = Vec::new();
+        for k in parts {
+            match k {
+                Kind::SetShardKey { value, local } => {
+                    if *local {
+                        self.local_key = value.clone();
+                    } else {
+                        self.session_key = value.clone();
+                    }
+                    tags.push(if value.is_some() { "SET" } else { "RESET" }.to_string());
+                }
+                Kind::Begin => {
+                    if self.pending_begin.is_none() {
+                        self.pending_begin = Some(sql.to_string());
+                    }
+                    tags.push("BEGIN".into());
+                }
+                Kind::Commit | Kind::Rollback => {
+                    let failed = std::mem::take(&mut self.local_failed);
+                    self.pending_begin = None;
+                    self.local_key = None;
+                    let commit = matches!(k, Kind::Commit) && !failed;
+                    tags.push(if commit { "COMMIT" } else { "ROLLBACK" }.into());
+                }
+                _ => {}
+            }
+        }
+        Some(tags)
+    }
+
+    /// Keeps the shard keys a text sets, when it is sent on to a server
+    /// with other statements.
+    fn note_shard_keys(&mut self, parts: &[Kind]) {
+        for k in parts {
+            if let Kind::SetShardKey { value, local } = k {
+                if *local {
+                    self.local_key = value.clone();
+                } else {
+                    self.session_key = value.clone();
+                }
+            }
+        }
+    }
+
+    fn track_sets(&self, analysis: &Analysis, sql: &str, p: &mut Pending) {
+        if let [Kind::Session] = analysis.parts.as_slice() {
+            let t = sql.trim_start();
+            let head: String = t.chars().take(16).collect::<String>().to_ascii_uppercase();
+            if head.starts_with("SET ") && !head.starts_with("SET LOCAL") {
+                if !self.in_transaction() {
+                    p.sets.push(t.trim_end().trim_end_matches(';').to_string());
+                }
+            } else if head.starts_with("RESET ALL") || head.starts_with("DISCARD ALL") {
+                p.clears_sets = true;
+            }
+        }
+    }
+
+    /// A refusal: in a transaction on a server, the server's transaction
+    /// is failed too (by a statement that raises the same error), so a
+    /// later `COMMIT` cannot commit what came before.
+    async fn refuse(&mut self, e: WireError, ready: bool) -> Result<(), SessionEnd> {
+        if let Some(a) = self.attached.as_mut() {
+            if a.status != b'I' || !a.pending.is_empty() {
+                let sql = raise_sql(&e);
+                let mut out = BytesMut::new();
+                postgres_protocol::message::frontend::query(&sql, &mut out)?;
+                a.pending.push_back(Pending {
+                    closed: true,
+                    ..Pending::default()
+                });
+                a.conn.conn.send(&out).await?;
+                return Ok(());
+            }
+        }
+        self.answer_error(e, ready).await
+    }
+
+    async fn on_batch(&mut self, sync: bool) -> Result<(), SessionEnd> {
+        let batch = std::mem::take(&mut self.batch);
+        if self.skip_to_sync {
+            if sync {
+                self.skip_to_sync = false;
+                self.io.queue(&codec::ready(self.status()));
+                self.io.flush().await?;
+            }
+            return Ok(());
+        }
+        // First pass: statements and portals, to find the keys.
+        let mut portals: HashMap<String, Run> = HashMap::new();
+        let mut runs: Vec<Run> = Vec::new();
+        let bad = |e: std::io::Error| SessionEnd::Fatal(WireError::fatal("08P01", e.to_string()));
+        for f in &batch {
+            match f.tag {
+                b'P' => {
+                    let p = Parse::read(&f.body).map_err(bad)?;
+                    let analysis = self.analyze(&p.query);
+                    if p.name.is_empty() {
+                        self.unnamed = Some((Arc::from(p.query.as_str()), analysis));
+                    } else {
+                        let server_name = p.server_name();
+                        self.statements.insert(
+                            p.name.clone(),
+                            ClientStatement {
+                                text: Arc::from(p.query.as_str()),
+                                parse: p,
+                                server_name,
+                                analysis,
+                            },
+                        );
+                    }
+                }
+                b'B' => {
+                    let b = Bind::read(&f.body).map_err(bad)?;
+                    let statement = if b.statement.is_empty() {
+                        self.unnamed.clone()
+                    } else {
+                        self.statements
+                            .get(&b.statement)
+                            .map(|s| (Arc::clone(&s.text), Arc::clone(&s.analysis)))
+                    };
+                    if let Some((text, analysis)) = statement {
+                        portals.insert(
+                            b.portal,
+                            Run {
+                                text,
+                                analysis,
+                                params: b.params,
+                            },
+                        );
+                    }
+                }
+                b'E' => {
+                    let portal = messages::execute_portal(&f.body).map_err(bad)?;
+                    if let Some(p) = portals.get(&portal) {
+                        runs.push(p.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+        let parts: Vec<Kind> = runs
+            .iter()
+            .flat_map(|r| r.analysis.parts.iter().cloned())
+            .collect();
+        if self.attached.is_none() {
+            if batch.iter().all(|f| f.tag == b'S' || f.tag == b'H') {
+                if sync {
+                    self.io.queue(&codec::ready(self.status()));
+                }
+                self.io.flush().await?;
+                return Ok(());
+            }
+            if !runs.is_empty() {
+                let text = runs
+                    .first()
+                    .map(|r| Arc::clone(&r.text))
+                    .unwrap_or_else(|| Arc::from(""));
+                if let Some(tags) = self.answer_locally(&parts, &text) {
+                    self.answer_batch_locally(&batch, tags);
+                    self.io.flush().await?;
+                    return Ok(());
+                }
+            }
+        }
+        self.note_shard_keys(&parts);
+        let execs: Vec<Exec<'_>> = runs
+            .iter()
+            .map(|r| Exec {
+                sql: &r.text,
+                analysis: &r.analysis,
+                params: Some(r.params.as_slice()),
+            })
+            .collect();
+        let choice = self.choose(&execs);
+        let read = parts.iter().all(is_read);
+        let mut pending = Pending::default();
+        let mut dirty = false;
+        let code_possible = self.code_possible();
+        for r in &runs {
+            self.track_sets(&r.analysis, &r.text, &mut pending);
+            dirty |= changes_session(&r.analysis, &r.text, code_possible);
+        }
+        drop(execs);
+        let choice = match choice {
+            Ok(Choice::FanOut) => {
+                let e = no_key_error();
+                return self.refuse_batch(e, sync).await;
+            }
+            Ok(c) => c,
+            Err(e) => return self.refuse_batch(e, sync).await,
+        };
+        if let Err(e) = self.go_to(choice, read).await {
+            return self.refuse_batch(e, sync).await;
+        }
+        let Some(a) = self.attached.as_mut() else {
+            return Ok(());
+        };
+        a.dirty |= dirty;
+        let out = rewrite_batch(&batch, &mut self.statements, a, &mut pending).map_err(bad)?;
+        match a.pending.back_mut() {
+            // A batch sent with `Flush` before: the same exchange.
+            Some(open) if !open.closed && !open.injected => {
+                open.rewrites.extend(pending.rewrites);
+                open.unconfirmed.extend(pending.unconfirmed);
+                open.sets.extend(pending.sets);
+                open.clears_sets |= pending.clears_sets;
+                open.closed = sync;
+            }
+            _ => {
+                pending.closed = sync;
+                a.pending.push_back(pending);
+            }
+        }
+        a.conn.conn.send(&out).await?;
+        Ok(())
+    }
+
+    async fn refuse_batch(&mut self, e: WireError, sync: bool) -> Result<(), SessionEnd> {
+        if !sync {
+            self.skip_to_sync = true;
+        }
+        self.refuse(e, sync).await
+    }
+
+    /// Answers an extended batch of statements the router handled: each
+    /// message gets the answer PostgreSQL would give.
+    fn answer_batch_locally(&mut self, batch: &[Frame], tags: Vec<String>) {
+        let mut tags = tags.into_iter();
+        for f in batch {
+            match f.tag {
+                b'P' => self.io.queue(&codec::empty(b'1')),
+                b'B' => self.io.queue(&codec::empty(b'2')),
+                b'C' => self.io.queue(&codec::empty(b'3')),
+                b'D' => {
+                    if f.body.first() == Some(&b'S') {
+                        self.io.queue(&codec::parameter_description(&[]));
+                    }
+                    self.io.queue(&codec::empty(b'n'));
+                }
+                b'E' => {
+                    let tag = tags.next().unwrap_or_else(|| "SET".into());
+                    self.io.queue(&codec::command_complete(&tag));
+                }
+                b'S' => self.io.queue(&codec::ready(self.status())),
+                _ => {}
+            }
+        }
+    }
+
+    /// Where statements go (see the module docs).
+    fn choose(&self, execs: &[Exec<'_>]) -> Result<Choice, WireError> {
+        let routing = self.shared.routing.get();
+        let ks = routing.keyspaces.get(&self.keyspace).ok_or_else(|| {
+            WireError::error("3D000", format!("keyspace \"{}\" is gone", self.keyspace))
+        })?;
+        let fallback = self.local_key.as_ref().or(self.session_key.as_ref());
+        let mut shards: Vec<(String, ShardKeyValue)> = Vec::new();
+        let mut keyless_data = false;
+        for e in execs {
+            let mut keys = statement_keys(e, ks.key_type);
+            if keys.is_empty() {
+                if let Some(k) = fallback {
+                    keys.push(k.clone());
+                }
+            }
+            if keys.is_empty() {
+                keyless_data |= !e.analysis.catalog_only;
+                continue;
+            }
+            for k in keys {
+                let key = ShardKeyValue::Text(k);
+                let route = routing
+                    .route(&self.keyspace, &key)
+                    .map_err(|e| WireError::error(sqlstate_of(e.code), e.message))?;
+                let shard = route.range.shard.clone();
+                if !shards.iter().any(|(s, _)| *s == shard) {
+                    shards.push((shard, key));
+                }
+            }
+        }
+        if shards.len() > 1 {
+            return Err(WireError::error(
+                "0A000",
+                format!(
+                    "the statements name keys on {} shards; one shard at a time",
+                    shards.len()
+                ),
+            )
+            .with_hint("send statements for one shard key at a time, or SET shardline.shard_key"));
+        }
+        match (shards.pop(), &self.attached) {
+            (Some((shard, _)), Some(a)) if a.shard == shard => Ok(Choice::Here),
+            (Some((shard, _)), Some(a)) if a.status != b'I' => Err(WireError::error(
+                "0A000",
+                format!(
+                    "this transaction runs on shard {}; a statement for shard {shard} cannot join it",
+                    a.shard
+                ),
+            )
+            .with_hint("cross-shard transactions are not supported; commit first")),
+            (Some((shard, key)), _) => Ok(Choice::Shard {
+                shard,
+                key: Some(key),
+            }),
+            (None, Some(_)) => Ok(Choice::Here),
+            (None, None) if keyless_data => match execs {
+                [e] if e.params.is_none()
+                    && self.pending_begin.is_none()
+                    && e.analysis.kind == Kind::Read
+                    && e.analysis.fanout.is_some() =>
+                {
+                    Ok(Choice::FanOut)
+                }
+                _ => Err(no_key_error()),
+            },
+            (None, None) => {
+                // Catalogs only: any shard of the keyspace.
+                let shard = ks
+                    .map
+                    .as_ref()
+                    .and_then(|m| m.ranges().first().map(|r| r.shard.clone()))
+                    .ok_or_else(|| {
+                        WireError::error("57P03", format!("keyspace \"{}\" has no shards yet", self.keyspace))
+                    })?;
+                Ok(Choice::Shard { shard, key: None })
+            }
+        }
+    }
+
+    /// Attaches a server session of `choice`'s shard (waiting out a
+    /// failover or a cutover of its range within the hold), first giving
+    /// back the one attached to another shard.
+    async fn go_to(&mut self, choice: Choice, read: bool) -> Result<(), WireError> {
+        let (shard, key) = match choice {
+            Choice::Here | Choice::FanOut => return Ok(()),
+            Choice::Shard { shard, key } => (shard, key),
+        };
+        if self.attached.is_some() {
+            self.drain().await.map_err(|e| {
+                WireError::error("08006", format!("lost the server connection: {e}"))
+            })?;
+            self.release_if_idle();
+        }
+        let ctx = Arc::clone(&self.shared.ctx);
+        if !read && ctx.contact.cut_off() {
+            return Err(WireError::error(
+                "57P03",
+                "this router has not heard from the manager for longer than its lease; \
+                 writes resume when it does",
+            ));
+        }
+        let deadline = Instant::now() + ctx.failover_hold;
+        let (routing, target) = loop {
+            let routing = self.shared.routing.get();
+            let (id, frozen) = match &key {
+                Some(key) => {
+                    let route = routing
+                        .route(&self.keyspace, key)
+                        .map_err(|e| WireError::error(sqlstate_of(e.code), e.message))?;
+                    (route.range.shard.clone(), route.frozen)
+                }
+                None => (shard.clone(), false),
+            };
+            let target = routing.shards.get(&id).cloned();
+            let held = frozen || target.as_ref().is_none_or(|t| t.failover.is_some());
+            if !held {
+                if let Some(t) = target {
+                    break (routing, t);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(WireError::error(
+                    "57P03",
+                    format!("shard {shard} is failing over or its keys are being moved; retry"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // Keyless statements (catalogs only) pass the prefix check.
+        let key = key.unwrap_or_else(|| {
+            ShardKeyValue::Text(self.app.key_prefix.clone().unwrap_or_default())
+        });
+        let admission = admit_app(
+            &self.app,
+            Some(&self.keyspace),
+            &key,
+            &ctx.quotas,
+            Instant::now(),
+        )
+        .map_err(|r| WireError::error(sqlstate_of(r.error.code), r.error.message))?;
+        let tenant = &self.app.tenant;
+        let pool = target.primary.raw_pool_for(tenant);
+        let mut conn = pool.get().await.map_err(|e| {
+            tracing::warn!(shard = %target.id, error = %e, "no server session for a wire client");
+            WireError::error(
+                "57P03",
+                format!("shard {} is unavailable; retry", target.id),
+            )
+        })?;
+        // Injected before the client's statements, in the same write.
+        let mut injected = Vec::new();
+        if conn.conn.map_version != routing.version {
+            let value = claim(
+                &claim_key(&tenant.role_password),
+                conn.conn.cancel.pid,
+                routing.version,
+            );
+            injected.push(format!("SET {CLAIM_SETTING} = '{value}'"));
+            conn.conn.map_version = routing.version;
+        }
+        let dirty = !self.sets.is_empty();
+        if dirty {
+            injected.push(self.sets.join("; "));
+        }
+        if let Some(begin) = self.pending_begin.take() {
+            injected.push(begin);
+        }
+        let mut pending = VecDeque::new();
+        if !injected.is_empty() {
+            let mut out = BytesMut::new();
+            for sql in &injected {
+                // Each its own query, so one failing cannot skip the rest.
+                postgres_protocol::message::frontend::query(sql, &mut out)
+                    .map_err(|e| WireError::error("22023", e.to_string()))?;
+                pending.push_back(Pending {
+                    injected: true,
+                    closed: true,
+                    ..Pending::default()
+                });
+            }
+            if let Err(e) = conn.conn.send(&out).await {
+                return Err(WireError::error(
+                    "57P03",
+                    format!("shard {} is unavailable: {e}", target.id),
+                ));
+            }
+        }
+        self.set_cancel(Some(conn.conn.cancel.clone()));
+        self.attached = Some(Attached {
+            conn,
+            pool,
+            shard: target.id.clone(),
+            status: b'I',
+            pending,
+            dirty,
+            _admission: admission,
+        });
+        Ok(())
+    }
+
+    /// Relays the server's answers until it has answered everything.
+    async fn drain(&mut self) -> Result<(), SessionEnd> {
+        while let Some(a) = self.attached.as_mut() {
+            if a.pending.is_empty() {
+                break;
+            }
+            if a.pending.back().is_some_and(|p| !p.closed) {
+                // Waiting on a batch the client has not ended: nothing
+                // more will come before it does.
+                break;
+            }
+            let f = a.conn.conn.read().await?;
+            self.on_server(f).await?;
+        }
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    /// Gives the server session back once it is idle with nothing owed.
+    fn release_if_idle(&mut self) {
+        let idle = self
+            .attached
+            .as_ref()
+            .is_some_and(|a| a.pending.is_empty() && a.status == b'I');
+        if !idle {
+            return;
+        }
+        let Some(a) = self.attached.take() else {
+            return;
+        };
+        self.set_cancel(None);
+        self.local_key = None;
+        let Attached {
+            mut conn,
+            pool,
+            dirty,
+            ..
+        } = a;
+        if !dirty {
+            pool.put(conn);
+            return;
+        }
+        tokio::spawn(async move {
+            match conn.conn.simple(RESET).await {
+                Ok(Ok(b'I')) => {
+                    // `RESET ALL` dropped the version claim too.
+                    conn.conn.map_version = 0;
+                    pool.put(conn);
+                }
+                Ok(other) => {
+                    tracing::warn!(?other, "a server session did not reset; closed");
+                }
+                Err(e) => tracing::debug!(error = %e, "a server session closed while resetting"),
+            }
+        });
+    }
+
+    /// One message from the attached server.
+    async fn on_server(&mut self, f: Frame) -> Result<(), SessionEnd> {
+        let Some(a) = self.attached.as_mut() else {
+            return Ok(());
+        };
+        let mut forward = Some(f);
+        if let Some(p) = a.pending.front_mut() {
+            let f = forward.as_ref().map(|f| f.tag).unwrap_or(0);
+            if p.injected {
+                if f == b'E' {
+                    if let Some(fr) = &forward {
+                        tracing::warn!(error = %crate::pg::server::error_message(&fr.body),
+                            "a statement the router sent before the client's failed");
+                    }
+                }
+                if f == b'Z' {
+                    if let Some(fr) = &forward {
+                        a.status = fr.body.first().copied().unwrap_or(b'I');
+                    }
+                    a.pending.pop_front();
+                }
+                // Notices and parameter changes of the router's own
+                // statements are not the client's.
+                return Ok(());
+            }
+            match f {
+                b'1' | b'3' => match p.rewrites.pop_front() {
+                    None | Some(Rewrite::Keep) => {}
+                    Some(Rewrite::Confirm(name)) => p.unconfirmed.retain(|n| *n != name),
+                    Some(Rewrite::Drop(name)) => {
+                        if let Some(name) = name {
+                            p.unconfirmed.retain(|n| *n != name);
+                        }
+                        forward = None;
+                    }
+                    Some(Rewrite::AsParseComplete) => forward = Some(codec::empty(b'1')),
+                },
+                b'E' => {
+                    p.failed = true;
+                    for n in p.unconfirmed.drain(..) {
+                        a.conn.conn.prepared.remove(&n);
+                    }
+                }
+                b'Z' => {
+                    if let Some(fr) = &forward {
+                        a.status = fr.body.first().copied().unwrap_or(b'I');
+                    }
+                    if let Some(done) = a.pending.pop_front() {
+                        if !done.failed {
+                            if done.clears_sets {
+                                self.sets.clear();
+                            }
+                            self.sets.extend(done.sets);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(f) = forward {
+            self.io.queue(&f);
+        }
+        let more = self
+            .attached
+            .as_ref()
+            .is_some_and(|a| codec::peek_complete(&a.conn.conn.rbuf));
+        if !more || self.io.wbuf.len() > 64 * 1024 {
+            self.io.flush().await?;
+        }
+        Ok(())
+    }
+}
+
+async fn read_server(a: &mut Option<Attached>) -> Result<Frame, ServerError> {
+    match a {
+        Some(a) => a.conn.conn.read().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The client's batch as the server must see it: prepared statements
+/// renamed, and prepared first where the server session lacks them.
+fn rewrite_batch(
+    batch: &[Frame],
+    statements: &mut HashMap<String, ClientStatement>,
+    a: &mut Attached,
+    p: &mut Pending,
+) -> std::io::Result<BytesMut> {
+    let mut out = BytesMut::new();
+    for f in batch {
+        match f.tag {
+            b'P' => {
+                let name = Parse::read(&f.body)?.name;
+                match statements.get(&name).filter(|_| !name.is_empty()) {
+                    Some(s) => {
+                        if a.conn.conn.prepared.touch(&s.server_name) {
+                            messages::target_frame(b'C', b'P', NO_PORTAL).encode(&mut out);
+                            p.rewrites.push_back(Rewrite::AsParseComplete);
+                        } else {
+                            if let Some(evicted) = a
+                                .conn
+                                .conn
+                                .prepared
+                                .insert(s.server_name.clone(), STATEMENTS_PER_SERVER)
+                            {
+                                messages::target_frame(b'C', b'S', &evicted).encode(&mut out);
+                                p.rewrites.push_back(Rewrite::Drop(None));
+                            }
+                            s.parse.frame_as(&s.server_name).encode(&mut out);
+                            p.rewrites
+                                .push_back(Rewrite::Confirm(s.server_name.clone()));
+                            p.unconfirmed.push(s.server_name.clone());
+                        }
+                    }
+                    None => {
+                        f.encode(&mut out);
+                        p.rewrites.push_back(Rewrite::Keep);
+                    }
+                }
+            }
+            b'B' => {
+                let b = Bind::read(&f.body)?;
+                match statements
+                    .get(&b.statement)
+                    .filter(|_| !b.statement.is_empty())
+                {
+                    Some(s) => {
+                        ensure_on(&mut a.conn.conn.prepared, s, &mut out, p);
+                        b.frame_for(&f.body, &s.server_name).encode(&mut out);
+                    }
+                    None => f.encode(&mut out),
+                }
+            }
+            b'D' => {
+                let (kind, name) = messages::target(&f.body)?;
+                match statements
+                    .get(&name)
+                    .filter(|_| kind == b'S' && !name.is_empty())
+                {
+                    Some(s) => {
+                        ensure_on(&mut a.conn.conn.prepared, s, &mut out, p);
+                        messages::target_frame(b'D', b'S', &s.server_name).encode(&mut out);
+                    }
+                    None => f.encode(&mut out),
+                }
+            }
+            b'C' => {
+                let (kind, name) = messages::target(&f.body)?;
+                if kind == b'S' && !name.is_empty() {
+                    // The server keeps it for other clients: a no-op close.
+                    statements.remove(&name);
+                    messages::target_frame(b'C', b'P', NO_PORTAL).encode(&mut out);
+                } else {
+                    f.encode(&mut out);
+                }
+                p.rewrites.push_back(Rewrite::Keep);
+            }
+            _ => f.encode(&mut out),
+        }
+    }
+    Ok(out)
+}
+
+/// Prepares `s` on the server unless it has it (the answer dropped).
+fn ensure_on(
+    prepared: &mut crate::pg::server::Prepared,
+    s: &ClientStatement,
+    out: &mut BytesMut,
+    p: &mut Pending,
+) {
+    if prepared.touch(&s.server_name) {
+        return;
+    }
+    if let Some(evicted) = prepared.insert(s.server_name.clone(), STATEMENTS_PER_SERVER) {
+        messages::target_frame(b'C', b'S', &evicted).encode(out);
+        p.rewrites.push_back(Rewrite::Drop(None));
+    }
+    s.parse.frame_as(&s.server_name).encode(out);
+    p.rewrites
+        .push_back(Rewrite::Drop(Some(s.server_name.clone())));
+    p.unconfirmed.push(s.server_name.clone());
+}
+
+/// The keys one statement names, in precedence order: its comment, the
+/// key columns it compares, its `INSERT` rows.
+fn statement_keys(e: &Exec<'_>, key_type: KeyType) -> Vec<String> {
+    if e.sql.contains("shardline.shard_key") {
+        if let Some(k) = comment_key(e.sql) {
+            return vec![k];
+        }
+    }
+    let resolve = |r: &KeyRef| -> Option<String> {
+        match r {
+            KeyRef::Literal(s) => Some(s.clone()),
+            KeyRef::Param(n) => {
+                let (fmt, value) = e.params?.get(n.checked_sub(1)?)?;
+                let v = value.as_ref()?;
+                if *fmt == 0 {
+                    return String::from_utf8(v.to_vec()).ok();
+                }
+                binary_key(v, key_type)
+            }
+        }
+    };
+    if e.analysis.unkeyed {
+        // Some table is read or written without a key: the keys found
+        // do not cover every row the statement needs.
+        return Vec::new();
+    }
+    let mut out: Vec<String> = e.analysis.keys.iter().filter_map(resolve).collect();
+    if out.is_empty() {
+        out = e
+            .analysis
+            .insert_row_keys
+            .iter()
+            .filter_map(resolve)
+            .collect();
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// A binary parameter as key text, by the keyspace's key type.
+fn binary_key(v: &[u8], key_type: KeyType) -> Option<String> {
+    match key_type {
+        KeyType::Bigint => match v.len() {
+            8 => Some(i64::from_be_bytes(v.try_into().ok()?).to_string()),
+            4 => Some(i32::from_be_bytes(v.try_into().ok()?).to_string()),
+            2 => Some(i16::from_be_bytes(v.try_into().ok()?).to_string()),
+            _ => None,
+        },
+        KeyType::Text => String::from_utf8(v.to_vec()).ok(),
+        KeyType::Uuid => {
+            if v.len() != 16 {
+                return None;
+            }
+            let h: String = v.iter().map(|b| format!("{b:02x}")).collect();
+            Some(format!(
+                "{}-{}-{}-{}-{}",
+                &h[0..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..32]
+            ))
+        }
+    }
+}
+
+fn is_read(k: &Kind) -> bool {
+    matches!(
+        k,
+        Kind::Read | Kind::Begin | Kind::Commit | Kind::Rollback | Kind::SetShardKey { .. }
+    )
+}
+
+/// Whether a statement may leave state in the server session: by its
+/// kind, by what the HTTP path's keyword guard sees in its text
+/// (`set_config`, `DO`, ...), or because the keyspace may hold code that
+/// changes sessions (then every transaction is followed by a reset).
+fn changes_session(a: &Analysis, sql: &str, code_possible: bool) -> bool {
+    code_possible
+        || a.parse_error.is_some()
+        || a.parts
+            .iter()
+            .any(|k| matches!(k, Kind::Session | Kind::Other))
+        || crate::classify::may_change_session(sql, false)
+}
+
+fn no_key_error() -> WireError {
+    WireError::error("0A000", "this statement names no shard key").with_hint(
+        "compare the table's shard-key column to a value (WHERE key = ...), \
+             add /* shardline.shard_key='...' */, or SET shardline.shard_key = '...'",
+    )
+}
+
+/// A statement that fails with `e`'s SQLSTATE and message.
+fn raise_sql(e: &WireError) -> String {
+    let q = |s: &str| s.replace('\'', "''");
+    let hint = e
+        .hint
+        .as_deref()
+        .map(|h| format!(", HINT = '{}'", q(h)))
+        .unwrap_or_default();
+    format!(
+        "DO $shardline$BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = '{}'{hint}; END$shardline$",
+        e.code,
+        q(&e.message)
+    )
+}
+
+/// The SQLSTATE of one of the router's own error codes.
+pub fn sqlstate_of(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::InvalidShardKey => "22023",
+        ErrorCode::NotFound => "3D000",
+        ErrorCode::Forbidden => "42501",
+        ErrorCode::Unauthorized => "28000",
+        ErrorCode::RateLimited | ErrorCode::ConcurrencyLimited => "53300",
+        ErrorCode::Unavailable | ErrorCode::ShardUnavailable => "57P03",
+        ErrorCode::InvalidRequest | ErrorCode::InvalidParameter => "22023",
+        ErrorCode::StatementFailed => "XX000",
+        ErrorCode::ConstraintViolation => "23000",
+        ErrorCode::TransactionConflict => "40001",
+        ErrorCode::MethodNotAllowed => "0A000",
+        ErrorCode::Conflict => "55000",
+        ErrorCode::PayloadTooLarge => "54000",
+        ErrorCode::QuotaExceeded => "53400",
+        ErrorCode::Timeout => "57014",
+        ErrorCode::Internal => "XX000",
+    }
+}

@@ -1,0 +1,548 @@
+//! The PostgreSQL wire protocol front end with real clients: psql,
+//! pgbench, psycopg and tokio-postgres log in with SCRAM-SHA-256 as an
+//! app and reach two real shards through the router, which routes each
+//! statement by the shard key it names (a comment, the key column, `SET
+//! shardline.shard_key`) and pools server sessions per transaction.
+//! Every routing claim is checked on the shards themselves: a row the
+//! router wrote is looked up directly on the cluster that must hold it,
+//! and the other must not.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{app, pg_name, tenant, TIMEOUT};
+use shardline_core::catalog::{Instance, Keyspace, Limits, Shard, TableSpec};
+use shardline_core::hash::{routing_hash, ShardKey};
+use shardline_core::scram::Verifier;
+use shardline_core::{Catalog, KeyType, ShardMap};
+use shardline_manager::tenant_pg;
+use shardline_router::state::{RouterContext, Routing, RoutingCell};
+use shardline_router::wire::{self, WireShared};
+use shardline_router::RouterConfig;
+use shardline_testkit::PgCluster;
+use tokio_util::sync::CancellationToken;
+
+const APP: &str = "web";
+const TOKEN: &str = "tok-web-0123456789abcdef";
+const PASSWORD: &str = "role-pw-acme";
+
+/// Tables of the tenant on every shard: `items` keyed by `id`, and the
+/// pgbench tables keyed by their account.
+const SCHEMA: &str = "CREATE TABLE items (id bigint PRIMARY KEY, v text); \
+     CREATE TABLE pgbench_accounts (aid int PRIMARY KEY, bid int, abalance int, filler char(84)); \
+     CREATE TABLE pgbench_branches (bid int PRIMARY KEY, bbalance int, filler char(88)); \
+     CREATE TABLE pgbench_tellers (tid int PRIMARY KEY, bid int, tbalance int, filler char(84)); \
+     CREATE TABLE pgbench_history (tid int, bid int, aid int, delta int, mtime timestamp, filler char(22));";
+
+/// Two shards, one tenant, a router's wire listener on a free port.
+struct Stack {
+    shards: Vec<PgCluster>,
+    addr: SocketAddr,
+    routing: Arc<RoutingCell>,
+    stop: CancellationToken,
+}
+
+impl Stack {
+    async fn start() -> anyhow::Result<Stack> {
+        let mut shards = Vec::new();
+        for _ in 0..2 {
+            shards.push(PgCluster::start().await?);
+        }
+        let t = tenant("acme", PASSWORD);
+        for (i, pg) in shards.iter().enumerate() {
+            let admin = pg.connect().await?;
+            let id = format!("s{}", i + 1);
+            tenant_pg::prepare_database(&admin, &id).await?;
+            tenant_pg::provision(&admin, &id, &pg.dsn(), &t, TIMEOUT).await?;
+            let m = shardline_core::catalog::Migration {
+                name: "001".into(),
+                checksum: shardline_manager::migrations::checksum(SCHEMA),
+                sql: SCHEMA.into(),
+            };
+            tenant_pg::apply_migration(&admin, &id, &pg.dsn(), &t, &m, TIMEOUT).await?;
+        }
+        let cat = catalog(&shards);
+        let mut cfg = RouterConfig::new("http://127.0.0.1:1", "t");
+        cfg.failover_hold = Duration::from_millis(500);
+        let ctx = Arc::new(RouterContext::new(&cfg));
+        let routing = Arc::new(RoutingCell::default());
+        routing.set(Routing::build(&cat, &routing.get(), &ctx));
+        ctx.contact.answered(60_000);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let shared = WireShared::new(Arc::clone(&routing), Arc::clone(&ctx));
+        tokio::spawn(wire::serve(
+            listener,
+            shared,
+            stop.clone(),
+            Duration::from_secs(1),
+        ));
+        Ok(Stack {
+            shards,
+            addr,
+            routing,
+            stop,
+        })
+    }
+
+    fn url(&self, password: &str) -> String {
+        format!(
+            "postgresql://{APP}:{password}@127.0.0.1:{}/shared?sslmode=disable",
+            self.addr.port()
+        )
+    }
+
+    /// The index of the shard holding bigint key `k`.
+    fn shard_of(&self, k: i64) -> usize {
+        let r = self.routing.get();
+        let route = r
+            .route_hash("shared", routing_hash(ShardKey::Bigint(k)))
+            .expect("route");
+        if route.range.shard == "s1" {
+            0
+        } else {
+            1
+        }
+    }
+
+    /// A client of shard `i` as the tenant's role, bypassing the router.
+    async fn direct(&self, i: usize) -> anyhow::Result<tokio_postgres::Client> {
+        let dsn = format!(
+            "{} user={u} dbname={u} password={PASSWORD} options=-csearch_path={u}",
+            self.shards[i].dsn(),
+            u = pg_name("acme")
+        );
+        let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        Ok(c)
+    }
+
+    async fn client(&self) -> anyhow::Result<tokio_postgres::Client> {
+        let (c, conn) = tokio_postgres::connect(&self.url(TOKEN), tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        Ok(c)
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn catalog(shards: &[PgCluster]) -> Catalog {
+    let mut cat = Catalog {
+        version: 1,
+        ..Catalog::default()
+    };
+    let ids: Vec<String> = (1..=shards.len()).map(|i| format!("s{i}")).collect();
+    let mut tables = BTreeMap::new();
+    for (t, k) in [
+        ("items", "id"),
+        ("pgbench_accounts", "aid"),
+        ("pgbench_history", "aid"),
+        ("pgbench_tellers", "tid"),
+        ("pgbench_branches", "bid"),
+    ] {
+        tables.insert(
+            t.to_string(),
+            TableSpec {
+                shard_key: k.to_string(),
+            },
+        );
+    }
+    cat.keyspaces.insert(
+        "shared".into(),
+        Keyspace {
+            name: "shared".into(),
+            key_type: KeyType::Bigint,
+            map: Some(ShardMap::even(&ids).expect("map")),
+            migrations: vec![],
+            tables,
+            frozen: Vec::new(),
+            tenant_code: false,
+        },
+    );
+    for (i, pg) in shards.iter().enumerate() {
+        let id = ids[i].clone();
+        cat.shards.insert(
+            id.clone(),
+            Shard {
+                id: id.clone(),
+                keyspace: Some("shared".into()),
+                primary: Instance {
+                    id: format!("{id}-a"),
+                    dsn: pg.dsn(),
+                },
+                replicas: vec![],
+                generation: 1,
+                reserved_for: None,
+                fenced: vec![],
+                failover: None,
+                synchronous: false,
+            },
+        );
+    }
+    let t = tenant("acme", PASSWORD);
+    cat.tenants.insert(t.id.clone(), t);
+    let mut a = app(APP, "acme", None, Limits::default());
+    a.token_hash = shardline_core::auth::token_hash(TOKEN);
+    a.token_scram = Some(Verifier::new(TOKEN, b"0123456789abcdef", 4096).to_string());
+    cat.apps.insert(a.id.clone(), a);
+    cat
+}
+
+/// Two keys on different shards.
+fn keys_on_both(stack: &Stack) -> (i64, i64) {
+    let a = (1..1000)
+        .find(|k| stack.shard_of(*k) == 0)
+        .expect("a key on s1");
+    let b = (1..1000)
+        .find(|k| stack.shard_of(*k) == 1)
+        .expect("a key on s2");
+    (a, b)
+}
+
+async fn count_on(stack: &Stack, shard: usize, id: i64) -> anyhow::Result<i64> {
+    let c = stack.direct(shard).await?;
+    let row = c
+        .query_one("SELECT count(*) FROM items WHERE id = $1", &[&id])
+        .await?;
+    Ok(row.get(0))
+}
+
+#[tokio::test]
+async fn keyed_statements_reach_their_shard_over_tokio_postgres() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let (a, b) = keys_on_both(&stack);
+    let c = stack.client().await?;
+    // Extended protocol with named statements (tokio-postgres prepares
+    // each): parameters give the key.
+    for k in [a, b] {
+        let n = c
+            .execute("INSERT INTO items (id, v) VALUES ($1, $2)", &[&k, &"x"])
+            .await?;
+        assert_eq!(n, 1);
+    }
+    for k in [a, b] {
+        let mine = stack.shard_of(k);
+        assert_eq!(count_on(&stack, mine, k).await?, 1, "key {k} on its shard");
+        assert_eq!(
+            count_on(&stack, 1 - mine, k).await?,
+            0,
+            "key {k} not on the other"
+        );
+        let row = c
+            .query_one("SELECT v FROM items WHERE id = $1", &[&k])
+            .await?;
+        assert_eq!(row.get::<_, String>(0), "x");
+    }
+    // The same prepared statement, run many times: it is prepared again
+    // on whichever pooled server session serves each transaction.
+    let stmt = c.prepare("SELECT v FROM items WHERE id = $1").await?;
+    for _ in 0..20 {
+        for k in [a, b] {
+            let rows = c.query(&stmt, &[&k]).await?;
+            assert_eq!(rows.len(), 1);
+        }
+    }
+    // Simple protocol: literals give the key.
+    c.batch_execute(&format!("UPDATE items SET v = 'y' WHERE id = {b}"))
+        .await?;
+    let d = stack.direct(stack.shard_of(b)).await?;
+    let v: String = d
+        .query_one("SELECT v FROM items WHERE id = $1", &[&b])
+        .await?
+        .get(0);
+    assert_eq!(v, "y");
+    Ok(())
+}
+
+#[tokio::test]
+async fn keyless_writes_and_cross_shard_transactions_are_refused() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let (a, b) = keys_on_both(&stack);
+    let mut c = stack.client().await?;
+    let err = c
+        .batch_execute("UPDATE items SET v = 'z'")
+        .await
+        .expect_err("a write with no key");
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "0A000");
+    assert!(
+        db.hint()
+            .unwrap_or_default()
+            .contains("shardline.shard_key"),
+        "{db:?}"
+    );
+    // A transaction pinned to a's shard refuses b's and is failed.
+    let tx = c.transaction().await?;
+    tx.execute("INSERT INTO items (id, v) VALUES ($1, 't')", &[&a])
+        .await?;
+    let err = tx
+        .execute("INSERT INTO items (id, v) VALUES ($1, 't')", &[&b])
+        .await
+        .expect_err("another shard in the transaction");
+    assert_eq!(err.as_db_error().map(|e| e.code().code()), Some("0A000"));
+    // As PostgreSQL does, COMMIT of a failed transaction rolls it back.
+    tx.commit().await?;
+    assert_eq!(
+        count_on(&stack, stack.shard_of(a), a).await?,
+        0,
+        "nothing committed"
+    );
+    // The session goes on.
+    let row = c.query_one("SELECT 1::int", &[]).await?;
+    assert_eq!(row.get::<_, i32>(0), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn session_key_comment_and_settings_follow_the_client() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let (a, b) = keys_on_both(&stack);
+    let c = stack.client().await?;
+    // SET shardline.shard_key routes statements that name no key.
+    c.batch_execute(&format!("SET shardline.shard_key = '{b}'"))
+        .await?;
+    c.batch_execute(&format!("INSERT INTO items SELECT {b} + 0, 'session'"))
+        .await?;
+    assert_eq!(count_on(&stack, stack.shard_of(b), b).await?, 1);
+    // A comment outranks it.
+    c.batch_execute(&format!(
+        "/* shardline.shard_key='{a}' */ INSERT INTO items SELECT {a} + 0, 'comment'"
+    ))
+    .await?;
+    assert_eq!(count_on(&stack, stack.shard_of(a), a).await?, 1);
+    // A session setting is kept across pooled server sessions, and
+    // stays this client's.
+    c.batch_execute("SET statement_timeout = '4321ms'").await?;
+    for _ in 0..5 {
+        let t: String = c
+            .query_one("SELECT current_setting('statement_timeout')", &[])
+            .await?
+            .get(0);
+        assert_eq!(t, "4321ms");
+    }
+    let other = stack.client().await?;
+    other
+        .batch_execute(&format!("SET shardline.shard_key = '{b}'"))
+        .await?;
+    for _ in 0..5 {
+        let t: String = other
+            .query_one("SELECT current_setting('statement_timeout')", &[])
+            .await?
+            .get(0);
+        assert_ne!(t, "4321ms", "another client's setting leaked");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn wrong_token_and_wrong_database_are_refused() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let err = tokio_postgres::connect(&stack.url("not-the-token"), tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("a wrong token");
+    assert_eq!(
+        err.as_db_error().map(|e| e.code().code()),
+        Some("28P01"),
+        "{err}"
+    );
+    let url = format!(
+        "postgresql://nobody:{TOKEN}@127.0.0.1:{}/shared",
+        stack.addr.port()
+    );
+    let err = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("an unknown app");
+    assert_eq!(err.as_db_error().map(|e| e.code().code()), Some("28P01"));
+    let url = format!(
+        "postgresql://{APP}:{TOKEN}@127.0.0.1:{}/other",
+        stack.addr.port()
+    );
+    let err = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("another keyspace");
+    assert_eq!(err.as_db_error().map(|e| e.code().code()), Some("3D000"));
+    // Control: the right login works.
+    stack.client().await?.simple_query("SELECT 1").await?;
+    Ok(())
+}
+
+/// Runs a command to completion; its stdout.
+fn run(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test]
+async fn psql_meta_commands_and_keyed_queries() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let (a, _) = keys_on_both(&stack);
+    let url = stack.url(TOKEN);
+    let out = tokio::task::spawn_blocking(move || {
+        run(Command::new("psql").args([
+            &url,
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            "\\dt",
+            "-c",
+            "\\d items",
+            "-c",
+            "\\conninfo",
+            "-c",
+            &format!("INSERT INTO items (id, v) VALUES ({a}, 'psql')"),
+            "-c",
+            &format!("SELECT v FROM items WHERE id = {a}"),
+        ]))
+    })
+    .await??;
+    assert!(out.contains("pgbench_accounts"), "\\dt lists tables: {out}");
+    assert!(
+        out.contains("character varying") || out.contains("text"),
+        "\\d items: {out}"
+    );
+    assert!(
+        out.contains(&format!("port \"{}\"", stack.addr.port())),
+        "{out}"
+    );
+    assert!(out.contains("psql"), "{out}");
+    assert_eq!(count_on(&stack, stack.shard_of(a), a).await?, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn pgbench_select_only_in_every_protocol_mode() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    // Accounts 1..=1000 on the shard each belongs to.
+    for i in 0..2 {
+        let d = stack.direct(i).await?;
+        for aid in 1..=1000i32 {
+            if stack.shard_of(i64::from(aid)) == i {
+                d.execute(
+                    "INSERT INTO pgbench_accounts VALUES ($1, 1, 0, '')",
+                    &[&aid],
+                )
+                .await?;
+            }
+        }
+        d.execute("INSERT INTO pgbench_branches VALUES (1, 0, '')", &[])
+            .await?;
+    }
+    // A keyed read-write script: each update must find its account on
+    // the shard the router sends it to (a misrouted one updates nothing).
+    let script = std::env::temp_dir().join(format!("shardline-wire-{}.sql", std::process::id()));
+    std::fs::write(
+        &script,
+        "\\set aid random(1, 1000)\n\
+         UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :aid;\n\
+         SELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n",
+    )?;
+    for mode in ["simple", "extended", "prepared"] {
+        for custom in [false, true] {
+            let url = stack.url(TOKEN);
+            let file = script.display().to_string();
+            let out = tokio::task::spawn_blocking(move || {
+                let mut cmd = Command::new("pgbench");
+                cmd.args(["-n", "-M", mode, "-c", "4", "-j", "2", "-t", "200"]);
+                if custom {
+                    cmd.args(["-f", &file]);
+                } else {
+                    cmd.arg("-S");
+                }
+                run(cmd.arg(&url))
+            })
+            .await??;
+            assert!(
+                out.contains("number of transactions actually processed: 800/800"),
+                "pgbench -M {mode} (custom {custom}): {out}"
+            );
+            assert!(out.contains("number of failed transactions: 0"), "{out}");
+        }
+    }
+    let _ = std::fs::remove_file(&script);
+    let mut sums = Vec::new();
+    for i in 0..2 {
+        let d = stack.direct(i).await?;
+        let n: i64 = d
+            .query_one(
+                "SELECT coalesce(sum(abalance), 0)::bigint FROM pgbench_accounts",
+                &[],
+            )
+            .await?
+            .get(0);
+        sums.push(n);
+    }
+    assert_eq!(
+        sums.iter().sum::<i64>(),
+        3 * 800,
+        "every update found its row: {sums:?}"
+    );
+    assert!(
+        sums.iter().all(|n| *n > 0),
+        "both shards took updates: {sums:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn psycopg_types_transactions_errors_and_prepared() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    // b is on the second shard: a router sending everything to the
+    // first would not find its row.
+    let (b, a) = keys_on_both(&stack);
+    let script = format!(
+        r#"
+import psycopg, datetime, decimal, json
+url = {url:?}
+with psycopg.connect(url) as c:
+    # Parameters of common types, server-side prepared after a few runs.
+    for i in range(8):
+        row = c.execute("SELECT %s::int, %s::text, %s::numeric, %s::timestamptz, %s::jsonb, v FROM items WHERE id = %s",
+            (7, "é", decimal.Decimal("1.50"), datetime.datetime(2026, 1, 2, tzinfo=datetime.timezone.utc), json.dumps({{"a": 1}}), {a})).fetchone()
+        assert row is None or row[0] == 7
+    c.execute("INSERT INTO items (id, v) VALUES (%s, %s)", ({a}, "py"), prepare=True)
+    c.commit()
+    with c.transaction():
+        c.execute("UPDATE items SET v = 'py2' WHERE id = %s", ({a},))
+    try:
+        c.execute("SELECT * FROM items WHERE id = %s AND nope = 1", ({b},))
+        raise SystemExit("no error")
+    except psycopg.errors.UndefinedColumn as e:
+        assert e.sqlstate == "42703", e.sqlstate
+    c.rollback()
+    v = c.execute("SELECT v FROM items WHERE id = %s", ({a},)).fetchone()[0]
+    print("value", v)
+"#,
+        url = stack.url(TOKEN),
+    );
+    let out =
+        tokio::task::spawn_blocking(move || run(Command::new("python3").args(["-c", &script])))
+            .await??;
+    assert!(out.contains("value py2"), "{out}");
+    let d = stack.direct(stack.shard_of(a)).await?;
+    let v: String = d
+        .query_one("SELECT v FROM items WHERE id = $1", &[&a])
+        .await?
+        .get(0);
+    assert_eq!(v, "py2");
+    Ok(())
+}
