@@ -130,7 +130,9 @@ async fn dev_with_three_managers_survives_the_leader_and_an_etcd_member() {
         ))
         .await
         .unwrap();
-    let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Instant, Result<(), String>)>();
+    // Each write: its number, when it was answered, and the shard that
+    // acknowledged it (or the error).
+    let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Instant, Result<String, String>)>();
     let writer = {
         let router = router.clone();
         tokio::spawn(async move {
@@ -142,7 +144,7 @@ async fn dev_with_three_managers_survives_the_leader_and_an_etcd_member() {
                 }
                 let sql = format!("INSERT INTO ha VALUES ({n})");
                 let got = match router.execute(&exec(&n.to_string(), &sql)).await {
-                    Ok(r) if r.result.rows_affected == 1 => Ok(()),
+                    Ok(r) if r.result.rows_affected == 1 => Ok(r.shard),
                     Ok(r) => Err(format!("{} rows", r.result.rows_affected)),
                     Err(e) => Err(e.to_string()),
                 };
@@ -215,17 +217,30 @@ async fn dev_with_three_managers_survives_the_leader_and_an_etcd_member() {
         .unwrap_or_else(|| panic!("the primary {primary} is none of {clusters:?}"));
     let primary_killed = Instant::now();
     kill9(postmaster_pid(primary_dir));
-    // Bounded wait for the failover: a write acknowledged after the kill.
+    // Bounded wait for the failover: a write to the killed primary's
+    // shard acknowledged by its new primary (writes to the other shards
+    // go on regardless; one answered by a dying backend just after the
+    // kill is not the new primary's, hence the failover's generation).
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut log: Vec<(u64, Instant, Result<(), String>)> = Vec::new();
+    let mut log: Vec<(u64, Instant, Result<String, String>)> = Vec::new();
+    let mut failed_over_at: Option<Instant> = None;
     let first_after_primary = loop {
         while let Ok(entry) = rx.try_recv() {
             log.push(entry);
         }
-        let first = log
-            .iter()
-            .find(|(_, at, got)| got.is_ok() && *at > primary_killed + Duration::from_millis(100))
-            .map(|(_, at, _)| *at - primary_killed);
+        if failed_over_at.is_none() {
+            let now = shard_when_answered(&admin, "shard-0").await;
+            if now.generation > shard.generation {
+                failed_over_at = Some(Instant::now());
+            }
+        }
+        let first = failed_over_at.and_then(|_| {
+            log.iter()
+                .find(|(_, at, got)| {
+                    *at > primary_killed && got.as_ref().is_ok_and(|s| s == "shard-0")
+                })
+                .map(|(_, at, _)| *at - primary_killed)
+        });
         if first.is_some() || Instant::now() > deadline {
             break first;
         }
@@ -235,7 +250,7 @@ async fn dev_with_three_managers_survives_the_leader_and_an_etcd_member() {
     while let Ok(entry) = rx.try_recv() {
         log.push(entry);
     }
-    let before_primary: Vec<&(u64, Instant, Result<(), String>)> = log
+    let before_primary: Vec<&(u64, Instant, Result<String, String>)> = log
         .iter()
         .filter(|(_, at, _)| *at < primary_killed)
         .collect();
@@ -248,10 +263,12 @@ async fn dev_with_three_managers_survives_the_leader_and_an_etcd_member() {
         "dev --managers 3 --replicas 1: leader {leader} killed; {next} led after {led:?}, first \
          admin write after {wrote:?}; an etcd member killed, first admin write after \
          {wrote_etcd:?} (leader then {leader_after_etcd:?}); writes through the router until \
-         the primary's kill: {} sent, {} failed; primary killed, first acknowledged write \
-         {first_after_primary:?} later; {acked} acknowledged in all",
+         the primary's kill: {} sent, {} failed; primary killed, failed over after \
+         {:?}, first write to its shard acknowledged {first_after_primary:?} later; {acked} \
+         acknowledged in all",
         before_primary.len(),
         failed_before.len(),
+        failed_over_at.map(|t| t - primary_killed),
     );
     assert!(
         failed_before.is_empty(),

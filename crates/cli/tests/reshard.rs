@@ -581,7 +581,11 @@ async fn balance_on(db: &tokio_postgres::Client, id: &str) -> Option<i64> {
 /// same update lands on the new owner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_router_cut_off_during_a_split_cannot_write_to_the_old_shard() {
-    let lease = Duration::from_secs(3);
+    // Long enough that the split reaches its freeze well before the
+    // silent router's lease runs out, even on a loaded machine (with 3 s,
+    // of which up to 2 s may be gone at the cut, a slow copy reached the
+    // freeze with under 500 ms left).
+    let lease = Duration::from_secs(8);
     let stack = Stack::start(StackOptions {
         shards: 1,
         spare: 1,
