@@ -112,21 +112,57 @@ pub struct InstanceTarget {
     fenced: tokio_util::sync::CancellationToken,
 }
 
-struct TenantPool {
-    pool: Pool,
+/// What a tenant's pool was made for.
+struct Made {
     /// Catalog version of the tenant it was made for.
     version: u64,
     password: String,
     size: usize,
+}
+
+impl Made {
+    fn of(tenant: &TenantAuth, size: usize) -> Made {
+        Made {
+            version: tenant.version,
+            password: tenant.role_password.clone(),
+            size,
+        }
+    }
+
+    /// Whether the pool serves `tenant` at `size`: a pool made for a
+    /// newer catalog than the request's is used as is (same role,
+    /// current password).
+    fn fits(&self, tenant: &TenantAuth, size: usize) -> bool {
+        self.version >= tenant.version
+            || (self.password == tenant.role_password && self.size == size)
+    }
+
+    /// Whether the pool stays for the catalog's `tenants`: the tenant is
+    /// there, active, with the same password and pool size.
+    fn stays(
+        &self,
+        id: &str,
+        tenants: &HashMap<String, Arc<TenantAuth>>,
+        settings: &PoolSettings,
+    ) -> bool {
+        tenants.get(id).is_some_and(|t| {
+            t.status == TenantStatus::Active
+                && t.role_password == self.password
+                && settings.pool_size(t) == self.size
+        })
+    }
+}
+
+struct TenantPool {
+    pool: Pool,
+    made: Made,
     /// Since when the reaper has seen it without connections.
     empty_since: Mutex<Option<Instant>>,
 }
 
 struct RawTenantPool {
     pool: RawPool,
-    version: u64,
-    password: String,
-    size: usize,
+    made: Made,
 }
 
 /// Numbers of tenant pools, for metrics.
@@ -235,11 +271,7 @@ impl InstanceTarget {
     /// `tenant`'s pool on this instance, made on first use.
     pub fn pool_for(&self, tenant: &TenantAuth) -> Pool {
         let size = self.settings.pool_size(tenant);
-        // A pool made for a newer catalog than the request's is used
-        // as is: same role, current password.
-        let fits = |e: &TenantPool| {
-            e.version >= tenant.version || (e.password == tenant.role_password && e.size == size)
-        };
+        let fits = |e: &TenantPool| e.made.fits(tenant, size);
         if let Some(e) = self.read().get(&tenant.id) {
             if fits(e) {
                 return e.pool.clone();
@@ -266,9 +298,7 @@ impl InstanceTarget {
         }
         let entry = TenantPool {
             pool: pool.clone(),
-            version: tenant.version,
-            password: tenant.role_password.clone(),
-            size,
+            made: Made::of(tenant, size),
             empty_since: Mutex::new(None),
         };
         if let Some(old) = pools.insert(tenant.id.clone(), entry) {
@@ -302,9 +332,7 @@ impl InstanceTarget {
     /// changed, like [`pool_for`](Self::pool_for)'s.
     pub fn raw_pool_for(&self, tenant: &TenantAuth) -> RawPool {
         let size = self.settings.pool_size(tenant);
-        let fits = |e: &RawTenantPool| {
-            e.version >= tenant.version || (e.password == tenant.role_password && e.size == size)
-        };
+        let fits = |e: &RawTenantPool| e.made.fits(tenant, size);
         if let Some(e) = self.raw_read().get(&tenant.id) {
             if fits(e) {
                 return e.pool.clone();
@@ -340,9 +368,7 @@ impl InstanceTarget {
         }
         let entry = RawTenantPool {
             pool: pool.clone(),
-            version: tenant.version,
-            password: tenant.role_password.clone(),
-            size,
+            made: Made::of(tenant, size),
         };
         if let Some(old) = pools.insert(tenant.id.clone(), entry) {
             old.pool.close();
@@ -363,11 +389,7 @@ impl InstanceTarget {
     pub fn sync_tenants(&self, tenants: &HashMap<String, Arc<TenantAuth>>) {
         let mut pools = self.write();
         pools.retain(|id, e| {
-            let keep = tenants.get(id).is_some_and(|t| {
-                t.status == TenantStatus::Active
-                    && t.role_password == e.password
-                    && self.settings.pool_size(t) == e.size
-            });
+            let keep = e.made.stays(id, tenants, &self.settings);
             if !keep {
                 e.pool.close();
             }
@@ -375,11 +397,7 @@ impl InstanceTarget {
         });
         drop(pools);
         self.raw_write().retain(|id, e| {
-            let keep = tenants.get(id).is_some_and(|t| {
-                t.status == TenantStatus::Active
-                    && t.role_password == e.password
-                    && self.settings.pool_size(t) == e.size
-            });
+            let keep = e.made.stays(id, tenants, &self.settings);
             if !keep {
                 e.pool.close();
             }
