@@ -7,6 +7,8 @@
 //! - [`execute`]: point SELECTs through the router vs. direct PostgreSQL.
 //! - [`noisy`]: a tenant at 10x its rate limit beside one within its own.
 //! - [`tenants`]: router memory and auth + quota cost at 1,000 tenants x 10 apps.
+//! - [`wire`]: pgbench straight, through PgBouncer and through the router's
+//!   PostgreSQL port.
 //! - [`dev`]: the throwaway `shardline dev` the last two run against.
 
 mod dev;
@@ -14,6 +16,7 @@ mod execute;
 mod noisy;
 mod routing;
 mod tenants;
+mod wire;
 
 use clap::{Parser, Subcommand};
 
@@ -35,6 +38,8 @@ enum Command {
     Noisy(noisy::NoisyArgs),
     /// Router memory and auth + quota cost with 1,000 tenants x 10 apps.
     Tenants(tenants::TenantsArgs),
+    /// pgbench -S straight to PostgreSQL, through PgBouncer, through the router.
+    Wire(wire::WireArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,5 +48,6 @@ fn main() -> anyhow::Result<()> {
         Command::Execute(args) => execute::run(args),
         Command::Noisy(args) => noisy::run(args),
         Command::Tenants(args) => tenants::run(args),
+        Command::Wire(args) => wire::run(args),
     }
 }

@@ -531,6 +531,9 @@ with psycopg.connect(url) as c:
     c.rollback()
     v = c.execute("SELECT v FROM items WHERE id = %s", ({a},)).fetchone()[0]
     print("value", v)
+    # A keyless aggregate, merged across the shards (extended protocol).
+    n, top = c.execute("SELECT count(*), max(id) FROM items WHERE v LIKE %s", ("py%",)).fetchone()
+    print("aggregate", n, top)
 "#,
         url = stack.url(TOKEN),
     );
@@ -538,11 +541,154 @@ with psycopg.connect(url) as c:
         tokio::task::spawn_blocking(move || run(Command::new("python3").args(["-c", &script])))
             .await??;
     assert!(out.contains("value py2"), "{out}");
+    assert!(out.contains(&format!("aggregate 1 {a}")), "{out}");
     let d = stack.direct(stack.shard_of(a)).await?;
     let v: String = d
         .query_one("SELECT v FROM items WHERE id = $1", &[&a])
         .await?
         .get(0);
     assert_eq!(v, "py2");
+    Ok(())
+}
+
+/// The clients' scripts: this test's, and node-postgres where the
+/// manager's client tests install it.
+fn clients_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/wire_clients")
+}
+
+fn client_env(stack: &Stack, cmd: &mut Command, a: i64, b: i64) {
+    cmd.current_dir(clients_dir())
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", stack.addr.port().to_string())
+        .env("PGUSER", APP)
+        .env("PGPASSWORD", TOKEN)
+        .env("PGDATABASE", "shared")
+        .env("PGSSLMODE", "disable")
+        .env("KEY_A", a.to_string())
+        .env("KEY_B", b.to_string());
+}
+
+#[tokio::test]
+async fn jdbc_through_the_router() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let (a, b) = keys_on_both(&stack);
+    let jar = std::env::var("SHARDLINE_PGJDBC_JAR")
+        .unwrap_or_else(|_| "/usr/share/java/postgresql.jar".into());
+    anyhow::ensure!(
+        std::path::Path::new(&jar).exists(),
+        "pgjdbc not found at {jar}: apt-get install libpostgresql-jdbc-java"
+    );
+    let mut cmd = Command::new("java");
+    cmd.args(["-cp", &jar, "WireCheck.java"]);
+    client_env(&stack, &mut cmd, a, b);
+    let out = tokio::task::spawn_blocking(move || run(&mut cmd)).await??;
+    assert!(out.contains("pgjdbc ok"), "{out}");
+    for k in [a, b] {
+        assert_eq!(
+            count_on(&stack, stack.shard_of(k), k).await?,
+            1,
+            "{k} on its shard"
+        );
+        assert_eq!(count_on(&stack, 1 - stack.shard_of(k), k).await?, 0);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn node_postgres_through_the_router() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    // b first: its shard is the second.
+    let (b, a) = keys_on_both(&stack);
+    let modules = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../manager/tests/clients/node_modules");
+    anyhow::ensure!(
+        modules.join("pg").exists(),
+        "node-postgres not installed: npm install --prefix crates/manager/tests/clients"
+    );
+    let mut cmd = Command::new("node");
+    cmd.arg("wire_check.js").env("NODE_PATH", &modules);
+    client_env(&stack, &mut cmd, a, b);
+    let out = tokio::task::spawn_blocking(move || run(&mut cmd)).await??;
+    assert!(out.contains("node-postgres ok"), "{out}");
+    let d = stack.direct(stack.shard_of(a)).await?;
+    let v: String = d
+        .query_one("SELECT v FROM items WHERE id = $1", &[&a])
+        .await?
+        .get(0);
+    assert_eq!(v, "node2");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_cancel_request_reaches_the_running_statement() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let (a, _) = keys_on_both(&stack);
+    let c = stack.client().await?;
+    let token = c.cancel_token();
+    let started = std::time::Instant::now();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        token.cancel_query(tokio_postgres::NoTls).await
+    });
+    let err = c
+        .query(
+            &format!("/* shardline.shard_key='{a}' */ SELECT pg_sleep(20)"),
+            &[],
+        )
+        .await
+        .expect_err("cancelled");
+    canceller.await??;
+    assert_eq!(
+        err.as_db_error().map(|e| e.code().code()),
+        Some("57014"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "cancelled at once"
+    );
+    // The session goes on.
+    c.query_one("SELECT 1::int", &[]).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn both_tokens_log_in_during_a_rotation() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    // The app's token rotated as the manager does it: the new verifier
+    // with the current one's salt, the old kept until its expiry.
+    let mut cat = catalog(&stack.shards);
+    let new_token = "tok-web-rotated-fedcba9876543210";
+    let old = Verifier::new(TOKEN, b"0123456789abcdef", 4096).to_string();
+    let app = cat.apps.get_mut(APP).expect("app");
+    app.token_hash = shardline_core::auth::token_hash(new_token);
+    app.token_scram = Some(Verifier::new(new_token, b"0123456789abcdef", 4096).to_string());
+    app.previous_token = Some(shardline_core::catalog::PreviousToken {
+        token_hash: shardline_core::auth::token_hash(TOKEN),
+        token_scram: Some(old),
+        expires_at_ms: u64::MAX,
+    });
+    cat.version = 2;
+    let ctx = RouterContext::new(&RouterConfig::new("http://127.0.0.1:1", "t"));
+    stack
+        .routing
+        .set(Routing::build(&cat, &stack.routing.get(), &ctx));
+    for t in [TOKEN, new_token] {
+        let (c, conn) = tokio_postgres::connect(&stack.url(t), tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        c.simple_query("SELECT 1").await?;
+    }
+    // Once the old token expires, only the new one logs in.
+    cat.apps.get_mut(APP).expect("app").previous_token = None;
+    cat.version = 3;
+    stack
+        .routing
+        .set(Routing::build(&cat, &stack.routing.get(), &ctx));
+    let err = tokio_postgres::connect(&stack.url(TOKEN), tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("the old token after its expiry");
+    assert_eq!(err.as_db_error().map(|e| e.code().code()), Some("28P01"));
     Ok(())
 }

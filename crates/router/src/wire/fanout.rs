@@ -7,8 +7,10 @@
 //! this way — `avg`, `OFFSET`, and what [`super::analyze`] finds no merge
 //! shape for — is refused with a hint naming `shardline.shard_key`.
 //!
-//! Simple-protocol queries only for now: their rows are text, which the
-//! merge can read; an extended-protocol read without a key is refused.
+//! Both protocols: a simple query as sent; an extended-protocol read as
+//! the unnamed statement and portal, with the client's parameters and
+//! result formats, the merge reading binary integers and floats as well
+//! as text (a binary `numeric` sum is refused).
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
@@ -18,16 +20,33 @@ use futures_util::future::join_all;
 
 use super::analyze::{Aggregate, FanOut};
 use super::codec::{self, WireError};
+use super::messages::{self, Bind, Parse};
 use crate::auth::TenantAuth;
-use crate::pg::frame::{Fields, Frame};
+use crate::pg::frame::{put_cstr, Fields, Frame};
 use crate::pg::server::error_field;
 use crate::state::Routing;
 
 /// One shard's answer.
 struct Answer {
+    /// The rows' `RowDescription` (the portal's, in the extended
+    /// protocol: it carries the result formats).
     description: Option<Frame>,
     rows: Vec<Vec<Option<Bytes>>>,
     error: Option<Frame>,
+    /// Extended protocol: the statement's `ParameterDescription` and
+    /// its own `RowDescription` (or `NoData`).
+    parameters: Option<Frame>,
+    statement: Option<Frame>,
+}
+
+/// What an extended-protocol fan-out gives back, for the client's
+/// `Describe`s and `Execute`.
+pub struct Extended {
+    pub parameters: Option<Frame>,
+    pub statement: Option<Frame>,
+    pub portal: Option<Frame>,
+    /// Rows and the command tag, or the first shard's error.
+    pub result: Vec<Frame>,
 }
 
 /// Why a merge is refused before anything runs.
@@ -49,16 +68,12 @@ fn refusal(what: &str) -> WireError {
     .with_hint("name the shard key (WHERE key = ...), or SET shardline.shard_key = '...'")
 }
 
-/// Runs `sql` on every shard of `keyspace` as `tenant` and returns the
-/// merged messages (description, rows, command tag), or the first
-/// shard's error.
-pub async fn run(
+/// The raw pools of `tenant` on every shard of `keyspace`.
+fn pools(
     routing: &Routing,
     keyspace: &str,
     tenant: &TenantAuth,
-    sql: &str,
-    spec: &FanOut,
-) -> Result<Vec<Frame>, WireError> {
+) -> Result<Vec<crate::pg::rawpool::RawPool>, WireError> {
     let map = routing
         .keyspaces
         .get(keyspace)
@@ -72,7 +87,7 @@ pub async fn run(
     let mut ids: Vec<&str> = map.ranges().iter().map(|r| r.shard.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
-    let mut targets = Vec::with_capacity(ids.len());
+    let mut out = Vec::with_capacity(ids.len());
     for id in ids {
         let t = routing
             .shards
@@ -81,9 +96,27 @@ pub async fn run(
             .ok_or_else(|| {
                 WireError::error("57P03", format!("shard {id} is failing over; retry"))
             })?;
-        targets.push(t.primary.raw_pool_for(tenant));
+        out.push(t.primary.raw_pool_for(tenant));
     }
-    let answers = join_all(targets.into_iter().map(|pool| ask(pool, sql))).await;
+    Ok(out)
+}
+
+/// Runs `sql` (a simple query) on every shard of `keyspace` as `tenant`
+/// and returns the merged messages (description, rows, command tag), or
+/// the first shard's error.
+pub async fn run(
+    routing: &Routing,
+    keyspace: &str,
+    tenant: &TenantAuth,
+    sql: &str,
+    spec: &FanOut,
+) -> Result<Vec<Frame>, WireError> {
+    let mut out = BytesMut::new();
+    postgres_protocol::message::frontend::query(sql, &mut out)
+        .map_err(|e| WireError::error("22023", e.to_string()))?;
+    let out = out.freeze();
+    let pools = pools(routing, keyspace, tenant)?;
+    let answers = join_all(pools.into_iter().map(|pool| ask(pool, out.clone()))).await;
     let mut all = Vec::with_capacity(answers.len());
     for a in answers {
         let a = a?;
@@ -92,18 +125,69 @@ pub async fn run(
         }
         all.push(a);
     }
-    Ok(merge(all, spec))
+    merge(all, spec)
 }
 
-/// Runs `sql` on one shard; the session goes back to its pool unless it
-/// could have been changed (a read with a merge shape cannot, but its
-/// session is reset anyway if it did not end idle).
-async fn ask(pool: crate::pg::rawpool::RawPool, sql: &str) -> Result<Answer, WireError> {
+/// Runs one bound statement (extended protocol: the query and parameter
+/// types of its `Parse`, and its `Bind` body, whose names are replaced by
+/// the unnamed statement and portal) on every shard and merges.
+pub async fn run_extended(
+    routing: &Routing,
+    keyspace: &str,
+    tenant: &TenantAuth,
+    parse: &Parse,
+    bind: &Bind,
+    bind_body: &Bytes,
+    spec: &FanOut,
+) -> Result<Extended, WireError> {
+    let mut out = BytesMut::new();
+    parse.frame_as("").encode(&mut out);
+    messages::target_frame(b'D', b'S', "").encode(&mut out);
+    bind.frame_as(bind_body, "", "").encode(&mut out);
+    messages::target_frame(b'D', b'P', "").encode(&mut out);
+    let mut exec = BytesMut::new();
+    put_cstr(&mut exec, "");
+    exec.put_i32(0);
+    Frame::new(b'E', exec.freeze()).encode(&mut out);
+    Frame::new(b'S', Bytes::new()).encode(&mut out);
+    let out = out.freeze();
+    let pools = pools(routing, keyspace, tenant)?;
+    let answers = join_all(pools.into_iter().map(|pool| ask(pool, out.clone()))).await;
+    let mut all = Vec::with_capacity(answers.len());
+    for a in answers {
+        let a = a?;
+        if let Some(e) = a.error {
+            return Ok(Extended {
+                parameters: None,
+                statement: None,
+                portal: None,
+                result: vec![e],
+            });
+        }
+        all.push(a);
+    }
+    let parameters = all.first().and_then(|a| a.parameters.clone());
+    let statement = all.first().and_then(|a| a.statement.clone());
+    let portal = all.iter().find_map(|a| a.description.clone());
+    let mut result = merge(all, spec)?;
+    // The description goes with the client's `Describe`, not its
+    // `Execute`.
+    if result.first().is_some_and(|f| f.tag == b'T') {
+        result.remove(0);
+    }
+    Ok(Extended {
+        parameters,
+        statement,
+        portal,
+        result,
+    })
+}
+
+/// Sends `out` to one shard and reads its answer to `ReadyForQuery`; the
+/// session goes back to its pool if it ended idle.
+async fn ask(pool: crate::pg::rawpool::RawPool, out: Bytes) -> Result<Answer, WireError> {
     let unavailable = |e: String| WireError::error("57P03", format!("a shard is unavailable: {e}"));
     let mut conn = pool.get().await.map_err(|e| unavailable(e.to_string()))?;
-    let mut out = BytesMut::new();
-    postgres_protocol::message::frontend::query(sql, &mut out)
-        .map_err(|e| WireError::error("22023", e.to_string()))?;
     conn.conn
         .send(&out)
         .await
@@ -112,7 +196,12 @@ async fn ask(pool: crate::pg::rawpool::RawPool, sql: &str) -> Result<Answer, Wir
         description: None,
         rows: Vec::new(),
         error: None,
+        parameters: None,
+        statement: None,
     };
+    // Extended protocol: the first description after `ParameterDescription`
+    // is the statement's, the one after `BindComplete` the portal's.
+    let mut bound = false;
     loop {
         let f = conn
             .conn
@@ -120,6 +209,9 @@ async fn ask(pool: crate::pg::rawpool::RawPool, sql: &str) -> Result<Answer, Wir
             .await
             .map_err(|e| unavailable(e.to_string()))?;
         match f.tag {
+            b't' => answer.parameters = Some(f),
+            b'2' => bound = true,
+            b'T' | b'n' if answer.parameters.is_some() && !bound => answer.statement = Some(f),
             b'T' => answer.description = Some(f),
             b'D' => answer
                 .rows
@@ -169,8 +261,9 @@ fn encode_row(row: &[Option<Bytes>]) -> Frame {
     Frame::new(b'D', b.freeze())
 }
 
-/// The type oid of each column of a `RowDescription`.
-fn column_types(desc: Option<&Frame>) -> Vec<u32> {
+/// The type oid and format (0 text, 1 binary) of each column of a
+/// `RowDescription`.
+fn column_types(desc: Option<&Frame>) -> Vec<(u32, i16)> {
     let Some(d) = desc else { return Vec::new() };
     let mut f = Fields::new(&d.body);
     let mut out = Vec::new();
@@ -178,25 +271,112 @@ fn column_types(desc: Option<&Frame>) -> Vec<u32> {
     for _ in 0..n.max(0) {
         let ok = f.cstr().is_ok() && f.bytes(6).is_ok();
         let Ok(oid) = f.i32() else { break };
-        if !ok || f.bytes(8).is_err() {
+        if !ok || f.bytes(6).is_err() {
             break;
         }
-        out.push(oid as u32);
+        let Ok(format) = f.i16() else { break };
+        out.push((oid as u32, format));
     }
     out
 }
 
-/// Whether values of this type compare as numbers.
-fn numeric_type(oid: u32) -> bool {
-    matches!(oid, 20 | 21 | 23 | 26 | 700 | 701 | 1700)
+/// How a column's values read: its type and format.
+#[derive(Debug, Clone, Copy, Default)]
+struct Column {
+    oid: u32,
+    binary: bool,
 }
 
-fn merge(answers: Vec<Answer>, spec: &FanOut) -> Vec<Frame> {
+impl Column {
+    /// Whether values compare as numbers (text of a number type).
+    fn numeric_text(self) -> bool {
+        !self.binary && matches!(self.oid, 20 | 21 | 23 | 26 | 700 | 701 | 1700)
+    }
+
+    /// A binary integer's value (`int2`, `int4`, `int8`, `oid`).
+    fn binary_int(self, v: &[u8]) -> Option<i128> {
+        if !self.binary {
+            return None;
+        }
+        match (self.oid, v.len()) {
+            (20, 8) => Some(i128::from(i64::from_be_bytes(v.try_into().ok()?))),
+            (23, 4) => Some(i128::from(i32::from_be_bytes(v.try_into().ok()?))),
+            (21, 2) => Some(i128::from(i16::from_be_bytes(v.try_into().ok()?))),
+            (26, 4) => Some(i128::from(u32::from_be_bytes(v.try_into().ok()?))),
+            _ => None,
+        }
+    }
+
+    /// A binary float's value (`float4`, `float8`).
+    fn binary_float(self, v: &[u8]) -> Option<f64> {
+        if !self.binary {
+            return None;
+        }
+        match (self.oid, v.len()) {
+            (701, 8) => Some(f64::from_be_bytes(v.try_into().ok()?)),
+            (700, 4) => Some(f64::from(f32::from_be_bytes(v.try_into().ok()?))),
+            _ => None,
+        }
+    }
+
+    fn compare(self, a: &Bytes, b: &Bytes) -> Ordering {
+        if let (Some(x), Some(y)) = (self.binary_int(a), self.binary_int(b)) {
+            return x.cmp(&y);
+        }
+        if let (Some(x), Some(y)) = (self.binary_float(a), self.binary_float(b)) {
+            return x.total_cmp(&y);
+        }
+        compare(a, b, self.numeric_text())
+    }
+
+    /// `a + b`, in the column's format; `None` when the format cannot be
+    /// added here (a binary `numeric`).
+    fn add(self, a: &Bytes, b: &Bytes) -> Option<Bytes> {
+        if !self.binary {
+            return Some(add(a, b));
+        }
+        if let (Some(x), Some(y)) = (self.binary_int(a), self.binary_int(b)) {
+            let sum = x.checked_add(y)?;
+            return match self.oid {
+                20 => Some(Bytes::copy_from_slice(
+                    &i64::try_from(sum).ok()?.to_be_bytes(),
+                )),
+                23 => Some(Bytes::copy_from_slice(
+                    &i32::try_from(sum).ok()?.to_be_bytes(),
+                )),
+                21 => Some(Bytes::copy_from_slice(
+                    &i16::try_from(sum).ok()?.to_be_bytes(),
+                )),
+                _ => None,
+            };
+        }
+        match (self.oid, self.binary_float(a), self.binary_float(b)) {
+            (701, Some(x), Some(y)) => Some(Bytes::copy_from_slice(&(x + y).to_be_bytes())),
+            (700, Some(x), Some(y)) => {
+                Some(Bytes::copy_from_slice(&((x + y) as f32).to_be_bytes()))
+            }
+            _ => None,
+        }
+    }
+}
+
+fn columns(desc: Option<&Frame>) -> Vec<Column> {
+    column_types(desc)
+        .into_iter()
+        .map(|(oid, format)| Column {
+            oid,
+            binary: format == 1,
+        })
+        .collect()
+}
+
+fn merge(answers: Vec<Answer>, spec: &FanOut) -> Result<Vec<Frame>, WireError> {
     let description = answers.iter().find_map(|a| a.description.clone());
-    let types = column_types(description.as_ref());
+    let cols = columns(description.as_ref());
+    let col = |c: usize| cols.get(c).copied().unwrap_or_default();
     let mut rows: Vec<Vec<Option<Bytes>>> = answers.into_iter().flat_map(|a| a.rows).collect();
     if !spec.aggregates.is_empty() {
-        rows = combine(rows, spec, &types);
+        rows = combine(rows, spec, &col)?;
     }
     if !spec.order_by.is_empty() {
         rows.sort_by(|a, b| {
@@ -205,31 +385,14 @@ fn merge(answers: Vec<Answer>, spec: &FanOut) -> Vec<Frame> {
                     a.get(k.column).cloned().flatten(),
                     b.get(k.column).cloned().flatten(),
                 );
-                let numeric = types.get(k.column).is_some_and(|t| numeric_type(*t));
                 let o = match (x, y) {
                     (None, None) => Ordering::Equal,
-                    (None, Some(_)) => {
-                        if k.nulls_first {
-                            Ordering::Less
-                        } else {
-                            Ordering::Greater
-                        }
-                    }
-                    (Some(_), None) => {
-                        if k.nulls_first {
-                            Ordering::Greater
-                        } else {
-                            Ordering::Less
-                        }
-                    }
-                    (Some(x), Some(y)) => {
-                        let o = compare(&x, &y, numeric);
-                        if k.descending {
-                            o.reverse()
-                        } else {
-                            o
-                        }
-                    }
+                    (None, Some(_)) if k.nulls_first => Ordering::Less,
+                    (None, Some(_)) => Ordering::Greater,
+                    (Some(_), None) if k.nulls_first => Ordering::Greater,
+                    (Some(_), None) => Ordering::Less,
+                    (Some(x), Some(y)) if k.descending => col(k.column).compare(&x, &y).reverse(),
+                    (Some(x), Some(y)) => col(k.column).compare(&x, &y),
                 };
                 if o != Ordering::Equal {
                     return o;
@@ -248,11 +411,15 @@ fn merge(answers: Vec<Answer>, spec: &FanOut) -> Vec<Frame> {
     let n = rows.len();
     out.extend(rows.iter().map(|r| encode_row(r)));
     out.push(codec::command_complete(&format!("SELECT {n}")));
-    out
+    Ok(out)
 }
 
 /// Rows merged per group (the values of the non-aggregate columns).
-fn combine(rows: Vec<Vec<Option<Bytes>>>, spec: &FanOut, types: &[u32]) -> Vec<Vec<Option<Bytes>>> {
+fn combine(
+    rows: Vec<Vec<Option<Bytes>>>,
+    spec: &FanOut,
+    col: &dyn Fn(usize) -> Column,
+) -> Result<Vec<Vec<Option<Bytes>>>, WireError> {
     let agg_of = |c: usize| {
         spec.aggregates
             .iter()
@@ -271,48 +438,36 @@ fn combine(rows: Vec<Vec<Option<Bytes>>>, spec: &FanOut, types: &[u32]) -> Vec<V
         } else {
             Vec::new()
         };
-        match groups.get(&key) {
-            None => {
-                groups.insert(key, order.len());
-                order.push(row);
-            }
-            Some(&i) => {
-                let acc = &mut order[i];
-                for (c, v) in row.into_iter().enumerate() {
-                    let Some(f) = agg_of(c) else { continue };
-                    let numeric = types.get(c).is_some_and(|t| numeric_type(*t));
-                    let cur = acc.get(c).cloned().flatten();
-                    let merged = match (cur, v) {
-                        (None, v) => v,
-                        (cur, None) => cur,
-                        (Some(a), Some(b)) => Some(match f {
-                            Aggregate::Count | Aggregate::Sum => add(&a, &b),
-                            Aggregate::Min => {
-                                if compare(&b, &a, numeric) == Ordering::Less {
-                                    b
-                                } else {
-                                    a
-                                }
-                            }
-                            Aggregate::Max => {
-                                if compare(&b, &a, numeric) == Ordering::Greater {
-                                    b
-                                } else {
-                                    a
-                                }
-                            }
-                            // Refused before running (see `check`).
-                            Aggregate::Avg => a,
-                        }),
-                    };
-                    if let Some(slot) = acc.get_mut(c) {
-                        *slot = merged;
-                    }
-                }
+        let Some(&i) = groups.get(&key) else {
+            groups.insert(key, order.len());
+            order.push(row);
+            continue;
+        };
+        let acc = &mut order[i];
+        for (c, v) in row.into_iter().enumerate() {
+            let Some(f) = agg_of(c) else { continue };
+            let column = col(c);
+            let cur = acc.get(c).cloned().flatten();
+            let merged = match (cur, v) {
+                (None, v) => v,
+                (cur, None) => cur,
+                (Some(a), Some(b)) => Some(match f {
+                    Aggregate::Count | Aggregate::Sum => column.add(&a, &b).ok_or_else(|| {
+                        refusal("a sum in a binary format the router does not add")
+                    })?,
+                    Aggregate::Min if column.compare(&b, &a) == Ordering::Less => b,
+                    Aggregate::Max if column.compare(&b, &a) == Ordering::Greater => b,
+                    Aggregate::Min | Aggregate::Max => a,
+                    // Refused before running (see `check`).
+                    Aggregate::Avg => a,
+                }),
+            };
+            if let Some(slot) = acc.get_mut(c) {
+                *slot = merged;
             }
         }
     }
-    order
+    Ok(order)
 }
 
 /// A decimal in text form: digits, an optional sign and point.
@@ -449,8 +604,32 @@ mod tests {
             ..FanOut::default()
         };
         let rows = vec![vec![b("3"), b("9"), b("x")], vec![b("4"), b("10"), None]];
-        let out = combine(rows, &spec, &[20, 23, 25]);
+        let cols = [(20, false), (23, false), (25, false)];
+        let col = |c: usize| Column {
+            oid: cols[c].0,
+            binary: cols[c].1,
+        };
+        let out = combine(rows, &spec, &col).unwrap();
         assert_eq!(out, vec![vec![b("7"), b("10"), b("x")]]);
+        // Binary counts add as integers.
+        let bin = |c: usize| Column {
+            oid: [20, 20, 20][c],
+            binary: true,
+        };
+        let eight = |n: i64| Some(Bytes::copy_from_slice(&n.to_be_bytes()));
+        let out = combine(
+            vec![vec![eight(3)], vec![eight(4)]],
+            &FanOut {
+                aggregates: vec![OutputAggregate {
+                    column: 0,
+                    function: Aggregate::Count,
+                }],
+                ..FanOut::default()
+            },
+            &bin,
+        )
+        .unwrap();
+        assert_eq!(out, vec![vec![eight(7)]]);
     }
 
     #[test]
@@ -473,6 +652,8 @@ mod tests {
             description: None,
             rows,
             error: None,
+            parameters: None,
+            statement: None,
         };
         let frames = merge(
             vec![
@@ -480,7 +661,8 @@ mod tests {
                 shard(vec![vec![b("a"), b("7")], vec![b("c"), b("2")]]),
             ],
             &spec,
-        );
+        )
+        .unwrap();
         let rows: Vec<_> = frames
             .iter()
             .filter(|f| f.tag == b'D')

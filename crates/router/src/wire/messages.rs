@@ -116,8 +116,13 @@ impl Bind {
 
     /// The same `Bind` naming `statement` instead.
     pub fn frame_for(&self, body: &Bytes, statement: &str) -> Frame {
+        self.frame_as(body, &self.portal, statement)
+    }
+
+    /// The same `Bind` of `statement` into `portal`.
+    pub fn frame_as(&self, body: &Bytes, portal: &str, statement: &str) -> Frame {
         let mut b = BytesMut::with_capacity(body.len() + statement.len());
-        put_cstr(&mut b, &self.portal);
+        put_cstr(&mut b, portal);
         put_cstr(&mut b, statement);
         b.put_slice(&body[self.stmt_end..]);
         Frame::new(b'B', b.freeze())

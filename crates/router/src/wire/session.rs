@@ -81,11 +81,14 @@ struct Run {
     text: Arc<str>,
     analysis: Arc<Analysis>,
     params: Vec<(i16, Option<Bytes>)>,
+    /// The statement's `Parse` and the portal's `Bind` (for a fan-out).
+    parse: Parse,
+    bind: Bind,
+    bind_body: Bytes,
 }
 
 /// A prepared statement of the client's.
 struct ClientStatement {
-    text: Arc<str>,
     parse: Parse,
     server_name: String,
     analysis: Arc<Analysis>,
@@ -164,8 +167,8 @@ pub struct Session {
     /// Session settings from startup, then the client's `SET`s.
     pub(super) sets: Vec<String>,
     statements: HashMap<String, ClientStatement>,
-    /// The unnamed statement's text and analysis.
-    unnamed: Option<(Arc<str>, Arc<Analysis>)>,
+    /// The unnamed statement: its `Parse` and analysis.
+    unnamed: Option<(Parse, Arc<Analysis>)>,
     /// `SET shardline.shard_key` and `SET LOCAL shardline.shard_key`.
     session_key: Option<String>,
     local_key: Option<String>,
@@ -431,6 +434,77 @@ impl Session {
         }
     }
 
+    /// Runs a keyless read of an extended batch (ended by `Sync`) on
+    /// every shard, and answers each of the batch's messages as
+    /// PostgreSQL would, with the merged rows.
+    async fn fan_out_batch(&mut self, batch: &[Frame], run: &Run) -> Result<(), SessionEnd> {
+        let Some(spec) = run.analysis.fanout.as_ref() else {
+            return self.refuse_batch(no_key_error(), true).await;
+        };
+        if let Err(e) = fanout::check(spec) {
+            return self.refuse_batch(e, true).await;
+        }
+        let admission = admit_app(
+            &self.app,
+            Some(&self.keyspace),
+            &ShardKeyValue::Text(self.app.key_prefix.clone().unwrap_or_default()),
+            &self.shared.ctx.quotas,
+            Instant::now(),
+        );
+        if let Err(r) = admission {
+            let e = WireError::error(sqlstate_of(r.error.code), r.error.message);
+            return self.refuse_batch(e, true).await;
+        }
+        let routing = self.shared.routing.get();
+        let ext = match fanout::run_extended(
+            &routing,
+            &self.keyspace,
+            &self.app.tenant,
+            &run.parse,
+            &run.bind,
+            &run.bind_body,
+            spec,
+        )
+        .await
+        {
+            Ok(ext) => ext,
+            Err(e) => return self.refuse_batch(e, true).await,
+        };
+        let mut failed = false;
+        for f in batch {
+            if failed && f.tag != b'S' {
+                continue;
+            }
+            match f.tag {
+                b'P' => self.io.queue(&codec::empty(b'1')),
+                b'B' => self.io.queue(&codec::empty(b'2')),
+                b'C' => self.io.queue(&codec::empty(b'3')),
+                b'D' if f.body.first() == Some(&b'S') => {
+                    let params = ext
+                        .parameters
+                        .clone()
+                        .unwrap_or_else(|| codec::parameter_description(&[]));
+                    self.io.queue(&params);
+                    self.io
+                        .queue(ext.statement.as_ref().unwrap_or(&codec::empty(b'n')));
+                }
+                b'D' => self
+                    .io
+                    .queue(ext.portal.as_ref().unwrap_or(&codec::empty(b'n'))),
+                b'E' => {
+                    for r in &ext.result {
+                        failed |= r.tag == b'E';
+                        self.io.queue(r);
+                    }
+                }
+                b'S' => self.io.queue(&codec::ready(self.status())),
+                _ => {}
+            }
+        }
+        self.io.flush().await?;
+        Ok(())
+    }
+
     /// Tags of statements the router answers itself, if every one of
     /// `parts` is one (shard-key settings, and transaction control while
     /// no server session is attached).
@@ -545,13 +619,12 @@ impl Session {
                     let p = Parse::read(&f.body).map_err(bad)?;
                     let analysis = self.analyze(&p.query);
                     if p.name.is_empty() {
-                        self.unnamed = Some((Arc::from(p.query.as_str()), analysis));
+                        self.unnamed = Some((p, analysis));
                     } else {
                         let server_name = p.server_name();
                         self.statements.insert(
                             p.name.clone(),
                             ClientStatement {
-                                text: Arc::from(p.query.as_str()),
                                 parse: p,
                                 server_name,
                                 analysis,
@@ -566,15 +639,18 @@ impl Session {
                     } else {
                         self.statements
                             .get(&b.statement)
-                            .map(|s| (Arc::clone(&s.text), Arc::clone(&s.analysis)))
+                            .map(|s| (s.parse.clone(), Arc::clone(&s.analysis)))
                     };
-                    if let Some((text, analysis)) = statement {
+                    if let Some((parse, analysis)) = statement {
                         portals.insert(
-                            b.portal,
+                            b.portal.clone(),
                             Run {
-                                text,
+                                text: Arc::from(parse.query.as_str()),
                                 analysis,
-                                params: b.params,
+                                params: b.params.clone(),
+                                parse,
+                                bind: b,
+                                bind_body: f.body.clone(),
                             },
                         );
                     }
@@ -633,8 +709,10 @@ impl Session {
         drop(execs);
         let choice = match choice {
             Ok(Choice::FanOut) => {
-                let e = no_key_error();
-                return self.refuse_batch(e, sync).await;
+                return match runs.first() {
+                    Some(run) if sync => self.fan_out_batch(&batch, run).await,
+                    _ => self.refuse_batch(no_key_error(), sync).await,
+                };
             }
             Ok(c) => c,
             Err(e) => return self.refuse_batch(e, sync).await,
@@ -754,8 +832,7 @@ impl Session {
             }),
             (None, Some(_)) => Ok(Choice::Here),
             (None, None) if keyless_data => match execs {
-                [e] if e.params.is_none()
-                    && self.pending_begin.is_none()
+                [e] if self.pending_begin.is_none()
                     && e.analysis.kind == Kind::Read
                     && e.analysis.fanout.is_some() =>
                 {

@@ -1,0 +1,343 @@
+//! `pgbench` over the PostgreSQL protocol three ways, interleaved in one
+//! run: straight to PostgreSQL, through PgBouncer (transaction pooling),
+//! and through a shardline router process (`pg_listen`), all ending at
+//! the same PostgreSQL server (`shardline dev --shards 1`). Each round
+//! runs one phase per path, the order rotating; the figures are medians
+//! over rounds, and CPU per transaction of the proxy process (from
+//! `/proc/PID/stat`) and of PostgreSQL (the postmaster and its children).
+//!
+//! PgBouncer runs as `postgres` (it refuses root) with `auth_type = any`,
+//! logging in to the shard as its superuser; the router logs in as the
+//! tenant's role. Both pool per transaction.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+use shardline_api::manager::TableSpec;
+
+use crate::dev::{cpu_micros, pg_cpu_micros};
+use crate::execute::median;
+
+/// Options of `shardline-bench wire`.
+#[derive(Debug, clap::Args)]
+pub struct WireArgs {
+    /// pgbench clients in each phase.
+    #[arg(long, default_value_t = 8)]
+    pub clients: usize,
+    /// Seconds per phase.
+    #[arg(long, default_value_t = 5)]
+    pub phase_secs: u64,
+    /// Rounds (one phase per path each).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// pgbench's protocol mode: simple or extended (PgBouncer of Debian
+    /// 12 has no prepared statements in transaction pooling).
+    #[arg(long, default_value = "extended")]
+    pub mode: String,
+    /// pgbench scale (100,000 accounts each).
+    #[arg(long, default_value_t = 1)]
+    pub scale: u32,
+    /// The `shardline` binary [default: next to this one].
+    #[arg(long)]
+    pub shardline: Option<PathBuf>,
+}
+
+/// PgBouncer, stopped on drop.
+struct Bouncer {
+    child: Child,
+}
+
+impl Drop for Bouncer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Waits until something accepts on 127.0.0.1:`port`.
+fn wait_port(port: u16, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("{what} did not listen on {port} within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// A `key=value` of a DSN.
+fn dsn_field<'a>(dsn: &'a str, key: &str) -> Option<&'a str> {
+    dsn.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+}
+
+fn start_bouncer(dir: &Path, dsn: &str, db: &str, pool: usize) -> anyhow::Result<(Bouncer, u16)> {
+    let port = free_port()?;
+    let host = dsn_field(dsn, "host").unwrap_or("127.0.0.1");
+    let pg_port = dsn_field(dsn, "port").context("shard port")?;
+    let user = dsn_field(dsn, "user").unwrap_or("postgres");
+    let password = dsn_field(dsn, "password").unwrap_or("");
+    std::fs::create_dir_all(dir)?;
+    let ini = dir.join("pgbouncer.ini");
+    std::fs::write(
+        &ini,
+        format!(
+            "[databases]\nbench = host={host} port={pg_port} dbname={db} user={user} password={password}\n\
+             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+             auth_type = any\npool_mode = transaction\ndefault_pool_size = {pool}\n\
+             max_client_conn = 1000\nlogfile = {log}\npidfile =\n\
+             ignore_startup_parameters = extra_float_digits\n",
+            log = dir.join("pgbouncer.log").display()
+        ),
+    )?;
+    // PgBouncer refuses to run as root: as postgres, who must read the
+    // file and write the log.
+    let _ = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(dir)
+        .status();
+    let child = Command::new("runuser")
+        .args(["-u", "postgres", "--", "pgbouncer"])
+        .arg(&ini)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start pgbouncer (apt-get install pgbouncer)")?;
+    let b = Bouncer { child };
+    wait_port(port, "pgbouncer")?;
+    Ok((b, port))
+}
+
+/// The pid of the process listening on 127.0.0.1:`port` whose command
+/// is `name` (runuser's child).
+fn pid_of(name: &str) -> Option<u32> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// What one pgbench phase printed.
+struct Phase {
+    tps: f64,
+    latency_ms: f64,
+    transactions: u64,
+    failed: u64,
+}
+
+fn pgbench(args: &WireArgs, url: &str) -> anyhow::Result<Phase> {
+    let out = Command::new("pgbench")
+        .args(["-n", "-S", "-M", &args.mode])
+        .args(["-c", &args.clients.to_string(), "-j", "2"])
+        .args(["-T", &args.phase_secs.to_string()])
+        .arg(url)
+        .output()
+        .context("run pgbench")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "pgbench failed: {}\n{text}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let num = |prefix: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|v| v.split('/').next())
+            .and_then(|v| v.parse().ok())
+    };
+    Ok(Phase {
+        tps: num("tps = ").context("pgbench printed no tps")?,
+        latency_ms: num("latency average = ").unwrap_or(0.0),
+        transactions: num("number of transactions actually processed: ").unwrap_or(0.0) as u64,
+        failed: num("number of failed transactions: ").unwrap_or(0.0) as u64,
+    })
+}
+
+pub fn run(args: WireArgs) -> anyhow::Result<()> {
+    let bin = crate::dev::shardline_bin(&args.shardline)?;
+    let (dev, info) = crate::dev::start_dev(&bin, &["--shards", "1", "--spare-shards", "0"])?;
+    let pg_port = free_port()?;
+    let router = crate::dev::start_router(
+        &bin,
+        &info,
+        "wire",
+        &format!(
+            "pg_listen = \"127.0.0.1:{pg_port}\"\ntenant_pool_size = {}",
+            args.clients
+        ),
+    )?;
+    wait_port(pg_port, "the router's PostgreSQL listener")?;
+    let shard = info["shards"]
+        .as_array()
+        .and_then(|a| a.first())
+        .context("dev.json has no shard")?;
+    let dsn = shard["dsn"].as_str().context("dsn")?.to_string();
+    let data_dir = PathBuf::from(shard["data_dir"].as_str().context("data_dir")?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let pg_name = rt.block_on(prepare(&info, &dsn, args.scale))?;
+    let dir = std::env::temp_dir().join(format!("shardline-bench-{}-bouncer", std::process::id()));
+    let (bouncer, bouncer_port) = start_bouncer(&dir, &dsn, &pg_name, args.clients)?;
+    let bouncer_pid = pid_of("pgbouncer").context("pgbouncer's pid")?;
+    let password = dsn_field(&dsn, "password").unwrap_or("");
+    let pg = dsn_field(&dsn, "port").context("port")?;
+    let paths: [(&str, String, Option<u32>); 3] = [
+        (
+            "direct",
+            format!("postgresql://postgres:{password}@127.0.0.1:{pg}/{pg_name}"),
+            None,
+        ),
+        (
+            "pgbouncer",
+            format!("postgresql://postgres:{password}@127.0.0.1:{bouncer_port}/bench"),
+            Some(bouncer_pid),
+        ),
+        (
+            "shardline",
+            format!(
+                "postgresql://default:{}@127.0.0.1:{pg_port}/default",
+                info["app_token"].as_str().context("app_token")?
+            ),
+            Some(router.pid()),
+        ),
+    ];
+    // Warm up each path (pools, prepared statements, caches).
+    for (name, url, _) in &paths {
+        let warm = WireArgs {
+            clients: args.clients,
+            phase_secs: 1,
+            rounds: 1,
+            mode: args.mode.clone(),
+            scale: args.scale,
+            shardline: None,
+        };
+        pgbench(&warm, url).with_context(|| format!("warm up {name}"))?;
+    }
+    let mut tps = vec![Vec::new(); 3];
+    let mut lat = vec![Vec::new(); 3];
+    let mut proxy_cpu = [0u64; 3];
+    let mut pg_cpu = [0u64; 3];
+    let mut txns = [0u64; 3];
+    let mut failed = [0u64; 3];
+    for round in 0..args.rounds {
+        let mut line = format!("round {}:", round + 1);
+        for k in 0..3 {
+            let i = (round + k) % 3;
+            let (name, url, pid) = &paths[i];
+            let (p0, g0) = (pid.map_or(0, cpu_micros), pg_cpu_micros(&data_dir));
+            let phase = pgbench(&args, url).with_context(|| format!("pgbench through {name}"))?;
+            proxy_cpu[i] += pid.map_or(0, cpu_micros) - p0;
+            pg_cpu[i] += pg_cpu_micros(&data_dir).saturating_sub(g0);
+            txns[i] += phase.transactions;
+            failed[i] += phase.failed;
+            tps[i].push(phase.tps);
+            lat[i].push(phase.latency_ms);
+            line.push_str(&format!("  {name} {:.0} tps", phase.tps));
+        }
+        println!("{line}");
+    }
+    println!();
+    println!(
+        "pgbench -S -M {} -c {} -j 2, {} s phases, {} rounds, scale {}",
+        args.mode, args.clients, args.phase_secs, args.rounds, args.scale
+    );
+    println!("path        tps (median)  latency ms (median)  proxy CPU µs/txn  PostgreSQL CPU µs/txn  failed");
+    let mut medians = [0.0; 3];
+    for (i, (name, _, pid)) in paths.iter().enumerate() {
+        medians[i] = median(tps[i].clone());
+        let per = |cpu: u64| cpu as f64 / txns[i].max(1) as f64;
+        println!(
+            "{name:<11} {:>12.0}  {:>19.3}  {:>16}  {:>21.1}  {:>6}",
+            medians[i],
+            median(lat[i].clone()),
+            pid.map_or("-".to_string(), |_| format!("{:.1}", per(proxy_cpu[i]))),
+            per(pg_cpu[i]),
+            failed[i]
+        );
+    }
+    println!();
+    println!(
+        "shardline / pgbouncer throughput: {:.2}; shardline / direct: {:.2}; pgbouncer / direct: {:.2}",
+        medians[2] / medians[1].max(1.0),
+        medians[2] / medians[0].max(1.0),
+        medians[1] / medians[0].max(1.0)
+    );
+    drop(bouncer);
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(router);
+    drop(dev);
+    Ok(())
+}
+
+/// Loads pgbench's tables into the default tenant's database and schema
+/// (owned by its role, so both the superuser paths and the router's see
+/// them), makes them the superuser's search path there, and declares
+/// their shard-key columns; returns the tenant's PostgreSQL name.
+async fn prepare(info: &Value, dsn: &str, scale: u32) -> anyhow::Result<String> {
+    let manager = shardline_client::ManagerClient::new(
+        info["manager_url"].as_str().context("manager_url")?,
+        info["admin_token"].as_str().map(str::to_string),
+    )?;
+    let pg_name = manager.get_tenant("default").await?.pg_name;
+    let url = format!(
+        "postgresql://postgres:{}@127.0.0.1:{}/{pg_name}",
+        dsn_field(dsn, "password").unwrap_or(""),
+        dsn_field(dsn, "port").context("port")?
+    );
+    let (c, conn) =
+        tokio_postgres::connect(&format!("{dsn} dbname={pg_name}"), tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    c.batch_execute(&format!(
+        "ALTER ROLE postgres IN DATABASE {pg_name} SET search_path = {pg_name}"
+    ))
+    .await?;
+    let status = Command::new("pgbench")
+        .args(["-i", "-q", "-s", &scale.to_string()])
+        .arg(&url)
+        .stdout(Stdio::null())
+        .status()
+        .context("run pgbench -i")?;
+    if !status.success() {
+        bail!("pgbench -i failed");
+    }
+    for (table, key) in [
+        ("pgbench_accounts", "aid"),
+        ("pgbench_branches", "bid"),
+        ("pgbench_tellers", "tid"),
+        ("pgbench_history", "aid"),
+    ] {
+        c.batch_execute(&format!("ALTER TABLE {pg_name}.{table} OWNER TO {pg_name}"))
+            .await?;
+        manager
+            .set_table(
+                "default",
+                table,
+                &TableSpec {
+                    shard_key: key.to_string(),
+                },
+            )
+            .await?;
+    }
+    // The router follows the catalog: give it a moment to have the keys.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(pg_name)
+}
