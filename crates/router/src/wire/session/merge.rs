@@ -1,0 +1,128 @@
+//! Keyless reads of a wire session run on every shard and merged (see
+//! [`crate::wire::fanout`]), in either protocol.
+
+use std::time::Instant;
+
+use shardline_api::router::ShardKeyValue;
+
+use super::route::{no_key_error, sqlstate_of};
+use super::{Run, Session, SessionEnd};
+use crate::auth::admit_app;
+use crate::pg::frame::Frame;
+use crate::wire::analyze::Analysis;
+use crate::wire::codec::{self, WireError};
+use crate::wire::fanout;
+
+impl Session {
+    /// Runs a keyless read on every shard and answers the merged rows.
+    pub(super) async fn fan_out(
+        &mut self,
+        sql: &str,
+        analysis: &Analysis,
+    ) -> Result<(), SessionEnd> {
+        let Some(spec) = analysis.fanout.as_ref() else {
+            return self.refuse(no_key_error(), true).await;
+        };
+        if let Err(e) = fanout::check(spec) {
+            return self.refuse(e, true).await;
+        }
+        let admission = admit_app(
+            &self.app,
+            Some(&self.keyspace),
+            &ShardKeyValue::Text(self.app.key_prefix.clone().unwrap_or_default()),
+            &self.shared.ctx.quotas,
+            Instant::now(),
+        );
+        if let Err(r) = admission {
+            let e = WireError::error(sqlstate_of(r.error.code), r.error.message);
+            return self.refuse(e, true).await;
+        }
+        let routing = self.shared.routing.get();
+        match fanout::run(&routing, &self.keyspace, &self.app.tenant, sql, spec).await {
+            Ok(frames) => {
+                for f in &frames {
+                    self.io.queue(f);
+                }
+                self.io.queue(&codec::ready(self.status()));
+                self.io.flush().await?;
+                Ok(())
+            }
+            Err(e) => self.refuse(e, true).await,
+        }
+    }
+
+    /// Runs a keyless read of an extended batch (ended by `Sync`) on
+    /// every shard, and answers each of the batch's messages as
+    /// PostgreSQL would, with the merged rows.
+    pub(super) async fn fan_out_batch(
+        &mut self,
+        batch: &[Frame],
+        run: &Run,
+    ) -> Result<(), SessionEnd> {
+        let Some(spec) = run.analysis.fanout.as_ref() else {
+            return self.refuse_batch(no_key_error(), true).await;
+        };
+        if let Err(e) = fanout::check(spec) {
+            return self.refuse_batch(e, true).await;
+        }
+        let admission = admit_app(
+            &self.app,
+            Some(&self.keyspace),
+            &ShardKeyValue::Text(self.app.key_prefix.clone().unwrap_or_default()),
+            &self.shared.ctx.quotas,
+            Instant::now(),
+        );
+        if let Err(r) = admission {
+            let e = WireError::error(sqlstate_of(r.error.code), r.error.message);
+            return self.refuse_batch(e, true).await;
+        }
+        let routing = self.shared.routing.get();
+        let ext = match fanout::run_extended(
+            &routing,
+            &self.keyspace,
+            &self.app.tenant,
+            &run.parse,
+            &run.bind,
+            &run.bind_body,
+            spec,
+        )
+        .await
+        {
+            Ok(ext) => ext,
+            Err(e) => return self.refuse_batch(e, true).await,
+        };
+        let mut failed = false;
+        for f in batch {
+            if failed && f.tag != b'S' {
+                continue;
+            }
+            match f.tag {
+                b'P' => self.io.queue(&codec::empty(b'1')),
+                b'B' => self.io.queue(&codec::empty(b'2')),
+                b'C' => self.io.queue(&codec::empty(b'3')),
+                b'D' if f.body.first() == Some(&b'S') => {
+                    let params = ext
+                        .parameters
+                        .clone()
+                        .unwrap_or_else(|| codec::parameter_description(&[]));
+                    self.io.queue(&params);
+                    self.io
+                        .queue(ext.statement.as_ref().unwrap_or(&codec::empty(b'n')));
+                }
+                b'D' => self
+                    .io
+                    .queue(ext.portal.as_ref().unwrap_or(&codec::empty(b'n'))),
+                b'E' => {
+                    for r in &ext.result {
+                        failed |= r.tag == b'E';
+                        self.io.queue(r);
+                    }
+                }
+                b'S' => self.io.queue(&codec::ready(self.status())),
+                _ => {}
+            }
+        }
+        self.io.flush().await?;
+        Ok(())
+    }
+}

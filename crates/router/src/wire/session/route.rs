@@ -1,0 +1,351 @@
+//! Where a wire statement goes: its keys (comment, key columns, `INSERT`
+//! rows, `SET [LOCAL] shardline.shard_key`), the shard they route to, and
+//! attaching a server session there.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use shardline_api::router::ShardKeyValue;
+use shardline_api::ErrorCode;
+use shardline_core::fence::{claim, claim_key, CLAIM_SETTING};
+use shardline_core::KeyType;
+
+use super::{Attached, Choice, Exec, Pending, Session};
+use crate::auth::admit_app;
+use crate::wire::analyze::{comment_key, Analysis, KeyRef, Kind};
+use crate::wire::codec::WireError;
+
+impl Session {
+    /// Where statements go (see the module docs).
+    pub(super) fn choose(&self, execs: &[Exec<'_>]) -> Result<Choice, WireError> {
+        let routing = self.shared.routing.get();
+        let ks = routing.keyspaces.get(&self.keyspace).ok_or_else(|| {
+            WireError::error("3D000", format!("keyspace \"{}\" is gone", self.keyspace))
+        })?;
+        let fallback = self.local_key.as_ref().or(self.session_key.as_ref());
+        let mut shards: Vec<(String, ShardKeyValue)> = Vec::new();
+        let mut keyless_data = false;
+        for e in execs {
+            let mut keys = statement_keys(e, ks.key_type);
+            if keys.is_empty() {
+                if let Some(k) = fallback {
+                    keys.push(k.clone());
+                }
+            }
+            if keys.is_empty() {
+                keyless_data |= !e.analysis.catalog_only;
+                continue;
+            }
+            for k in keys {
+                let key = ShardKeyValue::Text(k);
+                let route = routing
+                    .route(&self.keyspace, &key)
+                    .map_err(|e| WireError::error(sqlstate_of(e.code), e.message))?;
+                let shard = route.range.shard.clone();
+                if !shards.iter().any(|(s, _)| *s == shard) {
+                    shards.push((shard, key));
+                }
+            }
+        }
+        if shards.len() > 1 {
+            return Err(WireError::error(
+                "0A000",
+                format!(
+                    "the statements name keys on {} shards; one shard at a time",
+                    shards.len()
+                ),
+            )
+            .with_hint("send statements for one shard key at a time, or SET shardline.shard_key"));
+        }
+        match (shards.pop(), &self.attached) {
+            (Some((shard, _)), Some(a)) if a.shard == shard => Ok(Choice::Here),
+            (Some((shard, _)), Some(a)) if a.status != b'I' => Err(WireError::error(
+                "0A000",
+                format!(
+                    "this transaction runs on shard {}; a statement for shard {shard} cannot join it",
+                    a.shard
+                ),
+            )
+            .with_hint("cross-shard transactions are not supported; commit first")),
+            (Some((shard, key)), _) => Ok(Choice::Shard {
+                shard,
+                key: Some(key),
+            }),
+            (None, Some(_)) => Ok(Choice::Here),
+            (None, None) if keyless_data => match execs {
+                [e] if self.pending_begin.is_none()
+                    && e.analysis.kind == Kind::Read
+                    && e.analysis.fanout.is_some() =>
+                {
+                    Ok(Choice::FanOut)
+                }
+                _ => Err(no_key_error()),
+            },
+            (None, None) => {
+                // Catalogs only: any shard of the keyspace.
+                let shard = ks
+                    .map
+                    .as_ref()
+                    .and_then(|m| m.ranges().first().map(|r| r.shard.clone()))
+                    .ok_or_else(|| {
+                        WireError::error("57P03", format!("keyspace \"{}\" has no shards yet", self.keyspace))
+                    })?;
+                Ok(Choice::Shard { shard, key: None })
+            }
+        }
+    }
+
+    /// Attaches a server session of `choice`'s shard (waiting out a
+    /// failover or a cutover of its range within the hold), first giving
+    /// back the one attached to another shard.
+    pub(super) async fn go_to(&mut self, choice: Choice, read: bool) -> Result<(), WireError> {
+        let (shard, key) = match choice {
+            Choice::Here | Choice::FanOut => return Ok(()),
+            Choice::Shard { shard, key } => (shard, key),
+        };
+        if self.attached.is_some() {
+            self.drain().await.map_err(|e| {
+                WireError::error("08006", format!("lost the server connection: {e}"))
+            })?;
+            self.release_if_idle();
+        }
+        let ctx = Arc::clone(&self.shared.ctx);
+        if !read && ctx.contact.cut_off() {
+            return Err(WireError::error(
+                "57P03",
+                "this router has not heard from the manager for longer than its lease; \
+                 writes resume when it does",
+            ));
+        }
+        let deadline = Instant::now() + ctx.failover_hold;
+        let (routing, target) = loop {
+            let routing = self.shared.routing.get();
+            let (id, frozen) = match &key {
+                Some(key) => {
+                    let route = routing
+                        .route(&self.keyspace, key)
+                        .map_err(|e| WireError::error(sqlstate_of(e.code), e.message))?;
+                    (route.range.shard.clone(), route.frozen)
+                }
+                None => (shard.clone(), false),
+            };
+            let target = routing.shards.get(&id).cloned();
+            let held = frozen || target.as_ref().is_none_or(|t| t.failover.is_some());
+            if !held {
+                if let Some(t) = target {
+                    break (routing, t);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(WireError::error(
+                    "57P03",
+                    format!("shard {shard} is failing over or its keys are being moved; retry"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // Keyless statements (catalogs only) pass the prefix check.
+        let key = key.unwrap_or_else(|| {
+            ShardKeyValue::Text(self.app.key_prefix.clone().unwrap_or_default())
+        });
+        let admission = admit_app(
+            &self.app,
+            Some(&self.keyspace),
+            &key,
+            &ctx.quotas,
+            Instant::now(),
+        )
+        .map_err(|r| WireError::error(sqlstate_of(r.error.code), r.error.message))?;
+        let tenant = &self.app.tenant;
+        let pool = target.primary.raw_pool_for(tenant);
+        let mut conn = pool.get().await.map_err(|e| {
+            tracing::warn!(shard = %target.id, error = %e, "no server session for a wire client");
+            WireError::error(
+                "57P03",
+                format!("shard {} is unavailable; retry", target.id),
+            )
+        })?;
+        // Injected before the client's statements, in the same write.
+        let mut injected = Vec::new();
+        if conn.conn.map_version != routing.version {
+            let value = claim(
+                &claim_key(&tenant.role_password),
+                conn.conn.cancel.pid,
+                routing.version,
+            );
+            injected.push(format!("SET {CLAIM_SETTING} = '{value}'"));
+            conn.conn.map_version = routing.version;
+        }
+        let dirty = !self.sets.is_empty();
+        if dirty {
+            injected.push(self.sets.join("; "));
+        }
+        if let Some(begin) = self.pending_begin.take() {
+            injected.push(begin);
+        }
+        let mut pending = VecDeque::new();
+        if !injected.is_empty() {
+            let mut out = BytesMut::new();
+            for sql in &injected {
+                // Each its own query, so one failing cannot skip the rest.
+                postgres_protocol::message::frontend::query(sql, &mut out)
+                    .map_err(|e| WireError::error("22023", e.to_string()))?;
+                pending.push_back(Pending {
+                    injected: true,
+                    closed: true,
+                    ..Pending::default()
+                });
+            }
+            if let Err(e) = conn.conn.send(&out).await {
+                return Err(WireError::error(
+                    "57P03",
+                    format!("shard {} is unavailable: {e}", target.id),
+                ));
+            }
+        }
+        self.set_cancel(Some(conn.conn.cancel.clone()));
+        self.attached = Some(Attached {
+            conn,
+            pool,
+            shard: target.id.clone(),
+            status: b'I',
+            pending,
+            dirty,
+            _admission: admission,
+        });
+        Ok(())
+    }
+}
+
+/// The keys one statement names, in precedence order: its comment, the
+/// key columns it compares, its `INSERT` rows.
+pub(super) fn statement_keys(e: &Exec<'_>, key_type: KeyType) -> Vec<String> {
+    if e.sql.contains("shardline.shard_key") {
+        if let Some(k) = comment_key(e.sql) {
+            return vec![k];
+        }
+    }
+    let resolve = |r: &KeyRef| -> Option<String> {
+        match r {
+            KeyRef::Literal(s) => Some(s.clone()),
+            KeyRef::Param(n) => {
+                let (fmt, value) = e.params?.get(n.checked_sub(1)?)?;
+                let v = value.as_ref()?;
+                if *fmt == 0 {
+                    return String::from_utf8(v.to_vec()).ok();
+                }
+                binary_key(v, key_type)
+            }
+        }
+    };
+    if e.analysis.unkeyed {
+        // Some table is read or written without a key: the keys found
+        // do not cover every row the statement needs.
+        return Vec::new();
+    }
+    let mut out: Vec<String> = e.analysis.keys.iter().filter_map(resolve).collect();
+    if out.is_empty() {
+        out = e
+            .analysis
+            .insert_row_keys
+            .iter()
+            .filter_map(resolve)
+            .collect();
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// A binary parameter as key text, by the keyspace's key type.
+pub(super) fn binary_key(v: &[u8], key_type: KeyType) -> Option<String> {
+    match key_type {
+        KeyType::Bigint => match v.len() {
+            8 => Some(i64::from_be_bytes(v.try_into().ok()?).to_string()),
+            4 => Some(i32::from_be_bytes(v.try_into().ok()?).to_string()),
+            2 => Some(i16::from_be_bytes(v.try_into().ok()?).to_string()),
+            _ => None,
+        },
+        KeyType::Text => String::from_utf8(v.to_vec()).ok(),
+        KeyType::Uuid => {
+            if v.len() != 16 {
+                return None;
+            }
+            let h: String = v.iter().map(|b| format!("{b:02x}")).collect();
+            Some(format!(
+                "{}-{}-{}-{}-{}",
+                &h[0..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..32]
+            ))
+        }
+    }
+}
+
+pub(super) fn is_read(k: &Kind) -> bool {
+    matches!(
+        k,
+        Kind::Read | Kind::Begin | Kind::Commit | Kind::Rollback | Kind::SetShardKey { .. }
+    )
+}
+
+/// Whether a statement may leave state in the server session: by its
+/// kind, by what the HTTP path's keyword guard sees in its text
+/// (`set_config`, `DO`, ...), or because the keyspace may hold code that
+/// changes sessions (then every transaction is followed by a reset).
+pub(super) fn changes_session(a: &Analysis, sql: &str, code_possible: bool) -> bool {
+    code_possible
+        || a.parse_error.is_some()
+        || a.parts
+            .iter()
+            .any(|k| matches!(k, Kind::Session | Kind::Other))
+        || crate::classify::may_change_session(sql, false)
+}
+
+pub(super) fn no_key_error() -> WireError {
+    WireError::error("0A000", "this statement names no shard key").with_hint(
+        "compare the table's shard-key column to a value (WHERE key = ...), \
+             add /* shardline.shard_key='...' */, or SET shardline.shard_key = '...'",
+    )
+}
+
+/// A statement that fails with `e`'s SQLSTATE and message.
+pub(super) fn raise_sql(e: &WireError) -> String {
+    let q = |s: &str| s.replace('\'', "''");
+    let hint = e
+        .hint
+        .as_deref()
+        .map(|h| format!(", HINT = '{}'", q(h)))
+        .unwrap_or_default();
+    format!(
+        "DO $shardline$BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = '{}'{hint}; END$shardline$",
+        e.code,
+        q(&e.message)
+    )
+}
+
+/// The SQLSTATE of one of the router's own error codes.
+pub fn sqlstate_of(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::InvalidShardKey => "22023",
+        ErrorCode::NotFound => "3D000",
+        ErrorCode::Forbidden => "42501",
+        ErrorCode::Unauthorized => "28000",
+        ErrorCode::RateLimited | ErrorCode::ConcurrencyLimited => "53300",
+        ErrorCode::Unavailable | ErrorCode::ShardUnavailable => "57P03",
+        ErrorCode::InvalidRequest | ErrorCode::InvalidParameter => "22023",
+        ErrorCode::StatementFailed => "XX000",
+        ErrorCode::ConstraintViolation => "23000",
+        ErrorCode::TransactionConflict => "40001",
+        ErrorCode::MethodNotAllowed => "0A000",
+        ErrorCode::Conflict => "55000",
+        ErrorCode::PayloadTooLarge => "54000",
+        ErrorCode::QuotaExceeded => "53400",
+        ErrorCode::Timeout => "57014",
+        ErrorCode::Internal => "XX000",
+    }
+}
