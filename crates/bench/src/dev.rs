@@ -37,6 +37,8 @@ pub fn start_dev(bin: &Path, args: &[&str]) -> anyhow::Result<(Dev, Value)> {
             "127.0.0.1:0",
             "--manager-listen",
             "127.0.0.1:0",
+            "--pg-listen",
+            "127.0.0.1:0",
         ])
         .args(args)
         .arg("--data-dir")

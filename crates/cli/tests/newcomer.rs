@@ -115,6 +115,8 @@ fn unreachable_data_dir_is_refused_before_initdb() {
             "127.0.0.1:0",
             "--manager-listen",
             "127.0.0.1:0",
+            "--pg-listen",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(&data_dir)

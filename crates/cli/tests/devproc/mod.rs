@@ -21,6 +21,8 @@ pub fn start_dev(dir: &Path, args: &[&str]) -> Child {
             "127.0.0.1:0",
             "--manager-listen",
             "127.0.0.1:0",
+            "--pg-listen",
+            "127.0.0.1:0",
         ])
         .args(args)
         .arg("--data-dir")

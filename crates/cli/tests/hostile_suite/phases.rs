@@ -410,7 +410,7 @@ pub async fn superuser_controls(s: &mut Suite) {
         .find(|a| a.name == "terminate beta's session")
         .expect("the terminate attack");
     let got = send(&s.client(Who::Superuser), &s.key, &terminate.send).await;
-    let mut effects = victim.effects(&s.view().admin).await;
+    let mut effects = victim.expected_effects(&s.view().admin).await;
     effects.extend(s.effects().await);
     let v = judge(&terminate.expect, &got, &s.secrets, &effects);
     superuser_control(
