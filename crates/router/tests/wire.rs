@@ -692,3 +692,70 @@ async fn both_tokens_log_in_during_a_rotation() -> anyhow::Result<()> {
     assert_eq!(err.as_db_error().map(|e| e.code().code()), Some("28P01"));
     Ok(())
 }
+
+#[tokio::test]
+async fn malformed_openings_get_an_error_and_the_router_goes_on() -> anyhow::Result<()> {
+    use rand::{Rng, SeedableRng};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A panic in a connection's task would only drop that connection:
+    // counted here (nextest runs each test in a process of its own).
+    static PANICS: AtomicUsize = AtomicUsize::new(0);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, Ordering::SeqCst);
+        previous(info);
+    }));
+    let stack = Stack::start().await?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut cases: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0, 0, 0, 0],
+        vec![0xff, 0xff, 0xff, 0xff, 0, 3, 0, 0],
+        // A startup packet claiming 1 GiB.
+        vec![0x40, 0, 0, 0, 0, 3, 0, 0],
+        // Protocol 9.9.
+        vec![0, 0, 0, 8, 0, 9, 0, 9],
+        // A startup packet whose parameters do not end.
+        [&[0u8, 0, 0, 16, 0, 3, 0, 0][..], b"user\0ab"].concat(),
+        // SSLRequest, then garbage.
+        [
+            &[0u8, 0, 0, 8, 4, 0xd2, 0x16, 0x2f][..],
+            b"\x16\x03\x01garbage",
+        ]
+        .concat(),
+        // A short cancel request.
+        vec![0, 0, 0, 12, 4, 0xd2, 0x16, 0x2e, 0, 0, 0, 1],
+    ];
+    for _ in 0..100 {
+        let n = rng.random_range(1..64);
+        cases.push((0..n).map(|_| rng.random()).collect());
+    }
+    for bytes in &cases {
+        let mut s = tokio::net::TcpStream::connect(stack.addr).await?;
+        let _ = s.write_all(bytes).await;
+        let _ = s.shutdown().await;
+        let mut buf = Vec::new();
+        // Bounded: the router answers or closes; it never hangs on us.
+        let read = tokio::time::timeout(Duration::from_secs(12), s.read_to_end(&mut buf)).await;
+        assert!(
+            read.is_ok(),
+            "the router neither answered nor closed for {bytes:?}"
+        );
+        if let Some(&tag) = buf.first() {
+            assert!(
+                matches!(tag, b'E' | b'N' | b'R'),
+                "{bytes:?} got {:?}",
+                String::from_utf8_lossy(&buf)
+            );
+        }
+    }
+    // A real client still gets in.
+    stack.client().await?.simple_query("SELECT 1").await?;
+    assert_eq!(
+        PANICS.load(Ordering::SeqCst),
+        0,
+        "a connection's task panicked"
+    );
+    Ok(())
+}
