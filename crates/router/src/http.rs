@@ -89,7 +89,7 @@ impl FromRequestParts<Arc<RouterState>> for Authenticated {
             st.ctx
                 .metrics
                 .anonymous()
-                .request("", endpoint, "", e.code.as_str());
+                .request("http", "", endpoint, "", e.code.as_str());
             return Err(ErrorResponse(e));
         }
         let routing = st.routing.get();
@@ -121,7 +121,7 @@ fn refused(ctx: &RouterContext, endpoint: &'static str, rej: Rejection) -> Error
         None => (ctx.metrics.anonymous(), ""),
     };
     pm.rejected(rej.reason.as_str());
-    pm.request(keyspace, endpoint, "", rej.error.code.as_str());
+    pm.request("http", keyspace, endpoint, "", rej.error.code.as_str());
     ErrorResponse(rej.error)
 }
 
@@ -253,7 +253,13 @@ where
     };
     let pm = &obs.app.metrics;
     pm.duration(&obs.shard, started.elapsed().as_secs_f64());
-    pm.request(&obs.app.tenant.keyspace, obs.endpoint, &obs.shard, outcome);
+    pm.request(
+        "http",
+        &obs.app.tenant.keyspace,
+        obs.endpoint,
+        &obs.shard,
+        outcome,
+    );
     res.map_err(|mut e| {
         if e.shard.is_none() && !obs.shard.is_empty() {
             e.shard = Some(std::mem::take(&mut obs.shard));

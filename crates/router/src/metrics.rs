@@ -27,7 +27,7 @@ pub const OTHER: &str = "_other";
 #[derive(Clone)]
 pub struct RouterMetrics {
     pub registry: Registry,
-    /// `router_requests_total{tenant,app,keyspace,endpoint,shard,outcome}`.
+    /// `router_requests_total{tenant,app,keyspace,endpoint,shard,outcome,protocol}`.
     pub requests: CounterVec,
     /// `router_request_duration_seconds{tenant,app,shard}`.
     pub duration: HistogramVec,
@@ -61,8 +61,8 @@ impl RouterMetrics {
         let registry = Registry::new();
         let requests = registry.counter(
             "router_requests_total",
-            "Requests answered, by tenant, app, keyspace, endpoint, shard and outcome (ok or error code).",
-            &["tenant", "app", "keyspace", "endpoint", "shard", "outcome"],
+            "Requests answered, by tenant, app, keyspace, endpoint, shard, outcome (ok or error code) and protocol (http or postgres).",
+            &["tenant", "app", "keyspace", "endpoint", "shard", "outcome", "protocol"],
         );
         let duration = registry.histogram(
             "router_request_duration_seconds",
@@ -220,6 +220,7 @@ pub struct PairMetrics {
 }
 
 struct RequestSeries {
+    protocol: &'static str,
     keyspace: String,
     endpoint: &'static str,
     shard: String,
@@ -266,17 +267,19 @@ impl PairMetrics {
         &self.app
     }
 
-    /// Counts one answered request. `keyspace` and `shard` must come
-    /// from the catalog (or be empty).
+    /// Counts one answered request (`protocol`: `http` or `postgres`).
+    /// `keyspace` and `shard` must come from the catalog (or be empty).
     pub fn request(
         &self,
+        protocol: &'static str,
         keyspace: &str,
         endpoint: &'static str,
         shard: &str,
         outcome: &'static str,
     ) {
         let matches = |s: &RequestSeries| {
-            s.endpoint == endpoint
+            s.protocol == protocol
+                && s.endpoint == endpoint
                 && s.outcome == outcome
                 && s.shard == shard
                 && s.keyspace == keyspace
@@ -297,9 +300,11 @@ impl PairMetrics {
             endpoint,
             shard,
             outcome,
+            protocol,
         ]);
         counter.inc();
         all.push(RequestSeries {
+            protocol,
             keyspace: keyspace.to_string(),
             endpoint,
             shard: shard.to_string(),
@@ -351,9 +356,15 @@ impl PairMetrics {
     fn remove_series(&self) {
         let (t, a) = (self.tenant.as_str(), self.app.as_str());
         for s in write(&self.requests).drain(..) {
-            self.families
-                .requests
-                .remove(&[t, a, &s.keyspace, s.endpoint, &s.shard, s.outcome]);
+            self.families.requests.remove(&[
+                t,
+                a,
+                &s.keyspace,
+                s.endpoint,
+                &s.shard,
+                s.outcome,
+                s.protocol,
+            ]);
         }
         for (shard, _) in write(&self.durations).drain(..) {
             self.families.duration.remove(&[t, a, &shard]);
@@ -402,14 +413,14 @@ mod tests {
         let again = m.assign_labels(&apps);
         assert!(Arc::ptr_eq(&labels["a1"], &again["a1"]));
 
-        labels["a1"].request("ks", "execute", "s1", "ok");
-        labels["a1"].request("ks", "execute", "s1", "ok");
+        labels["a1"].request("http", "ks", "execute", "s1", "ok");
+        labels["a1"].request("http", "ks", "execute", "s1", "ok");
         labels["a1"].duration("s1", 0.001);
         labels["a1"].rejected("rate_limited");
         labels["a3"].rejected("rate_limited");
         let text = m.registry.render();
         assert!(text.contains(
-            r#"router_requests_total{tenant="t1",app="a1",keyspace="ks",endpoint="execute",shard="s1",outcome="ok"} 2"#
+            r#"router_requests_total{tenant="t1",app="a1",keyspace="ks",endpoint="execute",shard="s1",outcome="ok",protocol="http"} 2"#
         ), "{text}");
         assert!(text.contains(
             r#"router_rejected_requests_total{tenant="_other",app="_other",reason="rate_limited"} 1"#
@@ -428,7 +439,7 @@ mod tests {
     fn an_app_moving_tenant_gets_new_labels() {
         let m = RouterMetrics::new(10);
         let first = m.assign_labels(&catalog_apps(&[("a", "t1")]));
-        first["a"].request("", "route", "", "unauthorized");
+        first["a"].request("http", "", "route", "", "unauthorized");
         let second = m.assign_labels(&catalog_apps(&[("a", "t2")]));
         assert_eq!(second["a"].tenant(), "t2");
         assert!(!m.registry.render().contains(r#"tenant="t1""#));

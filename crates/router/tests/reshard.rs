@@ -236,7 +236,7 @@ async fn requests_for_a_frozen_range_wait_for_the_new_owner() -> anyhow::Result<
     assert_eq!(held(&served, "s1", "resumed").await?, 1);
     let text = http(served.addr, "GET", "/metrics", None, None).await?.2;
     assert!(
-        text.contains(r#"endpoint="execute",shard="s2",outcome="ok"}"#),
+        text.contains(r#"endpoint="execute",shard="s2",outcome="ok",protocol="http"}"#),
         "the request is counted on the shard that served it: {text}"
     );
     stop(served).await

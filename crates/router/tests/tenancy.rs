@@ -352,7 +352,7 @@ async fn http_api_enforces_tenants_and_quotas() -> anyhow::Result<()> {
     let (status, _, metrics) = http(addr, "GET", "/metrics", None, None).await?;
     assert_eq!(status, 200);
     for expected in [
-        r#"router_requests_total{tenant="acme",app="a1",keyspace="shared",endpoint="execute",shard="s1",outcome="ok"} 1"#,
+        r#"router_requests_total{tenant="acme",app="a1",keyspace="shared",endpoint="execute",shard="s1",outcome="ok",protocol="http"} 1"#,
         r#"router_rejected_requests_total{tenant="acme",app="a2",reason="rate_limited"} 1"#,
         r#"router_rejected_requests_total{tenant="acme",app="a1",reason="forbidden_key_prefix"} 1"#,
         r#"router_rejected_requests_total{tenant="acme",app="a1",reason="forbidden_keyspace"} 1"#,

@@ -44,6 +44,7 @@ struct Stack {
     shards: Vec<PgCluster>,
     addr: SocketAddr,
     routing: Arc<RoutingCell>,
+    ctx: Arc<RouterContext>,
     stop: CancellationToken,
 }
 
@@ -87,6 +88,7 @@ impl Stack {
             shards,
             addr,
             routing,
+            ctx,
             stop,
         })
     }
@@ -255,6 +257,16 @@ async fn keyed_statements_reach_their_shard_over_tokio_postgres() -> anyhow::Res
     // Simple protocol: literals give the key.
     c.batch_execute(&format!("UPDATE items SET v = 'y' WHERE id = {b}"))
         .await?;
+    // Counted with the protocol label, by the shard that ran them.
+    let text = stack.ctx.metrics.registry.render();
+    let b_shard = format!("s{}", stack.shard_of(b) + 1);
+    assert!(
+        text.lines().any(|l| l.starts_with("router_requests_total{")
+            && l.contains(r#"app="web""#)
+            && l.contains(&format!(r#"shard="{b_shard}""#))
+            && l.contains(r#"outcome="ok",protocol="postgres""#)),
+        "{text}"
+    );
     let d = stack.direct(stack.shard_of(b)).await?;
     let v: String = d
         .query_one("SELECT v FROM items WHERE id = $1", &[&b])

@@ -14,6 +14,16 @@ use crate::wire::codec::{self, WireError};
 use crate::wire::fanout;
 
 impl Session {
+    /// Counts a fan-out in `router_requests_total` (shard label empty:
+    /// every shard ran it).
+    fn count_fan_out(&self, frames: &[Frame]) {
+        let failed = frames.iter().any(|f| f.tag == b'E');
+        let outcome = if failed { "statement_failed" } else { "ok" };
+        self.app
+            .metrics
+            .request("postgres", &self.keyspace, "fanout", "", outcome);
+    }
+
     /// Runs a keyless read on every shard and answers the merged rows.
     pub(super) async fn fan_out(
         &mut self,
@@ -40,6 +50,7 @@ impl Session {
         let routing = self.shared.routing.get();
         match fanout::run(&routing, &self.keyspace, &self.app.tenant, sql, spec).await {
             Ok(frames) => {
+                self.count_fan_out(&frames);
                 for f in &frames {
                     self.io.queue(f);
                 }
@@ -91,6 +102,7 @@ impl Session {
             Ok(ext) => ext,
             Err(e) => return self.refuse_batch(e, true).await,
         };
+        self.count_fan_out(&ext.result);
         let mut failed = false;
         for f in batch {
             if failed && f.tag != b'S' {

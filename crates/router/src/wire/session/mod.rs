@@ -118,6 +118,8 @@ struct Pending {
     failed: bool,
     /// Ended by `Sync` or a simple query (a `ReadyForQuery` will come).
     closed: bool,
+    /// When the client's exchange was sent (for its duration metric).
+    started: Option<std::time::Instant>,
 }
 
 enum Rewrite {
@@ -324,6 +326,9 @@ impl Session {
     /// Sends the router's own error; with `ready`, `ReadyForQuery`
     /// after it.
     async fn answer_error(&mut self, e: WireError, ready: bool) -> Result<(), SessionEnd> {
+        self.app
+            .metrics
+            .request("postgres", &self.keyspace, "statement", "", "refused");
         if self.pending_begin.is_some() && self.attached.is_none() {
             self.local_failed = true;
         }
@@ -391,6 +396,7 @@ impl Session {
         };
         let mut pending = Pending {
             closed: true,
+            started: Some(std::time::Instant::now()),
             ..Pending::default()
         };
         self.track_sets(&analysis, &sql, &mut pending);
@@ -494,6 +500,7 @@ impl Session {
                 postgres_protocol::message::frontend::query(&sql, &mut out)?;
                 a.pending.push_back(Pending {
                     closed: true,
+                    started: Some(std::time::Instant::now()),
                     ..Pending::default()
                 });
                 a.conn.conn.send(&out).await?;
@@ -603,7 +610,10 @@ impl Session {
             .collect();
         let choice = self.choose(&execs);
         let read = parts.iter().all(is_read);
-        let mut pending = Pending::default();
+        let mut pending = Pending {
+            started: Some(std::time::Instant::now()),
+            ..Pending::default()
+        };
         let mut dirty = false;
         let code_possible = self.code_possible();
         for r in &runs {

@@ -121,6 +121,16 @@ impl Session {
                         a.status = fr.body.first().copied().unwrap_or(b'I');
                     }
                     if let Some(done) = a.pending.pop_front() {
+                        let m = &self.app.metrics;
+                        let outcome = if done.failed {
+                            "statement_failed"
+                        } else {
+                            "ok"
+                        };
+                        m.request("postgres", &self.keyspace, "statement", &a.shard, outcome);
+                        if let Some(t) = done.started {
+                            m.duration(&a.shard, t.elapsed().as_secs_f64());
+                        }
                         if !done.failed {
                             if done.clears_sets {
                                 self.sets.clear();
