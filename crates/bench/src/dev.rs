@@ -172,24 +172,36 @@ fn ready(port: u16) -> bool {
 
 /// CPU time (user + system) a process has used, in microseconds.
 pub fn cpu_micros(pid: u32) -> u64 {
+    stat_micros(pid, false)
+}
+
+/// `cpu_micros`, plus the CPU of its children that have exited and
+/// been waited for (`cutime` + `cstime`).
+fn stat_micros(pid: u32, with_reaped: bool) -> u64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0;
     };
     // Fields after the parenthesised command name; utime and stime are
-    // the 14th and 15th fields of the whole line.
+    // the 14th and 15th fields of the whole line, cutime and cstime the
+    // 16th and 17th.
     let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
         return 0;
     };
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let mut ticks = field(11) + field(12);
+    if with_reaped {
+        ticks += field(13) + field(14);
+    }
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     ticks * 1_000_000 / hz
 }
 
 /// CPU time of a PostgreSQL server: the postmaster (pid from the first
-/// line of `postmaster.pid` in `data_dir`) and every process it started.
+/// line of `postmaster.pid` in `data_dir`), every process it started
+/// that is alive, and those that exited (backends of clients that
+/// disconnected: the postmaster waited for them).
 pub fn pg_cpu_micros(data_dir: &Path) -> u64 {
     let Some(pm) = std::fs::read_to_string(data_dir.join("postmaster.pid"))
         .ok()
@@ -197,7 +209,7 @@ pub fn pg_cpu_micros(data_dir: &Path) -> u64 {
     else {
         return 0;
     };
-    let mut total = cpu_micros(pm);
+    let mut total = stat_micros(pm, true);
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for e in entries.flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {

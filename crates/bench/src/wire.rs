@@ -1,7 +1,8 @@
 //! `pgbench` over the PostgreSQL protocol three ways, interleaved in one
 //! run: straight to PostgreSQL, through PgBouncer (transaction pooling),
 //! and through a shardline router process (`pg_listen`), all ending at
-//! the same PostgreSQL server (`shardline dev --shards 1`). Each round
+//! the same PostgreSQL server: the one shard of a dedicated tenant with
+//! bigint keys (pgbench's keys are integers), on `shardline dev`'s spare. Each round
 //! runs one phase per path, the order rotating; the figures are medians
 //! over rounds, and CPU per transaction of the proxy process (from
 //! `/proc/PID/stat`) and of PostgreSQL (the postmaster and its children).
@@ -16,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::Value;
-use shardline_api::manager::TableSpec;
+use shardline_api::manager::{CreateAppRequest, CreateTenantRequest, TableSpec};
+use shardline_core::KeyType;
 
 use crate::dev::{cpu_micros, pg_cpu_micros};
 use crate::execute::median;
@@ -45,13 +47,23 @@ pub struct WireArgs {
     pub shardline: Option<PathBuf>,
 }
 
-/// PgBouncer, stopped on drop.
+/// The benchmark's tenant and app.
+const BENCH: &str = "bench";
+
+/// PgBouncer (a child of `runuser`), stopped on drop.
 struct Bouncer {
     child: Child,
+    pid: Option<u32>,
 }
 
 impl Drop for Bouncer {
     fn drop(&mut self) {
+        if let Some(pid) = self.pid {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGTERM);
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -114,19 +126,28 @@ fn start_bouncer(dir: &Path, dsn: &str, db: &str, pool: usize) -> anyhow::Result
         .stderr(Stdio::null())
         .spawn()
         .context("start pgbouncer (apt-get install pgbouncer)")?;
-    let b = Bouncer { child };
+    let mut b = Bouncer { child, pid: None };
     wait_port(port, "pgbouncer")?;
+    b.pid = child_named(b.child.id(), "pgbouncer");
     Ok((b, port))
 }
 
-/// The pid of the process listening on 127.0.0.1:`port` whose command
-/// is `name` (runuser's child).
-fn pid_of(name: &str) -> Option<u32> {
+/// The pid of `parent`'s child process whose command is `name`.
+fn child_named(parent: u32, name: &str) -> Option<u32> {
     for e in std::fs::read_dir("/proc").ok()?.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
-        if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name) {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 2..].split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent)
+            && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name)
+        {
             return Some(pid);
         }
     }
@@ -173,7 +194,7 @@ fn pgbench(args: &WireArgs, url: &str) -> anyhow::Result<Phase> {
 
 pub fn run(args: WireArgs) -> anyhow::Result<()> {
     let bin = crate::dev::shardline_bin(&args.shardline)?;
-    let (dev, info) = crate::dev::start_dev(&bin, &["--shards", "1", "--spare-shards", "0"])?;
+    let (dev, info) = crate::dev::start_dev(&bin, &["--shards", "1", "--spare-shards", "1"])?;
     let pg_port = free_port()?;
     let router = crate::dev::start_router(
         &bin,
@@ -187,17 +208,17 @@ pub fn run(args: WireArgs) -> anyhow::Result<()> {
     wait_port(pg_port, "the router's PostgreSQL listener")?;
     let shard = info["shards"]
         .as_array()
-        .and_then(|a| a.first())
-        .context("dev.json has no shard")?;
+        .and_then(|a| a.iter().find(|s| s["id"] == "spare-0"))
+        .context("dev.json has no spare-0")?;
     let dsn = shard["dsn"].as_str().context("dsn")?.to_string();
     let data_dir = PathBuf::from(shard["data_dir"].as_str().context("data_dir")?);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let pg_name = rt.block_on(prepare(&info, &dsn, args.scale))?;
+    let (pg_name, keyspace, token) = rt.block_on(prepare(&info, &dsn, args.scale))?;
     let dir = std::env::temp_dir().join(format!("shardline-bench-{}-bouncer", std::process::id()));
     let (bouncer, bouncer_port) = start_bouncer(&dir, &dsn, &pg_name, args.clients)?;
-    let bouncer_pid = pid_of("pgbouncer").context("pgbouncer's pid")?;
+    let bouncer_pid = bouncer.pid.context("pgbouncer's pid")?;
     let password = dsn_field(&dsn, "password").unwrap_or("");
     let pg = dsn_field(&dsn, "port").context("port")?;
     let paths: [(&str, String, Option<u32>); 3] = [
@@ -213,10 +234,7 @@ pub fn run(args: WireArgs) -> anyhow::Result<()> {
         ),
         (
             "shardline",
-            format!(
-                "postgresql://default:{}@127.0.0.1:{pg_port}/default",
-                info["app_token"].as_str().context("app_token")?
-            ),
+            format!("postgresql://{BENCH}:{token}@127.0.0.1:{pg_port}/{keyspace}"),
             Some(router.pid()),
         ),
     ];
@@ -288,16 +306,37 @@ pub fn run(args: WireArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Loads pgbench's tables into the default tenant's database and schema
+/// Makes tenant `bench` (dedicated, bigint keys, on the spare shard)
+/// and its app, loads pgbench's tables into its database and schema
 /// (owned by its role, so both the superuser paths and the router's see
 /// them), makes them the superuser's search path there, and declares
-/// their shard-key columns; returns the tenant's PostgreSQL name.
-async fn prepare(info: &Value, dsn: &str, scale: u32) -> anyhow::Result<String> {
+/// their shard-key columns; returns the tenant's PostgreSQL name, its
+/// keyspace and the app's token.
+async fn prepare(info: &Value, dsn: &str, scale: u32) -> anyhow::Result<(String, String, String)> {
     let manager = shardline_client::ManagerClient::new(
         info["manager_url"].as_str().context("manager_url")?,
         info["admin_token"].as_str().map(str::to_string),
     )?;
-    let pg_name = manager.get_tenant("default").await?.pg_name;
+    let tenant = manager
+        .create_tenant(&CreateTenantRequest {
+            id: BENCH.into(),
+            dedicated: true,
+            shards: Some(1),
+            key_type: KeyType::Bigint,
+            ..CreateTenantRequest::default()
+        })
+        .await
+        .context("create tenant bench")?;
+    let token = manager
+        .create_app(&CreateAppRequest {
+            name: BENCH.into(),
+            tenant: Some(BENCH.into()),
+            ..CreateAppRequest::default()
+        })
+        .await
+        .context("create the bench app")?
+        .token;
+    let pg_name = tenant.pg_name;
     let url = format!(
         "postgresql://postgres:{}@127.0.0.1:{}/{pg_name}",
         dsn_field(dsn, "password").unwrap_or(""),
@@ -314,6 +353,7 @@ async fn prepare(info: &Value, dsn: &str, scale: u32) -> anyhow::Result<String> 
         .args(["-i", "-q", "-s", &scale.to_string()])
         .arg(&url)
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .status()
         .context("run pgbench -i")?;
     if !status.success() {
@@ -329,7 +369,7 @@ async fn prepare(info: &Value, dsn: &str, scale: u32) -> anyhow::Result<String> 
             .await?;
         manager
             .set_table(
-                "default",
+                &tenant.keyspace,
                 table,
                 &TableSpec {
                     shard_key: key.to_string(),
@@ -339,5 +379,5 @@ async fn prepare(info: &Value, dsn: &str, scale: u32) -> anyhow::Result<String> 
     }
     // The router follows the catalog: give it a moment to have the keys.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    Ok(pg_name)
+    Ok((pg_name, tenant.keyspace, token))
 }
