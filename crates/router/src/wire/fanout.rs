@@ -114,18 +114,29 @@ pub async fn run(
     let mut out = BytesMut::new();
     postgres_protocol::message::frontend::query(sql, &mut out)
         .map_err(|e| WireError::error("22023", e.to_string()))?;
-    let out = out.freeze();
-    let pools = pools(routing, keyspace, tenant)?;
+    let all = match ask_all(pools(routing, keyspace, tenant)?, out.freeze()).await? {
+        Ok(all) => all,
+        Err(error) => return Ok(vec![error]),
+    };
+    merge(all, spec)
+}
+
+/// Sends `out` to every pool's shard at once: every answer, or the
+/// first shard error (an `ErrorResponse`).
+async fn ask_all(
+    pools: Vec<crate::pg::rawpool::RawPool>,
+    out: Bytes,
+) -> Result<Result<Vec<Answer>, Frame>, WireError> {
     let answers = join_all(pools.into_iter().map(|pool| ask(pool, out.clone()))).await;
     let mut all = Vec::with_capacity(answers.len());
     for a in answers {
         let a = a?;
         if let Some(e) = a.error {
-            return Ok(vec![e]);
+            return Ok(Err(e));
         }
         all.push(a);
     }
-    merge(all, spec)
+    Ok(Ok(all))
 }
 
 /// Runs one bound statement (extended protocol: the query and parameter
@@ -150,22 +161,17 @@ pub async fn run_extended(
     exec.put_i32(0);
     Frame::new(b'E', exec.freeze()).encode(&mut out);
     Frame::new(b'S', Bytes::new()).encode(&mut out);
-    let out = out.freeze();
-    let pools = pools(routing, keyspace, tenant)?;
-    let answers = join_all(pools.into_iter().map(|pool| ask(pool, out.clone()))).await;
-    let mut all = Vec::with_capacity(answers.len());
-    for a in answers {
-        let a = a?;
-        if let Some(e) = a.error {
+    let all = match ask_all(pools(routing, keyspace, tenant)?, out.freeze()).await? {
+        Ok(all) => all,
+        Err(error) => {
             return Ok(Extended {
                 parameters: None,
                 statement: None,
                 portal: None,
-                result: vec![e],
-            });
+                result: vec![error],
+            })
         }
-        all.push(a);
-    }
+    };
     let parameters = all.first().and_then(|a| a.parameters.clone());
     let statement = all.first().and_then(|a| a.statement.clone());
     let portal = all.iter().find_map(|a| a.description.clone());

@@ -7,9 +7,9 @@ use shardline_api::router::ShardKeyValue;
 
 use super::route::{no_key_error, sqlstate_of};
 use super::{Run, Session, SessionEnd};
-use crate::auth::admit_app;
+use crate::auth::{admit_app, Admission};
 use crate::pg::frame::Frame;
-use crate::wire::analyze::Analysis;
+use crate::wire::analyze::{Analysis, FanOut};
 use crate::wire::codec::{self, WireError};
 use crate::wire::fanout;
 
@@ -24,29 +24,36 @@ impl Session {
             .request("postgres", &self.keyspace, "fanout", "", outcome);
     }
 
-    /// Runs a keyless read on every shard and answers the merged rows.
-    pub(super) async fn fan_out(
-        &mut self,
-        sql: &str,
-        analysis: &Analysis,
-    ) -> Result<(), SessionEnd> {
-        let Some(spec) = analysis.fanout.as_ref() else {
-            return self.refuse(no_key_error(), true).await;
-        };
-        if let Err(e) = fanout::check(spec) {
-            return self.refuse(e, true).await;
-        }
+    /// The merge shape of a keyless read, once it may run: it has one,
+    /// the merge can do it, and the app's quotas let it in (the fan-out
+    /// counts as one request in flight while the admission is held).
+    fn admit_fan_out<'a>(
+        &self,
+        analysis: &'a Analysis,
+    ) -> Result<(&'a FanOut, Admission), WireError> {
+        let spec = analysis.fanout.as_ref().ok_or_else(no_key_error)?;
+        fanout::check(spec)?;
         let admission = admit_app(
             &self.app,
             Some(&self.keyspace),
             &ShardKeyValue::Text(self.app.key_prefix.clone().unwrap_or_default()),
             &self.shared.ctx.quotas,
             Instant::now(),
-        );
-        if let Err(r) = admission {
-            let e = WireError::error(sqlstate_of(r.error.code), r.error.message);
-            return self.refuse(e, true).await;
-        }
+        )
+        .map_err(|r| WireError::error(sqlstate_of(r.error.code), r.error.message))?;
+        Ok((spec, admission))
+    }
+
+    /// Runs a keyless read on every shard and answers the merged rows.
+    pub(super) async fn fan_out(
+        &mut self,
+        sql: &str,
+        analysis: &Analysis,
+    ) -> Result<(), SessionEnd> {
+        let (spec, _admission) = match self.admit_fan_out(analysis) {
+            Ok(admitted) => admitted,
+            Err(e) => return self.refuse(e, true).await,
+        };
         let routing = self.shared.routing.get();
         match fanout::run(&routing, &self.keyspace, &self.app.tenant, sql, spec).await {
             Ok(frames) => {
@@ -70,23 +77,10 @@ impl Session {
         batch: &[Frame],
         run: &Run,
     ) -> Result<(), SessionEnd> {
-        let Some(spec) = run.analysis.fanout.as_ref() else {
-            return self.refuse_batch(no_key_error(), true).await;
+        let (spec, _admission) = match self.admit_fan_out(&run.analysis) {
+            Ok(admitted) => admitted,
+            Err(e) => return self.refuse_batch(e, true).await,
         };
-        if let Err(e) = fanout::check(spec) {
-            return self.refuse_batch(e, true).await;
-        }
-        let admission = admit_app(
-            &self.app,
-            Some(&self.keyspace),
-            &ShardKeyValue::Text(self.app.key_prefix.clone().unwrap_or_default()),
-            &self.shared.ctx.quotas,
-            Instant::now(),
-        );
-        if let Err(r) = admission {
-            let e = WireError::error(sqlstate_of(r.error.code), r.error.message);
-            return self.refuse_batch(e, true).await;
-        }
         let routing = self.shared.routing.get();
         let ext = match fanout::run_extended(
             &routing,
