@@ -771,3 +771,24 @@ async fn malformed_openings_get_an_error_and_the_router_goes_on() -> anyhow::Res
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn sqlalchemy_orm_through_the_router() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let (a, b) = keys_on_both(&stack);
+    let mut cmd = Command::new("python3");
+    cmd.arg("wire_orm.py")
+        .env("SHARDLINE_URL", stack.url(TOKEN));
+    client_env(&stack, &mut cmd, a, b);
+    let out = tokio::task::spawn_blocking(move || run(&mut cmd))
+        .await?
+        .map_err(|e| anyhow::anyhow!("{e}\n(pip install sqlalchemy)"))?;
+    assert!(out.contains("sqlalchemy ok"), "{out}");
+    let d = stack.direct(stack.shard_of(a)).await?;
+    let v: String = d
+        .query_one("SELECT v FROM items WHERE id = $1", &[&a])
+        .await?
+        .get(0);
+    assert_eq!(v, "orm2");
+    Ok(())
+}

@@ -20,6 +20,13 @@ use crate::wire::codec::WireError;
 impl Session {
     /// Where statements go (see the module docs).
     pub(super) fn choose(&self, execs: &[Exec<'_>]) -> Result<Choice, WireError> {
+        if self.local_failed {
+            // A transaction the router failed before any server took part.
+            return Err(WireError::error(
+                "25P02",
+                "current transaction is aborted, commands ignored until end of transaction block",
+            ));
+        }
         let routing = self.shared.routing.get();
         let ks = routing.keyspaces.get(&self.keyspace).ok_or_else(|| {
             WireError::error("3D000", format!("keyspace \"{}\" is gone", self.keyspace))
@@ -75,9 +82,11 @@ impl Session {
             }),
             (None, Some(_)) => Ok(Choice::Here),
             (None, None) if keyless_data => match execs {
-                [e] if self.pending_begin.is_none()
-                    && e.analysis.kind == Kind::Read
-                    && e.analysis.fanout.is_some() =>
+                // Also in a transaction no server has joined yet (drivers
+                // that are not in autocommit open one before every
+                // statement): the read leaves it unpinned, each shard
+                // reading in its own snapshot, as it would outside one.
+                [e] if e.analysis.kind == Kind::Read && e.analysis.fanout.is_some() =>
                 {
                     Ok(Choice::FanOut)
                 }
