@@ -31,19 +31,6 @@ pub enum RawPoolError {
     Server(#[from] ServerError),
 }
 
-impl RawPoolError {
-    /// Whether nothing reached the server (the request may go elsewhere
-    /// or wait): every variant, since a failed login runs no statement.
-    pub fn nothing_sent(&self) -> bool {
-        match self {
-            RawPoolError::Timeout(_)
-            | RawPoolError::Closed
-            | RawPoolError::BudgetExhausted(_)
-            | RawPoolError::Server(_) => true,
-        }
-    }
-}
-
 /// Settings of a raw pool.
 #[derive(Debug, Clone)]
 pub struct RawPoolConfig {
@@ -198,10 +185,5 @@ impl RawPool {
 
     pub fn is_closed(&self) -> bool {
         self.inner.closed.load(Ordering::Acquire)
-    }
-
-    /// Idle sessions now.
-    pub fn idle_count(&self) -> usize {
-        self.inner.idle().len()
     }
 }

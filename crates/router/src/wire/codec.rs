@@ -95,11 +95,6 @@ impl ClientIo {
         read_frame(&mut self.stream, &mut self.rbuf).await
     }
 
-    /// Whether a whole message is buffered already.
-    pub fn has_buffered_message(&mut self) -> bool {
-        peek_complete(&self.rbuf)
-    }
-
     /// Queues a message for the next [`flush`](Self::flush).
     pub fn queue(&mut self, f: &Frame) {
         f.encode(&mut self.wbuf);

@@ -23,7 +23,6 @@ use super::codec::{self, WireError};
 use super::messages::{self, Bind, Parse};
 use crate::auth::TenantAuth;
 use crate::pg::frame::{put_cstr, Fields, Frame};
-use crate::pg::server::error_field;
 use crate::state::Routing;
 
 /// One shard's answer.
@@ -554,11 +553,6 @@ fn compare(a: &Bytes, b: &Bytes, numeric: bool) -> Ordering {
         }
     }
     a.cmp(b)
-}
-
-/// The SQLSTATE of an `ErrorResponse` frame, for logs.
-pub fn sqlstate(f: &Frame) -> Option<String> {
-    error_field(&f.body, b'C')
 }
 
 #[cfg(test)]

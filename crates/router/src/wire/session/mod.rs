@@ -426,9 +426,6 @@ impl Session {
             )
         });
         if !local || (self.local_failed && !matches!(parts, [Kind::Commit | Kind::Rollback])) {
-            if self.local_failed {
-                return None;
-            }
             return None;
         }
         let mut tags = Vec::new();
