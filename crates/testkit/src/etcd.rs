@@ -20,6 +20,10 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Tries with fresh ports when the first pick is taken meanwhile.
 const PORT_ATTEMPTS: usize = 3;
+/// How often and how many times [`EtcdServer::pause`] looks for etcd's
+/// threads to have stopped.
+const STOP_POLL: Duration = Duration::from_millis(5);
+const STOP_POLLS: u32 = 400;
 
 /// A running (or killed) single-member etcd.
 pub struct EtcdServer {
@@ -103,8 +107,27 @@ impl EtcdServer {
 
     /// Stops etcd with SIGSTOP: its ports still accept connections, but
     /// nothing answers, as with a hung server or a lost network.
+    ///
+    /// Returns once every thread of etcd shows as stopped in `/proc`, so
+    /// a call made after it cannot be served by a thread the signal has
+    /// not reached yet.
     pub fn pause(&self) -> anyhow::Result<()> {
-        self.signal(libc::SIGSTOP)
+        self.signal(libc::SIGSTOP)?;
+        let pid = self
+            .child
+            .as_ref()
+            .map(Child::id)
+            .context("etcd is not running")?;
+        for _ in 0..STOP_POLLS {
+            if all_threads_stopped(pid)? {
+                return Ok(());
+            }
+            std::thread::sleep(STOP_POLL);
+        }
+        bail!(
+            "etcd (pid {pid}) did not stop within {:?}",
+            STOP_POLL * STOP_POLLS
+        )
     }
 
     /// Lets a paused etcd go on (SIGCONT).
@@ -344,4 +367,22 @@ fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` or `t` in
+/// `/proc/PID/task/TID/stat`).
+fn all_threads_stopped(pid: u32) -> anyhow::Result<bool> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).context("list etcd's threads")?;
+    for task in tasks {
+        let stat = std::fs::read_to_string(task.context("etcd's thread")?.path().join("stat"))
+            .unwrap_or_default();
+        // The state follows the command name, which ends at the last ')'.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
+        if !matches!(state, Some('T' | 't') | None) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
