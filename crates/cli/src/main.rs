@@ -97,6 +97,16 @@ struct RouterArgs {
     /// PostgreSQL wire protocol listen address (default: none)
     #[arg(long)]
     pg_listen: Option<SocketAddr>,
+    /// PEM certificate chain for TLS on the PostgreSQL listener, with
+    /// --pg-tls-key (default: none, SSLRequest answered N)
+    #[arg(long, requires = "pg_tls_key")]
+    pg_tls_cert: Option<PathBuf>,
+    /// PEM private key of --pg-tls-cert
+    #[arg(long, requires = "pg_tls_cert")]
+    pg_tls_key: Option<PathBuf>,
+    /// Refuse PostgreSQL logins over plain TCP (needs a certificate)
+    #[arg(long)]
+    pg_tls_required: bool,
     /// Router id in the manager's registry
     #[arg(long)]
     id: Option<String>,
@@ -151,6 +161,13 @@ fn router_config(args: RouterArgs) -> anyhow::Result<shardline_router::RouterCon
     }
     if args.pg_listen.is_some() {
         cfg.pg_listen = args.pg_listen;
+    }
+    if let (Some(cert), Some(key)) = (args.pg_tls_cert, args.pg_tls_key) {
+        cfg.pg_tls_cert = Some(cert);
+        cfg.pg_tls_key = Some(key);
+    }
+    if args.pg_tls_required {
+        cfg.pg_tls_required = true;
     }
     if args.id.is_some() {
         cfg.id = args.id;

@@ -1,7 +1,7 @@
 //! The router's configuration.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -21,6 +21,21 @@ pub struct RouterConfig {
     /// `127.0.0.1:6432`.
     #[serde(default)]
     pub pg_listen: Option<SocketAddr>,
+    /// PEM file of the certificate chain (server certificate first) the
+    /// wire listener offers to clients that ask for TLS (`SSLRequest`).
+    /// Set with `pg_tls_key`, or neither. Default: none (`SSLRequest` is
+    /// answered `N`: no TLS).
+    #[serde(default)]
+    pub pg_tls_cert: Option<PathBuf>,
+    /// PEM file of `pg_tls_cert`'s private key (PKCS#8, PKCS#1 or SEC1).
+    /// Default: none.
+    #[serde(default)]
+    pub pg_tls_key: Option<PathBuf>,
+    /// Whether the wire listener refuses logins over plain TCP (FATAL
+    /// `28000`); needs `pg_tls_cert`. Cancel requests are taken either
+    /// way, as PostgreSQL does. Default `false`.
+    #[serde(default)]
+    pub pg_tls_required: bool,
     /// The manager's base URL, e.g. `http://127.0.0.1:8081`; several,
     /// comma-separated, for managers that stand in for one another (the
     /// router uses the one that answers and moves on when it cannot be
@@ -32,7 +47,7 @@ pub struct RouterConfig {
     /// cut off from the manager does, until a manager answers. Default:
     /// none (a router starts only once a manager answers).
     #[serde(default)]
-    pub catalog_cache: Option<std::path::PathBuf>,
+    pub catalog_cache: Option<PathBuf>,
     /// Token routers present to the manager. Else `$SHARDLINE_ROUTER_TOKEN`.
     #[serde(default)]
     pub router_token: Option<String>,
@@ -156,6 +171,9 @@ impl RouterConfig {
         Self {
             listen: default_listen(),
             pg_listen: None,
+            pg_tls_cert: None,
+            pg_tls_key: None,
+            pg_tls_required: false,
             manager_url: manager_url.to_string(),
             catalog_cache: None,
             router_token: Some(router_token.to_string()),
@@ -177,9 +195,12 @@ impl RouterConfig {
         }
     }
 
-    /// Parses a TOML document (unknown keys are errors).
+    /// Parses a TOML document (unknown keys are errors, and so are TLS
+    /// settings that do not go together).
     pub fn from_toml(text: &str) -> anyhow::Result<Self> {
-        toml::from_str(text).context("parse router config")
+        let cfg: Self = toml::from_str(text).context("parse router config")?;
+        cfg.check_tls()?;
+        Ok(cfg)
     }
 
     /// Reads a TOML file.
@@ -210,6 +231,7 @@ impl RouterConfig {
         if self.health_poll.is_zero() {
             bail!("health_poll must be more than 0");
         }
+        self.check_tls()?;
         if self
             .manager_url
             .split(',')
@@ -218,6 +240,20 @@ impl RouterConfig {
             bail!("manager_url must be an http:// URL, or several separated by commas");
         }
         Ok(())
+    }
+
+    /// A certificate comes with its key, and TLS is required only with
+    /// a certificate.
+    fn check_tls(&self) -> anyhow::Result<()> {
+        match (&self.pg_tls_cert, &self.pg_tls_key) {
+            (Some(_), Some(_)) => Ok(()),
+            (None, None) if self.pg_tls_required => {
+                bail!("pg_tls_required needs a certificate: set pg_tls_cert and pg_tls_key")
+            }
+            (None, None) => Ok(()),
+            (Some(_), None) => bail!("pg_tls_cert is set without pg_tls_key: set both or neither"),
+            (None, Some(_)) => bail!("pg_tls_key is set without pg_tls_cert: set both or neither"),
+        }
     }
 }
 
@@ -272,6 +308,33 @@ mod tests {
         );
         let mut bad = RouterConfig::new("http://m", "t");
         bad.health_poll = Duration::ZERO;
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn tls_settings_go_together() {
+        let cfg = RouterConfig::from_toml("manager_url = \"http://m\"\n").unwrap();
+        assert_eq!(
+            (cfg.pg_tls_cert, cfg.pg_tls_key, cfg.pg_tls_required),
+            (None, None, false)
+        );
+        let cfg = RouterConfig::from_toml(
+            "manager_url = \"http://m\"\npg_tls_cert = \"c.pem\"\npg_tls_key = \"k.pem\"\npg_tls_required = true\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.pg_tls_cert, Some(PathBuf::from("c.pem")));
+        assert!(cfg.pg_tls_required);
+        for half in [
+            "pg_tls_cert = \"c.pem\"\n",
+            "pg_tls_key = \"k.pem\"\n",
+            "pg_tls_required = true\n",
+        ] {
+            let e = RouterConfig::from_toml(&format!("manager_url = \"http://m\"\n{half}"))
+                .unwrap_err();
+            assert!(format!("{e:#}").contains("pg_tls"), "{e:#}");
+        }
+        let mut bad = RouterConfig::new("http://m", "t");
+        bad.pg_tls_cert = Some("c.pem".into());
         assert!(bad.validate().is_err());
     }
 }

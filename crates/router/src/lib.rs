@@ -68,13 +68,16 @@ const DRAIN: Duration = Duration::from_secs(5);
 pub struct BoundRouter {
     listener: TcpListener,
     pg_listener: Option<TcpListener>,
+    pg_tls: Option<wire::tls::WireTls>,
     config: RouterConfig,
 }
 
-/// Validates the settings and binds the listener.
+/// Validates the settings, reads the wire listener's TLS certificate and
+/// key, and binds the listeners.
 pub async fn bind(mut config: RouterConfig) -> anyhow::Result<BoundRouter> {
     config.fill_from_env();
     config.validate()?;
+    let pg_tls = wire::tls::WireTls::from_config(&config)?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen on {}", config.listen))?;
@@ -89,6 +92,7 @@ pub async fn bind(mut config: RouterConfig) -> anyhow::Result<BoundRouter> {
     Ok(BoundRouter {
         listener,
         pg_listener,
+        pg_tls,
         config,
     })
 }
@@ -174,10 +178,16 @@ impl BoundRouter {
         });
         tracker.close();
         tracing::info!(%addr, %id, manager = %cfg.manager_url, "router listening");
+        let tls = match &self.pg_tls {
+            None => "off",
+            Some(t) if t.required() => "required",
+            Some(_) => "offered",
+        };
+        let (pg_tls, shared_ctx) = (self.pg_tls, Arc::clone(&ctx));
         let wire_task = self.pg_listener.map(|l| {
-            let shared = wire::WireShared::new(Arc::clone(&routing), Arc::clone(&ctx));
+            let shared = wire::WireShared::with_tls(Arc::clone(&routing), shared_ctx, pg_tls);
             if let Ok(a) = l.local_addr() {
-                tracing::info!(addr = %a, "router listening for PostgreSQL clients");
+                tracing::info!(addr = %a, tls, "router listening for PostgreSQL clients");
             }
             tokio::spawn(wire::serve(l, shared, shutdown.clone(), DRAIN))
         });

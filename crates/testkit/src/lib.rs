@@ -1,5 +1,5 @@
-//! Test support: throwaway PostgreSQL clusters and etcd servers for
-//! integration tests.
+//! Test support: throwaway PostgreSQL clusters, etcd servers and TLS
+//! certificates for integration tests.
 //!
 //! Each [`PgCluster`] is a real PostgreSQL server initialised into its own
 //! temporary directory on a free loopback port, removed when dropped, so
@@ -15,10 +15,14 @@
 //! - [`SYNC_REPLICATION`]: settings of a primary that waits for a replica.
 //! - [`etcd`]: [`EtcdServer`], a one-member etcd that can be killed and
 //!   restarted on the same data.
+//! - [`tls`]: [`TlsFiles`], a throwaway CA and a server certificate for
+//!   127.0.0.1 and localhost.
 
 pub mod etcd;
+pub mod tls;
 
 pub use etcd::{EtcdServer, EtcdTlsFiles};
+pub use tls::TlsFiles;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -77,6 +77,13 @@ pub struct DevArgs {
     /// drivers; dev.json's `postgres_url` logs in as the default app)
     #[arg(long, default_value = "127.0.0.1:6432")]
     pub pg_listen: SocketAddr,
+    /// PEM certificate chain for TLS on the router's PostgreSQL listener,
+    /// with --pg-tls-key (default: none, no TLS)
+    #[arg(long, requires = "pg_tls_key")]
+    pub pg_tls_cert: Option<PathBuf>,
+    /// PEM private key of --pg-tls-cert
+    #[arg(long, requires = "pg_tls_cert")]
+    pub pg_tls_key: Option<PathBuf>,
     /// Streaming replicas per regular shard (pg_basebackup); a restart adds
     /// missing ones but never removes any
     #[arg(long, default_value_t = 0)]
@@ -374,6 +381,8 @@ async fn serve(
     let mut rcfg = shardline_router::RouterConfig::new(&all_managers, &router_token);
     rcfg.listen = args.router_listen;
     rcfg.pg_listen = Some(args.pg_listen);
+    rcfg.pg_tls_cert = args.pg_tls_cert.clone();
+    rcfg.pg_tls_key = args.pg_tls_key.clone();
     rcfg.id = Some("dev-router".into());
     rcfg.catalog_cache = Some(dir.join("router-catalog.json"));
     let (max_replica_lag, health_poll) = (rcfg.max_replica_lag, rcfg.health_poll);

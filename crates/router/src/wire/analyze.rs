@@ -63,7 +63,9 @@
 //! - `cache`: [`AnalysisCache`].
 
 mod cache;
+mod copy;
 mod fanout;
+mod rows;
 mod text;
 mod walk;
 
@@ -77,6 +79,8 @@ use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 pub use cache::AnalysisCache;
+pub use copy::{CopyFormat, CopySpec};
+pub use rows::InsertRows;
 
 /// A shard key found in a statement.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -209,6 +213,12 @@ pub struct Analysis {
     /// a row's key is not a literal or parameter (`DEFAULT`, an
     /// expression).
     pub insert_row_keys: Vec<KeyRef>,
+    /// For a one-statement `INSERT ... VALUES` of several rows, each with
+    /// its key in [`Analysis::insert_row_keys`]: where its rows are in
+    /// the text, so the rows can be split per shard.
+    pub insert_rows: Option<InsertRows>,
+    /// A `COPY` of a sharded table from or to the client.
+    pub copy: Option<CopySpec>,
     /// Whether some read or write of a sharded table has no key: the
     /// statement needs rows that [`Analysis::keys`] does not cover (or the
     /// analysis could not tell), so routing by those keys alone could
@@ -255,6 +265,8 @@ impl Analysis {
             statements: 1,
             keys: Vec::new(),
             insert_row_keys: Vec::new(),
+            insert_rows: None,
+            copy: None,
             unkeyed: false,
             touches_sharded: false,
             catalog_only: true,
@@ -358,7 +370,16 @@ pub fn analyze(sql: &str, shard_key_of: &dyn Fn(&str) -> Option<String>) -> Anal
         .enumerate()
         .map(|(index, tokens)| statement(sql, index, tokens, shard_key_of))
         .collect();
-    Analysis::merge(parts)
+    let mut analysis = Analysis::merge(parts);
+    if analysis.statements == 1
+        && analysis.insert_row_keys.len() > 1
+        && !analysis.unkeyed
+        && analysis.kind == Kind::Write
+    {
+        analysis.insert_rows =
+            rows::insert_rows(sql).filter(|r| r.rows.len() == analysis.insert_row_keys.len());
+    }
+    analysis
 }
 
 /// Analyzes the text's `index`th statement, given as its tokens.

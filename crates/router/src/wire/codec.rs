@@ -1,11 +1,13 @@
-//! The client side of the wire: the startup packet, and the messages the
-//! router itself sends (authentication, parameters, errors, the answers
-//! it gives without a server).
+//! The client side of the wire: the startup packet (and TLS, when asked
+//! for and configured), and the messages the router itself sends
+//! (authentication, parameters, errors, the answers it gives without a
+//! server).
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::tls::{ClientStream, WireTls};
 use crate::pg::frame::{put_cstr, read_frame, Frame};
 
 /// The protocol version 3.0 code of a startup packet.
@@ -32,7 +34,7 @@ pub enum Opening {
 
 /// A client connection with its buffers.
 pub struct ClientIo {
-    pub stream: TcpStream,
+    pub stream: ClientStream,
     pub rbuf: BytesMut,
     pub wbuf: BytesMut,
 }
@@ -40,30 +42,50 @@ pub struct ClientIo {
 impl ClientIo {
     pub fn new(stream: TcpStream) -> Self {
         Self {
-            stream,
+            stream: ClientStream::Plain(stream),
             rbuf: BytesMut::with_capacity(8192),
             wbuf: BytesMut::with_capacity(8192),
         }
     }
 
-    /// Reads the startup packet, answering `N` (no) to TLS and GSS
-    /// encryption requests (TLS comes with a configured certificate).
-    pub async fn read_opening(&mut self) -> std::io::Result<Opening> {
+    /// Whether the connection has negotiated TLS.
+    pub fn is_tls(&self) -> bool {
+        self.stream.is_tls()
+    }
+
+    /// Reads the startup packet. An `SSLRequest` is answered `S` and
+    /// followed by a TLS handshake when `tls` is given, else `N`; GSS
+    /// encryption is always answered `N`.
+    ///
+    /// Bytes a client sent after its `SSLRequest` and before the answer
+    /// are refused, not kept: they came unencrypted, and taking them as
+    /// the start of the TLS session would let a man in the middle inject
+    /// them (CVE-2021-23214).
+    pub async fn read_opening(&mut self, tls: Option<&WireTls>) -> std::io::Result<Opening> {
         // A client may ask for TLS, then GSS, before its startup packet.
         for _ in 0..3 {
-            let len = self.stream.read_i32().await?;
-            let len = usize::try_from(len)
-                .ok()
-                .filter(|l| (8..=MAX_STARTUP).contains(l))
-                .ok_or_else(|| invalid(format!("startup packet length {len} out of range")))?;
-            let mut body = vec![0u8; len - 4];
-            self.stream.read_exact(&mut body).await?;
+            let body = self.read_startup_packet().await?;
             let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
             let rest = &body[4..];
             match code {
-                SSL_REQUEST | GSSENC_REQUEST => {
-                    self.stream.write_all(b"N").await?;
+                SSL_REQUEST | GSSENC_REQUEST if self.is_tls() => {
+                    return Err(invalid(
+                        "encryption requested on an encrypted connection".into(),
+                    ));
                 }
+                SSL_REQUEST if tls.is_some() && !self.rbuf.is_empty() => {
+                    return Err(invalid(
+                        "received unencrypted data after SSL request".into(),
+                    ));
+                }
+                SSL_REQUEST => match tls {
+                    Some(tls) => {
+                        self.stream.write_all(b"S").await?;
+                        self.stream.start_tls(tls).await?;
+                    }
+                    None => self.stream.write_all(b"N").await?,
+                },
+                GSSENC_REQUEST => self.stream.write_all(b"N").await?,
                 CANCEL_REQUEST => {
                     if rest.len() < 8 {
                         return Err(invalid("short cancel request".into()));
@@ -90,6 +112,33 @@ impl ClientIo {
         Err(invalid("too many encryption requests".into()))
     }
 
+    /// Reads one startup packet (length, then at least a 4-byte code)
+    /// and returns it without its length. Bytes read past it stay in
+    /// `rbuf`.
+    async fn read_startup_packet(&mut self) -> std::io::Result<Bytes> {
+        loop {
+            if self.rbuf.len() >= 4 {
+                let len =
+                    i32::from_be_bytes([self.rbuf[0], self.rbuf[1], self.rbuf[2], self.rbuf[3]]);
+                let len = usize::try_from(len)
+                    .ok()
+                    .filter(|l| (8..=MAX_STARTUP).contains(l))
+                    .ok_or_else(|| invalid(format!("startup packet length {len} out of range")))?;
+                if self.rbuf.len() >= len {
+                    let mut packet = self.rbuf.split_to(len);
+                    packet.advance(4);
+                    return Ok(packet.freeze());
+                }
+            }
+            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "client left before its startup packet",
+                ));
+            }
+        }
+    }
+
     /// Reads one message.
     pub async fn read(&mut self) -> std::io::Result<Option<Frame>> {
         read_frame(&mut self.stream, &mut self.rbuf).await
@@ -104,6 +153,8 @@ impl ClientIo {
         if !self.wbuf.is_empty() {
             self.stream.write_all(&self.wbuf).await?;
             self.wbuf.clear();
+            // TLS may hold records back until flushed (plain TCP: no-op).
+            self.stream.flush().await?;
         }
         Ok(())
     }
@@ -176,6 +227,14 @@ pub fn command_complete(tag: &str) -> Frame {
     let mut b = BytesMut::new();
     put_cstr(&mut b, tag);
     Frame::new(b'C', b.freeze())
+}
+
+/// The row count at the end of a `CommandComplete` body (`INSERT 0 3`
+/// gives 3, `COPY 5` gives 5); `None` for tags without one.
+pub fn tag_count(body: &[u8]) -> Option<u64> {
+    let tag = body.strip_suffix(&[0]).unwrap_or(body);
+    let tag = std::str::from_utf8(tag).ok()?;
+    tag.rsplit(' ').next()?.parse().ok()
 }
 
 /// A message with an empty body (`ParseComplete` `1`, `BindComplete`

@@ -233,7 +233,7 @@ async fn ask(pool: crate::pg::rawpool::RawPool, out: Bytes) -> Result<Answer, Wi
     }
 }
 
-fn data_row(body: &Bytes) -> std::io::Result<Vec<Option<Bytes>>> {
+pub(crate) fn data_row(body: &Bytes) -> std::io::Result<Vec<Option<Bytes>>> {
     let mut f = Fields::new(body);
     let n = f.i16()?;
     let mut out = Vec::with_capacity(usize::try_from(n).unwrap_or(0));

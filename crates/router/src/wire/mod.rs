@@ -7,6 +7,8 @@
 //! # Layout
 //! - [`codec`]: the startup packet and the messages the router itself
 //!   sends.
+//! - [`tls`]: the listener's certificate, and the plain-or-TLS client
+//!   stream.
 //! - [`startup`]: SCRAM-SHA-256 login and the keyspace check.
 //! - [`messages`]: extended-protocol messages, read and renamed.
 //! - [`analyze`]: what a statement is and which shard key it names.
@@ -15,10 +17,12 @@
 
 pub mod analyze;
 pub mod codec;
+pub mod copy;
 pub mod fanout;
 pub mod messages;
 pub mod session;
 pub mod startup;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -32,6 +36,7 @@ use self::analyze::AnalysisCache;
 use self::codec::{ClientIo, Opening, WireError};
 use self::session::{Session, SessionEnd};
 use self::startup::LoginError;
+use self::tls::WireTls;
 use crate::pg::server::{send_cancel, CancelKey};
 use crate::state::{RouterContext, RoutingCell};
 
@@ -63,17 +68,29 @@ pub struct WireShared {
     pub routing: Arc<RoutingCell>,
     pub ctx: Arc<RouterContext>,
     pub analyses: AnalysisCache,
+    /// With a certificate: `SSLRequest` is answered `S`.
+    tls: Option<WireTls>,
     cancels: Mutex<HashMap<(i32, i32), CancelSlot>>,
     /// The parameters servers report at login, by keyspace.
     server_params: Mutex<HashMap<String, Vec<(String, String)>>>,
 }
 
 impl WireShared {
+    /// Without TLS: `SSLRequest` is answered `N`.
     pub fn new(routing: Arc<RoutingCell>, ctx: Arc<RouterContext>) -> Arc<Self> {
+        Self::with_tls(routing, ctx, None)
+    }
+
+    pub fn with_tls(
+        routing: Arc<RoutingCell>,
+        ctx: Arc<RouterContext>,
+        tls: Option<WireTls>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             routing,
             ctx,
             analyses: AnalysisCache::new(ANALYSIS_CACHE_BYTES),
+            tls,
             cancels: Mutex::new(HashMap::new()),
             server_params: Mutex::new(HashMap::new()),
         })
@@ -125,7 +142,8 @@ pub async fn serve(
 
 async fn handle(stream: tokio::net::TcpStream, shared: Arc<WireShared>) {
     let mut io = ClientIo::new(stream);
-    let opening = match tokio::time::timeout(LOGIN_TIMEOUT, io.read_opening()).await {
+    let tls = shared.tls.as_ref();
+    let opening = match tokio::time::timeout(LOGIN_TIMEOUT, io.read_opening(tls)).await {
         Ok(Ok(o)) => o,
         Ok(Err(e)) => {
             let _ = send_fatal(&mut io, WireError::fatal("08P01", e.to_string())).await;
@@ -146,6 +164,12 @@ async fn handle(stream: tokio::net::TcpStream, shared: Arc<WireShared>) {
         }
         Opening::Session { params, .. } => params,
     };
+    if tls.is_some_and(WireTls::required) && !io.is_tls() {
+        let refused = WireError::fatal("28000", "this router accepts logins over TLS only")
+            .with_hint("connect with sslmode=require, or verify-full with the router's CA");
+        let _ = send_fatal(&mut io, refused).await;
+        return;
+    }
     if params
         .iter()
         .any(|(k, v)| k == "replication" && v != "false" && v != "0")

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod wire_stack;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -4,7 +4,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::mem::size_of;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use super::{analyze, Analysis, FanOut, KeyRef, Kind, OutputAggregate, SortKey};
+use super::{
+    analyze, Analysis, CopySpec, FanOut, InsertRows, KeyRef, Kind, OutputAggregate, SortKey,
+};
 
 /// What an entry costs beyond its text and analysis: the map slot, the
 /// recency index's node share, two `Arc` headers.
@@ -184,6 +186,18 @@ fn analysis_bytes(a: &Analysis) -> usize {
         + a.parts.iter().map(kind).sum::<usize>()
         + a.fanout.as_ref().map_or(0, fanout)
         + a.parse_error.as_ref().map_or(0, String::capacity)
+        + a.copy.as_ref().map_or(0, |c| {
+            size_of::<CopySpec>()
+                + c.table.capacity()
+                + c.key_column.capacity()
+                + c.columns
+                    .iter()
+                    .map(|s| s.capacity() + size_of::<String>())
+                    .sum::<usize>()
+        })
+        + a.insert_rows.as_ref().map_or(0, |r| {
+            size_of::<InsertRows>() + r.rows.capacity() * size_of::<std::ops::Range<usize>>()
+        })
 }
 
 #[cfg(test)]

@@ -503,13 +503,18 @@ pub(super) fn comment_key(sql: &str) -> Option<String> {
 }
 
 /// Whether a byte can continue an identifier.
-fn is_ident_byte(c: u8) -> bool {
+pub(super) fn is_ident_byte(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80
 }
 
 /// The index past a quoted string or identifier whose body starts at
 /// `i`; `None` when it never ends.
-fn skip_quoted(b: &[u8], mut i: usize, quote: u8, backslash_escapes: bool) -> Option<usize> {
+pub(super) fn skip_quoted(
+    b: &[u8],
+    mut i: usize,
+    quote: u8,
+    backslash_escapes: bool,
+) -> Option<usize> {
     while i < b.len() {
         let c = b[i];
         if backslash_escapes && c == b'\\' {

@@ -176,6 +176,7 @@ pub(super) fn statement(
                     analysis.fanout = fanout::shape(query.as_ref(), top);
                 }
             }
+            analysis.copy = super::copy::spec(statement, shard_key_of);
             if let Statement::Prepare { .. } = statement {
                 // The statement runs later, with EXECUTE's parameters.
                 analysis.keys.clear();

@@ -32,10 +32,14 @@
 //! - [`relay`]: batches rewritten for the server, its answers relayed,
 //!   the session given back.
 //! - [`merge`]: keyless reads run on every shard.
+//! - [`split`]: an `INSERT`'s rows split over shards.
+//! - [`copy`]: `COPY` without a key, rows split or concatenated.
 
+mod copy;
 mod merge;
 mod relay;
 mod route;
+mod split;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -165,6 +169,11 @@ enum Choice {
     },
     /// Every shard, merged (a keyless read; see [`super::fanout`]).
     FanOut,
+    /// An `INSERT` whose rows go to several shards: each shard gets the
+    /// statement with its own rows (see [`split`]).
+    Split(Vec<split::Part>),
+    /// A `COPY` of a sharded table with no key (see [`copy`]).
+    Copy,
 }
 
 pub struct Session {
@@ -190,6 +199,8 @@ pub struct Session {
     batch: Vec<Frame>,
     /// After an error in an extended batch: drop messages to `Sync`.
     skip_to_sync: bool,
+    /// A keyless `COPY FROM STDIN` under way on every shard.
+    copy_in: Option<copy::CopyIn>,
 }
 
 impl Session {
@@ -217,6 +228,7 @@ impl Session {
             attached: None,
             batch: Vec::new(),
             skip_to_sync: false,
+            copy_in: None,
         }
     }
 
@@ -282,6 +294,8 @@ impl Session {
     /// Handles one client message; `false` when the client said goodbye.
     async fn on_client(&mut self, f: Frame) -> Result<bool, SessionEnd> {
         match f.tag {
+            // While a keyless COPY runs, Flush and Sync mean nothing.
+            b'H' | b'S' if self.copy_in.is_some() => {}
             b'Q' => self.on_query(f).await?,
             b'P' | b'B' | b'D' | b'C' | b'E' => {
                 if self.batch.len() >= MAX_BATCH {
@@ -297,6 +311,7 @@ impl Session {
                 self.batch.push(f);
                 self.on_batch(sync).await?;
             }
+            b'd' | b'c' | b'f' if self.copy_in.is_some() => self.on_copy_in(f).await?,
             // COPY FROM STDIN data goes where the COPY runs.
             b'd' | b'c' | b'f' => {
                 if let Some(a) = &mut self.attached {
@@ -391,6 +406,13 @@ impl Session {
         };
         let choice = match self.choose(&[exec]) {
             Ok(Choice::FanOut) => return self.fan_out(&sql, &analysis).await,
+            Ok(Choice::Split(parts)) => return self.split_insert(&sql, &analysis, parts).await,
+            Ok(Choice::Copy) => {
+                return match analysis.copy.as_ref() {
+                    Some(spec) => self.copy(&sql, spec).await,
+                    None => self.refuse(no_key_error(), true).await,
+                }
+            }
             Ok(c) => c,
             Err(e) => return self.refuse(e, true).await,
         };
@@ -619,6 +641,17 @@ impl Session {
         }
         drop(execs);
         let choice = match choice {
+            Ok(Choice::Copy) => {
+                let e = WireError::error(
+                    "0A000",
+                    "a COPY without a shard key runs across shards only as a simple query",
+                )
+                .with_hint("SET shardline.shard_key = '...' to copy one shard's rows");
+                return self.refuse_batch(e, sync).await;
+            }
+            Ok(Choice::Split(_)) => {
+                return self.refuse_batch(split::extended_refusal(), sync).await;
+            }
             Ok(Choice::FanOut) => {
                 return match runs.first() {
                     Some(run) if sync => self.fan_out_batch(&batch, run).await,

@@ -11,6 +11,7 @@ use super::{
     STATEMENTS_PER_SERVER,
 };
 use crate::pg::frame::Frame;
+use crate::pg::rawpool::{RawConn, RawPool};
 use crate::pg::server::ServerError;
 use crate::wire::codec;
 use crate::wire::messages::{self, Bind, Parse};
@@ -49,28 +50,9 @@ impl Session {
         self.set_cancel(None);
         self.local_key = None;
         let Attached {
-            mut conn,
-            pool,
-            dirty,
-            ..
+            conn, pool, dirty, ..
         } = a;
-        if !dirty {
-            pool.put(conn);
-            return;
-        }
-        tokio::spawn(async move {
-            match conn.conn.simple(RESET).await {
-                Ok(Ok(b'I')) => {
-                    // `RESET ALL` dropped the version claim too.
-                    conn.conn.map_version = 0;
-                    pool.put(conn);
-                }
-                Ok(other) => {
-                    tracing::warn!(?other, "a server session did not reset; closed");
-                }
-                Err(e) => tracing::debug!(error = %e, "a server session closed while resetting"),
-            }
-        });
+        give_back(conn, pool, dirty);
     }
 
     /// One message from the attached server.
@@ -154,6 +136,28 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// Puts a server session back in its pool, reset first when `dirty`
+/// (closed if the reset fails).
+pub(super) fn give_back(mut conn: RawConn, pool: RawPool, dirty: bool) {
+    if !dirty {
+        pool.put(conn);
+        return;
+    }
+    tokio::spawn(async move {
+        match conn.conn.simple(RESET).await {
+            Ok(Ok(b'I')) => {
+                // `RESET ALL` dropped the version claim too.
+                conn.conn.map_version = 0;
+                pool.put(conn);
+            }
+            Ok(other) => {
+                tracing::warn!(?other, "a server session did not reset; closed");
+            }
+            Err(e) => tracing::debug!(error = %e, "a server session closed while resetting"),
+        }
+    });
 }
 
 pub(super) async fn read_server(a: &mut Option<Attached>) -> Result<Frame, ServerError> {

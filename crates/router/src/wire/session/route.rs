@@ -13,7 +13,8 @@ use shardline_core::fence::{claim, claim_key, CLAIM_SETTING};
 use shardline_core::KeyType;
 
 use super::{Attached, Choice, Exec, Pending, Session};
-use crate::auth::admit_app;
+use crate::auth::{admit_app, key_has_prefix, Admission, AppAuth};
+use crate::pg::rawpool::{RawConn, RawPool};
 use crate::wire::analyze::{comment_key, Analysis, KeyRef, Kind};
 use crate::wire::codec::WireError;
 
@@ -47,6 +48,7 @@ impl Session {
             }
             for k in keys {
                 let key = ShardKeyValue::Text(k);
+                check_prefix(&self.app, &key)?;
                 let route = routing
                     .route(&self.keyspace, &key)
                     .map_err(|e| WireError::error(sqlstate_of(e.code), e.message))?;
@@ -57,6 +59,9 @@ impl Session {
             }
         }
         if shards.len() > 1 {
+            if let Some(parts) = self.split_plan(execs, &routing)? {
+                return Ok(Choice::Split(parts));
+            }
             return Err(WireError::error(
                 "0A000",
                 format!(
@@ -90,6 +95,7 @@ impl Session {
                 {
                     Ok(Choice::FanOut)
                 }
+                [e] if e.analysis.copy.is_some() && !self.in_transaction() => Ok(Choice::Copy),
                 _ => Err(no_key_error()),
             },
             (None, None) => {
@@ -111,7 +117,7 @@ impl Session {
     /// back the one attached to another shard.
     pub(super) async fn go_to(&mut self, choice: Choice, read: bool) -> Result<(), WireError> {
         let (shard, key) = match choice {
-            Choice::Here | Choice::FanOut => return Ok(()),
+            Choice::Here | Choice::FanOut | Choice::Split(_) | Choice::Copy => return Ok(()),
             Choice::Shard { shard, key } => (shard, key),
         };
         if self.attached.is_some() {
@@ -120,6 +126,42 @@ impl Session {
             })?;
             self.release_if_idle();
         }
+        let begin = self.pending_begin.take();
+        let opened = self.open(&shard, key, read, begin).await?;
+        self.set_cancel(Some(opened.conn.conn.cancel.clone()));
+        let mut pending = VecDeque::new();
+        for _ in 0..opened.injected {
+            pending.push_back(Pending {
+                injected: true,
+                closed: true,
+                ..Pending::default()
+            });
+        }
+        self.attached = Some(Attached {
+            conn: opened.conn,
+            pool: opened.pool,
+            shard: opened.shard,
+            status: b'I',
+            pending,
+            dirty: opened.dirty,
+            _admission: opened.admission,
+        });
+        Ok(())
+    }
+
+    /// A server session of `shard` for the client, once the shard is not
+    /// held (a failover, or a cutover of `key`'s range, waited out within
+    /// the hold) and the app's quotas let it in. Statements the router
+    /// puts first — the resharding claim, the client's session settings,
+    /// `begin` — are sent, their answers still to be read
+    /// ([`Opened::injected`]).
+    pub(super) async fn open(
+        &mut self,
+        shard: &str,
+        key: Option<ShardKeyValue>,
+        read: bool,
+        begin: Option<String>,
+    ) -> Result<Opened, WireError> {
         let ctx = Arc::clone(&self.shared.ctx);
         if !read && ctx.contact.cut_off() {
             return Err(WireError::error(
@@ -138,7 +180,7 @@ impl Session {
                         .map_err(|e| WireError::error(sqlstate_of(e.code), e.message))?;
                     (route.range.shard.clone(), route.frozen)
                 }
-                None => (shard.clone(), false),
+                None => (shard.to_string(), false),
             };
             let target = routing.shards.get(&id).cloned();
             let held = frozen || target.as_ref().is_none_or(|t| t.failover.is_some());
@@ -191,21 +233,15 @@ impl Session {
         if dirty {
             injected.push(self.sets.join("; "));
         }
-        if let Some(begin) = self.pending_begin.take() {
+        if let Some(begin) = begin {
             injected.push(begin);
         }
-        let mut pending = VecDeque::new();
         if !injected.is_empty() {
             let mut out = BytesMut::new();
             for sql in &injected {
                 // Each its own query, so one failing cannot skip the rest.
                 postgres_protocol::message::frontend::query(sql, &mut out)
                     .map_err(|e| WireError::error("22023", e.to_string()))?;
-                pending.push_back(Pending {
-                    injected: true,
-                    closed: true,
-                    ..Pending::default()
-                });
             }
             if let Err(e) = conn.conn.send(&out).await {
                 return Err(WireError::error(
@@ -214,18 +250,28 @@ impl Session {
                 ));
             }
         }
-        self.set_cancel(Some(conn.conn.cancel.clone()));
-        self.attached = Some(Attached {
+        Ok(Opened {
             conn,
             pool,
             shard: target.id.clone(),
-            status: b'I',
-            pending,
+            injected: injected.len(),
             dirty,
-            _admission: admission,
-        });
-        Ok(())
+            admission,
+        })
     }
+}
+
+/// A server session [`Session::open`] got for the client.
+pub(super) struct Opened {
+    pub conn: RawConn,
+    pub pool: RawPool,
+    pub shard: String,
+    /// Statements the router sent first, each answered up to its own
+    /// `ReadyForQuery`.
+    pub injected: usize,
+    /// The client's session settings were applied: reset before reuse.
+    pub dirty: bool,
+    pub admission: Admission,
 }
 
 /// The keys one statement names, in precedence order: its comment, the
@@ -313,6 +359,18 @@ pub(super) fn changes_session(a: &Analysis, sql: &str, code_possible: bool) -> b
             .iter()
             .any(|k| matches!(k, Kind::Session | Kind::Other))
         || crate::classify::may_change_session(sql, false)
+}
+
+/// Refuses a key outside the app's key prefix (every key a statement
+/// names, not only the one it is routed by).
+pub(super) fn check_prefix(app: &AppAuth, key: &ShardKeyValue) -> Result<(), WireError> {
+    match &app.key_prefix {
+        Some(prefix) if !key_has_prefix(key, prefix) => Err(WireError::error(
+            "42501",
+            format!("this app's shard keys must start with {prefix:?}"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 pub(super) fn no_key_error() -> WireError {

@@ -1,0 +1,334 @@
+//! TLS on the router's wire listener, with real clients: psql and
+//! psycopg verify the router's certificate (`sslmode=verify-full`),
+//! report the connection as TLS on their side and run a keyed statement
+//! on a real shard through it; a certificate of another CA is refused,
+//! a router without a certificate says it has no TLS, a router that
+//! requires TLS refuses plain logins (`28000`), and bytes sent after an
+//! `SSLRequest` before the answer are refused (`08P01`).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use common::{app, instance, migrate, provision, shard_catalog, tenant};
+use shardline_core::catalog::{Limits, TableSpec};
+use shardline_core::scram::Verifier;
+use shardline_core::Catalog;
+use shardline_router::state::{RouterContext, Routing, RoutingCell};
+use shardline_router::wire::tls::WireTls;
+use shardline_router::wire::{self, WireShared};
+use shardline_router::RouterConfig;
+use shardline_testkit::{PgCluster, TlsFiles};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+const APP: &str = "web";
+const TOKEN: &str = "tok-web-0123456789abcdef";
+const PASSWORD: &str = "role-pw-acme";
+
+/// A wire listener on a free port, serving `catalog`.
+struct Listener {
+    addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl Listener {
+    async fn start(catalog: &Catalog, tls: Option<WireTls>) -> anyhow::Result<Listener> {
+        let ctx = Arc::new(RouterContext::new(&RouterConfig::new(
+            "http://127.0.0.1:1",
+            "t",
+        )));
+        let routing = Arc::new(RoutingCell::default());
+        routing.set(Routing::build(catalog, &routing.get(), &ctx));
+        ctx.contact.answered(60_000);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let shared = WireShared::with_tls(routing, ctx, tls);
+        tokio::spawn(wire::serve(
+            listener,
+            shared,
+            stop.clone(),
+            std::time::Duration::from_secs(1),
+        ));
+        Ok(Listener { addr, stop })
+    }
+
+    /// A libpq connection string as the app, with `ssl` settings.
+    fn conninfo(&self, ssl: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={APP} password={TOKEN} dbname=shared {ssl}",
+            self.addr.port()
+        )
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// One shard with the tenant, its app (SCRAM verifier of `TOKEN`) and
+/// table `items` keyed by `id`.
+async fn shard() -> anyhow::Result<(PgCluster, Catalog)> {
+    let pg = PgCluster::start().await?;
+    provision(&pg, &[("acme", PASSWORD)]).await?;
+    migrate(
+        &pg,
+        "acme",
+        PASSWORD,
+        "CREATE TABLE items (id text PRIMARY KEY, v text)",
+    )
+    .await?;
+    let mut a = app(APP, "acme", None, Limits::default());
+    a.token_hash = shardline_core::auth::token_hash(TOKEN);
+    a.token_scram = Some(Verifier::new(TOKEN, b"0123456789abcdef", 4096).to_string());
+    let mut cat = shard_catalog(
+        instance("s1-a", &pg.dsn()),
+        vec![],
+        vec![tenant("acme", PASSWORD)],
+        vec![a],
+    );
+    if let Some(ks) = cat.keyspaces.get_mut("shared") {
+        ks.tables.insert(
+            "items".into(),
+            TableSpec {
+                shard_key: "id".into(),
+            },
+        );
+    }
+    Ok((pg, cat))
+}
+
+fn certs(dir: &Path, required: bool) -> anyhow::Result<(TlsFiles, WireTls)> {
+    let files = TlsFiles::make(dir)?;
+    let tls = WireTls::load(&files.server_cert, &files.server_key, required)?;
+    Ok((files, tls))
+}
+
+/// Runs a client program off the runtime's threads.
+async fn run(mut cmd: Command) -> anyhow::Result<Output> {
+    Ok(tokio::task::spawn_blocking(move || cmd.output()).await??)
+}
+
+fn psql(conninfo: &str, commands: &[&str]) -> Command {
+    let mut cmd = Command::new("psql");
+    cmd.args([conninfo, "-X", "-v", "ON_ERROR_STOP=1"]);
+    for c in commands {
+        cmd.args(["-c", c]);
+    }
+    cmd
+}
+
+/// psycopg 3: prints whether libpq's connection uses TLS, then the
+/// first value of `sql`.
+fn psycopg(conninfo: &str, sql: &str) -> Command {
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-c",
+        "import sys, psycopg\n\
+         with psycopg.connect(sys.argv[1]) as c:\n\
+         \x20   print('ssl_in_use', c.pgconn.ssl_in_use)\n\
+         \x20   print('value', c.execute(sys.argv[2]).fetchone()[0])\n",
+        conninfo,
+        sql,
+    ]);
+    cmd
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test]
+async fn psql_and_psycopg_verify_the_certificate_and_run_keyed_statements() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (files, tls) = certs(dir.path(), false)?;
+    let (_pg, cat) = shard().await?;
+    let router = Listener::start(&cat, Some(tls)).await?;
+    let verify = format!("sslmode=verify-full sslrootcert={}", files.ca.display());
+    let out = run(psql(
+        &router.conninfo(&verify),
+        &[
+            "\\conninfo",
+            "INSERT INTO items (id, v) VALUES ('k1', 'over-tls')",
+            "SELECT v FROM items WHERE id = 'k1'",
+        ],
+    ))
+    .await?;
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    // psql's own view of its connection, not the server's.
+    assert!(shown.contains("SSL connection (protocol: TLS"), "{shown}");
+    assert!(shown.contains("over-tls"), "{shown}");
+
+    let out = run(psycopg(
+        &router.conninfo(&verify),
+        "SELECT v FROM items WHERE id = 'k1'",
+    ))
+    .await?;
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("ssl_in_use True"), "{shown}");
+    assert!(shown.contains("value over-tls"), "{shown}");
+
+    // A result of many TLS records (800 kB) arrives whole.
+    let out = run(psql(
+        &router.conninfo(&verify),
+        &["SELECT repeat(v, 100000) FROM items WHERE id = 'k1'"],
+    ))
+    .await?;
+    assert!(out.status.success(), "{}", text(&out));
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(body.matches("over-tls").count(), 100_000, "{}", body.len());
+
+    // Offered, not required: a plain login still works.
+    let out = run(psycopg(&router.conninfo("sslmode=disable"), "SELECT 1")).await?;
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("ssl_in_use False"), "{shown}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_certificate_of_another_ca_fails_verification() -> anyhow::Result<()> {
+    let (ours, theirs) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let (_, tls) = certs(ours.path(), false)?;
+    let other = TlsFiles::make(theirs.path())?;
+    let router = Listener::start(&Catalog::default(), Some(tls)).await?;
+    let out = run(psql(
+        &router.conninfo(&format!(
+            "sslmode=verify-full sslrootcert={}",
+            other.ca.display()
+        )),
+        &["SELECT 1"],
+    ))
+    .await?;
+    let shown = text(&out);
+    assert!(!out.status.success(), "{shown}");
+    assert!(shown.contains("certificate verify failed"), "{shown}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_a_certificate_ssl_is_answered_no() -> anyhow::Result<()> {
+    let router = Listener::start(&Catalog::default(), None).await?;
+    let out = run(psql(&router.conninfo("sslmode=require"), &["SELECT 1"])).await?;
+    let shown = text(&out);
+    assert!(!out.status.success(), "{shown}");
+    assert!(
+        shown.contains("server does not support SSL, but SSL was required"),
+        "{shown}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn required_tls_refuses_plain_logins() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (files, tls) = certs(dir.path(), true)?;
+    let router = Listener::start(&Catalog::default(), Some(tls)).await?;
+    let err =
+        match tokio_postgres::connect(&router.conninfo("sslmode=disable"), tokio_postgres::NoTls)
+            .await
+        {
+            Ok(_) => anyhow::bail!("a plain login was let in"),
+            Err(e) => e,
+        };
+    let db = err.as_db_error();
+    assert_eq!(
+        db.map(|d| d.code()),
+        Some(&tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION),
+        "{err:?}"
+    );
+    assert!(
+        db.is_some_and(|d| d.message().contains("TLS only")),
+        "{err:?}"
+    );
+    // Over TLS the same login reaches authentication (and fails there:
+    // this catalog has no apps).
+    let out = run(psql(
+        &router.conninfo(&format!(
+            "sslmode=verify-full sslrootcert={}",
+            files.ca.display()
+        )),
+        &["SELECT 1"],
+    ))
+    .await?;
+    let shown = text(&out);
+    assert!(!out.status.success(), "{shown}");
+    assert!(shown.contains("password authentication failed"), "{shown}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn bytes_after_an_ssl_request_are_refused() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (_, tls) = certs(dir.path(), false)?;
+    let router = Listener::start(&Catalog::default(), Some(tls)).await?;
+    let mut s = tokio::net::TcpStream::connect(router.addr).await?;
+    // SSLRequest, then (unencrypted, before the answer) a startup packet
+    // an attacker would want taken as sent over TLS.
+    let mut packet = vec![0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    let startup = b"\0\x03\0\0user\0web\0database\0shared\0\0";
+    packet.extend_from_slice(&(startup.len() as i32 + 4).to_be_bytes());
+    packet.extend_from_slice(startup);
+    s.write_all(&packet).await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(common::TIMEOUT, s.read_to_end(&mut answer)).await??;
+    assert_eq!(answer.first(), Some(&b'E'), "answer: {answer:?}");
+    let shown = String::from_utf8_lossy(&answer);
+    assert!(shown.contains("08P01"), "{shown}");
+    assert!(
+        shown.contains("unencrypted data after SSL request"),
+        "{shown}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn gss_encryption_is_answered_no_and_tls_may_follow() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (_, tls) = certs(dir.path(), false)?;
+    let router = Listener::start(&Catalog::default(), Some(tls)).await?;
+    let mut s = tokio::net::TcpStream::connect(router.addr).await?;
+    let mut answer = [0u8; 1];
+    for (request, expected) in [
+        ([0x04, 0xd2, 0x16, 0x30], b'N'),
+        ([0x04, 0xd2, 0x16, 0x2f], b'S'),
+    ] {
+        s.write_all(&[&[0, 0, 0, 8][..], &request[..]].concat())
+            .await?;
+        tokio::time::timeout(common::TIMEOUT, s.read_exact(&mut answer)).await??;
+        assert_eq!(answer[0], expected, "answer to {request:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn unusable_key_files_are_named() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let files = TlsFiles::make(dir.path())?;
+    let missing = dir.path().join("missing.key");
+    let e = WireTls::load(&files.server_cert, &missing, false)
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+    assert!(e.contains("missing.key"), "{e}");
+    // A key that is not the certificate's.
+    let e = WireTls::load(&files.server_cert, &dir.path().join("ca.key"), false)
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+    assert!(e.contains("server.crt") && e.contains("ca.key"), "{e}");
+    Ok(())
+}
