@@ -5,7 +5,9 @@
 
 mod common;
 
-use common::wire_stack::{count_on, keys_on_both, Stack};
+use common::wire_stack::{catalog, count_on, keys_on_both, Stack, APP};
+use shardline_router::state::{RouterContext, Routing};
+use shardline_router::RouterConfig;
 use tokio_postgres::SimpleQueryMessage;
 
 /// `n` keys on shard `shard`, from `from` on.
@@ -220,5 +222,44 @@ async fn copy_without_a_key_splits_rows_by_their_key_column() -> anyhow::Result<
     assert!(out.contains("still"), "{out}");
     assert_eq!(count_on(&stack, 0, fresh0).await?, 0, "rolled back");
     assert_eq!(count_on(&stack, 1, fresh1).await?, 0, "rolled back");
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_key_a_statement_names_is_held_to_the_apps_prefix() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    // Two keys on one shard, one inside the prefix "1", one outside.
+    let shard = 0;
+    let inside = (10..10_000)
+        .find(|k: &i64| stack.shard_of(*k) == shard && k.to_string().starts_with('1'))
+        .expect("a key starting with 1");
+    let outside = (20..10_000)
+        .find(|k: &i64| stack.shard_of(*k) == shard && k.to_string().starts_with('2'))
+        .expect("a key starting with 2");
+    let mut cat = catalog(&stack.shards);
+    cat.apps.get_mut(APP).expect("app").key_prefix = Some("1".into());
+    cat.version = 2;
+    let ctx = RouterContext::new(&RouterConfig::new("http://127.0.0.1:1", "t"));
+    stack
+        .routing
+        .set(Routing::build(&cat, &stack.routing.get(), &ctx));
+    let c = stack.client().await?;
+    c.batch_execute(&format!(
+        "INSERT INTO items (id, v) VALUES ({inside}, 'ok')"
+    ))
+    .await?;
+    for sql in [
+        format!("INSERT INTO items (id, v) VALUES ({inside}, 'a'), ({outside}, 'b')"),
+        format!("SELECT v FROM items WHERE id IN ({inside}, {outside})"),
+        format!("DELETE FROM items WHERE id = {outside}"),
+    ] {
+        let err = c.simple_query(&sql).await.expect_err("outside the prefix");
+        assert_eq!(
+            err.as_db_error().map(|e| e.code().code()),
+            Some("42501"),
+            "{sql}: {err:?}"
+        );
+    }
+    assert_eq!(count_on(&stack, shard, outside).await?, 0);
     Ok(())
 }

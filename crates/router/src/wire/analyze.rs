@@ -65,6 +65,7 @@
 mod cache;
 mod copy;
 mod fanout;
+mod prepared;
 mod rows;
 mod text;
 mod walk;
@@ -80,6 +81,7 @@ use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 pub use cache::AnalysisCache;
 pub use copy::{CopyFormat, CopySpec};
+pub use prepared::PreparedSql;
 pub use rows::InsertRows;
 
 /// A shard key found in a statement.
@@ -219,6 +221,9 @@ pub struct Analysis {
     pub insert_rows: Option<InsertRows>,
     /// A `COPY` of a sharded table from or to the client.
     pub copy: Option<CopySpec>,
+    /// A one-statement text that is a SQL `PREPARE`, `EXECUTE` or
+    /// `DEALLOCATE`.
+    pub prepared: Option<PreparedSql>,
     /// Whether some read or write of a sharded table has no key: the
     /// statement needs rows that [`Analysis::keys`] does not cover (or the
     /// analysis could not tell), so routing by those keys alone could
@@ -267,6 +272,7 @@ impl Analysis {
             insert_row_keys: Vec::new(),
             insert_rows: None,
             copy: None,
+            prepared: None,
             unkeyed: false,
             touches_sharded: false,
             catalog_only: true,
@@ -378,6 +384,12 @@ pub fn analyze(sql: &str, shard_key_of: &dyn Fn(&str) -> Option<String>) -> Anal
     {
         analysis.insert_rows =
             rows::insert_rows(sql).filter(|r| r.rows.len() == analysis.insert_row_keys.len());
+    }
+    if analysis.statements == 1
+        && analysis.parse_error.is_none()
+        && matches!(analysis.kind, Kind::Session | Kind::Other)
+    {
+        analysis.prepared = prepared::find(sql);
     }
     analysis
 }

@@ -5,7 +5,8 @@ use std::mem::size_of;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::{
-    analyze, Analysis, CopySpec, FanOut, InsertRows, KeyRef, Kind, OutputAggregate, SortKey,
+    analyze, Analysis, CopySpec, FanOut, InsertRows, KeyRef, Kind, OutputAggregate, PreparedSql,
+    SortKey,
 };
 
 /// What an entry costs beyond its text and analysis: the map slot, the
@@ -194,6 +195,21 @@ fn analysis_bytes(a: &Analysis) -> usize {
                     .iter()
                     .map(|s| s.capacity() + size_of::<String>())
                     .sum::<usize>()
+        })
+        + a.prepared.as_ref().map_or(0, |p| match p {
+            PreparedSql::Prepare { name, .. } | PreparedSql::Deallocate { name: Some(name) } => {
+                name.capacity()
+            }
+            PreparedSql::Execute { name, args, .. } => {
+                name.capacity()
+                    + args
+                        .iter()
+                        .map(|a| {
+                            size_of::<Option<String>>() + a.as_ref().map_or(0, String::capacity)
+                        })
+                        .sum::<usize>()
+            }
+            PreparedSql::Deallocate { name: None } => 0,
         })
         + a.insert_rows.as_ref().map_or(0, |r| {
             size_of::<InsertRows>() + r.rows.capacity() * size_of::<std::ops::Range<usize>>()

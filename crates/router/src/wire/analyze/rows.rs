@@ -42,7 +42,7 @@ impl InsertRows {
 
 /// A lexical token: what the row cutting needs to tell apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Lexeme {
+pub(super) enum Lexeme {
     Word,
     Open,
     Close,
@@ -135,7 +135,7 @@ pub fn insert_rows(sql: &str) -> Option<InsertRows> {
 
 /// The text's tokens with their byte ranges, comments dropped; `None`
 /// when a string, identifier or comment never ends.
-fn lex(sql: &str) -> Option<Vec<(Lexeme, Range<usize>)>> {
+pub(super) fn lex(sql: &str) -> Option<Vec<(Lexeme, Range<usize>)>> {
     let b = sql.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -221,6 +221,14 @@ fn lex(sql: &str) -> Option<Vec<(Lexeme, Range<usize>)>> {
             b';' => {
                 i += 1;
                 Lexeme::Semicolon
+            }
+            c if c.is_ascii_digit() => {
+                // A number, with its fraction and exponent.
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.' || b[i] == b'_')
+                {
+                    i += 1;
+                }
+                Lexeme::Other
             }
             c if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
                 while i < b.len() && (super::text::is_ident_byte(b[i]) || b[i] == b'$') {

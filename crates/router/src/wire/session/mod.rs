@@ -34,12 +34,14 @@
 //! - [`merge`]: keyless reads run on every shard.
 //! - [`split`]: an `INSERT`'s rows split over shards.
 //! - [`copy`]: `COPY` without a key, rows split or concatenated.
+//! - [`sqlprep`]: SQL `PREPARE`/`EXECUTE`/`DEALLOCATE`.
 
 mod copy;
 mod merge;
 mod relay;
 mod route;
 mod split;
+mod sqlprep;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -122,6 +124,11 @@ struct Pending {
     failed: bool,
     /// Ended by `Sync` or a simple query (a `ReadyForQuery` will come).
     closed: bool,
+    /// `CommandComplete`s of statements the router put before the
+    /// client's in the same query (a SQL `PREPARE`): not the client's.
+    drop_tags: usize,
+    /// The statement confirmed prepared once those are dropped.
+    confirm_on_tag: Option<String>,
     /// When the client's exchange was sent (for its duration metric).
     started: Option<std::time::Instant>,
 }
@@ -186,6 +193,8 @@ pub struct Session {
     /// Session settings from startup, then the client's `SET`s.
     pub(super) sets: Vec<String>,
     statements: HashMap<String, ClientStatement>,
+    /// SQL-level `PREPARE`d statements, by name.
+    sql_statements: HashMap<String, sqlprep::SqlStatement>,
     /// The unnamed statement: its `Parse` and analysis.
     unnamed: Option<(Parse, Arc<Analysis>)>,
     /// `SET shardline.shard_key` and `SET LOCAL shardline.shard_key`.
@@ -220,6 +229,7 @@ impl Session {
             cancel,
             sets,
             statements: HashMap::new(),
+            sql_statements: HashMap::new(),
             unnamed: None,
             session_key: None,
             local_key: None,
@@ -382,6 +392,9 @@ impl Session {
             .map_err(|e| SessionEnd::Fatal(WireError::fatal("08P01", e.to_string())))?
             .to_string();
         let analysis = self.analyze(&sql);
+        if let Some(p) = analysis.prepared.clone() {
+            return self.on_sql_prepared(&sql, p).await;
+        }
         if self.attached.is_none() {
             if sql.trim().is_empty() || analysis.parts.is_empty() {
                 self.io.queue(&codec::empty(b'I'));

@@ -81,6 +81,15 @@ impl Session {
                 return Ok(());
             }
             match f {
+                b'C' if p.drop_tags > 0 => {
+                    p.drop_tags -= 1;
+                    forward = None;
+                    if p.drop_tags == 0 {
+                        if let Some(name) = p.confirm_on_tag.take() {
+                            p.unconfirmed.retain(|n| *n != name);
+                        }
+                    }
+                }
                 b'1' | b'3' => match p.rewrites.pop_front() {
                     None | Some(Rewrite::Keep) => {}
                     Some(Rewrite::Confirm(name)) => p.unconfirmed.retain(|n| *n != name),

@@ -1,0 +1,96 @@
+//! SQL-level `PREPARE`/`EXECUTE`/`DEALLOCATE` over the wire: a client's
+//! prepared statements follow it onto whichever pooled server session
+//! (and shard) each `EXECUTE` needs, routed by the `EXECUTE`'s arguments;
+//! another client's names are its own.
+
+mod common;
+
+use common::wire_stack::{count_on, keys_on_both, Stack};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+/// The first column of each row `sql` returns.
+async fn values(c: &Client, sql: &str) -> Result<Vec<String>, tokio_postgres::Error> {
+    Ok(c.simple_query(sql)
+        .await?
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_string()),
+            _ => None,
+        })
+        .collect())
+}
+
+async fn code_of(c: &Client, sql: &str) -> String {
+    match c.simple_query(sql).await {
+        Ok(_) => "ok".into(),
+        Err(e) => e
+            .as_db_error()
+            .map_or_else(|| e.to_string(), |d| d.code().code().to_string()),
+    }
+}
+
+#[tokio::test]
+async fn prepared_statements_follow_the_client_across_server_sessions() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let (a, b) = keys_on_both(&stack);
+    let c = stack.client().await?;
+    // A write prepared once, run for keys of both shards.
+    c.batch_execute("PREPARE ins (bigint, text) AS INSERT INTO items (id, v) VALUES ($1, $2)")
+        .await?;
+    c.batch_execute(&format!("EXECUTE ins({a}, 'on a')"))
+        .await?;
+    c.batch_execute(&format!("EXECUTE ins('{b}'::bigint, 'on b')"))
+        .await?;
+    for k in [a, b] {
+        let mine = stack.shard_of(k);
+        assert_eq!(count_on(&stack, mine, k).await?, 1, "{k} on its shard");
+        assert_eq!(count_on(&stack, 1 - mine, k).await?, 0, "{k} only there");
+    }
+    // A read, many times, on both shards' server sessions.
+    c.batch_execute("PREPARE get (bigint) AS SELECT v FROM items WHERE id = $1")
+        .await?;
+    for _ in 0..10 {
+        assert_eq!(values(&c, &format!("EXECUTE get({a})")).await?, ["on a"]);
+        assert_eq!(values(&c, &format!("EXECUTE get({b})")).await?, ["on b"]);
+    }
+    // Another client: its own names, none of the first's.
+    let other = stack.client().await?;
+    assert_eq!(code_of(&other, &format!("EXECUTE get({a})")).await, "26000");
+    other
+        .batch_execute("PREPARE get (bigint) AS SELECT 'mine' FROM items WHERE id = $1")
+        .await?;
+    assert_eq!(
+        values(&other, &format!("EXECUTE get({a})")).await?,
+        ["mine"]
+    );
+    assert_eq!(values(&c, &format!("EXECUTE get({a})")).await?, ["on a"]);
+    // PostgreSQL's errors for names.
+    assert_eq!(
+        code_of(&c, "PREPARE get AS SELECT 1").await,
+        "42P05",
+        "a name in use"
+    );
+    assert_eq!(code_of(&c, "DEALLOCATE get").await, "ok");
+    assert_eq!(code_of(&c, &format!("EXECUTE get({a})")).await, "26000");
+    assert_eq!(code_of(&c, "DEALLOCATE get").await, "26000");
+    // A statement PostgreSQL rejects fails where it runs; the session
+    // goes on, and the name can be prepared again.
+    c.batch_execute("PREPARE bad (bigint) AS SELECT nope FROM items WHERE id = $1")
+        .await?;
+    assert_eq!(code_of(&c, &format!("EXECUTE bad({a})")).await, "42703");
+    assert_eq!(values(&c, "SELECT 'alive'").await?, ["alive"]);
+    c.batch_execute("DEALLOCATE ALL").await?;
+    assert_eq!(
+        code_of(&c, &format!("EXECUTE ins({a}, 'x')")).await,
+        "26000"
+    );
+    // Inside a transaction: pinned to the first shard as any statement.
+    c.batch_execute("PREPARE get (bigint) AS SELECT v FROM items WHERE id = $1")
+        .await?;
+    c.batch_execute("BEGIN").await?;
+    assert_eq!(values(&c, &format!("EXECUTE get({a})")).await?, ["on a"]);
+    assert_eq!(code_of(&c, &format!("EXECUTE get({b})")).await, "0A000");
+    c.batch_execute("ROLLBACK").await?;
+    assert_eq!(values(&c, &format!("EXECUTE get({b})")).await?, ["on b"]);
+    Ok(())
+}
