@@ -59,7 +59,7 @@ impl Session {
     }
 
     /// The shards of the session's keyspace, in id order.
-    fn keyspace_shards(&self) -> Result<Vec<String>, WireError> {
+    pub(super) fn keyspace_shards(&self) -> Result<Vec<String>, WireError> {
         let routing = self.shared.routing.get();
         let map = routing
             .keyspaces

@@ -35,7 +35,9 @@
 //! - [`split`]: an `INSERT`'s rows split over shards.
 //! - [`copy`]: `COPY` without a key, rows split or concatenated.
 //! - [`sqlprep`]: SQL `PREPARE`/`EXECUTE`/`DEALLOCATE`.
+//! - [`aside`]: describing statements before a transaction's first.
 
+mod aside;
 mod copy;
 mod merge;
 mod relay;
@@ -131,6 +133,10 @@ struct Pending {
     confirm_on_tag: Option<String>,
     /// When the client's exchange was sent (for its duration metric).
     started: Option<std::time::Instant>,
+    /// The router's own error, raised on the server to fail its
+    /// transaction: the client gets this, not the server's report of it
+    /// (which names a PL/pgSQL block and a source line).
+    raised: Option<WireError>,
 }
 
 enum Rewrite {
@@ -533,6 +539,7 @@ impl Session {
                 a.pending.push_back(Pending {
                     closed: true,
                     started: Some(std::time::Instant::now()),
+                    raised: Some(e),
                     ..Pending::default()
                 });
                 a.conn.conn.send(&out).await?;
@@ -611,6 +618,9 @@ impl Session {
             .iter()
             .flat_map(|r| r.analysis.parts.iter().cloned())
             .collect();
+        if self.attached.is_none() && self.pending_begin.is_some() && Self::describes_only(&batch) {
+            return self.describe_aside(&batch, sync).await;
+        }
         if self.attached.is_none() {
             if batch.iter().all(|f| f.tag == b'S' || f.tag == b'H') {
                 if sync {

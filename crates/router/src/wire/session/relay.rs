@@ -106,6 +106,9 @@ impl Session {
                     for n in p.unconfirmed.drain(..) {
                         a.conn.conn.prepared.remove(&n);
                     }
+                    if let Some(e) = &p.raised {
+                        forward = Some(e.frame());
+                    }
                 }
                 b'Z' => {
                     if let Some(fr) = &forward {
