@@ -94,6 +94,15 @@ fn dsn_field<'a>(dsn: &'a str, key: &str) -> Option<&'a str> {
 }
 
 fn start_bouncer(dir: &Path, dsn: &str, db: &str, pool: usize) -> anyhow::Result<(Bouncer, u16)> {
+    // runuser starts even when pgbouncer is missing: look first.
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("pgbouncer").is_file()))
+        .unwrap_or(false)
+        || Path::new("/usr/sbin/pgbouncer").is_file();
+    anyhow::ensure!(
+        found,
+        "pgbouncer is not installed: apt-get install pgbouncer"
+    );
     let port = free_port()?;
     let host = dsn_field(dsn, "host").unwrap_or("127.0.0.1");
     let pg_port = dsn_field(dsn, "port").context("shard port")?;

@@ -36,7 +36,7 @@ async fn an_insert_of_rows_for_several_shards_is_split() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     let on0 = keys_on(&stack, 0, 100, 2);
     let on1 = keys_on(&stack, 1, 100, 2);
-    let c = stack.client().await?;
+    let mut c = stack.client().await?;
     let sql = format!(
         "INSERT INTO items (id, v) VALUES ({}, 'a'), ({}, 'b, (c)'), ({}, $$d)$$), ({}, 'e') \
          RETURNING id",
@@ -103,20 +103,66 @@ async fn an_insert_of_rows_for_several_shards_is_split() -> anyhow::Result<()> {
         .expect_err("refused in a transaction");
     assert_eq!(err.as_db_error().map(|e| e.code().code()), Some("0A000"));
     c.batch_execute("ROLLBACK").await?;
-    // Extended protocol: refused with a hint, nothing inserted.
-    let k0 = keys_on(&stack, 0, 30_000, 1)[0];
+    // Extended protocol: the rows and their parameters split too
+    // (tokio-postgres prepares the statement by name, then binds).
+    let k0 = keys_on(&stack, 0, 30_000, 2);
     let k1 = keys_on(&stack, 1, 30_000, 1)[0];
+    let n = c
+        .execute(
+            "INSERT INTO items (id, v) VALUES ($1, $4), ($2, 'l'), ($3, $4)",
+            &[&k0[0], &k1, &k0[1], &"k"],
+        )
+        .await?;
+    assert_eq!(n, 3);
+    for k in &k0 {
+        assert_eq!(count_on(&stack, 0, *k).await?, 1, "{k} on shard 0");
+        assert_eq!(count_on(&stack, 1, *k).await?, 0);
+    }
+    assert_eq!(count_on(&stack, 1, k1).await?, 1, "{k1} on shard 1");
+    let d1 = stack.direct(1).await?;
+    let v: String = d1
+        .query_one("SELECT v FROM items WHERE id = $1", &[&k1])
+        .await?
+        .get(0);
+    assert_eq!(v, "l");
+    // RETURNING rows of both shards; a duplicate inserts nothing.
+    let k2 = keys_on(&stack, 0, 40_000, 1)[0];
+    let k3 = keys_on(&stack, 1, 40_000, 1)[0];
+    let rows = c
+        .query(
+            "INSERT INTO items (id, v) VALUES ($1, 'r'), ($2, 'r') RETURNING id",
+            &[&k2, &k3],
+        )
+        .await?;
+    let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    ids.sort_unstable();
+    let mut want = vec![k2, k3];
+    want.sort_unstable();
+    assert_eq!(ids, want);
+    let k4 = keys_on(&stack, 0, 50_000, 1)[0];
     let err = c
         .execute(
-            "INSERT INTO items (id, v) VALUES ($1, 'k'), ($2, 'l')",
-            &[&k0, &k1],
+            "INSERT INTO items (id, v) VALUES ($1, 'x'), ($2, 'dup')",
+            &[&k4, &k1],
         )
         .await
-        .expect_err("an extended insert for two shards");
+        .expect_err("a duplicate key fails it");
+    assert_eq!(err.as_db_error().map(|e| e.code().code()), Some("23505"));
+    assert_eq!(count_on(&stack, 0, k4).await?, 0, "rolled back");
+    // In a transaction: refused with a hint.
+    let tx = c.transaction().await?;
+    let err = tx
+        .execute(
+            "INSERT INTO items (id, v) VALUES ($1, 'k'), ($2, 'l')",
+            &[&k4, &keys_on(&stack, 1, 50_000, 1)[0]],
+        )
+        .await
+        .expect_err("rows of two shards in a transaction");
     let db = err.as_db_error().expect("a server error");
     assert_eq!(db.code().code(), "0A000");
     assert!(db.hint().is_some(), "{db:?}");
-    assert_eq!(count_on(&stack, 0, k0).await?, 0);
+    drop(tx);
+    assert_eq!(count_on(&stack, 0, k4).await?, 0);
     Ok(())
 }
 

@@ -74,6 +74,8 @@ pub struct Bind {
     pub params: Vec<(i16, Option<Bytes>)>,
     /// Where the statement name ends in the body.
     stmt_end: usize,
+    /// Where the parameters end (the result formats follow).
+    params_end: usize,
 }
 
 impl Bind {
@@ -106,11 +108,13 @@ impl Bind {
             };
             params.push((fmt, value));
         }
+        let params_end = body.len() - f.rest().len();
         Ok(Bind {
             portal,
             statement,
             params,
             stmt_end,
+            params_end,
         })
     }
 
@@ -125,6 +129,42 @@ impl Bind {
         put_cstr(&mut b, portal);
         put_cstr(&mut b, statement);
         b.put_slice(&body[self.stmt_end..]);
+        Frame::new(b'B', b.freeze())
+    }
+}
+
+impl Bind {
+    /// A `Bind` of the unnamed statement into the unnamed portal with
+    /// only the parameters `picked` (1-based, in the new order), each
+    /// with its own format; the result formats as the client sent them.
+    pub fn frame_with(&self, body: &Bytes, picked: &[usize]) -> Frame {
+        let mut b = BytesMut::with_capacity(body.len());
+        put_cstr(&mut b, "");
+        put_cstr(&mut b, "");
+        let n = i16::try_from(picked.len()).unwrap_or(i16::MAX);
+        b.put_i16(n);
+        for &i in picked {
+            b.put_i16(
+                i.checked_sub(1)
+                    .and_then(|i| self.params.get(i))
+                    .map_or(0, |p| p.0),
+            );
+        }
+        b.put_i16(n);
+        for &i in picked {
+            match i
+                .checked_sub(1)
+                .and_then(|i| self.params.get(i))
+                .and_then(|p| p.1.as_ref())
+            {
+                Some(v) => {
+                    b.put_i32(i32::try_from(v.len()).unwrap_or(i32::MAX));
+                    b.put_slice(v);
+                }
+                None => b.put_i32(-1),
+            }
+        }
+        b.put_slice(&body[self.params_end.min(body.len())..]);
         Frame::new(b'B', b.freeze())
     }
 }

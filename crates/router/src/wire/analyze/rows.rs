@@ -40,6 +40,50 @@ impl InsertRows {
     }
 }
 
+impl InsertRows {
+    /// The statement with only the rows at `picked`, its `$n`
+    /// parameters numbered anew from 1 in the order of their old numbers;
+    /// with the old numbers in the new order. `None` when the text does
+    /// not lex.
+    pub fn text_with_params(&self, sql: &str, picked: &[usize]) -> Option<(String, Vec<usize>)> {
+        let tokens = lex(sql)?;
+        let params: Vec<(Range<usize>, usize)> = tokens
+            .iter()
+            .filter(|t| t.0 == Lexeme::Other && sql[t.1.clone()].starts_with('$'))
+            .filter_map(|t| Some((t.1.clone(), sql[t.1.start + 1..t.1.end].parse().ok()?)))
+            .collect();
+        let mut segments = vec![self.head.clone()];
+        for &i in picked {
+            segments.push(self.rows.get(i)?.clone());
+        }
+        segments.push(self.tail.clone());
+        let inside = |r: &Range<usize>, s: &Range<usize>| r.start >= s.start && r.end <= s.end;
+        let mut olds: Vec<usize> = params
+            .iter()
+            .filter(|(r, _)| segments.iter().any(|s| inside(r, s)))
+            .map(|(_, n)| *n)
+            .collect();
+        olds.sort_unstable();
+        olds.dedup();
+        let mut out = String::with_capacity(sql.len());
+        let last = segments.len() - 1;
+        for (k, seg) in segments.iter().enumerate() {
+            if k > 1 && k < last {
+                out.push_str(", ");
+            }
+            let mut at = seg.start;
+            for (r, n) in params.iter().filter(|(r, _)| inside(r, seg)) {
+                out.push_str(&sql[at..r.start]);
+                let new = olds.iter().position(|o| o == n)? + 1;
+                out.push_str(&format!("${new}"));
+                at = r.end;
+            }
+            out.push_str(&sql[at..seg.end]);
+        }
+        Some((out, olds))
+    }
+}
+
 /// A lexical token: what the row cutting needs to tell apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Lexeme {
@@ -270,6 +314,23 @@ mod tests {
             r.text_with(sql, &[2, 0]),
             "INSERT INTO t (k, v) VALUES ($1, $$x)$$), (1, 'a,(b') \
              ON CONFLICT (k) DO UPDATE SET v = excluded.v RETURNING k;"
+        );
+    }
+
+    #[test]
+    fn parameters_are_numbered_anew() {
+        let sql = "INSERT INTO t (k, v) VALUES ($1, $2), ($3, '$4'), ($5, $2) RETURNING $6::int";
+        let r = insert_rows(sql).expect("rows");
+        assert_eq!(
+            r.text_with_params(sql, &[1, 2]).expect("text"),
+            (
+                "INSERT INTO t (k, v) VALUES ($2, '$4'), ($3, $1) RETURNING $4::int".to_string(),
+                vec![2, 3, 5, 6]
+            )
+        );
+        assert_eq!(
+            r.text_with_params(sql, &[0]).expect("text").0,
+            "INSERT INTO t (k, v) VALUES ($1, $2) RETURNING $3::int"
         );
     }
 

@@ -672,8 +672,16 @@ impl Session {
                 .with_hint("SET shardline.shard_key = '...' to copy one shard's rows");
                 return self.refuse_batch(e, sync).await;
             }
-            Ok(Choice::Split(_)) => {
-                return self.refuse_batch(split::extended_refusal(), sync).await;
+            Ok(Choice::Split(parts)) => {
+                let describes_statement = batch
+                    .iter()
+                    .any(|f| f.tag == b'D' && f.body.first() == Some(&b'S'));
+                return match runs.as_slice() {
+                    [run] if sync && !describes_statement => {
+                        self.split_insert_extended(&batch, run, parts).await
+                    }
+                    _ => self.refuse_batch(split::extended_refusal(), sync).await,
+                };
             }
             Ok(Choice::FanOut) => {
                 return match runs.first() {

@@ -282,19 +282,7 @@ pub(super) fn statement_keys(e: &Exec<'_>, key_type: KeyType) -> Vec<String> {
             return vec![k];
         }
     }
-    let resolve = |r: &KeyRef| -> Option<String> {
-        match r {
-            KeyRef::Literal(s) => Some(s.clone()),
-            KeyRef::Param(n) => {
-                let (fmt, value) = e.params?.get(n.checked_sub(1)?)?;
-                let v = value.as_ref()?;
-                if *fmt == 0 {
-                    return String::from_utf8(v.to_vec()).ok();
-                }
-                binary_key(v, key_type)
-            }
-        }
-    };
+    let resolve = |r: &KeyRef| resolve_key(r, e.params, key_type);
     if e.analysis.unkeyed {
         // Some table is read or written without a key: the keys found
         // do not cover every row the statement needs.
@@ -312,6 +300,26 @@ pub(super) fn statement_keys(e: &Exec<'_>, key_type: KeyType) -> Vec<String> {
     out.sort();
     out.dedup();
     out
+}
+
+/// A key's text: a literal's, or a bound parameter's (text, or binary
+/// read by the keyspace's key type).
+pub(super) fn resolve_key(
+    r: &KeyRef,
+    params: Option<&[(i16, Option<bytes::Bytes>)]>,
+    key_type: KeyType,
+) -> Option<String> {
+    match r {
+        KeyRef::Literal(s) => Some(s.clone()),
+        KeyRef::Param(n) => {
+            let (fmt, value) = params?.get(n.checked_sub(1)?)?;
+            let v = value.as_ref()?;
+            if *fmt == 0 {
+                return String::from_utf8(v.to_vec()).ok();
+            }
+            binary_key(v, key_type)
+        }
+    }
 }
 
 /// A binary parameter as key text, by the keyspace's key type.

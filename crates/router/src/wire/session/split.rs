@@ -11,21 +11,24 @@
 //! rows come shard after shard; the command tag counts every shard's
 //! rows.
 //!
-//! Only a simple query is split; an extended-protocol `INSERT` (its rows
-//! hold `$n` parameters) whose rows go to several shards is refused with
-//! a hint, as is one inside a transaction.
+//! Both protocols: a simple query's rows are cut out of its text; an
+//! extended-protocol `INSERT` (one `Execute`, ended by `Sync`) gets, per
+//! shard, its rows with their `$n` numbered anew and only their
+//! parameters bound, as the unnamed statement and portal. One inside a
+//! transaction is refused with a hint: the transaction is one shard's.
 
-use bytes::BytesMut;
+use bytes::{BufMut as _, Bytes, BytesMut};
 use futures_util::future::join_all;
 use shardline_api::router::ShardKeyValue;
 
 use super::relay::give_back;
-use super::route::{sqlstate_of, Opened};
-use super::{Exec, Session, SessionEnd};
-use crate::pg::frame::Frame;
+use super::route::{resolve_key, sqlstate_of, Opened};
+use super::{Exec, Run, Session, SessionEnd};
+use crate::pg::frame::{put_cstr, Frame};
 use crate::state::Routing;
-use crate::wire::analyze::{comment_key, Analysis, KeyRef};
+use crate::wire::analyze::{comment_key, Analysis};
 use crate::wire::codec::{self, WireError};
+use crate::wire::messages::{self, Parse};
 
 /// The rows of a split `INSERT` that go to one shard.
 #[derive(Debug)]
@@ -50,8 +53,8 @@ pub(super) struct Answer {
 pub(super) fn extended_refusal() -> WireError {
     WireError::error(
         "0A000",
-        "the rows of this INSERT go to several shards; only a simple-protocol INSERT \
-         outside a transaction is split per shard",
+        "the rows of this INSERT go to several shards; an INSERT is split per shard only \
+         outside a transaction, alone in its batch",
     )
     .with_hint("insert each shard's rows in a statement of its own")
 }
@@ -68,9 +71,13 @@ impl Session {
     ) -> Result<Option<Vec<Part>>, WireError> {
         let [e] = execs else { return Ok(None) };
         let a = e.analysis;
-        if e.params.is_some() || self.in_transaction() || a.insert_rows.is_none() {
+        if self.in_transaction() || a.insert_rows.is_none() {
             return Ok(None);
         }
+        let key_type = routing
+            .keyspaces
+            .get(&self.keyspace)
+            .map_or(shardline_core::KeyType::Text, |k| k.key_type);
         if e.sql.contains("shardline.shard_key") && comment_key(e.sql).is_some() {
             return Ok(None);
         }
@@ -79,10 +86,10 @@ impl Session {
         }
         let mut parts: Vec<Part> = Vec::new();
         for (i, k) in a.insert_row_keys.iter().enumerate() {
-            let KeyRef::Literal(k) = k else {
+            let Some(k) = resolve_key(k, e.params, key_type) else {
                 return Ok(None);
             };
-            let key = ShardKeyValue::Text(k.clone());
+            let key = ShardKeyValue::Text(k);
             let shard = routing
                 .route(&self.keyspace, &key)
                 .map_err(|e| WireError::error(sqlstate_of(e.code), e.message))?
@@ -101,8 +108,8 @@ impl Session {
         Ok(Some(parts))
     }
 
-    /// Runs an `INSERT` split per shard (see the module docs) and answers
-    /// the client.
+    /// Runs a simple-protocol `INSERT` split per shard (see the module
+    /// docs) and answers the client.
     pub(super) async fn split_insert(
         &mut self,
         sql: &str,
@@ -112,16 +119,118 @@ impl Session {
         let Some(rows) = analysis.insert_rows.as_ref() else {
             return self.refuse(extended_refusal(), true).await;
         };
+        let mut payloads = Vec::with_capacity(parts.len());
+        for p in &parts {
+            let mut out = BytesMut::new();
+            postgres_protocol::message::frontend::query(&rows.text_with(sql, &p.rows), &mut out)?;
+            payloads.push(out.freeze());
+        }
+        let Some(answers) = self.run_split(&parts, payloads).await? else {
+            return Ok(());
+        };
+        if let Some(d) = answers.iter().find_map(|a| a.description.as_ref()) {
+            self.io.queue(d);
+        }
+        self.queue_rows_and_tag(&answers);
+        self.io.queue(&codec::ready(self.status()));
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    /// Runs an extended-protocol `INSERT` split per shard: each shard's
+    /// statement has only its rows and their parameters, numbered anew,
+    /// run as the unnamed statement and portal; each of the client's
+    /// messages gets the answer PostgreSQL would give.
+    pub(super) async fn split_insert_extended(
+        &mut self,
+        batch: &[Frame],
+        run: &Run,
+        parts: Vec<Part>,
+    ) -> Result<(), SessionEnd> {
+        let Some(rows) = run.analysis.insert_rows.as_ref() else {
+            return self.refuse_batch(extended_refusal(), true).await;
+        };
+        let mut payloads = Vec::with_capacity(parts.len());
+        for p in &parts {
+            let Some((text, olds)) = rows.text_with_params(&run.text, &p.rows) else {
+                return self.refuse_batch(extended_refusal(), true).await;
+            };
+            let parse = Parse {
+                name: String::new(),
+                query: text,
+                param_types: olds
+                    .iter()
+                    .map(|&o| {
+                        o.checked_sub(1)
+                            .and_then(|i| run.parse.param_types.get(i))
+                            .copied()
+                            .unwrap_or(0)
+                    })
+                    .collect(),
+            };
+            let mut out = BytesMut::new();
+            parse.frame_as("").encode(&mut out);
+            run.bind.frame_with(&run.bind_body, &olds).encode(&mut out);
+            messages::target_frame(b'D', b'P', "").encode(&mut out);
+            let mut exec = BytesMut::new();
+            put_cstr(&mut exec, "");
+            exec.put_i32(0);
+            Frame::new(b'E', exec.freeze()).encode(&mut out);
+            Frame::new(b'S', Bytes::new()).encode(&mut out);
+            payloads.push(out.freeze());
+        }
+        let Some(answers) = self.run_split(&parts, payloads).await? else {
+            return Ok(());
+        };
+        for f in batch {
+            match f.tag {
+                b'P' => self.io.queue(&codec::empty(b'1')),
+                b'B' => self.io.queue(&codec::empty(b'2')),
+                b'C' => self.io.queue(&codec::empty(b'3')),
+                b'D' => {
+                    let d = answers.iter().find_map(|a| a.description.clone());
+                    self.io.queue(&d.unwrap_or_else(|| codec::empty(b'n')));
+                }
+                b'E' => self.queue_rows_and_tag(&answers),
+                b'S' => self.io.queue(&codec::ready(self.status())),
+                _ => {}
+            }
+        }
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    fn queue_rows_and_tag(&mut self, answers: &[Answer]) {
+        for a in answers {
+            for r in &a.rows {
+                self.io.queue(r);
+            }
+        }
+        let count: u64 = answers.iter().map(|a| a.count).sum();
+        self.io
+            .queue(&codec::command_complete(&format!("INSERT 0 {count}")));
+    }
+
+    /// Sends each part's payload (a simple query, or an extended batch
+    /// ended by `Sync`) to its shard in a transaction, and commits them
+    /// all once every shard succeeded: their answers, or `None` once the
+    /// failure was answered to the client.
+    async fn run_split(
+        &mut self,
+        parts: &[Part],
+        payloads: Vec<Bytes>,
+    ) -> Result<Option<Vec<Answer>>, SessionEnd> {
         if self.attached.is_some() {
             // Pipelined statements before this one: answered first.
             self.drain().await?;
             self.release_if_idle();
             if self.attached.is_some() {
-                return self.refuse(extended_refusal(), true).await;
+                self.refuse(extended_refusal(), true).await?;
+                return Ok(None);
             }
         }
         let mut opened = Vec::with_capacity(parts.len());
-        for p in &parts {
+        for p in parts {
             match self
                 .open(&p.shard, Some(p.key.clone()), false, Some("BEGIN".into()))
                 .await
@@ -129,27 +238,24 @@ impl Session {
                 Ok(o) => opened.push(o),
                 Err(e) => {
                     end_all(opened, "ROLLBACK").await;
-                    return self.refuse(e, true).await;
+                    self.refuse(e, true).await?;
+                    return Ok(None);
                 }
             }
         }
-        let runs = opened.into_iter().zip(&parts).map(|(mut o, p)| {
-            let text = rows.text_with(sql, &p.rows);
-            async move {
-                let mut out = BytesMut::new();
-                let answer = match postgres_protocol::message::frontend::query(&text, &mut out) {
-                    Ok(()) => match o.conn.conn.send(&out).await {
-                        Ok(()) => {
-                            let ready = o.injected + 1;
-                            read_answers(&mut o, ready).await
-                        }
-                        Err(e) => Err(e.to_string()),
-                    },
+        let runs = opened
+            .into_iter()
+            .zip(payloads)
+            .map(|(mut o, out)| async move {
+                let answer = match o.conn.conn.send(&out).await {
+                    Ok(()) => {
+                        let ready = o.injected + 1;
+                        read_answers(&mut o, ready).await
+                    }
                     Err(e) => Err(e.to_string()),
                 };
                 (o, answer)
-            }
-        });
+            });
         let done = join_all(runs).await;
         let mut sessions = Vec::with_capacity(done.len());
         let mut answers = Vec::with_capacity(done.len());
@@ -175,41 +281,29 @@ impl Session {
         if let Some(f) = failure {
             end_all(sessions, "ROLLBACK").await;
             metrics.request("postgres", &self.keyspace, "split", "", "statement_failed");
-            return match f {
+            match f {
                 Ok(frame) => {
                     self.io.queue(&frame);
                     self.io.queue(&codec::ready(self.status()));
                     self.io.flush().await?;
-                    Ok(())
                 }
                 Err(e) => {
                     let e = WireError::error("57P03", format!("a shard is unavailable: {e}"));
-                    self.refuse(e, true).await
+                    self.refuse(e, true).await?;
                 }
-            };
+            }
+            return Ok(None);
         }
         let shards: Vec<String> = sessions.iter().map(|o| o.shard.clone()).collect();
         let committed = end_all(sessions, "COMMIT").await;
         if committed.len() < shards.len() {
             metrics.request("postgres", &self.keyspace, "split", "", "statement_failed");
             let e = partial_commit(&shards, &committed);
-            return self.refuse(e, true).await;
+            self.refuse(e, true).await?;
+            return Ok(None);
         }
         metrics.request("postgres", &self.keyspace, "split", "", "ok");
-        if let Some(d) = answers.iter().find_map(|a| a.description.as_ref()) {
-            self.io.queue(d);
-        }
-        for a in &answers {
-            for r in &a.rows {
-                self.io.queue(r);
-            }
-        }
-        let count: u64 = answers.iter().map(|a| a.count).sum();
-        self.io
-            .queue(&codec::command_complete(&format!("INSERT 0 {count}")));
-        self.io.queue(&codec::ready(self.status()));
-        self.io.flush().await?;
-        Ok(())
+        Ok(Some(answers))
     }
 }
 
