@@ -12,6 +12,10 @@
 //! bound is per PostgreSQL server, since each has its own
 //! `max_connections`, so many tenants cannot exhaust it; when it is used
 //! up, an idle connection of another tenant is closed to make room.
+//! A tenant has two pools per instance (tokio-postgres for the HTTP front
+//! end, raw sessions for the wire one); both count against one child
+//! budget of the tenant's pool size under the instance's, so a tenant
+//! using both front ends still holds at most its pool size there.
 //! Replica connections run every statement read-only
 //! (`default_transaction_read_only`), so nothing sent to a replica can
 //! write even if the replica was promoted meanwhile.
@@ -102,8 +106,11 @@ pub struct InstanceTarget {
     base: tokio_postgres::Config,
     settings: PoolSettings,
     budget: Arc<ConnBudget>,
+    /// Each tenant's budget here (a child of `budget`, sized as its
+    /// pools), shared by its two pools; by tenant id.
+    tenant_budgets: Mutex<HashMap<String, Arc<ConnBudget>>>,
     pools: RwLock<HashMap<String, TenantPool>>,
-    /// The wire front end's raw session pools, by tenant (same budget).
+    /// The wire front end's raw session pools, by tenant (same budgets).
     raw: RwLock<HashMap<String, RawTenantPool>>,
     closed: AtomicBool,
     /// Cancelled when a failover of its shard begins while it is the
@@ -216,6 +223,7 @@ impl InstanceTarget {
             base,
             settings: settings.clone(),
             budget: ConnBudget::new(settings.shard_max_connections),
+            tenant_budgets: Mutex::new(HashMap::new()),
             pools: RwLock::new(HashMap::new()),
             raw: RwLock::new(HashMap::new()),
             closed: AtomicBool::new(false),
@@ -262,6 +270,29 @@ impl InstanceTarget {
         &self.budget
     }
 
+    /// `tenant`'s budget here for pools of `size`, shared by its
+    /// tokio-postgres and raw pools; a new one when the size changed (the
+    /// pools of the old size are being replaced too, and their lent
+    /// connections still count against the instance's budget).
+    pub fn tenant_budget(&self, tenant: &str, size: usize) -> Arc<ConnBudget> {
+        let mut budgets = self.tenant_budgets();
+        match budgets.get(tenant) {
+            Some(b) if b.max() == size => Arc::clone(b),
+            _ => {
+                let b = ConnBudget::child(Arc::clone(&self.budget), size);
+                budgets.insert(tenant.to_string(), Arc::clone(&b));
+                b
+            }
+        }
+    }
+
+    fn tenant_budgets(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<ConnBudget>>> {
+        // Inserts and removes only: consistent under a panic.
+        self.tenant_budgets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Whether [`close`](Self::close) was called (a newer catalog
     /// replaced or removed the instance).
     pub fn is_closed(&self) -> bool {
@@ -289,7 +320,8 @@ impl InstanceTarget {
             claim_key: Some(claim_key(&tenant.role_password)),
             ..self.settings.base.clone()
         };
-        let pool = Pool::from_config(pg, cfg, Some(Arc::clone(&self.budget)));
+        let budget = self.tenant_budget(&tenant.id, size);
+        let pool = Pool::from_config(pg, cfg, Some(budget));
         if self.is_closed() {
             // A request still routing by the catalog that replaced this
             // instance: it gets a closed pool, nothing is kept.
@@ -361,7 +393,7 @@ impl InstanceTarget {
             );
             pg.options(options.trim_start());
         }
-        let pool = RawPool::new(pg, cfg, Arc::clone(&self.budget));
+        let pool = RawPool::new(pg, cfg, self.tenant_budget(&tenant.id, size));
         if self.is_closed() {
             pool.close();
             return pool;
@@ -402,6 +434,11 @@ impl InstanceTarget {
                 e.pool.close();
             }
             keep
+        });
+        self.tenant_budgets().retain(|id, b| {
+            tenants.get(id).is_some_and(|t| {
+                t.status == TenantStatus::Active && self.settings.pool_size(t) == b.max()
+            })
         });
     }
 

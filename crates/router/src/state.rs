@@ -42,6 +42,9 @@ pub struct RouterContext {
     pub max_replica_lag: Duration,
     /// Longest a request waits for a failover to end.
     pub failover_hold: Duration,
+    /// Longest a whole request may take (`request_timeout`); on the wire,
+    /// longest one exchange may run on a server session.
+    pub request_timeout: Duration,
     /// When the manager last answered.
     pub contact: Contact,
 }
@@ -180,6 +183,7 @@ impl RouterContext {
             health: Arc::new(HealthTable::new(cfg.health_poll)),
             max_replica_lag: cfg.max_replica_lag,
             failover_hold: cfg.failover_hold,
+            request_timeout: cfg.request_timeout,
             contact: Contact::default(),
         }
     }

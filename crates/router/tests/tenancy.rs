@@ -182,6 +182,61 @@ async fn shard_budget_is_shared_and_evicts_idle_connections() -> anyhow::Result<
     Ok(())
 }
 
+/// A tenant's pool size bounds its connections on an instance across
+/// both front ends' pools: a hog holding its size through HTTP gets no
+/// wire session, while another tenant still does.
+#[tokio::test]
+async fn pool_size_bounds_both_front_ends_together() -> anyhow::Result<()> {
+    let pg = PgCluster::start().await?;
+    provision(&pg, &[("acme", "pw-a"), ("beta", "pw-b")]).await?;
+    let mut cfg = config();
+    cfg.shard_max_connections = 10;
+    cfg.tenant_pool_size = 2;
+    let ctx = RouterContext::new(&cfg);
+    let cat = catalog(
+        &pg.dsn(),
+        vec![tenant("acme", "pw-a"), tenant("beta", "pw-b")],
+        vec![],
+    );
+    let routing = Routing::build(&cat, &Routing::default(), &ctx);
+    let s1 = Arc::clone(&routing.shards["s1"]);
+    let (acme, beta) = (&routing.tenants["acme"], &routing.tenants["beta"]);
+
+    // acme holds its two connections through the HTTP pool.
+    let http = s1.primary.pool_for(acme);
+    let (a1, a2) = (http.get().await?, http.get().await?);
+    assert_eq!(
+        scalar(&a1, "SELECT current_user::text").await?,
+        pg_name("acme")
+    );
+    // Its raw pool has a free slot of its own, but the tenant has none:
+    // it waits for the acquire timeout and is refused, with the
+    // instance's budget far from used up.
+    let raw = s1.primary.raw_pool_for(acme);
+    let err = raw.get().await.expect_err("a third session of acme");
+    assert!(
+        matches!(
+            err,
+            shardline_router::pg::rawpool::RawPoolError::BudgetExhausted(_)
+        ),
+        "{err:?}"
+    );
+    assert_eq!(s1.primary.budget().open(), 2);
+
+    // beta still gets a raw session and an HTTP connection.
+    let b_raw = s1.primary.raw_pool_for(beta).get().await?;
+    let b_http = s1.primary.pool_for(beta).get().await?;
+    assert_eq!(s1.primary.budget().open(), 4);
+
+    // An idle HTTP connection of acme makes room for its raw session.
+    drop(a2);
+    let a_raw = raw.get().await?;
+    assert_eq!(http.stats().size, 1);
+    assert_eq!(s1.primary.tenant_budget(&acme.id, 2).open(), 2);
+    drop((a1, a_raw, b_raw, b_http));
+    Ok(())
+}
+
 #[tokio::test]
 async fn pool_is_replaced_when_the_password_changes() -> anyhow::Result<()> {
     let pg = PgCluster::start().await?;

@@ -1,7 +1,10 @@
-//! SQL-level `PREPARE`/`EXECUTE`/`DEALLOCATE` over the wire: a client's
-//! prepared statements follow it onto whichever pooled server session
-//! (and shard) each `EXECUTE` needs, routed by the `EXECUTE`'s arguments;
-//! another client's names are its own.
+//! Session state over the wire. SQL-level `PREPARE`/`EXECUTE`/
+//! `DEALLOCATE`: a client's prepared statements follow it onto whichever
+//! pooled server session (and shard) each `EXECUTE` needs, routed by the
+//! `EXECUTE`'s arguments; another client's names are its own, and the
+//! router's names for statements cannot be bound or replaced by a client.
+//! `RESET ALL` forgets the shard key; a lifted `statement_timeout` does
+//! not let a statement outlive the tenant's.
 
 mod common;
 
@@ -92,5 +95,83 @@ async fn prepared_statements_follow_the_client_across_server_sessions() -> anyho
     assert_eq!(code_of(&c, &format!("EXECUTE get({b})")).await, "0A000");
     c.batch_execute("ROLLBACK").await?;
     assert_eq!(values(&c, &format!("EXECUTE get({b})")).await?, ["on b"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_cannot_reach_or_replace_the_routers_statements() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let (a, _) = keys_on_both(&stack);
+    let victim = stack.client().await?;
+    // The victim's statement is prepared on the server as sl<hash>.
+    let stmt = victim.prepare("SELECT v FROM items WHERE id = $1").await?;
+    victim
+        .execute("INSERT INTO items (id, v) VALUES ($1, 'mine')", &[&a])
+        .await?;
+    assert_eq!(victim.query(&stmt, &[&a]).await?.len(), 1);
+    let name = format!("sl{}", sha_name("SELECT v FROM items WHERE id = $1", &[]));
+    let attacker = stack.client().await?;
+    // Replacing it under its server name, in one query, on the same
+    // pool's sessions: the session is reset before anyone else gets it.
+    for _ in 0..4 {
+        let _ = attacker
+            .batch_execute(&format!(
+                "/* shardline.shard_key='{a}' */ DEALLOCATE {name}; \
+                 PREPARE {name} (bigint) AS SELECT 'poisoned'::text FROM items WHERE id = $1"
+            ))
+            .await;
+    }
+    for _ in 0..8 {
+        let rows = victim.query(&stmt, &[&a]).await?;
+        assert_eq!(rows[0].get::<_, String>(0), "mine");
+    }
+    Ok(())
+}
+
+/// The router's server name for a statement (as `Parse::server_name`).
+fn sha_name(query: &str, types: &[u32]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(query.as_bytes());
+    for t in types {
+        h.update(t.to_be_bytes());
+    }
+    h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn reset_all_forgets_the_shard_key() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let (a, _) = keys_on_both(&stack);
+    let c = stack.client().await?;
+    c.batch_execute(&format!("SET shardline.shard_key = '{a}'"))
+        .await?;
+    assert_eq!(code_of(&c, "UPDATE items SET v = 'k'").await, "ok");
+    c.batch_execute("RESET ALL").await?;
+    assert_eq!(code_of(&c, "UPDATE items SET v = 'k'").await, "0A000");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_statement_cannot_outlive_the_tenants_time_limit() -> anyhow::Result<()> {
+    let stack =
+        Stack::start_with(|cfg| cfg.statement_timeout = std::time::Duration::from_secs(1)).await?;
+    let (a, _) = keys_on_both(&stack);
+    let c = stack.client().await?;
+    c.batch_execute(&format!("SET shardline.shard_key = '{a}'"))
+        .await?;
+    c.batch_execute("SET statement_timeout = 0").await?;
+    let started = std::time::Instant::now();
+    let code = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        code_of(&c, "SELECT pg_sleep(30)"),
+    )
+    .await?;
+    assert_eq!(code, "57014", "cancelled by the router");
+    println!("cancelled after {:?}", started.elapsed());
+    assert_eq!(values(&c, "SELECT 'alive'").await?, ["alive"]);
     Ok(())
 }

@@ -30,6 +30,9 @@ pub struct Stack {
     pub replicas: Vec<Vec<PgCluster>>,
     pub manager_url: String,
     pub router_url: String,
+    /// The router's PostgreSQL wire listener, when `tune_router` gave it
+    /// one (`pg_listen`).
+    pub router_pg: Option<std::net::SocketAddr>,
     pub app_token: String,
     pub admin: ManagerClient,
     pub router: RouterClient,
@@ -133,6 +136,21 @@ pub async fn start_router(
     CancellationToken,
     tokio::task::JoinHandle<anyhow::Result<()>>,
 ) {
+    let (url, _, stop, task) = start_router_with_pg(manager_url, opts).await;
+    (url, stop, task)
+}
+
+/// [`start_router`], also returning the address of its PostgreSQL wire
+/// listener (if `tune_router` set `pg_listen`).
+pub async fn start_router_with_pg(
+    manager_url: &str,
+    opts: &StackOptions,
+) -> (
+    String,
+    Option<std::net::SocketAddr>,
+    CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
     let mut cfg = shardline_router::RouterConfig::new(manager_url, ROUTER_TOKEN);
     cfg.listen = std::net::SocketAddr::new(opts.router_ip, 0);
     cfg.catalog_cache = opts.catalog_cache.clone();
@@ -143,9 +161,10 @@ pub async fn start_router(
     (opts.tune_router)(&mut cfg);
     let bound = shardline_router::bind(cfg).await.expect("bind router");
     let url = format!("http://{}", bound.local_addr());
+    let pg = bound.pg_local_addr();
     let stop = CancellationToken::new();
     let task = tokio::spawn(bound.run(stop.clone()));
-    (url, stop, task)
+    (url, pg, stop, task)
 }
 
 /// Keyspace `default` over `shards` (registered), tenant `default` in
@@ -311,7 +330,8 @@ impl Stack {
         }
         let app_token =
             default_keyspace(&admin, (0..opts.shards).map(|i| format!("s{i}")).collect()).await;
-        let (router_url, router_stop, router_task) = start_router(&manager_url, &opts).await;
+        let (router_url, router_pg, router_stop, router_task) =
+            start_router_with_pg(&manager_url, &opts).await;
         let router = RouterClient::new(&router_url, Some(app_token.clone())).unwrap();
         let ready = wait_for_token(&router).await;
         assert!(ready, "router did not load the catalog");
@@ -320,6 +340,7 @@ impl Stack {
             replicas,
             manager_url,
             router_url,
+            router_pg,
             app_token,
             admin,
             router,

@@ -7,15 +7,31 @@
 //! - `probes`: where effects would land, seen as a superuser.
 //! - `suite`: the stack, tenants and set-up; judging and counting.
 //! - `phases`: the parts after the plain attacks, and the controls.
+//! - `wire`, `rawwire`: sending attacks over the PostgreSQL protocol, as
+//!   a driver does and as a hostile client can.
+//! - `wire_attacks`: the attack list's wire declarations, and attacks
+//!   only the wire can express.
+//! - `wire_phases`, `wire_more`: the suite over the wire
+//!   (`hostile_wire.rs`).
 //! - this file: sending requests, alpha's connection, beta's victim
 //!   session.
+//!
+//! Two tests use these modules (`hostile.rs` over HTTP, `hostile_wire.rs`
+//! over the PostgreSQL protocol), each only a part of them.
+
+#![allow(dead_code)]
 
 pub mod attacks;
 pub mod leftovers;
 pub mod phases;
 pub mod probes;
+pub mod rawwire;
 pub mod suite;
 pub mod verdict;
+pub mod wire;
+pub mod wire_attacks;
+pub mod wire_more;
+pub mod wire_phases;
 
 use std::time::Duration;
 

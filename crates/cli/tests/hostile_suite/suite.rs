@@ -19,6 +19,8 @@ use tokio_postgres::AsyncMessage;
 use super::attacks::{Attack, Target, MONITORING};
 use super::probes::{self, Fingerprint, Probes, ShardView};
 use super::verdict::{judge, Secrets, Tally, Verdict};
+use super::wire::Login;
+use super::wire_attacks::WireNames;
 use super::{backend_pid, client, fresh_session, rows, send, Victim};
 use crate::common::{self, Stack, StackOptions};
 
@@ -30,6 +32,9 @@ pub const GAMMA_SECRET: &str = "GAMMA-SECRET-5K8w";
 /// seen.
 pub const BETA_ID: &str = "victimco_q7";
 pub const BETA_NAME: &str = "VictimCo Q7 Ltd";
+/// beta's app (the id `Stack::tenant` gives it): its user name on the
+/// wire.
+pub const BETA_APP: &str = "victimco_q7-app";
 /// The router's request deadline in this suite: shorter than the
 /// default, to cut the long sleeps sooner; the reads past the result
 /// limits are refused well within it (0.1-1 s in a debug build).
@@ -73,6 +78,19 @@ pub struct Suite {
     pub alpha_role_settings: Vec<Vec<(Option<String>, Vec<String>)>>,
     pub tally: Tally,
     pub controls: Tally,
+    /// Who is who on the router's PostgreSQL protocol listener.
+    pub wire: WireNames,
+    pub logins: WireLogins,
+}
+
+/// The apps' logins over the PostgreSQL protocol (user = app id,
+/// password = its token, database = the keyspace).
+pub struct WireLogins {
+    pub alpha: Login,
+    pub alpha_other: Login,
+    pub beta: Login,
+    pub superuser: Login,
+    pub hog: Login,
 }
 
 impl Suite {
@@ -186,6 +204,8 @@ pub async fn set_up() -> Suite {
         spare_for: Some("gamma".into()),
         pg_settings: &[("shared_preload_libraries", "pg_stat_statements")],
         tune_router: |cfg| {
+            // The PostgreSQL protocol too (hostile_wire.rs).
+            cfg.pg_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
             cfg.request_timeout = REQUEST_TIMEOUT;
             cfg.shard_max_connections = SHARD_BUDGET;
             cfg.tenant_pool_size = TENANT_POOL;
@@ -301,6 +321,24 @@ pub async fn set_up() -> Suite {
         pg_name(BETA_ID).await,
         pg_name("control").await,
     );
+    let tokens = [
+        ("alpha-app", alpha.token.clone()),
+        ("alpha-other-app", alpha_other.token.clone()),
+        (BETA_APP, beta.token.clone()),
+        ("control-app", superuser.token.clone()),
+        ("hog-app", hog.token.clone()),
+    ];
+    let pg_addr = stack
+        .router_pg
+        .expect("the router listens for the PostgreSQL protocol");
+    let login = |i: usize| Login::router(pg_addr, tokens[i].0, &tokens[i].1, "default");
+    let logins = WireLogins {
+        alpha: login(0),
+        alpha_other: login(1),
+        beta: login(2),
+        superuser: login(3),
+        hog: login(4),
+    };
     let alpha_other = client(&stack.router_url, &alpha_other.token);
     assert!(
         common::wait_for_token(&alpha_other).await,
@@ -340,6 +378,11 @@ pub async fn set_up() -> Suite {
         .next()
         .map(|(s, k)| (s.clone(), k.clone()))
         .expect("a key");
+    let other_key = keys_by_shard
+        .values()
+        .nth(1)
+        .cloned()
+        .expect("a key on the other shard");
     let shard: usize = shard_id
         .trim_start_matches('s')
         .parse()
@@ -475,6 +518,16 @@ pub async fn set_up() -> Suite {
         alpha_role_settings,
         tally: Tally::default(),
         controls: Tally::default(),
+        wire: WireNames {
+            addr: pg_addr,
+            alpha_app: tokens[0].0.into(),
+            alpha_token: tokens[0].1.clone(),
+            beta_app: BETA_APP.into(),
+            beta_tenant: BETA_ID.into(),
+            keyspace: "default".into(),
+            other_key,
+        },
+        logins,
     };
     set_up_controls(&mut suite).await;
     suite

@@ -32,6 +32,10 @@ pub enum Expect {
         what: &'static str,
         words: Vec<String>,
     },
+    /// Refused over the PostgreSQL protocol: an `ErrorResponse` whose
+    /// SQLSTATE starts with `sqlstate` (a class such as `"42"` or a whole
+    /// code). The wire has no HTTP status.
+    WireRefused { sqlstate: &'static str },
 }
 
 impl Expect {
@@ -73,6 +77,35 @@ impl Expect {
         Expect::Rows(vec![vec![value]])
     }
 
+    /// Refused over the wire with a SQLSTATE starting with `sqlstate`.
+    pub fn wire(sqlstate: &'static str) -> Self {
+        Expect::WireRefused { sqlstate }
+    }
+
+    /// The declaration as a client of the PostgreSQL protocol sees it:
+    /// a refusal by PostgreSQL keeps its SQLSTATE class (the first two
+    /// characters: the wire has no HTTP status, and a text sent as one
+    /// simple query may fail in another statement of the same class);
+    /// rows are compared as the simple protocol sends them, as text
+    /// (`true` is `t`). A refusal by the router's HTTP layer without a
+    /// SQLSTATE (its keyword guard, a keyspace it will not serve) has no
+    /// wire counterpart: `None`, and the attack must declare its wire
+    /// outcome itself.
+    pub fn on_wire(&self) -> Option<Expect> {
+        match self {
+            Expect::Refused {
+                sqlstate: Some(s), ..
+            } => Some(Expect::WireRefused { sqlstate: class(s) }),
+            Expect::Refused { sqlstate: None, .. } => None,
+            Expect::Rows(rows) => Some(Expect::Rows(
+                rows.iter()
+                    .map(|r| r.iter().map(as_wire_text).collect())
+                    .collect(),
+            )),
+            Expect::Lacks { .. } | Expect::WireRefused { .. } => Some(self.clone()),
+        }
+    }
+
     /// The name of the declaration in the count by outcome.
     pub fn bucket(&self) -> String {
         match self {
@@ -90,7 +123,26 @@ impl Expect {
             } => format!("refused {status} by the router"),
             Expect::Rows(_) => "answered with the stated harmless rows".into(),
             Expect::Lacks { what, .. } => format!("answered without {what}"),
+            Expect::WireRefused { sqlstate } if sqlstate.len() < 5 => {
+                format!("refused {sqlstate}{}", "x".repeat(5 - sqlstate.len()))
+            }
+            Expect::WireRefused { sqlstate } => format!("refused {sqlstate}"),
         }
+    }
+}
+
+/// The class of a SQLSTATE (or of the start of one).
+fn class(sqlstate: &'static str) -> &'static str {
+    sqlstate.get(..2).unwrap_or(sqlstate)
+}
+
+/// A JSON value as the simple protocol sends it: text, or NULL.
+pub fn as_wire_text(v: &Value) -> Value {
+    match v {
+        Value::Null => Value::Null,
+        Value::Bool(b) => Value::String(if *b { "t" } else { "f" }.into()),
+        Value::String(s) => Value::String(s.clone()),
+        other => Value::String(other.to_string()),
     }
 }
 
@@ -107,6 +159,10 @@ pub enum Got {
         sqlstate: Option<String>,
         text: String,
     },
+    /// An `ErrorResponse` over the PostgreSQL protocol: its SQLSTATE, and
+    /// everything the client received as text (rows of the statements
+    /// before it, notices, the error's fields).
+    WireRefused { sqlstate: String, text: String },
     /// No answer from the router at all (connection or timeout).
     NoAnswer(String),
 }
@@ -135,7 +191,10 @@ impl Got {
     /// The whole answer, for the leak check.
     pub fn text(&self) -> &str {
         match self {
-            Got::Answered { text, .. } | Got::Refused { text, .. } | Got::NoAnswer(text) => text,
+            Got::Answered { text, .. }
+            | Got::Refused { text, .. }
+            | Got::WireRefused { text, .. }
+            | Got::NoAnswer(text) => text,
         }
     }
 
@@ -152,6 +211,7 @@ impl Got {
                 "refused {status} {code} sqlstate {}: {text}",
                 sqlstate.as_deref().unwrap_or("none")
             ),
+            Got::WireRefused { sqlstate, text } => format!("refused {sqlstate}: {text}"),
             Got::NoAnswer(e) => format!("no answer: {e}"),
         };
         clip(&text, 400)
@@ -300,6 +360,13 @@ pub fn judge(expect: &Expect, got: &Got, secrets: &Secrets, effects: &[String]) 
                     _ => false,
                 }
         }
+        (
+            Expect::WireRefused { sqlstate },
+            Got::WireRefused {
+                sqlstate: got_state,
+                ..
+            },
+        ) => got_state.starts_with(sqlstate),
         (Expect::Rows(want), Got::Answered { rows, .. }) => want == rows,
         (Expect::Lacks { words, .. }, Got::Answered { text, .. }) => {
             for word in words {
@@ -337,6 +404,7 @@ fn describe_expect(expect: &Expect) -> String {
         ),
         Expect::Rows(rows) => format!("answered {}", Value::from(rows.clone())),
         Expect::Lacks { what, .. } => format!("answered without {what}"),
+        Expect::WireRefused { sqlstate } => format!("refused with sqlstate {sqlstate}*"),
     }
 }
 

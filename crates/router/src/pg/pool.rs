@@ -18,7 +18,9 @@
 //! Several pools to one server may share a [`ConnBudget`]: every
 //! connection then also holds one of the budget's permits for its life,
 //! and a pool that finds the budget used up closes another pool's idle
-//! connection to make room (see [`super::budget`]).
+//! connection to make room (see [`super::budget`]). A tenant's budget on
+//! an instance is a child of the instance's, shared with its raw session
+//! pool, so its pool size bounds both pools together.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -31,7 +33,7 @@ use shardline_core::fence::{claim, CLAIM_SETTING};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::{Client, NoTls, Statement};
 
-use super::budget::{pool_addr, ConnBudget, IdleSource};
+use super::budget::{pool_addr, BudgetPermit, ConnBudget, IdleSource};
 
 /// Pool settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,7 +218,7 @@ struct Conn {
     _open: OpenGuard,
     // Dropped after the client, so the budget counts the connection
     // until it is closed.
-    _budget: Option<OwnedSemaphorePermit>,
+    _budget: Option<BudgetPermit>,
 }
 
 /// Counts a connection as open for as long as it lives.

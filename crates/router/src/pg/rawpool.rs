@@ -4,10 +4,12 @@
 //!
 //! Like [`super::pool::Pool`]: a semaphore bounds the sessions lent,
 //! idle ones are reused last-in first-out, new ones open lazily, and
-//! every session holds a permit of the instance's [`ConnBudget`] for its
-//! life, so tokio-postgres pools and raw pools of one server share one
-//! bound (an opener short of permits closes another pool's longest-idle
-//! session).
+//! every session holds a permit of its [`ConnBudget`] for its life: the
+//! tenant's budget on the instance, a child of the instance's, shared
+//! with the tenant's tokio-postgres pool. So a tenant's pool size bounds
+//! its sessions of both kinds together, and all pools of one server share
+//! the instance's bound (an opener short of permits closes another
+//! pool's longest-idle session).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::budget::{pool_addr, ConnBudget, IdleSource};
+use super::budget::{pool_addr, BudgetPermit, ConnBudget, IdleSource};
 use super::server::{ServerConn, ServerError};
 
 /// Why no session could be had.
@@ -57,7 +59,7 @@ struct Inner {
 
 struct Idle {
     conn: ServerConn,
-    budget: OwnedSemaphorePermit,
+    budget: BudgetPermit,
 }
 
 impl Inner {
@@ -89,7 +91,7 @@ impl IdleSource for Inner {
 /// once it is idle and clean, or drop it to close it.
 pub struct RawConn {
     pub conn: ServerConn,
-    budget: OwnedSemaphorePermit,
+    budget: BudgetPermit,
     _lent: OwnedSemaphorePermit,
 }
 
@@ -101,7 +103,7 @@ impl std::fmt::Debug for RawConn {
 
 impl RawPool {
     /// A pool for the login `pg` (user, database, password, options)
-    /// whose sessions count against `budget`.
+    /// whose sessions count against `budget` (and its ancestors).
     pub fn new(
         mut pg: tokio_postgres::Config,
         cfg: RawPoolConfig,

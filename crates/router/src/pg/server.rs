@@ -94,6 +94,11 @@ impl Prepared {
         self.names.remove(name);
     }
 
+    /// Forgets every statement (the session deallocated them all).
+    pub fn clear(&mut self) {
+        self.names.clear();
+    }
+
     pub fn len(&self) -> usize {
         self.names.len()
     }

@@ -393,6 +393,60 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// However the client cuts its stream into messages, the rows
+        /// and keys come out the same (and nothing panics on any bytes).
+        #[test]
+        fn chunking_does_not_change_the_rows(
+            rows in proptest::collection::vec(
+                (0u32..1000, "[a-z,\"\\\\\t\n ]{0,12}"), 0..8),
+            cuts in proptest::collection::vec(0usize..200, 0..6),
+            csv in proptest::bool::ANY,
+        ) {
+            let format = if csv { CopyFormat::Csv } else { CopyFormat::Text };
+            let mut stream = Vec::new();
+            for (k, v) in &rows {
+                if csv {
+                    stream.extend_from_slice(
+                        format!("{k},\"{}\"\n", v.replace('"', "\"\"")).as_bytes(),
+                    );
+                } else {
+                    let v = v.replace('\\', "\\\\").replace('\t', "\\t").replace('\n', "\\n");
+                    stream.extend_from_slice(format!("{k}\t{v}\n").as_bytes());
+                }
+            }
+            let whole = keys(&mut RowSplitter::new(&spec(format, false), 0), &[&stream]);
+            let mut points: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+            points.sort_unstable();
+            let mut chunks: Vec<&[u8]> = Vec::new();
+            let mut at = 0;
+            for p in points {
+                chunks.push(&stream[at..p]);
+                at = p;
+            }
+            chunks.push(&stream[at..]);
+            let cut = keys(&mut RowSplitter::new(&spec(format, false), 0), &chunks);
+            proptest::prop_assert_eq!(&whole, &cut);
+            let want: Vec<Option<String>> = rows.iter().map(|(k, _)| Some(k.to_string())).collect();
+            let got: Vec<Option<String>> = whole.into_iter().map(|(k, _)| k).collect();
+            proptest::prop_assert_eq!(got, want);
+        }
+
+        #[test]
+        fn any_bytes_are_cut_without_panicking(
+            data in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            csv in proptest::bool::ANY,
+        ) {
+            let format = if csv { CopyFormat::Csv } else { CopyFormat::Text };
+            let mut s = RowSplitter::new(&spec(format, true), 3);
+            let mut out = Vec::new();
+            for chunk in data.chunks(7) {
+                s.push(chunk, &mut out);
+            }
+            s.finish(&mut out);
+        }
+    }
+
     #[test]
     fn a_missing_field_has_no_key() {
         let mut s = RowSplitter::new(&spec(CopyFormat::Text, false), 2);

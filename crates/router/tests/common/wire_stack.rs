@@ -41,6 +41,12 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start() -> anyhow::Result<Stack> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// [`Stack::start`] with the router's configuration changed by
+    /// `edit` first.
+    pub async fn start_with(edit: impl FnOnce(&mut RouterConfig)) -> anyhow::Result<Stack> {
         let mut shards = Vec::new();
         for _ in 0..2 {
             shards.push(PgCluster::start().await?);
@@ -61,6 +67,7 @@ impl Stack {
         let cat = catalog(&shards);
         let mut cfg = RouterConfig::new("http://127.0.0.1:1", "t");
         cfg.failover_hold = Duration::from_millis(500);
+        edit(&mut cfg);
         let ctx = Arc::new(RouterContext::new(&cfg));
         let routing = Arc::new(RoutingCell::default());
         routing.set(Routing::build(&cat, &routing.get(), &ctx));

@@ -67,6 +67,18 @@ use route::{changes_session, is_read, no_key_error, raise_sql};
 /// closed beyond).
 const STATEMENTS_PER_SERVER: usize = 256;
 
+/// How long past the tenant's `statement_timeout` the router waits
+/// before cancelling a statement itself.
+const OVERDUE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Sleeps until `at` (forever when `None`).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Messages a client may send before a `Sync` or `Flush`.
 const MAX_BATCH: usize = 10_000;
 
@@ -76,10 +88,22 @@ const NO_PORTAL: &str = "shardline_none";
 
 /// What brings a server session back to how the pool gave it out after
 /// a client changed it (settings, role, temporary objects, listens,
-/// advisory locks). Its prepared statements stay: they are the router's,
-/// named by their text.
+/// advisory locks, prepared statements). Its prepared statements go too:
+/// a client that could change the session could also have deallocated
+/// the router's statements or prepared others under their names (the
+/// next client would run those); they are prepared again when needed.
 const RESET: &str = "CLOSE ALL; RESET ALL; RESET ROLE; UNLISTEN *; DISCARD TEMP; \
-     DISCARD SEQUENCES; SELECT pg_catalog.pg_advisory_unlock_all()";
+     DISCARD SEQUENCES; DEALLOCATE ALL; SELECT pg_catalog.pg_advisory_unlock_all()";
+/// A client's `Bind` or `Describe` of a statement it has not prepared:
+/// refused here, since the server session may hold a statement of that
+/// name prepared for another client.
+fn unknown_statement(name: &str) -> WireError {
+    WireError::error(
+        "26000",
+        format!("prepared statement \"{name}\" does not exist"),
+    )
+}
+
 /// Why a session ended other than by the client's `Terminate`.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionEnd {
@@ -160,6 +184,9 @@ struct Attached {
     pending: VecDeque<Pending>,
     /// The session was changed: reset it before giving it back.
     dirty: bool,
+    /// The exchange (by its start) whose statement the router cancelled
+    /// for running past its time.
+    cancelled: Option<std::time::Instant>,
     _admission: Admission,
 }
 
@@ -270,12 +297,14 @@ impl Session {
         loop {
             self.release_if_idle();
             let attached = self.attached.is_some();
+            let overdue = self.overdue_at();
             tokio::select! {
                 biased;
                 r = read_server(&mut self.attached), if attached => {
                     let f = r?;
                     self.on_server(f).await?;
                 }
+                () = sleep_until(overdue), if overdue.is_some() => self.cancel_overdue(),
                 r = self.io.read() => {
                     match r? {
                         None => return Ok(()),
@@ -288,6 +317,51 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// When the statement the server is running passes its time: the
+    /// tenant's `statement_timeout` and a grace, or the router's
+    /// `request_timeout` if sooner. A client may lift its own
+    /// `statement_timeout` (`SET statement_timeout = 0`); the router
+    /// still cancels the statement then, as the HTTP front end ends a
+    /// request, so no client keeps a server session busy past the limit.
+    fn overdue_at(&self) -> Option<tokio::time::Instant> {
+        let ctx = &self.shared.ctx;
+        let limit = ctx
+            .pools
+            .base
+            .statement_timeout
+            .map_or(ctx.request_timeout, |t| {
+                (t + OVERDUE_GRACE).min(ctx.request_timeout)
+            });
+        let a = self.attached.as_ref()?;
+        let started = a.pending.iter().find(|p| !p.injected)?.started?;
+        if a.cancelled == Some(started) {
+            return None;
+        }
+        Some(tokio::time::Instant::from_std(
+            started + limit + OVERDUE_GRACE,
+        ))
+    }
+
+    /// Cancels the attached server session's statement (once per
+    /// exchange).
+    fn cancel_overdue(&mut self) {
+        let Some(a) = self.attached.as_mut() else {
+            return;
+        };
+        a.cancelled = a
+            .pending
+            .iter()
+            .find(|p| !p.injected)
+            .and_then(|p| p.started);
+        let key = a.conn.conn.cancel.clone();
+        tracing::info!(shard = %a.shard, "a wire statement ran past its time limit; cancelled");
+        tokio::spawn(async move {
+            if let Err(e) = send_cancel(&key).await {
+                tracing::debug!(error = %e, "cancel an overdue statement");
+            }
+        });
     }
 
     fn set_cancel(&self, key: Option<CancelKey>) {
@@ -417,7 +491,7 @@ impl Session {
                 return Ok(());
             }
         }
-        self.note_shard_keys(&analysis.parts);
+        self.note_shard_keys(&analysis.parts, analysis.clears_shard_key);
         let exec = Exec {
             sql: &sql,
             analysis: &analysis,
@@ -501,7 +575,13 @@ impl Session {
 
     /// Keeps the shard keys a text sets, when it is sent on to a server
     /// with other statements.
-    fn note_shard_keys(&mut self, parts: &[Kind]) {
+    /// `clears`: the text also runs `RESET ALL` or `DISCARD ALL`, which
+    /// reset `shardline.shard_key` like any setting.
+    fn note_shard_keys(&mut self, parts: &[Kind], clears: bool) {
+        if clears {
+            self.session_key = None;
+            self.local_key = None;
+        }
         for k in parts {
             if let Kind::SetShardKey { value, local } = k {
                 if *local {
@@ -584,6 +664,11 @@ impl Session {
                 }
                 b'B' => {
                     let b = Bind::read(&f.body).map_err(bad)?;
+                    if !b.statement.is_empty() && !self.statements.contains_key(&b.statement) {
+                        return self
+                            .refuse_batch(unknown_statement(&b.statement), sync)
+                            .await;
+                    }
                     let statement = if b.statement.is_empty() {
                         self.unnamed.clone()
                     } else {
@@ -603,6 +688,12 @@ impl Session {
                                 bind_body: f.body.clone(),
                             },
                         );
+                    }
+                }
+                b'D' => {
+                    let (kind, name) = messages::target(&f.body).map_err(bad)?;
+                    if kind == b'S' && !name.is_empty() && !self.statements.contains_key(&name) {
+                        return self.refuse_batch(unknown_statement(&name), sync).await;
                     }
                 }
                 b'E' => {
@@ -641,7 +732,7 @@ impl Session {
                 }
             }
         }
-        self.note_shard_keys(&parts);
+        self.note_shard_keys(&parts, runs.iter().any(|r| r.analysis.clears_shard_key));
         let execs: Vec<Exec<'_>> = runs
             .iter()
             .map(|r| Exec {

@@ -160,8 +160,10 @@ pub(super) fn give_back(mut conn: RawConn, pool: RawPool, dirty: bool) {
     tokio::spawn(async move {
         match conn.conn.simple(RESET).await {
             Ok(Ok(b'I')) => {
-                // `RESET ALL` dropped the version claim too.
+                // `RESET ALL` dropped the version claim too, and
+                // `DEALLOCATE ALL` every prepared statement.
                 conn.conn.map_version = 0;
+                conn.conn.prepared.clear();
                 pool.put(conn);
             }
             Ok(other) => {

@@ -144,6 +144,7 @@ impl Session {
             status: b'I',
             pending,
             dirty: opened.dirty,
+            cancelled: None,
             _admission: opened.admission,
         });
         Ok(())
