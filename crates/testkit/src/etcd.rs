@@ -270,83 +270,14 @@ impl EtcdTlsFiles {
     /// Makes them in `dir` with `openssl` (EC P-256, valid one day).
     pub fn make(dir: &Path) -> anyhow::Result<EtcdTlsFiles> {
         let path = |name: &str| dir.join(name);
-        let openssl = |args: &[&str]| -> anyhow::Result<()> {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .context("run openssl (is it installed?)")?;
-            if !out.status.success() {
-                bail!(
-                    "openssl {}: {}",
-                    args.join(" "),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            Ok(())
-        };
-        let key = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        openssl(
-            &[
-                &["req", "-x509"],
-                &key[..],
-                &[
-                    "-keyout",
-                    "ca.key",
-                    "-out",
-                    "ca.crt",
-                    "-days",
-                    "1",
-                    "-subj",
-                    "/CN=shardline-test-ca",
-                ],
-            ]
-            .concat(),
-        )?;
-        std::fs::write(
-            path("server.ext"),
+        crate::tls::make_ca(dir)?;
+        crate::tls::sign(
+            dir,
+            "server",
+            "server",
             "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
         )?;
-        std::fs::write(path("client.ext"), "extendedKeyUsage=clientAuth\n")?;
-        for who in ["server", "client"] {
-            let (k, csr, crt, ext) = (
-                format!("{who}.key"),
-                format!("{who}.csr"),
-                format!("{who}.crt"),
-                format!("{who}.ext"),
-            );
-            openssl(
-                &[
-                    &["req"],
-                    &key[..],
-                    &["-keyout", &k, "-out", &csr, "-subj", &format!("/CN={who}")],
-                ]
-                .concat(),
-            )?;
-            openssl(&[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &crt,
-                "-days",
-                "1",
-                "-extfile",
-                &ext,
-            ])?;
-        }
+        crate::tls::sign(dir, "client", "client", "extendedKeyUsage=clientAuth\n")?;
         Ok(EtcdTlsFiles {
             ca: path("ca.crt"),
             server_cert: path("server.crt"),

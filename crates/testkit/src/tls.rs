@@ -18,75 +18,94 @@ pub struct TlsFiles {
 impl TlsFiles {
     /// Makes them in `dir` (EC P-256, valid one day).
     pub fn make(dir: &Path) -> anyhow::Result<TlsFiles> {
-        let openssl = |args: &[&str]| -> anyhow::Result<()> {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .context("run openssl (is it installed?)")?;
-            if !out.status.success() {
-                bail!(
-                    "openssl {}: {}",
-                    args.join(" "),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            Ok(())
-        };
-        let new_key = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        let ca_args = [
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=shardline-test-ca",
-        ];
-        openssl(&[&["req", "-x509"], &new_key[..], &ca_args[..]].concat())?;
-        let csr_args = ["-keyout", "server.key", "-out", "server.csr"];
-        openssl(
-            &[
-                &["req"],
-                &new_key[..],
-                &csr_args[..],
-                &["-subj", "/CN=localhost"],
-            ]
-            .concat(),
-        )?;
-        std::fs::write(
-            dir.join("server.ext"),
+        make_ca(dir)?;
+        sign(
+            dir,
+            "server",
+            "localhost",
             "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
-        )
-        .context("write server.ext")?;
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.crt",
-            "-days",
-            "1",
-            "-extfile",
-            "server.ext",
-        ])?;
+        )?;
         Ok(TlsFiles {
             ca: dir.join("ca.crt"),
             server_cert: dir.join("server.crt"),
             server_key: dir.join("server.key"),
         })
     }
+}
+
+/// A new EC P-256 key, unencrypted (`openssl req` arguments).
+const NEW_KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+
+/// Runs `openssl` in `dir`.
+fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .context("run openssl (is it installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "openssl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Makes a CA in `dir`: `ca.crt` and `ca.key`, valid one day.
+pub(crate) fn make_ca(dir: &Path) -> anyhow::Result<()> {
+    let ca = [
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=shardline-test-ca",
+    ];
+    openssl(dir, &[&["req", "-x509"], &NEW_KEY[..], &ca[..]].concat())
+}
+
+/// Makes `{who}.key` and `{who}.crt` in `dir`, signed by its CA for
+/// common name `cn` with the extensions `ext` (openssl's extfile
+/// syntax), valid one day.
+pub(crate) fn sign(dir: &Path, who: &str, cn: &str, ext: &str) -> anyhow::Result<()> {
+    let (key, csr, crt, ext_file) = (
+        format!("{who}.key"),
+        format!("{who}.csr"),
+        format!("{who}.crt"),
+        format!("{who}.ext"),
+    );
+    std::fs::write(dir.join(&ext_file), ext).with_context(|| format!("write {ext_file}"))?;
+    let subject = format!("/CN={cn}");
+    let req = ["-keyout", &key, "-out", &csr, "-subj", &subject];
+    openssl(dir, &[&["req"], &NEW_KEY[..], &req[..]].concat())?;
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "1",
+            "-extfile",
+            &ext_file,
+        ],
+    )
 }
