@@ -62,31 +62,7 @@ async fn hostile_tenant_reaches_nothing_of_another() {
     phases::superuser_controls(&mut suite).await;
     phase("controls", &mut since);
 
-    println!(
-        "hostile-tenant suite: {} ({:.1}s: {})",
-        suite.tally.summary(),
-        started.elapsed().as_secs_f64(),
-        phases.join(", ")
-    );
-    println!("controls: {}", suite.controls.summary());
-    let mut failures: Vec<String> = suite.tally.unexpected().to_vec();
-    failures.extend(
-        suite
-            .controls
-            .unexpected()
-            .iter()
-            .map(|c| format!("control {c}")),
-    );
-    for f in &failures {
-        println!("NOT AS DECLARED: {f}");
-    }
-    suite.stack.stop().await;
-    assert!(
-        failures.is_empty(),
-        "{} attacks or controls not as declared:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    suite.finish("hostile-tenant suite", started, &phases).await;
 }
 
 /// The verdict, without a stack: an attack that succeeds without the

@@ -68,31 +68,9 @@ async fn hostile_tenant_reaches_nothing_of_another_over_the_wire() {
     wire_more::controls(&mut suite).await;
     phase("controls", &mut since);
 
-    println!(
-        "hostile-tenant suite over the wire: {} ({:.1}s: {})",
-        suite.tally.summary(),
-        started.elapsed().as_secs_f64(),
-        phases.join(", ")
-    );
-    println!("controls: {}", suite.controls.summary());
-    let mut failures: Vec<String> = suite.tally.unexpected().to_vec();
-    failures.extend(
-        suite
-            .controls
-            .unexpected()
-            .iter()
-            .map(|c| format!("control {c}")),
-    );
-    for f in &failures {
-        println!("NOT AS DECLARED: {f}");
-    }
-    suite.stack.stop().await;
-    assert!(
-        failures.is_empty(),
-        "{} attacks or controls not as declared over the wire:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    suite
+        .finish("hostile-tenant suite over the wire", started, &phases)
+        .await;
 }
 
 /// The translation of declarations to the wire, without a stack: a

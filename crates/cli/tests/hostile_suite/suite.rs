@@ -94,6 +94,35 @@ pub struct WireLogins {
 }
 
 impl Suite {
+    /// Prints the count by outcome and the controls' verdict, stops the
+    /// stack, and fails naming every attack or control not as declared.
+    pub async fn finish(self, what: &str, started: Instant, phases: &[String]) {
+        println!(
+            "{what}: {} ({:.1}s: {})",
+            self.tally.summary(),
+            started.elapsed().as_secs_f64(),
+            phases.join(", ")
+        );
+        println!("controls: {}", self.controls.summary());
+        let mut failures: Vec<String> = self.tally.unexpected().to_vec();
+        failures.extend(
+            self.controls
+                .unexpected()
+                .iter()
+                .map(|c| format!("control {c}")),
+        );
+        for f in &failures {
+            println!("NOT AS DECLARED: {f}");
+        }
+        self.stack.stop().await;
+        assert!(
+            failures.is_empty(),
+            "{what}: {} attacks or controls not as declared:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
+    }
+
     pub fn client(&self, who: Who) -> RouterClient {
         match who {
             Who::Alpha => self.alpha.clone(),
