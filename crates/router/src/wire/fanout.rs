@@ -22,7 +22,7 @@ use super::analyze::{Aggregate, FanOut};
 use super::codec::{self, WireError};
 use super::messages::{self, Bind, Parse};
 use crate::auth::TenantAuth;
-use crate::pg::frame::{put_cstr, Fields, Frame};
+use crate::pg::frame::{Fields, Frame};
 use crate::state::Routing;
 
 /// One shard's answer.
@@ -154,12 +154,7 @@ pub async fn run_extended(
     parse.frame_as("").encode(&mut out);
     messages::target_frame(b'D', b'S', "").encode(&mut out);
     bind.frame_as(bind_body, "", "").encode(&mut out);
-    messages::target_frame(b'D', b'P', "").encode(&mut out);
-    let mut exec = BytesMut::new();
-    put_cstr(&mut exec, "");
-    exec.put_i32(0);
-    Frame::new(b'E', exec.freeze()).encode(&mut out);
-    Frame::new(b'S', Bytes::new()).encode(&mut out);
+    messages::describe_execute_sync(&mut out);
     let all = match ask_all(pools(routing, keyspace, tenant)?, out.freeze()).await? {
         Ok(all) => all,
         Err(error) => {

@@ -185,6 +185,17 @@ pub fn target_frame(tag: u8, kind: u8, name: &str) -> Frame {
     Frame::new(tag, b.freeze())
 }
 
+/// `Describe` of the unnamed portal, `Execute` of it (all rows), and
+/// `Sync`: the end of a batch the router runs on a server itself.
+pub fn describe_execute_sync(out: &mut BytesMut) {
+    target_frame(b'D', b'P', "").encode(out);
+    let mut exec = BytesMut::with_capacity(5);
+    put_cstr(&mut exec, "");
+    exec.put_i32(0);
+    Frame::new(b'E', exec.freeze()).encode(out);
+    Frame::new(b'S', Bytes::new()).encode(out);
+}
+
 /// The portal an `Execute` runs.
 pub fn execute_portal(body: &[u8]) -> std::io::Result<String> {
     Ok(Fields::new(body).cstr()?.to_string())

@@ -17,14 +17,14 @@
 //! parameters bound, as the unnamed statement and portal. One inside a
 //! transaction is refused with a hint: the transaction is one shard's.
 
-use bytes::{BufMut as _, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use futures_util::future::join_all;
 use shardline_api::router::ShardKeyValue;
 
 use super::relay::give_back;
 use super::route::{resolve_key, sqlstate_of, Opened};
 use super::{Exec, Run, Session, SessionEnd};
-use crate::pg::frame::{put_cstr, Frame};
+use crate::pg::frame::Frame;
 use crate::state::Routing;
 use crate::wire::analyze::{comment_key, Analysis};
 use crate::wire::codec::{self, WireError};
@@ -171,12 +171,7 @@ impl Session {
             let mut out = BytesMut::new();
             parse.frame_as("").encode(&mut out);
             run.bind.frame_with(&run.bind_body, &olds).encode(&mut out);
-            messages::target_frame(b'D', b'P', "").encode(&mut out);
-            let mut exec = BytesMut::new();
-            put_cstr(&mut exec, "");
-            exec.put_i32(0);
-            Frame::new(b'E', exec.freeze()).encode(&mut out);
-            Frame::new(b'S', Bytes::new()).encode(&mut out);
+            messages::describe_execute_sync(&mut out);
             payloads.push(out.freeze());
         }
         let Some(answers) = self.run_split(&parts, payloads).await? else {
