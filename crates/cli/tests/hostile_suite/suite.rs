@@ -37,8 +37,15 @@ pub const BETA_NAME: &str = "VictimCo Q7 Ltd";
 pub const BETA_APP: &str = "victimco_q7-app";
 /// The router's request deadline in this suite: shorter than the
 /// default, to cut the long sleeps sooner; the reads past the result
-/// limits are refused well within it (0.1-1 s in a debug build).
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(8);
+/// limits are refused well within it (0.1-1 s in a debug build). It also
+/// bounds beta's victim request, which must outlive every attack on it:
+/// 8 s was too short on a clean-clone CI run sharing two cores with the
+/// other tests (the victim's request ended before the attacks did).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// PostgreSQL's `statement_timeout` through the router here: longer than
+/// [`REQUEST_TIMEOUT`], so the attacks that lift their own limit meet
+/// the router's deadline (504 on HTTP) before PostgreSQL's.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(20);
 /// The router's connections per shard, over all tenants: a little more
 /// than one tenant's pool (`TENANT_POOL`, the router's default).
 pub const SHARD_BUDGET: usize = 10;
@@ -232,6 +239,7 @@ pub async fn set_up() -> Suite {
         spare: 2,
         spare_for: Some("gamma".into()),
         pg_settings: &[("shared_preload_libraries", "pg_stat_statements")],
+        statement_timeout: STATEMENT_TIMEOUT,
         tune_router: |cfg| {
             // The PostgreSQL protocol too (hostile_wire.rs).
             cfg.pg_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
