@@ -9,6 +9,7 @@
 mod common;
 
 use common::wire_stack::{count_on, keys_on_both, Stack};
+use shardline_router::wire::messages::hashed_name;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 /// The first column of each row `sql` returns.
@@ -109,7 +110,7 @@ async fn a_client_cannot_reach_or_replace_the_routers_statements() -> anyhow::Re
         .execute("INSERT INTO items (id, v) VALUES ($1, 'mine')", &[&a])
         .await?;
     assert_eq!(victim.query(&stmt, &[&a]).await?.len(), 1);
-    let name = format!("sl{}", sha_name("SELECT v FROM items WHERE id = $1", &[]));
+    let name = hashed_name("sl", "SELECT v FROM items WHERE id = $1", &[]);
     let attacker = stack.client().await?;
     // Replacing it under its server name, in one query, on the same
     // pool's sessions: the session is reset before anyone else gets it.
@@ -126,20 +127,6 @@ async fn a_client_cannot_reach_or_replace_the_routers_statements() -> anyhow::Re
         assert_eq!(rows[0].get::<_, String>(0), "mine");
     }
     Ok(())
-}
-
-/// The router's server name for a statement (as `Parse::server_name`).
-fn sha_name(query: &str, types: &[u32]) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(query.as_bytes());
-    for t in types {
-        h.update(t.to_be_bytes());
-    }
-    h.finalize()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 #[tokio::test]

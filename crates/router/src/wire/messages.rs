@@ -38,18 +38,7 @@ impl Parse {
     /// The server's name for this statement: the same for the same text
     /// and parameter types, whichever client prepared it.
     pub fn server_name(&self) -> String {
-        let mut h = Sha256::new();
-        h.update(self.query.as_bytes());
-        for t in &self.param_types {
-            h.update(t.to_be_bytes());
-        }
-        let d = h.finalize();
-        let mut s = String::with_capacity(34);
-        s.push_str("sl");
-        for b in &d[..16] {
-            s.push_str(&format!("{b:02x}"));
-        }
-        s
+        hashed_name("sl", &self.query, &self.param_types)
     }
 
     /// The `Parse` message preparing it under `name`.
@@ -167,6 +156,23 @@ impl Bind {
         b.put_slice(&body[self.params_end.min(body.len())..]);
         Frame::new(b'B', b.freeze())
     }
+}
+
+/// A router's name for a statement on server sessions: `prefix` and the
+/// first 16 bytes, in hex, of SHA-256 over `text` and `types`.
+pub fn hashed_name(prefix: &str, text: &str, types: &[u32]) -> String {
+    let mut h = Sha256::new();
+    h.update(text.as_bytes());
+    for t in types {
+        h.update(t.to_be_bytes());
+    }
+    let d = h.finalize();
+    let mut s = String::with_capacity(prefix.len() + 32);
+    s.push_str(prefix);
+    for b in &d[..16] {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
 }
 
 /// `Describe` or `Close`: `S` (statement) or `P` (portal), and a name.

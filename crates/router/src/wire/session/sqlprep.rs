@@ -13,12 +13,12 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use sha2::{Digest, Sha256};
 
 use super::route::{is_read, no_key_error};
 use super::{Choice, Exec, Pending, Session, SessionEnd, STATEMENTS_PER_SERVER};
 use crate::wire::analyze::{comment_key, Analysis, PreparedSql};
 use crate::wire::codec::{self, WireError};
+use crate::wire::messages;
 
 /// A `PREPARE`d statement of the client's.
 pub(super) struct SqlStatement {
@@ -67,14 +67,7 @@ impl Session {
                 let rest = sql[rest].to_string();
                 let text = sql[statement].to_string();
                 let analysis = self.analyze(&text);
-                let mut h = Sha256::new();
-                h.update(rest.as_bytes());
-                let d = h.finalize();
-                let mut server_name = String::with_capacity(34);
-                server_name.push_str("sq");
-                for b in &d[..16] {
-                    server_name.push_str(&format!("{b:02x}"));
-                }
+                let server_name = messages::hashed_name("sq", &rest, &[]);
                 self.sql_statements.insert(
                     name,
                     SqlStatement {
