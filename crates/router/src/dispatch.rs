@@ -11,8 +11,10 @@
 //!   (refused, timed out, closed: the statement was never sent), the
 //!   request is held: it waits, at no cost, for a routing table with a
 //!   new primary or the failover called off, up to `failover_hold`, then
-//!   tries once more on the primary of the latest table. Failing again
-//!   it is answered 503 `shard_unavailable` with `Retry-After`.
+//!   tries once more on the primary of the latest table — unless that
+//!   table still shows the failover: a router that holds never writes to
+//!   the primary being replaced. Failing, or still failing over, it is
+//!   answered 503 `shard_unavailable` with `Retry-After`.
 //! - A statement whose connection broke after it was sent is not run
 //!   again if it may have written: it may have committed. Reads are, as
 //!   is a statement the primary refused as read-only (25006) while the
@@ -348,7 +350,22 @@ async fn hold(
             // Out of time, or the table is never changing again.
             Ok(Err(_)) | Err(_) => {
                 ctx.metrics.held.with(&[shard, "timed_out"]).inc();
-                return Ok(cell.get().shards.get(shard).cloned().unwrap_or(target));
+                let latest = cell.get().shards.get(shard).cloned().unwrap_or(target);
+                if latest.failover.is_some() {
+                    // Never onto the primary of an open intent: this
+                    // router told the manager it holds, and the manager
+                    // may promote the target at any moment; a write the
+                    // old primary took now could be lost with it.
+                    return Err(ApiError::new(
+                        ErrorCode::ShardUnavailable,
+                        format!(
+                            "shard {shard} is failing over; it did not end within {:?}",
+                            ctx.failover_hold
+                        ),
+                    )
+                    .with_retry_after(RETRY_AFTER_SECS));
+                }
+                return Ok(latest);
             }
         }
     }

@@ -251,6 +251,12 @@ impl InstanceTarget {
         self.fenced.cancelled()
     }
 
+    /// A token cancelled when [`fence`](Self::fence) is called, for a
+    /// session that outlives its routing table (the wire front end's).
+    pub fn fence_token(&self) -> tokio_util::sync::CancellationToken {
+        self.fenced.clone()
+    }
+
     /// Whether this is the catalog entry `inst` in role `role`.
     fn is(&self, inst: &Instance, role: Role) -> bool {
         self.role == role && self.id == inst.id && self.dsn == inst.dsn

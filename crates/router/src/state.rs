@@ -416,6 +416,19 @@ impl Routing {
         self.tokens.len()
     }
 
+    /// A shard of `keyspace` for statements that touch no tenant data
+    /// (catalog look-ups, describes, login parameters): the first, in
+    /// map order, that is not failing over, else the first.
+    pub fn any_shard(&self, keyspace: &str) -> Option<&str> {
+        let map = self.keyspaces.get(keyspace)?.map.as_ref()?;
+        let mut ids = map.ranges().iter().map(|r| r.shard.as_str());
+        let first = ids.clone().next()?;
+        Some(
+            ids.find(|id| self.shards.get(*id).is_some_and(|t| t.failover.is_none()))
+                .unwrap_or(first),
+        )
+    }
+
     /// Hashes a key and finds the owning range.
     pub fn route(&self, keyspace: &str, key: &ShardKeyValue) -> Result<Route<'_>, ApiError> {
         let ks = self.keyspace(keyspace)?;

@@ -511,11 +511,22 @@ async fn holds_end_after_the_window() -> anyhow::Result<()> {
     let intent = with_intent(&before);
     let (ctx, cell, served) = serve(&cfg, &intent).await?;
 
-    // The failover never ends: after the window the request is tried
-    // once on the primary the catalog still shows, which answers.
-    assert_eq!(
-        one(&served, "SELECT pg_is_in_recovery()", "strong").await?,
-        json!(false)
+    // The failover never ends: after the window the write is answered
+    // 503, retryable, and never reaches the primary the catalog still
+    // shows (this router holds: the manager may promote any moment).
+    let (status, headers, body) = exec(
+        &served,
+        "INSERT INTO kv VALUES ('past-the-hold', 'v')",
+        "strong",
+    )
+    .await?;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(error_code(&body.to_string()), "shard_unavailable");
+    assert_eq!(body["error"]["retryable"], json!(true), "{body}");
+    assert!(header(&headers, "retry-after").is_some(), "{body}");
+    assert!(
+        !has_row(&primary, "past-the-hold").await?,
+        "a write past the hold ran on the primary being replaced"
     );
 
     // The primary is down and nothing changes: 503 with Retry-After.

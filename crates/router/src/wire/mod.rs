@@ -289,11 +289,8 @@ async fn server_params(
         )
     };
     let target = routing
-        .keyspaces
-        .get(&login.keyspace)
-        .and_then(|k| k.map.as_ref())
-        .and_then(|m| m.ranges().first())
-        .and_then(|r| routing.shards.get(&r.shard))
+        .any_shard(&login.keyspace)
+        .and_then(|id| routing.shards.get(id))
         .cloned()
         .ok_or_else(unavailable)?;
     let pool = target.primary.raw_pool_for(&login.app.tenant);

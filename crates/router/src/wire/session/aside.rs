@@ -29,13 +29,15 @@ impl Session {
         batch: &[Frame],
         sync: bool,
     ) -> Result<(), SessionEnd> {
-        let shard = match self.keyspace_shards().map(|s| s.into_iter().next()) {
-            Ok(Some(s)) => s,
-            Ok(None) => {
-                let e = WireError::error("57P03", "the keyspace has no shards yet");
+        let shard = match self.shared.routing.get().any_shard(&self.keyspace) {
+            Some(s) => s.to_string(),
+            None => {
+                let e = WireError::error(
+                    "57P03",
+                    format!("keyspace \"{}\" has no shards yet", self.keyspace),
+                );
                 return self.refuse_batch(e, sync).await;
             }
-            Err(e) => return self.refuse_batch(e, sync).await,
         };
         let mut out = BytesMut::new();
         for f in batch {

@@ -16,7 +16,7 @@ use shardline_api::router::ShardKeyValue;
 
 use super::relay::give_back;
 use super::route::{check_prefix, sqlstate_of, Opened};
-use super::split::{end_all, read_answers};
+use super::split::{commit_all, end_all, read_answers};
 use super::{Session, SessionEnd};
 use crate::pg::frame::Frame;
 use crate::wire::analyze::{CopyFormat, CopySpec};
@@ -373,7 +373,7 @@ impl Session {
             };
         }
         let shards: Vec<String> = sessions.iter().map(|o| o.shard.clone()).collect();
-        let committed = end_all(sessions, "COMMIT").await;
+        let committed = commit_all(sessions, &self.shared.ctx.contact).await;
         if committed.len() < shards.len() {
             self.count_copy("statement_failed");
             let e = super::split::partial_commit(&shards, &committed);

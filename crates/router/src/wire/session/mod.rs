@@ -79,6 +79,23 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
+/// Completes when `fence` is cancelled (never when `None`).
+async fn fenced(fence: Option<tokio_util::sync::CancellationToken>) {
+    match fence {
+        Some(f) => f.cancelled().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Completes when the router counts itself cut off from the manager
+/// (never when `None`).
+async fn lease_ends(ctx: Option<Arc<crate::state::RouterContext>>) {
+    match ctx {
+        Some(ctx) => ctx.contact.until_cut_off().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Messages a client may send before a `Sync` or `Flush`.
 const MAX_BATCH: usize = 10_000;
 
@@ -179,6 +196,13 @@ struct Attached {
     conn: RawConn,
     pool: RawPool,
     shard: String,
+    /// The primary's instance id, and its fence (see [`route::Opened`]).
+    primary: String,
+    fence: tokio_util::sync::CancellationToken,
+    /// A statement that may write was sent: the router's lease running
+    /// out ends the session (the manager may promote without this
+    /// router's word).
+    writes: bool,
     /// `ReadyForQuery` status: `I`, `T` or `E`.
     status: u8,
     pending: VecDeque<Pending>,
@@ -290,6 +314,12 @@ impl Session {
             }
         }
         self.set_cancel(None);
+        if let Err(SessionEnd::Fatal(e)) = &out {
+            // Told, as PostgreSQL tells a session it ends (best effort:
+            // the client may be gone).
+            self.io.queue(&e.frame());
+            let _ = self.io.flush().await;
+        }
         out
     }
 
@@ -298,8 +328,15 @@ impl Session {
             self.release_if_idle();
             let attached = self.attached.is_some();
             let overdue = self.overdue_at();
+            let fence = self.attached.as_ref().map(|a| a.fence.clone());
+            let writes = self.attached.as_ref().is_some_and(|a| a.writes);
+            let lease = writes.then(|| Arc::clone(&self.shared.ctx));
             tokio::select! {
                 biased;
+                // Before any answer of the server is relayed: nothing it
+                // answers after the fence reaches the client.
+                () = fenced(fence), if attached => return Err(self.end_fenced(false)),
+                () = lease_ends(lease), if writes => return Err(self.end_fenced(true)),
                 r = read_server(&mut self.attached), if attached => {
                     let f = r?;
                     self.on_server(f).await?;
@@ -317,6 +354,42 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Ends the client's session when the server session it is attached
+    /// to, on a primary, may no longer answer it: a failover began to
+    /// replace that primary (`lease` false), or the router's lease ran out
+    /// under a write (the manager may promote without this router's
+    /// word). Whatever the server session was running is cancelled and
+    /// the session closed, never reused; the client is told its statement
+    /// or transaction may or may not have taken effect, as a PostgreSQL
+    /// failover would tell it (the connection ends), and reconnects.
+    fn end_fenced(&mut self, lease: bool) -> SessionEnd {
+        let Some(a) = self.attached.take() else {
+            return SessionEnd::Fatal(WireError::fatal("57P01", "terminating connection"));
+        };
+        let key = a.conn.conn.cancel.clone();
+        tokio::spawn(async move {
+            let _ = send_cancel(&key).await;
+        });
+        let why = if lease {
+            "this router has not heard from the manager for longer than its lease".to_string()
+        } else {
+            format!(
+                "shard {}'s primary {} is being replaced by a failover",
+                a.shard, a.primary
+            )
+        };
+        tracing::info!(shard = %a.shard, primary = %a.primary, lease,
+            "a wire session on a fenced primary ended");
+        drop(a);
+        SessionEnd::Fatal(WireError::fatal(
+            "57P01",
+            format!(
+                "terminating connection: {why}; a statement or transaction in progress may or \
+                 may not have taken effect; reconnect and retry"
+            ),
+        ))
     }
 
     /// When the statement the server is running passes its time: the

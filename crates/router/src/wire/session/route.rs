@@ -11,6 +11,7 @@ use shardline_api::router::ShardKeyValue;
 use shardline_api::ErrorCode;
 use shardline_core::fence::{claim, claim_key, CLAIM_SETTING};
 use shardline_core::KeyType;
+use tokio_util::sync::CancellationToken;
 
 use super::{Attached, Choice, Exec, Pending, Session};
 use crate::auth::{admit_app, key_has_prefix, Admission, AppAuth};
@@ -100,10 +101,9 @@ impl Session {
             },
             (None, None) => {
                 // Catalogs only: any shard of the keyspace.
-                let shard = ks
-                    .map
-                    .as_ref()
-                    .and_then(|m| m.ranges().first().map(|r| r.shard.clone()))
+                let shard = routing
+                    .any_shard(&self.keyspace)
+                    .map(str::to_string)
                     .ok_or_else(|| {
                         WireError::error("57P03", format!("keyspace \"{}\" has no shards yet", self.keyspace))
                     })?;
@@ -117,7 +117,18 @@ impl Session {
     /// back the one attached to another shard.
     pub(super) async fn go_to(&mut self, choice: Choice, read: bool) -> Result<(), WireError> {
         let (shard, key) = match choice {
-            Choice::Here | Choice::FanOut | Choice::Split(_) | Choice::Copy => return Ok(()),
+            Choice::Here => {
+                if !read {
+                    if self.shared.ctx.contact.cut_off() {
+                        return Err(lease_ran_out());
+                    }
+                    if let Some(a) = self.attached.as_mut() {
+                        a.writes = true;
+                    }
+                }
+                return Ok(());
+            }
+            Choice::FanOut | Choice::Split(_) | Choice::Copy => return Ok(()),
             Choice::Shard { shard, key } => (shard, key),
         };
         if self.attached.is_some() {
@@ -141,6 +152,9 @@ impl Session {
             conn: opened.conn,
             pool: opened.pool,
             shard: opened.shard,
+            primary: opened.primary,
+            fence: opened.fence,
+            writes: !read,
             status: b'I',
             pending,
             dirty: opened.dirty,
@@ -165,11 +179,7 @@ impl Session {
     ) -> Result<Opened, WireError> {
         let ctx = Arc::clone(&self.shared.ctx);
         if !read && ctx.contact.cut_off() {
-            return Err(WireError::error(
-                "57P03",
-                "this router has not heard from the manager for longer than its lease; \
-                 writes resume when it does",
-            ));
+            return Err(lease_ran_out());
         }
         let deadline = Instant::now() + ctx.failover_hold;
         let (routing, target) = loop {
@@ -255,6 +265,8 @@ impl Session {
             conn,
             pool,
             shard: target.id.clone(),
+            primary: target.primary.id.clone(),
+            fence: target.primary.fence_token(),
             injected: injected.len(),
             dirty,
             admission,
@@ -262,11 +274,26 @@ impl Session {
     }
 }
 
+/// A write refused while the router counts itself cut off from the
+/// manager (see [`crate::state::Contact::cut_off`]).
+fn lease_ran_out() -> WireError {
+    WireError::error(
+        "57P03",
+        "this router has not heard from the manager for longer than its lease; \
+         writes resume when it does",
+    )
+}
+
 /// A server session [`Session::open`] got for the client.
 pub(super) struct Opened {
     pub conn: RawConn,
     pub pool: RawPool,
     pub shard: String,
+    /// The primary's instance id.
+    pub primary: String,
+    /// Cancelled when a failover begins to replace that primary: nothing
+    /// the session runs from then on may be answered as a success.
+    pub fence: CancellationToken,
     /// Statements the router sent first, each answered up to its own
     /// `ReadyForQuery`.
     pub injected: usize,

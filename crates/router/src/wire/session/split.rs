@@ -25,7 +25,7 @@ use super::relay::give_back;
 use super::route::{resolve_key, sqlstate_of, Opened};
 use super::{Exec, Run, Session, SessionEnd};
 use crate::pg::frame::Frame;
-use crate::state::Routing;
+use crate::state::{Contact, Routing};
 use crate::wire::analyze::{comment_key, Analysis};
 use crate::wire::codec::{self, WireError};
 use crate::wire::messages::{self, Parse};
@@ -290,7 +290,7 @@ impl Session {
             return Ok(None);
         }
         let shards: Vec<String> = sessions.iter().map(|o| o.shard.clone()).collect();
-        let committed = end_all(sessions, "COMMIT").await;
+        let committed = commit_all(sessions, &self.shared.ctx.contact).await;
         if committed.len() < shards.len() {
             metrics.request("postgres", &self.keyspace, "split", "", "statement_failed");
             let e = partial_commit(&shards, &committed);
@@ -306,7 +306,10 @@ impl Session {
 /// `shards` did.
 pub(super) fn partial_commit(shards: &[String], committed: &[String]) -> WireError {
     if committed.is_empty() {
-        return WireError::error("57P03", "the shards did not commit; nothing was written");
+        return WireError::error(
+            "57P03",
+            "the shards did not confirm their commits; the rows may not have been written",
+        );
     }
     let rest: Vec<&str> = shards
         .iter()
@@ -347,10 +350,34 @@ pub(super) async fn read_answers(o: &mut Opened, ready: usize) -> Result<Answer,
     Ok(answer)
 }
 
+/// Rolls each session's transaction back at once and gives the
+/// sessions back.
+pub(super) async fn end_all(sessions: Vec<Opened>, sql: &'static str) -> Vec<String> {
+    end_each(sessions, sql, |_| true).await
+}
+
+/// Commits each session's transaction at once and gives the sessions
+/// back; the shards whose commit succeeded. A commit answered after a
+/// failover began to replace its primary, or after the router's lease
+/// ran out, is not counted as one: the manager may promote a replica
+/// that never got it.
+pub(super) async fn commit_all(sessions: Vec<Opened>, contact: &Contact) -> Vec<String> {
+    end_each(sessions, "COMMIT", |o| {
+        !o.fence.is_cancelled() && !contact.cut_off()
+    })
+    .await
+}
+
 /// Ends each session's transaction with `sql` (`COMMIT` or `ROLLBACK`)
 /// at once and gives the sessions back; the shards whose `sql`
-/// succeeded. A session whose end fails or is cut is closed.
-pub(super) async fn end_all(sessions: Vec<Opened>, sql: &'static str) -> Vec<String> {
+/// succeeded and `confirmed` holds for. A session whose end fails, is
+/// cut or is not confirmed is closed.
+async fn end_each(
+    sessions: Vec<Opened>,
+    sql: &'static str,
+    confirmed: impl Fn(&Opened) -> bool,
+) -> Vec<String> {
+    let confirmed = &confirmed;
     let ends = sessions.into_iter().map(|mut o| async move {
         let ok = match o.conn.conn.simple(sql).await {
             Ok(Ok(b'I')) => true,
@@ -363,6 +390,11 @@ pub(super) async fn end_all(sessions: Vec<Opened>, sql: &'static str) -> Vec<Str
                 return None;
             }
         };
+        if !confirmed(&o) {
+            tracing::warn!(shard = %o.shard, primary = %o.primary,
+                "{sql} of a split insert answered after the primary was fenced");
+            return None;
+        }
         let shard = o.shard.clone();
         let Opened {
             conn, pool, dirty, ..
