@@ -35,10 +35,15 @@ pub struct WireArgs {
     /// Rounds (one phase per path each).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
-    /// pgbench's protocol mode: simple or extended (PgBouncer of Debian
-    /// 12 has no prepared statements in transaction pooling).
+    /// pgbench's protocol mode: simple, extended or prepared (PgBouncer
+    /// of Debian 12, 1.18, has no prepared statements in transaction
+    /// pooling: with `prepared` it is left out).
     #[arg(long, default_value = "extended")]
     pub mode: String,
+    /// Server connections of PgBouncer's pool and of the router's tenant
+    /// pool.
+    #[arg(long, default_value_t = 8)]
+    pub pool: usize,
     /// pgbench scale (100,000 accounts each).
     #[arg(long, default_value_t = 1)]
     pub scale: u32,
@@ -211,7 +216,7 @@ pub fn run(args: WireArgs) -> anyhow::Result<()> {
         "wire",
         &format!(
             "pg_listen = \"127.0.0.1:{pg_port}\"\ntenant_pool_size = {}",
-            args.clients
+            args.pool
         ),
     )?;
     wait_port(pg_port, "the router's PostgreSQL listener")?;
@@ -226,27 +231,32 @@ pub fn run(args: WireArgs) -> anyhow::Result<()> {
         .build()?;
     let (pg_name, keyspace, token) = rt.block_on(prepare(&info, &dsn, args.scale))?;
     let dir = std::env::temp_dir().join(format!("shardline-bench-{}-bouncer", std::process::id()));
-    let (bouncer, bouncer_port) = start_bouncer(&dir, &dsn, &pg_name, args.clients)?;
-    let bouncer_pid = bouncer.pid.context("pgbouncer's pid")?;
     let password = dsn_field(&dsn, "password").unwrap_or("");
     let pg = dsn_field(&dsn, "port").context("port")?;
-    let paths: [(&str, String, Option<u32>); 3] = [
-        (
-            "direct",
-            format!("postgresql://postgres:{password}@127.0.0.1:{pg}/{pg_name}"),
-            None,
-        ),
-        (
+    let mut paths: Vec<(&str, String, Option<u32>)> = vec![(
+        "direct",
+        format!("postgresql://postgres:{password}@127.0.0.1:{pg}/{pg_name}"),
+        None,
+    )];
+    let bouncer = if args.mode == "prepared" {
+        println!("-M prepared: PgBouncer 1.18 keeps no prepared statements in transaction pooling; left out");
+        None
+    } else {
+        let (bouncer, bouncer_port) = start_bouncer(&dir, &dsn, &pg_name, args.pool)?;
+        let bouncer_pid = bouncer.pid.context("pgbouncer's pid")?;
+        paths.push((
             "pgbouncer",
             format!("postgresql://postgres:{password}@127.0.0.1:{bouncer_port}/bench"),
             Some(bouncer_pid),
-        ),
-        (
-            "shardline",
-            format!("postgresql://{BENCH}:{token}@127.0.0.1:{pg_port}/{keyspace}"),
-            Some(router.pid()),
-        ),
-    ];
+        ));
+        Some(bouncer)
+    };
+    paths.push((
+        "shardline",
+        format!("postgresql://{BENCH}:{token}@127.0.0.1:{pg_port}/{keyspace}"),
+        Some(router.pid()),
+    ));
+    let n = paths.len();
     // Warm up each path (pools, prepared statements, caches).
     for (name, url, _) in &paths {
         let warm = WireArgs {
@@ -254,21 +264,22 @@ pub fn run(args: WireArgs) -> anyhow::Result<()> {
             phase_secs: 1,
             rounds: 1,
             mode: args.mode.clone(),
+            pool: args.pool,
             scale: args.scale,
             shardline: None,
         };
         pgbench(&warm, url).with_context(|| format!("warm up {name}"))?;
     }
-    let mut tps = vec![Vec::new(); 3];
-    let mut lat = vec![Vec::new(); 3];
-    let mut proxy_cpu = [0u64; 3];
-    let mut pg_cpu = [0u64; 3];
-    let mut txns = [0u64; 3];
-    let mut failed = [0u64; 3];
+    let mut tps = vec![Vec::new(); n];
+    let mut lat = vec![Vec::new(); n];
+    let mut proxy_cpu = vec![0u64; n];
+    let mut pg_cpu = vec![0u64; n];
+    let mut txns = vec![0u64; n];
+    let mut failed = vec![0u64; n];
     for round in 0..args.rounds {
         let mut line = format!("round {}:", round + 1);
-        for k in 0..3 {
-            let i = (round + k) % 3;
+        for k in 0..n {
+            let i = (round + k) % n;
             let (name, url, pid) = &paths[i];
             let (p0, g0) = (pid.map_or(0, cpu_micros), pg_cpu_micros(&data_dir));
             let phase = pgbench(&args, url).with_context(|| format!("pgbench through {name}"))?;
@@ -284,11 +295,11 @@ pub fn run(args: WireArgs) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "pgbench -S -M {} -c {} -j 2, {} s phases, {} rounds, scale {}",
-        args.mode, args.clients, args.phase_secs, args.rounds, args.scale
+        "pgbench -S -M {} -c {} -j 2, pool {}, {} s phases, {} rounds, scale {}",
+        args.mode, args.clients, args.pool, args.phase_secs, args.rounds, args.scale
     );
     println!("path        tps (median)  latency ms (median)  proxy CPU µs/txn  PostgreSQL CPU µs/txn  failed");
-    let mut medians = [0.0; 3];
+    let mut medians = vec![0.0; n];
     for (i, (name, _, pid)) in paths.iter().enumerate() {
         medians[i] = median(tps[i].clone());
         let per = |cpu: u64| cpu as f64 / txns[i].max(1) as f64;
@@ -302,11 +313,21 @@ pub fn run(args: WireArgs) -> anyhow::Result<()> {
         );
     }
     println!();
+    let median_of = |name: &str| {
+        paths
+            .iter()
+            .position(|p| p.0 == name)
+            .map(|i| medians[i].max(1.0))
+    };
+    let ratio = |a: &str, b: &str| match (median_of(a), median_of(b)) {
+        (Some(a), Some(b)) => format!("{:.2}", a / b),
+        _ => "-".to_string(),
+    };
     println!(
-        "shardline / pgbouncer throughput: {:.2}; shardline / direct: {:.2}; pgbouncer / direct: {:.2}",
-        medians[2] / medians[1].max(1.0),
-        medians[2] / medians[0].max(1.0),
-        medians[1] / medians[0].max(1.0)
+        "shardline / pgbouncer throughput: {}; shardline / direct: {}; pgbouncer / direct: {}",
+        ratio("shardline", "pgbouncer"),
+        ratio("shardline", "direct"),
+        ratio("pgbouncer", "direct")
     );
     drop(bouncer);
     let _ = std::fs::remove_dir_all(&dir);
