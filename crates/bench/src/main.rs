@@ -4,17 +4,25 @@
 //!
 //! # Layout
 //! - [`routing`]: the routing decision (hash + shard-map lookup) per key.
+//! - [`parse`]: the wire front end's statement analysis per statement,
+//!   uncached and cached.
 //! - [`execute`]: point SELECTs through the router vs. direct PostgreSQL.
 //! - [`noisy`]: a tenant at 10x its rate limit beside one within its own.
 //! - [`tenants`]: router memory and auth + quota cost at 1,000 tenants x 10 apps.
 //! - [`wire`]: pgbench straight, through PgBouncer and through the router's
 //!   PostgreSQL port.
+//! - [`scatter`]: a keyless read through the router on all 4 shards,
+//!   merged, vs. one shard direct and a keyed read.
+//! - [`pgbench`]: free ports, DSN fields and one pgbench phase, for those.
 //! - [`dev`]: the throwaway `shardline dev` the last two run against.
 
 mod dev;
 mod execute;
 mod noisy;
+mod parse;
+mod pgbench;
 mod routing;
+mod scatter;
 mod tenants;
 mod wire;
 
@@ -32,6 +40,8 @@ struct Cli {
 enum Command {
     /// Routing decision cost: routing hash of a text key + shard-map lookup.
     Routing(routing::RoutingArgs),
+    /// Statement analysis cost (wire protocol): uncached and cached, per statement.
+    Parse(parse::ParseArgs),
     /// Point SELECTs through the router vs. straight to PostgreSQL.
     Execute(execute::ExecuteArgs),
     /// Noisy neighbor: tenant A at 10x its limit, tenant B within its own.
@@ -40,14 +50,18 @@ enum Command {
     Tenants(tenants::TenantsArgs),
     /// pgbench -S straight to PostgreSQL, through PgBouncer, through the router.
     Wire(wire::WireArgs),
+    /// Scatter-gather: a keyless count/sum through the router on 4 shards, merged.
+    Scatter(scatter::ScatterArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Routing(args) => routing::run(args),
+        Command::Parse(args) => parse::run(args),
         Command::Execute(args) => execute::run(args),
         Command::Noisy(args) => noisy::run(args),
         Command::Tenants(args) => tenants::run(args),
         Command::Wire(args) => wire::run(args),
+        Command::Scatter(args) => scatter::run(args),
     }
 }

@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde_json::Value;
@@ -22,6 +22,7 @@ use shardline_core::KeyType;
 
 use crate::dev::{cpu_micros, pg_cpu_micros};
 use crate::execute::median;
+use crate::pgbench::{dsn_field, free_port, wait_port, Phase};
 
 /// Options of `shardline-bench wire`.
 #[derive(Debug, clap::Args)]
@@ -72,30 +73,6 @@ impl Drop for Bouncer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// Waits until something accepts on 127.0.0.1:`port`.
-fn wait_port(port: u16, what: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("{what} did not listen on {port} within 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
-/// A `key=value` of a DSN.
-fn dsn_field<'a>(dsn: &'a str, key: &str) -> Option<&'a str> {
-    dsn.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
 }
 
 fn start_bouncer(dir: &Path, dsn: &str, db: &str, pool: usize) -> anyhow::Result<(Bouncer, u16)> {
@@ -168,42 +145,23 @@ fn child_named(parent: u32, name: &str) -> Option<u32> {
     None
 }
 
-/// What one pgbench phase printed.
-struct Phase {
-    tps: f64,
-    latency_ms: f64,
-    transactions: u64,
-    failed: u64,
-}
-
+/// One `pgbench -S` phase as `args` say.
 fn pgbench(args: &WireArgs, url: &str) -> anyhow::Result<Phase> {
-    let out = Command::new("pgbench")
-        .args(["-n", "-S", "-M", &args.mode])
-        .args(["-c", &args.clients.to_string(), "-j", "2"])
-        .args(["-T", &args.phase_secs.to_string()])
-        .arg(url)
-        .output()
-        .context("run pgbench")?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        bail!(
-            "pgbench failed: {}\n{text}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let num = |prefix: &str| -> Option<f64> {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(prefix))
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|v| v.split('/').next())
-            .and_then(|v| v.parse().ok())
-    };
-    Ok(Phase {
-        tps: num("tps = ").context("pgbench printed no tps")?,
-        latency_ms: num("latency average = ").unwrap_or(0.0),
-        transactions: num("number of transactions actually processed: ").unwrap_or(0.0) as u64,
-        failed: num("number of failed transactions: ").unwrap_or(0.0) as u64,
-    })
+    let opts: Vec<String> = [
+        "-S",
+        "-M",
+        &args.mode,
+        "-c",
+        &args.clients.to_string(),
+        "-j",
+        "2",
+        "-T",
+        &args.phase_secs.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    crate::pgbench::run(&opts, url)
 }
 
 pub fn run(args: WireArgs) -> anyhow::Result<()> {
