@@ -104,7 +104,8 @@ pub struct RouterConfig {
     /// Longest a request for a shard's primary waits while the catalog
     /// shows the shard failing over, or after its primary could not be
     /// connected, for a catalog with a new primary; it is then tried
-    /// once more and, failing, answered 503 with `Retry-After`.
+    /// once more (never while the catalog still shows the failover) and,
+    /// failing, answered 503 with `Retry-After`.
     /// Default `5s`.
     #[serde(default = "default_failover_hold", with = "humantime_serde")]
     pub failover_hold: Duration,
