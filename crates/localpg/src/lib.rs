@@ -526,6 +526,34 @@ impl Drop for RunningCluster {
     }
 }
 
+/// A TCP port on 127.0.0.1, free now, below the kernel's ephemeral range
+/// (which outgoing connections and binds to port 0 draw from): for a
+/// server started on it later, or started again on it after a crash,
+/// when a port from [`free_port`] may have been handed to a connection
+/// meanwhile. Chosen at random, so parallel tests rarely pick the same.
+pub fn stable_port() -> Result<u16> {
+    use std::hash::{BuildHasher, Hasher};
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| {
+            r.split_whitespace()
+                .next()
+                .and_then(|l| l.parse::<u16>().ok())
+        })
+        .unwrap_or(32768);
+    let (from, to) = (10_000u16, low.max(10_001));
+    for attempt in 0..200u64 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(attempt);
+        h.write_u32(std::process::id());
+        let port = from + (h.finish() % u64::from(to - from)) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    free_port()
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err("bind a free port"))?;

@@ -38,7 +38,9 @@ impl HaManagers {
         let etcd = EtcdServer::start().await.expect("start etcd");
         let ports = failpoints
             .iter()
-            .map(|_| shardline_localpg::free_port().unwrap())
+            // Managers start (and restart) on them long after: ports
+            // no outgoing connection can have taken meanwhile.
+            .map(|_| shardline_localpg::stable_port().unwrap())
             .collect();
         let mut links = Vec::new();
         for _ in &failpoints {

@@ -23,8 +23,10 @@ impl Proc {
     }
 }
 
+/// A port for a process started (or restarted) on it later: below the
+/// ephemeral range, so no outgoing connection takes it meanwhile.
 pub fn free_port() -> u16 {
-    shardline_localpg::free_port().unwrap()
+    shardline_localpg::stable_port().unwrap()
 }
 
 /// `shardline ARGS`, its output into `log`.
