@@ -168,6 +168,11 @@ fn partition_failover(case: Case, synchronous: bool) {
         for (host, ip) in [("r1", r1_ip), ("r2", r2_ip)] {
             let opts = StackOptions {
                 router_ip: IpAddr::V4(ip),
+                // Holds shorter than the failover (which waits out r1's
+                // lease): held requests time out while the intent is
+                // open, the case that once sent a write to the old
+                // primary and lost it.
+                tune_router: |cfg| cfg.failover_hold = Duration::from_secs(1),
                 ..StackOptions::default()
             };
             let url = manager_url.clone();
