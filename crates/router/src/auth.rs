@@ -20,11 +20,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 use shardline_api::router::ShardKeyValue;
-use shardline_api::{ApiError, ErrorCode};
 use shardline_core::auth::constant_time_eq;
 use shardline_core::catalog::{App, Limits, TenantConfig};
 use shardline_core::scram::Verifier;
 
+use crate::error::{QuotaHolder, Reason, RouterError};
 use crate::metrics::PairMetrics;
 use crate::quota::{QuotaCell, Quotas, RateLimits};
 
@@ -242,15 +242,15 @@ impl RejectReason {
 /// the app.
 #[derive(Debug)]
 pub struct Rejection {
-    pub error: ApiError,
+    pub error: RouterError,
     pub reason: RejectReason,
     pub app: Option<Arc<AppAuth>>,
 }
 
 impl Rejection {
-    fn new(app: &Arc<AppAuth>, reason: RejectReason, error: ApiError) -> Self {
+    fn new(app: &Arc<AppAuth>, reason: RejectReason, error: Reason) -> Self {
         Self {
-            error,
+            error: error.into(),
             reason,
             app: Some(Arc::clone(app)),
         }
@@ -304,7 +304,7 @@ pub(crate) fn authenticate<'a, S: std::hash::BuildHasher>(
             Ok(&e.app)
         }
         _ => Err(Rejection {
-            error: ApiError::new(ErrorCode::Unauthorized, "invalid token"),
+            error: Reason::InvalidToken.into(),
             reason: RejectReason::Unauthorized,
             app: None,
         }),
@@ -330,14 +330,14 @@ pub fn admit_app(
             return Err(Rejection::new(
                 app,
                 RejectReason::TenantDeleting,
-                ApiError::new(ErrorCode::Forbidden, "this app's tenant is being deleted"),
+                Reason::TenantDeleting,
             ))
         }
         TenantStatus::Missing => {
             return Err(Rejection::new(
                 app,
                 RejectReason::UnknownTenant,
-                ApiError::new(ErrorCode::Forbidden, "this app's tenant is unknown"),
+                Reason::TenantUnknown,
             ))
         }
     }
@@ -346,13 +346,9 @@ pub fn admit_app(
             return Err(Rejection::new(
                 app,
                 RejectReason::ForbiddenKeyspace,
-                ApiError::new(
-                    ErrorCode::Forbidden,
-                    format!(
-                        "this app may only use keyspace {:?} (or leave keyspace out)",
-                        tenant.keyspace
-                    ),
-                ),
+                Reason::ForbiddenKeyspace {
+                    allowed: tenant.keyspace.clone(),
+                },
             ));
         }
     }
@@ -361,52 +357,46 @@ pub fn admit_app(
             return Err(Rejection::new(
                 app,
                 RejectReason::ForbiddenKeyPrefix,
-                ApiError::new(
-                    ErrorCode::Forbidden,
-                    format!("this app's shard keys must start with {prefix:?}"),
-                ),
+                Reason::ForbiddenKeyPrefix {
+                    prefix: prefix.clone(),
+                },
             ));
         }
     }
-    let concurrency = |who: &str| {
+    let concurrency = |holder| {
         Rejection::new(
             app,
             RejectReason::ConcurrencyLimited,
-            ApiError::new(
-                ErrorCode::ConcurrencyLimited,
-                format!("too many requests of this {who} in flight"),
-            )
-            .with_retry_after(1),
+            Reason::ConcurrencyLimited(holder),
         )
     };
     if !tenant.quota.try_enter(tenant.config.limits.max_concurrent) {
-        return Err(concurrency("tenant"));
+        return Err(concurrency(QuotaHolder::Tenant));
     }
     if !app.quota.try_enter(app.limits.max_concurrent) {
         tenant.quota.exit();
-        return Err(concurrency("app"));
+        return Err(concurrency(QuotaHolder::App));
     }
     // From here on, dropping the admission leaves the in-flight counts.
     let admission = Admission {
         app: Arc::clone(app),
     };
-    let rate = |who: &str, wait: u64| {
+    let rate = |holder, retry_after| {
         Rejection::new(
             app,
             RejectReason::RateLimited,
-            ApiError::new(
-                ErrorCode::RateLimited,
-                format!("over this {who}'s request rate"),
-            )
-            .with_retry_after(wait),
+            Reason::RateLimited {
+                holder,
+                retry_after,
+            },
         )
     };
     let taken = quotas
         .take(&app.quota, RateLimits::of(&app.limits), now)
-        .map_err(|wait| rate("app", wait))?;
+        .map_err(|wait| rate(QuotaHolder::App, wait))?;
     if let Err(wait) = quotas.take(&tenant.quota, RateLimits::of(&tenant.config.limits), now) {
         app.quota.refund(taken);
-        return Err(rate("tenant", wait));
+        return Err(rate(QuotaHolder::Tenant, wait));
     }
     Ok(admission)
 }

@@ -34,20 +34,13 @@ use std::time::Instant;
 
 use serde_json::Value;
 use shardline_api::router::StatementResult;
-use shardline_api::{ApiError, ErrorCode};
-use shardline_core::catalog::MOVED_SQLSTATE;
+use shardline_api::ErrorCode;
 
 use crate::auth::TenantAuth;
+use crate::error::{Reason, RouterError};
 use crate::pg::{exec, from_pg_error, from_pool_error, PoolError, PooledConn, ResultLimits};
 use crate::pools::{InstanceTarget, Role, ShardTarget};
 use crate::state::{RouterContext, RoutingCell};
-
-/// Seconds a client is told to wait when a shard stays unavailable.
-const RETRY_AFTER_SECS: u64 = 1;
-
-/// Why a write is refused while the router counts itself cut off.
-const CUT_OFF: &str = "this router has not heard from the manager for longer than its lease; \
-                       writes resume when it does";
 
 /// Work to run on one connection.
 pub trait Job: Sync {
@@ -59,7 +52,7 @@ pub trait Job: Sync {
         &'a self,
         conn: &'a mut PooledConn,
         reset: bool,
-    ) -> impl Future<Output = Result<Self::Output, ApiError>> + Send + 'a;
+    ) -> impl Future<Output = Result<Self::Output, RouterError>> + Send + 'a;
 }
 
 /// One statement.
@@ -75,7 +68,7 @@ impl Job for Statement<'_> {
         &'a self,
         conn: &'a mut PooledConn,
         reset: bool,
-    ) -> impl Future<Output = Result<StatementResult, ApiError>> + Send + 'a {
+    ) -> impl Future<Output = Result<StatementResult, RouterError>> + Send + 'a {
         exec::execute_with(conn, self.sql, self.params, &ResultLimits::DEFAULT, reset)
     }
 }
@@ -92,7 +85,7 @@ impl Job for Transaction<'_> {
         &self,
         conn: &mut PooledConn,
         reset: bool,
-    ) -> Result<Vec<StatementResult>, ApiError> {
+    ) -> Result<Vec<StatementResult>, RouterError> {
         exec::transaction_with(conn, self.statements, &ResultLimits::DEFAULT, reset)
             .await
             .map_err(|(_, e)| e)
@@ -117,7 +110,7 @@ enum Failure {
     /// No connection: nothing was sent.
     Acquire(PoolError),
     /// The statement failed; `broken` if its connection did too.
-    Statement { error: ApiError, broken: bool },
+    Statement { error: RouterError, broken: bool },
 }
 
 /// Runs `job` for `tenant` on the shard of `target` (see the module
@@ -135,7 +128,7 @@ pub async fn run<J: Job>(
     tenant: &TenantAuth,
     job: &J,
     plan: Plan,
-) -> Result<J::Output, ApiError> {
+) -> Result<J::Output, RouterError> {
     let at = At {
         tenant,
         version,
@@ -150,9 +143,7 @@ pub async fn run<J: Job>(
         // Past its lease the manager may have promoted a replica without
         // this router's word: writes stop until the manager answers
         // again (reads go on, checking the resharding fence).
-        return Err(
-            ApiError::new(ErrorCode::ShardUnavailable, CUT_OFF).with_retry_after(RETRY_AFTER_SECS)
-        );
+        return Err(Reason::CutOff.into());
     }
     if plan.read && plan.eventual {
         if let Some(out) = on_replica(ctx, &target, at, job).await? {
@@ -206,7 +197,7 @@ async fn on_replica<J: Job>(
     target: &ShardTarget,
     at: At<'_>,
     job: &J,
-) -> Result<Option<J::Output>, ApiError> {
+) -> Result<Option<J::Output>, RouterError> {
     let Some(view) = ctx.health.fresh(Instant::now()) else {
         return Ok(None);
     };
@@ -226,7 +217,7 @@ async fn on_replica<J: Job>(
             Ok(None)
         }
         Err(Failure::Statement { error, .. }) if replica_only_failure(&error) => {
-            tracing::debug!(shard = %target.id, instance = %replica.id, code = error.code.as_str(), sqlstate = ?error.sqlstate, "read failed on a replica; reading from the primary");
+            tracing::debug!(shard = %target.id, instance = %replica.id, code = error.code().as_str(), sqlstate = ?error.sqlstate(), "read failed on a replica; reading from the primary");
             Ok(None)
         }
         Err(Failure::Statement { error, .. }) => Err(error),
@@ -235,8 +226,8 @@ async fn on_replica<J: Job>(
 
 /// Whether a read's failure on a replica is the replica's, not the
 /// statement's: a primary might well run it.
-fn replica_only_failure(e: &ApiError) -> bool {
-    match e.code {
+fn replica_only_failure(e: &RouterError) -> bool {
+    match e.code() {
         // 25006 (read-only), lost connections, shutdowns, and recovery
         // conflicts (40001/40P01 on a standby).
         ErrorCode::ShardUnavailable | ErrorCode::Unavailable | ErrorCode::TransactionConflict => {
@@ -253,7 +244,7 @@ async fn on_primary<J: Job>(
     at: At<'_>,
     job: &J,
     plan: Plan,
-) -> Result<J::Output, ApiError> {
+) -> Result<J::Output, RouterError> {
     let mut held = false;
     if target.failover.is_some() {
         target = hold(cell, ctx, &target.id, &target.primary, true).await?;
@@ -272,21 +263,18 @@ async fn on_primary<J: Job>(
                 // it, not when the router closed it on purpose after a
                 // client's error (a result past the limits: 400).
                 Failure::Statement { error, broken } => {
-                    (plan.read && *broken && error.retryable)
-                        || (error.sqlstate.as_deref() == Some("25006")
-                            && failing_over(cell, &target.id, &primary))
+                    (plan.read && *broken && error.retryable())
+                        || (error.is_read_only() && failing_over(cell, &target.id, &primary))
                 }
             };
         if !again {
             return Err(match failure {
-                Failure::Acquire(e) if held && is_connection_failure(&e) => ApiError::new(
-                    ErrorCode::ShardUnavailable,
-                    format!(
-                        "shard {} is unavailable: its primary is failing over or cannot be reached",
-                        target.id
-                    ),
-                )
-                .with_retry_after(RETRY_AFTER_SECS),
+                Failure::Acquire(e) if held && is_connection_failure(&e) => {
+                    Reason::PrimaryUnreachable {
+                        shard: target.id.clone(),
+                    }
+                    .into()
+                }
                 Failure::Acquire(e) => from_pool_error(&e),
                 Failure::Statement { error, .. } => error,
             });
@@ -315,18 +303,17 @@ async fn hold(
     shard: &str,
     failed: &Arc<InstanceTarget>,
     mut saw_failover: bool,
-) -> Result<Arc<ShardTarget>, ApiError> {
+) -> Result<Arc<ShardTarget>, RouterError> {
     let deadline = tokio::time::Instant::now() + ctx.failover_hold;
     let mut tables = cell.subscribe();
     let mut waited = false;
     loop {
         let routing = Arc::clone(&tables.borrow_and_update());
         let Some(target) = routing.shards.get(shard).cloned() else {
-            return Err(ApiError::new(
-                ErrorCode::ShardUnavailable,
-                format!("shard {shard} is not in the catalog"),
-            )
-            .with_retry_after(RETRY_AFTER_SECS));
+            return Err(Reason::ShardNotInCatalog {
+                shard: shard.to_string(),
+            }
+            .into());
         };
         saw_failover |= target.failover.is_some();
         let settled =
@@ -356,14 +343,11 @@ async fn hold(
                     // router told the manager it holds, and the manager
                     // may promote the target at any moment; a write the
                     // old primary took now could be lost with it.
-                    return Err(ApiError::new(
-                        ErrorCode::ShardUnavailable,
-                        format!(
-                            "shard {shard} is failing over; it did not end within {:?}",
-                            ctx.failover_hold
-                        ),
-                    )
-                    .with_retry_after(RETRY_AFTER_SECS));
+                    return Err(Reason::FailoverTimedOut {
+                        shard: shard.to_string(),
+                        hold: ctx.failover_hold,
+                    }
+                    .into());
                 }
                 return Ok(latest);
             }
@@ -466,15 +450,11 @@ async fn attempt<J: Job>(inst: &InstanceTarget, at: At<'_>, job: &J) -> Result<J
 fn fenced_primary(inst: &InstanceTarget, conn: &mut PooledConn) -> Failure {
     conn.discard();
     Failure::Statement {
-        error: ApiError::new(
-            ErrorCode::ShardUnavailable,
-            format!(
-                "shard {}'s primary {} is being replaced by a failover; the statement was \
-                 cancelled and may or may not have taken effect",
-                inst.shard, inst.id
-            ),
-        )
-        .with_retry_after(RETRY_AFTER_SECS),
+        error: Reason::PrimaryFenced {
+            shard: inst.shard.clone(),
+            primary: inst.id.clone(),
+        }
+        .into(),
         broken: true,
     }
 }
@@ -485,30 +465,16 @@ fn fenced_primary(inst: &InstanceTarget, conn: &mut PooledConn) -> Failure {
 fn lease_ran_out(conn: &mut PooledConn) -> Failure {
     conn.discard();
     Failure::Statement {
-        error: ApiError::new(
-            ErrorCode::ShardUnavailable,
-            "this router's lease ran out while the write ran (it has not heard from the \
-             manager); the statement was cancelled and may or may not have taken effect",
-        )
-        .with_retry_after(RETRY_AFTER_SECS),
+        error: Reason::LeaseRanOut.into(),
         broken: true,
     }
 }
 
-/// The answer for a read the shard's fence refuses: as the source's own
-/// refusal of a write (SQLSTATE `SLM01`), so the caller holds it for a
-/// newer routing table.
-fn fenced(fence: u64, version: u64) -> ApiError {
-    let mut e = ApiError::new(
-        ErrorCode::ShardUnavailable,
-        format!(
-            "the shard was resharded at catalog version {fence}, after this router's \
-             routing table ({version}); retry shortly"
-        ),
-    )
-    .with_retry_after(RETRY_AFTER_SECS);
-    e.sqlstate = Some(MOVED_SQLSTATE.into());
-    e
+/// The answer for a read the shard's fence refuses: moved, as the
+/// source's own refusal of a write (SQLSTATE `SLM01`), so the caller
+/// holds it for a newer routing table.
+fn fenced(fence: u64, version: u64) -> RouterError {
+    Reason::Resharded { fence, version }.into()
 }
 
 /// A connection to `inst` as the tenant's role. A pool the reaper

@@ -6,6 +6,10 @@
 //! primary or a replica ([`crate::dispatch`]). Statements PostgreSQL's
 //! protocol cannot carry (a NUL, more than 65,535 parameters) are refused
 //! before routing, as the client's error.
+//!
+//! This is the HTTP front end's edge: the router's own errors
+//! ([`crate::error::RouterError`]) become the HTTP error body
+//! ([`ApiError`]) here, and nowhere deeper.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,6 +34,7 @@ use shardline_http::{bearer_token, with_fallbacks, ErrorResponse, JsonBody, Quer
 use crate::auth::{admit_app, Admission, AppAuth, Now, RejectReason, Rejection};
 use crate::classify;
 use crate::dispatch::{self, Plan};
+use crate::error::Reason;
 use crate::reroute::{self, Keyed};
 use crate::state::{RouterContext, Routing, RoutingCell};
 
@@ -96,10 +101,7 @@ impl FromRequestParts<Arc<RouterState>> for Authenticated {
         let authenticated = match bearer_token(&parts.headers) {
             Some(token) => routing.authenticate(token, Now::current().unix_ms),
             None => Err(Rejection {
-                error: ApiError::new(
-                    ErrorCode::Unauthorized,
-                    "missing bearer token (Authorization: Bearer <app token>)",
-                ),
+                error: Reason::NoToken.into(),
                 reason: RejectReason::Unauthorized,
                 app: None,
             }),
@@ -121,8 +123,8 @@ fn refused(ctx: &RouterContext, endpoint: &'static str, rej: Rejection) -> Error
         None => (ctx.metrics.anonymous(), ""),
     };
     pm.rejected(rej.reason.as_str());
-    pm.request("http", keyspace, endpoint, "", rej.error.code.as_str());
-    ErrorResponse(rej.error)
+    pm.request("http", keyspace, endpoint, "", rej.error.code().as_str());
+    ErrorResponse(rej.error.into())
 }
 
 /// Checks the request against its tenant and app and takes their quotas.
@@ -429,6 +431,7 @@ async fn route(
         }
     });
     drop(admission);
+    let answer = answer.map_err(ApiError::from);
     observe(&st, &mut obs, std::future::ready(answer))
         .await
         .map(Json)

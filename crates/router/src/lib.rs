@@ -26,11 +26,15 @@
 //!   else the primary, held through failovers.
 //! - [`reroute`]: keys in ranges being moved: held while frozen, run
 //!   again on the new owner after the old one refused them.
+//! - [`error`]: the router's own error ([`error::RouterError`]): typed
+//!   reasons the request path decides on, PostgreSQL's own fields kept
+//!   apart from our failures; made into the HTTP error body or a wire
+//!   `ErrorResponse` only at the front ends' edges.
 //! - [`follow`]: catalog long poll and heartbeat (live routers).
 //! - [`health`]: the manager's health feed (which replicas may serve).
 //! - [`http`]: the HTTP API.
-//! - [`pg`]: pools, JSON ⇄ PostgreSQL values, statement execution, error
-//!   classification.
+//! - [`pg`]: pools, JSON ⇄ PostgreSQL values, statement execution, the
+//!   reading of PostgreSQL's errors.
 //! - [`metrics`]: Prometheus metrics, with bounded tenant/app labels.
 //! - [`wire`]: the PostgreSQL wire protocol front end.
 
@@ -38,6 +42,7 @@ pub mod auth;
 pub mod classify;
 pub mod config;
 pub mod dispatch;
+pub mod error;
 pub mod follow;
 pub mod health;
 pub mod http;

@@ -8,7 +8,8 @@
 //!   `shard_unavailable` with `Retry-After`.
 //! - Before freezing, the manager makes the source refuse writes to the
 //!   moving keys with SQLSTATE `SLM01`
-//!   ([`MOVED_SQLSTATE`]): the statement (or
+//!   ([`MOVED_SQLSTATE`](shardline_core::catalog::MOVED_SQLSTATE), read
+//!   as [`Reason::Moved`]): the statement (or
 //!   transaction) wrote nothing, so it is safe to run again. The request
 //!   is held for a newer table in which the key is not frozen and run
 //!   once more by that table's map. A second refusal, or no such table
@@ -26,16 +27,12 @@
 use std::sync::Arc;
 
 use shardline_api::router::ShardKeyValue;
-use shardline_api::{ApiError, ErrorCode};
-use shardline_core::catalog::MOVED_SQLSTATE;
 
 use crate::auth::TenantAuth;
 use crate::dispatch::{self, Job, Plan};
+use crate::error::{Reason, RouterError};
 use crate::pools::ShardTarget;
 use crate::state::{RouterContext, Routing, RoutingCell};
-
-/// Seconds a client is told to wait when a range stays frozen.
-const RETRY_AFTER_SECS: u64 = 1;
 
 /// Where a request for one key is sent.
 pub struct Keyed<'a> {
@@ -56,7 +53,7 @@ pub async fn run<J: Job>(
     tenant: &TenantAuth,
     job: &J,
     plan: Plan,
-) -> Result<(String, J::Output), ApiError> {
+) -> Result<(String, J::Output), RouterError> {
     let first = match routing.route(to.keyspace, to.key) {
         Ok(route) => Some((route.range.shard.clone(), route.frozen)),
         // A moving tenant's old keyspace may be gone already; the hold
@@ -90,46 +87,36 @@ pub async fn run<J: Job>(
         .await
         {
             Ok(out) => return Ok((shard, out)),
-            Err(e) if is_moved(&e) && !retried => {
+            Err(e) if e.is_moved() && !retried => {
                 tracing::debug!(shard = %shard, keyspace = %keyspace, "key moved; waiting for a newer routing table");
                 retried = true;
                 let newer_than = Some(routing.version);
                 (routing, keyspace) = hold(cell, ctx, &tenant.id, &to, &shard, newer_than).await?;
             }
-            Err(e) if is_moved(&e) => return Err(unavailable(&shard)),
-            Err(mut e) => {
-                e.shard.get_or_insert(shard);
-                return Err(e);
-            }
+            Err(e) if e.is_moved() => return Err(unavailable(&shard)),
+            Err(e) => return Err(e.or_shard(shard)),
         }
     }
 }
 
-/// Whether a shard refused the statement because its key moved away.
-pub fn is_moved(e: &ApiError) -> bool {
-    e.sqlstate.as_deref() == Some(MOVED_SQLSTATE)
-}
-
-fn target_of(routing: &Routing, shard: &str) -> Result<Arc<ShardTarget>, ApiError> {
+fn target_of(routing: &Routing, shard: &str) -> Result<Arc<ShardTarget>, RouterError> {
     routing.shards.get(shard).cloned().ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::ShardUnavailable,
-            format!("shard {shard} is not in the catalog"),
-        )
-        .with_retry_after(RETRY_AFTER_SECS)
+        Reason::ShardNotInCatalog {
+            shard: shard.to_string(),
+        }
+        .into()
     })
 }
 
-fn unavailable(shard: &str) -> ApiError {
-    let mut e = ApiError::new(
-        ErrorCode::ShardUnavailable,
-        format!("the key's range on shard {shard} is moving to another shard; retry shortly"),
-    )
-    .with_retry_after(RETRY_AFTER_SECS);
-    if !shard.is_empty() {
-        e.shard = Some(shard.to_string());
+fn unavailable(shard: &str) -> RouterError {
+    let e = RouterError::from(Reason::RangeMoving {
+        shard: shard.to_string(),
+    });
+    if shard.is_empty() {
+        e
+    } else {
+        e.or_shard(shard)
     }
-    e
 }
 
 /// Waits, up to `failover_hold`, for a routing table newer than
@@ -143,7 +130,7 @@ async fn hold(
     to: &Keyed<'_>,
     shard: &str,
     newer_than: Option<u64>,
-) -> Result<(Arc<Routing>, String), ApiError> {
+) -> Result<(Arc<Routing>, String), RouterError> {
     let deadline = tokio::time::Instant::now() + ctx.failover_hold;
     let mut tables = cell.subscribe();
     let mut waited = false;
@@ -185,7 +172,7 @@ fn usable(
     tenant: &str,
     to: &Keyed<'_>,
     newer_than: Option<u64>,
-) -> Result<Option<String>, ApiError> {
+) -> Result<Option<String>, RouterError> {
     if newer_than.is_some_and(|v| routing.version <= v) {
         return Ok(None);
     }
@@ -211,13 +198,16 @@ fn usable(
 mod tests {
     use std::time::Duration;
 
-    use shardline_core::catalog::{Keyspace, Tenant, TenantState};
+    use shardline_api::ErrorCode;
+    use shardline_core::catalog::{Keyspace, Tenant, TenantState, MOVED_SQLSTATE};
     use shardline_core::hash::routing_hash;
     use shardline_core::shardmap::ShardRange;
     use shardline_core::{Catalog, KeyRange, KeyType, ShardKey, ShardMap};
 
     use super::*;
     use crate::config::RouterConfig;
+    use crate::error::PgError;
+    use crate::pg::error::classify;
 
     /// Keyspace `ks` (bigint): `-80` on s1, `80-` on s2; `frozen` frozen.
     fn catalog(version: u64, frozen: &[&str], upper: &str) -> Catalog {
@@ -289,15 +279,30 @@ mod tests {
 
     #[test]
     fn moved_is_the_sqlstate() {
-        let mut e = ApiError::new(ErrorCode::ShardUnavailable, "moved");
-        assert!(!is_moved(&e));
-        e.sqlstate = Some(MOVED_SQLSTATE.into());
-        assert!(is_moved(&e));
+        let pg = |sqlstate: &str| PgError {
+            sqlstate: sqlstate.into(),
+            message: "refused".into(),
+            detail: None,
+            hint: None,
+            position: None,
+        };
+        // Another shard_unavailable is not a move; SLM01 is, and so is
+        // our own fence check.
+        let e = RouterError::from(classify(pg("57P01")));
+        assert_eq!(e.code(), ErrorCode::ShardUnavailable);
+        assert!(!e.is_moved());
+        assert!(RouterError::from(classify(pg(MOVED_SQLSTATE))).is_moved());
+        assert!(RouterError::from(Reason::Resharded {
+            fence: 2,
+            version: 1
+        })
+        .is_moved());
         let u = unavailable("s1");
         assert_eq!(
-            (u.http_status(), u.retry_after, u.retryable),
-            (503, Some(1), true)
+            (u.http_status(), u.retry_after(), u.retryable(), u.shard()),
+            (503, Some(1), true, Some("s1"))
         );
+        assert_eq!(unavailable("").shard(), None);
     }
 
     #[tokio::test]
@@ -354,8 +359,8 @@ mod tests {
         let Err(e) = hold(&cell, &short, "acme", &to, "s3", None).await else {
             panic!("held past the window");
         };
-        assert_eq!(e.code, ErrorCode::ShardUnavailable);
-        assert_eq!(e.retry_after, Some(1));
+        assert_eq!(e.code(), ErrorCode::ShardUnavailable);
+        assert_eq!(e.retry_after(), Some(1));
         assert_eq!(short.metrics.held.with(&["s3", "timed_out"]).get(), 1);
     }
 
@@ -449,7 +454,7 @@ mod tests {
             panic!("held past the window");
         };
         assert_eq!(
-            (e.code, e.retry_after),
+            (e.code(), e.retry_after()),
             (ErrorCode::ShardUnavailable, Some(1))
         );
         assert_eq!(short.metrics.held.with(&["s1", "timed_out"]).get(), 1);

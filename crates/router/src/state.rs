@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shardline_api::router::ShardKeyValue;
-use shardline_api::{ApiError, ErrorCode};
 use shardline_core::catalog::{Tenant, TenantConfig, TenantState};
 use shardline_core::hash::{parse_uuid, routing_hash};
 use shardline_core::shardmap::ShardRange;
@@ -21,6 +20,7 @@ use crate::auth::{
     TenantStatus, TokenEntry, WireCredentials,
 };
 use crate::config::RouterConfig;
+use crate::error::{Reason, RouterError};
 use crate::health::HealthTable;
 use crate::metrics::{RouterMetrics, OTHER};
 use crate::pg::PoolConfig;
@@ -430,21 +430,17 @@ impl Routing {
     }
 
     /// Hashes a key and finds the owning range.
-    pub fn route(&self, keyspace: &str, key: &ShardKeyValue) -> Result<Route<'_>, ApiError> {
+    pub fn route(&self, keyspace: &str, key: &ShardKeyValue) -> Result<Route<'_>, RouterError> {
         let ks = self.keyspace(keyspace)?;
         let hash = routing_hash(typed_key(ks.key_type, key)?);
         self.route_hash(keyspace, hash)
     }
 
     /// Finds the range owning an already computed routing hash.
-    pub fn route_hash(&self, keyspace: &str, hash: u64) -> Result<Route<'_>, ApiError> {
+    pub fn route_hash(&self, keyspace: &str, hash: u64) -> Result<Route<'_>, RouterError> {
         let ks = self.keyspace(keyspace)?;
-        let map = ks.map.as_ref().ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::Unavailable,
-                format!("keyspace {keyspace:?} has no shards yet"),
-            )
-            .with_retry_after(1)
+        let map = ks.map.as_ref().ok_or_else(|| Reason::NoShards {
+            keyspace: keyspace.to_string(),
         })?;
         Ok(Route {
             hash,
@@ -453,10 +449,13 @@ impl Routing {
         })
     }
 
-    fn keyspace(&self, keyspace: &str) -> Result<&KeyspaceRoute, ApiError> {
-        self.keyspaces
-            .get(keyspace)
-            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no keyspace {keyspace:?}")))
+    fn keyspace(&self, keyspace: &str) -> Result<&KeyspaceRoute, RouterError> {
+        self.keyspaces.get(keyspace).ok_or_else(|| {
+            Reason::NoKeyspace {
+                keyspace: keyspace.to_string(),
+            }
+            .into()
+        })
     }
 
     /// Runs the pool reaper over every shard (see [`ShardTarget::reap`]).
@@ -510,8 +509,8 @@ fn missing_tenant(id: &str, version: u64) -> TenantAuth {
 }
 
 /// Checks a key against the keyspace's key type.
-pub fn typed_key(key_type: KeyType, key: &ShardKeyValue) -> Result<ShardKey<'_>, ApiError> {
-    let bad = |m: String| ApiError::new(ErrorCode::InvalidShardKey, m);
+pub fn typed_key(key_type: KeyType, key: &ShardKeyValue) -> Result<ShardKey<'_>, RouterError> {
+    let bad = |m: String| RouterError::from(Reason::InvalidShardKey(m));
     match (key_type, key) {
         (_, ShardKeyValue::Text(s)) if s.is_empty() => Err(bad("shard_key is empty".into())),
         (_, ShardKeyValue::Text(s)) if s.len() > MAX_SHARD_KEY_BYTES => Err(bad(format!(
@@ -755,7 +754,7 @@ mod tests {
 
     fn refusal(r: Result<Admission, Rejection>) -> (RejectReason, u16, Option<u64>) {
         let rej = r.expect_err("refused");
-        (rej.reason, rej.error.http_status(), rej.error.retry_after)
+        (rej.reason, rej.error.http_status(), rej.error.retry_after())
     }
 
     #[test]
@@ -772,7 +771,7 @@ mod tests {
         for rej in [old, unknown] {
             assert_eq!(rej.reason, RejectReason::Unauthorized);
             assert_eq!(rej.error.http_status(), 401);
-            assert_eq!(rej.error.message, "invalid token");
+            assert_eq!(rej.error.message(), "invalid token");
         }
         let a1 = r.authenticate("tok-a1", 0).unwrap();
         // The role is the record's, not derived from the tenant id.
@@ -847,11 +846,11 @@ mod tests {
             .admit("tok-a1", None, &text("beta:1"), q, at(0))
             .unwrap_err();
         assert_eq!(rej.reason, RejectReason::ForbiddenKeyPrefix);
-        assert_eq!(rej.error.code, ErrorCode::Forbidden);
+        assert_eq!(rej.error.code(), shardline_api::ErrorCode::Forbidden);
         assert!(
-            rej.error.message.contains("\"acme:\""),
+            rej.error.message().contains("\"acme:\""),
             "{}",
-            rej.error.message
+            rej.error.message()
         );
         // Integer keys are compared by their decimal text.
         assert!(r
@@ -899,8 +898,8 @@ mod tests {
         assert!(r.admit("tok-a2", None, &text("k"), q, now(0)).is_ok());
         let rej = r.admit("tok-a2", None, &text("k"), q, now(0)).unwrap_err();
         assert_eq!(rej.reason, RejectReason::RateLimited);
-        assert_eq!(rej.error.code, ErrorCode::RateLimited);
-        assert_eq!(rej.error.retry_after, Some(1));
+        assert_eq!(rej.error.code(), shardline_api::ErrorCode::RateLimited);
+        assert_eq!(rej.error.retry_after(), Some(1));
         // 2/s: a token every 500 ms.
         assert!(r.admit("tok-a2", None, &text("k"), q, now(500)).is_ok());
         // Two routers share the limit: 1/s here, burst 1.

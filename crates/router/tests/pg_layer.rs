@@ -180,7 +180,7 @@ async fn columns_values_and_counts() -> anyhow::Result<()> {
     )
     .await
     .unwrap_err();
-    assert_eq!(e.code, ErrorCode::InvalidRequest);
+    assert_eq!(e.code(), ErrorCode::InvalidRequest);
     let r = execute(&mut conn, "SELECT 41 + 1", &[]).await?;
     assert_eq!(r.rows, vec![vec![json!(42)]]);
     Ok(())
@@ -196,37 +196,40 @@ async fn client_errors_carry_postgres_fields() -> anyhow::Result<()> {
     let e = execute(&mut conn, "SELECT $1::int4", &[json!(1), json!(2)])
         .await
         .unwrap_err();
-    assert_eq!(e.code, ErrorCode::InvalidParameter);
+    assert_eq!(e.code(), ErrorCode::InvalidParameter);
     assert!(
-        e.message.contains("expected 1 parameter(s), got 2"),
+        e.message().contains("expected 1 parameter(s), got 2"),
         "{}",
-        e.message
+        e.message()
     );
 
     let e = execute(&mut conn, "SELECT $1::int4", &[json!("abc")])
         .await
         .unwrap_err();
     assert_eq!(
-        (e.code, e.http_status()),
+        (e.code(), e.http_status()),
         (ErrorCode::InvalidParameter, 400)
     );
     assert!(
-        e.message.contains("$1") && e.message.contains("int4"),
+        e.message().contains("$1") && e.message().contains("int4"),
         "{}",
-        e.message
+        e.message()
     );
 
     let e = execute(&mut conn, "SELECT $1::int2", &[json!(70000)])
         .await
         .unwrap_err();
-    assert!(e.message.contains("out of range"), "{}", e.message);
+    assert!(e.message().contains("out of range"), "{}", e.message());
 
     let e = execute(&mut conn, "SELECT $1::point", &[json!("(1,2)")])
         .await
         .unwrap_err();
-    assert_eq!(e.code, ErrorCode::InvalidParameter);
+    assert_eq!(e.code(), ErrorCode::InvalidParameter);
     assert!(
-        e.hint.as_deref().unwrap_or("").contains("$1::text::point"),
+        e.hint()
+            .as_deref()
+            .unwrap_or("")
+            .contains("$1::text::point"),
         "{e:?}"
     );
     // The cast the hint suggests works.
@@ -241,9 +244,9 @@ async fn client_errors_carry_postgres_fields() -> anyhow::Result<()> {
     let e = execute(&mut conn, "SELECT point(1, 2) AS pt", &[])
         .await
         .unwrap_err();
-    assert_eq!(e.code, ErrorCode::InvalidRequest);
+    assert_eq!(e.code(), ErrorCode::InvalidRequest);
     assert!(
-        e.hint.as_deref().unwrap_or("").contains("pt::text"),
+        e.hint().as_deref().unwrap_or("").contains("pt::text"),
         "{e:?}"
     );
 
@@ -252,32 +255,35 @@ async fn client_errors_carry_postgres_fields() -> anyhow::Result<()> {
         .await
         .unwrap_err();
     assert_eq!(
-        (e.code, e.http_status()),
+        (e.code(), e.http_status()),
         (ErrorCode::ConstraintViolation, 409)
     );
-    assert_eq!(e.sqlstate.as_deref(), Some("23505"));
-    assert_eq!(e.detail.as_deref(), Some("Key (id)=(1) already exists."));
+    assert_eq!(e.sqlstate(), Some("23505"));
+    assert_eq!(e.detail(), Some("Key (id)=(1) already exists."));
 
     let e = execute(&mut conn, "SELECT * FROM WHERE", &[])
         .await
         .unwrap_err();
     assert_eq!(
-        (e.code, e.sqlstate.as_deref()),
+        (e.code(), e.sqlstate()),
         (ErrorCode::StatementFailed, Some("42601"))
     );
-    assert_eq!(e.position, Some(15));
+    assert_eq!(e.position(), Some(15));
 
     let e = execute(&mut conn, "SELECT 1/0", &[]).await.unwrap_err();
     assert_eq!(
-        (e.code, e.sqlstate.as_deref()),
+        (e.code(), e.sqlstate()),
         (ErrorCode::StatementFailed, Some("22012"))
     );
 
     let e = execute(&mut conn, "SELECT 1; SELECT 2", &[])
         .await
         .unwrap_err();
-    assert_eq!((e.code, e.http_status()), (ErrorCode::StatementFailed, 400));
-    assert!(e.hint.is_some());
+    assert_eq!(
+        (e.code(), e.http_status()),
+        (ErrorCode::StatementFailed, 400)
+    );
+    assert!(e.hint().is_some());
 
     for sql in [
         "BEGIN",
@@ -287,7 +293,7 @@ async fn client_errors_carry_postgres_fields() -> anyhow::Result<()> {
         "DISCARD ALL",
     ] {
         let e = execute(&mut conn, sql, &[]).await.unwrap_err();
-        assert_eq!(e.code, ErrorCode::InvalidRequest, "{sql}");
+        assert_eq!(e.code(), ErrorCode::InvalidRequest, "{sql}");
     }
 
     // A role without privileges is refused by PostgreSQL: 403.
@@ -299,7 +305,7 @@ async fn client_errors_carry_postgres_fields() -> anyhow::Result<()> {
     let mut wc = weak.get().await?;
     let e = execute(&mut wc, "SELECT * FROM u", &[]).await.unwrap_err();
     assert_eq!(
-        (e.code, e.sqlstate.as_deref()),
+        (e.code(), e.sqlstate()),
         (ErrorCode::Forbidden, Some("42501"))
     );
 
@@ -322,10 +328,10 @@ async fn statement_timeout_is_a_timeout() -> anyhow::Result<()> {
         .await
         .unwrap_err();
     assert_eq!(
-        (e.code, e.http_status(), e.retryable),
+        (e.code(), e.http_status(), e.retryable()),
         (ErrorCode::Timeout, 504, true)
     );
-    assert_eq!(e.sqlstate.as_deref(), Some("57014"));
+    assert_eq!(e.sqlstate(), Some("57014"));
     // The options from the DSN survive next to the timeout.
     let r = execute(
         &mut conn,
@@ -357,7 +363,7 @@ async fn pool_is_bounded_and_reuses_connections() -> anyhow::Result<()> {
     assert!(matches!(err, PoolError::Timeout(_)), "{err:?}");
     let api = from_pool_error(&err);
     assert_eq!(
-        (api.code, api.http_status(), api.retry_after),
+        (api.code(), api.http_status(), api.retry_after()),
         (ErrorCode::ShardUnavailable, 503, Some(1))
     );
 
@@ -465,7 +471,7 @@ async fn broken_connections_are_replaced() -> anyhow::Result<()> {
     assert!(killed);
     let e = execute(&mut conn, "SELECT 1", &[]).await.unwrap_err();
     assert_eq!(
-        (e.code, e.retryable),
+        (e.code(), e.retryable()),
         (ErrorCode::ShardUnavailable, true),
         "{e:?}"
     );
@@ -596,7 +602,7 @@ async fn transactions_commit_or_leave_nothing() -> anyhow::Result<()> {
     .await
     .unwrap_err();
     assert_eq!(
-        (i, e.code, e.statement_index),
+        (i, e.code(), e.statement_index()),
         (2, ErrorCode::ConstraintViolation, Some(2))
     );
     // A parameter error does the same.
@@ -609,7 +615,7 @@ async fn transactions_commit_or_leave_nothing() -> anyhow::Result<()> {
     )
     .await
     .unwrap_err();
-    assert_eq!((i, e.code), (1, ErrorCode::InvalidParameter));
+    assert_eq!((i, e.code()), (1, ErrorCode::InvalidParameter));
     let n: i64 = admin.query_one("SELECT count(*) FROM a", &[]).await?.get(0);
     assert_eq!(n, 1);
 
@@ -625,7 +631,7 @@ async fn transactions_commit_or_leave_nothing() -> anyhow::Result<()> {
     .await
     .unwrap_err();
     assert_eq!(
-        (i, e.code, e.sqlstate.as_deref()),
+        (i, e.code(), e.sqlstate()),
         (2, ErrorCode::ConstraintViolation, Some("23505"))
     );
 
@@ -639,7 +645,7 @@ async fn transactions_commit_or_leave_nothing() -> anyhow::Result<()> {
     )
     .await
     .unwrap_err();
-    assert_eq!((i, e.code), (1, ErrorCode::InvalidRequest));
+    assert_eq!((i, e.code()), (1, ErrorCode::InvalidRequest));
 
     // The connection (the only one) is left outside any transaction: a
     // write through it is visible to another session at once.
@@ -663,8 +669,8 @@ async fn unreachable_servers_are_shard_unavailable() -> anyhow::Result<()> {
         PoolConfig::default(),
     )?;
     let e = from_pool_error(&bad.get().await.err().unwrap());
-    assert_eq!((e.code, e.http_status()), (ErrorCode::Unavailable, 503));
-    assert!(!e.message.contains("nobody_here"), "{}", e.message);
+    assert_eq!((e.code(), e.http_status()), (ErrorCode::Unavailable, 503));
+    assert!(!e.message().contains("nobody_here"), "{}", e.message());
 
     let pool = pool(&pg, PoolConfig::default());
     pg.stop().await?;
@@ -672,13 +678,13 @@ async fn unreachable_servers_are_shard_unavailable() -> anyhow::Result<()> {
     assert!(matches!(err, PoolError::Connect(_)), "{err:?}");
     let e = from_pool_error(&err);
     assert_eq!(
-        (e.code, e.http_status(), e.retryable, e.retry_after),
+        (e.code(), e.http_status(), e.retryable(), e.retry_after()),
         (ErrorCode::ShardUnavailable, 503, true, Some(1))
     );
     assert!(
-        !e.message.contains("127.0.0.1") && !e.message.contains("port"),
+        !e.message().contains("127.0.0.1") && !e.message().contains("port"),
         "{}",
-        e.message
+        e.message()
     );
 
     assert!(matches!(

@@ -140,7 +140,7 @@ async fn shard_budget_is_shared_and_evicts_idle_connections() -> anyhow::Result<
     assert!(matches!(err, PoolError::BudgetExhausted(_)), "{err:?}");
     let api = from_pool_error(&err);
     assert_eq!(
-        (api.code, api.http_status(), api.retry_after),
+        (api.code(), api.http_status(), api.retry_after()),
         (ErrorCode::ShardUnavailable, 503, Some(1))
     );
 
@@ -263,7 +263,7 @@ async fn pool_is_replaced_when_the_password_changes() -> anyhow::Result<()> {
         .err()
         .unwrap();
     assert_eq!(
-        from_pool_error(&err).code,
+        from_pool_error(&err).code(),
         ErrorCode::Unavailable,
         "{err:?}"
     );

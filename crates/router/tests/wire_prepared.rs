@@ -151,6 +151,11 @@ async fn a_statement_cannot_outlive_the_tenants_time_limit() -> anyhow::Result<(
     c.batch_execute(&format!("SET shardline.shard_key = '{a}'"))
         .await?;
     c.batch_execute("SET statement_timeout = 0").await?;
+    // A quick exchange first: the session's timer is armed at its
+    // deadline, fires while the long statement runs, and must be armed
+    // again for the long statement's own deadline.
+    assert_eq!(values(&c, "SELECT 'quick'").await?, ["quick"]);
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
     let started = std::time::Instant::now();
     let code = tokio::time::timeout(
         std::time::Duration::from_secs(60),

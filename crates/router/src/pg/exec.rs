@@ -29,12 +29,12 @@
 use futures_util::StreamExt as _;
 use serde_json::Value;
 use shardline_api::router::{Column, StatementResult};
-use shardline_api::{ApiError, ErrorCode};
 use tokio_postgres::Statement;
 
 use super::error::{breaks_connection, from_pg_error};
 use super::pool::PooledConn;
 use super::values::{self, RawValue};
+use crate::error::{Reason, Refusal, RouterError};
 
 /// Bounds on the result of one statement held in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +66,7 @@ pub async fn execute(
     conn: &mut PooledConn,
     sql: &str,
     params: &[Value],
-) -> Result<StatementResult, ApiError> {
+) -> Result<StatementResult, RouterError> {
     execute_with(conn, sql, params, &ResultLimits::default(), true).await
 }
 
@@ -79,11 +79,11 @@ pub async fn execute_with(
     params: &[Value],
     limits: &ResultLimits,
     reset: bool,
-) -> Result<StatementResult, ApiError> {
+) -> Result<StatementResult, RouterError> {
     check_statement(sql, false)?;
     conn.set_busy(true);
     let mut result = run(conn, sql, params, limits, reset).await;
-    if result.as_ref().is_err_and(is_stale_statement) && !conn.is_broken() {
+    if result.as_ref().is_err_and(RouterError::is_stale_statement) && !conn.is_broken() {
         result = run(conn, sql, params, limits, reset).await;
     }
     conn.set_busy(false);
@@ -95,7 +95,7 @@ pub async fn execute_with(
 pub async fn transaction(
     conn: &mut PooledConn,
     statements: &[(String, Vec<Value>)],
-) -> Result<Vec<StatementResult>, (usize, ApiError)> {
+) -> Result<Vec<StatementResult>, (usize, RouterError)> {
     transaction_with(conn, statements, &ResultLimits::default(), true).await
 }
 
@@ -111,11 +111,8 @@ pub async fn transaction_with(
     statements: &[(String, Vec<Value>)],
     limits: &ResultLimits,
     reset: bool,
-) -> Result<Vec<StatementResult>, (usize, ApiError)> {
-    let at = |i: usize, mut e: ApiError| {
-        e.statement_index = Some(i);
-        (i, e)
-    };
+) -> Result<Vec<StatementResult>, (usize, RouterError)> {
+    let at = |i: usize, e: RouterError| (i, e.at_statement(i));
     for (i, (sql, _)) in statements.iter().enumerate() {
         check_statement(sql, true).map_err(|e| at(i, e))?;
     }
@@ -193,49 +190,31 @@ async fn rollback(conn: &mut PooledConn, reset: bool) {
 
 /// Maps a driver error, dropping a connection it broke and a cached
 /// statement it showed stale.
-fn fail(conn: &mut PooledConn, sql: &str, e: &tokio_postgres::Error) -> ApiError {
+fn fail(conn: &mut PooledConn, sql: &str, e: &tokio_postgres::Error) -> RouterError {
     if breaks_connection(e) {
         conn.discard();
     }
-    let api = from_pg_error(e);
-    if is_stale_statement(&api) {
+    let error = from_pg_error(e);
+    if error.is_stale_statement() {
         conn.evict_statement(sql);
     }
-    api
-}
-
-fn is_stale_statement(e: &ApiError) -> bool {
-    match e.sqlstate.as_deref() {
-        Some("0A000") => e
-            .message
-            .contains("cached plan must not change result type"),
-        Some("26000") => true,
-        _ => false,
-    }
+    error
 }
 
 /// The result columns, refusing types that cannot be returned before the
 /// statement runs.
-fn result_columns(stmt: &Statement) -> Result<Vec<Column>, ApiError> {
+fn result_columns(stmt: &Statement) -> Result<Vec<Column>, RouterError> {
     stmt.columns()
         .iter()
         .enumerate()
         .map(|(i, c)| {
             if values::shape_of(c.type_()).is_none() {
-                let ty = values::type_display(c.type_());
-                let mut e = ApiError::new(
-                    ErrorCode::InvalidRequest,
-                    format!(
-                        "column {} ({:?}) has type {ty}, which cannot be returned as JSON",
-                        i + 1,
-                        c.name()
-                    ),
-                );
-                e.hint = Some(format!(
-                    "cast it in SQL, e.g. {}::text",
-                    quote_ident(c.name())
-                ));
-                return Err(e);
+                return Err(Reason::UnreturnableColumn {
+                    column: i + 1,
+                    name: c.name().to_string(),
+                    type_name: values::type_display(c.type_()),
+                }
+                .into());
             }
             Ok(Column {
                 name: c.name().to_string(),
@@ -243,18 +222,6 @@ fn result_columns(stmt: &Statement) -> Result<Vec<Column>, ApiError> {
             })
         })
         .collect()
-}
-
-fn quote_ident(name: &str) -> String {
-    if !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-    {
-        name.to_string()
-    } else {
-        format!("\"{}\"", name.replace('"', "\"\""))
-    }
 }
 
 /// Runs one statement; with `reset`, the session reset (see
@@ -266,7 +233,7 @@ async fn run(
     params: &[Value],
     limits: &ResultLimits,
     reset: bool,
-) -> Result<StatementResult, ApiError> {
+) -> Result<StatementResult, RouterError> {
     // Preparing runs nothing, nor do the client-side checks: a failure
     // here leaves the session as it was, with no reset needed.
     let stmt = match conn.prepare_cached(sql).await {
@@ -295,19 +262,13 @@ async fn run(
     }
     result.map_err(|e| match e {
         RunError::Pg(e) => fail(conn, sql, &e),
-        RunError::TooLarge(mut e) => {
+        RunError::TooLarge(e) => {
+            // A read `collect` cancelled: the connection is not reused. A
+            // write runs to its end (its rows are read and dropped before
+            // the connection serves anyone else), so that what it wrote
+            // is committed, as answered.
             if read {
-                // `collect` cancelled it; the connection is not reused.
                 conn.discard();
-                e.message = format!("{}; the statement was cancelled", e.message);
-            } else {
-                // A write runs to its end (its rows are read and dropped
-                // before the connection serves anyone else), so that what
-                // it wrote is committed, as answered.
-                e.message = format!(
-                    "{}; the statement ran, its rows are not returned",
-                    e.message
-                );
             }
             e
         }
@@ -319,8 +280,8 @@ async fn run(
 enum RunError {
     Pg(tokio_postgres::Error),
     /// The result outgrew the limits while the statement ran.
-    TooLarge(ApiError),
-    Api(ApiError),
+    TooLarge(RouterError),
+    Api(RouterError),
 }
 
 /// Executes a prepared statement and reads its rows within `limits`. A
@@ -346,21 +307,18 @@ async fn collect(
         let row = row.map_err(RunError::Pg)?;
         bytes = bytes.saturating_add(row.raw_size_bytes() + 32 * columns.len());
         if rows.len() >= limits.max_rows || bytes > limits.max_bytes {
-            let mut e = ApiError::new(
-                ErrorCode::InvalidRequest,
-                format!(
-                    "the result is larger than {} rows or {} bytes",
-                    limits.max_rows, limits.max_bytes
-                ),
-            );
-            e.hint = Some("add LIMIT and fetch the rows in pages".into());
+            let e = Reason::ResultTooLarge {
+                max_rows: limits.max_rows,
+                max_bytes: limits.max_bytes,
+                cancelled: read,
+            };
             if read {
                 let token = client.cancel_token();
                 tokio::spawn(async move {
                     let _ = token.cancel_query(tokio_postgres::NoTls).await;
                 });
             }
-            return Err(RunError::TooLarge(e));
+            return Err(RunError::TooLarge(e.into()));
         }
         let mut out = Vec::with_capacity(columns.len());
         for (i, col) in stmt.columns().iter().enumerate() {
@@ -386,56 +344,29 @@ async fn collect(
 /// A value that cannot be returned as JSON — a json number beyond a
 /// double's range, json nested deeper than 128 levels — fails the same
 /// way every time: the client's to change (400), by casting in SQL.
-fn decode_error(i: usize) -> ApiError {
-    let mut e = ApiError::new(
-        ErrorCode::InvalidRequest,
-        format!("the value of column {} cannot be returned as JSON", i + 1),
-    );
-    e.hint = Some("cast the column to text in SQL, e.g. col::text".into());
-    e
+fn decode_error(i: usize) -> RouterError {
+    Reason::UndecodableValue { column: i + 1 }.into()
 }
 
 /// Refuses statements that would leave transaction or session state on
 /// a shared connection (see the module docs). `in_transaction` allows
 /// savepoints inside [`transaction`].
-pub fn check_statement(sql: &str, in_transaction: bool) -> Result<(), ApiError> {
+pub fn check_statement(sql: &str, in_transaction: bool) -> Result<(), RouterError> {
     let words = leading_words(sql, 3);
     let word = |i: usize| words.get(i).map(String::as_str).unwrap_or("");
-    let refuse = |message: &str, hint: &str| {
-        let mut e = ApiError::new(ErrorCode::InvalidRequest, message);
-        e.hint = Some(hint.to_string());
-        Err(e)
-    };
-    let tx_hint =
-        "send the statements together to /v1/transaction, which begins and commits for you";
-    let session_hint = "connections are shared between requests; use SET LOCAL inside /v1/transaction for settings";
+    let refuse = |r: Refusal| Err(Reason::StatementRefused(r).into());
     match word(0) {
-        "BEGIN" | "START" | "COMMIT" | "END" | "ABORT" => {
-            refuse("transaction control statements are not accepted", tx_hint)
-        }
+        "BEGIN" | "START" | "COMMIT" | "END" | "ABORT" => refuse(Refusal::TransactionControl),
         "ROLLBACK" if in_transaction && (word(1) == "TO" || word(2) == "TO") => Ok(()),
-        "ROLLBACK" => refuse("transaction control statements are not accepted", tx_hint),
+        "ROLLBACK" => refuse(Refusal::TransactionControl),
         "SAVEPOINT" | "RELEASE" if in_transaction => Ok(()),
-        "SAVEPOINT" | "RELEASE" => {
-            refuse("savepoints are only accepted inside a transaction", tx_hint)
-        }
-        "PREPARE" if word(1) == "TRANSACTION" => {
-            refuse("two-phase commit is not accepted", tx_hint)
-        }
+        "SAVEPOINT" | "RELEASE" => refuse(Refusal::SavepointOutsideTransaction),
+        "PREPARE" if word(1) == "TRANSACTION" => refuse(Refusal::TwoPhaseCommit),
         "SET" if matches!(word(1), "LOCAL" | "TRANSACTION" | "CONSTRAINTS") => Ok(()),
         "SET" | "RESET" | "DISCARD" | "LISTEN" | "PREPARE" | "DEALLOCATE" | "DECLARE" | "LOAD" => {
-            refuse(
-                &format!(
-                    "{} statements change session state and are not accepted",
-                    word(0)
-                ),
-                session_hint,
-            )
+            refuse(Refusal::SessionState(word(0).to_string()))
         }
-        "COPY" => refuse(
-            "COPY is not supported over this API",
-            "use INSERT with parameters, or SELECT",
-        ),
+        "COPY" => refuse(Refusal::Copy),
         _ => Ok(()),
     }
 }
@@ -480,7 +411,11 @@ mod tests {
             "SAVEPOINT a",
         ] {
             let e = check_statement(sql, false).unwrap_err();
-            assert_eq!(e.code, ErrorCode::InvalidRequest, "{sql}");
+            assert!(
+                matches!(e.reason(), Reason::StatementRefused(_)),
+                "{sql}: {e:?}"
+            );
+            assert_eq!(e.code(), shardline_api::ErrorCode::InvalidRequest, "{sql}");
         }
         for sql in ["ROLLBACK", "COMMIT", "BEGIN", "SET x = 1"] {
             assert!(check_statement(sql, true).is_err(), "{sql}");

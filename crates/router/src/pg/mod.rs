@@ -1,6 +1,6 @@
 //! The router's PostgreSQL layer: connection pools, JSON ↔ PostgreSQL
-//! value conversion, statement and transaction execution, and the mapping
-//! of PostgreSQL errors to the API's error body.
+//! value conversion, statement and transaction execution, and the reading
+//! of PostgreSQL's errors into the router's own ([`crate::error`]).
 //!
 //! # Layout
 //! - [`pool`]: a bounded pool per PostgreSQL instance and login, with a
@@ -13,7 +13,7 @@
 //! - [`values`]: JSON parameters → binary values, binary rows → JSON.
 //! - [`numeric`]: exact `numeric` binary encoding and decoding.
 //! - [`datetime`]: date, time, timestamp and interval text forms.
-//! - [`error`]: PostgreSQL and pool errors → [`shardline_api::ApiError`].
+//! - [`error`]: PostgreSQL and pool errors → [`crate::error::RouterError`].
 
 pub mod budget;
 pub mod datetime;

@@ -47,10 +47,10 @@ use base64::Engine as _;
 use bytes::BytesMut;
 use postgres_protocol::types as wire;
 use serde_json::{Number, Value};
-use shardline_api::{ApiError, ErrorCode};
 use tokio_postgres::types::{FromSql, IsNull, Kind, ToSql, Type};
 
 use super::{datetime, numeric};
+use crate::error::{Reason, RouterError};
 
 /// Base64 that accepts input with or without padding.
 const BASE64_LENIENT: GeneralPurpose = GeneralPurpose::new(
@@ -198,12 +198,16 @@ impl<'a> FromSql<'a> for RawValue<'a> {
     }
 }
 
-fn invalid_param(message: String) -> ApiError {
-    ApiError::new(ErrorCode::InvalidParameter, message)
+fn invalid_param(message: String) -> RouterError {
+    Reason::InvalidParameter {
+        message,
+        hint: None,
+    }
+    .into()
 }
 
 /// Encodes every parameter for the statement's parameter types.
-pub fn encode_params(types: &[Type], params: &[Value]) -> Result<Vec<EncodedParam>, ApiError> {
+pub fn encode_params(types: &[Type], params: &[Value]) -> Result<Vec<EncodedParam>, RouterError> {
     if types.len() != params.len() {
         return Err(invalid_param(format!(
             "expected {} parameter(s), got {}",
@@ -220,17 +224,19 @@ pub fn encode_params(types: &[Type], params: &[Value]) -> Result<Vec<EncodedPara
 }
 
 /// Encodes the value of parameter `$n` for `ty`.
-pub fn encode_param(n: usize, ty: &Type, value: &Value) -> Result<Option<Vec<u8>>, ApiError> {
+pub fn encode_param(n: usize, ty: &Type, value: &Value) -> Result<Option<Vec<u8>>, RouterError> {
     let Some(shape) = shape_of(ty) else {
-        let mut e = invalid_param(format!(
-            "${n}: parameters of type {} are not supported",
-            type_display(ty)
-        ));
-        e.hint = Some(format!(
-            "cast the parameter in SQL and send a string, e.g. ${n}::text::{}",
-            type_display(ty)
-        ));
-        return Err(e);
+        return Err(Reason::InvalidParameter {
+            message: format!(
+                "${n}: parameters of type {} are not supported",
+                type_display(ty)
+            ),
+            hint: Some(format!(
+                "cast the parameter in SQL and send a string, e.g. ${n}::text::{}",
+                type_display(ty)
+            )),
+        }
+        .into());
     };
     if value.is_null() {
         return Ok(None);
@@ -693,7 +699,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn enc(ty: Type, v: Value) -> Result<Option<Vec<u8>>, ApiError> {
+    fn enc(ty: Type, v: Value) -> Result<Option<Vec<u8>>, RouterError> {
         encode_param(1, &ty, &v)
     }
 
@@ -719,11 +725,11 @@ mod tests {
         assert_eq!(round(Type::INT2, json!(-32768)), json!(-32768));
         assert_eq!(round(Type::INT4, json!(3.0)), json!(3));
         let e = enc(Type::INT2, json!(32768)).unwrap_err();
-        assert_eq!(e.code, ErrorCode::InvalidParameter);
+        assert_eq!(e.code(), shardline_api::ErrorCode::InvalidParameter);
         assert!(
-            e.message.contains("$1") && e.message.contains("int2"),
+            e.message().contains("$1") && e.message().contains("int2"),
             "{}",
-            e.message
+            e.message()
         );
         assert!(enc(Type::INT4, json!(1.5)).is_err());
         assert!(enc(Type::INT4, json!("x")).is_err());
@@ -762,7 +768,7 @@ mod tests {
         assert_eq!(round(Type::CHAR, json!("x")), json!("x"));
         assert_eq!(enc(Type::BOOL, Value::Null).unwrap(), None);
         let e = enc(Type::POINT, json!("(1,2)")).unwrap_err();
-        assert!(e.hint.unwrap().contains("$1::text::point"));
+        assert!(e.hint().unwrap().contains("$1::text::point"));
     }
 
     #[test]
@@ -778,7 +784,7 @@ mod tests {
         assert!(enc(Type::INT4_ARRAY, json!([[1, 2], [3]])).is_err());
         assert!(enc(Type::INT4_ARRAY, json!([1, [2]])).is_err());
         let e = enc(Type::INT4_ARRAY, json!([1, "x"])).unwrap_err();
-        assert!(e.message.contains("element 2"), "{}", e.message);
+        assert!(e.message().contains("element 2"), "{}", e.message());
         assert!(enc(Type::INT4_ARRAY, json!(1)).is_err());
     }
 
@@ -786,9 +792,9 @@ mod tests {
     fn count_mismatch() {
         let e = encode_params(&[Type::INT4], &[]).unwrap_err();
         assert!(
-            e.message.contains("expected 1 parameter(s), got 0"),
+            e.message().contains("expected 1 parameter(s), got 0"),
             "{}",
-            e.message
+            e.message()
         );
     }
 

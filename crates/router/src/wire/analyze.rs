@@ -255,6 +255,11 @@ pub struct Analysis {
     /// whatever the keys: the caller uses it when the read spans several
     /// shards.
     pub fanout: Option<FanOut>,
+    /// Whether the text names something that may change the server
+    /// session beyond what its kind says (`set_config`, `DO`, ...: the
+    /// keyword guard of [`crate::classify::may_change_session`]), found
+    /// once per text rather than per execution.
+    pub guard_changes_session: bool,
     /// The parser's message for a statement it could not parse (the
     /// first such). The caller may still route by the comment key
     /// ([`comment_key`]) or the session's `shardline.shard_key`.
@@ -279,6 +284,7 @@ impl Analysis {
             updates_shard_key: false,
             clears_shard_key: false,
             fanout: None,
+            guard_changes_session: false,
             parse_error: None,
         }
     }
@@ -359,6 +365,12 @@ pub fn comment_key(sql: &str) -> Option<String> {
 /// and `JOIN` names a system catalog (scanned from its tokens) is still
 /// [`Kind::Read`] and `catalog_only`.
 pub fn analyze(sql: &str, shard_key_of: &dyn Fn(&str) -> Option<String>) -> Analysis {
+    let mut analysis = analyze_text(sql, shard_key_of);
+    analysis.guard_changes_session = crate::classify::may_change_session(sql, false);
+    analysis
+}
+
+fn analyze_text(sql: &str, shard_key_of: &dyn Fn(&str) -> Option<String>) -> Analysis {
     let dialect = PostgreSqlDialect {};
     // sqlparser is third-party code fed with client text: a panic in it
     // must not take the connection's task down with it. Nothing is shared

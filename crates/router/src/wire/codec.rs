@@ -3,11 +3,14 @@
 //! (authentication, parameters, errors, the answers it gives without a
 //! server).
 
+use std::borrow::Cow;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::tls::{ClientStream, WireTls};
+use crate::error::RouterError;
 use crate::pg::frame::{put_cstr, read_frame, Frame};
 
 /// The protocol version 3.0 code of a startup packet.
@@ -258,25 +261,37 @@ pub fn parameter_description(types: &[u32]) -> Frame {
 pub struct WireError {
     /// `ERROR` or `FATAL`.
     pub severity: &'static str,
-    pub code: &'static str,
+    /// The SQLSTATE: the router's own, or PostgreSQL's passed through.
+    pub code: Cow<'static, str>,
     pub message: String,
     pub hint: Option<String>,
 }
 
 impl WireError {
-    pub fn error(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn error(code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
         Self {
             severity: "ERROR",
-            code,
+            code: code.into(),
             message: message.into(),
             hint: None,
         }
     }
 
-    pub fn fatal(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn fatal(code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
         Self {
             severity: "FATAL",
             ..Self::error(code, message)
+        }
+    }
+
+    /// The `ErrorResponse` for a router error (the wire front end's
+    /// edge): PostgreSQL's own SQLSTATE when it sent one, else the class
+    /// of the router's reason; its message and hint.
+    pub fn from_router(e: &RouterError) -> Self {
+        let w = Self::error(e.wire_sqlstate(), e.message());
+        match e.hint() {
+            Some(h) => w.with_hint(h),
+            None => w,
         }
     }
 
@@ -290,7 +305,7 @@ impl WireError {
         for (c, v) in [
             (b'S', self.severity),
             (b'V', self.severity),
-            (b'C', self.code),
+            (b'C', self.code.as_ref()),
             (b'M', self.message.as_str()),
         ] {
             b.put_u8(c);

@@ -15,7 +15,7 @@ use bytes::{BufMut as _, Bytes, BytesMut};
 use shardline_api::router::ShardKeyValue;
 
 use super::relay::give_back;
-use super::route::{check_prefix, sqlstate_of, Opened};
+use super::route::{check_prefix, Opened};
 use super::split::{commit_all, end_all, read_answers};
 use super::{Session, SessionEnd};
 use crate::pg::frame::Frame;
@@ -318,7 +318,7 @@ impl Session {
                     check_prefix(&self.app, &key)?;
                     let route = routing
                         .route(&self.keyspace, &key)
-                        .map_err(|e| WireError::error(sqlstate_of(e.code), e.message))?;
+                        .map_err(|e| WireError::from_router(&e))?;
                     let i = copy
                         .sessions
                         .iter()

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use shardline_api::router::ShardKeyValue;
 
-use super::route::{no_key_error, sqlstate_of};
+use super::route::no_key_error;
 use super::{Run, Session, SessionEnd};
 use crate::auth::{admit_app, Admission};
 use crate::pg::frame::Frame;
@@ -40,7 +40,7 @@ impl Session {
             &self.shared.ctx.quotas,
             Instant::now(),
         )
-        .map_err(|r| WireError::error(sqlstate_of(r.error.code), r.error.message))?;
+        .map_err(|r| WireError::from_router(&r.error))?;
         Ok((spec, admission))
     }
 

@@ -46,6 +46,8 @@ mod split;
 mod sqlprep;
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::{Bytes, BytesMut};
@@ -60,7 +62,6 @@ use crate::pg::frame::Frame;
 use crate::pg::rawpool::{RawConn, RawPool};
 use crate::pg::server::{send_cancel, CancelKey, ServerError};
 use relay::{read_server, rewrite_batch};
-pub use route::sqlstate_of;
 use route::{changes_session, is_read, no_key_error, raise_sql};
 
 /// Prepared statements one server session keeps (least recently used
@@ -71,29 +72,27 @@ const STATEMENTS_PER_SERVER: usize = 256;
 /// before cancelling a statement itself.
 const OVERDUE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Sleeps until `at` (forever when `None`).
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
+/// A future a session keeps across its loop's turns, so it is set up
+/// once (a timer entry, a waiter on a fence) rather than at every turn.
+type Watch = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Completes when `watch` does (never when `None`).
+async fn watched(watch: Option<&mut Watch>) {
+    match watch {
+        Some(w) => w.await,
         None => std::future::pending().await,
     }
 }
 
-/// Completes when `fence` is cancelled (never when `None`).
-async fn fenced(fence: Option<tokio_util::sync::CancellationToken>) {
-    match fence {
-        Some(f) => f.cancelled().await,
-        None => std::future::pending().await,
-    }
+/// Completes when `fence` is cancelled.
+fn fence_watch(fence: &tokio_util::sync::CancellationToken) -> Watch {
+    Box::pin(fence.clone().cancelled_owned())
 }
 
-/// Completes when the router counts itself cut off from the manager
-/// (never when `None`).
-async fn lease_ends(ctx: Option<Arc<crate::state::RouterContext>>) {
-    match ctx {
-        Some(ctx) => ctx.contact.until_cut_off().await,
-        None => std::future::pending().await,
-    }
+/// Completes when the router counts itself cut off from the manager.
+fn lease_watch(ctx: &Arc<crate::state::RouterContext>) -> Watch {
+    let ctx = Arc::clone(ctx);
+    Box::pin(async move { ctx.contact.until_cut_off().await })
 }
 
 /// Messages a client may send before a `Sync` or `Flush`.
@@ -133,20 +132,20 @@ pub enum SessionEnd {
 }
 
 /// A bound portal: its statement's text and analysis, and parameters.
-#[derive(Clone)]
+/// Shared (`Arc`) between the batch's portal and its executions.
 struct Run {
     text: Arc<str>,
     analysis: Arc<Analysis>,
     params: Vec<(i16, Option<Bytes>)>,
     /// The statement's `Parse` and the portal's `Bind` (for a fan-out).
-    parse: Parse,
+    parse: Arc<Parse>,
     bind: Bind,
     bind_body: Bytes,
 }
 
 /// A prepared statement of the client's.
 struct ClientStatement {
-    parse: Parse,
+    parse: Arc<Parse>,
     server_name: String,
     analysis: Arc<Analysis>,
 }
@@ -196,9 +195,12 @@ struct Attached {
     conn: RawConn,
     pool: RawPool,
     shard: String,
-    /// The primary's instance id, and its fence (see [`route::Opened`]).
+    /// The primary's instance id, and its fence being cancelled (see
+    /// [`route::Opened`]).
     primary: String,
-    fence: tokio_util::sync::CancellationToken,
+    fence: Watch,
+    /// The router's lease running out, watched once `writes` is set.
+    lease: Option<Watch>,
     /// A statement that may write was sent: the router's lease running
     /// out ends the session (the manager may promote without this
     /// router's word).
@@ -253,7 +255,7 @@ pub struct Session {
     /// SQL-level `PREPARE`d statements, by name.
     sql_statements: HashMap<String, sqlprep::SqlStatement>,
     /// The unnamed statement: its `Parse` and analysis.
-    unnamed: Option<(Parse, Arc<Analysis>)>,
+    unnamed: Option<(Arc<Parse>, Arc<Analysis>)>,
     /// `SET shardline.shard_key` and `SET LOCAL shardline.shard_key`.
     session_key: Option<String>,
     local_key: Option<String>,
@@ -324,24 +326,50 @@ impl Session {
     }
 
     async fn serve(&mut self) -> Result<(), SessionEnd> {
+        // The timer for overdue statements is armed at the deadline of
+        // the exchange under way, or of an earlier one: deadlines only
+        // move later, and a timer that fires early is armed again. So it
+        // is set once per time limit, not once per exchange.
+        let mut overdue = Box::pin(tokio::time::sleep_until(tokio::time::Instant::now()));
+        let mut armed = false;
         loop {
             self.release_if_idle();
-            let attached = self.attached.is_some();
-            let overdue = self.overdue_at();
-            let fence = self.attached.as_ref().map(|a| a.fence.clone());
-            let writes = self.attached.as_ref().is_some_and(|a| a.writes);
-            let lease = writes.then(|| Arc::clone(&self.shared.ctx));
+            if !armed {
+                if let Some(at) = self.overdue_at() {
+                    overdue.as_mut().reset(at);
+                    armed = true;
+                }
+            }
+            if let Some(a) = self.attached.as_mut() {
+                if a.writes && a.lease.is_none() {
+                    a.lease = Some(lease_watch(&self.shared.ctx));
+                }
+            }
+            let (fence, lease, server) = match self.attached.as_mut() {
+                Some(a) => (Some(&mut a.fence), a.lease.as_mut(), Some(&mut a.conn)),
+                None => (None, None, None),
+            };
+            let attached = server.is_some();
+            let writes = lease.is_some();
             tokio::select! {
                 biased;
                 // Before any answer of the server is relayed: nothing it
                 // answers after the fence reaches the client.
-                () = fenced(fence), if attached => return Err(self.end_fenced(false)),
-                () = lease_ends(lease), if writes => return Err(self.end_fenced(true)),
-                r = read_server(&mut self.attached), if attached => {
+                () = watched(fence), if attached => return Err(self.end_fenced(false)),
+                () = watched(lease), if writes => return Err(self.end_fenced(true)),
+                r = read_server(server), if attached => {
                     let f = r?;
                     self.on_server(f).await?;
                 }
-                () = sleep_until(overdue), if overdue.is_some() => self.cancel_overdue(),
+                () = &mut overdue, if armed => {
+                    armed = false;
+                    if self
+                        .overdue_at()
+                        .is_some_and(|at| at <= tokio::time::Instant::now())
+                    {
+                        self.cancel_overdue();
+                    }
+                }
                 r = self.io.read() => {
                     match r? {
                         None => return Ok(()),
@@ -588,7 +616,7 @@ impl Session {
             ..Pending::default()
         };
         self.track_sets(&analysis, &sql, &mut pending);
-        let dirty = changes_session(&analysis, &sql, self.code_possible());
+        let dirty = changes_session(&analysis, self.code_possible());
         if let Err(e) = self.go_to(choice, analysis.parts.iter().all(is_read)).await {
             return self.refuse(e, true).await;
         }
@@ -713,13 +741,14 @@ impl Session {
             return Ok(());
         }
         // First pass: statements and portals, to find the keys.
-        let mut portals: HashMap<String, Run> = HashMap::new();
-        let mut runs: Vec<Run> = Vec::new();
+        // A batch binds few portals: a list beats a map.
+        let mut portals: Vec<(String, Arc<Run>)> = Vec::new();
+        let mut runs: Vec<Arc<Run>> = Vec::new();
         let bad = |e: std::io::Error| SessionEnd::Fatal(WireError::fatal("08P01", e.to_string()));
         for f in &batch {
             match f.tag {
                 b'P' => {
-                    let p = Parse::read(&f.body).map_err(bad)?;
+                    let p = Arc::new(Parse::read(&f.body).map_err(bad)?);
                     let analysis = self.analyze(&p.query);
                     if p.name.is_empty() {
                         self.unnamed = Some((p, analysis));
@@ -747,20 +776,24 @@ impl Session {
                     } else {
                         self.statements
                             .get(&b.statement)
-                            .map(|s| (s.parse.clone(), Arc::clone(&s.analysis)))
+                            .map(|s| (Arc::clone(&s.parse), Arc::clone(&s.analysis)))
                     };
                     if let Some((parse, analysis)) = statement {
-                        portals.insert(
-                            b.portal.clone(),
-                            Run {
-                                text: Arc::from(parse.query.as_str()),
-                                analysis,
-                                params: b.params.clone(),
-                                parse,
-                                bind: b,
-                                bind_body: f.body.clone(),
-                            },
-                        );
+                        let run = Arc::new(Run {
+                            text: Arc::from(parse.query.as_str()),
+                            analysis,
+                            params: b.params.clone(),
+                            parse,
+                            bind_body: f.body.clone(),
+                            bind: b,
+                        });
+                        match portals
+                            .iter_mut()
+                            .find(|(name, _)| *name == run.bind.portal)
+                        {
+                            Some(slot) => slot.1 = run,
+                            None => portals.push((run.bind.portal.clone(), run)),
+                        }
                     }
                 }
                 b'D' => {
@@ -771,8 +804,8 @@ impl Session {
                 }
                 b'E' => {
                     let portal = messages::execute_portal(&f.body).map_err(bad)?;
-                    if let Some(p) = portals.get(&portal) {
-                        runs.push(p.clone());
+                    if let Some((_, run)) = portals.iter().find(|(name, _)| *name == portal) {
+                        runs.push(Arc::clone(run));
                     }
                 }
                 _ => {}
@@ -824,7 +857,7 @@ impl Session {
         let code_possible = self.code_possible();
         for r in &runs {
             self.track_sets(&r.analysis, &r.text, &mut pending);
-            dirty |= changes_session(&r.analysis, &r.text, code_possible);
+            dirty |= changes_session(&r.analysis, code_possible);
         }
         drop(execs);
         let choice = match choice {

@@ -174,9 +174,9 @@ pub(super) fn give_back(mut conn: RawConn, pool: RawPool, dirty: bool) {
     });
 }
 
-pub(super) async fn read_server(a: &mut Option<Attached>) -> Result<Frame, ServerError> {
-    match a {
-        Some(a) => a.conn.conn.read().await,
+pub(super) async fn read_server(server: Option<&mut RawConn>) -> Result<Frame, ServerError> {
+    match server {
+        Some(c) => c.conn.read().await,
         None => std::future::pending().await,
     }
 }

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use shardline_api::router::ShardKeyValue;
-use shardline_api::ErrorCode;
 use shardline_core::fence::{claim, claim_key, CLAIM_SETTING};
 use shardline_core::KeyType;
 use tokio_util::sync::CancellationToken;
 
-use super::{Attached, Choice, Exec, Pending, Session};
+use super::{fence_watch, Attached, Choice, Exec, Pending, Session};
 use crate::auth::{admit_app, key_has_prefix, Admission, AppAuth};
+use crate::error::{Reason, RouterError};
 use crate::pg::rawpool::{RawConn, RawPool};
 use crate::wire::analyze::{comment_key, Analysis, KeyRef, Kind};
 use crate::wire::codec::WireError;
@@ -52,7 +52,7 @@ impl Session {
                 check_prefix(&self.app, &key)?;
                 let route = routing
                     .route(&self.keyspace, &key)
-                    .map_err(|e| WireError::error(sqlstate_of(e.code), e.message))?;
+                    .map_err(|e| WireError::from_router(&e))?;
                 let shard = route.range.shard.clone();
                 if !shards.iter().any(|(s, _)| *s == shard) {
                     shards.push((shard, key));
@@ -153,7 +153,8 @@ impl Session {
             pool: opened.pool,
             shard: opened.shard,
             primary: opened.primary,
-            fence: opened.fence,
+            fence: fence_watch(&opened.fence),
+            lease: None,
             writes: !read,
             status: b'I',
             pending,
@@ -188,7 +189,7 @@ impl Session {
                 Some(key) => {
                     let route = routing
                         .route(&self.keyspace, key)
-                        .map_err(|e| WireError::error(sqlstate_of(e.code), e.message))?;
+                        .map_err(|e| WireError::from_router(&e))?;
                     (route.range.shard.clone(), route.frozen)
                 }
                 None => (shard.to_string(), false),
@@ -219,7 +220,7 @@ impl Session {
             &ctx.quotas,
             Instant::now(),
         )
-        .map_err(|r| WireError::error(sqlstate_of(r.error.code), r.error.message))?;
+        .map_err(|r| WireError::from_router(&r.error))?;
         let tenant = &self.app.tenant;
         let pool = target.primary.raw_pool_for(tenant);
         let mut conn = pool.get().await.map_err(|e| {
@@ -277,11 +278,7 @@ impl Session {
 /// A write refused while the router counts itself cut off from the
 /// manager (see [`crate::state::Contact::cut_off`]).
 fn lease_ran_out() -> WireError {
-    WireError::error(
-        "57P03",
-        "this router has not heard from the manager for longer than its lease; \
-         writes resume when it does",
-    )
+    WireError::from_router(&RouterError::from(Reason::CutOff))
 }
 
 /// A server session [`Session::open`] got for the client.
@@ -388,13 +385,13 @@ pub(super) fn is_read(k: &Kind) -> bool {
 /// kind, by what the HTTP path's keyword guard sees in its text
 /// (`set_config`, `DO`, ...), or because the keyspace may hold code that
 /// changes sessions (then every transaction is followed by a reset).
-pub(super) fn changes_session(a: &Analysis, sql: &str, code_possible: bool) -> bool {
+pub(super) fn changes_session(a: &Analysis, code_possible: bool) -> bool {
     code_possible
         || a.parse_error.is_some()
         || a.parts
             .iter()
             .any(|k| matches!(k, Kind::Session | Kind::Other))
-        || crate::classify::may_change_session(sql, false)
+        || a.guard_changes_session
 }
 
 /// Refuses a key outside the app's key prefix (every key a statement
@@ -429,26 +426,4 @@ pub(super) fn raise_sql(e: &WireError) -> String {
         e.code,
         q(&e.message)
     )
-}
-
-/// The SQLSTATE of one of the router's own error codes.
-pub fn sqlstate_of(code: ErrorCode) -> &'static str {
-    match code {
-        ErrorCode::InvalidShardKey => "22023",
-        ErrorCode::NotFound => "3D000",
-        ErrorCode::Forbidden => "42501",
-        ErrorCode::Unauthorized => "28000",
-        ErrorCode::RateLimited | ErrorCode::ConcurrencyLimited => "53300",
-        ErrorCode::Unavailable | ErrorCode::ShardUnavailable => "57P03",
-        ErrorCode::InvalidRequest | ErrorCode::InvalidParameter => "22023",
-        ErrorCode::StatementFailed => "XX000",
-        ErrorCode::ConstraintViolation => "23000",
-        ErrorCode::TransactionConflict => "40001",
-        ErrorCode::MethodNotAllowed => "0A000",
-        ErrorCode::Conflict => "55000",
-        ErrorCode::PayloadTooLarge => "54000",
-        ErrorCode::QuotaExceeded => "53400",
-        ErrorCode::Timeout => "57014",
-        ErrorCode::Internal => "XX000",
-    }
 }

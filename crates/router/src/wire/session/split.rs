@@ -22,7 +22,7 @@ use futures_util::future::join_all;
 use shardline_api::router::ShardKeyValue;
 
 use super::relay::give_back;
-use super::route::{resolve_key, sqlstate_of, Opened};
+use super::route::{resolve_key, Opened};
 use super::{Exec, Run, Session, SessionEnd};
 use crate::pg::frame::Frame;
 use crate::state::{Contact, Routing};
@@ -92,7 +92,7 @@ impl Session {
             let key = ShardKeyValue::Text(k);
             let shard = routing
                 .route(&self.keyspace, &key)
-                .map_err(|e| WireError::error(sqlstate_of(e.code), e.message))?
+                .map_err(|e| WireError::from_router(&e))?
                 .range
                 .shard
                 .clone();
