@@ -175,24 +175,60 @@ pub fn cpu_micros(pid: u32) -> u64 {
     stat_micros(pid, false)
 }
 
+/// CPU time a process has spent in the kernel (`stime`), in
+/// microseconds: for a proxy, mostly the system calls that move bytes
+/// and the loopback delivery they run on the sender's CPU.
+pub fn kernel_micros(pid: u32) -> u64 {
+    stat_fields(pid).map_or(0, |f| ticks_to_micros(f(12)))
+}
+
+/// Context switches of all of a process's threads, voluntary and not
+/// (`/proc/PID/task/*/status`): each voluntary one is a thread that
+/// went to sleep and was woken.
+pub fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
 /// `cpu_micros`, plus the CPU of its children that have exited and
 /// been waited for (`cutime` + `cstime`).
 fn stat_micros(pid: u32, with_reaped: bool) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    let Some(field) = stat_fields(pid) else {
         return 0;
     };
-    // Fields after the parenthesised command name; utime and stime are
-    // the 14th and 15th fields of the whole line, cutime and cstime the
-    // 16th and 17th.
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-        return 0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     let mut ticks = field(11) + field(12);
     if with_reaped {
         ticks += field(13) + field(14);
     }
+    ticks_to_micros(ticks)
+}
+
+/// The numeric fields of `/proc/PID/stat` after the parenthesised
+/// command name, by index: utime and stime (the 14th and 15th fields of
+/// the whole line) are 11 and 12, cutime and cstime 13 and 14.
+fn stat_fields(pid: u32) -> Option<impl Fn(usize) -> u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|v| v.parse::<u64>().unwrap_or(0))
+        .collect();
+    Some(move |i: usize| f.get(i).copied().unwrap_or(0))
+}
+
+fn ticks_to_micros(ticks: u64) -> u64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     ticks * 1_000_000 / hz

@@ -5,7 +5,11 @@
 //! bigint keys (pgbench's keys are integers), on `shardline dev`'s spare. Each round
 //! runs one phase per path, the order rotating; the figures are medians
 //! over rounds, and CPU per transaction of the proxy process (from
-//! `/proc/PID/stat`) and of PostgreSQL (the postmaster and its children).
+//! `/proc/PID/stat`) and of PostgreSQL (the postmaster and its children),
+//! with the part of the proxy's CPU spent in the kernel (`stime`) and its
+//! threads' context switches (`/proc/PID/task/*/status`) per
+//! transaction: a proxy's CPU goes mostly to the kernel (system calls and
+//! the loopback delivery they run), so these say where.
 //!
 //! PgBouncer runs as `postgres` (it refuses root) with `auth_type = any`,
 //! logging in to the shard as its superuser; the router logs in as the
@@ -20,7 +24,7 @@ use serde_json::Value;
 use shardline_api::manager::{CreateAppRequest, CreateTenantRequest, TableSpec};
 use shardline_core::KeyType;
 
-use crate::dev::{cpu_micros, pg_cpu_micros};
+use crate::dev::{context_switches, cpu_micros, kernel_micros, pg_cpu_micros};
 use crate::execute::median;
 use crate::pgbench::{dsn_field, free_port, wait_port, Phase};
 
@@ -232,6 +236,8 @@ pub fn run(args: WireArgs) -> anyhow::Result<()> {
     let mut lat = vec![Vec::new(); n];
     let mut proxy_cpu = vec![0u64; n];
     let mut pg_cpu = vec![0u64; n];
+    let mut kernel = vec![0u64; n];
+    let mut switches = vec![0u64; n];
     let mut txns = vec![0u64; n];
     let mut failed = vec![0u64; n];
     for round in 0..args.rounds {
@@ -240,8 +246,14 @@ pub fn run(args: WireArgs) -> anyhow::Result<()> {
             let i = (round + k) % n;
             let (name, url, pid) = &paths[i];
             let (p0, g0) = (pid.map_or(0, cpu_micros), pg_cpu_micros(&data_dir));
+            let (k0, w0) = (
+                pid.map_or(0, kernel_micros),
+                pid.map_or(0, context_switches),
+            );
             let phase = pgbench(&args, url).with_context(|| format!("pgbench through {name}"))?;
             proxy_cpu[i] += pid.map_or(0, cpu_micros) - p0;
+            kernel[i] += pid.map_or(0, kernel_micros).saturating_sub(k0);
+            switches[i] += pid.map_or(0, context_switches).saturating_sub(w0);
             pg_cpu[i] += pg_cpu_micros(&data_dir).saturating_sub(g0);
             txns[i] += phase.transactions;
             failed[i] += phase.failed;
@@ -256,18 +268,22 @@ pub fn run(args: WireArgs) -> anyhow::Result<()> {
         "pgbench -S -M {} -c {} -j 2, pool {}, {} s phases, {} rounds, scale {}",
         args.mode, args.clients, args.pool, args.phase_secs, args.rounds, args.scale
     );
-    println!("path        tps (median)  latency ms (median)  proxy CPU µs/txn  PostgreSQL CPU µs/txn  failed");
+    println!("path        tps (median)  latency ms (median)  proxy CPU µs/txn  PostgreSQL CPU µs/txn  failed  proxy kernel µs/txn  proxy switches/txn");
     let mut medians = vec![0.0; n];
     for (i, (name, _, pid)) in paths.iter().enumerate() {
         medians[i] = median(tps[i].clone());
         let per = |cpu: u64| cpu as f64 / txns[i].max(1) as f64;
+        let proxy =
+            |v: u64, digits: usize| pid.map_or("-".to_string(), |_| format!("{:.digits$}", per(v)));
         println!(
-            "{name:<11} {:>12.0}  {:>19.3}  {:>16}  {:>21.1}  {:>6}",
+            "{name:<11} {:>12.0}  {:>19.3}  {:>16}  {:>21.1}  {:>6}  {:>17}  {:>18}",
             medians[i],
             median(lat[i].clone()),
-            pid.map_or("-".to_string(), |_| format!("{:.1}", per(proxy_cpu[i]))),
+            proxy(proxy_cpu[i], 1),
             per(pg_cpu[i]),
-            failed[i]
+            failed[i],
+            proxy(kernel[i], 1),
+            proxy(switches[i], 2),
         );
     }
     println!();
