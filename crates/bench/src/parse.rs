@@ -8,8 +8,12 @@
 //! call gets a different text, as each of pgbench's transactions does;
 //! the texts are generated up front so formatting is not timed.
 //! "Cached" calls [`AnalysisCache::get_or_analyze`] with one text, cached
-//! before timing starts, so every timed call is a hit. Each figure is the
-//! median of several rounds (after one warm-up round).
+//! before timing starts, so every timed call is a hit. "Same shape"
+//! calls it with the uncached figure's texts after the cache has seen the
+//! cached one: for the statement with a literal key, each is a text it
+//! has not seen whose analysis it shares by shape (only the key differs;
+//! see `wire::analyze::shape`). Each figure is the median of several
+//! rounds (after one warm-up round).
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -116,17 +120,19 @@ pub fn run(args: ParseArgs) -> anyhow::Result<()> {
         args.rounds, args.iterations, args.cached_iterations
     );
     println!(
-        "{:<30} {:>12} {:>12}  analysis",
-        "statement", "uncached µs", "cached µs"
+        "{:<30} {:>12} {:>12} {:>14}  analysis",
+        "statement", "uncached µs", "cached µs", "same shape µs"
     );
     for statement in statements(args.iterations) {
-        let uncached = median_us_per_call(args.rounds, args.iterations, || {
-            for text in statement
+        let texts = || {
+            statement
                 .uncached_texts
                 .iter()
                 .cycle()
                 .take(args.iterations)
-            {
+        };
+        let uncached = median_us_per_call(args.rounds, args.iterations, || {
+            for text in texts() {
                 black_box(analyze(black_box(text), &shard_key_of));
             }
         });
@@ -140,8 +146,13 @@ pub fn run(args: ParseArgs) -> anyhow::Result<()> {
                 ));
             }
         });
+        let same_shape = median_us_per_call(args.rounds, args.iterations, || {
+            for text in texts() {
+                black_box(cache.get_or_analyze(black_box(text), GENERATION, &shard_key_of));
+            }
+        });
         println!(
-            "{:<30} {uncached:>12.3} {cached:>12.3}  {}",
+            "{:<30} {uncached:>12.3} {cached:>12.3} {same_shape:>14.3}  {}",
             statement.label,
             summary(&analysis)
         );

@@ -74,6 +74,44 @@ async fn keyed_statements_reach_their_shard_over_tokio_postgres() -> anyhow::Res
     Ok(())
 }
 
+/// Simple-protocol texts that differ only in their key share one cached
+/// analysis (by shape); each must still reach its own key's shard.
+#[tokio::test]
+async fn texts_differing_only_in_their_key_reach_each_keys_shard() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let c = stack.client().await?;
+    let keys: Vec<i64> = (1..=24).collect();
+    assert!(keys.iter().any(|k| stack.shard_of(*k) == 0));
+    assert!(keys.iter().any(|k| stack.shard_of(*k) == 1));
+    for k in &keys {
+        c.batch_execute(&format!("INSERT INTO items (id, v) VALUES ({k}, 'shape')"))
+            .await?;
+        c.batch_execute(&format!("UPDATE items SET v = 'shaped' WHERE id = '{k}'"))
+            .await?;
+    }
+    for k in &keys {
+        let mine = stack.shard_of(*k);
+        assert_eq!(count_on(&stack, mine, *k).await?, 1, "key {k} on its shard");
+        assert_eq!(
+            count_on(&stack, 1 - mine, *k).await?,
+            0,
+            "key {k} not on the other"
+        );
+        let rows = c
+            .simple_query(&format!("SELECT v FROM items WHERE id = {k}"))
+            .await?;
+        let values: Vec<&str> = rows
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(values, ["shaped"], "key {k}");
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn keyless_writes_and_cross_shard_transactions_are_refused() -> anyhow::Result<()> {
     let stack = Stack::start().await?;

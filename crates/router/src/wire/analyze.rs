@@ -61,12 +61,14 @@
 //! - `walk`: the syntax-tree walk: kinds, relations, keys.
 //! - `fanout`: the merge shape of a read spread over shards.
 //! - `cache`: [`AnalysisCache`].
+//! - `shape`: texts that differ only in their keys, sharing one analysis.
 
 mod cache;
 mod copy;
 mod fanout;
 mod prepared;
 mod rows;
+mod shape;
 mod text;
 mod walk;
 

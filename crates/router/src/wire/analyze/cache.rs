@@ -1,9 +1,11 @@
-//! [`AnalysisCache`]: analyses by exact text, bounded in bytes.
+//! [`AnalysisCache`]: analyses by exact text, and by shape for texts
+//! that differ only in their keys ([`super::shape`]), bounded in bytes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::mem::size_of;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use super::shape::{shape, Template};
 use super::{
     analyze, Analysis, CopySpec, FanOut, InsertRows, KeyRef, Kind, OutputAggregate, PreparedSql,
     SortKey,
@@ -21,6 +23,12 @@ const ENTRY_OVERHEAD: usize = 128;
 /// generation it was made under (the catalog version that declared the
 /// shard-key columns): a lookup under another generation analyzes again
 /// and replaces it.
+///
+/// A text whose keys are constants (`WHERE id = 42`, as the simple
+/// protocol sends them) is kept by its shape instead, with a
+/// [`Template`]: texts of that shape with other keys get the analysis
+/// with their keys put in, unparsed. Shapes hold a NUL, which no client
+/// text does, so both kinds share one map.
 ///
 /// Thread-safe; the lock is held for map updates only, never while
 /// analyzing.
@@ -40,6 +48,8 @@ struct Inner {
 struct Entry {
     generation: u64,
     analysis: Arc<Analysis>,
+    /// For an entry by shape: where the keys are.
+    template: Option<Arc<Template>>,
     bytes: usize,
     tick: u64,
 }
@@ -66,32 +76,59 @@ impl AnalysisCache {
         generation: u64,
         shard_key_of: &dyn Fn(&str) -> Option<String>,
     ) -> Arc<Analysis> {
-        {
-            let mut inner = self.lock();
-            let inner = &mut *inner;
-            if let Some(entry) = inner.entries.get_mut(sql) {
-                if entry.generation == generation {
-                    inner.tick += 1;
-                    if let Some(key) = inner.recency.remove(&entry.tick) {
-                        inner.recency.insert(inner.tick, key);
-                    }
-                    entry.tick = inner.tick;
-                    return Arc::clone(&entry.analysis);
+        if let Some((analysis, _)) = self.lookup(sql, generation) {
+            return analysis;
+        }
+        let shape = shape(sql);
+        if let Some(shape) = &shape {
+            if let Some((template_analysis, Some(template))) = self.lookup(&shape.key, generation) {
+                if let Some(a) = template.instantiate(&template_analysis, shape, sql) {
+                    return Arc::new(a);
                 }
             }
         }
         let analysis = Arc::new(analyze(sql, shard_key_of));
-        let bytes = ENTRY_OVERHEAD + sql.len() + analysis_bytes(&analysis);
+        let template = shape.as_ref().and_then(|s| {
+            Template::new(&analysis, s, &|text: &str| analyze(text, shard_key_of))
+                .map(|t| (s.key.as_str(), Arc::new(t)))
+        });
+        // A text with a template is kept by its shape only: kept as
+        // itself too, each new key would push out other entries.
+        let (key, template) = match template {
+            Some((key, t)) => (key, Some(t)),
+            None => (sql, None),
+        };
+        let bytes = ENTRY_OVERHEAD
+            + key.len()
+            + analysis_bytes(&analysis)
+            + template.as_ref().map_or(0, |t| t.bytes());
         if bytes <= self.max_bytes {
             self.lock().insert(
-                sql,
+                key,
                 generation,
                 Arc::clone(&analysis),
+                template,
                 bytes,
                 self.max_bytes,
             );
         }
         analysis
+    }
+
+    /// The entry for `key` under `generation`, marked used.
+    fn lookup(&self, key: &str, generation: u64) -> Option<(Arc<Analysis>, Option<Arc<Template>>)> {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let entry = inner.entries.get_mut(key)?;
+        if entry.generation != generation {
+            return None;
+        }
+        inner.tick += 1;
+        if let Some(key) = inner.recency.remove(&entry.tick) {
+            inner.recency.insert(inner.tick, key);
+        }
+        entry.tick = inner.tick;
+        Some((Arc::clone(&entry.analysis), entry.template.clone()))
     }
 
     /// The bytes the entries are estimated to take.
@@ -125,6 +162,7 @@ impl Inner {
         sql: &str,
         generation: u64,
         analysis: Arc<Analysis>,
+        template: Option<Arc<Template>>,
         bytes: usize,
         max_bytes: usize,
     ) {
@@ -148,6 +186,7 @@ impl Inner {
             Entry {
                 generation,
                 analysis,
+                template,
                 bytes,
                 tick: self.tick,
             },
@@ -227,7 +266,8 @@ mod tests {
     #[test]
     fn cache_hits_and_generations() {
         let cache = AnalysisCache::new(1 << 20);
-        let sql = "SELECT * FROM users WHERE id = 1";
+        // A key that is no constant: cached by its exact text.
+        let sql = "SELECT * FROM users WHERE id = $1";
         let first = cache.get_or_analyze(sql, 1, &keys_of);
         let again = cache.get_or_analyze(sql, 1, &keys_of);
         assert!(Arc::ptr_eq(&first, &again));
