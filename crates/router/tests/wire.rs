@@ -74,8 +74,9 @@ async fn keyed_statements_reach_their_shard_over_tokio_postgres() -> anyhow::Res
     Ok(())
 }
 
-/// Simple-protocol texts that differ only in their key share one cached
-/// analysis (by shape); each must still reach its own key's shard.
+/// Simple-protocol texts that differ only in their key and values share
+/// one cached analysis (by shape); each must still reach its own key's
+/// shard and write its own values.
 #[tokio::test]
 async fn texts_differing_only_in_their_key_reach_each_keys_shard() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
@@ -84,10 +85,14 @@ async fn texts_differing_only_in_their_key_reach_each_keys_shard() -> anyhow::Re
     assert!(keys.iter().any(|k| stack.shard_of(*k) == 0));
     assert!(keys.iter().any(|k| stack.shard_of(*k) == 1));
     for k in &keys {
-        c.batch_execute(&format!("INSERT INTO items (id, v) VALUES ({k}, 'shape')"))
-            .await?;
-        c.batch_execute(&format!("UPDATE items SET v = 'shaped' WHERE id = '{k}'"))
-            .await?;
+        c.batch_execute(&format!(
+            "INSERT INTO items (id, v) VALUES ({k}, 'new {k}')"
+        ))
+        .await?;
+        c.batch_execute(&format!(
+            "UPDATE items SET v = 'shaped {k}' WHERE id = '{k}'"
+        ))
+        .await?;
     }
     for k in &keys {
         let mine = stack.shard_of(*k);
@@ -107,7 +112,7 @@ async fn texts_differing_only_in_their_key_reach_each_keys_shard() -> anyhow::Re
                 _ => None,
             })
             .collect();
-        assert_eq!(values, ["shaped"], "key {k}");
+        assert_eq!(values, [format!("shaped {k}")], "key {k}");
     }
     Ok(())
 }

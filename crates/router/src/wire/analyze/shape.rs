@@ -8,17 +8,19 @@
 //! no client text holds (the protocol's strings end at one): its shape.
 //!
 //! An analysis whose keys are constants of its text, each found at one
-//! place only, becomes a [`Template`]: the places of the keys, and the
-//! values of the other constants. Another text of the same shape whose
-//! other constants are the same gets the analysis with its own keys put
-//! in ([`Template::instantiate`]). Only keys vary: a constant anywhere
-//! else (`ORDER BY 1`, `LIMIT 10`, a value a key is compared with) may
-//! change what the analysis says, so a text that differs there is
-//! analysed afresh. A template is made only after it was checked on a
-//! second text, the first with every key changed: its own analysis must
-//! equal the template's answer for it ([`Template::new`]). That check
-//! catches a key that only looks like one of the constants (a `TRUE`
-//! key beside a `'true'` string).
+//! place only, becomes a [`Template`]: the places of the keys. Another
+//! text of the same shape gets the analysis with its own keys put in
+//! ([`Template::instantiate`]). The other constants are free to differ
+//! when the analysis does not depend on them (the values of an `INSERT`
+//! or an `UPDATE ... SET`); where it may (`ORDER BY 1`, `LIMIT 10`),
+//! they are fixed: a text that differs there is analysed afresh. A
+//! template is made only after it was checked on a second text, the
+//! first with every constant changed to a value far from any it held:
+//! that text's own analysis must equal the template's answer for it.
+//! Failing that, the other constants are fixed and the check is made
+//! again with only the keys changed; failing again, there is no template
+//! ([`Template::new`]). The check also catches a key that only looks like
+//! one of the constants (a `TRUE` key beside a `'true'` string).
 //!
 //! The scanner gives up (no shape: the text is cached as itself) on
 //! anything it cannot read exactly as PostgreSQL does: dollar quoting,
@@ -196,13 +198,17 @@ pub struct Template {
     keys: Vec<Option<usize>>,
     /// The same for [`Analysis::insert_row_keys`].
     row_keys: Vec<Option<usize>>,
-    /// The constants that are no key, by index, with their values: a
-    /// text of the shape must have the same.
+    /// The constants that are no key, by index, with their values, when
+    /// a text of the shape must have the same (empty when the template
+    /// was checked with them changed: then they are free).
     fixed: Vec<(usize, String)>,
     /// Whether a key is a quoted string: the text's keyword guard
     /// ([`Analysis::guard_changes_session`]) is then read again, since a
     /// string could hold any word.
     quoted_keys: bool,
+    /// The same for a quoted constant that is free (neither a key nor
+    /// fixed).
+    quoted_free: bool,
 }
 
 impl Template {
@@ -257,22 +263,46 @@ impl Template {
         if !key_at.contains(&true) {
             return None;
         }
-        let fixed = (0..shape.constants.len())
-            .filter(|&i| !is_key(i))
-            .map(|i| (i, shape.constants[i].value.clone()))
-            .collect();
+        let others: Vec<usize> = (0..shape.constants.len()).filter(|&i| !is_key(i)).collect();
         let quoted_keys =
             (0..shape.constants.len()).any(|i| is_key(i) && shape.constants[i].quoted);
-        let template = Template {
+        let mut template = Template {
             keys,
             row_keys,
-            fixed,
+            fixed: Vec::new(),
             quoted_keys,
+            quoted_free: others.iter().any(|&i| shape.constants[i].quoted),
         };
-        // The check: every key changed to a value of its own.
+        // First try: the other constants free too, checked on a text with
+        // every constant changed. A constant the analysis depends on
+        // (`ORDER BY 1`, `LIMIT 10`) shows there, since the probe's
+        // values are far from any the text is likely to hold.
+        if !others.is_empty() && template.checked(analysis, shape, &|_| true, analyze) {
+            return Some(template);
+        }
+        // Else they must match, and only the keys are changed.
+        template.fixed = others
+            .iter()
+            .map(|&i| (i, shape.constants[i].value.clone()))
+            .collect();
+        template.quoted_free = false;
+        template
+            .checked(analysis, shape, &is_key, analyze)
+            .then_some(template)
+    }
+
+    /// Whether the template gives, for `shape`'s text with the constants
+    /// `change` picks changed, what `analyze` gives for it.
+    fn checked(
+        &self,
+        analysis: &Analysis,
+        shape: &Shape,
+        change: &dyn Fn(usize) -> bool,
+        analyze: &dyn Fn(&str) -> Analysis,
+    ) -> bool {
         let mut probe = shape.clone();
         for (i, c) in probe.constants.iter_mut().enumerate() {
-            if is_key(i) {
+            if change(i) {
                 c.value = if c.quoted {
                     format!("shardline probe {i}")
                 } else {
@@ -286,9 +316,8 @@ impl Template {
             }
         }
         let text = probe.text();
-        let expected = analyze(&text);
-        let got = template.instantiate(analysis, &probe, &text)?;
-        (got == expected).then_some(template)
+        self.instantiate(analysis, &probe, &text)
+            .is_some_and(|got| got == analyze(&text))
     }
 
     /// The analysis of the text `sql`, of shape `shape`, from the
@@ -327,7 +356,7 @@ impl Template {
             }
             new
         });
-        if self.quoted_keys {
+        if self.quoted_keys || self.quoted_free {
             a.guard_changes_session = crate::classify::may_change_session(sql, false);
         }
         Some(a)
@@ -420,6 +449,12 @@ mod tests {
         "COPY users FROM STDIN",
         "SELECT 12",
         "SELECT * FROM users WHERE id = 3 AND name = ''",
+        "UPDATE users SET name = 'n', age = 3 WHERE id = 9",
+        "INSERT INTO orders (customer_id, v, n) VALUES (42, 'x', 7)",
+        "SELECT * FROM orders WHERE customer_id = 7 AND v > 3 ORDER BY v LIMIT 5",
+        "SELECT name, 1 FROM users WHERE id = 4 ORDER BY 2",
+        "SELECT * FROM users WHERE id = 4 AND name LIKE 'a%' FETCH FIRST 3 ROWS ONLY",
+        "SELECT count(*) FROM orders WHERE customer_id IN (3, 4) OFFSET 2",
     ];
 
     /// Values a constant is changed to: other numbers and strings, the
@@ -482,6 +517,24 @@ mod tests {
         assert_eq!(cache.len(), 2);
         let c = cache.get_or_analyze(&text("c", "m"), 1, &keys_of);
         assert_eq!(c.keys, [KeyRef::Literal("c".into())]);
+        assert_eq!(cache.len(), 2, "the name is free to differ: no new entry");
+        // A constant the analysis depends on is fixed.
+        let limited = |id: u32, n: u32| format!("SELECT * FROM users WHERE id = {id} LIMIT {n}");
+        let limit = |a: &crate::wire::analyze::Analysis| a.fanout.as_ref().and_then(|f| f.limit);
+        assert_eq!(
+            limit(&cache.get_or_analyze(&limited(1, 10), 1, &keys_of)),
+            Some(10)
+        );
+        assert_eq!(
+            limit(&cache.get_or_analyze(&limited(2, 10), 1, &keys_of)),
+            Some(10)
+        );
+        assert_eq!(cache.len(), 3);
+        let other = cache.get_or_analyze(&limited(3, 20), 1, &keys_of);
+        assert_eq!(
+            (limit(&other), &other.keys[..]),
+            (Some(20), &[KeyRef::Literal("3".into())][..])
+        );
     }
 
     #[test]
