@@ -233,6 +233,8 @@ struct Totals {
     errors: usize,
     requests: u64,
     router_cpu: u64,
+    /// Of `router_cpu`, the part spent in the kernel.
+    router_kernel: u64,
     pg_cpu: u64,
 }
 
@@ -394,11 +396,15 @@ async fn bench(
             let (p, t) = (&paths[i], &mut totals[i]);
             let router_pid = p.router.map(|r| r.pid());
             let cpu0 = router_pid.map_or(0, crate::dev::cpu_micros);
+            let kernel0 = router_pid.map_or(0, crate::dev::kernel_micros);
             let pg0 = crate::dev::pg_cpu_micros(&p.data_dir);
             let ph = run_phase(p, &clients, args, args.phase_secs).await;
             t.router_cpu += router_pid
                 .map_or(0, crate::dev::cpu_micros)
                 .saturating_sub(cpu0);
+            t.router_kernel += router_pid
+                .map_or(0, crate::dev::kernel_micros)
+                .saturating_sub(kernel0);
             t.pg_cpu += crate::dev::pg_cpu_micros(&p.data_dir).saturating_sub(pg0);
             t.requests += ph.micros.len() as u64;
             println!("  {:<28} {:>7.0} req/s", p.name, ph.rate());
@@ -409,7 +415,7 @@ async fn bench(
     }
     println!();
     println!(
-        "path                         req/s (median)   p50 ms   p99 ms   errors   router CPU µs/req   PostgreSQL CPU µs/req"
+        "path                         req/s (median)   p50 ms   p99 ms   errors   router CPU µs/req   of it kernel   PostgreSQL CPU µs/req"
     );
     let mut medians = Vec::new();
     for (p, t) in paths.iter().zip(totals.iter_mut()) {
@@ -417,18 +423,19 @@ async fn bench(
         let rate = median(std::mem::take(&mut t.rates));
         medians.push(rate);
         let per = |cpu: u64| cpu as f64 / t.requests.max(1) as f64;
-        let router_cpu = match p.router {
+        let router = |cpu: u64| match p.router {
             None => "-".to_string(),
-            Some(_) => format!("{:.1}", per(t.router_cpu)),
+            Some(_) => format!("{:.1}", per(cpu)),
         };
         println!(
-            "{:<28} {:>14.0} {:>8.3} {:>8.3} {:>8} {:>19} {:>23.1}",
+            "{:<28} {:>14.0} {:>8.3} {:>8.3} {:>8} {:>19} {:>14} {:>23.1}",
             p.name,
             rate,
             percentile(&t.micros, 0.50),
             percentile(&t.micros, 0.99),
             t.errors,
-            router_cpu,
+            router(t.router_cpu),
+            router(t.router_kernel),
             per(t.pg_cpu),
         );
     }
