@@ -60,6 +60,15 @@ pub struct RouterError {
     statement_index: Option<usize>,
 }
 
+/// What a reason tells a client besides its text ([`RouterError::code`],
+/// [`RouterError::retryable`], [`RouterError::retry_after`]), classified
+/// in one match over every reason.
+struct Answer {
+    code: ErrorCode,
+    retryable: bool,
+    retry_after: Option<u64>,
+}
+
 /// An error PostgreSQL sent, with its own fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PgError {
@@ -454,40 +463,51 @@ impl RouterError {
         }
     }
 
-    /// The code of the HTTP error body (and so its status).
-    pub fn code(&self) -> ErrorCode {
-        match &self.reason {
+    /// What the reason tells a client besides its text: the code of the
+    /// HTTP error body (and so its status), whether sending the same
+    /// request again may succeed, and how long to wait first.
+    fn answer(&self) -> Answer {
+        let (code, retryable, retry_after) = match &self.reason {
             Reason::Statement { class, .. } => match class {
-                StatementClass::Invalid => ErrorCode::StatementFailed,
-                StatementClass::Constraint => ErrorCode::ConstraintViolation,
-                StatementClass::Conflict => ErrorCode::TransactionConflict,
-                StatementClass::Timeout => ErrorCode::Timeout,
-                StatementClass::Forbidden => ErrorCode::Forbidden,
+                StatementClass::Invalid => (ErrorCode::StatementFailed, false, None),
+                StatementClass::Constraint => (ErrorCode::ConstraintViolation, false, None),
+                StatementClass::Conflict => (ErrorCode::TransactionConflict, true, None),
+                StatementClass::Timeout => (ErrorCode::Timeout, true, None),
+                StatementClass::Forbidden => (ErrorCode::Forbidden, false, None),
             },
-            Reason::StaleStatement(_) => ErrorCode::StatementFailed,
-            Reason::Moved(_)
-            | Reason::ReadOnly(_)
-            | Reason::ShardDown(_)
-            | Reason::ShardFault(_) => ErrorCode::ShardUnavailable,
+            Reason::StaleStatement(_) => (ErrorCode::StatementFailed, false, None),
+            // Sent again, it fails again (the shard itself is broken).
+            Reason::ShardFault(_) => (ErrorCode::ShardUnavailable, false, None),
             Reason::StatementRefused(_)
             | Reason::ResultTooLarge { .. }
             | Reason::UnreturnableColumn { .. }
-            | Reason::UndecodableValue { .. } => ErrorCode::InvalidRequest,
-            Reason::InvalidParameter { .. } => ErrorCode::InvalidParameter,
-            Reason::InvalidShardKey(_) => ErrorCode::InvalidShardKey,
-            Reason::NoKeyspace { .. } => ErrorCode::NotFound,
-            Reason::NoToken | Reason::InvalidToken => ErrorCode::Unauthorized,
+            | Reason::UndecodableValue { .. } => (ErrorCode::InvalidRequest, false, None),
+            Reason::InvalidParameter { .. } => (ErrorCode::InvalidParameter, false, None),
+            Reason::InvalidShardKey(_) => (ErrorCode::InvalidShardKey, false, None),
+            Reason::NoKeyspace { .. } => (ErrorCode::NotFound, false, None),
+            Reason::NoToken | Reason::InvalidToken => (ErrorCode::Unauthorized, false, None),
             Reason::TenantDeleting
             | Reason::TenantUnknown
             | Reason::ForbiddenKeyspace { .. }
-            | Reason::ForbiddenKeyPrefix { .. } => ErrorCode::Forbidden,
-            Reason::ConcurrencyLimited(_) => ErrorCode::ConcurrencyLimited,
-            Reason::RateLimited { .. } => ErrorCode::RateLimited,
-            Reason::NoShards { .. }
-            | Reason::PoolClosed
-            | Reason::LoginRefused
-            | Reason::InvalidShardSettings => ErrorCode::Unavailable,
-            Reason::ShardNotInCatalog { .. }
+            | Reason::ForbiddenKeyPrefix { .. } => (ErrorCode::Forbidden, false, None),
+            Reason::ConcurrencyLimited(_) => {
+                (ErrorCode::ConcurrencyLimited, true, Some(RETRY_AFTER_SECS))
+            }
+            Reason::RateLimited { retry_after, .. } => {
+                (ErrorCode::RateLimited, true, Some(*retry_after))
+            }
+            Reason::NoShards { .. } | Reason::PoolClosed => {
+                (ErrorCode::Unavailable, true, Some(RETRY_AFTER_SECS))
+            }
+            Reason::LoginRefused | Reason::InvalidShardSettings => (
+                ErrorCode::Unavailable,
+                true,
+                Some(MISCONFIGURED_RETRY_AFTER_SECS),
+            ),
+            Reason::Moved(_)
+            | Reason::ReadOnly(_)
+            | Reason::ShardDown(_)
+            | Reason::ShardNotInCatalog { .. }
             | Reason::CutOff
             | Reason::LeaseRanOut
             | Reason::PrimaryFenced { .. }
@@ -499,8 +519,20 @@ impl RouterError {
             | Reason::PoolBusy { .. }
             | Reason::BudgetExhausted { .. }
             | Reason::ConnectTimeout
-            | Reason::CannotConnect { .. } => ErrorCode::ShardUnavailable,
+            | Reason::CannotConnect { .. } => {
+                (ErrorCode::ShardUnavailable, true, Some(RETRY_AFTER_SECS))
+            }
+        };
+        Answer {
+            code,
+            retryable,
+            retry_after,
         }
+    }
+
+    /// The code of the HTTP error body (and so its status).
+    pub fn code(&self) -> ErrorCode {
+        self.answer().code
     }
 
     /// The HTTP status.
@@ -510,97 +542,12 @@ impl RouterError {
 
     /// Whether sending the same request again may succeed.
     pub fn retryable(&self) -> bool {
-        match &self.reason {
-            Reason::Statement { class, .. } => match class {
-                StatementClass::Conflict | StatementClass::Timeout => true,
-                StatementClass::Invalid
-                | StatementClass::Constraint
-                | StatementClass::Forbidden => false,
-            },
-            // Sent again, it fails again (the shard itself is broken).
-            Reason::ShardFault(_) => false,
-            Reason::StaleStatement(_)
-            | Reason::StatementRefused(_)
-            | Reason::InvalidParameter { .. }
-            | Reason::ResultTooLarge { .. }
-            | Reason::UnreturnableColumn { .. }
-            | Reason::UndecodableValue { .. }
-            | Reason::InvalidShardKey(_)
-            | Reason::NoKeyspace { .. }
-            | Reason::NoToken
-            | Reason::InvalidToken
-            | Reason::TenantDeleting
-            | Reason::TenantUnknown
-            | Reason::ForbiddenKeyspace { .. }
-            | Reason::ForbiddenKeyPrefix { .. } => false,
-            Reason::Moved(_)
-            | Reason::ReadOnly(_)
-            | Reason::ShardDown(_)
-            | Reason::ConcurrencyLimited(_)
-            | Reason::RateLimited { .. }
-            | Reason::NoShards { .. }
-            | Reason::ShardNotInCatalog { .. }
-            | Reason::CutOff
-            | Reason::LeaseRanOut
-            | Reason::PrimaryFenced { .. }
-            | Reason::PrimaryUnreachable { .. }
-            | Reason::FailoverTimedOut { .. }
-            | Reason::RangeMoving { .. }
-            | Reason::Resharded { .. }
-            | Reason::ConnectionLost
-            | Reason::PoolBusy { .. }
-            | Reason::BudgetExhausted { .. }
-            | Reason::PoolClosed
-            | Reason::ConnectTimeout
-            | Reason::CannotConnect { .. }
-            | Reason::LoginRefused
-            | Reason::InvalidShardSettings => true,
-        }
+        self.answer().retryable
     }
 
     /// Seconds to wait before retrying (`Retry-After`).
     pub fn retry_after(&self) -> Option<u64> {
-        match &self.reason {
-            Reason::Statement { .. }
-            | Reason::StaleStatement(_)
-            | Reason::ShardFault(_)
-            | Reason::StatementRefused(_)
-            | Reason::InvalidParameter { .. }
-            | Reason::ResultTooLarge { .. }
-            | Reason::UnreturnableColumn { .. }
-            | Reason::UndecodableValue { .. }
-            | Reason::InvalidShardKey(_)
-            | Reason::NoKeyspace { .. }
-            | Reason::NoToken
-            | Reason::InvalidToken
-            | Reason::TenantDeleting
-            | Reason::TenantUnknown
-            | Reason::ForbiddenKeyspace { .. }
-            | Reason::ForbiddenKeyPrefix { .. } => None,
-            Reason::RateLimited { retry_after, .. } => Some(*retry_after),
-            Reason::LoginRefused | Reason::InvalidShardSettings => {
-                Some(MISCONFIGURED_RETRY_AFTER_SECS)
-            }
-            Reason::Moved(_)
-            | Reason::ReadOnly(_)
-            | Reason::ShardDown(_)
-            | Reason::ConcurrencyLimited(_)
-            | Reason::NoShards { .. }
-            | Reason::ShardNotInCatalog { .. }
-            | Reason::CutOff
-            | Reason::LeaseRanOut
-            | Reason::PrimaryFenced { .. }
-            | Reason::PrimaryUnreachable { .. }
-            | Reason::FailoverTimedOut { .. }
-            | Reason::RangeMoving { .. }
-            | Reason::Resharded { .. }
-            | Reason::ConnectionLost
-            | Reason::PoolBusy { .. }
-            | Reason::BudgetExhausted { .. }
-            | Reason::PoolClosed
-            | Reason::ConnectTimeout
-            | Reason::CannotConnect { .. } => Some(RETRY_AFTER_SECS),
-        }
+        self.answer().retry_after
     }
 
     /// The SQLSTATE the HTTP body names: PostgreSQL's own when it sent
