@@ -28,7 +28,9 @@ const ENTRY_OVERHEAD: usize = 128;
 /// protocol sends them) is kept by its shape instead, with a
 /// [`Template`]: texts of that shape with other keys get the analysis
 /// with their keys put in, unparsed. Shapes hold a NUL, which no client
-/// text does, so both kinds share one map.
+/// text does, so both kinds share one map. A shape is tried for a
+/// template once (it costs one or two more parses): a shape without one,
+/// or a text its template does not fit, is then cached as itself.
 ///
 /// Thread-safe; the lock is held for map updates only, never while
 /// analyzing.
@@ -80,38 +82,70 @@ impl AnalysisCache {
             return analysis;
         }
         let shape = shape(sql);
+        // Whether the shape was seen (under this generation): its
+        // template, if it has one, does not fit this text, and making
+        // another (one or two more parses) is not tried again.
+        let mut shape_seen = false;
         if let Some(shape) = &shape {
-            if let Some((template_analysis, Some(template))) = self.lookup(&shape.key, generation) {
-                if let Some(a) = template.instantiate(&template_analysis, shape, sql) {
+            if let Some((template_analysis, template)) = self.lookup(&shape.key, generation) {
+                shape_seen = true;
+                if let Some(a) =
+                    template.and_then(|t| t.instantiate(&template_analysis, shape, sql))
+                {
                     return Arc::new(a);
                 }
             }
         }
         let analysis = Arc::new(analyze(sql, shard_key_of));
-        let template = shape.as_ref().and_then(|s| {
+        let tried = shape
+            .as_ref()
+            .filter(|_| !shape_seen && has_constant_key(&analysis));
+        let template = tried.and_then(|s| {
             Template::new(&analysis, s, &|text: &str| analyze(text, shard_key_of))
-                .map(|t| (s.key.as_str(), Arc::new(t)))
+                .map(|t| (s, Arc::new(t)))
         });
-        // A text with a template is kept by its shape only: kept as
-        // itself too, each new key would push out other entries.
-        let (key, template) = match template {
-            Some((key, t)) => (key, Some(t)),
-            None => (sql, None),
-        };
-        let bytes = ENTRY_OVERHEAD
-            + key.len()
-            + analysis_bytes(&analysis)
-            + template.as_ref().map_or(0, |t| t.bytes());
-        if bytes <= self.max_bytes {
-            self.lock().insert(
-                key,
-                generation,
-                Arc::clone(&analysis),
-                template,
-                bytes,
-                self.max_bytes,
-            );
+        let bytes = |key: &str| ENTRY_OVERHEAD + key.len() + analysis_bytes(&analysis);
+        let mut inner = self.lock();
+        match template {
+            // A text with a template is kept by its shape only: kept as
+            // itself too, each new key would push out other entries.
+            Some((s, t)) => {
+                let size = bytes(&s.key) + t.bytes();
+                inner.insert(
+                    &s.key,
+                    generation,
+                    Arc::clone(&analysis),
+                    Some(t),
+                    size,
+                    self.max_bytes,
+                );
+            }
+            None => {
+                if let Some(s) = tried {
+                    // The shape has no template: remembered, so its other
+                    // texts are not tried again.
+                    let size = bytes(&s.key);
+                    inner.insert(
+                        &s.key,
+                        generation,
+                        Arc::clone(&analysis),
+                        None,
+                        size,
+                        self.max_bytes,
+                    );
+                }
+                let size = bytes(sql);
+                inner.insert(
+                    sql,
+                    generation,
+                    Arc::clone(&analysis),
+                    None,
+                    size,
+                    self.max_bytes,
+                );
+            }
         }
+        drop(inner);
         analysis
     }
 
@@ -156,7 +190,8 @@ impl AnalysisCache {
 
 impl Inner {
     /// Stores an entry (replacing one for the same text), then evicts the
-    /// least recently used until the total fits `max_bytes`.
+    /// least recently used until the total fits `max_bytes`; an entry
+    /// larger than that is not stored.
     fn insert(
         &mut self,
         sql: &str,
@@ -166,6 +201,9 @@ impl Inner {
         bytes: usize,
         max_bytes: usize,
     ) {
+        if bytes > max_bytes {
+            return;
+        }
         if let Some(old) = self.entries.remove(sql) {
             self.recency.remove(&old.tick);
             self.bytes = self.bytes.saturating_sub(old.bytes);
@@ -193,6 +231,15 @@ impl Inner {
         );
         self.bytes += bytes;
     }
+}
+
+/// Whether some key of the analysis is a constant of its text (only then
+/// can its shape have a template).
+fn has_constant_key(a: &Analysis) -> bool {
+    a.keys
+        .iter()
+        .chain(&a.insert_row_keys)
+        .any(|k| matches!(k, KeyRef::Literal(_)))
 }
 
 /// An estimate of an analysis' size, heap included.

@@ -537,6 +537,37 @@ mod tests {
         );
     }
 
+    /// Parses of `sql` through `cache`, counted by the look-ups of the
+    /// tables' keys they make.
+    fn parses(cache: &AnalysisCache, sql: &str) -> usize {
+        let calls = std::cell::Cell::new(0);
+        let counted = |t: &str| {
+            calls.set(calls.get() + 1);
+            keys_of(t)
+        };
+        cache.get_or_analyze(sql, 1, &counted);
+        calls.get()
+    }
+
+    #[test]
+    fn a_shape_is_tried_for_a_template_once() {
+        let cache = AnalysisCache::new(1 << 20);
+        let one = parses(
+            &AnalysisCache::new(0),
+            "SELECT * FROM users WHERE id = 1 AND 2 > 1",
+        );
+        // No template (the key TRUE is no constant): tried with probes once.
+        let trap = |s: &str| format!("SELECT * FROM users WHERE flag = '{s}' AND id = TRUE");
+        assert!(parses(&cache, &trap("true")) > one);
+        assert_eq!(parses(&cache, &trap("false")), one);
+        // A template its text does not fit (another limit): parsed once.
+        let limited = |id: u32, n: u32| format!("SELECT * FROM users WHERE id = {id} LIMIT {n}");
+        assert!(parses(&cache, &limited(1, 10)) > one);
+        assert_eq!(parses(&cache, &limited(2, 10)), 0, "from the template");
+        assert_eq!(parses(&cache, &limited(3, 20)), one);
+        assert_eq!(parses(&cache, &limited(4, 10)), 0, "the template stays");
+    }
+
     #[test]
     fn no_template_where_a_key_is_not_one_constant() {
         let cache = AnalysisCache::new(1 << 20);
