@@ -17,7 +17,6 @@
 
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::time::{Duration, Instant};
 
 use shardline_router::wire::analyze::{analyze, Analysis, AnalysisCache, KeyRef};
 
@@ -182,15 +181,6 @@ fn summary(analysis: &Analysis) -> String {
 
 /// Runs `round` once to warm up, then `rounds` times; the median round's
 /// time per call in microseconds.
-fn median_us_per_call(rounds: usize, calls: usize, mut round: impl FnMut()) -> f64 {
-    round();
-    let mut times: Vec<Duration> = (0..rounds)
-        .map(|_| {
-            let start = Instant::now();
-            round();
-            start.elapsed()
-        })
-        .collect();
-    times.sort();
-    times[times.len() / 2].as_nanos() as f64 / 1_000.0 / calls as f64
+fn median_us_per_call(rounds: usize, calls: usize, round: impl FnMut()) -> f64 {
+    crate::routing::median_round(rounds, round).as_nanos() as f64 / 1_000.0 / calls as f64
 }

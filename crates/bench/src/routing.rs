@@ -91,7 +91,13 @@ pub fn run(args: RoutingArgs) -> anyhow::Result<()> {
 
 /// Runs `round` once to warm up, then `rounds` times; the median round's
 /// time per key in nanoseconds.
-fn median_ns_per_key(rounds: usize, keys: usize, mut round: impl FnMut()) -> f64 {
+fn median_ns_per_key(rounds: usize, keys: usize, round: impl FnMut()) -> f64 {
+    median_round(rounds, round).as_nanos() as f64 / keys as f64
+}
+
+/// Runs `round` once to warm up, then `rounds` times; the median round's
+/// time.
+pub fn median_round(rounds: usize, mut round: impl FnMut()) -> Duration {
     round();
     let mut times: Vec<Duration> = (0..rounds)
         .map(|_| {
@@ -101,5 +107,5 @@ fn median_ns_per_key(rounds: usize, keys: usize, mut round: impl FnMut()) -> f64
         })
         .collect();
     times.sort();
-    times[times.len() / 2].as_nanos() as f64 / keys as f64
+    times[times.len() / 2]
 }
