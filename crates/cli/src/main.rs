@@ -4,6 +4,7 @@
 
 mod admin;
 mod app;
+mod deploy;
 mod dev;
 mod endpoints;
 mod instances;
@@ -78,6 +79,9 @@ enum Command {
     /// Configuration files
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Deployment manifests
+    #[command(subcommand)]
+    Deploy(deploy::DeployCmd),
 }
 
 #[derive(Debug, clap::Args)]
@@ -205,6 +209,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tenant(cmd) => tenant::run(&ep, cmd, json).await,
         Command::App(cmd) => app::run(&ep, cmd, json).await,
         Command::Schema(cmd) => admin::schema(&ep, cmd, json).await,
+        Command::Deploy(cmd) => deploy::run(cmd),
         Command::Config(ConfigCmd::Check { file, kind }) => {
             let text = std::fs::read_to_string(&file)?;
             match kind.as_str() {

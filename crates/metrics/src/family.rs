@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, PoisonError, RwLock};
 
-use crate::metric::{Counter, Gauge, Histogram};
+use crate::metric::{Counter, FloatCounter, Gauge, Histogram};
 
 /// A kind of series a family can hold.
 pub(crate) trait Series: Clone + Send + Sync + 'static {
@@ -28,6 +28,14 @@ impl Series for Counter {
     const TYPE: &'static str = "counter";
     fn create(_: &()) -> Self {
         Counter::new()
+    }
+}
+
+impl Series for FloatCounter {
+    type Config = ();
+    const TYPE: &'static str = "counter";
+    fn create(_: &()) -> Self {
+        FloatCounter::new()
     }
 }
 
@@ -192,6 +200,23 @@ impl CounterVec {
     /// The counter for these label values (in the order the labels were
     /// declared), created at zero on first use.
     pub fn with(&self, values: &[&str]) -> Counter {
+        self.0.get_or_create(values)
+    }
+
+    /// Stops rendering the counter for these label values.
+    pub fn remove(&self, values: &[&str]) {
+        self.0.remove(values)
+    }
+}
+
+/// Float counters sharing a name, one per tuple of label values.
+#[derive(Clone)]
+pub struct FloatCounterVec(pub(crate) Arc<Family<FloatCounter>>);
+family_debug!(FloatCounterVec);
+
+impl FloatCounterVec {
+    /// The counter for these label values, created at zero on first use.
+    pub fn with(&self, values: &[&str]) -> FloatCounter {
         self.0.get_or_create(values)
     }
 

@@ -12,10 +12,10 @@
 //!
 //! # Layout
 //! - [`registry`]: [`Registry`], family registration and rendering.
-//! - [`family`]: the labelled families ([`CounterVec`], [`GaugeVec`],
-//!   [`HistogramVec`]) and their series lookup.
-//! - [`metric`]: the series themselves ([`Counter`], [`Gauge`],
-//!   [`Histogram`]).
+//! - [`family`]: the labelled families ([`CounterVec`], [`FloatCounterVec`],
+//!   [`GaugeVec`], [`HistogramVec`]) and their series lookup.
+//! - [`metric`]: the series themselves ([`Counter`], [`FloatCounter`],
+//!   [`Gauge`], [`Histogram`]).
 //! - [`text`]: name validation, escaping and number formatting.
 
 pub mod family;
@@ -23,8 +23,8 @@ pub mod metric;
 pub mod registry;
 pub mod text;
 
-pub use family::{CounterVec, GaugeVec, HistogramVec};
-pub use metric::{Counter, Gauge, Histogram};
+pub use family::{CounterVec, FloatCounterVec, GaugeVec, HistogramVec};
+pub use metric::{Counter, FloatCounter, Gauge, Histogram};
 pub use registry::Registry;
 
 /// The `Content-Type` of [`Registry::render`]'s output.

@@ -30,6 +30,48 @@ impl Counter {
     }
 }
 
+/// A monotonically increasing total that need not be whole, such as
+/// seconds of CPU time; an `f64` kept as bits in an atomic.
+#[derive(Clone, Debug)]
+pub struct FloatCounter(Arc<AtomicU64>);
+
+impl Default for FloatCounter {
+    fn default() -> Self {
+        Self(Arc::new(AtomicU64::new(0f64.to_bits())))
+    }
+}
+
+impl FloatCounter {
+    /// A counter of its own, registered nowhere.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `v`; a negative or NaN amount is ignored, so the total never
+    /// goes down.
+    pub fn inc_by(&self, v: f64) {
+        if v > 0.0 {
+            add_f64(&self.0, v);
+        }
+    }
+
+    /// Raises the total to `total` if that is higher: for a total kept
+    /// elsewhere (the kernel's count of CPU time), copied in when scraped.
+    pub fn advance_to(&self, total: f64) {
+        // Returning None leaves the value as it is; the error is that.
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                (total > f64::from_bits(bits)).then_some(total.to_bits())
+            });
+    }
+
+    /// The current total.
+    pub fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+}
+
 /// A value that goes up and down; an `f64` kept as bits in an atomic.
 #[derive(Clone, Debug)]
 pub struct Gauge(Arc<AtomicU64>);
@@ -187,6 +229,18 @@ mod tests {
         c.inc();
         c2.inc_by(41);
         assert_eq!(c.get(), 42);
+    }
+
+    #[test]
+    fn float_counter_only_goes_up() {
+        let c = FloatCounter::new();
+        c.inc_by(0.25);
+        c.inc_by(-1.0);
+        c.inc_by(f64::NAN);
+        assert_eq!(c.get(), 0.25);
+        c.advance_to(1.5);
+        c.advance_to(1.0);
+        assert_eq!(c.get(), 1.5);
     }
 
     #[test]

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::{Arc, PoisonError, RwLock};
 
-use crate::family::{CounterVec, Family, GaugeVec, HistogramVec, Series};
-use crate::metric::{normalize_buckets, Counter, Gauge, Histogram};
+use crate::family::{CounterVec, Family, FloatCounterVec, GaugeVec, HistogramVec, Series};
+use crate::metric::{normalize_buckets, Counter, FloatCounter, Gauge, Histogram};
 use crate::text::{is_valid_label_name, is_valid_metric_name, push_f64, push_help, push_labels};
 
 /// Suffixes a histogram adds to its name; no other family may take them.
@@ -14,6 +14,7 @@ const HISTOGRAM_SUFFIXES: [&str; 3] = ["_bucket", "_sum", "_count"];
 #[derive(Clone)]
 enum Entry {
     Counter(Arc<Family<Counter>>),
+    FloatCounter(Arc<Family<FloatCounter>>),
     Gauge(Arc<Family<Gauge>>),
     Histogram(Arc<Family<Histogram>>),
 }
@@ -45,6 +46,17 @@ impl Registry {
         CounterVec(
             self.register(name, help, labels, (), Entry::Counter, |e| match e {
                 Entry::Counter(f) => Some(f),
+                _ => None,
+            }),
+        )
+    }
+
+    /// The counter family `name` whose totals need not be whole (seconds
+    /// of CPU time); include the `_total` suffix yourself.
+    pub fn float_counter(&self, name: &str, help: &str, labels: &[&str]) -> FloatCounterVec {
+        FloatCounterVec(
+            self.register(name, help, labels, (), Entry::FloatCounter, |e| match e {
+                Entry::FloatCounter(f) => Some(f),
                 _ => None,
             }),
         )
@@ -140,6 +152,12 @@ impl Registry {
                 Entry::Counter(f) => render_family(&mut out, &f, |out, labels, c| {
                     sample(out, &f.name, "", &f.label_names, labels, None);
                     let _ = writeln!(out, " {}", c.get());
+                }),
+                Entry::FloatCounter(f) => render_family(&mut out, &f, |out, labels, c| {
+                    sample(out, &f.name, "", &f.label_names, labels, None);
+                    out.push(' ');
+                    push_f64(out, c.get());
+                    out.push('\n');
                 }),
                 Entry::Gauge(f) => render_family(&mut out, &f, |out, labels, g| {
                     sample(out, &f.name, "", &f.label_names, labels, None);
@@ -289,6 +307,17 @@ c_latency_seconds_count{shard=\"s\\\"1\\n\\\\\"} 3
         assert!(out.contains("y_seconds_bucket{le=\"+Inf\"} 0\n"), "{out}");
         assert!(out.contains("y_seconds_count 0\n"), "{out}");
         assert!(!out.contains("# TYPE z"), "{out}");
+    }
+
+    #[test]
+    fn float_counters_render_as_counters() {
+        let r = Registry::new();
+        let c = r.float_counter("cpu_seconds_total", "CPU time.", &[]);
+        c.with(&[]).advance_to(1.25);
+        assert_eq!(
+            r.render(),
+            "# HELP cpu_seconds_total CPU time.\n# TYPE cpu_seconds_total counter\ncpu_seconds_total 1.25\n"
+        );
     }
 
     #[test]

@@ -67,6 +67,9 @@ fn promtool_accepts_rendered_registry() {
             .observe(*v);
     }
     r.counter("router_failovers_total", "Failovers seen.", &[]);
+    r.float_counter("process_cpu_seconds_total", "CPU time used.", &[])
+        .with(&[])
+        .advance_to(0.37);
 
     let text = r.render();
     assert!(text.contains("le=\"+Inf\""), "{text}");

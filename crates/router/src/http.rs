@@ -11,7 +11,6 @@
 //! ([`crate::error::RouterError`]) become the HTTP error body
 //! ([`ApiError`]) here, and nowhere deeper.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -166,14 +165,11 @@ async fn metrics(State(st): Shared) -> Response {
         m.connections.with(&[id, "idle"]).set(stats.idle as f64);
         m.tenant_pools.with(&[id]).set(stats.pools as f64);
     }
-    let mut in_flight: HashMap<&str, u64> = HashMap::new();
-    for t in routing.tenants.values() {
-        *in_flight.entry(t.metric_label.as_str()).or_default() += u64::from(t.quota.in_flight());
-    }
-    m.tenant_in_flight.clear();
-    for (label, n) in in_flight {
-        m.tenant_in_flight.with(&[label]).set(n as f64);
-    }
+    m.set_tenant_in_flight(routing.tenants.values().map(|t| {
+        let limit = t.config.limits.max_concurrent;
+        (t.metric_label.as_str(), t.quota.in_flight(), limit)
+    }));
+    m.sample_process();
     m.catalog_version.with(&[]).set(routing.version as f64);
     (
         [(header::CONTENT_TYPE, shardline_metrics::CONTENT_TYPE)],

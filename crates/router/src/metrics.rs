@@ -11,13 +11,20 @@
 //! Each labelled pair keeps the handles of the series it has used
 //! ([`PairMetrics`]), which both spares the request path the lookup by
 //! label strings and lists exactly the series to remove.
+//!
+//! The process's own figures (`process_cpu_seconds_total`,
+//! `process_cpu_limit_cores`) are read from the kernel when scraped
+//! ([`RouterMetrics::sample_process`]), so alerts can compare the CPU a
+//! router uses with what its container may use.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use shardline_core::catalog::App;
 use shardline_metrics::{
-    Counter, CounterVec, GaugeVec, Histogram, HistogramVec, Registry, LATENCY_BUCKETS,
+    Counter, CounterVec, FloatCounterVec, GaugeVec, Histogram, HistogramVec, Registry,
+    LATENCY_BUCKETS,
 };
 
 /// The label of apps (and tenants) over the cap.
@@ -35,6 +42,10 @@ pub struct RouterMetrics {
     pub rejected: CounterVec,
     /// `router_tenant_in_flight_requests{tenant}`, set when scraped.
     pub tenant_in_flight: GaugeVec,
+    /// `router_tenant_max_in_flight_requests{tenant}`: the tenant's
+    /// per-router concurrency limit, set when scraped; no series for a
+    /// tenant without one.
+    pub tenant_max_in_flight: GaugeVec,
     /// `router_active_connections{shard,state}`: pooled connections of
     /// all tenant pools of a shard, in use or idle.
     pub connections: GaugeVec,
@@ -51,6 +62,12 @@ pub struct RouterMetrics {
     /// failover, by how the hold ended (`resumed`: a catalog with a new
     /// primary or the failover called off came in time; `timed_out`).
     pub held: CounterVec,
+    /// `process_cpu_seconds_total`: user and system CPU time of the
+    /// process, read when scraped.
+    pub cpu_seconds: FloatCounterVec,
+    /// `process_cpu_limit_cores`: CPUs the process may use, read when
+    /// scraped.
+    pub cpu_limit: GaugeVec,
     labels: Arc<LabelTable>,
 }
 
@@ -89,6 +106,11 @@ impl RouterMetrics {
                 "Requests of a tenant being served by this router now.",
                 &["tenant"],
             ),
+            tenant_max_in_flight: registry.gauge(
+                "router_tenant_max_in_flight_requests",
+                "Requests of a tenant this router serves at once at most (its max_concurrent limit); none for tenants without a limit.",
+                &["tenant"],
+            ),
             connections: registry.gauge(
                 "router_active_connections",
                 "Pooled PostgreSQL connections per shard (all tenant pools, primary and replicas), in use or idle.",
@@ -119,6 +141,16 @@ impl RouterMetrics {
                 "Requests held while a shard's primary was failing over or unreachable, by how the hold ended (resumed, timed_out).",
                 &["shard", "outcome"],
             ),
+            cpu_seconds: registry.float_counter(
+                "process_cpu_seconds_total",
+                "User and system CPU time spent by the process, in seconds.",
+                &[],
+            ),
+            cpu_limit: registry.gauge(
+                "process_cpu_limit_cores",
+                "CPUs the process may use: its cgroup's CPU quota, or else the CPUs it may run on.",
+                &[],
+            ),
             labels: Arc::new(LabelTable::new(max_pairs, families)),
             registry,
         }
@@ -140,6 +172,113 @@ impl RouterMetrics {
     pub fn labelled_pairs(&self) -> usize {
         lock(&self.labels.pairs).len()
     }
+
+    /// Sets the in-flight gauges of every tenant from its metric label,
+    /// its requests in flight and its per-router limit. Tenants sharing a
+    /// label (`_other`) add up; a label with any unlimited tenant gets no
+    /// limit series, as together they have no limit.
+    pub fn set_tenant_in_flight<'a>(
+        &self,
+        tenants: impl IntoIterator<Item = (&'a str, u32, Option<u32>)>,
+    ) {
+        let mut by_label: HashMap<&str, (u64, Option<u64>)> = HashMap::new();
+        for (label, now, max) in tenants {
+            let (sum, limit) = by_label.entry(label).or_insert((0, Some(0)));
+            *sum += u64::from(now);
+            *limit = limit.zip(max).map(|(l, m)| l + u64::from(m));
+        }
+        self.tenant_in_flight.clear();
+        self.tenant_max_in_flight.clear();
+        for (label, (now, limit)) in by_label {
+            self.tenant_in_flight.with(&[label]).set(now as f64);
+            if let Some(limit) = limit {
+                self.tenant_max_in_flight.with(&[label]).set(limit as f64);
+            }
+        }
+    }
+
+    /// Reads the process's CPU time and CPU limit from the kernel into
+    /// their metrics. A figure the kernel does not give is left as it was.
+    pub fn sample_process(&self) {
+        if let Some(secs) = cpu_time_seconds() {
+            self.cpu_seconds.with(&[]).advance_to(secs);
+        }
+        self.cpu_limit.with(&[]).set(cpu_limit_cores());
+    }
+}
+
+/// User plus system CPU time of the whole process (every thread, living
+/// or ended), in seconds.
+fn cpu_time_seconds() -> Option<f64> {
+    // SAFETY: `rusage` is plain integers, for which all zeroes is valid.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage only writes one `rusage` through the pointer,
+    // which points to one.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return None;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Some(secs(usage.ru_utime) + secs(usage.ru_stime))
+}
+
+/// CPUs the process may use: the CPUs it may run on, or its cgroup's
+/// CPU quota if that is lower (a container's CPU limit is that quota).
+fn cpu_limit_cores() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let cpus = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .and_then(count_cpus)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let quota = cgroup_quota_cores(Path::new("/sys/fs/cgroup"), &cgroup);
+    quota.map_or(cpus as f64, |q| q.min(cpus as f64))
+}
+
+/// The number of CPUs in a kernel CPU list such as `0-3,8,10-11`.
+fn count_cpus(list: &str) -> Option<usize> {
+    let mut n = 0;
+    for part in list.trim().split(',') {
+        n += match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.parse().ok()?, b.parse().ok()?);
+                b.checked_sub(a)? + 1
+            }
+            None => {
+                part.parse::<usize>().ok()?;
+                1
+            }
+        };
+    }
+    Some(n)
+}
+
+/// The lowest CPU quota, in CPUs, of the process's cgroup and its
+/// parents, given `/proc/self/cgroup` and where the cgroup file system is
+/// mounted: cgroup v2's `cpu.max`, else v1's `cpu.cfs_quota_us` over
+/// `cpu.cfs_period_us`. `None` when there is no quota.
+fn cgroup_quota_cores(mount: &Path, proc_cgroup: &str) -> Option<f64> {
+    let read = |p: &Path| std::fs::read_to_string(p).ok();
+    if let Some(own) = proc_cgroup.lines().find_map(|l| l.strip_prefix("0::")) {
+        let dir = mount.join(own.trim().trim_start_matches('/'));
+        return dir
+            .ancestors()
+            .take_while(|d| d.starts_with(mount))
+            .filter_map(|d| read(&d.join("cpu.max")).as_deref().and_then(parse_cpu_max))
+            .reduce(f64::min);
+    }
+    let v1 = mount.join("cpu");
+    let quota: i64 = read(&v1.join("cpu.cfs_quota_us"))?.trim().parse().ok()?;
+    let period: u64 = read(&v1.join("cpu.cfs_period_us"))?.trim().parse().ok()?;
+    (quota > 0 && period > 0).then(|| quota as f64 / period as f64)
+}
+
+/// A cgroup v2 `cpu.max` (`QUOTA PERIOD`, microseconds, or `max PERIOD`)
+/// in CPUs; `None` for no quota.
+fn parse_cpu_max(text: &str) -> Option<f64> {
+    let (quota, period) = text.trim().split_once(' ')?;
+    let (quota, period): (u64, u64) = (quota.parse().ok()?, period.parse().ok()?);
+    (period > 0).then(|| quota as f64 / period as f64)
 }
 
 impl Default for RouterMetrics {
@@ -433,6 +572,109 @@ mod tests {
         let text = m.registry.render();
         assert!(!text.contains(r#"app="a1""#), "{text}");
         assert!(text.contains(r#"app="_other""#));
+    }
+
+    #[test]
+    fn tenant_in_flight_adds_up_per_label_and_unlimited_wins() {
+        let m = RouterMetrics::new(10);
+        m.set_tenant_in_flight([
+            ("t1", 3, Some(10)),
+            (OTHER, 1, Some(4)),
+            (OTHER, 2, Some(6)),
+            ("t2", 5, None),
+            ("t3", 1, Some(2)),
+            ("t3", 0, None),
+        ]);
+        let text = m.registry.render();
+        for line in [
+            "router_tenant_in_flight_requests{tenant=\"t1\"} 3\n",
+            "router_tenant_max_in_flight_requests{tenant=\"t1\"} 10\n",
+            "router_tenant_in_flight_requests{tenant=\"_other\"} 3\n",
+            "router_tenant_max_in_flight_requests{tenant=\"_other\"} 10\n",
+            "router_tenant_in_flight_requests{tenant=\"t2\"} 5\n",
+            "router_tenant_in_flight_requests{tenant=\"t3\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line}in\n{text}");
+        }
+        assert!(
+            !text.contains("max_in_flight_requests{tenant=\"t2\"}"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("max_in_flight_requests{tenant=\"t3\"}"),
+            "{text}"
+        );
+        // Tenants that left lose their series.
+        m.set_tenant_in_flight([("t1", 0, Some(10))]);
+        assert!(!m.registry.render().contains("_other"));
+    }
+
+    #[test]
+    fn process_cpu_is_measured() {
+        let m = RouterMetrics::new(10);
+        m.sample_process();
+        let before = m.cpu_seconds.with(&[]).get();
+        // Spends CPU until the kernel's count moves (a tick is 10 ms at
+        // most); bounded in case it never does.
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while m.cpu_seconds.with(&[]).get() <= before
+            && started.elapsed() < std::time::Duration::from_secs(5)
+        {
+            for i in 0..100_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+            m.sample_process();
+        }
+        assert!(
+            m.cpu_seconds.with(&[]).get() > before,
+            "CPU time never grew"
+        );
+        let limit = m.cpu_limit.with(&[]).get();
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        assert!(limit > 0.0 && limit <= cpus.max(1.0) + 1.0, "limit {limit}");
+        let text = m.registry.render();
+        assert!(
+            text.contains("# TYPE process_cpu_seconds_total counter"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn cpu_lists_and_quotas_parse() {
+        assert_eq!(count_cpus("0-3,8,10-11\n"), Some(7));
+        assert_eq!(count_cpus("0"), Some(1));
+        assert_eq!(count_cpus("3-1"), None);
+        assert_eq!(parse_cpu_max("50000 100000\n"), Some(0.5));
+        assert_eq!(parse_cpu_max("max 100000"), None);
+    }
+
+    #[test]
+    fn the_lowest_quota_of_the_cgroup_and_its_parents_counts() {
+        let root = tempfile::tempdir().unwrap();
+        let mount = root.path();
+        let pod = mount.join("kubepods/pod1");
+        let container = pod.join("c1");
+        std::fs::create_dir_all(&container).unwrap();
+        std::fs::write(mount.join("kubepods/cpu.max"), "max 100000\n").unwrap();
+        std::fs::write(pod.join("cpu.max"), "150000 100000\n").unwrap();
+        std::fs::write(container.join("cpu.max"), "250000 100000\n").unwrap();
+        let v2 = "0::/kubepods/pod1/c1\n";
+        assert_eq!(cgroup_quota_cores(mount, v2), Some(1.5));
+        std::fs::write(container.join("cpu.max"), "50000 100000\n").unwrap();
+        assert_eq!(cgroup_quota_cores(mount, v2), Some(0.5));
+        // In a cgroup namespace the container's own cgroup is the root.
+        std::fs::write(mount.join("cpu.max"), "200000 100000\n").unwrap();
+        assert_eq!(cgroup_quota_cores(mount, "0::/\n"), Some(2.0));
+        // cgroup v1.
+        let v1 = mount.join("cpu");
+        std::fs::create_dir_all(&v1).unwrap();
+        std::fs::write(v1.join("cpu.cfs_quota_us"), "-1\n").unwrap();
+        std::fs::write(v1.join("cpu.cfs_period_us"), "100000\n").unwrap();
+        let v1_cgroup = "4:cpu,cpuacct:/docker/abc\n";
+        assert_eq!(cgroup_quota_cores(mount, v1_cgroup), None);
+        std::fs::write(v1.join("cpu.cfs_quota_us"), "300000\n").unwrap();
+        assert_eq!(cgroup_quota_cores(mount, v1_cgroup), Some(3.0));
     }
 
     #[test]

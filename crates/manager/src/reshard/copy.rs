@@ -163,6 +163,7 @@ async fn copy_part(
         copied += n;
         cx.metrics.rows_copied.with(&[id]).inc_by(n);
         cx.update_progress(id, |p| p.rows_copied += n);
+        cx.progressed(id);
         // A crash with part of the range copied (test only).
         failpoint(FAILPOINT_DURING_COPY);
         if i < bounds.len() && !cx.settings.batch_pause.is_zero() {
@@ -235,6 +236,7 @@ pub(super) async fn apply_changes(
                 sql::forget_changes(&src, id, &seqs)
                     .await
                     .map_err(db(&source))?;
+                cx.progressed(id);
                 let behind = sql::changes_behind(&src, id)
                     .await
                     .map_err(db(&source))?

@@ -56,6 +56,32 @@ impl ReshardSettings {
 pub(super) struct Metrics {
     pub(super) rows_copied: CounterVec,
     pub(super) phase: GaugeVec,
+    /// `reshard_last_progress_timestamp_seconds{job}`: when the job last
+    /// moved forward on this manager, so a stalled job shows as an old
+    /// timestamp beside an unfinished phase.
+    pub(super) last_progress: GaugeVec,
+}
+
+impl Metrics {
+    /// Shows a job's phase. The first phase this manager shows for a job
+    /// starts its progress clock, and a phase further along than the one
+    /// shown is progress; a step back (a cutover returning to catch-up)
+    /// is not.
+    fn show_phase(&self, id: &str, phase: ReshardPhase) {
+        let shown = self.phase.with(&[id]);
+        let number = phase_number(phase);
+        if self.last_progress.with(&[id]).get() == 0.0 || number > shown.get() {
+            self.progressed(id);
+        }
+        shown.set(number);
+    }
+
+    /// Records that the job moved forward now: a phase begun, a batch of
+    /// rows copied or deleted, captured changes applied.
+    fn progressed(&self, id: &str) {
+        let now = crate::time::now_ms() as f64 / 1000.0;
+        self.last_progress.with(&[id]).set(now);
+    }
 }
 
 /// What the phases of every job share.
@@ -382,9 +408,15 @@ impl Ctx {
         self.jobs.update_progress(id, f);
     }
 
-    /// The `reshard_phase` metric of a job.
+    /// The `reshard_phase` metric of a job (and its progress clock: see
+    /// [`Metrics::show_phase`]).
     pub(super) fn show_phase(&self, id: &str, phase: ReshardPhase) {
-        self.metrics.phase.with(&[id]).set(phase_number(phase));
+        self.metrics.show_phase(id, phase);
+    }
+
+    /// Records that the job moved forward now (a batch done).
+    pub(super) fn progressed(&self, id: &str) {
+        self.metrics.progressed(id);
     }
 
     /// Moves a job from one phase to the next (only from `from`).
@@ -559,5 +591,39 @@ mod tests {
         // An aborted cutover retries as its cause does.
         assert!(JobError::CutoverAborted(Box::new(shard_error(None))).retryable());
         assert!(!JobError::CutoverAborted(Box::new(shard_error(Some("42P01")))).retryable());
+    }
+
+    fn metrics() -> (shardline_metrics::Registry, Metrics) {
+        let r = shardline_metrics::Registry::new();
+        let m = Metrics {
+            rows_copied: r.counter("reshard_rows_copied_total", "Rows.", &["job"]),
+            phase: r.gauge("reshard_phase", "Phase.", &["job"]),
+            last_progress: r.gauge("reshard_last_progress_timestamp_seconds", "When.", &["job"]),
+        };
+        (r, m)
+    }
+
+    #[test]
+    fn progress_is_a_phase_further_along_or_a_batch() {
+        let (r, m) = metrics();
+        let at = |m: &Metrics| m.last_progress.with(&["j1"]).get();
+        let before = crate::time::now_ms() as f64 / 1000.0;
+        m.show_phase("j1", ReshardPhase::CatchUp);
+        let first = at(&m);
+        assert!(first >= before, "the first phase shown starts the clock");
+        // Set back by hand, so a change below is not lost in one clock tick.
+        m.last_progress.with(&["j1"]).set(1.0);
+        m.show_phase("j1", ReshardPhase::CatchUp);
+        assert_eq!(at(&m), 1.0, "the same phase again is no progress");
+        m.show_phase("j1", ReshardPhase::Cutover);
+        assert!(at(&m) >= first, "a phase further along is progress");
+        m.last_progress.with(&["j1"]).set(1.0);
+        m.show_phase("j1", ReshardPhase::CatchUp);
+        assert_eq!(at(&m), 1.0, "a step back is no progress");
+        m.progressed("j1");
+        assert!(at(&m) >= first, "a batch is progress");
+        let text = r.render();
+        assert!(text.contains("reshard_phase{job=\"j1\"} 2\n"), "{text}");
+        assert!(text.contains("reshard_last_progress_timestamp_seconds{job=\"j1\"}"));
     }
 }

@@ -128,6 +128,12 @@ impl Reshards {
                      Done=5, Cancelled=6, Failed=7.",
                     &["job"],
                 ),
+                last_progress: metrics.gauge(
+                    "reshard_last_progress_timestamp_seconds",
+                    "Unix time a job last moved forward on this manager: a phase begun, \
+                     a batch of rows copied or deleted, captured changes applied.",
+                    &["job"],
+                ),
             },
         };
         Arc::new(Self {

@@ -261,6 +261,7 @@ impl Strategy for Ranges {
                         if n == 0 {
                             break;
                         }
+                        cx.progressed(id);
                         failpoint(FAILPOINT_DURING_CLEANUP);
                     }
                     tracing::info!(job = %id, tenant = %tenant.id, table = %meta.name,

@@ -135,6 +135,10 @@ pub async fn serve(
             }
         });
     }
+    // Closed now, not when the drain ends: a new client is refused at
+    // once (and can go to another router) instead of completing a
+    // handshake nobody will accept.
+    drop(listener);
     tracker.close();
     let _ = tokio::time::timeout(drain, tracker.wait()).await;
     Ok(())

@@ -1,0 +1,501 @@
+//! The rendered pods, run as the kubelet would run them, on loopback:
+//! the manager's and the router's containers start with exactly the
+//! command, arguments and environment variables of the manifests, read
+//! the files of their ConfigMaps, and mount their Secrets' keys (made
+//! here: throwaway certificates, test tokens). Then every probe of the
+//! manifests answers, and SIGTERM drains the router within its grace
+//! period: in-flight HTTP and wire requests finish, new connections are
+//! refused at once (so the readiness probe fails first), and the process
+//! exits before the kubelet would kill it.
+//!
+//! What the kubelet and the cluster provide is stood in for: each
+//! volume's mount path becomes a directory of the test, the Services'
+//! names become loopback addresses, and each container port is served
+//! on a free loopback port (the pods' own IPs, where 8080 and friends
+//! would be free, do not exist here). Those substitutions are the only
+//! edits made to the rendered text.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::procs::{free_port, Proc, BIN};
+use common::{eventually, exec_body, raw, ADMIN_TOKEN, ROUTER_TOKEN};
+use serde_yaml::Value;
+use shardline_api::manager::{
+    ApplyMigrationRequest, CreateAppRequest, CreateKeyspaceRequest, CreateTenantRequest,
+    RegisterShardRequest,
+};
+use shardline_client::ManagerClient;
+use shardline_testkit::{EtcdServer, PgCluster, TlsFiles};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn render(extra: &[&str]) -> Vec<Value> {
+    let out = Command::new(BIN)
+        .args(["deploy", "kubernetes"])
+        .args(extra)
+        .output()
+        .expect("run shardline");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_yaml::Deserializer::from_str(&String::from_utf8_lossy(&out.stdout))
+        .map(|d| serde::Deserialize::deserialize(d).expect("a YAML document"))
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_sequence()
+        .into_iter()
+        .flatten()
+        .map(|s| s.as_str().expect("a string").to_string())
+        .collect()
+}
+
+/// Secret contents the test provides: (secret, key) → file.
+type Secrets = BTreeMap<(String, String), PathBuf>;
+
+/// A workload's pod template, started as one pod.
+struct Pod {
+    proc: Proc,
+    /// Container port name → loopback address.
+    ports: BTreeMap<String, String>,
+    /// (kind, path, port name) of each probe.
+    probes: Vec<(&'static str, String, String)>,
+    grace: u64,
+    pre_stop: u64,
+    log: PathBuf,
+}
+
+impl Pod {
+    /// Starts the pod `pod_name` of `workload`: its volumes as
+    /// directories under `dir`, `addresses` (rendered → loopback)
+    /// replaced in its arguments and configuration files.
+    fn start(
+        docs: &[Value],
+        workload: &Value,
+        pod_name: &str,
+        dir: &Path,
+        secrets: &Secrets,
+        addresses: &[(String, String)],
+    ) -> Pod {
+        let spec = &workload["spec"]["template"]["spec"];
+        let containers = spec["containers"].as_sequence().expect("containers");
+        assert_eq!(containers.len(), 1);
+        let c = &containers[0];
+        let root = dir.join(pod_name);
+
+        // Volumes: each mount path becomes a directory of the test.
+        let mut replace: Vec<(String, String)> = addresses.to_vec();
+        for m in c["volumeMounts"].as_sequence().expect("mounts") {
+            let vname = m["name"].as_str().expect("mount name");
+            let vdir = root.join(vname);
+            std::fs::create_dir_all(&vdir).expect("volume dir");
+            let volume = spec["volumes"]
+                .as_sequence()
+                .expect("volumes")
+                .iter()
+                .find(|v| v["name"] == vname)
+                .expect("a volume for the mount");
+            replace.push((
+                m["mountPath"].as_str().expect("path").to_string(),
+                vdir.display().to_string(),
+            ));
+            if let Some(name) = volume["secret"]["secretName"].as_str() {
+                for ((secret, key), file) in secrets {
+                    if secret == name {
+                        std::fs::copy(file, vdir.join(key)).expect("copy a secret key");
+                    }
+                }
+            }
+        }
+        let edit = |text: &str| {
+            replace
+                .iter()
+                .fold(text.to_string(), |t, (from, to)| t.replace(from, to))
+        };
+        // ConfigMaps' files, after the mounts are known.
+        for v in spec["volumes"].as_sequence().expect("volumes") {
+            if let Some(name) = v["configMap"]["name"].as_str() {
+                let data = find(docs, "ConfigMap", name)["data"]
+                    .as_mapping()
+                    .expect("ConfigMap data");
+                let vdir = root.join(v["name"].as_str().expect("volume name"));
+                for (k, text) in data {
+                    let text = edit(text.as_str().expect("text"));
+                    std::fs::write(vdir.join(k.as_str().expect("key")), text).expect("write");
+                }
+            }
+        }
+
+        // Environment, as the kubelet fills it.
+        let mut env = BTreeMap::new();
+        for e in c["env"].as_sequence().expect("env") {
+            let name = e["name"].as_str().expect("env name").to_string();
+            let from = &e["valueFrom"];
+            let value = if from["fieldRef"]["fieldPath"] == "metadata.name" {
+                pod_name.to_string()
+            } else {
+                match from["secretKeyRef"]["key"].as_str() {
+                    Some("admin-token") => ADMIN_TOKEN.to_string(),
+                    Some("router-token") => ROUTER_TOKEN.to_string(),
+                    other => panic!("{name} from {other:?}"),
+                }
+            };
+            env.insert(name, value);
+        }
+        let mut words = strings(&c["command"]);
+        words.extend(strings(&c["args"]));
+        let words: Vec<String> = words
+            .iter()
+            .map(|w| {
+                let w = env
+                    .iter()
+                    .fold(w.clone(), |w, (k, v)| w.replace(&format!("$({k})"), v));
+                edit(&w)
+            })
+            .collect();
+        assert_eq!(words[0], "shardline", "the image's binary");
+
+        let log = dir.join(format!("{pod_name}.log"));
+        let f = std::fs::File::create(&log).expect("log");
+        let child = Command::new(BIN)
+            .args(&words[1..])
+            .env_clear()
+            .envs(&env)
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().expect("log"))
+            .stderr(f)
+            .spawn()
+            .expect("start the container");
+
+        let ports = c["ports"]
+            .as_sequence()
+            .expect("ports")
+            .iter()
+            .map(|p| {
+                let rendered = format!("0.0.0.0:{}", p["containerPort"].as_u64().expect("port"));
+                let local = addresses
+                    .iter()
+                    .find(|(from, _)| *from == rendered)
+                    .map(|(_, to)| to.clone())
+                    .unwrap_or_else(|| panic!("no loopback address for {rendered}"));
+                (p["name"].as_str().expect("port name").to_string(), local)
+            })
+            .collect();
+        let probes = ["startupProbe", "livenessProbe", "readinessProbe"]
+            .into_iter()
+            .map(|kind| {
+                let get = &c[kind]["httpGet"];
+                (
+                    kind,
+                    get["path"].as_str().expect("probe path").to_string(),
+                    get["port"].as_str().expect("probe port name").to_string(),
+                )
+            })
+            .collect();
+        Pod {
+            proc: Proc(child),
+            ports,
+            probes,
+            grace: spec["terminationGracePeriodSeconds"]
+                .as_u64()
+                .expect("grace"),
+            pre_stop: c["lifecycle"]["preStop"]["sleep"]["seconds"]
+                .as_u64()
+                .unwrap_or(0),
+            log,
+        }
+    }
+
+    fn addr(&self, port: &str) -> &str {
+        &self.ports[port]
+    }
+
+    /// Every probe answers 200, as the kubelet would see it.
+    async fn probes_answer(&self) -> bool {
+        for (_, path, port) in &self.probes {
+            if get(self.addr(port), path).await != Some(200) {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// An HTTP GET as a probe makes it: the status, or `None` when the
+/// connection is refused.
+async fn get(addr: &str, path: &str) -> Option<u16> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    String::from_utf8_lossy(&buf)
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Whether a new PostgreSQL client is refused at connect: the router
+/// closes its wire listener at SIGTERM, while its sessions drain.
+async fn wire_refuses_new_clients(addr: &str) -> bool {
+    tokio::net::TcpStream::connect(addr).await.is_err()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_kubernetes_pods_answer_probes_and_drain() {
+    let docs = render(&["--manager-replicas", "1", "--etcd-members", "1"]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let etcd = EtcdServer::start_tls().await.expect("start etcd");
+    let pg = PgCluster::start().await.expect("start PostgreSQL");
+    let etcd_tls = etcd.tls_files().expect("TLS etcd").clone();
+    let ca_dir = dir.path().join("router-ca");
+    std::fs::create_dir_all(&ca_dir).expect("certificate dir");
+    let router_tls = TlsFiles::make(&ca_dir).expect("certificates");
+
+    let secret = |s: &str, k: &str, f: &Path| ((s.to_string(), k.to_string()), f.to_path_buf());
+    let secrets: Secrets = [
+        secret("shardline-etcd-client-tls", "ca.crt", &etcd_tls.ca),
+        secret(
+            "shardline-etcd-client-tls",
+            "tls.crt",
+            &etcd_tls.client_cert,
+        ),
+        secret("shardline-etcd-client-tls", "tls.key", &etcd_tls.client_key),
+        secret("shardline-router-tls", "tls.crt", &router_tls.server_cert),
+        secret("shardline-router-tls", "tls.key", &router_tls.server_key),
+    ]
+    .into_iter()
+    .collect();
+    let (mport, rport, pgport) = (free_port(), free_port(), free_port());
+    let local = |p: u16| format!("127.0.0.1:{p}");
+    let etcd_addr = etcd.endpoint().trim_start_matches("https://").to_string();
+    let addresses = vec![
+        ("0.0.0.0:8081".to_string(), local(mport)),
+        ("0.0.0.0:8080".to_string(), local(rport)),
+        ("0.0.0.0:6432".to_string(), local(pgport)),
+        (
+            "shardline-manager-0.shardline-manager.shardline.svc:8081".to_string(),
+            local(mport),
+        ),
+        (
+            "shardline-etcd-0.shardline-etcd.shardline.svc:2379".to_string(),
+            etcd_addr,
+        ),
+    ];
+
+    let manager = Pod::start(
+        &docs,
+        find(&docs, "StatefulSet", "shardline-manager"),
+        "shardline-manager-0",
+        dir.path(),
+        &secrets,
+        &addresses,
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || manager.probes_answer()).await,
+        "manager probes {:?}: {}",
+        manager.probes,
+        manager.log()
+    );
+    let admin = ManagerClient::new(
+        &format!("http://{}", manager.addr("http")),
+        Some(ADMIN_TOKEN.into()),
+    )
+    .expect("manager client");
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            admin
+                .register_shard(&RegisterShardRequest {
+                    id: "s0".into(),
+                    primary: pg.dsn(),
+                    replicas: vec![],
+                    tenant: None,
+                    synchronous: false,
+                })
+                .await
+                .is_ok()
+        })
+        .await,
+        "register a shard (the manager leads): {}",
+        manager.log()
+    );
+    admin
+        .create_keyspace(&CreateKeyspaceRequest {
+            name: "default".into(),
+            key_type: Default::default(),
+            shards: vec!["s0".into()],
+        })
+        .await
+        .expect("keyspace");
+    admin
+        .apply_migration(
+            "default",
+            &ApplyMigrationRequest {
+                name: "001".into(),
+                sql: "CREATE TABLE t (k text PRIMARY KEY)".into(),
+            },
+        )
+        .await
+        .expect("migration");
+    admin
+        .create_tenant(&CreateTenantRequest {
+            id: "default".into(),
+            ..CreateTenantRequest::default()
+        })
+        .await
+        .expect("tenant");
+    let app = admin
+        .create_app(&CreateAppRequest {
+            name: "app".into(),
+            ..CreateAppRequest::default()
+        })
+        .await
+        .expect("app");
+
+    let mut router = Pod::start(
+        &docs,
+        find(&docs, "Deployment", "shardline-router"),
+        "shardline-router-0",
+        dir.path(),
+        &secrets,
+        &addresses,
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || router.probes_answer()).await,
+        "router probes {:?}: {}",
+        router.probes,
+        router.log()
+    );
+    let http = format!("http://{}", router.addr("http"));
+    let wire = router.addr("postgres").to_string();
+    let token = app.token.clone();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            raw(
+                &http,
+                "POST",
+                "/v1/execute",
+                Some(&token),
+                &exec_body("a", "INSERT INTO t VALUES ('a')", serde_json::json!([])),
+                &[("content-type", "application/json")],
+            )
+            .await
+            .status
+                == 200
+        })
+        .await,
+        "a write through the router: {}",
+        router.log()
+    );
+
+    // In flight when SIGTERM comes: an HTTP request and a wire session
+    // (TLS, as the router requires it), each sleeping 3 s on the shard.
+    let in_http = tokio::spawn({
+        let (http, token) = (http.clone(), token.clone());
+        async move {
+            raw(
+                &http,
+                "POST",
+                "/v1/execute",
+                Some(&token),
+                &exec_body(
+                    "a",
+                    "SELECT k, pg_sleep(3) FROM t WHERE k = 'a'",
+                    serde_json::json!([]),
+                ),
+                &[("content-type", "application/json")],
+            )
+            .await
+        }
+    });
+    let (host, port) = wire.split_once(':').expect("host:port");
+    let dsn = format!(
+        "host={host} port={port} user={} password={} dbname=default sslmode=require",
+        app.app.id, app.token
+    );
+    let in_wire = tokio::task::spawn_blocking(move || {
+        Command::new("psql")
+            .args([
+                &dsn,
+                "-Atc",
+                "/* shardline.shard_key='a' */ SELECT k, pg_sleep(3) FROM t WHERE k = 'a'",
+            ])
+            .output()
+            .expect("run psql")
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let term = Instant::now();
+    router.proc.signal(libc::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Readiness fails first: the listeners are closed while the requests
+    // still run, so the probe (and any new client) is refused.
+    let (_, ready_path, ready_port) = router
+        .probes
+        .iter()
+        .find(|(k, _, _)| *k == "readinessProbe")
+        .expect("readiness probe")
+        .clone();
+    assert_eq!(get(router.addr(&ready_port), &ready_path).await, None);
+    assert!(
+        !in_http.is_finished(),
+        "the HTTP request ended before the check"
+    );
+    assert!(
+        wire_refuses_new_clients(&wire).await,
+        "wire still accepts connections after SIGTERM"
+    );
+
+    let answered = in_http.await.expect("HTTP task");
+    assert_eq!(answered.status, 200, "in-flight HTTP: {}", answered.text);
+    let psql = in_wire.await.expect("psql task");
+    assert!(
+        psql.status.success(),
+        "in-flight wire session: {}{}",
+        String::from_utf8_lossy(&psql.stdout),
+        String::from_utf8_lossy(&psql.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&psql.stdout).trim(), "a|");
+
+    // The kubelet kills after the grace period, counted from the start
+    // of preStop; SIGTERM comes after preStop.
+    let limit = Duration::from_secs(router.grace - router.pre_stop);
+    let status = loop {
+        if let Some(s) = router.proc.0.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            term.elapsed() < limit,
+            "the router did not exit within {limit:?}: {}",
+            router.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!(
+        "router drained and exited {status} in {:?} (grace after preStop: {limit:?})",
+        term.elapsed()
+    );
+    assert!(status.success(), "{}", router.log());
+}
