@@ -38,6 +38,7 @@ use shardline_api::ErrorCode;
 
 use crate::auth::TenantAuth;
 use crate::error::{Reason, RouterError};
+use crate::pg::server::ServerError;
 use crate::pg::{exec, from_pg_error, from_pool_error, PoolError, PooledConn, ResultLimits};
 use crate::pools::{InstanceTarget, Role, ShardTarget};
 use crate::state::{RouterContext, RoutingCell};
@@ -360,14 +361,11 @@ async fn hold(
 pub fn is_connection_failure(e: &PoolError) -> bool {
     match e {
         PoolError::ConnectTimeout(_) | PoolError::Closed => true,
-        PoolError::Connect(source) => match source.as_db_error() {
-            // Refused, reset, closed: no PostgreSQL error at all.
-            None => true,
+        PoolError::Connect(source) => match source {
             // Shutting down, starting up, in recovery; connection errors.
-            Some(db) => {
-                let code = db.code().code();
-                code.starts_with("57P") || code.starts_with("08")
-            }
+            ServerError::Refused(db) => db.code.starts_with("57P") || db.code.starts_with("08"),
+            // Refused, reset, closed: no PostgreSQL error at all.
+            _ => true,
         },
         PoolError::Timeout(_) | PoolError::InvalidDsn(_) | PoolError::BudgetExhausted(_) => false,
     }

@@ -12,10 +12,10 @@
 //! bound is per PostgreSQL server, since each has its own
 //! `max_connections`, so many tenants cannot exhaust it; when it is used
 //! up, an idle connection of another tenant is closed to make room.
-//! A tenant has two pools per instance (tokio-postgres for the HTTP front
-//! end, raw sessions for the wire one); both count against one child
-//! budget of the tenant's pool size under the instance's, so a tenant
-//! using both front ends still holds at most its pool size there.
+//! A tenant has one pool of server sessions per instance, shared by both
+//! front ends (HTTP requests and wire transactions borrow the same
+//! sessions); it counts against a child budget of the tenant's pool size
+//! under the instance's.
 //! Replica connections run every statement read-only
 //! (`default_transaction_read_only`), so nothing sent to a replica can
 //! write even if the replica was promoted meanwhile.
@@ -41,7 +41,7 @@ use shardline_core::fence::claim_key;
 
 use crate::auth::{TenantAuth, TenantStatus};
 use crate::health::HealthView;
-use crate::pg::rawpool::{RawPool, RawPoolConfig};
+use crate::pg::rawpool::RawPool;
 use crate::pg::{ConnBudget, Pool, PoolConfig, PoolError, PoolStats};
 
 /// `schema` as a `search_path` value inside startup options: bare when
@@ -110,8 +110,6 @@ pub struct InstanceTarget {
     /// pools), shared by its two pools; by tenant id.
     tenant_budgets: Mutex<HashMap<String, Arc<ConnBudget>>>,
     pools: RwLock<HashMap<String, TenantPool>>,
-    /// The wire front end's raw session pools, by tenant (same budgets).
-    raw: RwLock<HashMap<String, RawTenantPool>>,
     closed: AtomicBool,
     /// Cancelled when a failover of its shard begins while it is the
     /// primary: statements running on it are cancelled and answered as
@@ -167,11 +165,6 @@ struct TenantPool {
     empty_since: Mutex<Option<Instant>>,
 }
 
-struct RawTenantPool {
-    pool: RawPool,
-    made: Made,
-}
-
 /// Numbers of tenant pools, for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ShardPoolStats {
@@ -225,7 +218,6 @@ impl InstanceTarget {
             budget: ConnBudget::new(settings.shard_max_connections),
             tenant_budgets: Mutex::new(HashMap::new()),
             pools: RwLock::new(HashMap::new()),
-            raw: RwLock::new(HashMap::new()),
             closed: AtomicBool::new(false),
             fenced: tokio_util::sync::CancellationToken::new(),
         })
@@ -276,8 +268,8 @@ impl InstanceTarget {
         &self.budget
     }
 
-    /// `tenant`'s budget here for pools of `size`, shared by its
-    /// tokio-postgres and raw pools; a new one when the size changed (the
+    /// `tenant`'s budget here for a pool of `size`; a new one when the
+    /// size changed (the
     /// pools of the old size are being replaced too, and their lent
     /// connections still count against the instance's budget).
     pub fn tenant_budget(&self, tenant: &str, size: usize) -> Arc<ConnBudget> {
@@ -365,61 +357,10 @@ impl InstanceTarget {
         pg
     }
 
-    /// `tenant`'s pool of raw sessions on this instance (the wire front
-    /// end's), made on first use; replaced when its password or size
-    /// changed, like [`pool_for`](Self::pool_for)'s.
+    /// `tenant`'s sessions on this instance as the wire front end
+    /// borrows them: the same pool as [`pool_for`](Self::pool_for)'s.
     pub fn raw_pool_for(&self, tenant: &TenantAuth) -> RawPool {
-        let size = self.settings.pool_size(tenant);
-        let fits = |e: &RawTenantPool| e.made.fits(tenant, size);
-        if let Some(e) = self.raw_read().get(&tenant.id) {
-            if fits(e) {
-                return e.pool.clone();
-            }
-        }
-        let mut pools = self.raw_write();
-        if let Some(e) = pools.get(&tenant.id) {
-            if fits(e) {
-                return e.pool.clone();
-            }
-        }
-        let base = &self.settings.base;
-        let cfg = RawPoolConfig {
-            max_size: size,
-            acquire_timeout: base.acquire_timeout,
-            connect_timeout: base.connect_timeout,
-            idle_timeout: base.idle_timeout,
-        };
-        let mut pg = self.tenant_login(tenant);
-        if let Some(t) = base.statement_timeout {
-            // As the tokio-postgres pools set it (see `Pool::from_config`).
-            let options = format!(
-                "{} -c statement_timeout={}",
-                pg.get_options().unwrap_or_default(),
-                t.as_millis().max(1)
-            );
-            pg.options(options.trim_start());
-        }
-        let pool = RawPool::new(pg, cfg, self.tenant_budget(&tenant.id, size));
-        if self.is_closed() {
-            pool.close();
-            return pool;
-        }
-        let entry = RawTenantPool {
-            pool: pool.clone(),
-            made: Made::of(tenant, size),
-        };
-        if let Some(old) = pools.insert(tenant.id.clone(), entry) {
-            old.pool.close();
-        }
-        pool
-    }
-
-    fn raw_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, RawTenantPool>> {
-        self.raw.read().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn raw_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, RawTenantPool>> {
-        self.raw.write().unwrap_or_else(PoisonError::into_inner)
+        self.pool_for(tenant).raw().clone()
     }
 
     /// Closes the pools of tenants that left the catalog, are being
@@ -434,13 +375,6 @@ impl InstanceTarget {
             keep
         });
         drop(pools);
-        self.raw_write().retain(|id, e| {
-            let keep = e.made.stays(id, tenants, &self.settings);
-            if !keep {
-                e.pool.close();
-            }
-            keep
-        });
         self.tenant_budgets().retain(|id, b| {
             tenants.get(id).is_some_and(|t| {
                 t.status == TenantStatus::Active && self.settings.pool_size(t) == b.max()
@@ -456,9 +390,6 @@ impl InstanceTarget {
             let s = p.stats();
             s.size == 0 && s.in_use == 0 && s.waiting == 0
         };
-        for e in self.raw_read().values() {
-            e.pool.reap_idle(now);
-        }
         let mut doomed = Vec::new();
         for (id, e) in self.read().iter() {
             e.pool.reap_idle();
@@ -501,9 +432,6 @@ impl InstanceTarget {
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         for e in self.write().drain() {
-            e.1.pool.close();
-        }
-        for e in self.raw_write().drain() {
             e.1.pool.close();
         }
     }

@@ -485,6 +485,29 @@ async fn broken_connections_are_replaced() -> anyhow::Result<()> {
     );
     drop(conn);
 
+    // Killed while idle, with no health check due: the pool sees the
+    // closed socket without a round trip and opens another.
+    let pool = Pool::new(&dsn(&pg), PoolConfig::default())?;
+    let mut conn = pool.get().await?;
+    let pid = execute(&mut conn, "SELECT pg_backend_pid()", &[])
+        .await?
+        .rows[0][0]
+        .as_i64()
+        .unwrap();
+    drop(conn);
+    let killed: bool = admin
+        .query_one("SELECT pg_terminate_backend($1, 10000)", &[&(pid as i32)])
+        .await?
+        .get(0);
+    assert!(killed);
+    // The backend is gone; its socket's end reaches the router's
+    // reactor within moments.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut conn = pool.get().await?;
+    let r = execute(&mut conn, "SELECT pg_backend_pid()", &[]).await?;
+    assert_ne!(r.rows[0][0].as_i64(), Some(pid));
+    drop(conn);
+
     // Killed while idle: the health check on get replaces it.
     let pool = pool_with_check(&pg);
     let mut conn = pool.get().await?;

@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 use shardline_api::ErrorCode;
 use shardline_core::catalog::{App, Limits, Tenant};
 use shardline_core::Catalog;
-use shardline_router::pg::{from_pool_error, PoolError};
+use shardline_router::pg::exec::execute;
+use shardline_router::pg::{from_pool_error, PoolError, PooledConn};
 use shardline_router::state::{RouterContext, Routing, RoutingCell};
 use shardline_router::RouterConfig;
 use shardline_testkit::PgCluster;
@@ -35,6 +36,15 @@ async fn scalar(conn: &tokio_postgres::Client, sql: &str) -> anyhow::Result<Stri
     Ok(conn.query_one(sql, &[]).await?.get(0))
 }
 
+/// The one text value `sql` returns, run on a pooled session.
+async fn pooled(conn: &mut PooledConn, sql: &str) -> anyhow::Result<String> {
+    let result = execute(conn, sql, &[]).await?;
+    match &result.rows[..] {
+        [row] => Ok(row[0].as_str().unwrap_or_default().to_string()),
+        rows => anyhow::bail!("{} rows", rows.len()),
+    }
+}
+
 #[tokio::test]
 async fn tenant_pools_log_in_as_the_tenant_role() -> anyhow::Result<()> {
     let pg = PgCluster::start().await?;
@@ -50,11 +60,14 @@ async fn tenant_pools_log_in_as_the_tenant_role() -> anyhow::Result<()> {
 
     // The role, database and schema are the record's `pg_name`.
     let (acme_pg, beta_pg) = (pg_name("acme"), pg_name("beta"));
-    let acme = s1.primary.pool_for(&routing.tenants["acme"]).get().await?;
-    assert_eq!(scalar(&acme, "SELECT current_user::text").await?, acme_pg);
-    assert_eq!(scalar(&acme, "SHOW search_path").await?, acme_pg);
+    let mut acme = s1.primary.pool_for(&routing.tenants["acme"]).get().await?;
     assert_eq!(
-        scalar(&acme, "SELECT current_database()::text").await?,
+        pooled(&mut acme, "SELECT current_user::text").await?,
+        acme_pg
+    );
+    assert_eq!(pooled(&mut acme, "SHOW search_path").await?, acme_pg);
+    assert_eq!(
+        pooled(&mut acme, "SELECT current_database()::text").await?,
         acme_pg
     );
     acme.batch_execute("CREATE TABLE items (id int)").await?;
@@ -67,18 +80,25 @@ async fn tenant_pools_log_in_as_the_tenant_role() -> anyhow::Result<()> {
     .await?;
     assert_eq!(placed, format!("{acme_pg}.items"));
 
-    let beta = s1.primary.pool_for(&routing.tenants["beta"]).get().await?;
-    assert_eq!(scalar(&beta, "SELECT current_user::text").await?, beta_pg);
+    let mut beta = s1.primary.pool_for(&routing.tenants["beta"]).get().await?;
+    assert_eq!(
+        pooled(&mut beta, "SELECT current_user::text").await?,
+        beta_pg
+    );
     // beta is in its own database: acme's table is not even there, and
     // beta may not connect to acme's database.
     let err = beta
         .batch_execute(&format!("SELECT * FROM {acme_pg}.items"))
         .await
         .unwrap_err();
-    assert_eq!(err.code().map(|c| c.code()), Some("42P01"), "{err}");
     assert_eq!(
-        scalar(
-            &beta,
+        err.as_db_error().map(|db| db.code.as_str()),
+        Some("42P01"),
+        "{err}"
+    );
+    assert_eq!(
+        pooled(
+            &mut beta,
             &format!("SELECT has_database_privilege('{acme_pg}', 'CONNECT')::text")
         )
         .await?,
@@ -125,9 +145,9 @@ async fn shard_budget_is_shared_and_evicts_idle_connections() -> anyhow::Result<
     assert_eq!((acme.stats().idle, s1.primary.budget().open()), (2, 2));
 
     // beta's first connection closes one of acme's idle ones.
-    let c = beta.get().await?;
+    let mut c = beta.get().await?;
     assert_eq!(
-        scalar(&c, "SELECT current_user::text").await?,
+        pooled(&mut c, "SELECT current_user::text").await?,
         pg_name("beta")
     );
     assert_eq!((acme.stats().size, beta.stats().size), (1, 1));
@@ -149,8 +169,8 @@ async fn shard_budget_is_shared_and_evicts_idle_connections() -> anyhow::Result<
     let waiter = {
         let beta = beta.clone();
         tokio::spawn(async move {
-            let conn = beta.get().await?;
-            scalar(&conn, "SELECT current_user::text").await
+            let mut conn = beta.get().await?;
+            pooled(&mut conn, "SELECT current_user::text").await
         })
     };
     // Wait (bounded) until it holds beta's second slot, i.e. it waits
@@ -182,11 +202,12 @@ async fn shard_budget_is_shared_and_evicts_idle_connections() -> anyhow::Result<
     Ok(())
 }
 
-/// A tenant's pool size bounds its connections on an instance across
-/// both front ends' pools: a hog holding its size through HTTP gets no
-/// wire session, while another tenant still does.
+/// Both front ends borrow one pool of sessions per tenant and instance:
+/// a session the HTTP front end returns is the next one the wire front
+/// end gets, and a hog holding its pool size through HTTP gets no wire
+/// session, while another tenant still does.
 #[tokio::test]
-async fn pool_size_bounds_both_front_ends_together() -> anyhow::Result<()> {
+async fn both_front_ends_share_one_pool() -> anyhow::Result<()> {
     let pg = PgCluster::start().await?;
     provision(&pg, &[("acme", "pw-a"), ("beta", "pw-b")]).await?;
     let mut cfg = config();
@@ -202,38 +223,36 @@ async fn pool_size_bounds_both_front_ends_together() -> anyhow::Result<()> {
     let s1 = Arc::clone(&routing.shards["s1"]);
     let (acme, beta) = (&routing.tenants["acme"], &routing.tenants["beta"]);
 
-    // acme holds its two connections through the HTTP pool.
+    // acme holds its two sessions through the HTTP front end.
     let http = s1.primary.pool_for(acme);
-    let (a1, a2) = (http.get().await?, http.get().await?);
+    let (mut a1, a2) = (http.get().await?, http.get().await?);
     assert_eq!(
-        scalar(&a1, "SELECT current_user::text").await?,
+        pooled(&mut a1, "SELECT current_user::text").await?,
         pg_name("acme")
     );
-    // Its raw pool has a free slot of its own, but the tenant has none:
-    // it waits for the acquire timeout and is refused, with the
-    // instance's budget far from used up.
+    let a1_pid = pooled(&mut a1, "SELECT pg_backend_pid()::text").await?;
+    // The wire front end's view of the pool has no free session: it
+    // waits for the acquire timeout and is refused, with the instance's
+    // budget far from used up.
     let raw = s1.primary.raw_pool_for(acme);
     let err = raw.get().await.expect_err("a third session of acme");
-    assert!(
-        matches!(
-            err,
-            shardline_router::pg::rawpool::RawPoolError::BudgetExhausted(_)
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, PoolError::Timeout(_)), "{err:?}");
     assert_eq!(s1.primary.budget().open(), 2);
 
-    // beta still gets a raw session and an HTTP connection.
+    // beta still gets a wire session and an HTTP one.
     let b_raw = s1.primary.raw_pool_for(beta).get().await?;
     let b_http = s1.primary.pool_for(beta).get().await?;
     assert_eq!(s1.primary.budget().open(), 4);
 
-    // An idle HTTP connection of acme makes room for its raw session.
+    // The session HTTP gives back is the one the wire gets: no new
+    // session is opened.
     drop(a2);
+    drop(a1);
     let a_raw = raw.get().await?;
-    assert_eq!(http.stats().size, 1);
+    assert_eq!(a_raw.conn.cancel.pid.to_string(), a1_pid);
+    assert_eq!(http.stats().size, 2);
     assert_eq!(s1.primary.tenant_budget(&acme.id, 2).open(), 2);
-    drop((a1, a_raw, b_raw, b_http));
+    drop((a_raw, b_raw, b_http));
     Ok(())
 }
 
@@ -271,9 +290,9 @@ async fn pool_is_replaced_when_the_password_changes() -> anyhow::Result<()> {
     let mut cat = catalog(&pg.dsn(), vec![tenant("acme", "first")], vec![]);
     let r1 = Routing::build(&cat, &Routing::default(), &ctx);
     let old = r1.shards["s1"].primary.pool_for(&r1.tenants["acme"]);
-    let held = old.get().await?;
+    let mut held = old.get().await?;
     assert_eq!(
-        scalar(&held, "SELECT current_user::text").await?,
+        pooled(&mut held, "SELECT current_user::text").await?,
         pg_name("acme")
     );
 
@@ -287,14 +306,14 @@ async fn pool_is_replaced_when_the_password_changes() -> anyhow::Result<()> {
     assert!(old.is_closed());
     let new = r2.shards["s1"].primary.pool_for(&r2.tenants["acme"]);
     assert!(!new.ptr_eq(&old));
-    let conn = new.get().await?;
+    let mut conn = new.get().await?;
     assert_eq!(
-        scalar(&conn, "SELECT current_user::text").await?,
+        pooled(&mut conn, "SELECT current_user::text").await?,
         pg_name("acme")
     );
     // The connection in use when the pool closed finishes its work, then
     // is closed rather than returned.
-    assert_eq!(scalar(&held, "SELECT 'still'::text").await?, "still");
+    assert_eq!(pooled(&mut held, "SELECT 'still'::text").await?, "still");
     drop(held);
     assert_eq!(old.stats().size, 0);
     Ok(())

@@ -8,11 +8,11 @@
 //! no pool has an idle connection, it waits (bounded by the caller's
 //! deadline) for one to be returned or closed.
 //!
-//! A budget may have a parent: a tenant's budget on an instance, shared
-//! by its tokio-postgres pool and its raw session pool, under the
-//! instance's budget. A permit of a child holds one of the parent too,
-//! so a tenant's pool size bounds its connections across both kinds of
-//! pool, and the instance's bound still holds across tenants.
+//! A budget may have a parent: a tenant's budget on an instance, under
+//! the instance's budget. A permit of a child holds one of the parent
+//! too, so a tenant's pool size bounds its connections there (its pool
+//! and, while a pool of a changed size replaces it, the old one's lent
+//! sessions), and the instance's bound still holds across tenants.
 
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};

@@ -42,9 +42,10 @@
 //! - everything else → the statement's, `statement_failed` (400).
 
 use shardline_core::catalog::MOVED_SQLSTATE;
-use tokio_postgres::error::{DbError, ErrorPosition, Severity, SqlState};
 
-use super::pool::PoolError;
+use super::pool::SessionError;
+use super::rawpool::PoolError;
+use super::server::{DbFields, ServerError};
 use crate::error::{PgError, Reason, RouterError, StatementClass};
 
 /// What a SQLSTATE says (see the module docs).
@@ -94,55 +95,45 @@ pub fn classify(pg: PgError) -> Reason {
 }
 
 /// An error PostgreSQL sent, passed through with its own fields.
-pub fn from_db_error(db: &DbError) -> RouterError {
-    let multiple_commands = *db.code() == SqlState::SYNTAX_ERROR
+pub fn from_db_error(db: &DbFields) -> RouterError {
+    let multiple_commands = db.code == "42601"
         && db
-            .message()
+            .message
             .contains("cannot insert multiple commands into a prepared statement");
     let hint = if multiple_commands {
         Some("send one statement per request, or several in /v1/transaction".into())
     } else {
-        db.hint().map(str::to_string)
+        db.hint.clone()
     };
     let pg = PgError {
-        sqlstate: db.code().code().to_string(),
-        message: db.message().to_string(),
-        detail: db.detail().map(str::to_string),
+        sqlstate: db.code.clone(),
+        message: db.message.clone(),
+        detail: db.detail.clone(),
         hint,
-        // An internal position points into a query PostgreSQL generated,
-        // not into the client's text.
-        position: match db.position() {
-            Some(ErrorPosition::Original(p)) => Some(*p),
-            Some(ErrorPosition::Internal { .. }) | None => None,
-        },
+        // Only a position in the client's text is kept (an internal
+        // query's is another field).
+        position: db.position,
     };
     classify(pg).into()
 }
 
-/// The router's error for a driver error on a statement.
+/// The router's error for a session error on a statement.
 ///
 /// Errors without a PostgreSQL error body are connection failures (the
 /// connection closed, an I/O error, a protocol desync): the shard is
 /// unavailable and the connection must not be reused.
-pub fn from_pg_error(e: &tokio_postgres::Error) -> RouterError {
+pub fn from_pg_error(e: &SessionError) -> RouterError {
     match e.as_db_error() {
         Some(db) => from_db_error(db),
         None => Reason::ConnectionLost.into(),
     }
 }
 
-/// Whether a driver error leaves the connection unusable.
-pub fn breaks_connection(e: &tokio_postgres::Error) -> bool {
+/// Whether a session error leaves the connection unusable.
+pub fn breaks_connection(e: &SessionError) -> bool {
     match e.as_db_error() {
         // FATAL errors end the session.
-        Some(db) => {
-            // The parsed severity is the untranslated one (PostgreSQL 9.6+).
-            let fatal = match db.parsed_severity() {
-                Some(sev) => matches!(sev, Severity::Fatal | Severity::Panic),
-                None => matches!(db.severity(), "FATAL" | "PANIC"),
-            };
-            fatal || db.code().code().starts_with("08")
-        }
+        Some(db) => db.is_fatal() || db.code.starts_with("08"),
         None => true,
     }
 }
@@ -160,11 +151,11 @@ pub fn from_pool_error(e: &PoolError) -> RouterError {
     .into()
 }
 
-fn from_connect_error(e: &tokio_postgres::Error) -> Reason {
-    let Some(db) = e.as_db_error() else {
+fn from_connect_error(e: &ServerError) -> Reason {
+    let ServerError::Refused(db) = e else {
         return Reason::CannotConnect { sqlstate: None };
     };
-    let code = db.code().code();
+    let code = db.code.as_str();
     match code.get(..2) {
         // Authentication or authorisation (28), missing database (3D) or
         // role settings: our configuration is wrong, not the client's

@@ -26,14 +26,16 @@
 //! entry is dropped and the statement, which did not run, is retried
 //! once.
 
-use futures_util::StreamExt as _;
+use bytes::BytesMut;
+use postgres_protocol::message::frontend;
 use serde_json::Value;
 use shardline_api::router::{Column, StatementResult};
-use tokio_postgres::Statement;
 
 use super::error::{breaks_connection, from_pg_error};
-use super::pool::PooledConn;
-use super::values::{self, RawValue};
+use super::pool::{data_row, tag_rows, PooledConn, SessionError};
+use super::server::send_cancel;
+use super::statements::Described;
+use super::values;
 use crate::error::{Reason, Refusal, RouterError};
 
 /// Bounds on the result of one statement held in memory.
@@ -119,8 +121,18 @@ pub async fn transaction_with(
     if statements.is_empty() {
         return Ok(Vec::new());
     }
+    let reset = reset && conn.resets_sessions();
     conn.set_busy(true);
-    if let Err(e) = conn.client().batch_execute("BEGIN").await {
+    // Prepared before `BEGIN`: nothing can be prepared in a transaction
+    // a statement failed.
+    if reset {
+        if let Err(e) = conn.prepare_reset().await {
+            let api = fail(conn, "", &e);
+            conn.set_busy(false);
+            return Err(at(0, api));
+        }
+    }
+    if let Err(e) = conn.batch_execute("BEGIN").await {
         let api = fail(conn, "", &e);
         // Whether BEGIN took effect is unknown: never reuse the connection.
         conn.discard();
@@ -149,37 +161,30 @@ pub async fn transaction_with(
 }
 
 /// Sends `COMMIT` or `ROLLBACK`, with `reset` the session reset right
-/// behind it (one round trip).
+/// behind it (one round trip; [`PooledConn::prepare_reset`] first).
 async fn end_transaction(
     conn: &mut PooledConn,
     end: &str,
     reset: bool,
-) -> Result<(), tokio_postgres::Error> {
-    if !(reset && conn.resets_sessions()) {
-        return conn.client().batch_execute(end).await;
+) -> Result<(), SessionError> {
+    let mut out = BytesMut::new();
+    frontend::query(end, &mut out).expect("a constant without NUL");
+    if reset {
+        conn.put_reset(&mut out);
     }
-    if let Err(e) = conn.prepare_reset().await {
-        // Inside a failed transaction nothing can be prepared: end it,
-        // then reset on the next round trip.
-        let ended = conn.client().batch_execute(end).await;
-        if ended.is_ok() {
-            conn.reset().await;
-        } else {
-            tracing::debug!(error = %e, "cannot prepare the session reset");
-            conn.discard();
-        }
-        return ended;
+    conn.send(&out).await?;
+    let ended = conn.read_to_ready().await;
+    if reset && !conn.is_lost() {
+        let outcome = conn.read_reset().await;
+        conn.reset_done(outcome);
     }
-    let (ended, outcome) =
-        futures_util::future::join(conn.client().batch_execute(end), conn.reset_future()).await;
-    conn.reset_done(outcome);
     ended
 }
 
 /// Rolls back after a failed statement; a connection that cannot roll
 /// back is discarded.
 async fn rollback(conn: &mut PooledConn, reset: bool) {
-    if conn.is_broken() {
+    if conn.is_lost() {
         conn.discard();
     } else if let Err(e) = end_transaction(conn, "ROLLBACK", reset).await {
         tracing::debug!(error = %e, "rollback failed; discarding the connection");
@@ -188,9 +193,9 @@ async fn rollback(conn: &mut PooledConn, reset: bool) {
     conn.set_busy(false);
 }
 
-/// Maps a driver error, dropping a connection it broke and a cached
+/// Maps a session error, dropping a connection it broke and a cached
 /// statement it showed stale.
-fn fail(conn: &mut PooledConn, sql: &str, e: &tokio_postgres::Error) -> RouterError {
+fn fail(conn: &mut PooledConn, sql: &str, e: &SessionError) -> RouterError {
     if breaks_connection(e) {
         conn.discard();
     }
@@ -203,30 +208,30 @@ fn fail(conn: &mut PooledConn, sql: &str, e: &tokio_postgres::Error) -> RouterEr
 
 /// The result columns, refusing types that cannot be returned before the
 /// statement runs.
-fn result_columns(stmt: &Statement) -> Result<Vec<Column>, RouterError> {
-    stmt.columns()
+fn result_columns(stmt: &Described) -> Result<Vec<Column>, RouterError> {
+    stmt.columns
         .iter()
         .enumerate()
-        .map(|(i, c)| {
-            if values::shape_of(c.type_()).is_none() {
+        .map(|(i, (name, ty))| {
+            if values::shape_of(ty).is_none() {
                 return Err(Reason::UnreturnableColumn {
                     column: i + 1,
-                    name: c.name().to_string(),
-                    type_name: values::type_display(c.type_()),
+                    name: name.clone(),
+                    type_name: values::type_display(ty),
                 }
                 .into());
             }
             Ok(Column {
-                name: c.name().to_string(),
-                type_name: values::type_display(c.type_()),
+                name: name.clone(),
+                type_name: values::type_display(ty),
             })
         })
         .collect()
 }
 
 /// Runs one statement; with `reset`, the session reset (see
-/// [`PooledConn::reset_future`]) is sent right behind it, in the same
-/// round trip.
+/// [`PooledConn::put_reset`]) is sent right behind it, in the same
+/// write.
 async fn run(
     conn: &mut PooledConn,
     sql: &str,
@@ -240,105 +245,166 @@ async fn run(
         Ok(s) => s,
         Err(e) => return Err(fail(conn, sql, &e)),
     };
-    let encoded = values::encode_params(stmt.params(), params)?;
+    let encoded = values::encode_params(&stmt.params, params)?;
     let columns = result_columns(&stmt)?;
-    if reset && conn.resets_sessions() {
+    let reset = reset && conn.resets_sessions();
+    if reset {
         if let Err(e) = conn.prepare_reset().await {
             return Err(fail(conn, "", &e));
         }
     }
     let read = crate::classify::is_read(sql);
-    let rows = collect(conn.client(), &stmt, &encoded, columns, limits, read);
-    let (result, reset_outcome) = if reset && conn.resets_sessions() {
-        // `join` polls `rows` first, so the statement goes out before
-        // the reset; both in one write.
-        let (a, b) = futures_util::future::join(rows, conn.reset_future()).await;
-        (a, Some(b))
-    } else {
-        (rows.await, None)
-    };
-    if let Some(outcome) = reset_outcome {
+    let mut out = BytesMut::new();
+    conn.put_closes(&mut out);
+    put_execute(&mut out, &stmt.name, &encoded);
+    if reset {
+        conn.put_reset(&mut out);
+    }
+    if let Err(e) = conn.send(&out).await {
+        return Err(fail(conn, sql, &e));
+    }
+    let result = collect(conn, &stmt, columns, limits, read).await;
+    if reset && !conn.is_lost() {
+        let outcome = conn.read_reset().await;
         conn.reset_done(outcome);
     }
     result.map_err(|e| match e {
         RunError::Pg(e) => fail(conn, sql, &e),
-        RunError::TooLarge(e) => {
-            // A read `collect` cancelled: the connection is not reused. A
-            // write runs to its end (its rows are read and dropped before
-            // the connection serves anyone else), so that what it wrote
-            // is committed, as answered.
-            if read {
-                conn.discard();
-            }
-            e
-        }
-        RunError::Api(e) => e,
+        RunError::TooLarge(e) | RunError::Api(e) => e,
     })
+}
+
+/// Appends `Bind` (binary parameters and results), `Execute` and `Sync`
+/// of the prepared statement `name`.
+fn put_execute(out: &mut BytesMut, name: &str, encoded: &[values::EncodedParam]) {
+    frontend::bind(
+        "",
+        name,
+        [1i16],
+        encoded.iter(),
+        |p, buf| match &p.0 {
+            Some(bytes) => {
+                buf.extend_from_slice(bytes);
+                Ok(postgres_protocol::IsNull::No)
+            }
+            None => Ok(postgres_protocol::IsNull::Yes),
+        },
+        [1i16],
+        out,
+    )
+    .map_err(|_| ())
+    .expect("encoded parameters always bind");
+    frontend::execute("", 0, out).expect("the unnamed portal");
+    frontend::sync(out);
 }
 
 /// Why [`collect`] failed.
 enum RunError {
-    Pg(tokio_postgres::Error),
+    Pg(SessionError),
     /// The result outgrew the limits while the statement ran.
     TooLarge(RouterError),
     Api(RouterError),
 }
 
-/// Executes a prepared statement and reads its rows within `limits`. A
-/// `read` whose result outgrows them is cancelled at once: it would go
-/// on sending rows no one reads (forever, for a recursive query without
-/// end), and anything sent behind it on the connection would wait.
+/// The longest a cancelled statement's remaining answer is read for;
+/// past it the session is lost (and closed).
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads a statement's answer, its rows within `limits`, to its
+/// `ReadyForQuery`. A `read` whose result outgrows them is cancelled at
+/// once and the session discarded: it would go on sending rows no one
+/// reads (forever, for a recursive query without end). A write runs to
+/// its end (its rows are read and dropped before the session serves
+/// anyone else), so that what it wrote is committed, as answered.
 async fn collect(
-    client: &tokio_postgres::Client,
-    stmt: &Statement,
-    encoded: &[values::EncodedParam],
+    conn: &mut PooledConn,
+    stmt: &Described,
     columns: Vec<Column>,
     limits: &ResultLimits,
     read: bool,
 ) -> Result<StatementResult, RunError> {
-    let stream = client
-        .query_raw(stmt, encoded.iter())
-        .await
-        .map_err(RunError::Pg)?;
-    let mut stream = std::pin::pin!(stream);
     let mut rows = Vec::new();
     let mut bytes = 0usize;
-    while let Some(row) = stream.next().await {
-        let row = row.map_err(RunError::Pg)?;
-        bytes = bytes.saturating_add(row.raw_size_bytes() + 32 * columns.len());
-        if rows.len() >= limits.max_rows || bytes > limits.max_bytes {
-            let e = Reason::ResultTooLarge {
-                max_rows: limits.max_rows,
-                max_bytes: limits.max_bytes,
-                cancelled: read,
-            };
-            if read {
-                let token = client.cancel_token();
-                tokio::spawn(async move {
-                    let _ = token.cancel_query(tokio_postgres::NoTls).await;
-                });
+    let mut affected = None;
+    let mut failed: Option<RunError> = None;
+    let mut drain_until = None;
+    loop {
+        let f = match drain_until {
+            None => conn.read().await.map_err(RunError::Pg)?,
+            Some(deadline) => match tokio::time::timeout_at(deadline, conn.read()).await {
+                Ok(f) => f.map_err(RunError::Pg)?,
+                Err(_) => {
+                    conn.set_lost();
+                    break;
+                }
+            },
+        };
+        match f.tag {
+            b'D' if failed.is_none() => {
+                bytes = bytes.saturating_add(f.body.len() + 32 * columns.len());
+                if rows.len() >= limits.max_rows || bytes > limits.max_bytes {
+                    let e = Reason::ResultTooLarge {
+                        max_rows: limits.max_rows,
+                        max_bytes: limits.max_bytes,
+                        cancelled: read,
+                    };
+                    if read {
+                        // Stopped now; the rest of its answer is read
+                        // and dropped (bounded, see `DRAIN`), and the
+                        // session, which a late cancel could still hit,
+                        // is not reused.
+                        let key = conn.cancel_key();
+                        tokio::spawn(async move {
+                            let _ = send_cancel(&key).await;
+                        });
+                        conn.discard();
+                        drain_until = Some(tokio::time::Instant::now() + DRAIN);
+                    }
+                    rows.clear();
+                    failed = Some(RunError::TooLarge(e.into()));
+                    continue;
+                }
+                match decode_row(stmt, &f.body) {
+                    Ok(row) => rows.push(row),
+                    Err(e) => failed = Some(RunError::Api(e)),
+                }
             }
-            return Err(RunError::TooLarge(e.into()));
+            b'C' => affected = Some(tag_rows(&f.body)),
+            b'E' => {
+                let e = conn.db_error(&f.body);
+                // PostgreSQL's error outranks ours (the statement
+                // failed), except the one our cancel caused.
+                if drain_until.is_none() && !matches!(failed, Some(RunError::Pg(_))) {
+                    failed = Some(RunError::Pg(e));
+                }
+            }
+            b'Z' => break,
+            _ => {}
         }
-        let mut out = Vec::with_capacity(columns.len());
-        for (i, col) in stmt.columns().iter().enumerate() {
-            let raw = row
-                .try_get::<_, Option<RawValue<'_>>>(i)
-                .map_err(|_| RunError::Api(decode_error(i)))?;
-            let value = values::decode_column(col.type_(), raw.map(|r| r.0)).map_err(|why| {
-                tracing::error!(column = i + 1, type_name = col.type_().name(), %why, "cannot decode a column");
-                RunError::Api(decode_error(i))
-            })?;
-            out.push(value);
-        }
-        rows.push(out);
     }
-    let rows_affected = stream.rows_affected().unwrap_or(rows.len() as u64);
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let rows_affected = affected.unwrap_or(rows.len() as u64);
     Ok(StatementResult {
         columns,
         rows,
         rows_affected,
     })
+}
+
+/// One `DataRow` as JSON values.
+fn decode_row(stmt: &Described, body: &[u8]) -> Result<Vec<Value>, RouterError> {
+    let raw = data_row(body).map_err(|_| decode_error(0))?;
+    let mut out = Vec::with_capacity(stmt.columns.len());
+    for (i, (_, ty)) in stmt.columns.iter().enumerate() {
+        let value = values::decode_column(ty, raw.get(i).copied().flatten()).map_err(|why| {
+            tracing::error!(column = i + 1, type_name = ty.name(), %why, "cannot decode a column");
+            decode_error(i)
+        })?;
+        out.push(value);
+    }
+    Ok(out)
 }
 
 /// A value that cannot be returned as JSON — a json number beyond a

@@ -1,39 +1,40 @@
-//! A bounded pool of connections to one PostgreSQL instance.
+//! The HTTP front end's face of a tenant's pool of server sessions
+//! ([`RawPool`], shared with the wire front end): a session lent for one
+//! request, with its prepared statements (by SQL text, see
+//! [`super::statements`]), the routing version it states, and the reset
+//! that brings it back to a known state.
 //!
-//! A semaphore bounds the connections handed out; idle connections are
-//! reused last-in first-out (the warm ones stay warm, the cold ones age
-//! out), connections are opened lazily up to `max_size`, and a caller
-//! waits at most `acquire_timeout` for one. Each connection keeps its own
-//! LRU cache of prepared statements, since PostgreSQL prepares per
-//! session.
+//! The request's task owns the session's socket for the request and
+//! reads the answers itself: no connection task, no channel, no
+//! cross-task wake-up per statement; a statement, its `Sync` and the
+//! session reset go out in one write.
 //!
-//! A connection is returned to the pool when its [`PooledConn`] drops,
-//! unless it closed, was [discarded](PooledConn::discard), or was
+//! A session is returned to the pool when its [`PooledConn`] drops,
+//! unless it broke, was [discarded](PooledConn::discard), or was
 //! [busy](PooledConn::set_busy) — dropped in the middle of a statement or
-//! transaction (the caller's future was cancelled). A busy connection may
+//! transaction (the caller's future was cancelled). A busy session may
 //! still be running the statement or hold an open transaction: it is
 //! closed, and a cancel request is sent so PostgreSQL stops the statement
 //! now rather than when it notices the closed socket.
-//!
-//! Several pools to one server may share a [`ConnBudget`]: every
-//! connection then also holds one of the budget's permits for its life,
-//! and a pool that finds the budget used up closes another pool's idle
-//! connection to make room (see [`super::budget`]). A tenant's budget on
-//! an instance is a child of the instance's, shared with its raw session
-//! pool, so its pool size bounds both pools together.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
+use bytes::BytesMut;
+use postgres_protocol::message::frontend;
 use shardline_core::catalog::FENCE_VERSION_SQL;
 use shardline_core::fence::{claim, CLAIM_SETTING};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::types::{Kind, Type};
 
-use super::budget::{pool_addr, BudgetPermit, ConnBudget, IdleSource};
+use super::budget::ConnBudget;
+use super::frame::{Fields, Frame};
+use super::rawpool::{PoolError, PoolStats, RawConn, RawPool, RawPoolConfig};
+use super::server::{send_cancel, CancelKey, DbFields, ServerConn, ServerError};
+use super::statements::Described;
 
 /// Pool settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,9 +97,8 @@ impl Default for PoolConfig {
 /// ROLE`), no `LISTEN`, no temporary table or function, no sequence
 /// values. [`SESSION_RESET_CHECK`] follows it.
 ///
-/// Not `DISCARD ALL`, which would also deallocate the router's cached
-/// statements and the driver's own (tokio-postgres keeps the statements
-/// it looks types up with, and cannot be told they are gone).
+/// Not `DISCARD ALL`, which would also deallocate the statements both
+/// front ends keep prepared on the session.
 pub const SESSION_RESET: &str =
     "CLOSE ALL; RESET ALL; RESET ROLE; UNLISTEN *; DISCARD TEMP; DISCARD SEQUENCES";
 
@@ -118,129 +118,54 @@ fn set_claim_sql(value: &str) -> String {
     format!("SET {CLAIM_SETTING} = '{value}'")
 }
 
-/// Why no connection could be had.
+/// The reset check's name on every session that prepared it.
+const RESET_CHECK_NAME: &str = "shardline_reset_check";
+
+/// What a type's OID names, read from the tenant database's catalog for
+/// types PostgreSQL does not build in (enums, domains, their arrays).
+const TYPE_SQL: &str = "SELECT t.typname::text, t.typtype::text, t.typbasetype::int8, \
+     t.typelem::int8, n.nspname::text FROM pg_catalog.pg_type t \
+     JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace WHERE t.oid = $1::oid";
+
+/// Most catalog types kept per pool.
+const MAX_TYPES: usize = 4096;
+
+/// Why something sent on a session failed.
 #[derive(Debug, thiserror::Error)]
-pub enum PoolError {
-    /// Every connection stayed busy for the whole acquire timeout.
-    #[error("no connection became free within {0:?}")]
-    Timeout(Duration),
-    /// The pool was closed.
-    #[error("the pool is closed")]
-    Closed,
-    /// Opening a connection took longer than the connect timeout.
-    #[error("connecting took longer than {0:?}")]
-    ConnectTimeout(Duration),
-    /// Opening a connection failed (refused, authentication, ...).
-    #[error("connect to PostgreSQL")]
-    Connect(#[source] tokio_postgres::Error),
-    /// The DSN does not parse. The text says what is wrong, never the DSN.
-    #[error("invalid DSN: {0}")]
-    InvalidDsn(String),
-    /// The connection budget shared with the other pools to the same
-    /// server stayed used up (and no idle connection could be closed)
-    /// for the whole acquire timeout.
-    #[error("the server's connection budget stayed used up for {0:?}")]
-    BudgetExhausted(Duration),
+pub enum SessionError {
+    /// PostgreSQL's error for what was sent; the session goes on unless
+    /// the error was FATAL.
+    #[error("{}", .0.message)]
+    Db(Box<DbFields>),
+    /// The session broke: I/O, closed by the server, a message out of
+    /// place. It is not reused.
+    #[error(transparent)]
+    Lost(#[from] ServerError),
 }
 
-/// A snapshot of the pool for metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct PoolStats {
-    /// Connections open (idle and in use).
-    pub size: usize,
-    /// Connections waiting in the pool.
-    pub idle: usize,
-    /// Connections handed out or being opened.
-    pub in_use: usize,
-    /// Callers waiting for a connection.
-    pub waiting: usize,
+impl SessionError {
+    /// PostgreSQL's error fields, if PostgreSQL sent the error.
+    pub fn as_db_error(&self) -> Option<&DbFields> {
+        match self {
+            SessionError::Db(db) => Some(db),
+            SessionError::Lost(_) => None,
+        }
+    }
 }
 
-/// A pool of connections to one PostgreSQL instance. Cheap to clone.
+/// A tenant's pool on one instance, as the HTTP front end uses it. Cheap
+/// to clone.
 #[derive(Clone)]
 pub struct Pool {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    pg: tokio_postgres::Config,
-    cfg: PoolConfig,
-    permits: Arc<Semaphore>,
-    /// Idle connections, most recently used last.
-    idle: Mutex<Vec<Conn>>,
-    closed: AtomicBool,
-    open: Arc<AtomicUsize>,
-    waiting: AtomicUsize,
-    budget: Option<Arc<ConnBudget>>,
-}
-
-impl Inner {
-    fn idle(&self) -> MutexGuard<'_, Vec<Conn>> {
-        // The lists stay consistent under a panic: pushes and pops only.
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl IdleSource for Inner {
-    fn oldest_idle(&self) -> Option<Instant> {
-        // Most recently used last: the first is the longest idle.
-        self.idle().first().map(|c| c.idle_since)
-    }
-
-    fn close_oldest_idle(&self) -> bool {
-        let conn = {
-            let mut idle = self.idle();
-            if idle.is_empty() {
-                return false;
-            }
-            idle.remove(0)
-        };
-        // Dropped outside the lock; its budget permit goes with it.
-        drop(conn);
-        true
-    }
-}
-
-/// One open connection with its statement cache.
-struct Conn {
-    client: Client,
-    cache: StatementCache,
-    idle_since: Instant,
-    /// The routing version this session last stated (0: never).
-    map_version: u64,
-    /// The `shardline.map_version` value stating it, which the reset
-    /// after each request restores.
-    claim: Option<String>,
-    /// The backend's pid, once read (claims are bound to it).
-    pid: Option<i32>,
-    /// [`SESSION_RESET_CHECK`], once prepared.
-    reset_check: Option<Statement>,
-    _open: OpenGuard,
-    // Dropped after the client, so the budget counts the connection
-    // until it is closed.
-    _budget: Option<BudgetPermit>,
-}
-
-/// Counts a connection as open for as long as it lives.
-struct OpenGuard(Arc<AtomicUsize>);
-
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Counts a caller as waiting while it waits.
-struct WaitGuard<'a>(&'a AtomicUsize);
-
-impl Drop for WaitGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
+    raw: RawPool,
+    cfg: Arc<PoolConfig>,
+    /// Catalog types by OID (see [`TYPE_SQL`]).
+    types: Arc<Mutex<HashMap<u32, Type>>>,
 }
 
 impl Pool {
-    /// A pool for `dsn` (key/value or URL form). Opens no connection.
+    /// A pool for `dsn` (key/value or URL form), with a budget of its
+    /// own. Opens no connection.
     pub fn new(dsn: &str, cfg: PoolConfig) -> Result<Pool, PoolError> {
         let pg = tokio_postgres::Config::from_str(dsn)
             .map_err(|e| PoolError::InvalidDsn(e.to_string()))?;
@@ -249,7 +174,8 @@ impl Pool {
 
     /// A pool for connection settings parsed already, e.g. a shard's DSN
     /// with another user and password; with `budget`, its connections
-    /// count against that budget. Opens no connection.
+    /// count against that budget (else one of `max_size` of its own).
+    /// Opens no connection.
     pub fn from_config(
         mut pg: tokio_postgres::Config,
         cfg: PoolConfig,
@@ -263,168 +189,90 @@ impl Pool {
             };
             pg.options(&options);
         }
-        if pg.get_connect_timeout().is_none() {
-            pg.connect_timeout(cfg.connect_timeout);
-        }
-        if pg.get_application_name().is_none() {
-            pg.application_name("shardline-router");
-        }
         let max = cfg.max_size.max(1);
-        let inner = Arc::new(Inner {
+        let raw = RawPool::new(
             pg,
-            cfg,
-            permits: Arc::new(Semaphore::new(max)),
-            idle: Mutex::new(Vec::new()),
-            closed: AtomicBool::new(false),
-            open: Arc::new(AtomicUsize::new(0)),
-            waiting: AtomicUsize::new(0),
-            budget,
-        });
-        if let Some(b) = &inner.budget {
-            let weak: std::sync::Weak<Inner> = Arc::downgrade(&inner);
-            b.register(weak);
+            RawPoolConfig {
+                max_size: max,
+                acquire_timeout: cfg.acquire_timeout,
+                connect_timeout: cfg.connect_timeout,
+                idle_timeout: cfg.idle_timeout,
+                health_check_after: cfg.health_check_after,
+            },
+            budget.unwrap_or_else(|| ConnBudget::new(max)),
+        );
+        Pool {
+            raw,
+            cfg: Arc::new(cfg),
+            types: Arc::default(),
         }
-        Pool { inner }
+    }
+
+    /// The sessions, as the wire front end borrows them.
+    pub fn raw(&self) -> &RawPool {
+        &self.raw
     }
 
     /// The pool's settings.
     pub fn config(&self) -> &PoolConfig {
-        &self.inner.cfg
+        &self.cfg
     }
 
     /// Whether both handles are of the same pool.
     pub fn ptr_eq(&self, other: &Pool) -> bool {
-        Arc::ptr_eq(&self.inner, &other.inner)
+        self.raw.ptr_eq(&other.raw)
     }
 
-    /// A connection: an idle one if any is healthy, else a new one when
+    /// A session: an idle one if any is healthy, else a new one when
     /// under `max_size`, else the first one freed within
     /// `acquire_timeout`.
     pub async fn get(&self) -> Result<PooledConn, PoolError> {
-        let inner = &self.inner;
-        if inner.closed.load(Ordering::Acquire) {
-            return Err(PoolError::Closed);
-        }
-        let deadline = tokio::time::Instant::now() + inner.cfg.acquire_timeout;
-        let permit = {
-            inner.waiting.fetch_add(1, Ordering::AcqRel);
-            let _waiting = WaitGuard(&inner.waiting);
-            let acquire = inner.permits.clone().acquire_owned();
-            match tokio::time::timeout(inner.cfg.acquire_timeout, acquire).await {
-                Ok(Ok(permit)) => permit,
-                Ok(Err(_)) => return Err(PoolError::Closed),
-                Err(_) => return Err(PoolError::Timeout(inner.cfg.acquire_timeout)),
-            }
-        };
-        loop {
-            let Some(conn) = inner.idle().pop() else {
-                break;
-            };
-            if conn.client.is_closed() || conn.idle_since.elapsed() >= inner.cfg.idle_timeout {
-                continue;
-            }
-            if conn.idle_since.elapsed() >= inner.cfg.health_check_after {
-                let check = conn.client.check_connection();
-                match tokio::time::timeout(inner.cfg.connect_timeout, check).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "dropping a pooled connection that failed its check");
-                        continue;
-                    }
-                    Err(_) => continue,
-                }
-            }
-            return Ok(PooledConn::new(conn, inner.clone(), permit));
-        }
-        let conn = self.connect(deadline).await?;
-        Ok(PooledConn::new(conn, inner.clone(), permit))
-    }
-
-    async fn connect(&self, deadline: tokio::time::Instant) -> Result<Conn, PoolError> {
-        let inner = &self.inner;
-        let budget = match &inner.budget {
-            Some(b) => {
-                let me = pool_addr(Arc::as_ptr(inner));
-                match b.acquire(me, deadline).await {
-                    Some(p) => Some(p),
-                    None => return Err(PoolError::BudgetExhausted(inner.cfg.acquire_timeout)),
-                }
-            }
-            None => None,
-        };
-        let timeout = inner.cfg.connect_timeout;
-        let (client, connection) =
-            match tokio::time::timeout(timeout, inner.pg.connect(NoTls)).await {
-                Ok(Ok(pair)) => pair,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "cannot connect to PostgreSQL");
-                    return Err(PoolError::Connect(e));
-                }
-                Err(_) => {
-                    tracing::warn!(?timeout, "connecting to PostgreSQL timed out");
-                    return Err(PoolError::ConnectTimeout(timeout));
-                }
-            };
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "PostgreSQL connection ended");
-            }
-        });
-        inner.open.fetch_add(1, Ordering::AcqRel);
-        Ok(Conn {
-            client,
-            cache: StatementCache::new(inner.cfg.statement_cache_capacity),
-            idle_since: Instant::now(),
-            map_version: 0,
-            claim: None,
-            pid: None,
-            reset_check: None,
-            _open: OpenGuard(inner.open.clone()),
-            _budget: budget,
+        let conn = self.raw.get().await?;
+        Ok(PooledConn {
+            conn: Some(conn),
+            pool: self.clone(),
+            busy: false,
+            discard: false,
+            lost: false,
         })
     }
 
-    /// Closes idle connections that are older than `idle_timeout` or
-    /// already closed. `get` skips such connections anyway; calling this
-    /// periodically also frees them when the pool sees no traffic.
+    /// Closes idle sessions older than `idle_timeout`; `get` skips such
+    /// sessions anyway, and this also frees them when the pool sees no
+    /// traffic.
     pub fn reap_idle(&self) {
-        let idle_timeout = self.inner.cfg.idle_timeout;
-        let stale: Vec<Conn> = {
-            let mut idle = self.inner.idle();
-            let (keep, stale) = idle.drain(..).partition(|c: &Conn| {
-                !c.client.is_closed() && c.idle_since.elapsed() < idle_timeout
-            });
-            *idle = keep;
-            stale
-        };
-        drop(stale);
+        self.raw.reap_idle(std::time::Instant::now());
     }
 
     /// Refuses new `get`s (waiting ones fail with [`PoolError::Closed`])
-    /// and closes the idle connections; connections in use close when
-    /// dropped.
+    /// and closes the idle sessions; sessions in use close when dropped.
     pub fn close(&self) {
-        self.inner.closed.store(true, Ordering::Release);
-        self.inner.permits.close();
-        let idle = std::mem::take(&mut *self.inner.idle());
-        drop(idle);
+        self.raw.close();
     }
 
     /// Whether [`close`](Self::close) was called.
     pub fn is_closed(&self) -> bool {
-        self.inner.closed.load(Ordering::Acquire)
+        self.raw.is_closed()
     }
 
     /// Current numbers for metrics.
     pub fn stats(&self) -> PoolStats {
-        let inner = &self.inner;
-        let max = inner.cfg.max_size.max(1);
-        PoolStats {
-            size: inner.open.load(Ordering::Acquire),
-            idle: inner.idle().len(),
-            in_use: max.saturating_sub(inner.permits.available_permits()),
-            waiting: inner.waiting.load(Ordering::Acquire),
+        self.raw.stats()
+    }
+
+    fn known_type(&self, oid: u32) -> Option<Type> {
+        Type::from_oid(oid).or_else(|| {
+            let types = self.types.lock().unwrap_or_else(PoisonError::into_inner);
+            types.get(&oid).cloned()
+        })
+    }
+
+    fn learn_type(&self, ty: &Type) {
+        let mut types = self.types.lock().unwrap_or_else(PoisonError::into_inner);
+        if types.len() >= MAX_TYPES {
+            types.clear();
         }
+        types.insert(ty.oid(), ty.clone());
     }
 }
 
@@ -437,60 +285,231 @@ impl std::fmt::Debug for Pool {
     }
 }
 
-/// A connection on loan from a [`Pool`]; derefs to the
-/// [`tokio_postgres::Client`].
+/// A session on loan from a [`Pool`].
 ///
-/// Code that runs statements directly on the client must leave no session
-/// state behind (no open transaction, no `SET`), or call
-/// [`discard`](Self::discard).
+/// Code that runs statements on it directly ([`batch_execute`]
+/// (Self::batch_execute)) must leave no session state behind (no open
+/// transaction, no `SET`), or call [`discard`](Self::discard).
 pub struct PooledConn {
     // `Some` until dropped.
-    conn: Option<Conn>,
-    pool: Arc<Inner>,
+    conn: Option<RawConn>,
+    pool: Pool,
     busy: bool,
     discard: bool,
-    // Released after `drop` has put the connection back, so a waiter
-    // woken by the permit finds it idle.
-    _permit: OwnedSemaphorePermit,
+    /// The session's stream can no longer be read in step with what was
+    /// sent (an I/O error, or an answer left half read): nothing more is
+    /// sent on it.
+    lost: bool,
 }
 
 impl PooledConn {
-    fn new(conn: Conn, pool: Arc<Inner>, permit: OwnedSemaphorePermit) -> Self {
-        Self {
-            conn: Some(conn),
-            pool,
-            busy: false,
-            discard: false,
-            _permit: permit,
-        }
-    }
-
-    fn conn(&self) -> &Conn {
-        self.conn
+    fn session(&self) -> &ServerConn {
+        &self
+            .conn
             .as_ref()
-            .expect("a PooledConn holds its connection until dropped")
+            .expect("a PooledConn holds its session until dropped")
+            .conn
     }
 
-    fn conn_mut(&mut self) -> &mut Conn {
-        self.conn
+    fn session_mut(&mut self) -> &mut ServerConn {
+        &mut self
+            .conn
             .as_mut()
-            .expect("a PooledConn holds its connection until dropped")
+            .expect("a PooledConn holds its session until dropped")
+            .conn
     }
 
-    /// The client.
-    pub fn client(&self) -> &Client {
-        &self.conn().client
-    }
-
-    /// A prepared statement for `sql`, from this connection's cache or
-    /// newly prepared (and cached, evicting the least recently used).
-    pub async fn prepare_cached(&mut self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
-        if let Some(stmt) = self.conn_mut().cache.get(sql) {
-            return Ok(stmt);
+    /// Sends whole messages; a session that cannot take them is broken.
+    pub(super) async fn send(&mut self, out: &[u8]) -> Result<(), SessionError> {
+        if self.lost {
+            return Err(lost_before());
         }
-        let stmt = self.conn().client.prepare(sql).await?;
-        self.conn_mut().cache.insert(sql, stmt.clone());
-        Ok(stmt)
+        let sent = self.session_mut().send(out).await;
+        sent.map_err(|e| self.lost(e))
+    }
+
+    /// Reads one message; a session that cannot give one is broken.
+    pub(super) async fn read(&mut self) -> Result<Frame, SessionError> {
+        if self.lost {
+            return Err(lost_before());
+        }
+        let read = self.session_mut().read().await;
+        read.map_err(|e| self.lost(e))
+    }
+
+    fn lost(&mut self, e: ServerError) -> SessionError {
+        self.discard = true;
+        self.lost = true;
+        SessionError::Lost(e)
+    }
+
+    /// Marks the session's stream as out of step with what was sent.
+    pub(super) fn set_lost(&mut self) {
+        self.discard = true;
+        self.lost = true;
+    }
+
+    /// Whether the session's stream is out of step (see
+    /// [`set_lost`](Self::set_lost)); it is also [broken](Self::is_broken).
+    pub(super) fn is_lost(&self) -> bool {
+        self.lost
+    }
+
+    /// Reads to `ReadyForQuery`: the first error PostgreSQL sent, if any
+    /// (a FATAL one breaks the session).
+    pub(super) async fn read_to_ready(&mut self) -> Result<(), SessionError> {
+        let mut failed = None;
+        loop {
+            let f = self.read().await?;
+            match f.tag {
+                b'E' if failed.is_none() => failed = Some(self.db_error(&f.body)),
+                b'Z' => return failed.map_or(Ok(()), Err),
+                _ => {}
+            }
+        }
+    }
+
+    /// PostgreSQL's error; a FATAL one breaks the session.
+    pub(super) fn db_error(&mut self, body: &[u8]) -> SessionError {
+        let db = DbFields::parse(body);
+        if db.is_fatal() {
+            self.discard = true;
+        }
+        SessionError::Db(Box::new(db))
+    }
+
+    /// Closes, with the next request, the statements the cache dropped.
+    pub(super) fn put_closes(&mut self, out: &mut BytesMut) {
+        for name in self.session_mut().statements.take_closes() {
+            frontend::close(b'S', &name, out).expect("a statement name has no NUL");
+        }
+    }
+
+    /// Runs `sql` (one or more statements, simple protocol) and reads to
+    /// its end; the first error PostgreSQL sent, if any.
+    pub async fn batch_execute(&mut self, sql: &str) -> Result<(), SessionError> {
+        let mut out = BytesMut::new();
+        frontend::query(sql, &mut out).map_err(|e| self.lost(ServerError::Io(e)))?;
+        self.send(&out).await?;
+        self.read_to_ready().await
+    }
+
+    /// A prepared statement for `sql`, from this session's cache or
+    /// newly prepared and described (and cached, evicting the least
+    /// recently used).
+    pub async fn prepare_cached(&mut self, sql: &str) -> Result<Arc<Described>, SessionError> {
+        if let Some(d) = self.session_mut().statements.get(sql) {
+            return Ok(d);
+        }
+        let name = self.session_mut().statements.next_name();
+        let mut out = BytesMut::new();
+        self.put_closes(&mut out);
+        frontend::parse(&name, sql, std::iter::empty(), &mut out)
+            .map_err(|e| self.lost(ServerError::Io(e)))?;
+        frontend::describe(b'S', &name, &mut out).expect("a statement name has no NUL");
+        frontend::sync(&mut out);
+        self.send(&out).await?;
+        let (mut param_oids, mut columns, mut failed) = (Vec::new(), Vec::new(), None);
+        loop {
+            let f = self.read().await?;
+            match f.tag {
+                b't' => param_oids = parameter_oids(&f.body).map_err(|e| self.lost(e.into()))?,
+                b'T' => columns = row_columns(&f.body).map_err(|e| self.lost(e.into()))?,
+                b'E' if failed.is_none() => failed = Some(self.db_error(&f.body)),
+                b'Z' => break,
+                _ => {}
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let mut params = Vec::with_capacity(param_oids.len());
+        for oid in param_oids {
+            params.push(self.type_of(oid, 0).await?);
+        }
+        let mut typed = Vec::with_capacity(columns.len());
+        for (column, oid) in columns {
+            typed.push((column, self.type_of(oid, 0).await?));
+        }
+        let d = Arc::new(Described {
+            name,
+            params,
+            columns: typed,
+        });
+        let capacity = self.pool.cfg.statement_cache_capacity;
+        self.session_mut()
+            .statements
+            .insert(sql, Arc::clone(&d), capacity);
+        Ok(d)
+    }
+
+    /// The type `oid` names: a built-in one, or one read from the
+    /// catalog (`depth` bounds the nesting of domains and arrays).
+    fn type_of(
+        &mut self,
+        oid: u32,
+        depth: u8,
+    ) -> Pin<Box<dyn Future<Output = Result<Type, SessionError>> + Send + '_>> {
+        Box::pin(async move {
+            if let Some(ty) = self.pool.known_type(oid) {
+                return Ok(ty);
+            }
+            let row = self.catalog_row(oid).await?;
+            let [name, typtype, base, elem, schema] = row;
+            let oid_of = |s: &str| s.parse::<u32>().unwrap_or(0);
+            let nested = depth < 4;
+            let kind = match typtype.as_str() {
+                "e" => Kind::Enum(Vec::new()),
+                "p" => Kind::Pseudo,
+                "d" if nested && oid_of(&base) != 0 => {
+                    Kind::Domain(self.type_of(oid_of(&base), depth + 1).await?)
+                }
+                "b" if nested && oid_of(&elem) != 0 => {
+                    Kind::Array(self.type_of(oid_of(&elem), depth + 1).await?)
+                }
+                _ => Kind::Simple,
+            };
+            let ty = Type::new(name, oid, kind, schema);
+            self.pool.learn_type(&ty);
+            Ok(ty)
+        })
+    }
+
+    /// `pg_type`'s row for `oid` (see [`TYPE_SQL`]), in text; a type
+    /// not there is named by its OID.
+    async fn catalog_row(&mut self, oid: u32) -> Result<[String; 5], SessionError> {
+        let mut out = BytesMut::new();
+        frontend::parse("", TYPE_SQL, [Type::TEXT.oid()], &mut out)
+            .map_err(|e| self.lost(ServerError::Io(e)))?;
+        let value = oid.to_string();
+        bind_text(&mut out, "", &[Some(value.as_str())]);
+        frontend::execute("", 0, &mut out).expect("the unnamed portal");
+        frontend::sync(&mut out);
+        self.send(&out).await?;
+        let mut row = [
+            value,
+            "b".into(),
+            "0".into(),
+            "0".into(),
+            "pg_catalog".into(),
+        ];
+        let mut failed = None;
+        loop {
+            let f = self.read().await?;
+            match f.tag {
+                b'D' => {
+                    let values = data_row(&f.body).map_err(|e| self.lost(e.into()))?;
+                    for (slot, v) in row.iter_mut().zip(values) {
+                        if let Some(v) = v {
+                            *slot = String::from_utf8_lossy(v).into_owned();
+                        }
+                    }
+                }
+                b'E' if failed.is_none() => failed = Some(self.db_error(&f.body)),
+                b'Z' => return failed.map_or(Ok(row), Err),
+                _ => {}
+            }
+        }
     }
 
     /// States `version` (the catalog version of the routing table the
@@ -500,36 +519,20 @@ impl PooledConn {
     /// from what the session last stated. Shards fenced by a resharding
     /// refuse writes from sessions behind the fence (see the manager's
     /// `reshard::sql::set_fence`).
-    pub async fn set_map_version(&mut self, version: u64) -> Result<(), tokio_postgres::Error> {
-        if self.conn().map_version == version {
+    pub async fn set_map_version(&mut self, version: u64) -> Result<(), SessionError> {
+        if self.session().map_version == version {
             return Ok(());
         }
         self.busy = true;
-        let value = match self.pool.cfg.claim_key.clone() {
-            Some(key) => {
-                let pid = match self.conn().pid {
-                    Some(pid) => pid,
-                    None => {
-                        let row = self
-                            .conn()
-                            .client
-                            .query_one("SELECT pg_catalog.pg_backend_pid()", &[])
-                            .await?;
-                        let pid: i32 = row.get(0);
-                        self.conn_mut().pid = Some(pid);
-                        pid
-                    }
-                };
-                claim(&key, pid, version)
-            }
+        let value = match &self.pool.cfg.claim_key {
+            Some(key) => claim(key, self.session().cancel.pid, version),
             None => version.to_string(),
         };
-        let sql = set_claim_sql(&value);
-        self.conn().client.batch_execute(&sql).await?;
+        self.batch_execute(&set_claim_sql(&value)).await?;
         self.busy = false;
-        let conn = self.conn_mut();
-        conn.map_version = version;
-        conn.claim = Some(value);
+        let session = self.session_mut();
+        session.map_version = version;
+        session.claim = Some(value);
         Ok(())
     }
 
@@ -538,47 +541,74 @@ impl PooledConn {
         self.pool.cfg.reset_sessions
     }
 
-    /// Prepares [`SESSION_RESET_CHECK`] on this connection unless it is
-    /// already (one round trip, once per connection), so that a reset
-    /// can then go out in a request's round trip.
-    pub async fn prepare_reset(&mut self) -> Result<(), tokio_postgres::Error> {
-        if self.conn().reset_check.is_none() {
-            let stmt = self.conn().client.prepare(SESSION_RESET_CHECK).await?;
-            self.conn_mut().reset_check = Some(stmt);
+    /// Prepares [`SESSION_RESET_CHECK`] on this session unless it is
+    /// already (one round trip, once per session), so that a reset can
+    /// then go out in a request's round trip. Not inside a failed
+    /// transaction.
+    pub async fn prepare_reset(&mut self) -> Result<(), SessionError> {
+        if self.session().reset_check {
+            return Ok(());
         }
+        let mut out = BytesMut::new();
+        frontend::parse(
+            RESET_CHECK_NAME,
+            SESSION_RESET_CHECK,
+            [Type::TEXT.oid()],
+            &mut out,
+        )
+        .map_err(|e| self.lost(ServerError::Io(e)))?;
+        frontend::sync(&mut out);
+        self.send(&out).await?;
+        self.read_to_ready().await?;
+        self.session_mut().reset_check = true;
         Ok(())
     }
 
-    /// The reset as a future that sends [`SESSION_RESET`] and then
-    /// [`SESSION_RESET_CHECK`] on first poll, and completes when
-    /// PostgreSQL has run both, with whether the session holds prepared
-    /// statements made from SQL; pass the outcome to
-    /// [`reset_done`](Self::reset_done). Polled after a request's last
-    /// statement was sent, it shares that statement's round trip. Call
-    /// [`prepare_reset`](Self::prepare_reset) first.
-    pub fn reset_future(
-        &self,
-    ) -> impl std::future::Future<Output = Result<bool, tokio_postgres::Error>> + Send + '_ {
-        let conn = self.conn();
-        let claim = conn.claim.clone().unwrap_or_default();
-        async move {
-            let Some(check) = &conn.reset_check else {
-                // Not prepared: an error of the caller's, answered safely.
-                return Ok(true);
-            };
-            let (_, row) = futures_util::future::try_join(
-                conn.client.batch_execute(SESSION_RESET),
-                conn.client.query_one(check, &[&claim]),
-            )
-            .await?;
-            Ok(row.try_get::<_, i64>(2).map_or(true, |n| n > 0))
+    /// Appends the reset: [`SESSION_RESET`], then [`SESSION_RESET_CHECK`]
+    /// restoring the session's claim. Written behind a request's last
+    /// statement, it shares that statement's round trip; read its answer
+    /// with [`read_reset`](Self::read_reset) once the statement's is
+    /// read. Call [`prepare_reset`](Self::prepare_reset) first.
+    pub(super) fn put_reset(&mut self, out: &mut BytesMut) {
+        frontend::query(SESSION_RESET, out).expect("a constant without NUL");
+        let claim = self.session().claim.clone().unwrap_or_default();
+        bind_text(out, RESET_CHECK_NAME, &[Some(claim.as_str())]);
+        frontend::execute("", 0, out).expect("the unnamed portal");
+        frontend::sync(out);
+    }
+
+    /// Reads the reset's answer: whether the session holds prepared
+    /// statements made from SQL.
+    pub(super) async fn read_reset(&mut self) -> Result<bool, SessionError> {
+        self.read_to_ready().await?;
+        let mut from_sql = None;
+        let mut failed = None;
+        loop {
+            let f = self.read().await?;
+            match f.tag {
+                b'D' => {
+                    let values = data_row(&f.body).map_err(|e| self.lost(e.into()))?;
+                    from_sql = values
+                        .get(2)
+                        .copied()
+                        .flatten()
+                        .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok());
+                }
+                b'E' if failed.is_none() => failed = Some(self.db_error(&f.body)),
+                b'Z' => break,
+                _ => {}
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(from_sql.is_none_or(|n| n > 0)),
         }
     }
 
     /// Records a reset's outcome: a session that failed its reset, or
     /// holds prepared statements made from SQL, is in no known state and
     /// is not reused.
-    pub fn reset_done(&mut self, outcome: Result<bool, tokio_postgres::Error>) {
+    pub fn reset_done(&mut self, outcome: Result<bool, SessionError>) {
         match outcome {
             Ok(false) => {}
             Ok(true) => {
@@ -603,138 +633,242 @@ impl PooledConn {
             self.reset_done(Err(e));
             return;
         }
-        let outcome = self.reset_future().await;
+        let mut out = BytesMut::new();
+        self.put_reset(&mut out);
+        let outcome = match self.send(&out).await {
+            Ok(()) => self.read_reset().await,
+            Err(e) => Err(e),
+        };
         self.busy = false;
         self.reset_done(outcome);
     }
 
     /// The resharding fence of the database this session is in (see
     /// [`FENCE_VERSION_SQL`]; 0: none).
-    pub async fn fence_version(&mut self) -> Result<u64, tokio_postgres::Error> {
+    pub async fn fence_version(&mut self) -> Result<u64, SessionError> {
         let stmt = self.prepare_cached(FENCE_VERSION_SQL).await?;
         self.busy = true;
-        let row = self.conn().client.query_one(&stmt, &[]).await?;
+        let mut out = BytesMut::new();
+        self.put_closes(&mut out);
+        bind_text(&mut out, &stmt.name, &[]);
+        frontend::execute("", 0, &mut out).expect("the unnamed portal");
+        frontend::sync(&mut out);
+        self.send(&out).await?;
+        let (mut fence, mut failed) = (0i64, None);
+        loop {
+            let f = self.read().await?;
+            match f.tag {
+                b'D' => {
+                    let values = data_row(&f.body).map_err(|e| self.lost(e.into()))?;
+                    fence = values
+                        .first()
+                        .copied()
+                        .flatten()
+                        .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+                        .unwrap_or(0);
+                }
+                b'E' if failed.is_none() => failed = Some(self.db_error(&f.body)),
+                b'Z' => break,
+                _ => {}
+            }
+        }
         self.busy = false;
-        Ok(row.get::<_, i64>(0).max(0) as u64)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(fence.max(0) as u64),
+        }
     }
 
     /// The `shardline.map_version` this session last set (0: never).
     pub fn map_version(&self) -> u64 {
-        self.conn().map_version
+        self.session().map_version
     }
 
     /// Forgets the cached statement for `sql` (e.g. after PostgreSQL said
-    /// its result type changed).
+    /// its result type changed); it is closed with the next request.
     pub fn evict_statement(&mut self, sql: &str) {
-        self.conn_mut().cache.remove(sql);
+        self.session_mut().statements.remove(sql);
     }
 
-    /// Statements in this connection's cache.
+    /// Statements in this session's cache.
     pub fn cached_statements(&self) -> usize {
-        self.conn().cache.len()
+        self.session().statements.len()
     }
 
-    /// Marks that a statement or transaction is under way. A connection
+    /// Where a cancel request for this session goes.
+    pub fn cancel_key(&self) -> CancelKey {
+        self.session().cancel.clone()
+    }
+
+    /// Marks that a statement or transaction is under way. A session
     /// dropped while busy is closed (and its statement cancelled), never
     /// reused.
     pub fn set_busy(&mut self, busy: bool) {
         self.busy = busy;
     }
 
-    /// Closes the connection when dropped instead of returning it.
+    /// Closes the session when dropped instead of returning it.
     pub fn discard(&mut self) {
         self.discard = true;
     }
 
-    /// Whether the connection is closed or marked for discarding.
+    /// Whether the session broke or is marked for discarding.
     pub fn is_broken(&self) -> bool {
-        self.discard || self.conn().client.is_closed()
-    }
-}
-
-impl std::ops::Deref for PooledConn {
-    type Target = Client;
-
-    fn deref(&self) -> &Client {
-        self.client()
+        self.discard
     }
 }
 
 impl Drop for PooledConn {
     fn drop(&mut self) {
-        let Some(mut conn) = self.conn.take() else {
+        let Some(conn) = self.conn.take() else {
             return;
         };
         if self.busy {
             // Cancelled mid-work: stop the statement now; closing the
-            // connection ends any open transaction.
+            // session ends any open transaction.
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                let token = conn.client.cancel_token();
+                let key = conn.conn.cancel.clone();
                 rt.spawn(async move {
-                    let _ = token.cancel_query(NoTls).await;
+                    let _ = send_cancel(&key).await;
                 });
             }
             return;
         }
-        if self.discard || conn.client.is_closed() || self.pool.closed.load(Ordering::Acquire) {
+        if self.discard {
             return;
         }
-        conn.idle_since = Instant::now();
-        self.pool.idle().push(conn);
+        self.pool.raw.put(conn);
     }
 }
 
-/// Prepared statements by SQL text, least recently used evicted first.
-struct StatementCache {
-    capacity: usize,
-    entries: HashMap<String, (Statement, u64)>,
-    clock: u64,
+/// The error for using a session that was lost before.
+fn lost_before() -> SessionError {
+    SessionError::Lost(ServerError::Io(std::io::Error::new(
+        std::io::ErrorKind::NotConnected,
+        "the session was lost before",
+    )))
 }
 
-impl StatementCache {
-    fn new(capacity: usize) -> Self {
-        Self {
-            capacity,
-            entries: HashMap::new(),
-            clock: 0,
-        }
-    }
-
-    fn get(&mut self, sql: &str) -> Option<Statement> {
-        self.clock += 1;
-        let clock = self.clock;
-        self.entries.get_mut(sql).map(|(stmt, used)| {
-            *used = clock;
-            stmt.clone()
-        })
-    }
-
-    fn insert(&mut self, sql: &str, stmt: Statement) {
-        if self.capacity == 0 {
-            return;
-        }
-        if self.entries.len() >= self.capacity && !self.entries.contains_key(sql) {
-            // A linear scan: evictions happen only on misses of a full
-            // cache, and the cache is small.
-            if let Some(oldest) = self
-                .entries
-                .iter()
-                .min_by_key(|(_, (_, used))| *used)
-                .map(|(k, _)| k.clone())
-            {
-                // Dropping the statement closes it on the server.
-                self.entries.remove(&oldest);
+/// Appends a `Bind` of the unnamed portal to `statement` with text
+/// parameters, asking for text results.
+fn bind_text(out: &mut BytesMut, statement: &str, values: &[Option<&str>]) {
+    frontend::bind(
+        "",
+        statement,
+        [0i16],
+        values.iter(),
+        |v, buf| match v {
+            Some(v) => {
+                buf.extend_from_slice(v.as_bytes());
+                Ok(postgres_protocol::IsNull::No)
             }
+            None => Ok(postgres_protocol::IsNull::Yes),
+        },
+        [0i16],
+        out,
+    )
+    .map_err(|_| ())
+    .expect("text parameters always encode");
+}
+
+/// The parameter type OIDs of a `ParameterDescription`.
+fn parameter_oids(body: &[u8]) -> std::io::Result<Vec<u32>> {
+    let mut f = Fields::new(body);
+    // Counts are unsigned: up to 65,535 parameters.
+    let n = f.i16()? as u16;
+    (0..n).map(|_| f.i32().map(|oid| oid as u32)).collect()
+}
+
+/// Each column's name and type OID from a `RowDescription`.
+fn row_columns(body: &[u8]) -> std::io::Result<Vec<(String, u32)>> {
+    let mut f = Fields::new(body);
+    let n = f.i16()? as u16;
+    let mut out = Vec::with_capacity(usize::from(n));
+    for _ in 0..n {
+        let name = f.cstr()?.to_string();
+        // Table OID, column number, then the type OID; then the type's
+        // size and modifier and the format.
+        f.bytes(6)?;
+        let oid = f.i32()? as u32;
+        f.bytes(8)?;
+        out.push((name, oid));
+    }
+    Ok(out)
+}
+
+/// The values of a `DataRow` (`None`: NULL).
+pub(super) fn data_row(body: &[u8]) -> std::io::Result<Vec<Option<&[u8]>>> {
+    let mut f = Fields::new(body);
+    let n = f.i16()? as u16;
+    let mut out = Vec::with_capacity(usize::from(n));
+    for _ in 0..n {
+        let len = f.i32()?;
+        out.push(match usize::try_from(len) {
+            Ok(len) => Some(f.bytes(len)?),
+            Err(_) => None,
+        });
+    }
+    Ok(out)
+}
+
+/// The rows a `CommandComplete` tag counts (`INSERT 0 3`, `UPDATE 2`,
+/// `SELECT 5`); 0 for tags without a count.
+pub(super) fn tag_rows(body: &[u8]) -> u64 {
+    let tag = body.split(|&b| b == 0).next().unwrap_or_default();
+    std::str::from_utf8(tag)
+        .ok()
+        .and_then(|t| t.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_row_descriptions_rows_and_tags() {
+        let mut body = BytesMut::new();
+        body.extend_from_slice(&2i16.to_be_bytes());
+        for (name, oid) in [("id", 20u32), ("v", 25)] {
+            frontend_cstr(&mut body, name);
+            body.extend_from_slice(&[0; 6]);
+            body.extend_from_slice(&oid.to_be_bytes());
+            body.extend_from_slice(&[0; 8]);
         }
-        self.clock += 1;
-        self.entries.insert(sql.to_string(), (stmt, self.clock));
+        assert_eq!(
+            row_columns(&body).unwrap(),
+            vec![("id".to_string(), 20), ("v".to_string(), 25)]
+        );
+        assert!(row_columns(&body[..body.len() - 1]).is_err());
+
+        let mut row = BytesMut::new();
+        row.extend_from_slice(&2i16.to_be_bytes());
+        row.extend_from_slice(&(-1i32).to_be_bytes());
+        row.extend_from_slice(&2i32.to_be_bytes());
+        row.extend_from_slice(b"ab");
+        assert_eq!(data_row(&row).unwrap(), vec![None, Some(&b"ab"[..])]);
+        assert!(data_row(&row[..row.len() - 1]).is_err());
+
+        assert_eq!(tag_rows(b"INSERT 0 3\0"), 3);
+        assert_eq!(tag_rows(b"UPDATE 12\0"), 12);
+        assert_eq!(tag_rows(b"CREATE TABLE\0"), 0);
+        assert_eq!(parameter_oids(&[0, 1, 0, 0, 0, 23]).unwrap(), vec![23]);
+        // 65,535 parameters: the count is unsigned.
+        let mut many = vec![0xff, 0xff];
+        many.extend(std::iter::repeat_n([0, 0, 0, 23], 65_535).flatten());
+        assert_eq!(parameter_oids(&many).unwrap().len(), 65_535);
     }
 
-    fn remove(&mut self, sql: &str) {
-        self.entries.remove(sql);
+    fn frontend_cstr(out: &mut BytesMut, s: &str) {
+        out.extend_from_slice(s.as_bytes());
+        out.extend_from_slice(&[0]);
     }
 
-    fn len(&self) -> usize {
-        self.entries.len()
+    #[test]
+    fn the_type_query_and_the_reset_check_take_text() {
+        // Both are prepared with one text parameter.
+        assert!(TYPE_SQL.contains("$1::oid") && !TYPE_SQL.contains("$2"));
+        assert!(SESSION_RESET_CHECK.contains("$1") && !SESSION_RESET_CHECK.contains("$2"));
     }
 }

@@ -1,10 +1,11 @@
-//! A raw connection to a PostgreSQL server, for the wire front end: the
+//! A raw connection to a PostgreSQL server, for both front ends: the
 //! router logs in as the tenant's role (SCRAM-SHA-256, MD5, cleartext or
-//! trust, as the server asks) and from then on passes protocol messages
-//! through unchanged. It keeps what the front end needs about the
+//! trust, as the server asks); the wire front end then passes protocol
+//! messages through unchanged, the HTTP front end writes its own (see
+//! [`super::pool`]). It keeps what the front ends need about the
 //! session: the backend's key (for cancel requests and version claims),
-//! the parameters the server reported, the prepared statements it holds,
-//! and the routing version it last stated.
+//! the parameters the server reported, the prepared statements it holds
+//! for each front end, and the routing version it last stated.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -18,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_postgres::config::Host;
 
 use super::frame::{read_frame, Fields, Frame};
+use super::statements::StatementCache;
 
 /// A byte stream to a server (TCP or a Unix socket).
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -35,13 +37,65 @@ pub enum ServerError {
     Timeout(String),
     #[error("server connection: {0}")]
     Io(#[from] std::io::Error),
-    /// The server refused the login (its own error message).
-    #[error("server refused the login: {0}")]
-    Refused(String),
+    /// The server refused the login (its own error).
+    #[error("server refused the login: {}", .0.message)]
+    Refused(Box<DbFields>),
     #[error("the server asked for an authentication method the router does not speak ({0})")]
     Unsupported(i32),
     #[error("the shard's DSN names no host")]
     NoHost,
+}
+
+/// An error PostgreSQL sent: the fields of an `ErrorResponse`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DbFields {
+    /// The untranslated severity (`ERROR`, `FATAL`, `PANIC`).
+    pub severity: String,
+    pub code: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+    /// 1-based character position in the client's statement (`P`; an
+    /// internal query's position, `p`, is not kept).
+    pub position: Option<u32>,
+}
+
+impl DbFields {
+    /// The fields of an `ErrorResponse` (or `NoticeResponse`) body.
+    pub fn parse(body: &[u8]) -> DbFields {
+        let mut out = DbFields::default();
+        let mut localized = String::new();
+        let mut f = Fields::new(body);
+        while let Ok(c) = f.u8() {
+            if c == 0 {
+                break;
+            }
+            let Ok(v) = f.cstr() else { break };
+            match c {
+                b'V' => out.severity = v.to_string(),
+                b'S' => localized = v.to_string(),
+                b'C' => out.code = v.to_string(),
+                b'M' => out.message = v.to_string(),
+                b'D' => out.detail = Some(v.to_string()),
+                b'H' => out.hint = Some(v.to_string()),
+                b'P' => out.position = v.parse().ok(),
+                _ => {}
+            }
+        }
+        if out.severity.is_empty() {
+            // Servers before 9.6 send only the localized severity.
+            out.severity = localized;
+        }
+        if out.message.is_empty() {
+            out.message = "unknown error".into();
+        }
+        out
+    }
+
+    /// Whether the error ended the session.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self.severity.as_str(), "FATAL" | "PANIC")
+    }
 }
 
 /// Where to send a cancel request for a session.
@@ -119,6 +173,13 @@ pub struct ServerConn {
     pub prepared: Prepared,
     /// The routing version this session last stated (0: never).
     pub map_version: u64,
+    /// The `shardline.map_version` value that stated it, which the HTTP
+    /// front end's reset restores.
+    pub claim: Option<String>,
+    /// The HTTP front end's prepared statements.
+    pub statements: StatementCache,
+    /// Whether the HTTP front end's reset check is prepared.
+    pub reset_check: bool,
     pub idle_since: Instant,
 }
 
@@ -179,6 +240,9 @@ impl ServerConn {
             params: Vec::new(),
             prepared: Prepared::default(),
             map_version: 0,
+            claim: None,
+            statements: StatementCache::default(),
+            reset_check: false,
             idle_since: Instant::now(),
         };
         tokio::time::timeout(timeout, conn.login(cfg))
@@ -263,7 +327,7 @@ impl ServerConn {
                     let value = fields.cstr()?.to_string();
                     self.params.push((name, value));
                 }
-                b'E' => return Err(ServerError::Refused(error_message(&f.body))),
+                b'E' => return Err(ServerError::Refused(Box::new(DbFields::parse(&f.body)))),
                 b'Z' => return Ok(()),
                 // Notices and anything else at login: not the client's.
                 _ => {}
@@ -287,6 +351,50 @@ impl ServerConn {
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), ServerError> {
         self.stream.write_all(bytes).await?;
         Ok(())
+    }
+
+    /// Forgets what the session held for either front end after it was
+    /// reset with `RESET ALL` and `DEALLOCATE ALL`: no version stated,
+    /// no statement prepared.
+    pub fn forget_session(&mut self) {
+        self.map_version = 0;
+        self.claim = None;
+        self.prepared.clear();
+        self.statements.clear();
+        self.reset_check = false;
+    }
+
+    /// Whether the server closed the idle session, or sent something on
+    /// it (a session ended by the server sends its FATAL error first),
+    /// looked at without waiting: no syscall unless the socket turned
+    /// readable.
+    pub fn closed_while_idle(&mut self) -> bool {
+        if !self.rbuf.is_empty() {
+            return true;
+        }
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut buf = [0u8; 64];
+        let mut read = tokio::io::ReadBuf::new(&mut buf);
+        // Ready with nothing read is the end of the stream; with bytes,
+        // an answer to nothing: either way the session is not idle.
+        !matches!(
+            self.stream.as_mut().poll_read(&mut cx, &mut read),
+            std::task::Poll::Pending
+        )
+    }
+
+    /// A round trip that runs nothing (`Sync`), to check the session
+    /// still answers; `Ok` with it idle.
+    pub async fn check(&mut self) -> Result<bool, ServerError> {
+        let mut out = BytesMut::new();
+        frontend::sync(&mut out);
+        self.send(&out).await?;
+        loop {
+            let f = self.read().await?;
+            if f.tag == b'Z' {
+                return Ok(f.body.first() == Some(&b'I'));
+            }
+        }
     }
 
     /// Runs `sql` as a simple query and reads to `ReadyForQuery`: `Ok`
@@ -364,6 +472,20 @@ mod tests {
         assert_eq!(p.insert("c".into(), 2), Some("b".into()));
         assert!(!p.touch("b"));
         assert_eq!(p.len(), 2);
+    }
+
+    #[test]
+    fn db_fields() {
+        let body = b"SERROR\0VERROR\0C42601\0Msyntax error\0P7\0Hcheck it\0\0";
+        let db = DbFields::parse(body);
+        assert_eq!(
+            (db.code.as_str(), db.message.as_str(), db.position),
+            ("42601", "syntax error", Some(7))
+        );
+        assert_eq!(db.hint.as_deref(), Some("check it"));
+        assert!(!db.is_fatal());
+        assert!(DbFields::parse(b"SFATAL\0C57P01\0Mbye\0\0").is_fatal());
+        assert_eq!(DbFields::parse(b"").message, "unknown error");
     }
 
     #[test]

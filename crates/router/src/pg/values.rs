@@ -44,10 +44,9 @@
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
-use bytes::BytesMut;
 use postgres_protocol::types as wire;
 use serde_json::{Number, Value};
-use tokio_postgres::types::{FromSql, IsNull, Kind, ToSql, Type};
+use tokio_postgres::types::{Kind, Type};
 
 use super::{datetime, numeric};
 use crate::error::{Reason, RouterError};
@@ -159,44 +158,6 @@ pub fn type_display(ty: &Type) -> String {
 /// [`encode_params`]), so this only copies bytes.
 #[derive(Debug, Clone)]
 pub struct EncodedParam(pub Option<Vec<u8>>);
-
-impl ToSql for EncodedParam {
-    fn to_sql(
-        &self,
-        _ty: &Type,
-        out: &mut BytesMut,
-    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        match &self.0 {
-            Some(bytes) => {
-                out.extend_from_slice(bytes);
-                Ok(IsNull::No)
-            }
-            None => Ok(IsNull::Yes),
-        }
-    }
-
-    fn accepts(_ty: &Type) -> bool {
-        true
-    }
-
-    tokio_postgres::types::to_sql_checked!();
-}
-
-/// A column's raw binary value, decoded by [`decode_column`].
-pub struct RawValue<'a>(pub &'a [u8]);
-
-impl<'a> FromSql<'a> for RawValue<'a> {
-    fn from_sql(
-        _ty: &Type,
-        raw: &'a [u8],
-    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        Ok(RawValue(raw))
-    }
-
-    fn accepts(_ty: &Type) -> bool {
-        true
-    }
-}
 
 fn invalid_param(message: String) -> RouterError {
     Reason::InvalidParameter {

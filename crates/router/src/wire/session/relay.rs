@@ -161,9 +161,9 @@ pub(super) fn give_back(mut conn: RawConn, pool: RawPool, dirty: bool) {
         match conn.conn.simple(RESET).await {
             Ok(Ok(b'I')) => {
                 // `RESET ALL` dropped the version claim too, and
-                // `DEALLOCATE ALL` every prepared statement.
-                conn.conn.map_version = 0;
-                conn.conn.prepared.clear();
+                // `DEALLOCATE ALL` every prepared statement, the HTTP
+                // front end's as well.
+                conn.conn.forget_session();
                 pool.put(conn);
             }
             Ok(other) => {

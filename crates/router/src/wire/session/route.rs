@@ -240,6 +240,8 @@ impl Session {
             );
             injected.push(format!("SET {CLAIM_SETTING} = '{value}'"));
             conn.conn.map_version = routing.version;
+            // What the HTTP front end's reset restores.
+            conn.conn.claim = Some(value);
         }
         let dirty = !self.sets.is_empty();
         if dirty {
