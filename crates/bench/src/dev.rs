@@ -126,7 +126,9 @@ pub fn start_router(bin: &Path, info: &Value, id: &str, extra: &str) -> anyhow::
     let child = Command::new(bin)
         .args(["router", "--config"])
         .arg(&config)
-        .env("SHARDLINE_LOG", "warn")
+        // The default level: what a request costs in logging (its span)
+        // is part of its cost.
+        .env("SHARDLINE_LOG", "info")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

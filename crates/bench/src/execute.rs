@@ -46,6 +46,11 @@ pub struct ExecuteArgs {
     /// the reset's cost is read against.
     #[arg(long)]
     pub same_routers: bool,
+    /// Another `shardline` binary (e.g. an older build) whose router runs
+    /// beside this one's with the same settings, in the same rounds;
+    /// repeatable. The session-reset paths are left out then.
+    #[arg(long = "compare", value_name = "BIN")]
+    pub compare: Vec<PathBuf>,
 }
 
 const SQL: &str = "SELECT id, balance FROM bench_accounts WHERE id = $1";
@@ -203,11 +208,18 @@ pub fn run(args: ExecuteArgs) -> anyhow::Result<()> {
     } else {
         "session_reset = false"
     };
-    let routers = [("router", ""), ("router, no session reset", second)]
-        .iter()
+    let mut wanted = vec![("router".to_string(), bin.clone(), "")];
+    if args.compare.is_empty() {
+        wanted.push(("router, no session reset".into(), bin, second));
+    }
+    for other in &args.compare {
+        wanted.push((format!("router of {}", other.display()), other.clone(), ""));
+    }
+    let routers = wanted
+        .into_iter()
         .enumerate()
-        .map(|(i, (name, extra))| {
-            crate::dev::start_router(&bin, &info, &format!("bench-{i}"), extra).map(|r| (*name, r))
+        .map(|(i, (name, bin, extra))| {
+            crate::dev::start_router(&bin, &info, &format!("bench-{i}"), extra).map(|r| (name, r))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let result = rt.block_on(bench(&args, &info, &routers));
@@ -219,7 +231,7 @@ pub fn run(args: ExecuteArgs) -> anyhow::Result<()> {
 /// One way to the table: straight to PostgreSQL, or through a router as
 /// one tenant's app; each with the PostgreSQL server it ends at.
 struct Path<'a> {
-    name: &'static str,
+    name: String,
     router: Option<&'a crate::dev::RouterProc>,
     token: String,
     data_dir: PathBuf,
@@ -275,7 +287,7 @@ async fn load(shard_dsn: &str, pg_name: &str, rows: i64, create: bool) -> anyhow
 async fn bench(
     args: &ExecuteArgs,
     info: &Value,
-    routers: &[(&str, crate::dev::RouterProc)],
+    routers: &[(String, crate::dev::RouterProc)],
 ) -> anyhow::Result<()> {
     let shard_of = |id: &str| -> anyhow::Result<Loaded> {
         let s = info["shards"]
@@ -345,36 +357,32 @@ async fn bench(
         clients.push(Arc::new((c, stmt)));
     }
     let router = |i: usize| routers.get(i).map(|(_, r)| r);
-    let paths = vec![
-        Path {
-            name: "direct PostgreSQL",
-            router: None,
-            token: String::new(),
-            data_dir: default_shard.data_dir.clone(),
-        },
-        Path {
-            name: "router",
-            router: router(0),
-            token: token.clone(),
-            data_dir: default_shard.data_dir.clone(),
-        },
-        Path {
-            name: if args.same_routers {
-                "router (a second, alike)"
+    let mut paths = vec![Path {
+        name: "direct PostgreSQL".into(),
+        router: None,
+        token: String::new(),
+        data_dir: default_shard.data_dir.clone(),
+    }];
+    for (i, (name, _)) in routers.iter().enumerate() {
+        paths.push(Path {
+            name: if args.same_routers && i == 1 {
+                "router (a second, alike)".into()
             } else {
-                "router, no session reset"
+                name.clone()
             },
-            router: router(1),
+            router: router(i),
             token: token.clone(),
             data_dir: default_shard.data_dir.clone(),
-        },
-        Path {
-            name: "router, keyspace with code",
+        });
+    }
+    if args.compare.is_empty() {
+        paths.push(Path {
+            name: "router, keyspace with code".into(),
             router: router(0),
             token: coded_token,
             data_dir: coded_shard.data_dir.clone(),
-        },
-    ];
+        });
+    }
     // Warm every path (router pools, prepared statements, caches).
     for p in &paths {
         run_phase(p, &clients, args, 1).await;
@@ -440,8 +448,24 @@ async fn bench(
         );
     }
     println!();
-    if let [direct, with_reset, without, code, ..] = medians[..] {
-        println!("router / direct throughput: {:.2}", with_reset / direct);
+    println!("router / direct throughput: {:.2}", medians[1] / medians[0]);
+    for (p, rate) in paths.iter().zip(&medians).skip(2) {
+        if !args.compare.is_empty() {
+            println!(
+                "router / {}: {:.3} ({:+.1}%)",
+                p.name,
+                medians[1] / rate,
+                (medians[1] / rate - 1.0) * 100.0
+            );
+        }
+    }
+    let reset_paths = match medians[..] {
+        [_, with_reset, without, code, ..] if args.compare.is_empty() => {
+            Some((with_reset, without, code))
+        }
+        _ => None,
+    };
+    if let Some((with_reset, without, code)) = reset_paths {
         let other = if args.same_routers {
             "the second router (alike)"
         } else {

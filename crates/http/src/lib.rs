@@ -7,11 +7,14 @@
 //!   as an HTTP answer.
 //! - [`extract`]: [`JsonBody`], [`QueryParams`], [`bearer_token`].
 //! - [`serve`]: [`serve()`](serve::serve) and [`with_fallbacks`].
+//! - [`request_id`]: [`RequestId`] and [`with_request_ids`].
 
 pub mod error;
 pub mod extract;
+pub mod request_id;
 pub mod serve;
 
 pub use error::ErrorResponse;
 pub use extract::{bearer_token, JsonBody, PathParam, QueryParams, TokenCheck};
+pub use request_id::{with_request_ids, RequestId};
 pub use serve::{serve, with_fallbacks};

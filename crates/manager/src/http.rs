@@ -19,7 +19,9 @@ use shardline_api::manager::{
 use shardline_api::ErrorCode;
 use shardline_core::catalog::Shard;
 use shardline_core::Catalog;
-use shardline_http::{with_fallbacks, ErrorResponse, JsonBody, PathParam, QueryParams};
+use shardline_http::{
+    with_fallbacks, with_request_ids, ErrorResponse, JsonBody, PathParam, QueryParams,
+};
 
 use crate::error::ServiceError;
 use crate::health::HealthTable;
@@ -87,7 +89,7 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .route("/v1/routers", get(list_routers))
         .route("/v1/routers/heartbeat", post(heartbeat))
         .with_state(state);
-    with_fallbacks(api, body_limit)
+    with_request_ids(with_fallbacks(api, body_limit))
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -60,6 +60,8 @@ pub trait Job: Sync {
 pub struct Statement<'a> {
     pub sql: &'a str,
     pub params: &'a [Value],
+    /// The request's id, which names the session it runs on.
+    pub request_id: Option<&'a str>,
 }
 
 impl Job for Statement<'_> {
@@ -70,13 +72,22 @@ impl Job for Statement<'_> {
         conn: &'a mut PooledConn,
         reset: bool,
     ) -> impl Future<Output = Result<StatementResult, RouterError>> + Send + 'a {
-        exec::execute_with(conn, self.sql, self.params, &ResultLimits::DEFAULT, reset)
+        exec::execute_with(
+            conn,
+            self.sql,
+            self.params,
+            &ResultLimits::DEFAULT,
+            reset,
+            self.request_id,
+        )
     }
 }
 
 /// A transaction (its errors carry the failing statement's index).
 pub struct Transaction<'a> {
     pub statements: &'a [(String, Vec<Value>)],
+    /// The request's id, which names the session it runs on.
+    pub request_id: Option<&'a str>,
 }
 
 impl Job for Transaction<'_> {
@@ -87,9 +98,15 @@ impl Job for Transaction<'_> {
         conn: &mut PooledConn,
         reset: bool,
     ) -> Result<Vec<StatementResult>, RouterError> {
-        exec::transaction_with(conn, self.statements, &ResultLimits::DEFAULT, reset)
-            .await
-            .map_err(|(_, e)| e)
+        exec::transaction_with(
+            conn,
+            self.statements,
+            &ResultLimits::DEFAULT,
+            reset,
+            self.request_id,
+        )
+        .await
+        .map_err(|(_, e)| e)
     }
 }
 

@@ -28,7 +28,9 @@ use shardline_api::router::{
 };
 use shardline_api::{ApiError, ErrorCode};
 use shardline_core::hash::format_hash;
-use shardline_http::{bearer_token, with_fallbacks, ErrorResponse, JsonBody, QueryParams};
+use shardline_http::{
+    bearer_token, with_fallbacks, with_request_ids, ErrorResponse, JsonBody, QueryParams, RequestId,
+};
 
 use crate::auth::{admit_app, Admission, AppAuth, Now, RejectReason, Rejection};
 use crate::classify;
@@ -56,7 +58,7 @@ pub fn router(state: Arc<RouterState>, body_limit: usize) -> Router {
         .route("/v1/transaction", post(transaction))
         .route("/v1/route", get(route))
         .with_state(state);
-    with_fallbacks(api, body_limit)
+    with_request_ids(with_fallbacks(api, body_limit))
 }
 
 /// The authenticated client app. Runs before the body is read, so an
@@ -299,6 +301,7 @@ fn check_param_refs(field: &str, sql: &str) -> Result<(), ApiError> {
 
 async fn execute(
     State(st): Shared,
+    id: RequestId,
     auth: Authenticated,
     JsonBody(req): JsonBody<ExecuteRequest>,
 ) -> Result<Json<ExecuteResponse>, ErrorResponse> {
@@ -323,6 +326,7 @@ async fn execute(
         let job = dispatch::Statement {
             sql: &req.sql,
             params: &req.params,
+            request_id: Some(id.as_str()),
         };
         let to = Keyed {
             keyspace: admission.keyspace(),
@@ -346,6 +350,7 @@ async fn execute(
 
 async fn transaction(
     State(st): Shared,
+    id: RequestId,
     auth: Authenticated,
     JsonBody(req): JsonBody<TransactionRequest>,
 ) -> Result<Json<TransactionResponse>, ErrorResponse> {
@@ -386,7 +391,10 @@ async fn transaction(
             .into_iter()
             .map(|s| (s.sql, s.params))
             .collect();
-        let job = dispatch::Transaction { statements: &stmts };
+        let job = dispatch::Transaction {
+            statements: &stmts,
+            request_id: Some(id.as_str()),
+        };
         let to = Keyed {
             keyspace: admission.keyspace(),
             key: &req.shard_key,

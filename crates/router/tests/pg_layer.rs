@@ -177,6 +177,7 @@ async fn columns_values_and_counts() -> anyhow::Result<()> {
         &[],
         &limits,
         true,
+        None,
     )
     .await
     .unwrap_err();

@@ -466,6 +466,7 @@ pub struct Raw {
     pub status: u16,
     pub retry_after: Option<String>,
     pub content_type: Option<String>,
+    pub request_id: Option<String>,
     pub body: Value,
     pub text: String,
 }
@@ -524,6 +525,7 @@ pub async fn raw(
         status,
         retry_after: header("retry-after"),
         content_type: header("content-type"),
+        request_id: header("x-request-id"),
         body: serde_json::from_str(&body).unwrap_or(Value::Null),
         text: body,
     }

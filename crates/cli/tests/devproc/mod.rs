@@ -13,8 +13,15 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_shardline");
 
 /// Starts `shardline dev` on loopback port 0 with `args` added.
 pub fn start_dev(dir: &Path, args: &[&str]) -> Child {
+    start_dev_with_env(dir, args, &[])
+}
+
+/// [`start_dev`] with environment variables `env` set; its log (stdout
+/// and stderr) is the file [`dev_log`] reads.
+pub fn start_dev_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Child {
     let log = std::fs::File::create(dir.with_extension("log")).unwrap();
     Command::new(BIN)
+        .envs(env.iter().copied())
         .args([
             "dev",
             "--router-listen",
@@ -34,6 +41,11 @@ pub fn start_dev(dir: &Path, args: &[&str]) -> Child {
         .unwrap()
 }
 
+/// What `shardline dev` started in `dir` logged so far.
+pub fn dev_log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default()
+}
+
 /// Waits for the dev.json written by this very process.
 pub async fn wait_dev_json(dir: &Path, child: &mut Child) -> Value {
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -46,8 +58,7 @@ pub async fn wait_dev_json(dir: &Path, child: &mut Child) -> Value {
             }
         }
         if let Ok(Some(status)) = child.try_wait() {
-            let log = std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default();
-            panic!("shardline dev exited with {status}:\n{log}");
+            panic!("shardline dev exited with {status}:\n{}", dev_log(dir));
         }
         assert!(Instant::now() < deadline, "dev.json did not appear");
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -69,24 +69,26 @@ pub async fn execute(
     sql: &str,
     params: &[Value],
 ) -> Result<StatementResult, RouterError> {
-    execute_with(conn, sql, params, &ResultLimits::default(), true).await
+    execute_with(conn, sql, params, &ResultLimits::default(), true, None).await
 }
 
 /// Runs one statement (refusing session-changing ones, see the module
 /// docs) and returns its rows; with `reset`, the session is reset after
-/// it (see [`PooledConn::reset_future`]).
+/// it (see [`PooledConn::reset_future`]); with `name` (a request id), the
+/// session is named after it first (see [`PooledConn::put_naming`]).
 pub async fn execute_with(
     conn: &mut PooledConn,
     sql: &str,
     params: &[Value],
     limits: &ResultLimits,
     reset: bool,
+    name: Option<&str>,
 ) -> Result<StatementResult, RouterError> {
     check_statement(sql, false)?;
     conn.set_busy(true);
-    let mut result = run(conn, sql, params, limits, reset).await;
+    let mut result = run(conn, sql, params, limits, reset, name).await;
     if result.as_ref().is_err_and(RouterError::is_stale_statement) && !conn.is_broken() {
-        result = run(conn, sql, params, limits, reset).await;
+        result = run(conn, sql, params, limits, reset, name).await;
     }
     conn.set_busy(false);
     result
@@ -98,7 +100,7 @@ pub async fn transaction(
     conn: &mut PooledConn,
     statements: &[(String, Vec<Value>)],
 ) -> Result<Vec<StatementResult>, (usize, RouterError)> {
-    transaction_with(conn, statements, &ResultLimits::default(), true).await
+    transaction_with(conn, statements, &ResultLimits::default(), true, None).await
 }
 
 /// Runs the statements in one transaction: `BEGIN`, each statement,
@@ -107,12 +109,14 @@ pub async fn transaction(
 /// set in `statement_index`); an index equal to the number of statements
 /// means `COMMIT` failed (e.g. a deferred constraint or a serialization
 /// failure). If the rollback fails, the connection is discarded. With
-/// `reset`, the session reset goes out with the `COMMIT` or `ROLLBACK`.
+/// `reset`, the session reset goes out with the `COMMIT` or `ROLLBACK`;
+/// with `name`, the session is named with the first statement.
 pub async fn transaction_with(
     conn: &mut PooledConn,
     statements: &[(String, Vec<Value>)],
     limits: &ResultLimits,
     reset: bool,
+    name: Option<&str>,
 ) -> Result<Vec<StatementResult>, (usize, RouterError)> {
     let at = |i: usize, e: RouterError| (i, e.at_statement(i));
     for (i, (sql, _)) in statements.iter().enumerate() {
@@ -125,12 +129,10 @@ pub async fn transaction_with(
     conn.set_busy(true);
     // Prepared before `BEGIN`: nothing can be prepared in a transaction
     // a statement failed.
-    if reset {
-        if let Err(e) = conn.prepare_reset().await {
-            let api = fail(conn, "", &e);
-            conn.set_busy(false);
-            return Err(at(0, api));
-        }
+    if let Err(e) = prepare_own(conn, reset, name.is_some()).await {
+        let api = fail(conn, "", &e);
+        conn.set_busy(false);
+        return Err(at(0, api));
     }
     if let Err(e) = conn.batch_execute("BEGIN").await {
         let api = fail(conn, "", &e);
@@ -141,7 +143,8 @@ pub async fn transaction_with(
     }
     let mut results = Vec::with_capacity(statements.len());
     for (i, (sql, params)) in statements.iter().enumerate() {
-        match run(conn, sql, params, limits, false).await {
+        let name = if i == 0 { name } else { None };
+        match run(conn, sql, params, limits, false, name).await {
             Ok(r) => results.push(r),
             Err(e) => {
                 rollback(conn, reset).await;
@@ -158,6 +161,18 @@ pub async fn transaction_with(
     }
     conn.set_busy(false);
     Ok(results)
+}
+
+/// Prepares the router's own statements a request uses: the reset check
+/// with `reset`, the naming with `named`.
+async fn prepare_own(conn: &mut PooledConn, reset: bool, named: bool) -> Result<(), SessionError> {
+    if reset {
+        conn.prepare_reset().await?;
+    }
+    if named {
+        conn.prepare_naming().await?;
+    }
+    Ok(())
 }
 
 /// Sends `COMMIT` or `ROLLBACK`, with `reset` the session reset right
@@ -229,15 +244,16 @@ fn result_columns(stmt: &Described) -> Result<Vec<Column>, RouterError> {
         .collect()
 }
 
-/// Runs one statement; with `reset`, the session reset (see
-/// [`PooledConn::put_reset`]) is sent right behind it, in the same
-/// write.
+/// Runs one statement; with `name`, [`PooledConn::put_naming`] goes
+/// before it, and with `reset`, the session reset (see
+/// [`PooledConn::put_reset`]) right behind it, all in the same write.
 async fn run(
     conn: &mut PooledConn,
     sql: &str,
     params: &[Value],
     limits: &ResultLimits,
     reset: bool,
+    name: Option<&str>,
 ) -> Result<StatementResult, RouterError> {
     // Preparing runs nothing, nor do the client-side checks: a failure
     // here leaves the session as it was, with no reset needed.
@@ -248,14 +264,15 @@ async fn run(
     let encoded = values::encode_params(&stmt.params, params)?;
     let columns = result_columns(&stmt)?;
     let reset = reset && conn.resets_sessions();
-    if reset {
-        if let Err(e) = conn.prepare_reset().await {
-            return Err(fail(conn, "", &e));
-        }
+    if let Err(e) = prepare_own(conn, reset, name.is_some()).await {
+        return Err(fail(conn, "", &e));
     }
     let read = crate::classify::is_read(sql);
     let mut out = BytesMut::new();
     conn.put_closes(&mut out);
+    if let Some(name) = name {
+        conn.put_naming(&mut out, name);
+    }
     put_execute(&mut out, &stmt.name, &encoded);
     if reset {
         conn.put_reset(&mut out);
@@ -263,7 +280,14 @@ async fn run(
     if let Err(e) = conn.send(&out).await {
         return Err(fail(conn, sql, &e));
     }
-    let result = collect(conn, &stmt, columns, limits, read).await;
+    let named = match name {
+        Some(_) => conn.read_naming().await.map_err(RunError::Pg),
+        None => Ok(()),
+    };
+    let result = match named {
+        Ok(()) => collect(conn, &stmt, columns, limits, read).await,
+        Err(e) => Err(e),
+    };
     if reset && !conn.is_lost() {
         let outcome = conn.read_reset().await;
         conn.reset_done(outcome);

@@ -121,6 +121,15 @@ fn set_claim_sql(value: &str) -> String {
 /// The reset check's name on every session that prepared it.
 const RESET_CHECK_NAME: &str = "shardline_reset_check";
 
+/// Names the session after the request it serves (`$1`, the request id),
+/// so that `pg_stat_activity` and the server's log (`%a`) show which
+/// request ran a statement. Not `SET`: a statement prepared once runs in
+/// the request's own round trip and flush, before its statement.
+pub const NAMING: &str = "SELECT pg_catalog.set_config('application_name', $1, false)";
+
+/// [`NAMING`]'s name on every session that prepared it.
+const NAMING_NAME: &str = "shardline_naming";
+
 /// What a type's OID names, read from the tenant database's catalog for
 /// types PostgreSQL does not build in (enums, domains, their arrays).
 const TYPE_SQL: &str = "SELECT t.typname::text, t.typtype::text, t.typbasetype::int8, \
@@ -549,19 +558,63 @@ impl PooledConn {
         if self.session().reset_check {
             return Ok(());
         }
-        let mut out = BytesMut::new();
-        frontend::parse(
-            RESET_CHECK_NAME,
-            SESSION_RESET_CHECK,
-            [Type::TEXT.oid()],
-            &mut out,
-        )
-        .map_err(|e| self.lost(ServerError::Io(e)))?;
-        frontend::sync(&mut out);
-        self.send(&out).await?;
-        self.read_to_ready().await?;
+        self.prepare_text(RESET_CHECK_NAME, SESSION_RESET_CHECK)
+            .await?;
         self.session_mut().reset_check = true;
         Ok(())
+    }
+
+    /// Prepares [`NAMING`] on this session unless it is already (one
+    /// round trip, once per session); [`put_naming`](Self::put_naming)
+    /// then names the session within a request's round trip.
+    pub async fn prepare_naming(&mut self) -> Result<(), SessionError> {
+        if self.session().naming {
+            return Ok(());
+        }
+        self.prepare_text(NAMING_NAME, NAMING).await?;
+        self.session_mut().naming = true;
+        Ok(())
+    }
+
+    /// Prepares `sql`, of one text parameter, as `name`.
+    async fn prepare_text(&mut self, name: &str, sql: &str) -> Result<(), SessionError> {
+        let mut out = BytesMut::new();
+        frontend::parse(name, sql, [Type::TEXT.oid()], &mut out)
+            .map_err(|e| self.lost(ServerError::Io(e)))?;
+        frontend::sync(&mut out);
+        self.send(&out).await?;
+        self.read_to_ready().await
+    }
+
+    /// Appends [`NAMING`] of `name` without a `Sync`: the statement
+    /// written behind it shares its implicit transaction (a failure of
+    /// either undoes both) and its round trip. Read its answer with
+    /// [`read_naming`](Self::read_naming) before the statement's.
+    pub(super) fn put_naming(&mut self, out: &mut BytesMut, name: &str) {
+        bind_text(out, NAMING_NAME, &[Some(name)]);
+        frontend::execute("", 0, out).expect("the unnamed portal");
+    }
+
+    /// Reads [`NAMING`]'s answer, up to its `CommandComplete`. On its
+    /// error PostgreSQL skips the rest up to the `Sync`, which is read
+    /// too: the statement behind it did not run.
+    pub(super) async fn read_naming(&mut self) -> Result<(), SessionError> {
+        loop {
+            let f = self.read().await?;
+            match f.tag {
+                b'C' => return Ok(()),
+                b'E' => {
+                    let e = self.db_error(&f.body);
+                    self.read_to_ready().await?;
+                    return Err(e);
+                }
+                b'Z' => {
+                    self.set_lost();
+                    return Err(lost_before());
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Appends the reset: [`SESSION_RESET`], then [`SESSION_RESET_CHECK`]

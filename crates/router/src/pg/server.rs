@@ -180,6 +180,9 @@ pub struct ServerConn {
     pub statements: StatementCache,
     /// Whether the HTTP front end's reset check is prepared.
     pub reset_check: bool,
+    /// Whether the HTTP front end's [request naming](crate::pg::PooledConn::prepare_naming)
+    /// is prepared.
+    pub naming: bool,
     pub idle_since: Instant,
 }
 
@@ -243,6 +246,7 @@ impl ServerConn {
             claim: None,
             statements: StatementCache::default(),
             reset_check: false,
+            naming: false,
             idle_since: Instant::now(),
         };
         tokio::time::timeout(timeout, conn.login(cfg))
@@ -362,6 +366,7 @@ impl ServerConn {
         self.prepared.clear();
         self.statements.clear();
         self.reset_check = false;
+        self.naming = false;
     }
 
     /// Whether the server closed the idle session, or sent something on

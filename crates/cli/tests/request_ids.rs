@@ -1,0 +1,133 @@
+//! Request ids through the real `shardline dev` (issue 14): every answer
+//! of the router and the manager carries `x-request-id` (the client's,
+//! or a fresh one), a malformed one is refused with a 400, the JSON log
+//! lines of a request carry it in their `request` span, and PostgreSQL
+//! sees it as the session's `application_name` while the request's
+//! statements run (a single statement and a transaction alike).
+
+mod common;
+mod devproc;
+
+use common::{exec_body, raw};
+use devproc::{dev_log, start_dev_with_env, stop_dev, wait_dev_json};
+use serde_json::{json, Value};
+
+/// The value of the only cell of a one-row, one-column result.
+fn cell(body: &Value) -> &str {
+    body["rows"][0][0].as_str().unwrap_or_default()
+}
+
+const NAME_SQL: &str = "SELECT current_setting('application_name')";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_are_answered_logged_and_name_the_session() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    let mut child = start_dev_with_env(
+        &dir,
+        &["--log-json"],
+        &[("SHARDLINE_LOG", "info,shardline_http=debug")],
+    );
+    let info = wait_dev_json(&dir, &mut child).await;
+    let router = info["router_url"].as_str().unwrap().to_string();
+    let manager = info["manager_url"].as_str().unwrap().to_string();
+    let tok = info["app_token"].as_str();
+
+    // The client's id: answered, and the session's name while it runs.
+    let given = "3f2c9a4e-5b1d-4c2e-9f00-1a2b3c4d5e6f";
+    let body = exec_body("k1", NAME_SQL, json!([]));
+    let r = raw(
+        &router,
+        "POST",
+        "/v1/execute",
+        tok,
+        &body,
+        &[("x-request-id", given)],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.request_id.as_deref(), Some(given));
+    assert_eq!(cell(&r.body), given, "{}", r.text);
+
+    // No id: one is made (32 hex digits), answered, and names the session.
+    let r = raw(&router, "POST", "/v1/execute", tok, &body, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let made = r.request_id.clone().expect("an id is made");
+    assert_eq!(made.len(), 32, "{made}");
+    assert!(made.bytes().all(|b| b.is_ascii_hexdigit()), "{made}");
+    assert_eq!(cell(&r.body), made);
+    let again = raw(&router, "POST", "/v1/execute", tok, &body, &[]).await;
+    assert_ne!(again.request_id, Some(made), "each request gets its own id");
+
+    // A transaction's statements run under its id.
+    let tx = json!({
+        "shard_key": "k1",
+        "statements": [{"sql": NAME_SQL}, {"sql": NAME_SQL}],
+    });
+    let r = raw(
+        &router,
+        "POST",
+        "/v1/transaction",
+        tok,
+        tx.to_string().as_bytes(),
+        &[("x-request-id", "tx-7")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    for i in 0..2 {
+        assert_eq!(
+            r.body["results"][i]["rows"][0][0], "tx-7",
+            "statement {i}: {}",
+            r.text
+        );
+    }
+
+    // A malformed id is the client's error, answered with an id of ours.
+    for bad in ["has space", "quote'd", &"x".repeat(129)] {
+        let r = raw(
+            &router,
+            "POST",
+            "/v1/execute",
+            tok,
+            &body,
+            &[("x-request-id", bad)],
+        )
+        .await;
+        assert_eq!(r.status, 400, "{bad:?}: {}", r.text);
+        assert_eq!(r.body["error"]["code"], "invalid_request", "{}", r.text);
+        let id = r.request_id.expect("a refused request has an id too");
+        assert_ne!(id, bad);
+    }
+
+    // The manager, and answers that never reach a handler, carry one too.
+    let r = raw(
+        &manager,
+        "GET",
+        "/healthz",
+        None,
+        b"",
+        &[("x-request-id", "m-1")],
+    )
+    .await;
+    assert_eq!(r.request_id.as_deref(), Some("m-1"), "{}", r.text);
+    let r = raw(&router, "GET", "/nowhere", None, b"", &[]).await;
+    assert_eq!(r.status, 404);
+    assert!(r.request_id.is_some());
+
+    // The JSON log line of the first request names it in its span.
+    let logged = dev_log(&dir).lines().any(|line| {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            return false;
+        };
+        v["span"]["name"] == "request"
+            && v["span"]["id"] == given
+            && v["span"]["path"] == "/v1/execute"
+            && v["fields"]["status"] == 200
+    });
+    assert!(
+        logged,
+        "no JSON log line with span id {given}:\n{}",
+        dev_log(&dir)
+    );
+    stop_dev(&mut child);
+}
