@@ -8,6 +8,8 @@
 //!   uncached and cached.
 //! - [`execute`]: point SELECTs through the router vs. direct PostgreSQL.
 //! - [`noisy`]: a tenant at 10x its rate limit beside one within its own.
+//! - [`quota_split`]: the share of a tenant's rate limit admitted when its
+//!   traffic reaches only some routers (the router's quota code, virtual clock).
 //! - [`tenants`]: router memory and auth + quota cost at 1,000 tenants x 10 apps.
 //! - [`wire`]: pgbench straight, through PgBouncer and through the router's
 //!   PostgreSQL port.
@@ -21,6 +23,7 @@ mod execute;
 mod noisy;
 mod parse;
 mod pgbench;
+mod quota_split;
 mod routing;
 mod scatter;
 mod tenants;
@@ -46,6 +49,8 @@ enum Command {
     Execute(execute::ExecuteArgs),
     /// Noisy neighbor: tenant A at 10x its limit, tenant B within its own.
     Noisy(noisy::NoisyArgs),
+    /// Share of a tenant's rate limit admitted when its traffic reaches k of N routers.
+    QuotaSplit(quota_split::QuotaSplitArgs),
     /// Router memory and auth + quota cost with 1,000 tenants x 10 apps.
     Tenants(tenants::TenantsArgs),
     /// pgbench -S straight to PostgreSQL, through PgBouncer, through the router.
@@ -60,6 +65,7 @@ fn main() -> anyhow::Result<()> {
         Command::Parse(args) => parse::run(args),
         Command::Execute(args) => execute::run(args),
         Command::Noisy(args) => noisy::run(args),
+        Command::QuotaSplit(args) => quota_split::run(args),
         Command::Tenants(args) => tenants::run(args),
         Command::Wire(args) => wire::run(args),
         Command::Scatter(args) => scatter::run(args),

@@ -1,6 +1,6 @@
 //! Admin verbs: keyspaces, shards, schema, status.
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::Subcommand;
 use shardline_api::manager::{
     AddReplicaRequest, ApplyMigrationRequest, CreateKeyspaceRequest, InitialMapRequest,
@@ -10,6 +10,8 @@ use shardline_core::KeyType;
 
 use crate::endpoints::Endpoints;
 use crate::instances::{failovers_in_progress, shard_table};
+use crate::progress::Spinner;
+use crate::settings::{read_secret, read_secrets, secret};
 use crate::table::render;
 use crate::tenant::tenant_table;
 
@@ -57,23 +59,33 @@ pub enum ShardCmd {
     Register {
         id: String,
         /// DSN of the primary
-        #[arg(long)]
-        primary: String,
+        #[arg(long, required_unless_present = "primary_file")]
+        primary: Option<String>,
+        /// File holding the primary's DSN (it may carry a password)
+        #[arg(long, value_name = "PATH", conflicts_with = "primary")]
+        primary_file: Option<std::path::PathBuf>,
         /// DSN of a replica (repeatable)
         #[arg(long = "replica")]
         replicas: Vec<String>,
+        /// File holding a replica's DSN (repeatable)
+        #[arg(long = "replica-file", value_name = "PATH")]
+        replica_files: Vec<std::path::PathBuf>,
         /// Reserve it for this tenant's dedicated keyspace
         #[arg(long)]
         tenant: Option<String>,
         /// Synchronous replication: commits wait for any one replica
-        #[arg(long, requires = "replicas")]
+        #[arg(long)]
         synchronous: bool,
     },
     /// Register a running streaming replica of a shard's primary
     AddReplica {
         shard: String,
         /// DSN of the replica
-        dsn: String,
+        #[arg(required_unless_present = "dsn_file")]
+        dsn: Option<String>,
+        /// File holding the replica's DSN (it may carry a password)
+        #[arg(long, value_name = "PATH", conflicts_with = "dsn")]
+        dsn_file: Option<std::path::PathBuf>,
     },
     /// List shards with each instance's role, health and lag
     List,
@@ -254,20 +266,39 @@ pub async fn shard(ep: &Endpoints, cmd: ShardCmd, json: bool) -> anyhow::Result<
         ShardCmd::Register {
             id,
             primary,
-            replicas,
+            primary_file,
+            mut replicas,
+            replica_files,
             tenant,
             synchronous,
-        } => vec![
-            m.register_shard(&RegisterShardRequest {
-                id,
-                primary,
-                replicas,
-                tenant,
-                synchronous,
-            })
-            .await?,
-        ],
-        ShardCmd::AddReplica { shard, dsn } => {
+        } => {
+            let primary = secret("primary", primary, primary_file.as_deref())?
+                .context("give the primary's DSN: --primary or --primary-file")?;
+            replicas.extend(read_secrets("replica", &replica_files)?);
+            if synchronous && replicas.is_empty() {
+                bail!("--synchronous needs a replica: --replica or --replica-file");
+            }
+            vec![
+                m.register_shard(&RegisterShardRequest {
+                    id,
+                    primary,
+                    replicas,
+                    tenant,
+                    synchronous,
+                })
+                .await?,
+            ]
+        }
+        ShardCmd::AddReplica {
+            shard,
+            dsn,
+            dsn_file,
+        } => {
+            let dsn = match (dsn, dsn_file) {
+                (Some(dsn), _) => dsn,
+                (None, Some(path)) => read_secret("dsn", &path)?,
+                (None, None) => bail!("give the replica's DSN, or --dsn-file"),
+            };
             vec![m.add_replica(&shard, &AddReplicaRequest { dsn }).await?]
         }
         ShardCmd::List => m.list_shards().await?,
@@ -297,9 +328,14 @@ pub async fn schema(ep: &Endpoints, cmd: SchemaCmd, json: bool) -> anyhow::Resul
         } => {
             let sql = std::fs::read_to_string(&file)
                 .with_context(|| format!("read {}", file.display()))?;
+            let spinner = Spinner::start(format!(
+                "applying migration {name} to every shard of keyspace {keyspace}"
+            ));
             let res = m
                 .apply_migration(&keyspace, &ApplyMigrationRequest { name, sql })
-                .await?;
+                .await;
+            drop(spinner);
+            let res = res?;
             if json {
                 return print_json(&res);
             }

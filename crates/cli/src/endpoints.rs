@@ -168,6 +168,9 @@ pub struct Endpoints {
         hide_env_values = true
     )]
     pub admin_token: Option<String>,
+    /// File holding the admin token (instead of --admin-token)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub admin_token_file: Option<PathBuf>,
     /// Client-app token for the router [default: from dev.json]
     #[arg(
         long,
@@ -176,65 +179,184 @@ pub struct Endpoints {
         hide_env_values = true
     )]
     pub app_token: Option<String>,
+    /// File holding the client-app token (instead of --app-token)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub app_token_file: Option<PathBuf>,
     /// Data directory of `shardline dev`, whose dev.json gives defaults
     /// [default: /var/lib/shardline/dev as root, else ~/.local/share/shardline/dev]
     #[arg(long, env = "SHARDLINE_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
 }
 
+/// Where a URL or token the CLI uses came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A flag (`--manager`).
+    Flag(&'static str),
+    /// Its environment variable (`SHARDLINE_MANAGER_URL`).
+    Env(&'static str),
+    /// A file named by `--NAME-file` or `SHARDLINE_NAME_FILE`.
+    File(PathBuf),
+    /// The dev.json of a `shardline dev`.
+    DevJson(PathBuf),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Flag(flag) => write!(f, "{flag}"),
+            Source::Env(var) => write!(f, "${var}"),
+            Source::File(path) => write!(f, "the file {}", path.display()),
+            Source::DevJson(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// A service the CLI talks to: where, with which token, and where each
+/// came from.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub url: String,
+    pub url_from: Source,
+    pub token: String,
+    pub token_from: Source,
+}
+
+/// One value the CLI needs: its flag, environment variable and dev.json
+/// field.
+struct Setting<'a> {
+    what: &'static str,
+    flag: &'static str,
+    env: &'static str,
+    given: &'a Option<String>,
+    file: Option<&'a Path>,
+    /// The flag of the file, for secrets.
+    file_flag: Option<&'static str>,
+    from_dev: fn(&DevInfo) -> String,
+}
+
 impl Endpoints {
-    fn dev(&self) -> Option<DevInfo> {
-        let dir = self.data_dir.clone().unwrap_or_else(default_data_dir);
-        DevInfo::load(&dir).ok()
+    /// The data directory whose dev.json gives defaults.
+    fn dev_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(default_data_dir)
     }
 
-    fn pick(
-        &self,
-        given: &Option<String>,
-        from_dev: impl Fn(&DevInfo) -> String,
-        what: &str,
-        flag: &str,
-    ) -> anyhow::Result<String> {
-        if let Some(v) = given {
-            return Ok(v.clone());
+    fn pick(&self, s: Setting<'_>) -> anyhow::Result<(String, Source)> {
+        let name = s.flag.trim_start_matches('-');
+        if let Some(value) = crate::settings::secret(name, s.given.clone(), s.file)? {
+            let from = match (s.given, s.file) {
+                (_, Some(path)) => Source::File(path.to_path_buf()),
+                // Flags win over the environment: the value came from
+                // the variable only if it holds that very value.
+                _ if std::env::var(s.env).is_ok_and(|v| v == value) => Source::Env(s.env),
+                _ => Source::Flag(s.flag),
+            };
+            return Ok((value, from));
         }
-        self.dev().map(|d| from_dev(&d)).ok_or_else(|| {
-            anyhow!("no {what}: pass {flag}, set its environment variable, or run `shardline dev`")
+        let dir = self.dev_dir();
+        match DevInfo::load(&dir) {
+            Ok(dev) => Ok(((s.from_dev)(&dev), Source::DevJson(dir.join("dev.json")))),
+            Err(_) => Err(anyhow!(
+                "no {what}: pass {flag} or set ${env}{file}, or start `shardline dev` (its \
+                 {dev} gives one; none there)",
+                what = s.what,
+                flag = s.flag,
+                env = s.env,
+                file = match s.file_flag {
+                    Some(f) => format!(" (or name a file holding it: {f} or ${}_FILE)", s.env),
+                    None => String::new(),
+                },
+                dev = dir.join("dev.json").display(),
+            )),
+        }
+    }
+
+    /// The manager's URL and admin token, and where they came from.
+    pub fn manager_target(&self) -> anyhow::Result<Target> {
+        let (url, url_from) = self.pick(Setting {
+            what: "manager URL",
+            flag: "--manager",
+            env: "SHARDLINE_MANAGER_URL",
+            given: &self.manager,
+            file: None,
+            file_flag: None,
+            from_dev: DevInfo::manager_urls,
+        })?;
+        let (token, token_from) = self.pick(Setting {
+            what: "admin token",
+            flag: "--admin-token",
+            env: "SHARDLINE_ADMIN_TOKEN",
+            given: &self.admin_token,
+            file: self.admin_token_file.as_deref(),
+            file_flag: Some("--admin-token-file"),
+            from_dev: |d| d.admin_token.clone(),
+        })?;
+        Ok(Target {
+            url,
+            url_from,
+            token,
+            token_from,
         })
+    }
+
+    /// The router's URL and app token, and where they came from.
+    pub fn router_target(&self) -> anyhow::Result<Target> {
+        let (url, url_from) = self.pick(Setting {
+            what: "router URL",
+            flag: "--router",
+            env: "SHARDLINE_ROUTER_URL",
+            given: &self.router,
+            file: None,
+            file_flag: None,
+            from_dev: |d| d.router_url.clone(),
+        })?;
+        let (token, token_from) = self.pick(Setting {
+            what: "app token",
+            flag: "--app-token",
+            env: "SHARDLINE_APP_TOKEN",
+            given: &self.app_token,
+            file: self.app_token_file.as_deref(),
+            file_flag: Some("--app-token-file"),
+            from_dev: |d| d.app_token.clone(),
+        })?;
+        Ok(Target {
+            url,
+            url_from,
+            token,
+            token_from,
+        })
+    }
+
+    /// The admin token given by flag, environment or file (not dev.json):
+    /// what `shardline manager` takes when its config file has none.
+    pub fn admin_token_given(&self) -> anyhow::Result<Option<String>> {
+        crate::settings::secret(
+            "admin-token",
+            self.admin_token.clone(),
+            self.admin_token_file.as_deref(),
+        )
     }
 
     /// A client for the manager's admin API.
     pub fn manager(&self) -> anyhow::Result<ManagerClient> {
-        let url = self.pick(
-            &self.manager,
-            |d| d.manager_urls(),
-            "manager URL",
-            "--manager",
-        )?;
-        let token = self.pick(
-            &self.admin_token,
-            |d| d.admin_token.clone(),
-            "admin token",
-            "--admin-token",
-        )?;
-        Ok(ManagerClient::new(&url, Some(token))?)
+        let t = self.manager_target()?;
+        ManagerClient::new(&t.url, Some(t.token)).with_context(|| {
+            format!(
+                "use the manager at {:?} (URL from {}, admin token from {})",
+                t.url, t.url_from, t.token_from
+            )
+        })
     }
 
     /// A client for the router.
     pub fn router(&self) -> anyhow::Result<RouterClient> {
-        let url = self.pick(
-            &self.router,
-            |d| d.router_url.clone(),
-            "router URL",
-            "--router",
-        )?;
-        let token = self.pick(
-            &self.app_token,
-            |d| d.app_token.clone(),
-            "app token",
-            "--app-token",
-        )?;
-        Ok(RouterClient::new(&url, Some(token))?)
+        let t = self.router_target()?;
+        RouterClient::new(&t.url, Some(t.token)).with_context(|| {
+            format!(
+                "use the router at {:?} (URL from {}, app token from {})",
+                t.url, t.url_from, t.token_from
+            )
+        })
     }
 }
 

@@ -7,22 +7,28 @@ mod app;
 mod deploy;
 mod dev;
 mod endpoints;
+mod explain;
 mod instances;
 mod limits;
+mod progress;
 mod reshard;
+mod settings;
 mod signals;
 mod sql;
 mod table;
 mod tenant;
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::endpoints::Endpoints;
+use crate::explain::Service;
 
 /// shardline: a sharding service for PostgreSQL.
 #[derive(Debug, Parser)]
@@ -45,11 +51,7 @@ enum Command {
     /// Run everything on this machine: PostgreSQL shards, manager, router
     Dev(dev::DevArgs),
     /// Run a manager (control plane)
-    Manager {
-        /// TOML configuration file
-        #[arg(long)]
-        config: PathBuf,
-    },
+    Manager(ManagerArgs),
     /// Run a router (data plane)
     Router(RouterArgs),
     /// Run one statement through the router
@@ -82,6 +84,30 @@ enum Command {
     /// Deployment manifests
     #[command(subcommand)]
     Deploy(deploy::DeployCmd),
+    /// Print a shell's completion script: `source <(shardline completions bash)`
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ManagerArgs {
+    /// TOML configuration file
+    #[arg(long)]
+    config: PathBuf,
+    /// Token routers present, when the file has no `router_token`
+    #[arg(long, env = "SHARDLINE_ROUTER_TOKEN", hide_env_values = true)]
+    router_token: Option<String>,
+    /// File holding the router token (instead of --router-token)
+    #[arg(long, value_name = "PATH")]
+    router_token_file: Option<PathBuf>,
+    /// Password of the etcd user, when the file has no `etcd.password`
+    #[arg(long, env = "SHARDLINE_ETCD_PASSWORD", hide_env_values = true)]
+    etcd_password: Option<String>,
+    /// File holding the etcd password (instead of --etcd-password)
+    #[arg(long, value_name = "PATH")]
+    etcd_password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -95,6 +121,9 @@ struct RouterArgs {
     /// Token routers present to the manager
     #[arg(long, env = "SHARDLINE_ROUTER_TOKEN", hide_env_values = true)]
     router_token: Option<String>,
+    /// File holding the router token (instead of --router-token)
+    #[arg(long, value_name = "PATH")]
+    router_token_file: Option<PathBuf>,
     /// Listen address
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -141,6 +170,11 @@ fn init_logging(json: bool) {
 }
 
 fn router_config(args: RouterArgs) -> anyhow::Result<shardline_router::RouterConfig> {
+    let router_token = settings::secret(
+        "router-token",
+        args.router_token,
+        args.router_token_file.as_deref(),
+    )?;
     let mut cfg = match &args.config {
         Some(path) => shardline_router::RouterConfig::load(path)?,
         None => {
@@ -154,7 +188,7 @@ fn router_config(args: RouterArgs) -> anyhow::Result<shardline_router::RouterCon
     if let Some(url) = args.manager_url {
         cfg.manager_url = url;
     }
-    if let Some(t) = args.router_token {
+    if let Some(t) = router_token {
         cfg.router_token = Some(t);
     }
     if cfg.router_token.as_deref() == Some("") {
@@ -179,6 +213,77 @@ fn router_config(args: RouterArgs) -> anyhow::Result<shardline_router::RouterCon
     Ok(cfg)
 }
 
+/// The manager's settings: its file, with the secrets it lacks taken
+/// from flags, the environment or files (the file's own win, as they
+/// always have).
+fn manager_config(
+    args: ManagerArgs,
+    ep: &Endpoints,
+) -> anyhow::Result<shardline_manager::ManagerConfig> {
+    let path = &args.config;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("read config file {}", path.display()))?;
+    let mut cfg = shardline_manager::ManagerConfig::from_toml(&text)?;
+    if cfg.admin_token.is_none() {
+        cfg.admin_token = ep.admin_token_given()?;
+    }
+    if cfg.router_token.is_none() {
+        cfg.router_token = settings::secret(
+            "router-token",
+            args.router_token,
+            args.router_token_file.as_deref(),
+        )?;
+    }
+    if let Some(etcd) = &mut cfg.etcd {
+        if etcd.username.is_some() && etcd.password.is_none() {
+            etcd.password = settings::secret(
+                "etcd-password",
+                args.etcd_password,
+                args.etcd_password_file.as_deref(),
+            )?;
+        }
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// The service a verb talks to, for its error messages.
+fn service(command: &Command) -> Option<Service> {
+    match command {
+        Command::Sql(_) => Some(Service::Router),
+        Command::Status
+        | Command::Keyspace(_)
+        | Command::Shard(_)
+        | Command::Failover(_)
+        | Command::Reshard(_)
+        | Command::Tenant(_)
+        | Command::App(_)
+        | Command::Schema(_) => Some(Service::Manager),
+        Command::Dev(_)
+        | Command::Manager(_)
+        | Command::Router(_)
+        | Command::Config(_)
+        | Command::Deploy(_)
+        | Command::Completions { .. } => None,
+    }
+}
+
+/// The command line as clap reads it, with every setting's environment
+/// variable (see [`settings`]).
+fn cli_command() -> clap::Command {
+    settings::with_env(Cli::command())
+}
+
+/// Parses `args` (the program name first) the way `main` does.
+fn parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let matches = cli_command().try_get_matches_from(args)?;
+    Cli::from_arg_matches(&matches)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
     let ep = cli.endpoints;
@@ -188,8 +293,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             signals::install(token.clone())?;
             dev::run(args, token).await
         }
-        Command::Manager { config } => {
-            let cfg = shardline_manager::ManagerConfig::load(&config)?;
+        Command::Manager(args) => {
+            let cfg = manager_config(args, &ep)?;
             let token = CancellationToken::new();
             signals::install(token.clone())?;
             shardline_manager::run(cfg, token).await
@@ -210,6 +315,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::App(cmd) => app::run(&ep, cmd, json).await,
         Command::Schema(cmd) => admin::schema(&ep, cmd, json).await,
         Command::Deploy(cmd) => deploy::run(cmd),
+        Command::Completions { shell } => {
+            // Into a buffer: clap_complete panics when its writer fails
+            // (a closed pipe), and this way the error is ours to report.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cli_command(), "shardline", &mut script);
+            let mut out = std::io::stdout().lock();
+            out.write_all(&script)
+                .and_then(|()| out.flush())
+                .context("write the completion script")
+        }
         Command::Config(ConfigCmd::Check { file, kind }) => {
             let text = std::fs::read_to_string(&file)?;
             match kind.as_str() {
@@ -228,7 +343,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit());
     init_logging(cli.log_json);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -240,10 +355,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let service = service(&cli.command);
+    let ep = cli.endpoints.clone();
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("{}", explain::report(&e, service, &ep));
             ExitCode::FAILURE
         }
     }
@@ -396,6 +513,37 @@ mod tests {
     #[test]
     fn flags_are_well_formed() {
         Cli::command().debug_assert();
+        super::cli_command().debug_assert();
+    }
+
+    #[test]
+    fn every_server_and_global_flag_has_its_variable() {
+        let mut cmd = super::cli_command();
+        cmd.build();
+        let mut checked = 0;
+        for sub in ["dev", "manager", "router"] {
+            let sub = cmd.find_subcommand(sub).unwrap();
+            for arg in sub.get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                if matches!(long, "help" | "version") {
+                    continue;
+                }
+                let want = match long {
+                    // Older than the rule.
+                    "manager" => "SHARDLINE_MANAGER_URL".to_string(),
+                    "router" => "SHARDLINE_ROUTER_URL".to_string(),
+                    _ => crate::settings::env_name(long),
+                };
+                assert_eq!(arg.get_env().map(|e| e.to_os_string()), Some(want.into()));
+                checked += 1;
+            }
+        }
+        assert!(checked > 30, "{checked}");
+        // A verb's own flags have none.
+        let tenant = cmd.find_subcommand("tenant").unwrap();
+        let create = tenant.find_subcommand("create").unwrap();
+        let rps = create.get_arguments().find(|a| a.get_long() == Some("rps"));
+        assert_eq!(rps.and_then(|a| a.get_env()), None);
     }
 
     #[test]
@@ -412,10 +560,11 @@ mod tests {
         assert!(Cli::try_parse_from(["shardline", "failover"]).is_err());
         let cli =
             Cli::try_parse_from(["shardline", "shard", "add-replica", "s0", "port=5433"]).unwrap();
-        let Command::Shard(crate::admin::ShardCmd::AddReplica { shard, dsn }) = cli.command else {
+        let Command::Shard(crate::admin::ShardCmd::AddReplica { shard, dsn, .. }) = cli.command
+        else {
             panic!("not shard add-replica");
         };
-        assert_eq!((shard.as_str(), dsn.as_str()), ("s0", "port=5433"));
+        assert_eq!((shard.as_str(), dsn.as_deref()), ("s0", Some("port=5433")));
         let cli = Cli::try_parse_from(["shardline", "dev", "--replicas", "2"]).unwrap();
         let Command::Dev(args) = cli.command else {
             panic!("not dev");

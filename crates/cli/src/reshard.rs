@@ -2,16 +2,18 @@
 //! and moving a tenant to its own keyspace), their status and cancellation, and a live progress line while one
 //! runs.
 //!
-//! The progress line goes to stderr, so stdout keeps only the job (text
-//! or `--json`). On a terminal it is redrawn in place every poll; to a
-//! pipe or a file it is written as plain lines, only when the phase
-//! changes or every few seconds, so logs stay readable.
+//! The progress goes to stderr, so stdout keeps only the job (text or
+//! `--json`). On a terminal it is a bar redrawn every poll
+//! ([`crate::progress`]); to a pipe or a file it is written as plain
+//! lines, only when the phase changes or every few seconds, so logs stay
+//! readable.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 use clap::{Args, Subcommand};
+use indicatif::ProgressBar;
 use shardline_api::manager::{JobInfo, ReshardKind, ReshardPhase, ReshardRequest};
 use shardline_client::{ClientError, ManagerClient};
 
@@ -268,7 +270,7 @@ fn transient(e: &ClientError) -> bool {
 
 /// Polls the job until it finishes, drawing its progress on stderr.
 async fn follow(m: &ManagerClient, mut job: JobInfo) -> anyhow::Result<JobInfo> {
-    let mut line = ProgressLine::new(std::io::stderr().is_terminal());
+    let mut line = ProgressLine::new(crate::progress::on_terminal());
     let mut failing_since: Option<Instant> = None;
     loop {
         line.draw(&job);
@@ -300,11 +302,11 @@ async fn follow(m: &ManagerClient, mut job: JobInfo) -> anyhow::Result<JobInfo> 
     }
 }
 
-/// The live progress line on stderr.
+/// The live progress on stderr: a bar on a terminal, plain lines
+/// elsewhere.
 struct ProgressLine {
-    terminal: bool,
-    /// Width of the last line drawn in place (to blank its tail).
-    drawn: usize,
+    /// On a terminal: the bar.
+    bar: Option<ProgressBar>,
     /// Phase and time of the last plain line.
     last_plain: Option<(ReshardPhase, Instant)>,
 }
@@ -312,39 +314,44 @@ struct ProgressLine {
 impl ProgressLine {
     fn new(terminal: bool) -> Self {
         Self {
-            terminal,
-            drawn: 0,
+            bar: terminal.then(crate::progress::rows_bar),
             last_plain: None,
         }
     }
 
     fn draw(&mut self, job: &JobInfo) {
-        let text = progress(job);
-        let mut err = std::io::stderr().lock();
-        // Progress is a courtesy: a closed stderr must not stop the job's
-        // follower.
-        if self.terminal {
-            let pad = self.drawn.saturating_sub(text.chars().count());
-            let _ = write!(err, "\r{text}{}", " ".repeat(pad));
-            self.drawn = text.chars().count();
-        } else {
-            let due = match self.last_plain {
-                None => true,
-                Some((phase, at)) => phase != job.phase || at.elapsed() >= PLAIN_EVERY,
-            };
-            if due {
-                let _ = writeln!(err, "{text}");
-                self.last_plain = Some((job.phase, Instant::now()));
+        if let Some(bar) = &self.bar {
+            // The estimate may trail the rows copied.
+            let total = job.rows_estimated.max(job.rows_copied);
+            if total > 0 {
+                bar.set_length(total);
             }
+            bar.set_position(job.rows_copied);
+            bar.set_message(format!(
+                "{}, {} changes behind",
+                phase_name(job.phase),
+                thousands(job.changes_behind)
+            ));
+            return;
         }
-        let _ = err.flush();
+        let due = match self.last_plain {
+            None => true,
+            Some((phase, at)) => phase != job.phase || at.elapsed() >= PLAIN_EVERY,
+        };
+        if due {
+            let mut err = std::io::stderr().lock();
+            // Progress is a courtesy: a closed stderr must not stop the
+            // job's follower.
+            let _ = writeln!(err, "{}", progress(job));
+            let _ = err.flush();
+            self.last_plain = Some((job.phase, Instant::now()));
+        }
     }
 
-    /// Ends the line drawn in place.
+    /// Clears the bar: the outcome line that follows says how it ended.
     fn finish(&mut self) {
-        if self.terminal && self.drawn > 0 {
-            let _ = writeln!(std::io::stderr());
-            self.drawn = 0;
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
         }
     }
 }

@@ -9,6 +9,7 @@ use shardline_core::KeyType;
 use crate::admin::{parse_key_type, print_json};
 use crate::endpoints::Endpoints;
 use crate::limits::{limits_text, TenantFlags};
+use crate::progress::Spinner;
 use crate::table::{details, render};
 
 /// `shardline tenant ...`
@@ -85,6 +86,17 @@ pub async fn run(ep: &Endpoints, cmd: TenantCmd, json: bool) -> anyhow::Result<(
                 key_type: key_type.unwrap_or_default(),
                 config,
             };
+            let _spinner = Spinner::start(if req.dedicated {
+                format!(
+                    "creating tenant {} with a keyspace of its own (role, schema and tables on each shard)",
+                    req.id
+                )
+            } else {
+                format!(
+                    "creating tenant {} (its role and schema on every shard)",
+                    req.id
+                )
+            });
             ("created", m.create_tenant(&req).await?)
         }
         TenantCmd::List => {
@@ -113,7 +125,14 @@ pub async fn run(ep: &Endpoints, cmd: TenantCmd, json: bool) -> anyhow::Result<(
             ("updated", m.update_tenant(&id, &req).await?)
         }
         TenantCmd::Delete { id, drop_data } => {
-            match m.delete_tenant(&id, drop_data).await {
+            let spinner = Spinner::start(if drop_data {
+                format!("deleting tenant {id} and dropping its data on every shard")
+            } else {
+                format!("deleting tenant {id}")
+            });
+            let deleted = m.delete_tenant(&id, drop_data).await;
+            drop(spinner);
+            match deleted {
                 Ok(()) => {}
                 // The manager refuses a tenant whose tables hold rows.
                 Err(e) if e.status() == Some(409) && !drop_data => {

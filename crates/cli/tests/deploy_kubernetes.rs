@@ -20,7 +20,7 @@ use serde_yaml::Value;
 const KUBERNETES_VERSIONS: [&str; 2] = ["1.30.0", "1.37.0"];
 
 /// The checks the manifests skip, each with its reason in the object.
-const JUSTIFIED_SKIPS: [&str; 2] = ["CKV_K8S_43", "CKV_K8S_35"];
+const JUSTIFIED_SKIPS: [&str; 1] = ["CKV_K8S_43"];
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

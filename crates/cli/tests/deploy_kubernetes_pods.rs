@@ -114,9 +114,24 @@ impl Pod {
                 vdir.display().to_string(),
             ));
             if let Some(name) = volume["secret"]["secretName"].as_str() {
+                // `items`: only those keys, each at its path.
+                let items: Option<BTreeMap<&str, &str>> =
+                    volume["secret"]["items"].as_sequence().map(|items| {
+                        items
+                            .iter()
+                            .map(|i| {
+                                let key = i["key"].as_str().expect("item key");
+                                (key, i["path"].as_str().expect("item path"))
+                            })
+                            .collect()
+                    });
                 for ((secret, key), file) in secrets {
-                    if secret == name {
-                        std::fs::copy(file, vdir.join(key)).expect("copy a secret key");
+                    let path = match &items {
+                        None => Some(key.as_str()),
+                        Some(items) => items.get(key.as_str()).copied(),
+                    };
+                    if let (true, Some(path)) = (secret == name, path) {
+                        std::fs::copy(file, vdir.join(path)).expect("copy a secret key");
                     }
                 }
             }
@@ -145,14 +160,13 @@ impl Pod {
         for e in c["env"].as_sequence().expect("env") {
             let name = e["name"].as_str().expect("env name").to_string();
             let from = &e["valueFrom"];
-            let value = if from["fieldRef"]["fieldPath"] == "metadata.name" {
+            let value = if let Some(value) = e["value"].as_str() {
+                // Paths under the mounts (`SHARDLINE_*_TOKEN_FILE`).
+                edit(value)
+            } else if from["fieldRef"]["fieldPath"] == "metadata.name" {
                 pod_name.to_string()
             } else {
-                match from["secretKeyRef"]["key"].as_str() {
-                    Some("admin-token") => ADMIN_TOKEN.to_string(),
-                    Some("router-token") => ROUTER_TOKEN.to_string(),
-                    other => panic!("{name} from {other:?}"),
-                }
+                panic!("{name} from {from:?}: secrets are mounted as files")
             };
             env.insert(name, value);
         }
@@ -275,6 +289,14 @@ async fn deploy_kubernetes_pods_answer_probes_and_drain() {
     let router_tls = TlsFiles::make(&ca_dir).expect("certificates");
 
     let secret = |s: &str, k: &str, f: &Path| ((s.to_string(), k.to_string()), f.to_path_buf());
+    // As `kubectl create secret generic --from-file` keeps them: with
+    // the newline an editor leaves.
+    let (admin_token, router_token) = (
+        dir.path().join("admin-token"),
+        dir.path().join("router-token"),
+    );
+    std::fs::write(&admin_token, format!("{ADMIN_TOKEN}\n")).expect("write a token");
+    std::fs::write(&router_token, format!("{ROUTER_TOKEN}\n")).expect("write a token");
     let secrets: Secrets = [
         secret("shardline-etcd-client-tls", "ca.crt", &etcd_tls.ca),
         secret(
@@ -285,6 +307,8 @@ async fn deploy_kubernetes_pods_answer_probes_and_drain() {
         secret("shardline-etcd-client-tls", "tls.key", &etcd_tls.client_key),
         secret("shardline-router-tls", "tls.crt", &router_tls.server_cert),
         secret("shardline-router-tls", "tls.key", &router_tls.server_key),
+        secret("shardline-tokens", "admin-token", &admin_token),
+        secret("shardline-tokens", "router-token", &router_token),
     ]
     .into_iter()
     .collect();

@@ -19,12 +19,14 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// Compares two byte strings in time independent of where they differ.
+/// Compares two byte strings in time independent of where they differ
+/// (only their lengths, which are public here: hashes, MACs and keys of
+/// fixed size, may end it early). Every token, SCRAM key and fencing MAC
+/// check goes through here, on `subtle`, whose comparison the optimiser
+/// cannot turn back into an early exit.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    bool::from(a.ct_eq(b))
 }
 
 #[cfg(test)]
@@ -40,5 +42,14 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(!constant_time_eq(b"", b"a"));
+        assert!(constant_time_eq(b"", b""));
+        // Every position is compared, not just the first bytes.
+        let a = [7u8; 64];
+        for i in 0..a.len() {
+            let mut b = a;
+            b[i] ^= 1;
+            assert!(!constant_time_eq(&a, &b), "byte {i}");
+        }
     }
 }

@@ -240,7 +240,12 @@ pub struct Container {
 #[serde(rename_all = "camelCase")]
 pub struct EnvVar {
     pub name: &'static str,
-    pub value_from: EnvSource,
+    /// A literal value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Or where the value comes from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<EnvSource>,
 }
 
 /// Where a variable's value comes from (one of the two, by its field
@@ -249,7 +254,6 @@ pub struct EnvVar {
 #[serde(untagged, rename_all_fields = "camelCase")]
 pub enum EnvSource {
     Field { field_ref: FieldRef },
-    Secret { secret_key_ref: KeyRef },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -258,10 +262,11 @@ pub struct FieldRef {
     pub field_path: &'static str,
 }
 
+/// One key of a Secret volume and the file it becomes.
 #[derive(Debug, Clone, Serialize)]
-pub struct KeyRef {
-    pub name: String,
+pub struct KeyToPath {
     pub key: &'static str,
+    pub path: &'static str,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -345,6 +350,9 @@ pub struct ConfigMapRef {
 #[serde(rename_all = "camelCase")]
 pub struct SecretRef {
     pub secret_name: String,
+    /// Only these keys, at these paths (absent: every key, by its name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub items: Option<Vec<KeyToPath>>,
     /// Absent Secrets leave the directory empty rather than keep the
     /// pod from starting.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -69,16 +69,51 @@ fn containers_run_what_the_cli_accepts() {
                 );
                 assert_eq!(r.id.as_deref(), Some("shardline-router-0"));
             }
-            ("manager", Command::Manager { config }) => {
+            ("manager", Command::Manager(m)) => {
                 // The file the ConfigMap holds for this pod.
                 assert_eq!(
-                    config,
+                    m.config,
                     std::path::Path::new("/etc/shardline/config/shardline-manager-0.toml")
                 );
             }
             (n, c) => panic!("{n} runs {c:?}"),
         }
     }
+}
+
+#[test]
+fn containers_set_only_variables_the_cli_reads() {
+    let docs = documents(&render(&args(&[]), None).unwrap());
+    let mut cli = crate::cli_command();
+    cli.build();
+    let mut checked = 0;
+    for d in &docs {
+        let Some(containers) = d["spec"]["template"]["spec"]["containers"].as_sequence() else {
+            continue;
+        };
+        for c in containers {
+            let Some(sub) = c["args"]
+                .as_sequence()
+                .and_then(|a| a.iter().find_map(|w| cli.find_subcommand(w.as_str()?)))
+            else {
+                continue;
+            };
+            let known: Vec<String> = sub
+                .get_arguments()
+                .filter_map(|a| a.get_env())
+                .map(|e| e.to_string_lossy().into_owned())
+                .collect();
+            for e in c["env"].as_sequence().into_iter().flatten() {
+                let name = e["name"].as_str().unwrap();
+                if name.starts_with("SHARDLINE_") {
+                    assert!(known.iter().any(|k| k == name), "{name} is no setting");
+                    checked += 1;
+                }
+            }
+        }
+    }
+    // The router's token file, the manager's two.
+    assert_eq!(checked, 3);
 }
 
 #[test]

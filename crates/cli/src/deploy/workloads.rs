@@ -45,6 +45,8 @@ const CONFIG_DIR: &str = "/etc/shardline/config";
 const ROUTER_TLS_DIR: &str = "/etc/shardline/tls";
 const ETCD_CLIENT_TLS_DIR: &str = "/etc/shardline/etcd-tls";
 const SHARDS_DIR: &str = "/etc/shardline/shards";
+/// Where the tokens Secret's keys are files (`SHARDLINE_*_TOKEN_FILE`).
+const TOKENS_DIR: &str = "/etc/shardline/tokens";
 const CACHE_DIR: &str = "/var/cache/shardline";
 
 pub const ROUTER: &str = "router";
@@ -107,10 +109,6 @@ pub(super) fn skips(list: &[(&str, &str)]) -> Map {
 pub(super) const DIGEST_SKIP: (&str, &str) = (
     "CKV_K8S_43",
     "images are options of `shardline deploy kubernetes` (--image, --etcd-image); pass a digest there to pin one",
-);
-const TOKEN_ENV_SKIP: (&str, &str) = (
-    "CKV_K8S_35",
-    "shardline reads its admin and router tokens from SHARDLINE_*_TOKEN only; they come from a Secret by secretKeyRef, never inline",
 );
 
 /// The namespace of routers, managers and etcd, held to the `restricted`
@@ -287,6 +285,7 @@ pub(super) fn secret_volume(name: &'static str, secret: &str, optional: bool) ->
         source: VolumeSource::Secret {
             secret: SecretRef {
                 secret_name: secret.to_string(),
+                items: None,
                 optional: optional.then_some(true),
             },
         },
@@ -297,23 +296,41 @@ pub(super) fn secret_volume(name: &'static str, secret: &str, optional: bool) ->
 pub(super) fn pod_name_env() -> EnvVar {
     EnvVar {
         name: "POD_NAME",
-        value_from: EnvSource::Field {
+        value: None,
+        value_from: Some(EnvSource::Field {
             field_ref: FieldRef {
                 field_path: "metadata.name",
+            },
+        }),
+    }
+}
+
+/// The tokens Secret as files, only `keys` of it (a router never sees
+/// the admin token): files, not environment variables, so they stay out
+/// of `/proc/*/environ`, crash reports and `kubectl describe`.
+pub(super) fn tokens_volume(args: &KubernetesArgs, keys: &[&'static str]) -> Volume {
+    Volume {
+        name: "tokens",
+        source: VolumeSource::Secret {
+            secret: SecretRef {
+                secret_name: args.tokens_secret.clone(),
+                items: Some(
+                    keys.iter()
+                        .map(|&key| KeyToPath { key, path: key })
+                        .collect(),
+                ),
+                optional: None,
             },
         },
     }
 }
 
-pub(super) fn token_env(args: &KubernetesArgs, name: &'static str, key: &'static str) -> EnvVar {
+/// `SHARDLINE_<NAME>_FILE`: the file of the tokens volume holding `key`.
+pub(super) fn token_file_env(name: &'static str, key: &'static str) -> EnvVar {
     EnvVar {
         name,
-        value_from: EnvSource::Secret {
-            secret_key_ref: KeyRef {
-                name: args.tokens_secret.clone(),
-                key,
-            },
-        },
+        value: Some(format!("{TOKENS_DIR}/{key}")),
+        value_from: None,
     }
 }
 
@@ -437,7 +454,7 @@ pub fn router(args: &KubernetesArgs, docs: &mut Docs) -> anyhow::Result<()> {
         .to_vec(),
         env: vec![
             pod_name_env(),
-            token_env(args, "SHARDLINE_ROUTER_TOKEN", "router-token"),
+            token_file_env("SHARDLINE_ROUTER_TOKEN_FILE", "router-token"),
         ],
         ports: vec![port("http", ROUTER_HTTP), port("postgres", ROUTER_PG)],
         resources: resources(&args.router_cpu, &args.router_memory),
@@ -457,6 +474,7 @@ pub fn router(args: &KubernetesArgs, docs: &mut Docs) -> anyhow::Result<()> {
         volume_mounts: vec![
             mount("config", CONFIG_DIR),
             mount("tls", ROUTER_TLS_DIR),
+            mount("tokens", TOKENS_DIR),
             VolumeMount {
                 name: "cache",
                 mount_path: CACHE_DIR.into(),
@@ -472,6 +490,7 @@ pub fn router(args: &KubernetesArgs, docs: &mut Docs) -> anyhow::Result<()> {
             },
         },
         secret_volume("tls", &args.router_tls_secret, false),
+        tokens_volume(args, &["router-token"]),
         Volume {
             name: "cache",
             source: VolumeSource::EmptyDir {
@@ -481,7 +500,7 @@ pub fn router(args: &KubernetesArgs, docs: &mut Docs) -> anyhow::Result<()> {
     ];
     let grace = ROUTER_PRE_STOP_SECS + SERVER_DRAIN_SECS + SHUTDOWN_SLACK_SECS;
     let mut metadata = meta(args, ROUTER, name(ROUTER));
-    metadata.annotations = skips(&[DIGEST_SKIP, TOKEN_ENV_SKIP]);
+    metadata.annotations = skips(&[DIGEST_SKIP]);
     docs.push(&Object {
         api_version: "apps/v1",
         kind: "Deployment",
@@ -635,8 +654,8 @@ pub fn manager(args: &KubernetesArgs, docs: &mut Docs) -> anyhow::Result<()> {
         .to_vec(),
         env: vec![
             pod_name_env(),
-            token_env(args, "SHARDLINE_ADMIN_TOKEN", "admin-token"),
-            token_env(args, "SHARDLINE_ROUTER_TOKEN", "router-token"),
+            token_file_env("SHARDLINE_ADMIN_TOKEN_FILE", "admin-token"),
+            token_file_env("SHARDLINE_ROUTER_TOKEN_FILE", "router-token"),
         ],
         ports: vec![port("http", MANAGER_HTTP)],
         resources: resources(&args.manager_cpu, &args.manager_memory),
@@ -649,6 +668,7 @@ pub fn manager(args: &KubernetesArgs, docs: &mut Docs) -> anyhow::Result<()> {
             mount("config", CONFIG_DIR),
             mount("etcd-tls", ETCD_CLIENT_TLS_DIR),
             mount("shards", SHARDS_DIR),
+            mount("tokens", TOKENS_DIR),
         ],
     };
     let volumes = vec![
@@ -662,10 +682,11 @@ pub fn manager(args: &KubernetesArgs, docs: &mut Docs) -> anyhow::Result<()> {
         },
         secret_volume("etcd-tls", &args.etcd_client_tls_secret, false),
         secret_volume("shards", &args.shard_dsn_secret, true),
+        tokens_volume(args, &["admin-token", "router-token"]),
     ];
     let grace = SERVER_DRAIN_SECS + SHUTDOWN_SLACK_SECS;
     let mut metadata = meta(args, MANAGER, name(MANAGER));
-    metadata.annotations = skips(&[DIGEST_SKIP, TOKEN_ENV_SKIP]);
+    metadata.annotations = skips(&[DIGEST_SKIP]);
     docs.push(&Object {
         api_version: "apps/v1",
         kind: "StatefulSet",
