@@ -26,6 +26,10 @@ pub struct DevInfo {
     pub tenant: String,
     pub app_token: String,
     pub router_token: String,
+    /// With `dev --tls-ca`: the CA file that signed the servers'
+    /// certificates, trusted by the other verbs for `https://` URLs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     pub shards: Vec<DevShard>,
     /// With `dev --managers N`: every manager (`manager_url` is the
     /// first; any one answers every request).
@@ -182,6 +186,9 @@ pub struct Endpoints {
     /// File holding the client-app token (instead of --app-token)
     #[arg(long, global = true, value_name = "PATH")]
     pub app_token_file: Option<PathBuf>,
+    /// PEM file of the CAs trusted for https:// URLs [default: dev.json's, else the system's]
+    #[arg(long, env = "SHARDLINE_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
     /// Data directory of `shardline dev`, whose dev.json gives defaults
     /// [default: /var/lib/shardline/dev as root, else ~/.local/share/shardline/dev]
     #[arg(long, env = "SHARDLINE_DATA_DIR", global = true)]
@@ -239,6 +246,11 @@ impl Endpoints {
     /// The data directory whose dev.json gives defaults.
     fn dev_dir(&self) -> PathBuf {
         self.data_dir.clone().unwrap_or_else(default_data_dir)
+    }
+
+    /// The dev.json of [`dev_dir`](Self::dev_dir), if there is one.
+    fn dev(&self) -> Option<DevInfo> {
+        DevInfo::load(&self.dev_dir()).ok()
     }
 
     fn pick(&self, s: Setting<'_>) -> anyhow::Result<(String, Source)> {
@@ -337,26 +349,37 @@ impl Endpoints {
         )
     }
 
+    /// The CA file for `https://`: the flag's, else dev.json's.
+    fn ca_file(&self) -> Option<PathBuf> {
+        self.ca_file
+            .clone()
+            .or_else(|| self.dev().and_then(|d| d.ca_file))
+    }
+
     /// A client for the manager's admin API.
     pub fn manager(&self) -> anyhow::Result<ManagerClient> {
         let t = self.manager_target()?;
-        ManagerClient::new(&t.url, Some(t.token)).with_context(|| {
-            format!(
-                "use the manager at {:?} (URL from {}, admin token from {})",
-                t.url, t.url_from, t.token_from
-            )
-        })
+        ManagerClient::with_ca_file(&t.url, Some(t.token), self.ca_file().as_deref()).with_context(
+            || {
+                format!(
+                    "use the manager at {:?} (URL from {}, admin token from {})",
+                    t.url, t.url_from, t.token_from
+                )
+            },
+        )
     }
 
     /// A client for the router.
     pub fn router(&self) -> anyhow::Result<RouterClient> {
         let t = self.router_target()?;
-        RouterClient::new(&t.url, Some(t.token)).with_context(|| {
-            format!(
-                "use the router at {:?} (URL from {}, app token from {})",
-                t.url, t.url_from, t.token_from
-            )
-        })
+        RouterClient::with_ca_file(&t.url, Some(t.token), self.ca_file().as_deref()).with_context(
+            || {
+                format!(
+                    "use the router at {:?} (URL from {}, app token from {})",
+                    t.url, t.url_from, t.token_from
+                )
+            },
+        )
     }
 }
 

@@ -140,6 +140,16 @@ struct RouterArgs {
     /// Refuse PostgreSQL logins over plain TCP (needs a certificate)
     #[arg(long)]
     pg_tls_required: bool,
+    /// PEM certificate chain: serve the HTTP API over HTTPS, with
+    /// --tls-key (reloaded when the files change)
+    #[arg(long, env = "SHARDLINE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert
+    #[arg(long, env = "SHARDLINE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM file of the CAs trusted for https:// manager URLs [default: the system's]
+    #[arg(long, env = "SHARDLINE_MANAGER_CA_FILE")]
+    manager_ca_file: Option<PathBuf>,
     /// Router id in the manager's registry
     #[arg(long)]
     id: Option<String>,
@@ -206,6 +216,13 @@ fn router_config(args: RouterArgs) -> anyhow::Result<shardline_router::RouterCon
     }
     if args.pg_tls_required {
         cfg.pg_tls_required = true;
+    }
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        cfg.tls_cert = Some(cert);
+        cfg.tls_key = Some(key);
+    }
+    if args.manager_ca_file.is_some() {
+        cfg.manager_ca_file = args.manager_ca_file;
     }
     if args.id.is_some() {
         cfg.id = args.id;

@@ -1,6 +1,6 @@
-//! A JSON-over-HTTP/1 client for shardline's APIs: base URL, bearer token,
-//! a timeout per request, and the error body decoded into
-//! [`ClientError`].
+//! A JSON-over-HTTP/1 client for shardline's APIs: base URL (`http://`,
+//! or `https://` with the system's CAs or a CA file's), bearer token, a
+//! timeout per request, and the error body decoded into [`ClientError`].
 //!
 //! A client may be given several base URLs (comma-separated), the
 //! instances of one replicated service such as the managers: it sends to
@@ -10,6 +10,7 @@
 //! manager answers that it ran nothing for want of a leader
 //! ([`NO_LEADER_HEADER`]), so a write is never run twice.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
 use hyper::{HeaderMap, Method, Request, StatusCode, Uri};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -46,9 +48,9 @@ type RawAnswer = (StatusCode, HeaderMap, Bytes);
 /// pool and which instance answers.
 #[derive(Clone)]
 pub struct HttpClient {
-    client: Client<HttpConnector, Full<Bytes>>,
-    /// Each `http://host:port` plus any path prefix, without a trailing
-    /// `/`.
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// Each `http://host:port` or `https://host:port` plus any path
+    /// prefix, without a trailing `/`.
     bases: Arc<[Arc<str>]>,
     /// Index into `bases` of the one in use.
     current: Arc<AtomicUsize>,
@@ -68,10 +70,22 @@ impl std::fmt::Debug for HttpClient {
 }
 
 impl HttpClient {
-    /// A client for `base_url` (`http://host:port`, optionally with a path
-    /// prefix; several comma-separated for instances of one service),
-    /// sending `token` as a bearer token when given.
+    /// A client for `base_url` (`http://host:port` or
+    /// `https://host:port`, optionally with a path prefix; several
+    /// comma-separated for instances of one service), sending `token` as
+    /// a bearer token when given. `https://` servers must show a
+    /// certificate of a CA the system trusts.
     pub fn new(base_url: &str, token: Option<String>) -> Result<Self, ClientError> {
+        Self::with_ca_file(base_url, token, None)
+    }
+
+    /// [`new`](Self::new), trusting the CAs of the PEM file `ca_file` for
+    /// `https://` servers instead of the system's.
+    pub fn with_ca_file(
+        base_url: &str,
+        token: Option<String>,
+        ca_file: Option<&Path>,
+    ) -> Result<Self, ClientError> {
         let bases = base_urls(base_url)?;
         let auth = match token {
             Some(t) => {
@@ -85,6 +99,14 @@ impl HttpClient {
         let mut connector = HttpConnector::new();
         // Requests are small and latency-bound.
         connector.set_nodelay(true);
+        // The TLS layer below decides by the scheme.
+        connector.enforce_http(false);
+        let tls = tls_config(&bases, ca_file)?;
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build(connector);
@@ -319,8 +341,29 @@ impl HttpClient {
     }
 }
 
+/// The TLS configuration for `bases`: the CAs of `ca_file`, else (only
+/// when some base is `https://`) the system's. Servers' names are
+/// checked.
+fn tls_config(
+    bases: &[Arc<str>],
+    ca_file: Option<&Path>,
+) -> Result<shardline_tls::rustls::ClientConfig, ClientError> {
+    let https = bases.iter().any(|b| b.starts_with("https://"));
+    let roots = match (ca_file, https) {
+        (Some(file), _) => shardline_tls::client::roots(Some(file)),
+        (None, true) => shardline_tls::client::roots(None),
+        // Plain HTTP only: nothing to trust, no file to read.
+        (None, false) => Ok(shardline_tls::rustls::RootCertStore::empty()),
+    }
+    .map_err(|e| ClientError::Config(e.to_string()))?;
+    // No ALPN here: hyper-rustls sets it (`enable_http1`) and panics if
+    // it is set already.
+    shardline_tls::client::config(roots, &[]).map_err(|e| ClientError::Config(e.to_string()))
+}
+
 /// The base URLs of a comma-separated list, each checked
-/// (`http://host:port` with an optional path prefix, no query).
+/// (`http://host:port` or `https://host:port` with an optional path
+/// prefix, no query).
 fn base_urls(list: &str) -> Result<Arc<[Arc<str>]>, ClientError> {
     let mut bases: Vec<Arc<str>> = Vec::new();
     for one in list.split(',').map(str::trim) {
@@ -328,9 +371,9 @@ fn base_urls(list: &str) -> Result<Arc<[Arc<str>]>, ClientError> {
         let uri: Uri = base
             .parse()
             .map_err(|e| ClientError::Config(format!("base URL {one:?}: {e}")))?;
-        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
             return Err(ClientError::Config(format!(
-                "base URL {one:?}: expected http://host:port"
+                "base URL {one:?}: expected http://host:port or https://host:port"
             )));
         }
         if uri.query().is_some() {

@@ -27,9 +27,22 @@ pub struct ManagerClient {
 }
 
 impl ManagerClient {
-    /// A client of the manager at `base_url` (`http://host:port`).
+    /// A client of the manager at `base_url` (`http://host:port` or
+    /// `https://host:port`; several comma-separated).
     pub fn new(base_url: &str, token: Option<String>) -> Result<Self, ClientError> {
         Ok(Self::from_http(HttpClient::new(base_url, token)?))
+    }
+
+    /// [`new`](Self::new), trusting the CAs of the PEM file `ca_file` for
+    /// `https://` (else the system's).
+    pub fn with_ca_file(
+        base_url: &str,
+        token: Option<String>,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, ClientError> {
+        Ok(Self::from_http(HttpClient::with_ca_file(
+            base_url, token, ca_file,
+        )?))
     }
 
     /// Wraps an already configured [`HttpClient`].

@@ -24,10 +24,22 @@ pub struct RouterClient {
 }
 
 impl RouterClient {
-    /// A client of the router at `base_url` (`http://host:port`), with the
-    /// default [`RetryPolicy`].
+    /// A client of the router at `base_url` (`http://host:port` or
+    /// `https://host:port`), with the default [`RetryPolicy`].
     pub fn new(base_url: &str, token: Option<String>) -> Result<Self, ClientError> {
         Ok(Self::from_http(HttpClient::new(base_url, token)?))
+    }
+
+    /// [`new`](Self::new), trusting the CAs of the PEM file `ca_file` for
+    /// `https://` (else the system's).
+    pub fn with_ca_file(
+        base_url: &str,
+        token: Option<String>,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, ClientError> {
+        Ok(Self::from_http(HttpClient::with_ca_file(
+            base_url, token, ca_file,
+        )?))
     }
 
     /// Wraps an already configured [`HttpClient`].

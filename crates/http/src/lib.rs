@@ -1,20 +1,26 @@
 //! HTTP plumbing shared by the router and the manager: the error answer,
 //! body and query extractors that turn every bad input into a clear 4xx,
-//! bearer tokens, the 404/405 fallbacks and serving with graceful drain.
+//! bearer tokens, the 404/405 fallbacks and serving (HTTP or HTTPS) with
+//! graceful drain.
 //!
 //! # Layout
 //! - [`error`]: [`ErrorResponse`], an [`ApiError`](shardline_api::ApiError)
 //!   as an HTTP answer.
 //! - [`extract`]: [`JsonBody`], [`QueryParams`], [`bearer_token`].
-//! - [`serve`]: [`serve()`](serve::serve) and [`with_fallbacks`].
+//! - [`serve`]: [`serve()`](serve::serve), [`serve_tls`] and
+//!   [`with_fallbacks`].
+//! - [`tls`]: [`TlsListener`](tls::TlsListener), HTTPS connections with
+//!   their handshake done.
 //! - [`request_id`]: [`RequestId`] and [`with_request_ids`].
 
 pub mod error;
 pub mod extract;
 pub mod request_id;
 pub mod serve;
+pub mod tls;
 
 pub use error::ErrorResponse;
 pub use extract::{bearer_token, JsonBody, PathParam, QueryParams, TokenCheck};
 pub use request_id::{with_request_ids, RequestId};
-pub use serve::{serve, with_fallbacks};
+pub use serve::{serve, serve_tls, with_fallbacks};
+pub use shardline_tls::ServerTls;

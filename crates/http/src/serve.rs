@@ -1,17 +1,22 @@
-//! Serving with JSON fallbacks and a bounded graceful drain.
+//! Serving, over HTTP or HTTPS, with JSON fallbacks and a bounded
+//! graceful drain.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
+use axum::serve::Listener;
 use axum::Router;
 use shardline_api::ErrorCode;
+use shardline_tls::ServerTls;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ErrorResponse;
 use crate::extract::BodyLimit;
+use crate::tls::TlsListener;
 
 async fn not_found() -> ErrorResponse {
     ErrorResponse::new(ErrorCode::NotFound, "no such endpoint")
@@ -47,6 +52,31 @@ pub async fn serve(
     shutdown: CancellationToken,
     drain: Duration,
 ) -> std::io::Result<()> {
+    serve_on(listener, app, shutdown, drain).await
+}
+
+/// [`serve`] over HTTPS, with `tls`'s certificate (reloaded when its
+/// files change).
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: ServerTls,
+    app: Router,
+    shutdown: CancellationToken,
+    drain: Duration,
+) -> std::io::Result<()> {
+    let listener = TlsListener::new(listener, tls, shutdown.clone())?;
+    serve_on(listener, app, shutdown, drain).await
+}
+
+async fn serve_on<L>(
+    listener: L,
+    app: Router,
+    shutdown: CancellationToken,
+    drain: Duration,
+) -> std::io::Result<()>
+where
+    L: Listener<Addr = SocketAddr>,
+{
     let signal = shutdown.clone();
     let server =
         axum::serve(listener, app).with_graceful_shutdown(async move { signal.cancelled().await });

@@ -260,6 +260,22 @@ fn make_owned_file(path: &Path, contents: &[u8], who: Option<RunAs>) -> Result<(
     Ok(())
 }
 
+/// Copies a PEM certificate chain and key into `data_dir` as
+/// `server.crt` and `server.key`, owned by the PostgreSQL user, the key
+/// mode 0600 as the server requires; pair with the settings `ssl = on`
+/// (the server's default file names are these).
+pub fn install_server_tls(data_dir: &Path, cert: &Path, key: &Path) -> Result<()> {
+    let who = run_as()?;
+    for (from, to, mode) in [(cert, "server.crt", 0o644), (key, "server.key", 0o600)] {
+        let contents = std::fs::read(from).map_err(io_err(format!("read {}", from.display())))?;
+        let path = data_dir.join(to);
+        make_owned_file(&path, &contents, who)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .map_err(io_err(format!("chmod {}", path.display())))?;
+    }
+    Ok(())
+}
+
 /// Runs a program to completion, turning a failure into an error with its
 /// output.
 async fn run_to_end(mut cmd: std::process::Command, name: &str) -> Result<()> {

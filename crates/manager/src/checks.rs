@@ -1,7 +1,5 @@
 //! Validation of request fields, each failure a 400 naming the field.
 
-use std::str::FromStr;
-
 use shardline_core::catalog::{valid_name, Limits, TenantConfig, MAX_TENANT_ID_LEN};
 use shardline_core::Catalog;
 
@@ -53,8 +51,14 @@ pub fn display_name(kind: &str, name: &str) -> Result<(), ServiceError> {
 /// written `%00` in a URL) could never connect: refused here rather than
 /// found later as an unreachable shard.
 pub fn dsn(dsn: &str) -> Result<(), ServiceError> {
-    let cfg = tokio_postgres::Config::from_str(dsn)
-        .map_err(|_| ServiceError::Invalid("invalid PostgreSQL DSN".to_string()))?;
+    let (cfg, _, _) = shardline_tls::pg::split_dsn(dsn).map_err(|e| match e {
+        // Our own words about sslmode and sslrootcert; tokio-postgres's
+        // might quote a setting.
+        shardline_tls::TlsError::Dsn(m) if m.starts_with("sslmode") => {
+            ServiceError::Invalid(format!("invalid PostgreSQL DSN: {m}"))
+        }
+        _ => ServiceError::Invalid("invalid PostgreSQL DSN".to_string()),
+    })?;
     let hosts = cfg.get_hosts().iter().map(|h| match h {
         tokio_postgres::config::Host::Tcp(name) => name.as_bytes(),
         tokio_postgres::config::Host::Unix(path) => path.as_os_str().as_encoded_bytes(),

@@ -27,9 +27,23 @@ pub struct ManagerConfig {
     #[serde(default)]
     pub id: Option<String>,
     /// The URL other managers, routers and operators reach this manager
-    /// at. Default `http://` and the address it listens on.
+    /// at. Default `http://` (`https://` with `tls_cert`) and the address
+    /// it listens on.
     #[serde(default)]
     pub advertise_url: Option<String>,
+    /// PEM certificate chain: the API is served over HTTPS (only), with
+    /// `tls_key`. Reloaded when the files change. Default: none, plain
+    /// HTTP.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// PEM file of the CAs trusted for other managers' `https://` URLs
+    /// (a follower passes requests to the leader). Default: the
+    /// system's.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
     /// File of the embedded catalog store. Default `shardline-catalog.json`.
     #[serde(default = "default_catalog_path")]
     pub catalog_path: PathBuf,
@@ -173,6 +187,9 @@ impl ManagerConfig {
             listen: default_listen(),
             id: None,
             advertise_url: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca_file: None,
             catalog_path,
             admin_token: Some(admin_token.to_string()),
             router_token: Some(router_token.to_string()),
@@ -234,6 +251,9 @@ impl ManagerConfig {
                 }
                 Some(_) => {}
             }
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            bail!("tls_cert and tls_key go together: set both or neither");
         }
         if self.health_interval.is_zero() || self.health_timeout.is_zero() {
             bail!("health_interval and health_timeout must be positive");

@@ -18,14 +18,18 @@
 //! store) answers the routers' catalog watch 503 too, rather than feed
 //! them a catalog that may be behind.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+
+use anyhow::Context;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -48,18 +52,41 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct Forwarder {
     leadership: Arc<Leadership>,
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
 }
 
 impl Forwarder {
-    pub fn new(leadership: Arc<Leadership>) -> Self {
+    /// A forwarder to leaders at `http://` or `https://` URLs, trusting
+    /// the CAs of `ca_file`, else the system's.
+    pub fn new(leadership: Arc<Leadership>, ca_file: Option<&Path>) -> anyhow::Result<Self> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
-        Forwarder {
+        connector.enforce_http(false);
+        // No ALPN: hyper-rustls sets it and panics if it is set already.
+        let tls = shardline_tls::client::config_for(ca_file, &[]);
+        let tls = match (tls, ca_file) {
+            (Ok(tls), _) => tls,
+            (Err(e), Some(_)) => return Err(e).context("read the managers' CA file"),
+            // No CA file and no system CAs: plain-HTTP managers still
+            // forward; an https:// leader then fails to connect.
+            (Err(e), None) => {
+                tracing::debug!(error = %e, "no system CAs for forwarding over HTTPS");
+                Arc::new(shardline_tls::client::config(
+                    shardline_tls::rustls::RootCertStore::empty(),
+                    &[],
+                )?)
+            }
+        };
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(Arc::unwrap_or_clone(tls))
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
+        Ok(Forwarder {
             leadership,
             client: Client::builder(TokioExecutor::new()).build(connector),
-        }
+        })
     }
 }
 

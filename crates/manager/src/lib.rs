@@ -81,6 +81,8 @@ const DRAIN: Duration = Duration::from_secs(5);
 /// A manager whose listener is bound and catalog loaded.
 pub struct BoundManager {
     listener: TcpListener,
+    /// HTTPS: the certificate served, reloaded when its files change.
+    tls: Option<shardline_http::ServerTls>,
     config: ManagerConfig,
     store: Arc<dyn CatalogStore>,
     /// On etcd: the store that campaigns for leadership.
@@ -145,11 +147,20 @@ pub async fn bind_with_store(
     store: Arc<dyn CatalogStore>,
 ) -> anyhow::Result<BoundManager> {
     config.validate()?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(shardline_http::ServerTls::load(
+            cert,
+            key,
+            &[shardline_http::tls::ALPN_HTTP1],
+        )?),
+        _ => None,
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen on {}", config.listen))?;
     Ok(BoundManager {
         listener,
+        tls,
         config,
         store,
         election: None,
@@ -210,10 +221,10 @@ impl BoundManager {
                 .id
                 .clone()
                 .unwrap_or_else(|| format!("manager-{}", local.port())),
-            url: cfg
-                .advertise_url
-                .clone()
-                .unwrap_or_else(|| format!("http://{local}")),
+            url: cfg.advertise_url.clone().unwrap_or_else(|| {
+                let scheme = if self.tls.is_some() { "https" } else { "http" };
+                format!("{scheme}://{local}")
+            }),
         };
         // The file store admits one manager per catalog file: it leads.
         // On etcd, managers campaign; the campaign ends (and the lease is
@@ -345,11 +356,18 @@ impl BoundManager {
         });
         tracker.close();
         tracing::info!(addr = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "manager listening");
+        let forwarder =
+            forward::Forwarder::new(Arc::clone(&leadership), cfg.tls_ca_file.as_deref())?;
         let app = http::router(state, cfg.body_limit).layer(axum::middleware::from_fn_with_state(
-            forward::Forwarder::new(Arc::clone(&leadership)),
+            forwarder,
             forward::to_leader,
         ));
-        let served = shardline_http::serve(self.listener, app, shutdown.clone(), DRAIN).await;
+        let served = match self.tls {
+            Some(tls) => {
+                shardline_http::serve_tls(self.listener, tls, app, shutdown.clone(), DRAIN).await
+            }
+            None => shardline_http::serve(self.listener, app, shutdown.clone(), DRAIN).await,
+        };
         // HTTP first, then the background tasks, then the leadership.
         tasks.cancel();
         tracker.wait().await;

@@ -1,29 +1,34 @@
 //! Connections from the manager to shards: control-plane sessions, error
 //! mapping and health probes.
 
-use std::str::FromStr;
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use shardline_tls::pg::{parse_dsn, PgTls};
+use tokio_postgres::Client;
 
 use crate::error::ServiceError;
 
-/// Opens a connection with a deadline; its driver runs in the background.
+/// Opens a connection with a deadline, over TLS as the DSN's `sslmode`
+/// says (see `shardline_tls::pg`); its driver runs in the background.
 pub async fn connect(dsn: &str, timeout: Duration) -> Result<Client, String> {
-    let cfg = tokio_postgres::Config::from_str(dsn).map_err(|e| describe(&e))?;
-    connect_config(&cfg, timeout).await
+    let (cfg, tls) = parse_dsn(dsn).map_err(|e| e.to_string())?;
+    connect_config(&cfg, tls, timeout).await
 }
 
 /// Opens a connection to database `dbname` of the server at `dsn`, as the
 /// DSN's user.
 pub async fn connect_db(dsn: &str, dbname: &str, timeout: Duration) -> Result<Client, String> {
-    let mut cfg = tokio_postgres::Config::from_str(dsn).map_err(|e| describe(&e))?;
+    let (mut cfg, tls) = parse_dsn(dsn).map_err(|e| e.to_string())?;
     cfg.dbname(dbname);
-    connect_config(&cfg, timeout).await
+    connect_config(&cfg, tls, timeout).await
 }
 
-async fn connect_config(cfg: &tokio_postgres::Config, timeout: Duration) -> Result<Client, String> {
-    let fut = cfg.connect(NoTls);
+async fn connect_config(
+    cfg: &tokio_postgres::Config,
+    tls: PgTls,
+    timeout: Duration,
+) -> Result<Client, String> {
+    let fut = cfg.connect(tls);
     match tokio::time::timeout(timeout, fut).await {
         Ok(Ok((client, conn))) => {
             tokio::spawn(async move {

@@ -36,6 +36,18 @@ pub struct RouterConfig {
     /// way, as PostgreSQL does. Default `false`.
     #[serde(default)]
     pub pg_tls_required: bool,
+    /// PEM certificate chain: the HTTP API is served over HTTPS (only),
+    /// with `tls_key`. Reloaded when the files change, like
+    /// `pg_tls_cert`. Default: none, plain HTTP.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`. Default: none.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// PEM file of the CAs trusted for `https://` manager URLs. Default:
+    /// the system's.
+    #[serde(default)]
+    pub manager_ca_file: Option<PathBuf>,
     /// The manager's base URL, e.g. `http://127.0.0.1:8081`; several,
     /// comma-separated, for managers that stand in for one another (the
     /// router uses the one that answers and moves on when it cannot be
@@ -175,6 +187,9 @@ impl RouterConfig {
             pg_tls_cert: None,
             pg_tls_key: None,
             pg_tls_required: false,
+            tls_cert: None,
+            tls_key: None,
+            manager_ca_file: None,
             manager_url: manager_url.to_string(),
             catalog_cache: None,
             router_token: Some(router_token.to_string()),
@@ -233,12 +248,11 @@ impl RouterConfig {
             bail!("health_poll must be more than 0");
         }
         self.check_tls()?;
-        if self
-            .manager_url
-            .split(',')
-            .any(|u| !u.trim().starts_with("http://"))
-        {
-            bail!("manager_url must be an http:// URL, or several separated by commas");
+        if self.manager_url.split(',').any(|u| {
+            let u = u.trim();
+            !(u.starts_with("http://") || u.starts_with("https://"))
+        }) {
+            bail!("manager_url must be an http:// or https:// URL, or several separated by commas");
         }
         Ok(())
     }
@@ -246,6 +260,9 @@ impl RouterConfig {
     /// A certificate comes with its key, and TLS is required only with
     /// a certificate.
     fn check_tls(&self) -> anyhow::Result<()> {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            bail!("tls_cert and tls_key go together: set both or neither");
+        }
         match (&self.pg_tls_cert, &self.pg_tls_key) {
             (Some(_), Some(_)) => Ok(()),
             (None, None) if self.pg_tls_required => {

@@ -74,6 +74,9 @@ pub struct BoundRouter {
     listener: TcpListener,
     pg_listener: Option<TcpListener>,
     pg_tls: Option<wire::tls::WireTls>,
+    /// HTTPS on `listener`: the certificate served, reloaded when its
+    /// files change.
+    tls: Option<shardline_http::ServerTls>,
     config: RouterConfig,
 }
 
@@ -83,6 +86,14 @@ pub async fn bind(mut config: RouterConfig) -> anyhow::Result<BoundRouter> {
     config.fill_from_env();
     config.validate()?;
     let pg_tls = wire::tls::WireTls::from_config(&config)?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(shardline_http::ServerTls::load(
+            cert,
+            key,
+            &[shardline_http::tls::ALPN_HTTP1],
+        )?),
+        _ => None,
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen on {}", config.listen))?;
@@ -98,6 +109,7 @@ pub async fn bind(mut config: RouterConfig) -> anyhow::Result<BoundRouter> {
         listener,
         pg_listener,
         pg_tls,
+        tls,
         config,
     })
 }
@@ -122,8 +134,12 @@ impl BoundRouter {
             .clone()
             .unwrap_or_else(|| format!("router-{:08x}", rand::random::<u32>()));
         let token = cfg.router_token.clone().unwrap_or_default();
-        let manager =
-            ManagerClient::new(&cfg.manager_url, Some(token)).context("manager client")?;
+        let manager = ManagerClient::with_ca_file(
+            &cfg.manager_url,
+            Some(token),
+            cfg.manager_ca_file.as_deref(),
+        )
+        .context("manager client")?;
         let ctx = Arc::new(state::RouterContext::new(&cfg));
         let routing = Arc::new(state::RoutingCell::default());
         if let Some(path) = &cfg.catalog_cache {
@@ -182,7 +198,7 @@ impl BoundRouter {
             }
         });
         tracker.close();
-        tracing::info!(%addr, %id, manager = %cfg.manager_url, "router listening");
+        tracing::info!(%addr, %id, manager = %cfg.manager_url, https = self.tls.is_some(), "router listening");
         let tls = match &self.pg_tls {
             None => "off",
             Some(t) if t.required() => "required",
@@ -202,7 +218,12 @@ impl BoundRouter {
             request_timeout: cfg.request_timeout,
         });
         let app = http::router(state, cfg.body_limit);
-        let served = shardline_http::serve(self.listener, app, shutdown.clone(), DRAIN).await;
+        let served = match self.tls {
+            Some(tls) => {
+                shardline_http::serve_tls(self.listener, tls, app, shutdown.clone(), DRAIN).await
+            }
+            None => shardline_http::serve(self.listener, app, shutdown.clone(), DRAIN).await,
+        };
         if let Some(t) = wire_task {
             match t.await {
                 Ok(Err(e)) => tracing::warn!(error = %e, "PostgreSQL listener"),

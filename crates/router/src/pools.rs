@@ -31,13 +31,13 @@
 //! closed.
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use shardline_core::catalog::{Failover, Instance, Shard};
 use shardline_core::fence::claim_key;
+use shardline_tls::pg::PgTls;
 
 use crate::auth::{TenantAuth, TenantStatus};
 use crate::health::HealthView;
@@ -104,6 +104,8 @@ pub struct InstanceTarget {
     pub role: Role,
     pub dsn: String,
     base: tokio_postgres::Config,
+    /// TLS to the instance, as its DSN's `sslmode` says.
+    tls: PgTls,
     settings: PoolSettings,
     budget: Arc<ConnBudget>,
     /// Each tenant's budget here (a child of `budget`, sized as its
@@ -199,8 +201,8 @@ impl InstanceTarget {
         dsn: &str,
         settings: &PoolSettings,
     ) -> Result<Self, PoolError> {
-        let mut base = tokio_postgres::Config::from_str(dsn)
-            .map_err(|e| PoolError::InvalidDsn(e.to_string()))?;
+        let (mut base, tls) =
+            shardline_tls::pg::parse_dsn(dsn).map_err(|e| PoolError::InvalidDsn(e.to_string()))?;
         if role == Role::Replica {
             let options = match base.get_options() {
                 Some(existing) if !existing.is_empty() => format!("{existing} {READ_ONLY_OPTION}"),
@@ -214,6 +216,7 @@ impl InstanceTarget {
             role,
             dsn: dsn.to_string(),
             base,
+            tls,
             settings: settings.clone(),
             budget: ConnBudget::new(settings.shard_max_connections),
             tenant_budgets: Mutex::new(HashMap::new()),
@@ -319,7 +322,7 @@ impl InstanceTarget {
             ..self.settings.base.clone()
         };
         let budget = self.tenant_budget(&tenant.id, size);
-        let pool = Pool::from_config(pg, cfg, Some(budget));
+        let pool = Pool::from_config(pg, self.tls.clone(), cfg, Some(budget));
         if self.is_closed() {
             // A request still routing by the catalog that replaced this
             // instance: it gets a closed pool, nothing is kept.

@@ -332,3 +332,59 @@ fn unusable_key_files_are_named() -> anyhow::Result<()> {
     assert!(e.contains("server.crt") && e.contains("ca.key"), "{e}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_replaced_certificate_is_served_to_new_connections() -> anyhow::Result<()> {
+    let (dir, next_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let files = TlsFiles::make(dir.path())?;
+    let (cert, key) = (dir.path().join("live.crt"), dir.path().join("live.key"));
+    std::fs::copy(&files.server_cert, &cert)?;
+    std::fs::copy(&files.server_key, &key)?;
+    let router = Listener::start(
+        &Catalog::default(),
+        Some(WireTls::load(&cert, &key, false)?),
+    )
+    .await?;
+    // Verification passes or fails before the login, which fails with
+    // this catalog (no apps): that is how each connection is judged.
+    let verified_by = |ca: &Path| {
+        psql(
+            &router.conninfo(&format!("sslmode=verify-full sslrootcert={}", ca.display())),
+            &["SELECT 1"],
+        )
+    };
+    let out = run(verified_by(&files.ca)).await?;
+    assert!(
+        text(&out).contains("password authentication failed"),
+        "{}",
+        text(&out)
+    );
+    // A broken replacement keeps the old certificate.
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nMIIB\n")?;
+    let out = run(verified_by(&files.ca)).await?;
+    assert!(
+        text(&out).contains("password authentication failed"),
+        "{}",
+        text(&out)
+    );
+    // Another CA's pair, renamed into place: the next connection gets it.
+    let next = TlsFiles::make(next_dir.path())?;
+    for (from, to) in [(&next.server_cert, &cert), (&next.server_key, &key)] {
+        let tmp = to.with_extension("tmp");
+        std::fs::copy(from, &tmp)?;
+        std::fs::rename(&tmp, to)?;
+    }
+    let out = run(verified_by(&next.ca)).await?;
+    assert!(
+        text(&out).contains("password authentication failed"),
+        "{}",
+        text(&out)
+    );
+    let out = run(verified_by(&files.ca)).await?;
+    assert!(
+        text(&out).contains("certificate verify failed"),
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}

@@ -16,7 +16,8 @@
 //! - [`etcd`]: [`EtcdServer`], a one-member etcd that can be killed and
 //!   restarted on the same data.
 //! - [`tls`]: [`TlsFiles`], a throwaway CA and a server certificate for
-//!   127.0.0.1 and localhost.
+//!   127.0.0.1 and localhost; more certificates of the same CA for other
+//!   names ([`TlsFiles::issue`]). [`PgCluster::start_tls`] serves one.
 
 pub mod etcd;
 pub mod tls;
@@ -97,6 +98,29 @@ impl PgCluster {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         init_cluster(&bins, &cfg).await.context("initdb")?;
+        Self::start_on_free_port(bins, cfg, dir, None).await
+    }
+
+    /// Like [`start_with`](Self::start_with), serving TLS (`ssl = on`)
+    /// with the PEM certificate chain `cert` and its key `key`; plain
+    /// connections are still accepted.
+    pub async fn start_tls(
+        cert: &Path,
+        key: &Path,
+        settings: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let bins = PgBinaries::detect()?;
+        let dir = temp_dir()?;
+        let mut cfg = ClusterConfig::new(dir.path().join("data"), 0);
+        cfg.settings = TEST_SETTINGS
+            .iter()
+            .chain(&[("ssl", "on")])
+            .chain(settings)
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        init_cluster(&bins, &cfg).await.context("initdb")?;
+        shardline_localpg::install_server_tls(&cfg.data_dir, cert, key)
+            .context("install the server's certificate")?;
         Self::start_on_free_port(bins, cfg, dir, None).await
     }
 

@@ -31,6 +31,24 @@ impl TlsFiles {
             server_key: dir.join("server.key"),
         })
     }
+
+    /// Signs another certificate with the same CA: `{who}.crt` and
+    /// `{who}.key` beside it, for the subject alternative names `san`
+    /// (openssl's syntax, such as `DNS:db.example,IP:127.0.0.2`).
+    /// Returns the certificate's and the key's paths.
+    pub fn issue(&self, who: &str, san: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let dir = self.ca.parent().context("the CA file has a directory")?;
+        sign(
+            dir,
+            who,
+            who,
+            &format!("subjectAltName={san}\nextendedKeyUsage=serverAuth\n"),
+        )?;
+        Ok((
+            dir.join(format!("{who}.crt")),
+            dir.join(format!("{who}.key")),
+        ))
+    }
 }
 
 /// A new EC P-256 key, unencrypted (`openssl req` arguments).

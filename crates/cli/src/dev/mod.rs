@@ -84,6 +84,20 @@ pub struct DevArgs {
     /// PEM private key of --pg-tls-cert
     #[arg(long, requires = "pg_tls_cert")]
     pub pg_tls_key: Option<PathBuf>,
+    /// PEM certificate chain: the manager and router serve HTTPS with it
+    /// (and the PostgreSQL listener TLS, unless --pg-tls-cert names
+    /// another), with --tls-key; reloaded when the files change. It must
+    /// name the listen addresses' host (IP:127.0.0.1)
+    #[arg(long, env = "SHARDLINE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert
+    #[arg(long, env = "SHARDLINE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM file of the CA that signed the certificates: trusted by the
+    /// router and dev itself, and written to dev.json for the other verbs
+    /// [default: the system's CAs]
+    #[arg(long, env = "SHARDLINE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
     /// Streaming replicas per regular shard (pg_basebackup); a restart adds
     /// missing ones but never removes any
     #[arg(long, default_value_t = 0)]
@@ -353,6 +367,15 @@ async fn serve(
     // etcd and N manager processes.
     // A data dir first run with --managers keeps its catalog in etcd.
     let managers = args.managers.or_else(|| ha::HaPlan::managers_of(dir));
+    if managers.is_some() && args.tls_cert.is_some() {
+        bail!("--tls-cert is not supported with several managers (--managers) yet");
+    }
+    let ca = args.tls_ca.as_deref();
+    let scheme = if args.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let (control, manager, manager_url, all_managers) = match managers {
         None => {
             let mut mcfg = shardline_manager::ManagerConfig::new(
@@ -361,8 +384,10 @@ async fn serve(
                 &router_token,
             );
             mcfg.listen = args.manager_listen;
+            mcfg.tls_cert = args.tls_cert.clone();
+            mcfg.tls_key = args.tls_key.clone();
             let manager = shardline_manager::bind(mcfg).await?;
-            let url = format!("http://{}", manager.local_addr());
+            let url = format!("{scheme}://{}", manager.local_addr());
             (None, Some(manager), url.clone(), url)
         }
         Some(n) => {
@@ -381,20 +406,24 @@ async fn serve(
     let mut rcfg = shardline_router::RouterConfig::new(&all_managers, &router_token);
     rcfg.listen = args.router_listen;
     rcfg.pg_listen = Some(args.pg_listen);
-    rcfg.pg_tls_cert = args.pg_tls_cert.clone();
-    rcfg.pg_tls_key = args.pg_tls_key.clone();
+    rcfg.pg_tls_cert = args.pg_tls_cert.clone().or(args.tls_cert.clone());
+    rcfg.pg_tls_key = args.pg_tls_key.clone().or(args.tls_key.clone());
+    rcfg.tls_cert = args.tls_cert.clone();
+    rcfg.tls_key = args.tls_key.clone();
+    rcfg.manager_ca_file = args.tls_ca.clone();
+    let wire_tls = rcfg.pg_tls_cert.is_some();
     rcfg.id = Some("dev-router".into());
     rcfg.catalog_cache = Some(dir.join("router-catalog.json"));
     let (max_replica_lag, health_poll) = (rcfg.max_replica_lag, rcfg.health_poll);
     let router = shardline_router::bind(rcfg).await?;
-    let router_url = format!("http://{}", router.local_addr());
+    let router_url = format!("{scheme}://{}", router.local_addr());
     let pg_addr = router.pg_local_addr().unwrap_or(args.pg_listen);
 
     let m_task = manager.map(|m| tokio::spawn(m.run(servers.clone())));
     let r_task = tokio::spawn(router.run(servers.clone()));
 
     let setup = async {
-        let admin = ManagerClient::new(&all_managers, Some(admin_token.clone()))?;
+        let admin = ManagerClient::with_ca_file(&all_managers, Some(admin_token.clone()), ca)?;
         let mut shards: Vec<DevShard> = specs
             .iter()
             .map(|s| with_dsns(s.clone(), pg.password))
@@ -404,8 +433,8 @@ async fn serve(
         bootstrap(&admin, &shards, args.synchronous).await?;
         replicas::register(&admin, &mut shards).await?;
         let app_token = default_app_token(&admin, previous.as_ref()).await?;
-        wait_router_ready(&router_url).await?;
-        let feed = ManagerClient::new(&all_managers, Some(router_token.clone()))?;
+        wait_router_ready(&router_url, ca).await?;
+        let feed = ManagerClient::with_ca_file(&all_managers, Some(router_token.clone()), ca)?;
         replicas::wait_serving(&feed, &shards, max_replica_lag, health_poll).await;
         let info = DevInfo {
             pid: std::process::id(),
@@ -413,13 +442,16 @@ async fn serve(
             // The default app's login over the PostgreSQL protocol: user
             // = app id, password = its token (hex), database = keyspace.
             postgres_url: Some(format!(
-                "postgresql://{DEFAULT_APP}:{app_token}@{pg_addr}/default"
+                "postgresql://{DEFAULT_APP}:{app_token}@{pg_addr}/default{}",
+                wire_tls_params(wire_tls, ca)
             )),
             manager_url: manager_url.clone(),
             admin_token: admin_token.clone(),
             tenant: DEFAULT_TENANT.into(),
             app_token,
             router_token: router_token.clone(),
+            // Absolute: the other verbs run from anywhere.
+            ca_file: ca.map(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())),
             shards,
             managers: control
                 .as_ref()
@@ -583,9 +615,26 @@ async fn default_app_token(
     Ok(created.token)
 }
 
+/// The query of dev.json's `postgres_url`: TLS verified against the CA
+/// when there is one, else asked for without verifying.
+fn wire_tls_params(tls: bool, ca: Option<&Path>) -> String {
+    match (tls, ca) {
+        (false, _) => String::new(),
+        (true, Some(ca)) => {
+            let ca = std::path::absolute(ca).unwrap_or_else(|_| ca.to_path_buf());
+            format!(
+                "?sslmode=verify-full&sslrootcert={}",
+                // libpq takes `/` as it is; anything else encoded.
+                shardline_client::encode::query_value(&ca.to_string_lossy()).replace("%2F", "/")
+            )
+        }
+        (true, None) => "?sslmode=require".into(),
+    }
+}
+
 /// Waits until the router has loaded the catalog.
-async fn wait_router_ready(router_url: &str) -> anyhow::Result<()> {
-    let http = shardline_client::HttpClient::new(router_url, None)?;
+async fn wait_router_ready(router_url: &str, ca: Option<&Path>) -> anyhow::Result<()> {
+    let http = shardline_client::HttpClient::with_ca_file(router_url, None, ca)?;
     for _ in 0..100 {
         if let Ok((200, _)) = http.get_raw("/readyz").await {
             return Ok(());
@@ -641,4 +690,19 @@ fn print_banner(info: &DevInfo, catalog: &[ShardInfo], dir: &Path) {
     }
     println!("  details:     {}", dir.join("dev.json").display());
     println!("Press Ctrl-C to stop.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_postgres_url_asks_for_what_the_wire_offers() {
+        assert_eq!(wire_tls_params(false, Some(Path::new("/ca.crt"))), "");
+        assert_eq!(wire_tls_params(true, None), "?sslmode=require");
+        assert_eq!(
+            wire_tls_params(true, Some(Path::new("/etc/my ca/ca.crt"))),
+            "?sslmode=verify-full&sslrootcert=/etc/my%20ca/ca.crt"
+        );
+    }
 }

@@ -2,7 +2,6 @@
 //! primary, promoting, repointing replicas. Each step is idempotent, so a
 //! resumed failover may run it again.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use shardline_core::catalog::{quote_literal, Instance};
@@ -253,7 +252,9 @@ pub struct Upstream {
 impl Upstream {
     /// From the new primary's DSN and its timeline.
     pub fn new(dsn: &str, timeline: u32) -> Result<Self, String> {
-        let cfg = tokio_postgres::Config::from_str(dsn).map_err(|e| pg::describe(&e))?;
+        // The replicas' own connection (libpq's) keeps its defaults: the
+        // DSN's sslrootcert is a path on the manager's machine.
+        let (cfg, _, _) = shardline_tls::pg::split_dsn(dsn).map_err(|e| e.to_string())?;
         let host = match cfg.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
             Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),

@@ -20,7 +20,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -28,6 +27,7 @@ use bytes::BytesMut;
 use postgres_protocol::message::frontend;
 use shardline_core::catalog::FENCE_VERSION_SQL;
 use shardline_core::fence::{claim, CLAIM_SETTING};
+use shardline_tls::pg::PgTls;
 use tokio_postgres::types::{Kind, Type};
 
 use super::budget::ConnBudget;
@@ -176,9 +176,9 @@ impl Pool {
     /// A pool for `dsn` (key/value or URL form), with a budget of its
     /// own. Opens no connection.
     pub fn new(dsn: &str, cfg: PoolConfig) -> Result<Pool, PoolError> {
-        let pg = tokio_postgres::Config::from_str(dsn)
-            .map_err(|e| PoolError::InvalidDsn(e.to_string()))?;
-        Ok(Self::from_config(pg, cfg, None))
+        let (pg, tls) =
+            shardline_tls::pg::parse_dsn(dsn).map_err(|e| PoolError::InvalidDsn(e.to_string()))?;
+        Ok(Self::from_config(pg, tls, cfg, None))
     }
 
     /// A pool for connection settings parsed already, e.g. a shard's DSN
@@ -187,6 +187,7 @@ impl Pool {
     /// Opens no connection.
     pub fn from_config(
         mut pg: tokio_postgres::Config,
+        tls: PgTls,
         cfg: PoolConfig,
         budget: Option<Arc<ConnBudget>>,
     ) -> Pool {
@@ -201,6 +202,7 @@ impl Pool {
         let max = cfg.max_size.max(1);
         let raw = RawPool::new(
             pg,
+            tls,
             RawPoolConfig {
                 max_size: max,
                 acquire_timeout: cfg.acquire_timeout,

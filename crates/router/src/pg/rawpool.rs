@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use shardline_tls::pg::PgTls;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::budget::{pool_addr, BudgetPermit, ConnBudget, IdleSource};
@@ -81,6 +82,7 @@ pub struct RawPool {
 
 struct Inner {
     pg: tokio_postgres::Config,
+    tls: PgTls,
     cfg: RawPoolConfig,
     permits: Arc<Semaphore>,
     /// Idle sessions, most recently used last.
@@ -163,10 +165,12 @@ impl std::fmt::Debug for RawConn {
 }
 
 impl RawPool {
-    /// A pool for the login `pg` (user, database, password, options)
-    /// whose sessions count against `budget` (and its ancestors).
+    /// A pool for the login `pg` (user, database, password, options),
+    /// over TLS as `tls` says, whose sessions count against `budget` (and
+    /// its ancestors).
     pub fn new(
         mut pg: tokio_postgres::Config,
+        tls: PgTls,
         cfg: RawPoolConfig,
         budget: Arc<ConnBudget>,
     ) -> Self {
@@ -176,6 +180,7 @@ impl RawPool {
         }
         let inner = Arc::new(Inner {
             pg,
+            tls,
             cfg,
             permits: Arc::new(Semaphore::new(max)),
             idle: Mutex::new(Vec::new()),
@@ -237,7 +242,8 @@ impl RawPool {
             .acquire(me, deadline)
             .await
             .ok_or(PoolError::BudgetExhausted(inner.cfg.acquire_timeout))?;
-        let conn = match ServerConn::connect(&inner.pg, inner.cfg.connect_timeout).await {
+        let conn = match ServerConn::connect(&inner.pg, &inner.tls, inner.cfg.connect_timeout).await
+        {
             Ok(c) => c,
             Err(ServerError::Timeout(_)) => {
                 tracing::warn!(timeout = ?inner.cfg.connect_timeout, "connecting to PostgreSQL timed out");

@@ -15,6 +15,7 @@ use bytes::{BufMut, BytesMut};
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
+use shardline_tls::pg::{MaybeTls, PgTls, PgTlsError};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_postgres::config::Host;
 
@@ -44,6 +45,10 @@ pub enum ServerError {
     Unsupported(i32),
     #[error("the shard's DSN names no host")]
     NoHost,
+    /// TLS as the DSN's `sslmode` asks could not be had: refused, or
+    /// the certificate is not the one the mode accepts.
+    #[error("connect to {addr}: {source}")]
+    Tls { addr: String, source: PgTlsError },
 }
 
 /// An error PostgreSQL sent: the fields of an `ErrorResponse`.
@@ -197,9 +202,11 @@ impl std::fmt::Debug for ServerConn {
 
 impl ServerConn {
     /// Opens a session with `cfg`'s first host, user, database, password
-    /// and options, and reads until the server is ready.
+    /// and options, over TLS as `tls` says (TCP hosts only), and reads
+    /// until the server is ready.
     pub async fn connect(
         cfg: &tokio_postgres::Config,
+        tls: &PgTls,
         timeout: Duration,
     ) -> Result<ServerConn, ServerError> {
         let host = cfg
@@ -213,24 +220,41 @@ impl ServerConn {
             #[cfg(unix)]
             Host::Unix(p) => format!("{}/.s.PGSQL.{port}", p.display()),
         };
+        // Boxed either way, as before TLS: a plain session reads through
+        // the same one indirection it always had.
         let stream: Pin<Box<dyn Stream>> = tokio::time::timeout(timeout, async {
             let s: Pin<Box<dyn Stream>> = match &host {
                 Host::Tcp(h) => {
-                    let s = tokio::net::TcpStream::connect((h.as_str(), port)).await?;
+                    let s = tokio::net::TcpStream::connect((h.as_str(), port))
+                        .await
+                        .map_err(|source| ServerError::Connect {
+                            addr: addr.clone(),
+                            source,
+                        })?;
                     s.set_nodelay(true)?;
-                    Box::pin(s)
+                    match tls.start(s, h).await {
+                        Ok(MaybeTls::Plain(s)) => Box::pin(s),
+                        Ok(MaybeTls::Tls(s)) => Box::pin(s),
+                        Err(source) => {
+                            return Err(ServerError::Tls {
+                                addr: addr.clone(),
+                                source,
+                            })
+                        }
+                    }
                 }
                 #[cfg(unix)]
-                Host::Unix(_) => Box::pin(tokio::net::UnixStream::connect(&addr).await?),
+                Host::Unix(_) => Box::pin(tokio::net::UnixStream::connect(&addr).await.map_err(
+                    |source| ServerError::Connect {
+                        addr: addr.clone(),
+                        source,
+                    },
+                )?),
             };
-            Ok::<_, std::io::Error>(s)
+            Ok::<_, ServerError>(s)
         })
         .await
-        .map_err(|_| ServerError::Timeout(addr.clone()))?
-        .map_err(|source| ServerError::Connect {
-            addr: addr.clone(),
-            source,
-        })?;
+        .map_err(|_| ServerError::Timeout(addr.clone()))??;
         let mut conn = ServerConn {
             stream,
             rbuf: BytesMut::with_capacity(8192),

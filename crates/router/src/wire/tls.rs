@@ -1,6 +1,6 @@
 //! TLS on the wire listener: the certificate and key a router serves
-//! (rustls, ring provider), and the client stream that is plain TCP or
-//! TLS after an `SSLRequest`.
+//! (`shardline_tls::ServerTls`: reloaded when its files change), and the
+//! client stream that is plain TCP or TLS after an `SSLRequest`.
 //!
 //! Logins stay SCRAM-SHA-256 over TLS too: cleartext passwords are never
 //! offered, so a client's token never reaches the router, even one that
@@ -9,17 +9,13 @@
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
-use anyhow::{bail, Context};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::ServerConfig;
+use anyhow::bail;
+use shardline_tls::ServerTls;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
 
 use crate::RouterConfig;
 
@@ -27,10 +23,10 @@ use crate::RouterConfig;
 /// (older ones send none, which is accepted too).
 const ALPN_POSTGRESQL: &[u8] = b"postgresql";
 
-/// A wire listener's TLS: its certificate and whether plain TCP logins
-/// are refused.
+/// A wire listener's TLS: its certificate (reloaded when its files
+/// change) and whether plain TCP logins are refused.
 pub struct WireTls {
-    acceptor: TlsAcceptor,
+    tls: ServerTls,
     required: bool,
 }
 
@@ -38,40 +34,8 @@ impl WireTls {
     /// Reads the PEM certificate chain (server certificate first) and
     /// private key; the error names the file that could not be used.
     pub fn load(cert: &Path, key: &Path, required: bool) -> anyhow::Result<Self> {
-        let chain = CertificateDer::pem_file_iter(cert)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| anyhow::anyhow!("read TLS certificate file {}: {e}", cert.display()))?;
-        if chain.is_empty() {
-            bail!(
-                "TLS certificate file {} holds no certificate",
-                cert.display()
-            );
-        }
-        let private = PrivateKeyDer::from_pem_file(key)
-            .map_err(|e| anyhow::anyhow!("read TLS key file {}: {e}", key.display()))?;
-        // ring, the provider etcd-client's rustls already builds: aws-lc
-        // (rustls's choice, with post-quantum key exchange) would build a
-        // second, C, crypto library. Deprecated in 0.23.48 for that
-        // reason only.
-        #[allow(deprecated)]
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .context("choose TLS protocol versions")?
-            .with_no_client_auth()
-            .with_single_cert(chain, private)
-            .with_context(|| {
-                format!(
-                    "use TLS certificate {} with key {}",
-                    cert.display(),
-                    key.display()
-                )
-            })?;
-        config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
-        Ok(Self {
-            acceptor: TlsAcceptor::from(Arc::new(config)),
-            required,
-        })
+        let tls = ServerTls::load(cert, key, &[ALPN_POSTGRESQL])?;
+        Ok(Self { tls, required })
     }
 
     /// The TLS of `cfg`'s `pg_tls_*` settings; `None` without a
@@ -111,7 +75,7 @@ impl ClientStream {
                 "TLS requested on a connection that is not plain TCP",
             ));
         };
-        let stream = tls.acceptor.accept(tcp).await?;
+        let stream = tls.tls.acceptor().accept(tcp).await?;
         *self = Self::Tls(Box::new(stream));
         Ok(())
     }

@@ -1,0 +1,101 @@
+//! `shardline dev` with TLS, through the real processes: with
+//! `--tls-cert`, `--tls-key` and `--tls-ca` (a throwaway CA) dev.json's
+//! URLs are `https://` and its `postgres_url` asks for `verify-full`;
+//! the CLI's verbs verify the servers with dev.json's CA (and refuse
+//! them with another CA), and psql logs in over the wire with
+//! `sslmode=verify-full`.
+
+mod devproc;
+
+use std::process::{Child, Command};
+
+use devproc::{cli, stop_dev, wait_dev_json, BIN};
+use shardline_testkit::TlsFiles;
+
+/// Stops dev when an assertion fails before [`stop_dev`].
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe {
+                libc::kill(self.0.id() as i32, libc::SIGTERM);
+            }
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[tokio::test]
+async fn dev_serves_https_and_verified_tls_on_the_wire() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    let certs = tmp.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    let files = TlsFiles::make(&certs).unwrap();
+    let mut dev = Running(devproc::start_dev(
+        &dir,
+        &[
+            "--shards",
+            "1",
+            "--spare-shards",
+            "0",
+            "--tls-cert",
+            &files.server_cert.to_string_lossy(),
+            "--tls-key",
+            &files.server_key.to_string_lossy(),
+            "--tls-ca",
+            &files.ca.to_string_lossy(),
+        ],
+    ));
+    let info = wait_dev_json(&dir, &mut dev.0).await;
+    for url in ["router_url", "manager_url"] {
+        let u = info[url].as_str().unwrap_or_default();
+        assert!(u.starts_with("https://127.0.0.1:"), "{url}: {u}");
+    }
+    assert_eq!(info["ca_file"].as_str(), files.ca.to_str());
+    let pg_url = info["postgres_url"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        pg_url.contains("sslmode=verify-full&sslrootcert=/"),
+        "{pg_url}"
+    );
+
+    // The verbs verify both servers with dev.json's CA.
+    let status = cli(&dir, &["status"]);
+    assert!(status.contains("https://"), "{status}");
+    let answer = cli(&dir, &["sql", "--key", "k1", "SELECT 41 + 1 AS answer"]);
+    assert!(answer.contains("42"), "{answer}");
+    // Another CA's file: refused, saying why.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = TlsFiles::make(other_dir.path()).unwrap();
+    let out = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&dir)
+        .arg("--ca-file")
+        .arg(&other.ca)
+        .arg("status")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("invalid peer certificate"), "{err}");
+
+    // psql over the wire, as dev.json says.
+    let out = Command::new("psql")
+        .args([&pg_url, "-X", "-c", "\\conninfo", "-c", "SELECT 1"])
+        .output()
+        .unwrap();
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("SSL connection (protocol: TLS"), "{shown}");
+
+    stop_dev(&mut dev.0);
+}
