@@ -13,10 +13,16 @@
 //!   `/v1/route`).
 //! - [`manager`]: the control-plane API (keyspaces, shards, migrations,
 //!   apps, routers, status, catalog watch).
+//! - [`probe`]: the answers of `/healthz` and `/readyz` (both servers).
+//!
+//! With the `openapi` feature every type also derives its OpenAPI schema
+//! (utoipa); the servers build their documents from them. Clients leave
+//! it off and do not compile utoipa.
 
 pub mod checks;
 pub mod error;
 pub mod manager;
+pub mod probe;
 pub mod router;
 
 pub use error::{ApiError, ErrorBody, ErrorCode};

@@ -8,8 +8,11 @@ use shardline_core::KeyType;
 
 /// `POST /v1/keyspaces`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"name": "orders", "key_type": "text"})))]
 pub struct CreateKeyspaceRequest {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,62}$"))]
     pub name: String,
     /// How shard keys are hashed (`text`, `bigint`, `uuid`).
     #[serde(default)]
@@ -23,6 +26,7 @@ pub struct CreateKeyspaceRequest {
 /// `PUT /v1/keyspaces/{name}/map`: the initial map of a keyspace that has
 /// none yet, split evenly over these shards.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct InitialMapRequest {
     pub shards: Vec<String>,
@@ -30,6 +34,7 @@ pub struct InitialMapRequest {
 
 /// One range of a shard map.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RangeInfo {
     /// Vitess-style range (`-40`, `40-80`, `80-`).
     pub range: String,
@@ -38,6 +43,7 @@ pub struct RangeInfo {
 
 /// A migration recorded in a keyspace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MigrationInfo {
     pub name: String,
     /// SHA-256 of the SQL text, hex.
@@ -46,6 +52,7 @@ pub struct MigrationInfo {
 
 /// A keyspace as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KeyspaceInfo {
     pub name: String,
     pub key_type: KeyType,
@@ -62,6 +69,7 @@ pub struct KeyspaceInfo {
 /// `POST /v1/shards`: registers a PostgreSQL server (and its replicas) as
 /// a shard.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RegisterShardRequest {
     pub id: String,
@@ -82,6 +90,7 @@ pub struct RegisterShardRequest {
 
 /// The last health check of one instance.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HealthInfo {
     pub up: bool,
     /// When it was checked, RFC 3339.
@@ -110,6 +119,7 @@ pub struct HealthInfo {
 /// `GET /v1/health` (router token): every instance's last check, for
 /// routers choosing replicas for eventual reads.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HealthSnapshot {
     /// Grows with every round of checks.
     pub round: u64,
@@ -118,6 +128,7 @@ pub struct HealthSnapshot {
 
 /// One instance in a [`HealthSnapshot`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InstanceHealth {
     pub shard: String,
     /// The instance id.
@@ -130,6 +141,7 @@ pub struct InstanceHealth {
 /// `POST /v1/shards/{id}/replicas`: registers a running streaming
 /// replica of the shard's primary.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AddReplicaRequest {
     pub dsn: String,
@@ -138,7 +150,9 @@ pub struct AddReplicaRequest {
 /// `POST /v1/shards/{id}/failover`: a planned switchover (the primary
 /// must be up; a primary that is down is replaced automatically).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"to": "s0-1"})))]
 pub struct FailoverRequest {
     /// Instance id of the replica to promote (default: the most
     /// caught-up healthy replica).
@@ -148,6 +162,7 @@ pub struct FailoverRequest {
 
 /// The answer to a failover.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FailoverResult {
     pub shard: String,
     /// Instance ids.
@@ -164,6 +179,7 @@ pub struct FailoverResult {
 
 /// One PostgreSQL instance of a shard.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InstanceInfo {
     /// Stable id within the shard.
     #[serde(default)]
@@ -178,6 +194,7 @@ pub struct InstanceInfo {
 
 /// A shard as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ShardInfo {
     pub id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -198,7 +215,9 @@ pub struct ShardInfo {
 
 /// `POST /v1/keyspaces/{name}/migrations`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"name": "001_events", "sql": "CREATE TABLE events (id bigint PRIMARY KEY, account_id text NOT NULL)"})))]
 pub struct ApplyMigrationRequest {
     pub name: String,
     pub sql: String,
@@ -214,6 +233,7 @@ impl ApplyMigrationRequest {
 
 /// What happened to a migration on one shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum MigrationOutcome {
     Applied,
@@ -223,6 +243,7 @@ pub enum MigrationOutcome {
 
 /// A migration's result on one shard.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ShardMigrationStatus {
     pub shard: String,
     pub outcome: MigrationOutcome,
@@ -232,6 +253,7 @@ pub struct ShardMigrationStatus {
 
 /// The answer to applying a migration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MigrationResult {
     pub name: String,
     pub checksum: String,
@@ -241,11 +263,15 @@ pub struct MigrationResult {
 /// `POST /v1/tenants`: a tenant in a shared keyspace, or with a
 /// dedicated keyspace built from shards registered for it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"id": "acme", "name": "Acme Corp", "config": {"limits": {"requests_per_second": 500, "burst": 1000, "max_concurrent": 50}}})))]
 pub struct CreateTenantRequest {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,47}$"))]
     pub id: String,
     /// Display name (default: the id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 200))]
     pub name: Option<String>,
     /// The shared keyspace to live in (default `default`). Not with
     /// `dedicated`.
@@ -267,9 +293,12 @@ pub struct CreateTenantRequest {
 
 /// `PATCH /v1/tenants/{id}`: fields to change; absent ones stay.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"config": {"limits": {"requests_per_second": 1000, "burst": 2000}}})))]
 pub struct UpdateTenantRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 200))]
     pub name: Option<String>,
     /// Replaces the whole config.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -278,6 +307,7 @@ pub struct UpdateTenantRequest {
 
 /// A tenant as the API shows it (never its role password).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TenantInfo {
     pub id: String,
     pub name: String,
@@ -295,8 +325,12 @@ pub struct TenantInfo {
 
 /// `POST /v1/apps`: a client application of a tenant.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"name": "billing", "tenant": "default", "description": "Invoices service", "key_prefix": "acme:", "limits": {"requests_per_second": 100, "max_concurrent": 10}})))]
 pub struct CreateAppRequest {
+    /// The app's id, unique over all tenants.
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,62}$"))]
     pub name: String,
     /// Default `default`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -313,9 +347,13 @@ pub struct CreateAppRequest {
 
 /// `PATCH /v1/apps/{id}`: fields to change; absent ones stay.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"key_prefix": "", "limits": {"requests_per_second": 200}})))]
 pub struct UpdateAppRequest {
+    /// Display name (the id stays).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 200))]
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
@@ -330,16 +368,20 @@ pub struct UpdateAppRequest {
 /// `POST /v1/apps/{id}/rotate`: a new token; the old one stays valid for
 /// the grace period.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"grace_seconds": 3600})))]
 pub struct RotateTokenRequest {
     /// Seconds the old token keeps working (default 900, at most 604800;
     /// 0 ends it now).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 604800))]
     pub grace_seconds: Option<u64>,
 }
 
 /// A client application as the API shows it (never its token).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AppInfo {
     pub id: String,
     pub name: String,
@@ -360,6 +402,7 @@ pub struct AppInfo {
 /// The answer to creating an app or rotating its token: the token is
 /// shown this once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateAppResponse {
     #[serde(flatten)]
     pub app: AppInfo,
@@ -369,8 +412,10 @@ pub struct CreateAppResponse {
 /// `POST /v1/routers/heartbeat`: a router says it is alive and which
 /// catalog version it serves.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RouterHeartbeat {
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 200))]
     pub id: String,
     /// Where clients reach it (informational).
     pub address: String,
@@ -379,6 +424,7 @@ pub struct RouterHeartbeat {
 
 /// A manager: its id and the URL others reach it at.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ManagerRef {
     pub id: String,
     pub url: String,
@@ -394,6 +440,7 @@ pub const NO_LEADER_HEADER: &str = "x-shardline-no-leader";
 /// failovers, the reconciler and resharding jobs), as the asked manager
 /// knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LeaderResponse {
     /// `None` while no leader is known (an election is under way).
     pub leader: Option<ManagerRef>,
@@ -407,6 +454,7 @@ pub struct LeaderResponse {
 
 /// The answer to a heartbeat.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HeartbeatResponse {
     /// The router counts as gone if it does not heartbeat within this.
     pub lease_ms: u64,
@@ -433,6 +481,7 @@ fn yes() -> bool {
 
 /// A live router.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RouterInfo {
     pub id: String,
     pub address: String,
@@ -443,6 +492,7 @@ pub struct RouterInfo {
 
 /// `GET /v1/status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StatusResponse {
     pub catalog_version: u64,
     pub keyspaces: Vec<KeyspaceInfo>,
@@ -454,7 +504,9 @@ pub struct StatusResponse {
 
 /// `POST /v1/reshard`: starts an online resharding job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"keyspace": "default", "kind": "split", "source": "s0", "targets": ["s9"]})))]
 pub struct ReshardRequest {
     #[serde(default = "default_keyspace")]
     pub keyspace: String,
@@ -484,6 +536,7 @@ fn default_keyspace() -> String {
 
 /// One range of a job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MoveInfo {
     pub range: String,
     pub from: String,
@@ -492,6 +545,7 @@ pub struct MoveInfo {
 
 /// A resharding job as the API shows it, with live progress.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobInfo {
     pub id: String,
     pub kind: ReshardKind,

@@ -11,6 +11,7 @@ pub const DEFAULT_KEYSPACE: &str = "default";
 
 /// Where a read may be served from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Consistency {
     /// The shard's primary (reads your writes).
@@ -23,6 +24,7 @@ pub enum Consistency {
 /// A shard key: a string (text and uuid keyspaces) or an integer (bigint
 /// keyspaces).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(untagged)]
 pub enum ShardKeyValue {
     Text(String),
@@ -40,7 +42,9 @@ impl std::fmt::Display for ShardKeyValue {
 
 /// `POST /v1/execute`: one statement on the shard owning `shard_key`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"shard_key": "user:42", "sql": "SELECT $1::int8 AS id, 'alice' AS name", "params": [42], "consistency": "strong"})))]
 pub struct ExecuteRequest {
     /// Default: the app's tenant's keyspace (the only one it may use).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -64,6 +68,7 @@ impl ExecuteRequest {
 
 /// A result column.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Column {
     pub name: String,
     /// PostgreSQL's type name (`int8`, `text`, `numeric`, ...).
@@ -73,6 +78,7 @@ pub struct Column {
 
 /// The result of one statement.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StatementResult {
     pub columns: Vec<Column>,
     pub rows: Vec<Vec<Value>>,
@@ -82,6 +88,7 @@ pub struct StatementResult {
 
 /// The answer to `POST /v1/execute`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExecuteResponse {
     pub shard: String,
     #[serde(flatten)]
@@ -90,6 +97,7 @@ pub struct ExecuteResponse {
 
 /// One statement of a transaction.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Statement {
     pub sql: String,
@@ -99,7 +107,9 @@ pub struct Statement {
 
 /// `POST /v1/transaction`: statements run all-or-nothing on one shard.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"shard_key": "user:42", "statements": [{"sql": "SELECT 1 AS one"}, {"sql": "SELECT $1::text AS t", "params": ["x"]}]})))]
 pub struct TransactionRequest {
     /// Default: the app's tenant's keyspace (the only one it may use).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -132,6 +142,7 @@ impl TransactionRequest {
 
 /// The answer to `POST /v1/transaction`: one result per statement.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TransactionResponse {
     pub shard: String,
     pub results: Vec<StatementResult>,
@@ -139,16 +150,21 @@ pub struct TransactionResponse {
 
 /// `GET /v1/route?keyspace=..&key=..`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
 #[serde(deny_unknown_fields)]
 pub struct RouteQuery {
     /// Default: the app's tenant's keyspace (the only one it may use).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keyspace: Option<String>,
+    /// The shard key, as text (an integer key by its decimal text).
+    #[cfg_attr(feature = "openapi", param(example = "user:42"))]
     pub key: String,
 }
 
 /// Where a key is routed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RouteResponse {
     pub keyspace: String,
     pub shard: String,

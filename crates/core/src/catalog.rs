@@ -111,6 +111,7 @@ pub const FENCE_VERSION_SQL: &str = "SELECT coalesce((SELECT \
 
 /// How a table is sharded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TableSpec {
     /// The column holding the shard key of each row.
@@ -171,6 +172,7 @@ pub struct RangeMove {
 
 /// What a job does to the map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ReshardKind {
     Split,
@@ -183,6 +185,7 @@ pub enum ReshardKind {
 
 /// Where a job is. The order is the order of the phases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ReshardPhase {
     /// Targets get the tenants' databases, roles and migrations; change
@@ -246,6 +249,7 @@ pub struct Shard {
 /// A change of a shard's primary in progress, recorded before anything is
 /// done so a restarted manager resumes or rolls it back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Failover {
     pub kind: FailoverKind,
     /// Instance id of the primary being replaced.
@@ -258,6 +262,7 @@ pub struct Failover {
 
 /// Why a primary is being replaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum FailoverKind {
     /// The primary failed its health checks.
@@ -331,26 +336,32 @@ pub struct PreviousToken {
 /// Quotas of a tenant or an app. `None` means unlimited (for an app: only
 /// its tenant's limit applies).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Sustained requests per second (token bucket refill rate), summed
     /// over all live routers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub requests_per_second: Option<u32>,
     /// Bucket size: requests allowed at once above the rate (defaults to
     /// the rate, at least 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub burst: Option<u32>,
     /// Requests in flight at once, per router.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub max_concurrent: Option<u32>,
     /// Shards a dedicated tenant may have (tenants only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub max_shards: Option<u32>,
 }
 
 /// A tenant's settings.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     #[serde(default)]
@@ -358,11 +369,13 @@ pub struct TenantConfig {
     /// Most connections one router opens to one shard for this tenant
     /// (default: the router's per-tenant pool size).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub max_connections_per_shard: Option<u32>,
 }
 
 /// Where a tenant is in its life.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TenantState {
     /// Serving.

@@ -16,6 +16,7 @@ pub const ROUTING_OFFSET: u64 = 0x49a0f4dd15e5a8e3;
 
 /// How a keyspace's shard keys are typed and hashed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum KeyType {
     /// UTF-8 text, hashed like `hashtextextended`.

@@ -92,10 +92,11 @@ impl Forwarder {
 
 /// Whether any manager answers this request from its own catalog.
 fn answered_locally(method: &Method, path: &str) -> bool {
-    const ALWAYS: [&str; 5] = [
+    const ALWAYS: [&str; 6] = [
         "/healthz",
         "/readyz",
         "/metrics",
+        "/openapi.json",
         "/v1/leader",
         CATALOG_FEED,
     ];

@@ -1,6 +1,11 @@
 //! The manager's HTTP API. Handlers are short: authorise, parse, call
 //! the operation, answer JSON. Tenants and apps are in [`tenants`];
 //! resharding in [`reshard`].
+//!
+//! Each handler carries its OpenAPI description (`#[utoipa::path]`: every
+//! status it can answer); `ManagerApi` here assembles them, with what
+//! [`openapi`] adds, into the document served at `/openapi.json` and
+//! checked in as `docs/openapi/manager.json`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +21,9 @@ use shardline_api::manager::{
     FailoverResult, HealthSnapshot, HeartbeatResponse, InitialMapRequest, InstanceInfo,
     KeyspaceInfo, MigrationInfo, RegisterShardRequest, RouterHeartbeat, ShardInfo, StatusResponse,
 };
-use shardline_api::ErrorCode;
+use shardline_api::manager::{LeaderResponse, MigrationResult, RouterInfo};
+use shardline_api::probe::ProbeStatus;
+use shardline_api::{ErrorBody, ErrorCode};
 use shardline_core::catalog::Shard;
 use shardline_core::Catalog;
 use shardline_http::{
@@ -27,6 +34,9 @@ use crate::error::ServiceError;
 use crate::health::HealthTable;
 use crate::{migrations, ops, replicas};
 
+pub mod openapi;
+
+use openapi::Tokens;
 mod reshard;
 mod state;
 mod tenants;
@@ -38,8 +48,9 @@ use state::{keyspace_info, ApiResult, Shared};
 pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
     let api = Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json))
         .route("/v1/status", get(status))
         .route("/v1/leader", get(leader))
         .route("/v1/keyspaces", get(list_keyspaces).post(create_keyspace))
@@ -92,10 +103,104 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
     with_request_ids(with_fallbacks(api, body_limit))
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok"}))
+/// The manager's OpenAPI document: every handler's description, with
+/// what [`openapi`] adds.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "shardline manager",
+        description = "The control plane's HTTP API: keyspaces, shards, replicas and \
+            failover, tenants and apps, resharding, the routers' catalog feed. Errors are \
+            `ErrorBody`; see docs/api.md.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    paths(
+        status,
+        leader,
+        list_keyspaces,
+        create_keyspace,
+        get_keyspace,
+        set_map,
+        list_migrations,
+        apply_migration,
+        reshard::set_table,
+        reshard::start_job,
+        reshard::list_jobs,
+        reshard::get_job,
+        reshard::cancel_job,
+        list_shards,
+        register_shard,
+        get_shard,
+        remove_shard,
+        add_replica,
+        failover,
+        health,
+        tenants::list_tenants,
+        tenants::create_tenant,
+        tenants::get_tenant,
+        tenants::update_tenant,
+        tenants::delete_tenant,
+        tenants::list_apps,
+        tenants::create_app,
+        tenants::get_app,
+        tenants::update_app,
+        tenants::rotate_app_token,
+        tenants::delete_app,
+        watch_catalog,
+        list_routers,
+        heartbeat,
+        healthz,
+        readyz,
+        metrics,
+        openapi_json,
+    ),
+    modifiers(&Tokens),
+    tags(
+        (name = "status", description = "The fleet at a glance, the leader"),
+        (name = "keyspaces", description = "Keyspaces, their maps and migrations"),
+        (name = "shards", description = "Shards, replicas, switchovers, health"),
+        (name = "tenants", description = "Tenants"),
+        (name = "apps", description = "Client apps and their tokens"),
+        (name = "reshard", description = "Online resharding"),
+        (name = "routers", description = "What routers use: the catalog feed, heartbeats"),
+        (name = "probes", description = "Liveness, readiness, metrics, this document"),
+    )
+)]
+struct ManagerApi;
+
+/// The manager's OpenAPI document as JSON (the checked-in form).
+pub fn openapi_document() -> String {
+    openapi::to_json(&openapi::finish(<ManagerApi as utoipa::OpenApi>::openapi()))
 }
 
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "probes", responses(
+    (status = 200, description = "This OpenAPI document", body = Object, content_type = "application/json"),
+))]
+async fn openapi_json() -> Response {
+    static JSON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    openapi::answer(&JSON, openapi_document)
+}
+
+/// Alive.
+#[utoipa::path(get, path = "/healthz", tag = "probes",
+    responses((status = 200, description = "The manager is alive", body = ProbeStatus)))]
+async fn healthz() -> Json<ProbeStatus> {
+    Json(ProbeStatus::ok())
+}
+
+/// Ready: a manager serves once it is listening (it loaded its catalog
+/// before).
+#[utoipa::path(get, path = "/readyz", tag = "probes",
+    responses((status = 200, description = "The manager serves", body = ProbeStatus)))]
+async fn readyz() -> Json<ProbeStatus> {
+    Json(ProbeStatus::ok())
+}
+
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "probes", responses(
+    (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
+))]
 async fn metrics(State(st): Shared) -> Response {
     st.catalog_version
         .with(&[])
@@ -169,6 +274,11 @@ fn shard_info(cat: &Catalog, shard: &Shard, health: &HealthTable) -> ShardInfo {
     }
 }
 
+#[utoipa::path(get, path = "/v1/status", tag = "status", security(("admin_token" = [])), responses(
+    (status = 200, description = "Catalog version, keyspaces, shards with health, live routers, tenants", body = StatusResponse),
+    (status = 401, description = "No bearer token, or a wrong one (`unauthorized`)", body = ErrorBody),
+    (status = 503, description = "A shard or the catalog store cannot be reached, or no manager leads now (`shard_unavailable`, `unavailable`; `X-Shardline-No-Leader: 1` when nothing was run)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+))]
 async fn status(State(st): Shared, headers: HeaderMap) -> ApiResult<Json<StatusResponse>> {
     st.admin.check(&headers)?;
     let p = st.service.current();
@@ -186,6 +296,11 @@ async fn status(State(st): Shared, headers: HeaderMap) -> ApiResult<Json<StatusR
     }))
 }
 
+#[utoipa::path(get, path = "/v1/keyspaces", tag = "keyspaces", security(("admin_token" = [])), responses(
+    (status = 200, description = "Every keyspace", body = Vec<KeyspaceInfo>),
+    (status = 401, description = "No bearer token, or a wrong one (`unauthorized`)", body = ErrorBody),
+    (status = 503, description = "A shard or the catalog store cannot be reached, or no manager leads now (`shard_unavailable`, `unavailable`; `X-Shardline-No-Leader: 1` when nothing was run)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+))]
 async fn list_keyspaces(
     State(st): Shared,
     headers: HeaderMap,
@@ -207,6 +322,13 @@ fn find_keyspace(st: &AppState, name: &str) -> ApiResult<KeyspaceInfo> {
         .ok_or_else(|| ErrorResponse::new(ErrorCode::NotFound, format!("no keyspace {name}")))
 }
 
+#[utoipa::path(get, path = "/v1/keyspaces/{name}", tag = "keyspaces", security(("admin_token" = [])), params(("name" = String, Path, description = "Keyspace name", example = "default")), responses(
+    (status = 200, description = "The keyspace", body = KeyspaceInfo),
+    (status = 400, description = "Malformed or invalid input (`invalid_request`)", body = ErrorBody),
+    (status = 401, description = "No bearer token, or a wrong one (`unauthorized`)", body = ErrorBody),
+    (status = 404, description = "No such object (`not_found`)", body = ErrorBody),
+    (status = 503, description = "A shard or the catalog store cannot be reached, or no manager leads now (`shard_unavailable`, `unavailable`; `X-Shardline-No-Leader: 1` when nothing was run)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+))]
 async fn get_keyspace(
     State(st): Shared,
     headers: HeaderMap,
@@ -216,6 +338,15 @@ async fn get_keyspace(
     find_keyspace(&st, &name).map(Json)
 }
 
+#[utoipa::path(post, path = "/v1/keyspaces", tag = "keyspaces", security(("admin_token" = [])), request_body = CreateKeyspaceRequest, responses(
+    (status = 201, description = "The new keyspace", body = KeyspaceInfo),
+    (status = 400, description = "Malformed or invalid input (`invalid_request`)", body = ErrorBody),
+    (status = 401, description = "No bearer token, or a wrong one (`unauthorized`)", body = ErrorBody),
+    (status = 404, description = "No such object (`not_found`)", body = ErrorBody),
+    (status = 409, description = "Exists already, in use, or in another state (`conflict`)", body = ErrorBody),
+    (status = 413, description = "Body over the limit (`payload_too_large`)", body = ErrorBody),
+    (status = 503, description = "A shard or the catalog store cannot be reached, or no manager leads now (`shard_unavailable`, `unavailable`; `X-Shardline-No-Leader: 1` when nothing was run)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+))]
 async fn create_keyspace(
     State(st): Shared,
     headers: HeaderMap,
@@ -226,6 +357,15 @@ async fn create_keyspace(
     Ok((StatusCode::CREATED, Json(find_keyspace(&st, &req.name)?)))
 }
 
+#[utoipa::path(put, path = "/v1/keyspaces/{name}/map", tag = "keyspaces", security(("admin_token" = [])), params(("name" = String, Path, description = "Keyspace name", example = "default")), request_body = InitialMapRequest, responses(
+    (status = 200, description = "The keyspace with its map", body = KeyspaceInfo),
+    (status = 400, description = "Malformed or invalid input (`invalid_request`)", body = ErrorBody),
+    (status = 401, description = "No bearer token, or a wrong one (`unauthorized`)", body = ErrorBody),
+    (status = 404, description = "No such object (`not_found`)", body = ErrorBody),
+    (status = 409, description = "Exists already, in use, or in another state (`conflict`)", body = ErrorBody),
+    (status = 413, description = "Body over the limit (`payload_too_large`)", body = ErrorBody),
+    (status = 503, description = "A shard or the catalog store cannot be reached, or no manager leads now (`shard_unavailable`, `unavailable`; `X-Shardline-No-Leader: 1` when nothing was run)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+))]
 async fn set_map(
     State(st): Shared,
     headers: HeaderMap,
@@ -237,6 +377,13 @@ async fn set_map(
     find_keyspace(&st, &name).map(Json)
 }
 
+#[utoipa::path(get, path = "/v1/keyspaces/{name}/migrations", tag = "keyspaces", security(("admin_token" = [])), params(("name" = String, Path, description = "Keyspace name", example = "default")), responses(
+    (status = 200, description = "The keyspace's migrations", body = Vec<MigrationInfo>),
+    (status = 400, description = "Malformed or invalid input (`invalid_request`)", body = ErrorBody),
+    (status = 401, description = "No bearer token, or a wrong one (`unauthorized`)", body = ErrorBody),
+    (status = 404, description = "No such object (`not_found`)", body = ErrorBody),
+    (status = 503, description = "A shard or the catalog store cannot be reached, or no manager leads now (`shard_unavailable`, `unavailable`; `X-Shardline-No-Leader: 1` when nothing was run)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+))]
 async fn list_migrations(
     State(st): Shared,
     headers: HeaderMap,
@@ -246,6 +393,15 @@ async fn list_migrations(
     find_keyspace(&st, &name).map(|k| Json(k.migrations))
 }
 
+#[utoipa::path(post, path = "/v1/keyspaces/{name}/migrations", tag = "keyspaces", security(("admin_token" = [])), params(("name" = String, Path, description = "Keyspace name", example = "default")), request_body = ApplyMigrationRequest, responses(
+    (status = 200, description = "The migration's outcome on each shard", body = MigrationResult),
+    (status = 400, description = "Malformed or invalid input (`invalid_request`), or the migration failed in PostgreSQL (`statement_failed`)", body = ErrorBody),
+    (status = 401, description = "No bearer token, or a wrong one (`unauthorized`)", body = ErrorBody),
+    (status = 404, description = "No such object (`not_found`)", body = ErrorBody),
+    (status = 409, description = "Exists already, in use, or in another state (`conflict`)", body = ErrorBody),
+    (status = 413, description = "Body over the limit (`payload_too_large`)", body = ErrorBody),
+    (status = 503, description = "A shard or the catalog store cannot be reached, or no manager leads now (`shard_unavailable`, `unavailable`; `X-Shardline-No-Leader: 1` when nothing was run)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+))]
 async fn apply_migration(
     State(st): Shared,
     headers: HeaderMap,
@@ -260,6 +416,11 @@ async fn apply_migration(
     Ok(Json(result).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/shards", tag = "shards", security(("admin_token" = [])), responses(
+    (status = 200, description = "Every shard", body = Vec<ShardInfo>),
+    (status = 401, description = "No bearer token, or a wrong one (`unauthorized`)", body = ErrorBody),
+    (status = 503, description = "A shard or the catalog store cannot be reached, or no manager leads now (`shard_unavailable`, `unavailable`; `X-Shardline-No-Leader: 1` when nothing was run)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+))]
 async fn list_shards(State(st): Shared, headers: HeaderMap) -> ApiResult<Json<Vec<ShardInfo>>> {
     st.admin.check(&headers)?;
     let p = st.service.current();
@@ -281,6 +442,13 @@ fn find_shard(st: &AppState, id: &str) -> ApiResult<ShardInfo> {
         .ok_or_else(|| ErrorResponse::new(ErrorCode::NotFound, format!("no shard {id}")))
 }
 
+#[utoipa::path(get, path = "/v1/shards/{id}", tag = "shards", security(("admin_token" = [])), params(("id" = String, Path, description = "Shard id", example = "s0")), responses(
+    (status = 200, description = "The shard", body = ShardInfo),
+    (status = 400, description = "Malformed or invalid input (`invalid_request`)", body = ErrorBody),
+    (status = 401, description = "No bearer token, or a wrong one (`unauthorized`)", body = ErrorBody),
+    (status = 404, description = "No such object (`not_found`)", body = ErrorBody),
+    (status = 503, description = "A shard or the catalog store cannot be reached, or no manager leads now (`shard_unavailable`, `unavailable`; `X-Shardline-No-Leader: 1` when nothing was run)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+))]
 async fn get_shard(
     State(st): Shared,
     headers: HeaderMap,
@@ -290,6 +458,15 @@ async fn get_shard(
     find_shard(&st, &id).map(Json)
 }
 
+#[utoipa::path(post, path = "/v1/shards", tag = "shards", security(("admin_token" = [])), request_body = RegisterShardRequest, responses(
+    (status = 201, description = "The new shard", body = ShardInfo),
+    (status = 400, description = "Malformed or invalid input (`invalid_request`)", body = ErrorBody),
+    (status = 401, description = "No bearer token, or a wrong one (`unauthorized`)", body = ErrorBody),
+    (status = 404, description = "No such object (`not_found`)", body = ErrorBody),
+    (status = 409, description = "Exists already, in use, or in another state (`conflict`)", body = ErrorBody),
+    (status = 413, description = "Body over the limit (`payload_too_large`)", body = ErrorBody),
+    (status = 503, description = "A shard or the catalog store cannot be reached, or no manager leads now (`shard_unavailable`, `unavailable`; `X-Shardline-No-Leader: 1` when nothing was run)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+))]
 async fn register_shard(
     State(st): Shared,
     headers: HeaderMap,
@@ -300,6 +477,14 @@ async fn register_shard(
     Ok((StatusCode::CREATED, Json(find_shard(&st, &req.id)?)))
 }
 
+#[utoipa::path(delete, path = "/v1/shards/{id}", tag = "shards", security(("admin_token" = [])), params(("id" = String, Path, description = "Shard id", example = "s0")), responses(
+    (status = 204, description = "Removed"),
+    (status = 400, description = "Malformed or invalid input (`invalid_request`)", body = ErrorBody),
+    (status = 401, description = "No bearer token, or a wrong one (`unauthorized`)", body = ErrorBody),
+    (status = 404, description = "No such object (`not_found`)", body = ErrorBody),
+    (status = 409, description = "Exists already, in use, or in another state (`conflict`)", body = ErrorBody),
+    (status = 503, description = "A shard or the catalog store cannot be reached, or no manager leads now (`shard_unavailable`, `unavailable`; `X-Shardline-No-Leader: 1` when nothing was run)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+))]
 async fn remove_shard(
     State(st): Shared,
     headers: HeaderMap,
@@ -310,6 +495,15 @@ async fn remove_shard(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/v1/shards/{id}/replicas", tag = "shards", security(("admin_token" = [])), params(("id" = String, Path, description = "Shard id", example = "s0")), request_body = AddReplicaRequest, responses(
+    (status = 201, description = "The shard with the new replica", body = ShardInfo),
+    (status = 400, description = "Malformed or invalid input (`invalid_request`)", body = ErrorBody),
+    (status = 401, description = "No bearer token, or a wrong one (`unauthorized`)", body = ErrorBody),
+    (status = 404, description = "No such object (`not_found`)", body = ErrorBody),
+    (status = 409, description = "Exists already, in use, or in another state (`conflict`)", body = ErrorBody),
+    (status = 413, description = "Body over the limit (`payload_too_large`)", body = ErrorBody),
+    (status = 503, description = "A shard or the catalog store cannot be reached, or no manager leads now (`shard_unavailable`, `unavailable`; `X-Shardline-No-Leader: 1` when nothing was run)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+))]
 async fn add_replica(
     State(st): Shared,
     headers: HeaderMap,
@@ -321,6 +515,15 @@ async fn add_replica(
     Ok((StatusCode::CREATED, Json(find_shard(&st, &id)?)))
 }
 
+#[utoipa::path(post, path = "/v1/shards/{id}/failover", tag = "shards", security(("admin_token" = [])), params(("id" = String, Path, description = "Shard id", example = "s0")), request_body = FailoverRequest, responses(
+    (status = 200, description = "The switchover is done", body = FailoverResult),
+    (status = 400, description = "Malformed or invalid input (`invalid_request`)", body = ErrorBody),
+    (status = 401, description = "No bearer token, or a wrong one (`unauthorized`)", body = ErrorBody),
+    (status = 404, description = "No such object (`not_found`)", body = ErrorBody),
+    (status = 409, description = "Exists already, in use, or in another state (`conflict`)", body = ErrorBody),
+    (status = 413, description = "Body over the limit (`payload_too_large`)", body = ErrorBody),
+    (status = 503, description = "A shard or the catalog store cannot be reached, or no manager leads now (`shard_unavailable`, `unavailable`; `X-Shardline-No-Leader: 1` when nothing was run)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+))]
 async fn failover(
     State(st): Shared,
     headers: HeaderMap,
@@ -332,10 +535,12 @@ async fn failover(
 }
 
 /// Which manager leads, as this one knows it (routers and operators).
-async fn leader(
-    State(st): Shared,
-    headers: HeaderMap,
-) -> ApiResult<Json<shardline_api::manager::LeaderResponse>> {
+#[utoipa::path(get, path = "/v1/leader", tag = "status", security(("router_token" = []), ("admin_token" = [])), responses(
+    (status = 200, description = "Which manager leads", body = LeaderResponse),
+    (status = 401, description = "No bearer token, or a wrong one (`unauthorized`)", body = ErrorBody),
+    (status = 503, description = "A shard or the catalog store cannot be reached, or no manager leads now (`shard_unavailable`, `unavailable`; `X-Shardline-No-Leader: 1` when nothing was run)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+))]
+async fn leader(State(st): Shared, headers: HeaderMap) -> ApiResult<Json<LeaderResponse>> {
     if st.router_auth.check(&headers).is_err() {
         st.admin.check(&headers)?;
     }
@@ -344,6 +549,11 @@ async fn leader(
 
 /// Every checked instance's last health check: routers pick replicas for
 /// eventual reads from it.
+#[utoipa::path(get, path = "/v1/health", tag = "shards", security(("router_token" = []), ("admin_token" = [])), responses(
+    (status = 200, description = "Every checked instance's last health check", body = HealthSnapshot),
+    (status = 401, description = "No bearer token, or a wrong one (`unauthorized`)", body = ErrorBody),
+    (status = 503, description = "A shard or the catalog store cannot be reached, or no manager leads now (`shard_unavailable`, `unavailable`; `X-Shardline-No-Leader: 1` when nothing was run)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+))]
 async fn health(State(st): Shared, headers: HeaderMap) -> ApiResult<Json<HealthSnapshot>> {
     if st.router_auth.check(&headers).is_err() {
         st.admin.check(&headers)?;
@@ -352,11 +562,15 @@ async fn health(State(st): Shared, headers: HeaderMap) -> ApiResult<Json<HealthS
 }
 
 /// Query of the catalog watch.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct WatchQuery {
+    /// Answer once the catalog is newer than this version (default 0).
     #[serde(default)]
     after_version: u64,
+    /// How long to wait for a newer one, in milliseconds (at most the
+    /// manager's `max_watch_wait`; default 0).
     #[serde(default)]
     wait_ms: u64,
 }
@@ -364,6 +578,13 @@ struct WatchQuery {
 /// Routers (or operators) follow the catalog: answers at once when the
 /// catalog is newer than `after_version`, else holds the request until it
 /// is or `wait_ms` passes (304).
+#[utoipa::path(get, path = "/v1/catalog", tag = "routers", security(("router_token" = []), ("admin_token" = [])), params(WatchQuery), responses(
+    (status = 200, description = "The catalog (its internal JSON form, for routers: not a stable API)", body = Object),
+    (status = 304, description = "Not newer than `after_version` within `wait_ms`"),
+    (status = 400, description = "Malformed or invalid input (`invalid_request`)", body = ErrorBody),
+    (status = 401, description = "No bearer token, or a wrong one (`unauthorized`)", body = ErrorBody),
+    (status = 503, description = "A shard or the catalog store cannot be reached, or no manager leads now (`shard_unavailable`, `unavailable`; `X-Shardline-No-Leader: 1` when nothing was run)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+))]
 async fn watch_catalog(
     State(st): Shared,
     headers: HeaderMap,
@@ -392,14 +613,23 @@ async fn watch_catalog(
         .into_response())
 }
 
-async fn list_routers(
-    State(st): Shared,
-    headers: HeaderMap,
-) -> ApiResult<Json<Vec<shardline_api::manager::RouterInfo>>> {
+#[utoipa::path(get, path = "/v1/routers", tag = "routers", security(("admin_token" = [])), responses(
+    (status = 200, description = "Live routers", body = Vec<RouterInfo>),
+    (status = 401, description = "No bearer token, or a wrong one (`unauthorized`)", body = ErrorBody),
+    (status = 503, description = "A shard or the catalog store cannot be reached, or no manager leads now (`shard_unavailable`, `unavailable`; `X-Shardline-No-Leader: 1` when nothing was run)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+))]
+async fn list_routers(State(st): Shared, headers: HeaderMap) -> ApiResult<Json<Vec<RouterInfo>>> {
     st.admin.check(&headers)?;
     Ok(Json(st.routers.live()))
 }
 
+#[utoipa::path(post, path = "/v1/routers/heartbeat", tag = "routers", security(("router_token" = [])), request_body = RouterHeartbeat, responses(
+    (status = 200, description = "The lease", body = HeartbeatResponse),
+    (status = 400, description = "Malformed or invalid input (`invalid_request`)", body = ErrorBody),
+    (status = 401, description = "No bearer token, or a wrong one (`unauthorized`)", body = ErrorBody),
+    (status = 413, description = "Body over the limit (`payload_too_large`)", body = ErrorBody),
+    (status = 503, description = "A shard or the catalog store cannot be reached, or no manager leads now (`shard_unavailable`, `unavailable`; `X-Shardline-No-Leader: 1` when nothing was run)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+))]
 async fn heartbeat(
     State(st): Shared,
     headers: HeaderMap,

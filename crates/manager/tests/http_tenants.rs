@@ -186,6 +186,14 @@ async fn tenant_routes() {
         .await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert!(a.json().get("previous_token_expires_at").is_none());
+    // JSON `null` is the defaults, as the OpenAPI document says.
+    let a = m.admin("POST", "/v1/apps/web/rotate", Some("null")).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(
+        a.json()["previous_token_expires_at"].is_string(),
+        "{}",
+        a.body
+    );
     let a = m
         .admin(
             "POST",

@@ -10,6 +10,11 @@
 //! This is the HTTP front end's edge: the router's own errors
 //! ([`crate::error::RouterError`]) become the HTTP error body
 //! ([`ApiError`]) here, and nowhere deeper.
+//!
+//! Each handler carries its OpenAPI description (`#[utoipa::path]`: every
+//! status it can answer); `RouterApi` here assembles them, with what
+//! [`openapi`] adds, into the document served at `/openapi.json` and
+//! checked in as `docs/openapi/router.json`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,11 +27,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use shardline_api::checks::MAX_PARAMS;
+use shardline_api::probe::ProbeStatus;
 use shardline_api::router::{
     Consistency, ExecuteRequest, ExecuteResponse, RouteQuery, RouteResponse, ShardKeyValue,
     TransactionRequest, TransactionResponse,
 };
-use shardline_api::{ApiError, ErrorCode};
+use shardline_api::{ApiError, ErrorBody, ErrorCode};
 use shardline_core::hash::format_hash;
 use shardline_http::{
     bearer_token, with_fallbacks, with_request_ids, ErrorResponse, JsonBody, QueryParams, RequestId,
@@ -38,6 +44,10 @@ use crate::dispatch::{self, Plan};
 use crate::error::Reason;
 use crate::reroute::{self, Keyed};
 use crate::state::{RouterContext, Routing, RoutingCell};
+
+pub mod openapi;
+
+use openapi::AppToken;
 
 /// What the handlers share.
 pub struct RouterState {
@@ -54,6 +64,7 @@ pub fn router(state: Arc<RouterState>, body_limit: usize) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json))
         .route("/v1/execute", post(execute))
         .route("/v1/transaction", post(transaction))
         .route("/v1/route", get(route))
@@ -140,14 +151,63 @@ fn admit(
         .map_err(|rej| refused(&st.ctx, endpoint, rej))
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok"}))
+/// The router's OpenAPI document: every handler's description, with
+/// what [`openapi`] adds.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "shardline router",
+        description = "The data plane's HTTP API: statements and transactions on the shard \
+            owning a key, routing, probes. Errors are `ErrorBody`; see docs/api.md.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    paths(
+        execute,
+        transaction,
+        route,
+        healthz,
+        readyz,
+        metrics,
+        openapi_json,
+    ),
+    modifiers(&AppToken),
+    tags(
+        (name = "data", description = "Statements on the shard owning a key"),
+        (name = "probes", description = "Liveness, readiness, metrics, this document"),
+    )
+)]
+struct RouterApi;
+
+/// The router's OpenAPI document as JSON (the checked-in form).
+pub fn openapi_document() -> String {
+    openapi::to_json(&openapi::finish(<RouterApi as utoipa::OpenApi>::openapi()))
 }
 
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "probes", responses(
+    (status = 200, description = "This OpenAPI document", body = Object, content_type = "application/json"),
+))]
+async fn openapi_json() -> Response {
+    static JSON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    openapi::answer(&JSON, openapi_document)
+}
+
+/// Alive.
+#[utoipa::path(get, path = "/healthz", tag = "probes",
+    responses((status = 200, description = "The router is alive", body = ProbeStatus)))]
+async fn healthz() -> Json<ProbeStatus> {
+    Json(ProbeStatus::ok())
+}
+
+/// Ready once a catalog is loaded.
+#[utoipa::path(get, path = "/readyz", tag = "probes", responses(
+    (status = 200, description = "A catalog is loaded", body = ProbeStatus),
+    (status = 503, description = "No catalog loaded yet (`unavailable`)", body = ErrorBody,
+        headers(("Retry-After" = u64, description = "Seconds to wait"))),
+))]
 async fn readyz(State(st): Shared) -> Response {
     if st.routing.is_loaded() {
-        Json(serde_json::json!({"status": "ready", "catalog_version": st.routing.get().version}))
-            .into_response()
+        Json(ProbeStatus::ready(st.routing.get().version)).into_response()
     } else {
         ErrorResponse(
             ApiError::new(ErrorCode::Unavailable, "no catalog loaded yet").with_retry_after(1),
@@ -156,6 +216,10 @@ async fn readyz(State(st): Shared) -> Response {
     }
 }
 
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "probes", responses(
+    (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
+))]
 async fn metrics(State(st): Shared) -> Response {
     let routing = st.routing.get();
     let m = &st.ctx.metrics;
@@ -299,6 +363,21 @@ fn check_param_refs(field: &str, sql: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Runs one statement on the shard owning `shard_key`.
+#[utoipa::path(post, path = "/v1/execute", tag = "data", security(("app_token" = [])),
+    request_body = ExecuteRequest,
+    responses(
+    (status = 200, description = "The statement's result", body = ExecuteResponse),
+    (status = 400, description = "Malformed body (`invalid_request`), bad shard key (`invalid_shard_key`), parameter (`invalid_parameter`), or the statement failed in PostgreSQL (`statement_failed`)", body = ErrorBody),
+    (status = 401, description = "No bearer token, or an unknown, deleted or expired one (`unauthorized`)", body = ErrorBody),
+    (status = 403, description = "The tenant is being deleted or unknown, another keyspace is named, or the key does not start with the app's `key_prefix` (`forbidden`)", body = ErrorBody),
+    (status = 404, description = "Unknown keyspace (`not_found`)", body = ErrorBody),
+    (status = 409, description = "Constraint violation (`constraint_violation`) or serialization failure, deadlock (`transaction_conflict`)", body = ErrorBody),
+    (status = 413, description = "Body over the limit (`payload_too_large`)", body = ErrorBody),
+    (status = 429, description = "Over the tenant's or app's rate or in-flight limit (`rate_limited`, `concurrency_limited`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    (status = 503, description = "The shard cannot be reached, is failing over or its range is being moved (`shard_unavailable`), or the router has no catalog (`unavailable`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    (status = 504, description = "Statement or request timeout (`timeout`)", body = ErrorBody),
+))]
 async fn execute(
     State(st): Shared,
     id: RequestId,
@@ -348,6 +427,22 @@ async fn execute(
     observe(&st, &mut obs, work).await.map(Json)
 }
 
+/// Runs statements all-or-nothing in one transaction on the shard owning
+/// `shard_key`.
+#[utoipa::path(post, path = "/v1/transaction", tag = "data", security(("app_token" = [])),
+    request_body = TransactionRequest,
+    responses(
+    (status = 200, description = "One result per statement", body = TransactionResponse),
+    (status = 400, description = "Malformed body or no statements (`invalid_request`), bad shard key (`invalid_shard_key`), parameter (`invalid_parameter`), or a statement failed in PostgreSQL (`statement_failed`, with `statement_index`)", body = ErrorBody),
+    (status = 401, description = "No bearer token, or an unknown, deleted or expired one (`unauthorized`)", body = ErrorBody),
+    (status = 403, description = "The tenant is being deleted or unknown, another keyspace is named, or the key does not start with the app's `key_prefix` (`forbidden`)", body = ErrorBody),
+    (status = 404, description = "Unknown keyspace (`not_found`)", body = ErrorBody),
+    (status = 409, description = "Constraint violation (`constraint_violation`) or serialization failure, deadlock (`transaction_conflict`)", body = ErrorBody),
+    (status = 413, description = "Body over the limit (`payload_too_large`)", body = ErrorBody),
+    (status = 429, description = "Over the tenant's or app's rate or in-flight limit (`rate_limited`, `concurrency_limited`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    (status = 503, description = "The shard cannot be reached, is failing over or its range is being moved (`shard_unavailable`), or the router has no catalog (`unavailable`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    (status = 504, description = "Statement or request timeout (`timeout`)", body = ErrorBody),
+))]
 async fn transaction(
     State(st): Shared,
     id: RequestId,
@@ -415,6 +510,19 @@ async fn transaction(
     observe(&st, &mut obs, work).await.map(Json)
 }
 
+/// Where a key is routed (not held during failovers or resharding).
+#[utoipa::path(get, path = "/v1/route", tag = "data", security(("app_token" = [])),
+    params(RouteQuery),
+    responses(
+    (status = 200, description = "The owning shard and range", body = RouteResponse),
+    (status = 400, description = "Bad query string (`invalid_request`) or key (`invalid_shard_key`)", body = ErrorBody),
+    (status = 401, description = "No bearer token, or an unknown, deleted or expired one (`unauthorized`)", body = ErrorBody),
+    (status = 403, description = "The tenant is being deleted or unknown, another keyspace is named, or the key does not start with the app's `key_prefix` (`forbidden`)", body = ErrorBody),
+    (status = 404, description = "Unknown keyspace (`not_found`)", body = ErrorBody),
+    (status = 429, description = "Over the tenant's or app's rate or in-flight limit (`rate_limited`, `concurrency_limited`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    (status = 503, description = "The router has no catalog (`unavailable`) or the keyspace has no map", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    (status = 504, description = "Request timeout (`timeout`)", body = ErrorBody),
+))]
 async fn route(
     State(st): Shared,
     auth: Authenticated,

@@ -71,6 +71,9 @@ pub struct StackOptions {
     /// Changes the router's settings before it starts (e.g. a shorter
     /// `request_timeout`).
     pub tune_router: fn(&mut shardline_router::RouterConfig),
+    /// Changes the (in-process) manager's settings before it starts
+    /// (e.g. a shorter `max_watch_wait`).
+    pub tune_manager: fn(&mut shardline_manager::ManagerConfig),
     /// The address the router listens on (port 0: any free one).
     pub router_ip: std::net::IpAddr,
     /// The router's catalog cache file.
@@ -98,6 +101,7 @@ impl Default for StackOptions {
             router_lease: None,
             pg_settings: &[],
             tune_router: |_| {},
+            tune_manager: |_| {},
             router_ip: std::net::Ipv4Addr::LOCALHOST.into(),
             catalog_cache: None,
             etcd_managers: Vec::new(),
@@ -283,6 +287,7 @@ impl Stack {
         if let Some(lease) = opts.router_lease {
             cfg.router_lease = lease;
         }
+        (opts.tune_manager)(&mut cfg);
         let (manager_url, manager_stop, manager_task, ha) = if opts.etcd_managers.is_empty() {
             let (url, stop, task) = start_manager(cfg).await;
             (url, stop, Some(task), None)

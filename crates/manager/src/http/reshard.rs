@@ -5,13 +5,22 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use shardline_api::manager::{JobInfo, KeyspaceInfo, ReshardRequest, TableSpec};
-use shardline_api::ErrorCode;
+use shardline_api::{ErrorBody, ErrorCode};
 use shardline_http::{ErrorResponse, JsonBody, PathParam};
 
 use super::state::{keyspace_info, ApiResult, Shared};
 
 /// `PUT /v1/keyspaces/{name}/tables/{table}`: records a table's shard-key
 /// column.
+#[utoipa::path(put, path = "/v1/keyspaces/{name}/tables/{table}", tag = "reshard", security(("admin_token" = [])), params(("name" = String, Path, description = "Keyspace name", example = "default"), ("table" = String, Path, description = "Table name", example = "events")), request_body = TableSpec, responses(
+    (status = 200, description = "The keyspace", body = KeyspaceInfo),
+    (status = 400, description = "Malformed or invalid input (`invalid_request`)", body = ErrorBody),
+    (status = 401, description = "No bearer token, or a wrong one (`unauthorized`)", body = ErrorBody),
+    (status = 404, description = "No such object (`not_found`)", body = ErrorBody),
+    (status = 409, description = "Exists already, in use, or in another state (`conflict`)", body = ErrorBody),
+    (status = 413, description = "Body over the limit (`payload_too_large`)", body = ErrorBody),
+    (status = 503, description = "A shard or the catalog store cannot be reached, or no manager leads now (`shard_unavailable`, `unavailable`; `X-Shardline-No-Leader: 1` when nothing was run)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+))]
 pub(super) async fn set_table(
     State(st): Shared,
     headers: HeaderMap,
@@ -30,6 +39,15 @@ pub(super) async fn set_table(
 }
 
 /// `POST /v1/reshard`: starts a job; it runs in the background (202).
+#[utoipa::path(post, path = "/v1/reshard", tag = "reshard", security(("admin_token" = [])), request_body = ReshardRequest, responses(
+    (status = 202, description = "The job, started", body = JobInfo),
+    (status = 400, description = "Malformed or invalid input (`invalid_request`)", body = ErrorBody),
+    (status = 401, description = "No bearer token, or a wrong one (`unauthorized`)", body = ErrorBody),
+    (status = 404, description = "No such object (`not_found`)", body = ErrorBody),
+    (status = 409, description = "Exists already, in use, or in another state (`conflict`)", body = ErrorBody),
+    (status = 413, description = "Body over the limit (`payload_too_large`)", body = ErrorBody),
+    (status = 503, description = "A shard or the catalog store cannot be reached, or no manager leads now (`shard_unavailable`, `unavailable`; `X-Shardline-No-Leader: 1` when nothing was run)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+))]
 pub(super) async fn start_job(
     State(st): Shared,
     headers: HeaderMap,
@@ -40,6 +58,11 @@ pub(super) async fn start_job(
     Ok((StatusCode::ACCEPTED, Json(job)))
 }
 
+#[utoipa::path(get, path = "/v1/reshard", tag = "reshard", security(("admin_token" = [])), responses(
+    (status = 200, description = "Every job, oldest first", body = Vec<JobInfo>),
+    (status = 401, description = "No bearer token, or a wrong one (`unauthorized`)", body = ErrorBody),
+    (status = 503, description = "A shard or the catalog store cannot be reached, or no manager leads now (`shard_unavailable`, `unavailable`; `X-Shardline-No-Leader: 1` when nothing was run)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+))]
 pub(super) async fn list_jobs(
     State(st): Shared,
     headers: HeaderMap,
@@ -48,6 +71,13 @@ pub(super) async fn list_jobs(
     Ok(Json(st.reshards.list()))
 }
 
+#[utoipa::path(get, path = "/v1/reshard/{id}", tag = "reshard", security(("admin_token" = [])), params(("id" = String, Path, description = "Job id", example = "rs-0")), responses(
+    (status = 200, description = "The job", body = JobInfo),
+    (status = 400, description = "Malformed or invalid input (`invalid_request`)", body = ErrorBody),
+    (status = 401, description = "No bearer token, or a wrong one (`unauthorized`)", body = ErrorBody),
+    (status = 404, description = "No such object (`not_found`)", body = ErrorBody),
+    (status = 503, description = "A shard or the catalog store cannot be reached, or no manager leads now (`shard_unavailable`, `unavailable`; `X-Shardline-No-Leader: 1` when nothing was run)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+))]
 pub(super) async fn get_job(
     State(st): Shared,
     headers: HeaderMap,
@@ -59,6 +89,14 @@ pub(super) async fn get_job(
 
 /// `POST /v1/reshard/{id}/cancel`: before the cutover published the new
 /// map; 409 after.
+#[utoipa::path(post, path = "/v1/reshard/{id}/cancel", tag = "reshard", security(("admin_token" = [])), params(("id" = String, Path, description = "Job id", example = "rs-0")), responses(
+    (status = 200, description = "The job, cancelled", body = JobInfo),
+    (status = 400, description = "Malformed or invalid input (`invalid_request`)", body = ErrorBody),
+    (status = 401, description = "No bearer token, or a wrong one (`unauthorized`)", body = ErrorBody),
+    (status = 404, description = "No such object (`not_found`)", body = ErrorBody),
+    (status = 409, description = "Exists already, in use, or in another state (`conflict`)", body = ErrorBody),
+    (status = 503, description = "A shard or the catalog store cannot be reached, or no manager leads now (`shard_unavailable`, `unavailable`; `X-Shardline-No-Leader: 1` when nothing was run)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+))]
 pub(super) async fn cancel_job(
     State(st): Shared,
     headers: HeaderMap,

@@ -10,7 +10,7 @@ use shardline_api::manager::{
     AppInfo, CreateAppRequest, CreateAppResponse, CreateTenantRequest, RotateTokenRequest,
     TenantInfo, UpdateAppRequest, UpdateTenantRequest,
 };
-use shardline_api::ErrorCode;
+use shardline_api::{ErrorBody, ErrorCode};
 use shardline_core::catalog::{App, Tenant};
 use shardline_core::Catalog;
 use shardline_http::{ErrorResponse, JsonBody, PathParam, QueryParams};
@@ -74,6 +74,11 @@ pub(super) fn publish_metrics(st: &AppState) {
     }
 }
 
+#[utoipa::path(get, path = "/v1/tenants", tag = "tenants", security(("admin_token" = [])), responses(
+    (status = 200, description = "Every tenant", body = Vec<TenantInfo>),
+    (status = 401, description = "No bearer token, or a wrong one (`unauthorized`)", body = ErrorBody),
+    (status = 503, description = "A shard or the catalog store cannot be reached, or no manager leads now (`shard_unavailable`, `unavailable`; `X-Shardline-No-Leader: 1` when nothing was run)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+))]
 pub(super) async fn list_tenants(
     State(st): Shared,
     headers: HeaderMap,
@@ -82,6 +87,13 @@ pub(super) async fn list_tenants(
     Ok(Json(tenant_infos(&st.service.current().catalog)))
 }
 
+#[utoipa::path(get, path = "/v1/tenants/{id}", tag = "tenants", security(("admin_token" = [])), params(("id" = String, Path, description = "Tenant id", example = "default")), responses(
+    (status = 200, description = "The tenant", body = TenantInfo),
+    (status = 400, description = "Malformed or invalid input (`invalid_request`)", body = ErrorBody),
+    (status = 401, description = "No bearer token, or a wrong one (`unauthorized`)", body = ErrorBody),
+    (status = 404, description = "No such object (`not_found`)", body = ErrorBody),
+    (status = 503, description = "A shard or the catalog store cannot be reached, or no manager leads now (`shard_unavailable`, `unavailable`; `X-Shardline-No-Leader: 1` when nothing was run)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+))]
 pub(super) async fn get_tenant(
     State(st): Shared,
     headers: HeaderMap,
@@ -91,6 +103,16 @@ pub(super) async fn get_tenant(
     find_tenant(&st, &id).map(Json)
 }
 
+#[utoipa::path(post, path = "/v1/tenants", tag = "tenants", security(("admin_token" = [])), request_body = CreateTenantRequest, responses(
+    (status = 201, description = "The new tenant", body = TenantInfo),
+    (status = 400, description = "Malformed or invalid input (`invalid_request`)", body = ErrorBody),
+    (status = 401, description = "No bearer token, or a wrong one (`unauthorized`)", body = ErrorBody),
+    (status = 404, description = "No such object (`not_found`)", body = ErrorBody),
+    (status = 409, description = "Exists already, in use, or in another state (`conflict`)", body = ErrorBody),
+    (status = 413, description = "Body over the limit (`payload_too_large`)", body = ErrorBody),
+    (status = 429, description = "More shards than the tenant's `max_shards` (`quota_exceeded`)", body = ErrorBody),
+    (status = 503, description = "A shard or the catalog store cannot be reached, or no manager leads now (`shard_unavailable`, `unavailable`; `X-Shardline-No-Leader: 1` when nothing was run)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+))]
 pub(super) async fn create_tenant(
     State(st): Shared,
     headers: HeaderMap,
@@ -101,6 +123,15 @@ pub(super) async fn create_tenant(
     Ok((StatusCode::CREATED, Json(find_tenant(&st, &req.id)?)))
 }
 
+#[utoipa::path(patch, path = "/v1/tenants/{id}", tag = "tenants", security(("admin_token" = [])), params(("id" = String, Path, description = "Tenant id", example = "default")), request_body = UpdateTenantRequest, responses(
+    (status = 200, description = "The tenant", body = TenantInfo),
+    (status = 400, description = "Malformed or invalid input (`invalid_request`)", body = ErrorBody),
+    (status = 401, description = "No bearer token, or a wrong one (`unauthorized`)", body = ErrorBody),
+    (status = 404, description = "No such object (`not_found`)", body = ErrorBody),
+    (status = 409, description = "Exists already, in use, or in another state (`conflict`)", body = ErrorBody),
+    (status = 413, description = "Body over the limit (`payload_too_large`)", body = ErrorBody),
+    (status = 503, description = "A shard or the catalog store cannot be reached, or no manager leads now (`shard_unavailable`, `unavailable`; `X-Shardline-No-Leader: 1` when nothing was run)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+))]
 pub(super) async fn update_tenant(
     State(st): Shared,
     headers: HeaderMap,
@@ -113,7 +144,8 @@ pub(super) async fn update_tenant(
 }
 
 /// Query of `DELETE /v1/tenants/{id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DeleteTenantQuery {
     /// Drop the tenant's schema even though it holds rows.
@@ -121,6 +153,14 @@ pub(super) struct DeleteTenantQuery {
     drop_data: bool,
 }
 
+#[utoipa::path(delete, path = "/v1/tenants/{id}", tag = "tenants", security(("admin_token" = [])), params(("id" = String, Path, description = "Tenant id", example = "default"), DeleteTenantQuery), responses(
+    (status = 204, description = "Deleted"),
+    (status = 400, description = "Malformed or invalid input (`invalid_request`)", body = ErrorBody),
+    (status = 401, description = "No bearer token, or a wrong one (`unauthorized`)", body = ErrorBody),
+    (status = 404, description = "No such object (`not_found`)", body = ErrorBody),
+    (status = 409, description = "Exists already, in use, or in another state (`conflict`)", body = ErrorBody),
+    (status = 503, description = "A shard or the catalog store cannot be reached, or no manager leads now (`shard_unavailable`, `unavailable`; `X-Shardline-No-Leader: 1` when nothing was run)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+))]
 pub(super) async fn delete_tenant(
     State(st): Shared,
     headers: HeaderMap,
@@ -156,7 +196,8 @@ pub(super) fn app_info(app: &App) -> AppInfo {
 }
 
 /// Query of `GET /v1/apps`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AppsQuery {
     /// Only this tenant's apps.
@@ -164,6 +205,13 @@ pub(super) struct AppsQuery {
     tenant: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/apps", tag = "apps", security(("admin_token" = [])), params(AppsQuery), responses(
+    (status = 200, description = "Apps, without tokens", body = Vec<AppInfo>),
+    (status = 400, description = "Malformed or invalid input (`invalid_request`)", body = ErrorBody),
+    (status = 401, description = "No bearer token, or a wrong one (`unauthorized`)", body = ErrorBody),
+    (status = 404, description = "No such object (`not_found`)", body = ErrorBody),
+    (status = 503, description = "A shard or the catalog store cannot be reached, or no manager leads now (`shard_unavailable`, `unavailable`; `X-Shardline-No-Leader: 1` when nothing was run)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+))]
 pub(super) async fn list_apps(
     State(st): Shared,
     headers: HeaderMap,
@@ -189,6 +237,13 @@ pub(super) async fn list_apps(
     ))
 }
 
+#[utoipa::path(get, path = "/v1/apps/{id}", tag = "apps", security(("admin_token" = [])), params(("id" = String, Path, description = "App id", example = "test-app")), responses(
+    (status = 200, description = "The app, without its token", body = AppInfo),
+    (status = 400, description = "Malformed or invalid input (`invalid_request`)", body = ErrorBody),
+    (status = 401, description = "No bearer token, or a wrong one (`unauthorized`)", body = ErrorBody),
+    (status = 404, description = "No such object (`not_found`)", body = ErrorBody),
+    (status = 503, description = "A shard or the catalog store cannot be reached, or no manager leads now (`shard_unavailable`, `unavailable`; `X-Shardline-No-Leader: 1` when nothing was run)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+))]
 pub(super) async fn get_app(
     State(st): Shared,
     headers: HeaderMap,
@@ -204,6 +259,15 @@ pub(super) async fn get_app(
         .ok_or_else(|| ErrorResponse::new(ErrorCode::NotFound, format!("no app {id}")))
 }
 
+#[utoipa::path(post, path = "/v1/apps", tag = "apps", security(("admin_token" = [])), request_body = CreateAppRequest, responses(
+    (status = 201, description = "The new app and its token, shown this once", body = CreateAppResponse),
+    (status = 400, description = "Malformed or invalid input (`invalid_request`)", body = ErrorBody),
+    (status = 401, description = "No bearer token, or a wrong one (`unauthorized`)", body = ErrorBody),
+    (status = 404, description = "No such object (`not_found`)", body = ErrorBody),
+    (status = 409, description = "Exists already, in use, or in another state (`conflict`)", body = ErrorBody),
+    (status = 413, description = "Body over the limit (`payload_too_large`)", body = ErrorBody),
+    (status = 503, description = "A shard or the catalog store cannot be reached, or no manager leads now (`shard_unavailable`, `unavailable`; `X-Shardline-No-Leader: 1` when nothing was run)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+))]
 pub(super) async fn create_app(
     State(st): Shared,
     headers: HeaderMap,
@@ -220,6 +284,15 @@ pub(super) async fn create_app(
     ))
 }
 
+#[utoipa::path(patch, path = "/v1/apps/{id}", tag = "apps", security(("admin_token" = [])), params(("id" = String, Path, description = "App id", example = "test-app")), request_body = UpdateAppRequest, responses(
+    (status = 200, description = "The app", body = AppInfo),
+    (status = 400, description = "Malformed or invalid input (`invalid_request`)", body = ErrorBody),
+    (status = 401, description = "No bearer token, or a wrong one (`unauthorized`)", body = ErrorBody),
+    (status = 404, description = "No such object (`not_found`)", body = ErrorBody),
+    (status = 409, description = "Exists already, in use, or in another state (`conflict`)", body = ErrorBody),
+    (status = 413, description = "Body over the limit (`payload_too_large`)", body = ErrorBody),
+    (status = 503, description = "A shard or the catalog store cannot be reached, or no manager leads now (`shard_unavailable`, `unavailable`; `X-Shardline-No-Leader: 1` when nothing was run)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+))]
 pub(super) async fn update_app(
     State(st): Shared,
     headers: HeaderMap,
@@ -231,7 +304,15 @@ pub(super) async fn update_app(
     Ok(Json(app_info(&app)))
 }
 
-/// An empty body means the defaults; else a JSON object.
+/// An empty body (or `null`) means the defaults; else a JSON object.
+#[utoipa::path(post, path = "/v1/apps/{id}/rotate", tag = "apps", security(("admin_token" = [])), params(("id" = String, Path, description = "App id", example = "test-app")), request_body = Option<RotateTokenRequest>, responses(
+    (status = 200, description = "The app and its new token", body = CreateAppResponse),
+    (status = 400, description = "Malformed or invalid input (`invalid_request`)", body = ErrorBody),
+    (status = 401, description = "No bearer token, or a wrong one (`unauthorized`)", body = ErrorBody),
+    (status = 404, description = "No such object (`not_found`)", body = ErrorBody),
+    (status = 409, description = "Exists already, in use, or in another state (`conflict`)", body = ErrorBody),
+    (status = 503, description = "A shard or the catalog store cannot be reached, or no manager leads now (`shard_unavailable`, `unavailable`; `X-Shardline-No-Leader: 1` when nothing was run)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+))]
 pub(super) async fn rotate_app_token(
     State(st): Shared,
     PathParam(id): PathParam,
@@ -246,12 +327,16 @@ pub(super) async fn rotate_app_token(
                 format!("request body is unreadable or larger than {ROTATE_BODY_LIMIT} bytes"),
             )
         })?;
+    // JSON `null` is the defaults too, as the OpenAPI document (an
+    // optional, nullable body) says.
     let req: RotateTokenRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
         RotateTokenRequest::default()
     } else {
-        serde_json::from_slice(&bytes).map_err(|e| {
-            ErrorResponse::new(ErrorCode::InvalidRequest, format!("invalid request: {e}"))
-        })?
+        serde_json::from_slice::<Option<RotateTokenRequest>>(&bytes)
+            .map_err(|e| {
+                ErrorResponse::new(ErrorCode::InvalidRequest, format!("invalid request: {e}"))
+            })?
+            .unwrap_or_default()
     };
     let (app, token) = apps::rotate_token(&st.service, &id, &req).await?;
     Ok(Json(CreateAppResponse {
@@ -260,6 +345,14 @@ pub(super) async fn rotate_app_token(
     }))
 }
 
+#[utoipa::path(delete, path = "/v1/apps/{id}", tag = "apps", security(("admin_token" = [])), params(("id" = String, Path, description = "App id", example = "test-app")), responses(
+    (status = 204, description = "Deleted"),
+    (status = 400, description = "Malformed or invalid input (`invalid_request`)", body = ErrorBody),
+    (status = 401, description = "No bearer token, or a wrong one (`unauthorized`)", body = ErrorBody),
+    (status = 404, description = "No such object (`not_found`)", body = ErrorBody),
+    (status = 409, description = "Exists already, in use, or in another state (`conflict`)", body = ErrorBody),
+    (status = 503, description = "A shard or the catalog store cannot be reached, or no manager leads now (`shard_unavailable`, `unavailable`; `X-Shardline-No-Leader: 1` when nothing was run)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+))]
 pub(super) async fn delete_app(
     State(st): Shared,
     headers: HeaderMap,
