@@ -153,6 +153,10 @@ struct RouterArgs {
     /// Router id in the manager's registry
     #[arg(long)]
     id: Option<String>,
+    /// Name each HTTP request's PostgreSQL session after its request id
+    /// (application_name; costs PostgreSQL a statement per request)
+    #[arg(long)]
+    name_sessions: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -226,6 +230,9 @@ fn router_config(args: RouterArgs) -> anyhow::Result<shardline_router::RouterCon
     }
     if args.id.is_some() {
         cfg.id = args.id;
+    }
+    if args.name_sessions {
+        cfg.name_sessions = true;
     }
     Ok(cfg)
 }

@@ -1,9 +1,11 @@
 //! Request ids through the real `shardline dev` (issue 14): every answer
 //! of the router and the manager carries `x-request-id` (the client's,
 //! or a fresh one), a malformed one is refused with a 400, the JSON log
-//! lines of a request carry it in their `request` span, and PostgreSQL
-//! sees it as the session's `application_name` while the request's
-//! statements run (a single statement and a transaction alike).
+//! lines of a request carry it in their `request` span, and, with
+//! `--name-sessions`, PostgreSQL sees it as the session's
+//! `application_name` while the request's statements run (a single
+//! statement and a transaction alike); without, the session keeps the
+//! router's name.
 
 mod common;
 mod devproc;
@@ -25,7 +27,7 @@ async fn request_ids_are_answered_logged_and_name_the_session() {
     let dir = tmp.path().join("dev");
     let mut child = start_dev_with_env(
         &dir,
-        &["--log-json"],
+        &["--log-json", "--name-sessions"],
         &[("SHARDLINE_LOG", "info,shardline_http=debug")],
     );
     let info = wait_dev_json(&dir, &mut child).await;
@@ -129,5 +131,24 @@ async fn request_ids_are_answered_logged_and_name_the_session() {
         "no JSON log line with span id {given}:\n{}",
         dev_log(&dir)
     );
+    stop_dev(&mut child);
+
+    // Without --name-sessions (the default) the id is still answered,
+    // and the session keeps the router's own name.
+    let mut child = start_dev_with_env(&dir, &[], &[]);
+    let info = wait_dev_json(&dir, &mut child).await;
+    let router = info["router_url"].as_str().unwrap().to_string();
+    let r = raw(
+        &router,
+        "POST",
+        "/v1/execute",
+        info["app_token"].as_str(),
+        &body,
+        &[("x-request-id", given)],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.request_id.as_deref(), Some(given));
+    assert_eq!(cell(&r.body), "shardline-router", "{}", r.text);
     stop_dev(&mut child);
 }

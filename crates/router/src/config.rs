@@ -129,6 +129,12 @@ pub struct RouterConfig {
     /// requests of the tenant.
     #[serde(default = "default_true")]
     pub session_reset: bool,
+    /// Whether the PostgreSQL session an HTTP request runs on is named
+    /// after the request's id (`application_name`; docs/operations.md,
+    /// "Request ids and logs"). Default `false`: it costs PostgreSQL a
+    /// second statement per request (docs/benchmarks.md).
+    #[serde(default)]
+    pub name_sessions: bool,
 }
 
 fn default_true() -> bool {
@@ -208,6 +214,7 @@ impl RouterConfig {
             max_replica_lag: default_max_replica_lag(),
             failover_hold: default_failover_hold(),
             session_reset: true,
+            name_sessions: false,
         }
     }
 

@@ -54,6 +54,9 @@ pub struct RouterState {
     pub routing: Arc<RoutingCell>,
     pub ctx: Arc<RouterContext>,
     pub request_timeout: Duration,
+    /// Name each request's PostgreSQL session after its id (see
+    /// [`crate::RouterConfig::name_sessions`]).
+    pub name_sessions: bool,
 }
 
 type Shared = State<Arc<RouterState>>;
@@ -394,6 +397,7 @@ async fn execute(
     let mut obs = Observed::new("execute", &admission);
     obs.shard = first_shard(&auth.routing, admission.keyspace(), &req.shard_key);
     let (cell, ctx) = (Arc::clone(&st.routing), Arc::clone(&st.ctx));
+    let named = st.name_sessions;
     let work = async move {
         req.check()?;
         check_param_refs("sql", &req.sql)?;
@@ -405,7 +409,7 @@ async fn execute(
         let job = dispatch::Statement {
             sql: &req.sql,
             params: &req.params,
-            request_id: Some(id.as_str()),
+            request_id: named.then_some(id.as_str()),
         };
         let to = Keyed {
             keyspace: admission.keyspace(),
@@ -459,6 +463,7 @@ async fn transaction(
     let mut obs = Observed::new("transaction", &admission);
     obs.shard = first_shard(&auth.routing, admission.keyspace(), &req.shard_key);
     let (cell, ctx) = (Arc::clone(&st.routing), Arc::clone(&st.ctx));
+    let named = st.name_sessions;
     let work = async move {
         if req.statements.is_empty() {
             return Err(ApiError::new(
@@ -488,7 +493,7 @@ async fn transaction(
             .collect();
         let job = dispatch::Transaction {
             statements: &stmts,
-            request_id: Some(id.as_str()),
+            request_id: named.then_some(id.as_str()),
         };
         let to = Keyed {
             keyspace: admission.keyspace(),

@@ -216,6 +216,7 @@ impl BoundRouter {
             routing,
             ctx,
             request_timeout: cfg.request_timeout,
+            name_sessions: cfg.name_sessions,
         });
         let app = http::router(state, cfg.body_limit);
         let served = match self.tls {

@@ -108,6 +108,10 @@ pub struct DevArgs {
     /// first registered
     #[arg(long, requires = "replicas")]
     pub synchronous: bool,
+    /// Name each HTTP request's PostgreSQL session after its request id
+    /// (application_name; costs PostgreSQL a statement per request)
+    #[arg(long)]
+    pub name_sessions: bool,
     /// Run N manager processes on an etcd cluster of three members (data
     /// under the data dir) instead of one manager on a catalog file; one
     /// leads by election. Chosen on first start: a data dir keeps it
@@ -413,6 +417,7 @@ async fn serve(
     rcfg.manager_ca_file = args.tls_ca.clone();
     let wire_tls = rcfg.pg_tls_cert.is_some();
     rcfg.id = Some("dev-router".into());
+    rcfg.name_sessions = args.name_sessions;
     rcfg.catalog_cache = Some(dir.join("router-catalog.json"));
     let (max_replica_lag, health_poll) = (rcfg.max_replica_lag, rcfg.health_poll);
     let router = shardline_router::bind(rcfg).await?;

@@ -167,6 +167,7 @@ impl Served {
             routing: Arc::clone(cell),
             ctx: Arc::clone(ctx),
             request_timeout,
+            name_sessions: false,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
