@@ -12,9 +12,11 @@
 //! - [`tls`]: [`TlsListener`](tls::TlsListener), HTTPS connections with
 //!   their handshake done.
 //! - [`request_id`]: [`RequestId`] and [`with_request_ids`].
+//! - [`openapi`]: serving an OpenAPI document.
 
 pub mod error;
 pub mod extract;
+pub mod openapi;
 pub mod request_id;
 pub mod serve;
 pub mod tls;

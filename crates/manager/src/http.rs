@@ -170,7 +170,7 @@ struct ManagerApi;
 
 /// The manager's OpenAPI document as JSON (the checked-in form).
 pub fn openapi_document() -> String {
-    openapi::to_json(&openapi::finish(<ManagerApi as utoipa::OpenApi>::openapi()))
+    shardline_http::openapi::document_json(<ManagerApi as utoipa::OpenApi>::openapi())
 }
 
 /// This document.
@@ -179,7 +179,7 @@ pub fn openapi_document() -> String {
 ))]
 async fn openapi_json() -> Response {
     static JSON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    openapi::answer(&JSON, openapi_document)
+    shardline_http::openapi::answer(&JSON, openapi_document)
 }
 
 /// Alive.

@@ -2,31 +2,18 @@
 //! `#[utoipa::path]` descriptions and the `shardline-api` schemas (both
 //! assembled in the parent module, `http`): the two
 //! bearer schemes (the admin token; the router token of the catalog
-//! watch, heartbeats and the health feed), the version, the JSON form.
+//! watch, heartbeats and the health feed).
 //! A leaf: it uses nothing of the handlers, so the module graph stays
 //! one-way. The document is served at `/openapi.json` (no token needed)
 //! and checked in as `docs/openapi/manager.json`; a test fails when the
 //! two differ.
 
-use std::sync::OnceLock;
-
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use shardline_http::openapi::bearer;
 use utoipa::openapi::OpenApi as Document;
 use utoipa::Modify;
 
 /// Adds the bearer schemes the routes name.
 pub struct Tokens;
-
-fn bearer(description: &str) -> SecurityScheme {
-    SecurityScheme::Http(
-        HttpBuilder::new()
-            .scheme(HttpAuthScheme::Bearer)
-            .description(Some(description))
-            .build(),
-    )
-}
 
 impl Modify for Tokens {
     fn modify(&self, doc: &mut Document) {
@@ -40,27 +27,4 @@ impl Modify for Tokens {
             bearer("The routers' `router_token` (or `$SHARDLINE_ROUTER_TOKEN`)"),
         );
     }
-}
-
-/// Finishes a generated document: the API's own version (the crate's
-/// would change the document with every release bump; the API's is what
-/// clients compare).
-pub fn finish(mut doc: Document) -> Document {
-    doc.info.version = "1".into();
-    doc
-}
-
-/// A document as pretty JSON with a final newline (the checked-in form).
-pub fn to_json(doc: &Document) -> String {
-    let mut text = doc
-        .to_pretty_json()
-        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
-    text.push('\n');
-    text
-}
-
-/// Answers a document's JSON, made once.
-pub fn answer(cell: &'static OnceLock<String>, make: fn() -> String) -> Response {
-    let body = cell.get_or_init(make).clone();
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
