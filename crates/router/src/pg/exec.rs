@@ -32,7 +32,7 @@ use serde_json::Value;
 use shardline_api::router::{Column, StatementResult};
 
 use super::error::{breaks_connection, from_pg_error};
-use super::pool::{data_row, tag_rows, PooledConn, SessionError};
+use super::pool::{data_row, put_bind, tag_rows, PooledConn, SessionError};
 use super::server::send_cancel;
 use super::statements::Described;
 use super::values;
@@ -301,23 +301,7 @@ async fn run(
 /// Appends `Bind` (binary parameters and results), `Execute` and `Sync`
 /// of the prepared statement `name`.
 fn put_execute(out: &mut BytesMut, name: &str, encoded: &[values::EncodedParam]) {
-    frontend::bind(
-        "",
-        name,
-        [1i16],
-        encoded.iter(),
-        |p, buf| match &p.0 {
-            Some(bytes) => {
-                buf.extend_from_slice(bytes);
-                Ok(postgres_protocol::IsNull::No)
-            }
-            None => Ok(postgres_protocol::IsNull::Yes),
-        },
-        [1i16],
-        out,
-    )
-    .map_err(|_| ())
-    .expect("encoded parameters always bind");
+    put_bind(out, name, 1, encoded.iter().map(|p| p.0.as_deref()));
     frontend::execute("", 0, out).expect("the unnamed portal");
     frontend::sync(out);
 }

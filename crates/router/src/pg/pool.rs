@@ -807,23 +807,39 @@ fn lost_before() -> SessionError {
 /// Appends a `Bind` of the unnamed portal to `statement` with text
 /// parameters, asking for text results.
 fn bind_text(out: &mut BytesMut, statement: &str, values: &[Option<&str>]) {
+    put_bind(
+        out,
+        statement,
+        0,
+        values.iter().map(|v| v.map(str::as_bytes)),
+    );
+}
+
+/// Appends a `Bind` of the unnamed portal to `statement` with parameters
+/// already encoded in `format` (0 text, 1 binary), asking for results in
+/// the same format.
+pub(super) fn put_bind<'a, I>(out: &mut BytesMut, statement: &str, format: i16, values: I)
+where
+    I: IntoIterator<Item = Option<&'a [u8]>>,
+    I::IntoIter: ExactSizeIterator,
+{
     frontend::bind(
         "",
         statement,
-        [0i16],
-        values.iter(),
+        [format],
+        values,
         |v, buf| match v {
             Some(v) => {
-                buf.extend_from_slice(v.as_bytes());
+                buf.extend_from_slice(v);
                 Ok(postgres_protocol::IsNull::No)
             }
             None => Ok(postgres_protocol::IsNull::Yes),
         },
-        [0i16],
+        [format],
         out,
     )
     .map_err(|_| ())
-    .expect("text parameters always encode");
+    .expect("encoded parameters always bind");
 }
 
 /// The parameter type OIDs of a `ParameterDescription`.
