@@ -55,6 +55,11 @@ pub struct WireArgs {
     /// The `shardline` binary [default: next to this one].
     #[arg(long)]
     pub shardline: Option<PathBuf>,
+    /// Also run the router of another `shardline` binary (another build)
+    /// as one more path, `shardline-2` and on, in the same rounds: two
+    /// builds compared side by side on a noisy machine.
+    #[arg(long = "compare", value_name = "BIN")]
+    pub compare: Vec<PathBuf>,
 }
 
 /// The benchmark's tenant and app.
@@ -172,16 +177,27 @@ pub fn run(args: WireArgs) -> anyhow::Result<()> {
     let bin = crate::dev::shardline_bin(&args.shardline)?;
     let (dev, info) = crate::dev::start_dev(&bin, &["--shards", "1", "--spare-shards", "1"])?;
     let pg_port = free_port()?;
-    let router = crate::dev::start_router(
-        &bin,
-        &info,
-        "wire",
-        &format!(
-            "pg_listen = \"127.0.0.1:{pg_port}\"\ntenant_pool_size = {}",
+    let router_config = |port: u16| {
+        format!(
+            "pg_listen = \"127.0.0.1:{port}\"\ntenant_pool_size = {}",
             args.pool
-        ),
-    )?;
+        )
+    };
+    let router = crate::dev::start_router(&bin, &info, "wire", &router_config(pg_port))?;
     wait_port(pg_port, "the router's PostgreSQL listener")?;
+    let mut others = Vec::new();
+    for (i, other) in args.compare.iter().enumerate() {
+        let port = free_port()?;
+        let r = crate::dev::start_router(
+            other,
+            &info,
+            &format!("wire-{}", i + 2),
+            &router_config(port),
+        )?;
+        wait_port(port, "the other router's PostgreSQL listener")?;
+        println!("shardline-{}: {}", i + 2, other.display());
+        others.push((r, port));
+    }
     let shard = info["shards"]
         .as_array()
         .and_then(|a| a.iter().find(|s| s["id"] == "spare-0"))
@@ -218,6 +234,16 @@ pub fn run(args: WireArgs) -> anyhow::Result<()> {
         format!("postgresql://{BENCH}:{token}@127.0.0.1:{pg_port}/{keyspace}"),
         Some(router.pid()),
     ));
+    for (i, (r, port)) in others.iter().enumerate() {
+        paths.push((
+            ["shardline-2", "shardline-3", "shardline-4"]
+                .get(i)
+                .copied()
+                .unwrap_or("shardline-n"),
+            format!("postgresql://{BENCH}:{token}@127.0.0.1:{port}/{keyspace}"),
+            Some(r.pid()),
+        ));
+    }
     let n = paths.len();
     // Warm up each path (pools, prepared statements, caches).
     for (name, url, _) in &paths {
@@ -229,6 +255,7 @@ pub fn run(args: WireArgs) -> anyhow::Result<()> {
             pool: args.pool,
             scale: args.scale,
             shardline: None,
+            compare: Vec::new(),
         };
         pgbench(&warm, url).with_context(|| format!("warm up {name}"))?;
     }
@@ -303,8 +330,15 @@ pub fn run(args: WireArgs) -> anyhow::Result<()> {
         ratio("shardline", "direct"),
         ratio("pgbouncer", "direct")
     );
+    for (name, _, _) in paths.iter().filter(|p| p.0.starts_with("shardline-")) {
+        println!(
+            "shardline / {name} throughput: {}",
+            ratio("shardline", name)
+        );
+    }
     drop(bouncer);
     let _ = std::fs::remove_dir_all(&dir);
+    drop(others);
     drop(router);
     drop(dev);
     Ok(())

@@ -42,6 +42,12 @@ struct Cli {
     /// Print results as JSON
     #[arg(long, global = true)]
     json: bool,
+    /// Threads that run requests [default: one per CPU this process may
+    /// use]. One suits a router serving mostly the PostgreSQL protocol on
+    /// few cores: docs/benchmarks.md, "Worker threads"
+    #[arg(long, global = true, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    worker_threads: Option<u16>,
     #[command(flatten)]
     endpoints: Endpoints,
 }
@@ -369,10 +375,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit());
     init_logging(cli.log_json);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = cli.worker_threads {
+        builder.worker_threads(usize::from(n));
+    }
+    let rt = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: start the runtime: {e}");

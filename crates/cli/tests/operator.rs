@@ -543,3 +543,70 @@ async fn resharding_draws_a_bar_on_a_terminal_and_plain_lines_into_a_pipe() {
     assert!(screen.contains(" done: 20 rows copied"), "{screen}");
     stack.stop().await;
 }
+
+/// The number of threads named `name` in process `pid` (`comm` is cut
+/// to 15 bytes: tokio's workers are `tokio-rt-worker`).
+fn threads_named(pid: u32, name: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .filter_map(Result::ok)
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name)
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_threads_follow_the_flag_and_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    // A manager that is not there: the router runs (and retries) anyway.
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let router = |flags: &[&str], env: &[(&str, &str)], log: &str| {
+        let mut args = vec![
+            "router",
+            "--listen",
+            "127.0.0.1:0",
+            "--manager-url",
+            &closed,
+            "--router-token",
+            "t",
+        ];
+        args.extend_from_slice(flags);
+        serve(&args, env, &dir.path().join(log))
+    };
+    let workers = |p: &Proc| {
+        let pid = p.0.id();
+        // The runtime starts its workers before anything else runs; wait
+        // for them to be there, not for a count.
+        let mut n = 0;
+        for _ in 0..100 {
+            n = threads_named(pid, "tokio-rt-worker");
+            if n > 0 {
+                std::thread::sleep(Duration::from_millis(200));
+                return threads_named(pid, "tokio-rt-worker");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        n
+    };
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let one = router(&["--worker-threads", "1"], &[], "one.log");
+    assert_eq!(workers(&one), 1);
+    let three = router(&[], &[("SHARDLINE_WORKER_THREADS", "3")], "three.log");
+    assert_eq!(workers(&three), 3);
+    // Control: without either, one per CPU (so the two above changed
+    // something, unless this machine has 1 or 3 of them).
+    let default = router(&[], &[], "default.log");
+    assert_eq!(workers(&default), cpus);
+
+    let out = run(&["router", "--worker-threads", "0"], &[]).await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("invalid value '0' for '--worker-threads <N>'"),
+        "{}",
+        text(&out.stderr)
+    );
+}
