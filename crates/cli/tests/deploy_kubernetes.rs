@@ -135,8 +135,9 @@ fn kubernetes_validate(file: &Path, version: &str) -> Result<usize, String> {
 #[test]
 fn deploy_kubernetes_objects_validate_against_the_schemas() {
     let dir = tempfile::tempdir().expect("temp dir");
-    // The default, and one with every optional object (tenants' quotas
-    // and policies, the in-flight autoscaling metric).
+    // The default (HTTPS), and one with every optional object (tenants'
+    // quotas and policies, the in-flight autoscaling metric) and plain
+    // HTTP.
     for extra in [
         &[][..],
         &[
@@ -148,6 +149,7 @@ fn deploy_kubernetes_objects_validate_against_the_schemas() {
             "50",
             "--etcd-storage-class",
             "fast-ssd",
+            "--no-http-tls",
         ],
     ] {
         let docs = documents(&render(extra));
@@ -180,8 +182,9 @@ fn deploy_kubernetes_objects_validate_against_the_schemas() {
 /// The ServiceMonitor and the PrometheusRule, checked for what their
 /// CRDs require (no schema for them ships with kubernetes-validate):
 /// a ServiceMonitor's `selector` and `endpoints`, each endpoint's `port`
-/// naming a port of a Service it selects; a rule group's `name` and
-/// `rules`, each rule's `expr` and exactly one of `alert` or `record`.
+/// naming a port of a Service it selects and scraped in its pods' scheme
+/// ([`monitor_schemes`]); a rule group's `name` and `rules`, each rule's
+/// `expr` and exactly one of `alert` or `record`.
 fn check_monitoring(crds: &[&Value], all: &[Value]) {
     let kinds: Vec<&str> = crds.iter().filter_map(|d| d["kind"].as_str()).collect();
     assert_eq!(kinds, ["ServiceMonitor", "PrometheusRule"]);
@@ -225,6 +228,17 @@ fn check_monitoring(crds: &[&Value], all: &[Value]) {
             s["metadata"]["name"].as_str().unwrap_or_default()
         );
     }
+    monitor_schemes(crds[0], all).unwrap_or_else(|e| panic!("{e}"));
+    // Control: an endpoint whose scheme is not its pods' is caught.
+    let mut wrong = crds[0].clone();
+    let flipped = match wrong["spec"]["endpoints"][0]["scheme"].as_str() {
+        Some("https") => "http",
+        _ => "https",
+    };
+    wrong["spec"]["endpoints"][0]["scheme"] = flipped.into();
+    let e = monitor_schemes(&wrong, all).expect_err("a flipped scheme passed");
+    assert!(e.contains("probes"), "{e}");
+
     let groups = crds[1]["spec"]["groups"]
         .as_sequence()
         .expect("PrometheusRule spec.groups");
@@ -235,6 +249,84 @@ fn check_monitoring(crds: &[&Value], all: &[Value]) {
             assert!(r["alert"].is_string() != r["record"].is_string(), "{r:?}");
         }
     }
+}
+
+/// Whether the ServiceMonitor scrapes each port the way the pods serve
+/// it: the scheme of the kubelet's probes on the port of that name; for
+/// `https`, the CA of a Secret the pods mount (its `ca.crt`) and, as the
+/// server name, a Service's name in the cluster's DNS.
+fn monitor_schemes(monitor: &Value, all: &[Value]) -> Result<(), String> {
+    let namespace = monitor["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or_default();
+    let pods: Vec<&Value> = all
+        .iter()
+        .filter(|d| d["kind"] == "Deployment" || d["kind"] == "StatefulSet")
+        .map(|d| &d["spec"]["template"]["spec"])
+        .collect();
+    for e in monitor["spec"]["endpoints"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+    {
+        let port = &e["port"];
+        let scheme = e["scheme"].as_str().unwrap_or("http");
+        let mut seen = 0;
+        for pod in &pods {
+            for c in pod["containers"].as_sequence().into_iter().flatten() {
+                let serves = c["ports"]
+                    .as_sequence()
+                    .into_iter()
+                    .flatten()
+                    .any(|p| p["name"] == *port);
+                if !serves {
+                    continue;
+                }
+                for p in ["startupProbe", "livenessProbe", "readinessProbe"] {
+                    let get = &c[p]["httpGet"];
+                    if get["port"] != *port {
+                        continue;
+                    }
+                    seen += 1;
+                    let probe = get["scheme"].as_str().unwrap_or("HTTP");
+                    if !probe.eq_ignore_ascii_case(scheme) {
+                        return Err(format!(
+                            "port {port:?} is scraped in {scheme}, its probes use {probe}"
+                        ));
+                    }
+                }
+                if scheme == "https" {
+                    let ca = &e["tlsConfig"]["ca"]["secret"];
+                    let mounted = pod["volumes"]
+                        .as_sequence()
+                        .into_iter()
+                        .flatten()
+                        .any(|v| v["secret"]["secretName"] == ca["name"]);
+                    if !mounted || ca["key"] != "ca.crt" {
+                        return Err(format!(
+                            "port {port:?}: CA {ca:?} is no Secret the pods mount"
+                        ));
+                    }
+                }
+            }
+        }
+        if seen == 0 {
+            return Err(format!("no probe on port {port:?}"));
+        }
+        if scheme == "https" {
+            let name = e["tlsConfig"]["serverName"].as_str().unwrap_or_default();
+            let names_a_service = all.iter().filter(|d| d["kind"] == "Service").any(|s| {
+                let svc = s["metadata"]["name"].as_str().unwrap_or_default();
+                name == format!("{svc}.{namespace}.svc")
+            });
+            if !names_a_service {
+                return Err(format!(
+                    "port {port:?}: server name {name:?} names no Service"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// checkov's summary and results for a file.
@@ -297,7 +389,13 @@ fn deploy_kubernetes_passes_checkov() {
     let full = dir.path().join("full.yaml");
     std::fs::write(
         &full,
-        render(&["--tenant-namespace", "acme", "--hpa-in-flight-target", "50"]),
+        render(&[
+            "--tenant-namespace",
+            "acme",
+            "--hpa-in-flight-target",
+            "50",
+            "--no-http-tls",
+        ]),
     )
     .expect("write");
     let checked_in = checked_in();

@@ -2,11 +2,14 @@
 //! the manager's and the router's containers start with exactly the
 //! command, arguments and environment variables of the manifests, read
 //! the files of their ConfigMaps, and mount their Secrets' keys (made
-//! here: throwaway certificates, test tokens). Then every probe of the
-//! manifests answers, and SIGTERM drains the router within its grace
-//! period: in-flight HTTP and wire requests finish, new connections are
-//! refused at once (so the readiness probe fails first), and the process
-//! exits before the kubelet would kill it.
+//! here: throwaway certificates, test tokens). Their APIs serve HTTPS,
+//! the default: every probe of the manifests answers in its rendered
+//! scheme (HTTPS, where a plain HTTP request gets no answer), the router
+//! follows the manager over `https://` trusting the Secret's CA, and
+//! SIGTERM drains the router within its grace period: in-flight HTTPS
+//! and wire requests finish, new connections are refused at once (so the
+//! readiness probe fails first), and the process exits before the
+//! kubelet would kill it.
 //!
 //! What the kubelet and the cluster provide is stood in for: each
 //! volume's mount path becomes a directory of the test, the Services'
@@ -23,13 +26,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::procs::{free_port, Proc, BIN};
-use common::{eventually, exec_body, raw, ADMIN_TOKEN, ROUTER_TOKEN};
+use common::{eventually, ADMIN_TOKEN, ROUTER_TOKEN};
 use serde_yaml::Value;
 use shardline_api::manager::{
     ApplyMigrationRequest, CreateAppRequest, CreateKeyspaceRequest, CreateTenantRequest,
     RegisterShardRequest,
 };
-use shardline_client::ManagerClient;
+use shardline_api::router::{ExecuteRequest, ShardKeyValue};
+use shardline_client::{HttpClient, ManagerClient, RetryPolicy, RouterClient};
 use shardline_testkit::{EtcdServer, PgCluster, TlsFiles};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -72,8 +76,8 @@ struct Pod {
     proc: Proc,
     /// Container port name → loopback address.
     ports: BTreeMap<String, String>,
-    /// (kind, path, port name) of each probe.
-    probes: Vec<(&'static str, String, String)>,
+    /// Each probe as rendered.
+    probes: Vec<Probe>,
     grace: u64,
     pre_stop: u64,
     log: PathBuf,
@@ -209,17 +213,7 @@ impl Pod {
                 (p["name"].as_str().expect("port name").to_string(), local)
             })
             .collect();
-        let probes = ["startupProbe", "livenessProbe", "readinessProbe"]
-            .into_iter()
-            .map(|kind| {
-                let get = &c[kind]["httpGet"];
-                (
-                    kind,
-                    get["path"].as_str().expect("probe path").to_string(),
-                    get["port"].as_str().expect("probe port name").to_string(),
-                )
-            })
-            .collect();
+        let probes = probes(c);
         Pod {
             proc: Proc(child),
             ports,
@@ -238,14 +232,30 @@ impl Pod {
         &self.ports[port]
     }
 
-    /// Every probe answers 200, as the kubelet would see it.
-    async fn probes_answer(&self) -> bool {
-        for (_, path, port) in &self.probes {
-            if get(self.addr(port), path).await != Some(200) {
+    /// Every probe answers 200 in its scheme, as the kubelet would see
+    /// it (over HTTPS verifying the certificate with `ca`, which the
+    /// kubelet does not: a stricter probe).
+    async fn probes_answer(&self, ca: &Path) -> bool {
+        for p in &self.probes {
+            if probe(self.addr(&p.port), p, ca).await != Some(200) {
                 return false;
             }
         }
         true
+    }
+
+    fn probe(&self, kind: &str) -> &Probe {
+        self.probes
+            .iter()
+            .find(|p| p.kind == kind)
+            .unwrap_or_else(|| panic!("no {kind}"))
+    }
+
+    /// The API's `https://` URL (the port the probes use).
+    fn api_url(&self) -> String {
+        let p = self.probe("readinessProbe");
+        assert_eq!(p.scheme, "HTTPS", "{p:?}");
+        format!("https://{}", self.addr(&p.port))
     }
 
     fn log(&self) -> String {
@@ -253,8 +263,53 @@ impl Pod {
     }
 }
 
-/// An HTTP GET as a probe makes it: the status, or `None` when the
-/// connection is refused.
+/// A container's probe as rendered.
+#[derive(Debug, Clone)]
+struct Probe {
+    kind: &'static str,
+    path: String,
+    /// The container port's name.
+    port: String,
+    /// `HTTP` (the default) or `HTTPS`.
+    scheme: String,
+}
+
+fn probes(container: &Value) -> Vec<Probe> {
+    ["startupProbe", "livenessProbe", "readinessProbe"]
+        .into_iter()
+        .map(|kind| {
+            let get = &container[kind]["httpGet"];
+            Probe {
+                kind,
+                path: get["path"].as_str().expect("probe path").to_string(),
+                port: get["port"].as_str().expect("probe port name").to_string(),
+                scheme: get["scheme"].as_str().unwrap_or("HTTP").to_string(),
+            }
+        })
+        .collect()
+}
+
+/// The probes of a workload's container.
+fn workload_probes(docs: &[Value], kind: &str, name: &str) -> Vec<Probe> {
+    probes(&find(docs, kind, name)["spec"]["template"]["spec"]["containers"][0])
+}
+
+/// A probe's GET in its scheme: the status, or `None` when there is no
+/// answer (refused, or no HTTP in that scheme).
+async fn probe(addr: &str, p: &Probe, ca: &Path) -> Option<u16> {
+    match p.scheme.as_str() {
+        "HTTPS" => {
+            let client = HttpClient::with_ca_file(&format!("https://{addr}"), None, Some(ca))
+                .expect("HTTPS client")
+                .with_timeout(Duration::from_secs(5));
+            client.get_raw(&p.path).await.ok().map(|(status, _)| status)
+        }
+        _ => get(addr, &p.path).await,
+    }
+}
+
+/// A plain HTTP GET as a probe makes it: the status, or `None` when the
+/// connection is refused or not answered in HTTP.
 async fn get(addr: &str, path: &str) -> Option<u16> {
     let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
     let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
@@ -280,6 +335,18 @@ async fn wire_refuses_new_clients(addr: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_kubernetes_pods_answer_probes_and_drain() {
     let docs = render(&["--manager-replicas", "1", "--etcd-members", "1"]);
+    // The APIs' probes are HTTPS by default; control: plain HTTP when
+    // turned off (rendered only).
+    let plain = render(&["--manager-replicas", "1", "--no-http-tls"]);
+    for (kind, name) in [
+        ("Deployment", "shardline-router"),
+        ("StatefulSet", "shardline-manager"),
+    ] {
+        for (rendering, scheme) in [(&docs, "HTTPS"), (&plain, "HTTP")] {
+            let probes = workload_probes(rendering, kind, name);
+            assert!(probes.iter().all(|p| p.scheme == scheme), "{probes:?}");
+        }
+    }
     let dir = tempfile::tempdir().expect("temp dir");
     let etcd = EtcdServer::start_tls().await.expect("start etcd");
     let pg = PgCluster::start().await.expect("start PostgreSQL");
@@ -287,6 +354,11 @@ async fn deploy_kubernetes_pods_answer_probes_and_drain() {
     let ca_dir = dir.path().join("router-ca");
     std::fs::create_dir_all(&ca_dir).expect("certificate dir");
     let router_tls = TlsFiles::make(&ca_dir).expect("certificates");
+    // The APIs' Secret, of a CA of its own: the router trusts the
+    // manager by this `ca.crt` alone.
+    let http_ca_dir = dir.path().join("http-ca");
+    std::fs::create_dir_all(&http_ca_dir).expect("certificate dir");
+    let http_tls = TlsFiles::make(&http_ca_dir).expect("certificates");
 
     let secret = |s: &str, k: &str, f: &Path| ((s.to_string(), k.to_string()), f.to_path_buf());
     // As `kubectl create secret generic --from-file` keeps them: with
@@ -307,6 +379,9 @@ async fn deploy_kubernetes_pods_answer_probes_and_drain() {
         secret("shardline-etcd-client-tls", "tls.key", &etcd_tls.client_key),
         secret("shardline-router-tls", "tls.crt", &router_tls.server_cert),
         secret("shardline-router-tls", "tls.key", &router_tls.server_key),
+        secret("shardline-http-tls", "tls.crt", &http_tls.server_cert),
+        secret("shardline-http-tls", "tls.key", &http_tls.server_key),
+        secret("shardline-http-tls", "ca.crt", &http_tls.ca),
         secret("shardline-tokens", "admin-token", &admin_token),
         secret("shardline-tokens", "router-token", &router_token),
     ]
@@ -337,17 +412,19 @@ async fn deploy_kubernetes_pods_answer_probes_and_drain() {
         &secrets,
         &addresses,
     );
+    let ca = http_tls.ca.as_path();
     assert!(
-        eventually(Duration::from_secs(30), || manager.probes_answer()).await,
+        eventually(Duration::from_secs(30), || manager.probes_answer(ca)).await,
         "manager probes {:?}: {}",
         manager.probes,
         manager.log()
     );
-    let admin = ManagerClient::new(
-        &format!("http://{}", manager.addr("http")),
-        Some(ADMIN_TOKEN.into()),
-    )
-    .expect("manager client");
+    // Control: the probe's port answers no plain HTTP, so a probe in
+    // the wrong scheme would fail.
+    let p = manager.probe("readinessProbe");
+    assert_eq!(get(manager.addr(&p.port), &p.path).await, None);
+    let admin = ManagerClient::with_ca_file(&manager.api_url(), Some(ADMIN_TOKEN.into()), Some(ca))
+        .expect("manager client");
     assert!(
         eventually(Duration::from_secs(20), || async {
             admin
@@ -406,53 +483,46 @@ async fn deploy_kubernetes_pods_answer_probes_and_drain() {
         &secrets,
         &addresses,
     );
+    // The router's readiness needs a catalog, which it follows over
+    // https:// from the manager: the probes answering shows it trusts
+    // the manager's certificate by the Secret's CA.
     assert!(
-        eventually(Duration::from_secs(30), || router.probes_answer()).await,
+        eventually(Duration::from_secs(30), || router.probes_answer(ca)).await,
         "router probes {:?}: {}",
         router.probes,
         router.log()
     );
-    let http = format!("http://{}", router.addr("http"));
+    let p = router.probe("readinessProbe");
+    assert_eq!(get(router.addr(&p.port), &p.path).await, None);
+    let client = RouterClient::with_ca_file(&router.api_url(), Some(app.token.clone()), Some(ca))
+        .expect("router client")
+        .with_retry(RetryPolicy::none());
     let wire = router.addr("postgres").to_string();
-    let token = app.token.clone();
+    let exec = |sql: &str| ExecuteRequest {
+        keyspace: None,
+        shard_key: ShardKeyValue::Text("a".into()),
+        sql: sql.into(),
+        params: vec![],
+        consistency: Default::default(),
+    };
+    let insert = exec("INSERT INTO t VALUES ('a')");
     assert!(
         eventually(Duration::from_secs(20), || async {
-            raw(
-                &http,
-                "POST",
-                "/v1/execute",
-                Some(&token),
-                &exec_body("a", "INSERT INTO t VALUES ('a')", serde_json::json!([])),
-                &[("content-type", "application/json")],
-            )
-            .await
-            .status
-                == 200
+            client.execute(&insert).await.is_ok()
         })
         .await,
         "a write through the router: {}",
         router.log()
     );
 
-    // In flight when SIGTERM comes: an HTTP request and a wire session
+    // In flight when SIGTERM comes: an HTTPS request and a wire session
     // (TLS, as the router requires it), each sleeping 3 s on the shard.
     let in_http = tokio::spawn({
-        let (http, token) = (http.clone(), token.clone());
-        async move {
-            raw(
-                &http,
-                "POST",
-                "/v1/execute",
-                Some(&token),
-                &exec_body(
-                    "a",
-                    "SELECT k, pg_sleep(3) FROM t WHERE k = 'a'",
-                    serde_json::json!([]),
-                ),
-                &[("content-type", "application/json")],
-            )
-            .await
-        }
+        let (client, req) = (
+            client.clone(),
+            exec("SELECT k, pg_sleep(3) FROM t WHERE k = 'a'"),
+        );
+        async move { client.execute(&req).await }
     });
     let (host, port) = wire.split_once(':').expect("host:port");
     let dsn = format!(
@@ -476,13 +546,8 @@ async fn deploy_kubernetes_pods_answer_probes_and_drain() {
 
     // Readiness fails first: the listeners are closed while the requests
     // still run, so the probe (and any new client) is refused.
-    let (_, ready_path, ready_port) = router
-        .probes
-        .iter()
-        .find(|(k, _, _)| *k == "readinessProbe")
-        .expect("readiness probe")
-        .clone();
-    assert_eq!(get(router.addr(&ready_port), &ready_path).await, None);
+    let ready = router.probe("readinessProbe");
+    assert_eq!(probe(router.addr(&ready.port), ready, ca).await, None);
     assert!(
         !in_http.is_finished(),
         "the HTTP request ended before the check"
@@ -493,7 +558,7 @@ async fn deploy_kubernetes_pods_answer_probes_and_drain() {
     );
 
     let answered = in_http.await.expect("HTTP task");
-    assert_eq!(answered.status, 200, "in-flight HTTP: {}", answered.text);
+    assert!(answered.is_ok(), "in-flight HTTPS: {answered:?}");
     let psql = in_wire.await.expect("psql task");
     assert!(
         psql.status.success(),

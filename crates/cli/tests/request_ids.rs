@@ -5,12 +5,16 @@
 //! `--name-sessions`, PostgreSQL sees it as the session's
 //! `application_name` while the request's statements run (a single
 //! statement and a transaction alike); without, the session keeps the
-//! router's name.
+//! router's name. An answer with a 5xx status is logged at `warn` with
+//! its request id (a shard that is down: 503 `shard_unavailable`), a 2xx
+//! one is not.
 
 mod common;
 mod devproc;
 
-use common::{exec_body, raw};
+use std::time::{Duration, Instant};
+
+use common::{eventually, exec_body, raw};
 use devproc::{dev_log, start_dev_with_env, stop_dev, wait_dev_json};
 use serde_json::{json, Value};
 
@@ -150,5 +154,99 @@ async fn request_ids_are_answered_logged_and_name_the_session() {
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.request_id.as_deref(), Some(given));
     assert_eq!(cell(&r.body), "shardline-router", "{}", r.text);
+    stop_dev(&mut child);
+}
+
+/// The JSON log lines of request `id` at `level` (`WARN`, `DEBUG`).
+fn logged_at(log: &str, id: &str, level: &str) -> Vec<Value> {
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|v| v["span"]["name"] == "request" && v["span"]["id"] == id && v["level"] == level)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_are_logged_at_warn_with_the_request_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    let mut child = start_dev_with_env(
+        &dir,
+        &["--log-json", "--shards", "1", "--spare-shards", "0"],
+        &[("SHARDLINE_LOG", "info,shardline_http=debug")],
+    );
+    let info = wait_dev_json(&dir, &mut child).await;
+    let router = info["router_url"].as_str().unwrap().to_string();
+    let tok = info["app_token"].as_str();
+    let body = exec_body("k1", "SELECT 1", json!([]));
+
+    // A 2xx answer: logged (at debug, the access log), not at warn.
+    let r = raw(
+        &router,
+        "POST",
+        "/v1/execute",
+        tok,
+        &body,
+        &[("x-request-id", "ok-1")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    // The only shard's PostgreSQL stops (fast shutdown, as dev does).
+    let data_dir = info["shards"][0]["data_dir"].as_str().unwrap();
+    let pid_file = format!("{data_dir}/postmaster.pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill(2) on the postmaster this test's `dev` started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&pid_file).exists() {
+        assert!(Instant::now() < deadline, "PostgreSQL did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let r = raw(
+        &router,
+        "POST",
+        "/v1/execute",
+        tok,
+        &body,
+        &[("x-request-id", "down-1")],
+    )
+    .await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert_eq!(r.body["error"]["code"], "shard_unavailable", "{}", r.text);
+    assert_eq!(r.request_id.as_deref(), Some("down-1"));
+
+    // Its warn line, with the status, in the request's span.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            logged_at(&dev_log(&dir), "down-1", "WARN")
+                .iter()
+                .any(|v| v["fields"]["status"] == 503 && v["span"]["path"] == "/v1/execute")
+        })
+        .await,
+        "no WARN line with status 503 for request down-1:\n{}",
+        dev_log(&dir)
+    );
+    // Control: the 2xx request has no warn line, though it is in the
+    // log (its access line, at debug), so the check above can tell.
+    let log = dev_log(&dir);
+    assert_eq!(
+        logged_at(&log, "ok-1", "WARN"),
+        Vec::<Value>::new(),
+        "a 2xx answer logged at warn"
+    );
+    assert!(
+        logged_at(&log, "ok-1", "DEBUG")
+            .iter()
+            .any(|v| v["fields"]["status"] == 200),
+        "the 2xx request's access line is missing:\n{log}"
+    );
     stop_dev(&mut child);
 }

@@ -92,14 +92,15 @@ pub fn etcd(args: &KubernetesArgs, docs: &mut Docs) -> anyhow::Result<()> {
             port("metrics", ETCD_METRICS),
         ],
         resources: resources(&args.etcd_cpu, &args.etcd_memory),
-        startup_probe: probe("/health?serializable=true", "metrics", 5, 60),
+        startup_probe: probe("/health?serializable=true", "metrics", "HTTP", 5, 60),
         liveness_probe: probe(
             "/health?exclude=NOSPACE&serializable=true",
             "metrics",
+            "HTTP",
             10,
             6,
         ),
-        readiness_probe: probe("/health", "metrics", 5, 3),
+        readiness_probe: probe("/health", "metrics", "HTTP", 5, 3),
         lifecycle: None,
         security_context: container_security(),
         volume_mounts: vec![

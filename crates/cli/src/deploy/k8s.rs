@@ -296,6 +296,8 @@ pub struct Probe {
 pub struct HttpGet {
     pub path: &'static str,
     pub port: &'static str,
+    /// `HTTP` or `HTTPS`; the kubelet verifies no certificate.
+    pub scheme: &'static str,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -533,10 +535,37 @@ pub struct MatchNames {
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct MonitorEndpoint {
     pub port: &'static str,
+    /// `http` or `https`.
+    pub scheme: &'static str,
     pub path: &'static str,
     pub interval: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_config: Option<MonitorTls>,
+}
+
+/// How Prometheus checks an `https` endpoint: the CA from a Secret in
+/// the ServiceMonitor's namespace, and the name the certificate must
+/// carry (targets are pod IPs, which certificates do not name).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitorTls {
+    pub ca: MonitorCa,
+    pub server_name: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MonitorCa {
+    pub secret: SecretKey,
+}
+
+/// One key of a Secret.
+#[derive(Debug, Clone, Serialize)]
+pub struct SecretKey {
+    pub name: String,
+    pub key: &'static str,
 }
 
 #[derive(Debug, Clone, Serialize)]

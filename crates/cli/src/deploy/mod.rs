@@ -7,6 +7,8 @@
 //! - `workloads`: routers and managers (pods, Services, PDBs, the
 //!   autoscaler, their configuration files) and the helpers every
 //!   workload shares.
+//! - `https`: HTTPS on the router's and the managers' APIs (their
+//!   Secret, port name, probe and URL schemes).
 //! - `etcd`: the etcd cluster the managers keep the catalog in.
 //! - `isolation`: NetworkPolicies and each tenant namespace's quota.
 //! - `monitoring`: the ServiceMonitor and the PrometheusRule.
@@ -18,6 +20,7 @@
 //! and manager pods on loopback, probes them and drains the router.
 
 mod etcd;
+mod https;
 mod isolation;
 mod k8s;
 mod monitoring;
@@ -106,6 +109,15 @@ pub struct KubernetesArgs {
     /// kubernetes.io/tls Secret of the router's PostgreSQL listener (TLS required)
     #[arg(long, default_value = "shardline-router-tls")]
     pub router_tls_secret: String,
+    /// kubernetes.io/tls Secret, with `ca.crt`, of the router's and the
+    /// managers' HTTPS listeners; its CA is the one routers, managers and
+    /// Prometheus trust for them
+    #[arg(long, default_value = "shardline-http-tls")]
+    pub http_tls_secret: String,
+    /// Serve the router's and the managers' HTTP APIs in plain HTTP (only
+    /// where the pod network is encrypted already, as by a service mesh)
+    #[arg(long, conflicts_with = "http_tls_secret")]
+    pub no_http_tls: bool,
     /// Secret of etcd's serving and peer certificate: `ca.crt`, `tls.crt`, `tls.key`
     #[arg(long, default_value = "shardline-etcd-tls")]
     pub etcd_tls_secret: String,
@@ -250,6 +262,11 @@ impl KubernetesArgs {
             );
         }
         Ok(())
+    }
+
+    /// The Secret of the HTTPS listeners; `None` with `--no-http-tls`.
+    pub fn http_tls(&self) -> Option<&str> {
+        (!self.no_http_tls).then_some(self.http_tls_secret.as_str())
     }
 
     /// Each router's `shard_max_connections`: the per-server budget

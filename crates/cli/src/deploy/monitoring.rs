@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use super::https::{api_port, router_host};
 use super::k8s::*;
 use super::workloads::meta;
 use super::{Docs, KubernetesArgs};
@@ -14,8 +15,28 @@ pub fn objects(
     rules: Option<serde_yaml::Value>,
     docs: &mut Docs,
 ) -> anyhow::Result<()> {
-    // The router's and the manager's `/metrics` are on their `http`
-    // port, etcd's on `metrics`; a Service without the port is skipped.
+    // The router's and the manager's `/metrics` are on their API port
+    // (`https`, or `http` with --no-http-tls), etcd's on `metrics` (plain
+    // HTTP); a Service without the port is skipped. One certificate
+    // serves routers and managers, so one server name checks both.
+    let api = match args.http_tls() {
+        Some(secret) => MonitorEndpoint {
+            port: api_port(args),
+            scheme: "https",
+            path: "/metrics",
+            interval: "15s",
+            tls_config: Some(MonitorTls {
+                ca: MonitorCa {
+                    secret: SecretKey {
+                        name: secret.to_string(),
+                        key: "ca.crt",
+                    },
+                },
+                server_name: router_host(args),
+            }),
+        },
+        None => plain(api_port(args)),
+    };
     docs.push(&Object {
         api_version: "monitoring.coreos.com/v1",
         kind: "ServiceMonitor",
@@ -31,14 +52,7 @@ pub fn objects(
                 namespace_selector: MatchNames {
                     match_names: vec![args.namespace.clone()],
                 },
-                endpoints: ["http", "metrics"]
-                    .into_iter()
-                    .map(|port| MonitorEndpoint {
-                        port,
-                        path: "/metrics",
-                        interval: "15s",
-                    })
-                    .collect(),
+                endpoints: vec![api, plain("metrics")],
             },
         },
     })?;
@@ -52,4 +66,15 @@ pub fn objects(
             },
         },
     })
+}
+
+/// `/metrics` in plain HTTP on the port named `port`.
+fn plain(port: &'static str) -> MonitorEndpoint {
+    MonitorEndpoint {
+        port,
+        scheme: "http",
+        path: "/metrics",
+        interval: "15s",
+        tls_config: None,
+    }
 }

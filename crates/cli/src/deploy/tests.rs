@@ -128,6 +128,11 @@ fn config_files_are_what_the_servers_accept() {
     assert!(router.pg_tls_required);
     assert_eq!(router.manager_url.split(',').count(), 2);
 
+    // HTTPS by default: served with the Secret's pair, managers trusted
+    // by its CA.
+    assert!(router.tls_cert.is_some() && router.tls_key.is_some());
+    assert!(router.manager_ca_file.is_some());
+
     let managers = manager_tomls(&a);
     assert_eq!(managers.len(), 2);
     for (id, file) in managers {
@@ -138,7 +143,157 @@ fn config_files_are_what_the_servers_accept() {
         m.validate().unwrap();
         assert_eq!(m.id.as_deref(), Some(id.as_str()));
         assert_eq!(m.etcd.unwrap().endpoints.len(), 5);
+        assert!(m.tls_cert.is_some() && m.tls_key.is_some() && m.tls_ca_file.is_some());
     }
+
+    // Plain HTTP: none of those settings.
+    let a = args(&["--no-http-tls"]);
+    let text = toml::to_string(&router_toml(&a)).unwrap();
+    let mut router = shardline_router::RouterConfig::from_toml(&text).unwrap();
+    router.router_token = Some("r".repeat(20));
+    router.validate().unwrap();
+    assert!(router.tls_cert.is_none() && router.manager_ca_file.is_none());
+    let (_, file) = &manager_tomls(&a)[0];
+    let m = shardline_manager::ManagerConfig::from_toml(&toml::to_string(file).unwrap()).unwrap();
+    assert!(m.tls_cert.is_none() && m.tls_ca_file.is_none());
+}
+
+/// The rendered object `kind`/`name`.
+fn object<'a>(docs: &'a [serde_yaml::Value], kind: &str, name: &str) -> &'a serde_yaml::Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+/// Whether the router's and the managers' APIs are HTTPS throughout a
+/// rendering (namespace `shardline`, the default Secret): their
+/// containers' probes and API port, the Secret mounted, the
+/// ServiceMonitor's endpoint on that port (scheme, CA, server name), the
+/// routers' manager URLs and CA, and the managers' own certificate,
+/// advertise URL and CA. `Err` names the first thing that is not.
+fn api_is_https(docs: &[serde_yaml::Value]) -> Result<(), String> {
+    let check = |ok: bool, what: String| if ok { Ok(()) } else { Err(what) };
+    for (kind, name) in [
+        ("Deployment", "shardline-router"),
+        ("StatefulSet", "shardline-manager"),
+    ] {
+        let pod = &object(docs, kind, name)["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        for p in ["startupProbe", "livenessProbe", "readinessProbe"] {
+            let get = &c[p]["httpGet"];
+            check(
+                get["scheme"] == "HTTPS" && get["port"] == "https",
+                format!("{name} {p}: {get:?}"),
+            )?;
+        }
+        check(
+            c["ports"][0]["name"] == "https",
+            format!("{name} port {:?}", c["ports"][0]),
+        )?;
+        let mounted = c["volumeMounts"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .any(|m| m["name"] == "http-tls" && m["mountPath"] == "/etc/shardline/http-tls");
+        let volume =
+            pod["volumes"].as_sequence().into_iter().flatten().any(|v| {
+                v["name"] == "http-tls" && v["secret"]["secretName"] == "shardline-http-tls"
+            });
+        check(mounted && volume, format!("{name}: http-tls not mounted"))?;
+    }
+    let monitor = object(docs, "ServiceMonitor", "shardline");
+    let endpoint = monitor["spec"]["endpoints"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|e| e["port"] == "https")
+        .ok_or("no ServiceMonitor endpoint on port https")?;
+    let tls = &endpoint["tlsConfig"];
+    check(
+        endpoint["scheme"] == "https"
+            && tls["ca"]["secret"]["name"] == "shardline-http-tls"
+            && tls["ca"]["secret"]["key"] == "ca.crt"
+            && tls["serverName"] == "shardline-router.shardline.svc",
+        format!("ServiceMonitor endpoint {endpoint:?}"),
+    )?;
+
+    let files = |name: &str| -> Vec<String> {
+        object(docs, "ConfigMap", name)["data"]
+            .as_mapping()
+            .into_iter()
+            .flatten()
+            .map(|(_, v)| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    let router = shardline_router::RouterConfig::from_toml(&files("shardline-router")[0]).unwrap();
+    check(
+        router.tls_cert.is_some()
+            && router.manager_ca_file.as_deref()
+                == Some(std::path::Path::new("/etc/shardline/http-tls/ca.crt"))
+            && router
+                .manager_url
+                .split(',')
+                .all(|u| u.starts_with("https://")),
+        format!("router.toml: {router:?}"),
+    )?;
+    for text in files("shardline-manager") {
+        let m = shardline_manager::ManagerConfig::from_toml(&text).unwrap();
+        check(
+            m.tls_cert.is_some()
+                && m.tls_ca_file.is_some()
+                && m.advertise_url
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with("https://")),
+            format!("manager file: {text}"),
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn the_apis_serve_https_unless_told_not_to() {
+    let docs = documents(&render(&args(&[]), None).unwrap());
+    api_is_https(&docs).unwrap();
+    // etcd's health and metrics port stays plain HTTP.
+    let etcd = object(&docs, "StatefulSet", "shardline-etcd");
+    assert_eq!(
+        etcd["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["scheme"],
+        "HTTP"
+    );
+
+    // Control: plain HTTP fails the check, at the first probe.
+    let plain = documents(&render(&args(&["--no-http-tls"]), None).unwrap());
+    let e = api_is_https(&plain).unwrap_err();
+    assert!(e.starts_with("shardline-router startupProbe"), "{e}");
+    // ... and so does one endpoint left in plain HTTP.
+    let mut docs = docs;
+    let monitor = docs
+        .iter_mut()
+        .find(|d| d["kind"] == "ServiceMonitor")
+        .unwrap();
+    monitor["spec"]["endpoints"][0]["scheme"] = "http".into();
+    let e = api_is_https(&docs).unwrap_err();
+    assert!(e.starts_with("ServiceMonitor endpoint"), "{e}");
+
+    // Off, it is plain throughout: probes, port names, URLs.
+    let router = object(&plain, "Deployment", "shardline-router");
+    let c = &router["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["readinessProbe"]["httpGet"]["scheme"], "HTTP");
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], "http");
+    let monitor = object(&plain, "ServiceMonitor", "shardline");
+    assert_eq!(monitor["spec"]["endpoints"][0]["scheme"], "http");
+    assert!(monitor["spec"]["endpoints"][0]["tlsConfig"].is_null());
+
+    // A Secret for a listener told to serve plain HTTP is a mistake.
+    let refused = Cli::try_parse_from([
+        "shardline",
+        "deploy",
+        "kubernetes",
+        "--no-http-tls",
+        "--http-tls-secret",
+        "mine",
+    ]);
+    assert!(refused.is_err());
 }
 
 #[test]

@@ -12,6 +12,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::etcd::etcd_hosts;
+use super::https::{
+    api_port, api_probe_scheme, http_tls_files, http_tls_mount, http_tls_volume, url_scheme,
+};
 use super::k8s::*;
 use super::{Docs, KubernetesArgs};
 
@@ -245,9 +248,18 @@ pub(super) fn resources(cpu: &super::RequestLimit, memory: &super::RequestLimit)
     }
 }
 
-pub(super) fn probe(path: &'static str, port: &'static str, period: u32, failures: u32) -> Probe {
+/// A probe: `GET path` on the port named `port` in `scheme` (`HTTP` or
+/// `HTTPS`; over HTTPS the kubelet checks no certificate, so a probe
+/// says nothing about the certificate's names or expiry).
+pub(super) fn probe(
+    path: &'static str,
+    port: &'static str,
+    scheme: &'static str,
+    period: u32,
+    failures: u32,
+) -> Probe {
     Probe {
-        http_get: HttpGet { path, port },
+        http_get: HttpGet { path, port, scheme },
         period_seconds: period,
         timeout_seconds: 2,
         failure_threshold: failures,
@@ -383,10 +395,11 @@ pub(super) fn template(
 /// The managers' URLs, as routers list them (each manager's own name
 /// under the headless Service, so a router can move to the next).
 pub fn manager_urls(args: &KubernetesArgs) -> Vec<String> {
+    let scheme = url_scheme(args);
     (0..args.manager_replicas)
         .map(|i| {
             format!(
-                "http://{m}-{i}.{m}.{ns}.svc:{MANAGER_HTTP}",
+                "{scheme}://{m}-{i}.{m}.{ns}.svc:{MANAGER_HTTP}",
                 m = name(MANAGER),
                 ns = args.namespace
             )
@@ -402,6 +415,13 @@ pub struct RouterToml {
     pub pg_tls_cert: String,
     pub pg_tls_key: String,
     pub pg_tls_required: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<String>,
+    /// Trusted for the managers' `https://` URLs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manager_ca_file: Option<String>,
     pub manager_url: String,
     pub catalog_cache: String,
     pub tenant_pool_size: u32,
@@ -415,12 +435,16 @@ const TENANT_POOL_DEFAULT: u32 = 8;
 
 pub fn router_toml(args: &KubernetesArgs) -> RouterToml {
     let per_router = args.router_shard_connections();
+    let [cert, key, ca] = http_tls_files(args);
     RouterToml {
         listen: format!("0.0.0.0:{ROUTER_HTTP}"),
         pg_listen: format!("0.0.0.0:{ROUTER_PG}"),
         pg_tls_cert: format!("{ROUTER_TLS_DIR}/tls.crt"),
         pg_tls_key: format!("{ROUTER_TLS_DIR}/tls.key"),
         pg_tls_required: true,
+        tls_cert: cert,
+        tls_key: key,
+        manager_ca_file: ca,
         manager_url: manager_urls(args).join(","),
         catalog_cache: format!("{CACHE_DIR}/catalog.json"),
         tenant_pool_size: TENANT_POOL_DEFAULT.min(per_router),
@@ -436,6 +460,7 @@ pub fn router(args: &KubernetesArgs, docs: &mut Docs) -> anyhow::Result<()> {
     let annotations = BTreeMap::from([("checksum/config".to_string(), checksum(&data))]);
     docs.push(&service_account(args, ROUTER))?;
     docs.push(&config_map(args, ROUTER, data))?;
+    let (api, scheme) = (api_port(args), api_probe_scheme(args));
 
     let container = Container {
         name: ROUTER,
@@ -456,13 +481,13 @@ pub fn router(args: &KubernetesArgs, docs: &mut Docs) -> anyhow::Result<()> {
             pod_name_env(),
             token_file_env("SHARDLINE_ROUTER_TOKEN_FILE", "router-token"),
         ],
-        ports: vec![port("http", ROUTER_HTTP), port("postgres", ROUTER_PG)],
+        ports: vec![port(api, ROUTER_HTTP), port("postgres", ROUTER_PG)],
         resources: resources(&args.router_cpu, &args.router_memory),
         // /healthz answers once the listener is bound; /readyz only once
         // a catalog is loaded (503 before).
-        startup_probe: probe("/healthz", "http", 2, 30),
-        liveness_probe: probe("/healthz", "http", 10, 3),
-        readiness_probe: probe("/readyz", "http", 5, 2),
+        startup_probe: probe("/healthz", api, scheme, 2, 30),
+        liveness_probe: probe("/healthz", api, scheme, 10, 3),
+        readiness_probe: probe("/readyz", api, scheme, 5, 2),
         lifecycle: Some(Lifecycle {
             pre_stop: PreStop {
                 sleep: Sleep {
@@ -471,7 +496,7 @@ pub fn router(args: &KubernetesArgs, docs: &mut Docs) -> anyhow::Result<()> {
             },
         }),
         security_context: container_security(),
-        volume_mounts: vec![
+        volume_mounts: [
             mount("config", CONFIG_DIR),
             mount("tls", ROUTER_TLS_DIR),
             mount("tokens", TOKENS_DIR),
@@ -480,9 +505,12 @@ pub fn router(args: &KubernetesArgs, docs: &mut Docs) -> anyhow::Result<()> {
                 mount_path: CACHE_DIR.into(),
                 read_only: false,
             },
-        ],
+        ]
+        .into_iter()
+        .chain(http_tls_mount(args))
+        .collect(),
     };
-    let volumes = vec![
+    let mut volumes = vec![
         Volume {
             name: "config",
             source: VolumeSource::ConfigMap {
@@ -498,6 +526,7 @@ pub fn router(args: &KubernetesArgs, docs: &mut Docs) -> anyhow::Result<()> {
             },
         },
     ];
+    volumes.extend(http_tls_volume(args));
     let grace = ROUTER_PRE_STOP_SECS + SERVER_DRAIN_SECS + SHUTDOWN_SLACK_SECS;
     let mut metadata = meta(args, ROUTER, name(ROUTER));
     metadata.annotations = skips(&[DIGEST_SKIP]);
@@ -536,7 +565,7 @@ pub fn router(args: &KubernetesArgs, docs: &mut Docs) -> anyhow::Result<()> {
                 publish_not_ready_addresses: false,
                 selector: selector_labels(ROUTER),
                 ports: vec![
-                    service_port("http", ROUTER_HTTP),
+                    service_port(api, ROUTER_HTTP),
                     service_port("postgres", ROUTER_PG),
                 ],
             },
@@ -588,6 +617,14 @@ pub struct ManagerToml {
     pub listen: String,
     pub id: String,
     pub advertise_url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<String>,
+    /// Trusted for the other managers' `https://` advertise URLs (a
+    /// follower passes writes to the leader).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<String>,
     pub etcd: EtcdToml,
 }
 
@@ -606,6 +643,7 @@ pub fn manager_tomls(args: &KubernetesArgs) -> Vec<(String, ManagerToml)> {
         .into_iter()
         .map(|(_, host)| format!("https://{host}:{ETCD_CLIENT}"))
         .collect();
+    let [cert, key, ca] = http_tls_files(args);
     (0..args.manager_replicas)
         .zip(manager_urls(args))
         .map(|(i, url)| {
@@ -614,6 +652,9 @@ pub fn manager_tomls(args: &KubernetesArgs) -> Vec<(String, ManagerToml)> {
                 listen: format!("0.0.0.0:{MANAGER_HTTP}"),
                 id: id.clone(),
                 advertise_url: url,
+                tls_cert: cert.clone(),
+                tls_key: key.clone(),
+                tls_ca_file: ca.clone(),
                 etcd: EtcdToml {
                     endpoints: endpoints.clone(),
                     ca_file: format!("{ETCD_CLIENT_TLS_DIR}/ca.crt"),
@@ -636,6 +677,7 @@ pub fn manager(args: &KubernetesArgs, docs: &mut Docs) -> anyhow::Result<()> {
     let annotations = BTreeMap::from([("checksum/config".to_string(), checksum(&data))]);
     docs.push(&service_account(args, MANAGER))?;
     docs.push(&config_map(args, MANAGER, data))?;
+    let (api, scheme) = (api_port(args), api_probe_scheme(args));
 
     // The manager serves one handler at /healthz and /readyz: up means
     // ready (followers answer reads and pass writes to the leader).
@@ -657,21 +699,24 @@ pub fn manager(args: &KubernetesArgs, docs: &mut Docs) -> anyhow::Result<()> {
             token_file_env("SHARDLINE_ADMIN_TOKEN_FILE", "admin-token"),
             token_file_env("SHARDLINE_ROUTER_TOKEN_FILE", "router-token"),
         ],
-        ports: vec![port("http", MANAGER_HTTP)],
+        ports: vec![port(api, MANAGER_HTTP)],
         resources: resources(&args.manager_cpu, &args.manager_memory),
-        startup_probe: probe("/healthz", "http", 2, 30),
-        liveness_probe: probe("/healthz", "http", 10, 3),
-        readiness_probe: probe("/readyz", "http", 5, 2),
+        startup_probe: probe("/healthz", api, scheme, 2, 30),
+        liveness_probe: probe("/healthz", api, scheme, 10, 3),
+        readiness_probe: probe("/readyz", api, scheme, 5, 2),
         lifecycle: None,
         security_context: container_security(),
-        volume_mounts: vec![
+        volume_mounts: [
             mount("config", CONFIG_DIR),
             mount("etcd-tls", ETCD_CLIENT_TLS_DIR),
             mount("shards", SHARDS_DIR),
             mount("tokens", TOKENS_DIR),
-        ],
+        ]
+        .into_iter()
+        .chain(http_tls_mount(args))
+        .collect(),
     };
-    let volumes = vec![
+    let mut volumes = vec![
         Volume {
             name: "config",
             source: VolumeSource::ConfigMap {
@@ -684,6 +729,7 @@ pub fn manager(args: &KubernetesArgs, docs: &mut Docs) -> anyhow::Result<()> {
         secret_volume("shards", &args.shard_dsn_secret, true),
         tokens_volume(args, &["admin-token", "router-token"]),
     ];
+    volumes.extend(http_tls_volume(args));
     let grace = SERVER_DRAIN_SECS + SHUTDOWN_SLACK_SECS;
     let mut metadata = meta(args, MANAGER, name(MANAGER));
     metadata.annotations = skips(&[DIGEST_SKIP]);
@@ -708,7 +754,7 @@ pub fn manager(args: &KubernetesArgs, docs: &mut Docs) -> anyhow::Result<()> {
         args,
         MANAGER,
         false,
-        vec![service_port("http", MANAGER_HTTP)],
+        vec![service_port(api, MANAGER_HTTP)],
     ))?;
     docs.push(&disruption_budget(args, MANAGER))
 }
