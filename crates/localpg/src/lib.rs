@@ -157,6 +157,16 @@ fn passwd_entries() -> Result<Vec<(String, RunAs)>> {
         .collect())
 }
 
+/// The home directory of the user with this uid, if `/etc/passwd` has
+/// one.
+fn home_of(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        (f.len() > 5 && f[2].parse() == Ok(uid)).then(|| f[5].to_string())
+    })
+}
+
 /// The name of the user with this uid, if `/etc/passwd` has one.
 fn passwd_name(uid: u32) -> Option<String> {
     passwd_entries()
@@ -171,6 +181,14 @@ fn pg_command(program: &Path, who: Option<RunAs>) -> std::process::Command {
     let mut cmd = std::process::Command::new(program);
     if let Some(who) = who {
         cmd.uid(who.uid).gid(who.gid);
+        // libpq (a replica's WAL receiver, pg_basebackup) looks for its
+        // client files under `$HOME/.postgresql`: root's home, which the
+        // PostgreSQL user cannot enter, fails every TLS connection
+        // ("could not open certificate file ... Permission denied").
+        match home_of(who.uid) {
+            Some(home) => cmd.env("HOME", home),
+            None => cmd.env_remove("HOME"),
+        };
     }
     // SAFETY: prctl is async-signal-safe; it only sets this child's
     // parent-death signal.
@@ -274,6 +292,15 @@ pub fn install_server_tls(data_dir: &Path, cert: &Path, key: &Path) -> Result<()
             .map_err(io_err(format!("chmod {}", path.display())))?;
     }
     Ok(())
+}
+
+/// Copies a PEM file of CAs into `data_dir` as `client_ca.crt`, owned
+/// by the PostgreSQL user; pair with `ssl_ca_file = 'client_ca.crt'`
+/// (relative to the data directory), with which the server asks clients
+/// for a certificate and verifies it against these CAs.
+pub fn install_client_ca(data_dir: &Path, ca: &Path) -> Result<()> {
+    let contents = std::fs::read(ca).map_err(io_err(format!("read {}", ca.display())))?;
+    make_owned_file(&data_dir.join("client_ca.crt"), &contents, run_as()?)
 }
 
 /// Runs a program to completion, turning a failure into an error with its

@@ -51,10 +51,14 @@ pub fn display_name(kind: &str, name: &str) -> Result<(), ServiceError> {
 /// written `%00` in a URL) could never connect: refused here rather than
 /// found later as an unreachable shard.
 pub fn dsn(dsn: &str) -> Result<(), ServiceError> {
-    let (cfg, _, _) = shardline_tls::pg::split_dsn(dsn).map_err(|e| match e {
-        // Our own words about sslmode and sslrootcert; tokio-postgres's
-        // might quote a setting.
-        shardline_tls::TlsError::Dsn(m) if m.starts_with("sslmode") => {
+    let (cfg, _) = shardline_tls::pg::split_dsn(dsn).map_err(|e| match e {
+        // Our own words about sslmode, sslcert and sslkey;
+        // tokio-postgres's might quote a setting.
+        shardline_tls::TlsError::Dsn(m)
+            if ["sslmode", "sslcert", "sslkey"]
+                .iter()
+                .any(|k| m.starts_with(k)) =>
+        {
             ServiceError::Invalid(format!("invalid PostgreSQL DSN: {m}"))
         }
         _ => ServiceError::Invalid("invalid PostgreSQL DSN".to_string()),

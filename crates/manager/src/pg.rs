@@ -174,6 +174,9 @@ pub fn conninfo_quote(v: &str) -> String {
 
 /// The value of `key` in a libpq key/value conninfo.
 pub fn conninfo_value(conninfo: &str, key: &str) -> Option<String> {
+    // libpq takes the last of a key given twice (an operator's setting
+    // appended to what pg_basebackup wrote).
+    let mut found = None;
     let mut chars = conninfo.chars().peekable();
     loop {
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
@@ -182,31 +185,40 @@ pub fn conninfo_value(conninfo: &str, key: &str) -> Option<String> {
             k.push(c);
         }
         if k.is_empty() {
-            return None;
+            return found;
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        chars.next_if_eq(&'=')?;
+        if chars.next_if_eq(&'=').is_none() {
+            return found;
+        }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         let mut v = String::new();
         if chars.next_if_eq(&'\'').is_some() {
             loop {
-                match chars.next()? {
-                    '\\' => v.push(chars.next()?),
-                    '\'' => break,
-                    c => v.push(c),
+                match chars.next() {
+                    Some('\\') => match chars.next() {
+                        Some(c) => v.push(c),
+                        None => return found,
+                    },
+                    Some('\'') => break,
+                    Some(c) => v.push(c),
+                    None => return found,
                 }
             }
         } else {
             while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
                 if c == '\\' {
-                    v.push(chars.next()?);
+                    match chars.next() {
+                        Some(c) => v.push(c),
+                        None => return found,
+                    }
                 } else {
                     v.push(c);
                 }
             }
         }
         if k == key {
-            return Some(v);
+            found = Some(v);
         }
     }
 }

@@ -17,7 +17,8 @@
 //!   restarted on the same data.
 //! - [`tls`]: [`TlsFiles`], a throwaway CA and a server certificate for
 //!   127.0.0.1 and localhost; more certificates of the same CA for other
-//!   names ([`TlsFiles::issue`]). [`PgCluster::start_tls`] serves one.
+//!   names ([`TlsFiles::issue`]), and client certificates
+//!   ([`TlsFiles::issue_client`]). [`PgCluster::start_tls`] serves one.
 
 pub mod etcd;
 pub mod tls;
@@ -122,6 +123,41 @@ impl PgCluster {
         shardline_localpg::install_server_tls(&cfg.data_dir, cert, key)
             .context("install the server's certificate")?;
         Self::start_on_free_port(bins, cfg, dir, None).await
+    }
+
+    /// Makes a running [`start_tls`](Self::start_tls) server take TCP
+    /// logins (replication too) only over TLS with a client certificate
+    /// of the CAs in `ca` naming the user as its common name
+    /// (`hostssl all all 127.0.0.1/32 cert`); Unix-socket logins stay
+    /// trusted. Returns once a plain login is refused; open sessions
+    /// stay. [`connect`](Self::connect) no longer works after it.
+    pub async fn require_client_certs(&self, ca: &Path) -> anyhow::Result<()> {
+        shardline_localpg::install_client_ca(&self.cfg.data_dir, ca)
+            .context("install the client CA")?;
+        let c = self.connect().await?;
+        c.batch_execute("ALTER SYSTEM SET ssl_ca_file = 'client_ca.crt'")
+            .await
+            .context("set ssl_ca_file")?;
+        std::fs::write(
+            self.cfg.data_dir.join("pg_hba.conf"),
+            "local all all trust\n\
+             hostssl all all 127.0.0.1/32 cert\n\
+             hostssl replication all 127.0.0.1/32 cert\n",
+        )
+        .context("write pg_hba.conf")?;
+        c.batch_execute("SELECT pg_reload_conf()")
+            .await
+            .context("reload")?;
+        // The postmaster reloads when it gets to the signal.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while tokio_postgres::connect(&self.dsn(), NoTls).await.is_ok() {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "pg_hba.conf not in force after 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
     }
 
     /// Clones `primary` (which must be running) with `pg_basebackup -R`

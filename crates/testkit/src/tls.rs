@@ -49,6 +49,21 @@ impl TlsFiles {
             dir.join(format!("{who}.key")),
         ))
     }
+
+    /// Signs a client certificate with the same CA for the user `user`
+    /// (its common name, which PostgreSQL's `cert` authentication
+    /// compares with the user name): `client-{user}.crt` and
+    /// `client-{user}.key` beside the CA. Returns the certificate's and
+    /// the key's paths.
+    pub fn issue_client(&self, user: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let dir = self.ca.parent().context("the CA file has a directory")?;
+        let who = format!("client-{user}");
+        sign(dir, &who, user, "extendedKeyUsage=clientAuth\n")?;
+        Ok((
+            dir.join(format!("{who}.crt")),
+            dir.join(format!("{who}.key")),
+        ))
+    }
 }
 
 /// A new EC P-256 key, unencrypted (`openssl req` arguments).

@@ -14,8 +14,8 @@
 //! - [`client`]: [`client::roots`] and [`client::config`], the CAs a
 //!   client trusts and its rustls configuration.
 //! - [`pg`] (feature `pg`): TLS towards PostgreSQL servers: the DSN's
-//!   `sslmode` and `sslrootcert`, the `SSLRequest` on a raw stream, and a
-//!   tokio-postgres connector.
+//!   `sslmode`, `sslrootcert`, `sslcert` and `sslkey`, the `SSLRequest`
+//!   on a raw stream, and a tokio-postgres connector.
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,13 +1,17 @@
 //! TLS towards PostgreSQL servers, as libpq's `sslmode` says.
 //!
 //! A shard's DSN may carry `sslmode` (`disable`, `prefer`, `require`,
-//! `verify-ca`, `verify-full`) and `sslrootcert` (a PEM file of CAs, or
-//! `system`). tokio-postgres parses neither the verifying modes nor
-//! `sslrootcert`, so [`parse_dsn`] takes both out of the DSN before
+//! `verify-ca`, `verify-full`), `sslrootcert` (a PEM file of CAs, or
+//! `system`), and `sslcert` with `sslkey` (a client certificate chain
+//! and its unencrypted key, PEM, for servers that ask for one:
+//! `hostssl ... cert` or `clientcert=verify-full` in `pg_hba.conf`).
+//! tokio-postgres parses none of these but `sslmode`, and not its
+//! verifying values, so [`parse_dsn`] takes them out of the DSN before
 //! tokio-postgres reads the rest, and returns them as a [`PgTls`]: the
 //! router hands it to its raw sessions ([`PgTls::start`], an
-//! `SSLRequest` before the startup message), the manager to
-//! tokio-postgres (`PgTls` is a `MakeTlsConnect`).
+//! `SSLRequest` before the startup message, also before a cancel
+//! request), the manager to tokio-postgres (`PgTls` is a
+//! `MakeTlsConnect`).
 //!
 //! What each mode checks, as libpq does:
 //! - `disable`: plain TCP. **Also the default when the DSN names no
@@ -22,6 +26,11 @@
 //!   Both need `sslrootcert` (libpq falls back to
 //!   `~/.postgresql/root.crt`; a service has no such home, so the file is
 //!   named).
+//!
+//! `sslcert` and `sslkey` go together (libpq falls back to files under
+//! `~/.postgresql/`, which a service does not have); the certificate is
+//! sent only when the server asks for one, and is ignored with
+//! `disable`, as libpq does.
 //!
 //! Unix-socket hosts never use TLS (PostgreSQL refuses it there).
 //! Channel binding is not offered (SCRAM's `n` flag): the
@@ -39,11 +48,13 @@ use std::task::{Context, Poll};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
 
+use crate::server::read_certs;
 use crate::{client, provider, TlsError};
 
 /// The ALPN protocol PostgreSQL 17 and later servers name.
@@ -53,8 +64,9 @@ const ALPN_POSTGRESQL: &[u8] = b"postgresql";
 const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 
 /// libpq's `sslmode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SslMode {
+    #[default]
     Disable,
     Prefer,
     Require,
@@ -84,13 +96,51 @@ impl FromStr for SslMode {
 }
 
 impl SslMode {
-    fn name(self) -> &'static str {
+    /// libpq's name of the mode.
+    pub fn name(self) -> &'static str {
         match self {
             SslMode::Disable => "disable",
             SslMode::Prefer => "prefer",
             SslMode::Require => "require",
             SslMode::VerifyCa => "verify-ca",
             SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// The TLS settings of a DSN, as written (no file read).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DsnTls {
+    /// `sslmode`; `disable` when the DSN names none.
+    pub mode: SslMode,
+    /// `sslrootcert`: a PEM file of CAs, or `system`.
+    pub root_cert: Option<String>,
+    /// `sslcert`: the client's PEM certificate chain.
+    pub cert: Option<String>,
+    /// `sslkey`: the key of `cert`, PEM, unencrypted.
+    pub key: Option<String>,
+}
+
+impl DsnTls {
+    /// Whether the settings go together: a verifying mode names its CAs,
+    /// a client certificate its key and the other way round. Our own
+    /// words, each starting with the setting's name.
+    pub fn check(&self) -> Result<(), TlsError> {
+        if matches!(self.mode, SslMode::VerifyCa | SslMode::VerifyFull) && self.root_cert.is_none()
+        {
+            return Err(TlsError::Dsn(format!(
+                "sslmode={} needs sslrootcert (a PEM file of CAs, or system)",
+                self.mode.name()
+            )));
+        }
+        match (&self.cert, &self.key) {
+            (Some(_), None) => Err(TlsError::Dsn(
+                "sslcert needs sslkey (the certificate's key, a PEM file)".into(),
+            )),
+            (None, Some(_)) => Err(TlsError::Dsn(
+                "sslkey needs sslcert (the client certificate, a PEM file)".into(),
+            )),
+            _ => Ok(()),
         }
     }
 }
@@ -145,13 +195,14 @@ impl PgTls {
         }
     }
 
-    /// The TLS of `mode` with the CAs of `root_cert` (a PEM file, or
-    /// `system`).
-    pub fn new(mode: SslMode, root_cert: Option<&str>) -> Result<PgTls, TlsError> {
+    /// The TLS a DSN's settings ask for, reading their files.
+    pub fn from_settings(settings: &DsnTls) -> Result<PgTls, TlsError> {
+        let mode = settings.mode;
         if mode == SslMode::Disable {
             return Ok(PgTls::disabled());
         }
-        let roots = match root_cert {
+        settings.check()?;
+        let roots = match settings.root_cert.as_deref() {
             Some("system") => Some(client::roots(None)?),
             Some(path) => Some(client::roots(Some(Path::new(path)))?),
             None => None,
@@ -173,15 +224,32 @@ impl PgTls {
                 Arc::new(CaOnly(webpki(roots, &provider)?))
             }
         };
-        let mut config = ClientConfig::builder_with_provider(provider)
+        let builder = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|source| TlsError::Config {
                 context: "choose TLS protocol versions".into(),
                 source,
             })?
             .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth();
+            .with_custom_certificate_verifier(verifier);
+        let mut config = match (&settings.cert, &settings.key) {
+            (Some(cert), Some(key)) => {
+                let chain = read_certs(Path::new(cert), "sslcert")?;
+                let private = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::File {
+                    what: "sslkey",
+                    path: key.into(),
+                    message: e.to_string(),
+                })?;
+                builder
+                    .with_client_auth_cert(chain, private)
+                    .map_err(|source| TlsError::Config {
+                        context: format!("use sslcert {cert} with sslkey {key}"),
+                        source,
+                    })?
+            }
+            // `check` refused one without the other.
+            _ => builder.with_no_client_auth(),
+        };
         config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
         Ok(PgTls {
             mode,
@@ -351,48 +419,58 @@ impl ServerCertVerifier for Unverified {
 }
 
 /// Parses a DSN (key/value or URL form) into tokio-postgres's settings
-/// and its TLS (see the module docs), reading `sslrootcert`.
+/// and its TLS (see the module docs), reading `sslrootcert`, `sslcert`
+/// and `sslkey`.
 pub fn parse_dsn(dsn: &str) -> Result<(tokio_postgres::Config, PgTls), TlsError> {
-    let (mut cfg, mode, root_cert) = split_dsn(dsn)?;
-    let tls = PgTls::new(mode, root_cert.as_deref())?;
+    let (mut cfg, settings) = split_dsn(dsn)?;
+    let tls = PgTls::from_settings(&settings)?;
     cfg.ssl_mode(tls.tokio_postgres_mode());
     Ok((cfg, tls))
 }
 
-/// Splits a DSN into tokio-postgres's settings, its `sslmode` (default
-/// `disable`) and its `sslrootcert`, checking they go together but
-/// reading no file: for checking a DSN, or reading its host and user.
-pub fn split_dsn(dsn: &str) -> Result<(tokio_postgres::Config, SslMode, Option<String>), TlsError> {
-    let (rest, mode, root_cert) = take_tls_params(dsn);
+/// Splits a DSN into tokio-postgres's settings and its TLS settings,
+/// checking they go together but reading no file: for checking a DSN,
+/// or reading its host and user.
+pub fn split_dsn(dsn: &str) -> Result<(tokio_postgres::Config, DsnTls), TlsError> {
+    let (rest, taken) = take_tls_params(dsn);
     let cfg = tokio_postgres::Config::from_str(&rest).map_err(|e| TlsError::Dsn(e.to_string()))?;
-    let mode = match mode {
-        Some(m) => m.parse()?,
-        None => SslMode::Disable,
+    let settings = DsnTls {
+        mode: match taken.mode {
+            Some(m) => m.parse()?,
+            None => SslMode::Disable,
+        },
+        root_cert: taken.root_cert,
+        cert: taken.cert,
+        key: taken.key,
     };
-    if matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) && root_cert.is_none() {
-        return Err(TlsError::Dsn(format!(
-            "sslmode={} needs sslrootcert (a PEM file of CAs, or system)",
-            mode.name()
-        )));
-    }
-    Ok((cfg, mode, root_cert))
+    settings.check()?;
+    Ok((cfg, settings))
 }
 
-/// The DSN without its `sslmode` and `sslrootcert`, and their values.
-/// A DSN it cannot read is returned whole, for tokio-postgres to name
-/// what is wrong.
-fn take_tls_params(dsn: &str) -> (String, Option<String>, Option<String>) {
-    let (mut mode, mut root) = (None, None);
-    let mut take = |key: &str, value: String| match key {
-        "sslmode" => {
-            mode = Some(value);
-            true
-        }
-        "sslrootcert" => {
-            root = Some(value);
-            true
-        }
-        _ => false,
+/// The TLS settings taken out of a DSN, as written.
+#[derive(Debug, Default)]
+struct Taken {
+    mode: Option<String>,
+    root_cert: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+}
+
+/// The DSN without its `sslmode`, `sslrootcert`, `sslcert` and `sslkey`,
+/// and their values. A DSN it cannot read is returned whole, for
+/// tokio-postgres to name what is wrong.
+fn take_tls_params(dsn: &str) -> (String, Taken) {
+    let mut taken = Taken::default();
+    let mut take = |key: &str, value: String| {
+        let slot = match key {
+            "sslmode" => &mut taken.mode,
+            "sslrootcert" => &mut taken.root_cert,
+            "sslcert" => &mut taken.cert,
+            "sslkey" => &mut taken.key,
+            _ => return false,
+        };
+        *slot = Some(value);
+        true
     };
     let rest = if dsn.starts_with("postgres://") || dsn.starts_with("postgresql://") {
         match dsn.split_once('?') {
@@ -427,7 +505,7 @@ fn take_tls_params(dsn: &str) -> (String, Option<String>, Option<String>) {
         }
         kept
     };
-    (rest, mode, root)
+    (rest, taken)
 }
 
 /// The `key=value` pairs of a key/value DSN: each pair's byte span, its
@@ -637,27 +715,56 @@ mod tests {
 
     #[test]
     fn tls_settings_leave_the_key_value_form() {
-        let (rest, mode, root) = take_tls_params(
-            "host=127.0.0.1 port=5432 sslmode=verify-full  sslrootcert='/etc/a b/ca.pem' user=x",
+        let (rest, t) = take_tls_params(
+            "host=127.0.0.1 port=5432 sslmode=verify-full  sslrootcert='/etc/a b/ca.pem' user=x \
+             sslcert=/etc/c.pem sslkey = '/etc/k.pem'",
         );
         assert_eq!(rest.trim(), "host=127.0.0.1 port=5432 user=x");
-        assert_eq!(mode.as_deref(), Some("verify-full"));
-        assert_eq!(root.as_deref(), Some("/etc/a b/ca.pem"));
-        let (rest, mode, _) = take_tls_params("host=h password='it\\'s' sslmode = require");
+        assert_eq!(t.mode.as_deref(), Some("verify-full"));
+        assert_eq!(t.root_cert.as_deref(), Some("/etc/a b/ca.pem"));
+        assert_eq!(t.cert.as_deref(), Some("/etc/c.pem"));
+        assert_eq!(t.key.as_deref(), Some("/etc/k.pem"));
+        let (rest, t) = take_tls_params("host=h password='it\\'s' sslmode = require");
         assert_eq!(rest.trim(), "host=h password='it\\'s'");
-        assert_eq!(mode.as_deref(), Some("require"));
+        assert_eq!(t.mode.as_deref(), Some("require"));
+        assert_eq!(t.cert, None);
     }
 
     #[test]
     fn tls_settings_leave_the_url_form() {
-        let (rest, mode, root) = take_tls_params(
-            "postgresql://u:p@localhost:5432/db?sslmode=verify-ca&connect_timeout=3&sslrootcert=%2Ftmp%2Fca.pem",
+        let (rest, t) = take_tls_params(
+            "postgresql://u:p@localhost:5432/db?sslmode=verify-ca&connect_timeout=3&sslrootcert=%2Ftmp%2Fca.pem\
+             &sslcert=%2Ftmp%2Fc.pem&sslkey=%2Ftmp%2Fk.pem",
         );
         assert_eq!(rest, "postgresql://u:p@localhost:5432/db?connect_timeout=3");
-        assert_eq!(mode.as_deref(), Some("verify-ca"));
-        assert_eq!(root.as_deref(), Some("/tmp/ca.pem"));
-        let (rest, _, _) = take_tls_params("postgres://h/db?sslmode=disable");
+        assert_eq!(t.mode.as_deref(), Some("verify-ca"));
+        assert_eq!(t.root_cert.as_deref(), Some("/tmp/ca.pem"));
+        assert_eq!(t.cert.as_deref(), Some("/tmp/c.pem"));
+        assert_eq!(t.key.as_deref(), Some("/tmp/k.pem"));
+        let (rest, _) = take_tls_params("postgres://h/db?sslmode=disable");
         assert_eq!(rest, "postgres://h/db");
+    }
+
+    #[test]
+    fn a_client_certificate_needs_its_key() {
+        let e = split_dsn("host=h sslmode=require sslcert=/c.pem")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.starts_with("sslcert needs sslkey"), "{e}");
+        let e = split_dsn("host=h sslmode=require sslkey=/k.pem")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.starts_with("sslkey needs sslcert"), "{e}");
+        let (_, t) = split_dsn("host=h sslmode=require sslcert=/c.pem sslkey=/k.pem").unwrap();
+        assert_eq!(t.cert.as_deref(), Some("/c.pem"));
+        // The files are read when the TLS is made: a missing one is named.
+        let e = parse_dsn("host=h sslmode=require sslcert=/nonexistent/c.pem sslkey=/k.pem")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("sslcert file /nonexistent/c.pem"), "{e}");
     }
 
     #[test]

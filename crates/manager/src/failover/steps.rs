@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use shardline_core::catalog::{quote_literal, Instance};
+use shardline_tls::pg::SslMode;
 use tokio_postgres::Client;
 
 use crate::pg;
@@ -246,15 +247,56 @@ pub struct Upstream {
     pub port: u16,
     user: Option<String>,
     password: Option<String>,
+    /// The new primary's DSN's `sslmode`: the least the replica's own
+    /// connection gets.
+    ssl_mode: SslMode,
     pub timeline: u32,
+}
+
+/// libpq's `sslmode` values, from the weakest to the strongest (`allow`
+/// too: a replica's own `primary_conninfo` may say it).
+const LIBPQ_SSL_MODES: [&str; 6] = [
+    "disable",
+    "allow",
+    "prefer",
+    "require",
+    "verify-ca",
+    "verify-full",
+];
+
+/// The replica's own TLS settings, kept from its `primary_conninfo`
+/// across a failover: files on the replica's host (the DSN's are on the
+/// manager's) and its own choices.
+const REPLICA_TLS_KEYS: [&str; 9] = [
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "sslpassword",
+    "sslcrl",
+    "sslcrldir",
+    "sslsni",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+];
+
+fn mode_rank(mode: &str) -> Option<usize> {
+    LIBPQ_SSL_MODES.iter().position(|m| *m == mode)
+}
+
+/// A replica's new `primary_conninfo`, and why its TLS is less than the
+/// DSN asks, if it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conninfo {
+    pub text: String,
+    pub downgraded: Option<String>,
 }
 
 impl Upstream {
     /// From the new primary's DSN and its timeline.
     pub fn new(dsn: &str, timeline: u32) -> Result<Self, String> {
-        // The replicas' own connection (libpq's) keeps its defaults: the
-        // DSN's sslrootcert is a path on the manager's machine.
-        let (cfg, _, _) = shardline_tls::pg::split_dsn(dsn).map_err(|e| e.to_string())?;
+        // Only the DSN's sslmode reaches the replica: its sslrootcert,
+        // sslcert and sslkey are paths on the manager's machine.
+        let (cfg, tls) = shardline_tls::pg::split_dsn(dsn).map_err(|e| e.to_string())?;
         let host = match cfg.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
             Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
@@ -267,13 +309,21 @@ impl Upstream {
             password: cfg
                 .get_password()
                 .map(|p| String::from_utf8_lossy(p).into_owned()),
+            ssl_mode: tls.mode,
             timeline,
         })
     }
 
-    /// A libpq conninfo for `primary_conninfo`, keeping the replica's
-    /// `application_name` (synchronous replication names standbys by it).
-    pub fn conninfo(&self, application_name: Option<&str>) -> String {
+    /// A libpq conninfo for `primary_conninfo`, from the replica's
+    /// `current` one: its `application_name` (synchronous replication
+    /// names standbys by it) and its own TLS settings
+    /// ([`REPLICA_TLS_KEYS`]) are kept; its `sslmode` is the stronger of
+    /// its own and the DSN's. A verifying mode that only the DSN asks
+    /// for needs the replica's own `sslrootcert`: without one it becomes
+    /// `require` (libpq then verifies the chain if the replica's host has
+    /// `~/.postgresql/root.crt`, and encrypts either way) rather than a
+    /// mode that would stop the replica streaming.
+    pub fn conninfo(&self, current: &str) -> Conninfo {
         let mut parts = vec![
             format!("host={}", pg::conninfo_quote(&self.host)),
             format!("port={}", self.port),
@@ -284,10 +334,43 @@ impl Upstream {
         if let Some(p) = &self.password {
             parts.push(format!("password={}", pg::conninfo_quote(p)));
         }
-        if let Some(a) = application_name {
-            parts.push(format!("application_name={}", pg::conninfo_quote(a)));
+        if let Some(a) = pg::conninfo_value(current, "application_name") {
+            parts.push(format!("application_name={}", pg::conninfo_quote(&a)));
         }
-        parts.join(" ")
+        let mut has_root = false;
+        for key in REPLICA_TLS_KEYS {
+            if let Some(v) = pg::conninfo_value(current, key) {
+                has_root |= key == "sslrootcert";
+                parts.push(format!("{key}={}", pg::conninfo_quote(&v)));
+            }
+        }
+        let theirs = pg::conninfo_value(current, "sslmode");
+        let ours = self.ssl_mode;
+        let their_rank = theirs.as_deref().and_then(mode_rank);
+        let verifying = |rank: Option<usize>| rank >= mode_rank("verify-ca");
+        let mut downgraded = None;
+        let mode = if ours == SslMode::Disable || their_rank >= mode_rank(ours.name()) {
+            // The DSN asks for nothing more than the replica has (no
+            // sslmode in the DSN is shardline's `disable`, which never
+            // lowers a replica's own, or libpq's default `prefer`).
+            theirs
+        } else if verifying(mode_rank(ours.name())) && !has_root && !verifying(their_rank) {
+            downgraded = Some(format!(
+                "sslmode={} needs the CAs on the replica's host (sslrootcert in its \
+                 primary_conninfo), and it names none: it streams with sslmode=require",
+                ours.name()
+            ));
+            Some("require".to_string())
+        } else {
+            Some(ours.name().to_string())
+        };
+        if let Some(m) = mode {
+            parts.push(format!("sslmode={}", pg::conninfo_quote(&m)));
+        }
+        Conninfo {
+            text: parts.join(" "),
+            downgraded,
+        }
     }
 }
 
@@ -305,11 +388,13 @@ pub async fn repoint(
         .await
         .map_err(|e| pg::describe(&e))?;
     let current: String = row.get(0);
-    let app = pg::conninfo_value(&current, "application_name");
-    let conninfo = upstream.conninfo(app.as_deref());
+    let conninfo = upstream.conninfo(&current);
+    if let Some(why) = &conninfo.downgraded {
+        tracing::warn!(replica = %replica.id, "{why}");
+    }
     c.batch_execute(&format!(
         "ALTER SYSTEM SET primary_conninfo = {}",
-        quote_literal(&conninfo)
+        quote_literal(&conninfo.text)
     ))
     .await
     .map_err(|e| pg::describe(&e))?;
@@ -383,18 +468,104 @@ mod tests {
         assert_eq!(pg::conninfo_value(ci, "dbname"), None);
         assert_eq!(pg::conninfo_value("", "host"), None);
         assert_eq!(pg::conninfo_value("host = x", "host").as_deref(), Some("x"));
+        // The last of a key given twice, as libpq reads it.
+        assert_eq!(
+            pg::conninfo_value("sslmode=prefer host=h sslmode='disable'", "sslmode").as_deref(),
+            Some("disable")
+        );
     }
 
     #[test]
     fn builds_conninfo() {
         let u = Upstream::new("host=127.0.0.1 port=6000 user=postgres password=it's", 2).unwrap();
         assert_eq!(u.port, 6000);
-        let ci = u.conninfo(Some("r1"));
+        let ci = u.conninfo("host=old port=1 application_name=r1").text;
         assert_eq!(
             ci,
             "host='127.0.0.1' port=6000 user='postgres' password='it\\'s' application_name='r1'"
         );
         assert_eq!(pg::conninfo_value(&ci, "password").as_deref(), Some("it's"));
+    }
+
+    /// The replica's current conninfo, as `pg_basebackup -R` writes it,
+    /// with the replica's own CA file.
+    const CURRENT: &str = "user=postgres passfile='/var/lib/postgresql/.pgpass' \
+        host='10.0.0.1' port=5432 sslmode=prefer sslrootcert='/etc/pg/ca.pem' \
+        sslcert='/etc/pg/r.crt' sslkey='/etc/pg/r.key' sslsni=1 application_name=r2";
+
+    fn tls_of(ci: &str) -> Vec<(&'static str, Option<String>)> {
+        ["sslmode", "sslrootcert", "sslcert", "sslkey"]
+            .into_iter()
+            .map(|k| (k, pg::conninfo_value(ci, k)))
+            .collect()
+    }
+
+    #[test]
+    fn the_dsn_sslmode_reaches_the_replica_with_the_replicas_own_files() {
+        let dsn = "host=10.0.0.2 user=postgres sslmode=verify-full \
+                   sslrootcert=/manager/ca.pem sslcert=/manager/c.pem sslkey=/manager/c.key";
+        let ci = Upstream::new(dsn, 3).unwrap().conninfo(CURRENT);
+        assert_eq!(ci.downgraded, None);
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(
+            tls_of(&ci.text),
+            vec![
+                ("sslmode", s("verify-full")),
+                ("sslrootcert", s("/etc/pg/ca.pem")),
+                ("sslcert", s("/etc/pg/r.crt")),
+                ("sslkey", s("/etc/pg/r.key")),
+            ]
+        );
+        assert_eq!(pg::conninfo_value(&ci.text, "sslsni"), s("1"));
+        // No path of the manager's machine, and no passfile of the old
+        // conninfo.
+        assert!(!ci.text.contains("/manager/"), "{}", ci.text);
+        assert!(!ci.text.contains("passfile"), "{}", ci.text);
+    }
+
+    #[test]
+    fn a_verifying_mode_without_the_replicas_cas_becomes_require() {
+        let u = Upstream::new("host=h sslmode=verify-ca sslrootcert=/m/ca.pem", 3).unwrap();
+        let ci = u.conninfo("host=old sslmode=prefer application_name=r2");
+        assert_eq!(
+            pg::conninfo_value(&ci.text, "sslmode").as_deref(),
+            Some("require")
+        );
+        assert_eq!(pg::conninfo_value(&ci.text, "sslrootcert"), None);
+        assert!(ci
+            .downgraded
+            .is_some_and(|w| w.contains("sslmode=verify-ca")));
+        // A replica that verified already (its own root.crt) keeps doing so.
+        let ci = u.conninfo("host=old sslmode=verify-full");
+        assert_eq!(
+            pg::conninfo_value(&ci.text, "sslmode").as_deref(),
+            Some("verify-full")
+        );
+        assert_eq!(ci.downgraded, None);
+    }
+
+    #[test]
+    fn a_dsn_without_tls_never_lowers_the_replicas_own_mode() {
+        let u = Upstream::new("host=h user=postgres", 3).unwrap();
+        let ci = u.conninfo(CURRENT);
+        assert_eq!(
+            pg::conninfo_value(&ci.text, "sslmode").as_deref(),
+            Some("prefer")
+        );
+        assert_eq!(
+            pg::conninfo_value(&ci.text, "sslrootcert").as_deref(),
+            Some("/etc/pg/ca.pem")
+        );
+        // Nothing said anywhere: libpq's default, as before.
+        let ci = u.conninfo("host=old port=1");
+        assert_eq!(pg::conninfo_value(&ci.text, "sslmode"), None);
+        // `require` in the DSN lifts a replica's `disable`.
+        let u = Upstream::new("host=h sslmode=require", 3).unwrap();
+        let ci = u.conninfo("host=old sslmode=disable");
+        assert_eq!(
+            pg::conninfo_value(&ci.text, "sslmode").as_deref(),
+            Some("require")
+        );
     }
 
     #[test]

@@ -103,13 +103,23 @@ impl DbFields {
     }
 }
 
-/// Where to send a cancel request for a session.
+/// The longest a cancel request may take to send, TLS handshake
+/// included.
+pub const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where to send a cancel request for a session, and how: over TLS
+/// with the session's own verification when the session runs over TLS
+/// (a cancel request then follows an `SSLRequest` and a handshake, as
+/// PostgreSQL allows), in plain TCP when it does not.
 #[derive(Debug, Clone)]
 pub struct CancelKey {
     pub host: Host,
     pub port: u16,
     pub pid: i32,
     pub secret: i32,
+    /// The session's TLS when the session went over TLS, else disabled
+    /// (`prefer` refused by the server asks again for nothing).
+    pub tls: PgTls,
 }
 
 /// Prepared statements a session holds, by the router's name for them.
@@ -222,35 +232,39 @@ impl ServerConn {
         };
         // Boxed either way, as before TLS: a plain session reads through
         // the same one indirection it always had.
-        let stream: Pin<Box<dyn Stream>> = tokio::time::timeout(timeout, async {
-            let s: Pin<Box<dyn Stream>> = match &host {
-                Host::Tcp(h) => {
-                    let s = tokio::net::TcpStream::connect((h.as_str(), port))
-                        .await
-                        .map_err(|source| ServerError::Connect {
-                            addr: addr.clone(),
-                            source,
-                        })?;
-                    s.set_nodelay(true)?;
-                    match tls.start(s, h).await {
-                        Ok(MaybeTls::Plain(s)) => Box::pin(s),
-                        Ok(MaybeTls::Tls(s)) => Box::pin(s),
-                        Err(source) => {
-                            return Err(ServerError::Tls {
+        let (stream, cancel_tls) = tokio::time::timeout(timeout, async {
+            let s: (Pin<Box<dyn Stream>>, PgTls) =
+                match &host {
+                    Host::Tcp(h) => {
+                        let s = tokio::net::TcpStream::connect((h.as_str(), port))
+                            .await
+                            .map_err(|source| ServerError::Connect {
                                 addr: addr.clone(),
                                 source,
-                            })
+                            })?;
+                        s.set_nodelay(true)?;
+                        match tls.start(s, h).await {
+                            Ok(MaybeTls::Plain(s)) => (Box::pin(s), PgTls::disabled()),
+                            Ok(MaybeTls::Tls(s)) => (Box::pin(s), tls.clone()),
+                            Err(source) => {
+                                return Err(ServerError::Tls {
+                                    addr: addr.clone(),
+                                    source,
+                                })
+                            }
                         }
                     }
-                }
-                #[cfg(unix)]
-                Host::Unix(_) => Box::pin(tokio::net::UnixStream::connect(&addr).await.map_err(
-                    |source| ServerError::Connect {
-                        addr: addr.clone(),
-                        source,
-                    },
-                )?),
-            };
+                    #[cfg(unix)]
+                    Host::Unix(_) => (
+                        Box::pin(tokio::net::UnixStream::connect(&addr).await.map_err(
+                            |source| ServerError::Connect {
+                                addr: addr.clone(),
+                                source,
+                            },
+                        )?),
+                        PgTls::disabled(),
+                    ),
+                };
             Ok::<_, ServerError>(s)
         })
         .await
@@ -263,6 +277,7 @@ impl ServerConn {
                 port,
                 pid: 0,
                 secret: 0,
+                tls: cancel_tls,
             },
             params: Vec::new(),
             prepared: Prepared::default(),
@@ -467,7 +482,12 @@ pub fn error_field(body: &[u8], code: u8) -> Option<String> {
     }
 }
 
-/// Sends a cancel request for the session `key` names (best effort).
+/// Sends a cancel request for the session `key` names (best effort),
+/// over TLS when the session went over TLS: the same `sslmode`, CAs and
+/// host name check, so a cancel never goes where the session would not
+/// have. The error of a failed handshake is an `io::Error` of its
+/// message. Bounded by [`CANCEL_TIMEOUT`]: a hung server answers no
+/// `SSLRequest`, and the task sending the cancel must end.
 pub async fn send_cancel(key: &CancelKey) -> std::io::Result<()> {
     let mut out = BytesMut::with_capacity(16);
     out.put_i32(16);
@@ -476,8 +496,23 @@ pub async fn send_cancel(key: &CancelKey) -> std::io::Result<()> {
     out.put_i32(key.secret);
     match &key.host {
         Host::Tcp(h) => {
-            let mut s = tokio::net::TcpStream::connect((h.as_str(), key.port)).await?;
-            s.write_all(&out).await
+            let send = async {
+                let s = tokio::net::TcpStream::connect((h.as_str(), key.port)).await?;
+                s.set_nodelay(true)?;
+                match key.tls.start(s, h).await.map_err(std::io::Error::other)? {
+                    MaybeTls::Plain(mut s) => s.write_all(&out).await,
+                    MaybeTls::Tls(mut s) => {
+                        s.write_all(&out).await?;
+                        // The request is in a TLS record only once flushed.
+                        s.flush().await
+                    }
+                }
+            };
+            tokio::time::timeout(CANCEL_TIMEOUT, send)
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "cancel request timed out")
+                })?
         }
         #[cfg(unix)]
         Host::Unix(p) => {
