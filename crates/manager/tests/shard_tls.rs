@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::eventually;
 use common::stack::Stack;
 use shardline_manager::pg;
-use shardline_testkit::{PgCluster, TlsFiles};
+use shardline_testkit::{CertAuth, PgCluster, TlsFiles};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -60,20 +60,13 @@ async fn verify_full_connects_over_tls_and_another_name_is_refused() -> anyhow::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_certificate_in_the_dsn_passes_cert_authentication() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let files = TlsFiles::make(dir.path())?;
-    let pg = PgCluster::start_tls(&files.server_cert, &files.server_key, &[]).await?;
-    pg.require_client_certs(&files.ca).await?;
-    let (cert, key) = files.issue_client("postgres")?;
-    let verify = format!(
-        "{} sslmode=verify-full sslrootcert={}",
-        pg.dsn(),
-        files.ca.display()
-    );
-    let with_cert = format!(
-        "{verify} sslcert={} sslkey={}",
-        cert.display(),
-        key.display()
-    );
+    let CertAuth {
+        pg,
+        cert,
+        key,
+        without_cert: verify,
+        with_cert,
+    } = PgCluster::start_cert_auth(dir.path()).await?;
 
     // A control-plane session, and the health check's probe on it.
     let client = pg::connect(&with_cert, TIMEOUT)

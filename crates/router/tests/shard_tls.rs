@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use shardline_router::pg::server::send_cancel;
 use shardline_router::pg::{Pool, PoolConfig};
-use shardline_testkit::{PgCluster, TlsFiles};
+use shardline_testkit::{CertAuth, PgCluster, TlsFiles};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -188,8 +188,9 @@ impl Relay {
     }
 }
 
-/// Waits until the server runs `sql` in some session.
-async fn wait_running(pg: &PgCluster, sql: &str) -> anyhow::Result<()> {
+/// Waits until the server runs `sql` in some session (`running`), or
+/// in none.
+async fn wait_active(pg: &PgCluster, sql: &str, running: bool) -> anyhow::Result<()> {
     let c = pg.connect().await?;
     for _ in 0..500 {
         let n: i64 = c
@@ -199,31 +200,15 @@ async fn wait_running(pg: &PgCluster, sql: &str) -> anyhow::Result<()> {
             )
             .await?
             .get(0);
-        if n > 0 {
+        if (n > 0) == running {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    anyhow::bail!("{sql} never ran")
-}
-
-/// Waits until no session runs `sql`.
-async fn wait_stopped(pg: &PgCluster, sql: &str) -> anyhow::Result<()> {
-    let c = pg.connect().await?;
-    for _ in 0..500 {
-        let n: i64 = c
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
-                &[&sql],
-            )
-            .await?
-            .get(0);
-        if n == 0 {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    anyhow::bail!("{sql} still runs after 10 s")
+    anyhow::bail!(
+        "{sql}: still not {}",
+        if running { "running" } else { "stopped" }
+    )
 }
 
 #[tokio::test]
@@ -252,7 +237,7 @@ async fn a_cancel_request_goes_over_tls_when_its_session_does() -> anyhow::Resul
         let mut conn = pool.get().await?;
         let key = conn.cancel_key();
         let cancel = async {
-            wait_running(&pg, SLEEP).await?;
+            wait_active(&pg, SLEEP, true).await?;
             send_cancel(&key).await.map_err(anyhow::Error::from)
         };
         let (ran, cancelled) = tokio::join!(
@@ -291,10 +276,10 @@ async fn a_cancel_request_goes_over_tls_when_its_session_does() -> anyhow::Resul
         // Never reached before the timeout: the statement sleeps.
         std::future::pending::<()>().await
     });
-    let waited = tokio::join!(given_up, wait_running(&pg, SLEEP));
+    let waited = tokio::join!(given_up, wait_active(&pg, SLEEP, true));
     waited.1?;
     drop(conn);
-    wait_stopped(&pg, SLEEP).await?;
+    wait_active(&pg, SLEEP, false).await?;
     assert_eq!(relay.take(), vec![SSL_REQUEST, SSL_REQUEST]);
     Ok(())
 }
@@ -302,20 +287,13 @@ async fn a_cancel_request_goes_over_tls_when_its_session_does() -> anyhow::Resul
 #[tokio::test]
 async fn a_client_certificate_in_the_dsn_passes_cert_authentication() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let files = TlsFiles::make(dir.path())?;
-    let pg = PgCluster::start_tls(&files.server_cert, &files.server_key, &[]).await?;
-    pg.require_client_certs(&files.ca).await?;
-    let (cert, key) = files.issue_client("postgres")?;
-    let verify = format!(
-        "{} sslmode=verify-full sslrootcert={}",
-        pg.dsn(),
-        files.ca.display()
-    );
-    let with_cert = format!(
-        "{verify} sslcert={} sslkey={}",
-        cert.display(),
-        key.display()
-    );
+    let CertAuth {
+        pg,
+        cert,
+        key,
+        without_cert: verify,
+        with_cert,
+    } = PgCluster::start_cert_auth(dir.path()).await?;
     let pool = Pool::new(&with_cert, PoolConfig::default())?;
     let mut conn = pool.get().await?;
     conn.batch_execute(OVER_TLS).await?;

@@ -64,6 +64,18 @@ pub const SYNC_REPLICATION: &[(&str, &str)] = &[
 /// Longest wait for a new replica to stream.
 const STREAM_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A server that takes only logins with a client certificate:
+/// [`PgCluster::start_cert_auth`].
+pub struct CertAuth {
+    pub pg: PgCluster,
+    /// The client certificate for `postgres`, and its key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// `verify-full` DSNs, without and with `sslcert`/`sslkey`.
+    pub without_cert: String,
+    pub with_cert: String,
+}
+
 /// A throwaway PostgreSQL cluster.
 pub struct PgCluster {
     cfg: ClusterConfig,
@@ -123,6 +135,34 @@ impl PgCluster {
         shardline_localpg::install_server_tls(&cfg.data_dir, cert, key)
             .context("install the server's certificate")?;
         Self::start_on_free_port(bins, cfg, dir, None).await
+    }
+
+    /// A TLS server (certificates of a new CA in `dir`) that takes only
+    /// logins with a client certificate ([`require_client_certs`](Self::require_client_certs)),
+    /// and the DSNs to it as `postgres`: verifying the server, with and
+    /// without the client's certificate.
+    pub async fn start_cert_auth(dir: &Path) -> anyhow::Result<CertAuth> {
+        let files = TlsFiles::make(dir)?;
+        let pg = Self::start_tls(&files.server_cert, &files.server_key, &[]).await?;
+        pg.require_client_certs(&files.ca).await?;
+        let (cert, key) = files.issue_client("postgres")?;
+        let without_cert = format!(
+            "{} sslmode=verify-full sslrootcert={}",
+            pg.dsn(),
+            files.ca.display()
+        );
+        let with_cert = format!(
+            "{without_cert} sslcert={} sslkey={}",
+            cert.display(),
+            key.display()
+        );
+        Ok(CertAuth {
+            pg,
+            cert,
+            key,
+            without_cert,
+            with_cert,
+        })
     }
 
     /// Makes a running [`start_tls`](Self::start_tls) server take TCP
