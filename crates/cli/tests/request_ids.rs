@@ -179,16 +179,23 @@ async fn server_errors_are_logged_at_warn_with_the_request_id() {
     let tok = info["app_token"].as_str();
     let body = exec_body("k1", "SELECT 1", json!([]));
 
+    let execute = |id: &'static str| {
+        let (router, body) = (router.clone(), body.clone());
+        async move {
+            raw(
+                &router,
+                "POST",
+                "/v1/execute",
+                tok,
+                &body,
+                &[("x-request-id", id)],
+            )
+            .await
+        }
+    };
+
     // A 2xx answer: logged (at debug, the access log), not at warn.
-    let r = raw(
-        &router,
-        "POST",
-        "/v1/execute",
-        tok,
-        &body,
-        &[("x-request-id", "ok-1")],
-    )
-    .await;
+    let r = execute("ok-1").await;
     assert_eq!(r.status, 200, "{}", r.text);
 
     // The only shard's PostgreSQL stops (fast shutdown, as dev does).
@@ -210,15 +217,7 @@ async fn server_errors_are_logged_at_warn_with_the_request_id() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let r = raw(
-        &router,
-        "POST",
-        "/v1/execute",
-        tok,
-        &body,
-        &[("x-request-id", "down-1")],
-    )
-    .await;
+    let r = execute("down-1").await;
     assert_eq!(r.status, 503, "{}", r.text);
     assert_eq!(r.body["error"]["code"], "shard_unavailable", "{}", r.text);
     assert_eq!(r.request_id.as_deref(), Some("down-1"));
