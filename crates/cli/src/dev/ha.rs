@@ -11,7 +11,7 @@
 //! (the parent-death signal), so none outlives it.
 
 use std::os::unix::process::CommandExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -139,12 +139,25 @@ impl HaPlan {
             .collect()
     }
 
-    /// The managers' URLs.
-    pub fn manager_urls(&self) -> Vec<String> {
-        self.managers
-            .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.port))
-            .collect()
+    /// The managers' URLs (`https://` when they serve TLS).
+    pub fn manager_urls(&self, tls: Option<&ManagerTls>) -> Vec<String> {
+        self.managers.iter().map(|m| m.url(tls)).collect()
+    }
+}
+
+/// The certificate the managers serve HTTPS with, and the CA that
+/// signed it (which they trust for one another's advertise URLs).
+#[derive(Debug, Clone)]
+pub struct ManagerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: Option<PathBuf>,
+}
+
+impl ManagerSpec {
+    fn url(&self, tls: Option<&ManagerTls>) -> String {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 }
 
@@ -152,6 +165,7 @@ impl HaPlan {
 pub struct ControlPlane {
     etcd: Vec<Child>,
     managers: Vec<(ManagerSpec, Child)>,
+    tls: Option<ManagerTls>,
 }
 
 impl ControlPlane {
@@ -162,10 +176,12 @@ impl ControlPlane {
         dir: &Path,
         admin_token: &str,
         router_token: &str,
+        tls: Option<&ManagerTls>,
     ) -> anyhow::Result<ControlPlane> {
         let mut this = ControlPlane {
             etcd: Vec::new(),
             managers: Vec::new(),
+            tls: tls.cloned(),
         };
         let etcd_dir = dir.join("etcd");
         std::fs::create_dir_all(&etcd_dir).context("make the etcd directory")?;
@@ -211,14 +227,25 @@ impl ControlPlane {
         let exe = std::env::current_exe().context("find the shardline binary")?;
         for m in &plan.managers {
             let config = managers_dir.join(format!("{}.toml", m.id));
-            let text = format!(
+            let mut text = format!(
                 "listen = \"127.0.0.1:{port}\"\nid = \"{id}\"\n\
-                 advertise_url = \"http://127.0.0.1:{port}\"\n\
-                 admin_token = \"{admin_token}\"\nrouter_token = \"{router_token}\"\n\
-                 [etcd]\nendpoints = [{endpoints}]\n",
+                 advertise_url = \"{url}\"\n\
+                 admin_token = \"{admin_token}\"\nrouter_token = \"{router_token}\"\n",
                 port = m.port,
                 id = m.id,
+                url = m.url(tls),
             );
+            if let Some(t) = tls {
+                text.push_str(&format!(
+                    "tls_cert = {}\ntls_key = {}\n",
+                    toml_path(&t.cert)?,
+                    toml_path(&t.key)?
+                ));
+                if let Some(ca) = &t.ca {
+                    text.push_str(&format!("tls_ca_file = {}\n", toml_path(ca)?));
+                }
+            }
+            text.push_str(&format!("[etcd]\nendpoints = [{endpoints}]\n"));
             write_private(&config, text.as_bytes())?;
             let mut command = Command::new(&exe);
             command.arg("manager").arg("--config").arg(&config);
@@ -235,7 +262,7 @@ impl ControlPlane {
             .iter()
             .map(|(m, child)| DevManager {
                 id: m.id.clone(),
-                url: format!("http://127.0.0.1:{}", m.port),
+                url: m.url(self.tls.as_ref()),
                 pid: child.id(),
             })
             .collect()
@@ -348,4 +375,14 @@ async fn etcd_healthy(port: u16) -> bool {
         tokio::time::timeout(Duration::from_secs(2), check).await,
         Ok(Ok(true))
     )
+}
+
+/// A path as a TOML string (absolute: the managers may not share dev's
+/// working directory).
+fn toml_path(p: &Path) -> anyhow::Result<String> {
+    let p = std::path::absolute(p).with_context(|| format!("resolve {}", p.display()))?;
+    let p = p
+        .to_str()
+        .with_context(|| format!("{} is not UTF-8", p.display()))?;
+    Ok(toml::Value::String(p.to_string()).to_string())
 }

@@ -371,9 +371,6 @@ async fn serve(
     // etcd and N manager processes.
     // A data dir first run with --managers keeps its catalog in etcd.
     let managers = args.managers.or_else(|| ha::HaPlan::managers_of(dir));
-    if managers.is_some() && args.tls_cert.is_some() {
-        bail!("--tls-cert is not supported with several managers (--managers) yet");
-    }
     let ca = args.tls_ca.as_deref();
     let scheme = if args.tls_cert.is_some() {
         "https"
@@ -400,10 +397,21 @@ async fn serve(
                 .flat_map(|s| std::iter::once(s.port).chain(s.replicas.iter().map(|r| r.port)))
                 .collect();
             let plan = ha::HaPlan::load_or_new(dir, n, args.manager_listen.port(), &clusters)?;
-            let control = ha::ControlPlane::start(&plan, dir, &admin_token, &router_token).await?;
-            let urls = plan.manager_urls();
+            let tls = args
+                .tls_cert
+                .clone()
+                .zip(args.tls_key.clone())
+                .map(|(cert, key)| ha::ManagerTls {
+                    cert,
+                    key,
+                    ca: args.tls_ca.clone(),
+                });
+            let control =
+                ha::ControlPlane::start(&plan, dir, &admin_token, &router_token, tls.as_ref())
+                    .await?;
+            let urls = plan.manager_urls(tls.as_ref());
             let all = urls.join(",");
-            wait_leader(&all, &admin_token).await?;
+            wait_leader(&all, &admin_token, ca).await?;
             (Some((control, plan)), None, urls[0].clone(), all)
         }
     };
@@ -506,8 +514,8 @@ async fn serve(
 }
 
 /// Waits until the managers at `urls` have elected a leader.
-async fn wait_leader(urls: &str, admin_token: &str) -> anyhow::Result<()> {
-    let managers = ManagerClient::new(urls, Some(admin_token.to_string()))?
+async fn wait_leader(urls: &str, admin_token: &str, ca: Option<&Path>) -> anyhow::Result<()> {
+    let managers = ManagerClient::with_ca_file(urls, Some(admin_token.to_string()), ca)?
         .with_timeout(Duration::from_secs(2));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
