@@ -43,8 +43,8 @@ struct Cli {
     #[arg(long, global = true)]
     json: bool,
     /// Threads that run requests [default: one per CPU this process may
-    /// use]. One suits a router serving mostly the PostgreSQL protocol on
-    /// few cores: docs/benchmarks.md, "Worker threads"
+    /// use]. One suits a router on one or two cores: docs/benchmarks.md,
+    /// "Worker threads"
     #[arg(long, global = true, value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     worker_threads: Option<u16>,
