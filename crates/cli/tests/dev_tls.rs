@@ -27,29 +27,57 @@ impl Drop for Running {
     }
 }
 
-#[tokio::test]
-async fn dev_serves_https_and_verified_tls_on_the_wire() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("dev");
-    let certs = tmp.path().join("certs");
-    std::fs::create_dir(&certs).unwrap();
-    let files = TlsFiles::make(&certs).unwrap();
-    let mut dev = Running(devproc::start_dev(
-        &dir,
-        &[
+/// A `shardline dev` with one shard, a certificate of a throwaway CA
+/// and that CA, and `extra` flags; its dev.json.
+struct TlsDev {
+    _tmp: tempfile::TempDir,
+    dir: std::path::PathBuf,
+    files: TlsFiles,
+    dev: Running,
+    info: serde_json::Value,
+}
+
+impl TlsDev {
+    async fn start(extra: &[&str]) -> TlsDev {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("dev");
+        let certs = tmp.path().join("certs");
+        std::fs::create_dir(&certs).unwrap();
+        let files = TlsFiles::make(&certs).unwrap();
+        let (cert, key, ca) = (
+            files.server_cert.to_string_lossy().into_owned(),
+            files.server_key.to_string_lossy().into_owned(),
+            files.ca.to_string_lossy().into_owned(),
+        );
+        let mut args = extra.to_vec();
+        args.extend_from_slice(&[
             "--shards",
             "1",
             "--spare-shards",
             "0",
             "--tls-cert",
-            &files.server_cert.to_string_lossy(),
+            &cert,
             "--tls-key",
-            &files.server_key.to_string_lossy(),
+            &key,
             "--tls-ca",
-            &files.ca.to_string_lossy(),
-        ],
-    ));
-    let info = wait_dev_json(&dir, &mut dev.0).await;
+            &ca,
+        ]);
+        let mut dev = Running(devproc::start_dev(&dir, &args));
+        let info = wait_dev_json(&dir, &mut dev.0).await;
+        TlsDev {
+            _tmp: tmp,
+            dir,
+            files,
+            dev,
+            info,
+        }
+    }
+}
+
+#[tokio::test]
+async fn dev_serves_https_and_verified_tls_on_the_wire() {
+    let mut tls = TlsDev::start(&[]).await;
+    let (dir, files, info) = (&tls.dir, &tls.files, &tls.info);
     for url in ["router_url", "manager_url"] {
         let u = info[url].as_str().unwrap_or_default();
         assert!(u.starts_with("https://127.0.0.1:"), "{url}: {u}");
@@ -65,16 +93,16 @@ async fn dev_serves_https_and_verified_tls_on_the_wire() {
     );
 
     // The verbs verify both servers with dev.json's CA.
-    let status = cli(&dir, &["status"]);
+    let status = cli(dir, &["status"]);
     assert!(status.contains("https://"), "{status}");
-    let answer = cli(&dir, &["sql", "--key", "k1", "SELECT 41 + 1 AS answer"]);
+    let answer = cli(dir, &["sql", "--key", "k1", "SELECT 41 + 1 AS answer"]);
     assert!(answer.contains("42"), "{answer}");
     // Another CA's file: refused, saying why.
     let other_dir = tempfile::tempdir().unwrap();
     let other = TlsFiles::make(other_dir.path()).unwrap();
     let out = Command::new(BIN)
         .arg("--data-dir")
-        .arg(&dir)
+        .arg(dir)
         .arg("--ca-file")
         .arg(&other.ca)
         .arg("status")
@@ -97,7 +125,7 @@ async fn dev_serves_https_and_verified_tls_on_the_wire() {
     assert!(out.status.success(), "{shown}");
     assert!(shown.contains("SSL connection (protocol: TLS"), "{shown}");
 
-    stop_dev(&mut dev.0);
+    stop_dev(&mut tls.dev.0);
 }
 
 /// `dev --managers 3` with TLS: the three manager processes serve HTTPS
@@ -107,29 +135,8 @@ async fn dev_serves_https_and_verified_tls_on_the_wire() {
 /// statement.
 #[tokio::test]
 async fn dev_with_three_managers_serves_https_between_them() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("dev");
-    let certs = tmp.path().join("certs");
-    std::fs::create_dir(&certs).unwrap();
-    let files = TlsFiles::make(&certs).unwrap();
-    let mut dev = Running(devproc::start_dev(
-        &dir,
-        &[
-            "--managers",
-            "3",
-            "--shards",
-            "1",
-            "--spare-shards",
-            "0",
-            "--tls-cert",
-            &files.server_cert.to_string_lossy(),
-            "--tls-key",
-            &files.server_key.to_string_lossy(),
-            "--tls-ca",
-            &files.ca.to_string_lossy(),
-        ],
-    ));
-    let info = wait_dev_json(&dir, &mut dev.0).await;
+    let mut tls = TlsDev::start(&["--managers", "3"]).await;
+    let (dir, info) = (&tls.dir, &tls.info);
     let managers: Vec<String> = info["managers"]
         .as_array()
         .unwrap()
@@ -157,11 +164,11 @@ async fn dev_with_three_managers_serves_https_between_them() {
     // A write through each manager: followers forward to the leader.
     for (i, url) in managers.iter().enumerate() {
         let name = format!("tls-ks-{i}");
-        cli(&dir, &["--manager", url, "keyspace", "create", &name]);
-        let listed = cli(&dir, &["--manager", url, "keyspace", "list"]);
+        cli(dir, &["--manager", url, "keyspace", "create", &name]);
+        let listed = cli(dir, &["--manager", url, "keyspace", "list"]);
         assert!(listed.contains(&name), "{listed}");
     }
-    let answer = cli(&dir, &["sql", "--key", "k1", "SELECT 41 + 1 AS answer"]);
+    let answer = cli(dir, &["sql", "--key", "k1", "SELECT 41 + 1 AS answer"]);
     assert!(answer.contains("42"), "{answer}");
     // Control: plain HTTP to a manager's port gets no answer.
     let plain = managers[0].replacen("https://", "http://", 1);
@@ -178,5 +185,5 @@ async fn dev_with_three_managers_serves_https_between_them() {
         .unwrap();
     assert!(!out.status.success());
 
-    stop_dev(&mut dev.0);
+    stop_dev(&mut tls.dev.0);
 }
