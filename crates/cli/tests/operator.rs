@@ -378,6 +378,56 @@ async fn on_terminal(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     (out.status.success(), text(&out.stdout))
 }
 
+/// A router that cannot reach its manager: it logs at once (its address,
+/// then warnings) and runs until `timeout` stops it.
+const LOGGING_ROUTER: &str = "timeout 2 {BIN} router --router-token x \
+     --manager-url http://127.0.0.1:1 --listen 127.0.0.1:0";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_coloured_only_on_a_terminal() {
+    let line = LOGGING_ROUTER.replace("{BIN}", BIN);
+    let clean = |cmd: &mut tokio::process::Command| {
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("SHARDLINE_") {
+                cmd.env_remove(key);
+            }
+        }
+    };
+    // Into a file or a pipe (a collector, `kubectl logs`): plain lines.
+    let mut piped = tokio::process::Command::new("sh");
+    clean(&mut piped);
+    let out = piped
+        .args(["-c", &line])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let log = text(&out.stderr);
+    assert!(log.contains("router listening"), "{log}");
+    assert!(
+        !log.contains('\x1b'),
+        "escape sequences in a piped log: {log:?}"
+    );
+
+    // Control: on a terminal the same lines are coloured, so the check
+    // above can tell.
+    let mut script = tokio::process::Command::new("script");
+    clean(&mut script);
+    let out = script
+        .args(["-q", "-e", "-c", &line, "/dev/null"])
+        .env("TERM", "xterm")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("run script (util-linux)");
+    let screen = text(&out.stdout);
+    assert!(screen.contains("router listening"), "{screen}");
+    assert!(
+        screen.contains('\x1b'),
+        "no colours on a terminal: {screen:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_is_drawn_on_a_terminal_and_never_into_a_pipe() {
     let stack = Stack::start(StackOptions {

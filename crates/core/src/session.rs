@@ -56,7 +56,26 @@ pub const SEQUENCE_FUNCTIONS: &[&str] = &["nextval", "setval", "currval", "lastv
 /// `U&"..."`), anywhere, in any case. Errs towards `true`: a name in a
 /// string or comment counts.
 pub fn names_session_changing_function(sql: &str) -> bool {
-    let lower = sql.to_ascii_lowercase();
+    // Lower-cased on the stack for the usual short statement: this runs
+    // for every HTTP request.
+    let mut buf = [0u8; 512];
+    let owned;
+    let lower = match buf.get_mut(..sql.len()) {
+        Some(short) => {
+            short.copy_from_slice(sql.as_bytes());
+            short.make_ascii_lowercase();
+            // ASCII lower-casing keeps UTF-8 valid; were it not to,
+            // err towards a reset.
+            match std::str::from_utf8(short) {
+                Ok(lower) => lower,
+                Err(_) => return true,
+            }
+        }
+        None => {
+            owned = sql.to_ascii_lowercase();
+            owned.as_str()
+        }
+    };
     lower.contains("u&")
         || SESSION_CHANGING_FUNCTIONS
             .iter()

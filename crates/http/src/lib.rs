@@ -11,7 +11,8 @@
 //!   [`with_fallbacks`].
 //! - [`tls`]: [`TlsListener`](tls::TlsListener), HTTPS connections with
 //!   their handshake done.
-//! - [`request_id`]: [`RequestId`] and [`with_request_ids`].
+//! - [`request_id`]: [`RequestId`], [`with_request_ids`] and [`Api`], a
+//!   router served with ids, fallbacks and body limit at little cost.
 //! - [`openapi`]: serving an OpenAPI document.
 
 pub mod error;
@@ -23,6 +24,6 @@ pub mod tls;
 
 pub use error::ErrorResponse;
 pub use extract::{bearer_token, JsonBody, PathParam, QueryParams, TokenCheck};
-pub use request_id::{with_request_ids, RequestId};
-pub use serve::{serve, serve_tls, with_fallbacks};
+pub use request_id::{with_request_ids, Api, RequestId};
+pub use serve::{serve, serve_tls, with_fallbacks, App};
 pub use shardline_tls::ServerTls;

@@ -1,18 +1,19 @@
 //! Serving, over HTTP or HTTPS, with JSON fallbacks and a bounded
 //! graceful drain.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::Request;
-use axum::middleware::Next;
 use axum::response::Response;
 use axum::serve::Listener;
-use axum::Router;
+use axum::{Router, ServiceExt};
 use shardline_api::ErrorCode;
 use shardline_tls::ServerTls;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower_service::Service;
 
 use crate::error::ErrorResponse;
 use crate::extract::BodyLimit;
@@ -31,24 +32,40 @@ async fn method_not_allowed() -> ErrorResponse {
 
 /// Adds JSON 404/405 answers and the request-body limit to a router.
 pub fn with_fallbacks(router: Router, body_limit: usize) -> Router {
-    let limit = BodyLimit(body_limit);
+    fallbacks(router).layer(axum::Extension(BodyLimit(body_limit)))
+}
+
+/// Adds JSON 404/405 answers to a router.
+pub(crate) fn fallbacks(router: Router) -> Router {
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(
-            move |mut req: Request, next: Next| async move {
-                req.extensions_mut().insert(limit);
-                let resp: Response = next.run(req).await;
-                resp
-            },
-        ))
+}
+
+/// What [`serve`] serves: a [`Router`] or an [`Api`](crate::Api).
+pub trait App:
+    Service<Request, Response = Response, Error = Infallible, Future: Send>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> App for T where
+    T: Service<Request, Response = Response, Error = Infallible, Future: Send>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
 }
 
 /// Serves `app` until `shutdown` is cancelled, then stops accepting and
 /// lets in-flight requests finish for up to `drain`.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: impl App,
     shutdown: CancellationToken,
     drain: Duration,
 ) -> std::io::Result<()> {
@@ -60,7 +77,7 @@ pub async fn serve(
 pub async fn serve_tls(
     listener: TcpListener,
     tls: ServerTls,
-    app: Router,
+    app: impl App,
     shutdown: CancellationToken,
     drain: Duration,
 ) -> std::io::Result<()> {
@@ -70,7 +87,7 @@ pub async fn serve_tls(
 
 async fn serve_on<L>(
     listener: L,
-    app: Router,
+    app: impl App,
     shutdown: CancellationToken,
     drain: Duration,
 ) -> std::io::Result<()>
@@ -78,8 +95,8 @@ where
     L: Listener<Addr = SocketAddr>,
 {
     let signal = shutdown.clone();
-    let server =
-        axum::serve(listener, app).with_graceful_shutdown(async move { signal.cancelled().await });
+    let server = axum::serve(listener, app.into_make_service())
+        .with_graceful_shutdown(async move { signal.cancelled().await });
     let mut task = tokio::spawn(async move { server.await });
     tokio::select! {
         res = &mut task => return res.unwrap_or(Ok(())),

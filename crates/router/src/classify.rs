@@ -24,45 +24,52 @@ const WRITE_WORDS: [&str; 5] = ["INSERT", "UPDATE", "DELETE", "MERGE", "INTO"];
 /// Words after `FOR` that make it a row-locking clause.
 const LOCK_WORDS: [&str; 4] = ["UPDATE", "NO", "SHARE", "KEY"];
 
-/// Whether `sql` only reads (see the module docs).
-pub fn is_read(sql: &str) -> bool {
-    let mut words = Keywords::new(sql);
-    let Some(lead) = words.next() else {
-        return false;
-    };
-    if !READ_LEADS.iter().any(|w| lead.eq_ignore_ascii_case(w)) {
-        return false;
-    }
-    let mut after_for = false;
-    for word in words {
-        if WRITE_WORDS.iter().any(|w| word.eq_ignore_ascii_case(w)) {
-            return false;
-        }
-        if after_for && LOCK_WORDS.iter().any(|w| word.eq_ignore_ascii_case(w)) {
-            return false;
-        }
-        after_for = word.eq_ignore_ascii_case("FOR");
-    }
-    true
+/// What one pass over a statement's keywords finds (see [`scan`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scan {
+    /// The statement only reads (see the module docs).
+    pub read: bool,
+    /// Its text could change the session outside a transaction (see
+    /// [`may_change_session`]).
+    pub changes_session: bool,
+    /// ... and inside one.
+    pub changes_session_in_transaction: bool,
+    /// The highest parameter number it refers to and the byte offset of
+    /// its `$` (see [`highest_param`]).
+    pub highest_param: Option<(u64, usize)>,
 }
 
-/// Whether every statement of a transaction is a read (and there is at
-/// least one).
-pub fn all_reads<'a>(statements: impl IntoIterator<Item = &'a str>) -> bool {
-    let mut any = false;
-    for sql in statements {
-        if !is_read(sql) {
-            return false;
-        }
-        any = true;
+impl Scan {
+    /// [`Self::highest_param`] with the `$`'s 1-based character position
+    /// in `sql` instead of its byte offset.
+    pub fn highest_param_at(&self, sql: &str) -> Option<(u64, usize)> {
+        in_characters(sql, self.highest_param)
     }
-    any
+}
+
+/// Everything the HTTP front end reads from a statement's text before it
+/// runs, in one pass over its keywords (and one for the functions it
+/// names) rather than one per question.
+pub fn scan(sql: &str) -> Scan {
+    let words = keywords(sql);
+    let named = shardline_core::session::names_session_changing_function(sql);
+    Scan {
+        read: words.read,
+        changes_session: named || words.changes_session(false),
+        changes_session_in_transaction: named || words.changes_session(true),
+        highest_param: words.highest_param,
+    }
+}
+
+/// Whether `sql` only reads (see the module docs).
+pub fn is_read(sql: &str) -> bool {
+    keywords(sql).read
 }
 
 /// Leading keywords of statements that change no session state by
 /// themselves (what they run may; see `shardline_core::session`).
-const PLAIN_LEADS: [&str; 8] = [
-    "SELECT", "WITH", "VALUES", "TABLE", "SHOW", "INSERT", "UPDATE", "DELETE",
+const PLAIN_LEADS: [&str; 9] = [
+    "SELECT", "WITH", "VALUES", "TABLE", "SHOW", "INSERT", "UPDATE", "DELETE", "MERGE",
 ];
 
 /// Further leading keywords that leave nothing behind at the end of a
@@ -81,52 +88,95 @@ const TRANSACTION_LEADS: [&str; 4] = ["SET", "SAVEPOINT", "RELEASE", "ROLLBACK"]
 /// `true`; code the statement reaches without naming it is the
 /// keyspace's concern ([`shardline_core::catalog::Keyspace::tenant_code`]).
 pub fn may_change_session(sql: &str, in_transaction: bool) -> bool {
-    if shardline_core::session::names_session_changing_function(sql) {
-        return true;
-    }
-    let mut words = Keywords::new(sql);
-    let Some(lead) = words.next() else {
-        // Nothing to run.
-        return false;
-    };
-    let plain = PLAIN_LEADS.iter().any(|w| lead.eq_ignore_ascii_case(w))
-        || lead.eq_ignore_ascii_case("MERGE");
-    if !plain {
-        if in_transaction
-            && TRANSACTION_LEADS
-                .iter()
-                .any(|w| lead.eq_ignore_ascii_case(w))
-        {
-            // `SET` here is `SET LOCAL`, `SET TRANSACTION` or `SET
-            // CONSTRAINTS` (the guard refused the others); `ROLLBACK` is
-            // `ROLLBACK TO`.
-            return false;
-        }
-        return true;
-    }
-    // `INTO` only after `INSERT` or `MERGE`: anything else is `SELECT ...
-    // INTO`, which creates a table.
-    let mut previous = lead;
-    for word in words {
-        if word.eq_ignore_ascii_case("INTO")
-            && !(previous.eq_ignore_ascii_case("INSERT") || previous.eq_ignore_ascii_case("MERGE"))
-        {
-            return true;
-        }
-        previous = word;
-    }
-    false
+    shardline_core::session::names_session_changing_function(sql)
+        || keywords(sql).changes_session(in_transaction)
 }
 
 /// The highest parameter number `sql` refers to (`$n` outside comments,
 /// string constants and quoted identifiers) and the 1-based character
 /// position of its `$`; `None` without parameters.
 pub fn highest_param(sql: &str) -> Option<(u64, usize)> {
+    in_characters(sql, keywords(sql).highest_param)
+}
+
+/// A parameter's byte offset in `sql` as a 1-based character position.
+fn in_characters(sql: &str, param: Option<(u64, usize)>) -> Option<(u64, usize)> {
+    param.map(|(n, byte)| (n, sql[..byte].chars().count() + 1))
+}
+
+/// What the keywords alone say.
+struct Words {
+    read: bool,
+    /// How the leading keyword classes the statement for the session.
+    lead: Lead,
+    /// An `INTO` not right after `INSERT` or `MERGE`: `SELECT ... INTO`,
+    /// which creates a table.
+    select_into: bool,
+    highest_param: Option<(u64, usize)>,
+}
+
+#[derive(PartialEq)]
+enum Lead {
+    /// No keyword: nothing to run.
+    None,
+    /// A plain query or `INSERT`/`UPDATE`/`DELETE`/`MERGE`.
+    Plain,
+    /// `SET`, `SAVEPOINT`, `RELEASE`, `ROLLBACK`: harmless inside a
+    /// transaction only.
+    Transaction,
+    /// Anything else.
+    Other,
+}
+
+impl Words {
+    fn changes_session(&self, in_transaction: bool) -> bool {
+        match self.lead {
+            Lead::None => false,
+            Lead::Plain => self.select_into,
+            Lead::Transaction => !in_transaction,
+            Lead::Other => true,
+        }
+    }
+}
+
+fn keywords(sql: &str) -> Words {
+    let is = |word: &str, set: &[&str]| set.iter().any(|w| word.eq_ignore_ascii_case(w));
     let mut words = Keywords::new(sql);
-    while words.next().is_some() {}
-    words
-        .highest_param
-        .map(|(n, byte)| (n, sql[..byte].chars().count() + 1))
+    let Some(lead) = words.next() else {
+        return Words {
+            read: false,
+            lead: Lead::None,
+            select_into: false,
+            highest_param: words.highest_param,
+        };
+    };
+    let mut read = is(lead, &READ_LEADS);
+    let lead_class = if is(lead, &PLAIN_LEADS) {
+        Lead::Plain
+    } else if is(lead, &TRANSACTION_LEADS) {
+        Lead::Transaction
+    } else {
+        Lead::Other
+    };
+    let mut select_into = false;
+    let mut previous = lead;
+    let mut after_for = false;
+    for word in words.by_ref() {
+        if is(word, &WRITE_WORDS) || (after_for && is(word, &LOCK_WORDS)) {
+            read = false;
+        }
+        after_for = word.eq_ignore_ascii_case("FOR");
+        if word.eq_ignore_ascii_case("INTO") && !is(previous, &["INSERT", "MERGE"]) {
+            select_into = true;
+        }
+        previous = word;
+    }
+    Words {
+        read,
+        lead: lead_class,
+        select_into,
+        highest_param: words.highest_param,
+    }
 }
 
 /// The unquoted words of a statement, in order (also the session guard's
@@ -462,13 +512,34 @@ mod tests {
     }
 
     #[test]
-    fn transactions() {
-        assert!(all_reads([
-            "SELECT 1",
-            "WITH x AS (SELECT 1) SELECT * FROM x"
-        ]));
-        assert!(!all_reads(["SELECT 1", "UPDATE t SET x = 1"]));
-        assert!(!all_reads(["SELECT 1", "SAVEPOINT a"]));
-        assert!(!all_reads(std::iter::empty::<&str>()));
+    fn one_scan_answers_every_question() {
+        let cases = [
+            // sql, read, changes outside / inside a transaction, highest param
+            (
+                "SELECT * FROM t WHERE id = $2 AND x = $1",
+                true,
+                false,
+                false,
+                Some((2, 28)),
+            ),
+            ("UPDATE t SET x = $1", false, false, false, Some((1, 18))),
+            ("SELECT * INTO t2 FROM t", false, true, true, None),
+            ("SET LOCAL statement_timeout = 5", false, true, false, None),
+            ("SELECT set_config('a', 'b', true)", true, true, true, None),
+            ("SELECT * FROM t FOR UPDATE", false, false, false, None),
+            ("CREATE TABLE é (x int)", false, true, true, None),
+            ("-- nothing", false, false, false, None),
+        ];
+        for (sql, read, outside, inside, param) in cases {
+            let got = scan(sql);
+            assert_eq!(got.read, read, "{sql}");
+            assert_eq!(got.changes_session, outside, "{sql}");
+            assert_eq!(got.changes_session_in_transaction, inside, "{sql}");
+            assert_eq!(got.highest_param_at(sql), param, "{sql}");
+            assert_eq!(is_read(sql), read, "{sql}");
+            assert_eq!(may_change_session(sql, false), outside, "{sql}");
+            assert_eq!(may_change_session(sql, true), inside, "{sql}");
+            assert_eq!(highest_param(sql), param, "{sql}");
+        }
     }
 }

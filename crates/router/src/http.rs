@@ -34,9 +34,7 @@ use shardline_api::router::{
 };
 use shardline_api::{ApiError, ErrorBody, ErrorCode};
 use shardline_core::hash::format_hash;
-use shardline_http::{
-    bearer_token, with_fallbacks, with_request_ids, ErrorResponse, JsonBody, QueryParams, RequestId,
-};
+use shardline_http::{bearer_token, Api, ErrorResponse, JsonBody, QueryParams, RequestId};
 
 use crate::auth::{admit_app, Admission, AppAuth, Now, RejectReason, Rejection};
 use crate::classify;
@@ -61,8 +59,9 @@ pub struct RouterState {
 
 type Shared = State<Arc<RouterState>>;
 
-/// The router's routes.
-pub fn router(state: Arc<RouterState>, body_limit: usize) -> Router {
+/// The router's HTTP API: its routes, served with request ids, the JSON
+/// fallbacks and the body limit.
+pub fn router(state: Arc<RouterState>, body_limit: usize) -> Api {
     let api = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -72,7 +71,7 @@ pub fn router(state: Arc<RouterState>, body_limit: usize) -> Router {
         .route("/v1/transaction", post(transaction))
         .route("/v1/route", get(route))
         .with_state(state);
-    with_request_ids(with_fallbacks(api, body_limit))
+    Api::new(api, body_limit)
 }
 
 /// The authenticated client app. Runs before the body is read, so an
@@ -348,8 +347,8 @@ fn first_shard(routing: &Routing, keyspace: &str, key: &ShardKeyValue) -> String
 /// parameter above 65,535 (`$65536`): PostgreSQL would describe it with a
 /// parameter count its protocol cannot carry, which breaks the session
 /// (see [`shardline_api::checks`]).
-fn check_param_refs(field: &str, sql: &str) -> Result<(), ApiError> {
-    match classify::highest_param(sql) {
+fn check_param_refs(field: &str, sql: &str, scan: &classify::Scan) -> Result<(), ApiError> {
+    match scan.highest_param_at(sql) {
         Some((n, at)) if n > MAX_PARAMS as u64 => {
             let mut e = ApiError::new(
                 ErrorCode::InvalidRequest,
@@ -400,11 +399,12 @@ async fn execute(
     let named = st.name_sessions;
     let work = async move {
         req.check()?;
-        check_param_refs("sql", &req.sql)?;
+        let scan = classify::scan(&req.sql);
+        check_param_refs("sql", &req.sql, &scan)?;
         let plan = Plan {
-            read: classify::is_read(&req.sql),
+            read: scan.read,
             eventual: req.consistency == Consistency::Eventual,
-            session_clean: !classify::may_change_session(&req.sql, false),
+            session_clean: !scan.changes_session,
         };
         let job = dispatch::Statement {
             sql: &req.sql,
@@ -472,19 +472,20 @@ async fn transaction(
             ));
         }
         req.check()?;
+        let (mut read, mut session_clean) = (true, true);
         for (i, s) in req.statements.iter().enumerate() {
-            check_param_refs(&format!("statements[{i}].sql"), &s.sql).map_err(|mut e| {
+            let scan = classify::scan(&s.sql);
+            check_param_refs(&format!("statements[{i}].sql"), &s.sql, &scan).map_err(|mut e| {
                 e.statement_index = Some(i);
                 e
             })?;
+            read &= scan.read;
+            session_clean &= !scan.changes_session_in_transaction;
         }
         let plan = Plan {
-            read: classify::all_reads(req.statements.iter().map(|s| s.sql.as_str())),
+            read,
             eventual: req.consistency == Consistency::Eventual,
-            session_clean: !req
-                .statements
-                .iter()
-                .any(|s| classify::may_change_session(&s.sql, true)),
+            session_clean,
         };
         let stmts: Vec<(String, Vec<serde_json::Value>)> = req
             .statements

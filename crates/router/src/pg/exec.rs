@@ -426,32 +426,48 @@ fn decode_error(i: usize) -> RouterError {
 /// a shared connection (see the module docs). `in_transaction` allows
 /// savepoints inside [`transaction`].
 pub fn check_statement(sql: &str, in_transaction: bool) -> Result<(), RouterError> {
-    let words = leading_words(sql, 3);
-    let word = |i: usize| words.get(i).map(String::as_str).unwrap_or("");
+    let mut words = crate::classify::Keywords::new(sql);
+    let lead = words.next().unwrap_or("");
+    let (second, third) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let is = |word: &str, any: &[&str]| any.iter().any(|w| word.eq_ignore_ascii_case(w));
     let refuse = |r: Refusal| Err(Reason::StatementRefused(r).into());
-    match word(0) {
-        "BEGIN" | "START" | "COMMIT" | "END" | "ABORT" => refuse(Refusal::TransactionControl),
-        "ROLLBACK" if in_transaction && (word(1) == "TO" || word(2) == "TO") => Ok(()),
-        "ROLLBACK" => refuse(Refusal::TransactionControl),
-        "SAVEPOINT" | "RELEASE" if in_transaction => Ok(()),
-        "SAVEPOINT" | "RELEASE" => refuse(Refusal::SavepointOutsideTransaction),
-        "PREPARE" if word(1) == "TRANSACTION" => refuse(Refusal::TwoPhaseCommit),
-        "SET" if matches!(word(1), "LOCAL" | "TRANSACTION" | "CONSTRAINTS") => Ok(()),
-        "SET" | "RESET" | "DISCARD" | "LISTEN" | "PREPARE" | "DEALLOCATE" | "DECLARE" | "LOAD" => {
-            refuse(Refusal::SessionState(word(0).to_string()))
+    if is(lead, &["BEGIN", "START", "COMMIT", "END", "ABORT"]) {
+        refuse(Refusal::TransactionControl)
+    } else if is(lead, &["ROLLBACK"]) {
+        if in_transaction && (is(second, &["TO"]) || is(third, &["TO"])) {
+            Ok(())
+        } else {
+            refuse(Refusal::TransactionControl)
         }
-        "COPY" => refuse(Refusal::Copy),
-        _ => Ok(()),
+    } else if is(lead, &["SAVEPOINT", "RELEASE"]) {
+        if in_transaction {
+            Ok(())
+        } else {
+            refuse(Refusal::SavepointOutsideTransaction)
+        }
+    } else if is(lead, &["PREPARE"]) && is(second, &["TRANSACTION"]) {
+        refuse(Refusal::TwoPhaseCommit)
+    } else if is(lead, &["SET"]) && is(second, &["LOCAL", "TRANSACTION", "CONSTRAINTS"]) {
+        Ok(())
+    } else if is(
+        lead,
+        &[
+            "SET",
+            "RESET",
+            "DISCARD",
+            "LISTEN",
+            "PREPARE",
+            "DEALLOCATE",
+            "DECLARE",
+            "LOAD",
+        ],
+    ) {
+        refuse(Refusal::SessionState(lead.to_ascii_uppercase()))
+    } else if is(lead, &["COPY"]) {
+        refuse(Refusal::Copy)
+    } else {
+        Ok(())
     }
-}
-
-/// The first `n` keywords of `sql`, upper-cased, outside comments,
-/// strings and quoted identifiers.
-fn leading_words(sql: &str, n: usize) -> Vec<String> {
-    crate::classify::Keywords::new(sql)
-        .take(n)
-        .map(str::to_ascii_uppercase)
-        .collect()
 }
 
 #[cfg(test)]
