@@ -751,8 +751,8 @@ impl PooledConn {
     }
 
     /// Where a cancel request for this session goes.
-    pub fn cancel_key(&self) -> CancelKey {
-        self.session().cancel.clone()
+    pub fn cancel_key(&self) -> Arc<CancelKey> {
+        Arc::clone(&self.session().cancel)
     }
 
     /// Marks that a statement or transaction is under way. A session

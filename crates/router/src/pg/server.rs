@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
@@ -182,7 +183,9 @@ pub struct ServerConn {
     pub stream: Pin<Box<dyn Stream>>,
     /// Bytes read from the server and not yet taken as messages.
     pub rbuf: BytesMut,
-    pub cancel: CancelKey,
+    /// Shared with the client sessions it serves, one at a time (a
+    /// count, not a copy, at each attach).
+    pub cancel: Arc<CancelKey>,
     /// `ParameterStatus` values the server sent at login.
     pub params: Vec<(String, String)>,
     pub prepared: Prepared,
@@ -272,13 +275,13 @@ impl ServerConn {
         let mut conn = ServerConn {
             stream,
             rbuf: BytesMut::with_capacity(8192),
-            cancel: CancelKey {
+            cancel: Arc::new(CancelKey {
                 host,
                 port,
                 pid: 0,
                 secret: 0,
                 tls: cancel_tls,
-            },
+            }),
             params: Vec::new(),
             prepared: Prepared::default(),
             map_version: 0,
@@ -362,8 +365,10 @@ impl ServerConn {
                     self.stream.write_all(&out).await?;
                 }
                 b'K' => {
-                    self.cancel.pid = fields.i32()?;
-                    self.cancel.secret = fields.i32()?;
+                    // Not shared yet: set in place.
+                    let key = Arc::make_mut(&mut self.cancel);
+                    key.pid = fields.i32()?;
+                    key.secret = fields.i32()?;
                 }
                 b'S' => {
                     let name = fields.cstr()?.to_string();

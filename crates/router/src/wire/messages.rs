@@ -175,6 +175,18 @@ pub fn hashed_name(prefix: &str, text: &str, types: &[u32]) -> String {
     s
 }
 
+/// The statement name of a `Parse` body, without reading the rest.
+pub fn parse_name(body: &[u8]) -> std::io::Result<&str> {
+    Fields::new(body).cstr()
+}
+
+/// The statement name of a `Bind` body, without reading the rest.
+pub fn bind_statement(body: &[u8]) -> std::io::Result<&str> {
+    let mut f = Fields::new(body);
+    f.cstr()?;
+    f.cstr()
+}
+
 /// `Describe` or `Close`: `S` (statement) or `P` (portal), and a name.
 pub fn target(body: &[u8]) -> std::io::Result<(u8, String)> {
     let mut f = Fields::new(body);

@@ -61,7 +61,7 @@ const KEPT_PARAMETERS: &[&str] = &[
 
 /// Where cancel requests for a session go now (`None` between its
 /// transactions).
-pub type CancelSlot = Arc<Mutex<Option<CancelKey>>>;
+pub type CancelSlot = Arc<Mutex<Option<Arc<CancelKey>>>>;
 
 /// What every wire session shares.
 pub struct WireShared {

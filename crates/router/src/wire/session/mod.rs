@@ -134,13 +134,18 @@ pub enum SessionEnd {
 /// A bound portal: its statement's text and analysis, and parameters.
 /// Shared (`Arc`) between the batch's portal and its executions.
 struct Run {
-    text: Arc<str>,
     analysis: Arc<Analysis>,
-    params: Vec<(i16, Option<Bytes>)>,
-    /// The statement's `Parse` and the portal's `Bind` (for a fan-out).
+    /// The statement's `Parse` (its text) and the portal's `Bind` (its
+    /// parameters).
     parse: Arc<Parse>,
     bind: Bind,
     bind_body: Bytes,
+}
+
+impl Run {
+    fn text(&self) -> &str {
+        &self.parse.query
+    }
 }
 
 /// A prepared statement of the client's.
@@ -248,7 +253,7 @@ pub struct Session {
     pub(super) app: Arc<AppAuth>,
     pub(super) keyspace: String,
     /// Where cancel requests for this session go now.
-    pub(super) cancel: Arc<Mutex<Option<CancelKey>>>,
+    pub(super) cancel: Arc<Mutex<Option<Arc<CancelKey>>>>,
     /// Session settings from startup, then the client's `SET`s.
     pub(super) sets: Vec<String>,
     statements: HashMap<String, ClientStatement>,
@@ -269,6 +274,9 @@ pub struct Session {
     skip_to_sync: bool,
     /// A keyless `COPY FROM STDIN` under way on every shard.
     copy_in: Option<copy::CopyIn>,
+    /// The last server session's (empty) exchange list, kept for the next
+    /// one's: no allocation per transaction.
+    spare_pending: VecDeque<Pending>,
 }
 
 impl Session {
@@ -277,7 +285,7 @@ impl Session {
         io: ClientIo,
         app: Arc<AppAuth>,
         keyspace: String,
-        cancel: Arc<Mutex<Option<CancelKey>>>,
+        cancel: Arc<Mutex<Option<Arc<CancelKey>>>>,
         sets: Vec<String>,
     ) -> Self {
         Self {
@@ -298,6 +306,7 @@ impl Session {
             batch: Vec::new(),
             skip_to_sync: false,
             copy_in: None,
+            spare_pending: VecDeque::new(),
         }
     }
 
@@ -465,7 +474,7 @@ impl Session {
         });
     }
 
-    fn set_cancel(&self, key: Option<CancelKey>) {
+    fn set_cancel(&self, key: Option<Arc<CancelKey>>) {
         *self.cancel.lock().unwrap_or_else(PoisonError::into_inner) = key;
     }
 
@@ -731,7 +740,18 @@ impl Session {
     }
 
     async fn on_batch(&mut self, sync: bool) -> Result<(), SessionEnd> {
-        let batch = std::mem::take(&mut self.batch);
+        let mut batch = std::mem::take(&mut self.batch);
+        let out = self.run_batch(&batch, sync).await;
+        // The list keeps its room for the next batch: no allocation per
+        // exchange.
+        batch.clear();
+        if self.batch.is_empty() {
+            self.batch = batch;
+        }
+        out
+    }
+
+    async fn run_batch(&mut self, batch: &[Frame], sync: bool) -> Result<(), SessionEnd> {
         if self.skip_to_sync {
             if sync {
                 self.skip_to_sync = false;
@@ -745,7 +765,7 @@ impl Session {
         let mut portals: Vec<(String, Arc<Run>)> = Vec::new();
         let mut runs: Vec<Arc<Run>> = Vec::new();
         let bad = |e: std::io::Error| SessionEnd::Fatal(WireError::fatal("08P01", e.to_string()));
-        for f in &batch {
+        for f in batch {
             match f.tag {
                 b'P' => {
                     let p = Arc::new(Parse::read(&f.body).map_err(bad)?);
@@ -780,9 +800,7 @@ impl Session {
                     };
                     if let Some((parse, analysis)) = statement {
                         let run = Arc::new(Run {
-                            text: Arc::from(parse.query.as_str()),
                             analysis,
-                            params: b.params.clone(),
                             parse,
                             bind_body: f.body.clone(),
                             bind: b,
@@ -815,8 +833,8 @@ impl Session {
             .iter()
             .flat_map(|r| r.analysis.parts.iter().cloned())
             .collect();
-        if self.attached.is_none() && self.pending_begin.is_some() && Self::describes_only(&batch) {
-            return self.describe_aside(&batch, sync).await;
+        if self.attached.is_none() && self.pending_begin.is_some() && Self::describes_only(batch) {
+            return self.describe_aside(batch, sync).await;
         }
         if self.attached.is_none() {
             if batch.iter().all(|f| f.tag == b'S' || f.tag == b'H') {
@@ -827,12 +845,9 @@ impl Session {
                 return Ok(());
             }
             if !runs.is_empty() {
-                let text = runs
-                    .first()
-                    .map(|r| Arc::clone(&r.text))
-                    .unwrap_or_else(|| Arc::from(""));
-                if let Some(tags) = self.answer_locally(&parts, &text) {
-                    self.answer_batch_locally(&batch, tags);
+                let text = runs.first().map_or("", |r| r.text());
+                if let Some(tags) = self.answer_locally(&parts, text) {
+                    self.answer_batch_locally(batch, tags);
                     self.io.flush().await?;
                     return Ok(());
                 }
@@ -842,9 +857,9 @@ impl Session {
         let execs: Vec<Exec<'_>> = runs
             .iter()
             .map(|r| Exec {
-                sql: &r.text,
+                sql: r.text(),
                 analysis: &r.analysis,
-                params: Some(r.params.as_slice()),
+                params: Some(r.bind.params.as_slice()),
             })
             .collect();
         let choice = self.choose(&execs);
@@ -856,7 +871,7 @@ impl Session {
         let mut dirty = false;
         let code_possible = self.code_possible();
         for r in &runs {
-            self.track_sets(&r.analysis, &r.text, &mut pending);
+            self.track_sets(&r.analysis, r.text(), &mut pending);
             dirty |= changes_session(&r.analysis, code_possible);
         }
         drop(execs);
@@ -875,14 +890,14 @@ impl Session {
                     .any(|f| f.tag == b'D' && f.body.first() == Some(&b'S'));
                 return match runs.as_slice() {
                     [run] if sync && !describes_statement => {
-                        self.split_insert_extended(&batch, run, parts).await
+                        self.split_insert_extended(batch, run, parts).await
                     }
                     _ => self.refuse_batch(split::extended_refusal(), sync).await,
                 };
             }
             Ok(Choice::FanOut) => {
                 return match runs.first() {
-                    Some(run) if sync => self.fan_out_batch(&batch, run).await,
+                    Some(run) if sync => self.fan_out_batch(batch, run).await,
                     _ => self.refuse_batch(no_key_error(), sync).await,
                 };
             }
@@ -896,7 +911,7 @@ impl Session {
             return Ok(());
         };
         a.dirty |= dirty;
-        let out = rewrite_batch(&batch, &mut self.statements, a, &mut pending).map_err(bad)?;
+        let out = rewrite_batch(batch, &mut self.statements, a, &mut pending).map_err(bad)?;
         match a.pending.back_mut() {
             // A batch sent with `Flush` before: the same exchange.
             Some(open) if !open.closed && !open.injected => {

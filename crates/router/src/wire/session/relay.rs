@@ -14,7 +14,7 @@ use crate::pg::frame::Frame;
 use crate::pg::rawpool::{RawConn, RawPool};
 use crate::pg::server::ServerError;
 use crate::wire::codec;
-use crate::wire::messages::{self, Bind, Parse};
+use crate::wire::messages::{self, Bind};
 
 impl Session {
     /// Relays the server's answers until it has answered everything.
@@ -50,8 +50,13 @@ impl Session {
         self.set_cancel(None);
         self.local_key = None;
         let Attached {
-            conn, pool, dirty, ..
+            conn,
+            pool,
+            dirty,
+            pending,
+            ..
         } = a;
+        self.spare_pending = pending;
         give_back(conn, pool, dirty);
     }
 
@@ -189,12 +194,15 @@ pub(super) fn rewrite_batch(
     a: &mut Attached,
     p: &mut Pending,
 ) -> std::io::Result<BytesMut> {
-    let mut out = BytesMut::new();
+    // Sized for the batch as it came (a rewrite changes a name or two):
+    // one allocation, no growing.
+    let size: usize = batch.iter().map(|f| f.body.len() + 5).sum();
+    let mut out = BytesMut::with_capacity(size + 64);
     for f in batch {
         match f.tag {
             b'P' => {
-                let name = Parse::read(&f.body)?.name;
-                match statements.get(&name).filter(|_| !name.is_empty()) {
+                let name = messages::parse_name(&f.body)?;
+                match statements.get(name).filter(|_| !name.is_empty()) {
                     Some(s) => {
                         if a.conn.conn.prepared.touch(&s.server_name) {
                             messages::target_frame(b'C', b'P', NO_PORTAL).encode(&mut out);
@@ -222,13 +230,11 @@ pub(super) fn rewrite_batch(
                 }
             }
             b'B' => {
-                let b = Bind::read(&f.body)?;
-                match statements
-                    .get(&b.statement)
-                    .filter(|_| !b.statement.is_empty())
-                {
+                let name = messages::bind_statement(&f.body)?;
+                match statements.get(name).filter(|_| !name.is_empty()) {
                     Some(s) => {
                         ensure_on(&mut a.conn.conn.prepared, s, &mut out, p);
+                        let b = Bind::read(&f.body)?;
                         b.frame_for(&f.body, &s.server_name).encode(&mut out);
                     }
                     None => f.encode(&mut out),

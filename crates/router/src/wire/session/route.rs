@@ -2,7 +2,6 @@
 //! rows, `SET [LOCAL] shardline.shard_key`), the shard they route to, and
 //! attaching a server session there.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -140,7 +139,7 @@ impl Session {
         let begin = self.pending_begin.take();
         let opened = self.open(&shard, key, read, begin).await?;
         self.set_cancel(Some(opened.conn.conn.cancel.clone()));
-        let mut pending = VecDeque::new();
+        let mut pending = std::mem::take(&mut self.spare_pending);
         for _ in 0..opened.injected {
             pending.push_back(Pending {
                 injected: true,

@@ -152,7 +152,7 @@ impl Session {
         };
         let mut payloads = Vec::with_capacity(parts.len());
         for p in &parts {
-            let Some((text, olds)) = rows.text_with_params(&run.text, &p.rows) else {
+            let Some((text, olds)) = rows.text_with_params(run.text(), &p.rows) else {
                 return self.refuse_batch(extended_refusal(), true).await;
             };
             let parse = Parse {
