@@ -447,6 +447,7 @@ async fn serve(
         replicas::register(&admin, &mut shards).await?;
         let app_token = default_app_token(&admin, previous.as_ref()).await?;
         wait_router_ready(&router_url, ca).await?;
+        wait_router_knows(&router_url, &app_token, ca).await?;
         let feed = ManagerClient::with_ca_file(&all_managers, Some(router_token.clone()), ca)?;
         replicas::wait_serving(&feed, &shards, max_replica_lag, health_poll).await;
         let info = DevInfo {
@@ -657,27 +658,60 @@ async fn wait_router_ready(router_url: &str, ca: Option<&Path>) -> anyhow::Resul
     bail!("the router did not load the catalog within 5s")
 }
 
+/// Waits until the router takes the default app's token: the catalog
+/// with the app (made or replaced just now) has reached it, so the app
+/// token works from the moment dev.json and the banner show it.
+async fn wait_router_knows(router_url: &str, token: &str, ca: Option<&Path>) -> anyhow::Result<()> {
+    let http = shardline_client::HttpClient::with_ca_file(router_url, Some(token.into()), ca)?;
+    for _ in 0..100 {
+        match http.get_raw("/v1/route?key=dev").await {
+            // Routed, or refused for the key: the token is known.
+            Ok((status, _)) if status != 401 && status != 503 => return Ok(()),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    bail!("the router did not take the default app's token within 5s")
+}
+
+/// Prints the banner in one write: log lines (on standard error) from the
+/// servers it started cannot land in the middle of it on a terminal.
 fn print_banner(info: &DevInfo, catalog: &[ShardInfo], dir: &Path) {
+    use std::io::Write as _;
+    let text = banner(info, catalog, dir);
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+fn banner(info: &DevInfo, catalog: &[ShardInfo], dir: &Path) -> String {
+    use std::fmt::Write as _;
+    let mut b = String::new();
+    // Writing to a `String` cannot fail.
+    macro_rules! put {
+        ($($arg:tt)*) => {{
+            let _ = writeln!(b, $($arg)*);
+        }};
+    }
     let spare = info.shards.iter().filter(|s| s.spare).count();
-    println!(
+    put!(
         "shardline dev is running ({} shards, {spare} spare)",
         info.shards.len() - spare
     );
-    println!("  router:      {}", info.router_url);
+    put!("  router:      {}", info.router_url);
     if let Some(url) = &info.postgres_url {
-        println!("  postgres:    psql '{url}'");
+        put!("  postgres:    psql '{url}'");
     }
     if info.managers.is_empty() {
-        println!("  manager:     {}", info.manager_url);
+        put!("  manager:     {}", info.manager_url);
     }
     for m in &info.managers {
-        println!("  manager:     {} ({}, pid {})", m.url, m.id, m.pid);
+        put!("  manager:     {} ({}, pid {})", m.url, m.id, m.pid);
     }
     if !info.etcd_endpoints.is_empty() {
-        println!("  etcd:        {}", info.etcd_endpoints.join(","));
+        put!("  etcd:        {}", info.etcd_endpoints.join(","));
     }
-    println!("  admin token: {}", info.admin_token);
-    println!("  app token:   {} (tenant {})", info.app_token, info.tenant);
+    put!("  admin token: {}", info.admin_token);
+    put!("  app token:   {} (tenant {})", info.app_token, info.tenant);
     for s in &info.shards {
         let shard = catalog.iter().find(|c| c.id == s.id);
         let note = match (s.spare, shard.and_then(|c| c.keyspace.as_deref())) {
@@ -685,7 +719,7 @@ fn print_banner(info: &DevInfo, catalog: &[ShardInfo], dir: &Path) {
             (true, None) => " (spare)".into(),
             (true, Some(ks)) => format!(" (spare, now in keyspace {ks})"),
         };
-        println!("  {}: postgresql on 127.0.0.1:{}{note}", s.id, s.port);
+        put!("  {}: postgresql on 127.0.0.1:{}{note}", s.id, s.port);
         if s.replicas.is_empty() {
             continue;
         }
@@ -698,11 +732,12 @@ fn print_banner(info: &DevInfo, catalog: &[ShardInfo], dir: &Path) {
                     .find(|i| replicas::dsn_port(&i.dsn) == Some(port))
             });
             let (id, role) = inst.map_or(("?", "unregistered"), |i| (&i.id, &i.role));
-            println!("    {id} ({role}): 127.0.0.1:{port}");
+            put!("    {id} ({role}): 127.0.0.1:{port}");
         }
     }
-    println!("  details:     {}", dir.join("dev.json").display());
-    println!("Press Ctrl-C to stop.");
+    put!("  details:     {}", dir.join("dev.json").display());
+    put!("Press Ctrl-C to stop.");
+    b
 }
 
 #[cfg(test)]
