@@ -88,6 +88,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn long_statements_are_searched_whole() {
+        // Past the stack buffer: lower-cased on the heap, same answer.
+        let padding = format!("/* {} */", "x".repeat(600));
+        let named = format!("SELECT 1 {padding}, SET_Config('a', 'b', false)");
+        assert!(names_session_changing_function(&named));
+        let plain = format!("SELECT 1 {padding}, now()");
+        assert!(!names_session_changing_function(&plain));
+        // Just under and over the buffer's size.
+        for len in [511, 512, 513] {
+            let sql = format!("{}nextval", " ".repeat(len - 7));
+            assert_eq!(sql.len(), len);
+            assert!(names_session_changing_function(&sql), "{len}");
+        }
+    }
+
+    #[test]
     fn finds_the_functions_however_written() {
         for sql in [
             "SELECT set_config('statement_timeout', '0', false)",

@@ -475,6 +475,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_refusal_names_the_statement_upper_cased() {
+        for (sql, word) in [("set search_path = x", "SET"), ("Discard all", "DISCARD")] {
+            let e = check_statement(sql, false).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("{word} statements change session state")),
+                "{sql}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn refuses_session_and_transaction_control() {
         for sql in [
             "BEGIN",
