@@ -446,7 +446,6 @@ async fn serve(
         bootstrap(&admin, &shards, args.synchronous).await?;
         replicas::register(&admin, &mut shards).await?;
         let app_token = default_app_token(&admin, previous.as_ref()).await?;
-        wait_router_ready(&router_url, ca).await?;
         wait_router_knows(&router_url, &app_token, ca).await?;
         let feed = ManagerClient::with_ca_file(&all_managers, Some(router_token.clone()), ca)?;
         replicas::wait_serving(&feed, &shards, max_replica_lag, health_poll).await;
@@ -646,31 +645,20 @@ fn wire_tls_params(tls: bool, ca: Option<&Path>) -> String {
     }
 }
 
-/// Waits until the router has loaded the catalog.
-async fn wait_router_ready(router_url: &str, ca: Option<&Path>) -> anyhow::Result<()> {
-    let http = shardline_client::HttpClient::with_ca_file(router_url, None, ca)?;
-    for _ in 0..100 {
-        if let Ok((200, _)) = http.get_raw("/readyz").await {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("the router did not load the catalog within 5s")
-}
-
-/// Waits until the router takes the default app's token: the catalog
-/// with the app (made or replaced just now) has reached it, so the app
-/// token works from the moment dev.json and the banner show it.
+/// Waits until the router has loaded the catalog and takes the default
+/// app's token: the catalog with the app (made or replaced just now) has
+/// reached it, so the app token works from the moment dev.json and the
+/// banner show it.
 async fn wait_router_knows(router_url: &str, token: &str, ca: Option<&Path>) -> anyhow::Result<()> {
     let http = shardline_client::HttpClient::with_ca_file(router_url, Some(token.into()), ca)?;
-    for _ in 0..100 {
+    for _ in 0..200 {
         match http.get_raw("/v1/route?key=dev").await {
             // Routed, or refused for the key: the token is known.
             Ok((status, _)) if status != 401 && status != 503 => return Ok(()),
             _ => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
-    bail!("the router did not take the default app's token within 5s")
+    bail!("the router did not load the catalog with the default app within 10s")
 }
 
 /// Prints the banner in one write: log lines (on standard error) from the
