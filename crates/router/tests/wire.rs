@@ -637,3 +637,53 @@ async fn sqlalchemy_orm_through_the_router() -> anyhow::Result<()> {
     assert_eq!(v, "orm2");
     Ok(())
 }
+
+/// At shutdown the listener closes at once, sessions go on serving for
+/// the drain (1 s in this stack), and those still open when it ends are
+/// cut: a client idle on its session sees the connection close.
+#[tokio::test]
+async fn at_shutdown_sessions_drain_then_the_rest_are_cut() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let idle = stack.client().await?;
+    let busy = stack.client().await?;
+    idle.simple_query("SELECT 1").await?;
+    let in_flight = tokio::spawn(async move {
+        busy.simple_query("/* shardline.shard_key='1' */ SELECT pg_sleep(0.4)")
+            .await
+            .map(|_| ())
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopped = std::time::Instant::now();
+    stack.stop.cancel();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // New clients are refused; the sessions under way still answer.
+    assert!(
+        stack.client().await.is_err(),
+        "a new client got in after shutdown"
+    );
+    idle.simple_query("SELECT 1").await?;
+    in_flight.await??;
+    assert!(!idle.is_closed(), "cut before the drain ended");
+
+    // After the drain: cut, within a bound.
+    let mut cut = false;
+    for _ in 0..100 {
+        if idle.is_closed() || idle.simple_query("SELECT 1").await.is_err() {
+            cut = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        cut,
+        "an idle session was still open {:?} after shutdown",
+        stopped.elapsed()
+    );
+    assert!(
+        stopped.elapsed() >= Duration::from_millis(900),
+        "cut after {:?}, before the drain of 1 s",
+        stopped.elapsed()
+    );
+    Ok(())
+}
