@@ -154,6 +154,41 @@ async fn keyless_writes_and_cross_shard_transactions_are_refused() -> anyhow::Re
         0,
         "nothing committed"
     );
+    // Pinned to a's shard, a write naming no key would change that
+    // shard's rows only: refused, and the transaction failed.
+    c.batch_execute(&format!(
+        "INSERT INTO items (id, v) VALUES ({a}, 'a'), ({b}, 'b')"
+    ))
+    .await?;
+    let tx = c.transaction().await?;
+    tx.execute("UPDATE items SET v = 'a2' WHERE id = $1", &[&a])
+        .await?;
+    let err = tx
+        .batch_execute("UPDATE items SET v = 'all'")
+        .await
+        .expect_err("a keyless write in a pinned transaction");
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "0A000", "{db:?}");
+    assert!(
+        db.hint()
+            .unwrap_or_default()
+            .contains("shardline.shard_key"),
+        "{db:?}"
+    );
+    let err = tx
+        .query_one("SELECT 1::int", &[])
+        .await
+        .expect_err("statements of a failed transaction");
+    assert_eq!(err.code().map(|c| c.code()), Some("25P02"), "{err:?}");
+    tx.commit().await?;
+    for (k, v) in [(a, "a"), (b, "b")] {
+        let d = stack.direct(stack.shard_of(k)).await?;
+        let now: String = d
+            .query_one("SELECT v FROM items WHERE id = $1", &[&k])
+            .await?
+            .get(0);
+        assert_eq!(now, v, "key {k} changed");
+    }
     // The session goes on.
     let row = c.query_one("SELECT 1::int", &[]).await?;
     assert_eq!(row.get::<_, i32>(0), 1);
@@ -371,12 +406,18 @@ async fn psycopg_types_transactions_errors_and_prepared() -> anyhow::Result<()> 
 import psycopg, datetime, decimal, json
 url = {url:?}
 with psycopg.connect(url) as c:
-    # Parameters of common types, server-side prepared after a few runs.
+    # (Not in autocommit: each shard's row in a transaction of its own.)
+    c.execute("INSERT INTO items (id, v) VALUES (%s, %s)", ({a}, "py"), prepare=True)
+    c.commit()
+    c.execute("INSERT INTO items (id, v) VALUES (%s, %s)", ({b}, "py-b"), prepare=True)
+    c.commit()
+    # Parameters of common types, server-side prepared after a few runs,
+    # each value back as it went.
+    when = datetime.datetime(2026, 1, 2, tzinfo=datetime.timezone.utc)
     for i in range(8):
         row = c.execute("SELECT %s::int, %s::text, %s::numeric, %s::timestamptz, %s::jsonb, v FROM items WHERE id = %s",
-            (7, "é", decimal.Decimal("1.50"), datetime.datetime(2026, 1, 2, tzinfo=datetime.timezone.utc), json.dumps({{"a": 1}}), {a})).fetchone()
-        assert row is None or row[0] == 7
-    c.execute("INSERT INTO items (id, v) VALUES (%s, %s)", ({a}, "py"), prepare=True)
+            (7, "é", decimal.Decimal("1.50"), when, json.dumps({{"a": 1}}), {a})).fetchone()
+        assert row == (7, "é", decimal.Decimal("1.50"), when, {{"a": 1}}, "py"), row
     c.commit()
     with c.transaction():
         c.execute("UPDATE items SET v = 'py2' WHERE id = %s", ({a},))
@@ -388,17 +429,30 @@ with psycopg.connect(url) as c:
     c.rollback()
     v = c.execute("SELECT v FROM items WHERE id = %s", ({a},)).fetchone()[0]
     print("value", v)
+    # That read pinned the transaction to a's shard: a keyless read
+    # there would see that shard's rows only, so it is refused.
+    try:
+        c.execute("SELECT count(*) FROM items")
+        raise SystemExit("a keyless read in a pinned transaction answered")
+    except psycopg.errors.FeatureNotSupported as e:
+        assert e.sqlstate == "0A000", e.sqlstate
+    c.rollback()
     # A keyless aggregate, merged across the shards (extended protocol).
     n, top = c.execute("SELECT count(*), max(id) FROM items WHERE v LIKE %s", ("py%",)).fetchone()
     print("aggregate", n, top)
 "#,
         url = stack.url(TOKEN),
     );
-    let out =
-        tokio::task::spawn_blocking(move || run(Command::new("python3").args(["-c", &script])))
-            .await??;
+    let out = tokio::task::spawn_blocking(move || {
+        // `assert` statements are the checks: not optimised away.
+        run(Command::new("python3")
+            .env_remove("PYTHONOPTIMIZE")
+            .args(["-c", &script]))
+    })
+    .await??;
     assert!(out.contains("value py2"), "{out}");
-    assert!(out.contains(&format!("aggregate 1 {a}")), "{out}");
+    // Both shards' rows, merged: a router asking one shard counts 1.
+    assert!(out.contains(&format!("aggregate 2 {}", a.max(b))), "{out}");
     let d = stack.direct(stack.shard_of(a)).await?;
     let v: String = d
         .query_one("SELECT v FROM items WHERE id = $1", &[&a])
@@ -606,6 +660,28 @@ async fn malformed_openings_get_an_error_and_the_router_goes_on() -> anyhow::Res
                 String::from_utf8_lossy(&buf)
             );
         }
+    }
+    // Openings a server can read far enough to answer get PostgreSQL's
+    // answer, not a silent close: an error for an impossible length, a
+    // protocol it does not speak and parameters that do not end; `N` to
+    // an `SSLRequest` (no certificate here) before the garbage after it.
+    for (bytes, first) in [
+        (&cases[3], b'E'),
+        (&cases[4], b'E'),
+        (&cases[5], b'E'),
+        (&cases[6], b'N'),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(stack.addr).await?;
+        let _ = s.write_all(bytes).await;
+        let _ = s.shutdown().await;
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(12), s.read_to_end(&mut buf)).await??;
+        assert_eq!(
+            buf.first(),
+            Some(&first),
+            "{bytes:?} got {:?}",
+            String::from_utf8_lossy(&buf)
+        );
     }
     // A real client still gets in.
     stack.client().await?.simple_query("SELECT 1").await?;

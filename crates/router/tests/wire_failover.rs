@@ -127,11 +127,19 @@ async fn nothing_run_on_a_primary_being_replaced_is_answered_as_done() -> anyhow
     // A new write for s1 is held through the hold, then refused as
     // retryable, and never reaches the old primary.
     let c = stack.client().await?;
+    let held = std::time::Instant::now();
     let e = c
         .execute("INSERT INTO items (id, v) VALUES ($1, 'during')", &[&k3])
         .await
         .expect_err("a write during the intent is refused");
     assert_eq!(code(&e), "57P03", "{e}");
+    // Held for the stack's failover_hold (500 ms) first, not refused at
+    // once.
+    assert!(
+        held.elapsed() >= Duration::from_millis(450),
+        "refused after {:?}, before the hold ended",
+        held.elapsed()
+    );
     assert_eq!(count_on(&stack, 0, k3).await?, 0);
     // The other shard is not held, nor are logins and statement
     // descriptions (tokio-postgres prepares the statement first: a

@@ -114,13 +114,26 @@ async fn a_client_cannot_reach_or_replace_the_routers_statements() -> anyhow::Re
     let attacker = stack.client().await?;
     // Replacing it under its server name, in one query, on the same
     // pool's sessions: the session is reset before anyone else gets it.
+    // (`DEALLOCATE ALL` first: a server session that never ran the
+    // victim's statement has no such name to deallocate.) Each attempt
+    // must take effect on the attacker's own server session, or the
+    // victim's check below proves nothing.
     for _ in 0..4 {
-        let _ = attacker
-            .batch_execute(&format!(
-                "/* shardline.shard_key='{a}' */ DEALLOCATE {name}; \
-                 PREPARE {name} (bigint) AS SELECT 'poisoned'::text FROM items WHERE id = $1"
+        let answered = attacker
+            .simple_query(&format!(
+                "/* shardline.shard_key='{a}' */ DEALLOCATE ALL; \
+                 PREPARE {name} (bigint) AS SELECT 'poisoned'::text FROM items WHERE id = $1; \
+                 EXECUTE {name}({a})"
             ))
-            .await;
+            .await?;
+        let poisoned: Vec<_> = answered
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(poisoned, ["poisoned"], "the attack did not run");
     }
     for _ in 0..8 {
         let rows = victim.query(&stmt, &[&a]).await?;
@@ -163,7 +176,16 @@ async fn a_statement_cannot_outlive_the_tenants_time_limit() -> anyhow::Result<(
     )
     .await?;
     assert_eq!(code, "57014", "cancelled by the router");
-    println!("cancelled after {:?}", started.elapsed());
+    // At the long statement's own deadline: its start + the tenant's 1 s
+    // + the router's grace (1 s) + 1 s more. The quick exchange's
+    // deadline, had the timer kept it, fell 1.8 s after the start.
+    let took = started.elapsed();
+    println!("cancelled after {took:?}");
+    assert!(
+        took >= std::time::Duration::from_millis(2_500)
+            && took < std::time::Duration::from_secs(10),
+        "cancelled after {took:?}, expected about 3 s"
+    );
     assert_eq!(values(&c, "SELECT 'alive'").await?, ["alive"]);
     Ok(())
 }

@@ -102,7 +102,23 @@ async fn an_insert_of_rows_for_several_shards_is_split() -> anyhow::Result<()> {
         .await
         .expect_err("refused in a transaction");
     assert_eq!(err.as_db_error().map(|e| e.code().code()), Some("0A000"));
+    let err = c
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("statements of the failed transaction");
+    assert_eq!(
+        err.as_db_error().map(|e| e.code().code()),
+        Some("25P02"),
+        "{err:?}"
+    );
     c.batch_execute("ROLLBACK").await?;
+    for k in [a + 20_000, b + 20_000] {
+        assert_eq!(
+            count_on(&stack, stack.shard_of(k), k).await?,
+            0,
+            "{k} written"
+        );
+    }
     // Extended protocol: the rows and their parameters split too
     // (tokio-postgres prepares the statement by name, then binds).
     let k0 = keys_on(&stack, 0, 30_000, 2);
@@ -149,8 +165,11 @@ async fn an_insert_of_rows_for_several_shards_is_split() -> anyhow::Result<()> {
         .expect_err("a duplicate key fails it");
     assert_eq!(err.as_db_error().map(|e| e.code().code()), Some("23505"));
     assert_eq!(count_on(&stack, 0, k4).await?, 0, "rolled back");
-    // In a transaction: refused with a hint.
+    // In a transaction (pinned by a row of its own first): refused with
+    // a hint, and the transaction failed, so its commit keeps nothing.
     let tx = c.transaction().await?;
+    tx.execute("INSERT INTO items (id, v) VALUES ($1, 'k0')", &[&k4])
+        .await?;
     let err = tx
         .execute(
             "INSERT INTO items (id, v) VALUES ($1, 'k'), ($2, 'l')",
@@ -161,8 +180,12 @@ async fn an_insert_of_rows_for_several_shards_is_split() -> anyhow::Result<()> {
     let db = err.as_db_error().expect("a server error");
     assert_eq!(db.code().code(), "0A000");
     assert!(db.hint().is_some(), "{db:?}");
-    drop(tx);
-    assert_eq!(count_on(&stack, 0, k4).await?, 0);
+    tx.commit().await?;
+    assert_eq!(
+        count_on(&stack, 0, k4).await?,
+        0,
+        "the failed transaction committed"
+    );
     Ok(())
 }
 

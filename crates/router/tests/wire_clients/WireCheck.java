@@ -29,20 +29,6 @@ public class WireCheck {
         long b = Long.parseLong(System.getenv("KEY_B"));
         try (Connection c = DriverManager.getConnection(url, System.getenv("PGUSER"),
                 System.getenv("PGPASSWORD"))) {
-            try (PreparedStatement p = c.prepareStatement(
-                    "SELECT ?::int, ?::text, ?::numeric, ?::timestamptz, ?::boolean, v FROM items WHERE id = ?")) {
-                for (int i = 0; i < 3; i++) {
-                    p.setInt(1, 7);
-                    p.setString(2, "é");
-                    p.setBigDecimal(3, new BigDecimal("1.50"));
-                    p.setTimestamp(4, Timestamp.valueOf("2026-01-02 03:04:05"));
-                    p.setBoolean(5, true);
-                    p.setLong(6, a);
-                    try (ResultSet r = p.executeQuery()) {
-                        check(!r.next(), "no row yet");
-                    }
-                }
-            }
             c.setAutoCommit(false);
             try (PreparedStatement p = c.prepareStatement("INSERT INTO items (id, v) VALUES (?, ?)")) {
                 p.setLong(1, a);
@@ -56,6 +42,30 @@ public class WireCheck {
             }
             c.commit();
             c.setAutoCommit(true);
+            // Parameters of common types, each back as it went, on a's row.
+            Timestamp when = Timestamp.valueOf("2026-01-02 03:04:05");
+            try (PreparedStatement p = c.prepareStatement(
+                    "SELECT ?::int, ?::text, ?::numeric, ?::timestamptz, ?::boolean, v FROM items WHERE id = ?")) {
+                for (int i = 0; i < 3; i++) {
+                    p.setInt(1, 7);
+                    p.setString(2, "é");
+                    p.setBigDecimal(3, new BigDecimal("1.50"));
+                    p.setTimestamp(4, when);
+                    p.setBoolean(5, true);
+                    p.setLong(6, a);
+                    try (ResultSet r = p.executeQuery()) {
+                        check(r.next(), "a's row");
+                        check(r.getInt(1) == 7, "int " + r.getInt(1));
+                        check("é".equals(r.getString(2)), "text " + r.getString(2));
+                        check(r.getBigDecimal(3).compareTo(new BigDecimal("1.50")) == 0,
+                                "numeric " + r.getBigDecimal(3));
+                        check(when.equals(r.getTimestamp(4)), "timestamptz " + r.getTimestamp(4));
+                        check(r.getBoolean(5), "boolean");
+                        check("java2".equals(r.getString(6)), "v " + r.getString(6));
+                        check(!r.next(), "one row");
+                    }
+                }
+            }
             try (PreparedStatement p = c.prepareStatement("INSERT INTO items (id, v) VALUES (?, ?)")) {
                 p.setLong(1, b);
                 p.setString(2, "java");

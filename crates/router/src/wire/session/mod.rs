@@ -617,7 +617,10 @@ impl Session {
                 }
             }
             Ok(c) => c,
-            Err(e) => return self.refuse(e, true).await,
+            Err(e) => {
+                self.opened_by(&analysis.parts);
+                return self.refuse(e, true).await;
+            }
         };
         let mut pending = Pending {
             closed: true,
@@ -627,6 +630,7 @@ impl Session {
         self.track_sets(&analysis, &sql, &mut pending);
         let dirty = changes_session(&analysis, self.code_possible());
         if let Err(e) = self.go_to(choice, analysis.parts.iter().all(is_read)).await {
+            self.opened_by(&analysis.parts);
             return self.refuse(e, true).await;
         }
         let Some(a) = self.attached.as_mut() else {
@@ -681,6 +685,22 @@ impl Session {
             }
         }
         Some(tags)
+    }
+
+    /// A refused text that begins with `BEGIN` (`BEGIN; INSERT ...` in one
+    /// query) leaves its transaction open and failed, as PostgreSQL leaves
+    /// it when a statement after the `BEGIN` fails: the client must end it.
+    fn opened_by(&mut self, parts: &[Kind]) {
+        if self.attached.is_some() || self.pending_begin.is_some() {
+            return;
+        }
+        let begins = parts
+            .iter()
+            .take_while(|k| matches!(k, Kind::Begin | Kind::SetShardKey { .. }))
+            .any(|k| matches!(k, Kind::Begin));
+        if begins {
+            self.pending_begin = Some("BEGIN".into());
+        }
     }
 
     /// Keeps the shard keys a text sets, when it is sent on to a server

@@ -35,6 +35,7 @@ impl Session {
         let fallback = self.local_key.as_ref().or(self.session_key.as_ref());
         let mut shards: Vec<(String, ShardKeyValue)> = Vec::new();
         let mut keyless_data = false;
+        let mut keyless_sharded = false;
         for e in execs {
             let mut keys = statement_keys(e, ks.key_type);
             if keys.is_empty() {
@@ -44,6 +45,7 @@ impl Session {
             }
             if keys.is_empty() {
                 keyless_data |= !e.analysis.catalog_only;
+                keyless_sharded |= e.analysis.touches_sharded;
                 continue;
             }
             for k in keys {
@@ -85,6 +87,21 @@ impl Session {
                 shard,
                 key: Some(key),
             }),
+            // A sharded table without a key where a server session is
+            // attached (a transaction, or statements still unanswered):
+            // run there, it would see that shard's rows only.
+            (None, Some(a)) if keyless_sharded => Err(WireError::error(
+                "0A000",
+                format!(
+                    "this session's statements run on shard {} until its transaction ends; a \
+                     statement without a shard key there would see only that shard's rows",
+                    a.shard
+                ),
+            )
+            .with_hint(
+                "name the key (WHERE key = ..., /* shardline.shard_key='...' */ or SET LOCAL \
+                 shardline.shard_key), or run the statement outside the transaction",
+            )),
             (None, Some(_)) => Ok(Choice::Here),
             (None, None) if keyless_data => match execs {
                 // Also in a transaction no server has joined yet (drivers
