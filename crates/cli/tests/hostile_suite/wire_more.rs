@@ -277,7 +277,7 @@ async fn end_statements(s: &Suite, tag: &str) {
     }
 }
 
-/// One tenant holds every connection its pools allow busy on a shard,
+/// One tenant holds every connection its pool allows busy on a shard,
 /// over HTTP and over the wire at once; another tenant's requests, over
 /// both, still succeed.
 pub async fn busy_connections(s: &mut Suite, w: &mut WireRun) {
@@ -297,10 +297,16 @@ pub async fn busy_connections(s: &mut Suite, w: &mut WireRun) {
             wire::attempt(&login, &key, &Send::Execute(text)).await
         }));
     }
-    // As many as the hog gets running: its two pools' worth, or the
-    // shard's budget, whichever is less.
-    let most = (2 * TENANT_POOL).min(SHARD_BUDGET) as i64;
+    // As many as the hog gets running: its pool's worth (one pool serves
+    // both front ends), or the shard's budget, whichever is less.
+    let most = TENANT_POOL.min(SHARD_BUDGET) as i64;
     let busy = s.running(tag, most, Duration::from_secs(3)).await;
+    // Otherwise beta's requests succeeding would show nothing.
+    s.controls.check(
+        "the hog holds its pools busy on both front ends",
+        "control held",
+        (busy != most).then(|| format!("{busy} of {most} busy")),
+    );
     let mut fx = Vec::new();
     for i in 0..5 {
         if let Err(e) = rows(&s.beta, &s.key, "SELECT count(*) FROM items").await {
@@ -336,7 +342,7 @@ pub async fn busy_connections(s: &mut Suite, w: &mut WireRun) {
     }
     println!(
         "busy connections over both front ends: the hog had {busy} statements running at once \
-         ({TENANT_POOL} per front end's pool), {connections} router connections on the shard \
+         (a pool of {TENANT_POOL} for both front ends), {connections} router connections on the shard \
          (budget {SHARD_BUDGET}); hog answered {answered}, refused {} ({:?}); beta's requests \
          meanwhile: {}",
         refused.len(),
@@ -519,6 +525,16 @@ async fn direct_controls(s: &mut Suite) {
         &got,
         &s.secrets,
         &[],
+    );
+    // Held for the right reason: the re-pointed statement answered, not
+    // some failure of the steps before it.
+    let poisoned = format!("poisoned: {}", s.key);
+    let took = matches!(&got, Got::Answered { rows, .. }
+        if *rows == wire_attacks::texts(&[&[poisoned.as_str()]]));
+    s.controls.check(
+        "the re-pointed statement answered on a plain session",
+        "control held",
+        (!took).then(|| verdict::clip(&got.describe(), 200)),
     );
     direct_control(
         s,
