@@ -291,6 +291,31 @@ async fn copy_without_a_key_splits_rows_by_their_key_column() -> anyhow::Result<
     assert!(out.contains("still"), "{out}");
     assert_eq!(count_on(&stack, 0, fresh0).await?, 0, "rolled back");
     assert_eq!(count_on(&stack, 1, fresh1).await?, 0, "rolled back");
+
+    // In a transaction pinned to shard 0, a COPY without a key would put
+    // every row there, another shard's keys too: refused, and the
+    // transaction failed.
+    let pinned = keys_on(&stack, 0, 60_000, 1)[0];
+    let stray = keys_on(&stack, 1, 60_000, 1)[0];
+    let script = format!(
+        "BEGIN;\nINSERT INTO items (id, v) VALUES ({pinned}, 'pin');\n\
+         COPY items (id, v) FROM STDIN;\n{stray}\tstray\n\\.\n\
+         COMMIT;\n"
+    );
+    let (_, err) = psql(&stack, &script).await?;
+    assert!(err.contains("would see only that shard's rows"), "{err}");
+    for shard in [0, 1] {
+        assert_eq!(
+            count_on(&stack, shard, stray).await?,
+            0,
+            "{stray} on {shard}"
+        );
+    }
+    assert_eq!(
+        count_on(&stack, 0, pinned).await?,
+        0,
+        "the failed transaction committed"
+    );
     Ok(())
 }
 
