@@ -31,6 +31,7 @@ async fn migrations_apply_once_everywhere_and_to_later_shards() {
         .iter()
         .all(|s| s.outcome == MigrationOutcome::Applied));
     let again = m.apply_migration("default", &req).await.unwrap();
+    assert_eq!(again.shards.len(), 2);
     assert!(again
         .shards
         .iter()

@@ -102,6 +102,7 @@ async fn split_merge_and_move_while_writing() {
     let merged = env.map().await;
     assert_eq!(merged, before);
     let a = env.st.admin("GET", "/v1/shards/s2", None).await;
+    assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(
         a.json()["keyspace"],
         serde_json::Value::Null,

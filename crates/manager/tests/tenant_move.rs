@@ -54,15 +54,20 @@ async fn other_rows(env: &Env) -> BTreeMap<String, (i64, String)> {
     out
 }
 
-/// Waits (bounded) until the writer has done 20 more operations.
+/// Waits (bounded) until the writer has done 20 more operations; a
+/// writer that stalls fails the test.
 async fn a_few_more(ops: &AtomicU64) {
     let from = ops.load(Ordering::Relaxed);
     for _ in 0..2000 {
         if ops.load(Ordering::Relaxed) > from + 20 {
-            break;
+            return;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    panic!(
+        "the writer stalled: {} operations in 10 s",
+        ops.load(Ordering::Relaxed) - from
+    );
 }
 
 /// Counters shared with the writer.
@@ -236,12 +241,13 @@ async fn tenant_moves_to_dedicated_shards_while_writing() {
         .wait_job(&job.id, |j| j.phase >= ReshardPhase::Done)
         .await;
     assert_eq!(done.phase, ReshardPhase::Done, "{done:?}");
+    let ops_at_done = ops.load(Ordering::Relaxed);
+    assert!(ops_at_done > ops_in_copy, "writes went on during the job");
     // Some writes after the move, on the new shards.
     a_few_more(&ops).await;
     stop.cancel();
     let (model, last) = writer.await.unwrap();
     let total = ops.load(Ordering::Relaxed);
-    assert!(total > ops_in_copy, "writes went on during the job");
     println!(
         "tenant move: {} rows copied (estimated {}), cutover pause {:?} ms, {} writes, {} retries",
         done.rows_copied,
@@ -303,13 +309,13 @@ async fn tenant_moves_to_dedicated_shards_while_writing() {
         .wait_job(&back.id, |j| j.phase >= ReshardPhase::Done)
         .await;
     assert_eq!(done.phase, ReshardPhase::Done, "{done:?}");
-    a_few_more(&ops).await;
-    stop.cancel();
-    let (model, _) = writer.await.unwrap();
     assert!(
         ops.load(Ordering::Relaxed) > ops_at_start,
         "writes went on during the move back"
     );
+    a_few_more(&ops).await;
+    stop.cancel();
+    let (model, _) = writer.await.unwrap();
     println!(
         "tenant move back: {} rows copied, cutover pause {:?} ms, {} retries in all",
         done.rows_copied,

@@ -248,7 +248,8 @@ async fn raw_keyed(s: &Suite) -> Result<RawWire, Got> {
 /// Statements tagged `tag` still running 3 s after their client left.
 async fn still_running(s: &Suite, tag: &str) -> Vec<String> {
     let n = s.running(tag, 0, Duration::from_secs(3)).await;
-    if n > 0 {
+    // -1: the count could not be read, which proves nothing.
+    if n != 0 {
         vec![format!(
             "{n} backend(s) still run the statement 3 s after the answer or the client left"
         )]

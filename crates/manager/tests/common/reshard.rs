@@ -556,6 +556,19 @@ pub async fn crash_and_resume_job(
         Some(w) => Some(w.await.unwrap()),
         None => None,
     };
+    if writes {
+        // Some of the writes fell after capture began, so the resumed job
+        // must carry captured changes over the crash (not only copy rows
+        // written before it).
+        let captured: i64 = super::connect_db(&pgs["s0"], &pg_name)
+            .await
+            .query_one("SELECT count(*) FROM shardline.reshard_changes", &[])
+            .await
+            .unwrap()
+            .get(0);
+        println!("{captured} changes captured on the source before the crash");
+        assert!(captured > 0, "no write fell inside the capture window");
+    }
     let mut st = Stack::open(dir).await;
     let e = st.store.get(&key).await.unwrap().unwrap();
     let left: ReshardJob = serde_json::from_slice(&e.value).unwrap();
