@@ -322,6 +322,27 @@ async fn hang_failover(synchronous: bool) {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (before, after) = traffic_during_requests(&stack, 2_000_000, false).await;
     assert_eq!(before.0, after.0, "writes reached the old primary");
+    // Statistics can lag: the rows themselves are not there either.
+    let db = stack.pg_name("default").await;
+    let (old, conn) = tokio_postgres::connect(
+        &format!("{} dbname={db}", stack.shards[0].dsn()),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let reached: i64 = old
+        .query_one(
+            &format!("SELECT count(*) FROM \"{db}\".writes WHERE n >= 2000000"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        reached, 0,
+        "rows written through the router on the old primary"
+    );
     stack.stop().await;
 }
 
