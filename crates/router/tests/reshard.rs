@@ -321,6 +321,11 @@ async fn statements_refused_as_moved_run_again_on_the_new_owner() -> anyhow::Res
     cell.set(Routing::build(&newer, &cell.get(), &ctx));
     let (status, headers, body) = again.await??;
     assert_unavailable(status, &headers, &body);
+    // The 503 of the one retry, not of a hold that ran out while the
+    // router kept retrying.
+    for shard in ["s1", "s2"] {
+        assert_eq!(held(&served, shard, "timed_out").await?, 0, "{shard}");
+    }
     stop(served).await
 }
 
