@@ -552,6 +552,12 @@ async fn an_old_primary_that_answers_again_is_fenced_before_the_promotion() {
         .batch_execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
         .await
         .unwrap();
+    // Inside a transaction, which the fence must end (an idle superuser
+    // session it leaves; its next transaction is read-only anyway).
+    writer
+        .batch_execute("BEGIN; INSERT INTO t VALUES (2)")
+        .await
+        .unwrap();
 
     primary.pause();
     st.wait_shard("s1", LIMIT, |s| s.failover.is_some())
@@ -571,12 +577,17 @@ async fn an_old_primary_that_answers_again_is_fenced_before_the_promotion() {
         .unwrap()
         .get(0);
     assert_eq!(read_only, "on", "the old primary was fenced");
+    let e = writer
+        .batch_execute("COMMIT")
+        .await
+        .expect_err("the old session's transaction committed");
     assert!(
-        writer
-            .batch_execute("INSERT INTO t VALUES (2)")
-            .await
-            .is_err(),
-        "the old session is gone"
+        writer.is_closed() || sqlstate(&e) == Some("57P01"),
+        "the old session is gone: {e:?}"
+    );
+    assert!(
+        !ids(&r1).await.contains(&2),
+        "its row reached the new primary"
     );
     let e = admin
         .batch_execute("INSERT INTO t VALUES (3)")
