@@ -193,6 +193,7 @@ async fn dev_routes_by_postgres_hash_and_survives_restart() {
     let sql_out = cli(
         &dir,
         &[
+            "--json",
             "sql",
             "--key",
             "user:42",
@@ -201,10 +202,9 @@ async fn dev_routes_by_postgres_hash_and_survives_restart() {
             "\"user:42\"",
         ],
     );
-    assert!(
-        sql_out.contains("user:42") && sql_out.contains("42"),
-        "{sql_out}"
-    );
+    // The row itself: its key and the value written with it.
+    let answer: serde_json::Value = serde_json::from_str(&sql_out).expect("JSON from --json");
+    assert_eq!(answer["rows"], json!([["user:42", 42]]), "{sql_out}");
     let status = cli(&dir, &["status"]);
     for i in 0..4 {
         assert!(status.contains(&format!("shard-{i}")), "{status}");
