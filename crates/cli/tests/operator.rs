@@ -492,21 +492,31 @@ async fn shard_dsns_come_from_files() {
         ("SHARDLINE_MANAGER_URL", stack.manager_url.as_str()),
         ("SHARDLINE_ADMIN_TOKEN", ADMIN_TOKEN),
     ];
-    // Both the DSN and its file: refused before anything is sent.
+    // Both the DSN and its file (each good alone): refused before
+    // anything is sent.
     let out = run(
         &[
             "shard",
             "register",
             "s-file",
             "--primary",
-            "x",
+            &pg.dsn(),
             "--primary-file",
             &dsn_file,
         ],
         &env,
     )
     .await;
-    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("--primary") && err.contains("--primary-file"),
+        "{err}"
+    );
+    assert!(
+        stack.admin.get_shard("s-file").await.is_err(),
+        "registered despite the refusal"
+    );
     let out = run(
         &["shard", "register", "s-file", "--primary-file", &dsn_file],
         &env,
