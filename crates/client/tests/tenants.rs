@@ -320,8 +320,12 @@ async fn app_verbs_send_the_api_bodies() {
         rotated.app.previous_token_expires_at.as_deref(),
         Some("in 60s")
     );
-    // No grace given: the field is left out and the server picks its
-    // default.
+    // No grace given: the field is left out (not sent as null) and the
+    // server picks its default.
+    assert_eq!(
+        serde_json::to_value(RotateTokenRequest::default()).unwrap(),
+        serde_json::json!({})
+    );
     let rotated = client
         .rotate_app_token("app-1", &RotateTokenRequest::default())
         .await

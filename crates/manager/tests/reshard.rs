@@ -90,11 +90,16 @@ async fn split_merge_and_move_while_writing() {
         .unwrap();
 
     // Merge s2 back into s1.
+    let ops_at_start = writer.ops.load(Ordering::Relaxed);
     let job = env.start("merge", "s2", &["s1"]).await;
     let done = env
         .wait_job(&job.id, |j| j.phase >= ReshardPhase::Done)
         .await;
     assert_eq!(done.phase, ReshardPhase::Done, "{done:?}");
+    assert!(
+        writer.ops.load(Ordering::Relaxed) > ops_at_start,
+        "writes went on during the merge"
+    );
     println!(
         "merge: {} rows, cutover pause {:?} ms",
         done.rows_copied, done.cutover_pause_ms
@@ -111,11 +116,16 @@ async fn split_merge_and_move_while_writing() {
     );
 
     // Move all of s1 to s2.
+    let ops_at_start = writer.ops.load(Ordering::Relaxed);
     let job = env.start("move", "s1", &["s2"]).await;
     let done = env
         .wait_job(&job.id, |j| j.phase >= ReshardPhase::Done)
         .await;
     assert_eq!(done.phase, ReshardPhase::Done, "{done:?}");
+    assert!(
+        writer.ops.load(Ordering::Relaxed) > ops_at_start,
+        "writes went on during the move"
+    );
     println!(
         "move: {} rows, cutover pause {:?} ms",
         done.rows_copied, done.cutover_pause_ms

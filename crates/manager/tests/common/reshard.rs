@@ -585,7 +585,9 @@ pub async fn crash_and_resume_job(
     };
     let moving = job.moves[0].range;
     if expect == ReshardPhase::Cutover {
-        // The crash left the range frozen and the source refusing it.
+        // The crash left the range frozen. (That a frozen range's source
+        // refuses its keys is tested on its own: reshard.rs in the
+        // router's tests, "a fenced source refuses older ones".)
         assert_eq!(env.keyspace().await.frozen, [moving.to_string()]);
     }
     let done = env
