@@ -312,6 +312,23 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     let tmp = tempfile::tempdir().unwrap();
     let router_doc = format!("{}/openapi.json", stack.router_url);
     let manager_doc = format!("{}/openapi.json", stack.manager_url);
+    // Each server serves the document the code generates (which
+    // documents_match_the_code holds equal to the checked-in one).
+    for (url, generated) in [
+        (
+            &stack.router_url,
+            shardline_router::http::openapi_document(),
+        ),
+        (
+            &stack.manager_url,
+            shardline_manager::http::openapi_document(),
+        ),
+    ] {
+        let served = common::raw(url, "GET", "/openapi.json", None, b"", &[]).await;
+        assert_eq!(served.status, 200, "{url}: {}", served.text);
+        let generated: Value = serde_json::from_str(&generated).unwrap();
+        assert_eq!(served.body, generated, "{url}/openapi.json");
+    }
 
     // Runs go in this order: the manager's admin run deletes and
     // re-creates tenants and apps (schemathesis reuses ids it saw in
