@@ -60,7 +60,7 @@ pub fn db_dsn(dsn: &str, db: &str) -> String {
 /// The objects of a database outside the system schemas (temporary
 /// ones apart: a session's own temp tables are checked as session
 /// state).
-const OBJECTS: &str = "SELECT n.nspname || '.' || c.relname || ':' || c.relkind || ':' \
+const OBJECTS: &str = "SELECT n.nspname || '.' || c.relname || ':' || c.relkind::text || ':' \
      || pg_get_userbyid(c.relowner) || ':' || coalesce(c.relacl::text, '') \
      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
      WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') \
@@ -74,7 +74,7 @@ const SCHEMAS: &str = "SELECT nspname || ':' || pg_get_userbyid(nspowner) || ':'
      || coalesce(nspacl::text, '') FROM pg_namespace \
      WHERE nspname NOT LIKE 'pg_temp%' AND nspname NOT LIKE 'pg_toast_temp%' ORDER BY 1";
 
-const TRIGGERS: &str = "SELECT tgrelid::regclass::text || ':' || tgname || ':' || tgenabled \
+const TRIGGERS: &str = "SELECT tgrelid::regclass::text || ':' || tgname || ':' || tgenabled::text \
      FROM pg_trigger WHERE NOT tgisinternal \
      UNION ALL SELECT 'event ' || evtname FROM pg_event_trigger ORDER BY 1";
 
@@ -257,7 +257,11 @@ async fn rows_text(client: &Client, sql: &str) -> String {
             .map(|r| r.get::<_, Option<String>>(0).unwrap_or_default())
             .collect::<Vec<_>>()
             .join(";"),
-        Err(e) => format!("probe failed: {e}"),
+        Err(e) => format!(
+            "probe failed: {}",
+            e.as_db_error()
+                .map_or_else(|| e.to_string(), |d| d.message().to_string())
+        ),
     }
 }
 

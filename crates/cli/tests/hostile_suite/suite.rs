@@ -536,6 +536,16 @@ pub async fn set_up() -> Suite {
         beta: beta_pg,
     };
     let before = probes.fingerprint().await;
+    // A probe that fails already reads the same before and after every
+    // attack, and would hide what it watches.
+    let failing: Vec<(&String, &String)> = before
+        .iter()
+        .filter(|(_, v)| v.starts_with("probe failed"))
+        .collect();
+    assert!(
+        failing.is_empty(),
+        "probes failing before any attack: {failing:?}"
+    );
 
     let mut suite = Suite {
         stack,
