@@ -28,12 +28,12 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::endpoints::Endpoints;
+use crate::explain::Service;
 
 /// mimalloc, not glibc's: less CPU per router request (architecture.md,
 /// "The router").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use crate::explain::Service;
 
 /// shardline: a sharding service for PostgreSQL.
 #[derive(Debug, Parser)]
