@@ -60,6 +60,8 @@ pub trait Job: Sync {
 pub struct Statement<'a> {
     pub sql: &'a str,
     pub params: &'a [Value],
+    /// It only reads ([`crate::classify::is_read`]).
+    pub read: bool,
     /// The request's id, which names the session it runs on.
     pub request_id: Option<&'a str>,
 }
@@ -76,6 +78,7 @@ impl Job for Statement<'_> {
             conn,
             self.sql,
             self.params,
+            self.read,
             &ResultLimits::DEFAULT,
             reset,
             self.request_id,

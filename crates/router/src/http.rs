@@ -409,6 +409,7 @@ async fn execute(
         let job = dispatch::Statement {
             sql: &req.sql,
             params: &req.params,
+            read: scan.read,
             request_id: named.then_some(id.as_str()),
         };
         let to = Keyed {

@@ -175,6 +175,7 @@ async fn columns_values_and_counts() -> anyhow::Result<()> {
         &mut conn,
         "SELECT generate_series(1, 1000)",
         &[],
+        true,
         &limits,
         true,
         None,

@@ -69,26 +69,39 @@ pub async fn execute(
     sql: &str,
     params: &[Value],
 ) -> Result<StatementResult, RouterError> {
-    execute_with(conn, sql, params, &ResultLimits::default(), true, None).await
+    let read = crate::classify::is_read(sql);
+    execute_with(
+        conn,
+        sql,
+        params,
+        read,
+        &ResultLimits::default(),
+        true,
+        None,
+    )
+    .await
 }
 
 /// Runs one statement (refusing session-changing ones, see the module
-/// docs) and returns its rows; with `reset`, the session is reset after
+/// docs) and returns its rows; `read` is [`crate::classify::is_read`] of
+/// `sql` (the caller has read the text already); with `reset`, the
+/// session is reset after
 /// it (see [`PooledConn::reset_future`]); with `name` (a request id), the
 /// session is named after it first (see [`PooledConn::put_naming`]).
 pub async fn execute_with(
     conn: &mut PooledConn,
     sql: &str,
     params: &[Value],
+    read: bool,
     limits: &ResultLimits,
     reset: bool,
     name: Option<&str>,
 ) -> Result<StatementResult, RouterError> {
     check_statement(sql, false)?;
     conn.set_busy(true);
-    let mut result = run(conn, sql, params, limits, reset, name).await;
+    let mut result = run(conn, sql, params, read, limits, reset, name).await;
     if result.as_ref().is_err_and(RouterError::is_stale_statement) && !conn.is_broken() {
-        result = run(conn, sql, params, limits, reset, name).await;
+        result = run(conn, sql, params, read, limits, reset, name).await;
     }
     conn.set_busy(false);
     result
@@ -144,7 +157,8 @@ pub async fn transaction_with(
     let mut results = Vec::with_capacity(statements.len());
     for (i, (sql, params)) in statements.iter().enumerate() {
         let name = if i == 0 { name } else { None };
-        match run(conn, sql, params, limits, false, name).await {
+        let read = crate::classify::is_read(sql);
+        match run(conn, sql, params, read, limits, false, name).await {
             Ok(r) => results.push(r),
             Err(e) => {
                 rollback(conn, reset).await;
@@ -251,6 +265,7 @@ async fn run(
     conn: &mut PooledConn,
     sql: &str,
     params: &[Value],
+    read: bool,
     limits: &ResultLimits,
     reset: bool,
     name: Option<&str>,
@@ -267,7 +282,6 @@ async fn run(
     if let Err(e) = prepare_own(conn, reset, name.is_some()).await {
         return Err(fail(conn, "", &e));
     }
-    let read = crate::classify::is_read(sql);
     let mut out = BytesMut::new();
     conn.put_closes(&mut out);
     if let Some(name) = name {
