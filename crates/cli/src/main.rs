@@ -168,6 +168,12 @@ struct RouterArgs {
     /// (application_name; costs PostgreSQL a statement per request)
     #[arg(long)]
     name_sessions: bool,
+    /// Serve client connections (PostgreSQL and HTTP) on N threads of
+    /// their own, each with its own event loop and pools (docs/architecture.md, "Lanes") [default:
+    /// the file's `lanes`, else 0: on the shared worker threads]
+    #[arg(long, value_name = "N", env = "SHARDLINE_LANES",
+          value_parser = clap::value_parser!(u16).range(0..=1024))]
+    lanes: Option<u16>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -248,6 +254,9 @@ fn router_config(args: RouterArgs) -> anyhow::Result<shardline_router::RouterCon
     }
     if args.name_sessions {
         cfg.name_sessions = true;
+    }
+    if let Some(n) = args.lanes {
+        cfg.lanes = n;
     }
     Ok(cfg)
 }

@@ -662,6 +662,31 @@ async fn worker_threads_follow_the_flag_and_the_environment() {
     let default = router(&[], &[], "default.log");
     assert_eq!(workers(&default), cpus);
 
+    // Lanes: threads of their own, `lane-N`, started when the router
+    // serves (after the workers), by flag or environment.
+    let lanes = |p: &Proc, want: usize| {
+        let pid = p.0.id();
+        let count = || {
+            (0..8)
+                .map(|i| threads_named(pid, &format!("lane-{i}")))
+                .sum::<usize>()
+        };
+        for _ in 0..100 {
+            if count() >= want {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        count()
+    };
+    let two = router(&["--lanes", "2"], &[], "lanes.log");
+    assert_eq!(lanes(&two, 2), 2);
+    let lane = router(&[], &[("SHARDLINE_LANES", "1")], "lane.log");
+    assert_eq!(lanes(&lane, 1), 1);
+    // Control: none unless asked for (the routers above did start them).
+    assert_eq!(lanes(&default, 1), 0);
+
     let out = run(&["router", "--worker-threads", "0"], &[]).await;
     assert!(!out.status.success());
     assert!(

@@ -7,8 +7,9 @@
 //! - [`error`]: [`ErrorResponse`], an [`ApiError`](shardline_api::ApiError)
 //!   as an HTTP answer.
 //! - [`extract`]: [`JsonBody`], [`QueryParams`], [`bearer_token`].
-//! - [`serve`]: [`serve()`](serve::serve), [`serve_tls`] and
-//!   [`with_fallbacks`].
+//! - [`serve`]: [`serve()`](serve::serve), [`serve_tls`],
+//!   [`serve_spread`] (connections served on threads of the caller's
+//!   choice) and [`with_fallbacks`].
 //! - [`tls`]: [`TlsListener`](tls::TlsListener), HTTPS connections with
 //!   their handshake done.
 //! - [`request_id`]: [`RequestId`], [`with_request_ids`] and [`Api`], a
@@ -25,5 +26,5 @@ pub mod tls;
 pub use error::ErrorResponse;
 pub use extract::{bearer_token, JsonBody, PathParam, QueryParams, TokenCheck};
 pub use request_id::{with_request_ids, Api, RequestId};
-pub use serve::{serve, serve_tls, with_fallbacks, App};
+pub use serve::{serve, serve_spread, serve_tls, with_fallbacks, App, Job, Spread};
 pub use shardline_tls::ServerTls;

@@ -2,7 +2,10 @@
 //! graceful drain.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Request;
@@ -12,7 +15,9 @@ use axum::{Router, ServiceExt};
 use shardline_api::ErrorCode;
 use shardline_tls::ServerTls;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
 use crate::error::ErrorResponse;
@@ -109,5 +114,129 @@ where
             task.abort();
             Ok(())
         }
+    }
+}
+
+/// A connection's work, made on the thread that runs it (so its socket
+/// is registered with that thread's event loop).
+pub type Job = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// Threads that run connections' [`Job`]s (the router's lanes).
+pub trait Spread: Send + Sync + 'static {
+    /// Runs `job` on one of them; `false` if they stopped.
+    fn run(&self, job: Job) -> bool;
+}
+
+/// [`serve`] (or over HTTPS with `tls`), each connection handed to
+/// `spread` to be served, its TLS handshake included, on the thread
+/// that runs it. At shutdown the listener closes, each connection is
+/// told to finish its request under way, and those still open after
+/// `drain` are cut.
+pub async fn serve_spread(
+    listener: TcpListener,
+    tls: Option<ServerTls>,
+    app: impl App,
+    shutdown: CancellationToken,
+    drain: Duration,
+    spread: Arc<dyn Spread>,
+) -> std::io::Result<()> {
+    let tracker = TaskTracker::new();
+    let handshakes = Arc::new(Semaphore::new(crate::tls::MAX_HANDSHAKES));
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause rather
+                    // than spin.
+                    tracing::warn!(error = %e, "accept HTTP connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        // Off this runtime's poller; registered again where it runs.
+        let tcp = match tcp.into_std() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, %peer, "hand an HTTP connection over");
+                continue;
+            }
+        };
+        let handshake = match &tls {
+            None => None,
+            Some(t) => {
+                let Ok(permit) = Arc::clone(&handshakes).acquire_owned().await else {
+                    break;
+                };
+                Some((t.acceptor(), permit))
+            }
+        };
+        let counted = tracker.token();
+        let (app, stop) = (app.clone(), shutdown.clone());
+        let handed = spread.run(Box::new(move || {
+            Box::pin(async move {
+                let _counted = counted;
+                let tcp = match tokio::net::TcpStream::from_std(tcp) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!(error = %e, %peer, "register an HTTP connection");
+                        return;
+                    }
+                };
+                let Some((acceptor, permit)) = handshake else {
+                    return connection(tcp, app, stop, drain).await;
+                };
+                let done =
+                    tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                drop(permit);
+                match done {
+                    Ok(Ok(stream)) => connection(stream, app, stop, drain).await,
+                    // A client that does not trust the certificate, or
+                    // does not speak TLS: its own business, so debug.
+                    Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            })
+        }));
+        if !handed {
+            tracing::warn!(%peer, "the serving threads stopped: HTTP connection closed");
+        }
+    }
+    drop(listener);
+    tracker.close();
+    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+        tracing::warn!(?drain, "in-flight requests did not finish in time; closing");
+    }
+    Ok(())
+}
+
+/// Serves HTTP/1 on one connection until the client closes it; at
+/// `stop`, finishes the request under way and closes, cut after `drain`.
+async fn connection<S>(stream: S, app: impl App, stop: CancellationToken, drain: Duration)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let mut app = app.clone();
+        async move { app.call(req.map(axum::body::Body::new)).await }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "HTTP connection ended");
+            }
+            return;
+        }
+        () = stop.cancelled() => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    if tokio::time::timeout(drain, conn).await.is_err() {
+        tracing::debug!("HTTP connection cut at shutdown");
     }
 }

@@ -135,6 +135,14 @@ pub struct RouterConfig {
     /// second statement per request (docs/benchmarks.md).
     #[serde(default)]
     pub name_sessions: bool,
+    /// Threads of their own for client connections (wire sessions and
+    /// HTTP connections), each with its own event loop and pools
+    /// (docs/architecture.md, "Lanes"); a connection stays on the lane it
+    /// was dealt to, and a tenant's pool size is shared out among the
+    /// lanes. Default 0: connections are served on the shared worker
+    /// threads with everything else.
+    #[serde(default)]
+    pub lanes: u16,
 }
 
 fn default_true() -> bool {
@@ -215,6 +223,7 @@ impl RouterConfig {
             failover_hold: default_failover_hold(),
             session_reset: true,
             name_sessions: false,
+            lanes: 0,
         }
     }
 

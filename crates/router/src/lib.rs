@@ -37,6 +37,8 @@
 //!   reading of PostgreSQL's errors.
 //! - [`metrics`]: Prometheus metrics, with bounded tenant/app labels.
 //! - [`wire`]: the PostgreSQL wire protocol front end.
+//! - [`lanes`]: threads with event loops and pools of their own, for
+//!   client connections of both front ends (optional).
 
 pub mod auth;
 pub mod classify;
@@ -46,6 +48,7 @@ pub mod error;
 pub mod follow;
 pub mod health;
 pub mod http;
+pub mod lanes;
 pub mod metrics;
 pub mod pg;
 pub mod pools;
@@ -205,12 +208,17 @@ impl BoundRouter {
             Some(_) => "offered",
         };
         let (pg_tls, shared_ctx) = (self.pg_tls, Arc::clone(&ctx));
+        let lanes = match cfg.lanes {
+            0 => None,
+            n => Some(Arc::new(lanes::Lanes::start(n).context("start the lanes")?)),
+        };
         let wire_task = self.pg_listener.map(|l| {
             let shared = wire::WireShared::with_tls(Arc::clone(&routing), shared_ctx, pg_tls);
             if let Ok(a) = l.local_addr() {
-                tracing::info!(addr = %a, tls, "router listening for PostgreSQL clients");
+                tracing::info!(addr = %a, tls, lanes = cfg.lanes, "router listening for PostgreSQL clients");
             }
-            tokio::spawn(wire::serve(l, shared, shutdown.clone(), DRAIN))
+            let lanes = lanes.clone();
+            tokio::spawn(wire::serve(l, shared, shutdown.clone(), DRAIN, lanes))
         });
         let state = Arc::new(http::RouterState {
             routing,
@@ -219,11 +227,25 @@ impl BoundRouter {
             name_sessions: cfg.name_sessions,
         });
         let app = http::router(state, cfg.body_limit);
-        let served = match self.tls {
-            Some(tls) => {
+        let served = match (self.tls, &lanes) {
+            (tls, Some(lanes)) => {
+                let spread: Arc<dyn shardline_http::Spread> = lanes.clone();
+                shardline_http::serve_spread(
+                    self.listener,
+                    tls,
+                    app,
+                    shutdown.clone(),
+                    DRAIN,
+                    spread,
+                )
+                .await
+            }
+            (Some(tls), None) => {
                 shardline_http::serve_tls(self.listener, tls, app, shutdown.clone(), DRAIN).await
             }
-            None => shardline_http::serve(self.listener, app, shutdown.clone(), DRAIN).await,
+            (None, None) => {
+                shardline_http::serve(self.listener, app, shutdown.clone(), DRAIN).await
+            }
         };
         if let Some(t) = wire_task {
             match t.await {
@@ -231,6 +253,10 @@ impl BoundRouter {
                 Err(e) => tracing::warn!(error = %e, "PostgreSQL listener task"),
                 Ok(Ok(())) => {}
             }
+        }
+        if let Some(lanes) = lanes {
+            // Their connections drained above; joining the threads blocks.
+            let _ = tokio::task::spawn_blocking(move || lanes.stop()).await;
         }
         tasks.cancel();
         tracker.wait().await;

@@ -15,7 +15,8 @@
 //! A tenant has one pool of server sessions per instance, shared by both
 //! front ends (HTTP requests and wire transactions borrow the same
 //! sessions); it counts against a child budget of the tenant's pool size
-//! under the instance's.
+//! under the instance's. With [lanes](crate::lanes) it has one such pool
+//! per lane, each of its share of the size, under the same budget.
 //! Replica connections run every statement read-only
 //! (`default_transaction_read_only`), so nothing sent to a replica can
 //! write even if the replica was promoted meanwhile.
@@ -75,6 +76,9 @@ pub struct PoolSettings {
     pub tenant_pool_size: usize,
     /// Connections of all tenant pools of one instance together.
     pub shard_max_connections: usize,
+    /// Lanes the wire sessions run on (0: none); each has pools of its
+    /// own, a share of the tenant's size each (see [`crate::lanes`]).
+    pub lanes: u16,
 }
 
 impl PoolSettings {
@@ -111,7 +115,9 @@ pub struct InstanceTarget {
     /// Each tenant's budget here (a child of `budget`, sized as its
     /// pools), shared by its two pools; by tenant id.
     tenant_budgets: Mutex<HashMap<String, Arc<ConnBudget>>>,
-    pools: RwLock<HashMap<String, TenantPool>>,
+    /// Tenant pools by tenant id: the first map for threads outside any
+    /// lane, then one per lane.
+    pools: Box<[RwLock<HashMap<String, TenantPool>>]>,
     closed: AtomicBool,
     /// Cancelled when a failover of its shard begins while it is the
     /// primary: statements running on it are cancelled and answered as
@@ -220,7 +226,9 @@ impl InstanceTarget {
             settings: settings.clone(),
             budget: ConnBudget::new(settings.shard_max_connections),
             tenant_budgets: Mutex::new(HashMap::new()),
-            pools: RwLock::new(HashMap::new()),
+            pools: (0..=settings.lanes)
+                .map(|_| RwLock::new(HashMap::new()))
+                .collect(),
             closed: AtomicBool::new(false),
             fenced: tokio_util::sync::CancellationToken::new(),
         })
@@ -257,13 +265,23 @@ impl InstanceTarget {
         self.role == role && self.id == inst.id && self.dsn == inst.dsn
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, TenantPool>> {
-        // Inserts and removes only: consistent under a panic.
-        self.pools.read().unwrap_or_else(PoisonError::into_inner)
+    /// The calling thread's pools: its lane's, else the first map.
+    fn slot(&self) -> &RwLock<HashMap<String, TenantPool>> {
+        let i = crate::lanes::current().map_or(0, |l| usize::from(l) + 1);
+        self.pools.get(i).unwrap_or(&self.pools[0])
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, TenantPool>> {
-        self.pools.write().unwrap_or_else(PoisonError::into_inner)
+    fn read(
+        slot: &RwLock<HashMap<String, TenantPool>>,
+    ) -> std::sync::RwLockReadGuard<'_, HashMap<String, TenantPool>> {
+        // Inserts and removes only: consistent under a panic.
+        slot.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(
+        slot: &RwLock<HashMap<String, TenantPool>>,
+    ) -> std::sync::RwLockWriteGuard<'_, HashMap<String, TenantPool>> {
+        slot.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The connection budget shared by its tenant pools.
@@ -300,24 +318,34 @@ impl InstanceTarget {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// `tenant`'s pool on this instance, made on first use.
+    /// `tenant`'s pool on this instance for the calling thread's lane
+    /// (see [`crate::lanes`]), made on first use.
     pub fn pool_for(&self, tenant: &TenantAuth) -> Pool {
         let size = self.settings.pool_size(tenant);
         let fits = |e: &TenantPool| e.made.fits(tenant, size);
-        if let Some(e) = self.read().get(&tenant.id) {
+        let slot = self.slot();
+        if let Some(e) = Self::read(slot).get(&tenant.id) {
             if fits(e) {
                 return e.pool.clone();
             }
         }
-        let mut pools = self.write();
+        let mut pools = Self::write(slot);
         if let Some(e) = pools.get(&tenant.id) {
             if fits(e) {
                 return e.pool.clone();
             }
         }
         let pg = self.tenant_login(tenant);
+        // A lane's pool holds its share of the tenant's size; the
+        // tenant's budget still bounds all of its pools together.
+        let lanes = usize::from(self.settings.lanes);
+        let share = if crate::lanes::current().is_some() && lanes > 1 {
+            size.div_ceil(lanes)
+        } else {
+            size
+        };
         let cfg = PoolConfig {
-            max_size: size,
+            max_size: share,
             claim_key: Some(claim_key(&tenant.role_password)),
             ..self.settings.base.clone()
         };
@@ -369,15 +397,15 @@ impl InstanceTarget {
     /// Closes the pools of tenants that left the catalog, are being
     /// deleted, or whose password or pool size changed.
     pub fn sync_tenants(&self, tenants: &HashMap<String, Arc<TenantAuth>>) {
-        let mut pools = self.write();
-        pools.retain(|id, e| {
-            let keep = e.made.stays(id, tenants, &self.settings);
-            if !keep {
-                e.pool.close();
-            }
-            keep
-        });
-        drop(pools);
+        for slot in &self.pools {
+            Self::write(slot).retain(|id, e| {
+                let keep = e.made.stays(id, tenants, &self.settings);
+                if !keep {
+                    e.pool.close();
+                }
+                keep
+            });
+        }
         self.tenant_budgets().retain(|id, b| {
             tenants.get(id).is_some_and(|t| {
                 t.status == TenantStatus::Active && self.settings.pool_size(t) == b.max()
@@ -389,12 +417,26 @@ impl InstanceTarget {
     /// that have had no connection for `idle_timeout` (at most
     /// [`REAP_BATCH`] per instance); returns how many pools it closed.
     pub fn reap(&self, idle_timeout: Duration, now: Instant) -> usize {
+        let mut closed = 0;
+        for slot in &self.pools {
+            closed += Self::reap_slot(slot, idle_timeout, now, REAP_BATCH - closed);
+        }
+        closed
+    }
+
+    /// [`reap`](Self::reap) of one lane's pools, closing at most `limit`.
+    fn reap_slot(
+        slot: &RwLock<HashMap<String, TenantPool>>,
+        idle_timeout: Duration,
+        now: Instant,
+        limit: usize,
+    ) -> usize {
         let empty = |p: &Pool| {
             let s = p.stats();
             s.size == 0 && s.in_use == 0 && s.waiting == 0
         };
         let mut doomed = Vec::new();
-        for (id, e) in self.read().iter() {
+        for (id, e) in Self::read(slot).iter() {
             e.pool.reap_idle();
             let mut since = e.empty_since.lock().unwrap_or_else(PoisonError::into_inner);
             if !empty(&e.pool) {
@@ -404,7 +446,7 @@ impl InstanceTarget {
             match *since {
                 None => *since = Some(now),
                 Some(t) if now.saturating_duration_since(t) >= idle_timeout => {
-                    if doomed.len() < REAP_BATCH {
+                    if doomed.len() < limit {
                         doomed.push(id.clone());
                     }
                 }
@@ -414,7 +456,7 @@ impl InstanceTarget {
         if doomed.is_empty() {
             return 0;
         }
-        let mut pools = self.write();
+        let mut pools = Self::write(slot);
         let mut closed = 0;
         for id in doomed {
             // Checked again under the write lock: a request may have
@@ -434,33 +476,41 @@ impl InstanceTarget {
     /// when returned).
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        for e in self.write().drain() {
-            e.1.pool.close();
+        for slot in &self.pools {
+            for e in Self::write(slot).drain() {
+                e.1.pool.close();
+            }
         }
     }
 
-    /// The tenant pools' numbers, summed.
+    /// The tenant pools' numbers, summed (a tenant has a pool per lane
+    /// it was used on).
     pub fn stats(&self) -> ShardPoolStats {
-        let pools = self.read();
-        let mut out = ShardPoolStats {
-            pools: pools.len(),
-            ..ShardPoolStats::default()
-        };
-        for e in pools.values() {
-            let PoolStats {
-                size, idle, in_use, ..
-            } = e.pool.stats();
-            out.open += size;
-            out.idle += idle;
-            out.in_use += in_use;
+        let mut out = ShardPoolStats::default();
+        for slot in &self.pools {
+            let pools = Self::read(slot);
+            out.pools += pools.len();
+            for e in pools.values() {
+                let PoolStats {
+                    size, idle, in_use, ..
+                } = e.pool.stats();
+                out.open += size;
+                out.idle += idle;
+                out.in_use += in_use;
+            }
         }
         out
     }
 
     /// Tenants with a pool here now.
     pub fn tenants_with_pools(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self.read().keys().cloned().collect();
+        let mut ids: Vec<String> = self
+            .pools
+            .iter()
+            .flat_map(|slot| Self::read(slot).keys().cloned().collect::<Vec<_>>())
+            .collect();
         ids.sort();
+        ids.dedup();
         ids
     }
 }

@@ -177,6 +177,7 @@ impl RouterContext {
                 },
                 tenant_pool_size: cfg.tenant_pool_size,
                 shard_max_connections: cfg.shard_max_connections,
+                lanes: cfg.lanes,
             },
             quotas: Quotas::new(),
             metrics: RouterMetrics::new(cfg.metrics_max_tenant_apps),

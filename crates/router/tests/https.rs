@@ -32,6 +32,17 @@ impl Drop for Servers {
 /// A manager and a router serving HTTPS with `cert`/`key`, the router
 /// trusting `ca` for the manager.
 async fn start(dir: &Path, cert: &Path, key: &Path, ca: &Path) -> anyhow::Result<Servers> {
+    start_with_lanes(dir, cert, key, ca, 0).await
+}
+
+/// [`start`], the router serving its connections on `lanes` lanes.
+async fn start_with_lanes(
+    dir: &Path,
+    cert: &Path,
+    key: &Path,
+    ca: &Path,
+    lanes: u16,
+) -> anyhow::Result<Servers> {
     let stop = CancellationToken::new();
     let mut mcfg = shardline_manager::ManagerConfig::new(dir.join("catalog.json"), ADMIN, ROUTER);
     mcfg.listen = "127.0.0.1:0".parse()?;
@@ -45,6 +56,7 @@ async fn start(dir: &Path, cert: &Path, key: &Path, ca: &Path) -> anyhow::Result
     rcfg.tls_cert = Some(cert.to_path_buf());
     rcfg.tls_key = Some(key.to_path_buf());
     rcfg.manager_ca_file = Some(ca.to_path_buf());
+    rcfg.lanes = lanes;
     let router = shardline_router::bind(rcfg).await?;
     let raddr = router.local_addr();
     tokio::spawn(router.run(stop.clone()));
@@ -92,9 +104,27 @@ async fn router_ready(addr: SocketAddr, ca: &Path) -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn manager_and_router_answer_https_verified_by_the_client() -> anyhow::Result<()> {
+    answer_https_verified_by_the_client(0).await
+}
+
+/// The same with the router's connections on lanes: the handshake and
+/// the requests run on a lane's thread.
+#[tokio::test]
+async fn a_router_on_lanes_answers_https_verified_by_the_client() -> anyhow::Result<()> {
+    answer_https_verified_by_the_client(2).await
+}
+
+async fn answer_https_verified_by_the_client(lanes: u16) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let files = TlsFiles::make(dir.path())?;
-    let s = start(dir.path(), &files.server_cert, &files.server_key, &files.ca).await?;
+    let s = start_with_lanes(
+        dir.path(),
+        &files.server_cert,
+        &files.server_key,
+        &files.ca,
+        lanes,
+    )
+    .await?;
     router_ready(s.router, &files.ca).await?;
     assert_eq!(get(s.manager, "/healthz", &files.ca).await?, 200);
     // The manager's typed client, with its admin token, over HTTPS.

@@ -324,6 +324,36 @@ async fn psql_meta_commands_and_keyed_queries() -> anyhow::Result<()> {
 #[tokio::test]
 async fn pgbench_select_only_in_every_protocol_mode() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
+    pgbench_in_every_mode(&stack).await?;
+    // Control for the lanes' test below: without lanes each shard has
+    // one pool for the tenant.
+    assert_eq!(pools_per_shard(&stack), vec![1, 1]);
+    Ok(())
+}
+
+/// The same pgbench runs with wire sessions on two lanes: each lane's
+/// sessions borrow from the lane's own pools, so each shard holds one
+/// pool of the tenant per lane.
+#[tokio::test]
+async fn pgbench_in_every_protocol_mode_on_two_lanes() -> anyhow::Result<()> {
+    let stack = Stack::start_with(|c| c.lanes = 2).await?;
+    pgbench_in_every_mode(&stack).await?;
+    assert_eq!(pools_per_shard(&stack), vec![2, 2]);
+    Ok(())
+}
+
+/// The tenant's pools on each shard's primary, s1 then s2.
+fn pools_per_shard(stack: &Stack) -> Vec<usize> {
+    let r = stack.routing.get();
+    ["s1", "s2"]
+        .iter()
+        .map(|s| r.shards[*s].primary.stats().pools)
+        .collect()
+}
+
+/// pgbench `-S` and a keyed read-write script in each protocol mode,
+/// 4 clients; every update found its row on the shard it was sent to.
+async fn pgbench_in_every_mode(stack: &Stack) -> anyhow::Result<()> {
     // Accounts 1..=1000 on the shard each belongs to.
     for i in 0..2 {
         let d = stack.direct(i).await?;
@@ -721,7 +751,17 @@ async fn sqlalchemy_orm_through_the_router() -> anyhow::Result<()> {
 /// cut: a client idle on its session sees the connection close.
 #[tokio::test]
 async fn at_shutdown_sessions_drain_then_the_rest_are_cut() -> anyhow::Result<()> {
-    let stack = Stack::start().await?;
+    drain_then_cut(Stack::start().await?).await
+}
+
+/// The same with the sessions on lanes: the drain waits for sessions
+/// on other threads too, and cuts them there.
+#[tokio::test]
+async fn at_shutdown_sessions_on_lanes_drain_then_the_rest_are_cut() -> anyhow::Result<()> {
+    drain_then_cut(Stack::start_with(|c| c.lanes = 2).await?).await
+}
+
+async fn drain_then_cut(stack: Stack) -> anyhow::Result<()> {
     let idle = stack.client().await?;
     let busy = stack.client().await?;
     idle.simple_query("SELECT 1").await?;
@@ -763,5 +803,46 @@ async fn at_shutdown_sessions_drain_then_the_rest_are_cut() -> anyhow::Result<()
         "cut after {:?}, before the drain of 1 s",
         stopped.elapsed()
     );
+    Ok(())
+}
+
+/// A lane's pools hold its share of the tenant's pool size (2 over 2
+/// lanes: 1 each). A session waits for its own lane's connection while
+/// the other lane's is free: the price of lanes, documented in
+/// docs/architecture.md ("Lanes"); the other lane serves at once.
+#[tokio::test]
+async fn a_lane_borrows_only_from_its_own_share_of_the_pool() -> anyhow::Result<()> {
+    let stack = Stack::start_with(|c| {
+        c.lanes = 2;
+        c.tenant_pool_size = 2;
+        c.acquire_timeout = Duration::from_millis(300);
+    })
+    .await?;
+    let (a, _) = keys_on_both(&stack);
+    // Dealt in turn as accepted: lanes 0, 1, 0.
+    let holder = stack.client().await?;
+    let other_lane = stack.client().await?;
+    let same_lane = stack.client().await?;
+    let select = format!("SELECT count(*) FROM items WHERE id = {a}");
+    holder.batch_execute("BEGIN").await?;
+    holder.simple_query(&select).await?;
+
+    // Lane 1's share is free.
+    other_lane.simple_query(&select).await?;
+    // Lane 0's one connection is in the holder's transaction.
+    let err = same_lane
+        .simple_query(&select)
+        .await
+        .expect_err("lane 0 had a second connection");
+    // Its own pool's bound (the tenant's has room for one more): the
+    // retryable "unavailable" a busy pool answers on the wire.
+    assert_eq!(
+        err.code().map(|c| c.code()),
+        Some("57P03"),
+        "not a wait for its pool: {err:?}"
+    );
+    holder.batch_execute("COMMIT").await?;
+    same_lane.simple_query(&select).await?;
+    assert_eq!(pools_per_shard(&stack)[stack.shard_of(a)], 2);
     Ok(())
 }

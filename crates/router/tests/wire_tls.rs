@@ -53,6 +53,7 @@ impl Listener {
             shared,
             stop.clone(),
             std::time::Duration::from_secs(1),
+            None,
         ));
         Ok(Listener { addr, stop })
     }

@@ -112,6 +112,12 @@ pub struct DevArgs {
     /// (application_name; costs PostgreSQL a statement per request)
     #[arg(long)]
     pub name_sessions: bool,
+    /// Serve client connections (PostgreSQL and HTTP) on N threads of
+    /// their own, each with its own event loop and pools (docs/architecture.md, "Lanes") [default: 0,
+    /// on the shared worker threads]
+    #[arg(long, value_name = "N", default_value_t = 0, env = "SHARDLINE_LANES",
+          value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub lanes: u16,
     /// Run N manager processes on an etcd cluster of three members (data
     /// under the data dir) instead of one manager on a catalog file; one
     /// leads by election. Chosen on first start: a data dir keeps it
@@ -426,6 +432,7 @@ async fn serve(
     let wire_tls = rcfg.pg_tls_cert.is_some();
     rcfg.id = Some("dev-router".into());
     rcfg.name_sessions = args.name_sessions;
+    rcfg.lanes = args.lanes;
     rcfg.catalog_cache = Some(dir.join("router-catalog.json"));
     let (max_replica_lag, health_poll) = (rcfg.max_replica_lag, rcfg.health_poll);
     let router = shardline_router::bind(rcfg).await?;

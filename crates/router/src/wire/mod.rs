@@ -37,6 +37,7 @@ use self::codec::{ClientIo, Opening, WireError};
 use self::session::{Session, SessionEnd};
 use self::startup::LoginError;
 use self::tls::WireTls;
+use crate::lanes::Lanes;
 use crate::pg::server::{send_cancel, CancelKey};
 use crate::state::{RouterContext, RoutingCell};
 
@@ -102,12 +103,14 @@ impl WireShared {
 }
 
 /// Accepts wire clients until `shutdown`, then waits up to `drain` for
-/// their sessions to end.
+/// their sessions to end. With `lanes`, each session runs on the next
+/// lane in turn (see [`crate::lanes`]), else on the caller's runtime.
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<WireShared>,
     shutdown: CancellationToken,
     drain: Duration,
+    lanes: Option<Arc<Lanes>>,
 ) -> std::io::Result<()> {
     let tracker = TaskTracker::new();
     loop {
@@ -126,14 +129,40 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let shared = Arc::clone(&shared);
         let stop = shutdown.clone();
-        tracker.spawn(async move {
+        let session = move |stream: tokio::net::TcpStream| async move {
             tokio::select! {
                 () = handle(stream, shared) => {}
                 () = async { stop.cancelled().await; tokio::time::sleep(drain).await } => {
                     tracing::debug!(%peer, "wire session cut at shutdown");
                 }
             }
-        });
+        };
+        let Some(lanes) = &lanes else {
+            tracker.spawn(session(stream));
+            continue;
+        };
+        // Off this runtime's poller, onto the lane's (made there).
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, %peer, "hand a wire client to a lane");
+                continue;
+            }
+        };
+        // Counted from now: the drain below waits for it.
+        let counted = tracker.token();
+        let handed = lanes.run(Box::new(move || {
+            Box::pin(async move {
+                let _counted = counted;
+                match tokio::net::TcpStream::from_std(stream) {
+                    Ok(stream) => session(stream).await,
+                    Err(e) => tracing::warn!(error = %e, %peer, "register a wire client on a lane"),
+                }
+            })
+        }));
+        if !handed {
+            tracing::warn!(%peer, "the lanes stopped: wire client closed");
+        }
     }
     // Closed now, not when the drain ends: a new client is refused at
     // once (and can go to another router) instead of completing a

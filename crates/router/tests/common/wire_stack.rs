@@ -12,6 +12,7 @@ use shardline_core::hash::{routing_hash, ShardKey};
 use shardline_core::scram::Verifier;
 use shardline_core::{Catalog, KeyType, ShardMap};
 use shardline_manager::tenant_pg;
+use shardline_router::lanes::Lanes;
 use shardline_router::state::{RouterContext, Routing, RoutingCell};
 use shardline_router::wire::{self, WireShared};
 use shardline_router::RouterConfig;
@@ -37,6 +38,8 @@ pub struct Stack {
     pub routing: Arc<RoutingCell>,
     pub ctx: Arc<RouterContext>,
     pub stop: CancellationToken,
+    /// The wire lanes, when the configuration asks for some.
+    pub lanes: Option<Arc<Lanes>>,
 }
 
 impl Stack {
@@ -76,18 +79,32 @@ impl Stack {
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
         let shared = WireShared::new(Arc::clone(&routing), Arc::clone(&ctx));
-        tokio::spawn(wire::serve(
+        let lanes = match cfg.lanes {
+            0 => None,
+            n => Some(Arc::new(Lanes::start(n)?)),
+        };
+        let serve = wire::serve(
             listener,
             shared,
             stop.clone(),
             Duration::from_secs(1),
-        ));
+            lanes.clone(),
+        );
+        let lanes_after = lanes.clone();
+        tokio::spawn(async move {
+            let _ = serve.await;
+            // As the router does: the lanes stop once the drain ended.
+            if let Some(l) = lanes_after {
+                let _ = tokio::task::spawn_blocking(move || l.stop()).await;
+            }
+        });
         Ok(Stack {
             shards,
             addr,
             routing,
             ctx,
             stop,
+            lanes,
         })
     }
 
