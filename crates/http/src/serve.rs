@@ -142,20 +142,7 @@ pub async fn serve_spread(
 ) -> std::io::Result<()> {
     let tracker = TaskTracker::new();
     let handshakes = Arc::new(Semaphore::new(crate::tls::MAX_HANDSHAKES));
-    loop {
-        let (tcp, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: pause rather
-                    // than spin.
-                    tracing::warn!(error = %e, "accept HTTP connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((tcp, peer)) = accept_next(&listener, &shutdown, "an HTTP connection").await {
         let _ = tcp.set_nodelay(true);
         // Off this runtime's poller; registered again where it runs.
         let tcp = match tcp.into_std() {
@@ -238,5 +225,31 @@ where
     conn.as_mut().graceful_shutdown();
     if tokio::time::timeout(drain, conn).await.is_err() {
         tracing::debug!("HTTP connection cut at shutdown");
+    }
+}
+
+/// How long accepting pauses after an error.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// The next connection on `listener`, or `None` once `shutdown` is
+/// cancelled. An error (out of file descriptors and the like) is logged
+/// as accepting `what`, and accepting pauses rather than spins.
+pub async fn accept_next(
+    listener: &TcpListener,
+    shutdown: &CancellationToken,
+    what: &str,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => return Some(a),
+                Err(e) => tracing::warn!(error = %e, "accept {what}"),
+            },
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            () = tokio::time::sleep(ACCEPT_PAUSE) => {}
+        }
     }
 }

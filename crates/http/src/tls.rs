@@ -21,6 +21,8 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::serve::accept_next;
+
 /// How long a client may take to complete its handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -70,17 +72,10 @@ async fn accept_loop(
             },
         };
         let (tcp, peer) = tokio::select! {
-            () = shutdown.cancelled() => return,
             () = tx.closed() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: pause rather
-                    // than spin, as axum's own listener does.
-                    tracing::warn!(error = %e, "accept HTTPS connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
+            accepted = accept_next(&listener, &shutdown, "an HTTPS connection") => match accepted {
+                Some(a) => a,
+                None => return,
             },
         };
         let _ = tcp.set_nodelay(true);

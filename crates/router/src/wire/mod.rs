@@ -113,19 +113,9 @@ pub async fn serve(
     lanes: Option<Arc<Lanes>>,
 ) -> std::io::Result<()> {
     let tracker = TaskTracker::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of descriptors and the like: wait, go on.
-                    tracing::warn!(error = %e, "accept a wire client");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, peer)) =
+        shardline_http::serve::accept_next(&listener, &shutdown, "a wire client").await
+    {
         let _ = stream.set_nodelay(true);
         let shared = Arc::clone(&shared);
         let stop = shutdown.clone();
