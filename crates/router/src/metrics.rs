@@ -118,7 +118,7 @@ impl RouterMetrics {
             ),
             tenant_pools: registry.gauge(
                 "router_tenant_pools",
-                "Tenant connection pools open per shard (primary and replicas).",
+                "Tenant connection pools open per shard (primary and replicas; with lanes, one per lane a tenant used).",
                 &["shard"],
             ),
             catalog_version: registry.gauge(
