@@ -12,13 +12,15 @@
 //! pools of the same lane ([`current`] names the lane a pool is for), so
 //! nothing crosses threads on the way of a transaction.
 //!
-//! Sessions are dealt to lanes in turn as they are accepted. What a lane
-//! cannot do is lend its idle work: a lane with more busy sessions than
-//! another stays the busier one (see docs/architecture.md, "Lanes").
+//! Each accepted connection goes to the lane with the fewest open
+//! connections (in turn among equals), so lanes stay even as clients
+//! come and go. What a lane cannot do is lend its idle work: a lane
+//! whose connections are busier than another's stays the busier one
+//! (see docs/architecture.md, "Lanes").
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use tokio::sync::mpsc;
@@ -41,6 +43,9 @@ pub struct Lanes {
     count: usize,
     /// Emptied by [`stop`](Lanes::stop).
     senders: Mutex<Vec<mpsc::UnboundedSender<Job>>>,
+    /// Connections each lane runs now.
+    open: Arc<[AtomicUsize]>,
+    /// Where the search for the least busy lane starts: ties go in turn.
     next: AtomicUsize,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -81,6 +86,7 @@ impl Lanes {
         }
         Ok(Lanes {
             count: senders.len(),
+            open: senders.iter().map(|_| AtomicUsize::new(0)).collect(),
             senders: Mutex::new(senders),
             next: AtomicUsize::new(0),
             threads: Mutex::new(threads),
@@ -92,9 +98,31 @@ impl Lanes {
         self.count
     }
 
-    /// Runs `job` on the next lane in turn; `false` if the lanes stopped.
+    /// Connections each lane runs now, by lane.
+    pub fn open_connections(&self) -> Vec<usize> {
+        self.open
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Runs `job` on the lane with the fewest open connections (in turn
+    /// among equals), counted until the job ends; `false` if the lanes
+    /// stopped.
     pub fn run(&self, job: Job) -> bool {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.count;
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let i = (0..self.count)
+            .map(|k| (start + k) % self.count)
+            .min_by_key(|&l| self.open[l].load(Ordering::Relaxed))
+            .unwrap_or(0);
+        let counted = Counted::new(Arc::clone(&self.open), i);
+        let job: Job = Box::new(move || {
+            let work = job();
+            Box::pin(async move {
+                let _counted = counted;
+                work.await;
+            })
+        });
         let senders = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
         senders.get(i).is_some_and(|s| s.send(job).is_ok())
     }
@@ -115,6 +143,26 @@ impl Lanes {
     }
 }
 
+/// One open connection of a lane, for as long as it lives (a job never
+/// run is dropped, and so uncounted, too).
+struct Counted {
+    open: Arc<[AtomicUsize]>,
+    lane: usize,
+}
+
+impl Counted {
+    fn new(open: Arc<[AtomicUsize]>, lane: usize) -> Counted {
+        open[lane].fetch_add(1, Ordering::Relaxed);
+        Counted { open, lane }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.open[self.lane].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl shardline_http::Spread for Lanes {
     fn run(&self, job: Job) -> bool {
         Lanes::run(self, job)
@@ -130,25 +178,45 @@ impl Drop for Lanes {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicBool;
-    use std::sync::Arc;
 
     use super::*;
 
+    /// A job that reports its lane and thread name when it starts,
+    /// then waits for `release` and reports `done`.
+    fn held(
+        started: std::sync::mpsc::Sender<(Option<u16>, Option<String>)>,
+        release: tokio::sync::oneshot::Receiver<()>,
+    ) -> Job {
+        Box::new(move || {
+            Box::pin(async move {
+                // A timer: the lane's runtime has its drivers.
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                let _ = started.send((current(), std::thread::current().name().map(String::from)));
+                let _ = release.await;
+            })
+        })
+    }
+
+    fn wait_for(lanes: &Lanes, want: &[usize]) {
+        for _ in 0..500 {
+            if lanes.open_connections() == want {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(lanes.open_connections(), want);
+    }
+
     #[test]
-    fn jobs_are_dealt_to_each_lane_in_turn_and_run_there() {
+    fn jobs_are_dealt_in_turn_among_equals_and_run_on_their_lane() {
         let lanes = Lanes::start(3).expect("lanes start");
         assert_eq!(lanes.count(), 3);
         let (tx, rx) = std::sync::mpsc::channel();
+        let mut releases = Vec::new();
         for _ in 0..6 {
-            let tx = tx.clone();
-            assert!(lanes.run(Box::new(move || {
-                Box::pin(async move {
-                    // A timer and the lane's name: the lane's runtime
-                    // has its drivers, and the job runs on that thread.
-                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-                    let _ = tx.send((current(), std::thread::current().name().map(String::from)));
-                })
-            })));
+            let (release, wait) = tokio::sync::oneshot::channel();
+            releases.push(release);
+            assert!(lanes.run(held(tx.clone(), wait)));
         }
         let mut seen: Vec<_> = (0..6)
             .map(|_| {
@@ -162,7 +230,44 @@ mod tests {
             .map(|&l| (Some(l), Some(format!("lane-{l}"))))
             .collect();
         assert_eq!(seen, want);
+        assert_eq!(lanes.open_connections(), [2, 2, 2]);
         assert_eq!(current(), None, "the test's own thread is no lane");
+        drop(releases);
+        wait_for(&lanes, &[0, 0, 0]);
+        lanes.stop();
+    }
+
+    /// After connections of one lane end, the next goes there, not to
+    /// the next lane in turn (control: in turn, the fourth job of two
+    /// lanes goes to lane 1).
+    #[test]
+    fn a_new_connection_goes_to_the_lane_with_fewest() {
+        let lanes = Lanes::start(2).expect("lanes start");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut releases = Vec::new();
+        for _ in 0..3 {
+            let (release, wait) = tokio::sync::oneshot::channel();
+            releases.push(release);
+            assert!(lanes.run(held(tx.clone(), wait)));
+        }
+        for _ in 0..3 {
+            rx.recv_timeout(std::time::Duration::from_secs(5))
+                .expect("a job ran");
+        }
+        assert_eq!(lanes.open_connections(), [2, 1]);
+        // The first and third job (lane 0) end.
+        let mut releases = releases.into_iter();
+        let (first, second, third) = (releases.next(), releases.next(), releases.next());
+        drop((first, third));
+        wait_for(&lanes, &[0, 1]);
+        let (_release, wait) = tokio::sync::oneshot::channel();
+        assert!(lanes.run(held(tx.clone(), wait)));
+        let (lane, _) = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("a job ran");
+        assert_eq!(lane, Some(0));
+        assert_eq!(lanes.open_connections(), [1, 1]);
+        drop(second);
         lanes.stop();
     }
 

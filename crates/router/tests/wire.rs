@@ -819,7 +819,8 @@ async fn a_lane_borrows_only_from_its_own_share_of_the_pool() -> anyhow::Result<
     })
     .await?;
     let (a, _) = keys_on_both(&stack);
-    // Dealt in turn as accepted: lanes 0, 1, 0.
+    // Dealt as accepted to the lane with the fewest, in turn among
+    // equals: lanes 0, 1, 0.
     let holder = stack.client().await?;
     let other_lane = stack.client().await?;
     let same_lane = stack.client().await?;

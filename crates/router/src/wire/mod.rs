@@ -103,8 +103,9 @@ impl WireShared {
 }
 
 /// Accepts wire clients until `shutdown`, then waits up to `drain` for
-/// their sessions to end. With `lanes`, each session runs on the next
-/// lane in turn (see [`crate::lanes`]), else on the caller's runtime.
+/// their sessions to end. With `lanes`, each session runs on the lane
+/// with the fewest connections (see [`crate::lanes`]), else on the
+/// caller's runtime.
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<WireShared>,
