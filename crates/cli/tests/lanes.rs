@@ -1,0 +1,77 @@
+//! Lanes with both front ends on a real router: an HTTP request and a
+//! wire transaction served on the same lane borrow from the same pools,
+//! so with one lane a tenant limited to one connection per shard gets
+//! the same PostgreSQL session from either front end. Were HTTP served
+//! off the lanes, it would use pools of its own, and the tenant's one
+//! connection would be closed and reopened between the front ends (a
+//! new backend pid each time).
+
+mod common;
+
+use common::{Stack, StackOptions};
+use shardline_api::manager::{CreateTenantRequest, TenantConfig};
+
+fn one_lane(cfg: &mut shardline_router::RouterConfig) {
+    cfg.pg_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    cfg.lanes = 1;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_lane_http_and_wire_share_the_tenants_sessions() {
+    let stack = Stack::start(StackOptions {
+        tune_router: one_lane,
+        ..StackOptions::default()
+    })
+    .await;
+    let solo = stack
+        .tenant(CreateTenantRequest {
+            id: "solo".into(),
+            config: TenantConfig {
+                max_connections_per_shard: Some(1),
+                ..TenantConfig::default()
+            },
+            ..CreateTenantRequest::default()
+        })
+        .await;
+    let http_pid = || async {
+        let r = solo
+            .exec("k", "SELECT pg_backend_pid()", vec![])
+            .await
+            .expect("HTTP answers");
+        r.result.rows[0][0].as_i64().expect("a pid")
+    };
+    let addr = stack.router_pg.expect("the router listens for PostgreSQL");
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(addr.ip().to_string())
+        .port(addr.port())
+        .user("solo-app")
+        .password(solo.token.as_str())
+        .dbname("default");
+    let (wire, conn) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("the wire logs in");
+    tokio::spawn(conn);
+    let wire_pid = || async {
+        let row = wire
+            .query_one(
+                "/* shardline.shard_key='k' */ SELECT pg_backend_pid()::bigint",
+                &[],
+            )
+            .await
+            .expect("the wire answers");
+        row.get::<_, i64>(0)
+    };
+
+    let mut pids = Vec::new();
+    for _ in 0..3 {
+        pids.push(http_pid().await);
+        pids.push(wire_pid().await);
+    }
+    assert!(
+        pids.iter().all(|p| *p == pids[0]),
+        "one session for both front ends, got backend pids {pids:?}"
+    );
+    stack.stop().await;
+}
