@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{Stack, StackOptions};
+use common::{raw, Stack, StackOptions};
 use shardline_api::manager::{CreateTenantRequest, TenantConfig};
 
 fn one_lane(cfg: &mut shardline_router::RouterConfig) {
@@ -73,5 +73,18 @@ async fn with_one_lane_http_and_wire_share_the_tenants_sessions() {
         pids.iter().all(|p| *p == pids[0]),
         "one session for both front ends, got backend pids {pids:?}"
     );
+
+    // The lane's connections in the metrics: at least the wire client
+    // and the scrape's own.
+    let metrics = raw(&stack.router_url, "GET", "/metrics", None, b"", &[])
+        .await
+        .text;
+    let open: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"router_lane_connections{lane="0"} "#))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no lane series in:\n{metrics}"));
+    assert!(open >= 2.0, "lane 0 serves {open} connections");
+    assert!(!metrics.contains(r#"lane="1""#), "one lane only");
     stack.stop().await;
 }

@@ -55,6 +55,8 @@ pub struct RouterState {
     /// Name each request's PostgreSQL session after its id (see
     /// [`crate::RouterConfig::name_sessions`]).
     pub name_sessions: bool,
+    /// The lanes connections are served on, if any (for the metrics).
+    pub lanes: Option<Arc<crate::lanes::Lanes>>,
 }
 
 type Shared = State<Arc<RouterState>>;
@@ -232,6 +234,13 @@ async fn metrics(State(st): Shared) -> Response {
         m.connections.with(&[id, "in_use"]).set(stats.in_use as f64);
         m.connections.with(&[id, "idle"]).set(stats.idle as f64);
         m.tenant_pools.with(&[id]).set(stats.pools as f64);
+    }
+    if let Some(lanes) = &st.lanes {
+        for (lane, open) in lanes.open_connections().into_iter().enumerate() {
+            m.lane_connections
+                .with(&[&lane.to_string()])
+                .set(open as f64);
+        }
     }
     m.set_tenant_in_flight(routing.tenants.values().map(|t| {
         let limit = t.config.limits.max_concurrent;

@@ -225,6 +225,7 @@ impl BoundRouter {
             ctx,
             request_timeout: cfg.request_timeout,
             name_sessions: cfg.name_sessions,
+            lanes: lanes.clone(),
         });
         let app = http::router(state, cfg.body_limit);
         let served = match (self.tls, &lanes) {

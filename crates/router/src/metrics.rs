@@ -51,6 +51,9 @@ pub struct RouterMetrics {
     pub connections: GaugeVec,
     /// `router_tenant_pools{shard}`: tenant pools open per shard.
     pub tenant_pools: GaugeVec,
+    /// `router_lane_connections{lane}`: client connections each lane
+    /// serves, set when scraped; no series without lanes.
+    pub lane_connections: GaugeVec,
     /// `router_catalog_version`.
     pub catalog_version: GaugeVec,
     /// `router_in_flight_requests`.
@@ -120,6 +123,11 @@ impl RouterMetrics {
                 "router_tenant_pools",
                 "Tenant connection pools open per shard (primary and replicas; with lanes, one per lane a tenant used).",
                 &["shard"],
+            ),
+            lane_connections: registry.gauge(
+                "router_lane_connections",
+                "Client connections (HTTP and PostgreSQL) each lane serves now; no series without lanes.",
+                &["lane"],
             ),
             catalog_version: registry.gauge(
                 "router_catalog_version",

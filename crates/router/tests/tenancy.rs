@@ -349,6 +349,7 @@ async fn http_api_enforces_tenants_and_quotas() -> anyhow::Result<()> {
         ctx: Arc::clone(&ctx),
         request_timeout: Duration::from_secs(10),
         name_sessions: false,
+        lanes: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

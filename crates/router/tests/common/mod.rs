@@ -168,6 +168,7 @@ impl Served {
             ctx: Arc::clone(ctx),
             request_timeout,
             name_sessions: false,
+            lanes: None,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
