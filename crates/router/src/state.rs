@@ -1032,6 +1032,68 @@ mod tests {
         assert!(s1.primary.tenants_with_pools().is_empty());
     }
 
+    /// With lanes, a tenant has a pool per lane it is used on (and one
+    /// for threads outside the lanes), each of its share of the size;
+    /// the reaper, a catalog change and a new primary reach them all.
+    #[test]
+    fn lane_pools_follow_the_catalog_too() {
+        let mut cfg = RouterConfig::new("http://m", "t");
+        cfg.lanes = 2;
+        let ctx = RouterContext::new(&cfg);
+        let mut cat = catalog();
+        let r = Routing::build(&cat, &Routing::default(), &ctx);
+        let s1 = Arc::clone(&r.shards["s1"]);
+        let lanes = crate::lanes::Lanes::start(2).expect("lanes");
+        // A pool from each lane: (lane, its size), sorted.
+        let on_lanes = |tenant: &Arc<crate::auth::TenantAuth>| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            for _ in 0..2 {
+                let (s1, tenant, tx) = (Arc::clone(&s1), Arc::clone(tenant), tx.clone());
+                assert!(lanes.run(Box::new(move || {
+                    Box::pin(async move {
+                        let pool = s1.primary.pool_for(&tenant);
+                        let _ = tx.send((crate::lanes::current(), pool.config().max_size));
+                    })
+                })));
+            }
+            let mut got: Vec<_> = (0..2)
+                .map(|_| rx.recv_timeout(Duration::from_secs(5)).expect("a lane ran"))
+                .collect();
+            got.sort();
+            got
+        };
+
+        let acme = &r.tenants["acme"];
+        assert_eq!(s1.primary.pool_for(acme).config().max_size, 8);
+        assert_eq!(on_lanes(acme), [(Some(0), 4), (Some(1), 4)]);
+        assert_eq!(s1.primary.stats().pools, 3);
+        assert_eq!(s1.primary.tenants_with_pools(), ["acme"]);
+
+        // The reaper closes all three once idle long enough.
+        assert_eq!(r.reap_pools(Duration::from_secs(60), Instant::now()), 0);
+        let later = Instant::now() + Duration::from_secs(61);
+        assert_eq!(r.reap_pools(Duration::from_secs(60), later), 3);
+        assert_eq!(s1.primary.stats().pools, 0);
+
+        // A new password closes the lanes' pools too.
+        on_lanes(acme);
+        cat.version += 1;
+        cat.tenants.get_mut("acme").unwrap().role_password = "new".into();
+        let r2 = Routing::build(&cat, &r, &ctx);
+        assert!(Arc::ptr_eq(&s1, &r2.shards["s1"]));
+        assert_eq!(s1.primary.stats().pools, 0);
+
+        // A new primary: the old target's lane pools are closed.
+        on_lanes(&r2.tenants["acme"]);
+        assert_eq!(s1.primary.stats().pools, 2);
+        cat.version += 1;
+        cat.shards.get_mut("s1").unwrap().generation = 2;
+        let _r3 = Routing::build(&cat, &r2, &ctx);
+        assert!(s1.is_closed());
+        assert_eq!(s1.primary.stats().pools, 0);
+        lanes.stop();
+    }
+
     #[test]
     fn types_keys() {
         assert!(typed_key(KeyType::Text, &ShardKeyValue::Text("a".into())).is_ok());
