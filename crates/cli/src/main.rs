@@ -172,7 +172,7 @@ struct RouterArgs {
     /// their own, each with its own event loop and pools (docs/architecture.md, "Lanes") [default:
     /// the file's `lanes`, else 0: on the shared worker threads]
     #[arg(long, value_name = "N", env = "SHARDLINE_LANES",
-          value_parser = clap::value_parser!(u16).range(0..=1024))]
+          value_parser = clap::value_parser!(u16).range(0..=i64::from(shardline_router::config::MAX_LANES)))]
     lanes: Option<u16>,
 }
 

@@ -687,6 +687,14 @@ async fn worker_threads_follow_the_flag_and_the_environment() {
     // Control: none unless asked for (the routers above did start them).
     assert_eq!(lanes(&default, 1), 0);
 
+    let out = run(&["router", "--lanes", "1025"], &[]).await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("invalid value '1025' for '--lanes <N>'"),
+        "{}",
+        text(&out.stderr)
+    );
+
     let out = run(&["router", "--worker-threads", "0"], &[]).await;
     assert!(!out.status.success());
     assert!(

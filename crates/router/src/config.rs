@@ -145,6 +145,9 @@ pub struct RouterConfig {
     pub lanes: u16,
 }
 
+/// The most lanes a router runs (the flag's bound too).
+pub const MAX_LANES: u16 = 1024;
+
 fn default_true() -> bool {
     true
 }
@@ -263,6 +266,12 @@ impl RouterConfig {
         if self.health_poll.is_zero() {
             bail!("health_poll must be more than 0");
         }
+        if self.lanes > MAX_LANES {
+            bail!(
+                "lanes must be at most {MAX_LANES} (a thread each; 1 suits one or two cores), not {}",
+                self.lanes
+            );
+        }
         self.check_tls()?;
         if self.manager_url.split(',').any(|u| {
             let u = u.trim();
@@ -343,6 +352,13 @@ mod tests {
         let mut bad = RouterConfig::new("http://m", "t");
         bad.health_poll = Duration::ZERO;
         assert!(bad.validate().is_err());
+        let mut lanes =
+            RouterConfig::from_toml("manager_url = \"http://m\"\nlanes = 1024\n").unwrap();
+        lanes.router_token = Some("t".into());
+        assert!(lanes.validate().is_ok());
+        lanes.lanes = 1025;
+        let e = lanes.validate().unwrap_err().to_string();
+        assert!(e.starts_with("lanes must be at most 1024"), "{e}");
     }
 
     #[test]

@@ -116,7 +116,7 @@ pub struct DevArgs {
     /// their own, each with its own event loop and pools (docs/architecture.md, "Lanes") [default: 0,
     /// on the shared worker threads]
     #[arg(long, value_name = "N", default_value_t = 0, env = "SHARDLINE_LANES",
-          value_parser = clap::value_parser!(u16).range(0..=1024))]
+          value_parser = clap::value_parser!(u16).range(0..=i64::from(shardline_router::config::MAX_LANES)))]
     pub lanes: u16,
     /// Run N manager processes on an etcd cluster of three members (data
     /// under the data dir) instead of one manager on a catalog file; one
