@@ -447,6 +447,11 @@ fn files(t: &Target) -> Vec<Attack> {
     let abs = quote_literal(&t.beta_file_abs);
     let mark = |f: &str| quote_literal(&t.mark(f));
     let program = |f: &str| quote_literal(&format!("touch {}", t.mark(f)));
+    // What COPY TO PROGRAM runs reads what it is sent first: a program
+    // that exits before PostgreSQL has written fails the COPY with a
+    // broken pipe (seen once in the superuser control, which must
+    // succeed).
+    let to_program = |f: &str| quote_literal(&format!("cat > /dev/null; touch {}", t.mark(f)));
     vec![
         attack("pg_read_file", "SELECT pg_read_file('/etc/passwd')", denied()),
         attack(
@@ -483,12 +488,12 @@ fn files(t: &Target) -> Vec<Attack> {
         attack("pg_ls_logdir", "SELECT name FROM pg_ls_logdir()", denied()),
         attack(
             "COPY TO PROGRAM",
-            format!("COPY (SELECT 1) TO PROGRAM {}", program("program")),
+            format!("COPY (SELECT 1) TO PROGRAM {}", to_program("program")),
             guard(),
         ),
         in_do(
             "COPY TO PROGRAM",
-            &format!("COPY (SELECT 1) TO PROGRAM {}", program("program")),
+            &format!("COPY (SELECT 1) TO PROGRAM {}", to_program("program")),
             denied(),
         ),
         in_do(
