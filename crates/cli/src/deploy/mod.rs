@@ -88,6 +88,12 @@ pub struct KubernetesArgs {
     /// Router CPU as REQUEST/LIMIT
     #[arg(long, default_value = "500m/2")]
     pub router_cpu: RequestLimit,
+    /// Routers serve client connections on N lanes, each a thread with
+    /// its own event loop and pools (`lanes` in router.toml;
+    /// docs/operations.md, "Threads") [default: none]
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=i64::from(shardline_router::config::MAX_LANES)))]
+    pub router_lanes: Option<u16>,
     /// Router memory as REQUEST/LIMIT
     #[arg(long, default_value = "256Mi/512Mi")]
     pub router_memory: RequestLimit,

@@ -313,6 +313,25 @@ fn pools_share_the_budget_among_the_most_routers() {
 }
 
 #[test]
+fn lanes_reach_the_routers_file_only_when_asked() {
+    let none = toml::to_string(&router_toml(&args(&[]))).unwrap();
+    assert!(!none.contains("lanes"), "{none}");
+    assert_eq!(
+        shardline_router::RouterConfig::from_toml(&none)
+            .unwrap()
+            .lanes,
+        0
+    );
+    let one = toml::to_string(&router_toml(&args(&["--router-lanes", "1"]))).unwrap();
+    assert_eq!(
+        shardline_router::RouterConfig::from_toml(&one)
+            .unwrap()
+            .lanes,
+        1
+    );
+}
+
+#[test]
 fn the_autoscaler_follows_the_options() {
     let text = render(&args(&["--hpa-in-flight-target", "40"]), None).unwrap();
     let docs = documents(&text);

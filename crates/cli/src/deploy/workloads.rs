@@ -426,6 +426,8 @@ pub struct RouterToml {
     pub catalog_cache: String,
     pub tenant_pool_size: u32,
     pub shard_max_connections: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lanes: Option<u16>,
 }
 
 /// Tenant pools hold at most this many connections to a shard by
@@ -449,6 +451,7 @@ pub fn router_toml(args: &KubernetesArgs) -> RouterToml {
         catalog_cache: format!("{CACHE_DIR}/catalog.json"),
         tenant_pool_size: TENANT_POOL_DEFAULT.min(per_router),
         shard_max_connections: per_router,
+        lanes: args.router_lanes,
     }
 }
 
