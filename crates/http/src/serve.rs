@@ -144,14 +144,6 @@ pub async fn serve_spread(
     let handshakes = Arc::new(Semaphore::new(crate::tls::MAX_HANDSHAKES));
     while let Some((tcp, peer)) = accept_next(&listener, &shutdown, "an HTTP connection").await {
         let _ = tcp.set_nodelay(true);
-        // Off this runtime's poller; registered again where it runs.
-        let tcp = match tcp.into_std() {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(error = %e, %peer, "hand an HTTP connection over");
-                continue;
-            }
-        };
         let handshake = match &tls {
             None => None,
             Some(t) => {
@@ -161,18 +153,15 @@ pub async fn serve_spread(
                 Some((t.acceptor(), permit))
             }
         };
-        let counted = tracker.token();
         let (app, stop) = (app.clone(), shutdown.clone());
-        let handed = spread.run(Box::new(move || {
-            Box::pin(async move {
-                let _counted = counted;
-                let tcp = match tokio::net::TcpStream::from_std(tcp) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        tracing::warn!(error = %e, %peer, "register an HTTP connection");
-                        return;
-                    }
-                };
+        let what = "an HTTP connection";
+        hand_over(
+            spread.as_ref(),
+            &tracker,
+            tcp,
+            peer,
+            what,
+            move |tcp| async move {
                 let Some((acceptor, permit)) = handshake else {
                     return connection(tcp, app, stop, drain).await;
                 };
@@ -186,11 +175,8 @@ pub async fn serve_spread(
                     Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
-            })
-        }));
-        if !handed {
-            tracing::warn!(%peer, "the serving threads stopped: HTTP connection closed");
-        }
+            },
+        );
     }
     drop(listener);
     tracker.close();
@@ -198,6 +184,46 @@ pub async fn serve_spread(
         tracing::warn!(?drain, "in-flight requests did not finish in time; closing");
     }
     Ok(())
+}
+
+/// Hands `tcp`, accepted on this runtime, to `spread` to be served by
+/// `serve` on the thread that runs it: the socket leaves this runtime's
+/// poller and is registered again there. `tracker` counts it from now,
+/// so a drain waits for it. `false` (logged as handing over `what`) if
+/// it could not be handed over.
+pub fn hand_over<F, Fut>(
+    spread: &dyn Spread,
+    tracker: &TaskTracker,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    what: &'static str,
+    serve: F,
+) -> bool
+where
+    F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let tcp = match tcp.into_std() {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, %peer, "hand over {what}");
+            return false;
+        }
+    };
+    let counted = tracker.token();
+    let handed = spread.run(Box::new(move || {
+        Box::pin(async move {
+            let _counted = counted;
+            match tokio::net::TcpStream::from_std(tcp) {
+                Ok(tcp) => serve(tcp).await,
+                Err(e) => tracing::warn!(error = %e, %peer, "register {what}"),
+            }
+        })
+    }));
+    if !handed {
+        tracing::warn!(%peer, "the serving threads stopped: {what} closed");
+    }
+    handed
 }
 
 /// Serves HTTP/1 on one connection until the client closes it; at

@@ -128,31 +128,14 @@ pub async fn serve(
                 }
             }
         };
-        let Some(lanes) = &lanes else {
-            tracker.spawn(session(stream));
-            continue;
-        };
-        // Off this runtime's poller, onto the lane's (made there).
-        let stream = match stream.into_std() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, %peer, "hand a wire client to a lane");
-                continue;
+        match &lanes {
+            None => {
+                tracker.spawn(session(stream));
             }
-        };
-        // Counted from now: the drain below waits for it.
-        let counted = tracker.token();
-        let handed = lanes.run(Box::new(move || {
-            Box::pin(async move {
-                let _counted = counted;
-                match tokio::net::TcpStream::from_std(stream) {
-                    Ok(stream) => session(stream).await,
-                    Err(e) => tracing::warn!(error = %e, %peer, "register a wire client on a lane"),
-                }
-            })
-        }));
-        if !handed {
-            tracing::warn!(%peer, "the lanes stopped: wire client closed");
+            Some(lanes) => {
+                let what = "a wire client";
+                shardline_http::serve::hand_over(&**lanes, &tracker, stream, peer, what, session);
+            }
         }
     }
     // Closed now, not when the drain ends: a new client is refused at
