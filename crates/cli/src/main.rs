@@ -169,8 +169,9 @@ struct RouterArgs {
     #[arg(long)]
     name_sessions: bool,
     /// Serve client connections (PostgreSQL and HTTP) on N threads of
-    /// their own, each with its own event loop and pools (docs/architecture.md, "Lanes") [default:
-    /// the file's `lanes`, else 0: on the shared worker threads]
+    /// their own, each with its own event loop and pools
+    /// (docs/architecture.md, "Lanes") [default: the file's `lanes`,
+    /// else 0: on the shared worker threads]
     #[arg(long, value_name = "N", env = "SHARDLINE_LANES",
           value_parser = clap::value_parser!(u16).range(0..=i64::from(shardline_router::config::MAX_LANES)))]
     lanes: Option<u16>,

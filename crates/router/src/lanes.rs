@@ -6,7 +6,7 @@
 //! while another is parked wakes that other worker too, so it may steal
 //! the work: a futex wake and a context switch, measured at about a third
 //! of a wire transaction's kernel time on two cores (docs/benchmarks.md,
-//! "Lanes"). A lane is a thread with a single-threaded runtime: a session
+//! "Worker threads"; what lanes save: "Lanes"). A lane is a thread with a single-threaded runtime: a session
 //! handed to it runs there to its end, its sockets' readiness is read by
 //! that thread's own poller, and the server sessions it borrows come from
 //! pools of the same lane ([`current`] names the lane a pool is for), so

@@ -76,7 +76,7 @@ pub struct PoolSettings {
     pub tenant_pool_size: usize,
     /// Connections of all tenant pools of one instance together.
     pub shard_max_connections: usize,
-    /// Lanes the wire sessions run on (0: none); each has pools of its
+    /// Lanes client connections run on (0: none); each has pools of its
     /// own, a share of the tenant's size each (see [`crate::lanes`]).
     pub lanes: u16,
 }
@@ -265,9 +265,9 @@ impl InstanceTarget {
         self.role == role && self.id == inst.id && self.dsn == inst.dsn
     }
 
-    /// The calling thread's pools: its lane's, else the first map.
-    fn slot(&self) -> &RwLock<HashMap<String, TenantPool>> {
-        let i = crate::lanes::current().map_or(0, |l| usize::from(l) + 1);
+    /// The pools of `lane` (the calling thread's), else the first map.
+    fn slot(&self, lane: Option<u16>) -> &RwLock<HashMap<String, TenantPool>> {
+        let i = lane.map_or(0, |l| usize::from(l) + 1);
         self.pools.get(i).unwrap_or(&self.pools[0])
     }
 
@@ -323,7 +323,8 @@ impl InstanceTarget {
     pub fn pool_for(&self, tenant: &TenantAuth) -> Pool {
         let size = self.settings.pool_size(tenant);
         let fits = |e: &TenantPool| e.made.fits(tenant, size);
-        let slot = self.slot();
+        let lane = crate::lanes::current();
+        let slot = self.slot(lane);
         if let Some(e) = Self::read(slot).get(&tenant.id) {
             if fits(e) {
                 return e.pool.clone();
@@ -339,7 +340,7 @@ impl InstanceTarget {
         // A lane's pool holds its share of the tenant's size; the
         // tenant's budget still bounds all of its pools together.
         let lanes = usize::from(self.settings.lanes);
-        let share = if crate::lanes::current().is_some() && lanes > 1 {
+        let share = if lane.is_some() && lanes > 1 {
             size.div_ceil(lanes)
         } else {
             size

@@ -113,8 +113,9 @@ pub struct DevArgs {
     #[arg(long)]
     pub name_sessions: bool,
     /// Serve client connections (PostgreSQL and HTTP) on N threads of
-    /// their own, each with its own event loop and pools (docs/architecture.md, "Lanes") [default: 0,
-    /// on the shared worker threads]
+    /// their own, each with its own event loop and pools
+    /// (docs/architecture.md, "Lanes") [default: 0, on the shared worker
+    /// threads]
     #[arg(long, value_name = "N", default_value_t = 0, env = "SHARDLINE_LANES",
           value_parser = clap::value_parser!(u16).range(0..=i64::from(shardline_router::config::MAX_LANES)))]
     pub lanes: u16,
