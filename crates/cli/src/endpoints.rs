@@ -19,6 +19,10 @@ pub struct DevInfo {
     /// default app (absent in dev.json files from before it existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postgres_url: Option<String>,
+    /// With `dev --pg-unix-dir`: the same login over the router's
+    /// Unix-domain socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_local_url: Option<String>,
     pub manager_url: String,
     pub admin_token: String,
     /// The tenant of the default app (`app_token`).

@@ -141,6 +141,11 @@ struct RouterArgs {
     /// PostgreSQL wire protocol listen address (default: none)
     #[arg(long)]
     pg_listen: Option<SocketAddr>,
+    /// Also take PostgreSQL clients on a Unix-domain socket in DIR,
+    /// named `.s.PGSQL.<port of --pg-listen>` as PostgreSQL's (default:
+    /// none)
+    #[arg(long, value_name = "DIR")]
+    pg_unix_dir: Option<PathBuf>,
     /// PEM certificate chain for TLS on the PostgreSQL listener, with
     /// --pg-tls-key (default: none, SSLRequest answered N)
     #[arg(long, requires = "pg_tls_key")]
@@ -235,6 +240,9 @@ fn router_config(args: RouterArgs) -> anyhow::Result<shardline_router::RouterCon
     }
     if args.pg_listen.is_some() {
         cfg.pg_listen = args.pg_listen;
+    }
+    if args.pg_unix_dir.is_some() {
+        cfg.pg_unix_dir = args.pg_unix_dir;
     }
     if let (Some(cert), Some(key)) = (args.pg_tls_cert, args.pg_tls_key) {
         cfg.pg_tls_cert = Some(cert);

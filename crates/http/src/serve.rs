@@ -186,24 +186,26 @@ pub async fn serve_spread(
     Ok(())
 }
 
-/// Hands `tcp`, accepted on this runtime, to `spread` to be served by
-/// `serve` on the thread that runs it: the socket leaves this runtime's
-/// poller and is registered again there. `tracker` counts it from now,
-/// so a drain waits for it. `false` (logged as handing over `what`) if
-/// it could not be handed over.
-pub fn hand_over<F, Fut>(
+/// Hands `socket`, accepted on this runtime, to `spread` to be served
+/// by `serve` on the thread that runs it: the socket leaves this
+/// runtime's poller and is registered again there. `tracker` counts it
+/// from now, so a drain waits for it. `false` (logged as handing over
+/// `what`) if it could not be handed over.
+pub fn hand_over<S, P, F, Fut>(
     spread: &dyn Spread,
     tracker: &TaskTracker,
-    tcp: tokio::net::TcpStream,
-    peer: SocketAddr,
+    socket: S,
+    peer: P,
     what: &'static str,
     serve: F,
 ) -> bool
 where
-    F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
+    S: Movable,
+    P: std::fmt::Display + Clone + Send + 'static,
+    F: FnOnce(S) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let tcp = match tcp.into_std() {
+    let socket = match socket.into_std() {
         Ok(t) => t,
         Err(e) => {
             tracing::warn!(error = %e, %peer, "hand over {what}");
@@ -211,12 +213,13 @@ where
         }
     };
     let counted = tracker.token();
+    let who = peer.clone();
     let handed = spread.run(Box::new(move || {
         Box::pin(async move {
             let _counted = counted;
-            match tokio::net::TcpStream::from_std(tcp) {
-                Ok(tcp) => serve(tcp).await,
-                Err(e) => tracing::warn!(error = %e, %peer, "register {what}"),
+            match S::from_std(socket) {
+                Ok(socket) => serve(socket).await,
+                Err(e) => tracing::warn!(error = %e, peer = %who, "register {what}"),
             }
         })
     }));
@@ -224,6 +227,36 @@ where
         tracing::warn!(%peer, "the serving threads stopped: {what} closed");
     }
     handed
+}
+
+/// A connected socket that can leave one runtime's poller for another's
+/// (see [`hand_over`]).
+pub trait Movable: Sized + Send + 'static {
+    /// The blocking-library socket it becomes in between.
+    type Std: Send + 'static;
+    fn into_std(self) -> std::io::Result<Self::Std>;
+    /// Registers it with the calling thread's runtime.
+    fn from_std(socket: Self::Std) -> std::io::Result<Self>;
+}
+
+impl Movable for tokio::net::TcpStream {
+    type Std = std::net::TcpStream;
+    fn into_std(self) -> std::io::Result<Self::Std> {
+        tokio::net::TcpStream::into_std(self)
+    }
+    fn from_std(socket: Self::Std) -> std::io::Result<Self> {
+        tokio::net::TcpStream::from_std(socket)
+    }
+}
+
+impl Movable for tokio::net::UnixStream {
+    type Std = std::os::unix::net::UnixStream;
+    fn into_std(self) -> std::io::Result<Self::Std> {
+        tokio::net::UnixStream::into_std(self)
+    }
+    fn from_std(socket: Self::Std) -> std::io::Result<Self> {
+        tokio::net::UnixStream::from_std(socket)
+    }
 }
 
 /// Serves HTTP/1 on one connection until the client closes it; at
@@ -260,15 +293,15 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// The next connection on `listener`, or `None` once `shutdown` is
 /// cancelled. An error (out of file descriptors and the like) is logged
 /// as accepting `what`, and accepting pauses rather than spins.
-pub async fn accept_next(
-    listener: &TcpListener,
+pub async fn accept_next<L: Accept>(
+    listener: &L,
     shutdown: &CancellationToken,
     what: &str,
-) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+) -> Option<(L::Stream, L::Peer)> {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return None,
-            accepted = listener.accept() => match accepted {
+            accepted = listener.accept_one() => match accepted {
                 Ok(a) => return Some(a),
                 Err(e) => tracing::warn!(error = %e, "accept {what}"),
             },
@@ -277,5 +310,60 @@ pub async fn accept_next(
             () = shutdown.cancelled() => return None,
             () = tokio::time::sleep(ACCEPT_PAUSE) => {}
         }
+    }
+}
+
+/// A listening socket [`accept_next`] takes connections from.
+pub trait Accept {
+    type Stream;
+    /// Who a connection came from, for logs.
+    type Peer: std::fmt::Display + Clone + Send + 'static;
+    fn accept_one(
+        &self,
+    ) -> impl Future<Output = std::io::Result<(Self::Stream, Self::Peer)>> + Send;
+}
+
+impl Accept for TcpListener {
+    type Stream = tokio::net::TcpStream;
+    type Peer = SocketAddr;
+    fn accept_one(
+        &self,
+    ) -> impl Future<Output = std::io::Result<(Self::Stream, Self::Peer)>> + Send {
+        self.accept()
+    }
+}
+
+/// A client of a Unix-domain socket, for logs: such a client has no
+/// address, so it is named by its process and user when the kernel tells.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalPeer {
+    pub pid: Option<i32>,
+    pub uid: Option<u32>,
+}
+
+impl std::fmt::Display for LocalPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("local socket")?;
+        if let Some(pid) = self.pid {
+            write!(f, " pid {pid}")?;
+        }
+        if let Some(uid) = self.uid {
+            write!(f, " uid {uid}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Accept for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+    type Peer = LocalPeer;
+    async fn accept_one(&self) -> std::io::Result<(Self::Stream, Self::Peer)> {
+        let (stream, _) = self.accept().await?;
+        let cred = stream.peer_cred().ok();
+        let peer = LocalPeer {
+            pid: cred.and_then(|c| c.pid()),
+            uid: cred.map(|c| c.uid()),
+        };
+        Ok((stream, peer))
     }
 }

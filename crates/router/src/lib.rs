@@ -76,6 +76,8 @@ const DRAIN: Duration = Duration::from_secs(5);
 pub struct BoundRouter {
     listener: TcpListener,
     pg_listener: Option<TcpListener>,
+    /// `pg_unix_dir`'s socket, for the port `pg_listener` got.
+    pg_local: Option<wire::LocalListener>,
     pg_tls: Option<wire::tls::WireTls>,
     /// HTTPS on `listener`: the certificate served, reloaded when its
     /// files change.
@@ -108,9 +110,19 @@ pub async fn bind(mut config: RouterConfig) -> anyhow::Result<BoundRouter> {
         ),
         None => None,
     };
+    let pg_local = match (&config.pg_unix_dir, &pg_listener) {
+        (Some(dir), Some(tcp)) => {
+            let port = tcp
+                .local_addr()
+                .context("read the PostgreSQL listener's address")?;
+            Some(wire::LocalListener::bind(dir, port.port())?)
+        }
+        _ => None,
+    };
     Ok(BoundRouter {
         listener,
         pg_listener,
+        pg_local,
         pg_tls,
         tls,
         config,
@@ -126,6 +138,12 @@ impl BoundRouter {
     /// The address of the PostgreSQL wire listener, if it has one.
     pub fn pg_local_addr(&self) -> Option<SocketAddr> {
         self.pg_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The Unix-domain socket of the PostgreSQL wire listener, if it has
+    /// one (`pg_unix_dir`).
+    pub fn pg_socket_path(&self) -> Option<&std::path::Path> {
+        self.pg_local.as_ref().map(wire::LocalListener::path)
     }
 
     /// Serves until `shutdown` is cancelled, then drains.
@@ -212,13 +230,18 @@ impl BoundRouter {
             0 => None,
             n => Some(Arc::new(lanes::Lanes::start(n).context("start the lanes")?)),
         };
+        let shared = wire::WireShared::with_tls(Arc::clone(&routing), shared_ctx, pg_tls);
         let wire_task = self.pg_listener.map(|l| {
-            let shared = wire::WireShared::with_tls(Arc::clone(&routing), shared_ctx, pg_tls);
             if let Ok(a) = l.local_addr() {
                 tracing::info!(addr = %a, tls, lanes = cfg.lanes, "router listening for PostgreSQL clients");
             }
-            let lanes = lanes.clone();
+            let (shared, lanes) = (Arc::clone(&shared), lanes.clone());
             tokio::spawn(wire::serve(l, shared, shutdown.clone(), DRAIN, lanes))
+        });
+        let local_task = self.pg_local.map(|l| {
+            tracing::info!(path = %l.path().display(), "router listening for PostgreSQL clients on a local socket");
+            let (shared, lanes) = (Arc::clone(&shared), lanes.clone());
+            tokio::spawn(wire::serve_local(l, shared, shutdown.clone(), DRAIN, lanes))
         });
         let state = Arc::new(http::RouterState {
             routing,
@@ -248,7 +271,7 @@ impl BoundRouter {
                 shardline_http::serve(self.listener, app, shutdown.clone(), DRAIN).await
             }
         };
-        if let Some(t) = wire_task {
+        for t in wire_task.into_iter().chain(local_task) {
             match t.await {
                 Ok(Err(e)) => tracing::warn!(error = %e, "PostgreSQL listener"),
                 Err(e) => tracing::warn!(error = %e, "PostgreSQL listener task"),

@@ -5,10 +5,16 @@
 //! a router without a certificate says it has no TLS, a router that
 //! requires TLS refuses plain logins (`28000`), and bytes sent after an
 //! `SSLRequest` before the answer are refused (`08P01`).
+//!
+//! The listener's Unix-domain socket (`pg_unix_dir`) is here too, for
+//! what it shares with TLS: logins there are by SCRAM, `SSLRequest` is
+//! answered `N` as PostgreSQL answers on its own socket, and a router
+//! that requires TLS on TCP still takes local logins.
 
 mod common;
 
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -33,10 +39,23 @@ const PASSWORD: &str = "role-pw-acme";
 struct Listener {
     addr: SocketAddr,
     stop: CancellationToken,
+    /// With [`Listener::start_local`]: the socket's file.
+    socket: Option<std::path::PathBuf>,
+    /// Tells when both listeners have drained.
+    done: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Listener {
     async fn start(catalog: &Catalog, tls: Option<WireTls>) -> anyhow::Result<Listener> {
+        Self::start_local(catalog, tls, None).await
+    }
+
+    /// [`Listener::start`], also on a Unix-domain socket in `dir`.
+    async fn start_local(
+        catalog: &Catalog,
+        tls: Option<WireTls>,
+        dir: Option<&Path>,
+    ) -> anyhow::Result<Listener> {
         let ctx = Arc::new(RouterContext::new(&RouterConfig::new(
             "http://127.0.0.1:1",
             "t",
@@ -48,14 +67,43 @@ impl Listener {
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
         let shared = WireShared::with_tls(routing, ctx, tls);
-        tokio::spawn(wire::serve(
+        let drain = std::time::Duration::from_secs(1);
+        let local = match dir {
+            Some(dir) => Some(wire::LocalListener::bind(dir, addr.port())?),
+            None => None,
+        };
+        let socket = local.as_ref().map(|l| l.path().to_path_buf());
+        let tcp = tokio::spawn(wire::serve(
             listener,
-            shared,
+            Arc::clone(&shared),
             stop.clone(),
-            std::time::Duration::from_secs(1),
+            drain,
             None,
         ));
-        Ok(Listener { addr, stop })
+        let local =
+            local.map(|l| tokio::spawn(wire::serve_local(l, shared, stop.clone(), drain, None)));
+        let done = tokio::spawn(async move {
+            let _ = tcp.await;
+            if let Some(l) = local {
+                let _ = l.await;
+            }
+        });
+        Ok(Listener {
+            addr,
+            stop,
+            socket,
+            done: Some(done),
+        })
+    }
+
+    /// A libpq connection string as the app over the local socket.
+    fn local_conninfo(&self, password: &str) -> String {
+        let dir = self.socket.as_deref().and_then(Path::parent);
+        format!(
+            "host={} port={} user={APP} password={password} dbname=shared",
+            dir.map(|d| d.display().to_string()).unwrap_or_default(),
+            self.addr.port()
+        )
     }
 
     /// A libpq connection string as the app, with `ssl` settings.
@@ -76,7 +124,11 @@ impl Drop for Listener {
 /// One shard with the tenant, its app (SCRAM verifier of `TOKEN`) and
 /// table `items` keyed by `id`.
 async fn shard() -> anyhow::Result<(PgCluster, Catalog)> {
-    let pg = PgCluster::start().await?;
+    shard_at(PgCluster::start().await?, None).await
+}
+
+/// [`shard`] on `pg`, in the catalog by `dsn` (default: its TCP one).
+async fn shard_at(pg: PgCluster, dsn: Option<String>) -> anyhow::Result<(PgCluster, Catalog)> {
     provision(&pg, &[("acme", PASSWORD)]).await?;
     migrate(
         &pg,
@@ -89,7 +141,7 @@ async fn shard() -> anyhow::Result<(PgCluster, Catalog)> {
     a.token_hash = shardline_core::auth::token_hash(TOKEN);
     a.token_scram = Some(Verifier::new(TOKEN, b"0123456789abcdef", 4096).to_string());
     let mut cat = shard_catalog(
-        instance("s1-a", &pg.dsn()),
+        instance("s1-a", &dsn.unwrap_or_else(|| pg.dsn())),
         vec![],
         vec![tenant("acme", PASSWORD)],
         vec![a],
@@ -386,6 +438,148 @@ async fn a_replaced_certificate_is_served_to_new_connections() -> anyhow::Result
         text(&out).contains("certificate verify failed"),
         "{}",
         text(&out)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_local_socket_takes_scram_logins_without_tls() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (files, tls) = certs(dir.path(), true)?;
+    let (_pg, cat) = shard().await?;
+    let sockets = tempfile::tempdir()?;
+    let mut router = Listener::start_local(&cat, Some(tls), Some(sockets.path())).await?;
+    let socket = router.socket.clone().expect("a socket");
+    assert_eq!(
+        socket.file_name().and_then(|n| n.to_str()),
+        Some(format!(".s.PGSQL.{}", router.addr.port()).as_str())
+    );
+
+    // psql over the socket: TLS required on TCP does not apply here, and
+    // psql says where it connected.
+    let out = run(psql(
+        &router.local_conninfo(TOKEN),
+        &[
+            "\\conninfo",
+            "INSERT INTO items (id, v) VALUES ('k1', 'over-a-socket')",
+            "SELECT v FROM items WHERE id = 'k1'",
+        ],
+    ))
+    .await?;
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("via socket in"), "{shown}");
+    assert!(shown.contains("over-a-socket"), "{shown}");
+    assert!(!shown.contains("SSL connection"), "{shown}");
+    // Control: the same plain login over TCP is refused.
+    let out = run(psql(&router.conninfo("sslmode=disable"), &["SELECT 1"])).await?;
+    assert!(text(&out).contains("TLS only"), "{}", text(&out));
+    // The login is checked there as on TCP: a wrong token is refused.
+    let out = run(psql(&router.local_conninfo("not-the-token"), &["SELECT 1"])).await?;
+    assert!(
+        text(&out).contains("password authentication failed"),
+        "{}",
+        text(&out)
+    );
+    // psycopg (libpq) over the socket.
+    let out = run(psycopg(
+        &router.local_conninfo(TOKEN),
+        "SELECT v FROM items WHERE id = 'k1'",
+    ))
+    .await?;
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("ssl_in_use False"), "{shown}");
+    assert!(shown.contains("value over-a-socket"), "{shown}");
+
+    // SSLRequest on the socket is answered N; on TCP, S (the control:
+    // the same router has a certificate).
+    let ssl_request = [0u8, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    let mut answer = [0u8; 1];
+    let mut local = tokio::net::UnixStream::connect(&socket).await?;
+    local.write_all(&ssl_request).await?;
+    tokio::time::timeout(common::TIMEOUT, local.read_exact(&mut answer)).await??;
+    assert_eq!(answer[0], b'N');
+    let mut tcp = tokio::net::TcpStream::connect(router.addr).await?;
+    tcp.write_all(&ssl_request).await?;
+    tokio::time::timeout(common::TIMEOUT, tcp.read_exact(&mut answer)).await??;
+    assert_eq!(answer[0], b'S');
+    let _ = files;
+
+    // At shutdown the socket file goes with the listener.
+    router.stop.cancel();
+    if let Some(done) = router.done.take() {
+        tokio::time::timeout(common::TIMEOUT, done).await??;
+    }
+    assert!(!socket.exists(), "{} is left behind", socket.display());
+    Ok(())
+}
+
+#[test]
+fn a_stale_socket_is_replaced_and_a_live_one_is_not() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let _entered = rt.enter();
+    let dir = tempfile::tempdir()?;
+    let first = wire::LocalListener::bind(dir.path(), 7001)?;
+    let e = wire::LocalListener::bind(dir.path(), 7001)
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+    assert!(e.contains("another server listens"), "{e}");
+    drop(first);
+    assert!(!dir.path().join(".s.PGSQL.7001").exists());
+    // A socket file nobody listens on: a router that died.
+    let stale = dir.path().join(".s.PGSQL.7002");
+    drop(std::os::unix::net::UnixListener::bind(&stale)?);
+    assert!(stale.exists());
+    let second = wire::LocalListener::bind(dir.path(), 7002)?;
+    assert!(std::os::unix::net::UnixStream::connect(second.path()).is_ok());
+    // Not a socket: left alone.
+    std::fs::write(dir.path().join(".s.PGSQL.7003"), "data")?;
+    let e = wire::LocalListener::bind(dir.path(), 7003)
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+    assert!(e.contains("is not a socket"), "{e}");
+    assert_eq!(std::fs::read(dir.path().join(".s.PGSQL.7003"))?, b"data");
+    // Too long for a socket address.
+    let long = dir.path().join("d".repeat(100));
+    std::fs::create_dir(&long)?;
+    let e = wire::LocalListener::bind(&long, 7004)
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+    assert!(e.contains("too long"), "{e}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_shard_is_reached_over_its_socket() -> anyhow::Result<()> {
+    let sockets = tempfile::tempdir()?;
+    std::fs::set_permissions(sockets.path(), std::fs::Permissions::from_mode(0o777))?;
+    let dir = sockets.path().display().to_string();
+    let pg = PgCluster::start_with(&[("unix_socket_directories", dir.as_str())]).await?;
+    let by_socket = format!(
+        "host={dir} port={} user=postgres dbname=postgres",
+        pg.port()
+    );
+    let (_pg, cat) = shard_at(pg, Some(by_socket)).await?;
+    let router = Listener::start(&cat, None).await?;
+    let (client, conn) =
+        tokio_postgres::connect(&router.conninfo("sslmode=disable"), tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    // PostgreSQL has no address for a session that came over its socket.
+    let row = client
+        .query_one(
+            "/* shardline.shard_key='k' */ SELECT inet_server_addr() IS NULL",
+            &[],
+        )
+        .await?;
+    assert!(
+        row.get::<_, bool>(0),
+        "the router reached the shard over TCP"
     );
     Ok(())
 }

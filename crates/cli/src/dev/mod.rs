@@ -77,6 +77,11 @@ pub struct DevArgs {
     /// drivers; dev.json's `postgres_url` logs in as the default app)
     #[arg(long, default_value = "127.0.0.1:6432")]
     pub pg_listen: SocketAddr,
+    /// Also take PostgreSQL clients on a Unix-domain socket in DIR, named
+    /// after --pg-listen's port as PostgreSQL's (`psql -h DIR -p 6432`;
+    /// dev.json's `postgres_local_url`) [default: none]
+    #[arg(long, value_name = "DIR")]
+    pub pg_unix_dir: Option<PathBuf>,
     /// PEM certificate chain for TLS on the router's PostgreSQL listener,
     /// with --pg-tls-key (default: none, no TLS)
     #[arg(long, requires = "pg_tls_key")]
@@ -425,6 +430,7 @@ async fn serve(
     let mut rcfg = shardline_router::RouterConfig::new(&all_managers, &router_token);
     rcfg.listen = args.router_listen;
     rcfg.pg_listen = Some(args.pg_listen);
+    rcfg.pg_unix_dir = args.pg_unix_dir.clone();
     rcfg.pg_tls_cert = args.pg_tls_cert.clone().or(args.tls_cert.clone());
     rcfg.pg_tls_key = args.pg_tls_key.clone().or(args.tls_key.clone());
     rcfg.tls_cert = args.tls_cert.clone();
@@ -439,6 +445,7 @@ async fn serve(
     let router = shardline_router::bind(rcfg).await?;
     let router_url = format!("{scheme}://{}", router.local_addr());
     let pg_addr = router.pg_local_addr().unwrap_or(args.pg_listen);
+    let pg_local = args.pg_unix_dir.clone();
 
     let m_task = manager.map(|m| tokio::spawn(m.run(servers.clone())));
     let r_task = tokio::spawn(router.run(servers.clone()));
@@ -466,6 +473,9 @@ async fn serve(
                 "postgresql://{DEFAULT_APP}:{app_token}@{pg_addr}/default{}",
                 wire_tls_params(wire_tls, ca)
             )),
+            postgres_local_url: pg_local
+                .as_deref()
+                .map(|dir| local_url(dir, pg_addr.port(), &app_token)),
             manager_url: manager_url.clone(),
             admin_token: admin_token.clone(),
             tenant: DEFAULT_TENANT.into(),
@@ -636,6 +646,22 @@ async fn default_app_token(
     Ok(created.token)
 }
 
+/// dev.json's `postgres_local_url`: the default app's login over the
+/// router's socket in `dir` (libpq takes a socket directory as `host`).
+fn local_url(dir: &Path, port: u16, app_token: &str) -> String {
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    format!(
+        "postgresql://{DEFAULT_APP}:{app_token}@/default?host={}&port={port}",
+        path_param(&dir)
+    )
+}
+
+/// A file name as a URL query value: libpq takes `/` as it is, anything
+/// else encoded.
+fn path_param(path: &Path) -> String {
+    shardline_client::encode::query_value(&path.to_string_lossy()).replace("%2F", "/")
+}
+
 /// The query of dev.json's `postgres_url`: TLS verified against the CA
 /// when there is one, else asked for without verifying.
 fn wire_tls_params(tls: bool, ca: Option<&Path>) -> String {
@@ -643,11 +669,7 @@ fn wire_tls_params(tls: bool, ca: Option<&Path>) -> String {
         (false, _) => String::new(),
         (true, Some(ca)) => {
             let ca = std::path::absolute(ca).unwrap_or_else(|_| ca.to_path_buf());
-            format!(
-                "?sslmode=verify-full&sslrootcert={}",
-                // libpq takes `/` as it is; anything else encoded.
-                shardline_client::encode::query_value(&ca.to_string_lossy()).replace("%2F", "/")
-            )
+            format!("?sslmode=verify-full&sslrootcert={}", path_param(&ca))
         }
         (true, None) => "?sslmode=require".into(),
     }
@@ -747,6 +769,14 @@ mod tests {
         assert_eq!(
             wire_tls_params(true, Some(Path::new("/etc/my ca/ca.crt"))),
             "?sslmode=verify-full&sslrootcert=/etc/my%20ca/ca.crt"
+        );
+    }
+
+    #[test]
+    fn the_local_url_names_the_socket_directory() {
+        assert_eq!(
+            local_url(Path::new("/run/my sockets"), 6432, "tok"),
+            "postgresql://default:tok@/default?host=/run/my%20sockets&port=6432"
         );
     }
 }

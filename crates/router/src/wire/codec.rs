@@ -7,7 +7,6 @@ use std::borrow::Cow;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::tls::{ClientStream, WireTls};
 use crate::error::RouterError;
@@ -43,9 +42,9 @@ pub struct ClientIo {
 }
 
 impl ClientIo {
-    pub fn new(stream: TcpStream) -> Self {
+    pub fn new(stream: impl Into<ClientStream>) -> Self {
         Self {
-            stream: ClientStream::Plain(stream),
+            stream: stream.into(),
             rbuf: BytesMut::with_capacity(8192),
             wbuf: BytesMut::with_capacity(8192),
         }

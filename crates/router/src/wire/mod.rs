@@ -25,10 +25,14 @@ pub mod startup;
 pub mod tls;
 
 use std::collections::HashMap;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use anyhow::{bail, Context};
+use shardline_http::serve::{accept_next, hand_over, Accept, Movable};
+use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -36,7 +40,7 @@ use self::analyze::AnalysisCache;
 use self::codec::{ClientIo, Opening, WireError};
 use self::session::{Session, SessionEnd};
 use self::startup::LoginError;
-use self::tls::WireTls;
+use self::tls::{ClientStream, WireTls};
 use crate::lanes::Lanes;
 use crate::pg::server::{send_cancel, CancelKey};
 use crate::state::{RouterContext, RoutingCell};
@@ -113,18 +117,43 @@ pub async fn serve(
     drain: Duration,
     lanes: Option<Arc<Lanes>>,
 ) -> std::io::Result<()> {
+    serve_on(listener, shared, shutdown, drain, lanes).await
+}
+
+/// [`serve`] on a Unix-domain socket (`pg_unix_dir`): the same sessions,
+/// lanes and drain; TLS is not offered there.
+pub async fn serve_local(
+    listener: LocalListener,
+    shared: Arc<WireShared>,
+    shutdown: CancellationToken,
+    drain: Duration,
+    lanes: Option<Arc<Lanes>>,
+) -> std::io::Result<()> {
+    serve_on(listener, shared, shutdown, drain, lanes).await
+}
+
+async fn serve_on<L>(
+    listener: L,
+    shared: Arc<WireShared>,
+    shutdown: CancellationToken,
+    drain: Duration,
+    lanes: Option<Arc<Lanes>>,
+) -> std::io::Result<()>
+where
+    L: Accept,
+    L::Stream: Movable + Into<ClientStream> + NoDelay,
+{
     let tracker = TaskTracker::new();
-    while let Some((stream, peer)) =
-        shardline_http::serve::accept_next(&listener, &shutdown, "a wire client").await
-    {
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, peer)) = accept_next(&listener, &shutdown, "a wire client").await {
+        stream.no_delay();
         let shared = Arc::clone(&shared);
         let stop = shutdown.clone();
-        let session = move |stream: tokio::net::TcpStream| async move {
+        let who = peer.clone();
+        let session = move |stream: L::Stream| async move {
             tokio::select! {
-                () = handle(stream, shared) => {}
+                () = handle(stream.into(), shared) => {}
                 () = async { stop.cancelled().await; tokio::time::sleep(drain).await } => {
-                    tracing::debug!(%peer, "wire session cut at shutdown");
+                    tracing::debug!(peer = %who, "wire session cut at shutdown");
                 }
             }
         };
@@ -134,7 +163,7 @@ pub async fn serve(
             }
             Some(lanes) => {
                 let what = "a wire client";
-                shardline_http::serve::hand_over(&**lanes, &tracker, stream, peer, what, session);
+                hand_over(&**lanes, &tracker, stream, peer, what, session);
             }
         }
     }
@@ -147,9 +176,91 @@ pub async fn serve(
     Ok(())
 }
 
-async fn handle(stream: tokio::net::TcpStream, shared: Arc<WireShared>) {
+/// Small messages go out at once: a client waits for each answer.
+trait NoDelay {
+    fn no_delay(&self);
+}
+
+impl NoDelay for tokio::net::TcpStream {
+    fn no_delay(&self) {
+        let _ = self.set_nodelay(true);
+    }
+}
+
+impl NoDelay for tokio::net::UnixStream {
+    /// A Unix-domain socket does not hold small writes back.
+    fn no_delay(&self) {}
+}
+
+/// The wire listener's Unix-domain socket: bound in `dir` as
+/// `.s.PGSQL.<port>`, open to every local user as PostgreSQL's (the
+/// login decides, and `dir`'s own mode can narrow it), and removed when
+/// dropped.
+pub struct LocalListener {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl LocalListener {
+    /// Binds the socket for `port` in `dir`. A socket file left by a
+    /// router that died is replaced; one that still answers, or a file
+    /// that is not a socket, is an error, as is a path too long for a
+    /// socket address.
+    pub fn bind(dir: &Path, port: u16) -> anyhow::Result<Self> {
+        let path = dir.join(format!(".s.PGSQL.{port}"));
+        // sun_path holds 108 bytes with its terminating zero.
+        if path.as_os_str().len() > 107 {
+            bail!(
+                "pg_unix_dir is too long for a Unix socket: {} is {} bytes, at most 107",
+                path.display(),
+                path.as_os_str().len()
+            );
+        }
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            if !meta.file_type().is_socket() {
+                bail!("{} exists and is not a socket", path.display());
+            }
+            if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+                bail!("another server listens on {}", path.display());
+            }
+            std::fs::remove_file(&path)
+                .with_context(|| format!("remove the stale socket {}", path.display()))?;
+        }
+        let listener = UnixListener::bind(&path)
+            .with_context(|| format!("listen for PostgreSQL clients on {}", path.display()))?;
+        let socket = Self { listener, path };
+        std::fs::set_permissions(&socket.path, std::fs::Permissions::from_mode(0o777))
+            .with_context(|| format!("open {} to local users", socket.path.display()))?;
+        Ok(socket)
+    }
+
+    /// The socket's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for LocalListener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Accept for LocalListener {
+    type Stream = tokio::net::UnixStream;
+    type Peer = shardline_http::serve::LocalPeer;
+    fn accept_one(
+        &self,
+    ) -> impl std::future::Future<Output = std::io::Result<(Self::Stream, Self::Peer)>> + Send {
+        self.listener.accept_one()
+    }
+}
+
+async fn handle(stream: ClientStream, shared: Arc<WireShared>) {
     let mut io = ClientIo::new(stream);
-    let tls = shared.tls.as_ref();
+    // PostgreSQL offers no TLS on its local socket, and `hostssl` rules
+    // do not apply there: nor here.
+    let tls = shared.tls.as_ref().filter(|_| !io.stream.is_local());
     let opening = match tokio::time::timeout(LOGIN_TIMEOUT, io.read_opening(tls)).await {
         Ok(Ok(o)) => o,
         Ok(Err(e)) => {

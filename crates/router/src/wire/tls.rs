@@ -14,7 +14,7 @@ use std::task::{Context as TaskContext, Poll};
 use anyhow::bail;
 use shardline_tls::ServerTls;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::server::TlsStream;
 
 use crate::RouterConfig;
@@ -54,10 +54,12 @@ impl WireTls {
     }
 }
 
-/// A client's connection: plain TCP, or TLS once negotiated.
+/// A client's connection: plain TCP, TLS once negotiated, or a local
+/// Unix-domain socket (never TLS, as PostgreSQL's own).
 pub enum ClientStream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    Local(UnixStream),
     /// None: a TLS handshake took the TCP stream and failed.
     Closed,
 }
@@ -65,6 +67,11 @@ pub enum ClientStream {
 impl ClientStream {
     pub fn is_tls(&self) -> bool {
         matches!(self, Self::Tls(_))
+    }
+
+    /// Whether it came through the Unix-domain socket.
+    pub fn is_local(&self) -> bool {
+        matches!(self, Self::Local(_))
     }
 
     /// Runs the server side of a TLS handshake on the plain stream.
@@ -81,6 +88,18 @@ impl ClientStream {
     }
 }
 
+impl From<TcpStream> for ClientStream {
+    fn from(s: TcpStream) -> Self {
+        Self::Plain(s)
+    }
+}
+
+impl From<UnixStream> for ClientStream {
+    fn from(s: UnixStream) -> Self {
+        Self::Local(s)
+    }
+}
+
 fn closed() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "client connection closed")
 }
@@ -93,6 +112,7 @@ impl AsyncRead for ClientStream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Local(s) => Pin::new(s).poll_read(cx, buf),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Self::Closed => Poll::Ready(Err(closed())),
         }
@@ -107,6 +127,7 @@ impl AsyncWrite for ClientStream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Local(s) => Pin::new(s).poll_write(cx, buf),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Self::Closed => Poll::Ready(Err(closed())),
         }
@@ -119,6 +140,7 @@ impl AsyncWrite for ClientStream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Local(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Self::Closed => Poll::Ready(Err(closed())),
         }
@@ -127,6 +149,7 @@ impl AsyncWrite for ClientStream {
     fn is_write_vectored(&self) -> bool {
         match self {
             Self::Plain(s) => s.is_write_vectored(),
+            Self::Local(s) => s.is_write_vectored(),
             Self::Tls(s) => s.is_write_vectored(),
             Self::Closed => false,
         }
@@ -135,6 +158,7 @@ impl AsyncWrite for ClientStream {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Local(s) => Pin::new(s).poll_flush(cx),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Self::Closed => Poll::Ready(Ok(())),
         }
@@ -143,6 +167,7 @@ impl AsyncWrite for ClientStream {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Local(s) => Pin::new(s).poll_shutdown(cx),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Self::Closed => Poll::Ready(Ok(())),
         }
