@@ -12,7 +12,8 @@
 //!   traffic reaches only some routers (the router's quota code, virtual clock).
 //! - [`tenants`]: router memory and auth + quota cost at 1,000 tenants x 10 apps.
 //! - [`wire`]: pgbench straight, through PgBouncer and through the router's
-//!   PostgreSQL port.
+//!   PostgreSQL port, over TCP loopback or (`--unix`) Unix sockets.
+//! - [`unix_shard`]: the PostgreSQL of `wire --unix`, the bench's own.
 //! - [`scatter`]: a keyless read through the router on all 4 shards,
 //!   merged, vs. one shard direct and a keyed read.
 //! - [`pgbench`]: free ports, DSN fields and one pgbench phase, for those.
@@ -27,6 +28,7 @@ mod quota_split;
 mod routing;
 mod scatter;
 mod tenants;
+mod unix_shard;
 mod wire;
 
 use clap::{Parser, Subcommand};

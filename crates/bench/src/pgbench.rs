@@ -1,6 +1,7 @@
-//! What the wire benchmarks share: free ports, DSN fields, and one
-//! `pgbench` phase run and read.
+//! What the wire benchmarks share: free ports, listeners waited for, DSN
+//! fields, and one `pgbench` phase run and read.
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,20 @@ pub fn wait_port(port: u16, what: &str) -> anyhow::Result<()> {
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if Instant::now() > deadline {
             bail!("{what} did not listen on {port} within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Waits until something accepts on the Unix socket of `port` in `dir`
+/// (`<dir>/.s.PGSQL.<port>`, as PostgreSQL names its own).
+pub fn wait_socket(dir: &Path, port: u16, what: &str) -> anyhow::Result<()> {
+    let path = dir.join(format!(".s.PGSQL.{port}"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(&path).is_err() {
+        if Instant::now() > deadline {
+            bail!("{what} did not listen on {} within 20 s", path.display());
         }
         std::thread::sleep(Duration::from_millis(50));
     }

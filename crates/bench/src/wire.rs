@@ -14,7 +14,22 @@
 //! PgBouncer runs as `postgres` (it refuses root) with `auth_type = any`,
 //! logging in to the shard as its superuser; the router logs in as the
 //! tenant's role. Both pool per transaction.
+//!
+//! `--unix` takes TCP loopback out of every path, for all three alike:
+//! pgbench reaches PostgreSQL, PgBouncer and the router over their Unix
+//! sockets, and PgBouncer and the router reach PostgreSQL over its own.
+//! On a small machine most of a proxy's CPU is kernel TCP loopback work;
+//! without it, what is left is closer to the proxy's own cost. The
+//! PostgreSQL is then the bench's own (`unix_shard`), with dev's shard
+//! settings and a socket beside its TCP port, registered as a shard
+//! reserved for the tenant under a socket DSN (`host=<dir>`), so the
+//! tenant's keyspace lands on it and the router follows that DSN.
+//! PgBouncer gets `unix_socket_dir` and a socket `host` for the database;
+//! the routers get `pg_unix_dir` beside `pg_listen` (the socket is
+//! `<dir>/.s.PGSQL.<port of pg_listen>`, as PostgreSQL names its own).
+//! Each still listens on TCP too, which the bench only waits on.
 
+use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -26,7 +41,8 @@ use shardline_core::KeyType;
 
 use crate::dev::{context_switches, cpu_micros, kernel_micros, pg_cpu_micros};
 use crate::execute::median;
-use crate::pgbench::{dsn_field, free_port, wait_port, Phase};
+use crate::pgbench::{dsn_field, free_port, wait_port, wait_socket, Phase};
+use crate::unix_shard::UnixShard;
 
 /// Options of `shardline-bench wire`.
 #[derive(Debug, clap::Args)]
@@ -60,7 +76,15 @@ pub struct WireArgs {
     /// builds compared side by side on a noisy machine.
     #[arg(long = "compare", value_name = "BIN")]
     pub compare: Vec<PathBuf>,
+    /// Every hop over Unix-domain sockets instead of TCP loopback:
+    /// pgbench to PostgreSQL, PgBouncer and the router, and PgBouncer and
+    /// the router to PostgreSQL (a PostgreSQL the bench starts itself).
+    #[arg(long)]
+    pub unix: bool,
 }
+
+/// How long after a phase its clients' backends have surely exited.
+const REAPED: Duration = Duration::from_millis(300);
 
 /// The benchmark's tenant and app.
 const BENCH: &str = "bench";
@@ -84,7 +108,16 @@ impl Drop for Bouncer {
     }
 }
 
-fn start_bouncer(dir: &Path, dsn: &str, db: &str, pool: usize) -> anyhow::Result<(Bouncer, u16)> {
+/// Starts PgBouncer in `dir` for database `db` of the server at `dsn`
+/// (a socket `host` for a Unix one); with `unix` it listens on a socket
+/// in `dir` too.
+fn start_bouncer(
+    dir: &Path,
+    dsn: &str,
+    db: &str,
+    pool: usize,
+    unix: bool,
+) -> anyhow::Result<(Bouncer, u16)> {
     // runuser starts even when pgbouncer is missing: look first.
     let found = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join("pgbouncer").is_file()))
@@ -100,12 +133,18 @@ fn start_bouncer(dir: &Path, dsn: &str, db: &str, pool: usize) -> anyhow::Result
     let user = dsn_field(dsn, "user").unwrap_or("postgres");
     let password = dsn_field(dsn, "password").unwrap_or("");
     std::fs::create_dir_all(dir)?;
+    // Empty: no socket.
+    let unix_socket_dir = if unix {
+        format!("unix_socket_dir = {}", dir.display())
+    } else {
+        "unix_socket_dir =".to_string()
+    };
     let ini = dir.join("pgbouncer.ini");
     std::fs::write(
         &ini,
         format!(
             "[databases]\nbench = host={host} port={pg_port} dbname={db} user={user} password={password}\n\
-             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n{unix_socket_dir}\n\
              auth_type = any\npool_mode = transaction\ndefault_pool_size = {pool}\n\
              max_client_conn = 1000\nlogfile = {log}\npidfile =\n\
              ignore_startup_parameters = extra_float_digits\n",
@@ -128,6 +167,9 @@ fn start_bouncer(dir: &Path, dsn: &str, db: &str, pool: usize) -> anyhow::Result
         .context("start pgbouncer (apt-get install pgbouncer)")?;
     let mut b = Bouncer { child, pid: None };
     wait_port(port, "pgbouncer")?;
+    if unix {
+        wait_socket(dir, port, "pgbouncer")?;
+    }
     b.pid = child_named(b.child.id(), "pgbouncer");
     Ok((b, port))
 }
@@ -175,16 +217,34 @@ fn pgbench(args: &WireArgs, url: &str) -> anyhow::Result<Phase> {
 
 pub fn run(args: WireArgs) -> anyhow::Result<()> {
     let bin = crate::dev::shardline_bin(&args.shardline)?;
-    let (dev, info) = crate::dev::start_dev(&bin, &["--shards", "1", "--spare-shards", "1"])?;
+    // With --unix the tenant's shard is the bench's own server: no spare.
+    let spares = if args.unix { "0" } else { "1" };
+    let (dev, info) = crate::dev::start_dev(&bin, &["--shards", "1", "--spare-shards", spares])?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let own = match args.unix {
+        true => Some(rt.block_on(UnixShard::start())?),
+        false => None,
+    };
+    let router_dir = own.as_ref().map(UnixShard::router_dir);
     let pg_port = free_port()?;
     let router_config = |port: u16| {
-        format!(
+        let mut config = format!(
             "pg_listen = \"127.0.0.1:{port}\"\ntenant_pool_size = {}",
             args.pool
-        )
+        );
+        if let Some(dir) = &router_dir {
+            let dir = Value::from(dir.display().to_string());
+            config.push_str(&format!("\npg_unix_dir = {dir}"));
+        }
+        config
     };
     let router = crate::dev::start_router(&bin, &info, "wire", &router_config(pg_port))?;
     wait_port(pg_port, "the router's PostgreSQL listener")?;
+    if let Some(dir) = &router_dir {
+        wait_socket(dir, pg_port, "the router")?;
+    }
     let mut others = Vec::new();
     for (i, other) in args.compare.iter().enumerate() {
         let port = free_port()?;
@@ -195,43 +255,52 @@ pub fn run(args: WireArgs) -> anyhow::Result<()> {
             &router_config(port),
         )?;
         wait_port(port, "the other router's PostgreSQL listener")?;
+        if let Some(dir) = &router_dir {
+            wait_socket(dir, port, "the other router")?;
+        }
         println!("shardline-{}: {}", i + 2, other.display());
         others.push((r, port));
     }
-    let shard = info["shards"]
-        .as_array()
-        .and_then(|a| a.iter().find(|s| s["id"] == "spare-0"))
-        .context("dev.json has no spare-0")?;
-    let dsn = shard["dsn"].as_str().context("dsn")?.to_string();
-    let data_dir = PathBuf::from(shard["data_dir"].as_str().context("data_dir")?);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let (pg_name, keyspace, token) = rt.block_on(prepare(&info, &dsn, args.scale))?;
+    let (dsn, data_dir) = match &own {
+        Some(own) => (own.dsn(), own.data_dir().to_path_buf()),
+        None => {
+            let shard = info["shards"]
+                .as_array()
+                .and_then(|a| a.iter().find(|s| s["id"] == "spare-0"))
+                .context("dev.json has no spare-0")?;
+            let dsn = shard["dsn"].as_str().context("dsn")?.to_string();
+            let data_dir = PathBuf::from(shard["data_dir"].as_str().context("data_dir")?);
+            (dsn, data_dir)
+        }
+    };
+    let pg_socket = own.as_ref().map(UnixShard::socket_dir);
+    let (pg_name, keyspace, token) = rt.block_on(prepare(&info, &dsn, args.scale, own.as_ref()))?;
     let dir = std::env::temp_dir().join(format!("shardline-bench-{}-bouncer", std::process::id()));
     let password = dsn_field(&dsn, "password").unwrap_or("");
     let pg = dsn_field(&dsn, "port").context("port")?;
     let mut paths: Vec<(&str, String, Option<u32>)> = vec![(
         "direct",
-        format!("postgresql://postgres:{password}@127.0.0.1:{pg}/{pg_name}"),
+        url("postgres", password, pg_socket, pg, &pg_name),
         None,
     )];
     let bouncer = if args.mode == "prepared" {
         println!("-M prepared: PgBouncer 1.18 keeps no prepared statements in transaction pooling; left out");
         None
     } else {
-        let (bouncer, bouncer_port) = start_bouncer(&dir, &dsn, &pg_name, args.pool)?;
+        let (bouncer, bouncer_port) = start_bouncer(&dir, &dsn, &pg_name, args.pool, args.unix)?;
         let bouncer_pid = bouncer.pid.context("pgbouncer's pid")?;
+        let socket = args.unix.then_some(dir.as_path());
         paths.push((
             "pgbouncer",
-            format!("postgresql://postgres:{password}@127.0.0.1:{bouncer_port}/bench"),
+            url("postgres", password, socket, bouncer_port, "bench"),
             Some(bouncer_pid),
         ));
         Some(bouncer)
     };
+    let router_socket = router_dir.as_deref();
     paths.push((
         "shardline",
-        format!("postgresql://{BENCH}:{token}@127.0.0.1:{pg_port}/{keyspace}"),
+        url(BENCH, &token, router_socket, pg_port, &keyspace),
         Some(router.pid()),
     ));
     for (i, (r, port)) in others.iter().enumerate() {
@@ -240,9 +309,15 @@ pub fn run(args: WireArgs) -> anyhow::Result<()> {
                 .get(i)
                 .copied()
                 .unwrap_or("shardline-n"),
-            format!("postgresql://{BENCH}:{token}@127.0.0.1:{port}/{keyspace}"),
+            url(BENCH, &token, router_socket, *port, &keyspace),
             Some(r.pid()),
         ));
+    }
+    if args.unix {
+        println!(
+            "all hops over Unix-domain sockets: pgbench to PostgreSQL, PgBouncer and the \
+             router; PgBouncer and the router to PostgreSQL"
+        );
     }
     let n = paths.len();
     // Warm up each path (pools, prepared statements, caches).
@@ -256,6 +331,7 @@ pub fn run(args: WireArgs) -> anyhow::Result<()> {
             scale: args.scale,
             shardline: None,
             compare: Vec::new(),
+            unix: args.unix,
         };
         pgbench(&warm, url).with_context(|| format!("warm up {name}"))?;
     }
@@ -278,6 +354,10 @@ pub fn run(args: WireArgs) -> anyhow::Result<()> {
                 pid.map_or(0, context_switches),
             );
             let phase = pgbench(&args, url).with_context(|| format!("pgbench through {name}"))?;
+            // pgbench's own backends (the direct path's) end just after
+            // it: counted once the postmaster has reaped them, not missed
+            // in between the two reads `pg_cpu_micros` makes.
+            std::thread::sleep(REAPED);
             proxy_cpu[i] += pid.map_or(0, cpu_micros) - p0;
             kernel[i] += pid.map_or(0, kernel_micros).saturating_sub(k0);
             switches[i] += pid.map_or(0, context_switches).saturating_sub(w0);
@@ -292,10 +372,21 @@ pub fn run(args: WireArgs) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "pgbench -S -M {} -c {} -j 2, pool {}, {} s phases, {} rounds, scale {}",
-        args.mode, args.clients, args.pool, args.phase_secs, args.rounds, args.scale
+        "pgbench -S -M {} -c {} -j 2, pool {}, {} s phases, {} rounds, scale {}{}",
+        args.mode,
+        args.clients,
+        args.pool,
+        args.phase_secs,
+        args.rounds,
+        args.scale,
+        if args.unix {
+            ", all hops over Unix sockets"
+        } else {
+            ""
+        }
     );
-    println!("path        tps (median)  latency ms (median)  proxy CPU µs/txn  PostgreSQL CPU µs/txn  failed  proxy kernel µs/txn  proxy switches/txn");
+    let path = if args.unix { "path (unix)" } else { "path" };
+    println!("{path:<11} tps (median)  latency ms (median)  proxy CPU µs/txn  PostgreSQL CPU µs/txn  failed  proxy kernel µs/txn  proxy switches/txn");
     let mut medians = vec![0.0; n];
     for (i, (name, _, pid)) in paths.iter().enumerate() {
         medians[i] = median(tps[i].clone());
@@ -341,20 +432,50 @@ pub fn run(args: WireArgs) -> anyhow::Result<()> {
     drop(others);
     drop(router);
     drop(dev);
+    if let Some(own) = own {
+        rt.block_on(own.stop())?;
+    }
     Ok(())
 }
 
-/// Makes tenant `bench` (dedicated, bigint keys, on the spare shard)
-/// and its app, loads pgbench's tables into its database and schema
+/// pgbench's URL of database `db` as `user`: TCP on 127.0.0.1, or the
+/// Unix socket in `socket_dir`.
+fn url(
+    user: &str,
+    password: &str,
+    socket_dir: Option<&Path>,
+    port: impl Display,
+    db: &str,
+) -> String {
+    match socket_dir {
+        None => format!("postgresql://{user}:{password}@127.0.0.1:{port}/{db}"),
+        Some(dir) => format!(
+            "postgresql://{user}:{password}@/{db}?host={}&port={port}",
+            dir.display()
+        ),
+    }
+}
+
+/// Makes tenant `bench` (dedicated, bigint keys, on the spare shard, or
+/// with `own` on that server, registered here as a shard for it) and its
+/// app, loads pgbench's tables into its database and schema
 /// (owned by its role, so both the superuser paths and the router's see
 /// them), makes them the superuser's search path there, and declares
 /// their shard-key columns; returns the tenant's PostgreSQL name, its
 /// keyspace and the app's token.
-async fn prepare(info: &Value, dsn: &str, scale: u32) -> anyhow::Result<(String, String, String)> {
+async fn prepare(
+    info: &Value,
+    dsn: &str,
+    scale: u32,
+    own: Option<&UnixShard>,
+) -> anyhow::Result<(String, String, String)> {
     let manager = shardline_client::ManagerClient::new(
         info["manager_url"].as_str().context("manager_url")?,
         info["admin_token"].as_str().map(str::to_string),
     )?;
+    if let Some(own) = own {
+        own.register(&manager, BENCH).await?;
+    }
     let tenant = manager
         .create_tenant(&CreateTenantRequest {
             id: BENCH.into(),
@@ -365,6 +486,9 @@ async fn prepare(info: &Value, dsn: &str, scale: u32) -> anyhow::Result<(String,
         })
         .await
         .context("create tenant bench")?;
+    if let Some(own) = own {
+        own.check_taken(&manager, BENCH).await?;
+    }
     let token = manager
         .create_app(&CreateAppRequest {
             name: BENCH.into(),
@@ -375,10 +499,12 @@ async fn prepare(info: &Value, dsn: &str, scale: u32) -> anyhow::Result<(String,
         .context("create the bench app")?
         .token;
     let pg_name = tenant.pg_name;
-    let url = format!(
-        "postgresql://postgres:{}@127.0.0.1:{}/{pg_name}",
+    let url = url(
+        "postgres",
         dsn_field(dsn, "password").unwrap_or(""),
-        dsn_field(dsn, "port").context("port")?
+        own.map(UnixShard::socket_dir),
+        dsn_field(dsn, "port").context("port")?,
+        &pg_name,
     );
     let (c, conn) =
         tokio_postgres::connect(&format!("{dsn} dbname={pg_name}"), tokio_postgres::NoTls).await?;

@@ -69,6 +69,16 @@ pub enum LocalPgError {
     /// The server did not become ready in time.
     #[error("PostgreSQL on port {port} did not start: {log_tail}")]
     StartFailed { port: u16, log_tail: String },
+    /// The Unix socket's path would not fit in a socket address.
+    #[error(
+        "the Unix socket {} is {len} bytes long; socket paths must be under {MAX_SOCKET_PATH} bytes (choose a shorter socket_dir)",
+        path.display()
+    )]
+    SocketPathTooLong {
+        /// The socket PostgreSQL would create.
+        path: PathBuf,
+        len: usize,
+    },
 }
 
 type Result<T> = std::result::Result<T, LocalPgError>;
@@ -214,6 +224,10 @@ pub struct ClusterConfig {
     pub password: Option<String>,
     /// Extra `-c name=value` server settings.
     pub settings: Vec<(String, String)>,
+    /// A directory for the server's Unix socket (`<dir>/.s.PGSQL.<port>`),
+    /// besides TCP; created for the PostgreSQL user if missing. `None`
+    /// (the default): no Unix socket at all.
+    pub socket_dir: Option<PathBuf>,
 }
 
 impl ClusterConfig {
@@ -225,6 +239,7 @@ impl ClusterConfig {
             port,
             password: None,
             settings: Vec::new(),
+            socket_dir: None,
         }
     }
 
@@ -238,6 +253,21 @@ impl ClusterConfig {
             dsn.push_str(&format!(" password={pw}"));
         }
         dsn
+    }
+
+    /// The key/value DSN of the `postgres` database as superuser over the
+    /// Unix socket, when there is one.
+    pub fn socket_dsn(&self) -> Option<String> {
+        let dir = self.socket_dir.as_ref()?;
+        let mut dsn = format!(
+            "host={} port={} user=postgres dbname=postgres",
+            dir.display(),
+            self.port
+        );
+        if let Some(pw) = &self.password {
+            dsn.push_str(&format!(" password={pw}"));
+        }
+        Some(dsn)
     }
 
     fn log_file(&self) -> PathBuf {
@@ -345,8 +375,12 @@ pub async fn init_cluster(bins: &PgBinaries, cfg: &ClusterConfig) -> Result<bool
     match &cfg.password {
         Some(pw) => {
             make_owned_file(&pwfile, pw.as_bytes(), who)?;
+            // Password logins over the Unix socket too (when there is
+            // one: see `socket_dir`): peer authentication would refuse a
+            // client running as root, or as anyone but `postgres`, that
+            // logs in as another role.
             cmd.arg(format!("--pwfile={}", pwfile.display()))
-                .args(["--auth-host=scram-sha-256", "--auth-local=peer"]);
+                .args(["--auth-host=scram-sha-256", "--auth-local=scram-sha-256"]);
         }
         None => {
             cmd.arg("--auth=trust");
@@ -368,17 +402,17 @@ pub async fn start_cluster(bins: &PgBinaries, cfg: &ClusterConfig) -> Result<Run
         .open(&log_path)
         .map_err(io_err(format!("open {}", log_path.display())))?;
     let log2 = log.try_clone().map_err(io_err("clone log handle"))?;
+    let sockets = match &cfg.socket_dir {
+        Some(dir) => quote_directory(&prepare_socket_dir(dir, cfg.port, who)?),
+        None => String::new(),
+    };
     let mut cmd = pg_command(&bins.program("postgres"), who);
     cmd.arg("-D")
         .arg(&cfg.data_dir)
         .arg("-p")
         .arg(cfg.port.to_string())
-        .args([
-            "-c",
-            "listen_addresses=127.0.0.1",
-            "-c",
-            "unix_socket_directories=",
-        ]);
+        .args(["-c", "listen_addresses=127.0.0.1", "-c"])
+        .arg(format!("unix_socket_directories={sockets}"));
     for (k, v) in &cfg.settings {
         cmd.arg("-c").arg(format!("{k}={v}"));
     }
@@ -414,6 +448,43 @@ pub async fn start_cluster(bins: &PgBinaries, cfg: &ClusterConfig) -> Result<Run
         cfg: cfg.clone(),
         child: Some(child),
     })
+}
+
+/// Paths of Unix sockets are kept under this many bytes, a margin below
+/// Linux's `sun_path` (108 bytes with the terminating NUL): PostgreSQL
+/// fails at start-up ("Unix-domain socket path ... is too long") past it.
+const MAX_SOCKET_PATH: usize = 100;
+
+/// Checks that the socket in `dir` has a path short enough, makes `dir`
+/// if missing (the PostgreSQL user's, mode 0755: any local user may reach
+/// the socket, as any may reach the TCP port; logins need the password),
+/// and returns it absolute (PostgreSQL would take a relative one from its
+/// data directory).
+fn prepare_socket_dir(dir: &Path, port: u16, who: Option<RunAs>) -> Result<PathBuf> {
+    let dir = std::path::absolute(dir).map_err(io_err(format!("resolve {}", dir.display())))?;
+    let path = dir.join(format!(".s.PGSQL.{port}"));
+    let len = path.as_os_str().len();
+    if len >= MAX_SOCKET_PATH {
+        return Err(LocalPgError::SocketPathTooLong { path, len });
+    }
+    if !dir.exists() {
+        std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+        if let Some(who) = who {
+            chown(&dir, Some(who.uid), Some(who.gid))
+                .map_err(io_err(format!("chown {}", dir.display())))?;
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(io_err(format!("chmod {}", dir.display())))?;
+    }
+    check_reachable(&dir)?;
+    Ok(dir)
+}
+
+/// `dir` as one element of PostgreSQL's `unix_socket_directories` list:
+/// in double quotes (doubled inside), so a comma or space in it is part
+/// of the name.
+fn quote_directory(dir: &Path) -> String {
+    format!("\"{}\"", dir.display().to_string().replace('"', "\"\""))
 }
 
 /// Whether the server answers a real connection (not just a TCP accept).
@@ -603,4 +674,36 @@ pub fn free_port() -> Result<u16> {
     l.local_addr()
         .map(|a| a.port())
         .map_err(io_err("read bound port"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_path_too_long_is_refused_before_anything_is_made() {
+        let tmp = tempfile::tempdir().unwrap();
+        // As root, the directory must be one `postgres` can reach.
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = tmp.path().join("d".repeat(100));
+        match prepare_socket_dir(&dir, 5432, None) {
+            Err(LocalPgError::SocketPathTooLong { path, len }) => {
+                assert_eq!(path, dir.join(".s.PGSQL.5432"));
+                assert_eq!(len, path.as_os_str().len());
+            }
+            other => panic!("expected SocketPathTooLong, got {other:?}"),
+        }
+        assert!(!dir.exists());
+        // One byte under the limit is taken, and the directory made.
+        let fixed = tmp.path().as_os_str().len() + "/".len() + "/.s.PGSQL.5432".len();
+        let dir = tmp.path().join("d".repeat(MAX_SOCKET_PATH - 1 - fixed));
+        assert_eq!(prepare_socket_dir(&dir, 5432, None).unwrap(), dir);
+        assert!(dir.is_dir());
+    }
+
+    #[test]
+    fn socket_directories_are_quoted_for_the_list() {
+        assert_eq!(quote_directory(Path::new("/tmp/a b,c")), "\"/tmp/a b,c\"");
+        assert_eq!(quote_directory(Path::new("/tmp/x\"y")), "\"/tmp/x\"\"y\"");
+    }
 }
