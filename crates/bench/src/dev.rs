@@ -7,10 +7,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::Value;
 
-/// A running `shardline dev`, stopped (SIGTERM) and removed on drop.
+/// A running `shardline dev`, stopped (SIGTERM) and removed on drop,
+/// its log too once it had started (a failed start keeps the log the
+/// error names).
 pub struct Dev {
     child: Child,
-    _dir: PathBuf,
+    dir: PathBuf,
+    started: bool,
 }
 
 impl Drop for Dev {
@@ -20,7 +23,10 @@ impl Drop for Dev {
             libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
         }
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self._dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
+        if self.started {
+            let _ = std::fs::remove_file(self.dir.with_extension("log"));
+        }
     }
 }
 
@@ -51,13 +57,15 @@ pub fn start_dev(bin: &Path, args: &[&str]) -> anyhow::Result<(Dev, Value)> {
         .with_context(|| format!("start {}", bin.display()))?;
     let mut dev = Dev {
         child,
-        _dir: dir.clone(),
+        dir: dir.clone(),
+        started: false,
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(text) = std::fs::read_to_string(dir.join("dev.json")) {
             if let Ok(v) = serde_json::from_str::<Value>(&text) {
                 if v["pid"] == dev.child.id() {
+                    dev.started = true;
                     return Ok((dev, v));
                 }
             }
@@ -83,11 +91,15 @@ pub fn shardline_bin(explicit: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
     })
 }
 
-/// A `shardline router` process, killed on drop.
+/// A `shardline router` process, killed on drop, and its directory
+/// removed once it had been ready (a failed start keeps the log the
+/// error names).
 pub struct RouterProc {
     child: Child,
     /// Its base URL.
     pub url: String,
+    dir: PathBuf,
+    ready: bool,
 }
 
 impl RouterProc {
@@ -101,6 +113,9 @@ impl Drop for RouterProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if self.ready {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -137,10 +152,13 @@ pub fn start_router(bin: &Path, info: &Value, id: &str, extra: &str) -> anyhow::
     let mut router = RouterProc {
         child,
         url: format!("http://127.0.0.1:{port}"),
+        dir: dir.clone(),
+        ready: false,
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if ready(port) {
+            router.ready = true;
             return Ok(router);
         }
         if let Ok(Some(s)) = router.child.try_wait() {
