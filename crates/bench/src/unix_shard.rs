@@ -19,19 +19,6 @@ use shardline_localpg::{
 /// The shard's id in the catalog.
 const SHARD_ID: &str = "bench-unix";
 
-/// The server settings `shardline dev` gives its shards (`DEV_PG_SETTINGS`
-/// in `crates/cli/src/dev/files.rs`, private to the CLI binary), so the
-/// server is the one the TCP run measures.
-const DEV_PG_SETTINGS: &[(&str, &str)] = &[
-    ("shared_buffers", "64MB"),
-    ("max_connections", "200"),
-    ("wal_level", "logical"),
-    ("max_wal_senders", "10"),
-    ("max_replication_slots", "10"),
-    ("wal_keep_size", "256MB"),
-    ("hot_standby_feedback", "on"),
-];
-
 /// The bench's own PostgreSQL in a temp dir, stopped and its dir removed
 /// on drop. The dir also holds the routers' socket directory.
 pub struct UnixShard {
@@ -58,7 +45,8 @@ impl UnixShard {
                 .map(char::from)
                 .collect(),
         );
-        cfg.settings = DEV_PG_SETTINGS
+        // The settings of dev's shards: the server the TCP run measures.
+        cfg.settings = shardline_localpg::DEV_SETTINGS
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();

@@ -212,6 +212,20 @@ fn pg_command(program: &Path, who: Option<RunAs>) -> std::process::Command {
     cmd
 }
 
+/// Settings of `shardline dev`'s clusters: durable (dev data is kept)
+/// but small. Also the bench's own server's, so it measures the same.
+pub const DEV_SETTINGS: &[(&str, &str)] = &[
+    ("shared_buffers", "64MB"),
+    ("max_connections", "200"),
+    ("wal_level", "logical"),
+    ("max_wal_senders", "10"),
+    ("max_replication_slots", "10"),
+    // Replicas: WAL kept for one that falls behind, and no vacuum of rows
+    // a replica's query still reads.
+    ("wal_keep_size", "256MB"),
+    ("hot_standby_feedback", "on"),
+];
+
 /// Where a cluster lives and how it listens.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {

@@ -241,7 +241,7 @@ impl BoundRouter {
         let local_task = self.pg_local.map(|l| {
             tracing::info!(path = %l.path().display(), "router listening for PostgreSQL clients on a local socket");
             let (shared, lanes) = (Arc::clone(&shared), lanes.clone());
-            tokio::spawn(wire::serve_local(l, shared, shutdown.clone(), DRAIN, lanes))
+            tokio::spawn(wire::serve(l, shared, shutdown.clone(), DRAIN, lanes))
         });
         let state = Arc::new(http::RouterState {
             routing,

@@ -80,8 +80,7 @@ impl Listener {
             drain,
             None,
         ));
-        let local =
-            local.map(|l| tokio::spawn(wire::serve_local(l, shared, stop.clone(), drain, None)));
+        let local = local.map(|l| tokio::spawn(wire::serve(l, shared, stop.clone(), drain, None)));
         let done = tokio::spawn(async move {
             let _ = tcp.await;
             if let Some(l) = local {

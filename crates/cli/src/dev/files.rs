@@ -7,24 +7,11 @@ use std::path::Path;
 use anyhow::Context;
 use shardline_localpg::ClusterConfig;
 
-/// Settings of dev clusters: durable (dev data is kept) but small.
-const DEV_PG_SETTINGS: &[(&str, &str)] = &[
-    ("shared_buffers", "64MB"),
-    ("max_connections", "200"),
-    ("wal_level", "logical"),
-    ("max_wal_senders", "10"),
-    ("max_replication_slots", "10"),
-    // Replicas: WAL kept for one that falls behind, and no vacuum of rows
-    // a replica's query still reads.
-    ("wal_keep_size", "256MB"),
-    ("hot_standby_feedback", "on"),
-];
-
 /// The configuration of a dev cluster on `port` in `data_dir`.
 pub(super) fn cluster_config(port: u16, data_dir: &Path, password: &str) -> ClusterConfig {
     let mut cfg = ClusterConfig::new(data_dir.to_path_buf(), port);
     cfg.password = Some(password.to_string());
-    cfg.settings = DEV_PG_SETTINGS
+    cfg.settings = shardline_localpg::DEV_SETTINGS
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();

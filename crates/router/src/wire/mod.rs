@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use shardline_http::serve::{accept_next, hand_over, Accept, Movable};
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -106,33 +106,12 @@ impl WireShared {
     }
 }
 
-/// Accepts wire clients until `shutdown`, then waits up to `drain` for
+/// Accepts wire clients on `listener` (TCP, or the Unix-domain socket
+/// of [`LocalListener`]) until `shutdown`, then waits up to `drain` for
 /// their sessions to end. With `lanes`, each session runs on the lane
 /// with the fewest connections (see [`crate::lanes`]), else on the
 /// caller's runtime.
-pub async fn serve(
-    listener: TcpListener,
-    shared: Arc<WireShared>,
-    shutdown: CancellationToken,
-    drain: Duration,
-    lanes: Option<Arc<Lanes>>,
-) -> std::io::Result<()> {
-    serve_on(listener, shared, shutdown, drain, lanes).await
-}
-
-/// [`serve`] on a Unix-domain socket (`pg_unix_dir`): the same sessions,
-/// lanes and drain; TLS is not offered there.
-pub async fn serve_local(
-    listener: LocalListener,
-    shared: Arc<WireShared>,
-    shutdown: CancellationToken,
-    drain: Duration,
-    lanes: Option<Arc<Lanes>>,
-) -> std::io::Result<()> {
-    serve_on(listener, shared, shutdown, drain, lanes).await
-}
-
-async fn serve_on<L>(
+pub async fn serve<L>(
     listener: L,
     shared: Arc<WireShared>,
     shutdown: CancellationToken,
@@ -177,7 +156,7 @@ where
 }
 
 /// Small messages go out at once: a client waits for each answer.
-trait NoDelay {
+pub trait NoDelay {
     fn no_delay(&self);
 }
 
