@@ -719,6 +719,9 @@ fn banner(info: &DevInfo, catalog: &[ShardInfo], dir: &Path) -> String {
     if let Some(url) = &info.postgres_url {
         put!("  postgres:    psql '{url}'");
     }
+    if let Some(url) = &info.postgres_local_url {
+        put!("  local:       psql '{url}'");
+    }
     if info.managers.is_empty() {
         put!("  manager:     {}", info.manager_url);
     }
