@@ -258,6 +258,10 @@ fn ticks_to_micros(ticks: u64) -> u64 {
 /// line of `postmaster.pid` in `data_dir`), every process it started
 /// that is alive, and those that exited (backends of clients that
 /// disconnected: the postmaster waited for them).
+///
+/// A backend the postmaster reaps while its children are being read
+/// would be in neither part, so the reading is taken again (a few times
+/// at most) until the reaped part did not change across it.
 pub fn pg_cpu_micros(data_dir: &Path) -> u64 {
     let Some(pm) = std::fs::read_to_string(data_dir.join("postmaster.pid"))
         .ok()
@@ -265,21 +269,36 @@ pub fn pg_cpu_micros(data_dir: &Path) -> u64 {
     else {
         return 0;
     };
-    let mut total = stat_micros(pm, true);
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for e in entries.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    let rest = &s[s.rfind(')')? + 2..];
-                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
-                });
-            if parent == Some(pm) {
-                total += cpu_micros(pid);
-            }
+    let mut total = 0;
+    for _ in 0..5 {
+        let before = stat_micros(pm, true);
+        total = before + live_children_micros(pm);
+        if stat_micros(pm, true) == before {
+            break;
+        }
+    }
+    total
+}
+
+/// CPU time of `parent`'s children that are still there (running, or
+/// exited and not yet waited for).
+fn live_children_micros(parent: u32) -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut total = 0;
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                let rest = &s[s.rfind(')')? + 2..];
+                rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+            });
+        if ppid == Some(parent) {
+            total += cpu_micros(pid);
         }
     }
     total

@@ -83,9 +83,6 @@ pub struct WireArgs {
     pub unix: bool,
 }
 
-/// How long after a phase its clients' backends have surely exited.
-const REAPED: Duration = Duration::from_millis(300);
-
 /// The benchmark's tenant and app.
 const BENCH: &str = "bench";
 
@@ -354,10 +351,6 @@ pub fn run(args: WireArgs) -> anyhow::Result<()> {
                 pid.map_or(0, context_switches),
             );
             let phase = pgbench(&args, url).with_context(|| format!("pgbench through {name}"))?;
-            // pgbench's own backends (the direct path's) end just after
-            // it: counted once the postmaster has reaped them, not missed
-            // in between the two reads `pg_cpu_micros` makes.
-            std::thread::sleep(REAPED);
             proxy_cpu[i] += pid.map_or(0, cpu_micros) - p0;
             kernel[i] += pid.map_or(0, kernel_micros).saturating_sub(k0);
             switches[i] += pid.map_or(0, context_switches).saturating_sub(w0);
