@@ -703,3 +703,75 @@ async fn worker_threads_follow_the_flag_and_the_environment() {
         text(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_socket_follows_the_flag_and_is_open_to_local_users() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let sockets = dir.path().join("run");
+    std::fs::create_dir(&sockets).unwrap();
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let base = [
+        "router",
+        "--listen",
+        "127.0.0.1:0",
+        "--manager-url",
+        closed.as_str(),
+        "--router-token",
+        "t",
+    ];
+    let socket_dir = sockets.to_str().unwrap();
+    fn with<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+        [base, extra].concat()
+    }
+
+    // Without --pg-listen there is no port to name the socket after.
+    // (Bounded: a router that took the flag would run, retrying the
+    // manager, until killed.)
+    let args = with(&base, &["--pg-unix-dir", socket_dir]);
+    let out = tokio::time::timeout(Duration::from_secs(30), run(&args, &[]))
+        .await
+        .expect("a socket without --pg-listen is refused at start");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("pg_unix_dir needs pg_listen"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let _router = serve(
+        &with(
+            &base,
+            &["--pg-listen", "127.0.0.1:0", "--pg-unix-dir", socket_dir],
+        ),
+        &[],
+        &dir.path().join("router.log"),
+    );
+    let find = || {
+        std::fs::read_dir(&sockets)
+            .ok()?
+            .filter_map(Result::ok)
+            .find(|e| e.file_name().to_string_lossy().starts_with(".s.PGSQL."))
+            .map(|e| e.path())
+    };
+    let mut socket = None;
+    for _ in 0..200 {
+        socket = find();
+        if socket.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let socket = socket.unwrap_or_else(|| {
+        panic!(
+            "no socket in {}; log:\n{}",
+            sockets.display(),
+            std::fs::read_to_string(dir.path().join("router.log")).unwrap_or_default()
+        )
+    });
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    // Any local user may connect (the login decides), as to PostgreSQL's.
+    assert_eq!(meta.permissions().mode() & 0o777, 0o777);
+    assert!(std::os::unix::net::UnixStream::connect(&socket).is_ok());
+}
