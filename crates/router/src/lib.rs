@@ -140,12 +140,6 @@ impl BoundRouter {
         self.pg_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// The Unix-domain socket of the PostgreSQL wire listener, if it has
-    /// one (`pg_unix_dir`).
-    pub fn pg_socket_path(&self) -> Option<&std::path::Path> {
-        self.pg_local.as_ref().map(wire::LocalListener::path)
-    }
-
     /// Serves until `shutdown` is cancelled, then drains.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let cfg = self.config;
